@@ -1,0 +1,135 @@
+"""The `collab-billing` command line."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, NoReturn
+
+import typer
+import uvicorn
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings, SettingsError, load_settings
+from collab_billing.db import queries
+from collab_billing.db.engine import make_engine, make_session_factory, transaction
+from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.logs import configure_logging
+
+app = typer.Typer(
+    help="collab-billing: sell a subscription through Stripe and keep the database in step.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+users_app = typer.Typer(help="Manage the users that can subscribe.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        fail(str(error))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (running it twice is a no-op)."""
+    settings = settings_or_exit()
+    configure_logging(settings)
+    upgrade_to_head(make_engine(settings.database_url))
+    typer.echo("database is up to date")
+
+
+@users_app.command("add")
+def users_add(
+    github_user_id: Annotated[int, typer.Option(min=1, max=2**63 - 1)],
+    github_login: Annotated[str, typer.Option()],
+    email: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create or update a user."""
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    with transaction(make_session_factory(engine)) as session:
+        user, created = queries.upsert_user(session, github_user_id, github_login, email)
+        typer.echo(f"{'created' if created else 'updated'} user {user.id} ({user.github_login})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List the users, one per line."""
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    with make_session_factory(engine)() as session:
+        for user in queries.list_users(session):
+            typer.echo(f"{user.github_user_id}\t{user.github_login}\t{user.email_address or ''}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+) -> None:
+    """Run the admin API (with the reconciler as a background task)."""
+    settings = settings_or_exit()
+    if settings.admin_token is None:
+        fail("ADMIN_TOKEN is not set: serve refuses to start without an admin token")
+    configure_logging(settings)
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    run_api(create_app(settings, engine), host, port)
+
+
+def run_api(api: object, host: str, port: int) -> None:
+    uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None)).run()  # type: ignore[arg-type]
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the API.")] = 8080,
+    emulator_port: Annotated[int, typer.Option(min=0, max=65535)] = 12111,
+) -> None:
+    """Run everything locally: SQLite, the Stripe emulator, the API and the reconciler."""
+    from collab_billing.devmode import run_dev
+
+    run_dev(api_port=port, emulator_port=emulator_port, admin_token=secrets.token_urlsafe(24))
+
+
+@app.command("stripe-emulator")
+def stripe_emulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 12111,
+    api_key: Annotated[
+        str | None, typer.Option(help="Accept only this key (default: any sk_test_ key).")
+    ] = None,
+) -> None:
+    """Run the stateful Stripe emulator alone (state in memory only)."""
+    from stripe_emulator.server import serve as serve_emulator
+
+    serve_emulator(host=host, port=port, api_key=api_key)
+
+
+@app.command()
+def reconcile(
+    once: Annotated[bool, typer.Option("--once", help="Drain the events and exit.")] = False,
+    show_status: Annotated[bool, typer.Option("--status", help="Show the state and exit.")] = False,
+) -> None:
+    """Run the reconciler alone: Stripe events into the database."""
+    fail("the reconciler is not available yet (see issue 6)")
+
+
+@app.command()
+def resync(
+    github_user_id: Annotated[int | None, typer.Option(min=1, max=2**63 - 1)] = None,
+) -> None:
+    """Rebuild customers and subscriptions from Stripe's list endpoints."""
+    fail("resync is not available yet (see issue 7)")

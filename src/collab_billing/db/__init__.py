@@ -1,0 +1,1 @@
+"""Database layer: schema (models), engine and sessions, migrations, queries."""

@@ -1,0 +1,131 @@
+"""The schema, in SQLAlchemy 2's typed ORM style. One schema for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit names so that Alembic migrations are identical on both engines.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT ids are INTEGER there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now_column() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    github_user_id: Mapped[int] = mapped_column(BigInteger, unique=True, nullable=False)
+    github_login: Mapped[str] = mapped_column(String(255), nullable=False)
+    email_address: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = _now_column()
+
+    billing_customer: Mapped[BillingCustomer | None] = relationship(
+        back_populates="user", passive_deletes=True
+    )
+
+
+class BillingCustomer(Base):
+    __tablename__ = "billing_customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), unique=True, nullable=False
+    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    # Deletion is terminal on Stripe, so a tombstone makes customer events commute.
+    stripe_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_column()
+
+    user: Mapped[User] = relationship(back_populates="billing_customer")
+
+
+class BillingSubscription(Base):
+    __tablename__ = "billing_subscriptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    stripe_subscription_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    stripe_subscription_status: Mapped[str] = mapped_column(String(32), nullable=False)
+    stripe_price_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_cancel_at_period_end: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False
+    )
+    stripe_cancel_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # `created` of the newest event (or fetch) applied: the watermark that orders payloads.
+    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+class ProcessedStripeEvent(Base):
+    __tablename__ = "processed_stripe_events"
+
+    stripe_event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    stripe_event_type: Mapped[str] = mapped_column(String(255), nullable=False)
+    stripe_event_created_timestamp: Mapped[int] = mapped_column(
+        BigInteger, index=True, nullable=False
+    )
+    processed_at: Mapped[datetime] = _now_column()
+
+
+class PendingStripeEvent(Base):
+    """An event that failed to apply, or waits behind one that did, kept for retry."""
+
+    __tablename__ = "pending_stripe_events"
+
+    stripe_event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    stripe_event_type: Mapped[str] = mapped_column(String(255), nullable=False)
+    stripe_event_created_timestamp: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stripe_object_id: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    first_seen_at: Mapped[datetime] = _now_column()
+
+
+class ReconcilerState(Base):
+    """Small key/value rows: the events cursor, the last resync, ..."""
+
+    __tablename__ = "reconciler_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
