@@ -209,9 +209,7 @@ class StripeGateway:
     # -- subscriptions and events ------------------------------------------------------
 
     def retrieve_subscription(self, subscription_id: str) -> StripeObjectDict:
-        return self._get_json(
-            "subscriptions.retrieve", f"/v1/subscriptions/{subscription_id}", {}
-        )
+        return self._get_json("subscriptions.retrieve", f"/v1/subscriptions/{subscription_id}", {})
 
     def list_events(
         self,

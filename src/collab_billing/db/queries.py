@@ -37,7 +37,9 @@ def upsert_user(
 
 
 def get_billing_customer_by_user_id(session: Session, user_id: int) -> BillingCustomer | None:
-    return session.scalars(select(BillingCustomer).where(BillingCustomer.user_id == user_id)).first()
+    return session.scalars(
+        select(BillingCustomer).where(BillingCustomer.user_id == user_id)
+    ).first()
 
 
 def get_billing_customer_by_stripe_id(

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real database engine (SQLite or PostgreSQL) with clean tables per test,
+and real HTTP servers (uvicorn) on random ports.
+
+`TEST_DATABASE_URL` selects the engine; unset, each session uses a SQLite file in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.config import Settings, load_settings
+from collab_billing.db.engine import is_sqlite, make_engine, make_session_factory
+from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.db.models import Base
+from tests.servers import ServerThread
+
+ADMIN_TOKEN = "test-admin-token-5f1c"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+def clear_tables(engine: Engine) -> None:
+    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as connection:
+        if is_sqlite(engine):
+            for name in tables:
+                connection.execute(text(f"DELETE FROM {name}"))
+        else:
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    """The migrated engine, with every table emptied before the test."""
+    clear_tables(migrated_engine)
+    return migrated_engine
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return load_settings(database_url=database_url, admin_token=ADMIN_TOKEN, _env_file=None)
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def uses_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if (os.environ.get("TEST_DATABASE_URL") or "").startswith("postgresql"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set TEST_DATABASE_URL")
+    for item in items:
+        if "postgres_only" in item.keywords:
+            item.add_marker(skip)
+
+
+__all__ = ["ADMIN_TOKEN", "Path", "ServerThread"]

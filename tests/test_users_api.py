@@ -1,0 +1,138 @@
+"""`POST /users` and the admin authentication rules, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings
+from collab_billing.db.models import User
+from tests.conftest import ADMIN_TOKEN
+from tests.servers import ServerThread
+
+
+@pytest.fixture
+def api(settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    with (
+        ServerThread(create_app(settings, engine)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        yield client
+
+
+def count_users(session_factory: sessionmaker[Session]) -> int:
+    with session_factory() as session:
+        return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def test_create_then_update_user(
+    api: httpx.Client, auth: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    body = {"github_user_id": 12345, "github_login": "octocat", "email_address": "o@example.com"}
+    created = api.post("/users", json=body, headers=auth)
+    assert created.status_code == 201, created.text
+    assert created.json()["github_login"] == "octocat"
+    updated = api.post("/users", json={**body, "github_login": "octo-cat"}, headers=auth)
+    assert updated.status_code == 200
+    assert updated.json()["id"] == created.json()["id"]
+    with session_factory() as session:
+        user = session.scalars(select(User)).one()
+        assert (user.github_user_id, user.github_login) == (12345, "octo-cat")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"github_login": "octocat"},
+        {"github_user_id": 1},
+        {"github_user_id": "12345", "github_login": "octocat"},
+        {"github_user_id": 1.5, "github_login": "octocat"},
+        {"github_user_id": -1, "github_login": "octocat"},
+        {"github_user_id": 0, "github_login": "octocat"},
+        {"github_user_id": 2**63, "github_login": "octocat"},
+        {"github_user_id": 1, "github_login": "octocat", "admin": True},
+        {"github_user_id": 1, "github_login": ""},
+        {"github_user_id": 1, "github_login": "x", "email_address": "not-an-email"},
+        {"github_user_id": True, "github_login": "octocat"},
+        [1, 2],
+    ],
+)
+def test_bad_bodies_are_422_and_change_nothing(
+    api: httpx.Client,
+    auth: dict[str, str],
+    session_factory: sessionmaker[Session],
+    body: object,
+) -> None:
+    response = api.post("/users", json=body, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+    assert count_users(session_factory) == 0
+
+
+def test_malformed_json_is_a_4xx(api: httpx.Client, auth: dict[str, str]) -> None:
+    response = api.post(
+        "/users",
+        content=b'{"github_user_id": 1,',
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "JSON" in response.text or "json" in response.text
+
+
+def test_oversized_body_is_413(api: httpx.Client, auth: dict[str, str]) -> None:
+    body = {"github_user_id": 1, "github_login": "x" * 100_000}
+    response = api.post("/users", json=body, headers=auth)
+    assert response.status_code == 413
+    assert "larger than" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [ADMIN_TOKEN, f"Bearer {ADMIN_TOKEN}", f"bearer {ADMIN_TOKEN}"],
+)
+def test_bare_or_bearer_token_is_accepted(api: httpx.Client, header: str) -> None:
+    body = {"github_user_id": 7, "github_login": "seven"}
+    assert api.post("/users", json=body, headers={"Authorization": header}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": ADMIN_TOKEN[:-1]},
+        {"Authorization": f"token {ADMIN_TOKEN}x"},
+    ],
+)
+def test_missing_or_wrong_token_is_401_json(
+    api: httpx.Client, session_factory: sessionmaker[Session], headers: dict[str, str]
+) -> None:
+    response = api.post("/users", json={"github_user_id": 7, "github_login": "s"}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/json")
+    assert "token" in response.json()["detail"]
+    assert count_users(session_factory) == 0
+
+
+def test_healthz_checks_the_database(api: httpx.Client) -> None:
+    response = api.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
+    from collab_billing.db.engine import make_engine
+
+    broken = make_engine("postgresql://nobody@127.0.0.1:1/none", pool_pre_ping=False)
+    with ServerThread(create_app(settings, broken)) as server:
+        response = httpx.get(f"{server.url}/healthz", timeout=30)
+    assert response.status_code == 503
+    assert response.json()["database"] == "unreachable"
