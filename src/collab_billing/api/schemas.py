@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
@@ -34,3 +34,49 @@ class UserOut(BaseModel):
     github_login: str
     email_address: str | None
     created_at: datetime
+
+
+StripeSubscriptionId = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^sub_[A-Za-z0-9_]{1,250}$", examples=["sub_1Q"])
+]
+OurSubscriptionId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+
+
+class CheckoutIn(StrictModel):
+    github_user_id: GithubUserId
+
+
+class CheckoutOut(BaseModel):
+    checkout_session_url: str
+
+
+class ManageIn(StrictModel):
+    github_user_id: GithubUserId
+    intent: Literal["cancel"] = Field(description="What the user wants to do. Only `cancel`.")
+    subscription_id: OurSubscriptionId | StripeSubscriptionId | None = Field(
+        default=None,
+        description="Our id or Stripe's `sub_...`; omitted: the user's only active subscription.",
+    )
+
+
+class ManageOut(BaseModel):
+    billing_portal_session_url: str
+
+
+class SubscriptionOut(BaseModel):
+    id: int
+    stripe_subscription_id: str
+    status: str
+    is_active: bool
+    is_cancelable: bool
+    cancel_at_period_end: bool
+    cancel_at: datetime | None
+    canceled_at: datetime | None
+    current_period_end: datetime | None
+    price_id: str | None
+
+
+class SubscriptionsOut(BaseModel):
+    github_user_id: int
+    has_active_subscription: bool
+    subscriptions: list[SubscriptionOut]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
@@ -67,3 +68,31 @@ def get_subscription_by_stripe_id(
             BillingSubscription.stripe_subscription_id == stripe_subscription_id
         )
     ).first()
+
+
+def link_billing_customer(
+    session: Session, user_id: int, stripe_customer_id: str
+) -> BillingCustomer:
+    """Record the user's Stripe customer once, even when two requests race to do it.
+
+    The insert is guarded by the unique `user_id`: the loser of a race reads the winner's row.
+    """
+    existing = get_billing_customer_by_user_id(session, user_id)
+    if existing is not None and existing.stripe_deleted_at is None:
+        return existing
+    if existing is not None:
+        # The old customer was deleted on Stripe; the user's row moves to the new one.
+        existing.stripe_customer_id = stripe_customer_id
+        existing.stripe_deleted_at = None
+        session.flush()
+        return existing
+    try:
+        with session.begin_nested():
+            customer = BillingCustomer(user_id=user_id, stripe_customer_id=stripe_customer_id)
+            session.add(customer)
+    except IntegrityError:
+        winner = get_billing_customer_by_user_id(session, user_id)
+        if winner is None:
+            raise
+        return winner
+    return customer
