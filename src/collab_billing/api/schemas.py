@@ -37,7 +37,9 @@ class UserOut(BaseModel):
 
 
 StripeSubscriptionId = Annotated[
-    str, StringConstraints(strict=True, pattern=r"^sub_[A-Za-z0-9_]{1,250}$", examples=["sub_1Q"])
+    str,
+    StringConstraints(strict=True, pattern=r"^sub_[A-Za-z0-9_]{1,250}$"),
+    Field(examples=["sub_1QExample"]),
 ]
 OurSubscriptionId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
 
