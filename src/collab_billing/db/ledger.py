@@ -1,0 +1,183 @@
+"""The reconciler's bookkeeping: processed events, events waiting for a retry, and the cursor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from collab_billing.db.models import PendingStripeEvent, ProcessedStripeEvent, ReconcilerState
+
+# How many ids go into one `IN (...)`: far below SQLite's 32,766 bound-parameter limit.
+IN_CHUNK = 5_000
+
+CURSOR = "events_cursor"
+LAST_DRAIN_AT = "last_drain_at"
+LAST_RESYNC_AT = "last_resync_at"
+
+
+def dialect_insert(session: Session) -> Any:
+    """`INSERT` with `ON CONFLICT` support for the session's engine (same API on both)."""
+    name = session.get_bind().dialect.name
+    return postgresql.insert if name == "postgresql" else sqlite.insert
+
+
+def is_postgres(bind: Session | Engine) -> bool:
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return engine.dialect.name == "postgresql"
+
+
+def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in chunks(list(event_ids)):
+        found.update(
+            session.scalars(
+                select(ProcessedStripeEvent.stripe_event_id).where(
+                    ProcessedStripeEvent.stripe_event_id.in_(chunk)
+                )
+            )
+        )
+    return found
+
+
+def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert ledger rows; returns the ids this call inserted (others were already there)."""
+    if not events:
+        return set()
+    insert = dialect_insert(session)
+    rows = [
+        {
+            "stripe_event_id": event["id"],
+            "stripe_event_type": event["type"],
+            "stripe_event_created_timestamp": int(event["created"]),
+        }
+        for event in events
+    ]
+    statement = (
+        insert(ProcessedStripeEvent)
+        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+        .returning(ProcessedStripeEvent.stripe_event_id)
+    )
+    inserted: set[str] = set()
+    for start in range(0, len(rows), 1000):
+        inserted.update(session.scalars(statement, rows[start : start + 1000]))
+    return inserted
+
+
+# -- pending (failed or waiting) events --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    event: dict[str, Any]
+    object_id: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: int
+
+
+def pending_object_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(PendingStripeEvent.stripe_object_id).distinct()))
+
+
+def due_pending_events(session: Session, now: int) -> list[PendingEvent]:
+    """Every pending event of the objects that have at least one event due for a retry."""
+    due_objects = select(PendingStripeEvent.stripe_object_id).where(
+        PendingStripeEvent.next_attempt_at <= now
+    )
+    rows = session.scalars(
+        select(PendingStripeEvent).where(PendingStripeEvent.stripe_object_id.in_(due_objects))
+    )
+    return [_pending(row) for row in rows]
+
+
+def all_pending_events(session: Session) -> list[PendingEvent]:
+    rows = session.scalars(
+        select(PendingStripeEvent).order_by(PendingStripeEvent.stripe_event_created_timestamp)
+    )
+    return [_pending(row) for row in rows]
+
+
+def _pending(row: PendingStripeEvent) -> PendingEvent:
+    return PendingEvent(
+        event=row.payload,
+        object_id=row.stripe_object_id,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        next_attempt_at=row.next_attempt_at,
+    )
+
+
+def record_pending(
+    session: Session,
+    events: Sequence[dict[str, Any]],
+    object_id: str,
+    error: str | None,
+    next_attempt_at: int,
+) -> None:
+    """Keep the events of one object for a later try; failures count on the first of them."""
+    insert = dialect_insert(session)
+    for position, event in enumerate(events):
+        failed_here = error is not None and position == 0
+        statement = insert(PendingStripeEvent).values(
+            stripe_event_id=event["id"],
+            stripe_event_type=event["type"],
+            stripe_event_created_timestamp=int(event["created"]),
+            stripe_object_id=object_id,
+            payload=json.loads(json.dumps(event)),
+            attempts=1 if failed_here else 0,
+            last_error=error if failed_here else None,
+            next_attempt_at=next_attempt_at,
+        )
+        update: dict[str, Any] = {"next_attempt_at": next_attempt_at}
+        if failed_here:
+            update["attempts"] = PendingStripeEvent.attempts + 1
+            update["last_error"] = error
+        session.execute(
+            statement.on_conflict_do_update(index_elements=["stripe_event_id"], set_=update)
+        )
+
+
+def clear_pending(session: Session, event_ids: Collection[str]) -> None:
+    for chunk in chunks(list(event_ids)):
+        session.execute(
+            delete(PendingStripeEvent).where(PendingStripeEvent.stripe_event_id.in_(chunk))
+        )
+
+
+# -- named state values (cursor, times) ------------------------------------------------------
+
+
+def read_state(session: Session, name: str) -> str | None:
+    row = session.get(ReconcilerState, name)
+    return row.value if row is not None else None
+
+
+def read_int_state(session: Session, name: str) -> int | None:
+    value = read_state(session, name)
+    return int(value) if value is not None else None
+
+
+def write_state(session: Session, name: str, value: str | int) -> None:
+    insert = dialect_insert(session)
+    statement = insert(ReconcilerState).values(name=name, value=str(value))
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["name"], set_={"value": str(value)})
+    )
+
+
+def advance_cursor(session: Session, created: int) -> None:
+    """The cursor only moves forward, whoever (poll, webhook) writes it."""
+    current = read_int_state(session, CURSOR)
+    if current is None or created > current:
+        write_state(session, CURSOR, created)

@@ -1,0 +1,150 @@
+"""Writes Stripe's customer and subscription objects into our rows."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from collab_billing.db.ledger import chunks, dialect_insert
+from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """What we keep of a Stripe subscription, as of the `created` second of an event."""
+
+    stripe_subscription_id: str
+    stripe_customer_id: str
+    status: str
+    cancel_at_period_end: bool
+    cancel_at: datetime | None
+    canceled_at: datetime | None
+    current_period_end: datetime | None
+    price_id: str | None
+    as_of: int
+
+    @classmethod
+    def from_stripe(cls, subscription: dict[str, Any], as_of: int) -> SubscriptionState:
+        items = (subscription.get("items") or {}).get("data") or []
+        # Since API 2025-03-31 the period lives on the items; older payloads have it on top.
+        period_ends = [i["current_period_end"] for i in items if i.get("current_period_end")]
+        period_end = max(period_ends) if period_ends else subscription.get("current_period_end")
+        price = items[0].get("price") if items else None
+        return cls(
+            stripe_subscription_id=subscription["id"],
+            stripe_customer_id=_id_of(subscription["customer"]),
+            status=subscription["status"],
+            cancel_at_period_end=bool(subscription.get("cancel_at_period_end")),
+            cancel_at=_time(subscription.get("cancel_at")),
+            canceled_at=_time(subscription.get("canceled_at")),
+            current_period_end=_time(period_end),
+            price_id=_id_of(price) if price else None,
+            as_of=as_of,
+        )
+
+
+def _id_of(value: str | dict[str, Any]) -> str:
+    return value if isinstance(value, str) else str(value["id"])
+
+
+def _time(timestamp: int | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+
+
+def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str, int]:
+    marks: dict[str, int] = {}
+    for chunk in chunks(list(ids)):
+        rows = session.execute(
+            select(
+                BillingSubscription.stripe_subscription_id, BillingSubscription.stripe_state_as_of
+            ).where(BillingSubscription.stripe_subscription_id.in_(chunk))
+        )
+        marks.update({row[0]: row[1] for row in rows})
+    return marks
+
+
+def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
+    """Known customers, deleted ones included: Stripe id -> our id."""
+    found: dict[str, int] = {}
+    for chunk in chunks(list(stripe_customer_ids)):
+        rows = session.execute(
+            select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
+                BillingCustomer.stripe_customer_id.in_(chunk)
+            )
+        )
+        found.update({row[0]: row[1] for row in rows})
+    return found
+
+
+def upsert_subscriptions(
+    session: Session, states: Sequence[SubscriptionState], customer_ids: dict[str, int]
+) -> None:
+    """Insert or overwrite subscription rows. The caller has decided the states are newest."""
+    if not states:
+        return
+    insert = dialect_insert(session)
+    rows = [
+        {
+            "billing_customer_id": customer_ids[state.stripe_customer_id],
+            "stripe_subscription_id": state.stripe_subscription_id,
+            "stripe_subscription_status": state.status,
+            "stripe_price_id": state.price_id,
+            "stripe_cancel_at_period_end": state.cancel_at_period_end,
+            "stripe_cancel_at": state.cancel_at,
+            "stripe_canceled_at": state.canceled_at,
+            "stripe_current_period_end": state.current_period_end,
+            "stripe_state_as_of": state.as_of,
+        }
+        for state in states
+    ]
+    statement = insert(BillingSubscription)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["stripe_subscription_id"],
+        set_={
+            **{
+                column: getattr(excluded, column)
+                for column in rows[0]
+                if column not in ("stripe_subscription_id",)
+            },
+            "updated_at": func.now(),
+        },
+    )
+    for start in range(0, len(rows), 1000):
+        session.execute(statement, rows[start : start + 1000])
+
+
+def user_id_for_github_id(session: Session, github_user_id: int) -> int | None:
+    return session.scalar(select(User.id).where(User.github_user_id == github_user_id))
+
+
+def link_customer_if_free(session: Session, user_id: int, stripe_customer_id: str) -> int | None:
+    """Link a Stripe customer to a user who has none yet; returns our customer id or None."""
+    insert = dialect_insert(session)
+    session.execute(
+        insert(BillingCustomer)
+        .values(user_id=user_id, stripe_customer_id=stripe_customer_id)
+        .on_conflict_do_nothing()
+    )
+    return session.scalar(
+        select(BillingCustomer.id).where(
+            BillingCustomer.stripe_customer_id == stripe_customer_id,
+            BillingCustomer.user_id == user_id,
+        )
+    )
+
+
+def mark_customers_deleted(session: Session, stripe_customer_ids: Collection[str]) -> None:
+    for chunk in chunks(list(stripe_customer_ids)):
+        for customer in session.scalars(
+            select(BillingCustomer).where(
+                BillingCustomer.stripe_customer_id.in_(chunk),
+                BillingCustomer.stripe_deleted_at.is_(None),
+            )
+        ):
+            customer.stripe_deleted_at = datetime.now(UTC)

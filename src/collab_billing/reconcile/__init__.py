@@ -1,0 +1,1 @@
+"""The reconciler: Stripe events (polled or pushed by webhooks) into the database."""

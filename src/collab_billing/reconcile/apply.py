@@ -1,0 +1,313 @@
+"""Apply a batch of Stripe events to the database: exactly once, converging with Stripe.
+
+Events are grouped by the object they change. For each subscription the newest event wins:
+its payload is written when its order is certain (see `ordering`), and the object is re-read
+from Stripe when it is not. `stripe_state_as_of` holds the `created` second of what a row
+shows, so older events are recognised as stale whatever order they arrive in. The whole batch
+and its `processed_stripe_events` rows commit in one transaction; if it fails, each object is
+retried alone and the failing one is parked in `pending_stripe_events`, holding back its later
+events while other objects go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db import ledger, mirror
+from collab_billing.reconcile.events import Event, github_user_id_of, object_id, object_kind
+from collab_billing.reconcile.ordering import final_event
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 3600
+
+
+@dataclass
+class ApplyStats:
+    """Outcome counts of one batch, by outcome and event type."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stripe_reads: int = 0
+
+    def count(self, outcome: str, events: Iterable[Event]) -> None:
+        for event in events:
+            self.outcomes[(outcome, str(event["type"]))] += 1
+
+    def total(self, outcome: str) -> int:
+        return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
+
+    def merge(self, other: ApplyStats) -> None:
+        self.outcomes.update(other.outcomes)
+        self.stripe_reads += other.stripe_reads
+
+
+@dataclass
+class Group:
+    kind: str
+    object_id: str
+    events: list[Event]
+    attempts: int = 0  # failures so far, when the group comes back from pending
+
+    @property
+    def newest_created(self) -> int:
+        return max(int(event["created"]) for event in self.events)
+
+
+def group_events(events: Sequence[Event]) -> list[Group]:
+    """Groups in first-seen order; customers first, so that links exist for subscriptions."""
+    groups: dict[tuple[str, str], Group] = {}
+    for event in events:
+        key = (object_kind(event), object_id(event))
+        groups.setdefault(key, Group(key[0], key[1], [])).events.append(event)
+    rank = {"customer": 0, "subscription": 1, "other": 2}
+    return sorted(groups.values(), key=lambda group: rank[group.kind])
+
+
+class Applier:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        gateway: StripeGateway | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.factory = factory
+        self.gateway = gateway
+        self.clock = clock
+        self._reads: dict[str, dict[str, Any]] = {}
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def apply(
+        self, events: Sequence[Event], pending: Sequence[ledger.PendingEvent] = ()
+    ) -> ApplyStats:
+        """Apply new `events` (sorted by `created`) and the due `pending` events."""
+        self._reads = {}
+        attempts = {p.event["id"]: p.attempts for p in pending}
+        merged = _merge_sorted([p.event for p in pending], events)
+        groups = group_events(merged)
+        for group in groups:
+            group.attempts = max((attempts.get(e["id"], 0) for e in group.events), default=0)
+        stats = ApplyStats()
+        with self.factory() as session, session.begin():
+            blocked = ledger.pending_object_ids(session) - {p.object_id for p in pending}
+        ready = [g for g in groups if g.object_id not in blocked]
+        self._hold_back([g for g in groups if g.object_id in blocked], stats)
+        self._prefetch(ready, stats)
+        try:
+            with self.factory() as session, session.begin():
+                self._apply_groups(session, ready, stats)
+        except Exception:
+            log.warning("batch failed; applying its %d objects one by one", len(ready))
+            stats = ApplyStats(stripe_reads=stats.stripe_reads)
+            self._apply_one_by_one(ready, stats)
+        return stats
+
+    def _apply_one_by_one(self, groups: Sequence[Group], stats: ApplyStats) -> None:
+        for group in groups:
+            group_stats = ApplyStats()
+            try:
+                with self.factory() as session, session.begin():
+                    self._apply_groups(session, [group], group_stats)
+            except Exception as error:  # any failure parks the object; the loop goes on
+                self._park(group, error, stats)
+                continue
+            stats.merge(group_stats)
+
+    def _park(self, group: Group, error: Exception, stats: ApplyStats) -> None:
+        message = _describe(error)
+        delay = min(2.0 ** (group.attempts + 1), MAX_BACKOFF_SECONDS)
+        log.error(
+            "event failed",
+            extra={
+                "stripe_object_id": group.object_id,
+                "stripe_event_id": group.events[0]["id"],
+                "stripe_event_type": group.events[0]["type"],
+                "attempts": group.attempts + 1,
+                "error": message,
+            },
+        )
+        with self.factory() as session, session.begin():
+            ledger.record_pending(
+                session, group.events, group.object_id, message, int(self.clock() + delay)
+            )
+        stats.count("failed", group.events)
+
+    def _hold_back(self, groups: Sequence[Group], stats: ApplyStats) -> None:
+        if not groups:
+            return
+        with self.factory() as session, session.begin():
+            for group in groups:
+                ledger.record_pending(session, group.events, group.object_id, None, 0)
+                stats.count("waiting", group.events)
+
+    # -- one transaction ------------------------------------------------------------------
+
+    def _apply_groups(self, session: Session, groups: Sequence[Group], stats: ApplyStats) -> None:
+        _lock_objects(session, [group.object_id for group in groups])
+        all_ids = [event["id"] for group in groups for event in group.events]
+        done = ledger.processed_ids(session, all_ids)
+        for group in groups:
+            fresh = [event for event in group.events if event["id"] not in done]
+            stats.count("duplicate", [e for e in group.events if e["id"] in done])
+            if fresh:
+                self._apply_group(session, Group(group.kind, group.object_id, fresh), stats)
+        ledger.clear_pending(session, all_ids)
+        ledger.mark_processed(
+            session, [e for group in groups for e in group.events if e["id"] not in done]
+        )
+
+    def _apply_group(self, session: Session, group: Group, stats: ApplyStats) -> None:
+        if group.kind == "customer":
+            self._apply_customer(session, group, stats)
+        elif group.kind == "subscription":
+            self._apply_subscription(session, group, stats)
+        else:
+            stats.count("ignored", group.events)
+
+    def _apply_customer(self, session: Session, group: Group, stats: ApplyStats) -> None:
+        if any(event["type"] == "customer.deleted" for event in group.events):
+            # Deletion is terminal on Stripe, so it wins whatever came before or after.
+            mirror.mark_customers_deleted(session, [group.object_id])
+            stats.count("applied", group.events)
+            return
+        if mirror.customer_rows(session, [group.object_id]):
+            stats.count("applied", group.events)
+            return
+        latest = group.events[-1]["data"]["object"]
+        if self._link_customer(session, group.object_id, github_user_id_of(latest)):
+            stats.count("applied", group.events)
+        else:
+            stats.count("unmatched", group.events)
+
+    def _link_customer(
+        self, session: Session, customer_id: str, github_user_id: int | None
+    ) -> bool:
+        """Link a customer we did not know to its user, then take in its subscriptions."""
+        user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
+        if user_id is None or mirror.link_customer_if_free(session, user_id, customer_id) is None:
+            return False
+        known = mirror.customer_rows(session, [customer_id])
+        states = [
+            mirror.SubscriptionState.from_stripe(sub, 0)
+            for sub in self._customer_subscriptions(customer_id)
+        ]
+        marks = mirror.subscription_watermarks(session, [s.stripe_subscription_id for s in states])
+        mirror.upsert_subscriptions(
+            session, [s for s in states if s.stripe_subscription_id not in marks], known
+        )
+        return True
+
+    def _apply_subscription(self, session: Session, group: Group, stats: ApplyStats) -> None:
+        decision = self._decide(session, group)
+        if decision is None:
+            stats.count("stale", group.events)
+            return
+        state = decision
+        known = mirror.customer_rows(session, [state.stripe_customer_id])
+        if state.stripe_customer_id not in known:
+            customer = self._read_customer(state.stripe_customer_id)
+            if not customer.get("deleted"):
+                self._link_customer(session, state.stripe_customer_id, github_user_id_of(customer))
+            known = mirror.customer_rows(session, [state.stripe_customer_id])
+        if state.stripe_customer_id not in known:
+            stats.count("unmatched", group.events)
+            return
+        mirror.upsert_subscriptions(session, [state], known)
+        stats.count("applied", group.events)
+
+    def _decide(self, session: Session, group: Group) -> mirror.SubscriptionState | None:
+        """The state to write, or None when every event is older than the row."""
+        newest = group.newest_created
+        mark = mirror.subscription_watermarks(session, [group.object_id]).get(group.object_id)
+        if mark is not None and newest < mark:
+            return None
+        tied = [event for event in group.events if int(event["created"]) == newest]
+        final = final_event(tied) if mark != newest else None
+        source = final["data"]["object"] if final else self._read_subscription(group.object_id)
+        return mirror.SubscriptionState.from_stripe(source, newest)
+
+    # -- reads from Stripe, made before the transaction where possible ---------------------
+
+    def _prefetch(self, groups: Sequence[Group], stats: ApplyStats) -> None:
+        subscriptions = [g for g in groups if g.kind == "subscription"]
+        if not subscriptions or self.gateway is None:
+            return
+        with self.factory() as session, session.begin():
+            marks = mirror.subscription_watermarks(session, [g.object_id for g in subscriptions])
+        for group in subscriptions:
+            newest = group.newest_created
+            mark = marks.get(group.object_id)
+            tied = [event for event in group.events if int(event["created"]) == newest]
+            if (mark is None or newest >= mark) and (mark == newest or final_event(tied) is None):
+                try:
+                    self._read_subscription(group.object_id)
+                except StripeGatewayError:
+                    continue  # the transaction will fail this object, alone
+        stats.stripe_reads = len(self._reads)
+
+    def _read_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return self._read(subscription_id, lambda g: g.retrieve_subscription(subscription_id))
+
+    def _read_customer(self, customer_id: str) -> dict[str, Any]:
+        return self._read(customer_id, lambda g: g.retrieve_customer(customer_id))
+
+    def _customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
+        key = f"subscriptions-of:{customer_id}"
+        listing = self._read(
+            key,
+            lambda g: {
+                "data": list(
+                    g.iterate_list("/v1/subscriptions", {"customer": customer_id, "status": "all"})
+                )
+            },
+        )
+        return list(listing["data"])
+
+    def _read(self, key: str, request: Callable[[StripeGateway], dict[str, Any]]) -> dict[str, Any]:
+        if key not in self._reads:
+            if self.gateway is None:
+                raise StripeGatewayError("not_configured", "STRIPE_API_KEY is not set", None)
+            self._reads[key] = request(self.gateway)
+        return self._reads[key]
+
+
+def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:
+    """On PostgreSQL, serialise writers of one object (poller and webhooks) for this transaction.
+
+    Locks are taken in one sorted order, so two transactions can never wait on each other in a
+    cycle. SQLite needs nothing: BEGIN IMMEDIATE already serialises all writers.
+    """
+    if not object_ids or not ledger.is_postgres(session):
+        return
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(7341, k) FROM "
+            "(SELECT DISTINCT hashtext(x) AS k FROM unnest(CAST(:ids AS text[])) AS x ORDER BY 1) s"
+        ),
+        {"ids": list(object_ids)},
+    )
+
+
+def _merge_sorted(first: Sequence[Event], second: Sequence[Event]) -> list[Event]:
+    seen: set[str] = set()
+    merged: list[Event] = []
+    for event in [*first, *second]:
+        if event["id"] not in seen:
+            seen.add(event["id"])
+            merged.append(event)
+    merged.sort(key=lambda event: int(event["created"]))  # stable: keeps the given order in a tie
+    return merged
+
+
+def _describe(error: Exception) -> str:
+    text_ = f"{type(error).__name__}: {error}"
+    return text_[:500]

@@ -1,0 +1,67 @@
+"""Ordering events of one object that share a `created` second.
+
+Stripe stamps events in whole seconds and event ids are not ordered, so events of one second
+have no stated order. Their payloads often fix it anyway: a `*.created` event comes first, a
+`*.deleted` event last, and each update's `previous_attributes` must equal the values of the
+update before it. When exactly one final state is consistent with that, the payload is as good
+as a fresh read; otherwise the caller re-reads the object from Stripe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise, permutations
+from typing import Any
+
+from collab_billing.reconcile.events import Event
+
+# 6! = 720 orders to check; beyond that a re-read is cheaper than the search.
+MAX_TIED_EVENTS = 6
+
+
+def _is_first(event: Event) -> bool:
+    return str(event["type"]).endswith(".created")
+
+
+def _is_last(event: Event) -> bool:
+    return str(event["type"]).endswith(".deleted")
+
+
+def _follows(previous: Event, current: Event) -> bool:
+    """Could `current` have happened right after `previous`?"""
+    before: dict[str, Any] = current["data"].get("previous_attributes") or {}
+    if not before:
+        # A deletion carries no previous_attributes; any other event without them
+        # (a notice such as trial_will_end) has no provable place.
+        return _is_last(current)
+    after_previous = previous["data"]["object"]
+    return all(_matches(after_previous.get(key), value) for key, value in before.items())
+
+
+def _matches(actual: Any, expected: Any) -> bool:
+    # previous_attributes holds only the changed part of nested objects.
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return all(_matches(actual.get(key), value) for key, value in expected.items())
+    return bool(actual == expected)
+
+
+def _consistent(order: Sequence[Event]) -> bool:
+    if any(_is_first(event) for event in order[1:]) or any(_is_last(e) for e in order[:-1]):
+        return False
+    return all(_follows(a, b) for a, b in pairwise(order))
+
+
+def final_event(tied: Sequence[Event]) -> Event | None:
+    """The event whose payload is the object's state after all of `tied`, if it is certain."""
+    if len(tied) == 1:
+        return tied[0]
+    if len(tied) > MAX_TIED_EVENTS:
+        return None
+    finals: list[Event] = []
+    for order in permutations(tied):
+        if _consistent(order) and all(order[-1] is not f for f in finals):
+            finals.append(order[-1])
+    if not finals:
+        return None
+    states = {repr(sorted(event["data"]["object"].items())) for event in finals}
+    return finals[0] if len(states) == 1 else None
