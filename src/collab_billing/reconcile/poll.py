@@ -1,0 +1,175 @@
+"""Read new events from Stripe's Events API in bounded `created` windows, oldest window first.
+
+The list endpoint returns newest first. To apply oldest first without holding a whole backlog
+in memory, a window `[low, high)` is read completely; if it holds more than `max_buffer` new
+events, it is narrowed from the top (using the density seen so far) and read again. Each
+window is applied before the next one is read, and the cursor moves to its newest event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db import ledger
+from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.events import RELEVANT_TYPES, Event
+from collab_billing.stripe_gateway import StripeGateway
+
+log = logging.getLogger(__name__)
+
+# Events can become visible in the list a little after their `created` second; re-reading
+# this much below the cursor catches them, and the ledger absorbs the repeats.
+OVERLAP_SECONDS = 60
+MAX_BUFFER = 10_000
+BATCH_SIZE = 2_000
+RETENTION_SECONDS = 30 * 86_400
+WARN_AFTER_SECONDS = 25 * 86_400
+
+
+class NeedsResync(Exception):
+    """Events we have not read may be gone from Stripe: rebuild from the list endpoints."""
+
+
+@dataclass
+class DrainReport:
+    requests: int = 0
+    events_seen: int = 0
+    windows: int = 0
+    stats: ApplyStats = field(default_factory=ApplyStats)
+    newest_created: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Window:
+    events: list[Event]
+    high: int | None
+
+
+class Poller:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        gateway: StripeGateway,
+        applier: Applier,
+        clock: Callable[[], float] = time.time,
+        max_buffer: int = MAX_BUFFER,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.factory = factory
+        self.gateway = gateway
+        self.applier = applier
+        self.clock = clock
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+
+    def check_retention(self) -> int:
+        """The cursor to poll from; raises NeedsResync when reading events cannot be trusted."""
+        with self.factory() as session, session.begin():
+            cursor = ledger.read_int_state(session, ledger.CURSOR)
+            last_drain = ledger.read_int_state(session, ledger.LAST_DRAIN_AT)
+        if cursor is None or last_drain is None:
+            raise NeedsResync("the database has never synced with Stripe")
+        # The cursor is the newest event seen; its age alone says nothing when nothing happened,
+        # so the age that matters is how long ago we last read the event list completely.
+        age = self.clock() - last_drain
+        if age > RETENTION_SECONDS:
+            raise NeedsResync(f"last complete poll was {age / 86400:.1f} days ago (retention: 30)")
+        if age > WARN_AFTER_SECONDS:
+            log.warning("last complete poll is %.1f days old; resync at 30", age / 86400)
+        return cursor
+
+    def drain(self) -> DrainReport:
+        started = time.monotonic()
+        report = DrainReport()
+        cursor = self.check_retention()
+        low = cursor - OVERLAP_SECONDS
+        with self.factory() as session, session.begin():
+            due = ledger.due_pending_events(session, int(self.clock()))
+        while True:
+            window = self._read_window(low, cursor, report)
+            report.windows += 1
+            for batch in _batches(window.events, self.batch_size):
+                report.stats.merge(self.applier.apply(batch, due))
+                due = []
+                newest = int(batch[-1]["created"])
+                report.newest_created = newest
+                with self.factory() as session, session.begin():
+                    ledger.advance_cursor(session, newest)
+            if window.high is None:
+                break
+            low = window.high
+        if due:
+            report.stats.merge(self.applier.apply([], due))
+        with self.factory() as session, session.begin():
+            ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _read_window(self, low: int, cursor: int, report: DrainReport) -> Window:
+        high: int | None = None
+        while True:
+            buffered: list[Event] = []
+            narrower: int | None = None
+            for page in self._pages(low, high, report):
+                with self.factory() as session, session.begin():
+                    done = ledger.processed_ids(session, [event["id"] for event in page])
+                fresh = [event for event in page if event["id"] not in done]
+                buffered.extend(fresh)
+                if not fresh and int(page[-1]["created"]) <= cursor:
+                    break  # reached events handled by an earlier poll
+                if len(buffered) > self.max_buffer:
+                    narrower = self._narrow(low, buffered)
+                    if narrower is not None:
+                        break
+            if narrower is None:
+                return _window(buffered, high)
+            high = narrower
+
+    def _narrow(self, low: int, buffered: Sequence[Event]) -> int | None:
+        oldest = int(buffered[-1]["created"])
+        newest = int(buffered[0]["created"])
+        if oldest <= low + 1:
+            return None  # one second holds more than the buffer: take it whole
+        per_second = len(buffered) / max(1, newest - oldest + 1)
+        width = max(1, int(self.max_buffer / 2 / per_second))
+        return min(oldest, low + width)
+
+    def _pages(self, low: int, high: int | None, report: DrainReport) -> Iterator[list[Event]]:
+        starting_after: str | None = None
+        while True:
+            page = self.gateway.list_events(
+                types=RELEVANT_TYPES,
+                created_gte=low,
+                created_lt=high,
+                starting_after=starting_after,
+            )
+            report.requests += 1
+            report.events_seen += len(page.events)
+            if page.events:
+                yield page.events
+            if not page.has_more or not page.events:
+                return
+            starting_after = page.events[-1]["id"]
+
+
+def _window(newest_first: list[Event], high: int | None) -> Window:
+    events = newest_first[::-1]
+    events.sort(key=lambda event: int(event["created"]))  # stable: keeps Stripe's tie order
+    return Window(events, high)
+
+
+def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
+    """Batches of about `size`, never splitting one `created` second (ties stay together)."""
+    start = 0
+    while start < len(events):
+        end = min(start + size, len(events))
+        while end < len(events) and events[end]["created"] == events[end - 1]["created"]:
+            end += 1
+        yield list(events[start:end])
+        start = end
