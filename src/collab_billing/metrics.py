@@ -1,0 +1,46 @@
+"""Prometheus metrics (`GET /metrics`). Module-level: one set per process, as Prometheus expects."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_FETCHED = Counter(
+    "collab_billing_events_fetched", "Events read from Stripe's Events API", ["type"]
+)
+EVENTS = Counter(
+    "collab_billing_events",
+    "Events handled, by outcome (applied, stale, duplicate, unmatched, failed, waiting, ignored)",
+    ["outcome", "type"],
+)
+APPLY_SECONDS = Histogram(
+    "collab_billing_apply_batch_seconds", "Time to apply one batch of events", ["source"]
+)
+POLL_SECONDS = Histogram("collab_billing_poll_seconds", "Duration of one complete poll")
+RECONCILER_LAG = Gauge(
+    "collab_billing_reconciler_lag_seconds", "Now minus the `created` of the newest applied event"
+)
+PENDING_EVENTS = Gauge(
+    "collab_billing_pending_events", "Events failed or waiting behind a failed event"
+)
+FAILED_EVENTS = Gauge(
+    "collab_billing_failed_events", "Events that failed at least `max_attempts` times"
+)
+STRIPE_REQUESTS = Counter(
+    "collab_billing_stripe_requests",
+    "Requests made to Stripe, by operation and status",
+    ["operation", "status"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "collab_billing_webhook_deliveries", "Webhook deliveries by outcome", ["outcome"]
+)
+LEADER = Gauge("collab_billing_reconciler_leader", "1 while this process is the active reconciler")
+RESYNCS = Counter("collab_billing_resyncs", "Full resyncs from the list endpoints", ["reason"])
+
+
+def observe_stripe_request(operation: str, status: int | str) -> None:
+    STRIPE_REQUESTS.labels(operation, str(status)).inc()
+
+
+def record_outcomes(outcomes: dict[tuple[str, str], int]) -> None:
+    for (outcome, event_type), count in outcomes.items():
+        EVENTS.labels(outcome, event_type).inc(count)

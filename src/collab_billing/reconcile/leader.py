@@ -1,0 +1,128 @@
+"""One active reconciler per database.
+
+PostgreSQL: a session-level advisory lock held on a dedicated connection; it is released by
+the server when the process dies, so a standby takes over at its next try. SQLite: an
+exclusive `flock` on a file next to the database (SQLite deployments are single-host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+ADVISORY_LOCK_KEY = 0x636F6C6C61625F62  # "collab_b"
+HOLDER_QUERY = text(
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND classid = :high AND objid = :low AND objsubid = 1"
+)
+
+
+class LeaderLock:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._connection: Connection | None = None
+        self._file: IO[str] | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def acquire(self) -> bool:
+        """Try once, without waiting. True while we hold (or just took) the lock."""
+        if self.held():
+            return True
+        return self._acquire_postgres() if self.is_postgres else self._acquire_file()
+
+    def held(self) -> bool:
+        if self._file is not None:
+            return True
+        if self._connection is None:
+            return False
+        try:
+            self._connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            log.warning("lost the database connection that held the reconciler lock")
+            self._drop_connection()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
+            self._drop_connection()
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def _acquire_postgres(self) -> bool:
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        got = connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+        )
+        if got:
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def _acquire_file(self) -> bool:
+        handle = open(lock_file_path(self.engine), "a+")  # noqa: SIM115 - held for the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return True
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.invalidate()
+                self._connection.close()
+            except SQLAlchemyError:
+                pass
+        self._connection = None
+
+
+def lock_file_path(engine: Engine) -> Path:
+    database = engine.url.database or "memory"
+    return Path(f"{database}.reconciler.lock")
+
+
+def current_holder(engine: Engine) -> str:
+    """Who holds the lock, for `reconcile --status`."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            pid = connection.scalar(
+                HOLDER_QUERY,
+                {"high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY & 0xFFFFFFFF},
+            )
+        return f"PostgreSQL backend pid {pid}" if pid else "none"
+    path = lock_file_path(engine)
+    if not path.exists():
+        return "none"
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"process {handle.read().strip() or '?'}"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return "none"
