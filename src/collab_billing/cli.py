@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import secrets
+import signal
+import threading
+import time
 from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
+from sqlalchemy import Engine
 
-from collab_billing.api.app import create_app
+from collab_billing.api.app import build_gateway, create_app
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory, transaction
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
+from collab_billing.reconcile.resync import run_with_progress
+from collab_billing.reconcile.run import Reconciler, read_status
+from collab_billing.stripe_gateway import StripeGateway
 
 app = typer.Typer(
     help="collab-billing: sell a subscription through Stripe and keep the database in step.",
@@ -124,12 +131,86 @@ def reconcile(
     show_status: Annotated[bool, typer.Option("--status", help="Show the state and exit.")] = False,
 ) -> None:
     """Run the reconciler alone: Stripe events into the database."""
-    fail("the reconciler is not available yet (see issue 6)")
+    settings = settings_or_exit()
+    configure_logging(settings)
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    if show_status:
+        print_status(engine)
+        return
+    reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
+    if once:
+        drain_once(reconciler)
+        return
+    stop = threading.Event()
+    # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    reconciler.run(stop)
+
+
+def drain_once(reconciler: Reconciler) -> None:
+    if not reconciler.lock.acquire():
+        fail("another reconciler is active on this database")
+    try:
+        report = reconciler.drain()
+    finally:
+        reconciler.lock.release()
+    stats = report.stats
+    typer.echo(
+        f"drained: {report.events_seen} events read in {report.requests} requests, "
+        f"{stats.total('applied')} applied, {stats.total('stale')} stale, "
+        f"{stats.total('duplicate')} duplicate, {stats.total('unmatched')} unmatched, "
+        f"{stats.total('failed')} failed, {stats.stripe_reads} objects re-read"
+    )
+
+
+def gateway_or_exit(settings: Settings) -> StripeGateway:
+    gateway = build_gateway(settings)
+    if gateway is None:
+        fail("STRIPE_API_KEY is not set")
+    return gateway
+
+
+def print_status(engine: Engine) -> None:
+    status = read_status(engine)
+    now = int(time.time())
+
+    def ago(value: int | None) -> str:
+        return "never" if value is None else f"{value} ({now - value} s ago)"
+
+    typer.echo(f"cursor (newest event created): {ago(status.cursor)}")
+    typer.echo(f"last complete poll:            {ago(status.last_drain_at)}")
+    typer.echo(f"last resync:                   {ago(status.last_resync_at)}")
+    typer.echo(f"leader:                        {status.leader}")
+    failed = [p for p in status.pending if p.last_error is not None]
+    typer.echo(f"pending events: {len(status.pending)} ({len(failed)} failed)")
+    for pending in status.pending:
+        state = (
+            f"failed {pending.attempts}x: {pending.last_error}"
+            if pending.last_error
+            else ("waiting behind an earlier failure")
+        )
+        typer.echo(f"  {pending.event['id']} {pending.event['type']} {pending.object_id}: {state}")
 
 
 @app.command()
 def resync(
     github_user_id: Annotated[int | None, typer.Option(min=1, max=2**63 - 1)] = None,
+    requests_per_second: Annotated[
+        float | None, typer.Option(min=0.1, help="Throttle Stripe requests (default: setting).")
+    ] = None,
 ) -> None:
     """Rebuild customers and subscriptions from Stripe's list endpoints."""
-    fail("resync is not available yet (see issue 7)")
+    overrides = {"stripe_requests_per_second": requests_per_second} if requests_per_second else {}
+    settings = settings_or_exit(**overrides)
+    configure_logging(settings)
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    report = run_with_progress(
+        make_session_factory(engine), gateway_or_exit(settings), github_user_id
+    )
+    typer.echo(
+        f"resync done: {report.customers_seen} customers seen, {report.customers_linked} linked, "
+        f"{report.subscriptions_seen} subscriptions seen, {report.subscriptions_written} written"
+    )

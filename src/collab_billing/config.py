@@ -48,9 +48,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
-    @property
-    def stripe_configured(self) -> bool:
-        return self.stripe_api_key is not None and bool(self.stripe_price_id)
+    def webhook_secrets(self) -> list[str]:
+        """Several comma-separated secrets are accepted, for rotation."""
+        if self.stripe_webhook_secret is None:
+            return []
+        raw = self.stripe_webhook_secret.get_secret_value()
+        return [secret.strip() for secret in raw.split(",") if secret.strip()]
 
 
 class SettingsError(Exception):

@@ -267,3 +267,24 @@ def _gateway_error(error: stripe.StripeError) -> StripeGatewayError:
     # The SDK's message never contains the key; we still keep only Stripe's own message.
     message = error.user_message or "no message"
     return StripeGatewayError(kind, str(message), error.http_status)
+
+
+class SignatureError(Exception):
+    """A webhook's `Stripe-Signature` does not verify (wrong secret, stale, malformed)."""
+
+
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+def verify_webhook(payload: bytes, signature_header: str, secrets: list[str]) -> None:
+    """Verify with the SDK's verifier against each secret (rotation: old and new accepted)."""
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(
+                payload.decode("utf-8"), signature_header, secret, WEBHOOK_TOLERANCE_SECONDS
+            )
+        except stripe.SignatureVerificationError as error:
+            last_error = str(error)
+            continue
+        return
+    raise SignatureError(last_error)

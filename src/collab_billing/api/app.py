@@ -1,46 +1,74 @@
-"""The FastAPI application: routers, error handlers and shared state."""
+"""The FastAPI application: routers, error handlers, shared state and the reconciler task."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from collab_billing import billing
+from collab_billing import billing, metrics
 from collab_billing.api import billing as billing_routes
-from collab_billing.api import health, users
+from collab_billing.api import health, operations, users, webhooks
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
+from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+log = logging.getLogger(__name__)
+
+
+def build_gateway(settings: Settings) -> StripeGateway | None:
+    if settings.stripe_api_key is None:
+        return None
+    return StripeGateway(settings, observer=metrics.observe_stripe_request)
 
 
 @asynccontextmanager
-async def _no_background_work(_app: FastAPI) -> AsyncIterator[None]:
-    yield
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the reconciler beside the API; on shutdown let it finish its transaction."""
+    settings: Settings = app.state.settings
+    gateway: StripeGateway | None = app.state.gateway
+    if not (settings.reconcile_enabled and gateway is not None):
+        if settings.reconcile_enabled:
+            log.warning("reconciler off: STRIPE_API_KEY is not set")
+        yield
+        return
+    thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+    try:
+        yield
+    finally:
+        stop.set()
+        await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
-def create_app(
-    settings: Settings, engine: Engine | None = None, lifespan: Lifespan | None = None
-) -> FastAPI:
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(
         title="collab-billing",
         summary="Sell a subscription through Stripe and keep the database in step with Stripe.",
         version="0.1.0",
-        lifespan=lifespan or _no_background_work,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
-    app.state.gateway = StripeGateway(settings) if settings.stripe_api_key else None
-    app.include_router(health.router)
-    app.include_router(users.router)
-    app.include_router(billing_routes.router)
+    app.state.gateway = build_gateway(settings)
+    app.state.applier = Applier(app.state.session_factory, app.state.gateway)
+    app.state.webhook_secrets = settings.webhook_secrets()
+    for router in (
+        health.router,
+        operations.router,
+        users.router,
+        billing_routes.router,
+        webhooks.router,
+    ):
+        app.include_router(router)
     app.add_exception_handler(billing.BillingError, _billing_error)
     app.add_exception_handler(StripeGatewayError, _stripe_error)
     app.add_middleware(BodySizeLimit)
