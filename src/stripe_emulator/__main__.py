@@ -1,0 +1,20 @@
+"""`python -m stripe_emulator [--host 127.0.0.1] [--port 12111] [--api-key sk_test_...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from stripe_emulator.server import DEFAULT_PORT, serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="stripe_emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key", default=None, help="accept only this key (default: any sk_test_)")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.api_key)
+
+
+if __name__ == "__main__":
+    main()

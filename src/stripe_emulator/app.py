@@ -1,0 +1,70 @@
+"""The emulator's ASGI application.
+
+`create_app(api_key=None)` returns a Starlette app. Its state:
+- `app.state.emulator`: the `Store` (all objects and events; hold `store.lock` to touch it),
+- `app.state.faults`: fault injection and rate-limit settings,
+- `app.state.webhooks`: the webhook dispatcher (`wait_idle()` helps tests),
+- `app.state.api_key`: the accepted key (None: any `sk_test_...` key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+# Importing the handler modules registers their routes.
+from stripe_emulator import api_billing, api_catalog, api_events  # noqa: F401
+from stripe_emulator import control, pages
+from stripe_emulator.api import handle_v1
+from stripe_emulator.faults import FaultMiddleware, Faults, install_log_filter
+from stripe_emulator.store import Store
+from stripe_emulator.webhooks import WebhookDispatcher
+
+_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
+
+
+async def _index(request: Request) -> Response:
+    return JSONResponse(
+        {"emulator": "stripe_emulator", "api": "/v1", "control": "/_emulator", "livemode": False}
+    )
+
+
+def create_app(
+    api_key: str | None = None,
+    *,
+    public_url: str | None = None,
+    webhook_retry_delays: tuple[float, ...] = (1, 2, 4, 8, 16),
+) -> Starlette:
+    """`public_url` overrides the base of Checkout/portal session URLs (default: the Host)."""
+    store = Store()
+    faults = Faults()
+    webhooks = WebhookDispatcher(store, retry_delays=webhook_retry_delays)
+    install_log_filter()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        webhooks.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/", _index, methods=["GET"]),
+            *control.routes,
+            *pages.routes,
+            Route("/v1/{path:path}", handle_v1, methods=_METHODS),
+        ],
+        middleware=[Middleware(FaultMiddleware, faults=faults)],
+        lifespan=lifespan,
+    )
+    app.state.emulator = store
+    app.state.faults = faults
+    app.state.webhooks = webhooks
+    app.state.api_key = api_key
+    app.state.public_url = public_url.rstrip("/") if public_url else None
+    return app

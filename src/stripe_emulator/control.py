@@ -1,0 +1,266 @@
+"""Test control routes under `/_emulator/` (JSON in, JSON out, no API key).
+
+Errors use the same `{"error": {...}}` shape as the API. See the package docstring for the list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, fields
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stripe_emulator import objects, sessions
+from stripe_emulator.api import error_response, json_response
+from stripe_emulator.errors import StripeError, bad_request, not_found
+from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
+from stripe_emulator.generate import generate
+from stripe_emulator.store import Store
+from stripe_emulator.subscriptions import advance_clock, set_status
+from stripe_emulator.webhooks import WebhookDispatcher
+
+Body = dict[str, Any]
+ControlHandler = Callable[[Request, Body], Awaitable[Any]]
+
+
+async def _body(request: Request) -> Body:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object.")
+    return body
+
+
+def _endpoint(handler: ControlHandler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            result = await handler(request, await _body(request))
+        except StripeError as error:
+            return error_response(error)
+        return json_response(200, result)
+
+    return endpoint
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.emulator
+    return store
+
+
+def _typed(body: Body, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(key, default)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
+        raise bad_request(f"`{key}` has the wrong type.", key)
+    return value
+
+
+def _only(body: Body, allowed: set[str]) -> None:
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise StripeError(400, f"Received unknown parameter: {extra[0]}", code="parameter_unknown",
+                          param=extra[0])  # fmt: skip
+
+
+async def complete_checkout(request: Request, body: Body) -> Any:
+    _only(body, {"email", "name"})
+    store = _store(request)
+    with store.lock:
+        session = sessions.complete_checkout_session(
+            store,
+            request.path_params["id"],
+            email=_typed(body, "email", str),
+            name=_typed(body, "name", str),
+        )
+        return objects.checkout_session(session)
+
+
+async def confirm_portal(request: Request, body: Body) -> Any:
+    _only(body, {"immediately", "subscription", "comment", "feedback"})
+    store = _store(request)
+    with store.lock:
+        sub = sessions.confirm_portal_cancel(
+            store,
+            request.path_params["id"],
+            immediately=bool(_typed(body, "immediately", bool, False)),
+            subscription=_typed(body, "subscription", str),
+            comment=_typed(body, "comment", str),
+            feedback=_typed(body, "feedback", str),
+        )
+        return objects.subscription(sub)
+
+
+async def subscription_status(request: Request, body: Body) -> Any:
+    _only(body, {"status"})
+    status = _typed(body, "status", str)
+    if status is None:
+        raise bad_request("Missing `status`.", "status")
+    store = _store(request)
+    with store.lock:
+        return objects.subscription(set_status(store, request.path_params["id"], status))
+
+
+async def clock(request: Request, body: Body) -> Any:
+    store = _store(request)
+    if request.method == "POST":
+        _only(body, {"seconds"})
+        seconds = _typed(body, "seconds", (int, float))
+        if seconds is None or seconds < 0:
+            raise bad_request("`seconds` must be a number >= 0.", "seconds")
+        with store.lock:
+            advance_clock(store, int(seconds))
+    return {"now": store.now(), "offset": store.clock.offset}
+
+
+def _dataclass_from(cls: Any, body: Body) -> Any:
+    names = {field.name for field in fields(cls)}
+    _only(body, names)
+    try:
+        config = cls(**body)
+    except TypeError as exc:
+        raise bad_request(str(exc)) from None
+    return config
+
+
+async def faults(request: Request, body: Body) -> Any:
+    state: Faults = request.app.state.faults
+    if request.method == "POST":
+        config: FaultConfig = _dataclass_from(FaultConfig, body)
+        if not (0 <= config.rate <= 1 and 0 <= config.drop_rate <= 1):
+            raise bad_request("`rate` and `drop_rate` must be between 0 and 1.")
+        if not config.statuses or not all(isinstance(s, int) and 400 <= s < 600 for s in config.statuses):
+            raise bad_request("`statuses` must be a list of HTTP error statuses.", "statuses")
+        state.set_faults(config)
+    elif request.method == "DELETE":
+        state.set_faults(None)
+    return {"faults": state.describe()["faults"]}
+
+
+async def rate_limit(request: Request, body: Body) -> Any:
+    state: Faults = request.app.state.faults
+    if request.method == "POST":
+        config: RateLimitConfig = _dataclass_from(RateLimitConfig, body)
+        if config.requests_per_second <= 0:
+            raise bad_request("`requests_per_second` must be positive.", "requests_per_second")
+        state.set_rate_limit(config)
+    elif request.method == "DELETE":
+        state.set_rate_limit(None)
+    return {"rate_limit": state.describe()["rate_limit"]}
+
+
+async def webhook_endpoints(request: Request, body: Body) -> Any:
+    dispatcher: WebhookDispatcher = request.app.state.webhooks
+    if request.method == "POST":
+        _only(body, {"url", "secret", "enabled_events"})
+        url = _typed(body, "url", str)
+        if not url or not url.startswith(("http://", "https://")):
+            raise bad_request("`url` must be an http(s) URL.", "url")
+        secret = _typed(body, "secret", str)
+        if secret is not None and not secret.startswith("whsec_"):
+            raise bad_request("`secret` must start with whsec_.", "secret")
+        endpoint = dispatcher.add(url, secret, _typed(body, "enabled_events", list))
+        return asdict(endpoint)
+    return {"data": dispatcher.describe()}
+
+
+async def webhook_endpoint(request: Request, body: Body) -> Any:
+    dispatcher: WebhookDispatcher = request.app.state.webhooks
+    endpoint_id = request.path_params["id"]
+    if not dispatcher.remove(endpoint_id):
+        raise not_found("webhook endpoint", endpoint_id)
+    return {"id": endpoint_id, "deleted": True}
+
+
+async def webhook_deliveries(request: Request, body: Body) -> Any:
+    dispatcher: WebhookDispatcher = request.app.state.webhooks
+    return {"data": dispatcher.log()}
+
+
+async def generate_route(request: Request, body: Body) -> Any:
+    allowed = {"customers", "events_per_customer", "price", "seed", "span_seconds",
+               "first_github_user_id"}  # fmt: skip
+    _only(body, allowed)
+    customers = _typed(body, "customers", int, 0)
+    per_customer = _typed(body, "events_per_customer", int, 2)
+    if customers < 0 or per_customer < 1:
+        raise bad_request("`customers` must be >= 0 and `events_per_customer` >= 1.")
+    store = _store(request)
+
+    def work() -> Any:
+        with store.lock:
+            return generate(
+                store,
+                customers=customers,
+                events_per_customer=per_customer,
+                price_id=_typed(body, "price", str),
+                seed=_typed(body, "seed", int),
+                span_seconds=_typed(body, "span_seconds", int, 7 * 86_400),
+                first_github_user_id=_typed(body, "first_github_user_id", int),
+            )
+
+    # A thread keeps the event loop answering (other requests wait for the lock).
+    return asdict(await run_in_threadpool(work))
+
+
+async def state(request: Request, body: Body) -> Any:
+    store = _store(request)
+    if request.method == "DELETE":
+        with store.lock:
+            store.reset()
+        request.app.state.webhooks.reset()
+        request.app.state.faults.set_faults(None)
+        request.app.state.faults.set_rate_limit(None)
+        return {"reset": True}
+    with_events = request.query_params.get("events") in ("1", "true")
+    with store.lock:
+        return dump(store, with_events)
+
+
+def dump(store: Store, with_events: bool = False) -> Body:
+    """Every object as Stripe renders it (events only on request: there may be millions)."""
+    result: Body = {
+        "now": store.now(),
+        "customers": [objects.customer(c) for c in store.customers.rows.values()],
+        "products": [objects.product(p) for p in store.products.rows.values()],
+        "prices": [objects.price(p) for p in store.prices.rows.values()],
+        "subscriptions": [objects.subscription(s) for s in store.subscriptions.rows.values()],
+        "checkout_sessions": [
+            objects.checkout_session(s) for s in store.checkout_sessions.rows.values()
+        ],
+        "billing_portal_sessions": [
+            objects.portal_session(s) for s in store.portal_sessions.rows.values()
+        ],
+        "event_count": len(store.events),
+    }
+    if with_events:
+        result["events"] = [store.render_event(event) for event in store.events.events]
+    return result
+
+
+def _r(path: str, handler: ControlHandler, methods: list[str]) -> Route:
+    return Route(path, _endpoint(handler), methods=methods)
+
+
+routes = [
+    _r("/_emulator/checkout/sessions/{id}/complete", complete_checkout, ["POST"]),
+    _r("/_emulator/billing_portal/sessions/{id}/confirm", confirm_portal, ["POST"]),
+    _r("/_emulator/subscriptions/{id}/status", subscription_status, ["POST"]),
+    _r("/_emulator/clock/advance", clock, ["POST"]),
+    _r("/_emulator/clock", clock, ["GET"]),
+    _r("/_emulator/faults", faults, ["GET", "POST", "DELETE"]),
+    _r("/_emulator/rate_limit", rate_limit, ["GET", "POST", "DELETE"]),
+    _r("/_emulator/webhook_endpoints", webhook_endpoints, ["GET", "POST"]),
+    _r("/_emulator/webhook_endpoints/{id}", webhook_endpoint, ["DELETE"]),
+    _r("/_emulator/webhook_deliveries", webhook_deliveries, ["GET"]),
+    _r("/_emulator/generate", generate_route, ["POST"]),
+    _r("/_emulator/state", state, ["GET", "DELETE"]),
+]

@@ -1,0 +1,207 @@
+"""Bulk workload generation for benchmarks: N customers, each with a subscription, and M
+events per customer, built directly as records (no HTTP, no per-object JSON).
+
+Per customer, in order: `customer.created`, `customer.subscription.created` (active), then a
+realistic mix of `customer.subscription.updated` (cancel_at_period_end toggled on/off, status
+flips active <-> past_due) and `customer.updated`, and for about one customer in ten a final
+`customer.subscription.deleted`. Customers' events are interleaved and spread over the last
+`span_seconds` (never before the newest existing event), so many events share a `created`
+second. Every object's final state equals the `data.object` of its last event, which is what a
+correct reconciler must end up with. Each customer gets `metadata.github_user_id`.
+Generated events are not delivered to webhook endpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from stripe_emulator import catalog
+from stripe_emulator.events import Event
+from stripe_emulator.ids import FastIds
+from stripe_emulator.records import PERIOD_SECONDS, Customer, Item, Price, Subscription, evolve
+from stripe_emulator.store import Store
+
+_CANCEL_ON_PREVIOUS = {
+    "cancel_at": None,
+    "cancel_at_period_end": False,
+    "canceled_at": None,
+    "cancellation_details": {"reason": None},
+}
+_STATUS_PREVIOUS = {status: {"status": status} for status in ("active", "past_due")}
+
+
+@dataclass
+class GenerateResult:
+    customers: int
+    subscriptions: int
+    events: int
+    seconds: float
+    price: str
+    first_github_user_id: int
+
+
+def _price(store: Store, price_id: str | None) -> Price:
+    if price_id is not None:
+        return store.prices.get(price_id, "price")
+    for price in store.prices.rows.values():
+        if price.interval is not None and price.active:
+            return price
+    return catalog.create_price(
+        store,
+        currency="usd",
+        unit_amount=1000,
+        product=None,
+        product_name="Emulated plan",
+        interval="month",
+        interval_count=1,
+    )
+
+
+class _Generator:
+    def __init__(self, store: Store, price: Price, seed: int | None, first_user: int) -> None:
+        self.store = store
+        self.price = price
+        self.ids = FastIds(seed)
+        self.rng = random.Random(seed)
+        self.first_user = first_user
+        self.events: list[Event] = []
+        self.customers: list[Customer] = []
+        self.subs: list[Subscription | None] = []
+
+    def event(self, type_: str, created: int, obj: Any, previous: Any = None) -> None:
+        self.events.append(Event(self.ids.new("evt"), type_, created, obj, previous))
+
+    def step(self, index: int, step: int, last: bool, at: int) -> None:
+        if step == 0:
+            customer = Customer(
+                id=self.ids.new("cus"),
+                created=at,
+                email=f"user{self.first_user + index}@example.com",
+                name=f"User {self.first_user + index}",
+                metadata={"github_user_id": str(self.first_user + index)},
+                invoice_prefix=self.ids.new("x")[2:10].upper(),
+            )
+            self.customers.append(customer)
+            self.subs.append(None)
+            self.event("customer.created", at, customer)
+        elif step == 1:
+            self.subs[index] = sub = self.new_subscription(self.customers[index].id, at)
+            self.event("customer.subscription.created", at, sub)
+        else:
+            self.change(index, last, at)
+
+    def new_subscription(self, customer_id: str, at: int) -> Subscription:
+        sub_id = self.ids.new("sub")
+        return Subscription(
+            id=sub_id,
+            created=at,
+            customer=customer_id,
+            items=(Item(self.ids.new("si"), at, self.price),),
+            status="active",
+            current_period_start=at,
+            current_period_end=at + PERIOD_SECONDS,
+            currency=self.price.currency,
+        )
+
+    def change(self, index: int, last: bool, at: int) -> None:
+        sub = self.subs[index]
+        assert sub is not None
+        if sub.status == "canceled":
+            self.update_customer(index, at)
+            return
+        roll = self.rng.random()
+        if last and roll < 0.1:
+            new = evolve(
+                sub,
+                status="canceled",
+                canceled_at=sub.canceled_at or at,
+                ended_at=at,
+                cancellation_reason="cancellation_requested",
+            )
+            self.subs[index] = new
+            self.event("customer.subscription.deleted", at, new)
+        elif roll < 0.45:
+            self.toggle_cancel(index, sub, at)
+        elif roll < 0.85:
+            status = "past_due" if sub.status == "active" else "active"
+            self.subs[index] = new = evolve(sub, status=status)
+            self.event("customer.subscription.updated", at, new, _STATUS_PREVIOUS[sub.status])
+        else:
+            self.update_customer(index, at)
+
+    def toggle_cancel(self, index: int, sub: Subscription, at: int) -> None:
+        if not sub.cancel_at_period_end:
+            new = evolve(
+                sub,
+                cancel_at_period_end=True,
+                cancel_at=sub.current_period_end,
+                canceled_at=at,
+                cancellation_reason="cancellation_requested",
+            )
+            previous: dict[str, Any] = _CANCEL_ON_PREVIOUS
+        else:
+            new = evolve(
+                sub, cancel_at_period_end=False, cancel_at=None, canceled_at=None,
+                cancellation_reason=None,
+            )  # fmt: skip
+            previous = {
+                "cancel_at": sub.cancel_at,
+                "cancel_at_period_end": True,
+                "canceled_at": sub.canceled_at,
+                "cancellation_details": {"reason": "cancellation_requested"},
+            }
+        self.subs[index] = new
+        self.event("customer.subscription.updated", at, new, previous)
+
+    def update_customer(self, index: int, at: int) -> None:
+        old = self.customers[index]
+        name = f"User {self.first_user + index} ({self.rng.randrange(1_000_000)})"
+        self.customers[index] = new = evolve(old, name=name)
+        self.event("customer.updated", at, new, {"name": old.name})
+
+
+def generate(
+    store: Store,
+    *,
+    customers: int,
+    events_per_customer: int,
+    price_id: str | None = None,
+    seed: int | None = None,
+    span_seconds: int = 7 * 86_400,
+    first_github_user_id: int | None = None,
+) -> GenerateResult:
+    """Must be called with `store.lock` held."""
+    started = time.perf_counter()
+    price = _price(store, price_id)
+    first_user = first_github_user_id if first_github_user_id is not None else len(store.customers) + 1
+    now = store.now()
+    begin = max(store.events.last_created, now - span_seconds)
+    span = now - begin
+    total = customers * events_per_customer
+    gen = _Generator(store, price, seed, first_user)
+    sequence = 0
+    for step in range(max(events_per_customer, 2)):
+        emits = step < events_per_customer
+        for index in range(customers):
+            at = begin + (sequence * span) // total if total else now
+            if emits:
+                gen.step(index, step, step == events_per_customer - 1, at)
+                sequence += 1
+            elif step == 1:  # fewer than two events each: the subscription still exists
+                gen.subs[index] = gen.new_subscription(gen.customers[index].id, at)
+    _commit(store, gen)
+    return GenerateResult(
+        customers, customers, len(gen.events), time.perf_counter() - started, price.id, first_user
+    )
+
+
+def _commit(store: Store, gen: _Generator) -> None:
+    for customer in gen.customers:
+        store.customers.add(customer.id, customer)
+    for sub in gen.subs:
+        if sub is not None:
+            store.add_subscription(sub)
+    store.events.extend(gen.events)

@@ -1,0 +1,56 @@
+"""Stripe-shaped random identifiers.
+
+Stripe ids are a prefix plus random base62 characters; they are NOT ordered, and code that
+consumes them (the service's reconciler) must never compare them. We therefore make them fully
+random rather than time-based, so that any accidental ordering assumption fails fast in tests.
+"""
+
+from __future__ import annotations
+
+import random
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# Lengths of the random part, copied from real Stripe ids of each kind.
+_LENGTHS = {
+    "cus": 14,
+    "prod": 14,
+    "si": 14,
+    "sub": 24,
+    "price": 24,
+    "evt": 24,
+    "bps": 24,
+    "bpc": 24,
+    "req": 14,
+    "we": 24,
+    "in": 24,
+}
+
+_rng = random.SystemRandom()
+
+
+def random_part(length: int) -> str:
+    return "".join(_rng.choices(ALPHABET, k=length))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{random_part(_LENGTHS.get(prefix, 24))}"
+
+
+def checkout_session_id() -> str:
+    # Real ids look like cs_test_a1YS1URl...: "a1" then 56 more characters.
+    return "cs_test_a1" + random_part(56)
+
+
+def secret(prefix: str = "whsec") -> str:
+    return f"{prefix}_{random_part(32)}"
+
+
+class FastIds:
+    """A non-cryptographic id source for bulk generation (SystemRandom is ~10x slower)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def new(self, prefix: str) -> str:
+        return f"{prefix}_{''.join(self._rng.choices(ALPHABET, k=_LENGTHS.get(prefix, 24)))}"

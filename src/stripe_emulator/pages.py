@@ -1,0 +1,123 @@
+"""Minimal hosted pages behind the Checkout and portal session URLs, for humans using `dev`.
+
+`/_emulator/pages/checkout/{id}`: "Pay" completes the session (like the control route) and
+redirects to `success_url` (with `{CHECKOUT_SESSION_ID}` filled in), "Cancel" goes to
+`cancel_url`. `/_emulator/pages/billing_portal/{id}`: cancel at period end or now, then back to
+the return URL.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from stripe_emulator import sessions
+from stripe_emulator.errors import StripeError
+from stripe_emulator.objects import checkout_amount
+from stripe_emulator.store import Store
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto}}
+button{{font-size:1rem;padding:.5rem 1rem;margin:.25rem}}</style></head>
+<body><h1>{title}</h1><p><small>Stripe emulator (test mode)</small></p>{body}</body></html>"""
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=escape(title), body=body), status)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.emulator
+    return store
+
+
+async def checkout_page(request: Request) -> Response:
+    store = _store(request)
+    session_id = request.path_params["id"]
+    with store.lock:
+        session = store.checkout_sessions.rows.get(session_id)
+        if session is None:
+            return _page("Not found", "<p>No such Checkout session.</p>", 404)
+        amount = checkout_amount(session)
+        currency = session.line_items[0].price.currency.upper() if session.line_items else ""
+    if session.status != "open":
+        return _page("Checkout", f"<p>This session is {escape(session.status)}.</p>")
+    body = (
+        f"<p>Subscribe: {amount / 100:.2f} {escape(currency)} per period.</p>"
+        f'<form method="post"><input name="email" placeholder="email" '
+        f'value="{escape(session.customer_email or "")}">'
+        '<button name="action" value="pay">Pay</button>'
+        '<button name="action" value="cancel">Cancel</button></form>'
+    )
+    return _page("Checkout", body)
+
+
+async def checkout_submit(request: Request) -> Response:
+    store = _store(request)
+    form = await request.form()
+    session_id = request.path_params["id"]
+    with store.lock:
+        session = store.checkout_sessions.rows.get(session_id)
+        if session is None:
+            return _page("Not found", "<p>No such Checkout session.</p>", 404)
+        if form.get("action") == "cancel":
+            target = session.cancel_url
+        else:
+            try:
+                email = str(form.get("email") or "") or None
+                sessions.complete_checkout_session(store, session_id, email=email)
+            except StripeError as error:
+                return _page("Checkout", f"<p>{escape(error.message)}</p>", error.status)
+            target = session.success_url
+    if not target:
+        return _page("Checkout", "<p>Done.</p>")
+    return RedirectResponse(target.replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+async def portal_page(request: Request) -> Response:
+    store = _store(request)
+    with store.lock:
+        session = store.portal_sessions.rows.get(request.path_params["id"])
+    if session is None:
+        return _page("Not found", "<p>No such portal session.</p>", 404)
+    body = (
+        f"<p>Customer {escape(session.customer)}</p><form method=\"post\">"
+        '<button name="action" value="period_end">Cancel at period end</button>'
+        '<button name="action" value="now">Cancel now</button>'
+        '<button name="action" value="return">Return</button></form>'
+    )
+    return _page("Billing portal", body)
+
+
+async def portal_submit(request: Request) -> Response:
+    store = _store(request)
+    form = await request.form()
+    action = form.get("action")
+    with store.lock:
+        session = store.portal_sessions.rows.get(request.path_params["id"])
+        if session is None:
+            return _page("Not found", "<p>No such portal session.</p>", 404)
+        if action in ("period_end", "now"):
+            try:
+                sessions.confirm_portal_cancel(store, session.id, immediately=action == "now")
+            except StripeError as error:
+                return _page("Billing portal", f"<p>{escape(error.message)}</p>", error.status)
+        target = session.return_url
+        flow = session.flow or {}
+        redirect = (flow.get("after_completion") or {}).get("redirect")
+        if redirect and action != "return":
+            target = redirect["return_url"]
+    if not target:
+        return _page("Billing portal", "<p>Done.</p>")
+    return RedirectResponse(target, 303)
+
+
+routes = [
+    Route("/_emulator/pages/checkout/{id}", checkout_page, methods=["GET"]),
+    Route("/_emulator/pages/checkout/{id}", checkout_submit, methods=["POST"]),
+    Route("/_emulator/pages/billing_portal/{id}", portal_page, methods=["GET"]),
+    Route("/_emulator/pages/billing_portal/{id}", portal_submit, methods=["POST"]),
+]

@@ -1,0 +1,151 @@
+"""Compact, immutable records of the emulator's objects.
+
+The store keeps these instead of full Stripe dicts: a record holds only what varies, and the
+full Stripe-shaped JSON (with its dozens of constant fields) is rendered on read by
+`objects.py`. Because records are frozen, an event can keep a reference to the record as it was
+when the event happened: that reference IS the event's `data.object` snapshot, with no copy.
+This keeps millions of generated events affordable in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+DAY = 86_400
+PERIOD_SECONDS = 30 * DAY  # the emulator's billing period for every interval
+
+T = TypeVar("T")
+
+
+def evolve(record: T, **changes: Any) -> T:
+    return replace(record, **changes)  # type: ignore[type-var]
+
+
+Metadata = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: str
+    created: int
+    email: str | None = None
+    name: str | None = None
+    description: str | None = None
+    phone: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+    address: dict[str, str | None] | None = None
+    invoice_prefix: str = ""
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    created: int
+    updated: int
+    name: str
+    active: bool = True
+    description: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+    default_price: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    id: str
+    created: int
+    product: str
+    currency: str
+    unit_amount: int | None
+    interval: str | None = None  # None: a one-time price
+    interval_count: int = 1
+    nickname: str | None = None
+    lookup_key: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+    active: bool = True
+    tax_behavior: str = "unspecified"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: str
+    created: int
+    price: Price
+    quantity: int = 1
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    created: int
+    customer: str
+    items: tuple[Item, ...]
+    status: str
+    current_period_start: int
+    current_period_end: int
+    currency: str = "usd"
+    cancel_at_period_end: bool = False
+    cancel_at: int | None = None
+    canceled_at: int | None = None
+    ended_at: int | None = None
+    cancellation_reason: str | None = None
+    cancellation_comment: str | None = None
+    cancellation_feedback: str | None = None
+    trial_start: int | None = None
+    trial_end: int | None = None
+    metadata: Metadata = field(default_factory=dict)
+    description: str | None = None
+    collection_method: str = "charge_automatically"
+    days_until_due: int | None = None
+    pause_behavior: str | None = None
+
+    @property
+    def start_date(self) -> int:
+        return self.created
+
+
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    id: str
+    price: Price
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    id: str
+    created: int
+    expires_at: int
+    url: str
+    line_items: tuple[LineItem, ...]
+    success_url: str | None
+    cancel_url: str | None
+    status: str = "open"
+    payment_status: str = "unpaid"
+    customer: str | None = None
+    customer_email: str | None = None
+    client_reference_id: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+    subscription: str | None = None
+    subscription_metadata: Metadata = field(default_factory=dict)
+    subscription_description: str | None = None
+    trial_period_days: int | None = None
+    customer_details_email: str | None = None
+    customer_details_name: str | None = None
+    locale: str | None = None
+    allow_promotion_codes: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSession:
+    id: str
+    created: int
+    customer: str
+    url: str
+    configuration: str
+    return_url: str | None = None
+    flow: dict[str, Any] | None = None
+    locale: str | None = None

@@ -1,0 +1,195 @@
+"""The emulator's in-memory state and the primitives every mutation uses.
+
+Threading: the store is shared by the uvicorn event loop (API and control routes) and by test
+threads or the webhook worker (via `app.state.emulator`). Every read or write of state must hold
+`store.lock` (re-entrant, so helpers can nest). Handlers are short and synchronous, so holding
+it on the event loop is fine; bulk generation runs in a worker thread while holding it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from stripe_emulator import ids, objects
+from stripe_emulator.clock import Clock
+from stripe_emulator.errors import not_found
+from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
+from stripe_emulator.objects import Json
+from stripe_emulator.pagination import OrderedIds
+from stripe_emulator.records import (
+    CheckoutSession,
+    Customer,
+    PortalSession,
+    Price,
+    Product,
+    Subscription,
+)
+
+T = TypeVar("T")
+
+
+class Table(Generic[T]):
+    """Objects of one kind by id, plus their creation order for pagination."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.rows: dict[str, T] = {}
+        self.order = OrderedIds()
+
+    def add(self, object_id: str, record: T) -> None:
+        self.rows[object_id] = record
+        self.order.append(object_id)
+
+    def put(self, object_id: str, record: T) -> None:
+        self.rows[object_id] = record
+
+    def get(self, object_id: str, param: str = "id") -> T:
+        record = self.rows.get(object_id)
+        if record is None:
+            raise not_found(self.kind, object_id, param)
+        return record
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class RequestInfo:
+    """The API request being handled; Stripe records it on the events it causes."""
+
+    request_id: str
+    idempotency_key: str | None
+    base_url: str
+
+
+@dataclass
+class IdempotentResult:
+    fingerprint: str
+    status: int
+    body: bytes
+    created: float
+
+
+def _render(obj: Any) -> Json:
+    if isinstance(obj, Subscription):
+        return objects.subscription(obj)
+    if isinstance(obj, Customer):
+        # customer.deleted carries the customer as it was, never the deleted stub.
+        return objects.customer(obj)
+    if isinstance(obj, CheckoutSession):
+        return objects.checkout_session(obj)
+    if isinstance(obj, Price):
+        return objects.price(obj)
+    if isinstance(obj, Product):
+        return objects.product(obj)
+    if isinstance(obj, PortalSession):
+        return objects.portal_session(obj)
+    assert isinstance(obj, dict)
+    return obj
+
+
+@dataclass
+class Store:
+    clock: Clock = field(default_factory=Clock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    customers: Table[Customer] = field(default_factory=lambda: Table("customer"))
+    products: Table[Product] = field(default_factory=lambda: Table("product"))
+    prices: Table[Price] = field(default_factory=lambda: Table("price"))
+    subscriptions: Table[Subscription] = field(default_factory=lambda: Table("subscription"))
+    checkout_sessions: Table[CheckoutSession] = field(
+        default_factory=lambda: Table("checkout.session")
+    )
+    portal_sessions: Table[PortalSession] = field(
+        default_factory=lambda: Table("billing_portal.session")
+    )
+    # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
+    subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
+    events: EventLog = field(default_factory=EventLog)
+    idempotency: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
+    portal_configuration: str = field(default_factory=lambda: ids.new_id("bpc"))
+    request: RequestInfo | None = None
+    # Webhook delivery bookkeeping: event id -> deliveries not yet succeeded.
+    pending_webhooks: dict[str, int] = field(default_factory=dict)
+    # Called with each new event (set by the webhook dispatcher); None: no endpoints.
+    on_event: Callable[[Event], None] | None = None
+
+    def now(self) -> int:
+        return self.clock.now_int()
+
+    def emit(
+        self,
+        type_: str,
+        obj: Any,
+        previous: Json | None = None,
+        created: int | None = None,
+    ) -> Event:
+        request = self.request
+        event = Event(
+            ids.new_id("evt"),
+            type_,
+            self.now() if created is None else created,
+            obj,
+            previous,
+            request.request_id if request else None,
+            request.idempotency_key if request else None,
+        )
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
+
+    def render_event(self, event: Event) -> Json:
+        data: Json = {"object": _render(event.obj)}
+        if event.previous is not None:
+            data["previous_attributes"] = event.previous
+        return {
+            "id": event.id,
+            "object": "event",
+            "api_version": objects.API_VERSION,
+            "created": event.created,
+            "data": data,
+            "livemode": False,
+            "pending_webhooks": self.pending_webhooks.get(event.id, 0),
+            "request": {"id": event.request_id, "idempotency_key": event.idempotency_key},
+            "type": event.type,
+        }
+
+    def retained_since(self) -> int:
+        """Oldest `created` still readable: Stripe keeps events for 30 days."""
+        return self.now() - RETENTION_SECONDS
+
+    def add_subscription(self, record: Subscription) -> None:
+        self.subscriptions.add(record.id, record)
+        position = self.subscriptions.order.positions[record.id]
+        self.subscriptions_by_customer.setdefault(record.customer, []).append(position)
+
+    def customer_subscriptions(self, customer_id: str) -> list[Subscription]:
+        order = self.subscriptions.order.ids
+        positions = self.subscriptions_by_customer.get(customer_id, [])
+        return [self.subscriptions.rows[order[position]] for position in positions]
+
+    def live_customer(self, customer_id: str, param: str = "customer") -> Customer:
+        record = self.customers.get(customer_id, param)
+        if record.deleted:
+            raise not_found("customer", customer_id, param)
+        return record
+
+    def reset(self) -> None:
+        fresh = Store()
+        for name in (
+            "customers",
+            "products",
+            "prices",
+            "subscriptions",
+            "checkout_sessions",
+            "portal_sessions",
+            "subscriptions_by_customer",
+            "events",
+            "idempotency",
+            "pending_webhooks",
+        ):
+            setattr(self, name, getattr(fresh, name))
+        self.clock.reset()

@@ -1,0 +1,293 @@
+"""Subscriptions: creation, updates, cancellation, status moves and the passing of time.
+
+Each change emits the event Stripe emits: `customer.subscription.created`, `.updated` (with
+`previous_attributes`), `.deleted` (the subscription stays retrievable, status `canceled`),
+`.paused` / `.resumed`, and `.trial_will_end` is not modelled.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from stripe_emulator import ids, objects
+from stripe_emulator.diff import previous_attributes
+from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.forms import apply_metadata
+from stripe_emulator.records import DAY, PERIOD_SECONDS, Item, Price, Subscription, evolve
+from stripe_emulator.store import Store
+
+STATUSES = ("incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled")
+STATUSES += ("unpaid", "paused")
+ENDED = ("canceled", "incomplete_expired")
+INCOMPLETE_EXPIRY = 23 * 3600
+
+
+@dataclass
+class ItemSpec:
+    price: Price
+    quantity: int = 1
+    metadata: dict[str, str] | None = None
+
+
+def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
+    return tuple(
+        Item(ids.new_id("si"), created, spec.price, spec.quantity, spec.metadata or {})
+        for spec in specs
+    )
+
+
+def create_subscription(
+    store: Store,
+    *,
+    customer: str,
+    items: list[ItemSpec],
+    metadata: dict[str, str | None] | None = None,
+    status: str = "active",
+    trial_days: int | None = None,
+    trial_end: int | None = None,
+    description: str | None = None,
+    collection_method: str = "charge_automatically",
+    days_until_due: int | None = None,
+    created: int | None = None,
+    cancel_at_period_end: bool = False,
+    cancel_at: int | None = None,
+) -> Subscription:
+    store.live_customer(customer)
+    now = store.now() if created is None else created
+    if trial_days:
+        trial_end = now + trial_days * DAY
+    if trial_end is not None:
+        status = "trialing"
+    period_end = trial_end if trial_end is not None else now + PERIOD_SECONDS
+    record = Subscription(
+        id=ids.new_id("sub"),
+        created=now,
+        customer=customer,
+        items=build_items(items, now),
+        status=status,
+        current_period_start=now,
+        current_period_end=period_end,
+        currency=items[0].price.currency,
+        trial_start=now if trial_end is not None else None,
+        trial_end=trial_end,
+        metadata=apply_metadata({}, metadata),
+        description=description or None,
+        collection_method=collection_method,
+        days_until_due=days_until_due,
+    )
+    if cancel_at_period_end or cancel_at is not None:
+        record = schedule_cancel(record, now, cancel_at, cancel_at_period_end)
+    store.add_subscription(record)
+    store.emit("customer.subscription.created", record, created=now)
+    return record
+
+
+def save(
+    store: Store, old: Subscription, new: Subscription, created: int | None = None
+) -> Subscription:
+    """Store a changed subscription and emit the events Stripe emits for the change."""
+    store.subscriptions.put(new.id, new)
+    if new.status == "canceled" and old.status != "canceled":
+        store.emit("customer.subscription.deleted", new, created=created)
+        return new
+    previous = previous_attributes(objects.subscription(old), objects.subscription(new))
+    if not previous:
+        return new
+    store.emit("customer.subscription.updated", new, previous, created=created)
+    if new.status == "paused" and old.status != "paused":
+        store.emit("customer.subscription.paused", new, created=created)
+    elif old.status == "paused" and new.status != "paused":
+        store.emit("customer.subscription.resumed", new, created=created)
+    return new
+
+
+def schedule_cancel(
+    sub: Subscription, now: int, at: int | None, at_period_end: bool
+) -> Subscription:
+    if at is None and not at_period_end:
+        return evolve(
+            sub,
+            cancel_at=None,
+            cancel_at_period_end=False,
+            canceled_at=None,
+            cancellation_reason=None,
+        )
+    return evolve(
+        sub,
+        cancel_at=sub.current_period_end if at_period_end else at,
+        cancel_at_period_end=at_period_end,
+        canceled_at=now,
+        cancellation_reason="cancellation_requested",
+    )
+
+
+@dataclass
+class SubscriptionChanges:
+    metadata: dict[str, str | None] | None = None
+    cancel_at_period_end: bool | None = None
+    cancel_at: int | None = None
+    clear_cancel_at: bool = False
+    description: str | None = None
+    items: list[ItemSpec] | None = None
+    trial_end_now: bool = False
+    pause_behavior: str | None = None
+    resume_collection: bool = False
+    comment: str | None = None
+    feedback: str | None = None
+
+
+def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
+    old = store.subscriptions.get(sub_id)
+    now = store.now()
+    new = evolve(old, metadata=apply_metadata(old.metadata, changes.metadata))
+    if changes.comment is not None or changes.feedback is not None:
+        new = evolve(
+            new,
+            cancellation_comment=changes.comment or new.cancellation_comment,
+            cancellation_feedback=changes.feedback or new.cancellation_feedback,
+        )
+    others = (
+        changes.cancel_at_period_end is not None
+        or changes.cancel_at is not None
+        or changes.clear_cancel_at
+        or changes.items is not None
+        or changes.description is not None
+        or changes.trial_end_now
+        or changes.pause_behavior is not None
+        or changes.resume_collection
+    )
+    if old.status in ENDED and others:
+        raise bad_request(
+            "A canceled subscription can only update its cancellation_details and metadata."
+        )
+    new = _apply_cancel_changes(new, changes, now)
+    if changes.description is not None:
+        new = evolve(new, description=changes.description or None)
+    if changes.items is not None:
+        new = evolve(new, items=build_items(changes.items, now))
+    if changes.trial_end_now and new.status == "trialing":
+        new = evolve(
+            new,
+            status="active",
+            trial_end=now,
+            current_period_start=now,
+            current_period_end=now + PERIOD_SECONDS,
+        )
+    if changes.pause_behavior is not None:
+        new = evolve(new, pause_behavior=changes.pause_behavior)
+    if changes.resume_collection:
+        new = evolve(new, pause_behavior=None)
+    return save(store, old, new)
+
+
+def _apply_cancel_changes(
+    sub: Subscription, changes: SubscriptionChanges, now: int
+) -> Subscription:
+    if changes.cancel_at_period_end and (changes.cancel_at is not None):
+        raise bad_request(
+            "You cannot set both `cancel_at` and `cancel_at_period_end` to a value.",
+            "cancel_at",
+        )
+    if changes.cancel_at is not None:
+        if changes.cancel_at <= now:
+            raise bad_request("`cancel_at` must be in the future.", "cancel_at")
+        return schedule_cancel(sub, now, changes.cancel_at, False)
+    if changes.clear_cancel_at:
+        return schedule_cancel(sub, now, None, False)
+    if changes.cancel_at_period_end is not None:
+        if changes.cancel_at_period_end == sub.cancel_at_period_end:
+            return sub
+        return schedule_cancel(sub, now, None, changes.cancel_at_period_end)
+    return sub
+
+
+def cancel_subscription(
+    store: Store,
+    sub_id: str,
+    *,
+    comment: str | None = None,
+    feedback: str | None = None,
+    reason: str = "cancellation_requested",
+    at: int | None = None,
+) -> Subscription:
+    old = store.subscriptions.get(sub_id)
+    if old.status in ENDED:
+        raise StripeError(400, f"The subscription {sub_id} has already been canceled.")
+    when = store.now() if at is None else at
+    new = evolve(
+        old,
+        status="canceled",
+        canceled_at=old.canceled_at if at is not None and old.canceled_at else when,
+        ended_at=when,
+        cancellation_reason=reason,
+        cancellation_comment=comment or old.cancellation_comment,
+        cancellation_feedback=feedback or old.cancellation_feedback,
+    )
+    if at is None:
+        new = evolve(new, cancel_at_period_end=False, cancel_at=None)
+    return save(store, old, new, created=at)
+
+
+def set_status(store: Store, sub_id: str, status: str) -> Subscription:
+    if status not in STATUSES:
+        raise bad_request(f"Invalid status: must be one of {', '.join(STATUSES)}", "status")
+    old = store.subscriptions.get(sub_id)
+    if old.status in ENDED:
+        raise bad_request(f"Subscription {sub_id} has ended ({old.status}); it cannot change.")
+    if status == "canceled":
+        return cancel_subscription(store, sub_id, reason="payment_failed")
+    new = evolve(old, status=status)
+    if status == "incomplete_expired":
+        new = evolve(new, ended_at=store.now())
+    return save(store, old, new)
+
+
+def _next_transition(sub: Subscription, now: int) -> int | None:
+    """When the passing of time next changes this subscription (None: not before `now`)."""
+    if sub.status in ENDED:
+        return None
+    candidates = []
+    if sub.status == "incomplete":
+        candidates.append(sub.created + INCOMPLETE_EXPIRY)
+    elif sub.status != "paused":
+        candidates.append(sub.current_period_end)
+    if sub.cancel_at is not None:
+        candidates.append(sub.cancel_at)
+    due = min(candidates) if candidates else None
+    return due if due is not None and due <= now else None
+
+
+def _transition(store: Store, sub: Subscription, at: int) -> None:
+    if sub.status == "incomplete":
+        save(store, sub, evolve(sub, status="incomplete_expired", ended_at=at), created=at)
+    elif sub.cancel_at is not None and sub.cancel_at <= at:
+        reason = sub.cancellation_reason or "cancellation_requested"
+        cancel_subscription(store, sub.id, at=at, reason=reason)
+    else:
+        # A new billing period starts (a trial ends into `active`); payment always succeeds.
+        start = sub.current_period_end
+        new = evolve(sub, current_period_start=start, current_period_end=start + PERIOD_SECONDS)
+        if sub.status == "trialing":
+            new = evolve(new, status="active")
+        save(store, sub, new, created=at)
+
+
+def advance_clock(store: Store, seconds: int) -> int:
+    """Move time forward and apply, in time order, what Stripe would have done meanwhile."""
+    store.clock.advance(seconds)
+    now = store.now()
+    queue: list[tuple[int, str]] = []
+    for sub in store.subscriptions.rows.values():
+        due = _next_transition(sub, now)
+        if due is not None:
+            queue.append((due, sub.id))
+    heapq.heapify(queue)
+    while queue:
+        due, sub_id = heapq.heappop(queue)
+        at = max(due, store.events.last_created)
+        _transition(store, store.subscriptions.rows[sub_id], at)
+        following = _next_transition(store.subscriptions.rows[sub_id], now)
+        if following is not None:
+            heapq.heappush(queue, (following, sub_id))
+    return now
