@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,7 +18,7 @@ from collab_billing.config import Settings, load_settings
 from collab_billing.db.engine import is_sqlite, make_engine, make_session_factory
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import Base
-from tests.servers import ServerThread
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 ADMIN_TOKEN = "test-admin-token-5f1c"
 
@@ -76,6 +76,38 @@ def uses_postgres(database_url: str) -> bool:
     return database_url.startswith("postgresql")
 
 
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[str]:
+    from stripe_emulator.server import start_in_thread
+
+    with start_in_thread(port=0) as running:
+        yield running.url
+
+
+@pytest.fixture
+def emulator(emulator_server: str) -> Iterator[Emulator]:
+    """The emulator, emptied before the test."""
+    emulator = Emulator(emulator_server)
+    emulator.reset()
+    yield emulator
+    emulator.http.close()
+
+
+@pytest.fixture
+def stripe_settings(settings: Settings, emulator: Emulator) -> Settings:
+    """Settings for a service that talks to the emulator and sells one price."""
+    return settings.model_copy(
+        update={
+            "stripe_api_key": SecretStr(EMULATOR_KEY),
+            "stripe_api_base": emulator.url,
+            "stripe_price_id": emulator.price(),
+            "stripe_max_network_retries": 0,
+            "stripe_requests_per_second": 1000.0,
+            "reconcile_interval_seconds": 0.2,
+        }
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if (os.environ.get("TEST_DATABASE_URL") or "").startswith("postgresql"):
         return
@@ -83,6 +115,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
-
-
-__all__ = ["ADMIN_TOKEN", "Path", "ServerThread"]

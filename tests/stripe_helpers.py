@@ -1,0 +1,86 @@
+"""Test helpers around the emulator: its control routes and the official SDK."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import stripe
+
+EMULATOR_KEY = "sk_test_collab_billing_tests"
+
+
+class Emulator:
+    """The running emulator, driven over HTTP: control routes and the SDK."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+        self.sdk = stripe.StripeClient(
+            EMULATOR_KEY, base_addresses={"api": url}, max_network_retries=0
+        )
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"/_emulator/{path}", json=body)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def reset(self) -> None:
+        self.control("DELETE", "state")
+        self.control("DELETE", "faults")
+        self.control("DELETE", "rate_limit")
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("GET", "state")
+        return result
+
+    def complete_checkout(self, checkout_url: str) -> dict[str, Any]:
+        session_id = session_id_in(checkout_url, "cs_")
+        result: dict[str, Any] = self.control(
+            "POST", f"checkout/sessions/{session_id}/complete", {}
+        )
+        return result
+
+    def confirm_portal(self, portal_url: str, immediately: bool = False) -> dict[str, Any]:
+        session_id = session_id_in(portal_url, "bps_")
+        result: dict[str, Any] = self.control(
+            "POST", f"billing_portal/sessions/{session_id}/confirm", {"immediately": immediately}
+        )
+        return result
+
+    def set_status(self, subscription_id: str, status: str) -> None:
+        self.control("POST", f"subscriptions/{subscription_id}/status", {"status": status})
+
+    def price(self) -> str:
+        product = self.sdk.v1.products.create(params={"name": "Collab Pro"})
+        price = self.sdk.v1.prices.create(
+            params={
+                "product": product.id,
+                "unit_amount": 2000,
+                "currency": "usd",
+                "recurring": {"interval": "month"},
+            }
+        )
+        return str(price.id)
+
+    def all_events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 100}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = self.http.get(
+                "/v1/events", params=params, headers={"Authorization": f"Bearer {EMULATOR_KEY}"}
+            ).json()
+            events.extend(page["data"])
+            if not page["has_more"]:
+                return events
+            starting_after = page["data"][-1]["id"]
+
+
+def session_id_in(url: str, prefix: str) -> str:
+    match = re.search(rf"({prefix}[A-Za-z0-9_]+)", url)
+    assert match, f"no {prefix} id in {url}"
+    return match.group(1)

@@ -1,0 +1,64 @@
+"""Ordering events of one subscription that share a `created` second."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collab_billing.reconcile.ordering import final_event
+
+
+def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"object": {"id": "sub_1", **obj}}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {"id": f"evt_{kind}_{obj}", "type": f"customer.subscription.{kind}", "data": data}
+
+
+CREATED = event("created", {"status": "incomplete", "cancel_at_period_end": False})
+ACTIVATED = event(
+    "updated", {"status": "active", "cancel_at_period_end": False}, {"status": "incomplete"}
+)
+CANCEL_SCHEDULED = event(
+    "updated", {"status": "active", "cancel_at_period_end": True}, {"cancel_at_period_end": False}
+)
+DELETED = event("deleted", {"status": "canceled", "cancel_at_period_end": True})
+
+
+def test_a_single_event_is_final() -> None:
+    assert final_event([ACTIVATED]) is ACTIVATED
+
+
+@given(st.permutations([CREATED, ACTIVATED, CANCEL_SCHEDULED]))
+def test_a_chain_of_previous_attributes_fixes_the_order(tied: list[dict[str, Any]]) -> None:
+    assert final_event(tied) is CANCEL_SCHEDULED
+
+
+@given(st.permutations([CREATED, ACTIVATED, DELETED]))
+def test_a_deletion_is_last(tied: list[dict[str, Any]]) -> None:
+    assert final_event(tied) is DELETED
+
+
+def test_ambiguous_updates_are_not_guessed() -> None:
+    # Two updates that each undo the other: either could be last.
+    on = event("updated", {"cancel_at_period_end": True}, {"cancel_at_period_end": False})
+    off = event("updated", {"cancel_at_period_end": False}, {"cancel_at_period_end": True})
+    assert final_event([on, off]) is None
+    assert final_event([off, on]) is None
+
+
+def test_events_without_previous_attributes_have_no_provable_place() -> None:
+    notice = event("trial_will_end", {"status": "trialing"})
+    assert final_event([ACTIVATED, notice]) is None
+
+
+def test_nested_previous_attributes_match_partially() -> None:
+    first = event(
+        "updated", {"status": "active", "metadata": {"a": "1", "b": "2"}}, {"status": "x"}
+    )
+    second = event(
+        "updated", {"status": "active", "metadata": {"a": "3", "b": "2"}}, {"metadata": {"a": "1"}}
+    )
+    assert final_event([second, first]) is second

@@ -1,0 +1,171 @@
+"""The reconciler against the emulator: the user story, resync, idle cost, unmatched customers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing import billing
+from collab_billing.config import Settings
+from collab_billing.db import ledger, queries
+from collab_billing.db.models import BillingCustomer, BillingSubscription, ProcessedStripeEvent
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.stripe_helpers import Emulator
+
+
+@pytest.fixture
+def reconciler(stripe_settings: Settings, engine: Engine) -> Reconciler:
+    return Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+
+
+def add_user(factory: sessionmaker[Session], github_user_id: int, login: str) -> None:
+    with factory() as session, session.begin():
+        queries.upsert_user(session, github_user_id, login, f"{login}@example.com")
+
+
+def subscriptions(factory: sessionmaker[Session]) -> list[BillingSubscription]:
+    with factory() as session:
+        return list(session.scalars(select(BillingSubscription)))
+
+
+def checkout(reconciler: Reconciler, price: str, github_user_id: int) -> str:
+    return billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
+
+
+def test_checkout_completion_then_cancel_flow(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    factory = reconciler.factory
+    add_user(factory, 12345, "octocat")
+    reconciler.drain()  # first drain: never synced -> resync, then poll
+    url = checkout(reconciler, stripe_settings.stripe_price_id or "", 12345)
+    emulator.complete_checkout(url)
+
+    report = reconciler.drain()
+    assert report.stats.total("applied") >= 2
+    [row] = subscriptions(factory)
+    assert row.stripe_subscription_status == "active"
+    assert row.stripe_current_period_end is not None
+    assert not row.stripe_cancel_at_period_end
+
+    portal = billing.open_cancel_portal(factory, reconciler.gateway, 12345, None)
+    emulator.confirm_portal(portal)
+    reconciler.drain()
+    [row] = subscriptions(factory)
+    assert row.stripe_cancel_at_period_end
+    assert row.stripe_cancel_at is not None
+
+    emulator.sdk.v1.subscriptions.cancel(row.stripe_subscription_id)
+    reconciler.drain()
+    [row] = subscriptions(factory)
+    assert row.stripe_subscription_status == "canceled"
+
+
+def test_events_are_recorded_once_and_idle_polls_cost_one_request(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    add_user(reconciler.factory, 1, "one")
+    reconciler.drain()
+    emulator.complete_checkout(checkout(reconciler, stripe_settings.stripe_price_id or "", 1))
+    reconciler.drain()
+    reconciler.drain()
+    with reconciler.factory() as session:
+        ids = list(session.scalars(select(ProcessedStripeEvent.stripe_event_id)))
+    assert len(ids) == len(set(ids)) > 0
+    idle = reconciler.drain()
+    assert idle.requests == 1
+    assert idle.stats.total("applied") == 0
+
+
+def test_never_synced_database_is_resynced_from_lists(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    add_user(reconciler.factory, 7, "seven")
+    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "7"}})
+    emulator.sdk.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": stripe_settings.stripe_price_id or ""}],
+        }
+    )
+    with reconciler.factory() as session:
+        assert ledger.read_int_state(session, ledger.CURSOR) is None
+    reconciler.drain()
+    [row] = subscriptions(reconciler.factory)
+    assert row.stripe_subscription_status == "active"
+    with reconciler.factory() as session:
+        assert ledger.read_int_state(session, ledger.LAST_RESYNC_AT) is not None
+
+
+def test_a_cursor_past_the_retention_window_triggers_resync(
+    reconciler: Reconciler, emulator: Emulator
+) -> None:
+    reconciler.drain()
+    with reconciler.factory() as session, session.begin():
+        ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()) - 31 * 86400)
+        ledger.write_state(session, ledger.LAST_RESYNC_AT, 0)
+    reconciler.drain()
+    with reconciler.factory() as session:
+        assert (ledger.read_int_state(session, ledger.LAST_RESYNC_AT) or 0) > time.time() - 60
+
+
+def test_unknown_customers_are_counted_and_skipped(
+    reconciler: Reconciler, emulator: Emulator
+) -> None:
+    reconciler.drain()
+    emulator.sdk.v1.customers.create(params={"email": "stranger@example.com"})
+    emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "999"}})
+    report = reconciler.drain()
+    assert report.stats.total("unmatched") == 2
+    with reconciler.factory() as session:
+        assert session.scalar(select(func.count()).select_from(BillingCustomer)) == 0
+        assert session.scalar(select(func.count()).select_from(ProcessedStripeEvent)) == 2
+
+
+def test_a_customer_made_elsewhere_is_matched_by_metadata(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    reconciler.drain()
+    add_user(reconciler.factory, 42, "answer")
+    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "42"}})
+    emulator.sdk.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": stripe_settings.stripe_price_id or ""}],
+        }
+    )
+    reconciler.drain()
+    with reconciler.factory() as session:
+        linked = session.scalars(select(BillingCustomer)).one()
+    assert linked.stripe_customer_id == customer.id
+    [row] = subscriptions(reconciler.factory)
+    assert row.stripe_subscription_status == "active"
+
+
+def test_a_deleted_customer_is_kept_as_a_tombstone(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    add_user(reconciler.factory, 5, "five")
+    reconciler.drain()
+    emulator.complete_checkout(checkout(reconciler, stripe_settings.stripe_price_id or "", 5))
+    reconciler.drain()
+    with reconciler.factory() as session:
+        customer_id = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
+    emulator.sdk.v1.customers.delete(customer_id)
+    reconciler.drain()
+    with reconciler.factory() as session:
+        customer = session.scalars(select(BillingCustomer)).one()
+    assert customer.stripe_deleted_at is not None
+    [row] = subscriptions(reconciler.factory)
+    assert row.stripe_subscription_status == "canceled"
+    # A new checkout makes a new customer rather than reusing the deleted one.
+    url = checkout(reconciler, stripe_settings.stripe_price_id or "", 5)
+    with reconciler.factory() as session:
+        customer = session.scalars(select(BillingCustomer)).one()
+    assert customer.stripe_customer_id != customer_id
+    assert customer.stripe_deleted_at is None
+    assert url
