@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -14,11 +14,12 @@ from collab_billing.api.schemas import (
     CheckoutIn,
     CheckoutOut,
     ErrorResponse,
-    GithubUserId,
+    GithubUserIdQuery,
     ManageIn,
     ManageOut,
     SubscriptionOut,
     SubscriptionsOut,
+    as_utc,
 )
 from collab_billing.db.models import BillingSubscription
 from collab_billing.stripe_gateway import StripeGateway
@@ -85,7 +86,7 @@ def manage_subscription(body: ManageIn, request: Request, gateway: GatewayDep) -
     summary="The user's subscriptions and whether any is active",
 )
 def list_subscriptions(
-    request: Request, github_user_id: Annotated[GithubUserId, Query()]
+    request: Request, github_user_id: Annotated[GithubUserIdQuery, Query()]
 ) -> SubscriptionsOut:
     rows = billing.list_user_subscriptions(request.app.state.session_factory, github_user_id)
     subscriptions = [_subscription_out(row) for row in rows]
@@ -97,8 +98,7 @@ def list_subscriptions(
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    return as_utc(value) if value is not None else None
 
 
 def _subscription_out(row: BillingSubscription) -> SubscriptionOut:

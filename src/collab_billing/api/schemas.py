@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 # Strict: "123" is not an id, and unknown fields are an error rather than silently dropped.
 GithubUserId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1, examples=[12345])]
+# Query strings are text, so the query parameter is parsed leniently ("12345" -> 12345).
+GithubUserIdQuery = Annotated[int, Field(ge=1, le=2**63 - 1, examples=[12345])]
 GithubLogin = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9-]+$")
 ]
@@ -34,6 +36,16 @@ class UserOut(BaseModel):
     github_login: str
     email_address: str | None
     created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 StripeSubscriptionId = Annotated[

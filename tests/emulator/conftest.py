@@ -1,0 +1,95 @@
+"""Fixtures for the emulator's own tests: one emulator (real HTTP, random port) per session,
+reset before each test, driven by the official SDK.
+
+Tests that take the `api` fixture use no control route, so they also run against real Stripe
+test mode when STRIPE_LIVE_TEST_KEY is set (the `live` parameter, marked `stripe_live`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+
+from stripe_emulator.app import create_app
+from stripe_emulator.server import RunningEmulator, start_in_thread
+from stripe_emulator.testing import stripe_client
+
+KEY = "sk_test_emulator_tests"
+LIVE_KEY = os.environ.get("STRIPE_LIVE_TEST_KEY")
+
+
+@pytest.fixture(scope="session")
+def running() -> Iterator[RunningEmulator]:
+    app = create_app(record_responses=True, webhook_retry_delays=(0.2, 0.2, 0.2))
+    with start_in_thread(app=app) as emulator:
+        yield emulator
+
+
+class Control:
+    """The emulator's `/_emulator` routes over HTTP."""
+
+    def __init__(self, emulator: RunningEmulator) -> None:
+        self.emulator = emulator
+        self.url = emulator.url
+        self.http = httpx.Client(base_url=emulator.url, timeout=60)
+
+    def __call__(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"/_emulator/{path}", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def raw(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        return self.http.request(method, f"/_emulator/{path}", json=body)
+
+    def v1(self, method: str, path: str, key: str | None = KEY, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return self.http.request(method, f"/v1/{path}", headers=headers, **kwargs)
+
+
+@pytest.fixture
+def ctl(running: RunningEmulator) -> Iterator[Control]:
+    control = Control(running)
+    control("DELETE", "state")
+    yield control
+    control.http.close()
+
+
+@pytest.fixture
+def client(ctl: Control) -> stripe.StripeClient:
+    return stripe_client(ctl.url, KEY)
+
+
+@dataclass
+class Api:
+    client: stripe.StripeClient
+    live: bool
+
+
+@pytest.fixture(params=["emulator", pytest.param("live", marks=pytest.mark.stripe_live)])
+def api(request: pytest.FixtureRequest, running: RunningEmulator) -> Api:
+    if request.param == "live":
+        if not LIVE_KEY:
+            pytest.skip("set STRIPE_LIVE_TEST_KEY=sk_test_... to run against Stripe test mode")
+        return Api(stripe.StripeClient(LIVE_KEY, max_network_retries=2), live=True)
+    control = Control(running)
+    control("DELETE", "state")
+    return Api(stripe_client(running.url, KEY), live=False)
+
+
+def recurring_price(client: stripe.StripeClient, amount: int = 2000) -> stripe.Price:
+    return client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": amount,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": "Emulator test plan"},
+        }
+    )

@@ -1,0 +1,222 @@
+"""The billing routes over real HTTP: the service and the emulator as real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingCustomer
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.conftest import ADMIN_TOKEN
+from tests.servers import ServerThread
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
+
+
+def serve(settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    app = create_app(settings.model_copy(update={"reconcile_enabled": False}), engine)
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client,
+    ):
+        yield client
+
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    yield from serve(stripe_settings, engine)
+
+
+@pytest.fixture
+def reconciler(stripe_settings: Settings, engine: Engine) -> Reconciler:
+    return Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+
+
+def add_user(api: httpx.Client, github_user_id: int, login: str = "octocat") -> None:
+    body = {"github_user_id": github_user_id, "github_login": login, "email_address": "o@x.io"}
+    assert api.post("/users", json=body).status_code in (200, 201)
+
+
+def subscribe(api: httpx.Client, emulator: Emulator, reconciler: Reconciler, user: int) -> str:
+    response = api.post("/billing/subscriptions", json={"github_user_id": user})
+    assert response.status_code == 200, response.text
+    session = emulator.complete_checkout(response.json()["checkout_session_url"])
+    reconciler.drain()
+    return str(session["subscription"])
+
+
+def test_checkout_creates_the_customer_first_then_a_session(
+    api: httpx.Client, emulator: Emulator, session_factory: sessionmaker[Session]
+) -> None:
+    add_user(api, 12345)
+    response = api.post("/billing/subscriptions", json={"github_user_id": 12345})
+    assert response.status_code == 200, response.text
+    url = response.json()["checkout_session_url"]
+    assert "cs_" in url
+    with session_factory() as session:
+        customer = session.scalars(select(BillingCustomer)).one()
+    stripe_customer = emulator.sdk.v1.customers.retrieve(customer.stripe_customer_id)
+    assert stripe_customer.metadata["github_user_id"] == "12345"
+    assert stripe_customer.email == "o@x.io"
+    # A second checkout (nothing paid yet) reuses the customer.
+    assert api.post("/billing/subscriptions", json={"github_user_id": 12345}).status_code == 200
+    assert len(emulator.sdk.v1.customers.list().data) == 1
+
+
+def test_unknown_user_is_404(api: httpx.Client) -> None:
+    response = api.post("/billing/subscriptions", json={"github_user_id": 999})
+    assert response.status_code == 404
+    assert "999" in response.json()["detail"]
+
+
+def test_twenty_concurrent_checkouts_make_one_customer(
+    api: httpx.Client, emulator: Emulator, session_factory: sessionmaker[Session]
+) -> None:
+    add_user(api, 77)
+
+    def checkout(_: int) -> int:
+        return api.post("/billing/subscriptions", json={"github_user_id": 77}).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(checkout, range(20)))
+    assert statuses == [200] * 20
+    assert len(emulator.sdk.v1.customers.list().data) == 1
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(BillingCustomer)) == 1
+
+
+def test_active_subscription_blocks_checkout_and_shows_in_the_list(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler
+) -> None:
+    add_user(api, 5)
+    reconciler.drain()
+    subscription_id = subscribe(api, emulator, reconciler, 5)
+    again = api.post("/billing/subscriptions", json={"github_user_id": 5})
+    assert again.status_code == 409
+    assert "active subscription" in again.json()["detail"]
+    listing = api.get("/billing/subscriptions", params={"github_user_id": 5}).json()
+    assert listing["has_active_subscription"] is True
+    [row] = listing["subscriptions"]
+    assert row["stripe_subscription_id"] == subscription_id
+    assert row["status"] == "active"
+    assert row["cancel_at_period_end"] is False
+    assert row["current_period_end"] is not None
+
+
+def test_manage_cancel_paths(api: httpx.Client, emulator: Emulator, reconciler: Reconciler) -> None:
+    add_user(api, 1, "one")
+    add_user(api, 2, "two")
+    reconciler.drain()
+    no_subscription = api.post(
+        "/billing/subscriptions/manage", json={"github_user_id": 1, "intent": "cancel"}
+    )
+    assert no_subscription.status_code == 409
+    assert "no active subscription" in no_subscription.json()["detail"]
+
+    mine = subscribe(api, emulator, reconciler, 1)
+    theirs = subscribe(api, emulator, reconciler, 2)
+    for subscription_id in (None, mine):
+        body = {"github_user_id": 1, "intent": "cancel", "subscription_id": subscription_id}
+        response = api.post("/billing/subscriptions/manage", json=body)
+        assert response.status_code == 200, response.text
+        assert "bps_" in response.json()["billing_portal_session_url"]
+
+    ours = api.get("/billing/subscriptions", params={"github_user_id": 1}).json()
+    our_id = ours["subscriptions"][0]["id"]
+    by_our_id = {"github_user_id": 1, "intent": "cancel", "subscription_id": our_id}
+    assert api.post("/billing/subscriptions/manage", json=by_our_id).status_code == 200
+
+    not_mine = {"github_user_id": 1, "intent": "cancel", "subscription_id": theirs}
+    assert api.post("/billing/subscriptions/manage", json=not_mine).status_code == 404
+    unknown_intent = {"github_user_id": 1, "intent": "pause"}
+    response = api.post("/billing/subscriptions/manage", json=unknown_intent)
+    assert response.status_code == 422
+    assert "cancel" in response.text
+
+    emulator.sdk.v1.subscriptions.cancel(mine)
+    reconciler.drain()
+    canceled = {"github_user_id": 1, "intent": "cancel", "subscription_id": mine}
+    response = api.post("/billing/subscriptions/manage", json=canceled)
+    assert response.status_code == 409
+    assert "canceled" in response.json()["detail"]
+
+
+def test_several_active_subscriptions_need_an_id(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler, stripe_settings: Settings
+) -> None:
+    add_user(api, 3, "three")
+    reconciler.drain()
+    first = subscribe(api, emulator, reconciler, 3)
+    customer = emulator.sdk.v1.subscriptions.retrieve(first).customer
+    second = emulator.sdk.v1.subscriptions.create(
+        params={
+            "customer": str(customer),
+            "items": [{"price": stripe_settings.stripe_price_id or ""}],
+        }
+    )
+    reconciler.drain()
+    response = api.post(
+        "/billing/subscriptions/manage", json={"github_user_id": 3, "intent": "cancel"}
+    )
+    assert response.status_code == 409
+    assert first in response.json()["detail"] and second.id in response.json()["detail"]
+
+
+def test_stripe_failure_is_502_without_secrets(api: httpx.Client, emulator: Emulator) -> None:
+    add_user(api, 8)
+    emulator.control(
+        "POST", "faults", {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/customers"}
+    )
+    response = api.post("/billing/subscriptions", json={"github_user_id": 8})
+    assert response.status_code == 502
+    assert "Stripe" in response.json()["detail"]
+    assert EMULATOR_KEY not in response.text
+
+
+def test_stripe_not_configured_is_503(settings: Settings, engine: Engine) -> None:
+    for client in serve(settings, engine):
+        add_user(client, 9)
+        response = client.post("/billing/subscriptions", json={"github_user_id": 9})
+        assert response.status_code == 503
+        assert "STRIPE_API_KEY" in response.json()["detail"]
+
+
+def test_missing_price_is_503(stripe_settings: Settings, engine: Engine) -> None:
+    for client in serve(stripe_settings.model_copy(update={"stripe_price_id": None}), engine):
+        add_user(client, 9)
+        response = client.post("/billing/subscriptions", json={"github_user_id": 9})
+        assert response.status_code == 503
+        assert "STRIPE_PRICE_ID" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/users", {"github_user_id": 1, "github_login": "x"}),
+        ("POST", "/billing/subscriptions", {"github_user_id": 1}),
+        ("POST", "/billing/subscriptions/manage", {"github_user_id": 1, "intent": "cancel"}),
+        ("GET", "/billing/subscriptions?github_user_id=1", None),
+    ],
+)
+def test_every_admin_route_needs_the_token(
+    api: httpx.Client, method: str, path: str, body: object
+) -> None:
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer nope"}):
+        response = api.request(method, path, json=body, headers=headers)
+        assert response.status_code == 401, (path, response.text)
+
+
+def test_list_of_an_unknown_user_is_404_and_bad_query_is_422(api: httpx.Client) -> None:
+    assert api.get("/billing/subscriptions", params={"github_user_id": 4}).status_code == 404
+    for bad in ("-1", "abc", str(2**63), "1.5"):
+        assert api.get("/billing/subscriptions", params={"github_user_id": bad}).status_code == 422
