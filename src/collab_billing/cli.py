@@ -97,7 +97,16 @@ def serve(
 
 
 def run_api(api: object, host: str, port: int) -> None:
-    uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None)).run()  # type: ignore[arg-type]
+    """Serve until SIGINT or SIGTERM, then shut down gracefully and exit 0.
+
+    uvicorn handles the signal (finishing requests and the lifespan, so the reconciler ends
+    its transaction) and then re-raises it for the previous handler: a no-op handler here
+    turns that into a normal return instead of a death by signal.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    config = uvicorn.Config(api, host=host, port=port, log_config=None)  # type: ignore[arg-type]
+    uvicorn.Server(config).run()
 
 
 @app.command()

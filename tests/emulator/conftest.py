@@ -71,6 +71,7 @@ def client(ctl: Control) -> stripe.StripeClient:
 class Api:
     client: stripe.StripeClient
     live: bool
+    url: str = "https://api.stripe.com"
 
 
 @pytest.fixture(params=["emulator", pytest.param("live", marks=pytest.mark.stripe_live)])
@@ -78,10 +79,10 @@ def api(request: pytest.FixtureRequest, running: RunningEmulator) -> Api:
     if request.param == "live":
         if not LIVE_KEY:
             pytest.skip("set STRIPE_LIVE_TEST_KEY=sk_test_... to run against Stripe test mode")
-        return Api(stripe.StripeClient(LIVE_KEY, max_network_retries=2), live=True)
+        return Api(stripe.StripeClient(LIVE_KEY, max_network_retries=2), True)
     control = Control(running)
     control("DELETE", "state")
-    return Api(stripe_client(running.url, KEY), live=False)
+    return Api(stripe_client(running.url, KEY), False, running.url)
 
 
 def recurring_price(client: stripe.StripeClient, amount: int = 2000) -> stripe.Price:

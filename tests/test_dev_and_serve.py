@@ -1,0 +1,105 @@
+"""The commands as a user runs them: `dev` (the whole story over HTTP) and `serve`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stripe_helpers import Emulator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    api_port, emulator_port = free_port(), free_port()
+    env = {**os.environ, "RECONCILE_INTERVAL_SECONDS": "0.3"}
+    env.pop("DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collab_billing", "dev", "--port", str(api_port),
+         "--emulator-port", str(emulator_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    yield process, api_port, emulator_port
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def read_admin_token(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = re.search(r"admin token:\s+(\S+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError("dev printed no admin token")
+
+
+def test_dev_runs_the_whole_story(
+    dev_process: tuple[subprocess.Popen[str], int, int], tmp_path: Path
+) -> None:
+    process, api_port, emulator_port = dev_process
+    token = read_admin_token(process)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": token}, timeout=30
+    )
+    wait_for(lambda: api.get("/healthz").status_code == 200, what="/healthz")
+    assert (tmp_path / "collab-billing.db").exists()
+
+    assert api.post("/users", json={"github_user_id": 12345, "github_login": "octocat"}).is_success
+    checkout = api.post("/billing/subscriptions", json={"github_user_id": 12345}).json()
+    emulator = Emulator(f"http://127.0.0.1:{emulator_port}")
+    emulator.complete_checkout(checkout["checkout_session_url"])
+
+    def listing() -> dict[str, Any]:
+        return dict(api.get("/billing/subscriptions", params={"github_user_id": 12345}).json())
+
+    wait_for(lambda: listing()["has_active_subscription"], what="the subscription to be active")
+    portal = api.post(
+        "/billing/subscriptions/manage", json={"github_user_id": 12345, "intent": "cancel"}
+    ).json()
+    emulator.confirm_portal(portal["billing_portal_session_url"], immediately=True)
+    wait_for(lambda: listing()["subscriptions"][0]["status"] == "canceled", what="the cancellation")
+    assert listing()["has_active_subscription"] is False
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+
+
+def test_serve_refuses_to_start_without_admin_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ADMIN_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "serve", "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "ADMIN_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
