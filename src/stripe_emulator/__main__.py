@@ -11,7 +11,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stripe_emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--api-key", default=None, help="accept only this key (default: any sk_test_)")
+    parser.add_argument(
+        "--api-key", default=None, help="accept only this key (default: any sk_test_)"
+    )
     args = parser.parse_args(argv)
     serve(args.host, args.port, args.api_key)
 

@@ -102,7 +102,7 @@ _PRODUCT_IGNORED = (
 def create_product(call: Call) -> Json:
     p = call.params
     p.ignore(*_PRODUCT_IGNORED)
-    fields = {
+    fields: dict[str, Any] = {
         "name": p.string("name", required=True) or "",
         "active": p.boolean("active"),
         "description": p.string("description"),

@@ -4,7 +4,8 @@
 - `app.state.emulator`: the `Store` (all objects and events; hold `store.lock` to touch it),
 - `app.state.faults`: fault injection and rate-limit settings,
 - `app.state.webhooks`: the webhook dispatcher (`wait_idle()` helps tests),
-- `app.state.api_key`: the accepted key (None: any `sk_test_...` key).
+- `app.state.api_key`: the accepted key (None: any `sk_test_...` key),
+- `app.state.recorded`: the responses recorded when `record_responses=True`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-# Importing the handler modules registers their routes.
-from stripe_emulator import api_billing, api_catalog, api_events  # noqa: F401
-from stripe_emulator import control, pages
+from stripe_emulator import api_billing, api_catalog, api_events, api_sessions, control, pages
 from stripe_emulator.api import handle_v1
 from stripe_emulator.faults import FaultMiddleware, Faults, install_log_filter
+from stripe_emulator.recorder import RecorderMiddleware, Recording
 from stripe_emulator.store import Store
 from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
+# Importing the handler modules registers their `/v1` routes with `api.route`.
+HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events)
 
 
 async def _index(request: Request) -> Response:
@@ -40,12 +42,18 @@ def create_app(
     *,
     public_url: str | None = None,
     webhook_retry_delays: tuple[float, ...] = (1, 2, 4, 8, 16),
+    record_responses: bool = False,
 ) -> Starlette:
-    """`public_url` overrides the base of Checkout/portal session URLs (default: the Host)."""
+    """`public_url` overrides the base of Checkout/portal session URLs (default: the Host);
+    `record_responses` keeps every response in `app.state.recorded` (see recorder.py)."""
     store = Store()
     faults = Faults()
     webhooks = WebhookDispatcher(store, retry_delays=webhook_retry_delays)
     install_log_filter()
+    recording = Recording()
+    middleware = [Middleware(FaultMiddleware, faults=faults)]
+    if record_responses:
+        middleware.insert(0, Middleware(RecorderMiddleware, recording=recording))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,12 +67,13 @@ def create_app(
             *pages.routes,
             Route("/v1/{path:path}", handle_v1, methods=_METHODS),
         ],
-        middleware=[Middleware(FaultMiddleware, faults=faults)],
+        middleware=middleware,
         lifespan=lifespan,
     )
     app.state.emulator = store
     app.state.faults = faults
     app.state.webhooks = webhooks
     app.state.api_key = api_key
+    app.state.recorded = recording
     app.state.public_url = public_url.rstrip("/") if public_url else None
     return app

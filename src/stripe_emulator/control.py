@@ -59,7 +59,9 @@ def _store(request: Request) -> Store:
 
 def _typed(body: Body, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
     value = body.get(key, default)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
+    if value is not None and (
+        not isinstance(value, kind) or (isinstance(value, bool) and kind is int)
+    ):
         raise bad_request(f"`{key}` has the wrong type.", key)
     return value
 
@@ -67,8 +69,9 @@ def _typed(body: Body, key: str, kind: type | tuple[type, ...], default: Any = N
 def _only(body: Body, allowed: set[str]) -> None:
     extra = sorted(set(body) - allowed)
     if extra:
-        raise StripeError(400, f"Received unknown parameter: {extra[0]}", code="parameter_unknown",
-                          param=extra[0])  # fmt: skip
+        raise StripeError(
+            400, f"Received unknown parameter: {extra[0]}", code="parameter_unknown", param=extra[0]
+        )
 
 
 async def complete_checkout(request: Request, body: Body) -> Any:
@@ -137,7 +140,9 @@ async def faults(request: Request, body: Body) -> Any:
         config: FaultConfig = _dataclass_from(FaultConfig, body)
         if not (0 <= config.rate <= 1 and 0 <= config.drop_rate <= 1):
             raise bad_request("`rate` and `drop_rate` must be between 0 and 1.")
-        if not config.statuses or not all(isinstance(s, int) and 400 <= s < 600 for s in config.statuses):
+        if not config.statuses or not all(
+            isinstance(s, int) and 400 <= s < 600 for s in config.statuses
+        ):
             raise bad_request("`statuses` must be a list of HTTP error statuses.", "statuses")
         state.set_faults(config)
     elif request.method == "DELETE":
@@ -186,8 +191,14 @@ async def webhook_deliveries(request: Request, body: Body) -> Any:
 
 
 async def generate_route(request: Request, body: Body) -> Any:
-    allowed = {"customers", "events_per_customer", "price", "seed", "span_seconds",
-               "first_github_user_id"}  # fmt: skip
+    allowed = {
+        "customers",
+        "events_per_customer",
+        "price",
+        "seed",
+        "span_seconds",
+        "first_github_user_id",
+    }
     _only(body, allowed)
     customers = _typed(body, "customers", int, 0)
     per_customer = _typed(body, "events_per_customer", int, 2)

@@ -144,9 +144,12 @@ class _Generator:
             previous: dict[str, Any] = _CANCEL_ON_PREVIOUS
         else:
             new = evolve(
-                sub, cancel_at_period_end=False, cancel_at=None, canceled_at=None,
+                sub,
+                cancel_at_period_end=False,
+                cancel_at=None,
+                canceled_at=None,
                 cancellation_reason=None,
-            )  # fmt: skip
+            )
             previous = {
                 "cancel_at": sub.cancel_at,
                 "cancel_at_period_end": True,
@@ -176,7 +179,9 @@ def generate(
     """Must be called with `store.lock` held."""
     started = time.perf_counter()
     price = _price(store, price_id)
-    first_user = first_github_user_id if first_github_user_id is not None else len(store.customers) + 1
+    first_user = (
+        first_github_user_id if first_github_user_id is not None else len(store.customers) + 1
+    )
     now = store.now()
     begin = max(store.events.last_created, now - span_seconds)
     span = now - begin

@@ -212,7 +212,7 @@ def checkout_amount(record: CheckoutSession) -> int:
 def checkout_session(record: CheckoutSession) -> Json:
     amount = checkout_amount(record)
     complete = record.status == "complete"
-    details = None
+    details: Json | None = None
     if complete:
         details = {
             "address": None,

@@ -84,7 +84,7 @@ async def portal_page(request: Request) -> Response:
     if session is None:
         return _page("Not found", "<p>No such portal session.</p>", 404)
     body = (
-        f"<p>Customer {escape(session.customer)}</p><form method=\"post\">"
+        f'<p>Customer {escape(session.customer)}</p><form method="post">'
         '<button name="action" value="period_end">Cancel at period end</button>'
         '<button name="action" value="now">Cancel now</button>'
         '<button name="action" value="return">Return</button></form>'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -11,6 +12,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from stripe_emulator.app import create_app
+from stripe_emulator.store import Store
 
 DEFAULT_PORT = 12111
 
@@ -23,10 +25,8 @@ def serve(
 ) -> None:
     """Serve until Ctrl-C (or SIGTERM); returns cleanly instead of raising KeyboardInterrupt."""
     config = uvicorn.Config(create_app(api_key), host=host, port=port, log_level=log_level)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:
-        pass
 
 
 class RunningEmulator:
@@ -42,8 +42,9 @@ class RunningEmulator:
         self.url = f"http://{host}:{port}"
 
     @property
-    def store(self):  # type: ignore[no-untyped-def]  # noqa: ANN201 - convenience alias
-        return self.app.state.emulator
+    def store(self) -> Store:
+        store: Store = self.app.state.emulator
+        return store
 
     def stop(self) -> None:
         self.server.should_exit = True

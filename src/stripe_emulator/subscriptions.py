@@ -17,8 +17,16 @@ from stripe_emulator.forms import apply_metadata
 from stripe_emulator.records import DAY, PERIOD_SECONDS, Item, Price, Subscription, evolve
 from stripe_emulator.store import Store
 
-STATUSES = ("incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled")
-STATUSES += ("unpaid", "paused")
+STATUSES = (
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "paused",
+)
 ENDED = ("canceled", "incomplete_expired")
 INCOMPLETE_EXPIRY = 23 * 3600
 

@@ -1,10 +1,10 @@
 """Helpers for tests anywhere in the project.
 
-    from stripe_emulator.testing import running_emulator, stripe_client, control
-    with running_emulator() as emu:
-        client = stripe_client(emu.url)
-        customer = client.v1.customers.create(params={"email": "a@example.com"})
-        control(emu.url, "POST", "/_emulator/clock/advance", {"seconds": 60})
+from stripe_emulator.testing import running_emulator, stripe_client, control
+with running_emulator() as emu:
+    client = stripe_client(emu.url)
+    customer = client.v1.customers.create(params={"email": "a@example.com"})
+    control(emu.url, "POST", "/_emulator/clock/advance", {"seconds": 60})
 """
 
 from __future__ import annotations
