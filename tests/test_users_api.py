@@ -55,6 +55,7 @@ def test_create_then_update_user(
         {"github_user_id": -1, "github_login": "octocat"},
         {"github_user_id": 0, "github_login": "octocat"},
         {"github_user_id": 2**63, "github_login": "octocat"},
+        {"github_user_id": 2**53, "github_login": "octocat"},
         {"github_user_id": 1, "github_login": "octocat", "admin": True},
         {"github_user_id": 1, "github_login": ""},
         {"github_user_id": 1, "github_login": "x", "email_address": "not-an-email"},

@@ -152,7 +152,10 @@ def test_customer_pagination_both_ways(api: Api) -> None:
     assert [c.id for c in top.data] == newest_first[:2]
     assert top.has_more is False
 
-    every = [c.id for c in client.v1.customers.list(params={"email": email, "limit": 2}).auto_paging_iter()]
+    every = [
+        c.id
+        for c in client.v1.customers.list(params={"email": email, "limit": 2}).auto_paging_iter()
+    ]
     assert every == newest_first
     for customer_id in created:
         client.v1.customers.delete(customer_id)

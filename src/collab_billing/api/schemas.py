@@ -5,19 +5,40 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-# Strict: "123" is not an id, and unknown fields are an error rather than silently dropped.
-GithubUserId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1, examples=[12345])]
+
+def _number_not_text(value: object) -> object:
+    # JSON numbers only: "123" and true are not ids (110.0 is: JSON has one number type).
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number, not a string or boolean")
+    return value
+
+
+# Ids stay within the integers every JSON peer represents exactly (RFC 8259 section 6):
+# a larger number may already have been rounded by the client that sent it.
+MAX_JSON_SAFE_INTEGER = 2**53 - 1
+BigId = Annotated[int, Field(ge=1, le=MAX_JSON_SAFE_INTEGER), BeforeValidator(_number_not_text)]
+GithubUserId = Annotated[BigId, Field(examples=[12345])]
 # Query strings are text, so the query parameter is parsed leniently ("12345" -> 12345).
-GithubUserIdQuery = Annotated[int, Field(ge=1, le=2**63 - 1, examples=[12345])]
+GithubUserIdQuery = Annotated[int, Field(ge=1, le=MAX_JSON_SAFE_INTEGER, examples=[12345])]
 GithubLogin = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9-]+$")
 ]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """Unknown fields are an error rather than silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorResponse(BaseModel):
@@ -53,7 +74,7 @@ StripeSubscriptionId = Annotated[
     StringConstraints(strict=True, pattern=r"^sub_[A-Za-z0-9_]{1,250}$"),
     Field(examples=["sub_1QExample"]),
 ]
-OurSubscriptionId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+OurSubscriptionId = BigId
 
 
 class CheckoutIn(StrictModel):
