@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stripe_emulator import ids
 from stripe_emulator.api import error_response
 from stripe_emulator.errors import API_ERROR, StripeError, rate_limited
 
@@ -171,7 +172,7 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         if self.faults.over_rate_limit(path):
-            await error_response(rate_limited(1))(scope, receive, send)
+            await error_response(rate_limited(1), _request_id())(scope, receive, send)
             return
         latency, action, status = self.faults.decide(path)
         if latency:
@@ -179,7 +180,8 @@ class FaultMiddleware:
         if action == "error" and status is not None:
             config = self.faults.config
             retry_after = config.retry_after if config else 1
-            await error_response(fault_error(status, retry_after))(scope, receive, send)
+            response = error_response(fault_error(status, retry_after), _request_id())
+            await response(scope, receive, send)
             return
         if action == "drop":
             config = self.faults.config
@@ -192,3 +194,7 @@ class FaultMiddleware:
 
 async def _discard(message: Message) -> None:
     return None
+
+
+def _request_id() -> dict[str, str]:
+    return {"Request-Id": ids.new_id("req")}

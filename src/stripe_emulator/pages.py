@@ -9,6 +9,7 @@ the return URL.
 from __future__ import annotations
 
 from html import escape
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -27,6 +28,11 @@ button{{font-size:1rem;padding:.5rem 1rem;margin:.25rem}}</style></head>
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=escape(title), body=body), status)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    # Parsed by hand: Starlette's form parser needs python-multipart, not a dependency here.
+    return dict(parse_qsl((await request.body()).decode("utf-8", errors="replace")))
 
 
 def _store(request: Request) -> Store:
@@ -57,7 +63,7 @@ async def checkout_page(request: Request) -> Response:
 
 async def checkout_submit(request: Request) -> Response:
     store = _store(request)
-    form = await request.form()
+    form = await _form(request)
     session_id = request.path_params["id"]
     with store.lock:
         session = store.checkout_sessions.rows.get(session_id)
@@ -94,7 +100,7 @@ async def portal_page(request: Request) -> Response:
 
 async def portal_submit(request: Request) -> Response:
     store = _store(request)
-    form = await request.form()
+    form = await _form(request)
     action = form.get("action")
     with store.lock:
         session = store.portal_sessions.rows.get(request.path_params["id"])

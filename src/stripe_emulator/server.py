@@ -74,8 +74,11 @@ def start_in_thread(
 ) -> RunningEmulator:
     """Start on a daemon thread and wait until it accepts connections. Port 0: a free port."""
     app = app if app is not None else create_app(api_key)
-    # Bind first ourselves, so port 0 resolves to a real port we can report.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # Bind first ourselves, so port 0 resolves to a real port we can report. The explicit
+    # IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and
+    # without it every response waits ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     actual_port = sock.getsockname()[1]

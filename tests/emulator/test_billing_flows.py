@@ -165,7 +165,9 @@ def test_portal_cancel_immediately(client: stripe.StripeClient, ctl: Control) ->
         portal(client, customer, sub_id)  # nothing left to cancel
 
 
-def test_portal_session_for_someone_elses_subscription(client: stripe.StripeClient, ctl: Control) -> None:
+def test_portal_session_for_someone_elses_subscription(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
     _, sub_id = subscribed(client, ctl)
     other = client.v1.customers.create()
     with pytest.raises(stripe.InvalidRequestError) as raised:
@@ -184,10 +186,14 @@ def test_status_moves_emit_updates(client: stripe.StripeClient, ctl: Control) ->
     types = [e.type for e in client.v1.events.list(params={"limit": 2}).data]
     assert types == ["customer.subscription.paused", "customer.subscription.updated"]
     assert client.v1.subscriptions.resume(sub_id).status == "active"
-    assert client.v1.events.list(params={"limit": 1}).data[0].type == "customer.subscription.resumed"
+    assert (
+        client.v1.events.list(params={"limit": 1}).data[0].type == "customer.subscription.resumed"
+    )
     assert ctl.raw("POST", f"subscriptions/{sub_id}/status", {"status": "nope"}).status_code == 400
     ctl("POST", f"subscriptions/{sub_id}/status", {"status": "canceled"})
-    assert client.v1.events.list(params={"limit": 1}).data[0].type == "customer.subscription.deleted"
+    assert (
+        client.v1.events.list(params={"limit": 1}).data[0].type == "customer.subscription.deleted"
+    )
     listed = client.v1.subscriptions.list(params={"status": "canceled"})
     assert [s.id for s in listed.data] == [sub_id]
 
@@ -217,7 +223,9 @@ def test_update_cancel_at_and_items(client: stripe.StripeClient, ctl: Control) -
     swapped = client.v1.subscriptions.update(sub_id, params={"items": [{"price": other.id}]})
     assert swapped["items"].data[0].price.id == other.id
     with pytest.raises(stripe.InvalidRequestError):
-        client.v1.subscriptions.update(sub_id, params={"cancel_at": at, "cancel_at_period_end": True})
+        client.v1.subscriptions.update(
+            sub_id, params={"cancel_at": at, "cancel_at_period_end": True}
+        )
     client.v1.subscriptions.cancel(sub_id)
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": True})
@@ -242,7 +250,9 @@ def test_deleting_a_customer_cancels_its_subscriptions(
 
 def test_customer_update_event_has_previous_attributes(client: stripe.StripeClient) -> None:
     customer = client.v1.customers.create(params={"email": "a@example.com", "metadata": {"a": "1"}})
-    client.v1.customers.update(customer.id, params={"email": "b@example.com", "metadata": {"b": "2"}})
+    client.v1.customers.update(
+        customer.id, params={"email": "b@example.com", "metadata": {"b": "2"}}
+    )
     event = client.v1.events.list(params={"limit": 1, "type": "customer.updated"}).data[0]
     assert event.data.object.email == "b@example.com"
     assert event.data.previous_attributes.to_dict() == {
