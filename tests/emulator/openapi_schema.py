@@ -38,11 +38,21 @@ def spec_path() -> Path:
 
 
 def convert(node: Any) -> Any:
-    if isinstance(node, list):
-        return [convert(item) for item in node]
+    """Convert one OpenAPI schema object (recursively) to JSON Schema."""
     if not isinstance(node, dict):
         return node
-    out = {key: convert(value) for key, value in node.items() if key not in _DROP}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":  # a map of names (which may be "description"!) to schemas
+            out[key] = {name: convert(schema) for name, schema in value.items()}
+        elif key in ("anyOf", "oneOf", "allOf"):
+            out[key] = [convert(schema) for schema in value]
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = convert(value)
+        else:
+            out[key] = value
     if "properties" in out and out.get("type", "object") == "object":
         out.setdefault("additionalProperties", False)
     if node.get("nullable"):
@@ -68,7 +78,8 @@ class Spec:
     def __init__(self, path: Path) -> None:
         raw = json.loads(path.read_text())
         self.version = raw["info"]["version"]
-        self.components = {"schemas": convert(raw["components"]["schemas"])}
+        schemas = raw["components"]["schemas"]
+        self.components = {"schemas": {name: convert(schema) for name, schema in schemas.items()}}
         self.paths: dict[str, Any] = raw["paths"]
         self._templates = sorted(
             ((template, _template_regex(template)) for template in self.paths),
