@@ -7,9 +7,13 @@ random rather than time-based, so that any accidental ordering assumption fails 
 
 from __future__ import annotations
 
+import os
 import random
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Random bytes -> base62 characters by table lookup (byte % 62): ~10x faster than
+# random.choices, and the slight bias is irrelevant for ids.
+_TABLE = bytes(ALPHABET.encode()[byte % 62] for byte in range(256))
 
 # Lengths of the random part, copied from real Stripe ids of each kind.
 _LENGTHS = {
@@ -26,11 +30,9 @@ _LENGTHS = {
     "in": 24,
 }
 
-_rng = random.SystemRandom()
-
 
 def random_part(length: int) -> str:
-    return "".join(_rng.choices(ALPHABET, k=length))
+    return os.urandom(length).translate(_TABLE).decode("ascii")
 
 
 def new_id(prefix: str) -> str:
@@ -47,10 +49,11 @@ def secret(prefix: str = "whsec") -> str:
 
 
 class FastIds:
-    """A non-cryptographic id source for bulk generation (SystemRandom is ~10x slower)."""
+    """A seedable, non-cryptographic id source for bulk generation."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self._rng = random.Random(seed)
+        self._bytes = random.Random(seed).randbytes
 
     def new(self, prefix: str) -> str:
-        return f"{prefix}_{''.join(self._rng.choices(ALPHABET, k=_LENGTHS.get(prefix, 24)))}"
+        length = _LENGTHS.get(prefix, 24)
+        return f"{prefix}_{self._bytes(length).translate(_TABLE).decode('ascii')}"

@@ -9,7 +9,9 @@ This keeps millions of generated events affordable in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 DAY = 86_400
@@ -18,8 +20,25 @@ PERIOD_SECONDS = 30 * DAY  # the emulator's billing period for every interval
 T = TypeVar("T")
 
 
+_LAYOUTS: dict[type, tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]]] = {}
+
+
 def evolve(record: T, **changes: Any) -> T:
-    return replace(record, **changes)  # type: ignore[type-var]
+    """A copy of a frozen record with some fields changed.
+
+    Equivalent to `dataclasses.replace`, but positional and about twice as fast, which
+    matters when bulk generation makes millions of snapshots.
+    """
+    cls = type(record)
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        names = [item.name for item in fields(cls)]  # type: ignore[arg-type]
+        layout = _LAYOUTS[cls] = (operator.attrgetter(*names), {n: i for i, n in enumerate(names)})
+    getter, index = layout
+    values = list(getter(record))
+    for name, value in changes.items():
+        values[index[name]] = value
+    return cls(*values)
 
 
 Metadata = dict[str, str]
