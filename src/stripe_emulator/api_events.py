@@ -48,6 +48,7 @@ def list_events(call: Call) -> Json:
     p = call.params
     args = list_args(p)
     types = _type_filter(call)
+    wildcards = not call.params.has("types")
     gte, lt = created_range(p)
     p.ignore("delivery_success")
     p.finish()
@@ -57,6 +58,7 @@ def list_events(call: Call) -> Json:
     before = _cursor(call, args.ending_before, "ending_before")
     events, has_more = log.page(
         types=types,
+        wildcards=wildcards,
         created_gte=gte,
         created_lt=lt,
         oldest=store.retained_since(),

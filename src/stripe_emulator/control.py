@@ -1,6 +1,29 @@
-"""Test control routes under `/_emulator/` (JSON in, JSON out, no API key).
+"""Test control routes under `/_emulator/` (JSON in, JSON out, no API key needed).
 
-Errors use the same `{"error": {...}}` shape as the API. See the package docstring for the list.
+Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` (400/404).
+
+- POST checkout/sessions/{id}/complete `{"email"?, "name"?}` -> the checkout.session
+  (status complete, with `customer` and `subscription`).
+- POST billing_portal/sessions/{id}/confirm
+  `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` -> the subscription
+  (set to cancel at period end, or canceled now).
+- POST subscriptions/{id}/status `{"status": "past_due"}` -> the subscription.
+- POST clock/advance `{"seconds": N}`, GET clock -> `{"now", "offset"}`.
+- POST faults `{"rate", "statuses", "latency_ms", "drop_rate", "path_prefix", "retry_after",
+  "drop_after_processing", "count", "seed"}` (all optional), GET, DELETE
+  -> `{"faults": {...} | null}`.
+- POST rate_limit `{"requests_per_second", "path_prefix", "burst"?}`, GET, DELETE
+  -> `{"rate_limit": {...} | null}`.
+- POST webhook_endpoints `{"url", "secret"?, "enabled_events"?}`
+  -> `{"id", "url", "secret", "enabled_events"}`; GET -> `{"data": [...]}`;
+  DELETE webhook_endpoints/{id} -> `{"id", "deleted": true}`;
+  GET webhook_deliveries -> `{"data": [{"event_id", "endpoint_id", "attempt", "status",
+  "error", "at"}]}`.
+- POST generate `{"customers", "events_per_customer", "price"?, "seed"?, "span_seconds"?,
+  "first_github_user_id"?}` -> `{"customers", "subscriptions", "events", "seconds", "price",
+  "first_github_user_id"}`.
+- GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`);
+  DELETE state -> `{"reset": true}` (objects, events, clock, faults, rate limit, webhooks).
 """
 
 from __future__ import annotations

@@ -75,11 +75,12 @@ class EventLog:
         position = self.positions.get(event_id)
         return None if position is None else self.events[position]
 
-    def matching_types(self, patterns: list[str]) -> list[str]:
-        """Stored event types matching `type`/`types[]` patterns (`*` is a wildcard)."""
+    def matching_types(self, patterns: list[str], wildcards: bool = True) -> list[str]:
+        """Stored event types matching `type` (a trailing `*` is a wildcard) or `types[]`
+        (exact names only: Stripe documents no wildcard there)."""
         matched: set[str] = set()
         for pattern in patterns:
-            if pattern.endswith("*"):
+            if wildcards and pattern.endswith("*"):
                 stem = pattern[:-1]
                 matched.update(name for name in self.by_type if name.startswith(stem))
             elif pattern in self.by_type:
@@ -90,6 +91,7 @@ class EventLog:
         self,
         *,
         types: list[str] | None,
+        wildcards: bool = True,
         created_gte: int | None,
         created_lt: int | None,
         oldest: int,
@@ -107,7 +109,7 @@ class EventLog:
         if types is None:
             seqs = [range(len(self.events))]
         else:
-            seqs = [self.by_type[name] for name in self.matching_types(types)]
+            seqs = [self.by_type[name] for name in self.matching_types(types, wildcards)]
             if not seqs:
                 return [], False
         found, has_more = page_positions(seqs, lo, hi, after=after, before=before, limit=limit)
