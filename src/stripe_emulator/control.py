@@ -44,7 +44,8 @@ from stripe_emulator.errors import StripeError, bad_request, not_found
 from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
 from stripe_emulator.generate import generate
 from stripe_emulator.store import Store
-from stripe_emulator.subscriptions import advance_clock, set_status
+from stripe_emulator.subscriptions import set_status
+from stripe_emulator.timeline import advance
 from stripe_emulator.webhooks import WebhookDispatcher
 
 Body = dict[str, Any]
@@ -143,7 +144,7 @@ async def clock(request: Request, body: Body) -> Any:
         if seconds is None or seconds < 0:
             raise bad_request("`seconds` must be a number >= 0.", "seconds")
         with store.lock:
-            advance_clock(store, int(seconds))
+            advance(store, int(seconds))
     return {"now": store.now(), "offset": store.clock.offset}
 
 
@@ -241,7 +242,8 @@ async def generate_route(request: Request, body: Body) -> Any:
                 first_github_user_id=_typed(body, "first_github_user_id", int),
             )
 
-    # A thread keeps the event loop answering (other requests wait for the lock).
+    # Built on a worker thread under the store lock. API requests arriving meanwhile wait for
+    # the lock (on the event loop), so generate before starting a benchmark's clients.
     return asdict(await run_in_threadpool(work))
 
 

@@ -112,7 +112,9 @@ def complete_checkout_session(
     return done
 
 
-def expire_checkout_session(store: Store, session_id: str) -> CheckoutSession:
+def expire_checkout_session(
+    store: Store, session_id: str, created: int | None = None
+) -> CheckoutSession:
     session = store.checkout_sessions.get(session_id)
     if session.status != "open":
         raise bad_request(
@@ -121,7 +123,7 @@ def expire_checkout_session(store: Store, session_id: str) -> CheckoutSession:
         )
     done = evolve(session, status="expired")
     store.checkout_sessions.put(done.id, done)
-    store.emit("checkout.session.expired", done)
+    store.emit("checkout.session.expired", done, created=created)
     return done
 
 

@@ -7,7 +7,6 @@ Each change emits the event Stripe emits: `customer.subscription.created`, `.upd
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 from stripe_emulator import ids, objects
@@ -251,7 +250,7 @@ def set_status(store: Store, sub_id: str, status: str) -> Subscription:
     return save(store, old, new)
 
 
-def _next_transition(sub: Subscription, now: int) -> int | None:
+def next_transition(sub: Subscription, now: int) -> int | None:
     """When the passing of time next changes this subscription (None: not before `now`)."""
     if sub.status in ENDED:
         return None
@@ -266,7 +265,7 @@ def _next_transition(sub: Subscription, now: int) -> int | None:
     return due if due is not None and due <= now else None
 
 
-def _transition(store: Store, sub: Subscription, at: int) -> None:
+def transition(store: Store, sub: Subscription, at: int) -> None:
     if sub.status == "incomplete":
         save(store, sub, evolve(sub, status="incomplete_expired", ended_at=at), created=at)
     elif sub.cancel_at is not None and sub.cancel_at <= at:
@@ -279,23 +278,3 @@ def _transition(store: Store, sub: Subscription, at: int) -> None:
         if sub.status == "trialing":
             new = evolve(new, status="active")
         save(store, sub, new, created=at)
-
-
-def advance_clock(store: Store, seconds: int) -> int:
-    """Move time forward and apply, in time order, what Stripe would have done meanwhile."""
-    store.clock.advance(seconds)
-    now = store.now()
-    queue: list[tuple[int, str]] = []
-    for sub in store.subscriptions.rows.values():
-        due = _next_transition(sub, now)
-        if due is not None:
-            queue.append((due, sub.id))
-    heapq.heapify(queue)
-    while queue:
-        due, sub_id = heapq.heappop(queue)
-        at = max(due, store.events.last_created)
-        _transition(store, store.subscriptions.rows[sub_id], at)
-        following = _next_transition(store.subscriptions.rows[sub_id], now)
-        if following is not None:
-            heapq.heappush(queue, (following, sub_id))
-    return now

@@ -261,3 +261,29 @@ def test_customer_update_event_has_previous_attributes(client: stripe.StripeClie
     }
     assert event.request.id is not None and event.request.id.startswith("req_")
     assert event.request.idempotency_key is not None  # the SDK sends one on every POST
+
+
+def test_open_checkout_sessions_expire_with_time(client: stripe.StripeClient, ctl: Control) -> None:
+    session = checkout(client)
+    ctl("POST", "clock/advance", {"seconds": 86400 + 1})
+    assert client.v1.checkout.sessions.retrieve(session.id).status == "expired"
+    last = client.v1.events.list(params={"limit": 1}).data[0]
+    assert last.type == "checkout.session.expired"
+    assert last.created == session.expires_at
+
+
+def test_incomplete_subscriptions_expire(client: stripe.StripeClient, ctl: Control) -> None:
+    customer = client.v1.customers.create()
+    price = recurring_price(client)
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": price.id}],
+            "payment_behavior": "default_incomplete",
+        }
+    )
+    assert sub.status == "incomplete"
+    ctl("POST", "clock/advance", {"seconds": 24 * 3600})
+    assert client.v1.subscriptions.retrieve(sub.id).status == "incomplete_expired"
+    ended = client.v1.subscriptions.list(params={"status": "ended"})
+    assert [s.id for s in ended.data] == [sub.id]
