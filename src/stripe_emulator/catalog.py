@@ -48,8 +48,8 @@ def update_customer(
     old = store.live_customer(customer_id, "id")
     changes = {key: (value or None) for key, value in fields.items() if value is not None}
     new = evolve(old, metadata=apply_metadata(old.metadata, metadata), **changes)
-    _emit_update(store, "customer.updated", objects.customer(old), new)
     store.customers.put(new.id, new)
+    _emit_update(store, "customer.updated", objects.customer(old), new)
     return new
 
 
@@ -65,12 +65,13 @@ def delete_customer(store: Store, customer_id: str) -> Customer:
 
 
 def _emit_update(store: Store, type_: str, old_json: objects.Json, new: Any) -> None:
-    previous = previous_attributes(old_json, store_render(new))
+    """Emit `*.updated` with previous_attributes, unless nothing visible changed (as Stripe)."""
+    previous = previous_attributes(old_json, _render(new))
     if previous:
         store.emit(type_, new, previous)
 
 
-def store_render(record: Any) -> objects.Json:
+def _render(record: Any) -> objects.Json:
     if isinstance(record, Customer):
         return objects.customer(record)
     if isinstance(record, Product):
@@ -195,6 +196,6 @@ def update_price(
         if key in changes:
             changes[key] = changes[key] or None
     new = evolve(old, metadata=apply_metadata(old.metadata, metadata), **changes)
-    _emit_update(store, "price.updated", objects.price(old), new)
     store.prices.put(new.id, new)
+    _emit_update(store, "price.updated", objects.price(old), new)
     return new
