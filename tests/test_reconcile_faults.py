@@ -1,0 +1,148 @@
+"""Faults: Stripe failing, slow or dropping calls loses nothing and applies nothing twice; a
+failing object is parked with its error while the others go on."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import Engine
+
+from collab_billing.cli import print_status
+from collab_billing.config import Settings
+from collab_billing.db import ledger, queries
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.reconcile_helpers import (
+    assert_matches_stripe,
+    generate_backlog,
+    processed_event_ids,
+    relevant_event_ids,
+)
+from tests.stripe_helpers import Emulator
+
+
+def make_reconciler(settings: Settings, engine: Engine, **overrides: object) -> Reconciler:
+    settings = settings.model_copy(update=overrides)
+    return Reconciler(settings, engine, StripeGateway(settings))
+
+
+def drain_until_done(reconciler: Reconciler, attempts: int = 40) -> int:
+    """Like the loop does: a failed poll is retried at the next one. Returns the failures."""
+    failures = 0
+    for _ in range(attempts):
+        try:
+            reconciler.drain()
+        except Exception:
+            failures += 1
+            continue
+        return failures
+    raise AssertionError("never completed a poll")
+
+
+def test_errors_and_dropped_connections_lose_nothing(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    reconciler = make_reconciler(stripe_settings, engine, stripe_max_network_retries=2)
+    generate_backlog(emulator, reconciler.factory, customers=60, per_customer=8)
+    emulator.control(
+        "POST",
+        "faults",
+        {"rate": 0.3, "statuses": [429, 500], "drop_rate": 0.1, "retry_after": 0, "seed": 7},
+    )
+    failures = drain_until_done(reconciler)
+    # Apply the rest, in case the final poll started before the last failed one's events.
+    emulator.control("DELETE", "faults")
+    reconciler.drain()
+    processed = processed_event_ids(reconciler.factory)
+    assert len(processed) == len(set(processed))
+    assert set(processed) == relevant_event_ids(emulator)
+    assert assert_matches_stripe(emulator, reconciler.factory) == 60
+    faults = emulator.control("GET", "faults")
+    assert faults is not None
+    print(f"polls that failed under faults: {failures}")
+
+
+def test_timeouts_are_retried(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    reconciler = make_reconciler(
+        stripe_settings, engine, stripe_timeout_seconds=0.3, stripe_max_network_retries=3
+    )
+    generate_backlog(emulator, reconciler.factory, customers=5, per_customer=4)
+    emulator.control(
+        "POST",
+        "faults",
+        {
+            "latency_ms": 1000,
+            "rate": 1.0,
+            "statuses": [500],
+            "count": 2,
+            "path_prefix": "/v1/events",
+        },
+    )
+    drain_until_done(reconciler)
+    assert set(processed_event_ids(reconciler.factory)) == relevant_event_ids(emulator)
+
+
+def test_a_failing_object_is_parked_while_others_go_on(
+    emulator: Emulator,
+    stripe_settings: Settings,
+    engine: Engine,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reconciler = make_reconciler(stripe_settings, engine)
+    factory = reconciler.factory
+    price = stripe_settings.stripe_price_id or ""
+    with factory() as session, session.begin():
+        queries.upsert_user(session, 1, "one", None)
+        queries.upsert_user(session, 2, "two", None)
+    reconciler.drain()
+    # User 1's customer has no metadata yet: applying its subscription needs a read of the
+    # customer from Stripe, and that read fails.
+    stranger = emulator.sdk.v1.customers.create(params={"email": "one@example.com"})
+    failing = emulator.sdk.v1.subscriptions.create(
+        params={"customer": stranger.id, "items": [{"price": price}]}
+    )
+    known = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "2"}})
+    emulator.sdk.v1.subscriptions.create(params={"customer": known.id, "items": [{"price": price}]})
+    emulator.control(
+        "POST", "faults", {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/customers/"}
+    )
+    reconciler.drain()
+
+    with factory() as session:
+        pending = ledger.all_pending_events(session)
+        assert {p.object_id for p in pending} == {failing.id}
+        assert pending[0].attempts == 1 and "api_error" in (pending[0].last_error or "")
+        assert queries.get_user_by_github_user_id(session, 2) is not None
+    rows = queries_by_user(factory, 2)
+    assert [r.stripe_subscription_status for r in rows] == ["active"]
+
+    # A later event of the failing subscription waits behind the failure.
+    emulator.sdk.v1.subscriptions.update(failing.id, params={"cancel_at_period_end": True})
+    reconciler.drain()
+    with factory() as session:
+        waiting = [p for p in ledger.all_pending_events(session) if p.last_error is None]
+    assert len(waiting) == 1
+    print_status(engine)
+    status = capsys.readouterr().out
+    assert failing.id in status and "failed 1x" in status and "waiting behind" in status
+
+    # Fixed: faults gone, the customer now names its user; after the backoff it all applies.
+    emulator.control("DELETE", "faults")
+    emulator.sdk.v1.customers.update(stranger.id, params={"metadata": {"github_user_id": "1"}})
+    reconciler.poller.clock = lambda: time.time() + 3600
+    reconciler.applier.clock = lambda: time.time() + 3600
+    reconciler.drain()
+    with factory() as session:
+        assert ledger.all_pending_events(session) == []
+    [row] = queries_by_user(factory, 1)
+    assert row.stripe_subscription_id == failing.id
+    assert row.stripe_cancel_at_period_end is True
+
+
+def queries_by_user(factory, github_user_id):  # type: ignore[no-untyped-def]
+    with factory() as session:
+        user = queries.get_user_by_github_user_id(session, github_user_id)
+        return list(queries.list_subscriptions_of_user(session, user.id))
