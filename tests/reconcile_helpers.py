@@ -28,6 +28,9 @@ def generate_backlog(
         ledger.write_state(session, ledger.CURSOR, int(time.time()) - 8 * 86400)
         ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
     emulator.price()
+    # Generated events are spread over the week before the emulator's "now", but never before
+    # its newest event (the price's): move the clock on so they spread over a real week.
+    emulator.control("POST", "clock/advance", {"seconds": 8 * 86400})
     result: dict[str, Any] = emulator.control(
         "POST",
         "generate",

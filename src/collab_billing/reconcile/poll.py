@@ -51,6 +51,13 @@ class Window:
     high: int | None
 
 
+@dataclass(frozen=True)
+class _Overflow:
+    count: int
+    oldest: int
+    newest: int
+
+
 class Poller:
     def __init__(
         self,
@@ -88,11 +95,9 @@ class Poller:
         started = time.monotonic()
         report = DrainReport()
         cursor = self.check_retention()
-        low = cursor - OVERLAP_SECONDS
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        while True:
-            window = self._read_window(low, cursor, report)
+        for window in self._windows(cursor - OVERLAP_SECONDS, cursor, report):
             report.windows += 1
             for batch in _batches(window.events, self.batch_size):
                 report.stats.merge(self.applier.apply(batch, due))
@@ -101,9 +106,6 @@ class Poller:
                 report.newest_created = newest
                 with self.factory() as session, session.begin():
                     ledger.advance_cursor(session, newest)
-            if window.high is None:
-                break
-            low = window.high
         if due:
             report.stats.merge(self.applier.apply([], due))
         with self.factory() as session, session.begin():
@@ -111,34 +113,54 @@ class Poller:
         report.seconds = time.monotonic() - started
         return report
 
-    def _read_window(self, low: int, cursor: int, report: DrainReport) -> Window:
-        high: int | None = None
-        while True:
-            buffered: list[Event] = []
-            narrower: int | None = None
-            for page in self._pages(low, high, report):
-                with self.factory() as session, session.begin():
-                    done = ledger.processed_ids(session, [event["id"] for event in page])
-                fresh = [event for event in page if event["id"] not in done]
-                buffered.extend(fresh)
-                if not fresh and int(page[-1]["created"]) <= cursor:
-                    break  # reached events handled by an earlier poll
-                if len(buffered) > self.max_buffer:
-                    narrower = self._narrow(low, buffered)
-                    if narrower is not None:
-                        break
-            if narrower is None:
-                return _window(buffered, high)
-            high = narrower
+    def _windows(self, low: int, cursor: int, report: DrainReport) -> Iterator[Window]:
+        """Windows from `low` up, each applied by the caller before the next is read.
 
-    def _narrow(self, low: int, buffered: Sequence[Event]) -> int | None:
-        oldest = int(buffered[-1]["created"])
-        newest = int(buffered[0]["created"])
-        if oldest <= low + 1:
-            return None  # one second holds more than the buffer: take it whole
-        per_second = len(buffered) / max(1, newest - oldest + 1)
-        width = max(1, int(self.max_buffer / 2 / per_second))
-        return min(oldest, low + width)
+        The common case is one open window `[low, now)` that fits: one request when idle. When
+        a window overflows, it is narrowed by the density seen; windows that come back small
+        double in width, so a sparse stretch (days without events) costs few requests.
+        """
+        width: int | None = None  # None: open-ended
+        newest_known: int | None = None
+        while True:
+            high = None if width is None else low + width
+            if high is not None and newest_known is not None and high > newest_known:
+                high = None  # past every event seen: the last window is open again
+            window, overflow = self._read_window(low, high, cursor, report)
+            if overflow is not None:
+                newest_known = max(newest_known or 0, overflow.newest)
+                width = self._narrowed(low, overflow)
+                continue
+            yield window
+            if window.high is None:
+                return
+            low = window.high
+            if len(window.events) < self.max_buffer // 4:
+                width = (width or 1) * 2
+
+    def _read_window(
+        self, low: int, high: int | None, cursor: int, report: DrainReport
+    ) -> tuple[Window, _Overflow | None]:
+        """All new events of `[low, high)`, or an overflow report if there are too many."""
+        buffered: list[Event] = []
+        for page in self._pages(low, high, report):
+            with self.factory() as session, session.begin():
+                done = ledger.processed_ids(session, [event["id"] for event in page])
+            fresh = [event for event in page if event["id"] not in done]
+            buffered.extend(fresh)
+            if not fresh and int(page[-1]["created"]) <= cursor:
+                break  # reached events handled by an earlier poll
+            oldest, newest = int(buffered[-1]["created"]), int(buffered[0]["created"])
+            if len(buffered) > self.max_buffer and oldest > low:
+                # Narrowing can help only if the window spans more than one second of events.
+                return _window([], high), _Overflow(len(buffered), oldest, newest)
+        return _window(buffered, high), None
+
+    @staticmethod
+    def _narrowed(low: int, overflow: _Overflow) -> int:
+        """The next width: up to (not including) the oldest second seen. Everything from
+        there up overflowed the buffer, and what lies below it must be applied first."""
+        return max(1, overflow.oldest - low)
 
     def _pages(self, low: int, high: int | None, report: DrainReport) -> Iterator[list[Event]]:
         starting_after: str | None = None
