@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import signal
 import threading
-import time
 from typing import Annotated, NoReturn
 
 import typer
@@ -183,17 +182,19 @@ def gateway_or_exit(settings: Settings) -> StripeGateway:
 
 def print_status(engine: Engine) -> None:
     status = read_status(engine)
-    now = int(time.time())
+    now = int(status.read_at)
 
     def ago(value: int | None) -> str:
         return "never" if value is None else f"{value} ({now - value} s ago)"
 
+    lag = "unknown (nothing applied yet)" if status.lag is None else f"{status.lag:.0f} s"
     typer.echo(f"cursor (newest event created): {ago(status.cursor)}")
+    typer.echo(f"newest applied event created: {ago(status.newest_applied)}")
+    typer.echo(f"lag (now - newest applied):    {lag}")
     typer.echo(f"last complete poll:            {ago(status.last_drain_at)}")
     typer.echo(f"last resync:                   {ago(status.last_resync_at)}")
     typer.echo(f"leader:                        {status.leader}")
-    failed = [p for p in status.pending if p.last_error is not None]
-    typer.echo(f"pending events: {len(status.pending)} ({len(failed)} failed)")
+    typer.echo(f"pending events: {len(status.pending)} ({len(status.failed)} failed)")
     for pending in status.pending:
         state = (
             f"failed {pending.attempts}x: {pending.last_error}"

@@ -1,10 +1,20 @@
-"""Logging: JSON lines when not on a terminal, readable text on one."""
+"""Logging: JSON lines when not on a terminal, readable text on one.
+
+Every line carries the id of the work it belongs to (`request_id`): the `X-Request-Id` of an
+HTTP request (see `api.app.RequestIdMiddleware`) or the id of one reconciler poll. Secrets
+known to the settings are masked in every formatted line, as a last line of defence.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import re
+import secrets
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from collab_billing.config import Settings
@@ -13,10 +23,60 @@ from collab_billing.config import Settings
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "request_id",
 }
 
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# What a client may send as X-Request-Id: short and printable, so it cannot forge log lines.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REDACTED = "[redacted]"
 
-class JsonFormatter(logging.Formatter):
+
+def new_request_id(prefix: str = "req") -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def accept_request_id(presented: str | None) -> str:
+    """The client's `X-Request-Id` when it is safe to log, a new id otherwise."""
+    if presented and _VALID_REQUEST_ID.match(presented):
+        return presented
+    return new_request_id()
+
+
+@contextmanager
+def request_id_scope(request_id: str) -> Iterator[str]:
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield request_id
+    finally:
+        REQUEST_ID.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every record (None outside a request or poll)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class _Redacting(logging.Formatter):
+    """Masks known secret values in the formatted line, whatever logged them."""
+
+    def __init__(self, secrets_: Iterable[str] = (), fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        # Longest first, so that a secret containing another is masked whole.
+        self.secrets = sorted({s for s in secrets_ if len(s) >= 8}, key=len, reverse=True)
+
+    def redact(self, line: str) -> str:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        return line
+
+
+class JsonFormatter(_Redacting):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -24,6 +84,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         entry.update(
             (key, value)
             for key, value in vars(record).items()
@@ -31,7 +94,24 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self.redact(json.dumps(entry, default=str))
+
+
+class TextFormatter(_Redacting):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            line = f"{line} [{request_id}]"
+        return self.redact(line)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = [*settings.webhook_secrets()]
+    for secret in (settings.admin_token, settings.stripe_api_key, settings.stripe_webhook_secret):
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
 
 
 def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
@@ -39,9 +119,13 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
         settings.log_format == "auto" and not sys.stderr.isatty()
     )
     handler = logging.StreamHandler(sys.stderr)
+    known_secrets = secret_values(settings)
     handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        JsonFormatter(known_secrets)
+        if use_json
+        else TextFormatter(known_secrets, fmt="%(asctime)s %(levelname)s %(name)s %(message)s")
     )
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

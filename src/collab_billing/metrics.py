@@ -19,6 +19,10 @@ POLL_SECONDS = Histogram("collab_billing_poll_seconds", "Duration of one complet
 RECONCILER_LAG = Gauge(
     "collab_billing_reconciler_lag_seconds", "Now minus the `created` of the newest applied event"
 )
+LAST_POLL = Gauge(
+    "collab_billing_last_complete_poll_timestamp_seconds",
+    "Unix time of the last complete poll of the Events API",
+)
 PENDING_EVENTS = Gauge(
     "collab_billing_pending_events", "Events failed or waiting behind a failed event"
 )

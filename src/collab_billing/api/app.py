@@ -15,9 +15,9 @@ from collab_billing import billing, metrics
 from collab_billing.api import billing as billing_routes
 from collab_billing.api import health, operations, users, webhooks
 from collab_billing.api.limits import BodySizeLimit
+from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
-from collab_billing.reconcile.apply import Applier
 from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
@@ -59,7 +59,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.gateway = build_gateway(settings)
-    app.state.applier = Applier(app.state.session_factory, app.state.gateway)
     app.state.webhook_secrets = settings.webhook_secrets()
     for router in (
         health.router,
@@ -72,6 +71,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_exception_handler(billing.BillingError, _billing_error)
     app.add_exception_handler(StripeGatewayError, _stripe_error)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app
 
 
@@ -80,6 +80,14 @@ async def _billing_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": error.message}, status_code=error.status_code)
 
 
-async def _stripe_error(_request: Request, error: Exception) -> JSONResponse:
+async def _stripe_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StripeGatewayError)
+    log.warning(
+        "Stripe request failed",
+        extra={
+            "path": request.url.path,
+            "stripe_error": error.kind,
+            "stripe_http_status": error.http_status,
+        },
+    )
     return JSONResponse({"detail": f"Stripe request failed: {error}"}, status_code=502)

@@ -5,25 +5,61 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.config import Settings
 from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
-from collab_billing.reconcile.apply import Applier
+from collab_billing.db.models import ProcessedStripeEvent
+from collab_billing.logs import new_request_id, request_id_scope
+from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
 
 # After this many failed tries an event counts as failed (status, metric); retries go on.
 MAX_ATTEMPTS = 5
+
+
+class TimedApplier(Applier):
+    """The applier, observing `collab_billing_apply_batch_seconds{source}` per batch."""
+
+    def __init__(self, *args: Any, source: str = "poll", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def apply(
+        self, events: Sequence[Event], pending: Sequence[ledger.PendingEvent] = ()
+    ) -> ApplyStats:
+        with metrics.APPLY_SECONDS.labels(self.source).time():
+            return super().apply(events, pending)
+
+
+class _CountingEvents:
+    """The gateway as the poller sees it: counts what `list_events` returns, by type
+    (`collab_billing_events_fetched`); every other attribute is the gateway's own."""
+
+    def __init__(self, gateway: StripeGateway) -> None:
+        self._gateway = gateway
+
+    def list_events(self, **kwargs: Any) -> EventPage:
+        page = self._gateway.list_events(**kwargs)
+        for event in page.events:
+            metrics.EVENTS_FETCHED.labels(str(event.get("type"))).inc()
+        return page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
 
 
 class Reconciler:
@@ -32,19 +68,22 @@ class Reconciler:
         self.engine = engine
         self.factory: sessionmaker[Session] = make_session_factory(engine)
         self.gateway = gateway
-        self.applier = Applier(self.factory, gateway)
-        self.poller = Poller(self.factory, gateway, self.applier)
+        self.applier = TimedApplier(self.factory, gateway, source="poll")
+        self.poller = Poller(
+            self.factory, cast(StripeGateway, _CountingEvents(gateway)), self.applier
+        )
         self.lock = LeaderLock(engine)
 
     def drain(self) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted."""
-        try:
-            self.poller.check_retention()
-        except NeedsResync as reason:
-            self.resync(str(reason))
-        with metrics.POLL_SECONDS.time():
-            report = self.poller.drain()
-        self._record(report)
+        with request_id_scope(new_request_id("poll")):
+            try:
+                self.poller.check_retention()
+            except NeedsResync as reason:
+                self.resync(str(reason))
+            with metrics.POLL_SECONDS.time():
+                report = self.poller.drain()
+            self._record(report)
         return report
 
     def resync(self, reason: str) -> ResyncReport:
@@ -85,9 +124,10 @@ class Reconciler:
 
     def _record(self, report: DrainReport) -> None:
         metrics.record_outcomes(report.stats.outcomes)
-        if report.newest_created is not None:
-            metrics.RECONCILER_LAG.set(max(0.0, time.time() - report.newest_created))
         status = read_status(self.engine)
+        if status.lag is not None:
+            metrics.RECONCILER_LAG.set(status.lag)
+        metrics.LAST_POLL.set(time.time())
         metrics.PENDING_EVENTS.set(len(status.pending))
         metrics.FAILED_EVENTS.set(sum(1 for p in status.pending if p.attempts >= MAX_ATTEMPTS))
         log.info(
@@ -100,7 +140,10 @@ class Reconciler:
                 "duplicate": report.stats.total("duplicate"),
                 "unmatched": report.stats.total("unmatched"),
                 "failed": report.stats.total("failed"),
+                "waiting": report.stats.total("waiting"),
                 "stripe_reads": report.stats.stripe_reads,
+                "pending": len(status.pending),
+                "lag_seconds": None if status.lag is None else round(status.lag, 1),
                 "seconds": round(report.seconds, 3),
             },
         )
@@ -113,17 +156,34 @@ class Status:
     last_resync_at: int | None
     pending: list[ledger.PendingEvent]
     leader: str
+    newest_applied: int | None = None  # `created` of the newest event in the ledger
+    read_at: float = 0.0
+
+    @property
+    def lag(self) -> float | None:
+        """Now minus the `created` of the newest applied event (polled or webhook)."""
+        newest = max((t for t in (self.newest_applied, self.cursor) if t), default=None)
+        return None if newest is None else max(0.0, self.read_at - newest)
+
+    @property
+    def failed(self) -> list[ledger.PendingEvent]:
+        return [p for p in self.pending if p.last_error is not None]
 
 
 def read_status(engine: Engine) -> Status:
     factory = make_session_factory(engine)
     with factory() as session, session.begin():
+        newest = session.scalar(
+            select(func.max(ProcessedStripeEvent.stripe_event_created_timestamp))
+        )
         return Status(
             cursor=ledger.read_int_state(session, ledger.CURSOR),
             last_drain_at=ledger.read_int_state(session, ledger.LAST_DRAIN_AT),
             last_resync_at=ledger.read_int_state(session, ledger.LAST_RESYNC_AT),
             pending=ledger.all_pending_events(session),
             leader=current_holder(engine),
+            newest_applied=None if newest is None else int(newest),
+            read_at=time.time(),
         )
 
 
