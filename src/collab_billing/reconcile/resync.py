@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger, mirror, queries
+from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.reconcile.poll import OVERLAP_SECONDS
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ WRITE_CHUNK = 500
 class ResyncReport:
     customers_seen: int = 0
     customers_linked: int = 0
+    customers_deleted: int = 0
     subscriptions_seen: int = 0
     subscriptions_written: int = 0
     as_of: int = 0
@@ -49,11 +53,16 @@ def resync(
     # that second becomes the watermark of what we write and the cursor to poll from.
     report.as_of = _newest_event_created(gateway)
     customers = _customers(factory, gateway, github_user_id)
+    listed: set[str] = set()
     for chunk in _chunked(customers, WRITE_CHUNK):
         report.customers_seen += len(chunk)
+        listed.update(c["id"] for c in chunk if not c.get("deleted"))
         with factory() as session, session.begin():
             report.customers_linked += _link(session, chunk)
+            report.customers_deleted += _mark_deleted(session, chunk)
         _tick(progress, "customers", report.customers_seen)
+    if github_user_id is None:
+        report.customers_deleted += _tombstone_unlisted(factory, gateway, listed)
     for chunk in _chunked(_subscriptions(factory, gateway, github_user_id), WRITE_CHUNK):
         report.subscriptions_seen += len(chunk)
         with factory() as session, session.begin():
@@ -61,7 +70,8 @@ def resync(
         _tick(progress, "subscriptions", report.subscriptions_seen)
     if github_user_id is None:
         with factory() as session, session.begin():
-            ledger.write_state(session, ledger.CURSOR, report.as_of)
+            # Polls read from `cursor - OVERLAP_SECONDS`: keep that a valid (>= 0) timestamp.
+            ledger.write_state(session, ledger.CURSOR, max(report.as_of, OVERLAP_SECONDS))
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
     return report
@@ -113,6 +123,54 @@ def _link(session: Session, customers: list[dict[str, Any]]) -> int:
         if user_id is not None and mirror.link_customer_if_free(session, user_id, customer["id"]):
             linked += 1
     return linked
+
+
+def _mark_deleted(session: Session, customers: list[dict[str, Any]]) -> int:
+    """Known customers that Stripe now reports deleted become tombstones."""
+    live = _live_customer_ids(session, [c["id"] for c in customers if c.get("deleted")])
+    mirror.mark_customers_deleted(session, live)
+    return len(live)
+
+
+def _live_customer_ids(session: Session, stripe_customer_ids: list[str]) -> list[str]:
+    live: list[str] = []
+    for chunk in ledger.chunks(stripe_customer_ids):
+        live.extend(
+            session.scalars(
+                select(BillingCustomer.stripe_customer_id).where(
+                    BillingCustomer.stripe_customer_id.in_(chunk),
+                    BillingCustomer.stripe_deleted_at.is_(None),
+                )
+            )
+        )
+    return live
+
+
+def _tombstone_unlisted(
+    factory: sessionmaker[Session], gateway: StripeGateway, listed: set[str]
+) -> int:
+    """Customers we hold as live but Stripe's list no longer shows were deleted while we were
+    not reading events (the list omits deleted customers): confirm each, then tombstone it."""
+    with factory() as session, session.begin():
+        live = set(
+            session.scalars(
+                select(BillingCustomer.stripe_customer_id).where(
+                    BillingCustomer.stripe_deleted_at.is_(None)
+                )
+            )
+        )
+    confirmed: list[dict[str, Any]] = []
+    for customer_id in sorted(live - listed):
+        try:
+            confirmed.append(gateway.retrieve_customer(customer_id))
+        except StripeGatewayError as error:
+            if error.http_status != 404:
+                raise
+            log.warning("a linked customer is unknown to Stripe", extra={"error": str(error)})
+    if not confirmed:
+        return 0
+    with factory() as session, session.begin():
+        return _mark_deleted(session, confirmed)
 
 
 def _write_subscriptions(session: Session, subscriptions: list[dict[str, Any]], as_of: int) -> int:
