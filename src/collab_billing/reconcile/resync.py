@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger, mirror, queries
 from collab_billing.db.models import BillingCustomer
+from collab_billing.reconcile.apply import _lock_objects as lock_objects
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of
 from collab_billing.reconcile.poll import OVERLAP_SECONDS
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -175,6 +176,9 @@ def _tombstone_unlisted(
 
 def _write_subscriptions(session: Session, subscriptions: list[dict[str, Any]], as_of: int) -> int:
     states = [mirror.SubscriptionState.from_stripe(s, as_of) for s in subscriptions]
+    # Take the appliers' per-object locks (PostgreSQL) before reading watermarks: a webhook
+    # committing a newer state between our read and our write would otherwise be overwritten.
+    lock_objects(session, sorted({s.stripe_subscription_id for s in states}))
     known = mirror.customer_rows(session, [s.stripe_customer_id for s in states])
     marks = mirror.subscription_watermarks(session, [s.stripe_subscription_id for s in states])
     # A row written by an event newer than our snapshot second is newer than what we read.
