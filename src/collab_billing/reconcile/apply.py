@@ -182,19 +182,28 @@ class Applier:
         if mirror.customer_rows(session, [group.object_id]):
             stats.count("applied", group.events)
             return
-        latest = group.events[-1]["data"]["object"]
-        if self._link_customer(session, group.object_id, github_user_id_of(latest)):
+        latest = group.events[-1]
+        # Linked from its own `customer.created`, the customer had its metadata from the start,
+        # so any subscription event seen before was linked then (by reading the customer):
+        # nothing can have been dropped, and its subscriptions need no listing.
+        catch_up = latest["type"] != "customer.created"
+        if self._link_customer(
+            session, group.object_id, github_user_id_of(latest["data"]["object"]), catch_up
+        ):
             stats.count("applied", group.events)
         else:
             stats.count("unmatched", group.events)
 
     def _link_customer(
-        self, session: Session, customer_id: str, github_user_id: int | None
+        self, session: Session, customer_id: str, github_user_id: int | None, catch_up: bool
     ) -> bool:
-        """Link a customer we did not know to its user, then take in its subscriptions."""
+        """Link a customer we did not know to its user; with `catch_up`, also take in the
+        subscriptions whose events were skipped while the customer could not be matched."""
         user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
         if user_id is None or mirror.link_customer_if_free(session, user_id, customer_id) is None:
             return False
+        if not catch_up:
+            return True
         known = mirror.customer_rows(session, [customer_id])
         states = [
             mirror.SubscriptionState.from_stripe(sub, 0)
@@ -216,7 +225,9 @@ class Applier:
         if state.stripe_customer_id not in known:
             customer = self._read_customer(state.stripe_customer_id)
             if not customer.get("deleted"):
-                self._link_customer(session, state.stripe_customer_id, github_user_id_of(customer))
+                self._link_customer(
+                    session, state.stripe_customer_id, github_user_id_of(customer), catch_up=True
+                )
             known = mirror.customer_rows(session, [state.stripe_customer_id])
         if state.stripe_customer_id not in known:
             stats.count("unmatched", group.events)
