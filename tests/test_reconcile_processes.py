@@ -1,0 +1,148 @@
+"""The reconciler as separate processes: killed mid-batch it loses nothing; only one runs per
+database, and a standby takes over when the active one dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from collab_billing.reconcile.leader import LeaderLock
+from tests.reconcile_helpers import (
+    assert_matches_stripe,
+    generate_backlog,
+    processed_event_ids,
+    relevant_event_ids,
+)
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
+
+
+def reconciler_env(database_url: str, emulator: Emulator) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "STRIPE_API_KEY": EMULATOR_KEY,
+        "STRIPE_API_BASE": emulator.url,
+        "STRIPE_REQUESTS_PER_SECOND": "1000",
+        "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collab_billing", "reconcile", *args],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_killed_mid_batch_then_restarted_converges(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    session_factory: object,
+) -> None:
+    from collab_billing.db.engine import make_session_factory
+
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=800, per_customer=10)
+    expected = relevant_event_ids(emulator)
+    env = reconciler_env(database_url, emulator)
+
+    worker = spawn(env)
+    wait_until(lambda: len(processed_event_ids(factory)) > 0)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    done_before_kill = len(processed_event_ids(factory))
+    assert 0 < done_before_kill < len(expected), "the kill should land mid-backlog"
+
+    restarted = spawn(env, "--once")
+    assert restarted.wait(timeout=300) == 0
+    processed = processed_event_ids(factory)
+    assert len(processed) == len(set(processed))
+    assert set(processed) == expected
+    assert assert_matches_stripe(emulator, factory) == 800
+
+
+def test_sqlite_or_postgres_lock_admits_one_reconciler(engine: Engine) -> None:
+    first, second = LeaderLock(engine), LeaderLock(engine)
+    try:
+        assert first.acquire()
+        assert not second.acquire()
+        first.release()
+        assert second.acquire()
+        assert not first.acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+@pytest.mark.postgres_only
+def test_a_standby_takes_over_when_the_leader_dies(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    from collab_billing.db.engine import make_session_factory
+
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=10, per_customer=3)
+    separator = "&" if "?" in database_url else "?"
+    processes = {
+        name: spawn(reconciler_env(f"{database_url}{separator}application_name={name}", emulator))
+        for name in ("reconciler-a", "reconciler-b")
+    }
+
+    def holder() -> str | None:
+        with engine.connect() as connection:
+            value = connection.scalar(
+                text(
+                    "SELECT a.application_name FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND a.application_name LIKE 'reconciler-%'"
+                )
+            )
+        return str(value) if value else None
+
+    wait_until(lambda: holder() is not None)
+    leader = holder()
+    assert leader is not None
+    time.sleep(1)
+    assert holder() == leader, "leadership must not flap while the leader lives"
+    processes[leader].send_signal(signal.SIGKILL)
+    processes[leader].wait()
+    standby = next(name for name in processes if name != leader)
+    wait_until(lambda: holder() == standby, timeout=30)
+    # The new leader does the work: later events are applied.
+    emulator.control("POST", "generate", {"customers": 3, "events_per_customer": 2,
+                                          "first_github_user_id": 1})  # fmt: skip
+    wait_until(lambda: set(processed_event_ids(factory)) >= relevant_event_ids(emulator))
