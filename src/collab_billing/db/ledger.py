@@ -118,6 +118,11 @@ def _pending(row: PendingStripeEvent) -> PendingEvent:
     )
 
 
+# Waiting events (held behind a failed one) are never due by themselves: the failed event's
+# backoff decides when the object is tried again.
+WAITING = 2**62
+
+
 def record_pending(
     session: Session,
     events: Sequence[dict[str, Any]],
@@ -125,7 +130,12 @@ def record_pending(
     error: str | None,
     next_attempt_at: int,
 ) -> None:
-    """Keep the events of one object for a later try; failures count on the first of them."""
+    """Keep the events of one object for a later try.
+
+    With `error`, the object failed: its first event counts the attempt and every event gets
+    the next try time. Without, the events wait behind an earlier failure; an event already
+    pending keeps its schedule.
+    """
     insert = dialect_insert(session)
     for position, event in enumerate(events):
         failed_here = error is not None and position == 0
@@ -137,8 +147,11 @@ def record_pending(
             payload=json.loads(json.dumps(event)),
             attempts=1 if failed_here else 0,
             last_error=error if failed_here else None,
-            next_attempt_at=next_attempt_at,
+            next_attempt_at=next_attempt_at if error is not None else WAITING,
         )
+        if error is None:
+            session.execute(statement.on_conflict_do_nothing(index_elements=["stripe_event_id"]))
+            continue
         update: dict[str, Any] = {"next_attempt_at": next_attempt_at}
         if failed_here:
             update["attempts"] = PendingStripeEvent.attempts + 1
