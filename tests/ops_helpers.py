@@ -1,0 +1,135 @@
+"""Helpers of the webhook, operations and resync tests: a running service, Stripe's signature
+scheme (computed here, independently of the SDK), and a user's billing lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings
+from collab_billing.db import ledger
+from collab_billing.db.engine import make_session_factory
+from collab_billing.db.models import PendingStripeEvent
+from collab_billing.reconcile.events import RELEVANT_TYPES
+from tests.conftest import ADMIN_TOKEN
+from tests.servers import ServerThread
+from tests.stripe_helpers import Emulator
+
+WHSEC_OLD = "whsec_old_5cd0e4a1b7f24c3e9a0d"
+WHSEC_NEW = "whsec_new_8e21f7c09b3a4d6f8c17"
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """`Stripe-Signature` as Stripe computes it: v1 = HMAC-SHA256(secret, f"{t}.{payload}")."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={v1(payload, secret, t)}"
+
+
+def v1(payload: bytes, secret: str, timestamp: int) -> str:
+    signed = f"{timestamp}.".encode() + payload
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Service:
+    url: str
+    api: httpx.Client  # with the admin token
+    settings: Settings
+    factory: sessionmaker[Session]
+
+    def deliver(self, event: dict[str, Any], secret: str = WHSEC_NEW) -> httpx.Response:
+        payload = json.dumps(event).encode()
+        return self.post_webhook(payload, sign(payload, secret))
+
+    def post_webhook(self, payload: bytes, signature: str | None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["Stripe-Signature"] = signature
+        return httpx.post(
+            f"{self.url}/stripe/webhooks", content=payload, headers=headers, timeout=30
+        )
+
+
+@contextmanager
+def running_service(stripe_settings: Settings, engine: Engine, **updates: Any) -> Iterator[Service]:
+    """The real app under uvicorn; webhooks on with two secrets (rotation), reconciler off
+    unless `reconcile_enabled=True` is given."""
+    updates.setdefault("stripe_webhook_secret", SecretStr(f"{WHSEC_OLD},{WHSEC_NEW}"))
+    updates.setdefault("reconcile_enabled", False)
+    settings = stripe_settings.model_copy(update=updates)
+    with ServerThread(create_app(settings, engine)) as server:
+        api = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        )
+        try:
+            yield Service(server.url, api, settings, make_session_factory(engine))
+        finally:
+            api.close()
+
+
+def subscribe(service: Service, emulator: Emulator, github_user_id: int) -> str:
+    """A user checks out through the service's API; returns the Stripe subscription id."""
+    login = f"user{github_user_id}"
+    user = {
+        "github_user_id": github_user_id,
+        "github_login": login,
+        "email_address": f"{login}@example.com",
+    }
+    assert service.api.post("/users", json=user).is_success
+    response = service.api.post("/billing/subscriptions", json={"github_user_id": github_user_id})
+    assert response.status_code == 200, response.text
+    session = emulator.complete_checkout(response.json()["checkout_session_url"])
+    return str(session["subscription"])
+
+
+def churn(emulator: Emulator, subscription_id: str) -> None:
+    """Many changes to one subscription, most within the same second (ties on `created`)."""
+    for status in ("past_due", "active", "unpaid", "active"):
+        emulator.set_status(subscription_id, status)
+    for flag in (True, False, True):
+        emulator.sdk.v1.subscriptions.update(subscription_id, {"cancel_at_period_end": flag})
+
+
+def relevant_events(emulator: Emulator) -> list[dict[str, Any]]:
+    """The emulator's events the service listens to, oldest first."""
+    return [e for e in reversed(emulator.all_events()) if e["type"] in RELEVANT_TYPES]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def delivered_ok(emulator: Emulator) -> set[str]:
+    """Ids of the events the emulator delivered with a 2xx answer."""
+    attempts = emulator.control("GET", "webhook_deliveries")["data"]
+    return {a["event_id"] for a in attempts if a["status"] and 200 <= a["status"] < 300}
+
+
+def pending_rows(factory: sessionmaker[Session]) -> list[PendingStripeEvent]:
+    with factory() as session:
+        return list(session.scalars(select(PendingStripeEvent)))
+
+
+def set_synced(factory: sessionmaker[Session], cursor: int) -> None:
+    """As if the service had polled completely just now, with the cursor at `cursor`."""
+    with factory() as session, session.begin():
+        ledger.write_state(session, ledger.CURSOR, cursor)
+        ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))

@@ -1,0 +1,338 @@
+"""`POST /stripe/webhooks` over real HTTP: Stripe's signature scheme (valid, rotated secrets,
+several v1, wrong secret, stale, tampered, replayed), webhooks and polling applying each event
+once, and concurrent deliveries for one customer (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.ops_helpers import (
+    WHSEC_NEW,
+    WHSEC_OLD,
+    Service,
+    churn,
+    delivered_ok,
+    pending_rows,
+    relevant_events,
+    running_service,
+    set_synced,
+    sign,
+    subscribe,
+    v1,
+    wait_until,
+)
+from tests.reconcile_helpers import assert_matches_stripe, processed_event_ids
+from tests.stripe_helpers import Emulator
+
+
+@pytest.fixture
+def service(stripe_settings: Settings, engine: Engine) -> Iterator[Service]:
+    with running_service(stripe_settings, engine) as running:
+        yield running
+
+
+def first_of(events: list[dict[str, Any]], event_type: str) -> dict[str, Any]:
+    return next(e for e in events if e["type"] == event_type)
+
+
+def counts(service: Service) -> tuple[int, int]:
+    with service.factory() as session:
+        processed = session.scalar(select(func.count()).select_from(ProcessedStripeEvent))
+        subscriptions = session.scalar(select(func.count()).select_from(BillingSubscription))
+    return int(processed or 0), int(subscriptions or 0)
+
+
+def test_signed_event_is_applied_with_either_secret_and_any_v1(
+    service: Service, emulator: Emulator
+) -> None:
+    subscribe(service, emulator, 1)
+    subscribe(service, emulator, 2)
+    events = relevant_events(emulator)
+    created = [e for e in events if e["type"] == "customer.subscription.created"]
+    assert len(created) == 2
+
+    # The current secret, Stripe's exact scheme computed by hand.
+    response = service.deliver(created[0], WHSEC_NEW)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "outcome": "applied"}
+    # The previous secret during a rotation, and a header with several v1 signatures of which
+    # only one is right (Stripe sends one per active secret).
+    payload = json.dumps(created[1]).encode()
+    t = int(time.time())
+    header = f"t={t},v1={v1(payload, 'whsec_not_ours', t)},v1={v1(payload, WHSEC_OLD, t)},v0=x"
+    response = service.post_webhook(payload, header)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "applied"
+
+    assert counts(service) == (2, 2)
+    listing = service.api.get("/billing/subscriptions", params={"github_user_id": 2}).json()
+    [row] = listing["subscriptions"]
+    assert row["status"] == created[1]["data"]["object"]["status"]
+
+
+def test_bad_signatures_are_rejected_and_store_nothing(
+    service: Service, emulator: Emulator
+) -> None:
+    subscribe(service, emulator, 1)
+    event = first_of(relevant_events(emulator), "customer.subscription.created")
+    payload = json.dumps(event).encode()
+    now = int(time.time())
+    tampered = payload.replace(b'"active"', b'"canceled"')
+    assert tampered != payload
+    cases = {
+        "wrong secret": sign(payload, "whsec_someone_else_entirely"),
+        "stale (301 s)": sign(payload, WHSEC_NEW, now - 301),
+        "stale (1 day)": sign(payload, WHSEC_NEW, now - 86_400),
+        "no v1": f"t={now}",
+        "no timestamp": f"v1={v1(payload, WHSEC_NEW, now)}",
+        "garbage": "definitely not a signature",
+        "signature of another body": sign(b'{"id": "evt_other"}', WHSEC_NEW),
+        "v0 only": f"t={now},v0={v1(payload, WHSEC_NEW, now)}",
+    }
+    for case, header in cases.items():
+        response = service.post_webhook(payload, header)
+        assert response.status_code == 400, case
+        assert "detail" in response.json(), case
+    assert service.post_webhook(payload, None).status_code == 400
+    # Right signature, tampered body.
+    assert service.post_webhook(tampered, sign(payload, WHSEC_NEW)).status_code == 400
+    # Within the tolerance, an old timestamp is still fine: 300 s is the limit, not less.
+    assert counts(service) == (0, 0)
+    assert service.post_webhook(payload, sign(payload, WHSEC_NEW, now - 250)).status_code == 200
+    assert counts(service) == (1, 1)
+
+
+def test_replayed_delivery_is_applied_once(service: Service, emulator: Emulator) -> None:
+    subscription_id = subscribe(service, emulator, 1)
+    created = first_of(relevant_events(emulator), "customer.subscription.created")
+    payload = json.dumps(created).encode()
+    header = sign(payload, WHSEC_NEW)
+    assert service.post_webhook(payload, header).json()["outcome"] == "applied"
+    # The very same request again (an attacker's replay inside the tolerance, or Stripe's
+    # retry): verified, recognised, not applied again.
+    emulator.set_status(subscription_id, "past_due")
+    updated = first_of(relevant_events(emulator), "customer.subscription.updated")
+    assert service.deliver(updated).json()["outcome"] == "applied"
+    replay = service.post_webhook(payload, header)
+    assert replay.status_code == 200
+    assert replay.json()["outcome"] == "duplicate"
+    with service.factory() as session:
+        row = session.scalars(select(BillingSubscription)).one()
+    assert row.stripe_subscription_status == "past_due", "a replay must not roll the row back"
+    assert counts(service) == (2, 1)
+
+
+def test_payloads_that_are_not_events(service: Service, emulator: Emulator) -> None:
+    subscribe(service, emulator, 1)
+    for body in (b"not json", b"[1, 2]", b'{"object": "customer", "id": "cus_1"}', b"\xff\xfe"):
+        response = service.post_webhook(body, sign(body, WHSEC_NEW))
+        assert response.status_code == 400, body
+    # An event type the service does not use is acknowledged and not stored.
+    product = next(e for e in emulator.all_events() if e["type"] == "product.created")
+    response = service.deliver(product)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "ignored"
+    assert counts(service) == (0, 0)
+
+
+def test_webhooks_are_off_without_a_secret(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    with running_service(stripe_settings, engine, stripe_webhook_secret=None) as service:
+        response = service.deliver({"id": "evt_1", "object": "event"})
+    assert response.status_code == 404
+    assert "STRIPE_WEBHOOK_SECRET" in response.json()["detail"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="poll.py (c5ce674) `_read_window`: IndexError on a page whose events are all processed "
+    "already (by webhooks) but newer than the cursor; remove this mark with the fix",
+)
+def test_emulator_deliveries_then_polling_apply_each_event_once(
+    service: Service, emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """Stripe (the emulator) delivers every event, signed; then the poller reads the same
+    events from the Events API and finds nothing left to apply."""
+    emulator.control(
+        "POST", "webhook_endpoints", {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_NEW}
+    )
+    set_synced(service.factory, int(time.time()) - 3600)
+    subscription_id = subscribe(service, emulator, 1)
+    subscribe(service, emulator, 2)
+    churn(emulator, subscription_id)
+
+    def active(user: int) -> bool:
+        listing = service.api.get("/billing/subscriptions", params={"github_user_id": user})
+        return bool(listing.json()["has_active_subscription"])
+
+    wait_until(lambda: active(2), what="the webhook to record the subscription")
+    portal = service.api.post(
+        "/billing/subscriptions/manage", json={"github_user_id": 2, "intent": "cancel"}
+    ).json()["billing_portal_session_url"]
+    emulator.confirm_portal(portal, immediately=True)
+    expected = {e["id"] for e in relevant_events(emulator)}
+    wait_until(lambda: delivered_ok(emulator) >= expected, what="the emulator's deliveries")
+
+    assert set(processed_event_ids(service.factory)) == expected
+    assert assert_matches_stripe(emulator, service.factory) == 2
+
+    reconciler = Reconciler(service.settings, engine, StripeGateway(service.settings))
+    report = reconciler.drain()
+    assert report.events_seen >= len(expected)
+    assert report.stats.total("applied") == 0
+    assert sum(report.stats.outcomes.values()) == 0, "every polled event was already processed"
+    processed = processed_event_ids(service.factory)
+    assert len(processed) == len(set(processed)) == len(expected)
+    assert assert_matches_stripe(emulator, service.factory) == 2
+
+
+def test_polling_then_webhooks_apply_each_event_once(
+    service: Service, emulator: Emulator, engine: Engine
+) -> None:
+    set_synced(service.factory, int(time.time()) - 3600)
+    subscription_id = subscribe(service, emulator, 1)
+    churn(emulator, subscription_id)
+    reconciler = Reconciler(service.settings, engine, StripeGateway(service.settings))
+    report = reconciler.drain()
+    events = relevant_events(emulator)
+    assert sum(report.stats.outcomes.values()) == len(events)
+    # Stripe's deliveries of the same events arrive late (a backlog after an outage).
+    outcomes = {service.deliver(event).json()["outcome"] for event in events}
+    assert outcomes == {"duplicate"}
+    assert sorted(processed_event_ids(service.factory)) == sorted(e["id"] for e in events)
+    assert assert_matches_stripe(emulator, service.factory) == 1
+
+
+def test_webhooks_and_the_running_reconciler_together(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both paths live at once, in one process, racing for the same events."""
+    caplog.set_level(logging.WARNING)
+    with running_service(stripe_settings, engine, reconcile_enabled=True) as service:
+        emulator.control(
+            "POST",
+            "webhook_endpoints",
+            {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_OLD},
+        )
+        for user in (1, 2, 3):
+            churn(emulator, subscribe(service, emulator, user))
+        expected = {e["id"] for e in relevant_events(emulator)}
+        wait_until(lambda: delivered_ok(emulator) >= expected, what="deliveries")
+        wait_until(lambda: set(processed_event_ids(service.factory)) >= expected, what="polls")
+    processed = processed_event_ids(service.factory)
+    assert len(processed) == len(set(processed))
+    assert set(processed) == expected
+    assert pending_rows(service.factory) == []
+    assert assert_matches_stripe(emulator, service.factory) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, f"the reconciler failed while webhooks ran: {errors}"
+
+
+def blast(
+    service: Service, events: list[dict[str, Any]], copies: int, workers: int
+) -> tuple[list[tuple[str, int, str]], float]:
+    """Deliver every event `copies` times, shuffled, from `workers` threads at once.
+    Returns (event id, status, outcome) per delivery and the slowest answer in seconds."""
+    deliveries = [event for event in events for _ in range(copies)]
+    random.Random(7).shuffle(deliveries)
+
+    def deliver(event: dict[str, Any]) -> tuple[str, int, str, float]:
+        started = time.perf_counter()
+        response = service.deliver(event)
+        elapsed = time.perf_counter() - started
+        outcome = response.json().get("outcome", "") if response.status_code == 200 else ""
+        return event["id"], response.status_code, outcome, elapsed
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(deliver, deliveries))
+    return [r[:3] for r in results], max(r[3] for r in results)
+
+
+def assert_each_applied_once(results: list[tuple[str, int, str]]) -> None:
+    assert {status for _, status, _ in results} == {200}
+    first_handling = Counter(event_id for event_id, _, outcome in results if outcome != "duplicate")
+    assert set(first_handling.values()) == {1}, "each event is handled by exactly one delivery"
+    assert {outcome for _, _, outcome in results} <= {"applied", "stale", "duplicate"}
+
+
+def test_concurrent_deliveries_for_one_customer(
+    service: Service, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three copies of each of one customer's events, shuffled, 24 at a time: nothing fails,
+    nothing is applied twice, every answer is fast, and the row ends as Stripe has it."""
+    caplog.set_level(logging.WARNING)
+    subscription_id = subscribe(service, emulator, 1)
+    churn(emulator, subscription_id)
+    emulator.sdk.v1.subscriptions.cancel(subscription_id)
+    events = relevant_events(emulator)
+    assert len(events) >= 10
+
+    results, slowest = blast(service, events, copies=3, workers=24)
+    assert_each_applied_once(results)
+    assert slowest < 5, f"a delivery took {slowest:.1f} s"
+    assert sorted(processed_event_ids(service.factory)) == sorted(e["id"] for e in events)
+    assert pending_rows(service.factory) == []
+    assert assert_matches_stripe(emulator, service.factory) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.postgres_only
+def test_concurrent_deliveries_and_a_poll_on_postgres_never_deadlock(
+    service: Service, emulator: Emulator, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many customers, some created outside the service (linked through their metadata), their
+    events delivered twice by 32 threads while the poller applies the same events: no deadlock
+    (PostgreSQL would abort a transaction, which the applier logs), no double apply."""
+    caplog.set_level(logging.WARNING)
+    set_synced(service.factory, int(time.time()) - 3600)
+    price = service.settings.stripe_price_id or ""
+    for user in range(1, 7):
+        churn(emulator, subscribe(service, emulator, user))
+    for user in range(7, 10):  # customers made elsewhere, with our metadata
+        assert service.api.post(
+            "/users", json={"github_user_id": user, "github_login": f"user{user}"}
+        ).is_success
+        customer = emulator.sdk.v1.customers.create(
+            params={"metadata": {"github_user_id": str(user)}}
+        )
+        subscription = emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer.id, "items": [{"price": price}]}
+        )
+        churn(emulator, subscription.id)
+    events = relevant_events(emulator)
+    reconciler = Reconciler(service.settings, engine, StripeGateway(service.settings))
+    with ThreadPoolExecutor(1) as poller:
+        polled = poller.submit(reconciler.drain)
+        results, slowest = blast(service, events, copies=2, workers=32)
+        report = polled.result(timeout=60)
+
+    assert {status for _, status, _ in results} == {200}
+    assert slowest < 5, f"a delivery took {slowest:.1f} s"
+    handled = Counter(event_id for event_id, _, outcome in results if outcome != "duplicate")
+    for (outcome, _), count in report.stats.outcomes.items():
+        assert outcome in ("applied", "stale", "duplicate", "unmatched"), outcome
+        assert count >= 0
+    assert max(handled.values()) == 1
+    reconciler.drain()
+    processed = processed_event_ids(service.factory)
+    assert sorted(processed) == sorted(e["id"] for e in events)
+    assert pending_rows(service.factory) == []
+    assert assert_matches_stripe(emulator, service.factory) == 9
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not problems, problems
