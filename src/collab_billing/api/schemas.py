@@ -9,7 +9,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     StringConstraints,
     field_validator,
@@ -45,10 +44,19 @@ class ErrorResponse(BaseModel):
     detail: str = Field(examples=["user not found"])
 
 
+# A plain shape check: deliverability is the mail system's business, and a validator that
+# refuses reserved test domains would turn away addresses the schema says are fine.
+EmailAddress = Annotated[
+    str,
+    StringConstraints(strict=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    Field(examples=["octocat@example.com"]),
+]
+
+
 class UserIn(StrictModel):
     github_user_id: GithubUserId
     github_login: GithubLogin
-    email_address: EmailStr | None = None
+    email_address: EmailAddress | None = None
 
 
 class UserOut(BaseModel):
