@@ -72,9 +72,12 @@ def test_killed_mid_batch_then_restarted_converges(
     from collab_billing.db.engine import make_session_factory
 
     factory = make_session_factory(engine)
-    generate_backlog(emulator, factory, customers=800, per_customer=10)
+    # More events than one window holds, and slow event pages: after the first window's
+    # batches commit, the worker is busy reading the next window when it is killed.
+    generate_backlog(emulator, factory, customers=3000, per_customer=5)
     expected = relevant_event_ids(emulator)
     env = reconciler_env(database_url, emulator)
+    emulator.control("POST", "faults", {"latency_ms": 15, "path_prefix": "/v1/events"})
 
     worker = spawn(env)
     wait_until(lambda: len(processed_event_ids(factory)) > 0)
@@ -83,12 +86,13 @@ def test_killed_mid_batch_then_restarted_converges(
     done_before_kill = len(processed_event_ids(factory))
     assert 0 < done_before_kill < len(expected), "the kill should land mid-backlog"
 
+    emulator.control("DELETE", "faults")
     restarted = spawn(env, "--once")
     assert restarted.wait(timeout=300) == 0
     processed = processed_event_ids(factory)
     assert len(processed) == len(set(processed))
     assert set(processed) == expected
-    assert assert_matches_stripe(emulator, factory) == 800
+    assert assert_matches_stripe(emulator, factory) == 3000
 
 
 def test_sqlite_or_postgres_lock_admits_one_reconciler(engine: Engine) -> None:
