@@ -1,0 +1,379 @@
+"""Operations: `GET /metrics` after a real run, request ids in headers and log lines, JSON
+logs with no secret or customer payload, `reconcile --status`, and SIGTERM exiting 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from collab_billing.config import Settings
+from collab_billing.logs import configure_logging
+from collab_billing.reconcile.resync import resync
+from collab_billing.reconcile.run import Reconciler, read_status
+from collab_billing.stripe_gateway import StripeGateway
+from tests.conftest import ADMIN_TOKEN
+from tests.ops_helpers import (
+    WHSEC_NEW,
+    WHSEC_OLD,
+    Service,
+    churn,
+    delivered_ok,
+    relevant_events,
+    running_service,
+    set_synced,
+    sign,
+    subscribe,
+    wait_until,
+)
+from tests.reconcile_helpers import assert_matches_stripe
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
+
+SECRETS = (EMULATOR_KEY, ADMIN_TOKEN, WHSEC_OLD, WHSEC_NEW)
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def summed(samples: Samples, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def test_metrics_after_a_run(stripe_settings: Settings, engine: Engine, emulator: Emulator) -> None:
+    with running_service(stripe_settings, engine, reconcile_enabled=True) as service:
+        before = scrape(service.url)
+        emulator.control(
+            "POST",
+            "webhook_endpoints",
+            {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_NEW},
+        )
+        for user in (1, 2):
+            churn(emulator, subscribe(service, emulator, user))
+        expected = {e["id"] for e in relevant_events(emulator)}
+        wait_until(lambda: delivered_ok(emulator) >= expected, what="deliveries")
+        assert service.post_webhook(b"{}", sign(b"{}", "whsec_wrong_one")).status_code == 400
+
+        def polled(samples: Samples) -> bool:
+            done = summed(samples, "collab_billing_events_fetched_total") - summed(
+                before, "collab_billing_events_fetched_total"
+            )
+            return done >= len(expected)
+
+        wait_until(lambda: polled(scrape(service.url)), what="a poll that read every event")
+        # Stripe fails twice: the poll fails, is logged and counted, and the next one recovers.
+        emulator.control(
+            "POST",
+            "faults",
+            {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/events", "count": 2},
+        )
+        wait_until(
+            lambda: value(scrape(service.url), "collab_billing_stripe_requests_total",
+                          operation="events.list", status="500")
+            >= value(before, "collab_billing_stripe_requests_total",
+                     operation="events.list", status="500") + 2,
+            what="failed Stripe requests",
+        )  # fmt: skip
+        time.sleep(1.0)  # a successful poll after the faults
+        after = scrape(service.url)
+    assert assert_matches_stripe(emulator, service.factory) == 2
+
+    def delta(name: str, **labels: str) -> float:
+        return summed(after, name, **labels) - summed(before, name, **labels)
+
+    assert delta("collab_billing_events_fetched_total", type="customer.subscription.updated") > 0
+    assert delta("collab_billing_events_total", outcome="applied") >= len(expected) * 0.5
+    # Each event was applied once, by a webhook or a poll; the rest of its sightings are
+    # duplicates for webhooks and never reach the applier for polls.
+    assert delta("collab_billing_events_total", outcome="applied") + delta(
+        "collab_billing_events_total", outcome="stale"
+    ) <= len(expected)
+    assert delta("collab_billing_apply_batch_seconds_count", source="webhook") >= len(expected)
+    assert delta("collab_billing_apply_batch_seconds_sum", source="webhook") > 0
+    assert delta("collab_billing_poll_seconds_count") >= 3
+    assert delta("collab_billing_stripe_requests_total", operation="events.list", status="200") > 0
+    assert delta("collab_billing_stripe_requests_total", status="500") >= 2
+    assert delta("collab_billing_webhook_deliveries_total", outcome="bad_signature") == 1
+    assert delta("collab_billing_webhook_deliveries_total") >= len(expected) + 1
+    assert summed(after, "collab_billing_resyncs_total") >= 1  # the first poll: never synced
+    lag = value(after, "collab_billing_reconciler_lag_seconds")
+    assert 0 <= lag < 60, lag
+    assert (
+        abs(value(after, "collab_billing_last_complete_poll_timestamp_seconds") - time.time()) < 10
+    )
+    assert value(after, "collab_billing_reconciler_leader") == 1
+    assert value(after, "collab_billing_failed_events") == 0
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str], settings: Settings) -> Iterator[Any]:
+    """The service's own logging set-up (JSON lines, DEBUG) writing into captured stderr."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {name: logging.getLogger(name).level for name in ("stripe", "alembic", "httpx")}
+    configure_logging(
+        settings.model_copy(
+            update={
+                "log_format": "json",
+                "stripe_api_key": SecretStr(EMULATOR_KEY),
+                "stripe_webhook_secret": SecretStr(f"{WHSEC_OLD},{WHSEC_NEW}"),
+            }
+        ),
+        logging.DEBUG,
+    )
+    # capsys swaps sys.stderr only when the test starts: write to whatever it is then.
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(_CurrentStderr())
+
+    def lines() -> list[dict[str, Any]]:
+        err = capsys.readouterr().err
+        return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+    yield lines
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+class _CurrentStderr:
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def test_request_ids_and_json_log_lines(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, json_logs: Any
+) -> None:
+    with running_service(stripe_settings, engine) as service:
+        echoed = httpx.get(f"{service.url}/healthz", headers={"X-Request-Id": "trace-7f.3:a"})
+        assert echoed.headers["x-request-id"] == "trace-7f.3:a"
+        made = httpx.get(f"{service.url}/healthz").headers["x-request-id"]
+        replaced = httpx.get(f"{service.url}/healthz", headers={"X-Request-Id": "a b" * 100})
+        assert made.startswith("req_") and replaced.headers["x-request-id"].startswith("req_")
+        assert made != replaced.headers["x-request-id"]
+        # Even answers made by middleware (413) and errors carry the id.
+        big = service.api.post("/users", content=b"x" * 100_000, headers={"X-Request-Id": "big-1"})
+        assert (big.status_code, big.headers["x-request-id"]) == (413, "big-1")
+
+        rejected = httpx.post(
+            f"{service.url}/stripe/webhooks",
+            content=b"{}",
+            headers={"Stripe-Signature": "t=1,v1=00", "X-Request-Id": "wh-42"},
+        )
+        assert rejected.status_code == 400
+        subscribe(service, emulator, 1)
+        user = {"github_user_id": 2, "github_login": "two", "email_address": "two@example.com"}
+        assert service.api.post("/users", json=user).is_success
+        emulator.control("POST", "faults", {"rate": 1.0, "statuses": [500], "count": 1,
+                                            "path_prefix": "/v1/checkout"})  # fmt: skip
+        failed = service.api.post(
+            "/billing/subscriptions", json={"github_user_id": 2}, headers={"X-Request-Id": "co-9"}
+        )
+        assert failed.status_code == 502
+        set_synced(service.factory, int(time.time()) - 3600)
+        Reconciler(service.settings, engine, StripeGateway(service.settings)).drain()
+    lines = json_logs()
+    by_message: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        assert {"time", "level", "logger", "message"} <= set(line)
+        by_message.setdefault(line["message"], []).append(line)
+    [webhook] = by_message["webhook rejected"]
+    assert webhook["request_id"] == "wh-42" and webhook["level"] == "warning"
+    [stripe_failure] = by_message["Stripe request failed"]
+    assert stripe_failure["request_id"] == "co-9"
+    assert stripe_failure["stripe_http_status"] == 500
+    [poll] = by_message["poll"]
+    assert poll["request_id"].startswith("poll_")
+    assert poll["applied"] >= 1 and poll["lag_seconds"] >= 0 and "seconds" in poll
+    text = "\n".join(json.dumps(line) for line in lines)
+    for secret in SECRETS:
+        assert secret not in text
+    # No customer payload: neither an email address nor Stripe's object bodies.
+    assert "@example.com" not in text
+    assert '"metadata"' not in text and "github_login" not in text
+
+
+def test_no_secret_in_any_log_at_debug(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger at DEBUG (the Stripe SDK, httpx, uvicorn, ours) through sign-up, checkout,
+    webhooks, bad tokens and signatures, Stripe failures, polls and a resync."""
+    caplog.set_level(logging.DEBUG)
+    saved = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    for name in saved:
+        if not name.startswith("sqlalchemy"):  # SQL text holds no secret and is very noisy
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        with running_service(stripe_settings, engine, reconcile_enabled=True) as service:
+            endpoint = {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_OLD}
+            emulator.control("POST", "webhook_endpoints", endpoint)
+            churn(emulator, subscribe(service, emulator, 1))
+            expected = {e["id"] for e in relevant_events(emulator)}
+            wait_until(lambda: delivered_ok(emulator) >= expected, what="deliveries")
+            wrong_token = {"Authorization": f"Bearer {ADMIN_TOKEN}x"}
+            listing = f"{service.url}/billing/subscriptions?github_user_id=1"
+            assert httpx.get(listing, headers=wrong_token).status_code == 401
+            assert service.post_webhook(b"{}", sign(b"{}", WHSEC_NEW + "x")).status_code == 400
+            emulator.control("POST", "faults", {"rate": 1.0, "statuses": [500, 429], "count": 3,
+                                                "retry_after": 0})  # fmt: skip
+            service.api.post("/billing/subscriptions", json={"github_user_id": 1})
+            emulator.control("DELETE", "faults")
+            resync(service.factory, StripeGateway(service.settings))
+            time.sleep(0.5)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+    assert len(caplog.records) > 50
+    for record in caplog.records:
+        rendered = f"{record.getMessage()} {vars(record)!r}"
+        for secret in SECRETS:
+            assert secret not in rendered, (record.name, record.getMessage()[:200])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(database_url: str, emulator: Emulator) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "STRIPE_API_KEY": EMULATOR_KEY,
+        "STRIPE_API_BASE": emulator.url,
+        "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
+        "STRIPE_REQUESTS_PER_SECOND": "1000",
+        "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "LOG_FORMAT": "auto",  # stderr is a file: JSON
+    }
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_status_shows_cursor_lag_failed_events_and_leader(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
+) -> None:
+    with running_service(stripe_settings, engine) as service:
+        subscribe(service, emulator, 1)
+        set_synced(service.factory, int(time.time()) - 3600)
+        # A subscription of a customer made elsewhere, without our metadata: to match it the
+        # applier must read the customer from Stripe, and Stripe fails that read.
+        customer = emulator.sdk.v1.customers.create(params={"email": "stranger@example.com"})
+        price = service.settings.stripe_price_id or ""
+        emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer.id, "items": [{"price": price}]}
+        )
+        fault = {"rate": 1.0, "statuses": [500], "path_prefix": f"/v1/customers/{customer.id}"}
+        emulator.control("POST", "faults", fault)
+        Reconciler(service.settings, engine, StripeGateway(service.settings)).drain()
+    status = read_status(engine)
+    assert status.failed and status.lag is not None and status.lag < 60
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "reconcile", "--status"],
+        env=service_env(database_url, emulator), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "cursor (newest event created): " in out and "never" not in out.split("\n")[0]
+    lag_line = next(line for line in out.splitlines() if line.startswith("lag"))
+    assert lag_line.split(":")[1].strip().endswith(" s")
+    assert "leader:                        none" in out
+    assert f"({len(status.failed)} failed)" in out
+    assert "failed 1x: StripeGatewayError: Stripe api_error" in out
+    assert status.failed[0].event["id"] in out
+
+
+def test_serve_exits_0_on_sigterm(
+    emulator: Emulator, tmp_path: Path, stripe_settings: Settings
+) -> None:
+    port = free_port()
+    env = service_env(f"sqlite:///{tmp_path / 'serve.db'}", emulator)
+    env["STRIPE_PRICE_ID"] = stripe_settings.stripe_price_id or ""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collab_billing", "serve", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                           headers={"Authorization": ADMIN_TOKEN}, timeout=30)  # fmt: skip
+
+        def healthy() -> bool:
+            try:
+                return api.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, what="serve to start")
+        service = Service(str(api.base_url).rstrip("/"), api, stripe_settings, None)  # type: ignore[arg-type]
+        subscribe(service, emulator, 1)
+        wait_until(lambda: any(line["message"] == "poll" for line in read_json_lines(log_path)))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = read_json_lines(log_path)
+    assert any(line.get("request_id", "").startswith("req_") for line in lines)
+    for secret in (EMULATOR_KEY, ADMIN_TOKEN, WHSEC_NEW):
+        assert secret not in log_path.read_text()
+
+
+def test_reconcile_exits_0_on_sigterm(emulator: Emulator, tmp_path: Path) -> None:
+    log_path = tmp_path / "reconcile.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collab_billing", "reconcile"],
+            env=service_env(f"sqlite:///{tmp_path / 'worker.db'}", emulator),
+            cwd=tmp_path, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: sum(line["message"] == "poll" for line in read_json_lines(log_path)) >= 2,
+            what="two polls",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
+    assert len({line["request_id"] for line in polls}) == len(polls), "one id per poll"
