@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from collab_billing.db.ledger import chunks, dialect_insert
+from collab_billing.db.ledger import IN_CHUNK, chunks, dialect_insert
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 
@@ -48,6 +50,10 @@ class SubscriptionState:
         )
 
 
+def customer_id_of(subscription: dict[str, Any]) -> str:
+    return _id_of(subscription["customer"])
+
+
 def _id_of(value: str | dict[str, Any]) -> str:
     return value if isinstance(value, str) else str(value["id"])
 
@@ -81,13 +87,42 @@ def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dic
     return found
 
 
+_SUBSCRIPTIONS = cast(Table, BillingSubscription.__table__)
+_CUSTOMERS = cast(Table, BillingCustomer.__table__)
+_UPSERT_COLUMNS = (
+    "billing_customer_id",
+    "stripe_subscription_status",
+    "stripe_price_id",
+    "stripe_cancel_at_period_end",
+    "stripe_cancel_at",
+    "stripe_canceled_at",
+    "stripe_current_period_end",
+    "stripe_state_as_of",
+)
+
+
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
+    """Built once per dialect: building `excluded` and the SET clause costs more than a row."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(_SUBSCRIPTIONS)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["stripe_subscription_id"],
+        set_={
+            **{column: excluded[column] for column in _UPSERT_COLUMNS},
+            "updated_at": func.now(),
+        },
+    )
+
+
 def upsert_subscriptions(
     session: Session, states: Sequence[SubscriptionState], customer_ids: dict[str, int]
 ) -> None:
-    """Insert or overwrite subscription rows. The caller has decided the states are newest."""
+    """Insert or overwrite subscription rows. The caller has decided the states are newest,
+    and gives each subscription at most once (one statement cannot update a row twice)."""
     if not states:
         return
-    insert = dialect_insert(session)
     rows = [
         {
             "billing_customer_id": customer_ids[state.stripe_customer_id],
@@ -102,21 +137,48 @@ def upsert_subscriptions(
         }
         for state in states
     ]
-    statement = insert(BillingSubscription)
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=["stripe_subscription_id"],
-        set_={
-            **{
-                column: getattr(excluded, column)
-                for column in rows[0]
-                if column not in ("stripe_subscription_id",)
-            },
-            "updated_at": func.now(),
-        },
-    )
+    statement = _upsert_statement(session.get_bind().dialect.name)
+    connection = session.connection()
     for start in range(0, len(rows), 1000):
-        session.execute(statement, rows[start : start + 1000])
+        connection.execute(statement, rows[start : start + 1000])
+
+
+def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
+    """GitHub user id -> our user id, for those we have."""
+    found: dict[int, int] = {}
+    ids = sorted(set(github_user_ids))
+    for start in range(0, len(ids), IN_CHUNK):
+        rows = session.execute(
+            select(User.github_user_id, User.id).where(
+                User.github_user_id.in_(ids[start : start + IN_CHUNK])
+            )
+        )
+        found.update({row[0]: row[1] for row in rows})
+    return found
+
+
+def link_customers_if_free(session: Session, links: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """`link_customer_if_free` for many (user id, Stripe customer id) pairs, in order: a user
+    who has a customer already (or gets one earlier in `links`) is not linked again. Returns
+    Stripe id -> our customer id for the pairs that are linked now."""
+    if not links:
+        return {}
+    insert = dialect_insert(session)
+    session.connection().execute(
+        insert(_CUSTOMERS).on_conflict_do_nothing(),
+        [{"user_id": user_id, "stripe_customer_id": cid} for user_id, cid in links],
+    )
+    wanted = dict((cid, user_id) for user_id, cid in links)
+    linked: dict[str, int] = {}
+    ids = list(wanted)
+    for chunk in chunks(ids):
+        rows = session.execute(
+            select(
+                BillingCustomer.stripe_customer_id, BillingCustomer.user_id, BillingCustomer.id
+            ).where(BillingCustomer.stripe_customer_id.in_(chunk))
+        )
+        linked.update({cid: id_ for cid, user_id, id_ in rows if wanted.get(cid) == user_id})
+    return linked
 
 
 def user_id_for_github_id(session: Session, github_user_id: int) -> int | None:

@@ -51,6 +51,15 @@ class ApplyStats:
 
 
 @dataclass
+class _Rows:
+    """What one transaction read once for all its groups, and the writes it collects."""
+
+    marks: dict[str, int]  # subscription id -> stripe_state_as_of
+    known: dict[str, int]  # Stripe customer id -> our id; grows as customers are linked
+    upserts: list[mirror.SubscriptionState] = field(default_factory=list)
+
+
+@dataclass
 class Group:
     kind: str
     object_id: str
@@ -97,11 +106,19 @@ class Applier:
         for group in groups:
             group.attempts = max((attempts.get(e["id"], 0) for e in group.events), default=0)
         stats = ApplyStats()
+        # One short read for what the Stripe reads below depend on; they are made before the
+        # write transaction so that it never waits on Stripe.
+        subscription_ids = [g.object_id for g in groups if g.kind == "subscription"]
         with self.factory() as session, session.begin():
             blocked = ledger.pending_object_ids(session) - {p.object_id for p in pending}
+            marks = (
+                mirror.subscription_watermarks(session, subscription_ids)
+                if self.gateway is not None
+                else {}
+            )
         ready = [g for g in groups if g.object_id not in blocked]
         self._hold_back([g for g in groups if g.object_id in blocked], stats)
-        self._prefetch(ready, stats)
+        self._prefetch(ready, marks, stats)
         try:
             with self.factory() as session, session.begin():
                 self._apply_groups(session, ready, stats)
@@ -152,47 +169,79 @@ class Applier:
     # -- one transaction ------------------------------------------------------------------
 
     def _apply_groups(self, session: Session, groups: Sequence[Group], stats: ApplyStats) -> None:
+        """One transaction for `groups`, with a fixed number of statements per batch: the rows
+        they need are read in one query each, and the subscriptions are written in one."""
         _lock_objects(session, [group.object_id for group in groups])
         all_ids = [event["id"] for group in groups for event in group.events]
         done = ledger.processed_ids(session, all_ids)
+        fresh_groups: list[Group] = []
         for group in groups:
             fresh = [event for event in group.events if event["id"] not in done]
-            stats.count("duplicate", [e for e in group.events if e["id"] in done])
+            if len(fresh) < len(group.events):
+                stats.count("duplicate", [e for e in group.events if e["id"] in done])
             if fresh:
-                self._apply_group(session, Group(group.kind, group.object_id, fresh), stats)
+                fresh_groups.append(Group(group.kind, group.object_id, fresh))
+        batch = self._read_rows(session, fresh_groups)
+        self._apply_customers(
+            session, [g for g in fresh_groups if g.kind == "customer"], batch, stats
+        )
+        for group in fresh_groups:
+            if group.kind == "subscription":
+                self._apply_subscription(session, group, batch, stats)
+            elif group.kind != "customer":
+                stats.count("ignored", group.events)
+        mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         ledger.clear_pending(session, all_ids)
         ledger.mark_processed(
             session, [e for group in groups for e in group.events if e["id"] not in done]
         )
 
-    def _apply_group(self, session: Session, group: Group, stats: ApplyStats) -> None:
-        if group.kind == "customer":
-            self._apply_customer(session, group, stats)
-        elif group.kind == "subscription":
-            self._apply_subscription(session, group, stats)
-        else:
-            stats.count("ignored", group.events)
+    @staticmethod
+    def _read_rows(session: Session, groups: Sequence[Group]) -> _Rows:
+        subscriptions = [g for g in groups if g.kind == "subscription"]
+        customer_ids = {g.object_id for g in groups if g.kind == "customer"}
+        customer_ids.update(
+            mirror.customer_id_of(g.events[-1]["data"]["object"]) for g in subscriptions
+        )
+        return _Rows(
+            marks=mirror.subscription_watermarks(session, [g.object_id for g in subscriptions]),
+            known=mirror.customer_rows(session, customer_ids),
+        )
 
-    def _apply_customer(self, session: Session, group: Group, stats: ApplyStats) -> None:
-        if any(event["type"] == "customer.deleted" for event in group.events):
-            # Deletion is terminal on Stripe, so it wins whatever came before or after.
-            mirror.mark_customers_deleted(session, [group.object_id])
-            stats.count("applied", group.events)
+    def _apply_customers(
+        self, session: Session, groups: Sequence[Group], batch: _Rows, stats: ApplyStats
+    ) -> None:
+        # Deletion is terminal on Stripe, so it wins whatever came before or after.
+        deleted = [g for g in groups if any(e["type"] == "customer.deleted" for e in g.events)]
+        mirror.mark_customers_deleted(session, [g.object_id for g in deleted])
+        stats.count("applied", [e for g in deleted for e in g.events])
+        deleted_ids = {g.object_id for g in deleted}
+        new = [g for g in groups if g.object_id not in deleted_ids]
+        stats.count("applied", [e for g in new if g.object_id in batch.known for e in g.events])
+        new = [g for g in new if g.object_id not in batch.known]
+        if not new:
             return
-        if mirror.customer_rows(session, [group.object_id]):
+        github_ids = {g.object_id: github_user_id_of(g.events[-1]["data"]["object"]) for g in new}
+        users = mirror.user_ids_for_github_ids(
+            session, [gid for gid in github_ids.values() if gid is not None]
+        )
+        links = [
+            (users[gid], g.object_id)
+            for g in new
+            if (gid := github_ids[g.object_id]) is not None and gid in users
+        ]
+        linked = mirror.link_customers_if_free(session, links)
+        batch.known.update(linked)
+        for group in new:
+            if group.object_id not in linked:
+                stats.count("unmatched", group.events)
+                continue
+            # Linked from its own `customer.created`, the customer had its metadata from the
+            # start, so any subscription event seen before was linked then (by reading the
+            # customer): nothing can have been dropped, and its subscriptions need no listing.
+            if group.events[-1]["type"] != "customer.created":
+                self._catch_up(session, group.object_id, batch.known)
             stats.count("applied", group.events)
-            return
-        latest = group.events[-1]
-        # Linked from its own `customer.created`, the customer had its metadata from the start,
-        # so any subscription event seen before was linked then (by reading the customer):
-        # nothing can have been dropped, and its subscriptions need no listing.
-        catch_up = latest["type"] != "customer.created"
-        if self._link_customer(
-            session, group.object_id, github_user_id_of(latest["data"]["object"]), catch_up
-        ):
-            stats.count("applied", group.events)
-        else:
-            stats.count("unmatched", group.events)
 
     def _link_customer(
         self, session: Session, customer_id: str, github_user_id: int | None, catch_up: bool
@@ -202,9 +251,12 @@ class Applier:
         user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
         if user_id is None or mirror.link_customer_if_free(session, user_id, customer_id) is None:
             return False
-        if not catch_up:
-            return True
-        known = mirror.customer_rows(session, [customer_id])
+        if catch_up:
+            self._catch_up(session, customer_id, mirror.customer_rows(session, [customer_id]))
+        return True
+
+    def _catch_up(self, session: Session, customer_id: str, known: dict[str, int]) -> None:
+        """Take in the subscriptions of a newly linked customer that have no row yet."""
         states = [
             mirror.SubscriptionState.from_stripe(sub, 0)
             for sub in self._customer_subscriptions(customer_id)
@@ -213,32 +265,30 @@ class Applier:
         mirror.upsert_subscriptions(
             session, [s for s in states if s.stripe_subscription_id not in marks], known
         )
-        return True
 
-    def _apply_subscription(self, session: Session, group: Group, stats: ApplyStats) -> None:
-        decision = self._decide(session, group)
+    def _apply_subscription(
+        self, session: Session, group: Group, batch: _Rows, stats: ApplyStats
+    ) -> None:
+        decision = self._decide(group, batch.marks.get(group.object_id))
         if decision is None:
             stats.count("stale", group.events)
             return
         state = decision
-        known = mirror.customer_rows(session, [state.stripe_customer_id])
-        if state.stripe_customer_id not in known:
-            customer = self._read_customer(state.stripe_customer_id)
+        customer_id = state.stripe_customer_id
+        if customer_id not in batch.known:
+            customer = self._read_customer(customer_id)
             if not customer.get("deleted"):
-                self._link_customer(
-                    session, state.stripe_customer_id, github_user_id_of(customer), catch_up=True
-                )
-            known = mirror.customer_rows(session, [state.stripe_customer_id])
-        if state.stripe_customer_id not in known:
+                self._link_customer(session, customer_id, github_user_id_of(customer), True)
+            batch.known.update(mirror.customer_rows(session, [customer_id]))
+        if customer_id not in batch.known:
             stats.count("unmatched", group.events)
             return
-        mirror.upsert_subscriptions(session, [state], known)
+        batch.upserts.append(state)  # written with the others at the end of the batch
         stats.count("applied", group.events)
 
-    def _decide(self, session: Session, group: Group) -> mirror.SubscriptionState | None:
-        """The state to write, or None when every event is older than the row."""
+    def _decide(self, group: Group, mark: int | None) -> mirror.SubscriptionState | None:
+        """The state to write, or None when every event is older than the row (`mark`)."""
         newest = group.newest_created
-        mark = mirror.subscription_watermarks(session, [group.object_id]).get(group.object_id)
         if mark is not None and newest < mark:
             return None
         tied = [event for event in group.events if int(event["created"]) == newest]
@@ -248,12 +298,10 @@ class Applier:
 
     # -- reads from Stripe, made before the transaction where possible ---------------------
 
-    def _prefetch(self, groups: Sequence[Group], stats: ApplyStats) -> None:
+    def _prefetch(self, groups: Sequence[Group], marks: dict[str, int], stats: ApplyStats) -> None:
         subscriptions = [g for g in groups if g.kind == "subscription"]
         if not subscriptions or self.gateway is None:
             return
-        with self.factory() as session, session.begin():
-            marks = mirror.subscription_watermarks(session, [g.object_id for g in subscriptions])
         for group in subscriptions:
             newest = group.newest_created
             mark = marks.get(group.object_id)

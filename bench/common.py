@@ -1,0 +1,308 @@
+"""Shared plumbing of the benchmarks: databases, the emulator process, child processes, results."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, create_engine, insert, text
+
+from collab_billing.db import ledger
+from collab_billing.db.engine import make_engine, make_session_factory
+from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.db.models import User
+
+EMULATOR_KEY = "sk_test_collab_billing_bench"
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    benchmark: str
+    engine: str
+    size: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+# -- databases -----------------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    url: str
+    engine_name: str
+    cleanup: Any = None
+
+    def engine(self) -> Engine:
+        return make_engine(self.url)
+
+    def drop(self) -> None:
+        if self.cleanup is not None:
+            self.cleanup()
+
+
+def fresh_database(engine_name: str, workdir: Path, pg_base: str) -> Database:
+    """A new, migrated, empty database: a SQLite file or a PostgreSQL database of its own."""
+    if engine_name == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
+        db = Database(f"sqlite:///{path}", "sqlite")
+
+        def remove() -> None:
+            for suffix in ("", "-wal", "-shm", ".reconciler.lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{path}{suffix}").unlink()
+
+        db.cleanup = remove
+    else:
+        name = f"collab_billing_bench_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(_pg_url(pg_base, "postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+
+        def drop() -> None:
+            admin = create_engine(_pg_url(pg_base, "postgres"), isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
+
+        db = Database(_pg_url(pg_base, name), "postgres", drop)
+    engine = make_engine(db.url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    return db
+
+
+def _pg_url(base: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base).set(drivername="postgresql+psycopg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+def seed_users(db: Database, customers: int, cursor_age_seconds: int = 8 * 86_400) -> None:
+    """Users 1..N and a cursor older than the backlog (tests/reconcile_helpers.py's approach)."""
+    engine = db.engine()
+    factory = make_session_factory(engine)
+    with factory() as session, session.begin():
+        step = 10_000
+        for start in range(1, customers + 1, step):
+            stop = min(start + step, customers + 1)
+            session.execute(
+                insert(User),
+                [{"github_user_id": n, "github_login": f"user{n}"} for n in range(start, stop)],
+            )
+        ledger.write_state(session, ledger.CURSOR, int(time.time()) - cursor_age_seconds)
+        ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
+    engine.dispose()
+
+
+# -- the emulator, as a separate process -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout: float = 30.0, path: str = "/_emulator/clock") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url + path, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not start") from None
+            time.sleep(0.05)
+
+
+class EmulatorProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / f"emulator-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "stripe_emulator", "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+        wait_for_http(self.url)
+        self.http = httpx.Client(base_url=self.url, timeout=600)
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"/_emulator/{path}", json=body)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def api(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {EMULATOR_KEY}"}
+        if method == "GET":
+            response = self.http.request(method, path, params=data, headers=headers)
+        else:
+            response = self.http.request(method, path, data=data, headers=headers)
+        response.raise_for_status()
+        return response.json()
+
+    def price(self) -> str:
+        product = self.api("POST", "/v1/products", {"name": "Collab Pro"})
+        price = self.api(
+            "POST",
+            "/v1/prices",
+            {
+                "product": product["id"],
+                "unit_amount": 2000,
+                "currency": "usd",
+                "recurring[interval]": "month",
+            },
+        )
+        return str(price["id"])
+
+    def generate(self, customers: int, per_customer: int, **extra: Any) -> dict[str, Any]:
+        body = {"customers": customers, "events_per_customer": per_customer, "seed": 7}
+        body.update({"first_github_user_id": 1, **extra})
+        result: dict[str, Any] = self.control("POST", "generate", body)
+        return result
+
+    def reset(self) -> None:
+        self.control("DELETE", "state")
+
+    def stop(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def emulator(workdir: Path) -> Iterator[EmulatorProcess]:
+    running = EmulatorProcess(workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# -- child processes of the service -----------------------------------------------------------
+
+
+def service_env(db: Database, emulator_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "RECONCILE_"))}
+    env.update(
+        DATABASE_URL=db.url,
+        STRIPE_API_KEY=EMULATOR_KEY,
+        STRIPE_API_BASE=emulator_url,
+        STRIPE_MAX_NETWORK_RETRIES="2",
+        LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    seconds: float
+    peak_rss_mb: float
+    log_lines: list[dict[str, Any]]
+    stderr_tail: str
+
+
+def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: float) -> ChildRun:
+    """Run a command to its end; its own peak RSS comes from wait4's rusage (Linux: KiB)."""
+    with tempfile.TemporaryFile(dir=workdir) as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(args, env=env, cwd=workdir, stdout=err, stderr=err)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        output = err.read().decode(errors="replace")
+    lines = []
+    for line in output.splitlines():
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(line)
+            if isinstance(parsed, dict):
+                lines.append(parsed)
+    return ChildRun(process.returncode, seconds, usage.ru_maxrss / 1024, lines, output[-3000:])
+
+
+def reconcile_once(
+    db: Database, emulator_url: str, workdir: Path, timeout: float = 3600, **env: str
+) -> tuple[ChildRun, dict[str, Any]]:
+    """`collab-billing reconcile --once`; returns the run and its `poll` log record."""
+    run = run_child(
+        [PYTHON, "-m", "collab_billing", "reconcile", "--once"],
+        service_env(db, emulator_url, **env),
+        workdir,
+        timeout,
+    )
+    polls = [line for line in run.log_lines if line.get("message") == "poll"]
+    if run.returncode != 0 or not polls:
+        raise RuntimeError(f"reconcile --once failed ({run.returncode}):\n{run.stderr_tail}")
+    return run, polls[-1]
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
