@@ -1,0 +1,293 @@
+"""Benchmarks of the running service: rate-limited fetch, webhooks, the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from sqlalchemy import insert
+
+from bench.common import (
+    PYTHON,
+    Database,
+    EmulatorProcess,
+    Result,
+    free_port,
+    percentile,
+    reconcile_once,
+    seed_users,
+    service_env,
+    wait_for_http,
+)
+from bench.drain import prepare_backlog
+from collab_billing.db.models import BillingCustomer, BillingSubscription
+
+ADMIN_TOKEN = "bench-admin-token"
+WEBHOOK_SECRET = "whsec_bench_secret"
+RATE_LIMIT = 25.0  # requests per second on /v1/events, like Stripe's live-mode read limit
+PAGE = 100
+
+
+# -- rate-limited fetch -------------------------------------------------------------------------
+
+
+def bench_ratelimit(db: Database, emulator: EmulatorProcess, events: int, workdir: Path) -> Result:
+    """A backlog drained while the emulator allows 25 requests/s on `/v1/events`: the ceiling
+    is 2,500 events/s, and fetching and applying must overlap to come near it."""
+    generated = prepare_backlog(db, emulator, events)
+    emulator.control(
+        "POST", "rate_limit", {"requests_per_second": RATE_LIMIT, "path_prefix": "/v1/events"}
+    )
+    try:
+        run, poll = reconcile_once(
+            db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND=str(RATE_LIMIT)
+        )
+    finally:
+        emulator.control("DELETE", "rate_limit")
+    seconds = float(poll["seconds"])
+    speed = generated["events"] / seconds
+    ceiling = RATE_LIMIT * PAGE
+    return Result(
+        "ratelimit",
+        db.engine_name,
+        generated["events"],
+        {
+            "events_per_s": round(speed),
+            "ceiling_pct": round(100 * speed / ceiling, 1),
+            "requests": poll.get("requests"),
+            "drain_s": round(seconds, 2),
+            "peak_rss_mb": round(run.peak_rss_mb, 1),
+        },
+        f"emulator limit {RATE_LIMIT:.0f} requests/s on /v1/events",
+    )
+
+
+# -- the service as a server ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve(db: Database, workdir: Path, **env: str) -> Iterator[str]:
+    port = free_port()
+    environment = service_env(
+        db, env.pop("STRIPE_API_BASE", "http://127.0.0.1:9"), ADMIN_TOKEN=ADMIN_TOKEN, **env
+    )
+    log = open(workdir / f"serve-{port}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [PYTHON, "-m", "collab_billing", "serve", "--port", str(port)],
+        env=environment,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url, timeout=60, path="/healthz")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+def sign(payload: bytes, secret: str, timestamp: int) -> str:
+    signed = f"{timestamp}.".encode() + payload
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def bench_webhook(
+    db: Database, emulator: EmulatorProcess, events: int, rate: float, workdir: Path
+) -> Result:
+    """Signed `customer.subscription.updated` deliveries at a fixed rate (open loop, as Stripe
+    sends them); latency is from sending to the answer, which comes after the row committed."""
+    customers = max(50, min(2_000, events))
+    prepare_backlog(db, emulator, customers * 10)
+    reconcile_once(db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND="100000")
+    subscriptions = emulator.control("GET", "state")["subscriptions"]
+    base = int(emulator.control("GET", "clock")["now"]) + 1
+    bodies = []
+    statuses = {s["id"]: s["status"] for s in subscriptions}
+    for i in range(events):
+        sub = dict(subscriptions[i % len(subscriptions)])
+        old = statuses[sub["id"]]
+        sub["status"] = statuses[sub["id"]] = "past_due" if old == "active" else "active"
+        event = {
+            "id": f"evt_bench_{i:08d}",
+            "object": "event",
+            "api_version": "2026-08-26.dahlia",
+            "created": base + int(i / rate),
+            "type": "customer.subscription.updated",
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "data": {"object": sub, "previous_attributes": {"status": old}},
+        }
+        bodies.append(json.dumps(event).encode())
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    local = threading.local()
+    with serve(
+        db,
+        workdir,
+        STRIPE_API_BASE=emulator.url,
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        RECONCILE_ENABLED="false",
+    ) as url:
+
+        def deliver(index: int, at: float) -> None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = httpx.Client(base_url=url, timeout=30)
+            delay = at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            body = bodies[index]
+            started = time.perf_counter()
+            headers = {
+                "Stripe-Signature": sign(body, WEBHOOK_SECRET, int(time.time())),
+                "Content-Type": "application/json",
+            }
+            response = client.post("/stripe/webhooks", content=body, headers=headers)
+            elapsed = time.perf_counter() - started
+            outcome = response.json().get("outcome", "?") if response.is_success else "error"
+            with lock:
+                latencies.append(elapsed)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        # Warm up the connection pool and the app (first requests compile statements).
+        start = time.perf_counter() + 0.2
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            futures = [pool.submit(deliver, i, start + i / rate) for i in range(events)]
+            for future in futures:
+                future.result()
+    elapsed = time.perf_counter() - start
+    return Result(
+        "webhook",
+        db.engine_name,
+        events,
+        {
+            "p50_ms": round(1000 * percentile(latencies, 50), 1),
+            "p99_ms": round(1000 * percentile(latencies, 99), 1),
+            "max_ms": round(1000 * max(latencies), 1),
+            "rate_per_s": rate,
+            "achieved_per_s": round(events / elapsed, 1),
+            "outcomes": outcomes,
+        },
+        f"{rate:.0f} signed deliveries/s",
+    )
+
+
+# -- admin API ------------------------------------------------------------------------------------
+
+
+def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -> Result:
+    """`GET /billing/subscriptions?github_user_id=N` from `concurrency` keep-alive connections
+    for `seconds`, by a small asyncio HTTP/1.1 client (cheap enough not to be the bottleneck)."""
+    users = 1_000
+    seed_users(db, users)
+    engine = db.engine()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(BillingCustomer),
+            [{"user_id": n, "stripe_customer_id": f"cus_bench_{n}"} for n in range(1, users + 1)],
+        )
+        connection.execute(
+            insert(BillingSubscription),
+            [
+                {
+                    "billing_customer_id": n,
+                    "stripe_subscription_id": f"sub_bench_{n}",
+                    "stripe_subscription_status": "active" if n % 3 else "canceled",
+                    "stripe_cancel_at_period_end": False,
+                    "stripe_state_as_of": 1,
+                }
+                for n in range(1, users + 1)
+            ],
+        )
+    engine.dispose()
+    with serve(db, workdir, RECONCILE_ENABLED="false") as url:
+        port = int(url.rsplit(":", 1)[1])
+        check = httpx.get(
+            f"{url}/billing/subscriptions?github_user_id=1",
+            headers={"Authorization": ADMIN_TOKEN},
+        )
+        check.raise_for_status()
+        asyncio.run(_load(port, users, 0.5, concurrency))  # warm-up
+        latencies, errors, elapsed = asyncio.run(_load(port, users, seconds, concurrency))
+    return Result(
+        "admin",
+        db.engine_name,
+        len(latencies),
+        {
+            "requests_per_s": round(len(latencies) / elapsed),
+            "p50_ms": round(1000 * percentile(latencies, 50), 2),
+            "p99_ms": round(1000 * percentile(latencies, 99), 2),
+            "errors": errors,
+            "concurrency": concurrency,
+        },
+        f"{concurrency} connections, {seconds:g} s",
+    )
+
+
+async def _load(
+    port: int, users: int, seconds: float, concurrency: int
+) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def connection(worker: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = worker
+        try:
+            while time.perf_counter() < deadline:
+                n = n % users + 1
+                request = (
+                    f"GET /billing/subscriptions?github_user_id={n} HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1\r\nAuthorization: {ADMIN_TOKEN}\r\n\r\n"
+                ).encode()
+                started = time.perf_counter()
+                writer.write(request)
+                status, body = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                if status != 200 or b"has_active_subscription" not in body:
+                    errors += 1
+                n += concurrency
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection(i) for i in range(concurrency)))
+    return latencies, errors, time.perf_counter() - started
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return status, body
