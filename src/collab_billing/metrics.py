@@ -38,7 +38,11 @@ WEBHOOK_DELIVERIES = Counter(
     "collab_billing_webhook_deliveries", "Webhook deliveries by outcome", ["outcome"]
 )
 LEADER = Gauge("collab_billing_reconciler_leader", "1 while this process is the active reconciler")
-RESYNCS = Counter("collab_billing_resyncs", "Full resyncs from the list endpoints", ["reason"])
+RESYNCS = Counter(
+    "collab_billing_resyncs",
+    "Full resyncs from the list endpoints (reason: never_synced, events_expired)",
+    ["reason"],
+)
 
 
 def observe_stripe_request(operation: str, status: int | str) -> None:
