@@ -158,12 +158,6 @@ def test_webhooks_are_off_without_a_secret(
     assert "STRIPE_WEBHOOK_SECRET" in response.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="poll.py (c5ce674) `_read_window`: IndexError on a page whose events are all processed "
-    "already (by webhooks) but newer than the cursor; remove this mark with the fix",
-)
 def test_emulator_deliveries_then_polling_apply_each_event_once(
     service: Service, emulator: Emulator, stripe_settings: Settings, engine: Engine
 ) -> None:
