@@ -150,3 +150,30 @@ def test_a_standby_takes_over_when_the_leader_dies(
     emulator.control("POST", "generate", {"customers": 3, "events_per_customer": 2,
                                           "first_github_user_id": 1})  # fmt: skip
     wait_until(lambda: set(processed_event_ids(factory)) >= relevant_event_ids(emulator))
+
+
+def test_a_worker_serves_its_metrics_and_stops_on_sigterm(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    import httpx
+
+    from collab_billing.db.engine import make_session_factory
+    from tests.test_dev_and_serve import free_port
+
+    generate_backlog(emulator, make_session_factory(engine), customers=20, per_customer=3)
+    port = free_port()
+    worker = spawn(reconciler_env(database_url, emulator), "--metrics-port", str(port))
+
+    def scraped() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
+    wait_until(lambda: "collab_billing_reconciler_leader 1.0" in scraped())
+    wait_until(lambda: 'collab_billing_events_total{outcome="applied"' in scraped())
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0

@@ -7,6 +7,7 @@ import signal
 import threading
 from typing import Annotated, NoReturn
 
+import prometheus_client
 import typer
 import uvicorn
 from sqlalchemy import Engine
@@ -137,6 +138,10 @@ def stripe_emulator(
 def reconcile(
     once: Annotated[bool, typer.Option("--once", help="Drain the events and exit.")] = False,
     show_status: Annotated[bool, typer.Option("--status", help="Show the state and exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    ] = None,
 ) -> None:
     """Run the reconciler alone: Stripe events into the database."""
     settings = settings_or_exit()
@@ -147,6 +152,9 @@ def reconcile(
         print_status(engine)
         return
     reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
+    if metrics_port is not None:
+        # A worker has no API to hang /metrics on: prometheus-client's own small server.
+        prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
     if once:
         drain_once(reconciler)
         return
