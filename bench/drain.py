@@ -56,8 +56,16 @@ def prepare_backlog(db: Database, emulator: EmulatorProcess, events: int) -> dic
     bursts = min(TIE_BURSTS, customers // 20)
     generated = emulator.generate(customers, EVENTS_PER_CUSTOMER, price=price)
     if bursts:
-        subs = emulator.api("GET", "/v1/subscriptions", {"limit": bursts, "status": "active"})
-        for sub in subs["data"]:
+        subs: list[dict[str, Any]] = []
+        while len(subs) < bursts:
+            params: dict[str, Any] = {"limit": min(100, bursts - len(subs)), "status": "active"}
+            if subs:
+                params["starting_after"] = subs[-1]["id"]
+            page = emulator.api("GET", "/v1/subscriptions", params)
+            subs.extend(page["data"])
+            if not page["has_more"]:
+                break
+        for sub in subs:
             for status in ("past_due", "active"):
                 emulator.control("POST", f"subscriptions/{sub['id']}/status", {"status": status})
     generated["events"] = relevant_events(emulator)

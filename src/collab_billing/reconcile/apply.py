@@ -236,10 +236,10 @@ class Applier:
             if group.object_id not in linked:
                 stats.count("unmatched", group.events)
                 continue
-            # Linked from its own `customer.created`, the customer had its metadata from the
-            # start, so any subscription event seen before was linked then (by reading the
-            # customer): nothing can have been dropped, and its subscriptions need no listing.
-            if group.events[-1]["type"] != "customer.created":
+            # Linked in the batch of its own `customer.created`: its subscriptions' events all
+            # come after it (in this batch or later ones, and a webhook-delivered one linked
+            # the customer by reading it), so none was dropped and none needs listing.
+            if not any(e["type"] == "customer.created" for e in group.events):
                 self._catch_up(session, group.object_id, batch.known)
             stats.count("applied", group.events)
 

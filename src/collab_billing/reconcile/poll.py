@@ -9,9 +9,11 @@ window is applied before the next one is read, and the cursor moves to its newes
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from queue import Full, Queue
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,7 +99,7 @@ class Poller:
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        for window in self._windows(cursor - OVERLAP_SECONDS, cursor, report):
+        for window in _read_ahead(self._windows(cursor - OVERLAP_SECONDS, cursor, report)):
             report.windows += 1
             for batch in _batches(window.events, self.batch_size):
                 report.stats.merge(self.applier.apply(batch, due))
@@ -150,17 +152,22 @@ class Poller:
             buffered.extend(fresh)
             if not fresh and int(page[-1]["created"]) <= cursor:
                 break  # reached events handled by an earlier poll
+            if len(buffered) <= self.max_buffer:
+                continue
             oldest, newest = int(buffered[-1]["created"]), int(buffered[0]["created"])
-            if len(buffered) > self.max_buffer and oldest > low:
+            if oldest > low:
                 # Narrowing can help only if the window spans more than one second of events.
                 return _window([], high), _Overflow(len(buffered), oldest, newest)
         return _window(buffered, high), None
 
-    @staticmethod
-    def _narrowed(low: int, overflow: _Overflow) -> int:
-        """The next width: up to (not including) the oldest second seen. Everything from
-        there up overflowed the buffer, and what lies below it must be applied first."""
-        return max(1, overflow.oldest - low)
+    def _narrowed(self, low: int, overflow: _Overflow) -> int:
+        """The next width: at most up to (not including) the oldest second seen, since
+        everything from there up overflowed the buffer and what lies below must be applied
+        first; and, by the density seen, about half a buffer of events, so that a deep backlog
+        is not read again from the top once per buffer."""
+        per_second = overflow.count / max(1, overflow.newest - overflow.oldest + 1)
+        by_density = int(self.max_buffer / 2 / per_second)
+        return max(1, min(overflow.oldest - low, by_density))
 
     def _pages(self, low: int, high: int | None, report: DrainReport) -> Iterator[list[Event]]:
         starting_after: str | None = None
@@ -178,6 +185,51 @@ class Poller:
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1]["id"]
+
+
+READ_AHEAD = 1  # windows read while the previous one is applied
+_DONE = object()
+
+
+def _read_ahead(windows: Iterator[Window]) -> Iterator[Window]:
+    """Read the next window on a thread while the caller applies this one: Stripe's (and the
+    network's) latency then overlaps the database writes. At most READ_AHEAD windows wait, so
+    memory stays bounded by the buffer whatever the backlog."""
+    queue: Queue[object] = Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for window in windows:
+                if not put(window):
+                    return
+            put(_DONE)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    thread = threading.Thread(target=produce, name="reconcile-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Window)
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _window(newest_first: list[Event], high: int | None) -> Window:

@@ -1,0 +1,40 @@
+"""The benchmarks still run: each one at a tiny size, on the engine the suite runs on.
+
+Benchmarks are not tests; this only keeps `python -m bench` working (a few seconds). The
+figures themselves are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench.__main__ import main
+from sqlalchemy.engine import make_url
+
+
+def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -> None:
+    engine = "postgres" if database_url.startswith("postgresql") else "sqlite"
+    args = ["--smoke", "--engines", engine, "--json", str(tmp_path / "bench.json")]
+    if engine == "postgres":
+        # Each benchmark creates (and drops) a database of its own on the same server.
+        server = make_url(database_url).set(database="postgres")
+        args += ["--pg-url", server.render_as_string(hide_password=False)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    ran = {result["benchmark"] for result in report["results"]}
+    assert ran == {"apply", "idle", "baseline", "limit", "ratelimit", "webhook", "admin"}
+    by_name = {result["benchmark"]: result for result in report["results"]}
+    assert by_name["apply"]["metrics"]["mismatches"] == 0
+    assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
+    assert by_name["webhook"]["metrics"]["outcomes"] == {"applied": 20}
+    assert by_name["admin"]["metrics"]["errors"] == 0
+    assert report["machine"]["cores"] >= 1
+
+
+@pytest.mark.parametrize("argv", [["--only", "nonsense"]])
+def test_unknown_benchmark_is_a_usage_error(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
