@@ -12,7 +12,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from collab_billing.db.ledger import IN_CHUNK, chunks, dialect_insert
+from collab_billing.db.ledger import chunks, dialect_insert, matching
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 
@@ -64,11 +64,10 @@ def _time(timestamp: int | None) -> datetime | None:
 
 def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str, int]:
     marks: dict[str, int] = {}
-    for chunk in chunks(list(ids)):
+    column = BillingSubscription.stripe_subscription_id
+    for condition in matching(session, column, ids):
         rows = session.execute(
-            select(
-                BillingSubscription.stripe_subscription_id, BillingSubscription.stripe_state_as_of
-            ).where(BillingSubscription.stripe_subscription_id.in_(chunk))
+            select(column, BillingSubscription.stripe_state_as_of).where(condition)
         )
         marks.update({row[0]: row[1] for row in rows})
     return marks
@@ -77,12 +76,9 @@ def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str,
 def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
     """Known customers, deleted ones included: Stripe id -> our id."""
     found: dict[str, int] = {}
-    for chunk in chunks(list(stripe_customer_ids)):
-        rows = session.execute(
-            select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
-                BillingCustomer.stripe_customer_id.in_(chunk)
-            )
-        )
+    column = BillingCustomer.stripe_customer_id
+    for condition in matching(session, column, stripe_customer_ids):
+        rows = session.execute(select(column, BillingCustomer.id).where(condition))
         found.update({row[0]: row[1] for row in rows})
     return found
 
@@ -146,13 +142,8 @@ def upsert_subscriptions(
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
     """GitHub user id -> our user id, for those we have."""
     found: dict[int, int] = {}
-    ids = sorted(set(github_user_ids))
-    for start in range(0, len(ids), IN_CHUNK):
-        rows = session.execute(
-            select(User.github_user_id, User.id).where(
-                User.github_user_id.in_(ids[start : start + IN_CHUNK])
-            )
-        )
+    for condition in matching(session, User.github_user_id, sorted(set(github_user_ids))):
+        rows = session.execute(select(User.github_user_id, User.id).where(condition))
         found.update({row[0]: row[1] for row in rows})
     return found
 
@@ -170,12 +161,10 @@ def link_customers_if_free(session: Session, links: Sequence[tuple[int, str]]) -
     )
     wanted = dict((cid, user_id) for user_id, cid in links)
     linked: dict[str, int] = {}
-    ids = list(wanted)
-    for chunk in chunks(ids):
+    column = BillingCustomer.stripe_customer_id
+    for condition in matching(session, column, list(wanted)):
         rows = session.execute(
-            select(
-                BillingCustomer.stripe_customer_id, BillingCustomer.user_id, BillingCustomer.id
-            ).where(BillingCustomer.stripe_customer_id.in_(chunk))
+            select(column, BillingCustomer.user_id, BillingCustomer.id).where(condition)
         )
         linked.update({cid: id_ for cid, user_id, id_ in rows if wanted.get(cid) == user_id})
     return linked
