@@ -97,8 +97,9 @@ def _pg_url(base: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def seed_users(db: Database, customers: int, cursor_age_seconds: int = 8 * 86_400) -> None:
-    """Users 1..N and a cursor older than the backlog (tests/reconcile_helpers.py's approach)."""
+def seed_users(db: Database, customers: int, cursor: int | None = None) -> None:
+    """Users 1..N and a cursor older than the backlog (tests/reconcile_helpers.py's approach):
+    by default eight days back; a backlog's drain passes the second just before it."""
     engine = db.engine()
     factory = make_session_factory(engine)
     with factory() as session, session.begin():
@@ -109,7 +110,9 @@ def seed_users(db: Database, customers: int, cursor_age_seconds: int = 8 * 86_40
                 insert(User),
                 [{"github_user_id": n, "github_login": f"user{n}"} for n in range(start, stop)],
             )
-        ledger.write_state(session, ledger.CURSOR, int(time.time()) - cursor_age_seconds)
+        if cursor is None:
+            cursor = int(time.time()) - 8 * 86_400
+        ledger.write_state(session, ledger.CURSOR, cursor)
         ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
     engine.dispose()
 

@@ -48,11 +48,12 @@ def prepare_backlog(db: Database, emulator: EmulatorProcess, events: int) -> dic
     (ties on one object, resolved from `previous_attributes`)."""
     customers = max(1, events // EVENTS_PER_CUSTOMER)
     emulator.reset()
-    seed_users(db, customers)
     price = emulator.price()
     # Generated events spread over the week before the emulator's "now" but never before its
-    # newest event (the price's): move the clock on so that they spread over a real week.
-    emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+    # newest event (the price's): move the clock on so that they spread over a real week. The
+    # cursor is left just before them, as if the service had stopped then.
+    clock = emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+    seed_users(db, customers, cursor=int(clock["now"]) - 7 * 86_400 - 10)
     bursts = min(TIE_BURSTS, customers // 20)
     generated = emulator.generate(customers, EVENTS_PER_CUSTOMER, price=price)
     if bursts:

@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, BigInteger, Engine, Table, Text, any_, delete, literal, select
+from sqlalchemy import ARRAY, BigInteger, Engine, Table, Text, any_, delete, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -88,6 +88,22 @@ def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> None:
         }
         for event in events
     ]
+    if is_postgres(session):
+        # One statement for the whole batch: arrays in, `unnest` to rows, server-side.
+        session.execute(
+            text(
+                "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
+                "stripe_event_created_timestamp) SELECT * FROM unnest(CAST(:ids AS text[]), "
+                "CAST(:types AS text[]), CAST(:created AS bigint[])) "
+                "ON CONFLICT (stripe_event_id) DO NOTHING"
+            ),
+            {
+                "ids": [row["stripe_event_id"] for row in rows],
+                "types": [row["stripe_event_type"] for row in rows],
+                "created": [row["stripe_event_created_timestamp"] for row in rows],
+            },
+        )
+        return
     statement = _mark_processed_statement(session.get_bind().dialect.name)
     session.connection().execute(statement, rows)
 

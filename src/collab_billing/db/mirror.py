@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from collab_billing.db.ledger import chunks, dialect_insert, matching
+from collab_billing.db.ledger import chunks, dialect_insert, is_postgres, matching
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 
@@ -133,10 +133,38 @@ def upsert_subscriptions(
         }
         for state in states
     ]
+    if is_postgres(session):
+        _upsert_postgres(session, rows)
+        return
     statement = _upsert_statement(session.get_bind().dialect.name)
     connection = session.connection()
     for start in range(0, len(rows), 1000):
         connection.execute(statement, rows[start : start + 1000])
+
+
+_ARRAY_TYPES = {
+    "billing_customer_id": "bigint[]",
+    "stripe_subscription_id": "text[]",
+    "stripe_subscription_status": "text[]",
+    "stripe_price_id": "text[]",
+    "stripe_cancel_at_period_end": "boolean[]",
+    "stripe_cancel_at": "timestamptz[]",
+    "stripe_canceled_at": "timestamptz[]",
+    "stripe_current_period_end": "timestamptz[]",
+    "stripe_state_as_of": "bigint[]",
+}
+_UPSERT_POSTGRES = text(
+    f"INSERT INTO billing_subscriptions ({', '.join(_ARRAY_TYPES)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _ARRAY_TYPES.items())
+    + ") ON CONFLICT (stripe_subscription_id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPSERT_COLUMNS)
+    + ", updated_at = now()"
+)
+
+
+def _upsert_postgres(session: Session, rows: list[dict[str, Any]]) -> None:
+    """The whole batch in one statement: one array per column, `unnest` to rows."""
+    session.execute(_UPSERT_POSTGRES, {name: [row[name] for row in rows] for name in _ARRAY_TYPES})
 
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
