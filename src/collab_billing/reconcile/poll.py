@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # this much below the cursor catches them, and the ledger absorbs the repeats.
 OVERLAP_SECONDS = 60
 MAX_BUFFER = 10_000
+CHECK_EVERY = 2_000  # events read between two ledger queries, while above the cursor
 BATCH_SIZE = 2_000
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
@@ -143,14 +144,30 @@ class Poller:
     def _read_window(
         self, low: int, high: int | None, cursor: int, report: DrainReport
     ) -> tuple[Window, _Overflow | None]:
-        """All new events of `[low, high)`, or an overflow report if there are too many."""
+        """All new events of `[low, high)`, or an overflow report if there are too many.
+
+        Pages newer than the cursor are checked against the ledger CHECK_EVERY events at a
+        time (one query, not one per page); a page that reaches the cursor is checked at once,
+        since it decides whether to read on."""
         buffered: list[Event] = []
-        for page in self._pages(low, high, report):
+        unchecked: list[Event] = []
+
+        def flush() -> list[Event]:
             with self.factory() as session, session.begin():
-                done = ledger.processed_ids(session, [event["id"] for event in page])
-            fresh = [event for event in page if event["id"] not in done]
+                done = ledger.processed_ids(session, [event["id"] for event in unchecked])
+            fresh = [event for event in unchecked if event["id"] not in done]
             buffered.extend(fresh)
-            if not fresh and int(page[-1]["created"]) <= cursor:
+            unchecked.clear()
+            return fresh
+
+        for page in self._pages(low, high, report):
+            unchecked.extend(page)
+            reaches_cursor = int(page[-1]["created"]) <= cursor
+            if not reaches_cursor and len(unchecked) < CHECK_EVERY:
+                continue
+            fresh = flush()
+            page_ids = {event["id"] for event in page} if reaches_cursor else set()
+            if reaches_cursor and not any(event["id"] in page_ids for event in fresh):
                 break  # reached events handled by an earlier poll
             if len(buffered) <= self.max_buffer:
                 continue
@@ -158,6 +175,8 @@ class Poller:
             if oldest > low:
                 # Narrowing can help only if the window spans more than one second of events.
                 return _window([], high), _Overflow(len(buffered), oldest, newest)
+        if unchecked:
+            flush()
         return _window(buffered, high), None
 
     def _narrowed(self, low: int, overflow: _Overflow) -> int:
