@@ -236,12 +236,22 @@ class ChildRun:
 
 
 def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: float) -> ChildRun:
-    """Run a command to its end; its own peak RSS comes from wait4's rusage (Linux: KiB)."""
+    """Run a command to its end, with its peak RSS.
+
+    The peak is the child's own `VmHWM` (per address space, so reset by exec), sampled until
+    it exits. wait4's `ru_maxrss` would not do: it counts the forked copy of this (large)
+    benchmark process before the exec."""
     with tempfile.TemporaryFile(dir=workdir) as err:
         started = time.perf_counter()
         process = subprocess.Popen(args, env=env, cwd=workdir, stdout=err, stderr=err)
         deadline = started + timeout
+        peak_kib = 0
+        status_file = Path(f"/proc/{process.pid}/status")
         while True:
+            with contextlib.suppress(OSError, ValueError):
+                for line in status_file.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -260,7 +270,8 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
             parsed = json.loads(line)
             if isinstance(parsed, dict):
                 lines.append(parsed)
-    return ChildRun(process.returncode, seconds, usage.ru_maxrss / 1024, lines, output[-3000:])
+    peak_kib = peak_kib or usage.ru_maxrss  # no /proc: the upper bound
+    return ChildRun(process.returncode, seconds, peak_kib / 1024, lines, output[-3000:])
 
 
 def reconcile_once(

@@ -8,6 +8,8 @@ window is applied before the next one is read, and the cursor moves to its newes
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -102,6 +104,7 @@ class Poller:
             due = ledger.due_pending_events(session, int(self.clock()))
         for window in _read_ahead(self._windows(cursor - OVERLAP_SECONDS, cursor, report)):
             report.windows += 1
+            _release_memory()
             for batch in _batches(window.events, self.batch_size):
                 report.stats.merge(self.applier.apply(batch, due))
                 due = []
@@ -204,6 +207,26 @@ class Poller:
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1]["id"]
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the system between windows. Pages are parsed on the
+    read-ahead thread and freed on this one; glibc's per-thread arenas then keep growing
+    with the backlog (RSS of 1.5 GB at a million events) unless trimmed."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 READ_AHEAD = 1  # windows read while the previous one is applied
