@@ -30,7 +30,7 @@ SMOKE = {
     "baseline_size": 300,
     "ratelimit_events": 200,
     "webhook_events": 20,
-    "admin_seconds": 0.5,
+    "admin_seconds": 0.3,
 }
 
 

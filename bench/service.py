@@ -172,7 +172,6 @@ def bench_webhook(
                 latencies.append(elapsed)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
-        # Warm up the connection pool and the app (first requests compile statements).
         start = time.perf_counter() + 0.2
         with ThreadPoolExecutor(max_workers=16) as pool:
             futures = [pool.submit(deliver, i, start + i / rate) for i in range(events)]
@@ -230,7 +229,7 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             headers={"Authorization": ADMIN_TOKEN},
         )
         check.raise_for_status()
-        asyncio.run(_load(port, users, 0.5, concurrency))  # warm-up
+        asyncio.run(_load(port, users, min(0.5, seconds), concurrency))  # warm-up
         latencies, errors, elapsed = asyncio.run(_load(port, users, seconds, concurrency))
     return Result(
         "admin",
