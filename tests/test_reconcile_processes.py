@@ -62,7 +62,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_killed_mid_batch_then_restarted_converges(
+def test_stopped_then_killed_mid_backlog_then_restarted_converges(
     emulator: Emulator,
     engine: Engine,
     database_url: str,
@@ -79,12 +79,21 @@ def test_killed_mid_batch_then_restarted_converges(
     env = reconciler_env(database_url, emulator)
     emulator.control("POST", "faults", {"latency_ms": 15, "path_prefix": "/v1/events"})
 
+    # SIGTERM: the worker ends after its current batch commits, long before the backlog ends.
     worker = spawn(env)
     wait_until(lambda: len(processed_event_ids(factory)) > 0)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    done_at_term = len(processed_event_ids(factory))
+    assert 0 < done_at_term < len(expected), "SIGTERM should not wait for the whole backlog"
+
+    # SIGKILL: no chance to finish anything.
+    worker = spawn(env)
+    wait_until(lambda: len(processed_event_ids(factory)) > done_at_term)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     done_before_kill = len(processed_event_ids(factory))
-    assert 0 < done_before_kill < len(expected), "the kill should land mid-backlog"
+    assert done_at_term < done_before_kill < len(expected), "the kill should land mid-backlog"
 
     emulator.control("DELETE", "faults")
     restarted = spawn(env, "--once")

@@ -8,12 +8,13 @@ window is applied before the next one is read, and the cursor moves to its newes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from queue import Full, Queue
 
@@ -47,6 +48,7 @@ class DrainReport:
     windows: int = 0
     stats: ApplyStats = field(default_factory=ApplyStats)
     newest_created: int | None = None
+    interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
 
 
@@ -96,22 +98,29 @@ class Poller:
             log.warning("last complete poll is %.1f days old; resync at 30", age / 86400)
         return cursor
 
-    def drain(self) -> DrainReport:
+    def drain(self, stop: threading.Event | None = None) -> DrainReport:
+        """Apply every new event; with `stop` set, return after the current batch commits."""
         started = time.monotonic()
         report = DrainReport()
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        for window in _read_ahead(self._windows(cursor - OVERLAP_SECONDS, cursor, report)):
-            report.windows += 1
-            _release_memory()
-            for batch in _batches(window.events, self.batch_size):
-                report.stats.merge(self.applier.apply(batch, due))
-                due = []
-                newest = int(batch[-1]["created"])
-                report.newest_created = newest
-                with self.factory() as session, session.begin():
-                    ledger.advance_cursor(session, newest)
+        windows = _read_ahead(self._windows(cursor - OVERLAP_SECONDS, cursor, report))
+        with contextlib.closing(windows):
+            for window in windows:
+                report.windows += 1
+                _release_memory()
+                for batch in _batches(window.events, self.batch_size):
+                    report.stats.merge(self.applier.apply(batch, due))
+                    due = []
+                    newest = int(batch[-1]["created"])
+                    report.newest_created = newest
+                    with self.factory() as session, session.begin():
+                        ledger.advance_cursor(session, newest)
+                    if stop is not None and stop.is_set():
+                        report.interrupted = True
+                        report.seconds = time.monotonic() - started
+                        return report
         if due:
             report.stats.merge(self.applier.apply([], due))
         with self.factory() as session, session.begin():
@@ -233,7 +242,7 @@ READ_AHEAD = 1  # windows read while the previous one is applied
 _DONE = object()
 
 
-def _read_ahead(windows: Iterator[Window]) -> Iterator[Window]:
+def _read_ahead(windows: Iterator[Window]) -> Generator[Window, None, None]:
     """Read the next window on a thread while the caller applies this one: Stripe's (and the
     network's) latency then overlaps the database writes. At most READ_AHEAD windows wait, so
     memory stays bounded by the buffer whatever the backlog."""

@@ -74,15 +74,16 @@ class Reconciler:
         )
         self.lock = LeaderLock(engine)
 
-    def drain(self) -> DrainReport:
-        """Read and apply everything new; resync first when events cannot be trusted."""
+    def drain(self, stop: threading.Event | None = None) -> DrainReport:
+        """Read and apply everything new; resync first when events cannot be trusted.
+        With `stop` set, return after the current batch's transaction."""
         with request_id_scope(new_request_id("poll")):
             try:
                 self.poller.check_retention()
             except NeedsResync as reason:
                 self.resync(str(reason))
             with metrics.POLL_SECONDS.time():
-                report = self.poller.drain()
+                report = self.poller.drain(stop)
             self._record(report)
         return report
 
@@ -110,7 +111,7 @@ class Reconciler:
                 metrics.LEADER.set(1 if leader else 0)
                 if leader:
                     try:
-                        self.drain()
+                        self.drain(stop)
                         failures = 0
                     except Exception:
                         failures += 1
@@ -128,7 +129,8 @@ class Reconciler:
         status = read_status(self.engine)
         if status.lag is not None:
             metrics.RECONCILER_LAG.set(status.lag)
-        metrics.LAST_POLL.set(time.time())
+        if not report.interrupted:
+            metrics.LAST_POLL.set(time.time())
         metrics.PENDING_EVENTS.set(len(status.pending))
         metrics.FAILED_EVENTS.set(sum(1 for p in status.pending if p.attempts >= MAX_ATTEMPTS))
         log.info(
