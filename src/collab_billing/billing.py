@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import queries
+from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.stripe_gateway import StripeGateway
 
@@ -32,8 +33,12 @@ class Conflict(BillingError):
 
 
 def find_user(factory: sessionmaker[Session], github_user_id: int) -> User:
-    with factory() as session, session.begin():
-        user = queries.get_user_by_github_user_id(session, github_user_id)
+    with read_only(factory) as session:
+        return _require_user(session, github_user_id)
+
+
+def _require_user(session: Session, github_user_id: int) -> User:
+    user = queries.get_user_by_github_user_id(session, github_user_id)
     if user is None:
         raise NotFound(f"no user with github_user_id {github_user_id}: create it with POST /users")
     return user
@@ -140,6 +145,7 @@ def _choose_subscription(
 def list_user_subscriptions(
     factory: sessionmaker[Session], github_user_id: int
 ) -> list[BillingSubscription]:
-    user = find_user(factory, github_user_id)
-    with factory() as session, session.begin():
+    """The hot read path ("is this user paying?"): one read-only transaction."""
+    with read_only(factory) as session:
+        user = _require_user(session, github_user_id)
         return list(queries.list_subscriptions_of_user(session, user.id))
