@@ -36,6 +36,16 @@ def checkout(reconciler: Reconciler, price: str, github_user_id: int) -> str:
     return billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
 
 
+def subscribe_new_user(
+    reconciler: Reconciler, emulator: Emulator, price: str, github_user_id: int
+) -> None:
+    """A user who pays: synced once, checkout completed in Stripe, events applied."""
+    add_user(reconciler.factory, github_user_id, f"user{github_user_id}")
+    reconciler.drain()
+    emulator.complete_checkout(checkout(reconciler, price, github_user_id))
+    reconciler.drain()
+
+
 def test_checkout_completion_then_cancel_flow(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
@@ -68,10 +78,7 @@ def test_checkout_completion_then_cancel_flow(
 def test_events_are_recorded_once_and_idle_polls_cost_one_request(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
-    add_user(reconciler.factory, 1, "one")
-    reconciler.drain()
-    emulator.complete_checkout(checkout(reconciler, stripe_settings.stripe_price_id or "", 1))
-    reconciler.drain()
+    subscribe_new_user(reconciler, emulator, stripe_settings.stripe_price_id or "", 1)
     reconciler.drain()
     with reconciler.factory() as session:
         ids = list(session.scalars(select(ProcessedStripeEvent.stripe_event_id)))
@@ -149,10 +156,7 @@ def test_a_customer_made_elsewhere_is_matched_by_metadata(
 def test_a_deleted_customer_is_kept_as_a_tombstone(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
-    add_user(reconciler.factory, 5, "five")
-    reconciler.drain()
-    emulator.complete_checkout(checkout(reconciler, stripe_settings.stripe_price_id or "", 5))
-    reconciler.drain()
+    subscribe_new_user(reconciler, emulator, stripe_settings.stripe_price_id or "", 5)
     with reconciler.factory() as session:
         customer_id = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
     emulator.sdk.v1.customers.delete(customer_id)

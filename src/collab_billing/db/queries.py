@@ -43,14 +43,6 @@ def get_billing_customer_by_user_id(session: Session, user_id: int) -> BillingCu
     ).first()
 
 
-def get_billing_customer_by_stripe_id(
-    session: Session, stripe_customer_id: str
-) -> BillingCustomer | None:
-    return session.scalars(
-        select(BillingCustomer).where(BillingCustomer.stripe_customer_id == stripe_customer_id)
-    ).first()
-
-
 def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[BillingSubscription]:
     return session.scalars(
         select(BillingSubscription)
@@ -58,16 +50,6 @@ def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[Billi
         .where(BillingCustomer.user_id == user_id)
         .order_by(BillingSubscription.id)
     ).all()
-
-
-def get_subscription_by_stripe_id(
-    session: Session, stripe_subscription_id: str
-) -> BillingSubscription | None:
-    return session.scalars(
-        select(BillingSubscription).where(
-            BillingSubscription.stripe_subscription_id == stripe_subscription_id
-        )
-    ).first()
 
 
 def link_billing_customer(
