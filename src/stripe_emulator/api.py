@@ -1,9 +1,15 @@
 """The `/v1` request pipeline: auth, parameters, routing, idempotency, expansion, errors.
 
 Handlers are plain synchronous functions registered with `@route(method, path)`; they get a
-`Call` (the store, typed `Params`, path ids, request info) and return a JSON dict. The
-pipeline runs each handler, and its idempotency bookkeeping, under the store lock, so
-concurrent requests (even with the same Idempotency-Key) are serialised.
+`Call` (the store, typed `Params`, path ids, request info) and return a JSON dict, or, when
+the request asks for no expansion (`call.expanding` is False), possibly the response already
+encoded as JSON bytes (the event list does, splicing each event's bytes). The pipeline runs
+each handler, and its idempotency bookkeeping, under the store lock, so concurrent requests
+(even with the same Idempotency-Key) are serialised. Handlers run on the event loop itself:
+they are short and never block, so a thread pool would only add a hand-off per request.
+
+Responses are encoded with orjson (compact, UTF-8) by `objects.dumps`, which falls back to the
+standard library for the rare values orjson refuses (non-string keys, integers beyond 64 bits).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from stripe_emulator.errors import (
 )
 from stripe_emulator.expand import expand
 from stripe_emulator.forms import Params, decode
-from stripe_emulator.objects import API_VERSION, Json, list_object
+from stripe_emulator.objects import API_VERSION, Json, dumps, list_object
 from stripe_emulator.pagination import Positions, page_positions
 from stripe_emulator.store import IdempotentResult, RequestInfo, Store, Table
 
@@ -41,13 +47,16 @@ class Call:
     params: Params
     path: dict[str, str]
     info: RequestInfo
+    # True when the request has `expand[]`: the handler must then return a dict, not bytes.
+    expanding: bool = False
 
     @property
     def id(self) -> str:
         return self.path["id"]
 
 
-Handler = Callable[[Call], Json]
+# A handler returns a JSON dict, or (only when not `call.expanding`) encoded JSON bytes.
+Handler = Callable[[Call], Json | bytes]
 
 
 @dataclass
@@ -72,9 +81,7 @@ def route(method: str, template: str) -> Callable[[Handler], Handler]:
 
 
 def json_response(status: int, body: Json, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body).encode(), status, headers=headers, media_type="application/json"
-    )
+    return Response(dumps(body), status, headers=headers, media_type="application/json")
 
 
 def error_response(error: StripeError, headers: dict[str, str] | None = None) -> Response:
@@ -187,12 +194,17 @@ def run(
         params = Params(data)
         store.request = info
         try:
-            body = found.handler(Call(store, params, path_ids, info))
+            body = found.handler(Call(store, params, path_ids, info, expansions is not None))
         finally:
             store.request = None
-        if expansions is not None:
-            body = expand(store, body, expansions if isinstance(expansions, list) else [expansions])
-        encoded = json.dumps(body).encode()
+        if isinstance(body, bytes):
+            assert expansions is None, "a handler returned bytes for a request with expand[]"
+            encoded = body
+        else:
+            if expansions is not None:
+                paths = expansions if isinstance(expansions, list) else [expansions]
+                body = expand(store, body, paths)
+            encoded = dumps(body)
         if key is not None:
             store.idempotency[scope] = IdempotentResult(
                 fingerprint, 200, encoded, store.clock.now()

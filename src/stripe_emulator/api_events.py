@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from stripe_emulator.api import Call, created_range, list_args, route
 from stripe_emulator.errors import StripeError, invalid, not_found
-from stripe_emulator.objects import Json, list_object
+from stripe_emulator.objects import Json, list_json, list_object
 
 MAX_TYPES = 20
 
 
 @route("GET", "/v1/events/{id}")
-def retrieve_event(call: Call) -> Json:
+def retrieve_event(call: Call) -> Json | bytes:
     call.params.finish()
     store = call.store
     event = store.events.get(call.id)
     if event is None or event.created < store.retained_since():
         raise not_found("event", call.id)
-    return store.render_event(event)
+    return store.render_event(event) if call.expanding else store.event_json(event)
 
 
 def _type_filter(call: Call) -> list[str] | None:
@@ -44,7 +44,7 @@ def _type_filter(call: Call) -> list[str] | None:
 
 
 @route("GET", "/v1/events")
-def list_events(call: Call) -> Json:
+def list_events(call: Call) -> Json | bytes:
     p = call.params
     args = list_args(p)
     types = _type_filter(call)
@@ -66,7 +66,10 @@ def list_events(call: Call) -> Json:
         before=before,
         limit=args.limit,
     )
-    return list_object([store.render_event(event) for event in events], has_more, "/v1/events")
+    if call.expanding:
+        data = [store.render_event(event) for event in events]
+        return list_object(data, has_more, "/v1/events")
+    return list_json([store.event_json(event) for event in events], has_more, "/v1/events")
 
 
 def _cursor(call: Call, event_id: str | None, param: str) -> int | None:

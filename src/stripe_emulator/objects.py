@@ -7,7 +7,10 @@ list are never emitted. The contract test validates all of this against spec3.js
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import orjson
 
 from stripe_emulator.records import (
     CheckoutSession,
@@ -325,3 +328,20 @@ def portal_session(record: PortalSession) -> Json:
 
 def list_object(data: list[Json], has_more: bool, url: str) -> Json:
     return {"object": "list", "data": data, "has_more": has_more, "url": url}
+
+
+def dumps(body: Any) -> bytes:
+    """`body` as compact JSON (orjson; the same content as `json.dumps`)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: non-str keys, ints beyond 64 bits, ...
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def list_json(data: list[bytes], has_more: bool, url: str) -> bytes:
+    """`list_object` already encoded, from the items' encoded JSON."""
+    more = b"true" if has_more else b"false"
+    return b"".join(
+        (b'{"object":"list","data":[', b",".join(data), b'],"has_more":', more,
+         b',"url":', dumps(url), b"}")
+    )  # fmt: skip

@@ -157,6 +157,10 @@ class Store:
             "type": event.type,
         }
 
+    def event_json(self, event: Event) -> bytes:
+        """`render_event(event)` encoded as JSON."""
+        return objects.dumps(self.render_event(event))
+
     def retained_since(self) -> int:
         """Oldest `created` still readable: Stripe keeps events for 30 days."""
         return self.now() - RETENTION_SECONDS
