@@ -40,7 +40,9 @@ EVENTS_PER_CUSTOMER = 10
 TIE_BURSTS = 500  # subscriptions that get two more updates within one second, at the end
 
 
-def prepare_backlog(db: Database, emulator: EmulatorProcess, events: int) -> dict[str, Any]:
+def prepare_backlog(
+    db: Database, emulator: EmulatorProcess, events: int, tie_bursts: int = TIE_BURSTS
+) -> dict[str, Any]:
     """Users 1..N/10 and a backlog of about `events` events: per customer `customer.created`,
     `customer.subscription.created`, then a mix of updates (cancel toggles, status flips,
     customer updates, ~10% deleted at the end) spread over a week (so events of different
@@ -49,12 +51,14 @@ def prepare_backlog(db: Database, emulator: EmulatorProcess, events: int) -> dic
     customers = max(1, events // EVENTS_PER_CUSTOMER)
     emulator.reset()
     price = emulator.price()
+    # The service had polled before it stopped: its cursor is the `created` of the last event
+    # it saw (a customer of another app here), which the next poll starts walking up from.
+    last_seen = emulator.api("POST", "/v1/customers", {"email": "before@example.com"})
     # Generated events spread over the week before the emulator's "now" but never before its
-    # newest event (the price's): move the clock on so that they spread over a real week. The
-    # cursor is left just before them, as if the service had stopped then.
-    clock = emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
-    seed_users(db, customers, cursor=int(clock["now"]) - 7 * 86_400 - 10)
-    bursts = min(TIE_BURSTS, customers // 20)
+    # newest event: move the clock on so that they spread over a real week.
+    emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+    seed_users(db, customers, cursor=int(last_seen["created"]))
+    bursts = min(tie_bursts, customers // 20)
     generated = emulator.generate(customers, EVENTS_PER_CUSTOMER, price=price)
     if bursts:
         subs: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 import stripe
 
 from collab_billing.config import Settings
@@ -54,17 +55,21 @@ RequestObserver = Callable[[str, int | str], None]
 
 
 class _Throttle:
-    """A minimal token bucket: at most `rate` requests per second across threads."""
+    """A token bucket across threads: at most `rate` requests a second on average, with bursts
+    of `burst`. A small burst lets a request that came late (a slow page, a busy GIL) be made
+    up for at once, so that a sequential reader keeps the full rate; kept well under a
+    second's worth so that Stripe's own bucket is never emptied by us alone."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, burst: int = 1) -> None:
         self.interval = 1.0 / rate
+        self.slack = (burst - 1) * self.interval
         self.next_slot = 0.0
         self.lock = threading.Lock()
 
     def wait(self) -> None:
         with self.lock:
             now = time.monotonic()
-            slot = max(now, self.next_slot)
+            slot = max(now - self.slack, self.next_slot)
             self.next_slot = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
@@ -81,7 +86,8 @@ class StripeGateway:
             raise StripeNotConfigured("STRIPE_API_KEY is not set")
         self.settings = settings
         self.observer = observer
-        self.throttle = _Throttle(requests_per_second or settings.stripe_requests_per_second)
+        rate = requests_per_second or settings.stripe_requests_per_second
+        self.throttle = _Throttle(rate, burst=max(1, int(rate // 5)))
         self._api_key = settings.stripe_api_key.get_secret_value()
         self._local = threading.local()  # one keep-alive client per thread for direct GETs
         http_client = stripe.HTTPXClient(
@@ -156,7 +162,7 @@ class StripeGateway:
                 raise _RawError(None, "api_connection_error", message, {}) from None
             status = response.status_code
             if status < 300:
-                parsed: StripeObjectDict = json.loads(response.content)
+                parsed: StripeObjectDict = orjson.loads(response.content)
                 return parsed
             should_retry = response.headers.get("stripe-should-retry")
             retryable = (status == 409 or status >= 500) and should_retry != "false"
@@ -275,8 +281,11 @@ class StripeGateway:
         created_gte: int | None = None,
         created_lt: int | None = None,
         starting_after: str | None = None,
+        ending_before: str | None = None,
         limit: int = 100,
     ) -> EventPage:
+        """One page, newest first. `starting_after` pages on to older events;
+        `ending_before` to the page of newer events just above that one."""
         params: dict[str, Any] = {"limit": limit, "types": list(types)}
         created: dict[str, int] = {}
         if created_gte is not None:
@@ -287,6 +296,8 @@ class StripeGateway:
             params["created"] = created
         if starting_after:
             params["starting_after"] = starting_after
+        if ending_before:
+            params["ending_before"] = ending_before
         page = self._get_json("events.list", "/v1/events", params)
         return EventPage(events=page["data"], has_more=bool(page["has_more"]))
 

@@ -1,9 +1,11 @@
-"""Read new events from Stripe's Events API in bounded `created` windows, oldest window first.
+"""Read new events from Stripe's Events API and apply them oldest first, in bounded memory.
 
-The list endpoint returns newest first. To apply oldest first without holding a whole backlog
-in memory, a window `[low, high)` is read completely; if it holds more than `max_buffer` new
-events, it is narrowed from the top (using the density seen so far) and read again. Each
-window is applied before the next one is read, and the cursor moves to its newest event.
+The list endpoint returns newest first. When little happened, the newest page holds it all
+(one request when idle). A backlog is walked upward, page by page with `ending_before`, from the
+newest event at or below the cursor: each event is read once and memory holds about one batch,
+whatever the backlog. When no such event is left to start from, `created` windows `[low, high)`
+are read top-down instead, each completely; a window holding more than `max_buffer` new events
+is narrowed (by the density seen) and read again.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from queue import Full, Queue
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class Poller:
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        windows = _read_ahead(self._windows(cursor - OVERLAP_SECONDS, cursor, report))
+        windows = _read_ahead(self._events(cursor, report))
         with contextlib.closing(windows):
             for window in windows:
                 report.windows += 1
@@ -128,8 +131,55 @@ class Poller:
         report.seconds = time.monotonic() - started
         return report
 
-    def _windows(self, low: int, cursor: int, report: DrainReport) -> Iterator[Window]:
-        """Windows from `low` up, each applied by the caller before the next is read.
+    def _events(self, cursor: int, report: DrainReport) -> Iterator[Window]:
+        """Every new event, in windows that the caller applies in order.
+
+        A backlog costs two requests more than its pages: the newest page (which showed there
+        is more) and the anchor. Events that became visible late, below the anchor but within
+        the overlap, are caught by reading the overlap top-down before walking up."""
+        low = cursor - OVERLAP_SECONDS
+        newest = self._list(report, created_gte=low)
+        if not newest.has_more:
+            yield _window(self._fresh(newest.events), None)
+            return
+        anchor = self._list(report, created_lt=cursor + 1, limit=1).events
+        if not anchor:
+            yield from self._windows(low, cursor, report)
+            return
+        yield from self._windows(low, cursor, report, until=cursor + 1)
+        yield from self._walk(str(anchor[0]["id"]), cursor, report)
+
+    def _walk(self, anchor: str, cursor: int, report: DrainReport) -> Iterator[Window]:
+        """The events listed above `anchor`, oldest first (as the SDK's reverse
+        auto-pagination reads them), in windows of one batch. A batch never ends inside a
+        second that the next page may continue."""
+        ascending: list[Event] = []
+        while True:
+            page = self._list(report, created_gte=cursor, ending_before=anchor)
+            ascending.extend(reversed(page.events))
+            if not page.has_more or not page.events:
+                break
+            anchor = str(page.events[0]["id"])
+            while len(ascending) > self.batch_size:
+                batch = next(_batches(ascending, self.batch_size))
+                if len(batch) == len(ascending):
+                    break  # its newest second may go on in the next page
+                del ascending[: len(batch)]
+                yield Window(self._fresh(batch), None)
+        if ascending:
+            yield Window(self._fresh(ascending), None)
+
+    def _fresh(self, events: list[Event]) -> list[Event]:
+        """`events` less those already processed (by an earlier poll or a webhook)."""
+        with self.factory() as session, session.begin():
+            done = ledger.processed_ids(session, [event["id"] for event in events])
+        return [event for event in events if event["id"] not in done]
+
+    def _windows(
+        self, low: int, cursor: int, report: DrainReport, until: int | None = None
+    ) -> Iterator[Window]:
+        """Windows from `low` up (to `until`, or open-ended), each applied by the caller
+        before the next is read.
 
         The common case is one open window `[low, now)` that fits: one request when idle. When
         a window overflows, it is narrowed by the density seen; windows that come back small
@@ -141,13 +191,15 @@ class Poller:
             high = None if width is None else low + width
             if high is not None and newest_known is not None and high > newest_known:
                 high = None  # past every event seen: the last window is open again
+            if until is not None and (high is None or high > until):
+                high = until
             window, overflow = self._read_window(low, high, cursor, report)
             if overflow is not None:
                 newest_known = max(newest_known or 0, overflow.newest)
                 width = self._narrowed(low, overflow)
                 continue
             yield window
-            if window.high is None:
+            if window.high is None or window.high == until:
                 return
             low = window.high
             if len(window.events) < self.max_buffer // 4:
@@ -165,9 +217,7 @@ class Poller:
         unchecked: list[Event] = []
 
         def flush() -> list[Event]:
-            with self.factory() as session, session.begin():
-                done = ledger.processed_ids(session, [event["id"] for event in unchecked])
-            fresh = [event for event in unchecked if event["id"] not in done]
+            fresh = self._fresh(unchecked)
             buffered.extend(fresh)
             unchecked.clear()
             return fresh
@@ -200,17 +250,18 @@ class Poller:
         by_density = int(self.max_buffer / 2 / per_second)
         return max(1, min(overflow.oldest - low, by_density))
 
+    def _list(self, report: DrainReport, **filters: Any) -> EventPage:
+        page = self.gateway.list_events(types=RELEVANT_TYPES, **filters)
+        report.requests += 1
+        report.events_seen += len(page.events)
+        return page
+
     def _pages(self, low: int, high: int | None, report: DrainReport) -> Iterator[list[Event]]:
         starting_after: str | None = None
         while True:
-            page = self.gateway.list_events(
-                types=RELEVANT_TYPES,
-                created_gte=low,
-                created_lt=high,
-                starting_after=starting_after,
+            page = self._list(
+                report, created_gte=low, created_lt=high, starting_after=starting_after
             )
-            report.requests += 1
-            report.events_seen += len(page.events)
             if page.events:
                 yield page.events
             if not page.has_more or not page.events:
