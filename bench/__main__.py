@@ -101,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "baseline" in only:
                     run(lambda db: [drain.bench_baseline(db, emu, args.baseline_size)])
                 if "ratelimit" in only:
-                    run(
-                        lambda db: [
-                            service.bench_ratelimit(db, emu, args.ratelimit_events, workdir)
-                        ]
-                    )
+                    for ties in (0,) if args.smoke else (0, drain.TIE_BURSTS):
+                        run(
+                            lambda db, ties=ties: [
+                                service.bench_ratelimit(
+                                    db, emu, args.ratelimit_events, workdir, tie_bursts=ties
+                                )
+                            ]
+                        )
                 if "webhook" in only:
                     run(
                         lambda db: [

@@ -41,10 +41,14 @@ PAGE = 100
 # -- rate-limited fetch -------------------------------------------------------------------------
 
 
-def bench_ratelimit(db: Database, emulator: EmulatorProcess, events: int, workdir: Path) -> Result:
+def bench_ratelimit(
+    db: Database, emulator: EmulatorProcess, events: int, workdir: Path, tie_bursts: int = 0
+) -> Result:
     """A backlog drained while the emulator allows 25 requests/s on `/v1/events`: the ceiling
-    is 2,500 events/s, and fetching and applying must overlap to come near it."""
-    generated = prepare_backlog(db, emulator, events)
+    is 2,500 events/s, and fetching and applying must overlap to come near it. With
+    `tie_bursts`, that many subscriptions end on a same-second tie that only a read of the
+    subscription settles: each read takes a request from the same budget."""
+    generated = prepare_backlog(db, emulator, events, tie_bursts=tie_bursts)
     emulator.control(
         "POST", "rate_limit", {"requests_per_second": RATE_LIMIT, "path_prefix": "/v1/events"}
     )
@@ -65,10 +69,12 @@ def bench_ratelimit(db: Database, emulator: EmulatorProcess, events: int, workdi
             "events_per_s": round(speed),
             "ceiling_pct": round(100 * speed / ceiling, 1),
             "requests": poll.get("requests"),
+            "stripe_reads": poll.get("stripe_reads"),
             "drain_s": round(seconds, 2),
             "peak_rss_mb": round(run.peak_rss_mb, 1),
         },
-        f"emulator limit {RATE_LIMIT:.0f} requests/s on /v1/events",
+        f"emulator limit {RATE_LIMIT:.0f} requests/s on /v1/events"
+        + (f"; {poll.get('stripe_reads')} unresolvable ties, one read each" if tie_bursts else ""),
     )
 
 
