@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import queries
-from collab_billing.db.engine import read_only
+from collab_billing.db.engine import FastRead, read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.stripe_gateway import StripeGateway
 
@@ -40,8 +40,12 @@ def find_user(factory: sessionmaker[Session], github_user_id: int) -> User:
 def _require_user(session: Session, github_user_id: int) -> User:
     user = queries.get_user_by_github_user_id(session, github_user_id)
     if user is None:
-        raise NotFound(f"no user with github_user_id {github_user_id}: create it with POST /users")
+        raise _unknown_user(github_user_id)
     return user
+
+
+def _unknown_user(github_user_id: int) -> NotFound:
+    return NotFound(f"no user with github_user_id {github_user_id}: create it with POST /users")
 
 
 def ensure_customer(factory: sessionmaker[Session], gateway: StripeGateway, user: User) -> str:
@@ -88,11 +92,11 @@ def start_checkout(
     )
 
 
-def is_active(subscription: BillingSubscription) -> bool:
+def is_active(subscription: BillingSubscription | queries.SubscriptionRow) -> bool:
     return subscription.stripe_subscription_status in queries.ACTIVE_STATUSES
 
 
-def is_cancelable(subscription: BillingSubscription) -> bool:
+def is_cancelable(subscription: BillingSubscription | queries.SubscriptionRow) -> bool:
     return is_active(subscription) and not subscription.stripe_cancel_at_period_end
 
 
@@ -142,10 +146,10 @@ def _choose_subscription(
     return target
 
 
-def list_user_subscriptions(
-    factory: sessionmaker[Session], github_user_id: int
-) -> list[BillingSubscription]:
-    """The hot read path ("is this user paying?"): one read-only transaction."""
-    with read_only(factory) as session:
-        user = _require_user(session, github_user_id)
-        return list(queries.list_subscriptions_of_user(session, user.id))
+def list_user_subscriptions(read: FastRead, github_user_id: int) -> list[queries.SubscriptionRow]:
+    """The hot read path ("is this user paying?"): one statement, `read` being a `FastRead` of
+    `queries.USER_SUBSCRIPTIONS` (on the read engine, `db.engine.make_read_engine`)."""
+    rows = queries.read_user_subscriptions(read, github_user_id)
+    if rows is None:
+        raise _unknown_user(github_user_id)
+    return rows

@@ -17,7 +17,8 @@ from collab_billing.api import health, operations, users, webhooks
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.config import Settings
-from collab_billing.db.engine import make_engine, make_session_factory
+from collab_billing.db.engine import FastRead, make_engine, make_read_engine, make_session_factory
+from collab_billing.db.queries import USER_SUBSCRIPTIONS
 from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
@@ -58,6 +59,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.read_engine = make_read_engine(app.state.engine)
+    app.state.user_subscriptions_read = FastRead(app.state.read_engine, USER_SUBSCRIPTIONS)
     app.state.gateway = build_gateway(settings)
     app.state.webhook_secrets = settings.webhook_secrets()
     for router in (

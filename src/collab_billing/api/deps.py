@@ -11,8 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
 
+# The cheap dependencies are `async def`: FastAPI runs a plain `def` dependency on the thread
+# pool, a hop (and GIL hand-offs) per dependency per request.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -30,7 +33,9 @@ def _presented_token(header: str) -> str:
     return header.strip()
 
 
-def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+async def require_admin(
+    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+) -> None:
     header = request.headers.get("authorization")
     if settings.admin_token is None or not header:
         raise HTTPException(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from collab_billing.db.engine import FastRead
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 # Statuses in which the user is (still) entitled to the product.
@@ -50,6 +53,54 @@ def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[Billi
         .where(BillingCustomer.user_id == user_id)
         .order_by(BillingSubscription.id)
     ).all()
+
+
+_users = User.__table__
+_customers = BillingCustomer.__table__
+_subscriptions = BillingSubscription.__table__
+
+# The admin API's hot read, one statement: the user (so that an unknown user is told apart from
+# one without subscriptions) and its subscriptions, oldest first. Core, not the ORM: the rows go
+# straight into the JSON answer, and SQLAlchemy caches the compiled statement.
+USER_SUBSCRIPTIONS = (
+    select(
+        _subscriptions.c.id,
+        _subscriptions.c.stripe_subscription_id,
+        _subscriptions.c.stripe_subscription_status,
+        _subscriptions.c.stripe_cancel_at_period_end,
+        _subscriptions.c.stripe_cancel_at,
+        _subscriptions.c.stripe_canceled_at,
+        _subscriptions.c.stripe_current_period_end,
+        _subscriptions.c.stripe_price_id,
+    )
+    .select_from(_users)
+    .outerjoin(_customers, _customers.c.user_id == _users.c.id)
+    .outerjoin(_subscriptions, _subscriptions.c.billing_customer_id == _customers.c.id)
+    .where(_users.c.github_user_id == bindparam("github_user_id"))
+    .order_by(_subscriptions.c.id)
+)
+
+
+class SubscriptionRow(NamedTuple):
+    """A row of `USER_SUBSCRIPTIONS`, in its column order."""
+
+    id: int
+    stripe_subscription_id: str
+    stripe_subscription_status: str
+    stripe_cancel_at_period_end: bool
+    stripe_cancel_at: datetime | None
+    stripe_canceled_at: datetime | None
+    stripe_current_period_end: datetime | None
+    stripe_price_id: str | None
+
+
+def read_user_subscriptions(read: FastRead, github_user_id: int) -> list[SubscriptionRow] | None:
+    """The user's subscriptions through a `FastRead` of `USER_SUBSCRIPTIONS`; None: no such
+    user. (The outer joins give one row of NULLs for a user without subscriptions.)"""
+    rows = read(github_user_id=github_user_id)
+    if not rows:
+        return None
+    return [SubscriptionRow(*row) for row in rows if row[0] is not None]
 
 
 def link_billing_customer(
