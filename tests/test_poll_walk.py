@@ -4,6 +4,7 @@ one batch, and the rows end equal to Stripe's."""
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Sequence
 from itertools import pairwise
@@ -111,6 +112,8 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
     assert max(len(b) for b in applier.batches) < BATCH + largest_second + 100
     if span == 4:
         assert largest_second > 100, "seconds should span pages in this case"
+    # Idle again: one request, even when the overlap below the cursor holds a full page.
+    assert walker.drain().requests == 1
 
 
 def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
@@ -133,3 +136,27 @@ def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
     assert report.stats.total("applied") + report.stats.total("stale") == added - len(newest)
     assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
     assert_matches_stripe(emulator, factory)
+
+
+def test_the_cyclic_collector_is_paused_only_while_draining(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3, per_customer=4)
+    walker, applier = poller(factory, stripe_settings)
+    seen: list[bool] = []
+    original = applier.apply
+
+    def apply(events: Sequence[Event], pending: Sequence[object] = ()) -> ApplyStats:
+        seen.append(gc.isenabled())
+        if len(seen) == 1:
+            raise RuntimeError("the database went away")
+        return original(events, pending)  # type: ignore[arg-type]
+
+    applier.apply = apply  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        walker.drain()
+    assert gc.isenabled()  # a failed poll leaves the collector on
+    walker.drain()
+    assert seen == [False, False]
+    assert gc.isenabled()

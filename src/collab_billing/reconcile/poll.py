@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -103,6 +104,10 @@ class Poller:
 
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Apply every new event; with `stop` set, return after the current batch commits."""
+        with _cyclic_gc_paused():
+            return self._drain(stop)
+
+    def _drain(self, stop: threading.Event | None) -> DrainReport:
         started = time.monotonic()
         report = DrainReport()
         cursor = self.check_retention()
@@ -139,12 +144,13 @@ class Poller:
         the overlap, are caught by reading the overlap top-down before walking up."""
         low = cursor - OVERLAP_SECONDS
         newest = self._list(report, created_gte=low)
-        if not newest.has_more:
-            yield _window(self._fresh(newest.events), None)
+        if not newest.has_more or int(newest.events[-1]["created"]) <= cursor:
+            # Nothing, or little, is new: read down from this page to the cursor.
+            yield from self._windows(low, cursor, report, first=newest)
             return
         anchor = self._list(report, created_lt=cursor + 1, limit=1).events
         if not anchor:
-            yield from self._windows(low, cursor, report)
+            yield from self._windows(low, cursor, report, first=newest)
             return
         yield from self._windows(low, cursor, report, until=cursor + 1)
         yield from self._walk(str(anchor[0]["id"]), cursor, report)
@@ -176,10 +182,15 @@ class Poller:
         return [event for event in events if event["id"] not in done]
 
     def _windows(
-        self, low: int, cursor: int, report: DrainReport, until: int | None = None
+        self,
+        low: int,
+        cursor: int,
+        report: DrainReport,
+        until: int | None = None,
+        first: EventPage | None = None,
     ) -> Iterator[Window]:
         """Windows from `low` up (to `until`, or open-ended), each applied by the caller
-        before the next is read.
+        before the next is read. `first` is the open window's first page, if already read.
 
         The common case is one open window `[low, now)` that fits: one request when idle. When
         a window overflows, it is narrowed by the density seen; windows that come back small
@@ -193,7 +204,8 @@ class Poller:
                 high = None  # past every event seen: the last window is open again
             if until is not None and (high is None or high > until):
                 high = until
-            window, overflow = self._read_window(low, high, cursor, report)
+            window, overflow = self._read_window(low, high, cursor, report, first)
+            first = None
             if overflow is not None:
                 newest_known = max(newest_known or 0, overflow.newest)
                 width = self._narrowed(low, overflow)
@@ -206,7 +218,12 @@ class Poller:
                 width = (width or 1) * 2
 
     def _read_window(
-        self, low: int, high: int | None, cursor: int, report: DrainReport
+        self,
+        low: int,
+        high: int | None,
+        cursor: int,
+        report: DrainReport,
+        first: EventPage | None = None,
     ) -> tuple[Window, _Overflow | None]:
         """All new events of `[low, high)`, or an overflow report if there are too many.
 
@@ -222,7 +239,7 @@ class Poller:
             unchecked.clear()
             return fresh
 
-        for page in self._pages(low, high, report):
+        for page in self._pages(low, high, report, first if high is None else None):
             unchecked.extend(page)
             reaches_cursor = int(page[-1]["created"]) <= cursor
             if not reaches_cursor and len(unchecked) < CHECK_EVERY:
@@ -256,17 +273,41 @@ class Poller:
         report.events_seen += len(page.events)
         return page
 
-    def _pages(self, low: int, high: int | None, report: DrainReport) -> Iterator[list[Event]]:
+    def _pages(
+        self, low: int, high: int | None, report: DrainReport, first: EventPage | None = None
+    ) -> Iterator[list[Event]]:
         starting_after: str | None = None
         while True:
-            page = self._list(
-                report, created_gte=low, created_lt=high, starting_after=starting_after
-            )
+            if first is not None:
+                page, first = first, None
+            else:
+                page = self._list(
+                    report, created_gte=low, created_lt=high, starting_after=starting_after
+                )
             if page.events:
                 yield page.events
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1]["id"]
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while events are read and applied.
+
+    Parsed events are trees, freed by reference counting alone. But a batch is hundreds of
+    thousands of containers alive at once, and every collection that their allocation
+    triggers walks them all: that was 30% of the reconciler's CPU (7 s of 24 s draining 100k
+    events). What this leaves behind is in the youngest generation: collected at the end."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect(0)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
