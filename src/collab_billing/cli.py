@@ -9,9 +9,9 @@ from typing import Annotated, NoReturn
 
 import prometheus_client
 import typer
-import uvicorn
 from sqlalchemy import Engine
 
+from collab_billing.api import server
 from collab_billing.api.app import build_gateway, create_app
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
@@ -85,6 +85,14 @@ def users_list() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes. Each runs the reconciler; one at a time is the leader.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the admin API (with the reconciler as a background task)."""
     settings = settings_or_exit()
@@ -93,20 +101,16 @@ def serve(
     configure_logging(settings)
     engine = make_engine(settings.database_url)
     upgrade_to_head(engine)
+    if workers > 1:
+        engine.dispose()  # each worker process opens its own connections
+        server.run(None, host, port, workers)
+        return
     run_api(create_app(settings, engine), host, port)
 
 
 def run_api(api: object, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully and exit 0.
-
-    uvicorn handles the signal (finishing requests and the lifespan, so the reconciler ends
-    its transaction) and then re-raises it for the previous handler: a no-op handler here
-    turns that into a normal return instead of a death by signal.
-    """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: None)
-    config = uvicorn.Config(api, host=host, port=port, log_config=None)  # type: ignore[arg-type]
-    uvicorn.Server(config).run()
+    """Serve until SIGINT or SIGTERM, then shut down gracefully and exit 0."""
+    server.run(api, host, port)
 
 
 @app.command()

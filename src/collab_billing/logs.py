@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import orjson
+
 from collab_billing.config import Settings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
@@ -24,6 +26,7 @@ _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, 
     "message",
     "asctime",
     "request_id",
+    "color_message",  # uvicorn's copy of the message with terminal colour codes
 }
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -87,14 +90,21 @@ class JsonFormatter(_Redacting):
         request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
-        entry.update(
-            (key, value)
-            for key, value in vars(record).items()
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
-        )
+        attributes = vars(record)
+        if attributes.keys() - _STANDARD_ATTRIBUTES:  # most lines have no `extra=`
+            entry.update(
+                (key, value)
+                for key, value in attributes.items()
+                if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
+            )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return self.redact(json.dumps(entry, default=str))
+        try:
+            # orjson: a third of json.dumps' cost, and every request writes a line.
+            line = orjson.dumps(entry, default=str).decode()
+        except TypeError:  # what orjson refuses (integers beyond 64 bits, ...) json takes
+            line = json.dumps(entry, default=str)
+        return self.redact(line)
 
 
 class TextFormatter(_Redacting):
@@ -129,6 +139,10 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # No record attribute that costs a stack walk or a module lookup per line and that no
+    # formatter above prints (caller's file and line, multiprocessing's process name).
+    logging._srcfile = None
+    logging.logMultiprocessing = False
     # The SDK logs request URLs and bodies at debug; keep it quiet whatever the root level.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

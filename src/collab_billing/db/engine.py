@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -35,14 +39,126 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 READ_ONLY = "collab_billing_read_only"
+# How long a writer waits for this process's SQLite write lock before leaving the wait to
+# SQLite's own busy handler (as long again, then "database is locked"): the same bound.
+WRITE_LOCK_TIMEOUT_SECONDS = 30.0
+_HELD_WRITE_LOCK = "collab_billing_write_lock"
 
 
-def _begin_immediate(connection: Any) -> None:
-    # BEGIN IMMEDIATE takes the write lock up front, so two writers never deadlock
-    # on a read-then-write upgrade (SQLite's "database is locked" on commit). Read-only
-    # work begins deferred: under WAL, readers then run beside the writer.
-    read_only = connection.get_execution_options().get(READ_ONLY, False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+class _WriteLocks:
+    """One lock per SQLite database file per process, shared by every engine on that file.
+
+    SQLite has one writer at a time. A writer that finds the database locked waits in SQLite's
+    busy handler, which sleeps and retries with growing sleeps (up to 100 ms each), so with a
+    few threads writing (webhook deliveries beside the reconciler) waits of hundreds of
+    milliseconds come from the sleeps, not from the work. Writers of one process instead queue
+    on this lock and take over the moment the previous transaction ends; the busy handler is
+    left to arbitrate between processes only.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def for_database(self, database: str | None) -> threading.Lock:
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return threading.Lock()  # private to this engine (an in-memory database is too)
+        key = os.path.realpath(database)
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+_write_locks = _WriteLocks()
+
+
+def _install_sqlite_transactions(engine: Engine) -> None:
+    """BEGIN IMMEDIATE (or deferred BEGIN for reads) under this process's write lock, which is
+    released as soon as the transaction's COMMIT or ROLLBACK has run."""
+    lock = _write_locks.for_database(engine.url.database)
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def begin(connection: Any) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers never deadlock
+        # on a read-then-write upgrade (SQLite's "database is locked" on commit). Read-only
+        # work begins deferred: under WAL, readers then run beside the writer.
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        acquired = lock.acquire(timeout=WRITE_LOCK_TIMEOUT_SECONDS)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if acquired:
+                lock.release()
+            raise
+        if acquired:
+            connection.connection.info[_HELD_WRITE_LOCK] = lock
+
+    def do_commit(dbapi_connection: Any) -> None:
+        try:
+            commit(dbapi_connection)
+        finally:
+            _release_connection(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        try:
+            rollback(dbapi_connection)
+        finally:
+            _release_connection(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    event.listen(engine, "begin", begin)
+    # However a connection ends its transaction (invalidated on an error, closed, returned to
+    # the pool), the lock does not outlive it.
+    for name in ("checkin", "invalidate", "soft_invalidate", "close"):
+        event.listen(engine.pool, name, _release_record)
+
+
+def _release_connection(connection: Any) -> None:
+    try:
+        info = connection.info  # the pool's connection (SQLAlchemy passes its proxy)
+    except (AttributeError, NotImplementedError):  # a bare or ad-hoc connection: never locked
+        return
+    _release(info)
+
+
+def _release(info: dict[str, Any]) -> None:
+    lock: threading.Lock | None = info.pop(_HELD_WRITE_LOCK, None)
+    if lock is not None:
+        lock.release()
+
+
+def _release_record(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
+    if record is not None:
+        _release(record.info)
+
+
+# PostgreSQL connections idle longer than this are pinged at checkout (a connection in steady
+# use is not: a ping is a round trip, two per webhook delivery when done on every checkout).
+PING_AFTER_IDLE_SECONDS = 10.0
+_CHECKED_IN_AT = "collab_billing_checked_in_at"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """What `pool_pre_ping` does, for connections that sat in the pool for a while only: a
+    connection that fails the ping is replaced (the pool retries the checkout)."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in = record.info.get(_CHECKED_IN_AT)
+        if checked_in is None or time.monotonic() - checked_in < PING_AFTER_IDLE_SECONDS:
+            return  # new, or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
@@ -58,12 +174,14 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
             "connect",
             lambda dbapi_connection, _record: setattr(dbapi_connection, "isolation_level", None),
         )
-        event.listen(engine, "begin", _begin_immediate)
+        _install_sqlite_transactions(engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if "pool_pre_ping" not in kwargs:  # by default, ping connections that were idle
+        _ping_idle_connections(engine)
+    return engine
 
 
 # The API's hot reads are single statements: a statement is atomic on both engines, so they need
@@ -74,8 +192,7 @@ READ_STATEMENT_TIMEOUT_MS = 5_000
 def make_read_engine(engine: Engine) -> Engine:
     """A second engine on the same database, for `FastRead`s: the API's single-statement reads.
 
-    PostgreSQL: autocommit (no BEGIN and ROLLBACK round trips around the SELECT), no pre-ping
-    (a dead connection is detected by the statement itself, see `FastRead`), a statement
+    PostgreSQL: autocommit (no BEGIN and ROLLBACK round trips around the SELECT), a statement
     timeout. SQLite: the main engine's settings (autocommit at the driver, WAL); a lone SELECT
     reads one snapshot and never waits for the writer.
     """
@@ -88,7 +205,6 @@ def make_read_engine(engine: Engine) -> Engine:
     return make_engine(
         url.render_as_string(hide_password=False),
         isolation_level="AUTOCOMMIT",
-        pool_pre_ping=False,
         pool_size=4,
         max_overflow=8,
         connect_args={"connect_timeout": 5, "options": options},
@@ -105,8 +221,8 @@ class FastRead:
     booleans come back as `datetime` and `bool`). Parameters must need no bind processing
     (integers, strings): checked here.
 
-    A connection that turns out to be dead (the database restarted) is invalidated and the
-    statement retried once on a new one: what a pre-ping does, without its round trip.
+    A connection that turns out to be dead (the database restarted while it was in use, so
+    the idle ping did not run) is invalidated and the statement retried once on a new one.
     """
 
     def __init__(self, engine: Engine, statement: Select[Any]) -> None:
