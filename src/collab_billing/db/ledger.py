@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import ARRAY, BigInteger, Engine, Table, Text, delete, func, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -39,11 +40,11 @@ def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]
 
 
 def matching(session: Session, column: Any, values: Collection[Any]) -> Iterator[Any]:
-    """Conditions `column IN values`, one query's worth each.
+    """`column IN values` as one condition with one parameter, whatever the number of values.
 
-    PostgreSQL: one array parameter: an `IN` of thousands of bound parameters costs the
-    server more to plan than to run. SQLite: `IN`
-    lists in chunks below its bound-parameter limit."""
+    An `IN` of thousands of bound parameters costs more to build (SQLAlchemy renders each one,
+    per execution) and to plan than to run. PostgreSQL gets an array, SQLite a JSON array;
+    both are turned into rows server-side."""
     items = list(values)
     if not items:
         return
@@ -54,8 +55,8 @@ def matching(session: Session, column: Any, values: Collection[Any]) -> Iterator
         # every element (seconds at 200k rows); the semi-join stays on the index.
         yield column.in_(select(func.unnest(literal(items, type_=ARRAY(element)))))
         return
-    for chunk in chunks(items):
-        yield column.in_(chunk)
+    rows = func.json_each(literal(orjson.dumps(items).decode())).table_valued("value")
+    yield column.in_(select(rows.c.value))
 
 
 _PROCESSED = cast(Table, ProcessedStripeEvent.__table__)
@@ -69,46 +70,51 @@ def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
     return found
 
 
-@functools.cache
-def _mark_processed_statement(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(_PROCESSED).on_conflict_do_nothing(index_elements=["stripe_event_id"])
+_MARK_PROCESSED_POSTGRES = text(
+    "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
+    "stripe_event_created_timestamp) SELECT * FROM unnest(CAST(:ids AS text[]), "
+    "CAST(:types AS text[]), CAST(:created AS bigint[])) "
+    "ON CONFLICT (stripe_event_id) DO NOTHING"
+)
+_MARK_PROCESSED_SQLITE = text(
+    "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
+    "stripe_event_created_timestamp) SELECT value ->> 0, value ->> 1, value ->> 2 "
+    "FROM json_each(:rows) WHERE true ON CONFLICT (stripe_event_id) DO NOTHING"
+)
 
 
 def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> None:
-    """Insert ledger rows (those already there are left alone).
-
-    Core `INSERT ... ON CONFLICT DO NOTHING` with many parameter sets: one multi-row statement
-    per 1,000 rows on PostgreSQL (insertmanyvalues), `executemany` on SQLite; the ORM's bulk
-    path and RETURNING cost more than the writes themselves here."""
+    """Insert ledger rows (those already there are left alone), in one statement whose rows
+    are built server-side: from arrays (PostgreSQL) or a JSON array (SQLite). Per-row
+    parameters cost more in SQLAlchemy and the driver than the writes themselves."""
     if not events:
         return
-    rows = [
-        {
-            "stripe_event_id": event["id"],
-            "stripe_event_type": event["type"],
-            "stripe_event_created_timestamp": int(event["created"]),
-        }
-        for event in events
-    ]
     if is_postgres(session):
-        # One statement for the whole batch: arrays in, `unnest` to rows, server-side.
         session.execute(
-            text(
-                "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
-                "stripe_event_created_timestamp) SELECT * FROM unnest(CAST(:ids AS text[]), "
-                "CAST(:types AS text[]), CAST(:created AS bigint[])) "
-                "ON CONFLICT (stripe_event_id) DO NOTHING"
-            ),
+            _MARK_PROCESSED_POSTGRES,
             {
-                "ids": [row["stripe_event_id"] for row in rows],
-                "types": [row["stripe_event_type"] for row in rows],
-                "created": [row["stripe_event_created_timestamp"] for row in rows],
+                "ids": [event["id"] for event in events],
+                "types": [event["type"] for event in events],
+                "created": [int(event["created"]) for event in events],
             },
         )
         return
-    statement = _mark_processed_statement(session.get_bind().dialect.name)
-    session.connection().execute(statement, rows)
+    rows = [(event["id"], event["type"], int(event["created"])) for event in events]
+    session.execute(_MARK_PROCESSED_SQLITE, {"rows": json_rows(rows)})
+
+
+def json_rows(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows for SQLite's `json_each(:rows)`, each read back with `value ->> index`."""
+    return orjson.dumps(rows).decode()
+
+
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """A datetime as SQLAlchemy stores it in SQLite (so that rows written either way read
+    back, compare and sort alike): UTC, microseconds always present."""
+    if value is None:
+        return None
+    utc = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    return utc.isoformat(sep=" ", timespec="microseconds")
 
 
 # -- pending (failed or waiting) events --------------------------------------------------

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, select, text
 from sqlalchemy.orm import Session
 
-from collab_billing.db.ledger import chunks, dialect_insert, is_postgres, matching
+from collab_billing.db.ledger import (
+    chunks,
+    dialect_insert,
+    is_postgres,
+    json_rows,
+    matching,
+    sqlite_datetime,
+)
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 
@@ -83,66 +88,9 @@ def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dic
     return found
 
 
-_SUBSCRIPTIONS = cast(Table, BillingSubscription.__table__)
 _CUSTOMERS = cast(Table, BillingCustomer.__table__)
-_UPSERT_COLUMNS = (
-    "billing_customer_id",
-    "stripe_subscription_status",
-    "stripe_price_id",
-    "stripe_cancel_at_period_end",
-    "stripe_cancel_at",
-    "stripe_canceled_at",
-    "stripe_current_period_end",
-    "stripe_state_as_of",
-)
-
-
-@functools.cache
-def _upsert_statement(dialect: str) -> Any:
-    """Built once per dialect: building `excluded` and the SET clause costs more than a row."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(_SUBSCRIPTIONS)
-    excluded = statement.excluded
-    return statement.on_conflict_do_update(
-        index_elements=["stripe_subscription_id"],
-        set_={
-            **{column: excluded[column] for column in _UPSERT_COLUMNS},
-            "updated_at": func.now(),
-        },
-    )
-
-
-def upsert_subscriptions(
-    session: Session, states: Sequence[SubscriptionState], customer_ids: dict[str, int]
-) -> None:
-    """Insert or overwrite subscription rows. The caller has decided the states are newest,
-    and gives each subscription at most once (one statement cannot update a row twice)."""
-    if not states:
-        return
-    rows = [
-        {
-            "billing_customer_id": customer_ids[state.stripe_customer_id],
-            "stripe_subscription_id": state.stripe_subscription_id,
-            "stripe_subscription_status": state.status,
-            "stripe_price_id": state.price_id,
-            "stripe_cancel_at_period_end": state.cancel_at_period_end,
-            "stripe_cancel_at": state.cancel_at,
-            "stripe_canceled_at": state.canceled_at,
-            "stripe_current_period_end": state.current_period_end,
-            "stripe_state_as_of": state.as_of,
-        }
-        for state in states
-    ]
-    if is_postgres(session):
-        _upsert_postgres(session, rows)
-        return
-    statement = _upsert_statement(session.get_bind().dialect.name)
-    connection = session.connection()
-    for start in range(0, len(rows), 1000):
-        connection.execute(statement, rows[start : start + 1000])
-
-
-_ARRAY_TYPES = {
+# Column -> PostgreSQL array type, in the order of the values of one row.
+_SUBSCRIPTION_COLUMNS = {
     "billing_customer_id": "bigint[]",
     "stripe_subscription_id": "text[]",
     "stripe_subscription_status": "text[]",
@@ -153,18 +101,60 @@ _ARRAY_TYPES = {
     "stripe_current_period_end": "timestamptz[]",
     "stripe_state_as_of": "bigint[]",
 }
+_ON_CONFLICT_UPDATE = (
+    " ON CONFLICT (stripe_subscription_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}"
+        for name in _SUBSCRIPTION_COLUMNS
+        if name != "stripe_subscription_id"
+    )
+    + ", updated_at = CURRENT_TIMESTAMP"
+)
+# The whole batch in one statement, its rows built server-side: from one array per column on
+# PostgreSQL (`unnest`), from one JSON array of rows on SQLite (`json_each`; `WHERE true`
+# tells SQLite's parser that ON CONFLICT belongs to the INSERT).
 _UPSERT_POSTGRES = text(
-    f"INSERT INTO billing_subscriptions ({', '.join(_ARRAY_TYPES)}) SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _ARRAY_TYPES.items())
-    + ") ON CONFLICT (stripe_subscription_id) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in _UPSERT_COLUMNS)
-    + ", updated_at = now()"
+    f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _SUBSCRIPTION_COLUMNS.items())
+    + ")"
+    + _ON_CONFLICT_UPDATE
+)
+_UPSERT_SQLITE = text(
+    f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)}) SELECT "
+    + ", ".join(f"value ->> {index}" for index in range(len(_SUBSCRIPTION_COLUMNS)))
+    + " FROM json_each(:rows) WHERE true"
+    + _ON_CONFLICT_UPDATE
 )
 
 
-def _upsert_postgres(session: Session, rows: list[dict[str, Any]]) -> None:
-    """The whole batch in one statement: one array per column, `unnest` to rows."""
-    session.execute(_UPSERT_POSTGRES, {name: [row[name] for row in rows] for name in _ARRAY_TYPES})
+def upsert_subscriptions(
+    session: Session, states: Sequence[SubscriptionState], customer_ids: dict[str, int]
+) -> None:
+    """Insert or overwrite subscription rows. The caller has decided the states are newest,
+    and gives each subscription at most once (one statement cannot update a row twice)."""
+    if not states:
+        return
+    postgres = is_postgres(session)
+    stored = (lambda value: value) if postgres else sqlite_datetime
+    rows = [
+        (
+            customer_ids[state.stripe_customer_id],
+            state.stripe_subscription_id,
+            state.status,
+            state.price_id,
+            state.cancel_at_period_end,
+            stored(state.cancel_at),
+            stored(state.canceled_at),
+            stored(state.current_period_end),
+            state.as_of,
+        )
+        for state in states
+    ]
+    if postgres:
+        columns = dict(zip(_SUBSCRIPTION_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
+        session.execute(_UPSERT_POSTGRES, columns)
+    else:
+        session.execute(_UPSERT_SQLITE, {"rows": json_rows(rows)})
 
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:

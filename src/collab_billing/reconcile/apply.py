@@ -11,6 +11,7 @@ events while other objects go on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -39,8 +40,7 @@ class ApplyStats:
     stripe_reads: int = 0
 
     def count(self, outcome: str, events: Iterable[Event]) -> None:
-        for event in events:
-            self.outcomes[(outcome, str(event["type"]))] += 1
+        self.outcomes.update((outcome, str(event["type"])) for event in events)
 
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
@@ -66,7 +66,7 @@ class Group:
     events: list[Event]
     attempts: int = 0  # failures so far, when the group comes back from pending
 
-    @property
+    @functools.cached_property
     def newest_created(self) -> int:
         return max(int(event["created"]) for event in self.events)
 

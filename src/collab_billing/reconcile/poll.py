@@ -115,9 +115,13 @@ class Poller:
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = _read_ahead(self._events(cursor, report))
         with contextlib.closing(windows):
+            unreleased = 0
             for window in windows:
                 report.windows += 1
-                _release_memory()
+                unreleased += len(window.events)
+                if unreleased >= self.max_buffer:
+                    _release_memory()
+                    unreleased = 0
                 for batch in _batches(window.events, self.batch_size):
                     report.stats.merge(self.applier.apply(batch, due))
                     due = []
