@@ -6,6 +6,9 @@ cursor, then reverses), testing an optional predicate, and stops as soon as it h
 matches (the extra one only tells `has_more`). With a predicate that rarely fails this is
 O(limit); with a selective predicate it degrades to a scan from the cursor, which is the
 documented trade-off for filters that have no index (e.g. `status` on subscriptions).
+Without a predicate (the event log's type index) no walk is needed: each sequence's
+`limit + 1` positions next to the cursor are sliced out (two bisects) and the few slices
+sorted together, all in C.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def page_positions(
     `seqs` are ascending position sequences (e.g. one per event type) whose union is the
     collection; only positions in [lo, hi) count. `after`/`before` are cursor positions.
     """
+    if keep is None:
+        return _page_of_slices(seqs, lo, hi, after=after, before=before, limit=limit)
     if before is not None:
         lo = max(lo, before + 1)
         iterators = [_ascending(seq, lo, hi) for seq in seqs]
@@ -74,6 +79,35 @@ def page_positions(
     del found[limit:]
     if before is not None:
         found.reverse()
+    return found, has_more
+
+
+def _page_of_slices(
+    seqs: list[Positions], lo: int, hi: int, *, after: int | None, before: int | None, limit: int
+) -> tuple[list[int], bool]:
+    """`page_positions` without a predicate: the page lies within each sequence's `limit + 1`
+    positions nearest the cursor, so only those are merged."""
+    want = limit + 1
+    found: list[int] = []
+    if before is not None:
+        lo = max(lo, before + 1)
+        for seq in seqs:
+            start = bisect_left(seq, lo)
+            found.extend(seq[start : min(bisect_left(seq, hi), start + want)])
+        found.sort()
+    else:
+        if after is not None:
+            hi = min(hi, after)
+        for seq in seqs:
+            end = bisect_left(seq, hi)
+            found.extend(seq[max(bisect_left(seq, lo), end - want) : end])
+        found.sort(reverse=True)
+    has_more = len(found) > limit
+    if before is not None:
+        found = found[:limit]
+        found.reverse()
+    else:
+        del found[limit:]
     return found, has_more
 
 
