@@ -138,7 +138,8 @@ def api_version(request: Request) -> str:
 
 
 async def read_params(request: Request) -> dict[str, Any]:
-    pairs = parse_qsl(request.url.query, keep_blank_values=True)
+    # The raw query string, as `request.url.query` would give it without building the URL.
+    pairs = parse_qsl(request.scope["query_string"].decode(), keep_blank_values=True)
     if request.method == "POST":
         body = (await request.body()).decode("utf-8", errors="replace")
         pairs += parse_qsl(body, keep_blank_values=True)
@@ -212,6 +213,17 @@ def run(
         return 200, encoded, {}
 
 
+def _path(request: Request) -> str:
+    """`request.url.path`, without building the URL."""
+    path: str = request.scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
+def _base_url(request: Request) -> Callable[[], str]:
+    """The request's base URL, computed only if a handler asks (for session URLs)."""
+    return lambda: str(request.base_url).rstrip("/")
+
+
 async def handle_v1(request: Request) -> Response:
     store: Store = request.app.state.emulator
     request_id = ids.new_id("req")
@@ -223,9 +235,8 @@ async def handle_v1(request: Request) -> Response:
         key = request.headers.get("idempotency-key")
         if key is not None and request.method == "POST":
             headers["Idempotency-Key"] = key
-        base = str(request.base_url).rstrip("/")
-        info = RequestInfo(request_id, key, request.app.state.public_url or base)
-        status, body, extra = run(store, request.method, request.url.path, data, info, api_key)
+        info = RequestInfo(request_id, key, request.app.state.public_url or _base_url(request))
+        status, body, extra = run(store, request.method, _path(request), data, info, api_key)
     except StripeError as error:
         return error_response(error, headers)
     return Response(body, status, headers={**headers, **extra}, media_type="application/json")

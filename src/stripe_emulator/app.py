@@ -62,10 +62,11 @@ def create_app(
 
     app = Starlette(
         routes=[
+            # First: the router tries routes in order, and /v1 is where the traffic is.
+            Route("/v1/{path:path}", handle_v1, methods=_METHODS),
             Route("/", _index, methods=["GET"]),
             *control.routes,
             *pages.routes,
-            Route("/v1/{path:path}", handle_v1, methods=_METHODS),
         ],
         middleware=middleware,
         lifespan=lifespan,

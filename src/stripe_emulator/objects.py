@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from stripe_emulator.events import Event
 from stripe_emulator.records import (
     CheckoutSession,
     Customer,
@@ -323,6 +324,42 @@ def portal_session(record: PortalSession) -> Json:
         "on_behalf_of": None,
         "return_url": record.return_url,
         "url": record.url,
+    }
+
+
+def render(obj: Any) -> Json:
+    """An event's `data.object`: its record rendered (or the dict itself)."""
+    if isinstance(obj, Subscription):
+        return subscription(obj)
+    if isinstance(obj, Customer):
+        # customer.deleted carries the customer as it was, never the deleted stub.
+        return customer(obj)
+    if isinstance(obj, CheckoutSession):
+        return checkout_session(obj)
+    if isinstance(obj, Price):
+        return price(obj)
+    if isinstance(obj, Product):
+        return product(obj)
+    if isinstance(obj, PortalSession):
+        return portal_session(obj)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def event(record: Event, pending_webhooks: int = 0) -> Json:
+    data: Json = {"object": render(record.obj)}
+    if record.previous is not None:
+        data["previous_attributes"] = record.previous
+    return {
+        "id": record.id,
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": record.created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": pending_webhooks,
+        "request": {"id": record.request_id, "idempotency_key": record.idempotency_key},
+        "type": record.type,
     }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from stripe_emulator import ids, objects
+from stripe_emulator import encode, ids, objects
 from stripe_emulator.clock import Clock
 from stripe_emulator.errors import not_found
 from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
@@ -56,13 +56,24 @@ class Table(Generic[T]):
         return len(self.rows)
 
 
-@dataclass
 class RequestInfo:
-    """The API request being handled; Stripe records it on the events it causes."""
+    """The API request being handled; Stripe records it on the events it causes.
 
-    request_id: str
-    idempotency_key: str | None
-    base_url: str
+    `base_url` (for the URLs of Checkout and portal sessions) may be given as a function,
+    called the first time it is read: most requests never need it."""
+
+    def __init__(
+        self, request_id: str, idempotency_key: str | None, base_url: str | Callable[[], str]
+    ) -> None:
+        self.request_id = request_id
+        self.idempotency_key = idempotency_key
+        self._base_url = base_url
+
+    @property
+    def base_url(self) -> str:
+        if not isinstance(self._base_url, str):
+            self._base_url = self._base_url()
+        return self._base_url
 
 
 @dataclass
@@ -71,24 +82,6 @@ class IdempotentResult:
     status: int
     body: bytes
     created: float
-
-
-def _render(obj: Any) -> Json:
-    if isinstance(obj, Subscription):
-        return objects.subscription(obj)
-    if isinstance(obj, Customer):
-        # customer.deleted carries the customer as it was, never the deleted stub.
-        return objects.customer(obj)
-    if isinstance(obj, CheckoutSession):
-        return objects.checkout_session(obj)
-    if isinstance(obj, Price):
-        return objects.price(obj)
-    if isinstance(obj, Product):
-        return objects.product(obj)
-    if isinstance(obj, PortalSession):
-        return objects.portal_session(obj)
-    assert isinstance(obj, dict)
-    return obj
 
 
 @dataclass
@@ -142,24 +135,11 @@ class Store:
         return event
 
     def render_event(self, event: Event) -> Json:
-        data: Json = {"object": _render(event.obj)}
-        if event.previous is not None:
-            data["previous_attributes"] = event.previous
-        return {
-            "id": event.id,
-            "object": "event",
-            "api_version": objects.API_VERSION,
-            "created": event.created,
-            "data": data,
-            "livemode": False,
-            "pending_webhooks": self.pending_webhooks.get(event.id, 0),
-            "request": {"id": event.request_id, "idempotency_key": event.idempotency_key},
-            "type": event.type,
-        }
+        return objects.event(event, self.pending_webhooks.get(event.id, 0))
 
     def event_json(self, event: Event) -> bytes:
-        """`render_event(event)` encoded as JSON."""
-        return objects.dumps(self.render_event(event))
+        """`render_event(event)` encoded as JSON (the same bytes as `objects.dumps` gives)."""
+        return encode.event_json(event, self.pending_webhooks.get(event.id, 0))
 
     def retained_since(self) -> int:
         """Oldest `created` still readable: Stripe keeps events for 30 days."""
