@@ -113,8 +113,9 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     back, compare and sort alike): UTC, microseconds always present."""
     if value is None:
         return None
-    utc = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
-    return utc.isoformat(sep=" ", timespec="microseconds")
+    if value.tzinfo is not None and value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 # -- pending (failed or waiting) events --------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -54,8 +55,8 @@ class _CountingEvents:
 
     def list_events(self, **kwargs: Any) -> EventPage:
         page = self._gateway.list_events(**kwargs)
-        for event in page.events:
-            metrics.EVENTS_FETCHED.labels(str(event.get("type"))).inc()
+        for event_type, count in Counter(str(e.get("type")) for e in page.events).items():
+            metrics.EVENTS_FETCHED.labels(event_type).inc(count)
         return page
 
     def __getattr__(self, name: str) -> Any:
