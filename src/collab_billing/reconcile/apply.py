@@ -11,11 +11,13 @@ events while other objects go on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,16 +304,21 @@ class Applier:
         subscriptions = [g for g in groups if g.kind == "subscription"]
         if not subscriptions or self.gateway is None:
             return
+        wanted: list[str] = []
         for group in subscriptions:
             newest = group.newest_created
             mark = marks.get(group.object_id)
             tied = [event for event in group.events if int(event["created"]) == newest]
             if (mark is None or newest >= mark) and (mark == newest or final_event(tied) is None):
-                try:
-                    self._read_subscription(group.object_id)
-                except StripeGatewayError:
-                    continue  # the transaction will fail this object, alone
+                wanted.append(group.object_id)
+        # A few at a time: each read is mostly waiting on Stripe, and the throttle is shared.
+        list(_reader_pool().map(self._try_read_subscription, wanted))
         stats.stripe_reads = len(self._reads)
+
+    def _try_read_subscription(self, subscription_id: str) -> None:
+        # On failure the transaction reads it again, and fails this object alone.
+        with contextlib.suppress(StripeGatewayError):
+            self._read_subscription(subscription_id)
 
     def _read_subscription(self, subscription_id: str) -> dict[str, Any]:
         return self._read(subscription_id, lambda g: g.retrieve_subscription(subscription_id))
@@ -337,6 +344,15 @@ class Applier:
                 raise StripeGatewayError("not_configured", "STRIPE_API_KEY is not set", None)
             self._reads[key] = request(self.gateway)
         return self._reads[key]
+
+
+PARALLEL_READS = 4
+
+
+@functools.cache
+def _reader_pool() -> ThreadPoolExecutor:
+    """One pool for the process: its threads keep their keep-alive connections to Stripe."""
+    return ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="stripe-read")
 
 
 def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:
