@@ -1,4 +1,9 @@
-"""Running the emulator: `serve()` (blocking) and `start_in_thread()` (tests, `dev`)."""
+"""Running the emulator: `serve()` (blocking) and `start_in_thread()` (tests, `dev`).
+
+Both run uvicorn with httptools (the C HTTP parser) and uvloop (the libuv event loop), which
+`uvicorn[standard]` installs. `/v1` handlers run on the event loop itself, under the store
+lock; no request is handed to a thread pool (only bulk generation runs on a worker thread).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -17,6 +23,10 @@ from stripe_emulator.store import Store
 DEFAULT_PORT = 12111
 
 
+def _config(app: Starlette, **options: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, http="httptools", loop="uvloop", ws="none", **options)
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -24,7 +34,7 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Serve until Ctrl-C (or SIGTERM); returns cleanly instead of raising KeyboardInterrupt."""
-    config = uvicorn.Config(create_app(api_key), host=host, port=port, log_level=log_level)
+    config = _config(create_app(api_key), host=host, port=port, log_level=log_level)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
 
@@ -82,7 +92,7 @@ def start_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     actual_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on")
+    config = _config(app, log_level=log_level, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="stripe-emulator", daemon=True

@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 import stripe
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from stripe_emulator.server import start_in_thread
+from stripe_emulator.server import RunningEmulator, start_in_thread
 from stripe_emulator.testing import stripe_client
 from tests.emulator.conftest import Control, recurring_price
 
@@ -20,6 +21,11 @@ def test_start_in_thread_with_exact_key() -> None:
             stripe_client(running.url, "sk_test_another").v1.customers.list()
     with pytest.raises(httpx.ConnectError):
         httpx.get(running.url + "/", timeout=2)
+
+
+def test_served_by_httptools_on_uvloop(running: RunningEmulator) -> None:
+    assert running.server.config.http_protocol_class is HttpToolsProtocol
+    assert [type(server).__module__ for server in running.server.servers] == ["uvloop.loop"]
 
 
 def test_auth_and_routing_errors(ctl: Control) -> None:
