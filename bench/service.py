@@ -7,11 +7,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -80,16 +79,55 @@ def bench_ratelimit(
 
 # -- the service as a server ----------------------------------------------------------------------
 
+# The load generators: one asyncio event loop in the benchmark process, raw sockets, HTTP/1.1
+# keep-alive, one request in flight per connection (no pipelining). About 40 us of CPU per
+# request, so a few percent of a core at the rates measured here; httpx costs ~1 ms a request,
+# and 16 sender threads contend for the GIL, which shows up as latency that is not the
+# service's. The CPU each side used is in the results (`server_cpu_ms_per_request`,
+# `generator_cpu_pct`).
+GENERATOR = "asyncio raw-socket HTTP/1.1 keep-alive client (no pipelining), 1 process"
+# `serve --workers`: the admin benchmark's default is one worker per core of a 2-core box.
+ADMIN_WORKERS = int(os.environ.get("BENCH_ADMIN_WORKERS", "2"))
+WEBHOOK_WORKERS = int(os.environ.get("BENCH_WEBHOOK_WORKERS", "1"))
+
+
+class Server:
+    """A running `collab-billing serve`: its URL and the CPU time its processes used."""
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes]) -> None:
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+        self.process = process
+
+    def cpu_seconds(self) -> float:
+        """User + system time of the server and its worker processes, so far."""
+        total = 0.0
+        for pid in [self.process.pid, *_children(self.process.pid)]:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            children.extend(int(child) for child in text.split())
+    return children
+
 
 @contextlib.contextmanager
-def serve(db: Database, workdir: Path, **env: str) -> Iterator[str]:
+def serve(db: Database, workdir: Path, workers: int = 1, **env: str) -> Iterator[Server]:
     port = free_port()
     environment = service_env(
         db, env.pop("STRIPE_API_BASE", "http://127.0.0.1:9"), ADMIN_TOKEN=ADMIN_TOKEN, **env
     )
     log = open(workdir / f"serve-{port}.log", "w")  # noqa: SIM115
+    command = [PYTHON, "-m", "collab_billing", "serve", "--port", str(port)]
     process = subprocess.Popen(
-        [PYTHON, "-m", "collab_billing", "serve", "--port", str(port)],
+        command + (["--workers", str(workers)] if workers > 1 else []),
         env=environment,
         cwd=workdir,
         stdout=log,
@@ -98,7 +136,9 @@ def serve(db: Database, workdir: Path, **env: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url, timeout=60, path="/healthz")
-        yield url
+        if workers > 1:
+            _wait_for_workers(url, workers)
+        yield Server(url, process)
     finally:
         process.terminate()
         try:
@@ -107,6 +147,22 @@ def serve(db: Database, workdir: Path, **env: str) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+def _wait_for_workers(url: str, workers: int, timeout: float = 60) -> None:
+    """Until every worker answers (the first one up answers /healthz before the others)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        scrape = httpx.get(f"{url}/metrics", timeout=5).text
+        pids = {
+            line.split('pid="', 1)[1].split('"', 1)[0]
+            for line in scrape.splitlines()
+            if line.startswith("collab_billing_reconciler_leader{")
+        }
+        if len(pids) >= workers:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{workers} workers did not start")
 
 
 # -- webhooks -------------------------------------------------------------------------------------
@@ -146,44 +202,18 @@ def bench_webhook(
             "data": {"object": sub, "previous_attributes": {"status": old}},
         }
         bodies.append(json.dumps(event).encode())
-    latencies: list[float] = []
-    outcomes: dict[str, int] = {}
-    lock = threading.Lock()
-    local = threading.local()
     with serve(
         db,
         workdir,
+        workers=WEBHOOK_WORKERS,
         STRIPE_API_BASE=emulator.url,
         STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         RECONCILE_ENABLED="false",
-    ) as url:
-
-        def deliver(index: int, at: float) -> None:
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = httpx.Client(base_url=url, timeout=30)
-            delay = at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            body = bodies[index]
-            started = time.perf_counter()
-            headers = {
-                "Stripe-Signature": sign(body, WEBHOOK_SECRET, int(time.time())),
-                "Content-Type": "application/json",
-            }
-            response = client.post("/stripe/webhooks", content=body, headers=headers)
-            elapsed = time.perf_counter() - started
-            outcome = response.json().get("outcome", "?") if response.is_success else "error"
-            with lock:
-                latencies.append(elapsed)
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-
-        start = time.perf_counter() + 0.2
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            futures = [pool.submit(deliver, i, start + i / rate) for i in range(events)]
-            for future in futures:
-                future.result()
-    elapsed = time.perf_counter() - start
+    ) as server:
+        cpu_before, own_before = server.cpu_seconds(), time.process_time()
+        latencies, outcomes, elapsed = asyncio.run(_deliver(server.port, bodies, rate))
+        server_cpu = server.cpu_seconds() - cpu_before
+        own_cpu = time.process_time() - own_before
     return Result(
         "webhook",
         db.engine_name,
@@ -195,9 +225,55 @@ def bench_webhook(
             "rate_per_s": rate,
             "achieved_per_s": round(events / elapsed, 1),
             "outcomes": outcomes,
+            "server_cpu_ms_per_event": round(1000 * server_cpu / events, 2),
+            "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
+            "workers": WEBHOOK_WORKERS,
         },
-        f"{rate:.0f} signed deliveries/s",
+        f"{rate:.0f} signed deliveries/s, open loop; {GENERATOR}",
     )
+
+
+async def _deliver(
+    port: int, bodies: list[bytes], rate: float
+) -> tuple[list[float], dict[str, int], float]:
+    """Send delivery i at start + i/rate whatever the others do (a new connection when every
+    open one is busy), like Stripe's senders."""
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
+
+    async def one(index: int, at: float) -> None:
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if idle:
+            reader, writer = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+        body = bodies[index]
+        signature = sign(body, WEBHOOK_SECRET, int(time.time()))
+        request = (
+            b"POST /stripe/webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nStripe-Signature: " + signature.encode() + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        started = time.perf_counter()
+        writer.write(request)
+        status, answer = await _read_response(reader)
+        latencies.append(time.perf_counter() - started)
+        idle.append((reader, writer))
+        outcome = json.loads(answer).get("outcome", "?") if status == 200 else "error"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    start = time.perf_counter() + 0.2
+    try:
+        await asyncio.gather(*(one(i, start + i / rate) for i in range(len(bodies))))
+    finally:
+        for writer in opened:
+            writer.close()
+    return latencies, outcomes, time.perf_counter() - start
 
 
 # -- admin API ------------------------------------------------------------------------------------
@@ -205,7 +281,8 @@ def bench_webhook(
 
 def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -> Result:
     """`GET /billing/subscriptions?github_user_id=N` from `concurrency` keep-alive connections
-    for `seconds`, by a small asyncio HTTP/1.1 client (cheap enough not to be the bottleneck)."""
+    for `seconds` (closed loop: each connection sends its next request when the answer came),
+    against `serve --workers ADMIN_WORKERS`."""
     users = 1_000
     seed_users(db, users)
     engine = db.engine()
@@ -228,15 +305,17 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             ],
         )
     engine.dispose()
-    with serve(db, workdir, RECONCILE_ENABLED="false") as url:
-        port = int(url.rsplit(":", 1)[1])
+    with serve(db, workdir, workers=ADMIN_WORKERS, RECONCILE_ENABLED="false") as server:
         check = httpx.get(
-            f"{url}/billing/subscriptions?github_user_id=1",
+            f"{server.url}/billing/subscriptions?github_user_id=1",
             headers={"Authorization": ADMIN_TOKEN},
         )
         check.raise_for_status()
-        asyncio.run(_load(port, users, min(0.5, seconds), concurrency))  # warm-up
-        latencies, errors, elapsed = asyncio.run(_load(port, users, seconds, concurrency))
+        asyncio.run(_load(server.port, users, min(0.5, seconds), concurrency))  # warm-up
+        cpu_before, own_before = server.cpu_seconds(), time.process_time()
+        latencies, errors, elapsed = asyncio.run(_load(server.port, users, seconds, concurrency))
+        server_cpu = server.cpu_seconds() - cpu_before
+        own_cpu = time.process_time() - own_before
     return Result(
         "admin",
         db.engine_name,
@@ -247,8 +326,11 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             "p99_ms": round(1000 * percentile(latencies, 99), 2),
             "errors": errors,
             "concurrency": concurrency,
+            "workers": ADMIN_WORKERS,
+            "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, len(latencies)), 3),
+            "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
         },
-        f"{concurrency} connections, {seconds:g} s",
+        f"{concurrency} connections, {seconds:g} s, serve --workers {ADMIN_WORKERS}; {GENERATOR}",
     )
 
 

@@ -93,6 +93,9 @@ def serve(
             help="API processes. Each runs the reconciler; one at a time is the leader.",
         ),
     ] = 1,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (uvicorn's access log, one line each).")
+    ] = True,
 ) -> None:
     """Run the admin API (with the reconciler as a background task)."""
     settings = settings_or_exit()
@@ -103,14 +106,14 @@ def serve(
     upgrade_to_head(engine)
     if workers > 1:
         engine.dispose()  # each worker process opens its own connections
-        server.run(None, host, port, workers)
+        server.run(None, host, port, workers, access_log)
         return
-    run_api(create_app(settings, engine), host, port)
+    run_api(create_app(settings, engine), host, port, access_log)
 
 
-def run_api(api: object, host: str, port: int) -> None:
+def run_api(api: object, host: str, port: int, access_log: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully and exit 0."""
-    server.run(api, host, port)
+    server.run(api, host, port, access_log=access_log)
 
 
 @app.command()

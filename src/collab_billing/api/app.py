@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from collab_billing import billing, metrics
 from collab_billing.api import billing as billing_routes
 from collab_billing.api import health, operations, users, webhooks
+from collab_billing.api.fastpath import SubscriptionsFastPath
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.config import Settings
@@ -36,17 +37,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run the reconciler beside the API; on shutdown let it finish its transaction."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
-    if not (settings.reconcile_enabled and gateway is not None):
-        if settings.reconcile_enabled:
-            log.warning("reconciler off: STRIPE_API_KEY is not set")
-        yield
-        return
-    thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
     try:
-        yield
+        if not (settings.reconcile_enabled and gateway is not None):
+            if settings.reconcile_enabled:
+                log.warning("reconciler off: STRIPE_API_KEY is not set")
+            yield
+            return
+        thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+        try:
+            yield
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(thread.join, 60.0)
     finally:
-        stop.set()
-        await anyio.to_thread.run_sync(thread.join, 60.0)
+        app.state.read_engine.dispose()  # made by `create_app`, unlike the main engine
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -73,6 +77,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(billing.BillingError, _billing_error)
     app.add_exception_handler(StripeGatewayError, _stripe_error)
+    # Innermost first: the fast path answers inside the body limit and the request id.
+    app.add_middleware(SubscriptionsFastPath, state=app.state)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app

@@ -33,6 +33,15 @@ def _presented_token(header: str) -> str:
     return header.strip()
 
 
+def token_matches(header: str, settings: Settings) -> bool:
+    """Whether an `Authorization` header carries the admin token (bare or Bearer), compared
+    in constant time."""
+    if settings.admin_token is None:
+        return False
+    expected = settings.admin_token.get_secret_value().encode()
+    return hmac.compare_digest(_presented_token(header).encode(), expected)
+
+
 async def require_admin(
     request: Request, settings: Annotated[Settings, Depends(get_settings)]
 ) -> None:
@@ -43,8 +52,7 @@ async def require_admin(
             detail="missing Authorization header: send the admin token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    expected = settings.admin_token.get_secret_value().encode()
-    if not hmac.compare_digest(_presented_token(header).encode(), expected):
+    if not token_matches(header, settings):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="invalid admin token",

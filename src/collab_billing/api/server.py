@@ -79,12 +79,15 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
 
-def uvicorn_config(app: Any, host: str, port: int, workers: int = 1) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, workers: int = 1, access_log: bool = True
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         workers=workers,
+        access_log=access_log,
         factory=isinstance(app, str),
         http=HttpProtocol,
         loop="uvloop",
@@ -105,7 +108,7 @@ def worker_app() -> Any:
     return create_app(settings)
 
 
-def run(app: Any, host: str, port: int, workers: int = 1) -> None:
+def run(app: Any, host: str, port: int, workers: int = 1, access_log: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully and return (exit code 0).
 
     One process: uvicorn handles the signal (finishing requests and the lifespan, so the
@@ -117,9 +120,9 @@ def run(app: Any, host: str, port: int, workers: int = 1) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     if workers <= 1:
-        uvicorn.Server(uvicorn_config(app, host, port)).run()
+        uvicorn.Server(uvicorn_config(app, host, port, access_log=access_log)).run()
         return
-    config = uvicorn_config(WORKER_APP, host, port, workers)
+    config = uvicorn_config(WORKER_APP, host, port, workers, access_log)
     with _shared_metrics_directory():
         Multiprocess(config, sockets=[config.bind_socket()]).run()
 
