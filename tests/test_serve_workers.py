@@ -1,0 +1,278 @@
+"""How `serve` runs: worker processes (one reconciler leads, metrics for all, SIGTERM exits 0),
+the access log switch, and uvicorn's HTTP protocol writing each answer at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from collab_billing.api.app import create_app
+from collab_billing.api.server import CoalescingTransport, uvicorn_config
+from collab_billing.config import Settings
+from tests.conftest import ADMIN_TOKEN
+from tests.ops_helpers import WHSEC_NEW, wait_until
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
+
+
+def service_env(database_url: str, emulator: Emulator) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "STRIPE_API_KEY": EMULATOR_KEY,
+        "STRIPE_API_BASE": emulator.url,
+        "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
+        "STRIPE_REQUESTS_PER_SECOND": "1000",
+        "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "LOG_FORMAT": "json",
+    }
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric_lines(url: str, name: str) -> dict[str, float]:
+    """`name{pid="..."} value` lines of a scrape, by pid."""
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    found = {}
+    for line in lines:
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('pid="', 1)[1].split('"', 1)[0]] = float(value)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_serve_with_two_workers(
+    emulator: Emulator, tmp_path: Path, stripe_settings: Settings, engine: Engine,
+    database_url: str,
+) -> None:  # fmt: skip
+    """Two workers start; exactly one of them leads the reconciler, which applies what happens
+    on Stripe; /metrics covers both; SIGTERM stops everything with exit code 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = service_env(database_url, emulator)
+    env["STRIPE_PRICE_ID"] = stripe_settings.stripe_price_id or ""
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collab_billing", "serve", "--port", str(port),
+             "--workers", "2"],
+            env=env, cwd=tmp_path, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: len(metric_lines(url, "collab_billing_reconciler_leader")) == 2
+                   if _up(url) else False, timeout=60, what="two workers")  # fmt: skip
+        workers = children(process.pid)
+        leader = wait_until(
+            lambda: sum(metric_lines(url, "collab_billing_reconciler_leader").values()) == 1,
+            what="one leader",
+        )
+        assert leader
+        api = httpx.Client(base_url=url, headers={"Authorization": ADMIN_TOKEN}, timeout=30)
+        user = {"github_user_id": 7, "github_login": "seven"}
+        assert api.post("/users", json=user).status_code == 201
+        checkout = api.post("/billing/subscriptions", json={"github_user_id": 7})
+        assert checkout.status_code == 200, checkout.text
+        emulator.complete_checkout(checkout.json()["checkout_session_url"])
+        wait_until(
+            lambda: api.get("/billing/subscriptions?github_user_id=7").json()[
+                "has_active_subscription"
+            ],
+            what="the leader's poll",
+        )
+        polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
+        assert polls, "the leader polled"
+        api.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The workers (and multiprocessing's resource tracker) are gone with the parent.
+    wait_until(lambda: all(_gone(pid) for pid in workers), timeout=10, what="the workers to end")
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    assert EMULATOR_KEY not in text and ADMIN_TOKEN not in text
+    lines = read_json_lines(log_path)
+    assert any(line["message"].startswith("Started parent process") for line in lines)
+    assert sum(line["message"] == "Application shutdown complete." for line in lines) == 2
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_access_log_switch(
+    emulator: Emulator, tmp_path: Path, access_log: bool, database_url: str
+) -> None:
+    port = free_port()
+    env = service_env(database_url, emulator)
+    env["RECONCILE_ENABLED"] = "false"
+    log_path = tmp_path / "serve.log"
+    flag = "--access-log" if access_log else "--no-access-log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collab_billing", "serve", "--port", str(port), flag],
+            env=env, cwd=tmp_path, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(url), timeout=60, what="serve")
+        httpx.get(f"{url}/billing/subscriptions?github_user_id=1", headers={"Authorization": "x"})
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    access = [line for line in read_json_lines(log_path) if line["logger"] == "uvicorn.access"]
+    if access_log:
+        assert any("/billing/subscriptions" in line["message"] for line in access)
+        assert all("color_message" not in line for line in access)
+    else:
+        assert access == []
+
+
+# -- one write per answer ---------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return f"extra:{name}"
+
+
+def test_writes_of_one_loop_turn_go_out_together() -> None:
+    async def scenario() -> FakeTransport:
+        fake = FakeTransport()
+        transport = CoalescingTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.write(bytearray(b"{}"))
+        assert fake.writes == []
+        await asyncio.sleep(0)
+        assert fake.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        transport.writelines([b"a", memoryview(b"b")])
+        transport.close()  # flushes first
+        assert fake.writes[-1] == b"ab" and fake.closed
+        assert transport.get_extra_info("peername") == "extra:peername"
+        transport.write(b"late")
+        fake.closing = True  # the client went away before the turn ended
+        await asyncio.sleep(0)
+        assert fake.writes[-1] == b"ab"
+        transport.write(b"dropped")
+        transport.abort()
+        await asyncio.sleep(0)
+        assert fake.aborted and fake.writes[-1] == b"ab"
+        return fake
+
+    asyncio.run(scenario())
+
+
+def raw_exchange(port: int, request: bytes, until: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+            if until and until in data:
+                return data
+
+
+def test_the_protocol_under_uvicorn(settings: Settings, engine: Engine) -> None:
+    """Keep-alive, pipelined requests, `Connection: close`, a large answer, HEAD and a 413,
+    through the protocol `serve` uses."""
+    import threading
+
+    import uvicorn
+
+    app = create_app(settings.model_copy(update={"reconcile_enabled": False}), engine)
+    config = uvicorn_config(app, "127.0.0.1", free_port())
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=20, what="uvicorn")
+        port = config.port
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(50):  # one keep-alive connection
+                assert client.get("/healthz").json()["status"] == "ok"
+            spec = client.get("/openapi.json")
+            assert spec.status_code == 200 and len(spec.content) > 10_000
+            assert spec.json()["paths"]["/billing/subscriptions"]
+            assert client.head("/healthz").status_code == 405
+            big = client.post("/users", content=b"x" * 100_000, headers={"Authorization": "x"})
+            assert big.status_code == 413
+        two = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+        pipelined = raw_exchange(port, two, until=b"}HTTP/1.1 200 OK")
+        assert pipelined.count(b"HTTP/1.1 200 OK") == 2
+        closing = raw_exchange(
+            port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert closing.startswith(b"HTTP/1.1 200 OK") and closing.endswith(b'"database":"ok"}')
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+
+
+def test_serve_help_shows_the_options() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "serve", "--help"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60,
+    ).stdout  # fmt: skip
+    assert "--workers" in help_text and "--no-access-log" in help_text
