@@ -1,7 +1,7 @@
 """Events encoded straight to JSON bytes, for the event list (the emulator's hot path).
 
 `event_json(event, pending)` returns exactly `objects.dumps(objects.event(event, pending))`,
-about three times faster for the objects that make up bulk workloads (subscriptions and
+in about 60% of the time for the objects that make up bulk workloads (subscriptions and
 customers). Rendering a subscription means building dicts of some sixty keys, most of them
 constant; here each encoder builds one dict of only the keys that vary, and every run of
 constant keys travels as one `orjson.Fragment` (already encoded JSON that orjson copies

@@ -347,6 +347,7 @@ def render(obj: Any) -> Json:
 
 
 def event(record: Event, pending_webhooks: int = 0) -> Json:
+    """An event as Stripe renders it (`Store.render_event` supplies `pending_webhooks`)."""
     data: Json = {"object": render(record.obj)}
     if record.previous is not None:
         data["previous_attributes"] = record.previous
