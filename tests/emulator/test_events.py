@@ -144,7 +144,7 @@ def test_thirty_day_retention(client: stripe.StripeClient, seeded: list[str], ct
         client.v1.events.retrieve(seeded[0])
 
 
-def test_paging_stays_cheap_with_many_events(client: stripe.StripeClient, ctl: Control) -> None:
+def test_pages_deep_in_a_large_log_are_right(client: stripe.StripeClient, ctl: Control) -> None:
     store = ctl.emulator.store
     now = int(time.time())
     obj = Customer(id="cus_bulk", created=now)
@@ -156,10 +156,10 @@ def test_paging_stays_cheap_with_many_events(client: stripe.StripeClient, ctl: C
                 for n in range(200_000)
             ]
         )  # fmt: skip
-    started = time.perf_counter()
-    for _ in range(20):
-        page = client.v1.events.list(params={"limit": 100, "type": "customer.created"})
-        assert len(page.data) == 100
-        deep = client.v1.events.list(params={"limit": 100, "starting_after": "evt_bulk150000"})
-        assert deep.data[0].id == "evt_bulk149999"
-    assert time.perf_counter() - started < 5
+    # Correct pages deep in a large log; that a page costs O(page), not O(log), is shown by
+    # counting reads in tests/emulator/test_pagination.py (no timing in tests).
+    page = client.v1.events.list(params={"limit": 100, "type": "customer.created"})
+    assert len(page.data) == 100
+    assert page.data[0].id == "evt_bulk199000"
+    deep = client.v1.events.list(params={"limit": 100, "starting_after": "evt_bulk150000"})
+    assert [e.id for e in deep.data] == [f"evt_bulk{n}" for n in range(149_999, 149_899, -1)]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import overload
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stripe_emulator.events import Event, EventLog
+from stripe_emulator.pagination import page_positions
 
 TYPES = ["customer.created", "customer.updated", "customer.subscription.updated", "x.y"]
 
@@ -75,3 +80,47 @@ def test_pages_match_brute_force(
     else:  # the `limit` items just newer than the cursor, still newest first
         assert got == expected[-limit:] if expected else got == []
     assert has_more == (len(expected) > limit)
+
+
+class CountingPositions(Sequence[int]):
+    """The positions 0..n-1, counting how many of them a page reads."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.read = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        values = range(self.n)[index]
+        if isinstance(values, range):
+            self.read += len(values)
+            return list(values)
+        self.read += 1
+        return values
+
+
+@pytest.mark.parametrize("predicate", [None, lambda position: True], ids=["indexed", "filtered"])
+@pytest.mark.parametrize(
+    "cursor", [{}, {"after": 600_000}, {"before": 300_000}], ids=["first", "after", "before"]
+)
+def test_a_page_reads_about_one_page_of_positions_whatever_the_size(
+    predicate: Callable[[int], bool] | None, cursor: dict[str, int]
+) -> None:
+    positions = CountingPositions(1_000_000)
+    page, has_more = page_positions(
+        [positions],
+        0,
+        positions.n,
+        after=cursor.get("after"),
+        before=cursor.get("before"),
+        limit=100,
+        keep=predicate,
+    )
+    assert len(page) == 100 and has_more
+    assert positions.read <= 101 + 2 * 20  # the page, its extra one, and two bisects
