@@ -89,6 +89,8 @@ GENERATOR = "asyncio raw-socket HTTP/1.1 keep-alive client (no pipelining), 1 pr
 # `serve --workers`: the admin benchmark's default is one worker per core of a 2-core box.
 ADMIN_WORKERS = int(os.environ.get("BENCH_ADMIN_WORKERS", "2"))
 WEBHOOK_WORKERS = int(os.environ.get("BENCH_WEBHOOK_WORKERS", "1"))
+# Idle connections older than this are not reused (uvicorn closes them after 5 s).
+KEEP_ALIVE_SECONDS = 2.0
 
 
 class Server:
@@ -240,18 +242,23 @@ async def _deliver(
     open one is busy), like Stripe's senders."""
     latencies: list[float] = []
     outcomes: dict[str, int] = {}
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     opened: list[asyncio.StreamWriter] = []
+
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while idle:
+            reader, writer, since = idle.pop()
+            if time.perf_counter() - since < KEEP_ALIVE_SECONDS:
+                return reader, writer
+            writer.close()  # the server may be closing it
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened.append(writer)
+        return reader, writer
 
     async def one(index: int, at: float) -> None:
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if idle:
-            reader, writer = idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            opened.append(writer)
         body = bodies[index]
         signature = sign(body, WEBHOOK_SECRET, int(time.time()))
         request = (
@@ -260,10 +267,18 @@ async def _deliver(
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         started = time.perf_counter()
-        writer.write(request)
-        status, answer = await _read_response(reader)
+        for attempt in (1, 2):  # a kept-alive connection can close under us: once more, anew
+            reader, writer = await connection()
+            writer.write(request)
+            try:
+                status, answer = await _read_response(reader)
+                break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                if attempt == 2:
+                    raise
         latencies.append(time.perf_counter() - started)
-        idle.append((reader, writer))
+        idle.append((reader, writer, time.perf_counter()))
         outcome = json.loads(answer).get("outcome", "?") if status == 200 else "error"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 

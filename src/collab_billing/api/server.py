@@ -10,12 +10,14 @@
   that dies, and on SIGTERM or SIGINT stops them all and returns. Prometheus metrics are
   then kept in a directory shared by the workers (`prometheus_client`'s multiprocess mode),
   so that `/metrics` answers for the whole service, not for the worker that got the scrape.
+- What start-up allocated is frozen out of the garbage collector (`freeze_startup_objects`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -105,7 +107,18 @@ def worker_app() -> Any:
 
     settings = load_settings()  # `serve` checked the settings before starting the workers
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up left alive (modules, classes, the app: ~130,000 objects) out of the
+    cyclic garbage collector's reach. A full collection walked all of them, ~100 ms with the
+    GIL held, every few thousand webhook deliveries: a pause that every request in flight
+    waited out (it was most of the webhook p99). Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def run(app: Any, host: str, port: int, workers: int = 1, access_log: bool = True) -> None:
@@ -120,6 +133,7 @@ def run(app: Any, host: str, port: int, workers: int = 1, access_log: bool = Tru
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     if workers <= 1:
+        freeze_startup_objects()
         uvicorn.Server(uvicorn_config(app, host, port, access_log=access_log)).run()
         return
     config = uvicorn_config(WORKER_APP, host, port, workers, access_log)
