@@ -86,9 +86,17 @@ def bench_ratelimit(
 # service's. The CPU each side used is in the results (`server_cpu_ms_per_request`,
 # `generator_cpu_pct`).
 GENERATOR = "asyncio raw-socket HTTP/1.1 keep-alive client (no pipelining), 1 process"
-# `serve --workers`: the admin benchmark's default is one worker per core of a 2-core box.
-ADMIN_WORKERS = int(os.environ.get("BENCH_ADMIN_WORKERS", "2"))
-WEBHOOK_WORKERS = int(os.environ.get("BENCH_WEBHOOK_WORKERS", "1"))
+GENERATOR_SHORT = "asyncio-raw-http1"  # in each printed row
+# `serve --workers` as recommended for a 2-core box (docs/benchmarks.md): one process on
+# SQLite (one writer at a time: a second process only adds turn-taking between processes to
+# the webhook path), one per core on PostgreSQL. `BENCH_SERVE_WORKERS=N` overrides both.
+WORKERS = {"sqlite": 1, "postgres": 2}
+
+
+def serve_workers(engine_name: str) -> int:
+    return int(os.environ.get("BENCH_SERVE_WORKERS") or WORKERS[engine_name])
+
+
 # Idle connections older than this are not reused (uvicorn closes them after 5 s).
 KEEP_ALIVE_SECONDS = 2.0
 
@@ -204,10 +212,11 @@ def bench_webhook(
             "data": {"object": sub, "previous_attributes": {"status": old}},
         }
         bodies.append(json.dumps(event).encode())
+    workers = serve_workers(db.engine_name)
     with serve(
         db,
         workdir,
-        workers=WEBHOOK_WORKERS,
+        workers=workers,
         STRIPE_API_BASE=emulator.url,
         STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         RECONCILE_ENABLED="false",
@@ -229,9 +238,10 @@ def bench_webhook(
             "outcomes": outcomes,
             "server_cpu_ms_per_event": round(1000 * server_cpu / events, 2),
             "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
-            "workers": WEBHOOK_WORKERS,
+            "workers": workers,
+            "generator": GENERATOR_SHORT,
         },
-        f"{rate:.0f} signed deliveries/s, open loop; {GENERATOR}",
+        f"{rate:.0f} signed deliveries/s, open loop, serve --workers {workers}; {GENERATOR}",
     )
 
 
@@ -297,7 +307,7 @@ async def _deliver(
 def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -> Result:
     """`GET /billing/subscriptions?github_user_id=N` from `concurrency` keep-alive connections
     for `seconds` (closed loop: each connection sends its next request when the answer came),
-    against `serve --workers ADMIN_WORKERS`."""
+    against `serve --workers` as recommended for the engine (`serve_workers`)."""
     users = 1_000
     seed_users(db, users)
     engine = db.engine()
@@ -320,7 +330,8 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             ],
         )
     engine.dispose()
-    with serve(db, workdir, workers=ADMIN_WORKERS, RECONCILE_ENABLED="false") as server:
+    workers = serve_workers(db.engine_name)
+    with serve(db, workdir, workers=workers, RECONCILE_ENABLED="false") as server:
         check = httpx.get(
             f"{server.url}/billing/subscriptions?github_user_id=1",
             headers={"Authorization": ADMIN_TOKEN},
@@ -341,11 +352,12 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             "p99_ms": round(1000 * percentile(latencies, 99), 2),
             "errors": errors,
             "concurrency": concurrency,
-            "workers": ADMIN_WORKERS,
+            "workers": workers,
+            "generator": GENERATOR_SHORT,
             "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, len(latencies)), 3),
             "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
         },
-        f"{concurrency} connections, {seconds:g} s, serve --workers {ADMIN_WORKERS}; {GENERATOR}",
+        f"{concurrency} connections, {seconds:g} s, serve --workers {workers}; {GENERATOR}",
     )
 
 
