@@ -51,6 +51,16 @@ def poller(factory: sessionmaker[Session], settings: Settings) -> tuple[Poller, 
     return Poller(factory, gateway, applier, max_buffer=200, batch_size=BATCH), applier
 
 
+def small_history(
+    settings: Settings, engine: Engine, emulator: Emulator
+) -> tuple[sessionmaker[Session], Poller, RecordingApplier]:
+    """Three customers' events in the emulator, not yet polled, and a poller for them."""
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3, per_customer=4)
+    walker, applier = poller(factory, settings)
+    return factory, walker, applier
+
+
 def more_events(
     emulator: Emulator, factory: sessionmaker[Session], first: int, customers: int, span: int
 ) -> int:
@@ -83,9 +93,7 @@ def more_events(
 def test_a_backlog_is_walked_up_from_the_cursor_once(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, span: int
 ) -> None:
-    factory = make_session_factory(engine)
-    generate_backlog(emulator, factory, customers=3, per_customer=4)
-    walker, applier = poller(factory, stripe_settings)
+    factory, walker, applier = small_history(stripe_settings, engine, emulator)
     walker.drain()  # the service has polled before: there is an event at its cursor
     with factory() as session:
         cursor = ledger.read_int_state(session, ledger.CURSOR)
@@ -120,9 +128,7 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
 def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
     stripe_settings: Settings, engine: Engine, emulator: Emulator
 ) -> None:
-    factory = make_session_factory(engine)
-    generate_backlog(emulator, factory, customers=3, per_customer=4)
-    walker, _ = poller(factory, stripe_settings)
+    factory, walker, _ = small_history(stripe_settings, engine, emulator)
     walker.drain()
     added = more_events(emulator, factory, first=4, customers=40, span=3_600)
     newest = emulator.all_events()[:5]  # newest first
@@ -142,9 +148,7 @@ def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
 def test_the_cyclic_collector_is_paused_only_while_draining(
     stripe_settings: Settings, engine: Engine, emulator: Emulator
 ) -> None:
-    factory = make_session_factory(engine)
-    generate_backlog(emulator, factory, customers=3, per_customer=4)
-    walker, applier = poller(factory, stripe_settings)
+    _, walker, applier = small_history(stripe_settings, engine, emulator)
     seen: list[bool] = []
     original = applier.apply
 
@@ -168,9 +172,7 @@ def test_garbage_in_reference_cycles_is_freed_during_a_long_drain(
 ) -> None:
     """httpx responses are reference cycles holding their bodies: with the collector paused
     for a whole drain they would pile up (2.4 GB at 600k events)."""
-    factory = make_session_factory(engine)
-    generate_backlog(emulator, factory, customers=3, per_customer=4)
-    walker, applier = poller(factory, stripe_settings)
+    factory, walker, applier = small_history(stripe_settings, engine, emulator)
     walker.drain()
     more_events(emulator, factory, first=4, customers=300, span=86_400)
     alive: list[int] = []
