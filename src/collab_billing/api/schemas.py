@@ -46,9 +46,15 @@ class ErrorResponse(BaseModel):
 
 # A plain shape check: deliverability is the mail system's business, and a validator that
 # refuses reserved test domains would turn away addresses the schema says are fine.
+# U+0085 (NEL) is named: it is whitespace to pydantic's regex engine (Unicode White_Space) but
+# not to the ECMAScript `\s` of JSON Schema, so the published pattern would accept it.
 EmailAddress = Annotated[
     str,
-    StringConstraints(strict=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    StringConstraints(
+        strict=True,
+        max_length=320,
+        pattern=r"^[^@\s\u0085]+@[^@\s\u0085]+\.[^@\s\u0085]+$",
+    ),
     Field(examples=["octocat@example.com"]),
 ]
 
