@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +26,25 @@ from collab_billing.db.models import PendingStripeEvent
 from collab_billing.reconcile.events import RELEVANT_TYPES
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerThread
-from tests.stripe_helpers import Emulator
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 WHSEC_OLD = "whsec_old_5cd0e4a1b7f24c3e9a0d"
 WHSEC_NEW = "whsec_new_8e21f7c09b3a4d6f8c17"
+
+
+def service_env(database_url: str, emulator: Emulator, log_format: str = "json") -> dict[str, str]:
+    """The environment of a `collab-billing` subprocess against `emulator`."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "STRIPE_API_KEY": EMULATOR_KEY,
+        "STRIPE_API_BASE": emulator.url,
+        "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
+        "STRIPE_REQUESTS_PER_SECOND": "1000",
+        "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "LOG_FORMAT": log_format,
+    }
 
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:

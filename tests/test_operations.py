@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from tests.ops_helpers import (
     delivered_ok,
     relevant_events,
     running_service,
+    service_env,
     set_synced,
     sign,
     subscribe,
@@ -267,20 +267,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def service_env(database_url: str, emulator: Emulator) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "STRIPE_API_KEY": EMULATOR_KEY,
-        "STRIPE_API_BASE": emulator.url,
-        "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
-        "STRIPE_REQUESTS_PER_SECOND": "1000",
-        "RECONCILE_INTERVAL_SECONDS": "0.2",
-        "LOG_FORMAT": "auto",  # stderr is a file: JSON
-    }
-
-
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
@@ -305,7 +291,7 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
     assert status.failed and status.lag is not None and status.lag < 60
     result = subprocess.run(
         [sys.executable, "-m", "collab_billing", "reconcile", "--status"],
-        env=service_env(database_url, emulator), capture_output=True, text=True, timeout=60,
+        env=service_env(database_url, emulator, "auto"), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -322,7 +308,7 @@ def test_serve_exits_0_on_sigterm(
     emulator: Emulator, tmp_path: Path, stripe_settings: Settings
 ) -> None:
     port = free_port()
-    env = service_env(f"sqlite:///{tmp_path / 'serve.db'}", emulator)
+    env = service_env(f"sqlite:///{tmp_path / 'serve.db'}", emulator, "auto")
     env["STRIPE_PRICE_ID"] = stripe_settings.stripe_price_id or ""
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
@@ -361,7 +347,7 @@ def test_reconcile_exits_0_on_sigterm(emulator: Emulator, tmp_path: Path) -> Non
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "collab_billing", "reconcile"],
-            env=service_env(f"sqlite:///{tmp_path / 'worker.db'}", emulator),
+            env=service_env(f"sqlite:///{tmp_path / 'worker.db'}", emulator, "auto"),
             cwd=tmp_path, stdout=log, stderr=log,
         )  # fmt: skip
     try:

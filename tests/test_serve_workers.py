@@ -21,22 +21,8 @@ from collab_billing.api.app import create_app
 from collab_billing.api.server import CoalescingTransport, uvicorn_config
 from collab_billing.config import Settings
 from tests.conftest import ADMIN_TOKEN
-from tests.ops_helpers import WHSEC_NEW, wait_until
+from tests.ops_helpers import service_env, wait_until
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
-
-
-def service_env(database_url: str, emulator: Emulator) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "STRIPE_API_KEY": EMULATOR_KEY,
-        "STRIPE_API_BASE": emulator.url,
-        "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
-        "STRIPE_REQUESTS_PER_SECOND": "1000",
-        "RECONCILE_INTERVAL_SECONDS": "0.2",
-        "LOG_FORMAT": "json",
-    }
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
