@@ -309,13 +309,17 @@ def _cyclic_gc_paused() -> Iterator[None]:
     if not gc.isenabled():
         yield
         return
+    # `serve` freezes its start-up objects once; unfreezing them here would undo that.
+    freeze = gc.get_freeze_count() == 0
     gc.disable()
-    gc.freeze()
+    if freeze:
+        gc.freeze()
     try:
         yield
     finally:
         gc.collect()
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
         gc.enable()
 
 
