@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import json
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,3 +151,16 @@ def set_synced(factory: sessionmaker[Session], cursor: int) -> None:
     with factory() as session, session.begin():
         ledger.write_state(session, ledger.CURSOR, cursor)
         ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM, then the exit code (the service should exit 0 after its current work)."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout)
+
+
+def reap(process: subprocess.Popen[Any]) -> None:
+    """Leave nothing running, whatever the test did."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()

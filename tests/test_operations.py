@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import subprocess
 import sys
@@ -32,12 +31,14 @@ from tests.ops_helpers import (
     Service,
     churn,
     delivered_ok,
+    reap,
     relevant_events,
     running_service,
     service_env,
     set_synced,
     sign,
     subscribe,
+    terminate,
     wait_until,
 )
 from tests.reconcile_helpers import assert_matches_stripe
@@ -330,12 +331,9 @@ def test_serve_exits_0_on_sigterm(
         service = Service(str(api.base_url).rstrip("/"), api, stripe_settings, None)  # type: ignore[arg-type]
         subscribe(service, emulator, 1)
         wait_until(lambda: any(line["message"] == "poll" for line in read_json_lines(log_path)))
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert terminate(process, 30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     lines = read_json_lines(log_path)
     assert any(line.get("request_id", "").startswith("req_") for line in lines)
     for secret in (EMULATOR_KEY, ADMIN_TOKEN, WHSEC_NEW):
@@ -355,11 +353,8 @@ def test_reconcile_exits_0_on_sigterm(emulator: Emulator, tmp_path: Path) -> Non
             lambda: sum(line["message"] == "poll" for line in read_json_lines(log_path)) >= 2,
             what="two polls",
         )
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert terminate(process, 30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
     assert len({line["request_id"] for line in polls}) == len(polls), "one id per poll"

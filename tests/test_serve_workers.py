@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from collab_billing.api.app import create_app
 from collab_billing.api.server import CoalescingTransport, uvicorn_config
 from collab_billing.config import Settings
 from tests.conftest import ADMIN_TOKEN
-from tests.ops_helpers import service_env, wait_until
+from tests.ops_helpers import reap, service_env, terminate, wait_until
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 
@@ -93,12 +92,9 @@ def test_serve_with_two_workers(
         polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
         assert polls, "the leader polled"
         api.close()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert terminate(process, 60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     # The workers (and multiprocessing's resource tracker) are gone with the parent.
     wait_until(lambda: all(_gone(pid) for pid in workers), timeout=10, what="the workers to end")
     text = log_path.read_text()
@@ -141,12 +137,9 @@ def test_access_log_switch(
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _up(url), timeout=60, what="serve")
         httpx.get(f"{url}/billing/subscriptions?github_user_id=1", headers={"Authorization": "x"})
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert terminate(process, 30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     access = [line for line in read_json_lines(log_path) if line["logger"] == "uvicorn.access"]
     if access_log:
         assert any("/billing/subscriptions" in line["message"] for line in access)
