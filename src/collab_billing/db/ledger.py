@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
@@ -106,16 +105,6 @@ def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> None:
 def json_rows(rows: Sequence[Sequence[Any]]) -> str:
     """Rows for SQLite's `json_each(:rows)`, each read back with `value ->> index`."""
     return orjson.dumps(rows).decode()
-
-
-def sqlite_datetime(value: datetime | None) -> str | None:
-    """A datetime as SQLAlchemy stores it in SQLite (so that rows written either way read
-    back, compare and sort alike): UTC, microseconds always present."""
-    if value is None:
-        return None
-    if value.tzinfo is not None and value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 # -- pending (failed or waiting) events --------------------------------------------------
