@@ -33,6 +33,7 @@ from collab_billing.db.models import (
 )
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of, object_kind
 from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_objects import Event, ObjectFields
 
 EVENTS_PER_CUSTOMER = 10
 
@@ -174,7 +175,7 @@ def bench_baseline(db: Database, emulator: EmulatorProcess, events: int) -> Resu
     with factory() as session:
         cursor = ledger.read_int_state(session, ledger.CURSOR) or 0
     started = time.perf_counter()
-    backlog: list[dict[str, Any]] = []
+    backlog: list[Event] = []
     starting_after = None
     while True:
         page = gateway.list_events(
@@ -183,14 +184,14 @@ def bench_baseline(db: Database, emulator: EmulatorProcess, events: int) -> Resu
         backlog.extend(page.events)
         if not page.has_more or not page.events:
             break
-        starting_after = page.events[-1]["id"]
+        starting_after = page.events[-1].id
     backlog.reverse()
-    backlog.sort(key=lambda e: int(e["created"]))
+    backlog.sort(key=lambda e: e.created)
     for event in backlog:
         with factory() as session, session.begin():
-            if ledger.processed_ids(session, [event["id"]]):
+            if ledger.processed_ids(session, [event.id]):
                 continue
-            _apply_one(session, event)
+            _apply_one(session, event.payload)
             ledger.mark_processed(session, [event])
     seconds = time.perf_counter() - started
     engine.dispose()
@@ -205,12 +206,14 @@ def bench_baseline(db: Database, emulator: EmulatorProcess, events: int) -> Resu
 
 def _apply_one(session: Any, event: dict[str, Any]) -> None:
     obj = event["data"]["object"]
-    kind = object_kind(event)
+    kind = object_kind(event["type"])
     if kind == "customer":
         if event["type"] == "customer.deleted":
             mirror.mark_customers_deleted(session, [obj["id"]])
         elif not mirror.customer_rows(session, [obj["id"]]):
-            user = mirror.user_id_for_github_id(session, github_user_id_of(obj) or 0)
+            user = mirror.user_id_for_github_id(
+                session, github_user_id_of(ObjectFields.from_dict(obj)) or 0
+            )
             if user is not None:
                 mirror.link_customer_if_free(session, user, obj["id"])
     elif kind == "subscription":

@@ -24,6 +24,7 @@ from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import BillingSubscription
 from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.events import Event
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import clear_tables
 from tests.stripe_helpers import Emulator
@@ -106,7 +107,7 @@ class History:
             batch, pool = pool[:size], pool[size:]
             if rng.random() < 0.5:
                 batch.sort(key=lambda event: event["created"])
-            self.applier.apply(batch)
+            self.applier.apply([Event.from_dict(event) for event in batch])
 
     def assert_converged(self) -> None:
         listing = self.emulator.sdk.v1.subscriptions.list(params={"status": "all", "limit": 100})

@@ -302,7 +302,7 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
     assert "leader:                        none" in out
     assert f"({len(status.failed)} failed)" in out
     assert "failed 1x: StripeGatewayError: Stripe api_error" in out
-    assert status.failed[0].event["id"] in out
+    assert status.failed[0].event.id in out
 
 
 def test_serve_exits_0_on_sigterm(

@@ -7,14 +7,22 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.ordering import final_event
 
 
-def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> Event:
     data: dict[str, Any] = {"object": {"id": "sub_1", **obj}}
     if previous is not None:
         data["previous_attributes"] = previous
-    return {"id": f"evt_{kind}_{obj}", "type": f"customer.subscription.{kind}", "data": data}
+    return Event.from_dict(
+        {
+            "id": f"evt_{kind}_{obj}",
+            "type": f"customer.subscription.{kind}",
+            "created": 1_700_000_000,
+            "data": data,
+        }
+    )
 
 
 CREATED = event("created", {"status": "incomplete", "cancel_at_period_end": False})
@@ -32,12 +40,12 @@ def test_a_single_event_is_final() -> None:
 
 
 @given(st.permutations([CREATED, ACTIVATED, CANCEL_SCHEDULED]))
-def test_a_chain_of_previous_attributes_fixes_the_order(tied: list[dict[str, Any]]) -> None:
+def test_a_chain_of_previous_attributes_fixes_the_order(tied: list[Event]) -> None:
     assert final_event(tied) is CANCEL_SCHEDULED
 
 
 @given(st.permutations([CREATED, ACTIVATED, DELETED]))
-def test_a_deletion_is_last(tied: list[dict[str, Any]]) -> None:
+def test_a_deletion_is_last(tied: list[Event]) -> None:
     assert final_event(tied) is DELETED
 
 

@@ -110,13 +110,13 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
     # the overlap below the cursor: nothing is read twice.
     assert report.requests <= math.ceil(added / 100) + 3
     assert report.events_seen <= added + 100 + 1 + 100
-    seconds = [{int(e["created"]) for e in batch} for batch in applier.batches if batch]
+    seconds = [{e.created for e in batch} for batch in applier.batches if batch]
     for older, newer in pairwise(seconds):
         assert max(older) < min(newer), "a second was split between two batches"
     largest_second = max(
-        sum(1 for e in batch if int(e["created"]) == s)
+        sum(1 for e in batch if e.created == s)
         for batch in applier.batches
-        for s in {int(e["created"]) for e in batch}
+        for s in {e.created for e in batch}
     )
     assert max(len(b) for b in applier.batches) < BATCH + largest_second + 100
     if span == 4:
@@ -133,7 +133,7 @@ def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
     added = more_events(emulator, factory, first=4, customers=40, span=3_600)
     newest = emulator.all_events()[:5]  # newest first
     Applier(factory, StripeGateway(stripe_settings)).apply(
-        sorted(newest, key=lambda e: int(e["created"]))
+        [Event.from_dict(e) for e in sorted(newest, key=lambda e: int(e["created"]))]
     )
 
     report = walker.drain()

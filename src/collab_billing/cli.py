@@ -216,7 +216,7 @@ def print_status(engine: Engine) -> None:
             if pending.last_error
             else ("waiting behind an earlier failure")
         )
-        typer.echo(f"  {pending.event['id']} {pending.event['type']} {pending.object_id}: {state}")
+        typer.echo(f"  {pending.event.id} {pending.event.type} {pending.object_id}: {state}")
 
 
 @app.command()

@@ -146,5 +146,7 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     # The SDK logs request URLs and bodies at debug; keep it quiet whatever the root level.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    # httpx logs every request URL at info: noise, and URLs can carry customer ids.
+    # httpx logs every request URL at info, urllib3 at debug: noise, and URLs can carry
+    # customer ids.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

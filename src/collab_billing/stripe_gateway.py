@@ -1,7 +1,8 @@
 """The one module that talks to Stripe, through the official SDK's `StripeClient`.
 
-Everything else in the service calls these small typed functions and gets plain dicts back,
-so that nothing outside this module depends on the SDK's object model.
+Everything else in the service calls these small typed functions and gets plain dicts back
+(events as the typed structs of `stripe_objects`), so that nothing outside this module depends
+on the SDK's object model.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import httpx
 import orjson
 import stripe
+import urllib3
 
 from collab_billing.config import Settings
+from collab_billing.stripe_objects import EVENT_LIST, DecodeError, Event
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class StripeGatewayError(Exception):
 
 @dataclass(frozen=True)
 class EventPage:
-    events: list[StripeObjectDict]
+    events: list[Event]
     has_more: bool
 
 
@@ -89,7 +91,19 @@ class StripeGateway:
         rate = requests_per_second or settings.stripe_requests_per_second
         self.throttle = _Throttle(rate, burst=max(1, int(rate // 5)))
         self._api_key = settings.stripe_api_key.get_secret_value()
-        self._local = threading.local()  # one keep-alive client per thread for direct GETs
+        # Direct GETs (the hot path: pages of events) go through urllib3, not httpx: reading a
+        # 270 KB page cost 1.5 ms of CPU with httpx, 0.7 ms with urllib3. The pool is shared by
+        # threads and keeps its connections alive; retries are ours (below), as the SDK's.
+        self._http = urllib3.PoolManager(
+            maxsize=8,
+            retries=False,
+            timeout=urllib3.Timeout(settings.stripe_timeout_seconds),
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Stripe-Version": STRIPE_API_VERSION,
+                "User-Agent": f"collab-billing Stripe/v1 PythonBindings/{stripe.VERSION}",
+            },
+        )
         http_client = stripe.HTTPXClient(
             timeout=settings.stripe_timeout_seconds, allow_sync_methods=True
         )
@@ -134,7 +148,12 @@ class StripeGateway:
             self.observer(operation, outcome)
 
     def _get_json(self, operation: str, path: str, params: dict[str, Any]) -> StripeObjectDict:
-        """GET straight through httpx and parse once, into plain dicts.
+        """GET straight through urllib3 and parse once, into plain dicts."""
+        parsed: StripeObjectDict = orjson.loads(self._get_body(operation, path, params))
+        return parsed
+
+    def _get_body(self, operation: str, path: str, params: dict[str, Any]) -> bytes:
+        """GET straight through urllib3, for the caller to parse as it needs.
 
         The reconciler's reads (pages of 100 events) are its hot path: the SDK parses every
         body into OrderedDicts (and StripeObjects on top), which cost more than the database
@@ -144,26 +163,25 @@ class StripeGateway:
         if query:
             url = f"{url}?{query}"
 
-        def request() -> StripeObjectDict:
+        def request() -> bytes:
             return self._get_with_retries(url)
 
         return self._call(operation, request)
 
-    def _get_with_retries(self, url: str) -> StripeObjectDict:
+    def _get_with_retries(self, url: str) -> bytes:
         retries = self.settings.stripe_max_network_retries
         for attempt in range(retries + 1):
             try:
-                response = self._http.get(url)
-            except httpx.TransportError as error:
+                response = self._http.request("GET", url)
+            except urllib3.exceptions.HTTPError as error:
                 if attempt < retries:
                     time.sleep(_network_backoff(attempt))
                     continue
                 message = _connection_message(error)
                 raise _RawError(None, "api_connection_error", message, {}) from None
-            status = response.status_code
+            status = response.status
             if status < 300:
-                parsed: StripeObjectDict = orjson.loads(response.content)
-                return parsed
+                return response.data
             should_retry = response.headers.get("stripe-should-retry")
             retryable = (status == 409 or status >= 500) and should_retry != "false"
             if should_retry == "true" and status != 429:
@@ -174,21 +192,6 @@ class StripeGateway:
             kind, message = _error_of(response)
             raise _RawError(status, kind, message, dict(response.headers))
         raise AssertionError("unreachable")
-
-    @property
-    def _http(self) -> httpx.Client:
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = httpx.Client(
-                timeout=self.settings.stripe_timeout_seconds,
-                headers={
-                    "Authorization": f"Bearer {self._api_key}",
-                    "Stripe-Version": STRIPE_API_VERSION,
-                    "User-Agent": f"collab-billing Stripe/v1 PythonBindings/{stripe.VERSION}",
-                },
-            )
-            self._local.client = client
-        return client
 
     # -- customers, checkout, portal ---------------------------------------------------
 
@@ -298,8 +301,12 @@ class StripeGateway:
             params["starting_after"] = starting_after
         if ending_before:
             params["ending_before"] = ending_before
-        page = self._get_json("events.list", "/v1/events", params)
-        return EventPage(events=page["data"], has_more=bool(page["has_more"]))
+        body = self._get_body("events.list", "/v1/events", params)
+        try:
+            page = EVENT_LIST.decode(body)
+        except DecodeError as error:  # names the field (`$.data[3].created`), never a value
+            raise StripeGatewayError("api_error", f"unexpected event list: {error}", 200) from None
+        return EventPage(events=page.data, has_more=page.has_more)
 
     def iterate_list(self, path: str, params: dict[str, Any]) -> Iterator[StripeObjectDict]:
         """Walk a list endpoint page by page with `starting_after`."""
@@ -359,18 +366,18 @@ def _network_backoff(attempt: int) -> float:
     return max(0.5, delay * (0.5 + random.random() / 2))
 
 
-def _error_of(response: httpx.Response) -> tuple[str, str]:
+def _error_of(response: urllib3.BaseHTTPResponse) -> tuple[str, str]:
     """Stripe's error type and message from an error body (like the SDK's error classes)."""
     try:
-        error = json.loads(response.content)["error"]
+        error = json.loads(response.data)["error"]
         return str(error.get("type") or "api_error"), str(error.get("message") or "no message")
     except (ValueError, KeyError, TypeError, AttributeError):
-        kind = "api_error" if response.status_code >= 500 else "invalid_request_error"
-        return kind, f"HTTP {response.status_code} with a body that is not Stripe's"
+        kind = "api_error" if response.status >= 500 else "invalid_request_error"
+        return kind, f"HTTP {response.status} with a body that is not Stripe's"
 
 
-def _connection_message(error: httpx.TransportError) -> str:
-    if isinstance(error, httpx.TimeoutException):
+def _connection_message(error: urllib3.exceptions.HTTPError) -> str:
+    if isinstance(error, urllib3.exceptions.TimeoutError):
         return "Request to Stripe timed out"
     return f"Unexpected error communicating with Stripe ({type(error).__name__})"
 

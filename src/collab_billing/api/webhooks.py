@@ -23,6 +23,7 @@ from collab_billing.db.engine import is_sqlite
 from collab_billing.reconcile.events import RELEVANT_TYPES
 from collab_billing.reconcile.run import TimedApplier
 from collab_billing.stripe_gateway import SignatureError, verify_webhook
+from collab_billing.stripe_objects import DecodeError, Event
 
 router = APIRouter(tags=["webhooks"])
 # Deliveries applied at once per process, first come first served; the others wait their turn
@@ -74,12 +75,17 @@ async def receive_webhook(
         # Acknowledge without storing: nothing in the database depends on it.
         metrics.WEBHOOK_DELIVERIES.labels("ignored").inc()
         return WebhookAck(received=True, outcome="ignored")
+    try:
+        typed = Event.from_json(payload)
+        typed.object  # noqa: B018 (decoded now, so that a malformed object is refused here)
+    except DecodeError as error:
+        _reject("bad_payload", f"the event does not fit Stripe's schema: {error}")
     # One applier per delivery: its per-batch read cache must not be shared between threads.
     applier = TimedApplier(
         request.app.state.session_factory, request.app.state.gateway, source="webhook"
     )
     # The applier is synchronous (database and Stripe I/O): run it off the event loop.
-    stats = await anyio.to_thread.run_sync(applier.apply, [event], limiter=_limiter(request))
+    stats = await anyio.to_thread.run_sync(applier.apply, [typed], limiter=_limiter(request))
     metrics.record_outcomes(stats.outcomes)
     outcome = next(iter(stats.outcomes), ("applied", ""))[0]
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()

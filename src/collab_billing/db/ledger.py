@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -13,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from collab_billing.db.models import PendingStripeEvent, ProcessedStripeEvent, ReconcilerState
+from collab_billing.stripe_objects import Event
 
 # How many ids go into one `IN (...)`: far below SQLite's 32,766 bound-parameter limit.
 IN_CHUNK = 5_000
@@ -82,7 +82,7 @@ _MARK_PROCESSED_SQLITE = text(
 )
 
 
-def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> None:
+def mark_processed(session: Session, events: Sequence[Event]) -> None:
     """Insert ledger rows (those already there are left alone), in one statement whose rows
     are built server-side: from arrays (PostgreSQL) or a JSON array (SQLite). Per-row
     parameters cost more in SQLAlchemy and the driver than the writes themselves."""
@@ -92,13 +92,13 @@ def mark_processed(session: Session, events: Sequence[dict[str, Any]]) -> None:
         session.execute(
             _MARK_PROCESSED_POSTGRES,
             {
-                "ids": [event["id"] for event in events],
-                "types": [event["type"] for event in events],
-                "created": [int(event["created"]) for event in events],
+                "ids": [event.id for event in events],
+                "types": [event.type for event in events],
+                "created": [event.created for event in events],
             },
         )
         return
-    rows = [(event["id"], event["type"], int(event["created"])) for event in events]
+    rows = [(event.id, event.type, event.created) for event in events]
     session.execute(_MARK_PROCESSED_SQLITE, {"rows": json_rows(rows)})
 
 
@@ -112,7 +112,7 @@ def json_rows(rows: Sequence[Sequence[Any]]) -> str:
 
 @dataclass(frozen=True)
 class PendingEvent:
-    event: dict[str, Any]
+    event: Event
     object_id: str
     attempts: int
     last_error: str | None
@@ -143,7 +143,7 @@ def all_pending_events(session: Session) -> list[PendingEvent]:
 
 def _pending(row: PendingStripeEvent) -> PendingEvent:
     return PendingEvent(
-        event=row.payload,
+        event=Event.from_dict(row.payload),
         object_id=row.stripe_object_id,
         attempts=row.attempts,
         last_error=row.last_error,
@@ -158,7 +158,7 @@ WAITING = 2**62
 
 def record_pending(
     session: Session,
-    events: Sequence[dict[str, Any]],
+    events: Sequence[Event],
     object_id: str,
     error: str | None,
     next_attempt_at: int,
@@ -173,11 +173,11 @@ def record_pending(
     for position, event in enumerate(events):
         failed_here = error is not None and position == 0
         statement = insert(PendingStripeEvent).values(
-            stripe_event_id=event["id"],
-            stripe_event_type=event["type"],
-            stripe_event_created_timestamp=int(event["created"]),
+            stripe_event_id=event.id,
+            stripe_event_type=event.type,
+            stripe_event_created_timestamp=event.created,
             stripe_object_id=object_id,
-            payload=json.loads(json.dumps(event)),
+            payload=event.payload,
             attempts=1 if failed_here else 0,
             last_error=error if failed_here else None,
             next_attempt_at=next_attempt_at if error is not None else WAITING,

@@ -18,9 +18,10 @@ from collab_billing.db.ledger import (
     matching,
 )
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+from collab_billing.stripe_objects import ObjectFields, id_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionState:
     """What we keep of a Stripe subscription, as of the `created` second of an event."""
 
@@ -37,30 +38,35 @@ class SubscriptionState:
 
     @classmethod
     def from_stripe(cls, subscription: dict[str, Any], as_of: int) -> SubscriptionState:
-        items = (subscription.get("items") or {}).get("data") or []
+        """From a subscription read through the gateway as a plain dict."""
+        return cls.from_fields(ObjectFields.from_dict(subscription), as_of)
+
+    @classmethod
+    def from_fields(cls, subscription: ObjectFields, as_of: int) -> SubscriptionState:
+        items = subscription.items.data if subscription.items else []
         # Since API 2025-03-31 the period lives on the items; older payloads have it on top.
-        period_ends = [i["current_period_end"] for i in items if i.get("current_period_end")]
-        period_end = max(period_ends) if period_ends else subscription.get("current_period_end")
-        price = items[0].get("price") if items else None
+        period_ends = [i.current_period_end for i in items if i.current_period_end]
+        period_end = max(period_ends) if period_ends else subscription.current_period_end
+        price = items[0].price if items else None
+        if subscription.id is None or subscription.customer is None or not subscription.status:
+            raise ValueError("a subscription needs an id, a customer and a status")
         return cls(
-            stripe_subscription_id=subscription["id"],
-            stripe_customer_id=_id_of(subscription["customer"]),
-            status=subscription["status"],
-            cancel_at_period_end=bool(subscription.get("cancel_at_period_end")),
-            cancel_at=subscription.get("cancel_at") or None,
-            canceled_at=subscription.get("canceled_at") or None,
-            current_period_end=period_end or None,
-            price_id=_id_of(price) if price else None,
-            as_of=as_of,
+            subscription.id,
+            id_of(subscription.customer),
+            subscription.status,
+            bool(subscription.cancel_at_period_end),
+            subscription.cancel_at or None,
+            subscription.canceled_at or None,
+            period_end or None,
+            id_of(price) if price else None,
+            as_of,
         )
 
 
-def customer_id_of(subscription: dict[str, Any]) -> str:
-    return _id_of(subscription["customer"])
-
-
-def _id_of(value: str | dict[str, Any]) -> str:
-    return value if isinstance(value, str) else str(value["id"])
+def customer_id_of(subscription: ObjectFields) -> str:
+    if subscription.customer is None:
+        raise ValueError("a subscription needs a customer")
+    return id_of(subscription.customer)
 
 
 def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str, int]:

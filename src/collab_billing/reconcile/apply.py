@@ -28,6 +28,7 @@ from collab_billing.db import ledger, mirror
 from collab_billing.reconcile.events import Event, github_user_id_of, object_id, object_kind
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_objects import ObjectFields
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ApplyStats:
     stripe_reads: int = 0
 
     def count(self, outcome: str, events: Iterable[Event]) -> None:
-        self.outcomes.update((outcome, str(event["type"])) for event in events)
+        self.outcomes.update((outcome, event.type) for event in events)
 
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
@@ -70,14 +71,14 @@ class Group:
 
     @functools.cached_property
     def newest_created(self) -> int:
-        return max(int(event["created"]) for event in self.events)
+        return max(event.created for event in self.events)
 
 
 def group_events(events: Sequence[Event]) -> list[Group]:
     """Groups in first-seen order; customers first, so that links exist for subscriptions."""
     groups: dict[tuple[str, str], Group] = {}
     for event in events:
-        key = (object_kind(event), object_id(event))
+        key = (object_kind(event.type), object_id(event))
         groups.setdefault(key, Group(key[0], key[1], [])).events.append(event)
     rank = {"customer": 0, "subscription": 1, "other": 2}
     return sorted(groups.values(), key=lambda group: rank[group.kind])
@@ -102,11 +103,11 @@ class Applier:
     ) -> ApplyStats:
         """Apply new `events` (sorted by `created`) and the due `pending` events."""
         self._reads = {}
-        attempts = {p.event["id"]: p.attempts for p in pending}
+        attempts = {p.event.id: p.attempts for p in pending}
         merged = _merge_sorted([p.event for p in pending], events)
         groups = group_events(merged)
         for group in groups:
-            group.attempts = max((attempts.get(e["id"], 0) for e in group.events), default=0)
+            group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
         stats = ApplyStats()
         # One short read for what the Stripe reads below depend on; they are made before the
         # write transaction so that it never waits on Stripe.
@@ -148,8 +149,8 @@ class Applier:
             "event failed",
             extra={
                 "stripe_object_id": group.object_id,
-                "stripe_event_id": group.events[0]["id"],
-                "stripe_event_type": group.events[0]["type"],
+                "stripe_event_id": group.events[0].id,
+                "stripe_event_type": group.events[0].type,
                 "attempts": group.attempts + 1,
                 "error": message,
             },
@@ -174,13 +175,13 @@ class Applier:
         """One transaction for `groups`, with a fixed number of statements per batch: the rows
         they need are read in one query each, and the subscriptions are written in one."""
         _lock_objects(session, [group.object_id for group in groups])
-        all_ids = [event["id"] for group in groups for event in group.events]
+        all_ids = [event.id for group in groups for event in group.events]
         done = ledger.processed_ids(session, all_ids)
         fresh_groups: list[Group] = []
         for group in groups:
-            fresh = [event for event in group.events if event["id"] not in done]
+            fresh = [event for event in group.events if event.id not in done]
             if len(fresh) < len(group.events):
-                stats.count("duplicate", [e for e in group.events if e["id"] in done])
+                stats.count("duplicate", [e for e in group.events if e.id in done])
             if fresh:
                 fresh_groups.append(Group(group.kind, group.object_id, fresh))
         batch = self._read_rows(session, fresh_groups)
@@ -195,16 +196,14 @@ class Applier:
         mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         ledger.clear_pending(session, all_ids)
         ledger.mark_processed(
-            session, [e for group in groups for e in group.events if e["id"] not in done]
+            session, [e for group in groups for e in group.events if e.id not in done]
         )
 
     @staticmethod
     def _read_rows(session: Session, groups: Sequence[Group]) -> _Rows:
         subscriptions = [g for g in groups if g.kind == "subscription"]
         customer_ids = {g.object_id for g in groups if g.kind == "customer"}
-        customer_ids.update(
-            mirror.customer_id_of(g.events[-1]["data"]["object"]) for g in subscriptions
-        )
+        customer_ids.update(mirror.customer_id_of(g.events[-1].object) for g in subscriptions)
         return _Rows(
             marks=mirror.subscription_watermarks(session, [g.object_id for g in subscriptions]),
             known=mirror.customer_rows(session, customer_ids),
@@ -214,7 +213,7 @@ class Applier:
         self, session: Session, groups: Sequence[Group], batch: _Rows, stats: ApplyStats
     ) -> None:
         # Deletion is terminal on Stripe, so it wins whatever came before or after.
-        deleted = [g for g in groups if any(e["type"] == "customer.deleted" for e in g.events)]
+        deleted = [g for g in groups if any(e.type == "customer.deleted" for e in g.events)]
         mirror.mark_customers_deleted(session, [g.object_id for g in deleted])
         stats.count("applied", [e for g in deleted for e in g.events])
         deleted_ids = {g.object_id for g in deleted}
@@ -223,7 +222,7 @@ class Applier:
         new = [g for g in new if g.object_id not in batch.known]
         if not new:
             return
-        github_ids = {g.object_id: github_user_id_of(g.events[-1]["data"]["object"]) for g in new}
+        github_ids = {g.object_id: github_user_id_of(g.events[-1].object) for g in new}
         users = mirror.user_ids_for_github_ids(
             session, [gid for gid in github_ids.values() if gid is not None]
         )
@@ -241,7 +240,7 @@ class Applier:
             # Linked in the batch of its own `customer.created`: its subscriptions' events all
             # come after it (in this batch or later ones, and a webhook-delivered one linked
             # the customer by reading it), so none was dropped and none needs listing.
-            if not any(e["type"] == "customer.created" for e in group.events):
+            if not any(e.type == "customer.created" for e in group.events):
                 self._catch_up(session, group.object_id, batch.known)
             stats.count("applied", group.events)
 
@@ -278,8 +277,8 @@ class Applier:
         state = decision
         customer_id = state.stripe_customer_id
         if customer_id not in batch.known:
-            customer = self._read_customer(customer_id)
-            if not customer.get("deleted"):
+            customer = ObjectFields.from_dict(self._read_customer(customer_id))
+            if not customer.deleted:
                 self._link_customer(session, customer_id, github_user_id_of(customer), True)
             batch.known.update(mirror.customer_rows(session, [customer_id]))
         if customer_id not in batch.known:
@@ -293,10 +292,12 @@ class Applier:
         newest = group.newest_created
         if mark is not None and newest < mark:
             return None
-        tied = [event for event in group.events if int(event["created"]) == newest]
+        tied = [event for event in group.events if event.created == newest]
         final = final_event(tied) if mark != newest else None
-        source = final["data"]["object"] if final else self._read_subscription(group.object_id)
-        return mirror.SubscriptionState.from_stripe(source, newest)
+        if final is not None:
+            return mirror.SubscriptionState.from_fields(final.object, newest)
+        fresh = self._read_subscription(group.object_id)
+        return mirror.SubscriptionState.from_stripe(fresh, newest)
 
     # -- reads from Stripe, made before the transaction where possible ---------------------
 
@@ -308,7 +309,7 @@ class Applier:
         for group in subscriptions:
             newest = group.newest_created
             mark = marks.get(group.object_id)
-            tied = [event for event in group.events if int(event["created"]) == newest]
+            tied = [event for event in group.events if event.created == newest]
             if (mark is None or newest >= mark) and (mark == newest or final_event(tied) is None):
                 wanted.append(group.object_id)
         # A few at a time: each read is mostly waiting on Stripe, and the throttle is shared.
@@ -376,10 +377,10 @@ def _merge_sorted(first: Sequence[Event], second: Sequence[Event]) -> list[Event
     seen: set[str] = set()
     merged: list[Event] = []
     for event in [*first, *second]:
-        if event["id"] not in seen:
-            seen.add(event["id"])
+        if event.id not in seen:
+            seen.add(event.id)
             merged.append(event)
-    merged.sort(key=lambda event: int(event["created"]))  # stable: keeps the given order in a tie
+    merged.sort(key=lambda event: event.created)  # stable: keeps the given order in a tie
     return merged
 
 

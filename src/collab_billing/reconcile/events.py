@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-Event = dict[str, Any]
+from collab_billing.stripe_objects import DecodeError, Event, ObjectFields, id_of
+
+__all__ = ["RELEVANT_TYPES", "Event", "ObjectKind", "github_user_id_of", "object_id", "object_kind"]
+
 ObjectKind = Literal["customer", "subscription", "other"]
 
 CUSTOMER_TYPES = ("customer.created", "customer.updated", "customer.deleted")
@@ -23,8 +26,7 @@ CHECKOUT_TYPES = ("checkout.session.completed",)
 RELEVANT_TYPES = CUSTOMER_TYPES + SUBSCRIPTION_TYPES + CHECKOUT_TYPES
 
 
-def object_kind(event: Event) -> ObjectKind:
-    event_type = str(event["type"])
+def object_kind(event_type: str) -> ObjectKind:
     if event_type.startswith("customer.subscription."):
         return "subscription"
     if event_type in CUSTOMER_TYPES or event_type in CHECKOUT_TYPES:
@@ -35,17 +37,20 @@ def object_kind(event: Event) -> ObjectKind:
 
 def object_id(event: Event) -> str:
     """The id of the object whose state the event changes: the key that orders events."""
-    obj = event["data"]["object"]
-    if event["type"] in CHECKOUT_TYPES:
-        customer = obj.get("customer")
-        if customer:
-            return customer if isinstance(customer, str) else str(customer["id"])
-    return str(obj.get("id") or event["id"])
+    try:
+        obj = event.object
+    except DecodeError:
+        # Not the shape Stripe documents: the event stands alone, and applying it fails
+        # (and parks it) without holding up the objects of other events.
+        return event.id
+    if event.type in CHECKOUT_TYPES and obj.customer:
+        return id_of(obj.customer)
+    return obj.id or event.id
 
 
-def github_user_id_of(obj: dict[str, Any]) -> int | None:
+def github_user_id_of(obj: ObjectFields) -> int | None:
     """The user a Stripe object names, through the metadata we set (or Checkout's reference)."""
-    candidates = [(obj.get("metadata") or {}).get("github_user_id"), obj.get("client_reference_id")]
+    candidates = [(obj.metadata or {}).get("github_user_id"), obj.client_reference_id]
     for value in candidates:
         if isinstance(value, str) and value.isdigit() and 0 < int(value) < 2**63:
             return int(value)

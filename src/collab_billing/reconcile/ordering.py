@@ -20,21 +20,21 @@ MAX_TIED_EVENTS = 6
 
 
 def _is_first(event: Event) -> bool:
-    return str(event["type"]).endswith(".created")
+    return event.type.endswith(".created")
 
 
 def _is_last(event: Event) -> bool:
-    return str(event["type"]).endswith(".deleted")
+    return event.type.endswith(".deleted")
 
 
 def _follows(previous: Event, current: Event) -> bool:
     """Could `current` have happened right after `previous`?"""
-    before: dict[str, Any] = current["data"].get("previous_attributes") or {}
+    before: dict[str, Any] = current.payload["data"].get("previous_attributes") or {}
     if not before:
         # A deletion carries no previous_attributes; any other event without them
         # (a notice such as trial_will_end) has no provable place.
         return _is_last(current)
-    after_previous = previous["data"]["object"]
+    after_previous = previous.payload["data"]["object"]
     return all(_matches(after_previous.get(key), value) for key, value in before.items())
 
 
@@ -63,5 +63,5 @@ def final_event(tied: Sequence[Event]) -> Event | None:
             finals.append(order[-1])
     if not finals:
         return None
-    states = {repr(sorted(event["data"]["object"].items())) for event in finals}
+    states = {repr(sorted(event.payload["data"]["object"].items())) for event in finals}
     return finals[0] if len(states) == 1 else None

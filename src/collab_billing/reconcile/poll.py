@@ -125,7 +125,7 @@ class Poller:
                 for batch in _batches(window.events, self.batch_size):
                     report.stats.merge(self.applier.apply(batch, due))
                     due = []
-                    newest = int(batch[-1]["created"])
+                    newest = batch[-1].created
                     report.newest_created = newest
                     with self.factory() as session, session.begin():
                         ledger.advance_cursor(session, newest)
@@ -148,7 +148,7 @@ class Poller:
         the overlap, are caught by reading the overlap top-down before walking up."""
         low = cursor - OVERLAP_SECONDS
         newest = self._list(report, created_gte=low)
-        if not newest.has_more or int(newest.events[-1]["created"]) <= cursor:
+        if not newest.has_more or newest.events[-1].created <= cursor:
             # Nothing, or little, is new: read down from this page to the cursor.
             yield from self._windows(low, cursor, report, first=newest)
             return
@@ -157,7 +157,7 @@ class Poller:
             yield from self._windows(low, cursor, report, first=newest)
             return
         yield from self._windows(low, cursor, report, until=cursor + 1)
-        yield from self._walk(str(anchor[0]["id"]), cursor, report)
+        yield from self._walk(anchor[0].id, cursor, report)
 
     def _walk(self, anchor: str, cursor: int, report: DrainReport) -> Iterator[Window]:
         """The events listed above `anchor`, oldest first (as the SDK's reverse
@@ -169,7 +169,7 @@ class Poller:
             ascending.extend(reversed(page.events))
             if not page.has_more or not page.events:
                 break
-            anchor = str(page.events[0]["id"])
+            anchor = page.events[0].id
             while len(ascending) > self.batch_size:
                 batch = next(_batches(ascending, self.batch_size))
                 if len(batch) == len(ascending):
@@ -182,8 +182,8 @@ class Poller:
     def _fresh(self, events: list[Event]) -> list[Event]:
         """`events` less those already processed (by an earlier poll or a webhook)."""
         with self.factory() as session, session.begin():
-            done = ledger.processed_ids(session, [event["id"] for event in events])
-        return [event for event in events if event["id"] not in done]
+            done = ledger.processed_ids(session, [event.id for event in events])
+        return [event for event in events if event.id not in done]
 
     def _windows(
         self,
@@ -245,16 +245,16 @@ class Poller:
 
         for page in self._pages(low, high, report, first if high is None else None):
             unchecked.extend(page)
-            reaches_cursor = int(page[-1]["created"]) <= cursor
+            reaches_cursor = page[-1].created <= cursor
             if not reaches_cursor and len(unchecked) < CHECK_EVERY:
                 continue
             fresh = flush()
-            page_ids = {event["id"] for event in page} if reaches_cursor else set()
-            if reaches_cursor and not any(event["id"] in page_ids for event in fresh):
+            page_ids = {event.id for event in page} if reaches_cursor else set()
+            if reaches_cursor and not any(event.id in page_ids for event in fresh):
                 break  # reached events handled by an earlier poll
             if len(buffered) <= self.max_buffer:
                 continue
-            oldest, newest = int(buffered[-1]["created"]), int(buffered[0]["created"])
+            oldest, newest = buffered[-1].created, buffered[0].created
             if oldest > low:
                 # Narrowing can help only if the window spans more than one second of events.
                 return _window([], high), _Overflow(len(buffered), oldest, newest)
@@ -292,7 +292,7 @@ class Poller:
                 yield page.events
             if not page.has_more or not page.events:
                 return
-            starting_after = page.events[-1]["id"]
+            starting_after = page.events[-1].id
 
 
 @contextlib.contextmanager
@@ -392,7 +392,7 @@ def _read_ahead(windows: Iterator[Window]) -> Generator[Window, None, None]:
 
 def _window(newest_first: list[Event], high: int | None) -> Window:
     events = newest_first[::-1]
-    events.sort(key=lambda event: int(event["created"]))  # stable: keeps Stripe's tie order
+    events.sort(key=lambda event: event.created)  # stable: keeps Stripe's tie order
     return Window(events, high)
 
 
@@ -401,7 +401,7 @@ def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
     start = 0
     while start < len(events):
         end = min(start + size, len(events))
-        while end < len(events) and events[end]["created"] == events[end - 1]["created"]:
+        while end < len(events) and events[end].created == events[end - 1].created:
             end += 1
         yield list(events[start:end])
         start = end

@@ -24,6 +24,7 @@ from collab_billing.reconcile.apply import _lock_objects as lock_objects
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of
 from collab_billing.reconcile.poll import OVERLAP_SECONDS
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_objects import ObjectFields
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,14 @@ def resync(
 
 def _newest_event_created(gateway: StripeGateway) -> int:
     page = gateway.list_events(types=RELEVANT_TYPES, limit=1)
-    return int(page.events[0]["created"]) if page.events else 0
+    return page.events[0].created if page.events else 0
 
 
 def _customers(
     factory: sessionmaker[Session], gateway: StripeGateway, github_user_id: int | None
 ) -> Iterator[dict[str, Any]]:
     for customer in gateway.iterate_list("/v1/customers", {}):
-        if github_user_id is None or github_user_id_of(customer) == github_user_id:
+        if github_user_id is None or _named_user(customer) == github_user_id:
             yield customer
     if github_user_id is not None:
         # Also the customer we linked ourselves, whatever its metadata says now.
@@ -113,13 +114,17 @@ def _subscriptions(
         )
 
 
+def _named_user(customer: dict[str, Any]) -> int | None:
+    return github_user_id_of(ObjectFields.from_dict(customer))
+
+
 def _link(session: Session, customers: list[dict[str, Any]]) -> int:
     known = mirror.customer_rows(session, [c["id"] for c in customers])
     linked = 0
     for customer in customers:
         if customer["id"] in known or customer.get("deleted"):
             continue
-        github_user_id = github_user_id_of(customer)
+        github_user_id = _named_user(customer)
         user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
         if user_id is not None and mirror.link_customer_if_free(session, user_id, customer["id"]):
             linked += 1

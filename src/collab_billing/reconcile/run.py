@@ -55,7 +55,7 @@ class _CountingEvents:
 
     def list_events(self, **kwargs: Any) -> EventPage:
         page = self._gateway.list_events(**kwargs)
-        for event_type, count in Counter(str(e.get("type")) for e in page.events).items():
+        for event_type, count in Counter(e.type for e in page.events).items():
             metrics.EVENTS_FETCHED.labels(event_type).inc(count)
         return page
 
