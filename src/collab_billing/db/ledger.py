@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import ARRAY, BigInteger, Engine, Table, Text, delete, func, literal, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Engine,
+    Table,
+    Text,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -41,21 +53,34 @@ def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]
 def matching(session: Session, column: Any, values: Collection[Any]) -> Iterator[Any]:
     """`column IN values` as one condition with one parameter, whatever the number of values.
 
-    An `IN` of thousands of bound parameters costs more to build (SQLAlchemy renders each one,
-    per execution) and to plan than to run. PostgreSQL gets an array, SQLite a JSON array;
-    both are turned into rows server-side."""
+    The values travel as one JSON array, turned into rows server-side (`json_each` on SQLite,
+    `json_array_elements_text` on PostgreSQL). An `IN` of thousands of bound parameters
+    costs more to build (SQLAlchemy renders each one, per execution) and to plan than to run,
+    and psycopg dumps a list parameter element by element in Python (5 ms of CPU for 2,000
+    ids, against 0.3 ms for the JSON text). The semi-join stays on the column's index, also
+    in the generic plan of a prepared statement (`= ANY(:array)` became a sequential scan)."""
     items = list(values)
     if not items:
         return
+    array = literal(json_array(items))
     if is_postgres(session):
+        # `unnest(ARRAY(...))` rather than the set of JSON elements directly: the planner
+        # expects 10 rows of an unnest and probes the index for each, where it expects 100 of
+        # a JSON function and hashes them against a scan of the whole table.
         element = BigInteger() if isinstance(items[0], int) else Text()
-        # `IN (SELECT unnest(:array))`, not `= ANY(:array)`: once psycopg prepares the
-        # statement, the generic plan for ANY is a sequential scan comparing every row with
-        # every element (seconds at 200k rows); the semi-join stays on the index.
-        yield column.in_(select(func.unnest(literal(items, type_=ARRAY(element)))))
+        texts = func.json_array_elements_text(sql_cast(array, JSON))
+        elements = select(sql_cast(texts, element)).scalar_subquery()
+        yield column.in_(select(func.unnest(func.array(elements))))
         return
-    rows = func.json_each(literal(orjson.dumps(items).decode())).table_valued("value")
+    rows = func.json_each(array).table_valued("value")
     yield column.in_(select(rows.c.value))
+
+
+def json_array(values: Sequence[Any]) -> str:
+    """Values (or rows of values) as one JSON parameter: for `json_each` on SQLite, whose
+    rows are read back with `value ->> index`, and for `json_array_elements` on PostgreSQL,
+    read with `row ->> index`."""
+    return orjson.dumps(values).decode()
 
 
 _PROCESSED = cast(Table, ProcessedStripeEvent.__table__)
@@ -71,8 +96,8 @@ def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
 
 _MARK_PROCESSED_POSTGRES = text(
     "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
-    "stripe_event_created_timestamp) SELECT * FROM unnest(CAST(:ids AS text[]), "
-    "CAST(:types AS text[]), CAST(:created AS bigint[])) "
+    "stripe_event_created_timestamp) SELECT row ->> 0, row ->> 1, CAST(row ->> 2 AS bigint) "
+    "FROM json_array_elements(CAST(:rows AS json)) AS row "
     "ON CONFLICT (stripe_event_id) DO NOTHING"
 )
 _MARK_PROCESSED_SQLITE = text(
@@ -84,27 +109,13 @@ _MARK_PROCESSED_SQLITE = text(
 
 def mark_processed(session: Session, events: Sequence[Event]) -> None:
     """Insert ledger rows (those already there are left alone), in one statement whose rows
-    are built server-side: from arrays (PostgreSQL) or a JSON array (SQLite). Per-row
-    parameters cost more in SQLAlchemy and the driver than the writes themselves."""
+    are built server-side from one JSON array (see `matching`). Per-row parameters cost
+    more in SQLAlchemy and the driver than the writes themselves."""
     if not events:
         return
-    if is_postgres(session):
-        session.execute(
-            _MARK_PROCESSED_POSTGRES,
-            {
-                "ids": [event.id for event in events],
-                "types": [event.type for event in events],
-                "created": [event.created for event in events],
-            },
-        )
-        return
-    rows = [(event.id, event.type, event.created) for event in events]
-    session.execute(_MARK_PROCESSED_SQLITE, {"rows": json_rows(rows)})
-
-
-def json_rows(rows: Sequence[Sequence[Any]]) -> str:
-    """Rows for SQLite's `json_each(:rows)`, each read back with `value ->> index`."""
-    return orjson.dumps(rows).decode()
+    rows = json_array([(event.id, event.type, event.created) for event in events])
+    statement = _MARK_PROCESSED_POSTGRES if is_postgres(session) else _MARK_PROCESSED_SQLITE
+    session.execute(statement, {"rows": rows})
 
 
 # -- pending (failed or waiting) events --------------------------------------------------

@@ -14,7 +14,7 @@ from collab_billing.db.ledger import (
     chunks,
     dialect_insert,
     is_postgres,
-    json_rows,
+    json_array,
     matching,
 )
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
@@ -91,19 +91,19 @@ def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dic
 
 
 _CUSTOMERS = cast(Table, BillingCustomer.__table__)
-# Column -> PostgreSQL array type, in the order of the values of one row. Times travel as Unix
+# Column -> its PostgreSQL type, in the order of the values of one row. Times travel as Unix
 # seconds and become timestamps in the statement: converting 2,000 rows' datetimes in Python
 # cost more than the whole insert.
 _SUBSCRIPTION_COLUMNS = {
-    "billing_customer_id": "bigint[]",
-    "stripe_subscription_id": "text[]",
-    "stripe_subscription_status": "text[]",
-    "stripe_price_id": "text[]",
-    "stripe_cancel_at_period_end": "boolean[]",
-    "stripe_cancel_at": "bigint[]",
-    "stripe_canceled_at": "bigint[]",
-    "stripe_current_period_end": "bigint[]",
-    "stripe_state_as_of": "bigint[]",
+    "billing_customer_id": "bigint",
+    "stripe_subscription_id": "text",
+    "stripe_subscription_status": "text",
+    "stripe_price_id": "text",
+    "stripe_cancel_at_period_end": "boolean",
+    "stripe_cancel_at": "bigint",
+    "stripe_canceled_at": "bigint",
+    "stripe_current_period_end": "bigint",
+    "stripe_state_as_of": "bigint",
 }
 _TIME_COLUMNS = ("stripe_cancel_at", "stripe_canceled_at", "stripe_current_period_end")
 _ON_CONFLICT_UPDATE = (
@@ -117,11 +117,12 @@ _ON_CONFLICT_UPDATE = (
 )
 
 
-def _postgres_value(name: str) -> str:
-    return f"to_timestamp({name})" if name in _TIME_COLUMNS else name
+def _postgres_value(index: int, name: str) -> str:
+    value = f"CAST(row ->> {index} AS {_SUBSCRIPTION_COLUMNS[name]})"
+    return f"to_timestamp({value})" if name in _TIME_COLUMNS else value
 
 
-def _sqlite_value(name: str, index: int) -> str:
+def _sqlite_value(index: int, name: str) -> str:
     # The text SQLAlchemy's DateTime stores in SQLite (UTC, microseconds always present), so
     # that rows written either way read back, compare and sort alike.
     value = f"value ->> {index}"
@@ -130,20 +131,19 @@ def _sqlite_value(name: str, index: int) -> str:
     return value
 
 
-# The whole batch in one statement, its rows built server-side: from one array per column on
-# PostgreSQL (`unnest`), from one JSON array of rows on SQLite (`json_each`; `WHERE true`
-# tells SQLite's parser that ON CONFLICT belongs to the INSERT).
+# The whole batch in one statement, its rows built server-side from one JSON array of rows
+# (see `ledger.matching`; on SQLite, `WHERE true` tells the parser that ON CONFLICT belongs
+# to the INSERT).
+_INSERT_SUBSCRIPTIONS = f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)})"
 _UPSERT_POSTGRES = text(
-    f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)}) SELECT "
-    + ", ".join(map(_postgres_value, _SUBSCRIPTION_COLUMNS))
-    + " FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _SUBSCRIPTION_COLUMNS.items())
-    + f") AS row ({', '.join(_SUBSCRIPTION_COLUMNS)})"
+    f"{_INSERT_SUBSCRIPTIONS} SELECT "
+    + ", ".join(_postgres_value(*column) for column in enumerate(_SUBSCRIPTION_COLUMNS))
+    + " FROM json_array_elements(CAST(:rows AS json)) AS row"
     + _ON_CONFLICT_UPDATE
 )
 _UPSERT_SQLITE = text(
-    f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)}) SELECT "
-    + ", ".join(_sqlite_value(name, index) for index, name in enumerate(_SUBSCRIPTION_COLUMNS))
+    f"{_INSERT_SUBSCRIPTIONS} SELECT "
+    + ", ".join(_sqlite_value(*column) for column in enumerate(_SUBSCRIPTION_COLUMNS))
     + " FROM json_each(:rows) WHERE true"
     + _ON_CONFLICT_UPDATE
 )
@@ -170,11 +170,8 @@ def upsert_subscriptions(
         )
         for state in states
     ]
-    if is_postgres(session):
-        columns = dict(zip(_SUBSCRIPTION_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
-        session.execute(_UPSERT_POSTGRES, columns)
-    else:
-        session.execute(_UPSERT_SQLITE, {"rows": json_rows(rows)})
+    statement = _UPSERT_POSTGRES if is_postgres(session) else _UPSERT_SQLITE
+    session.execute(statement, {"rows": json_array(rows)})
 
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:

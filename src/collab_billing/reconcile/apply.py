@@ -366,10 +366,10 @@ def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:
         return
     session.execute(
         text(
-            "SELECT pg_advisory_xact_lock(7341, k) FROM "
-            "(SELECT DISTINCT hashtext(x) AS k FROM unnest(CAST(:ids AS text[])) AS x ORDER BY 1) s"
+            "SELECT pg_advisory_xact_lock(7341, k) FROM (SELECT DISTINCT hashtext(x) AS k "
+            "FROM json_array_elements_text(CAST(:ids AS json)) AS x ORDER BY 1) s"
         ),
-        {"ids": list(object_ids)},
+        {"ids": ledger.json_array(object_ids)},
     )
 
 
