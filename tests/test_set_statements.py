@@ -87,3 +87,13 @@ def test_ledger_rows_of_a_batch_are_written_once(session_factory: sessionmaker[S
     assert sorted(rows, key=lambda row: row[2]) == [
         (event.id, event.type, event.created) for event in events
     ]
+
+
+def test_the_cursor_only_moves_forward(session_factory: sessionmaker[Session]) -> None:
+    seen = []
+    for created in (1_700_000_500, 1_700_000_100, 1_700_000_900, 999):
+        with session_factory() as session, session.begin():
+            ledger.advance_cursor(session, created)
+        with session_factory() as session:
+            seen.append(ledger.read_int_state(session, ledger.CURSOR))
+    assert seen == [1_700_000_500, 1_700_000_500, 1_700_000_900, 1_700_000_900]

@@ -234,6 +234,13 @@ def write_state(session: Session, name: str, value: str | int) -> None:
 
 def advance_cursor(session: Session, created: int) -> None:
     """The cursor only moves forward, whoever (poll, webhook) writes it."""
-    current = read_int_state(session, CURSOR)
-    if current is None or created > current:
-        write_state(session, CURSOR, created)
+    insert = dialect_insert(session)
+    statement = insert(ReconcilerState).values(name=CURSOR, value=str(created))
+    stored = sql_cast(ReconcilerState.value, BigInteger)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"value": statement.excluded.value},
+            where=stored < sql_cast(statement.excluded.value, BigInteger),
+        )
+    )

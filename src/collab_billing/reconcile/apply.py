@@ -99,44 +99,58 @@ class Applier:
     # -- entry point ----------------------------------------------------------------------
 
     def apply(
-        self, events: Sequence[Event], pending: Sequence[ledger.PendingEvent] = ()
+        self,
+        events: Sequence[Event],
+        pending: Sequence[ledger.PendingEvent] = (),
+        cursor: int | None = None,
     ) -> ApplyStats:
-        """Apply new `events` (sorted by `created`) and the due `pending` events."""
+        """Apply new `events` (sorted by `created`) and the due `pending` events, in one
+        transaction; with `cursor`, the poll cursor moves up to it in the same transaction."""
         self._reads = {}
-        attempts = {p.event.id: p.attempts for p in pending}
-        merged = _merge_sorted([p.event for p in pending], events)
-        groups = group_events(merged)
-        for group in groups:
-            group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
+        groups = group_events(_merge_sorted([p.event for p in pending], events))
+        if pending:
+            attempts = {p.event.id: p.attempts for p in pending}
+            for group in groups:
+                group.attempts = max(attempts.get(e.id, 0) for e in group.events)
+        retried = {p.object_id for p in pending}
         stats = ApplyStats()
-        # One short read for what the Stripe reads below depend on; they are made before the
-        # write transaction so that it never waits on Stripe.
-        subscription_ids = [g.object_id for g in groups if g.kind == "subscription"]
-        with self.factory() as session, session.begin():
-            blocked = ledger.pending_object_ids(session) - {p.object_id for p in pending}
-            marks = (
-                mirror.subscription_watermarks(session, subscription_ids)
-                if self.gateway is not None
-                else {}
-            )
-        ready = [g for g in groups if g.object_id not in blocked]
-        self._hold_back([g for g in groups if g.object_id in blocked], stats)
-        self._prefetch(ready, marks, stats)
+        # Ties that only Stripe can settle are read before the write transaction, so that it
+        # does not wait on Stripe (it still reads in the rare cases only its rows reveal).
+        self._prefetch(groups)
         try:
             with self.factory() as session, session.begin():
-                self._apply_groups(session, ready, stats)
+                self._apply_batch(session, groups, retried, stats)
+                if cursor is not None:
+                    ledger.advance_cursor(session, cursor)
         except Exception:
-            log.warning("batch failed; applying its %d objects one by one", len(ready))
-            stats = ApplyStats(stripe_reads=stats.stripe_reads)
-            self._apply_one_by_one(ready, stats)
+            log.warning("batch failed; applying its %d objects one by one", len(groups))
+            stats = ApplyStats()
+            self._apply_one_by_one(groups, retried, stats)
+            if cursor is not None:
+                with self.factory() as session, session.begin():
+                    ledger.advance_cursor(session, cursor)
+        stats.stripe_reads = len(self._reads)
         return stats
 
-    def _apply_one_by_one(self, groups: Sequence[Group], stats: ApplyStats) -> None:
+    def _apply_batch(
+        self, session: Session, groups: Sequence[Group], retried: set[str], stats: ApplyStats
+    ) -> None:
+        _lock_objects(session, [group.object_id for group in groups])
+        pending_ids = ledger.pending_object_ids(session)
+        # Objects with an event waiting for a retry keep their order: later events wait too.
+        blocked = pending_ids - retried
+        self._hold_back(session, [g for g in groups if g.object_id in blocked], stats)
+        ready = [g for g in groups if g.object_id not in blocked]
+        self._apply_groups(session, ready, stats, clear_pending=bool(pending_ids))
+
+    def _apply_one_by_one(
+        self, groups: Sequence[Group], retried: set[str], stats: ApplyStats
+    ) -> None:
         for group in groups:
             group_stats = ApplyStats()
             try:
                 with self.factory() as session, session.begin():
-                    self._apply_groups(session, [group], group_stats)
+                    self._apply_batch(session, [group], retried, group_stats)
             except Exception as error:  # any failure parks the object; the loop goes on
                 self._park(group, error, stats)
                 continue
@@ -161,20 +175,20 @@ class Applier:
             )
         stats.count("failed", group.events)
 
-    def _hold_back(self, groups: Sequence[Group], stats: ApplyStats) -> None:
-        if not groups:
-            return
-        with self.factory() as session, session.begin():
-            for group in groups:
-                ledger.record_pending(session, group.events, group.object_id, None, 0)
-                stats.count("waiting", group.events)
+    @staticmethod
+    def _hold_back(session: Session, groups: Sequence[Group], stats: ApplyStats) -> None:
+        for group in groups:
+            ledger.record_pending(session, group.events, group.object_id, None, 0)
+            stats.count("waiting", group.events)
 
     # -- one transaction ------------------------------------------------------------------
 
-    def _apply_groups(self, session: Session, groups: Sequence[Group], stats: ApplyStats) -> None:
-        """One transaction for `groups`, with a fixed number of statements per batch: the rows
-        they need are read in one query each, and the subscriptions are written in one."""
-        _lock_objects(session, [group.object_id for group in groups])
+    def _apply_groups(
+        self, session: Session, groups: Sequence[Group], stats: ApplyStats, clear_pending: bool
+    ) -> None:
+        """`groups` in the caller's transaction, with a fixed number of statements per batch:
+        the rows they need are read in one query each, and the subscriptions are written in
+        one."""
         all_ids = [event.id for group in groups for event in group.events]
         done = ledger.processed_ids(session, all_ids)
         fresh_groups: list[Group] = []
@@ -194,7 +208,8 @@ class Applier:
             elif group.kind != "customer":
                 stats.count("ignored", group.events)
         mirror.upsert_subscriptions(session, batch.upserts, batch.known)
-        ledger.clear_pending(session, all_ids)
+        if clear_pending:
+            ledger.clear_pending(session, all_ids)
         ledger.mark_processed(
             session, [e for group in groups for e in group.events if e.id not in done]
         )
@@ -301,20 +316,20 @@ class Applier:
 
     # -- reads from Stripe, made before the transaction where possible ---------------------
 
-    def _prefetch(self, groups: Sequence[Group], marks: dict[str, int], stats: ApplyStats) -> None:
-        subscriptions = [g for g in groups if g.kind == "subscription"]
-        if not subscriptions or self.gateway is None:
+    def _prefetch(self, groups: Sequence[Group]) -> None:
+        """Read the subscriptions whose last second holds events that their payloads cannot
+        order. (Whether the row is newer still is known only in the transaction: such a read
+        may turn out not to be needed.)"""
+        if self.gateway is None:
             return
-        wanted: list[str] = []
-        for group in subscriptions:
-            newest = group.newest_created
-            mark = marks.get(group.object_id)
-            tied = [event for event in group.events if event.created == newest]
-            if (mark is None or newest >= mark) and (mark == newest or final_event(tied) is None):
-                wanted.append(group.object_id)
+        wanted = [
+            group.object_id
+            for group in groups
+            if group.kind == "subscription"
+            and final_event([e for e in group.events if e.created == group.newest_created]) is None
+        ]
         # A few at a time: each read is mostly waiting on Stripe, and the throttle is shared.
         list(_reader_pool().map(self._try_read_subscription, wanted))
-        stats.stripe_reads = len(self._reads)
 
     def _try_read_subscription(self, subscription_id: str) -> None:
         # On failure the transaction reads it again, and fails this object alone.

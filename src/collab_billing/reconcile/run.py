@@ -40,10 +40,13 @@ class TimedApplier(Applier):
         self.source = source
 
     def apply(
-        self, events: Sequence[Event], pending: Sequence[ledger.PendingEvent] = ()
+        self,
+        events: Sequence[Event],
+        pending: Sequence[ledger.PendingEvent] = (),
+        cursor: int | None = None,
     ) -> ApplyStats:
         with metrics.APPLY_SECONDS.labels(self.source).time():
-            return super().apply(events, pending)
+            return super().apply(events, pending, cursor)
 
 
 class _CountingEvents:
