@@ -66,16 +66,24 @@ class _Rows:
 class Group:
     kind: str
     object_id: str
-    events: list[Event]
+    events: list[Event]  # in `created` order
     attempts: int = 0  # failures so far, when the group comes back from pending
 
-    @functools.cached_property
+    @property
     def newest_created(self) -> int:
-        return max(event.created for event in self.events)
+        return self.events[-1].created
+
+    def last_second(self) -> list[Event]:
+        """The events of the newest second: their order is not given."""
+        if len(self.events) == 1:
+            return self.events
+        newest = self.newest_created
+        return [event for event in self.events if event.created == newest]
 
 
 def group_events(events: Sequence[Event]) -> list[Group]:
-    """Groups in first-seen order; customers first, so that links exist for subscriptions."""
+    """Groups of `events` (in `created` order) in first-seen order; customers first, so that
+    links exist for subscriptions."""
     groups: dict[tuple[str, str], Group] = {}
     for event in events:
         key = (object_kind(event.type), object_id(event))
@@ -191,13 +199,7 @@ class Applier:
         one."""
         all_ids = [event.id for group in groups for event in group.events]
         done = ledger.processed_ids(session, all_ids)
-        fresh_groups: list[Group] = []
-        for group in groups:
-            fresh = [event for event in group.events if event.id not in done]
-            if len(fresh) < len(group.events):
-                stats.count("duplicate", [e for e in group.events if e.id in done])
-            if fresh:
-                fresh_groups.append(Group(group.kind, group.object_id, fresh))
+        fresh_groups = list(groups) if not done else self._without_done(groups, done, stats)
         batch = self._read_rows(session, fresh_groups)
         self._apply_customers(
             session, [g for g in fresh_groups if g.kind == "customer"], batch, stats
@@ -210,9 +212,18 @@ class Applier:
         mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         if clear_pending:
             ledger.clear_pending(session, all_ids)
-        ledger.mark_processed(
-            session, [e for group in groups for e in group.events if e.id not in done]
-        )
+        ledger.mark_processed(session, [e for group in fresh_groups for e in group.events])
+
+    @staticmethod
+    def _without_done(groups: Sequence[Group], done: set[str], stats: ApplyStats) -> list[Group]:
+        fresh_groups: list[Group] = []
+        for group in groups:
+            fresh = [event for event in group.events if event.id not in done]
+            if len(fresh) < len(group.events):
+                stats.count("duplicate", [e for e in group.events if e.id in done])
+            if fresh:
+                fresh_groups.append(Group(group.kind, group.object_id, fresh))
+        return fresh_groups
 
     @staticmethod
     def _read_rows(session: Session, groups: Sequence[Group]) -> _Rows:
@@ -307,8 +318,7 @@ class Applier:
         newest = group.newest_created
         if mark is not None and newest < mark:
             return None
-        tied = [event for event in group.events if event.created == newest]
-        final = final_event(tied) if mark != newest else None
+        final = final_event(group.last_second()) if mark != newest else None
         if final is not None:
             return mirror.SubscriptionState.from_fields(final.object, newest)
         fresh = self._read_subscription(group.object_id)
@@ -325,8 +335,7 @@ class Applier:
         wanted = [
             group.object_id
             for group in groups
-            if group.kind == "subscription"
-            and final_event([e for e in group.events if e.created == group.newest_created]) is None
+            if group.kind == "subscription" and final_event(group.last_second()) is None
         ]
         # A few at a time: each read is mostly waiting on Stripe, and the throttle is shared.
         list(_reader_pool().map(self._try_read_subscription, wanted))
