@@ -97,7 +97,7 @@ def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
 _MARK_PROCESSED_POSTGRES = text(
     "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
     "stripe_event_created_timestamp) SELECT row ->> 0, row ->> 1, CAST(row ->> 2 AS bigint) "
-    "FROM json_array_elements(CAST(:rows AS json)) AS row "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS row "
     "ON CONFLICT (stripe_event_id) DO NOTHING"
 )
 _MARK_PROCESSED_SQLITE = text(

@@ -132,13 +132,14 @@ def _sqlite_value(index: int, name: str) -> str:
 
 
 # The whole batch in one statement, its rows built server-side from one JSON array of rows
-# (see `ledger.matching`; on SQLite, `WHERE true` tells the parser that ON CONFLICT belongs
-# to the INSERT).
+# (see `ledger.matching`). On PostgreSQL as `jsonb`, parsed once: with `json` each `->>`
+# parses its row again (2.4x the statement's time). On SQLite, `WHERE true` tells the parser
+# that ON CONFLICT belongs to the INSERT.
 _INSERT_SUBSCRIPTIONS = f"INSERT INTO billing_subscriptions ({', '.join(_SUBSCRIPTION_COLUMNS)})"
 _UPSERT_POSTGRES = text(
     f"{_INSERT_SUBSCRIPTIONS} SELECT "
     + ", ".join(_postgres_value(*column) for column in enumerate(_SUBSCRIPTION_COLUMNS))
-    + " FROM json_array_elements(CAST(:rows AS json)) AS row"
+    + " FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS row"
     + _ON_CONFLICT_UPDATE
 )
 _UPSERT_SQLITE = text(
