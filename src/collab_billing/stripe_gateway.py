@@ -22,7 +22,7 @@ import stripe
 import urllib3
 
 from collab_billing.config import Settings
-from collab_billing.stripe_objects import EVENT_LIST, DecodeError, Event
+from collab_billing.stripe_objects import DecodeError, Event, decode_event_list
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class StripeGateway:
             params["ending_before"] = ending_before
         body = self._get_body("events.list", "/v1/events", params)
         try:
-            page = EVENT_LIST.decode(body)
+            page = decode_event_list(body)
         except DecodeError as error:  # names the field (`$.data[3].created`), never a value
             raise StripeGatewayError("api_error", f"unexpected event list: {error}", 200) from None
         return EventPage(events=page.data, has_more=page.has_more)
