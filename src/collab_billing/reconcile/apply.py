@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import text
@@ -31,6 +33,7 @@ from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_objects import ObjectFields
 
 log = logging.getLogger(__name__)
+_TYPE_OF = attrgetter("type")
 
 MAX_BACKOFF_SECONDS = 3600
 
@@ -43,7 +46,7 @@ class ApplyStats:
     stripe_reads: int = 0
 
     def count(self, outcome: str, events: Iterable[Event]) -> None:
-        self.outcomes.update((outcome, event.type) for event in events)
+        self.outcomes.update(zip(repeat(outcome), map(_TYPE_OF, events)))  # C loops, no genexpr
 
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
