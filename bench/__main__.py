@@ -24,12 +24,13 @@ from pathlib import Path
 from bench import drain, service
 from bench.common import Database, Result, emulator, fresh_database, machine
 
-ALL = ("apply", "idle", "baseline", "limit", "ratelimit", "webhook", "admin")
+ALL = ("apply", "idle", "baseline", "limit", "ratelimit", "webhook", "webhook-drain", "admin")
 SMOKE = {
     "sizes": [300],
     "baseline_size": 300,
     "ratelimit_events": 200,
     "webhook_events": 20,
+    "drain_events": 2_000,
     "admin_seconds": 0.3,
 }
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratelimit-events", type=int, default=50_000)
     parser.add_argument("--webhook-rate", type=float, default=100.0)
     parser.add_argument("--webhook-events", type=int, default=2_000)
+    parser.add_argument(
+        "--drain-events", type=int, default=20_000, help="backlog drained during webhook-drain"
+    )
     parser.add_argument("--admin-seconds", type=float, default=10.0)
     parser.add_argument("--admin-concurrency", type=int, default=32)
     parser.add_argument("--no-verify", action="store_true", help="skip the state comparison")
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         args.baseline_size = SMOKE["baseline_size"]
         args.ratelimit_events = SMOKE["ratelimit_events"]
         args.webhook_events = SMOKE["webhook_events"]
+        args.drain_events = SMOKE["drain_events"]
         args.admin_seconds = SMOKE["admin_seconds"]
     only = set(args.only.split(","))
     unknown = only - set(ALL)
@@ -117,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         ]
                     )
+                if "webhook-drain" in only:
+                    run(
+                        lambda db: [
+                            service.bench_webhook(
+                                db,
+                                emu,
+                                args.webhook_events,
+                                args.webhook_rate,
+                                workdir,
+                                drain_events=args.drain_events,
+                            )
+                        ]
+                    )
                 if "admin" in only:
                     run(
                         lambda db: [
@@ -153,6 +171,7 @@ COLUMNS = {
     "ratelimit": ("events_per_s", "ceiling_pct"),
     "idle": ("requests_per_poll", "poll_ms"),
     "webhook": ("p50_ms", "p99_ms"),
+    "webhook-drain": ("p50_ms", "p99_ms"),
     "admin": ("requests_per_s", "p99_ms"),
 }
 

@@ -29,7 +29,7 @@ from bench.common import (
     wait_for_http,
 )
 from bench.drain import prepare_backlog
-from collab_billing.db.models import BillingCustomer, BillingSubscription
+from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 ADMIN_TOKEN = "bench-admin-token"
 WEBHOOK_SECRET = "whsec_bench_secret"
@@ -185,14 +185,23 @@ def sign(payload: bytes, secret: str, timestamp: int) -> str:
 
 
 def bench_webhook(
-    db: Database, emulator: EmulatorProcess, events: int, rate: float, workdir: Path
+    db: Database,
+    emulator: EmulatorProcess,
+    events: int,
+    rate: float,
+    workdir: Path,
+    drain_events: int = 0,
 ) -> Result:
     """Signed `customer.subscription.updated` deliveries at a fixed rate (open loop, as Stripe
-    sends them); latency is from sending to the answer, which comes after the row committed."""
+    sends them); latency is from sending to the answer, which comes after the row committed.
+    With `drain_events`, a backlog of other customers' events is drained by
+    `reconcile --once` in its own process meanwhile, writing to the same database."""
     customers = max(50, min(2_000, events))
     prepare_backlog(db, emulator, customers * 10)
     reconcile_once(db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND="100000")
     subscriptions = emulator.control("GET", "state")["subscriptions"]
+    if drain_events:
+        _more_customers(db, emulator, first=customers + 1, count=drain_events // 10)
     base = int(emulator.control("GET", "clock")["now"]) + 1
     bodies = []
     statuses = {s["id"]: s["status"] for s in subscriptions}
@@ -221,12 +230,17 @@ def bench_webhook(
         STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         RECONCILE_ENABLED="false",
     ) as server:
+        drain = _start_drain(db, emulator, workdir) if drain_events else None
         cpu_before, own_before = server.cpu_seconds(), time.process_time()
         latencies, outcomes, elapsed = asyncio.run(_deliver(server.port, bodies, rate))
         server_cpu = server.cpu_seconds() - cpu_before
         own_cpu = time.process_time() - own_before
+        drained_during = drain is not None and drain.poll() is None
+        if drain is not None and drain.wait(timeout=3600) != 0:
+            raise RuntimeError("reconcile --once failed during the webhook benchmark")
+    extra = {"drain_events": drain_events, "drain_outlasted_deliveries": drained_during}
     return Result(
-        "webhook",
+        "webhook-drain" if drain_events else "webhook",
         db.engine_name,
         events,
         {
@@ -240,9 +254,30 @@ def bench_webhook(
             "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
             "workers": workers,
             "generator": GENERATOR_SHORT,
+            **(extra if drain_events else {}),
         },
         f"{rate:.0f} signed deliveries/s, open loop, serve --workers {workers}; {GENERATOR}",
     )
+
+
+def _more_customers(db: Database, emulator: EmulatorProcess, first: int, count: int) -> None:
+    """Users `first..` and a backlog of their customers' events, newer than the cursor and
+    older than the deliveries."""
+    engine = db.engine()
+    with engine.begin() as connection:
+        numbers = range(first, first + count)
+        users = [{"github_user_id": n, "github_login": f"user{n}"} for n in numbers]
+        connection.execute(insert(User), users)
+    engine.dispose()
+    emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+    emulator.generate(count, 10, price=emulator.price(), first_github_user_id=first)
+
+
+def _start_drain(db: Database, emulator: EmulatorProcess, workdir: Path) -> subprocess.Popen[bytes]:
+    env = service_env(db, emulator.url, STRIPE_REQUESTS_PER_SECOND="100000")
+    command = [PYTHON, "-m", "collab_billing", "reconcile", "--once"]
+    log = open(os.environ.get("BENCH_DRAIN_LOG", os.devnull), "wb")  # noqa: SIM115
+    return subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
 
 
 async def _deliver(

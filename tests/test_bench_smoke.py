@@ -24,11 +24,22 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert main(args) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     ran = {result["benchmark"] for result in report["results"]}
-    assert ran == {"apply", "idle", "baseline", "limit", "ratelimit", "webhook", "admin"}
+    assert ran == {
+        "apply",
+        "idle",
+        "baseline",
+        "limit",
+        "ratelimit",
+        "webhook",
+        "webhook-drain",
+        "admin",
+    }
     by_name = {result["benchmark"]: result for result in report["results"]}
     assert by_name["apply"]["metrics"]["mismatches"] == 0
     assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
     assert by_name["webhook"]["metrics"]["outcomes"] == {"applied": 20}
+    assert by_name["webhook-drain"]["metrics"]["outcomes"] == {"applied": 20}
+    assert by_name["webhook-drain"]["metrics"]["drain_events"] == 2_000
     assert by_name["admin"]["metrics"]["errors"] == 0
     assert report["machine"]["cores"] >= 1
 
