@@ -269,8 +269,11 @@ def _more_customers(db: Database, emulator: EmulatorProcess, first: int, count: 
         users = [{"github_user_id": n, "github_login": f"user{n}"} for n in numbers]
         connection.execute(insert(User), users)
     engine.dispose()
+    # The price first: its events would otherwise be the newest, and the emulator spreads a
+    # backlog only after the newest event (all of it into one second, here).
+    price = emulator.price()
     emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
-    emulator.generate(count, 10, price=emulator.price(), first_github_user_id=first)
+    emulator.generate(count, 10, price=price, first_github_user_id=first)
 
 
 def _start_drain(db: Database, emulator: EmulatorProcess, workdir: Path) -> subprocess.Popen[bytes]:
