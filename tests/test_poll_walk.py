@@ -1,11 +1,12 @@
 """A backlog behind a service that has polled before is walked upward from the newest event at
-or below the cursor: every page is read once, batches never split a second, memory holds about
-one batch, and the rows end equal to Stripe's."""
+or below the cursor: every page is read once, batches never split an object's second, memory
+holds about one batch, and the rows end equal to Stripe's."""
 
 from __future__ import annotations
 
 import gc
 import math
+from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -18,7 +19,7 @@ from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
 from collab_billing.reconcile.apply import Applier, ApplyStats
-from collab_billing.reconcile.events import Event
+from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.poll import Poller
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
@@ -50,6 +51,24 @@ def poller(factory: sessionmaker[Session], settings: Settings) -> tuple[Poller, 
     # A buffer far smaller than the backlog: reading windows top-down would overflow it again
     # and again; the walk does not depend on it.
     return Poller(factory, gateway, applier, max_buffer=200, batch_size=BATCH), applier
+
+
+def seconds_split(batches: list[list[Event]]) -> Counter[int]:
+    """How many batches each `created` second is spread over."""
+    return Counter(second for batch in batches for second in {e.created for e in batch})
+
+
+def check_batches(batches: list[list[Event]]) -> None:
+    """Batches come in `created` order and hold at most about two batches' worth; an object's
+    events of one second are never in two batches."""
+    for older, newer in pairwise(b for b in batches if b):
+        assert max(e.created for e in older) <= min(e.created for e in newer)
+    assert max(len(b) for b in batches) < 2 * BATCH
+    homes: dict[tuple[str, int], set[int]] = {}
+    for number, batch in enumerate(batches):
+        for event in batch:
+            homes.setdefault((object_id(event), event.created), set()).add(number)
+    assert all(len(found) == 1 for found in homes.values()), "an object's tie was split"
 
 
 def small_history(
@@ -90,7 +109,9 @@ def more_events(
     return len(relevant_event_ids(emulator)) - before
 
 
-@pytest.mark.parametrize("span", [86_400, 4], ids=["spread-over-a-day", "crowded-seconds"])
+@pytest.mark.parametrize(
+    "span", [86_400, 4, 0], ids=["spread-over-a-day", "crowded-seconds", "all-in-one-second"]
+)
 def test_a_backlog_is_walked_up_from_the_cursor_once(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, span: int
 ) -> None:
@@ -111,17 +132,11 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
     # the overlap below the cursor: nothing is read twice.
     assert report.requests <= math.ceil(added / 100) + 3
     assert report.events_seen <= added + 100 + 1 + 100
-    seconds = [{e.created for e in batch} for batch in applier.batches if batch]
-    for older, newer in pairwise(seconds):
-        assert max(older) < min(newer), "a second was split between two batches"
-    largest_second = max(
-        sum(1 for e in batch if e.created == s)
-        for batch in applier.batches
-        for s in {e.created for e in batch}
-    )
-    assert max(len(b) for b in applier.batches) < BATCH + largest_second + 100
-    if span == 4:
-        assert largest_second > 100, "seconds should span pages in this case"
+    check_batches(applier.batches)
+    if span in (0, 4):
+        assert max(seconds_split(applier.batches).values()) > 1, (
+            "seconds larger than a batch should be cut between objects in this case"
+        )
     # Idle again: one request, even when the overlap below the cursor holds a full page.
     assert walker.drain().requests == 1
 

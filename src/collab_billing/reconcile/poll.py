@@ -17,7 +17,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from queue import Full, Queue
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger
 from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
@@ -122,7 +123,7 @@ class Poller:
                 if unreleased >= self.max_buffer:
                     _release_memory()
                     unreleased = 0
-                for batch in _batches(window.events, self.batch_size):
+                for batch in batches(window.events, self.batch_size):
                     newest = batch[-1].created
                     report.stats.merge(self.applier.apply(batch, due, cursor=newest))
                     due = []
@@ -159,8 +160,8 @@ class Poller:
 
     def _walk(self, anchor: str, cursor: int, report: DrainReport) -> Iterator[Window]:
         """The events listed above `anchor`, oldest first (as the SDK's reverse
-        auto-pagination reads them), in windows of one batch. A batch never ends inside a
-        second that the next page may continue."""
+        auto-pagination reads them), in windows of one batch. The newest second read so far
+        is held back: the next page may continue it."""
         ascending: list[Event] = []
         while True:
             page = self._list(report, created_gte=cursor, ending_before=anchor)
@@ -168,12 +169,15 @@ class Poller:
             if not page.has_more or not page.events:
                 break
             anchor = page.events[0].id
-            while len(ascending) > self.batch_size:
-                batch = next(_batches(ascending, self.batch_size))
-                if len(batch) == len(ascending):
-                    break  # its newest second may go on in the next page
-                del ascending[: len(batch)]
+            complete = start_of_last_second(ascending)
+            if complete < self.batch_size:
+                continue
+            ready = list(batches(ascending[:complete], self.batch_size))
+            # A short last batch waits for more: it would cost a transaction of its own.
+            rest = ready.pop() if len(ready[-1]) < self.batch_size else []
+            for batch in ready:
                 yield Window(self._fresh(batch), None)
+            ascending = rest + ascending[complete:]
         if ascending:
             yield Window(self._fresh(ascending), None)
 
@@ -393,14 +397,3 @@ def _window(newest_first: list[Event], high: int | None) -> Window:
     events = newest_first[::-1]
     events.sort(key=lambda event: event.created)  # stable: keeps Stripe's tie order
     return Window(events, high)
-
-
-def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
-    """Batches of about `size`, never splitting one `created` second (ties stay together)."""
-    start = 0
-    while start < len(events):
-        end = min(start + size, len(events))
-        while end < len(events) and events[end].created == events[end - 1].created:
-            end += 1
-        yield list(events[start:end])
-        start = end
