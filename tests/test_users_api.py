@@ -59,6 +59,9 @@ def test_create_then_update_user(
         {"github_user_id": 1, "github_login": "octocat", "admin": True},
         {"github_user_id": 1, "github_login": ""},
         {"github_user_id": 1, "github_login": "x", "email_address": "not-an-email"},
+        # Control characters (PostgreSQL cannot store NUL: this was a 500 there).
+        {"github_user_id": 1, "github_login": "x", "email_address": "a\u0000b@example.com"},
+        {"github_user_id": 1, "github_login": "x", "email_address": "a@exa\u0007mple.com"},
         {"github_user_id": True, "github_login": "octocat"},
         [1, 2],
     ],

@@ -47,13 +47,15 @@ class ErrorResponse(BaseModel):
 # A plain shape check: deliverability is the mail system's business, and a validator that
 # refuses reserved test domains would turn away addresses the schema says are fine.
 # U+0085 (NEL) is named: it is whitespace to pydantic's regex engine (Unicode White_Space) but
-# not to the ECMAScript `\s` of JSON Schema, so the published pattern would accept it.
+# not to the ECMAScript `\s` of JSON Schema, so the published pattern would accept it. Control
+# characters are no part of an address, and PostgreSQL cannot store NUL in text at all.
+_ADDRESS_PART = r"[^@\s\u0000-\u001f\u007f\u0085]+"
 EmailAddress = Annotated[
     str,
     StringConstraints(
         strict=True,
         max_length=320,
-        pattern=r"^[^@\s\u0085]+@[^@\s\u0085]+\.[^@\s\u0085]+$",
+        pattern=rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}$",
     ),
     Field(examples=["octocat@example.com"]),
 ]
