@@ -65,7 +65,7 @@ def fresh_database(engine_name: str, workdir: Path, pg_base: str) -> Database:
         db = Database(f"sqlite:///{path}", "sqlite")
 
         def remove() -> None:
-            for suffix in ("", "-wal", "-shm", ".reconciler.lock"):
+            for suffix in ("", "-wal", "-shm", ".reconciler.lock", ".write.lock", ".write.turn"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{path}{suffix}").unlink()
 

@@ -64,7 +64,10 @@ class _Generator:
     def __init__(self, store: Store, price: Price, seed: int | None, first_user: int) -> None:
         self.store = store
         self.price = price
-        self.ids = FastIds(seed)
+        # Ids must never repeat (Stripe's do not): a seed alone would give a second
+        # generation into the same store the ids of the first.
+        ids_seed = None if seed is None else f"{seed}/{len(store.events)}"
+        self.ids = FastIds(ids_seed)
         self.rng = random.Random(seed)
         self.first_user = first_user
         self.events: list[Event] = []

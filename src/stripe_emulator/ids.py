@@ -51,7 +51,7 @@ def secret(prefix: str = "whsec") -> str:
 class FastIds:
     """A seedable, non-cryptographic id source for bulk generation."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | str | None = None) -> None:
         self._bytes = random.Random(seed).randbytes
 
     def new(self, prefix: str) -> str:
