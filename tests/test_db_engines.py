@@ -171,6 +171,48 @@ def test_a_waiting_process_writes_soon_after_another_process_commits(sqlite_url:
     assert max(delays) < 0.04, [round(d, 3) for d in delays]
 
 
+BACK_TO_BACK = """
+import sys, time
+from sqlalchemy import text
+from collab_billing.db.engine import make_engine
+engine = make_engine(sys.argv[1])
+print("started", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:  # like a reconciler draining a backlog: no pause between
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+        time.sleep(0.05)
+"""
+
+
+def test_a_process_writing_back_to_back_lets_a_waiting_process_in_at_its_next_commit(
+    sqlite_url: str,
+) -> None:
+    """Whoever lets go of the write lock cannot take it back while another process waits:
+    the waiter is next, after at most one of the busy writer's transactions (50 ms here).
+    Without the turnstile the busy writer, asking again at once, won nearly every time."""
+    busy = subprocess.Popen(
+        [sys.executable, "-c", BACK_TO_BACK, sqlite_url, "4"], stdout=subprocess.PIPE, text=True
+    )
+    assert busy.stdout is not None and busy.stdout.readline().strip() == "started"
+    engine = make_engine(sqlite_url)
+    waits = []
+    try:
+        time.sleep(0.3)
+        for _ in range(10):
+            started = time.monotonic()
+            with engine.begin() as connection:
+                connection.execute(text("INSERT INTO t VALUES (2)"))
+            waits.append(time.monotonic() - started)
+            time.sleep(0.02)
+        assert busy.poll() is None, "the busy writer was still writing"
+    finally:
+        engine.dispose()
+        busy.kill()
+        busy.wait(10)
+    assert max(waits) < 0.2, [round(w, 3) for w in waits]
+
+
 # -- PostgreSQL: idle connections are pinged, busy ones are not ----------------------------
 
 

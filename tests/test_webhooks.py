@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
+from collab_billing.api.webhooks import WRITERS_POSTGRES, WRITERS_SQLITE
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent
 from collab_billing.reconcile.run import Reconciler
@@ -333,3 +334,93 @@ def test_concurrent_deliveries_and_a_poll_on_postgres_never_deadlock(
     assert assert_matches_stripe(emulator, service.factory) == 9
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not problems, problems
+
+
+def webhook_groups(service: Service) -> float:
+    """How many groups of deliveries the service has applied (one transaction each)."""
+    scrape = service.api.get("/metrics").text
+    line = next(
+        line
+        for line in scrape.splitlines()
+        if line.startswith('collab_billing_apply_batch_seconds_count{source="webhook"}')
+    )
+    return float(line.split()[-1])
+
+
+def blast_while_blocked(
+    service: Service, engine: Engine, events: list[dict[str, Any]], uses_postgres: bool
+) -> list[tuple[str, int, str]]:
+    """Deliver `events` at once while a transaction of ours keeps the service from writing;
+    let go once they all wait."""
+    with ThreadPoolExecutor(1) as sender, engine.connect() as blocker:
+        blocker.begin()  # SQLite: BEGIN IMMEDIATE takes the write lock
+        if uses_postgres:
+            blocker.execute(text("LOCK TABLE processed_stripe_events IN EXCLUSIVE MODE"))
+        blasting = sender.submit(blast, service, events, 1, len(events))
+        time.sleep(1.5)  # every delivery has reached the service and waits
+        assert not blasting.done()
+        blocker.rollback()
+        results, _ = blasting.result(timeout=60)
+    return results
+
+
+def test_deliveries_that_wait_are_applied_together(
+    service: Service, emulator: Emulator, engine: Engine, uses_postgres: bool
+) -> None:
+    """While another writer holds the database, deliveries queue; when it lets go, those that
+    waited are applied in a few transactions, not one each, and each gets its own answer."""
+    for user in (1, 2, 3):
+        churn(emulator, subscribe(service, emulator, user))
+    events = relevant_events(emulator)
+    service.deliver(events[0])  # the writers exist, and the metric has a line
+    before = webhook_groups(service)
+
+    results = blast_while_blocked(service, engine, events[1:], uses_postgres)
+
+    assert {status for _, status, _ in results} == {200}
+    assert {outcome for _, _, outcome in results} <= {"applied", "stale"}
+    groups = webhook_groups(service) - before
+    # Each writer had taken what waited when it started (it then waited on the lock), and
+    # took all the rest once it was free.
+    writers = WRITERS_POSTGRES if uses_postgres else WRITERS_SQLITE
+    assert groups <= 2 * writers < len(results) / 2, (groups, len(results))
+    assert sorted(processed_event_ids(service.factory)) == sorted(e["id"] for e in events)
+    assert assert_matches_stripe(emulator, service.factory) == 3
+
+
+def test_a_failing_delivery_fails_alone_in_its_group(
+    service: Service, emulator: Emulator, engine: Engine, uses_postgres: bool
+) -> None:
+    """One event of a group cannot be applied (its customer cannot be read from Stripe): it
+    is answered `failed` and parked; the others of its group are applied."""
+    price = service.settings.stripe_price_id or ""
+    for user in (1, 2):
+        assert service.api.post(
+            "/users", json={"github_user_id": user, "github_login": f"user{user}"}
+        ).is_success
+    stranger = emulator.sdk.v1.customers.create(params={"email": "one@example.com"})
+    failing = emulator.sdk.v1.subscriptions.create(
+        params={"customer": stranger.id, "items": [{"price": price}]}
+    )
+    known = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "2"}})
+    applies = emulator.sdk.v1.subscriptions.create(
+        params={"customer": known.id, "items": [{"price": price}]}
+    )
+    emulator.control(
+        "POST",
+        "faults",
+        {"rate": 1.0, "statuses": [500], "path_prefix": f"/v1/customers/{stranger.id}"},
+    )
+    events = relevant_events(emulator)
+
+    results = blast_while_blocked(service, engine, events, uses_postgres)
+
+    outcomes = {event_id: outcome for event_id, _, outcome in results}
+    by_object = Counter((e["data"]["object"]["id"], outcomes[e["id"]]) for e in events)
+    assert by_object == {
+        (stranger.id, "unmatched"): 1,  # no user named in its metadata
+        (failing.id, "failed"): 1,
+        (known.id, "applied"): 1,
+        (applies.id, "applied"): 1,
+    }
+    assert {p.stripe_object_id for p in pending_rows(service.factory)} == {failing.id}

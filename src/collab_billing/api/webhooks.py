@@ -12,12 +12,12 @@ import json
 import logging
 from typing import Any, NoReturn
 
-import anyio
 from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from collab_billing import metrics
+from collab_billing.api.delivery_groups import ApplyGroup, DeliveryGroups
 from collab_billing.api.schemas import ErrorResponse
 from collab_billing.db.engine import is_sqlite
 from collab_billing.reconcile.events import RELEVANT_TYPES
@@ -26,15 +26,15 @@ from collab_billing.stripe_gateway import SignatureError, verify_webhook
 from collab_billing.stripe_objects import DecodeError, Event
 
 router = APIRouter(tags=["webhooks"])
-# Deliveries applied at once per process, first come first served; the others wait their turn
-# on the event loop. SQLite has one writer at a time: two threads, so that one delivery's
-# Python work overlaps the other's transaction. PostgreSQL writers of different objects run
-# in parallel: a few threads keep the database busy while one of them runs Python. More
-# threads only contend for the GIL: with anyio's default pool (40 threads) a burst ran every
-# delivery at once, each at a fraction of the speed, so all of them were late instead of the
-# last few (measured: the same throughput, a longer tail).
-APPLY_CONCURRENCY_SQLITE = 2
-APPLY_CONCURRENCY_POSTGRES = 4
+# Groups of deliveries applied at once per process (see `delivery_groups`). SQLite has one
+# writer at a time: two writers, so that one group's Python work overlaps the other's
+# transaction. PostgreSQL writers of different objects run in parallel: a few keep the
+# database busy while one of them runs Python. More only contend for the GIL: with anyio's
+# default pool (40 threads) a burst ran every delivery at once, each at a fraction of the
+# speed, so all of them were late instead of the last few (measured: the same throughput, a
+# longer tail).
+WRITERS_SQLITE = 2
+WRITERS_POSTGRES = 4
 log = logging.getLogger(__name__)
 
 
@@ -80,14 +80,7 @@ async def receive_webhook(
         typed.object  # noqa: B018 (decoded now, so that a malformed object is refused here)
     except DecodeError as error:
         _reject("bad_payload", f"the event does not fit Stripe's schema: {error}")
-    # One applier per delivery: its per-batch read cache must not be shared between threads.
-    applier = TimedApplier(
-        request.app.state.session_factory, request.app.state.gateway, source="webhook"
-    )
-    # The applier is synchronous (database and Stripe I/O): run it off the event loop.
-    stats = await anyio.to_thread.run_sync(applier.apply, [typed], limiter=_limiter(request))
-    metrics.record_outcomes(stats.outcomes)
-    outcome = next(iter(stats.outcomes), ("applied", ""))[0]
+    outcome = await _delivery_groups(request).deliver(typed)
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
     log.info(
         "webhook",
@@ -100,16 +93,29 @@ async def receive_webhook(
     return WebhookAck(received=True, outcome=outcome)
 
 
-def _limiter(request: Request) -> anyio.CapacityLimiter:
-    """How many deliveries are applied at once in this process (made on first use: a limiter
-    belongs to the running event loop)."""
+def _delivery_groups(request: Request) -> DeliveryGroups:
+    """This process's writers of deliveries (made on first use: they belong to the running
+    event loop)."""
     state = request.app.state
-    limiter: anyio.CapacityLimiter | None = getattr(state, "webhook_limiter", None)
-    if limiter is None:
+    groups: DeliveryGroups | None = getattr(state, "delivery_groups", None)
+    if groups is None:
         engine: Engine = state.engine
-        limit = APPLY_CONCURRENCY_SQLITE if is_sqlite(engine) else APPLY_CONCURRENCY_POSTGRES
-        limiter = state.webhook_limiter = anyio.CapacityLimiter(limit)
-    return limiter
+        writers = WRITERS_SQLITE if is_sqlite(engine) else WRITERS_POSTGRES
+        groups = state.delivery_groups = DeliveryGroups(_group_applier(state), writers)
+    return groups
+
+
+def _group_applier(state: Any) -> ApplyGroup:
+    def apply_group(events: list[Event]) -> dict[str, str]:
+        # One applier per group: its per-batch read cache must not be shared between threads.
+        applier = TimedApplier(
+            state.session_factory, state.gateway, source="webhook", outcomes_by_event=True
+        )
+        stats = applier.apply(events)
+        metrics.record_outcomes(stats.outcomes)
+        return stats.by_event or {}
+
+    return apply_group
 
 
 def _is_event(event: Any) -> bool:

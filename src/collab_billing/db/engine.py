@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db.write_lock import WRITE_LOCK_TIMEOUT_SECONDS, WRITE_LOCKS, WriteLock
 
 
 def normalize_url(database_url: str) -> str:
@@ -40,88 +39,12 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 READ_ONLY = "collab_billing_read_only"
-# How long a writer waits for the write lock below before leaving the wait to SQLite's own
-# busy handler (as long again, then "database is locked"): the same bound as busy_timeout.
-WRITE_LOCK_TIMEOUT_SECONDS = 30.0
 _HELD_WRITE_LOCK = "collab_billing_write_lock"
-
-
-class WriteLock:
-    """The right to write to one SQLite database: a lock shared by the threads of a process,
-    then an exclusive `flock` on `<database>.write.lock` shared with other processes.
-
-    SQLite has one writer at a time. A writer that finds the database locked waits in SQLite's
-    busy handler, which sleeps and retries with growing sleeps (up to 100 ms each); with a few
-    writers (webhook deliveries beside the reconciler, `serve --workers`, a `reconcile`
-    process) waits of hundreds of milliseconds came from those sleeps, not from the work.
-    Threads of one process queue on the thread lock and take over the moment the previous
-    transaction ends; between processes the file lock is retried every few milliseconds.
-    SQLite's own locking still decides: this only keeps writers from sleeping past their turn.
-    """
-
-    def __init__(self, lock_file: str | None) -> None:
-        self._threads = threading.Lock()
-        self._lock_file = lock_file
-        self._file: IO[str] | None = None
-        self._file_locked = False
-
-    def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        if not self._threads.acquire(timeout=timeout):
-            return False
-        if self._lock_file is None:
-            return True
-        try:
-            if self._file is None:
-                self._file = open(self._lock_file, "a")  # noqa: SIM115 - kept for the process
-        except OSError:  # a read-only directory: the thread lock alone
-            self._lock_file = None
-            return True
-        pause = 0.0005
-        while True:
-            try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    self._threads.release()
-                    return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.005)
-                continue
-            self._file_locked = True
-            return True
-
-    def release(self) -> None:
-        if self._file_locked and self._file is not None:
-            self._file_locked = False
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._threads.release()
-
-    def locked(self) -> bool:
-        return self._threads.locked()
-
-
-class _WriteLocks:
-    """One `WriteLock` per SQLite database file per process, shared by its engines."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, WriteLock] = {}
-
-    def for_database(self, database: str | None) -> WriteLock:
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return WriteLock(None)  # private to this engine (an in-memory database is too)
-        path = os.path.realpath(database)
-        with self._guard:
-            return self._locks.setdefault(path, WriteLock(f"{path}.write.lock"))
-
-
-_write_locks = _WriteLocks()
 
 
 def write_lock(engine: Engine) -> WriteLock:
     """The write lock of a SQLite engine's database (the same object for every engine)."""
-    return _write_locks.for_database(engine.url.database)
+    return WRITE_LOCKS.for_database(engine.url.database)
 
 
 def _install_sqlite_transactions(engine: Engine) -> None:

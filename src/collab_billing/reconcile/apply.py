@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -34,19 +34,24 @@ from collab_billing.stripe_objects import ObjectFields
 
 log = logging.getLogger(__name__)
 _TYPE_OF = attrgetter("type")
+_ID_OF = attrgetter("id")
 
 MAX_BACKOFF_SECONDS = 3600
 
 
 @dataclass
 class ApplyStats:
-    """Outcome counts of one batch, by outcome and event type."""
+    """Outcome counts of one batch, by outcome and event type; with `by_event`, also each
+    event's outcome by event id (for webhooks, which answer each delivery)."""
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     stripe_reads: int = 0
+    by_event: dict[str, str] | None = None
 
-    def count(self, outcome: str, events: Iterable[Event]) -> None:
+    def count(self, outcome: str, events: Sequence[Event]) -> None:
         self.outcomes.update(zip(repeat(outcome), map(_TYPE_OF, events)))  # C loops, no genexpr
+        if self.by_event is not None:
+            self.by_event.update(zip(map(_ID_OF, events), repeat(outcome)))
 
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
@@ -54,6 +59,8 @@ class ApplyStats:
     def merge(self, other: ApplyStats) -> None:
         self.outcomes.update(other.outcomes)
         self.stripe_reads += other.stripe_reads
+        if self.by_event is not None and other.by_event is not None:
+            self.by_event.update(other.by_event)
 
 
 @dataclass
@@ -101,10 +108,12 @@ class Applier:
         factory: sessionmaker[Session],
         gateway: StripeGateway | None,
         clock: Callable[[], float] = time.time,
+        outcomes_by_event: bool = False,
     ) -> None:
         self.factory = factory
         self.gateway = gateway
         self.clock = clock
+        self.outcomes_by_event = outcomes_by_event
         self._reads: dict[str, dict[str, Any]] = {}
 
     # -- entry point ----------------------------------------------------------------------
@@ -124,7 +133,7 @@ class Applier:
             for group in groups:
                 group.attempts = max(attempts.get(e.id, 0) for e in group.events)
         retried = {p.object_id for p in pending}
-        stats = ApplyStats()
+        stats = self._new_stats()
         # Ties that only Stripe can settle are read before the write transaction, so that it
         # does not wait on Stripe (it still reads in the rare cases only its rows reveal).
         self._prefetch(groups)
@@ -135,13 +144,16 @@ class Applier:
                     ledger.advance_cursor(session, cursor)
         except Exception:
             log.warning("batch failed; applying its %d objects one by one", len(groups))
-            stats = ApplyStats()
+            stats = self._new_stats()
             self._apply_one_by_one(groups, retried, stats)
             if cursor is not None:
                 with self.factory() as session, session.begin():
                     ledger.advance_cursor(session, cursor)
         stats.stripe_reads = len(self._reads)
         return stats
+
+    def _new_stats(self) -> ApplyStats:
+        return ApplyStats(by_event={} if self.outcomes_by_event else None)
 
     def _apply_batch(
         self, session: Session, groups: Sequence[Group], retried: set[str], stats: ApplyStats
@@ -158,7 +170,7 @@ class Applier:
         self, groups: Sequence[Group], retried: set[str], stats: ApplyStats
     ) -> None:
         for group in groups:
-            group_stats = ApplyStats()
+            group_stats = self._new_stats()
             try:
                 with self.factory() as session, session.begin():
                     self._apply_batch(session, [group], retried, group_stats)
