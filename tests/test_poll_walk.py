@@ -21,6 +21,7 @@ from collab_billing.db.models import User
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.poll import Poller
+from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
     assert_matches_stripe,
@@ -39,10 +40,14 @@ class RecordingApplier(Applier):
         self.batches: list[list[Event]] = []
 
     def apply(
-        self, events: Sequence[Event], pending: Sequence[object] = (), cursor: int | None = None
+        self,
+        events: Sequence[Event],
+        pending: Sequence[object] = (),
+        cursor: int | None = None,
+        early: Early | None = None,
     ) -> ApplyStats:
         self.batches.append(list(events))
-        return super().apply(events, pending, cursor)  # type: ignore[arg-type]
+        return super().apply(events, pending, cursor, early)  # type: ignore[arg-type]
 
 
 def poller(factory: sessionmaker[Session], settings: Settings) -> tuple[Poller, RecordingApplier]:
@@ -169,12 +174,15 @@ def test_the_cyclic_collector_is_paused_only_while_draining(
     original = applier.apply
 
     def apply(
-        events: Sequence[Event], pending: Sequence[object] = (), cursor: int | None = None
+        events: Sequence[Event],
+        pending: Sequence[object] = (),
+        cursor: int | None = None,
+        early: Early | None = None,
     ) -> ApplyStats:
         seen.append(gc.isenabled())
         if len(seen) == 1:
             raise RuntimeError("the database went away")
-        return original(events, pending, cursor)  # type: ignore[arg-type]
+        return original(events, pending, cursor, early)  # type: ignore[arg-type]
 
     applier.apply = apply  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
@@ -208,12 +216,15 @@ def test_garbage_in_reference_cycles_is_freed_during_a_long_drain(
             self.itself = self
 
     def apply(
-        events: Sequence[Event], pending: Sequence[object] = (), cursor: int | None = None
+        events: Sequence[Event],
+        pending: Sequence[object] = (),
+        cursor: int | None = None,
+        early: Early | None = None,
     ) -> ApplyStats:
         for _ in events:
             Cycle()  # garbage at once, that only the collector frees
         alive.append(sum(1 for o in gc.get_objects() if isinstance(o, Cycle)))
-        return original(events, pending, cursor)  # type: ignore[arg-type]
+        return original(events, pending, cursor, early)  # type: ignore[arg-type]
 
     applier.apply = apply  # type: ignore[method-assign]
     report = walker.drain()

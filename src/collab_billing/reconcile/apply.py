@@ -11,17 +11,13 @@ events while other objects go on.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.db import ledger, mirror
 from collab_billing.reconcile.events import Event, github_user_id_of, object_id, object_kind
 from collab_billing.reconcile.ordering import final_event
-from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.reconcile.stripe_reads import Early, StripeReads
+from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_objects import ObjectFields
 
 log = logging.getLogger(__name__)
@@ -114,19 +111,26 @@ class Applier:
         self.gateway = gateway
         self.clock = clock
         self.outcomes_by_event = outcomes_by_event
-        self._reads: dict[str, dict[str, Any]] = {}
+        self._stripe = StripeReads(gateway)
 
     # -- entry point ----------------------------------------------------------------------
+
+    def read_ahead(self, events: Sequence[Event]) -> Early:
+        """Start reading from Stripe what applying `events` will need: pass the result to
+        `apply` with them."""
+        return self._stripe.start(_unsettled(group_events(events)))
 
     def apply(
         self,
         events: Sequence[Event],
         pending: Sequence[ledger.PendingEvent] = (),
         cursor: int | None = None,
+        early: Early | None = None,
     ) -> ApplyStats:
         """Apply new `events` (sorted by `created`) and the due `pending` events, in one
-        transaction; with `cursor`, the poll cursor moves up to it in the same transaction."""
-        self._reads = {}
+        transaction; with `cursor`, the poll cursor moves up to it in the same transaction;
+        `early` is what `read_ahead` started for them."""
+        self._stripe = StripeReads(self.gateway, early)
         groups = group_events(_merge_sorted([p.event for p in pending], events))
         if pending:
             attempts = {p.event.id: p.attempts for p in pending}
@@ -136,7 +140,9 @@ class Applier:
         stats = self._new_stats()
         # Ties that only Stripe can settle are read before the write transaction, so that it
         # does not wait on Stripe (it still reads in the rare cases only its rows reveal).
-        self._prefetch(groups)
+        # Whether the row is newer still is known only in the transaction: such a read may
+        # turn out not to be needed.
+        self._stripe.prefetch(_unsettled(groups))
         try:
             with self.factory() as session, session.begin():
                 self._apply_batch(session, groups, retried, stats)
@@ -149,7 +155,7 @@ class Applier:
             if cursor is not None:
                 with self.factory() as session, session.begin():
                     ledger.advance_cursor(session, cursor)
-        stats.stripe_reads = len(self._reads)
+        stats.stripe_reads = self._stripe.count
         return stats
 
     def _new_stats(self) -> ApplyStats:
@@ -301,7 +307,7 @@ class Applier:
         """Take in the subscriptions of a newly linked customer that have no row yet."""
         states = [
             mirror.SubscriptionState.from_stripe(sub, 0)
-            for sub in self._customer_subscriptions(customer_id)
+            for sub in self._stripe.customer_subscriptions(customer_id)
         ]
         marks = mirror.subscription_watermarks(session, [s.stripe_subscription_id for s in states])
         mirror.upsert_subscriptions(
@@ -318,7 +324,7 @@ class Applier:
         state = decision
         customer_id = state.stripe_customer_id
         if customer_id not in batch.known:
-            customer = ObjectFields.from_dict(self._read_customer(customer_id))
+            customer = ObjectFields.from_dict(self._stripe.customer(customer_id))
             if not customer.deleted:
                 self._link_customer(session, customer_id, github_user_id_of(customer), True)
             batch.known.update(mirror.customer_rows(session, [customer_id]))
@@ -336,63 +342,17 @@ class Applier:
         final = final_event(group.last_second()) if mark != newest else None
         if final is not None:
             return mirror.SubscriptionState.from_fields(final.object, newest)
-        fresh = self._read_subscription(group.object_id)
+        fresh = self._stripe.subscription(group.object_id)
         return mirror.SubscriptionState.from_stripe(fresh, newest)
 
-    # -- reads from Stripe, made before the transaction where possible ---------------------
 
-    def _prefetch(self, groups: Sequence[Group]) -> None:
-        """Read the subscriptions whose last second holds events that their payloads cannot
-        order. (Whether the row is newer still is known only in the transaction: such a read
-        may turn out not to be needed.)"""
-        if self.gateway is None:
-            return
-        wanted = [
-            group.object_id
-            for group in groups
-            if group.kind == "subscription" and final_event(group.last_second()) is None
-        ]
-        # A few at a time: each read is mostly waiting on Stripe, and the throttle is shared.
-        list(_reader_pool().map(self._try_read_subscription, wanted))
-
-    def _try_read_subscription(self, subscription_id: str) -> None:
-        # On failure the transaction reads it again, and fails this object alone.
-        with contextlib.suppress(StripeGatewayError):
-            self._read_subscription(subscription_id)
-
-    def _read_subscription(self, subscription_id: str) -> dict[str, Any]:
-        return self._read(subscription_id, lambda g: g.retrieve_subscription(subscription_id))
-
-    def _read_customer(self, customer_id: str) -> dict[str, Any]:
-        return self._read(customer_id, lambda g: g.retrieve_customer(customer_id))
-
-    def _customer_subscriptions(self, customer_id: str) -> list[dict[str, Any]]:
-        key = f"subscriptions-of:{customer_id}"
-        listing = self._read(
-            key,
-            lambda g: {
-                "data": list(
-                    g.iterate_list("/v1/subscriptions", {"customer": customer_id, "status": "all"})
-                )
-            },
-        )
-        return list(listing["data"])
-
-    def _read(self, key: str, request: Callable[[StripeGateway], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self._reads:
-            if self.gateway is None:
-                raise StripeGatewayError("not_configured", "STRIPE_API_KEY is not set", None)
-            self._reads[key] = request(self.gateway)
-        return self._reads[key]
-
-
-PARALLEL_READS = 4
-
-
-@functools.cache
-def _reader_pool() -> ThreadPoolExecutor:
-    """One pool for the process: its threads keep their keep-alive connections to Stripe."""
-    return ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="stripe-read")
+def _unsettled(groups: Sequence[Group]) -> list[str]:
+    """The subscriptions whose newest second holds events their payloads cannot order."""
+    return [
+        group.object_id
+        for group in groups
+        if group.kind == "subscription" and final_event(group.last_second()) is None
+    ]
 
 
 def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:

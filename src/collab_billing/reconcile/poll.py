@@ -25,9 +25,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger
+from collab_billing.db.engine import read_only
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
+from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class DrainReport:
 class Window:
     events: list[Event]
     high: int | None
+    early: Early = field(default_factory=dict)  # Stripe reads started for its events
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class Poller:
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        windows = _read_ahead(self._events(cursor, report))
+        windows = _read_ahead(self._reading_early(self._events(cursor, report)))
         with contextlib.closing(windows):
             unreleased = 0
             for window in windows:
@@ -125,7 +128,8 @@ class Poller:
                     unreleased = 0
                 for batch in batches(window.events, self.batch_size):
                     newest = batch[-1].created
-                    report.stats.merge(self.applier.apply(batch, due, cursor=newest))
+                    stats = self.applier.apply(batch, due, cursor=newest, early=window.early)
+                    report.stats.merge(stats)
                     due = []
                     report.newest_created = newest
                     if stop is not None and stop.is_set():
@@ -138,6 +142,13 @@ class Poller:
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
         report.seconds = time.monotonic() - started
         return report
+
+    def _reading_early(self, windows: Iterator[Window]) -> Iterator[Window]:
+        """`windows`, each with the Stripe reads its events need already started (on the
+        read-ahead thread, so that they overlap the writes of the windows before it)."""
+        for window in windows:
+            window.early = self.applier.read_ahead(window.events)
+            yield window
 
     def _events(self, cursor: int, report: DrainReport) -> Iterator[Window]:
         """Every new event, in windows that the caller applies in order.
@@ -182,8 +193,12 @@ class Poller:
             yield Window(self._fresh(ascending), None)
 
     def _fresh(self, events: list[Event]) -> list[Event]:
-        """`events` less those already processed (by an earlier poll or a webhook)."""
-        with self.factory() as session, session.begin():
+        """`events` less those already processed (by an earlier poll or a webhook).
+
+        A read that does not wait for SQLite's writer: this runs on the read-ahead thread
+        while a batch is written, and an event that a running transaction is processing is
+        recognised again by the applier's own check."""
+        with read_only(self.factory) as session:
             done = ledger.processed_ids(session, [event.id for event in events])
         return [event for event in events if event.id not in done]
 

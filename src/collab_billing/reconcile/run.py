@@ -24,6 +24,7 @@ from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
+from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ class TimedApplier(Applier):
         events: Sequence[Event],
         pending: Sequence[ledger.PendingEvent] = (),
         cursor: int | None = None,
+        early: Early | None = None,
     ) -> ApplyStats:
         with metrics.APPLY_SECONDS.labels(self.source).time():
-            return super().apply(events, pending, cursor)
+            return super().apply(events, pending, cursor, early)
 
 
 class _CountingEvents:
