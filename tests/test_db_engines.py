@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from collab_billing.db import engine as engine_module
+from collab_billing.db.checkpoints import WalCheckpoints
 from collab_billing.db.engine import make_engine, write_lock
 
 
@@ -254,3 +255,26 @@ def test_a_connection_in_steady_use_is_not_pinged(
     monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
     backend_pid(pg_engine)
     assert len(pings) == 1
+
+
+def test_commits_leave_checkpoints_to_the_reconciler_every_few_batches(
+    sqlite_url: str, sqlite_engine: Engine
+) -> None:
+    """A commit no longer copies the WAL into the database file at 1,000 pages (a webhook
+    delivery would have paid for a drain's pages); the reconciler's checkpoints do, every
+    `every` batches, on their own thread."""
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    checkpoints = WalCheckpoints(sqlite_engine, every=3)
+    size_before = path.stat().st_size
+    for _ in range(3):
+        with sqlite_engine.begin() as connection:  # ~2 MB a batch: 6 MB > 1,000 pages
+            connection.execute(
+                text(
+                    "INSERT INTO t SELECT randomblob(100) FROM (WITH RECURSIVE c(x) AS "
+                    "(SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000) SELECT x FROM c)"
+                ),
+            )
+        assert path.stat().st_size == size_before, "a commit ran a checkpoint"
+        checkpoints.batch_committed()
+    checkpoints.close()
+    assert path.stat().st_size > size_before + 1_000_000

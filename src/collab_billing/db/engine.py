@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.db.checkpoints import AUTOCHECKPOINT_PAGES
 from collab_billing.db.write_lock import WRITE_LOCK_TIMEOUT_SECONDS, WRITE_LOCKS, WriteLock
 
 
@@ -35,6 +36,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")  # see `checkpoints`
     cursor.close()
 
 

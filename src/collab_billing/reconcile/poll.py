@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger
+from collab_billing.db.checkpoints import WalCheckpoints
 from collab_billing.db.engine import read_only
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
@@ -118,7 +119,8 @@ class Poller:
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = _read_ahead(self._reading_early(self._events(cursor, report)))
-        with contextlib.closing(windows):
+        checkpoints = WalCheckpoints(self.factory.kw["bind"])
+        with contextlib.closing(windows), contextlib.closing(checkpoints):
             unreleased = 0
             for window in windows:
                 report.windows += 1
@@ -129,6 +131,7 @@ class Poller:
                 for batch in batches(window.events, self.batch_size):
                     newest = batch[-1].created
                     stats = self.applier.apply(batch, due, cursor=newest, early=window.early)
+                    checkpoints.batch_committed()
                     report.stats.merge(stats)
                     due = []
                     report.newest_created = newest
