@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
 from collab_billing.cli import print_status
 from collab_billing.config import Settings
 from collab_billing.db import ledger, queries
+from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
@@ -152,3 +153,29 @@ def queries_by_user(factory, github_user_id):  # type: ignore[no-untyped-def]
     with factory() as session:
         user = queries.get_user_by_github_user_id(session, github_user_id)
         return list(queries.list_subscriptions_of_user(session, user.id))
+
+
+def test_a_remembered_customer_whose_row_is_gone_is_read_again(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """The applier remembers linked customers across batches. If a row it remembers is removed
+    by hand (with its subscriptions), the next batch that names it fails once; the applier then
+    forgets what it remembered and applies object by object, linking the customer again: no
+    event is parked."""
+    reconciler = make_reconciler(stripe_settings, engine)
+    generate_backlog(emulator, reconciler.factory, customers=2, per_customer=2)
+    reconciler.drain()
+    [gone, kept] = emulator.state()["subscriptions"][:2]
+    with reconciler.factory() as session, session.begin():
+        session.execute(
+            delete(BillingCustomer).where(BillingCustomer.stripe_customer_id == gone["customer"])
+        )
+    for subscription in (gone, kept):
+        emulator.sdk.v1.subscriptions.update(subscription["id"], {"cancel_at_period_end": True})
+
+    report = reconciler.drain()
+
+    assert report.stats.total("applied") == 2
+    with reconciler.factory() as session:
+        assert ledger.all_pending_events(session) == []
+    assert assert_matches_stripe(emulator, reconciler.factory) == 2

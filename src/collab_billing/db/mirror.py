@@ -88,6 +88,36 @@ def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dic
     return found
 
 
+class CustomerIds:
+    """Stripe customer id -> our id, remembered across batches: a customer's row, once linked,
+    keeps its id and its Stripe id (the service never deletes or relinks one), so a committed
+    link can be trusted without reading it again. At a drain's pace this read was ~8% of the
+    applying thread on SQLite: most batches name the same customers again. Bounded: past
+    `limit` customers it starts over."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._ids: dict[str, int] = {}
+
+    def lookup(self, session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
+        """The known ones of `stripe_customer_ids`; those not remembered are read."""
+        ids = self._ids
+        missing = [cid for cid in stripe_customer_ids if cid not in ids]
+        found = customer_rows(session, missing) if missing else {}
+        known = {cid: ids[cid] for cid in stripe_customer_ids if cid in ids}
+        known.update(found)
+        return known
+
+    def remember(self, committed: dict[str, int]) -> None:
+        """Links seen or made by a transaction that has committed."""
+        if len(self._ids) + len(committed) > self.limit:
+            self._ids.clear()
+        self._ids.update(committed)
+
+    def forget(self) -> None:
+        self._ids.clear()
+
+
 _CUSTOMERS = cast(Table, BillingCustomer.__table__)
 # Column -> its PostgreSQL type, in the order of the values of one row. Times travel as Unix
 # seconds and become timestamps in the statement: converting 2,000 rows' datetimes in Python

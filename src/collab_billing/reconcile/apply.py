@@ -112,6 +112,7 @@ class Applier:
         self.clock = clock
         self.outcomes_by_event = outcomes_by_event
         self._stripe = StripeReads(gateway)
+        self._customer_ids = mirror.CustomerIds()
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -145,11 +146,13 @@ class Applier:
         self._stripe.prefetch(_unsettled(groups))
         try:
             with self.factory() as session, session.begin():
-                self._apply_batch(session, groups, retried, stats)
+                known = self._apply_batch(session, groups, retried, stats)
                 if cursor is not None:
                     ledger.advance_cursor(session, cursor)
+            self._customer_ids.remember(known)
         except Exception:
             log.warning("batch failed; applying its %d objects one by one", len(groups))
+            self._customer_ids.forget()  # in case what failed was a row we remembered
             stats = self._new_stats()
             self._apply_one_by_one(groups, retried, stats)
             if cursor is not None:
@@ -163,14 +166,15 @@ class Applier:
 
     def _apply_batch(
         self, session: Session, groups: Sequence[Group], retried: set[str], stats: ApplyStats
-    ) -> None:
+    ) -> dict[str, int]:
+        """Returns the customers known to the transaction (Stripe id -> our id)."""
         _lock_objects(session, [group.object_id for group in groups])
         pending_ids = ledger.pending_object_ids(session)
         # Objects with an event waiting for a retry keep their order: later events wait too.
         blocked = pending_ids - retried
         self._hold_back(session, [g for g in groups if g.object_id in blocked], stats)
         ready = [g for g in groups if g.object_id not in blocked]
-        self._apply_groups(session, ready, stats, clear_pending=bool(pending_ids))
+        return self._apply_groups(session, ready, stats, clear_pending=bool(pending_ids))
 
     def _apply_one_by_one(
         self, groups: Sequence[Group], retried: set[str], stats: ApplyStats
@@ -214,10 +218,10 @@ class Applier:
 
     def _apply_groups(
         self, session: Session, groups: Sequence[Group], stats: ApplyStats, clear_pending: bool
-    ) -> None:
+    ) -> dict[str, int]:
         """`groups` in the caller's transaction, with a fixed number of statements per batch:
         the rows they need are read in one query each, and the subscriptions are written in
-        one."""
+        one. Returns the customers known to the transaction."""
         all_ids = [event.id for group in groups for event in group.events]
         done = ledger.processed_ids(session, all_ids)
         fresh_groups = list(groups) if not done else self._without_done(groups, done, stats)
@@ -234,6 +238,7 @@ class Applier:
         if clear_pending:
             ledger.clear_pending(session, all_ids)
         ledger.mark_processed(session, [e for group in fresh_groups for e in group.events])
+        return batch.known
 
     @staticmethod
     def _without_done(groups: Sequence[Group], done: set[str], stats: ApplyStats) -> list[Group]:
@@ -246,14 +251,13 @@ class Applier:
                 fresh_groups.append(Group(group.kind, group.object_id, fresh))
         return fresh_groups
 
-    @staticmethod
-    def _read_rows(session: Session, groups: Sequence[Group]) -> _Rows:
+    def _read_rows(self, session: Session, groups: Sequence[Group]) -> _Rows:
         subscriptions = [g for g in groups if g.kind == "subscription"]
         customer_ids = {g.object_id for g in groups if g.kind == "customer"}
         customer_ids.update(mirror.customer_id_of(g.events[-1].object) for g in subscriptions)
         return _Rows(
             marks=mirror.subscription_watermarks(session, [g.object_id for g in subscriptions]),
-            known=mirror.customer_rows(session, customer_ids),
+            known=self._customer_ids.lookup(session, customer_ids),
         )
 
     def _apply_customers(
