@@ -11,15 +11,11 @@ is narrowed (by the density seen) and read again.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from queue import Full, Queue
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +26,8 @@ from collab_billing.db.engine import read_only
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
+from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
+from collab_billing.reconcile.read_ahead import read_ahead
 from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
@@ -109,7 +107,7 @@ class Poller:
 
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Apply every new event; with `stop` set, return after the current batch commits."""
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             return self._drain(stop)
 
     def _drain(self, stop: threading.Event | None) -> DrainReport:
@@ -118,7 +116,7 @@ class Poller:
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        windows = _read_ahead(self._reading_early(self._events(cursor, report)))
+        windows = read_ahead(self._reading_early(self._events(cursor, report)))
         checkpoints = WalCheckpoints(self.factory.kw["bind"])
         with contextlib.closing(windows), contextlib.closing(checkpoints):
             unreleased = 0
@@ -126,7 +124,7 @@ class Poller:
                 report.windows += 1
                 unreleased += len(window.events)
                 if unreleased >= self.max_buffer:
-                    _release_memory()
+                    release_memory()
                     unreleased = 0
                 for batch in batches(window.events, self.batch_size):
                     newest = batch[-1].created
@@ -313,102 +311,6 @@ class Poller:
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1].id
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Run the cyclic garbage collector only between windows while events are read and applied.
-
-    Parsed events are trees, freed by reference counting alone. But a window is hundreds of
-    thousands of containers alive at once, and the collections that their allocation
-    triggers walk them again and again: 30% of the reconciler's CPU (7 s of 24 s draining
-    100k events). Some garbage does need the collector (an httpx response is a reference
-    cycle holding its body: 2.4 GB at 600k events when pages were read with httpx), so
-    `_release_memory` collects every `max_buffer` events. What was alive before the drain is
-    frozen meanwhile (`gc.freeze`): those collections walk only what the drain made, not the
-    whole process (which would stall the API beside it)."""
-    if not gc.isenabled():
-        yield
-        return
-    # `serve` freezes its start-up objects once; unfreezing them here would undo that.
-    freeze = gc.get_freeze_count() == 0
-    gc.disable()
-    if freeze:
-        gc.freeze()
-    try:
-        yield
-    finally:
-        gc.collect()
-        if freeze:
-            gc.unfreeze()
-        gc.enable()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc: nothing to do
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _release_memory() -> None:
-    """Free garbage in reference cycles (see `_cyclic_gc_paused`), then hand freed heap memory
-    back to the system. Pages are parsed on the read-ahead thread and freed on this one;
-    glibc's per-thread arenas then keep growing with the backlog (RSS of 1.5 GB at a million
-    events) unless trimmed."""
-    gc.collect()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-READ_AHEAD = 1  # windows read while the previous one is applied
-_DONE = object()
-
-
-def _read_ahead(windows: Iterator[Window]) -> Generator[Window, None, None]:
-    """Read the next window on a thread while the caller applies this one: Stripe's (and the
-    network's) latency then overlaps the database writes. At most READ_AHEAD windows wait, so
-    memory stays bounded by the buffer whatever the backlog."""
-    queue: Queue[object] = Queue(maxsize=READ_AHEAD)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for window in windows:
-                if not put(window):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, raised there
-            put(error)
-
-    thread = threading.Thread(target=produce, name="reconcile-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Window)
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _window(newest_first: list[Event], high: int | None) -> Window:

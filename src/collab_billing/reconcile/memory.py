@@ -1,0 +1,65 @@
+"""Memory during a drain: the cyclic collector paused, and freed memory handed back.
+
+A drain allocates and frees hundreds of thousands of small objects per window, on two threads;
+left to their defaults, Python's collector and glibc's allocator cost CPU and memory that grow
+with the backlog (figures in each function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Run the cyclic garbage collector only between windows while events are read and applied.
+
+    Parsed events are trees, freed by reference counting alone. But a window is hundreds of
+    thousands of containers alive at once, and the collections that their allocation
+    triggers walk them again and again: 30% of the reconciler's CPU (7 s of 24 s draining
+    100k events). Some garbage does need the collector (an httpx response is a reference
+    cycle holding its body: 2.4 GB at 600k events when pages were read with httpx), so
+    `release_memory` collects every `max_buffer` events. What was alive before the drain is
+    frozen meanwhile (`gc.freeze`): those collections walk only what the drain made, not the
+    whole process (which would stall the API beside it)."""
+    if not gc.isenabled():
+        yield
+        return
+    # `serve` freezes its start-up objects once; unfreezing them here would undo that.
+    freeze = gc.get_freeze_count() == 0
+    gc.disable()
+    if freeze:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if freeze:
+            gc.unfreeze()
+        gc.enable()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Free garbage in reference cycles (see `cyclic_gc_paused`), then hand freed heap memory
+    back to the system. Pages are parsed on the read-ahead thread and freed on this one;
+    glibc's per-thread arenas then keep growing with the backlog (RSS of 1.5 GB at a million
+    events) unless trimmed."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
