@@ -177,12 +177,16 @@ COLUMNS = {
 
 
 def table(results: list[Result]) -> str:
-    """A Markdown table: one row per result; ratios against baseline and limit for apply."""
-    reference: dict[tuple[str, str], float] = {}
+    """A Markdown table: one row per result; ratios for apply against the engine's baseline and
+    against its limit at the same size (the largest limit size not above it)."""
+    baseline: dict[str, float] = {}
+    limits: dict[str, list[tuple[int, float]]] = {}
     for r in results:
-        if r.benchmark in ("baseline", "limit"):
-            key = (r.benchmark, r.engine)
-            reference.setdefault(key, float(r.metrics["events_per_s"]))
+        speed = float(r.metrics.get("events_per_s", 0))
+        if r.benchmark == "baseline":
+            baseline.setdefault(r.engine, speed)
+        elif r.benchmark == "limit":
+            limits.setdefault(r.engine, []).append((r.size, speed))
     lines = [
         "| benchmark | engine | size | main figure | second figure | vs baseline | vs limit |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -194,10 +198,12 @@ def table(results: list[Result]) -> str:
         vs_base = vs_limit = ""
         if r.benchmark == "apply":
             speed = float(r.metrics["events_per_s"])
-            if ("baseline", r.engine) in reference:
-                vs_base = f"{speed / reference[('baseline', r.engine)]:.1f}x"
-            if ("limit", r.engine) in reference:
-                vs_limit = f"{100 * speed / reference[('limit', r.engine)]:.0f}%"
+            if r.engine in baseline:
+                vs_base = f"{speed / baseline[r.engine]:.1f}x"
+            if r.engine in limits:
+                sizes = sorted(limits[r.engine])
+                limit = max((x for x in sizes if x[0] <= r.size), default=sizes[0])[1]
+                vs_limit = f"{100 * speed / limit:.0f}%"
         cells = [r.benchmark, r.engine, f"{r.size:,}", main, other, vs_base, vs_limit]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -258,7 +258,9 @@ def bench_limit(db: Database, events: int) -> Result:
         status = rng.choice(("active", "past_due", "active", "canceled"))
         rows.append(
             (
-                f"evt_{i:012d}",
+                # Random, as Stripe's are: each row lands on a random page of the ledger's
+                # primary-key index (sequential ids only appended, 3.5x faster at 1M on SQLite).
+                "evt_" + rng.randbytes(12).hex(),
                 "customer.subscription.updated",
                 base + i // 2,
                 f"sub_{customer}",
