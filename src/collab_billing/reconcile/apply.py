@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.db import ledger, mirror
 from collab_billing.reconcile.events import Event, github_user_id_of, object_id, object_kind
 from collab_billing.reconcile.ordering import final_event
-from collab_billing.reconcile.stripe_reads import Early, StripeReads
+from collab_billing.reconcile.stripe_reads import Early, StripeReads, start_reads
 from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_objects import ObjectFields
 
@@ -119,7 +119,7 @@ class Applier:
     def read_ahead(self, events: Sequence[Event]) -> Early:
         """Start reading from Stripe what applying `events` will need: pass the result to
         `apply` with them."""
-        return self._stripe.start(_unsettled(group_events(events)))
+        return start_reads(self.gateway, _unsettled(group_events(events)))
 
     def apply(
         self,

@@ -30,6 +30,17 @@ def _reader_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="stripe-read")
 
 
+def start_reads(gateway: StripeGateway | None, subscription_ids: Iterable[str]) -> Early:
+    """Read these subscriptions in the background (a few at a time: each read is mostly waiting
+    on Stripe, and the throttle is shared). Safe from any thread."""
+    if gateway is None:
+        return {}
+    return {
+        subscription_id: _reader_pool().submit(gateway.retrieve_subscription, subscription_id)
+        for subscription_id in subscription_ids
+    }
+
+
 class StripeReads:
     """The reads of one batch: each object read at most once, early reads used when given."""
 
@@ -42,17 +53,6 @@ class StripeReads:
     def count(self) -> int:
         return len(self._done)
 
-    def start(self, subscription_ids: Iterable[str]) -> Early:
-        """Read these subscriptions in the background (a few at a time: each read is mostly
-        waiting on Stripe, and the throttle is shared)."""
-        if self.gateway is None:
-            return {}
-        gateway = self.gateway
-        return {
-            subscription_id: _reader_pool().submit(gateway.retrieve_subscription, subscription_id)
-            for subscription_id in subscription_ids
-        }
-
     def prefetch(self, subscription_ids: Iterable[str]) -> None:
         """Have these subscriptions read before a transaction needs them; a read that fails
         is made again when needed (and fails its object alone then)."""
@@ -60,7 +60,7 @@ class StripeReads:
             return
         wanted = list(subscription_ids)
         missing = [s for s in wanted if s not in self._early and s not in self._done]
-        self._early.update(self.start(missing))
+        self._early.update(start_reads(self.gateway, missing))
         for subscription_id in wanted:
             with contextlib.suppress(StripeGatewayError):
                 self.subscription(subscription_id)
