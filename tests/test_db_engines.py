@@ -278,3 +278,23 @@ def test_commits_leave_checkpoints_to_the_reconciler_every_few_batches(
         checkpoints.batch_committed()
     checkpoints.close()
     assert path.stat().st_size > size_before + 1_000_000
+
+
+def test_the_end_of_a_drain_checkpoints_what_its_last_batches_wrote(
+    sqlite_url: str, sqlite_engine: Engine
+) -> None:
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    size_before = path.stat().st_size
+    checkpoints = WalCheckpoints(sqlite_engine, every=5)
+    with sqlite_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO t SELECT randomblob(100) FROM (WITH RECURSIVE c(x) AS "
+                "(SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000) SELECT x FROM c)"
+            ),
+        )
+    checkpoints.batch_committed()
+    assert path.stat().st_size == size_before  # one batch of five: not yet
+    checkpoints.close()
+    assert path.stat().st_size > size_before + 1_000_000
+    WalCheckpoints(sqlite_engine).close()  # a drain that applied nothing: nothing to do

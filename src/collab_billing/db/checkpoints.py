@@ -11,8 +11,10 @@ that could be a webhook delivery, waiting for tens of MB of page writes.
 
 So the threshold of every connection is high (`AUTOCHECKPOINT_PAGES`, a safety net), and the
 reconciler checkpoints every `BATCHES_PER_CHECKPOINT` batches itself, on a thread of its own,
-while it goes on applying. A checkpoint writes only what no earlier checkpoint did, so whoever
-crosses the safety net after one of these has little left to copy.
+while it goes on applying, and once more when the drain ends (a poll that applied nothing does
+not). A checkpoint writes only what no earlier checkpoint did, so whoever crosses the safety
+net after one of these has little left to copy. Without a reconciler (`RECONCILE_ENABLED=false`)
+the safety net is the only checkpoint: rarer and larger than SQLite's default.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ class WalCheckpoints:
         self._running = self._thread.submit(self._checkpoint)
 
     def close(self) -> None:
-        """Wait for the checkpoint under way, if any (its errors are SQLite's to retry)."""
+        """At the end of a drain: checkpoint what its last batches wrote, so that the writes
+        until the next drain (webhooks, the API) do not find them in the WAL."""
+        if self._batches and self._enabled:
+            self._batches = 0
+            if self._running is not None:
+                self._running.result()
+            self._checkpoint()
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None

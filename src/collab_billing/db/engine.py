@@ -37,6 +37,8 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")  # see `checkpoints`
+    # The WAL file keeps its largest size unless limited: back to 64 MB when it starts over.
+    cursor.execute("PRAGMA journal_size_limit=67108864")
     cursor.close()
 
 
