@@ -198,6 +198,7 @@ def test_a_process_writing_back_to_back_lets_a_waiting_process_in_at_its_next_co
     assert busy.stdout is not None and busy.stdout.readline().strip() == "started"
     engine = make_engine(sqlite_url)
     waits = []
+    assert not write_lock(engine).contended_within(60)
     try:
         time.sleep(0.3)
         for _ in range(10):
@@ -212,6 +213,7 @@ def test_a_process_writing_back_to_back_lets_a_waiting_process_in_at_its_next_co
         busy.kill()
         busy.wait(10)
     assert max(waits) < 0.2, [round(w, 3) for w in waits]
+    assert write_lock(engine).contended_within(60), "the waits were noticed (see Poller._batches)"
 
 
 # -- PostgreSQL: idle connections are pinged, busy ones are not ----------------------------

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
@@ -20,7 +22,7 @@ from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event, object_id
-from collab_billing.reconcile.poll import Poller
+from collab_billing.reconcile.poll import TURN_BATCH_SIZE, Poller
 from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
@@ -232,3 +234,41 @@ def test_garbage_in_reference_cycles_is_freed_during_a_long_drain(
     bound = 2 * (walker.max_buffer + BATCH)
     assert report.events_seen > 3 * bound  # so that without collections they would pass it
     assert max(alive) <= bound, alive
+
+
+def test_a_drain_takes_short_turns_while_other_sqlite_writers_wait(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, uses_postgres: bool
+) -> None:
+    """While writers wait for SQLite's one write lock (webhook deliveries), the drain commits
+    smaller batches, so that each of them waits behind a short transaction."""
+    if uses_postgres:
+        pytest.skip("SQLite's write lock")
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=120, per_customer=8)
+    gateway = StripeGateway(stripe_settings)
+    applier = RecordingApplier(factory, gateway)
+    walker = Poller(factory, gateway, applier, batch_size=5_000)
+    walker.drain()
+    assert max(len(b) for b in applier.batches) > TURN_BATCH_SIZE  # alone: whole batches
+
+    more_events(emulator, factory, first=121, customers=120, span=86_400)
+    applier.batches.clear()
+    holding = threading.Event()
+
+    def another_writer() -> None:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE reconciler_state SET value = value"))
+            holding.set()
+            time.sleep(0.3)
+
+    writer = threading.Thread(target=another_writer)
+    writer.start()
+    holding.wait(5)
+    with engine.begin() as connection:  # waits for the other writer: the lock is contended
+        connection.execute(text("UPDATE reconciler_state SET value = value"))
+    writer.join()
+    walker.drain()
+
+    assert len(applier.batches) > 1
+    assert max(len(b) for b in applier.batches) <= TURN_BATCH_SIZE
+    assert assert_matches_stripe(emulator, factory) == 240

@@ -39,20 +39,23 @@ class WriteLock:
         self._path = database_path  # None: the thread lock alone
         self._files: tuple[IO[str], IO[str]] | None = None  # (turnstile, write lock)
         self._file_locked = False
+        self._contended_at = -1e9  # monotonic time of the last wait for the lock, in any thread
 
     def acquire(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        if not self._threads.acquire(timeout=timeout):
-            return False
+        if not self._threads.acquire(blocking=False):
+            self._contended_at = time.monotonic()
+            if not self._threads.acquire(timeout=timeout):
+                return False
         files = self._open_files()
         if files is None:
             return True
         turnstile, write = files
-        if not _flock(turnstile, deadline):
+        if not self._flock(turnstile, deadline):
             self._threads.release()
             return False
         try:
-            locked = _flock(write, deadline)
+            locked = self._flock(write, deadline)
         finally:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
         if not locked:
@@ -70,6 +73,24 @@ class WriteLock:
     def locked(self) -> bool:
         return self._threads.locked()
 
+    def contended_within(self, seconds: float) -> bool:
+        """Whether a writer of this process had to wait for the lock lately: a sign that
+        writers take turns (webhook deliveries beside a drain, here or in another process)."""
+        return time.monotonic() - self._contended_at < seconds
+
+    def _flock(self, file: IO[str], deadline: float) -> bool:
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                self._contended_at = now = time.monotonic()
+                if now >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, _LONGEST_PAUSE)
+
     def _open_files(self) -> tuple[IO[str], IO[str]] | None:
         if self._files is None and self._path is not None:
             try:  # kept open for the life of the process
@@ -78,19 +99,6 @@ class WriteLock:
             except OSError:  # a read-only directory: the thread lock alone
                 self._path = None
         return self._files
-
-
-def _flock(file: IO[str], deadline: float) -> bool:
-    pause = 0.0005
-    while True:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 class _WriteLocks:

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger
 from collab_billing.db.checkpoints import WalCheckpoints
-from collab_billing.db.engine import read_only
+from collab_billing.db.engine import is_sqlite, read_only, write_lock
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
@@ -39,6 +40,8 @@ OVERLAP_SECONDS = 60
 MAX_BUFFER = 10_000
 CHECK_EVERY = 2_000  # events read between two ledger queries, while above the cursor
 BATCH_SIZE = 2_000
+TURN_BATCH_SIZE = 500  # while other SQLite writers wait (see `Poller._batches`)
+CONTENDED_SECONDS = 1.0
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
 
@@ -88,6 +91,8 @@ class Poller:
         self.clock = clock
         self.max_buffer = max_buffer
         self.batch_size = batch_size
+        self._engine: Engine = factory.kw["bind"]
+        self._write_lock = write_lock(self._engine) if is_sqlite(self._engine) else None
 
     def check_retention(self) -> int:
         """The cursor to poll from; raises NeedsResync when reading events cannot be trusted."""
@@ -117,7 +122,7 @@ class Poller:
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = read_ahead(self._reading_early(self._events(cursor, report)))
-        checkpoints = WalCheckpoints(self.factory.kw["bind"])
+        checkpoints = WalCheckpoints(self._engine)
         with contextlib.closing(windows), contextlib.closing(checkpoints):
             unreleased = 0
             for window in windows:
@@ -126,7 +131,7 @@ class Poller:
                 if unreleased >= self.max_buffer:
                     release_memory()
                     unreleased = 0
-                for batch in batches(window.events, self.batch_size):
+                for batch in self._batches(window.events):
                     newest = batch[-1].created
                     stats = self.applier.apply(batch, due, cursor=newest, early=window.early)
                     checkpoints.batch_committed()
@@ -143,6 +148,16 @@ class Poller:
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
         report.seconds = time.monotonic() - started
         return report
+
+    def _batches(self, events: list[Event]) -> Iterator[list[Event]]:
+        """`events` in batches; smaller ones while other writers wait their turn on SQLite's
+        one write lock (webhook deliveries): each then waits behind a short transaction."""
+        lock = self._write_lock
+        for batch in batches(events, self.batch_size):
+            if lock is not None and lock.contended_within(CONTENDED_SECONDS):
+                yield from batches(batch, TURN_BATCH_SIZE)
+            else:
+                yield batch
 
     def _reading_early(self, windows: Iterator[Window]) -> Iterator[Window]:
         """`windows`, each with the Stripe reads its events need already started (on the
