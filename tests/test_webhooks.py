@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select, text
 
 from collab_billing.api.webhooks import WRITERS_POSTGRES, WRITERS_SQLITE
@@ -336,15 +337,27 @@ def test_concurrent_deliveries_and_a_poll_on_postgres_never_deadlock(
     assert not problems, problems
 
 
+def metric(service: Service, sample_name: str, **labels: str) -> float:
+    """The value of one sample of the service's `/metrics`."""
+    for family in text_string_to_metric_families(service.api.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == sample_name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no sample {sample_name}{labels}")
+
+
 def webhook_groups(service: Service) -> float:
     """How many groups of deliveries the service has applied (one transaction each)."""
-    scrape = service.api.get("/metrics").text
-    line = next(
-        line
-        for line in scrape.splitlines()
-        if line.startswith('collab_billing_apply_batch_seconds_count{source="webhook"}')
-    )
-    return float(line.split()[-1])
+    return metric(service, "collab_billing_apply_batch_seconds_count", source="webhook")
+
+
+def wait_until_in_progress(service: Service, deliveries: int, timeout: float = 60) -> None:
+    """Until `deliveries` webhook deliveries have reached the service and wait for an answer."""
+    deadline = time.monotonic() + timeout
+    name = "collab_billing_webhook_deliveries_in_progress"
+    while metric(service, name) < deliveries:
+        assert time.monotonic() < deadline, f"{metric(service, name)} of {deliveries} arrived"
+        time.sleep(0.05)
 
 
 def blast_while_blocked(
@@ -357,10 +370,11 @@ def blast_while_blocked(
         if uses_postgres:
             blocker.execute(text("LOCK TABLE processed_stripe_events IN EXCLUSIVE MODE"))
         blasting = sender.submit(blast, service, events, 1, len(events))
-        time.sleep(1.5)  # every delivery has reached the service and waits
+        wait_until_in_progress(service, len(events))
         assert not blasting.done()
         blocker.rollback()
         results, _ = blasting.result(timeout=60)
+    assert metric(service, "collab_billing_webhook_deliveries_in_progress") == 0
     return results
 
 

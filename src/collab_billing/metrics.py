@@ -37,6 +37,11 @@ STRIPE_REQUESTS = Counter(
 WEBHOOK_DELIVERIES = Counter(
     "collab_billing_webhook_deliveries", "Webhook deliveries by outcome", ["outcome"]
 )
+WEBHOOK_DELIVERIES_IN_PROGRESS = Gauge(
+    "collab_billing_webhook_deliveries_in_progress",
+    "Webhook deliveries received and not yet answered (waiting for, or in, a group)",
+    multiprocess_mode="livesum",
+)
 LEADER = Gauge("collab_billing_reconciler_leader", "1 while this process is the active reconciler")
 RESYNCS = Counter(
     "collab_billing_resyncs",

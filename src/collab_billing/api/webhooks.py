@@ -80,7 +80,8 @@ async def receive_webhook(
         typed.object  # noqa: B018 (decoded now, so that a malformed object is refused here)
     except DecodeError as error:
         _reject("bad_payload", f"the event does not fit Stripe's schema: {error}")
-    outcome = await _delivery_groups(request).deliver(typed)
+    with metrics.WEBHOOK_DELIVERIES_IN_PROGRESS.track_inprogress():
+        outcome = await _delivery_groups(request).deliver(typed)
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
     log.info(
         "webhook",
