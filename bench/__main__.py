@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import drain, service
-from bench.common import Database, Result, emulator, fresh_database, machine
+from bench.common import Database, Result, emulator, fresh_database, machine, python_loop_ms
 
 ALL = ("apply", "idle", "baseline", "limit", "ratelimit", "webhook", "webhook-drain", "admin")
 SMOKE = {
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     started = time.time()
+    speed_at_start = python_loop_ms()
     with tempfile.TemporaryDirectory(prefix="collab-bench-") as tmp:
         workdir = Path(tmp)
         with emulator(workdir) as emu:
@@ -143,14 +144,19 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         ]
                     )
+    speed = {"python_loop_ms_at_start": speed_at_start, "python_loop_ms_at_end": python_loop_ms()}
     if not only & {"idle"}:
         results = [r for r in results if r.benchmark != "idle"]
     print()
     print(table(results))
+    print(
+        f"\npure-Python loop (machine speed, lower is faster): {speed_at_start} ms at the "
+        f"start, {speed['python_loop_ms_at_end']} ms at the end"
+    )
     report = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
-        "machine": machine(),
+        "machine": machine() | speed,
         "argv": sys.argv[1:] if argv is None else argv,
         "results": [asdict(r) for r in results],
     }

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -312,6 +313,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def python_loop_ms() -> float:
+    """Milliseconds for a fixed pure-Python loop, best of 3: how fast this machine runs
+    Python right now. Machines of the same description have differed 7x, and one machine
+    drifts; figures from two runs compare only as far as this does."""
+
+    def loop() -> int:
+        total = 0
+        for number in range(1_000_000):
+            total += number
+        return total
+
+    return round(min(timeit.repeat(loop, number=1, repeat=3)) * 1000, 1)
 
 
 def percentile(values: list[float], q: float) -> float:

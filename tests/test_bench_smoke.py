@@ -42,6 +42,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert by_name["webhook-drain"]["metrics"]["drain_events"] == 2_000
     assert by_name["admin"]["metrics"]["errors"] == 0
     assert report["machine"]["cores"] >= 1
+    assert report["machine"]["python_loop_ms_at_start"] > 0
+    assert report["machine"]["python_loop_ms_at_end"] > 0
 
 
 @pytest.mark.parametrize("argv", [["--only", "nonsense"]])

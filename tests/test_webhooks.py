@@ -281,7 +281,9 @@ def test_concurrent_deliveries_for_one_customer(
 
     results, slowest = blast(service, events, copies=3, workers=24)
     assert_each_applied_once(results)
-    assert slowest < 5, f"a delivery took {slowest:.1f} s"
+    # A deadlock is aborted by PostgreSQL and logged (checked below); this catches long lock
+    # waits, with room for a slow machine (180 deliveries take ~3 s of CPU on the slowest seen).
+    assert slowest < 20, f"a delivery took {slowest:.1f} s"
     assert sorted(processed_event_ids(service.factory)) == sorted(e["id"] for e in events)
     assert pending_rows(service.factory) == []
     assert assert_matches_stripe(emulator, service.factory) == 1
@@ -320,7 +322,9 @@ def test_concurrent_deliveries_and_a_poll_on_postgres_never_deadlock(
         results, slowest = blasting.result(timeout=60)
 
     assert {status for _, status, _ in results} == {200}
-    assert slowest < 5, f"a delivery took {slowest:.1f} s"
+    # A deadlock is aborted by PostgreSQL and logged (checked below); this catches long lock
+    # waits, with room for a slow machine (180 deliveries take ~3 s of CPU on the slowest seen).
+    assert slowest < 20, f"a delivery took {slowest:.1f} s"
     handled = Counter(event_id for event_id, _, outcome in results if outcome != "duplicate")
     for outcome, _ in report.stats.outcomes:
         assert outcome in ("applied", "stale", "duplicate", "unmatched"), outcome

@@ -11,8 +11,7 @@ import prometheus_client
 import typer
 from sqlalchemy import Engine
 
-from collab_billing.api import server
-from collab_billing.api.app import build_gateway, create_app
+from collab_billing import metrics
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory, transaction
@@ -20,7 +19,7 @@ from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, read_status
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 app = typer.Typer(
     help="collab-billing: sell a subscription through Stripe and keep the database in step.",
@@ -98,6 +97,10 @@ def serve(
     ] = True,
 ) -> None:
     """Run the admin API (with the reconciler as a background task)."""
+    # Imported here, as in `dev`: the other commands start without FastAPI and uvicorn.
+    from collab_billing.api import server
+    from collab_billing.api.app import create_app
+
     settings = settings_or_exit()
     if settings.admin_token is None:
         fail("ADMIN_TOKEN is not set: serve refuses to start without an admin token")
@@ -113,6 +116,8 @@ def serve(
 
 def run_api(api: object, host: str, port: int, access_log: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully and exit 0."""
+    from collab_billing.api import server
+
     server.run(api, host, port, access_log=access_log)
 
 
@@ -189,7 +194,7 @@ def drain_once(reconciler: Reconciler) -> None:
 
 
 def gateway_or_exit(settings: Settings) -> StripeGateway:
-    gateway = build_gateway(settings)
+    gateway = gateway_or_none(settings, metrics.observe_stripe_request)
     if gateway is None:
         fail("STRIPE_API_KEY is not set")
     return gateway

@@ -336,6 +336,15 @@ class _RawError(Exception):
         self.headers = headers
 
 
+def gateway_or_none(
+    settings: Settings, observer: RequestObserver | None = None
+) -> StripeGateway | None:
+    """The gateway, or None when STRIPE_API_KEY is not set."""
+    if settings.stripe_api_key is None:
+        return None
+    return StripeGateway(settings, observer=observer)
+
+
 def _encode_params(params: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     """Stripe's form encoding, as the SDK does it: `a[b]=..`, lists as `a[0]=..`."""
     for key, value in params.items():

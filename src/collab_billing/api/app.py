@@ -21,15 +21,9 @@ from collab_billing.config import Settings
 from collab_billing.db.engine import FastRead, make_engine, make_read_engine, make_session_factory
 from collab_billing.db.queries import USER_SUBSCRIPTIONS
 from collab_billing.reconcile.run import Reconciler, start_in_background
-from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError, gateway_or_none
 
 log = logging.getLogger(__name__)
-
-
-def build_gateway(settings: Settings) -> StripeGateway | None:
-    if settings.stripe_api_key is None:
-        return None
-    return StripeGateway(settings, observer=metrics.observe_stripe_request)
 
 
 @asynccontextmanager
@@ -65,7 +59,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.read_engine = make_read_engine(app.state.engine)
     app.state.user_subscriptions_read = FastRead(app.state.read_engine, USER_SUBSCRIPTIONS)
-    app.state.gateway = build_gateway(settings)
+    app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)
     app.state.webhook_secrets = settings.webhook_secrets()
     for router in (
         health.router,
