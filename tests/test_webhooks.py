@@ -11,12 +11,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select, text
 
+from collab_billing.api import app as app_module
 from collab_billing.api.webhooks import WRITERS_POSTGRES, WRITERS_SQLITE
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent
@@ -442,3 +444,30 @@ def test_a_failing_delivery_fails_alone_in_its_group(
         (applies.id, "applied"): 1,
     }
     assert {p.stripe_object_id for p in pending_rows(service.factory)} == {failing.id}
+
+
+def test_webhook_writers_checkpoint_sqlites_wal_without_a_reconciler(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    uses_postgres: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit leaves copying the WAL into the database file to others (db/checkpoints.py);
+    with the reconciler off, the webhook writers do it every few groups, on their own thread,
+    instead of a delivery paying for 40,000 pages at once."""
+    if uses_postgres:
+        pytest.skip("SQLite's WAL")
+    monkeypatch.setattr(app_module, "WEBHOOK_GROUPS_PER_CHECKPOINT", 3)
+    database_file = Path(engine.url.database or "")
+    with running_service(stripe_settings, engine) as service:
+        churn(emulator, subscribe(service, emulator, 1))
+        events = relevant_events(emulator)
+        assert len(events) >= 4
+        written_at = database_file.stat().st_mtime_ns
+        for event in events[:2]:  # one group each
+            assert service.deliver(event).json()["outcome"] == "applied"
+        time.sleep(0.5)
+        assert database_file.stat().st_mtime_ns == written_at, "a commit ran a checkpoint"
+        assert service.deliver(events[2]).json()["outcome"] == "applied"  # the third group
+        wait_until(lambda: database_file.stat().st_mtime_ns > written_at, what="a checkpoint")

@@ -18,6 +18,7 @@ from collab_billing.api.fastpath import SubscriptionsFastPath
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.config import Settings
+from collab_billing.db.checkpoints import WEBHOOK_GROUPS_PER_CHECKPOINT, WalCheckpoints
 from collab_billing.db.engine import FastRead, make_engine, make_read_engine, make_session_factory
 from collab_billing.db.queries import USER_SUBSCRIPTIONS
 from collab_billing.reconcile.run import Reconciler, start_in_background
@@ -44,6 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             stop.set()
             await anyio.to_thread.run_sync(thread.join, 60.0)
     finally:
+        await anyio.to_thread.run_sync(app.state.wal_checkpoints.close)
         app.state.read_engine.dispose()  # made by `create_app`, unlike the main engine
 
 
@@ -61,6 +63,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.user_subscriptions_read = FastRead(app.state.read_engine, USER_SUBSCRIPTIONS)
     app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)
     app.state.webhook_secrets = settings.webhook_secrets()
+    app.state.wal_checkpoints = WalCheckpoints(app.state.engine, WEBHOOK_GROUPS_PER_CHECKPOINT)
     for router in (
         health.router,
         operations.router,

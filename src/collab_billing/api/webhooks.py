@@ -113,6 +113,7 @@ def _group_applier(state: Any) -> ApplyGroup:
             state.session_factory, state.gateway, source="webhook", outcomes_by_event=True
         )
         stats = applier.apply(events)
+        state.wal_checkpoints.batch_committed()
         metrics.record_outcomes(stats.outcomes)
         return stats.by_event or {}
 

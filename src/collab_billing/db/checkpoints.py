@@ -13,13 +13,16 @@ So the threshold of every connection is high (`AUTOCHECKPOINT_PAGES`, a safety n
 reconciler checkpoints every `BATCHES_PER_CHECKPOINT` batches itself, on a thread of its own,
 while it goes on applying, and once more when the drain ends (a poll that applied nothing does
 not). A checkpoint writes only what no earlier checkpoint did, so whoever crosses the safety
-net after one of these has little left to copy. Without a reconciler (`RECONCILE_ENABLED=false`)
-the safety net is the only checkpoint: rarer and larger than SQLite's default.
+net after one of these has little left to copy. The API's webhook writers do the same every
+`WEBHOOK_GROUPS_PER_CHECKPOINT` groups: without a reconciler (`RECONCILE_ENABLED=false`) the
+safety net would otherwise be the only checkpoint, and at 100 deliveries/s a delivery would
+pay for one of 40,000 pages about once a minute.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import Engine
@@ -31,11 +34,13 @@ AUTOCHECKPOINT_PAGES = 40_000
 # At most ~2,000 changed pages a batch: the reconciler's checkpoints keep the WAL near
 # 10,000 pages (40 MB), far below the safety net.
 BATCHES_PER_CHECKPOINT = 5
+# A group of one delivery changes ~5 pages: ~500 pages a checkpoint, about SQLite's own rhythm.
+WEBHOOK_GROUPS_PER_CHECKPOINT = 100
 
 
 class WalCheckpoints:
     """Counts committed batches and checkpoints every few, one checkpoint at a time (no-op on
-    PostgreSQL)."""
+    PostgreSQL). Several threads may report their batches."""
 
     def __init__(self, engine: Engine, every: int = BATCHES_PER_CHECKPOINT) -> None:
         self.engine = engine
@@ -44,17 +49,19 @@ class WalCheckpoints:
         self._batches = 0
         self._running: Future[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def batch_committed(self) -> None:
         if not self._enabled:
             return
-        self._batches += 1
-        if self._batches < self.every or (self._running and not self._running.done()):
-            return  # a checkpoint still running covers these batches as well, or the next one
-        self._batches = 0
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="wal-checkpoint")
-        self._running = self._thread.submit(self._checkpoint)
+        with self._lock:
+            self._batches += 1
+            if self._batches < self.every or (self._running and not self._running.done()):
+                return  # a checkpoint still running covers these batches too, or the next one
+            self._batches = 0
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="wal-checkpoint")
+            self._running = self._thread.submit(self._checkpoint)
 
     def close(self) -> None:
         """At the end of a drain: checkpoint what its last batches wrote, so that the writes
