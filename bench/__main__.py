@@ -24,11 +24,22 @@ from pathlib import Path
 from bench import drain, service
 from bench.common import Database, Result, emulator, fresh_database, machine, python_loop_ms
 
-ALL = ("apply", "idle", "baseline", "limit", "ratelimit", "webhook", "webhook-drain", "admin")
+ALL = (
+    "apply",
+    "idle",
+    "baseline",
+    "limit",
+    "ratelimit",
+    "latency",
+    "webhook",
+    "webhook-drain",
+    "admin",
+)
 SMOKE = {
     "sizes": [300],
     "baseline_size": 300,
     "ratelimit_events": 200,
+    "latency_events": 300,
     "webhook_events": 20,
     "drain_events": 2_000,
     "admin_seconds": 0.3,
@@ -46,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(ALL), help=f"subset of {','.join(ALL)}")
     parser.add_argument("--baseline-size", type=int, default=10_000)
     parser.add_argument("--ratelimit-events", type=int, default=50_000)
+    parser.add_argument("--latency-events", type=int, default=10_000)
+    parser.add_argument(
+        "--latency-ms", type=int, default=150, help="delay of each /v1/events answer (latency)"
+    )
     parser.add_argument("--webhook-rate", type=float, default=100.0)
     parser.add_argument("--webhook-events", type=int, default=2_000)
     parser.add_argument(
@@ -66,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = SMOKE["sizes"]  # type: ignore[assignment]
         args.baseline_size = SMOKE["baseline_size"]
         args.ratelimit_events = SMOKE["ratelimit_events"]
+        args.latency_events = SMOKE["latency_events"]
         args.webhook_events = SMOKE["webhook_events"]
         args.drain_events = SMOKE["drain_events"]
         args.admin_seconds = SMOKE["admin_seconds"]
@@ -115,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                                 )
                             ]
                         )
+                if "latency" in only:
+                    run(
+                        lambda db: [
+                            service.bench_latency(
+                                db, emu, args.latency_events, workdir, args.latency_ms
+                            )
+                        ]
+                    )
                 if "webhook" in only:
                     run(
                         lambda db: [
@@ -175,6 +199,7 @@ COLUMNS = {
     "baseline": ("events_per_s", ""),
     "limit": ("events_per_s", ""),
     "ratelimit": ("events_per_s", "ceiling_pct"),
+    "latency": ("events_per_s", "vs_one_page_at_a_time_pct"),
     "idle": ("requests_per_poll", "poll_ms"),
     "webhook": ("p50_ms", "p99_ms"),
     "webhook-drain": ("p50_ms", "p99_ms"),
@@ -220,6 +245,7 @@ def _unit(metric: str) -> str:
         "events_per_s": "events/s",
         "peak_rss_mb": "MB peak RSS",
         "ceiling_pct": "% of ceiling",
+        "vs_one_page_at_a_time_pct": "% of one page per latency",
         "requests_per_poll": "requests/poll",
         "poll_ms": "ms/poll",
         "p50_ms": "ms p50",

@@ -35,6 +35,7 @@ ADMIN_TOKEN = "bench-admin-token"
 WEBHOOK_SECRET = "whsec_bench_secret"
 RATE_LIMIT = 25.0  # requests per second on /v1/events, like Stripe's live-mode read limit
 PAGE = 100
+LIVE_MODE_RATE = 100  # requests per second: Stripe's live-mode limit, as a live service sets
 
 
 # -- rate-limited fetch -------------------------------------------------------------------------
@@ -74,6 +75,41 @@ def bench_ratelimit(
         },
         f"emulator limit {RATE_LIMIT:.0f} requests/s on /v1/events"
         + (f"; {poll.get('stripe_reads')} unresolvable ties, one read each" if tie_bursts else ""),
+    )
+
+
+def bench_latency(
+    db: Database, emulator: EmulatorProcess, events: int, workdir: Path, latency_ms: int
+) -> Result:
+    """A backlog drained while the emulator answers each `/v1/events` request `latency_ms`
+    late, as a distant Stripe does (the emulator's own answers take a few ms; Stripe's, over
+    the internet, take on the order of 100-300 ms, a figure assumed here, not measured, as this
+    machine has no network), with STRIPE_REQUESTS_PER_SECOND at Stripe's live-mode limit. One
+    request at a time, the ceiling is a page per latency."""
+    generated = prepare_backlog(db, emulator, events)
+    emulator.control("POST", "faults", {"latency_ms": latency_ms, "path_prefix": "/v1/events"})
+    try:
+        run, poll = reconcile_once(
+            db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND=str(LIVE_MODE_RATE)
+        )
+    finally:
+        emulator.control("DELETE", "faults")
+    seconds = float(poll["seconds"])
+    speed = generated["events"] / seconds
+    one_at_a_time = PAGE * 1000 / latency_ms
+    return Result(
+        "latency",
+        db.engine_name,
+        generated["events"],
+        {
+            "events_per_s": round(speed),
+            "latency_ms": latency_ms,
+            "vs_one_page_at_a_time_pct": round(100 * speed / one_at_a_time, 1),
+            "requests": poll.get("requests"),
+            "drain_s": round(seconds, 2),
+            "peak_rss_mb": round(run.peak_rss_mb, 1),
+        },
+        f"emulator answers /v1/events {latency_ms} ms late",
     )
 
 

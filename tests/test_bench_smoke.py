@@ -30,6 +30,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
         "baseline",
         "limit",
         "ratelimit",
+        "latency",
         "webhook",
         "webhook-drain",
         "admin",

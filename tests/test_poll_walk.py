@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, text
@@ -20,11 +21,12 @@ from collab_billing.config import Settings
 from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
+from collab_billing.reconcile import poll
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.poll import TURN_BATCH_SIZE, Poller
 from collab_billing.reconcile.stripe_reads import Early
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import EventPage, StripeGateway, StripeGatewayError
 from tests.reconcile_helpers import (
     assert_matches_stripe,
     generate_backlog,
@@ -141,9 +143,11 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
     assert assert_matches_stripe(emulator, factory) == 123
     assert report.stats.total("applied") == added
     # The backlog's pages, plus the newest page (which said there is more), the anchor and
-    # the overlap below the cursor: nothing is read twice.
-    assert report.requests <= math.ceil(added / 100) + 3
-    assert report.events_seen <= added + 100 + 1 + 100
+    # the overlap below the cursor, and for each slice after the first its anchor and its
+    # last page, maybe part full: nothing is read twice.
+    more_slices = report.slices - 1
+    assert report.requests <= math.ceil(added / 100) + 3 + 2 * more_slices
+    assert report.events_seen <= added + 100 + 1 + 100 + more_slices
     check_batches(applier.batches)
     if span in (0, 4):
         assert max(seconds_split(applier.batches).values()) > 1, (
@@ -151,6 +155,91 @@ def test_a_backlog_is_walked_up_from_the_cursor_once(
         )
     # Idle again: one request, even when the overlap below the cursor holds a full page.
     assert walker.drain().requests == 1
+
+
+def test_a_deep_backlog_far_from_stripe_is_walked_in_slices_at_once(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page 60 ms away: one walk would wait a round trip per page, so the backlog is cut
+    into `created` slices whose pages are read at once; they are still applied in `created`
+    order, each event once, and the rows end equal to Stripe's."""
+    monkeypatch.setattr(poll, "MIN_PAGES_PER_SLICE", 2)
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3, per_customer=4)
+    settings = stripe_settings.model_copy(update={"stripe_requests_per_second": 1_000})
+    walker, applier = poller(factory, settings)
+    walker.drain()
+    added = more_events(emulator, factory, first=4, customers=120, span=86_400)
+    in_flight, most_in_flight = 0, 0
+    lock = threading.Lock()
+    list_events = walker.gateway.list_events
+
+    def counted(**filters: Any) -> EventPage:
+        nonlocal in_flight, most_in_flight
+        with lock:
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+        try:
+            return list_events(**filters)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(walker.gateway, "list_events", counted)
+    emulator.control("POST", "faults", {"latency_ms": 60, "path_prefix": "/v1/events"})
+    applier.batches.clear()
+    report = walker.drain()
+
+    assert report.slices > 1
+    assert most_in_flight > 1
+    assert report.stats.total("applied") == added
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert assert_matches_stripe(emulator, factory) == 123
+    check_batches(applier.batches)
+    # Each slice after the first costs its anchor and a last page maybe part full.
+    assert report.requests <= math.ceil(added / 100) + 3 + 2 * (report.slices - 1)
+
+
+def test_a_walk_in_slices_stops_at_a_failing_slice(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stripe fails while slices are read: the poll fails, having applied nothing past the
+    failure; the next poll applies the rest, each event once."""
+    monkeypatch.setattr(poll, "MIN_PAGES_PER_SLICE", 2)
+    monkeypatch.setattr(poll, "SLICING_ROUND_TRIP", 0.0)
+    monkeypatch.setattr(poll, "ROUND_TRIP_PER_CHAIN", 0.0001)
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3, per_customer=4)
+    settings = stripe_settings.model_copy(
+        update={"stripe_requests_per_second": 100_000, "stripe_max_network_retries": 0}
+    )
+    walker, _ = poller(factory, settings)
+    walker.drain()
+    added = more_events(emulator, factory, first=4, customers=120, span=86_400)
+    list_events = walker.gateway.list_events
+    calls = 0
+
+    def failing_once(**filters: Any) -> EventPage:
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise StripeGatewayError("api_error", "Stripe is down", 500)
+        return list_events(**filters)
+
+    monkeypatch.setattr(walker.gateway, "list_events", failing_once)
+    with pytest.raises(StripeGatewayError):
+        walker.drain()
+    created = {e["id"]: int(e["created"]) for e in emulator.all_events()}
+    applied = set(processed_event_ids(factory))
+    missing = set(relevant_event_ids(emulator)) - applied
+    assert 0 < len(missing) <= added
+    # Applied in `created` order up to the failure: what is missing lies above what is not.
+    assert max(created[i] for i in applied) <= min(created[i] for i in missing)
+    report = walker.drain()
+
+    assert report.slices > 1
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert assert_matches_stripe(emulator, factory) == 123
 
 
 def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(

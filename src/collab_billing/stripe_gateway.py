@@ -89,6 +89,7 @@ class StripeGateway:
         self.settings = settings
         self.observer = observer
         rate = requests_per_second or settings.stripe_requests_per_second
+        self.requests_per_second = rate
         self.throttle = _Throttle(rate, burst=max(1, int(rate // 5)))
         self._api_key = settings.stripe_api_key.get_secret_value()
         # Direct GETs (the hot path: pages of events) go through urllib3, not httpx: reading a

@@ -2,8 +2,10 @@
 
 The list endpoint returns newest first. When little happened, the newest page holds it all
 (one request when idle). A backlog is walked upward, page by page with `ending_before`, from the
-newest event at or below the cursor: each event is read once and memory holds about one batch,
-whatever the backlog. When no such event is left to start from, `created` windows `[low, high)`
+newest event at or below the cursor: each event is read once and memory holds about one batch
+per walk, whatever the backlog. A walk reads one page per round trip to Stripe, so a deep
+backlog is cut into `created` slices, walked `FETCH_CHAINS` at a time and applied in order.
+When no event is left at or below the cursor to start from, `created` windows `[low, high)`
 are read top-down instead, each completely; a window holding more than `max_buffer` new events
 is narrowed (by the density seen) and read again.
 """
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine
@@ -28,7 +31,7 @@ from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
-from collab_billing.reconcile.read_ahead import read_ahead
+from collab_billing.reconcile.read_ahead import in_order, read_ahead
 from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
@@ -42,6 +45,20 @@ CHECK_EVERY = 2_000  # events read between two ledger queries, while above the c
 BATCH_SIZE = 2_000
 TURN_BATCH_SIZE = 500  # while other SQLite writers wait (see `Poller._batches`)
 CONTENDED_SECONDS = 1.0
+# A walk waits for each page before it can ask for the next (its cursor is that page's first
+# event): one page per round trip, ~650 events/s at 150 ms. When the round trip is long (a
+# distant Stripe: SLICING_ROUND_TRIP or more), slices of a deep backlog are walked at once,
+# a chain of requests per ROUND_TRIP_PER_CHAIN of round trip, as far as
+# STRIPE_REQUESTS_PER_SECOND allows. Not when it is short (applying a page's events takes
+# 5-20 ms): walks on threads then only compete with the applying thread for the GIL and hold
+# more in memory (measured against a local emulator: 14% slower, +95 MB); nor when one walk
+# makes requests as fast as allowed: each slice costs up to two requests more, its anchor and
+# a last page part full. And only a backlog of about MIN_PAGES_PER_SLICE pages a slice is cut.
+FETCH_CHAINS = 8
+SLICING_ROUND_TRIP = 0.05
+ROUND_TRIP_PER_CHAIN = 0.0175
+SLICES_PER_CHAIN = 2
+MIN_PAGES_PER_SLICE = 10
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
 
@@ -59,6 +76,9 @@ class DrainReport:
     newest_created: int | None = None
     interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
+    cursor: int = 0  # where this poll started
+    slices: int = 1  # of the backlog, walked at once (see FETCH_CHAINS)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 @dataclass
@@ -118,7 +138,7 @@ class Poller:
     def _drain(self, stop: threading.Event | None) -> DrainReport:
         started = time.monotonic()
         report = DrainReport()
-        cursor = self.check_retention()
+        cursor = report.cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = read_ahead(self._reading_early(self._events(cursor, report)))
@@ -173,7 +193,9 @@ class Poller:
         is more) and the anchor. Events that became visible late, below the anchor but within
         the overlap, are caught by reading the overlap top-down before walking up."""
         low = cursor - OVERLAP_SECONDS
+        started = time.monotonic()
         newest = self._list(report, created_gte=low)
+        round_trip = time.monotonic() - started
         if not newest.has_more or newest.events[-1].created <= cursor:
             # Nothing, or little, is new: read down from this page to the cursor.
             yield from self._windows(low, cursor, report, first=newest)
@@ -183,15 +205,38 @@ class Poller:
             yield from self._windows(low, cursor, report, first=newest)
             return
         yield from self._windows(low, cursor, report, until=cursor + 1)
-        yield from self._walk(anchor[0].id, cursor, report)
+        chains = fetch_chains(round_trip, self.gateway.requests_per_second)
+        highs = _slice_ends(cursor, newest.events, chains)
+        if len(highs) == 1:
+            yield from self._walk(anchor[0].id, cursor, report)
+            return
+        report.slices = len(highs)
+        lows = [cursor, *(high for high in highs[:-1] if high is not None)]
+        slices = [
+            partial(self._walk_slice, anchor[0].id, low, high, report)
+            for low, high in zip(lows, highs, strict=True)
+        ]
+        yield from in_order(slices, FETCH_CHAINS)
 
-    def _walk(self, anchor: str, cursor: int, report: DrainReport) -> Iterator[Window]:
-        """The events listed above `anchor`, oldest first (as the SDK's reverse
-        auto-pagination reads them), in windows of one batch. The newest second read so far
-        is held back: the next page may continue it."""
+    def _walk_slice(
+        self, anchor: str, low: int, high: int | None, report: DrainReport
+    ) -> Iterator[Window]:
+        """The events of `[low, high)` above `anchor`, walked up from the newest event below
+        `low` (the slice's own anchor; `anchor` for the first slice, at the cursor)."""
+        if low > report.cursor:
+            below = self._list(report, created_lt=low, limit=1).events
+            anchor = below[0].id if below else anchor
+        yield from self._walk(anchor, low, report, high)
+
+    def _walk(
+        self, anchor: str, cursor: int, report: DrainReport, high: int | None = None
+    ) -> Iterator[Window]:
+        """The events listed above `anchor` (below `high`), oldest first (as the SDK's
+        reverse auto-pagination reads them), in windows of one batch. The newest second read
+        so far is held back: the next page may continue it."""
         ascending: list[Event] = []
         while True:
-            page = self._list(report, created_gte=cursor, ending_before=anchor)
+            page = self._list(report, created_gte=cursor, created_lt=high, ending_before=anchor)
             ascending.extend(reversed(page.events))
             if not page.has_more or not page.events:
                 break
@@ -306,8 +351,9 @@ class Poller:
 
     def _list(self, report: DrainReport, **filters: Any) -> EventPage:
         page = self.gateway.list_events(types=RELEVANT_TYPES, **filters)
-        report.requests += 1
-        report.events_seen += len(page.events)
+        with report.lock:  # slices are walked on several threads
+            report.requests += 1
+            report.events_seen += len(page.events)
         return page
 
     def _pages(
@@ -326,6 +372,28 @@ class Poller:
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1].id
+
+
+def fetch_chains(round_trip: float, requests_per_second: float) -> int:
+    """How many walks to run at once, by the round trip of a page (see FETCH_CHAINS)."""
+    if round_trip < SLICING_ROUND_TRIP:
+        return 1
+    by_latency = int(round_trip / ROUND_TRIP_PER_CHAIN)
+    return max(1, min(FETCH_CHAINS, by_latency, int(requests_per_second * round_trip)))
+
+
+def _slice_ends(cursor: int, newest_page: list[Event], chains: int) -> list[int | None]:
+    """Where the slices of the backlog above `cursor` end (the last is open: None), by the
+    density of its newest page; one slice when the backlog looks shallow or one chain of
+    requests is all there is room for."""
+    top = newest_page[0].created
+    page_seconds = max(1, top - newest_page[-1].created)
+    pages = (top - cursor) / page_seconds
+    count = min(chains * SLICES_PER_CHAIN, int(pages // MIN_PAGES_PER_SLICE), top - cursor)
+    if chains < 2 or count < 2:
+        return [None]
+    width = (top - cursor) / count
+    return [*(cursor + int(width * n) for n in range(1, count)), None]
 
 
 def _window(newest_first: list[Event], high: int | None) -> Window:

@@ -1,9 +1,11 @@
-"""The next window of events, read on a thread while the caller applies this one."""
+"""Read ahead on threads while the caller applies: the next window, or several slices of a
+backlog at once, handed over in order."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from queue import Full, Queue
 from typing import TypeVar, cast
 
@@ -17,10 +19,24 @@ def read_ahead(windows: Iterator[T]) -> Generator[T, None, None]:
     """Read the next window on a thread while the caller applies this one: Stripe's (and the
     network's) latency then overlaps the database writes. At most READ_AHEAD windows wait, so
     memory stays bounded by the buffer whatever the backlog."""
-    queue: Queue[object] = Queue(maxsize=READ_AHEAD)
+    return in_order([lambda: windows], concurrency=1, depth=READ_AHEAD)
+
+
+def in_order(
+    sources: Sequence[Callable[[], Iterator[T]]], concurrency: int, depth: int = 1
+) -> Generator[T, None, None]:
+    """Every item of the first source, then of the second, and so on; the sources are read
+    `concurrency` at a time, each on a thread and at most `depth` items ahead of the caller.
+
+    Sources start in order, so the one the caller reads from has always started: a thread
+    that waits because its source is ahead never keeps an earlier source from running. An
+    error in a source is raised when the caller reaches it; closing the generator stops the
+    threads (each after its current item)."""
+    # One more place for the end (or the error): a finished source frees its thread at once.
+    queues: list[Queue[object]] = [Queue(maxsize=depth + 1) for _ in sources]
     stop = threading.Event()
 
-    def put(item: object) -> bool:
+    def put(queue: Queue[object], item: object) -> bool:
         while not stop.is_set():
             try:
                 queue.put(item, timeout=0.1)
@@ -29,25 +45,27 @@ def read_ahead(windows: Iterator[T]) -> Generator[T, None, None]:
                 continue
         return False
 
-    def produce() -> None:
+    def produce(source: Callable[[], Iterator[T]], queue: Queue[object]) -> None:
         try:
-            for window in windows:
-                if not put(window):
+            for item in source():
+                if not put(queue, item):
                     return
-            put(_DONE)
+            put(queue, _DONE)
         except BaseException as error:  # handed to the consumer, raised there
-            put(error)
+            put(queue, error)
 
-    thread = threading.Thread(target=produce, name="reconcile-read-ahead", daemon=True)
-    thread.start()
+    threads = ThreadPoolExecutor(concurrency, thread_name_prefix="reconcile-read-ahead")
     try:
-        while True:
-            item = queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(T, item)
+        for source, queue in zip(sources, queues, strict=True):
+            threads.submit(produce, source, queue)
+        for queue in queues:
+            while True:
+                item = queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield cast(T, item)
     finally:
         stop.set()
-        thread.join()
+        threads.shutdown(wait=True, cancel_futures=True)
