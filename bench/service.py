@@ -12,12 +12,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import insert
 
 from bench.common import (
     PYTHON,
+    ChildRun,
     Database,
     EmulatorProcess,
     Result,
@@ -49,15 +51,8 @@ def bench_ratelimit(
     `tie_bursts`, that many subscriptions end on a same-second tie that only a read of the
     subscription settles: each read takes a request from the same budget."""
     generated = prepare_backlog(db, emulator, events, tie_bursts=tie_bursts)
-    emulator.control(
-        "POST", "rate_limit", {"requests_per_second": RATE_LIMIT, "path_prefix": "/v1/events"}
-    )
-    try:
-        run, poll = reconcile_once(
-            db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND=str(RATE_LIMIT)
-        )
-    finally:
-        emulator.control("DELETE", "rate_limit")
+    limit = {"requests_per_second": RATE_LIMIT, "path_prefix": "/v1/events"}
+    run, poll = _drain_while(db, emulator, workdir, ("rate_limit", limit), RATE_LIMIT)
     seconds = float(poll["seconds"])
     speed = generated["events"] / seconds
     ceiling = RATE_LIMIT * PAGE
@@ -87,13 +82,8 @@ def bench_latency(
     machine has no network), with STRIPE_REQUESTS_PER_SECOND at Stripe's live-mode limit. One
     request at a time, the ceiling is a page per latency."""
     generated = prepare_backlog(db, emulator, events)
-    emulator.control("POST", "faults", {"latency_ms": latency_ms, "path_prefix": "/v1/events"})
-    try:
-        run, poll = reconcile_once(
-            db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND=str(LIVE_MODE_RATE)
-        )
-    finally:
-        emulator.control("DELETE", "faults")
+    late = {"latency_ms": latency_ms, "path_prefix": "/v1/events"}
+    run, poll = _drain_while(db, emulator, workdir, ("faults", late), LIVE_MODE_RATE)
     seconds = float(poll["seconds"])
     speed = generated["events"] / seconds
     one_at_a_time = PAGE * 1000 / latency_ms
@@ -111,6 +101,24 @@ def bench_latency(
         },
         f"emulator answers /v1/events {latency_ms} ms late",
     )
+
+
+def _drain_while(
+    db: Database,
+    emulator: EmulatorProcess,
+    workdir: Path,
+    rule: tuple[str, dict[str, Any]],
+    requests_per_second: float,
+) -> tuple[ChildRun, dict[str, Any]]:
+    """`reconcile --once` while the emulator applies `rule` (its control path and body)."""
+    path, body = rule
+    emulator.control("POST", path, body)
+    try:
+        return reconcile_once(
+            db, emulator.url, workdir, STRIPE_REQUESTS_PER_SECOND=str(requests_per_second)
+        )
+    finally:
+        emulator.control("DELETE", path)
 
 
 # -- the service as a server ----------------------------------------------------------------------
