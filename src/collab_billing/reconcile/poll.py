@@ -54,11 +54,15 @@ CONTENDED_SECONDS = 1.0
 # more in memory (measured against a local emulator: 14% slower, +95 MB); nor when one walk
 # makes requests as fast as allowed: each slice costs up to two requests more, its anchor and
 # a last page part full. And only a backlog of about MIN_PAGES_PER_SLICE pages a slice is cut.
+# A walk of a later slice reads at most two windows of SLICE_WINDOW events ahead (memory: 8
+# walks holding full batches took a 200k drain to 283 MB); a slice larger than that waits for
+# its turn half read, so a deep backlog gains less (see docs/benchmarks.md, step 29).
 FETCH_CHAINS = 8
 SLICING_ROUND_TRIP = 0.05
 ROUND_TRIP_PER_CHAIN = 0.0175
 SLICES_PER_CHAIN = 2
 MIN_PAGES_PER_SLICE = 10
+SLICE_WINDOW = 500
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
 
@@ -226,14 +230,20 @@ class Poller:
         if low > report.cursor:
             below = self._list(report, created_lt=low, limit=1).events
             anchor = below[0].id if below else anchor
-        yield from self._walk(anchor, low, report, high)
+        yield from self._walk(anchor, low, report, high, SLICE_WINDOW)
 
     def _walk(
-        self, anchor: str, cursor: int, report: DrainReport, high: int | None = None
+        self,
+        anchor: str,
+        cursor: int,
+        report: DrainReport,
+        high: int | None = None,
+        window: int | None = None,
     ) -> Iterator[Window]:
         """The events listed above `anchor` (below `high`), oldest first (as the SDK's
-        reverse auto-pagination reads them), in windows of one batch. The newest second read
-        so far is held back: the next page may continue it."""
+        reverse auto-pagination reads them), in windows of `window` events (one batch). The
+        newest second read so far is held back: the next page may continue it."""
+        size = window or self.batch_size
         ascending: list[Event] = []
         while True:
             page = self._list(report, created_gte=cursor, created_lt=high, ending_before=anchor)
@@ -242,11 +252,11 @@ class Poller:
                 break
             anchor = page.events[0].id
             complete = start_of_last_second(ascending)
-            if complete < self.batch_size:
+            if complete < size:
                 continue
-            ready = list(batches(ascending[:complete], self.batch_size))
+            ready = list(batches(ascending[:complete], size))
             # A short last batch waits for more: it would cost a transaction of its own.
-            rest = ready.pop() if len(ready[-1]) < self.batch_size else []
+            rest = ready.pop() if len(ready[-1]) < size else []
             for batch in ready:
                 yield Window(self._fresh(batch), None)
             ascending = rest + ascending[complete:]
