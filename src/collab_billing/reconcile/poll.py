@@ -220,7 +220,7 @@ class Poller:
             partial(self._walk_slice, anchor[0].id, low, high, report)
             for low, high in zip(lows, highs, strict=True)
         ]
-        yield from in_order(slices, FETCH_CHAINS)
+        yield from in_order(slices, chains)
 
     def _walk_slice(
         self, anchor: str, low: int, high: int | None, report: DrainReport
