@@ -352,3 +352,18 @@ def test_a_drain_takes_short_turns_while_other_sqlite_writers_wait(
     assert len(applier.batches) > 1
     assert max(len(b) for b in applier.batches) <= TURN_BATCH_SIZE
     assert assert_matches_stripe(emulator, factory) == 240
+
+
+@pytest.mark.parametrize(
+    ("round_trip", "requests_per_second", "chains"),
+    [
+        (0.01, 100_000, 1),  # a local Stripe: one walk keeps up with applying
+        (0.15, 100, 8),  # far away, live-mode limit: as many as allowed
+        (0.15, 20, 3),  # far away, the default limit: 20 requests/s over 150 ms round trips
+        (0.06, 1_000, 3),  # one walk per 17.5 ms of round trip
+    ],
+)
+def test_how_many_walks_run_at_once(
+    round_trip: float, requests_per_second: float, chains: int
+) -> None:
+    assert poll.fetch_chains(round_trip, requests_per_second) == chains
