@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Engine
@@ -80,7 +81,6 @@ class DrainReport:
     newest_created: int | None = None
     interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
-    cursor: int = 0  # where this poll started
     slices: int = 1  # of the backlog, walked at once (see FETCH_CHAINS)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -142,7 +142,7 @@ class Poller:
     def _drain(self, stop: threading.Event | None) -> DrainReport:
         started = time.monotonic()
         report = DrainReport()
-        cursor = report.cursor = self.check_retention()
+        cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = read_ahead(self._reading_early(self._events(cursor, report)))
@@ -215,21 +215,21 @@ class Poller:
             yield from self._walk(anchor[0].id, cursor, report)
             return
         report.slices = len(highs)
-        lows = [cursor, *(high for high in highs[:-1] if high is not None)]
-        slices = [
+        first = partial(self._walk, anchor[0].id, cursor, report, highs[0], SLICE_WINDOW)
+        others = [
             partial(self._walk_slice, anchor[0].id, low, high, report)
-            for low, high in zip(lows, highs, strict=True)
+            for low, high in pairwise(highs)
+            if low is not None
         ]
-        yield from in_order(slices, chains)
+        yield from in_order([first, *others], chains)
 
     def _walk_slice(
         self, anchor: str, low: int, high: int | None, report: DrainReport
     ) -> Iterator[Window]:
-        """The events of `[low, high)` above `anchor`, walked up from the newest event below
-        `low` (the slice's own anchor; `anchor` for the first slice, at the cursor)."""
-        if low > report.cursor:
-            below = self._list(report, created_lt=low, limit=1).events
-            anchor = below[0].id if below else anchor
+        """The events of `[low, high)`, walked up from the newest event below `low` (the
+        slice's own anchor; `anchor`, at the cursor, if there is none)."""
+        below = self._list(report, created_lt=low, limit=1).events
+        anchor = below[0].id if below else anchor
         yield from self._walk(anchor, low, report, high, SLICE_WINDOW)
 
     def _walk(
