@@ -221,7 +221,8 @@ class Poller:
             for low, high in pairwise(highs)
             if low is not None
         ]
-        yield from in_order([first, *others], chains)
+        # Room for a window and the end of its slice: a finished slice frees its thread.
+        yield from in_order([first, *others], chains, depth=2)
 
     def _walk_slice(
         self, anchor: str, low: int, high: int | None, report: DrainReport

@@ -32,8 +32,7 @@ def in_order(
     that waits because its source is ahead never keeps an earlier source from running. An
     error in a source is raised when the caller reaches it; closing the generator stops the
     threads (each after its current item)."""
-    # One more place for the end (or the error): a finished source frees its thread at once.
-    queues: list[Queue[object]] = [Queue(maxsize=depth + 1) for _ in sources]
+    queues: list[Queue[object]] = [Queue(maxsize=depth) for _ in sources]
     stop = threading.Event()
 
     def put(queue: Queue[object], item: object) -> bool:
