@@ -192,7 +192,7 @@ def bench_baseline(db: Database, emulator: EmulatorProcess, events: int) -> Resu
             if ledger.processed_ids(session, [event.id]):
                 continue
             _apply_one(session, event.payload)
-            ledger.mark_processed(session, [event])
+            ledger.claim(session, [event])
     seconds = time.perf_counter() - started
     engine.dispose()
     return Result(

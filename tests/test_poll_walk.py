@@ -262,6 +262,31 @@ def test_events_applied_by_webhooks_above_the_cursor_are_not_applied_again(
     assert_matches_stripe(emulator, factory)
 
 
+def test_events_processed_after_the_reader_checked_them_are_not_applied_again(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """A webhook may process an event between the reader's look at the ledger and the batch's
+    transaction: the batch's own ledger write finds it there, and leaves it alone."""
+    factory, walker, applier = small_history(stripe_settings, engine, emulator)
+    walker.drain()
+    added = more_events(emulator, factory, first=4, customers=40, span=3_600)
+    webhook = Applier(factory, StripeGateway(stripe_settings))
+    raced: list[str] = []
+
+    def webhook_first(events: Sequence[Event]) -> None:
+        taken = list(events[::3])
+        webhook.apply(taken)
+        raced.extend(event.id for event in taken)
+
+    applier.before = webhook_first
+    report = walker.drain()
+
+    assert report.stats.total("duplicate") == len(raced) > 0
+    assert report.stats.total("applied") + report.stats.total("stale") == added - len(raced)
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert_matches_stripe(emulator, factory)
+
+
 def test_the_cyclic_collector_is_paused_only_while_draining(
     stripe_settings: Settings, engine: Engine, emulator: Emulator
 ) -> None:

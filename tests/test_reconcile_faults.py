@@ -7,10 +7,11 @@ import time
 
 import pytest
 from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.cli import print_status
 from collab_billing.config import Settings
-from collab_billing.db import ledger, queries
+from collab_billing.db import ledger, mirror, queries
 from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -179,3 +180,17 @@ def test_a_remembered_customer_whose_row_is_gone_is_read_again(
     with reconciler.factory() as session:
         assert ledger.all_pending_events(session) == []
     assert assert_matches_stripe(emulator, reconciler.factory) == 2
+
+
+def test_remembered_customers_past_the_limit_forget_the_oldest_half(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Past its limit the memory of linked customers keeps the newest half. (Starting over
+    instead, a backlog naming about as many customers as the limit read them all again every
+    few dozen batches.) Nothing is in the database here: what is returned was remembered."""
+    remembered = mirror.CustomerIds(limit=10)
+    remembered.remember({f"cus_{n}": n for n in range(1, 9)})
+    remembered.remember({f"cus_{n}": n for n in range(9, 13)})
+    with session_factory() as session:
+        known = remembered.lookup(session, [f"cus_{n}" for n in range(1, 13)])
+    assert known == {f"cus_{n}": n for n in range(8, 13)}

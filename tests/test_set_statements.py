@@ -68,14 +68,17 @@ def test_a_list_of_ids_is_looked_up_through_the_index(
 
 
 def test_ledger_rows_of_a_batch_are_written_once(session_factory: sessionmaker[Session]) -> None:
+    """`claim` writes the rows that are not there and names those that were (processed
+    already, so not to be applied again), in one statement."""
     events = [
         Event.from_dict({"id": f"evt_{n}", "type": "customer.created", "created": n, "data": {}})
         for n in range(1, 2_001)
     ]
     with session_factory() as session, session.begin():
-        ledger.mark_processed(session, events[:1_000])
+        assert ledger.claim(session, events[:1_000:7]) == set()
     with session_factory() as session, session.begin():
-        ledger.mark_processed(session, events)  # the first thousand are already there
+        done = ledger.claim(session, events)
+    assert done == {event.id for event in events[:1_000:7]}
     with session_factory() as session:
         rows = session.execute(
             select(

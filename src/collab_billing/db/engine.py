@@ -39,6 +39,10 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")  # see `checkpoints`
     # The WAL file keeps its largest size unless limited: back to 64 MB when it starts over.
     cursor.execute("PRAGMA journal_size_limit=67108864")
+    # A statement that writes many rows keeps the pages it changes, to undo it alone, in a
+    # statement journal: in memory rather than a temporary file (a batch's ledger insert at
+    # a million events: 8.1 -> 6.8 s for 1M rows, measured apart from the service).
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 

@@ -94,28 +94,36 @@ def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
     return found
 
 
-_MARK_PROCESSED_POSTGRES = text(
+_CLAIM_POSTGRES = text(
     "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
     "stripe_event_created_timestamp) SELECT row ->> 0, row ->> 1, CAST(row ->> 2 AS bigint) "
     "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS row "
-    "ON CONFLICT (stripe_event_id) DO NOTHING"
+    "ON CONFLICT (stripe_event_id) DO NOTHING RETURNING stripe_event_id"
 )
-_MARK_PROCESSED_SQLITE = text(
+_CLAIM_SQLITE = text(
     "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
     "stripe_event_created_timestamp) SELECT value ->> 0, value ->> 1, value ->> 2 "
-    "FROM json_each(:rows) WHERE true ON CONFLICT (stripe_event_id) DO NOTHING"
+    "FROM json_each(:rows) WHERE true ON CONFLICT (stripe_event_id) DO NOTHING "
+    "RETURNING stripe_event_id"
 )
 
 
-def mark_processed(session: Session, events: Sequence[Event]) -> None:
-    """Insert ledger rows (those already there are left alone), in one statement whose rows
-    are built server-side from one JSON array (see `matching`). Per-row parameters cost
-    more in SQLAlchemy and the driver than the writes themselves."""
+def claim(session: Session, events: Sequence[Event]) -> set[str]:
+    """Write the ledger rows of `events`, to be applied in this transaction; returns the ids
+    of those processed already (their rows were there), which must not be applied again.
+
+    One statement, whose rows are built server-side from one JSON array (see `matching`):
+    per-row parameters cost more in SQLAlchemy and the driver than the writes themselves, and
+    the driver's executemany lets go of the GIL, and waits to get it back, at every row. It
+    also answers which rows were there, sparing a lookup of every id before it."""
     if not events:
-        return
+        return set()
     rows = json_array([(event.id, event.type, event.created) for event in events])
-    statement = _MARK_PROCESSED_POSTGRES if is_postgres(session) else _MARK_PROCESSED_SQLITE
-    session.execute(statement, {"rows": rows})
+    statement = _CLAIM_POSTGRES if is_postgres(session) else _CLAIM_SQLITE
+    inserted = set(session.scalars(statement, {"rows": rows}))
+    if len(inserted) == len(events):
+        return set()
+    return {event.id for event in events} - inserted
 
 
 # -- pending (failed or waiting) events --------------------------------------------------

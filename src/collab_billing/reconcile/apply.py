@@ -220,10 +220,11 @@ class Applier:
         self, session: Session, groups: Sequence[Group], stats: ApplyStats, clear_pending: bool
     ) -> dict[str, int]:
         """`groups` in the caller's transaction, with a fixed number of statements per batch:
-        the rows they need are read in one query each, and the subscriptions are written in
+        the ledger rows are written first (which tells the events processed already), the
+        rows the rest need are read in one query each, and the subscriptions are written in
         one. Returns the customers known to the transaction."""
-        all_ids = [event.id for group in groups for event in group.events]
-        done = ledger.processed_ids(session, all_ids)
+        events = [event for group in groups for event in group.events]
+        done = ledger.claim(session, events)
         fresh_groups = list(groups) if not done else self._without_done(groups, done, stats)
         batch = self._read_rows(session, fresh_groups)
         self._apply_customers(
@@ -236,8 +237,7 @@ class Applier:
                 stats.count("ignored", group.events)
         mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         if clear_pending:
-            ledger.clear_pending(session, all_ids)
-        ledger.mark_processed(session, [e for group in fresh_groups for e in group.events])
+            ledger.clear_pending(session, [event.id for event in events])
         return batch.known
 
     @staticmethod
