@@ -6,6 +6,10 @@ an event (orjson), more than applying it; decoding into these structs, skipping 
 named here, costs ~6 µs. Each event keeps a reference to the JSON it came in: the whole
 payload is parsed only where it is needed (same-second ties, whose `previous_attributes` are
 compared with whole objects, and events kept for a retry).
+
+The structs are not tracked by the cyclic garbage collector (`gc=False`): they form trees,
+never cycles, and a drain's collections (`reconcile.memory`) walked the tens of thousands
+of them in flight, 14 ms a collection at a million events.
 """
 
 from __future__ import annotations
@@ -16,22 +20,22 @@ import msgspec
 import orjson
 
 
-class Ref(msgspec.Struct):
+class Ref(msgspec.Struct, gc=False):
     """An expanded object where an id is expected (`customer`, `price`)."""
 
     id: str
 
 
-class SubscriptionItem(msgspec.Struct):
+class SubscriptionItem(msgspec.Struct, gc=False):
     price: str | Ref | None = None
     current_period_end: int | None = None
 
 
-class ItemList(msgspec.Struct):
+class ItemList(msgspec.Struct, gc=False):
     data: list[SubscriptionItem] = []
 
 
-class ObjectFields(msgspec.Struct):
+class ObjectFields(msgspec.Struct, gc=False):
     """The fields the service reads of a customer, a subscription or a Checkout Session."""
 
     id: str | None = None
@@ -56,7 +60,7 @@ def id_of(value: str | Ref) -> str:
     return value if isinstance(value, str) else value.id
 
 
-class _Data(msgspec.Struct):
+class _Data(msgspec.Struct, gc=False):
     object: ObjectFields
 
 
@@ -95,7 +99,7 @@ class Event(msgspec.Struct, dict=True):
         return cls.from_json(orjson.dumps(event))
 
 
-class EventList(msgspec.Struct):
+class EventList(msgspec.Struct, gc=False):
     data: list[Event]
     has_more: bool
 
@@ -114,13 +118,13 @@ def decode_event_list(body: bytes) -> EventList:
     return page
 
 
-class _Header(msgspec.Struct):
+class _Header(msgspec.Struct, gc=False):
     id: str
     type: str
     created: int
 
 
-class _RawList(msgspec.Struct):
+class _RawList(msgspec.Struct, gc=False):
     data: list[msgspec.Raw]
     has_more: bool
 

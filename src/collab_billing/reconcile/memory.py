@@ -59,7 +59,12 @@ def release_memory() -> None:
     """Free garbage in reference cycles (see `cyclic_gc_paused`), then hand freed heap memory
     back to the system. Pages are parsed on the read-ahead thread and freed on this one;
     glibc's per-thread arenas then keep growing with the backlog (RSS of 1.5 GB at a million
-    events) unless trimmed."""
-    gc.collect()
+    events) unless trimmed.
+
+    The two younger generations only: with the collector paused, everything made since the
+    last call is in them, and what outlived the last call (what was in flight then) is left
+    for the full collection at the end of the drain. A full collection each time walked the
+    older survivors again and again: 15 ms a call at a million events, 4% of the drain."""
+    gc.collect(1)
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
