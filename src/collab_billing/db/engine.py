@@ -53,8 +53,9 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 # events (its event ids are random) and ~1,500 of the subscriptions; with the default cache
 # SQLite writes changed pages out to the WAL in the middle of the transaction, and reads
 # them back from it. Only while writing: between transactions a connection's cache is of
-# little use (another connection's commit empties it), and every pooled connection keeping
-# 16 MB added 47 MB to a drain's peak RSS for the same throughput (docs/benchmarks.md).
+# little use (another connection's commit empties it), and 16 MB on every pooled connection
+# added 47 MB to a drain's peak RSS at 1M for ~4% more (docs/benchmarks.md, step 33), and as
+# much per pooled connection to `serve`.
 READ_CACHE_KIB = 2_000
 WRITE_CACHE_KIB = 16_000
 

@@ -121,8 +121,6 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
     rows = json_array([(event.id, event.type, event.created) for event in events])
     statement = _CLAIM_POSTGRES if is_postgres(session) else _CLAIM_SQLITE
     inserted = set(session.scalars(statement, {"rows": rows}))
-    if len(inserted) == len(events):
-        return set()
     return {event.id for event in events} - inserted
 
 
