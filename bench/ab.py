@@ -2,12 +2,14 @@
 
     python -m bench.ab --engine sqlite --size 1000000 --repeats 3 HEAD .
 
-Each version is a git revision (its `src/` exported to a temporary folder) or `.` (this
-checkout's `src/`). The backlog is generated once; every run drains a copy of the same
-database (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL) with
-`reconcile --once`, versions taking turns so that the machine's drift (seen at 20-60% within
-an hour here) falls on all of them alike. Prints each run and the median per version.
-`--profile` wraps each run in py-spy (installed separately) and keeps its flame graph.
+Each version is a git revision (its `src/` exported to a temporary folder), `.` (this
+checkout's `src/`) or a folder holding a `src/` (a copy of work in progress). The backlog is
+generated once; every run drains a copy of the same database (a file copy on SQLite,
+`CREATE DATABASE ... TEMPLATE` on PostgreSQL) with `reconcile --once`, versions taking turns
+so that the machine's drift (seen at 20-60% within an hour here) falls on all of them alike.
+Prints each run (events/s, peak RSS, CPU seconds) and the median per version. `--profile`
+wraps each run in py-spy (installed separately) and keeps its samples as folded stacks, one
+line per stack and thread (`ab-VERSION-RUN.folded`; speedscope and flamegraph.pl read them).
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from bench.drain import prepare_backlog
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    parser.add_argument("versions", nargs="+", help="git revisions, or . for this checkout")
+    parser.add_argument(
+        "versions", nargs="+", help="git revisions, . for this checkout, or folders with a src/"
+    )
     parser.add_argument("--engine", default="sqlite", choices=("sqlite", "postgres"))
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="py-spy flame graph per run")
+    parser.add_argument("--profile", action="store_true", help="py-spy folded stacks per run")
+    parser.add_argument(
+        "--spy-args", default="", help='more py-spy options, e.g. "--gil" or "--idle"'
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -49,27 +56,17 @@ def main(argv: list[str] | None = None) -> int:
                 events = int(prepare_backlog(template, emu, args.size)["events"])
                 for repeat in range(args.repeats):
                     for version, source in sources.items():
-                        copy = copy_database(template, workdir, args.pg_url)
-                        try:
-                            env = service_env(copy, emu.url, STRIPE_REQUESTS_PER_SECOND="100000")
-                            env["PYTHONPATH"] = str(source)
-                            command = [PYTHON, "-m", "collab_billing", "reconcile", "--once"]
-                            if args.profile:
-                                svg = Path.cwd() / f"ab-{slug(version)}-{repeat}.svg"
-                                command = ["py-spy", "record", "-o", str(svg), "--", *command]
-                            run = run_child(command, env, workdir, timeout=3600)
-                            if run.returncode != 0:
-                                raise RuntimeError(f"{version}: {run.stderr_tail}")
-                            polls = [r for r in run.log_lines if r.get("message") == "poll"]
-                            speed = round(events / float(polls[-1]["seconds"]))
-                            speeds[version].append(speed)
-                            print(
-                                f"{version:<12} run {repeat + 1}: {speed:>7,} events/s, "
-                                f"peak RSS {run.peak_rss_mb:.0f} MB",
-                                flush=True,
-                            )
-                        finally:
-                            copy.drop()
+                        spy = args.spy_args.split() if args.profile else None
+                        out = Path.cwd() / f"ab-{slug(version)}-{repeat}.folded"
+                        seconds, rss, cpu = drain_copy(
+                            template, emu.url, workdir, args, source, spy, out
+                        )
+                        speeds[version].append(round(events / seconds))
+                        print(
+                            f"{version:<12} run {repeat + 1}: {speeds[version][-1]:>7,} "
+                            f"events/s, peak RSS {rss:.0f} MB, CPU {cpu:.1f} s",
+                            flush=True,
+                        )
             finally:
                 template.drop()
     print(f"\n{args.engine}, {events:,} events, median of {args.repeats}:")
@@ -78,10 +75,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def drain_copy(
+    template: Database,
+    emulator_url: str,
+    workdir: Path,
+    args: argparse.Namespace,
+    source: Path,
+    spy: list[str] | None,
+    profile: Path,
+) -> tuple[float, float, float]:
+    """`reconcile --once` of `source` on a copy of `template`: drain seconds, peak RSS (MB),
+    CPU seconds of the whole process (start-up included)."""
+    copy = copy_database(template, workdir, args.pg_url)
+    try:
+        env = service_env(copy, emulator_url, STRIPE_REQUESTS_PER_SECOND="100000")
+        env["PYTHONPATH"] = str(source)
+        command = [PYTHON, "-m", "collab_billing", "reconcile", "--once"]
+        if spy is not None:
+            record = ["py-spy", "record", "--format", "raw", "--threads", *spy]
+            command = [*record, "-o", str(profile), "--", *command]
+        run = run_child(command, env, workdir, timeout=3600)
+        polls = [r for r in run.log_lines if r.get("message") == "poll"]
+        if run.returncode != 0 or not polls:
+            raise RuntimeError(f"{source}: {run.stderr_tail}")
+        return float(polls[-1]["seconds"]), run.peak_rss_mb, run.cpu_seconds
+    finally:
+        copy.drop()
+
+
 def export_source(version: str, workdir: Path) -> Path:
     """The folder to put on PYTHONPATH for `version`."""
     if version == ".":
         return REPO / "src"
+    if (Path(version) / "src").is_dir():  # a copy of a checkout
+        return Path(version) / "src"
     target = workdir / slug(version)
     target.mkdir()
     archive = subprocess.run(

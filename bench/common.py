@@ -234,6 +234,7 @@ class ChildRun:
     peak_rss_mb: float
     log_lines: list[dict[str, Any]]
     stderr_tail: str
+    cpu_seconds: float = 0.0  # user + system, of all its threads
 
 
 def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: float) -> ChildRun:
@@ -272,7 +273,8 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
             if isinstance(parsed, dict):
                 lines.append(parsed)
     peak_kib = peak_kib or usage.ru_maxrss  # no /proc: the upper bound
-    return ChildRun(process.returncode, seconds, peak_kib / 1024, lines, output[-3000:])
+    cpu = usage.ru_utime + usage.ru_stime
+    return ChildRun(process.returncode, seconds, peak_kib / 1024, lines, output[-3000:], cpu)
 
 
 def reconcile_once(

@@ -70,3 +70,12 @@ def test_nested_previous_attributes_match_partially() -> None:
         "updated", {"status": "active", "metadata": {"a": "3", "b": "2"}}, {"metadata": {"a": "1"}}
     )
     assert final_event([second, first]) is second
+
+
+def test_orders_that_end_in_the_same_state_settle_it() -> None:
+    # Each could have come after the other (neither changes what the other was made from).
+    first = event("updated", {"metadata": {"a": "1"}, "n": 1}, {"metadata": {"a": "1"}})
+    same = event("pending_update_applied", {"metadata": {"a": "1"}, "n": 1}, {"metadata": {}})
+    other = event("pending_update_applied", {"metadata": {"a": "1"}, "n": 2}, {"metadata": {}})
+    assert final_event([first, same]) in (first, same)
+    assert final_event([first, other]) is None

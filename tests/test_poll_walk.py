@@ -22,10 +22,9 @@ from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
 from collab_billing.reconcile import poll
-from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
 from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.poll import TURN_BATCH_SIZE, Poller
-from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway, StripeGatewayError
 from tests.reconcile_helpers import (
     assert_matches_stripe,
@@ -51,12 +50,12 @@ class RecordingApplier(Applier):
         events: Sequence[Event],
         pending: Sequence[object] = (),
         cursor: int | None = None,
-        early: Early | None = None,
+        prepared: Batch | None = None,
     ) -> ApplyStats:
         self.batches.append(list(events))
         if self.before is not None:
             self.before(events)
-        return super().apply(events, pending, cursor, early)  # type: ignore[arg-type]
+        return super().apply(events, pending, cursor, prepared)  # type: ignore[arg-type]
 
 
 def poller(factory: sessionmaker[Session], settings: Settings) -> tuple[Poller, RecordingApplier]:

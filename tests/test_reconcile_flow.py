@@ -88,6 +88,19 @@ def test_events_are_recorded_once_and_idle_polls_cost_one_request(
     assert idle.stats.total("applied") == 0
 
 
+def test_an_api_base_ending_in_a_slash_reaches_the_same_stripe(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    settings = stripe_settings.model_copy(
+        update={"stripe_api_base": stripe_settings.stripe_api_base + "/"}
+    )
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    subscribe_new_user(reconciler, emulator, settings.stripe_price_id or "", 7)
+    [row] = subscriptions(reconciler.factory)
+    fresh = reconciler.gateway.retrieve_subscription(row.stripe_subscription_id)
+    assert fresh["status"] == row.stripe_subscription_status == "active"
+
+
 def test_never_synced_database_is_resynced_from_lists(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:

@@ -120,7 +120,7 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
         return set()
     rows = json_array([(event.id, event.type, event.created) for event in events])
     statement = _CLAIM_POSTGRES if is_postgres(session) else _CLAIM_SQLITE
-    inserted = set(session.scalars(statement, {"rows": rows}))
+    inserted = set(session.scalars(statement, {"rows": rows}).all())
     return {event.id for event in events} - inserted
 
 
@@ -238,15 +238,15 @@ def write_state(session: Session, name: str, value: str | int) -> None:
     )
 
 
+# The same text on both engines; written out rather than built by the ORM at every batch
+# (building and caching-key the statement cost more than running it).
+_ADVANCE_CURSOR = text(
+    "INSERT INTO reconciler_state (name, value) VALUES (:name, :value) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = CURRENT_TIMESTAMP "
+    "WHERE CAST(reconciler_state.value AS BIGINT) < CAST(excluded.value AS BIGINT)"
+)
+
+
 def advance_cursor(session: Session, created: int) -> None:
     """The cursor only moves forward, whoever (poll, webhook) writes it."""
-    insert = dialect_insert(session)
-    statement = insert(ReconcilerState).values(name=CURSOR, value=str(created))
-    stored = sql_cast(ReconcilerState.value, BigInteger)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["name"],
-            set_={"value": statement.excluded.value},
-            where=stored < sql_cast(statement.excluded.value, BigInteger),
-        )
-    )
+    session.execute(_ADVANCE_CURSOR, {"name": CURSOR, "value": str(created)})

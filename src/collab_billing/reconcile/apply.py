@@ -11,11 +11,13 @@ events while other objects go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import repeat
 from operator import attrgetter
 
@@ -87,6 +89,28 @@ class Group:
         newest = self.newest_created
         return [event for event in self.events if event.created == newest]
 
+    @cached_property
+    def final(self) -> Event | None:
+        """The event whose payload is the object's state after all of them, if certain."""
+        return final_event(self.last_second())
+
+    @cached_property
+    def final_state(self) -> mirror.SubscriptionState:
+        """`final`'s subscription as of the newest second (raises if it cannot be read)."""
+        if self.final is None:
+            raise ValueError("the newest second's events cannot be ordered")
+        return mirror.SubscriptionState.from_fields(self.final.object, self.newest_created)
+
+
+@dataclass
+class Batch:
+    """Events prepared for `Applier.apply` ahead of it: grouped by object, ties settled where
+    their payloads can, and the Stripe reads the others need started."""
+
+    events: list[Event]
+    groups: list[Group]
+    early: Early
+
 
 def group_events(events: Sequence[Event]) -> list[Group]:
     """Groups of `events` (in `created` order) in first-seen order; customers first, so that
@@ -116,23 +140,36 @@ class Applier:
 
     # -- entry point ----------------------------------------------------------------------
 
-    def read_ahead(self, events: Sequence[Event]) -> Early:
-        """Start reading from Stripe what applying `events` will need: pass the result to
-        `apply` with them."""
-        return start_reads(self.gateway, _unsettled(group_events(events)))
+    def prepare(self, events: list[Event], early: Early | None = None) -> Batch:
+        """The work on `events` that needs no database, done ahead (on the read-ahead thread,
+        while earlier batches are written): pass the result to `apply` with them. Reads
+        already started for them (in `early`) are taken over, not made again."""
+        groups = group_events(events)
+        for group in groups:
+            if group.kind == "subscription" and group.final is not None:
+                # A payload that is not a subscription's fails its object, in `apply`.
+                with contextlib.suppress(Exception):
+                    group.final_state  # noqa: B018 (computed now, kept for `apply`)
+        early = early or {}
+        unread = [s for s in _unsettled(groups) if s not in early]
+        taken = {s: early[s] for s in _unsettled(groups) if s in early}
+        return Batch(events, groups, taken | start_reads(self.gateway, unread))
 
     def apply(
         self,
         events: Sequence[Event],
         pending: Sequence[ledger.PendingEvent] = (),
         cursor: int | None = None,
-        early: Early | None = None,
+        prepared: Batch | None = None,
     ) -> ApplyStats:
         """Apply new `events` (sorted by `created`) and the due `pending` events, in one
         transaction; with `cursor`, the poll cursor moves up to it in the same transaction;
-        `early` is what `read_ahead` started for them."""
-        self._stripe = StripeReads(self.gateway, early)
-        groups = group_events(_merge_sorted([p.event for p in pending], events))
+        `prepared` is what `prepare` made of these same events."""
+        self._stripe = StripeReads(self.gateway, prepared.early if prepared else None)
+        if prepared is not None and not pending:
+            groups = prepared.groups
+        else:
+            groups = group_events(_merge_sorted([p.event for p in pending], events))
         if pending:
             attempts = {p.event.id: p.attempts for p in pending}
             for group in groups:
@@ -230,11 +267,15 @@ class Applier:
         self._apply_customers(
             session, [g for g in fresh_groups if g.kind == "customer"], batch, stats
         )
+        # Counted by outcome once for the batch: counting each group took ~4% of a drain.
+        outcomes: dict[str, list[Event]] = defaultdict(list)
         for group in fresh_groups:
             if group.kind == "subscription":
-                self._apply_subscription(session, group, batch, stats)
+                outcomes[self._apply_subscription(session, group, batch)] += group.events
             elif group.kind != "customer":
-                stats.count("ignored", group.events)
+                outcomes["ignored"] += group.events
+        for outcome, counted in outcomes.items():
+            stats.count(outcome, counted)
         mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         if clear_pending:
             ledger.clear_pending(session, [event.id for event in events])
@@ -318,13 +359,11 @@ class Applier:
             session, [s for s in states if s.stripe_subscription_id not in marks], known
         )
 
-    def _apply_subscription(
-        self, session: Session, group: Group, batch: _Rows, stats: ApplyStats
-    ) -> None:
+    def _apply_subscription(self, session: Session, group: Group, batch: _Rows) -> str:
+        """Returns the outcome of the group's events."""
         decision = self._decide(group, batch.marks.get(group.object_id))
         if decision is None:
-            stats.count("stale", group.events)
-            return
+            return "stale"
         state = decision
         customer_id = state.stripe_customer_id
         if customer_id not in batch.known:
@@ -333,19 +372,17 @@ class Applier:
                 self._link_customer(session, customer_id, github_user_id_of(customer), True)
             batch.known.update(mirror.customer_rows(session, [customer_id]))
         if customer_id not in batch.known:
-            stats.count("unmatched", group.events)
-            return
+            return "unmatched"
         batch.upserts.append(state)  # written with the others at the end of the batch
-        stats.count("applied", group.events)
+        return "applied"
 
     def _decide(self, group: Group, mark: int | None) -> mirror.SubscriptionState | None:
         """The state to write, or None when every event is older than the row (`mark`)."""
         newest = group.newest_created
         if mark is not None and newest < mark:
             return None
-        final = final_event(group.last_second()) if mark != newest else None
-        if final is not None:
-            return mirror.SubscriptionState.from_fields(final.object, newest)
+        if mark != newest and group.final is not None:
+            return group.final_state
         fresh = self._stripe.subscription(group.object_id)
         return mirror.SubscriptionState.from_stripe(fresh, newest)
 
@@ -353,9 +390,7 @@ class Applier:
 def _unsettled(groups: Sequence[Group]) -> list[str]:
     """The subscriptions whose newest second holds events their payloads cannot order."""
     return [
-        group.object_id
-        for group in groups
-        if group.kind == "subscription" and final_event(group.last_second()) is None
+        group.object_id for group in groups if group.kind == "subscription" and group.final is None
     ]
 
 

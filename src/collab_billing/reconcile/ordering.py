@@ -63,5 +63,5 @@ def final_event(tied: Sequence[Event]) -> Event | None:
             finals.append(order[-1])
     if not finals:
         return None
-    states = {repr(sorted(event.payload["data"]["object"].items())) for event in finals}
-    return finals[0] if len(states) == 1 else None
+    state = finals[0].payload["data"]["object"]
+    return finals[0] if all(f.payload["data"]["object"] == state for f in finals[1:]) else None

@@ -28,12 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.db import ledger
 from collab_billing.db.checkpoints import WalCheckpoints
 from collab_billing.db.engine import is_sqlite, read_only, write_lock
-from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
 from collab_billing.reconcile.read_ahead import in_order, read_ahead
-from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class DrainReport:
 class Window:
     events: list[Event]
     high: int | None
-    early: Early = field(default_factory=dict)  # Stripe reads started for its events
+    batches: list[Batch] = field(default_factory=list)  # its events, prepared to apply
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class Poller:
         cursor = self.check_retention()
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
-        windows = read_ahead(self._reading_early(self._events(cursor, report)))
+        windows = read_ahead(self._prepared(self._events(cursor, report)))
         checkpoints = WalCheckpoints(self._engine)
         with contextlib.closing(windows), contextlib.closing(checkpoints):
             unreleased = 0
@@ -155,9 +154,9 @@ class Poller:
                 if unreleased >= self.max_buffer:
                     release_memory()
                     unreleased = 0
-                for batch in self._batches(window.events):
-                    newest = batch[-1].created
-                    stats = self.applier.apply(batch, due, cursor=newest, early=window.early)
+                for batch in self._batches(window.batches):
+                    newest = batch.events[-1].created
+                    stats = self.applier.apply(batch.events, due, cursor=newest, prepared=batch)
                     checkpoints.batch_committed()
                     report.stats.merge(stats)
                     due = []
@@ -173,21 +172,24 @@ class Poller:
         report.seconds = time.monotonic() - started
         return report
 
-    def _batches(self, events: list[Event]) -> Iterator[list[Event]]:
-        """`events` in batches; smaller ones while other writers wait their turn on SQLite's
+    def _batches(self, prepared: list[Batch]) -> Iterator[Batch]:
+        """The prepared batches; smaller ones while other writers wait their turn on SQLite's
         one write lock (webhook deliveries): each then waits behind a short transaction."""
         lock = self._write_lock
-        for batch in batches(events, self.batch_size):
+        for batch in prepared:
             if lock is not None and lock.contended_within(CONTENDED_SECONDS):
-                yield from batches(batch, TURN_BATCH_SIZE)
+                for events in batches(batch.events, TURN_BATCH_SIZE):
+                    yield self.applier.prepare(events, batch.early)
             else:
                 yield batch
 
-    def _reading_early(self, windows: Iterator[Window]) -> Iterator[Window]:
-        """`windows`, each with the Stripe reads its events need already started (on the
-        read-ahead thread, so that they overlap the writes of the windows before it)."""
+    def _prepared(self, windows: Iterator[Window]) -> Iterator[Window]:
+        """`windows`, cut into batches prepared to apply (on the read-ahead thread, so that
+        this work, and the Stripe reads it starts, overlap the writes of the windows before)."""
         for window in windows:
-            window.early = self.applier.read_ahead(window.events)
+            window.batches = [
+                self.applier.prepare(events) for events in batches(window.events, self.batch_size)
+            ]
             yield window
 
     def _events(self, cursor: int, report: DrainReport) -> Iterator[Window]:

@@ -19,12 +19,11 @@ from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.logs import new_request_id, request_id_scope
-from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
 from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
-from collab_billing.reconcile.stripe_reads import Early
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -45,10 +44,10 @@ class TimedApplier(Applier):
         events: Sequence[Event],
         pending: Sequence[ledger.PendingEvent] = (),
         cursor: int | None = None,
-        early: Early | None = None,
+        prepared: Batch | None = None,
     ) -> ApplyStats:
         with metrics.APPLY_SECONDS.labels(self.source).time():
-            return super().apply(events, pending, cursor, early)
+            return super().apply(events, pending, cursor, prepared)
 
 
 class _CountingEvents:
