@@ -17,7 +17,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import repeat
 from operator import attrgetter
 
@@ -77,6 +76,10 @@ class Group:
     object_id: str
     events: list[Event]  # in `created` order
     attempts: int = 0  # failures so far, when the group comes back from pending
+    # A subscription's, set by `settle`: the event whose payload is its state after all of
+    # `events` (None: not certain), and that state once built.
+    final: Event | None = None
+    final_state: mirror.SubscriptionState | None = None
 
     @property
     def newest_created(self) -> int:
@@ -89,17 +92,19 @@ class Group:
         newest = self.newest_created
         return [event for event in self.events if event.created == newest]
 
-    @cached_property
-    def final(self) -> Event | None:
-        """The event whose payload is the object's state after all of them, if certain."""
-        return final_event(self.last_second())
+    def settle(self) -> Group:
+        if self.kind == "subscription":
+            self.final = final_event(self.last_second())
+        return self
 
-    @cached_property
-    def final_state(self) -> mirror.SubscriptionState:
+    def state(self) -> mirror.SubscriptionState:
         """`final`'s subscription as of the newest second (raises if it cannot be read)."""
-        if self.final is None:
-            raise ValueError("the newest second's events cannot be ordered")
-        return mirror.SubscriptionState.from_fields(self.final.object, self.newest_created)
+        if self.final_state is None:
+            if self.final is None:
+                raise ValueError("the newest second's events cannot be ordered")
+            final = self.final.object
+            self.final_state = mirror.SubscriptionState.from_fields(final, self.newest_created)
+        return self.final_state
 
 
 @dataclass
@@ -112,15 +117,23 @@ class Batch:
     early: Early
 
 
+_KIND_RANK = {"customer": 0, "subscription": 1, "other": 2}
+
+
 def group_events(events: Sequence[Event]) -> list[Group]:
-    """Groups of `events` (in `created` order) in first-seen order; customers first, so that
-    links exist for subscriptions."""
+    """Groups of `events` (in `created` order), settled, in first-seen order; customers first,
+    so that links exist for subscriptions."""
     groups: dict[tuple[str, str], Group] = {}
+    kinds: dict[str, str] = {}
     for event in events:
-        key = (object_kind(event.type), object_id(event))
-        groups.setdefault(key, Group(key[0], key[1], [])).events.append(event)
-    rank = {"customer": 0, "subscription": 1, "other": 2}
-    return sorted(groups.values(), key=lambda group: rank[group.kind])
+        kind = kinds.get(event.type) or kinds.setdefault(event.type, object_kind(event.type))
+        key = (kind, object_id(event))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(kind, key[1], [])
+        group.events.append(event)
+    settled = [group.settle() for group in groups.values()]
+    return sorted(settled, key=lambda group: _KIND_RANK[group.kind])
 
 
 class Applier:
@@ -146,10 +159,10 @@ class Applier:
         already started for them (in `early`) are taken over, not made again."""
         groups = group_events(events)
         for group in groups:
-            if group.kind == "subscription" and group.final is not None:
+            if group.final is not None:
                 # A payload that is not a subscription's fails its object, in `apply`.
                 with contextlib.suppress(Exception):
-                    group.final_state  # noqa: B018 (computed now, kept for `apply`)
+                    group.state()
         early = early or {}
         unread = [s for s in _unsettled(groups) if s not in early]
         taken = {s: early[s] for s in _unsettled(groups) if s in early}
@@ -289,7 +302,7 @@ class Applier:
             if len(fresh) < len(group.events):
                 stats.count("duplicate", [e for e in group.events if e.id in done])
             if fresh:
-                fresh_groups.append(Group(group.kind, group.object_id, fresh))
+                fresh_groups.append(Group(group.kind, group.object_id, fresh).settle())
         return fresh_groups
 
     def _read_rows(self, session: Session, groups: Sequence[Group]) -> _Rows:
@@ -382,7 +395,7 @@ class Applier:
         if mark is not None and newest < mark:
             return None
         if mark != newest and group.final is not None:
-            return group.final_state
+            return group.state()
         fresh = self._stripe.subscription(group.object_id)
         return mirror.SubscriptionState.from_stripe(fresh, newest)
 

@@ -88,6 +88,7 @@ class DrainReport:
 class Window:
     events: list[Event]
     high: int | None
+    one_batch: bool = False  # its events were cut as one batch already
     batches: list[Batch] = field(default_factory=list)  # its events, prepared to apply
 
 
@@ -187,9 +188,8 @@ class Poller:
         """`windows`, cut into batches prepared to apply (on the read-ahead thread, so that
         this work, and the Stripe reads it starts, overlap the writes of the windows before)."""
         for window in windows:
-            window.batches = [
-                self.applier.prepare(events) for events in batches(window.events, self.batch_size)
-            ]
+            parts = [window.events] if window.one_batch else batches(window.events, self.batch_size)
+            window.batches = [self.applier.prepare(events) for events in parts if events]
             yield window
 
     def _events(self, cursor: int, report: DrainReport) -> Iterator[Window]:
@@ -261,7 +261,7 @@ class Poller:
             # A short last batch waits for more: it would cost a transaction of its own.
             rest = ready.pop() if len(ready[-1]) < size else []
             for batch in ready:
-                yield Window(self._fresh(batch), None)
+                yield Window(self._fresh(batch), None, one_batch=True)
             ascending = rest + ascending[complete:]
         if ascending:
             yield Window(self._fresh(ascending), None)
