@@ -1,4 +1,10 @@
-"""The reconciler's bookkeeping: processed events, events waiting for a retry, and the cursor."""
+"""The reconciler's bookkeeping: processed events, events waiting for a retry, and the cursor.
+
+The statements of a drain's every batch (here and in `mirror`) run on the session's connection,
+as Core: the ORM's execution and result machinery (autoflush, ORM rows) cost more than some of
+the statements themselves (7% of a drain of 100k events on SQLite). They read and write no ORM
+object that could be waiting to be flushed.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +96,7 @@ def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
     found: set[str] = set()
     column = _PROCESSED.c.stripe_event_id
     for condition in matching(session, column, event_ids):
-        found.update(session.scalars(select(column).where(condition)))
+        found.update(session.connection().scalars(select(column).where(condition)))
     return found
 
 
@@ -120,7 +126,7 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
         return set()
     rows = json_array([(event.id, event.type, event.created) for event in events])
     statement = _CLAIM_POSTGRES if is_postgres(session) else _CLAIM_SQLITE
-    inserted = set(session.scalars(statement, {"rows": rows}).all())
+    inserted = set(session.connection().scalars(statement, {"rows": rows}).all())
     return {event.id for event in events} - inserted
 
 
@@ -137,7 +143,7 @@ class PendingEvent:
 
 
 def pending_object_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(PendingStripeEvent.stripe_object_id).distinct()))
+    return set(session.connection().scalars(select(PendingStripeEvent.stripe_object_id).distinct()))
 
 
 def due_pending_events(session: Session, now: int) -> list[PendingEvent]:
@@ -249,4 +255,4 @@ _ADVANCE_CURSOR = text(
 
 def advance_cursor(session: Session, created: int) -> None:
     """The cursor only moves forward, whoever (poll, webhook) writes it."""
-    session.execute(_ADVANCE_CURSOR, {"name": CURSOR, "value": str(created)})
+    session.connection().execute(_ADVANCE_CURSOR, {"name": CURSOR, "value": str(created)})

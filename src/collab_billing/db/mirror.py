@@ -72,7 +72,7 @@ def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str,
     marks: dict[str, int] = {}
     column = BillingSubscription.stripe_subscription_id
     for condition in matching(session, column, ids):
-        rows = session.execute(
+        rows = session.connection().execute(
             select(column, BillingSubscription.stripe_state_as_of).where(condition)
         )
         marks.update({row[0]: row[1] for row in rows})
@@ -84,7 +84,7 @@ def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dic
     found: dict[str, int] = {}
     column = BillingCustomer.stripe_customer_id
     for condition in matching(session, column, stripe_customer_ids):
-        rows = session.execute(select(column, BillingCustomer.id).where(condition))
+        rows = session.connection().execute(select(column, BillingCustomer.id).where(condition))
         found.update({row[0]: row[1] for row in rows})
     return found
 
@@ -207,14 +207,14 @@ def upsert_subscriptions(
         for state in states
     ]
     statement = _UPSERT_POSTGRES if is_postgres(session) else _UPSERT_SQLITE
-    session.execute(statement, {"rows": json_array(rows)})
+    session.connection().execute(statement, {"rows": json_array(rows)})
 
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
     """GitHub user id -> our user id, for those we have."""
     found: dict[int, int] = {}
     for condition in matching(session, User.github_user_id, sorted(set(github_user_ids))):
-        rows = session.execute(select(User.github_user_id, User.id).where(condition))
+        rows = session.connection().execute(select(User.github_user_id, User.id).where(condition))
         found.update({row[0]: row[1] for row in rows})
     return found
 
@@ -234,7 +234,7 @@ def link_customers_if_free(session: Session, links: Sequence[tuple[int, str]]) -
     linked: dict[str, int] = {}
     column = BillingCustomer.stripe_customer_id
     for condition in matching(session, column, list(wanted)):
-        rows = session.execute(
+        rows = session.connection().execute(
             select(column, BillingCustomer.user_id, BillingCustomer.id).where(condition)
         )
         linked.update({cid: id_ for cid, user_id, id_ in rows if wanted.get(cid) == user_id})
