@@ -58,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
                     for version, source in sources.items():
                         spy = args.spy_args.split() if args.profile else None
                         out = Path.cwd() / f"ab-{slug(version)}-{repeat}.folded"
+                        emulator_cpu = emu.cpu_seconds()
                         seconds, rss, cpu = drain_copy(
                             template, emu.url, workdir, args, source, spy, out
                         )
                         speeds[version].append(round(events / seconds))
+                        emulator_cpu = emu.cpu_seconds() - emulator_cpu
                         print(
                             f"{version:<12} run {repeat + 1}: {speeds[version][-1]:>7,} "
-                            f"events/s, peak RSS {rss:.0f} MB, CPU {cpu:.1f} s",
+                            f"events/s, peak RSS {rss:.0f} MB, CPU {cpu:.1f} s "
+                            f"(emulator {emulator_cpu:.1f} s)",
                             flush=True,
                         )
             finally:

@@ -159,6 +159,10 @@ class EmulatorProcess:
         response.raise_for_status()
         return response.json() if response.content else None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the emulator has used so far (0 where /proc is missing)."""
+        return process_cpu_seconds(self.process.pid)
+
     def api(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {EMULATOR_KEY}"}
         if method == "GET":
@@ -209,6 +213,14 @@ def emulator(workdir: Path) -> Iterator[EmulatorProcess]:
         yield running
     finally:
         running.stop()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- child processes of the service -----------------------------------------------------------
