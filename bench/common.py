@@ -146,7 +146,7 @@ class EmulatorProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / f"emulator-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "stripe_emulator", "--port", str(self.port)],
+            [PYTHON, "-m", "stripe_emulator", "--port", str(self.port), "--no-access-log"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=workdir,

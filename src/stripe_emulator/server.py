@@ -32,9 +32,11 @@ def serve(
     port: int = DEFAULT_PORT,
     api_key: str | None = None,
     log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Serve until Ctrl-C (or SIGTERM); returns cleanly instead of raising KeyboardInterrupt."""
-    config = _config(create_app(api_key), host=host, port=port, log_level=log_level)
+    app = create_app(api_key)
+    config = _config(app, host=host, port=port, log_level=log_level, access_log=access_log)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 import stripe
@@ -97,3 +104,33 @@ def test_hosted_pages(client: stripe.StripeClient, ctl: Control) -> None:
     canceled = httpx.post(portal.url, data={"action": "now"})
     assert canceled.status_code == 303
     assert client.v1.subscriptions.retrieve(str(done.subscription)).status == "canceled"
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-access-log"]])
+def test_command_line_access_log(flags: list[str], tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    output = tmp_path / "emulator.log"
+    with output.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stripe_emulator", "--port", str(port), *flags],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        client = stripe_client(f"http://127.0.0.1:{port}", "sk_test_cli")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.v1.customers.create({"email": "cli@example.com"})
+                break
+            except stripe.APIConnectionError:
+                assert process.poll() is None, "the emulator exited"
+                assert time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    logged = output.read_text()
+    assert "Uvicorn running on" in logged
+    assert ('"POST /v1/customers HTTP/1.1" 200' in logged) == (flags == [])
