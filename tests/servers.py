@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (for a server in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class ServerThread:

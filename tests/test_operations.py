@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from tests.ops_helpers import (
     wait_until,
 )
 from tests.reconcile_helpers import assert_matches_stripe
+from tests.servers import free_port
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 SECRETS = (EMULATOR_KEY, ADMIN_TOKEN, WHSEC_OLD, WHSEC_NEW)
@@ -260,12 +260,6 @@ def test_no_secret_in_any_log_at_debug(
         rendered = f"{record.getMessage()} {vars(record)!r}"
         for secret in SECRETS:
             assert secret not in rendered, (record.name, record.getMessage()[:200])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:

@@ -21,17 +21,12 @@ from collab_billing.api.server import CoalescingTransport, uvicorn_config
 from collab_billing.config import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.ops_helpers import reap, service_env, terminate, wait_until
+from tests.servers import free_port
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric_lines(url: str, name: str) -> dict[str, float]:

@@ -5,12 +5,18 @@ plan PostgreSQL uses once psycopg prepares a statement."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db import ledger
-from collab_billing.db.models import ProcessedStripeEvent
+from collab_billing.db import ledger, mirror
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingSubscription,
+    ProcessedStripeEvent,
+    User,
+)
 from collab_billing.stripe_objects import Event
 
 ROWS = 20_000
@@ -100,3 +106,75 @@ def test_the_cursor_only_moves_forward(session_factory: sessionmaker[Session]) -
         with session_factory() as session:
             seen.append(ledger.read_int_state(session, ledger.CURSOR))
     assert seen == [1_700_000_500, 1_700_000_500, 1_700_000_900, 1_700_000_900]
+
+
+def subscription_rows(session: Session) -> dict[str, tuple[object, ...]]:
+    def seconds(value: datetime | None) -> int | None:
+        return None if value is None else int(value.replace(tzinfo=value.tzinfo or UTC).timestamp())
+
+    rows = session.scalars(select(BillingSubscription)).all()
+    return {
+        row.stripe_subscription_id: (
+            row.billing_customer_id,
+            row.stripe_subscription_status,
+            row.stripe_price_id,
+            row.stripe_cancel_at_period_end,
+            seconds(row.stripe_cancel_at),
+            seconds(row.stripe_canceled_at),
+            seconds(row.stripe_current_period_end),
+            row.stripe_state_as_of,
+        )
+        for row in rows
+    }
+
+
+def test_subscription_rows_of_a_batch_are_inserted_or_overwritten(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`upsert_subscriptions` writes every state it is given, new or not, as given: times
+    (Unix seconds in the rows' JSON) read back as the same instants on both engines."""
+    with session_factory() as session, session.begin():
+        users = [User(github_user_id=n, github_login=f"user{n}") for n in range(3)]
+        session.add_all(users)
+        session.flush()
+        customers = [BillingCustomer(user_id=u.id, stripe_customer_id=f"cus_{u.id}") for u in users]
+        session.add_all(customers)
+        session.flush()
+        known = {c.stripe_customer_id: c.id for c in customers}
+
+    def state(n: int, as_of: int) -> mirror.SubscriptionState:
+        return mirror.SubscriptionState(
+            f"sub_{n:05d}",
+            customers[n % 3].stripe_customer_id,
+            ("active", "canceled")[n % 2],
+            n % 3 == 0,
+            1_800_000_000 + n if n % 4 else None,
+            None if n % 5 else 1_700_000_000,
+            1_750_000_000 + n,
+            f"price_{n % 7}" if n % 6 else None,
+            as_of,
+        )
+
+    first = [state(n, 10) for n in range(0, 2_101)]
+    again = [state(n, 20)._replace(status="past_due") for n in range(1_000, 2_600)]
+    with session_factory() as session, session.begin():
+        mirror.upsert_subscriptions(session, first, known)
+    with session_factory() as session, session.begin():
+        mirror.upsert_subscriptions(session, again, known)
+    newest = {s.stripe_subscription_id: s for s in first} | {
+        s.stripe_subscription_id: s for s in again
+    }
+    with session_factory() as session:
+        assert subscription_rows(session) == {
+            s.stripe_subscription_id: (
+                known[s.stripe_customer_id],
+                s.status,
+                s.price_id,
+                s.cancel_at_period_end,
+                s.cancel_at,
+                s.canceled_at,
+                s.current_period_end,
+                s.as_of,
+            )
+            for s in newest.values()
+        }

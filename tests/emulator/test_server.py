@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from stripe_emulator.server import RunningEmulator, start_in_thread
 from stripe_emulator.testing import stripe_client
 from tests.emulator.conftest import Control, recurring_price
+from tests.servers import free_port
 
 
 def test_start_in_thread_with_exact_key() -> None:
@@ -108,9 +108,7 @@ def test_hosted_pages(client: stripe.StripeClient, ctl: Control) -> None:
 
 @pytest.mark.parametrize("flags", [[], ["--no-access-log"]])
 def test_command_line_access_log(flags: list[str], tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     output = tmp_path / "emulator.log"
     with output.open("w") as log:
         process = subprocess.Popen(
