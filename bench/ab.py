@@ -10,11 +10,14 @@ so that the machine's drift (seen at 20-60% within an hour here) falls on all of
 Prints each run (events/s, peak RSS, CPU seconds) and the median per version. `--profile`
 wraps each run in py-spy (installed separately) and keeps its samples as folded stacks, one
 line per stack and thread (`ab-VERSION-RUN.folded`; speedscope and flamegraph.pl read them).
+`--statements` times every SQL statement of each run (`bench.statement_times`), prints the
+five costliest and keeps them all in `ab-VERSION-RUN.statements.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="py-spy folded stacks per run")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="time every SQL statement of each run (bench.statement_times) and print the top 5",
+    )
     parser.add_argument(
         "--spy-args", default="", help='more py-spy options, e.g. "--gil" or "--idle"'
     )
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"(emulator {emulator_cpu:.1f} s)",
                             flush=True,
                         )
+                        if args.statements:
+                            print_statements(out.with_suffix(".statements.json"))
             finally:
                 template.drop()
     print(f"\n{args.engine}, {events:,} events, median of {args.repeats}:")
@@ -94,6 +104,10 @@ def drain_copy(
         env = service_env(copy, emulator_url, STRIPE_REQUESTS_PER_SECOND="100000")
         env["PYTHONPATH"] = str(source)
         command = [PYTHON, "-m", "collab_billing", "reconcile", "--once"]
+        if args.statements:
+            env["PYTHONPATH"] += os.pathsep + str(REPO)  # for bench.statement_times
+            timed = str(profile.with_suffix(".statements.json"))
+            command = [PYTHON, "-m", "bench.statement_times", timed, *command[2:]]
         if spy is not None:
             record = ["py-spy", "record", "--format", "raw", "--threads", *spy]
             command = [*record, "-o", str(profile), "--", *command]
@@ -104,6 +118,11 @@ def drain_copy(
         return float(polls[-1]["seconds"]), run.peak_rss_mb, run.cpu_seconds
     finally:
         copy.drop()
+
+
+def print_statements(path: Path, top: int = 5) -> None:
+    for row in json.loads(path.read_text())[:top]:
+        print(f"    {row['seconds']:8.2f} s {row['count']:>7,}x  {row['statement'][:90]}")
 
 
 def export_source(version: str, workdir: Path) -> Path:

@@ -7,9 +7,12 @@ figures themselves are in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bench import ab
 from bench.__main__ import ALL, main
 from sqlalchemy.engine import make_url
 
@@ -42,3 +45,25 @@ def test_unknown_benchmark_is_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
+
+
+def test_ab_drains_one_backlog_per_version_and_times_statements(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    engine = "postgres" if database_url.startswith("postgresql") else "sqlite"
+    args = [".", "--engine", engine, "--size", "300", "--repeats", "1", "--statements"]
+    if engine == "postgres":
+        server = make_url(database_url).set(database="postgres")
+        args += ["--pg-url", server.render_as_string(hide_password=False)]
+    monkeypatch.chdir(tmp_path)
+    assert ab.main(args) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"run 1: +[\d,]+ events/s", printed)
+    assert "median of 1" in printed
+    statements = json.loads((tmp_path / "ab---0.statements.json").read_text())
+    by_text = {row["statement"]: row for row in statements}
+    claims = [row for text, row in by_text.items() if "INTO processed_stripe_events" in text]
+    assert claims and all(row["count"] >= 1 and row["seconds"] > 0 for row in claims)
+    assert [row["seconds"] for row in statements] == sorted(
+        (row["seconds"] for row in statements), reverse=True
+    )
