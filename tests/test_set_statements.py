@@ -178,3 +178,37 @@ def test_subscription_rows_of_a_batch_are_inserted_or_overwritten(
             )
             for s in newest.values()
         }
+
+
+def test_customer_links_of_a_batch_are_taken_in_order(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`link_customers_if_free` links a pair only when neither its user nor its customer is
+    linked already, by an existing row or by an earlier pair of the same call."""
+    with session_factory() as session, session.begin():
+        users = [User(github_user_id=n, github_login=f"user{n}") for n in range(5)]
+        session.add_all(users)
+        session.flush()
+        session.add(BillingCustomer(user_id=users[4].id, stripe_customer_id="cus_had"))
+        u = [user.id for user in users]
+    links = [
+        (u[1], "cus_a"),  # linked
+        (u[1], "cus_b"),  # the user was linked by the pair before
+        (u[2], "cus_a"),  # the customer was linked by the first pair
+        (u[3], "cus_c"),  # linked
+        (u[4], "cus_d"),  # the user had a customer already
+        (u[0], "cus_had"),  # the customer belongs to another user
+    ]
+    with session_factory() as session, session.begin():
+        linked = mirror.link_customers_if_free(session, links)
+    with session_factory() as session:
+        rows = session.execute(select(BillingCustomer.stripe_customer_id, BillingCustomer.user_id))
+        by_customer = {cid: user_id for cid, user_id in rows}
+        ids = {
+            cid: id_
+            for cid, id_ in session.execute(
+                select(BillingCustomer.stripe_customer_id, BillingCustomer.id)
+            )
+        }
+    assert by_customer == {"cus_a": u[1], "cus_c": u[3], "cus_had": u[4]}
+    assert linked == {"cus_a": ids["cus_a"], "cus_c": ids["cus_c"]}

@@ -219,18 +219,33 @@ def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) 
     return found
 
 
+# One statement whose rows are built server-side, in the order given (an earlier link takes
+# the user or the customer first; DO NOTHING skips a row that conflicts with one inserted
+# before it by the same statement). The driver's executemany, row by row, took ~110 ms for
+# 2,000 links on PostgreSQL.
+_INSERT_LINKS = "INSERT INTO billing_customers (user_id, stripe_customer_id) "
+_LINK_POSTGRES = text(
+    _INSERT_LINKS + "SELECT CAST(link ->> 0 AS bigint), link ->> 1 "
+    "FROM jsonb_array_elements(CAST(:links AS jsonb)) WITH ORDINALITY AS l(link, n) "
+    "ORDER BY n ON CONFLICT DO NOTHING"
+)
+_LINK_SQLITE = text(
+    _INSERT_LINKS + "SELECT value ->> 0, value ->> 1 FROM json_each(:links) WHERE true "
+    "ORDER BY key ON CONFLICT DO NOTHING"
+)
+
+
 def link_customers_if_free(session: Session, links: Sequence[tuple[int, str]]) -> dict[str, int]:
     """`link_customer_if_free` for many (user id, Stripe customer id) pairs, in order: a user
     who has a customer already (or gets one earlier in `links`) is not linked again. Returns
     Stripe id -> our customer id for the pairs that are linked now."""
     if not links:
         return {}
-    insert = dialect_insert(session)
-    session.connection().execute(
-        insert(_CUSTOMERS).on_conflict_do_nothing(),
-        [{"user_id": user_id, "stripe_customer_id": cid} for user_id, cid in links],
-    )
-    wanted = dict((cid, user_id) for user_id, cid in links)
+    statement = _LINK_POSTGRES if is_postgres(session) else _LINK_SQLITE
+    session.connection().execute(statement, {"links": json_array(links)})
+    wanted: dict[str, int] = {}  # the first pair of each customer is the one that can link
+    for user_id, cid in links:
+        wanted.setdefault(cid, user_id)
     linked: dict[str, int] = {}
     column = BillingCustomer.stripe_customer_id
     for condition in matching(session, column, list(wanted)):
