@@ -216,11 +216,12 @@ def emulator(workdir: Path) -> Iterator[EmulatorProcess]:
 
 
 def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (0 when it is gone or /proc is missing)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- child processes of the service -----------------------------------------------------------

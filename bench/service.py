@@ -25,6 +25,7 @@ from bench.common import (
     Result,
     free_port,
     percentile,
+    process_cpu_seconds,
     reconcile_once,
     seed_users,
     service_env,
@@ -155,12 +156,8 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system time of the server and its worker processes, so far."""
-        total = 0.0
-        for pid in [self.process.pid, *_children(self.process.pid)]:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        pids = [self.process.pid, *_children(self.process.pid)]
+        return sum(process_cpu_seconds(pid) for pid in pids)
 
 
 def _children(pid: int) -> list[int]:

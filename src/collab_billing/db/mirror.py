@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from collab_billing.db.ledger import (
@@ -123,7 +123,6 @@ class CustomerIds:
         self._ids.clear()
 
 
-_CUSTOMERS = cast(Table, BillingCustomer.__table__)
 # Column -> its PostgreSQL type, in the order of the values of one row. Times travel as Unix
 # seconds and become timestamps in the statement: converting 2,000 rows' datetimes in Python
 # cost more than the whole insert.
