@@ -21,7 +21,7 @@ from collab_billing.config import Settings
 from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
-from collab_billing.reconcile import poll
+from collab_billing.reconcile import memory, poll
 from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
 from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.poll import TURN_BATCH_SIZE, Poller
@@ -338,6 +338,30 @@ def test_garbage_in_reference_cycles_is_freed_during_a_long_drain(
     bound = 2 * (walker.max_buffer + BATCH)
     assert report.events_seen > 3 * bound  # so that without collections they would pass it
     assert max(alive) <= bound, alive
+
+
+def test_the_heap_is_trimmed_beside_the_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handing freed memory back to the system walks the whole heap: the drain does not wait
+    for it, and a trim still running is not started again."""
+    running, finish = threading.Event(), threading.Event()
+    trims: list[str] = []
+
+    def slow_trim(_pad: int) -> int:
+        trims.append(threading.current_thread().name)
+        running.set()
+        finish.wait(5)
+        return 1
+
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", slow_trim)
+    memory.release_memory()  # returns while the trim runs
+    assert running.wait(5)
+    memory.release_memory()
+    finish.set()
+    deadline = time.monotonic() + 5
+    while memory._TRIMMING.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert trims == ["malloc-trim"]
+    assert not memory._TRIMMING.locked()
 
 
 def test_a_drain_takes_short_turns_while_other_sqlite_writers_wait(
