@@ -4,7 +4,6 @@ plan PostgreSQL uses once psycopg prepares a statement."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert, select, text
@@ -37,20 +36,17 @@ def fill_ledger(factory: sessionmaker[Session]) -> list[str]:
 
 
 def plan_of_processed_ids(session: Session, ids: list[str]) -> str:
-    column = ProcessedStripeEvent.stripe_event_id
-    query = select(column).where(next(ledger.matching(session, column, ids)))
-    compiled = query.compile(session.get_bind())
+    values = ledger.json_array(ids)
     if not ledger.is_postgres(session):
-        explain = f"EXPLAIN QUERY PLAN {compiled}"
-        rows = session.connection().exec_driver_sql(explain, tuple(compiled.params.values()))
+        sql = ledger._PROCESSED.sqlite.text.replace(":values", "?")
+        rows = session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (values,))
         return "\n".join(str(row[-1]) for row in rows)
     # The plan of a prepared statement as psycopg would run it after five executions.
-    sql = re.sub(r"%\(\w+\)s", "$1", str(compiled))
+    sql = ledger._PROCESSED.postgres.text.replace(":values", "$1")
     session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
     session.execute(text(f"PREPARE lookup AS {sql}"))
-    (param,) = compiled.params.values()
-    assert "'" not in param  # a JSON array of ids, written into the statement as a literal
-    explain = text(f"EXPLAIN EXECUTE lookup('{param}')")
+    assert "'" not in values  # a JSON array of ids, written into the statement as a literal
+    explain = text(f"EXPLAIN EXECUTE lookup('{values}')")
     plan = "\n".join(row[0] for row in session.execute(explain))
     session.execute(text("DEALLOCATE lookup"))
     return plan

@@ -11,13 +11,13 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from collab_billing.db.ledger import (
+    ListStatement,
     chunks,
     dialect_insert,
     is_postgres,
     json_array,
-    matching,
 )
-from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+from collab_billing.db.models import BillingCustomer, User
 from collab_billing.stripe_objects import ObjectFields, id_of
 
 
@@ -68,25 +68,27 @@ def customer_id_of(subscription: ObjectFields) -> str:
     return id_of(subscription.customer)
 
 
+_WATERMARKS = ListStatement.of(
+    "SELECT stripe_subscription_id, stripe_state_as_of FROM billing_subscriptions "
+    "WHERE {key_in_values}",
+    "stripe_subscription_id",
+)
+_CUSTOMERS = ListStatement.of(
+    "SELECT stripe_customer_id, id, user_id FROM billing_customers WHERE {key_in_values}",
+    "stripe_customer_id",
+)
+_USERS = ListStatement.of(
+    "SELECT github_user_id, id FROM users WHERE {key_in_values}", "github_user_id", "bigint"
+)
+
+
 def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str, int]:
-    marks: dict[str, int] = {}
-    column = BillingSubscription.stripe_subscription_id
-    for condition in matching(session, column, ids):
-        rows = session.connection().execute(
-            select(column, BillingSubscription.stripe_state_as_of).where(condition)
-        )
-        marks.update({row[0]: row[1] for row in rows})
-    return marks
+    return {row[0]: row[1] for row in _WATERMARKS.rows(session, ids)}
 
 
 def customer_rows(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
     """Known customers, deleted ones included: Stripe id -> our id."""
-    found: dict[str, int] = {}
-    column = BillingCustomer.stripe_customer_id
-    for condition in matching(session, column, stripe_customer_ids):
-        rows = session.connection().execute(select(column, BillingCustomer.id).where(condition))
-        found.update({row[0]: row[1] for row in rows})
-    return found
+    return {row[0]: row[1] for row in _CUSTOMERS.rows(session, stripe_customer_ids)}
 
 
 class CustomerIds:
@@ -211,11 +213,7 @@ def upsert_subscriptions(
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
     """GitHub user id -> our user id, for those we have."""
-    found: dict[int, int] = {}
-    for condition in matching(session, User.github_user_id, sorted(set(github_user_ids))):
-        rows = session.connection().execute(select(User.github_user_id, User.id).where(condition))
-        found.update({row[0]: row[1] for row in rows})
-    return found
+    return {row[0]: row[1] for row in _USERS.rows(session, sorted(set(github_user_ids)))}
 
 
 # One statement whose rows are built server-side, in the order given (an earlier link takes
@@ -245,14 +243,8 @@ def link_customers_if_free(session: Session, links: Sequence[tuple[int, str]]) -
     wanted: dict[str, int] = {}  # the first pair of each customer is the one that can link
     for user_id, cid in links:
         wanted.setdefault(cid, user_id)
-    linked: dict[str, int] = {}
-    column = BillingCustomer.stripe_customer_id
-    for condition in matching(session, column, list(wanted)):
-        rows = session.connection().execute(
-            select(column, BillingCustomer.user_id, BillingCustomer.id).where(condition)
-        )
-        linked.update({cid: id_ for cid, user_id, id_ in rows if wanted.get(cid) == user_id})
-    return linked
+    rows = _CUSTOMERS.rows(session, list(wanted))
+    return {cid: id_ for cid, id_, user_id in rows if wanted.get(cid) == user_id}
 
 
 def user_id_for_github_id(session: Session, github_user_id: int) -> int | None:
