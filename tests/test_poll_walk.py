@@ -286,6 +286,63 @@ def test_events_processed_after_the_reader_checked_them_are_not_applied_again(
     assert_matches_stripe(emulator, factory)
 
 
+# A walk above the cursor that meets no processed event checks the ledger three times: the
+# overlap below the cursor, its first window and its last (where webhooks' events would be).
+CLEAN_WALK_CHECKS = 3
+
+
+def checks_of_the_ledger(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the walk's checks of the ledger, as they are made."""
+    checks: list[int] = []
+    fresh = Poller._fresh
+
+    def counted(self: Poller, events: list[Event]) -> list[Event]:
+        checks.append(len(events))
+        return fresh(self, events)
+
+    monkeypatch.setattr(Poller, "_fresh", counted)
+    return checks
+
+
+def test_a_backlog_nobody_processed_is_checked_against_the_ledger_at_its_ends_only(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory, walker, _ = small_history(stripe_settings, engine, emulator)
+    walker.drain()
+    added = more_events(emulator, factory, first=4, customers=300, span=86_400)
+    checks = checks_of_the_ledger(monkeypatch)
+
+    report = walker.drain()
+
+    assert report.windows > 10
+    assert len(checks) == CLEAN_WALK_CHECKS, checks
+    assert report.stats.total("applied") + report.stats.total("stale") == added
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert_matches_stripe(emulator, factory)
+
+
+def test_processed_events_in_an_unchecked_window_turn_the_checks_back_on(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Webhooks (retried by Stripe after an outage) may have processed events anywhere in a
+    backlog: the batch's ledger write finds those of an unchecked window, they are not
+    applied again, and the windows after it are checked again."""
+    factory, walker, _ = small_history(stripe_settings, engine, emulator)
+    walker.drain()
+    added = more_events(emulator, factory, first=4, customers=300, span=86_400)
+    events = sorted(emulator.all_events()[:added], key=lambda e: int(e["created"]))
+    middle = [Event.from_dict(e) for e in events[len(events) // 2 :][: BATCH // 3]]
+    Applier(factory, StripeGateway(stripe_settings)).apply(middle)
+    checks = checks_of_the_ledger(monkeypatch)
+
+    report = walker.drain()
+
+    assert report.stats.total("duplicate") > 0
+    assert len(checks) > CLEAN_WALK_CHECKS, checks  # on again after the duplicates
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert_matches_stripe(emulator, factory)
+
+
 def test_the_cyclic_collector_is_paused_only_while_draining(
     stripe_settings: Settings, engine: Engine, emulator: Emulator
 ) -> None:

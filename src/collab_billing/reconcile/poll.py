@@ -117,6 +117,8 @@ class Poller:
         self.batch_size = batch_size
         self._engine: Engine = factory.kw["bind"]
         self._write_lock = write_lock(self._engine) if is_sqlite(self._engine) else None
+        # Whether the walk's windows are checked against the ledger (see `_fresh_if_seen`).
+        self._seen_processed = True
 
     def check_retention(self) -> int:
         """The cursor to poll from; raises NeedsResync when reading events cannot be trusted."""
@@ -143,6 +145,7 @@ class Poller:
         started = time.monotonic()
         report = DrainReport()
         cursor = self.check_retention()
+        self._seen_processed = True
         with self.factory() as session, session.begin():
             due = ledger.due_pending_events(session, int(self.clock()))
         windows = read_ahead(self._prepared(self._events(cursor, report)))
@@ -160,6 +163,8 @@ class Poller:
                     stats = self.applier.apply(batch.events, due, cursor=newest, prepared=batch)
                     checkpoints.batch_committed()
                     report.stats.merge(stats)
+                    if stats.outcomes and stats.total("duplicate"):
+                        self._seen_processed = True
                     due = []
                     report.newest_created = newest
                     if stop is not None and stop.is_set():
@@ -261,10 +266,25 @@ class Poller:
             # A short last batch waits for more: it would cost a transaction of its own.
             rest = ready.pop() if len(ready[-1]) < size else []
             for batch in ready:
-                yield Window(self._fresh(batch), None, one_batch=True)
+                yield Window(self._fresh_if_seen(batch), None, one_batch=True)
             ascending = rest + ascending[complete:]
         if ascending:
             yield Window(self._fresh(ascending), None)
+
+    def _fresh_if_seen(self, events: list[Event]) -> list[Event]:
+        """`_fresh(events)` while this drain meets processed events, `events` otherwise.
+
+        A walk's events are new unless webhooks (or an earlier poll) got to them first, and
+        webhooks deliver the newest events, which the walk's last window (always checked)
+        holds. Elsewhere a backlog is mostly unprocessed: after a check that finds nothing,
+        windows go to the applier unchecked, whose ledger write recognises any processed event
+        as a duplicate, and a duplicate there turns the checks back on. On PostgreSQL at 1M
+        events the checks were ~13 ms of the server's time per window (9% of the drain)."""
+        if not self._seen_processed:
+            return events
+        fresh = self._fresh(events)
+        self._seen_processed = len(fresh) < len(events)
+        return fresh
 
     def _fresh(self, events: list[Event]) -> list[Event]:
         """`events` less those already processed (by an earlier poll or a webhook).
