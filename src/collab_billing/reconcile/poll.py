@@ -163,7 +163,7 @@ class Poller:
                     stats = self.applier.apply(batch.events, due, cursor=newest, prepared=batch)
                     checkpoints.batch_committed()
                     report.stats.merge(stats)
-                    if stats.outcomes and stats.total("duplicate"):
+                    if stats.total("duplicate"):
                         self._seen_processed = True
                     due = []
                     report.newest_created = newest
