@@ -69,6 +69,22 @@ def test_a_list_of_ids_is_looked_up_through_the_index(
         assert "SEARCH processed_stripe_events USING" in plan, plan
 
 
+def test_a_lookup_by_a_list_comes_back_in_one_row_on_sqlite(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """Its rows are the same on both engines; SQLite's driver steps to one row only (the rows
+    packed in JSON), as each row it steps to lets go of the GIL and waits to take it back."""
+    ids = fill_ledger(session_factory)
+    wanted = [*ids[::100], "evt_missing"]
+    with session_factory() as session:
+        rows = ledger._PROCESSED.rows(session, wanted)
+        result = ledger._PROCESSED.run(session, wanted)
+        assert result is not None
+        driver_rows = result.all()
+    assert sorted(row[0] for row in rows) == ids[::100]
+    assert len(driver_rows) == (1 if engine.dialect.name == "sqlite" else len(ids[::100]))
+
+
 def test_ledger_rows_of_a_batch_are_written_once(session_factory: sessionmaker[Session]) -> None:
     """`claim` writes the rows that are not there and names those that were (processed
     already, so not to be applied again), in one statement."""

@@ -60,30 +60,59 @@ class ListStatement:
 
     sqlite: TextClause
     postgres: TextClause
+    packed: bool = False  # on SQLite, the rows come back as one JSON array in one row
 
     @classmethod
     def of(cls, sql: str, key: str, element: str = "text") -> ListStatement:
         """`sql` with `{key_in_values}` where the condition goes; `element` is the key's
         PostgreSQL type."""
-        # `unnest(ARRAY(...))` rather than the set of JSON elements directly: the planner
-        # expects 10 rows of an unnest and probes the index for each, where it expects 100 of
-        # a JSON function and hashes them against a scan of the whole table.
-        elements = f"CAST(json_array_elements_text(CAST(:values AS json)) AS {element})"
         return cls(
-            text(sql.format(key_in_values=f"{key} IN (SELECT value FROM json_each(:values))")),
-            text(sql.format(key_in_values=f"{key} IN (SELECT unnest(ARRAY(SELECT {elements})))")),
+            text(sql.format(key_in_values=_sqlite_key_in_values(key))),
+            text(sql.format(key_in_values=_postgres_key_in_values(key, element))),
         )
 
-    def rows(self, session: Session, values: Collection[Any]) -> list[Any]:
-        """The rows (tuples) it returns for `values` (none for no values)."""
+    @classmethod
+    def select(cls, columns: str, table: str, key: str, element: str = "text") -> ListStatement:
+        """`SELECT columns FROM table` of the rows whose `key` is among the values.
+
+        On SQLite the rows come back packed in one row, as a JSON array of arrays: the driver
+        lets go of the GIL at every row it steps to and waits to get it back, and a drain's
+        read-ahead thread, running Python meanwhile, made that wait longer than the lookup
+        (2,000 rows a batch: a million-event drain 12-21% faster packed)."""
+        sql = f"FROM {table} WHERE {_sqlite_key_in_values(key)}"
+        return cls(
+            text(f"SELECT json_group_array(json_array({columns})) {sql}"),
+            text(f"SELECT {columns} FROM {table} WHERE {_postgres_key_in_values(key, element)}"),
+            packed=True,
+        )
+
+    def rows(self, session: Session, values: Collection[Any]) -> list[Sequence[Any]]:
+        """The rows it returns for `values` (none for no values), as tuples or lists."""
         result = self.run(session, values)
-        return [] if result is None else list(result)
+        if result is None:
+            return []
+        if self.packed and not is_postgres(session):
+            rows: list[Sequence[Any]] = orjson.loads(result.scalar_one())
+            return rows
+        return list(result)
 
     def run(self, session: Session, values: Collection[Any]) -> CursorResult[Any] | None:
         if not values:
             return None
         statement = self.postgres if is_postgres(session) else self.sqlite
         return session.connection().execute(statement, {"values": json_array(list(values))})
+
+
+def _sqlite_key_in_values(key: str) -> str:
+    return f"{key} IN (SELECT value FROM json_each(:values))"
+
+
+def _postgres_key_in_values(key: str, element: str) -> str:
+    # `unnest(ARRAY(...))` rather than the set of JSON elements directly: the planner expects
+    # 10 rows of an unnest and probes the index for each, where it expects 100 of a JSON
+    # function and hashes them against a scan of the whole table.
+    elements = f"CAST(json_array_elements_text(CAST(:values AS json)) AS {element})"
+    return f"{key} IN (SELECT unnest(ARRAY(SELECT {elements})))"
 
 
 def json_array(values: Sequence[Any]) -> str:
@@ -93,9 +122,7 @@ def json_array(values: Sequence[Any]) -> str:
     return orjson.dumps(values).decode()
 
 
-_PROCESSED = ListStatement.of(
-    "SELECT stripe_event_id FROM processed_stripe_events WHERE {key_in_values}", "stripe_event_id"
-)
+_PROCESSED = ListStatement.select("stripe_event_id", "processed_stripe_events", "stripe_event_id")
 
 
 def processed_ids(session: Session, event_ids: Collection[str]) -> set[str]:
@@ -111,8 +138,7 @@ _CLAIM_POSTGRES = text(
 _CLAIM_SQLITE = text(
     "INSERT INTO processed_stripe_events (stripe_event_id, stripe_event_type, "
     "stripe_event_created_timestamp) SELECT value ->> 0, value ->> 1, value ->> 2 "
-    "FROM json_each(:rows) WHERE true ON CONFLICT (stripe_event_id) DO NOTHING "
-    "RETURNING stripe_event_id"
+    "FROM json_each(:rows) WHERE true ON CONFLICT (stripe_event_id) DO NOTHING"
 )
 
 
@@ -122,14 +148,21 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
 
     One statement, whose rows are built server-side from one JSON array (see `ListStatement`):
     per-row parameters cost more in SQLAlchemy and the driver than the writes themselves, and
-    the driver's executemany lets go of the GIL, and waits to get it back, at every row. It
-    also answers which rows were there, sparing a lookup of every id before it."""
+    the driver's executemany lets go of the GIL, and waits to get it back, at every row. On
+    PostgreSQL its `RETURNING` tells which rows were there, also when another transaction
+    inserts some at the same time. On SQLite, whose driver would also step through the
+    returned rows one at a time, a packed lookup first tells them: no other writer can add a
+    row between the two, the transaction holds the write lock (`BEGIN IMMEDIATE`)."""
     if not events:
         return set()
     rows = json_array([(event.id, event.type, event.created) for event in events])
-    statement = _CLAIM_POSTGRES if is_postgres(session) else _CLAIM_SQLITE
-    inserted = set(session.connection().scalars(statement, {"rows": rows}).all())
-    return {event.id for event in events} - inserted
+    connection = session.connection()
+    if is_postgres(session):
+        inserted = set(connection.scalars(_CLAIM_POSTGRES, {"rows": rows}).all())
+        return {event.id for event in events} - inserted
+    done = processed_ids(session, [event.id for event in events])
+    connection.execute(_CLAIM_SQLITE, {"rows": rows})
+    return done
 
 
 # -- pending (failed or waiting) events --------------------------------------------------

@@ -68,18 +68,13 @@ def customer_id_of(subscription: ObjectFields) -> str:
     return id_of(subscription.customer)
 
 
-_WATERMARKS = ListStatement.of(
-    "SELECT stripe_subscription_id, stripe_state_as_of FROM billing_subscriptions "
-    "WHERE {key_in_values}",
-    "stripe_subscription_id",
+_WATERMARKS = ListStatement.select(
+    "stripe_subscription_id, stripe_state_as_of", "billing_subscriptions", "stripe_subscription_id"
 )
-_CUSTOMERS = ListStatement.of(
-    "SELECT stripe_customer_id, id, user_id FROM billing_customers WHERE {key_in_values}",
-    "stripe_customer_id",
+_CUSTOMERS = ListStatement.select(
+    "stripe_customer_id, id, user_id", "billing_customers", "stripe_customer_id"
 )
-_USERS = ListStatement.of(
-    "SELECT github_user_id, id FROM users WHERE {key_in_values}", "github_user_id", "bigint"
-)
+_USERS = ListStatement.select("github_user_id, id", "users", "github_user_id", "bigint")
 
 
 def subscription_watermarks(session: Session, ids: Collection[str]) -> dict[str, int]:
