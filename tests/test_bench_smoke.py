@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import ab
+from bench import ab, packed_rows
 from bench.__main__ import ALL, main
 from sqlalchemy.engine import make_url
 
@@ -67,3 +67,11 @@ def test_ab_drains_one_backlog_per_version_and_times_statements(
     assert [row["seconds"] for row in statements] == sorted(
         (row["seconds"] for row in statements), reverse=True
     )
+
+
+def test_packed_rows_compares_both_reads_alone_and_beside_a_thread(capsys: Any) -> None:
+    packed_rows.main(lookup_count=2)
+    printed = capsys.readouterr().out
+    for read in ("by_row", "packed"):
+        for who in ("alone", "beside a thread running Python"):
+            assert re.search(rf"{read} +{who} +[\d.]+ ms per 2,000 ids", printed), printed
