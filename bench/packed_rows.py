@@ -19,14 +19,14 @@ from pathlib import Path
 
 import orjson
 
+from collab_billing.db.ledger import ListStatement
+
 SUBSCRIPTIONS = 100_000
 LOOKUPS = 50
 IDS_PER_LOOKUP = 2_000
-BY_ROW = "SELECT sid, as_of FROM s WHERE sid IN (SELECT value FROM json_each(?))"
-PACKED = (
-    "SELECT json_group_array(json_array(sid, as_of)) FROM s "
-    "WHERE sid IN (SELECT value FROM json_each(?))"
-)
+# The service's statements on SQLite, as `ListStatement.of` and `.select` write them.
+BY_ROW = ListStatement.of("SELECT sid, as_of FROM s WHERE {key_in_values}", "sid").sqlite.text
+PACKED = ListStatement.select("sid, as_of", "s", "sid").sqlite.text
 
 
 def busy_in_bursts(stop: threading.Event) -> None:
@@ -63,10 +63,12 @@ def main(lookup_count: int = LOOKUPS) -> None:
         ]
 
         def by_row(ids: str) -> list[tuple[object, ...]]:
-            return db.execute(BY_ROW, (ids,)).fetchall()
+            return db.execute(BY_ROW, {"values": ids}).fetchall()
 
         def packed(ids: str) -> list[list[object]]:  # as `ListStatement.rows` gives them
-            found: list[list[object]] = orjson.loads(db.execute(PACKED, (ids,)).fetchone()[0])
+            found: list[list[object]] = orjson.loads(
+                db.execute(PACKED, {"values": ids}).fetchone()[0]
+            )
             return found
 
         assert sorted(map(tuple, packed(lookups[0]))) == sorted(by_row(lookups[0]))

@@ -79,10 +79,11 @@ class ListStatement:
         lets go of the GIL at every row it steps to and waits to get it back, and a drain's
         read-ahead thread, running Python meanwhile, made that wait longer than the lookup
         (2,000 rows a batch: a million-event drain ~14% faster packed, `bench.packed_rows`)."""
-        sql = f"FROM {table} WHERE {_sqlite_key_in_values(key)}"
+        rows_of = f"FROM {table} WHERE"
+        packed = f"json_group_array(json_array({columns}))"
         return cls(
-            text(f"SELECT json_group_array(json_array({columns})) {sql}"),
-            text(f"SELECT {columns} FROM {table} WHERE {_postgres_key_in_values(key, element)}"),
+            text(f"SELECT {packed} {rows_of} {_sqlite_key_in_values(key)}"),
+            text(f"SELECT {columns} {rows_of} {_postgres_key_in_values(key, element)}"),
             packed=True,
         )
 
@@ -146,7 +147,7 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
     """Write the ledger rows of `events`, to be applied in this transaction; returns the ids
     of those processed already (their rows were there), which must not be applied again.
 
-    One statement, whose rows are built server-side from one JSON array (see `ListStatement`):
+    One insert, whose rows are built server-side from one JSON array (see `ListStatement`):
     per-row parameters cost more in SQLAlchemy and the driver than the writes themselves, and
     the driver's executemany lets go of the GIL, and waits to get it back, at every row. On
     PostgreSQL its `RETURNING` tells which rows were there, also when another transaction
