@@ -22,8 +22,9 @@ from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
 from collab_billing.reconcile import memory, poll
-from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
+from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event, object_id
+from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.poll import TURN_BATCH_SIZE, Poller
 from collab_billing.stripe_gateway import EventPage, StripeGateway, StripeGatewayError
 from tests.reconcile_helpers import (

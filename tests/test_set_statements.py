@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -140,35 +141,58 @@ def subscription_rows(session: Session) -> dict[str, tuple[object, ...]]:
     }
 
 
-def test_subscription_rows_of_a_batch_are_inserted_or_overwritten(
-    session_factory: sessionmaker[Session],
-) -> None:
-    """`upsert_subscriptions` writes every state it is given, new or not, as given: times
-    (Unix seconds in the rows' JSON) read back as the same instants on both engines."""
-    with session_factory() as session, session.begin():
+def three_customers(factory: sessionmaker[Session]) -> list[tuple[str, int]]:
+    """(Stripe customer id, our id) of three new users' customers."""
+    with factory() as session, session.begin():
         users = [User(github_user_id=n, github_login=f"user{n}") for n in range(3)]
         session.add_all(users)
         session.flush()
         customers = [BillingCustomer(user_id=u.id, stripe_customer_id=f"cus_{u.id}") for u in users]
         session.add_all(customers)
         session.flush()
-        known = {c.stripe_customer_id: c.id for c in customers}
+        return [(c.stripe_customer_id, c.id) for c in customers]
 
-    def state(n: int, as_of: int) -> mirror.SubscriptionState:
-        return mirror.SubscriptionState(
-            f"sub_{n:05d}",
-            customers[n % 3].stripe_customer_id,
-            ("active", "canceled")[n % 2],
-            n % 3 == 0,
-            1_800_000_000 + n if n % 4 else None,
-            None if n % 5 else 1_700_000_000,
-            1_750_000_000 + n,
-            f"price_{n % 7}" if n % 6 else None,
-            as_of,
-        )
 
-    first = [state(n, 10) for n in range(0, 2_101)]
-    again = [state(n, 20)._replace(status="past_due") for n in range(1_000, 2_600)]
+def subscription_state(n: int, as_of: int, customer: str) -> mirror.SubscriptionState:
+    return mirror.SubscriptionState(
+        f"sub_{n:05d}",
+        customer,
+        ("active", "canceled")[n % 2],
+        n % 3 == 0,
+        1_800_000_000 + n if n % 4 else None,
+        None if n % 5 else 1_700_000_000,
+        1_750_000_000 + n,
+        f"price_{n % 7}" if n % 6 else None,
+        as_of,
+    )
+
+
+def row_of(state: mirror.SubscriptionState, known: dict[str, int]) -> tuple[object, ...]:
+    """What `subscription_rows` reads back of a row written from `state`."""
+    return (
+        known[state.stripe_customer_id],
+        state.status,
+        state.price_id,
+        state.cancel_at_period_end,
+        state.cancel_at,
+        state.canceled_at,
+        state.current_period_end,
+        state.as_of,
+    )
+
+
+def test_subscription_rows_of_a_batch_are_inserted_or_overwritten(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`upsert_subscriptions` writes every state it is given, new or not, as given: times
+    (Unix seconds in the rows' JSON) read back as the same instants on both engines."""
+    customers = three_customers(session_factory)
+    known = dict(customers)
+    first = [subscription_state(n, 10, customers[n % 3][0]) for n in range(0, 2_101)]
+    again = [
+        subscription_state(n, 20, customers[n % 3][0])._replace(status="past_due")
+        for n in range(1_000, 2_600)
+    ]
     with session_factory() as session, session.begin():
         mirror.upsert_subscriptions(session, first, known)
     with session_factory() as session, session.begin():
@@ -178,17 +202,43 @@ def test_subscription_rows_of_a_batch_are_inserted_or_overwritten(
     }
     with session_factory() as session:
         assert subscription_rows(session) == {
-            s.stripe_subscription_id: (
-                known[s.stripe_customer_id],
-                s.status,
-                s.price_id,
-                s.cancel_at_period_end,
-                s.cancel_at,
-                s.canceled_at,
-                s.current_period_end,
-                s.as_of,
-            )
-            for s in newest.values()
+            sub_id: row_of(state, known) for sub_id, state in newest.items()
+        }
+
+
+@pytest.mark.parametrize("same_second", [False, True])
+def test_states_are_written_only_over_rows_of_older_seconds(
+    session_factory: sessionmaker[Session], same_second: bool
+) -> None:
+    """`upsert_newer` writes a state where its subscription has no row or a row of an older
+    second, with `same_second` also over a row of its own second, never over a newer one;
+    it names exactly the subscriptions it wrote."""
+    customers = three_customers(session_factory)
+    known = dict(customers)
+    # Rows of seconds 100, 101 and 102, then states of second 101 for them and for new ones.
+    rows = [subscription_state(n, 100 + n % 3, customers[n % 3][0]) for n in range(3_000)]
+    states = [
+        subscription_state(n, 101, customers[n % 3][0])._replace(status="past_due")
+        for n in range(0, 4_000, 2)
+    ]
+    with session_factory() as session, session.begin():
+        mirror.upsert_subscriptions(session, rows, known)
+    with session_factory() as session, session.begin():
+        written = mirror.upsert_newer(session, states, known, same_second)
+    row_second = {s.stripe_subscription_id: s.as_of for s in rows}
+    newer = [
+        s
+        for s in states
+        if row_second.get(s.stripe_subscription_id, 0) < (102 if same_second else 101)
+    ]
+    assert written == {s.stripe_subscription_id for s in newer}
+    assert 0 < len(newer) < len(states)
+    expected = {s.stripe_subscription_id: s for s in rows} | {
+        s.stripe_subscription_id: s for s in newer
+    }
+    with session_factory() as session:
+        assert subscription_rows(session) == {
+            sub_id: row_of(state, known) for sub_id, state in expected.items()
         }
 
 

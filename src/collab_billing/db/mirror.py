@@ -181,6 +181,49 @@ _UPSERT_SQLITE = text(
 )
 
 
+# The same, writing only over a row of an older second (`_OLDER`; with `_NOT_NEWER` also one
+# of the same second), and telling which rows it wrote. PostgreSQL only: SQLite's driver steps
+# through `RETURNING` rows one by one, a turn on the GIL each (see `ListStatement.select`).
+_OLDER = " WHERE billing_subscriptions.stripe_state_as_of < excluded.stripe_state_as_of"
+_NOT_NEWER = " WHERE billing_subscriptions.stripe_state_as_of <= excluded.stripe_state_as_of"
+_RETURNING = " RETURNING stripe_subscription_id"
+_UPSERT_POSTGRES_OVER_OLDER = text(f"{_UPSERT_POSTGRES.text}{_OLDER}{_RETURNING}")
+_UPSERT_POSTGRES_OVER_NOT_NEWER = text(f"{_UPSERT_POSTGRES.text}{_NOT_NEWER}{_RETURNING}")
+
+
+def upsert_newer(
+    session: Session,
+    states: Sequence[SubscriptionState],
+    customer_ids: dict[str, int],
+    same_second: bool,
+) -> set[str]:
+    """Write each state whose subscription has no row or a row of an older second (with
+    `same_second`, also one of the same second: a state read from Stripe then, which is as new
+    as anything of that second); returns the ids written. Each subscription at most once.
+
+    On PostgreSQL one statement decides and writes: reading the rows' seconds first cost a
+    batch of 2,000 events 16 ms of the server's time at a million events (of ~110 ms). On
+    SQLite the seconds are read first, packed in one row."""
+    if not states:
+        return set()
+    if is_postgres(session):
+        statement = _UPSERT_POSTGRES_OVER_NOT_NEWER if same_second else _UPSERT_POSTGRES_OVER_OLDER
+        result = session.connection().execute(
+            statement, {"rows": _subscription_rows(states, customer_ids)}
+        )
+        return {row[0] for row in result}
+    marks = subscription_watermarks(session, [s.stripe_subscription_id for s in states])
+    newer = [
+        state
+        for state in states
+        if (mark := marks.get(state.stripe_subscription_id)) is None
+        or mark < state.as_of
+        or (same_second and mark == state.as_of)
+    ]
+    upsert_subscriptions(session, newer, customer_ids)
+    return {state.stripe_subscription_id for state in newer}
+
+
 def upsert_subscriptions(
     session: Session, states: Sequence[SubscriptionState], customer_ids: dict[str, int]
 ) -> None:
@@ -188,6 +231,11 @@ def upsert_subscriptions(
     and gives each subscription at most once (one statement cannot update a row twice)."""
     if not states:
         return
+    statement = _UPSERT_POSTGRES if is_postgres(session) else _UPSERT_SQLITE
+    session.connection().execute(statement, {"rows": _subscription_rows(states, customer_ids)})
+
+
+def _subscription_rows(states: Sequence[SubscriptionState], customer_ids: dict[str, int]) -> str:
     rows = [
         (
             customer_ids[state.stripe_customer_id],
@@ -202,8 +250,7 @@ def upsert_subscriptions(
         )
         for state in states
     ]
-    statement = _UPSERT_POSTGRES if is_postgres(session) else _UPSERT_SQLITE
-    session.connection().execute(statement, {"rows": json_array(rows)})
+    return json_array(rows)
 
 
 def user_ids_for_github_ids(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:

@@ -24,8 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import ledger, mirror
-from collab_billing.reconcile.events import Event, github_user_id_of, object_id, object_kind
-from collab_billing.reconcile.ordering import final_event
+from collab_billing.reconcile.events import Event, github_user_id_of
+from collab_billing.reconcile.groups import Batch, Group, group_events, unsettled
 from collab_billing.reconcile.stripe_reads import Early, StripeReads, start_reads
 from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_objects import ObjectFields
@@ -61,81 +61,6 @@ class ApplyStats:
             self.by_event.update(other.by_event)
 
 
-@dataclass
-class _Rows:
-    """What one transaction read once for all its groups, and the writes it collects."""
-
-    marks: dict[str, int]  # subscription id -> stripe_state_as_of
-    known: dict[str, int]  # Stripe customer id -> our id; grows as customers are linked
-    upserts: list[mirror.SubscriptionState] = field(default_factory=list)
-
-
-@dataclass
-class Group:
-    kind: str
-    object_id: str
-    events: list[Event]  # in `created` order
-    attempts: int = 0  # failures so far, when the group comes back from pending
-    # A subscription's, set by `settle`: the event whose payload is its state after all of
-    # `events` (None: not certain), and that state once built.
-    final: Event | None = None
-    final_state: mirror.SubscriptionState | None = None
-
-    @property
-    def newest_created(self) -> int:
-        return self.events[-1].created
-
-    def last_second(self) -> list[Event]:
-        """The events of the newest second: their order is not given."""
-        if len(self.events) == 1:
-            return self.events
-        newest = self.newest_created
-        return [event for event in self.events if event.created == newest]
-
-    def settle(self) -> Group:
-        if self.kind == "subscription":
-            self.final = final_event(self.last_second())
-        return self
-
-    def state(self) -> mirror.SubscriptionState:
-        """`final`'s subscription as of the newest second (raises if it cannot be read)."""
-        if self.final_state is None:
-            if self.final is None:
-                raise ValueError("the newest second's events cannot be ordered")
-            final = self.final.object
-            self.final_state = mirror.SubscriptionState.from_fields(final, self.newest_created)
-        return self.final_state
-
-
-@dataclass
-class Batch:
-    """Events prepared for `Applier.apply` ahead of it: grouped by object, ties settled where
-    their payloads can, and the Stripe reads the others need started."""
-
-    events: list[Event]
-    groups: list[Group]
-    early: Early
-
-
-_KIND_RANK = {"customer": 0, "subscription": 1, "other": 2}
-
-
-def group_events(events: Sequence[Event]) -> list[Group]:
-    """Groups of `events` (in `created` order), settled, in first-seen order; customers first,
-    so that links exist for subscriptions."""
-    groups: dict[tuple[str, str], Group] = {}
-    kinds: dict[str, str] = {}
-    for event in events:
-        kind = kinds.get(event.type) or kinds.setdefault(event.type, object_kind(event.type))
-        key = (kind, object_id(event))
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = Group(kind, key[1], [])
-        group.events.append(event)
-    settled = [group.settle() for group in groups.values()]
-    return sorted(settled, key=lambda group: _KIND_RANK[group.kind])
-
-
 class Applier:
     def __init__(
         self,
@@ -164,8 +89,8 @@ class Applier:
                 with contextlib.suppress(Exception):
                     group.state()
         early = early or {}
-        unread = [s for s in _unsettled(groups) if s not in early]
-        taken = {s: early[s] for s in _unsettled(groups) if s in early}
+        unread = [s for s in unsettled(groups) if s not in early]
+        taken = {s: early[s] for s in unsettled(groups) if s in early}
         return Batch(events, groups, taken | start_reads(self.gateway, unread))
 
     def apply(
@@ -193,7 +118,7 @@ class Applier:
         # does not wait on Stripe (it still reads in the rare cases only its rows reveal).
         # Whether the row is newer still is known only in the transaction: such a read may
         # turn out not to be needed.
-        self._stripe.prefetch(_unsettled(groups))
+        self._stripe.prefetch(unsettled(groups))
         try:
             with self.factory() as session, session.begin():
                 known = self._apply_batch(session, groups, retried, stats)
@@ -271,28 +196,27 @@ class Applier:
     ) -> dict[str, int]:
         """`groups` in the caller's transaction, with a fixed number of statements per batch:
         the ledger rows are written first (which tells the events processed already), the
-        rows the rest need are read in one query each, and the subscriptions are written in
-        one. Returns the customers known to the transaction."""
+        customers are read in one query, and the subscriptions are written in one (and a
+        second look at the few it did not write). Returns the customers known to the
+        transaction."""
         events = [event for group in groups for event in group.events]
         done = ledger.claim(session, events)
         fresh_groups = list(groups) if not done else self._without_done(groups, done, stats)
-        batch = self._read_rows(session, fresh_groups)
+        known = self._known_customers(session, fresh_groups)
         self._apply_customers(
-            session, [g for g in fresh_groups if g.kind == "customer"], batch, stats
+            session, [g for g in fresh_groups if g.kind == "customer"], known, stats
         )
+        subscriptions = [g for g in fresh_groups if g.kind == "subscription"]
         # Counted by outcome once for the batch: counting each group took ~4% of a drain.
-        outcomes: dict[str, list[Event]] = defaultdict(list)
-        for group in fresh_groups:
-            if group.kind == "subscription":
-                outcomes[self._apply_subscription(session, group, batch)] += group.events
-            elif group.kind != "customer":
-                outcomes["ignored"] += group.events
+        outcomes = self._apply_subscriptions(session, subscriptions, known)
+        outcomes["ignored"] = [
+            e for g in fresh_groups if g.kind not in ("subscription", "customer") for e in g.events
+        ]
         for outcome, counted in outcomes.items():
             stats.count(outcome, counted)
-        mirror.upsert_subscriptions(session, batch.upserts, batch.known)
         if clear_pending:
             ledger.clear_pending(session, [event.id for event in events])
-        return batch.known
+        return known
 
     @staticmethod
     def _without_done(groups: Sequence[Group], done: set[str], stats: ApplyStats) -> list[Group]:
@@ -305,17 +229,15 @@ class Applier:
                 fresh_groups.append(Group(group.kind, group.object_id, fresh).settle())
         return fresh_groups
 
-    def _read_rows(self, session: Session, groups: Sequence[Group]) -> _Rows:
+    def _known_customers(self, session: Session, groups: Sequence[Group]) -> dict[str, int]:
+        """The groups' customers that are ours (Stripe id -> our id), read once for all."""
         subscriptions = [g for g in groups if g.kind == "subscription"]
         customer_ids = {g.object_id for g in groups if g.kind == "customer"}
         customer_ids.update(mirror.customer_id_of(g.events[-1].object) for g in subscriptions)
-        return _Rows(
-            marks=mirror.subscription_watermarks(session, [g.object_id for g in subscriptions]),
-            known=self._customer_ids.lookup(session, customer_ids),
-        )
+        return self._customer_ids.lookup(session, customer_ids)
 
     def _apply_customers(
-        self, session: Session, groups: Sequence[Group], batch: _Rows, stats: ApplyStats
+        self, session: Session, groups: Sequence[Group], known: dict[str, int], stats: ApplyStats
     ) -> None:
         # Deletion is terminal on Stripe, so it wins whatever came before or after.
         deleted = [g for g in groups if any(e.type == "customer.deleted" for e in g.events)]
@@ -323,8 +245,8 @@ class Applier:
         stats.count("applied", [e for g in deleted for e in g.events])
         deleted_ids = {g.object_id for g in deleted}
         new = [g for g in groups if g.object_id not in deleted_ids]
-        stats.count("applied", [e for g in new if g.object_id in batch.known for e in g.events])
-        new = [g for g in new if g.object_id not in batch.known]
+        stats.count("applied", [e for g in new if g.object_id in known for e in g.events])
+        new = [g for g in new if g.object_id not in known]
         if not new:
             return
         github_ids = {g.object_id: github_user_id_of(g.events[-1].object) for g in new}
@@ -337,7 +259,7 @@ class Applier:
             if (gid := github_ids[g.object_id]) is not None and gid in users
         ]
         linked = mirror.link_customers_if_free(session, links)
-        batch.known.update(linked)
+        known.update(linked)
         for group in new:
             if group.object_id not in linked:
                 stats.count("unmatched", group.events)
@@ -346,7 +268,7 @@ class Applier:
             # come after it (in this batch or later ones, and a webhook-delivered one linked
             # the customer by reading it), so none was dropped and none needs listing.
             if not any(e.type == "customer.created" for e in group.events):
-                self._catch_up(session, group.object_id, batch.known)
+                self._catch_up(session, group.object_id, known)
             stats.count("applied", group.events)
 
     def _link_customer(
@@ -372,39 +294,86 @@ class Applier:
             session, [s for s in states if s.stripe_subscription_id not in marks], known
         )
 
-    def _apply_subscription(self, session: Session, group: Group, batch: _Rows) -> str:
-        """Returns the outcome of the group's events."""
-        decision = self._decide(group, batch.marks.get(group.object_id))
-        if decision is None:
-            return "stale"
-        state = decision
-        customer_id = state.stripe_customer_id
-        if customer_id not in batch.known:
+    def _apply_subscriptions(
+        self, session: Session, groups: Sequence[Group], known: dict[str, int]
+    ) -> dict[str, list[Event]]:
+        """Write each subscription's newest state where its row is older; returns the groups'
+        events by outcome.
+
+        A state certain from its payload is written over a row of an older second by one
+        statement, which tells what it wrote, without reading the rows first. Only the
+        groups it did not write, and those whose payload makes no state, are looked at with
+        their rows' seconds: stale, or of the row's own second and so read from Stripe. A tie
+        that only Stripe can settle is read first (early, mostly) and written over a row of
+        its second too."""
+        by_payload: list[tuple[Group, mirror.SubscriptionState]] = []
+        by_stripe: list[tuple[Group, mirror.SubscriptionState]] = []
+        second_look: list[Group] = []
+        for group in groups:
+            if group.final is None:
+                by_stripe.append((group, self._read_state(group)))
+                continue
+            try:
+                by_payload.append((group, group.state()))
+            except Exception:  # a payload that is not a subscription's: fails, unless stale
+                second_look.append(group)
+        unmatched: set[str] = set()
+        written = self._write(session, by_payload, known, unmatched, same_second=False)
+        written |= self._write(session, by_stripe, known, unmatched, same_second=True)
+        looked_at = written | unmatched
+        second_look += [g for g, _ in by_payload if g.object_id not in looked_at]
+        if second_look:
+            marks = mirror.subscription_watermarks(session, [g.object_id for g in second_look])
+            decided = [(g, self._decide(g, marks.get(g.object_id))) for g in second_look]
+            states = [(g, state) for g, state in decided if state is not None]
+            written |= self._write(session, states, known, unmatched, same_second=True)
+        outcomes: dict[str, list[Event]] = defaultdict(list)
+        for group in groups:
+            if group.object_id in written:
+                outcomes["applied"] += group.events
+            else:
+                outcomes["unmatched" if group.object_id in unmatched else "stale"] += group.events
+        return outcomes
+
+    def _write(
+        self,
+        session: Session,
+        states: Sequence[tuple[Group, mirror.SubscriptionState]],
+        known: dict[str, int],
+        unmatched: set[str],
+        same_second: bool,
+    ) -> set[str]:
+        """`mirror.upsert_newer` for the states whose customer is ours (linked now if need
+        be); adds the others to `unmatched`."""
+        ours: list[mirror.SubscriptionState] = []
+        for group, state in states:
+            if self._customer_is_ours(session, state.stripe_customer_id, known):
+                ours.append(state)
+            else:
+                unmatched.add(group.object_id)
+        return mirror.upsert_newer(session, ours, known, same_second)
+
+    def _customer_is_ours(self, session: Session, customer_id: str, known: dict[str, int]) -> bool:
+        if customer_id not in known:
             customer = ObjectFields.from_dict(self._stripe.customer(customer_id))
             if not customer.deleted:
                 self._link_customer(session, customer_id, github_user_id_of(customer), True)
-            batch.known.update(mirror.customer_rows(session, [customer_id]))
-        if customer_id not in batch.known:
-            return "unmatched"
-        batch.upserts.append(state)  # written with the others at the end of the batch
-        return "applied"
+            known.update(mirror.customer_rows(session, [customer_id]))
+        return customer_id in known
 
     def _decide(self, group: Group, mark: int | None) -> mirror.SubscriptionState | None:
-        """The state to write, or None when every event is older than the row (`mark`)."""
+        """The state to write over a row of second `mark` (None: no row), or None when every
+        event is older than the row."""
         newest = group.newest_created
         if mark is not None and newest < mark:
             return None
         if mark != newest and group.final is not None:
             return group.state()
+        return self._read_state(group)
+
+    def _read_state(self, group: Group) -> mirror.SubscriptionState:
         fresh = self._stripe.subscription(group.object_id)
-        return mirror.SubscriptionState.from_stripe(fresh, newest)
-
-
-def _unsettled(groups: Sequence[Group]) -> list[str]:
-    """The subscriptions whose newest second holds events their payloads cannot order."""
-    return [
-        group.object_id for group in groups if group.kind == "subscription" and group.final is None
-    ]
+        return mirror.SubscriptionState.from_stripe(fresh, group.newest_created)
 
 
 def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:

@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.db import ledger
 from collab_billing.db.checkpoints import WalCheckpoints
 from collab_billing.db.engine import is_sqlite, read_only, write_lock
-from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
+from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.batching import batches, start_of_last_second
 from collab_billing.reconcile.events import RELEVANT_TYPES, Event
+from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
 from collab_billing.reconcile.read_ahead import in_order, read_ahead
 from collab_billing.stripe_gateway import EventPage, StripeGateway

@@ -181,19 +181,13 @@ def _tombstone_unlisted(
 
 def _write_subscriptions(session: Session, subscriptions: list[dict[str, Any]], as_of: int) -> int:
     states = [mirror.SubscriptionState.from_stripe(s, as_of) for s in subscriptions]
-    # Take the appliers' per-object locks (PostgreSQL) before reading watermarks: a webhook
+    # Take the appliers' per-object locks (PostgreSQL) before deciding against the rows: a webhook
     # committing a newer state between our read and our write would otherwise be overwritten.
     lock_objects(session, sorted({s.stripe_subscription_id for s in states}))
     known = mirror.customer_rows(session, [s.stripe_customer_id for s in states])
-    marks = mirror.subscription_watermarks(session, [s.stripe_subscription_id for s in states])
     # A row written by an event newer than our snapshot second is newer than what we read.
-    writable = [
-        s
-        for s in states
-        if s.stripe_customer_id in known and marks.get(s.stripe_subscription_id, 0) <= as_of
-    ]
-    mirror.upsert_subscriptions(session, writable, known)
-    return len(writable)
+    ours = [s for s in states if s.stripe_customer_id in known]
+    return len(mirror.upsert_newer(session, ours, known, same_second=True))
 
 
 def _chunked(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

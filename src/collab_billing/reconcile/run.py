@@ -19,8 +19,9 @@ from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.logs import new_request_id, request_id_scope
-from collab_billing.reconcile.apply import Applier, ApplyStats, Batch
+from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event
+from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
