@@ -168,15 +168,14 @@ def subscription_state(n: int, as_of: int, customer: str) -> mirror.Subscription
 
 
 def row_of(state: mirror.SubscriptionState, known: dict[str, int]) -> tuple[object, ...]:
-    """What `subscription_rows` reads back of a row written from `state`."""
+    """What `subscription_rows` reads back of a row written from `state`: its customer's id,
+    status, price, `cancel_at_period_end`, the three times, and the second it is as of."""
+    flag_and_times = state[3:7]
     return (
         known[state.stripe_customer_id],
         state.status,
         state.price_id,
-        state.cancel_at_period_end,
-        state.cancel_at,
-        state.canceled_at,
-        state.current_period_end,
+        *flag_and_times,
         state.as_of,
     )
 
