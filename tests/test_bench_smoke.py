@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import ab, packed_rows
+from bench import ab, packed_rows, stages
 from bench.__main__ import ALL, main
 from sqlalchemy.engine import make_url
 
@@ -75,3 +75,18 @@ def test_packed_rows_compares_both_reads_alone_and_beside_a_thread(capsys: Any) 
     for read in ("by_row", "packed"):
         for who in ("alone", "beside a thread running Python"):
             assert re.search(rf"{read} +{who} +[\d.]+ ms per 2,000 ids", printed), printed
+
+
+def test_stages_times_each_stage_of_a_drain_and_checks_the_rows(
+    database_url: str, capsys: Any
+) -> None:
+    engine = "postgres" if database_url.startswith("postgresql") else "sqlite"
+    args = ["--engine", engine, "--size", "300"]
+    if engine == "postgres":
+        server = make_url(database_url).set(database="postgres")
+        args += ["--pg-url", server.render_as_string(hide_password=False)]
+    assert stages.main(args) == 0
+    printed = capsys.readouterr().out
+    for stage in ("read", "prepare", "apply", "emulator"):
+        assert re.search(rf"^{stage} +[\d.]+ µs of CPU per event", printed, re.M), printed
+    assert re.search(r"^mismatches +0$", printed, re.M), printed
