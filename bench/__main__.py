@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -22,7 +21,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import drain, service
-from bench.common import Database, Result, emulator, fresh_database, machine, python_loop_ms
+from bench.common import (
+    DEFAULT_PG_URL,
+    Database,
+    Result,
+    emulator,
+    fresh_database,
+    machine,
+    python_loop_ms,
+)
 
 ALL = (
     "apply",
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument(
         "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        default=DEFAULT_PG_URL,
     )
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
     args = parser.parse_args(argv)

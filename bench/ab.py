@@ -28,7 +28,16 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from bench.common import PYTHON, REPO, Database, emulator, fresh_database, run_child, service_env
+from bench.common import (
+    DEFAULT_PG_URL,
+    PYTHON,
+    REPO,
+    Database,
+    emulator,
+    fresh_database,
+    run_child,
+    service_env,
+)
 from bench.drain import prepare_backlog
 
 
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        default=DEFAULT_PG_URL,
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="collab-ab-") as tmp:

@@ -31,6 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+# Where the benchmarks reach PostgreSQL (each creates and drops a database of its own there).
+DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
 @dataclass
 class Result:
     """One row of the table."""

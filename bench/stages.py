@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from bench.common import EMULATOR_KEY, EmulatorProcess, emulator, fresh_database
+from bench.common import DEFAULT_PG_URL, EMULATOR_KEY, EmulatorProcess, emulator, fresh_database
 from bench.drain import check_against_emulator, prepare_backlog
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument(
         "--pg-url",
-        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        default=DEFAULT_PG_URL,
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="collab-stages-") as tmp, emulator(Path(tmp)) as emu:

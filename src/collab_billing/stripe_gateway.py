@@ -98,7 +98,7 @@ class _Connections:
         self._host = parts.hostname or ""
         self._port = parts.port
         self._timeout = timeout
-        self.headers = headers
+        self._headers = headers
         self._local = threading.local()
 
     def get(self, url: str) -> tuple[int, dict[str, str], bytes]:
@@ -109,7 +109,7 @@ class _Connections:
             connection = self._connection_class(self._host, self._port, timeout=self._timeout)
         self._local.connection = None  # until this request has succeeded
         try:
-            connection.request("GET", url, headers=self.headers)
+            connection.request("GET", url, headers=self._headers)
             response = connection.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as error:
