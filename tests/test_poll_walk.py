@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -185,7 +185,21 @@ def test_a_deep_backlog_far_from_stripe_is_walked_in_slices_at_once(
             with lock:
                 in_flight -= 1
 
+    walk_events = walker.gateway.walk_events
+
+    def counted_walk(**filters: Any) -> Iterator[EventPage]:
+        nonlocal in_flight, most_in_flight
+        with lock:
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+        try:
+            yield from walk_events(**filters)
+        finally:
+            with lock:
+                in_flight -= 1
+
     monkeypatch.setattr(walker.gateway, "list_events", counted)
+    monkeypatch.setattr(walker.gateway, "walk_events", counted_walk)
     emulator.control("POST", "faults", {"latency_ms": 60, "path_prefix": "/v1/events"})
     applier.batches.clear()
     report = walker.drain()
@@ -226,7 +240,18 @@ def test_a_walk_in_slices_stops_at_a_failing_slice(
             raise StripeGatewayError("api_error", "Stripe is down", 500)
         return list_events(**filters)
 
+    walk_events = walker.gateway.walk_events
+
+    def walk_failing_once(**filters: Any) -> Iterator[EventPage]:
+        nonlocal calls
+        for page in walk_events(**filters):
+            calls += 1
+            if calls == 6:
+                raise StripeGatewayError("api_error", "Stripe is down", 500)
+            yield page
+
     monkeypatch.setattr(walker.gateway, "list_events", failing_once)
+    monkeypatch.setattr(walker.gateway, "walk_events", walk_failing_once)
     with pytest.raises(StripeGatewayError):
         walker.drain()
     created = {e["id"]: int(e["created"]) for e in emulator.all_events()}

@@ -7,14 +7,16 @@ on the SDK's object model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -103,26 +105,64 @@ class _Connections:
 
     def get(self, url: str) -> tuple[int, dict[str, str], bytes]:
         """Status, headers (lower-case names) and body of `GET url` (a path and query)."""
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        kept = connection is not None
-        if connection is None:
-            connection = self._connection_class(self._host, self._port, timeout=self._timeout)
-        self._local.connection = None  # until this request has succeeded
+        connection, kept = self._take()
         try:
-            connection.request("GET", url, headers=self._headers)
-            response = connection.getresponse()
-            body = response.read()
+            self.send(connection, url)
+            status, headers, body = self.receive(connection)
         except (OSError, http.client.HTTPException) as error:
-            connection.close()
             if kept and not isinstance(error, TimeoutError):
                 return self.get(url)  # the server closed it while it was kept: a new one
             raise
-        if response.will_close:
+        self._keep(connection)
+        return status, headers, body
+
+    def lend(self) -> http.client.HTTPConnection:
+        """This thread's kept connection (or a new one), for a caller that sends a request
+        before it has received the last (`StripeGateway.walk_events`); see `give_back`."""
+        return self._take()[0]
+
+    def give_back(self, connection: http.client.HTTPConnection, awaiting: bool) -> None:
+        """Kept again for this thread, unless a request on it is still unanswered (closed)."""
+        if awaiting:
             connection.close()
         else:
-            self._local.connection = connection
+            self._keep(connection)
+
+    def send(self, connection: http.client.HTTPConnection, url: str) -> None:
+        try:
+            connection.request("GET", url, headers=self._headers)
+        except BaseException:
+            connection.close()
+            raise
+
+    def receive(self, connection: http.client.HTTPConnection) -> tuple[int, dict[str, str], bytes]:
+        """The response to the request `send` made on `connection`; a connection that fails,
+        or that the server will close, is closed (`request` opens it again)."""
+        try:
+            response = connection.getresponse()
+            body = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
         headers = {name.lower(): value for name, value in response.getheaders()}
         return response.status, headers, body
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        self._local.connection = None  # until its request has succeeded
+        if connection is not None:
+            return connection, True
+        return self._connection_class(self._host, self._port, timeout=self._timeout), False
+
+    def _keep(self, connection: http.client.HTTPConnection) -> None:
+        if connection.sock is None:
+            return
+        if getattr(self._local, "connection", None) is None:
+            self._local.connection = connection
+        else:
+            connection.close()
 
 
 class StripeGateway:
@@ -212,15 +252,15 @@ class StripeGateway:
         The reconciler's reads (pages of 100 events) are its hot path: the SDK parses every
         body into OrderedDicts (and StripeObjects on top), which cost more than the database
         work. Same headers, parameter encoding, retries and errors as the SDK's requests."""
+        return self._get_url(operation, self._url(path, params, encoded))
+
+    def _url(self, path: str, params: dict[str, Any], encoded: str = "") -> str:
         url = self._base_path + path
         query = "&".join(filter(None, (encoded, urlencode(list(_encode_params(params))))))
-        if query:
-            url = f"{url}?{query}"
+        return f"{url}?{query}" if query else url
 
-        def request() -> bytes:
-            return self._get_with_retries(url)
-
-        return self._call(operation, request)
+    def _get_url(self, operation: str, url: str) -> bytes:
+        return self._call(operation, lambda: self._get_with_retries(url))
 
     def _get_with_retries(self, url: str) -> bytes:
         retries = self.settings.stripe_max_network_retries
@@ -342,24 +382,97 @@ class StripeGateway:
     ) -> EventPage:
         """One page, newest first. `starting_after` pages on to older events;
         `ending_before` to the page of newer events just above that one."""
-        params: dict[str, Any] = {"limit": limit}
-        created: dict[str, int] = {}
-        if created_gte is not None:
-            created["gte"] = created_gte
-        if created_lt is not None:
-            created["lt"] = created_lt
-        if created:
-            params["created"] = created
-        if starting_after:
-            params["starting_after"] = starting_after
-        if ending_before:
-            params["ending_before"] = ending_before
-        body = self._get_body("events.list", "/v1/events", params, _types_query(tuple(types)))
+        filters = {"created[gte]": created_gte, "created[lt]": created_lt}
+        cursor = {"starting_after": starting_after, "ending_before": ending_before}
+        url = self._events_url(types, filters, cursor, limit)
+        return _event_page(self._get_url("events.list", url))
+
+    def walk_events(
+        self,
+        *,
+        types: Sequence[str],
+        ending_before: str,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> Generator[EventPage, None, None]:
+        """Every page above `ending_before`, each the page just above the one before (as
+        `list_events(ending_before=page.events[0].id)` reads them), until Stripe has no more.
+
+        The request for the next page is sent before this page is decoded and handed over,
+        so that Stripe (or the emulator, on this machine's other core) makes the next page
+        while this one is decoded and applied: a backlog's walk is a chain of requests, each
+        waiting for the one before. Its cursor is read off the body's first bytes (Stripe
+        writes an event's id first); the decoded page confirms it, and a wrong guess costs
+        the request made for it. A request sent ahead that fails is made again the usual way
+        (with its retries and errors)."""
+        filters = {"created[gte]": created_gte, "created[lt]": created_lt}
+        connection = self._http.lend()
+        anchor = ending_before
+        sent: str | None = None  # the cursor of the request awaiting its response
         try:
-            page = decode_event_list(body)
-        except DecodeError as error:  # names the field (`$.data[3].created`), never a value
-            raise StripeGatewayError("api_error", f"unexpected event list: {error}", 200) from None
-        return EventPage(events=page.data, has_more=page.has_more)
+            while True:
+                if sent is not None and sent != anchor:
+                    self._discard(connection)  # a wrong guess: not the page that comes next
+                    sent = None
+                if sent is None:
+                    sent = self._send_ahead(connection, types, filters, anchor)
+                body = self._received(connection) if sent is not None else None
+                sent = None
+                if body is None:
+                    url = self._events_url(types, filters, {"ending_before": anchor})
+                    body = self._get_url("events.list", url)
+                if (guess := _next_anchor(body)) is not None:
+                    sent = self._send_ahead(connection, types, filters, guess)
+                page = _event_page(body)
+                yield page
+                if not page.has_more or not page.events:
+                    return
+                anchor = page.events[0].id
+        finally:
+            self._http.give_back(connection, awaiting=sent is not None)
+
+    def _events_url(
+        self,
+        types: Sequence[str],
+        filters: dict[str, int | None],
+        cursor: dict[str, str | None],
+        limit: int = 100,
+    ) -> str:
+        params: dict[str, Any] = {"limit": limit}
+        params.update((name, value) for name, value in filters.items() if value is not None)
+        params.update((name, value) for name, value in cursor.items() if value)
+        return self._url("/v1/events", params, _types_query(tuple(types)))
+
+    def _send_ahead(
+        self,
+        connection: http.client.HTTPConnection,
+        types: Sequence[str],
+        filters: dict[str, int | None],
+        anchor: str,
+    ) -> str | None:
+        """`anchor` if the request for the page above it went out on `connection`."""
+        self.throttle.wait()
+        url = self._events_url(types, filters, {"ending_before": anchor})
+        try:
+            self._http.send(connection, url)
+        except (OSError, http.client.HTTPException):
+            return None
+        return anchor
+
+    def _received(self, connection: http.client.HTTPConnection) -> bytes | None:
+        """The body answering the request sent ahead, or None if it is to be made again."""
+        try:
+            status, headers, body = self._http.receive(connection)
+        except (OSError, http.client.HTTPException):
+            return None
+        self._observe("events.list", status)
+        if status == 429:
+            time.sleep(_retry_after_seconds(headers, 0))
+        return body if status < 300 else None
+
+    def _discard(self, connection: http.client.HTTPConnection) -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            self._observe("events.list", self._http.receive(connection)[0])
 
     def iterate_list(self, path: str, params: dict[str, Any]) -> Iterator[StripeObjectDict]:
         """Walk a list endpoint page by page with `starting_after`."""
@@ -374,6 +487,27 @@ class StripeGateway:
             if not page["has_more"] or not page["data"]:
                 return
             cursor = page["data"][-1]["id"]
+
+
+def _event_page(body: bytes) -> EventPage:
+    try:
+        page = decode_event_list(body)
+    except DecodeError as error:  # names the field (`$.data[3].created`), never a value
+        raise StripeGatewayError("api_error", f"unexpected event list: {error}", 200) from None
+    return EventPage(events=page.data, has_more=page.has_more)
+
+
+_FIRST_ID = re.compile(rb'"data"\s*:\s*\[\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_]+)"')
+_HAS_MORE = re.compile(rb'"has_more"\s*:\s*true')
+
+
+def _next_anchor(body: bytes) -> str | None:
+    """The id of a page's newest event, if its body says at a glance that there are more:
+    a guess (JSON's keys have no order), which the decoded page confirms."""
+    first = _FIRST_ID.search(body, 0, 2_000)
+    if first is None or _HAS_MORE.match(body, body.rfind(b'"has_more"')) is None:
+        return None
+    return first.group(1).decode("ascii")
 
 
 class _RawError(Exception):

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -254,12 +254,13 @@ class Poller:
         newest second read so far is held back: the next page may continue it."""
         size = window or self.batch_size
         ascending: list[Event] = []
-        while True:
-            page = self._list(report, created_gte=cursor, created_lt=high, ending_before=anchor)
+        pages = self.gateway.walk_events(
+            types=RELEVANT_TYPES, ending_before=anchor, created_gte=cursor, created_lt=high
+        )
+        for page in _counted(pages, report):
             ascending.extend(reversed(page.events))
             if not page.has_more or not page.events:
                 break
-            anchor = page.events[0].id
             complete = start_of_last_second(ascending)
             if complete < size:
                 continue
@@ -385,9 +386,7 @@ class Poller:
 
     def _list(self, report: DrainReport, **filters: Any) -> EventPage:
         page = self.gateway.list_events(types=RELEVANT_TYPES, **filters)
-        with report.lock:  # slices are walked on several threads
-            report.requests += 1
-            report.events_seen += len(page.events)
+        _count(report, page)
         return page
 
     def _pages(
@@ -406,6 +405,19 @@ class Poller:
             if not page.has_more or not page.events:
                 return
             starting_after = page.events[-1].id
+
+
+def _count(report: DrainReport, page: EventPage) -> None:
+    with report.lock:  # slices are walked on several threads
+        report.requests += 1
+        report.events_seen += len(page.events)
+
+
+def _counted(pages: Generator[EventPage, None, None], report: DrainReport) -> Iterator[EventPage]:
+    with contextlib.closing(pages):  # a walk left early lets go of its connection at once
+        for page in pages:
+            _count(report, page)
+            yield page
 
 
 def fetch_chains(round_trip: float, requests_per_second: float) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,13 +60,21 @@ class _CountingEvents:
         self._gateway = gateway
 
     def list_events(self, **kwargs: Any) -> EventPage:
-        page = self._gateway.list_events(**kwargs)
-        for event_type, count in Counter(e.type for e in page.events).items():
-            metrics.EVENTS_FETCHED.labels(event_type).inc(count)
-        return page
+        return _counted(self._gateway.list_events(**kwargs))
+
+    def walk_events(self, **kwargs: Any) -> Generator[EventPage, None, None]:
+        with contextlib.closing(self._gateway.walk_events(**kwargs)) as pages:
+            for page in pages:
+                yield _counted(page)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gateway, name)
+
+
+def _counted(page: EventPage) -> EventPage:
+    for event_type, count in Counter(e.type for e in page.events).items():
+        metrics.EVENTS_FETCHED.labels(event_type).inc(count)
+    return page
 
 
 class Reconciler:
