@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from collab_billing.stripe_gateway import _Throttle
+from collab_billing.stripe_gateway.transport import Throttle
 
 
-def timed(throttle: _Throttle, calls: int) -> float:
+def timed(throttle: Throttle, calls: int) -> float:
     started = time.monotonic()
     for _ in range(calls):
         throttle.wait()
@@ -16,7 +16,7 @@ def timed(throttle: _Throttle, calls: int) -> float:
 
 
 def test_a_late_caller_gets_its_burst_at_once_then_the_rate() -> None:
-    throttle = _Throttle(rate=10, burst=3)
+    throttle = Throttle(rate=10, burst=3)
     throttle.wait()
     time.sleep(0.5)  # a slow page: the slots it missed may be used at once, up to the burst
     assert timed(throttle, 3) < 0.05
@@ -24,14 +24,14 @@ def test_a_late_caller_gets_its_burst_at_once_then_the_rate() -> None:
 
 
 def test_the_average_never_exceeds_the_rate() -> None:
-    throttle = _Throttle(rate=50, burst=10)
+    throttle = Throttle(rate=50, burst=10)
     elapsed = timed(throttle, 40)
     # 40 calls: 10 at once, then 30 at 50 a second.
     assert elapsed >= 30 / 50 - 0.01
 
 
 def test_without_a_burst_calls_are_evenly_spaced() -> None:
-    throttle = _Throttle(rate=20)
+    throttle = Throttle(rate=20)
     throttle.wait()
     time.sleep(0.3)
     assert timed(throttle, 2) >= 0.049  # the first at once, the second a full interval later

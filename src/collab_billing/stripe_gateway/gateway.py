@@ -1,20 +1,17 @@
-"""The one module that talks to Stripe, through the official SDK's `StripeClient`.
+"""`StripeGateway`: the service's calls to Stripe, as small typed functions.
 
-Everything else in the service calls these small typed functions and gets plain dicts back
-(events as the typed structs of `stripe_objects`), so that nothing outside this module depends
-on the SDK's object model.
+Writes go through the official SDK's `StripeClient`; reads of objects and pages of events go
+straight through `transport` (the SDK's parsing cost more than applying the events).
+Everything else in the service gets plain dicts back (events as the typed structs of
+`stripe_objects`), so that nothing outside this package depends on the SDK's object model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.client
-import json
 import logging
-import random
 import re
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +22,22 @@ import orjson
 import stripe
 
 from collab_billing.config import Settings
+from collab_billing.stripe_gateway.errors import (
+    RawError,
+    StripeGatewayError,
+    StripeNotConfigured,
+    gateway_error,
+)
+from collab_billing.stripe_gateway.transport import (
+    Connections,
+    Throttle,
+    connection_message,
+    encode_params,
+    error_of,
+    network_backoff,
+    retry_after_seconds,
+    types_query,
+)
 from collab_billing.stripe_objects import DecodeError, Event, decode_event_list
 
 log = logging.getLogger(__name__)
@@ -37,19 +50,6 @@ StripeObjectDict = dict[str, Any]
 T = TypeVar("T")
 
 
-class StripeNotConfigured(Exception):
-    """No API key (or no price): the route answers 503."""
-
-
-class StripeGatewayError(Exception):
-    """Stripe failed or refused; `kind` is Stripe's error type, never a secret."""
-
-    def __init__(self, kind: str, message: str, http_status: int | None) -> None:
-        super().__init__(f"Stripe {kind}: {message}")
-        self.kind = kind
-        self.http_status = http_status
-
-
 @dataclass(frozen=True)
 class EventPage:
     events: list[Event]
@@ -57,112 +57,6 @@ class EventPage:
 
 
 RequestObserver = Callable[[str, int | str], None]
-
-
-class _Throttle:
-    """A token bucket across threads: at most `rate` requests a second on average, with bursts
-    of `burst`. A small burst lets a request that came late (a slow page, a busy GIL) be made
-    up for at once, so that a sequential reader keeps the full rate; kept well under a
-    second's worth so that Stripe's own bucket is never emptied by us alone."""
-
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        self.interval = 1.0 / rate
-        self.slack = (burst - 1) * self.interval
-        self.next_slot = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            slot = max(now - self.slack, self.next_slot)
-            self.next_slot = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-
-class _Connections:
-    """GETs to Stripe's host on one kept-alive `http.client` connection per thread.
-
-    Not urllib3's pool, on purpose: a drain reads ~10 pages of events a second per 1,000
-    events/s, each on the thread that takes turns on the GIL with the applying one, and
-    urllib3's layers over `http.client` (the target re-encoded byte by byte, the pool, its
-    response object) cost ~0.3 ms of CPU a page, ~3 µs an event (`bench.stages`). What they
-    gave us that we need is done here: a connection the server closed while it was kept
-    alive is replaced and the request made again, once; every other failure is the caller's
-    (retried with backoff like the SDK's)."""
-
-    def __init__(self, api_base: str, timeout: float, headers: dict[str, str]) -> None:
-        parts = urlsplit(api_base)
-        secure = parts.scheme == "https"
-        self._connection_class = (
-            http.client.HTTPSConnection if secure else http.client.HTTPConnection
-        )
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._timeout = timeout
-        self._headers = headers
-        self._local = threading.local()
-
-    def get(self, url: str) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers (lower-case names) and body of `GET url` (a path and query)."""
-        connection, kept = self._take()
-        try:
-            self.send(connection, url)
-            status, headers, body = self.receive(connection)
-        except (OSError, http.client.HTTPException) as error:
-            if kept and not isinstance(error, TimeoutError):
-                return self.get(url)  # the server closed it while it was kept: a new one
-            raise
-        self._keep(connection)
-        return status, headers, body
-
-    def lend(self) -> http.client.HTTPConnection:
-        """This thread's kept connection (or a new one), for a caller that sends a request
-        before it has received the last (`StripeGateway.walk_events`); see `give_back`."""
-        return self._take()[0]
-
-    def give_back(self, connection: http.client.HTTPConnection, awaiting: bool) -> None:
-        """Kept again for this thread, unless a request on it is still unanswered (closed)."""
-        if awaiting:
-            connection.close()
-        else:
-            self._keep(connection)
-
-    def send(self, connection: http.client.HTTPConnection, url: str) -> None:
-        try:
-            connection.request("GET", url, headers=self._headers)
-        except BaseException:
-            connection.close()
-            raise
-
-    def receive(self, connection: http.client.HTTPConnection) -> tuple[int, dict[str, str], bytes]:
-        """The response to the request `send` made on `connection`; a connection that fails,
-        or that the server will close, is closed (`request` opens it again)."""
-        try:
-            response = connection.getresponse()
-            body = response.read()
-        except BaseException:
-            connection.close()
-            raise
-        if response.will_close:
-            connection.close()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, body
-
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        self._local.connection = None  # until its request has succeeded
-        if connection is not None:
-            return connection, True
-        return self._connection_class(self._host, self._port, timeout=self._timeout), False
-
-    def _keep(self, connection: http.client.HTTPConnection) -> None:
-        if connection.sock is None:
-            return
-        if getattr(self._local, "connection", None) is None:
-            self._local.connection = connection
-        else:
-            connection.close()
 
 
 class StripeGateway:
@@ -178,15 +72,15 @@ class StripeGateway:
         self.observer = observer
         rate = requests_per_second or settings.stripe_requests_per_second
         self.requests_per_second = rate
-        self.throttle = _Throttle(rate, burst=max(1, int(rate // 5)))
+        self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
         self._api_key = settings.stripe_api_key.get_secret_value()
         # Direct GETs (the hot path: pages of events) go through `http.client`, not the SDK's
-        # httpx (1.5 ms of CPU for a 270 KB page) nor urllib3 (see `_Connections`); retries
+        # httpx (1.5 ms of CPU for a 270 KB page) nor urllib3 (see `Connections`); retries
         # are ours (below), as the SDK's. A connection per thread: up to 8 walks of the event
         # list and 4 reads at once (`reconcile.poll`).
         api_base = settings.stripe_api_base.rstrip("/")  # paths are appended with their "/"
         self._base_path = urlsplit(api_base).path
-        self._http = _Connections(
+        self._http = Connections(
             api_base,
             settings.stripe_timeout_seconds,
             {
@@ -218,18 +112,18 @@ class StripeGateway:
             except stripe.RateLimitError as error:
                 self._observe(operation, 429)
                 if attempt == RATE_LIMIT_RETRIES:
-                    raise _gateway_error(error) from None
-                time.sleep(_retry_after_seconds(error.headers, attempt))
+                    raise gateway_error(error) from None
+                time.sleep(retry_after_seconds(error.headers, attempt))
                 continue
-            except _RawError as error:
+            except RawError as error:
                 self._observe(operation, error.http_status or "network")
                 if error.http_status == 429 and attempt < RATE_LIMIT_RETRIES:
-                    time.sleep(_retry_after_seconds(error.headers, attempt))
+                    time.sleep(retry_after_seconds(error.headers, attempt))
                     continue
                 raise StripeGatewayError(error.kind, error.message, error.http_status) from None
             except stripe.StripeError as error:
                 self._observe(operation, error.http_status or "network")
-                raise _gateway_error(error) from None
+                raise gateway_error(error) from None
             self._observe(operation, 200)
             return result
         raise AssertionError("unreachable")
@@ -239,14 +133,14 @@ class StripeGateway:
             self.observer(operation, outcome)
 
     def _get_json(self, operation: str, path: str, params: dict[str, Any]) -> StripeObjectDict:
-        """GET straight through `_Connections` and parse once, into plain dicts."""
+        """GET straight through `Connections` and parse once, into plain dicts."""
         parsed: StripeObjectDict = orjson.loads(self._get_body(operation, path, params))
         return parsed
 
     def _get_body(
         self, operation: str, path: str, params: dict[str, Any], encoded: str = ""
     ) -> bytes:
-        """GET straight through `_Connections`, for the caller to parse as it needs; `encoded` is
+        """GET straight through `Connections`, for the caller to parse as it needs; `encoded` is
         more of the query, encoded already.
 
         The reconciler's reads (pages of 100 events) are its hot path: the SDK parses every
@@ -256,7 +150,7 @@ class StripeGateway:
 
     def _url(self, path: str, params: dict[str, Any], encoded: str = "") -> str:
         url = self._base_path + path
-        query = "&".join(filter(None, (encoded, urlencode(list(_encode_params(params))))))
+        query = "&".join(filter(None, (encoded, urlencode(list(encode_params(params))))))
         return f"{url}?{query}" if query else url
 
     def _get_url(self, operation: str, url: str) -> bytes:
@@ -269,10 +163,10 @@ class StripeGateway:
                 status, headers, body = self._http.get(url)
             except (OSError, http.client.HTTPException) as error:
                 if attempt < retries:
-                    time.sleep(_network_backoff(attempt))
+                    time.sleep(network_backoff(attempt))
                     continue
-                message = _connection_message(error)
-                raise _RawError(None, "api_connection_error", message, {}) from None
+                message = connection_message(error)
+                raise RawError(None, "api_connection_error", message, {}) from None
             if status < 300:
                 return body
             should_retry = headers.get("stripe-should-retry")
@@ -280,10 +174,10 @@ class StripeGateway:
             if should_retry == "true" and status != 429:
                 retryable = True
             if retryable and attempt < retries:
-                time.sleep(_network_backoff(attempt))
+                time.sleep(network_backoff(attempt))
                 continue
-            kind, message = _error_of(status, body)
-            raise _RawError(status, kind, message, headers)
+            kind, message = error_of(status, body)
+            raise RawError(status, kind, message, headers)
         raise AssertionError("unreachable")
 
     # -- customers, checkout, portal ---------------------------------------------------
@@ -441,7 +335,7 @@ class StripeGateway:
         params: dict[str, Any] = {"limit": limit}
         params.update((name, value) for name, value in filters.items() if value is not None)
         params.update((name, value) for name, value in cursor.items() if value)
-        return self._url("/v1/events", params, _types_query(tuple(types)))
+        return self._url("/v1/events", params, types_query(tuple(types)))
 
     def _send_ahead(
         self,
@@ -467,7 +361,7 @@ class StripeGateway:
             return None
         self._observe("events.list", status)
         if status == 429:
-            time.sleep(_retry_after_seconds(headers, 0))
+            time.sleep(retry_after_seconds(headers, 0))
         return body if status < 300 else None
 
     def _discard(self, connection: http.client.HTTPConnection) -> None:
@@ -510,19 +404,6 @@ def _next_anchor(body: bytes) -> str | None:
     return first.group(1).decode("ascii")
 
 
-class _RawError(Exception):
-    """A failed GET of the direct path; `_call` turns it into a StripeGatewayError."""
-
-    def __init__(
-        self, http_status: int | None, kind: str, message: str, headers: dict[str, str]
-    ) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.http_status = http_status
-        self.kind = kind
-        self.message = message
-        self.headers = headers
-
-
 def gateway_or_none(
     settings: Settings, observer: RequestObserver | None = None
 ) -> StripeGateway | None:
@@ -530,97 +411,3 @@ def gateway_or_none(
     if settings.stripe_api_key is None:
         return None
     return StripeGateway(settings, observer=observer)
-
-
-@functools.lru_cache(maxsize=16)
-def _types_query(types: tuple[str, ...]) -> str:
-    """`types[0]=..&types[1]=..`: the same at every page of a drain, encoded once."""
-    return urlencode(list(_encode_params({"types": list(types)})))
-
-
-def _encode_params(params: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Stripe's form encoding, as the SDK does it: `a[b]=..`, lists as `a[0]=..`."""
-    for key, value in params.items():
-        name = f"{prefix}[{key}]" if prefix else str(key)
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            yield from _encode_params(value, name)
-        elif isinstance(value, list | tuple):
-            for index, item in enumerate(value):
-                if isinstance(item, dict):
-                    yield from _encode_params(item, f"{name}[{index}]")
-                else:
-                    yield f"{name}[{index}]", _form_value(item)
-        else:
-            yield name, _form_value(value)
-
-
-def _form_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _network_backoff(attempt: int) -> float:
-    """The SDK's schedule: 0.5 s doubling up to 5 s, with jitter."""
-    delay = min(0.5 * 2.0**attempt, 5.0)
-    return max(0.5, delay * (0.5 + random.random() / 2))
-
-
-def _error_of(status: int, body: bytes) -> tuple[str, str]:
-    """Stripe's error type and message from an error body (like the SDK's error classes)."""
-    try:
-        error = json.loads(body)["error"]
-        return str(error.get("type") or "api_error"), str(error.get("message") or "no message")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        kind = "api_error" if status >= 500 else "invalid_request_error"
-        return kind, f"HTTP {status} with a body that is not Stripe's"
-
-
-def _connection_message(error: Exception) -> str:
-    if isinstance(error, TimeoutError):
-        return "Request to Stripe timed out"
-    return f"Unexpected error communicating with Stripe ({type(error).__name__})"
-
-
-def _retry_after_seconds(raw_headers: Any, attempt: int) -> float:
-    backoff = min(0.5 * 2.0**attempt, 30.0)
-    headers: dict[str, str] = {k.lower(): str(v) for k, v in (raw_headers or {}).items()}
-    try:
-        delay = float(headers["retry-after"])
-    except (KeyError, ValueError):
-        return backoff
-    return min(delay, 60.0)
-
-
-def _gateway_error(error: stripe.StripeError) -> StripeGatewayError:
-    kind = "api_connection_error"
-    if error.error is not None and error.error.type:
-        kind = str(error.error.type)
-    elif not isinstance(error, stripe.APIConnectionError):
-        kind = type(error).__name__
-    # The SDK's message never contains the key; we still keep only Stripe's own message.
-    message = error.user_message or "no message"
-    return StripeGatewayError(kind, str(message), error.http_status)
-
-
-class SignatureError(Exception):
-    """A webhook's `Stripe-Signature` does not verify (wrong secret, stale, malformed)."""
-
-
-WEBHOOK_TOLERANCE_SECONDS = 300
-
-
-def verify_webhook(payload: bytes, signature_header: str, secrets: list[str]) -> None:
-    """Verify with the SDK's verifier against each secret (rotation: old and new accepted)."""
-    for secret in secrets:
-        try:
-            stripe.WebhookSignature.verify_header(
-                payload.decode("utf-8"), signature_header, secret, WEBHOOK_TOLERANCE_SECONDS
-            )
-        except stripe.SignatureVerificationError as error:
-            last_error = str(error)
-            continue
-        return
-    raise SignatureError(last_error)
