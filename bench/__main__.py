@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--admin-seconds", type=float, default=10.0)
     parser.add_argument("--admin-concurrency", type=int, default=32)
+    parser.add_argument(
+        "--admin-rate", type=float, default=2_000.0, help="requests/s of admin-rate (open loop)"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the state comparison")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument(
@@ -169,11 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if "admin" in only:
                     run(
-                        lambda db: [
-                            service.bench_admin(
-                                db, workdir, args.admin_seconds, args.admin_concurrency
-                            )
-                        ]
+                        lambda db: service.bench_admin(
+                            db, workdir, args.admin_seconds, args.admin_concurrency, args.admin_rate
+                        )
                     )
     speed = {"python_loop_ms_at_start": speed_at_start, "python_loop_ms_at_end": python_loop_ms()}
     if not only & {"idle"}:
@@ -211,6 +212,7 @@ COLUMNS = {
     "webhook": ("p50_ms", "p99_ms"),
     "webhook-drain": ("p50_ms", "p99_ms"),
     "admin": ("requests_per_s", "p99_ms"),
+    "admin-rate": ("p50_ms", "p99_ms"),
 }
 
 

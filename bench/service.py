@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -10,7 +9,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from bench.common import (
     wait_for_http,
 )
 from bench.drain import prepare_backlog
+from bench.load import GENERATOR, GENERATOR_SHORT, closed_loop, paced, run_load
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -124,14 +124,6 @@ def _drain_while(
 
 # -- the service as a server ----------------------------------------------------------------------
 
-# The load generators: one asyncio event loop in the benchmark process, raw sockets, HTTP/1.1
-# keep-alive, one request in flight per connection (no pipelining). About 40 us of CPU per
-# request, so a few percent of a core at the rates measured here; httpx costs ~1 ms a request,
-# and 16 sender threads contend for the GIL, which shows up as latency that is not the
-# service's. The CPU each side used is in the results (`server_cpu_ms_per_request`,
-# `generator_cpu_pct`).
-GENERATOR = "asyncio raw-socket HTTP/1.1 keep-alive client (no pipelining), 1 process"
-GENERATOR_SHORT = "asyncio-raw-http1"  # in each printed row
 # `serve --workers` as recommended for a 2-core box (docs/benchmarks.md): one process on
 # SQLite (one writer at a time: a second process only adds turn-taking between processes to
 # the webhook path), one per core on PostgreSQL. `BENCH_SERVE_WORKERS=N` overrides both.
@@ -140,10 +132,6 @@ WORKERS = {"sqlite": 1, "postgres": 2}
 
 def serve_workers(engine_name: str) -> int:
     return int(os.environ.get("BENCH_SERVE_WORKERS") or WORKERS[engine_name])
-
-
-# Idle connections older than this are not reused (uvicorn closes them after 5 s).
-KEEP_ALIVE_SECONDS = 2.0
 
 
 class Server:
@@ -273,7 +261,9 @@ def bench_webhook(
     ) as server:
         drain = _start_drain(db, emulator, workdir) if drain_events else None
         cpu_before, own_before = server.cpu_seconds(), time.process_time()
-        latencies, outcomes, elapsed = asyncio.run(_deliver(server.port, bodies, rate))
+        latencies, outcomes, elapsed = run_load(
+            paced(server.port, events, rate, _delivery(bodies), _webhook_outcome)
+        )
         server_cpu = server.cpu_seconds() - cpu_before
         own_cpu = time.process_time() - own_before
         drained_during = drain is not None and drain.poll() is None
@@ -324,69 +314,35 @@ def _start_drain(db: Database, emulator: EmulatorProcess, workdir: Path) -> subp
     return subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
 
 
-async def _deliver(
-    port: int, bodies: list[bytes], rate: float
-) -> tuple[list[float], dict[str, int], float]:
-    """Send delivery i at start + i/rate whatever the others do (a new connection when every
-    open one is busy), like Stripe's senders."""
-    latencies: list[float] = []
-    outcomes: dict[str, int] = {}
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-    opened: list[asyncio.StreamWriter] = []
+def _delivery(bodies: list[bytes]) -> Callable[[int], bytes]:
+    """Delivery i, signed when it is sent."""
 
-    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        while idle:
-            reader, writer, since = idle.pop()
-            if time.perf_counter() - since < KEEP_ALIVE_SECONDS:
-                return reader, writer
-            writer.close()  # the server may be closing it
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        opened.append(writer)
-        return reader, writer
-
-    async def one(index: int, at: float) -> None:
-        delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def request(index: int) -> bytes:
         body = bodies[index]
         signature = sign(body, WEBHOOK_SECRET, int(time.time()))
-        request = (
+        return (
             b"POST /stripe/webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nStripe-Signature: " + signature.encode() + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        started = time.perf_counter()
-        for attempt in (1, 2):  # a kept-alive connection can close under us: once more, anew
-            reader, writer = await connection()
-            writer.write(request)
-            try:
-                status, answer = await _read_response(reader)
-                break
-            except (asyncio.IncompleteReadError, ConnectionError):
-                writer.close()
-                if attempt == 2:
-                    raise
-        latencies.append(time.perf_counter() - started)
-        idle.append((reader, writer, time.perf_counter()))
-        outcome = json.loads(answer).get("outcome", "?") if status == 200 else "error"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
-    start = time.perf_counter() + 0.2
-    try:
-        await asyncio.gather(*(one(i, start + i / rate) for i in range(len(bodies))))
-    finally:
-        for writer in opened:
-            writer.close()
-    return latencies, outcomes, time.perf_counter() - start
+    return request
+
+
+def _webhook_outcome(status: int, answer: bytes) -> str:
+    return str(json.loads(answer).get("outcome", "?")) if status == 200 else "error"
 
 
 # -- admin API ------------------------------------------------------------------------------------
 
 
-def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -> Result:
-    """`GET /billing/subscriptions?github_user_id=N` from `concurrency` keep-alive connections
-    for `seconds` (closed loop: each connection sends its next request when the answer came),
-    against `serve --workers` as recommended for the engine (`serve_workers`)."""
+def bench_admin(
+    db: Database, workdir: Path, seconds: float, concurrency: int, rate: float = 2_000
+) -> list[Result]:
+    """`GET /billing/subscriptions?github_user_id=N`, against `serve --workers` as recommended
+    for the engine (`serve_workers`): from `concurrency` keep-alive connections for `seconds`
+    (closed loop: the most it serves), then at `rate` requests/s for as long (open loop: the
+    latency at the target's rate, queueing included)."""
     users = 1_000
     seed_users(db, users)
     engine = db.engine()
@@ -416,71 +372,65 @@ def bench_admin(db: Database, workdir: Path, seconds: float, concurrency: int) -
             headers={"Authorization": ADMIN_TOKEN},
         )
         check.raise_for_status()
-        asyncio.run(_load(server.port, users, min(0.5, seconds), concurrency))  # warm-up
+        request, outcome = _admin_request(users), _admin_outcome
+        warm_up = closed_loop(server.port, min(0.5, seconds), concurrency, request, outcome)
+        run_load(warm_up)
         cpu_before, own_before = server.cpu_seconds(), time.process_time()
-        latencies, errors, elapsed = asyncio.run(_load(server.port, users, seconds, concurrency))
+        load = closed_loop(server.port, seconds, concurrency, request, outcome)
+        latencies, outcomes, elapsed = run_load(load)
         server_cpu = server.cpu_seconds() - cpu_before
         own_cpu = time.process_time() - own_before
-    return Result(
-        "admin",
-        db.engine_name,
-        len(latencies),
-        {
-            "requests_per_s": round(len(latencies) / elapsed),
-            "p50_ms": round(1000 * percentile(latencies, 50), 2),
-            "p99_ms": round(1000 * percentile(latencies, 99), 2),
-            "errors": errors,
-            "concurrency": concurrency,
-            "workers": workers,
-            "generator": GENERATOR_SHORT,
-            "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, len(latencies)), 3),
-            "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
-        },
-        f"{concurrency} connections, {seconds:g} s, serve --workers {workers}; {GENERATOR}",
-    )
+        count = max(1, int(rate * seconds))
+        at_rate, paced_outcomes, paced_elapsed = run_load(
+            paced(server.port, count, rate, request, outcome)
+        )
+    return [
+        Result(
+            "admin",
+            db.engine_name,
+            len(latencies),
+            {
+                "requests_per_s": round(len(latencies) / elapsed),
+                "p50_ms": round(1000 * percentile(latencies, 50), 2),
+                "p99_ms": round(1000 * percentile(latencies, 99), 2),
+                "errors": len(latencies) - outcomes.get("ok", 0),
+                "concurrency": concurrency,
+                "workers": workers,
+                "generator": GENERATOR_SHORT,
+                "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, len(latencies)), 3),
+                "generator_cpu_pct": round(100 * own_cpu / elapsed, 1),
+            },
+            f"{concurrency} connections, {seconds:g} s (closed loop), serve --workers {workers};"
+            f" {GENERATOR}",
+        ),
+        Result(
+            "admin-rate",
+            db.engine_name,
+            count,
+            {
+                "p50_ms": round(1000 * percentile(at_rate, 50), 2),
+                "p99_ms": round(1000 * percentile(at_rate, 99), 2),
+                "rate_per_s": rate,
+                "achieved_per_s": round(count / paced_elapsed),
+                "errors": count - paced_outcomes.get("ok", 0),
+                "workers": workers,
+                "generator": GENERATOR_SHORT,
+            },
+            f"{rate:g} requests/s for {seconds:g} s (open loop), serve --workers {workers};"
+            f" {GENERATOR}",
+        ),
+    ]
 
 
-async def _load(
-    port: int, users: int, seconds: float, concurrency: int
-) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+def _admin_request(users: int) -> Callable[[int], bytes]:
+    def request(index: int) -> bytes:
+        return (
+            f"GET /billing/subscriptions?github_user_id={index % users + 1} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nAuthorization: {ADMIN_TOKEN}\r\n\r\n"
+        ).encode()
 
-    async def connection(worker: int) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        n = worker
-        try:
-            while time.perf_counter() < deadline:
-                n = n % users + 1
-                request = (
-                    f"GET /billing/subscriptions?github_user_id={n} HTTP/1.1\r\n"
-                    f"Host: 127.0.0.1\r\nAuthorization: {ADMIN_TOKEN}\r\n\r\n"
-                ).encode()
-                started = time.perf_counter()
-                writer.write(request)
-                status, body = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                if status != 200 or b"has_active_subscription" not in body:
-                    errors += 1
-                n += concurrency
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(connection(i) for i in range(concurrency)))
-    return latencies, errors, time.perf_counter() - started
+    return request
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+def _admin_outcome(status: int, body: bytes) -> str:
+    return "ok" if status == 200 and b"has_active_subscription" in body else "error"

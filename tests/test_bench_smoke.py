@@ -27,7 +27,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert main(args) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     ran = {result["benchmark"] for result in report["results"]}
-    assert ran == set(ALL)
+    assert ran == set(ALL) | {"admin-rate"}  # the admin benchmark's open-loop half
     by_name = {result["benchmark"]: result for result in report["results"]}
     assert by_name["apply"]["metrics"]["mismatches"] == 0
     assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
@@ -35,6 +35,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert by_name["webhook-drain"]["metrics"]["outcomes"] == {"applied": 20}
     assert by_name["webhook-drain"]["metrics"]["drain_events"] == 2_000
     assert by_name["admin"]["metrics"]["errors"] == 0
+    assert by_name["admin-rate"]["metrics"]["errors"] == 0
+    assert by_name["admin-rate"]["size"] == 600  # 2,000 requests/s for the smoke's 0.3 s
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["python_loop_ms_at_start"] > 0
     assert report["machine"]["python_loop_ms_at_end"] > 0
