@@ -21,7 +21,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,7 +34,7 @@ from stripe_emulator.errors import (
     unrecognized_url,
 )
 from stripe_emulator.expand import expand
-from stripe_emulator.forms import Params, decode
+from stripe_emulator.forms import Params, decode, query_pairs
 from stripe_emulator.objects import API_VERSION, Json, dumps, list_object
 from stripe_emulator.pagination import Positions, page_positions
 from stripe_emulator.store import IdempotentResult, RequestInfo, Store, Table
@@ -139,10 +138,10 @@ def api_version(request: Request) -> str:
 
 async def read_params(request: Request) -> dict[str, Any]:
     # The raw query string, as `request.url.query` would give it without building the URL.
-    pairs = parse_qsl(request.scope["query_string"].decode(), keep_blank_values=True)
+    pairs = query_pairs(request.scope["query_string"].decode())
     if request.method == "POST":
         body = (await request.body()).decode("utf-8", errors="replace")
-        pairs += parse_qsl(body, keep_blank_values=True)
+        pairs += query_pairs(body)
     return decode(pairs)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stripe_emulator.errors import StripeError
-from stripe_emulator.forms import Params, apply_metadata, decode
+from stripe_emulator.forms import Params, apply_metadata, decode, query_pairs
 
 
 def test_nested_hashes_lists_and_appends() -> None:
@@ -76,3 +78,16 @@ def test_metadata_changes_unset_with_empty_strings() -> None:
     assert apply_metadata(current, changes) == {"b": "2", "c": "3"}
     assert apply_metadata(current, Params({"metadata": ""}).metadata()) == {}
     assert current == {"a": "1", "b": "2"}
+
+
+@given(
+    st.lists(
+        st.text(alphabet="ab[]0=&+%2BE5x~ é", max_size=12)
+        | st.sampled_from(["%E2%82%AC", "%ZZ", "%ff", "types%5B0%5D=customer.created"]),
+        max_size=6,
+    ).map("&".join)
+)
+def test_query_pairs_decode_as_parse_qsl_does(encoded: str) -> None:
+    """Its pairs are decoded once and kept: the same as the standard library's, always."""
+    assert query_pairs(encoded) == parse_qsl(encoded, keep_blank_values=True)
+    assert query_pairs(encoded) == parse_qsl(encoded, keep_blank_values=True)  # from its cache
