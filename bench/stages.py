@@ -8,9 +8,9 @@ emulator and the database on the same cores; its events/s then moves by 20-60% w
 hour, which hides a change of a few µs per event. Here each stage runs alone over the whole
 backlog, in the service's own functions, and is timed by this process's CPU clock:
 
-- fetch: every page read from the emulator through the gateway (the emulator's own CPU is
-  printed apart: Stripe would not spend it on this machine);
-- decode: the pages' bytes into events (`decode_event_list`);
+- read: every page read from the emulator through the gateway and decoded into events
+  (`StripeGateway.list_events`; the emulator's own CPU is printed apart: Stripe would not
+  spend it on this machine);
 - prepare: events cut into batches, grouped and settled (`Applier.prepare`, the read-ahead
   thread's part);
 - apply: every batch applied (`Applier.apply`, the applying thread's part), SQLite's work
