@@ -60,18 +60,18 @@ class _CountingEvents:
         self._gateway = gateway
 
     def list_events(self, **kwargs: Any) -> EventPage:
-        return _counted(self._gateway.list_events(**kwargs))
+        return _count_fetched(self._gateway.list_events(**kwargs))
 
     def walk_events(self, **kwargs: Any) -> Generator[EventPage, None, None]:
         with contextlib.closing(self._gateway.walk_events(**kwargs)) as pages:
             for page in pages:
-                yield _counted(page)
+                yield _count_fetched(page)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gateway, name)
 
 
-def _counted(page: EventPage) -> EventPage:
+def _count_fetched(page: EventPage) -> EventPage:
     for event_type, count in Counter(e.type for e in page.events).items():
         metrics.EVENTS_FETCHED.labels(event_type).inc(count)
     return page

@@ -134,19 +134,8 @@ class StripeGateway:
 
     def _get_json(self, operation: str, path: str, params: dict[str, Any]) -> StripeObjectDict:
         """GET straight through `Connections` and parse once, into plain dicts."""
-        parsed: StripeObjectDict = orjson.loads(self._get_body(operation, path, params))
+        parsed: StripeObjectDict = orjson.loads(self._get_url(operation, self._url(path, params)))
         return parsed
-
-    def _get_body(
-        self, operation: str, path: str, params: dict[str, Any], encoded: str = ""
-    ) -> bytes:
-        """GET straight through `Connections`, for the caller to parse as it needs; `encoded` is
-        more of the query, encoded already.
-
-        The reconciler's reads (pages of 100 events) are its hot path: the SDK parses every
-        body into OrderedDicts (and StripeObjects on top), which cost more than the database
-        work. Same headers, parameter encoding, retries and errors as the SDK's requests."""
-        return self._get_url(operation, self._url(path, params, encoded))
 
     def _url(self, path: str, params: dict[str, Any], encoded: str = "") -> str:
         url = self._base_path + path
@@ -154,6 +143,11 @@ class StripeGateway:
         return f"{url}?{query}" if query else url
 
     def _get_url(self, operation: str, url: str) -> bytes:
+        """GET `url` (a path and query) straight through `Connections`, for the caller to parse
+        as it needs. The reconciler's reads (pages of 100 events) are its hot path: the SDK
+        parses every body into OrderedDicts (and StripeObjects on top), which cost more than
+        the database work. Same headers, parameter encoding, retries and errors as the SDK's
+        requests."""
         return self._call(operation, lambda: self._get_with_retries(url))
 
     def _get_with_retries(self, url: str) -> bytes:
