@@ -7,7 +7,13 @@ checkout's `src/`) or a folder holding a `src/` (a copy of work in progress). Th
 generated once; every run drains a copy of the same database (a file copy on SQLite,
 `CREATE DATABASE ... TEMPLATE` on PostgreSQL) with `reconcile --once`, versions taking turns
 so that the machine's drift (seen at 20-60% within an hour here) falls on all of them alike.
-Prints each run (events/s, peak RSS, CPU seconds) and the median per version. `--profile`
+Prints each run (events/s, peak RSS, CPU seconds) and the median per version, raw and
+`adjusted`: each run's events/s times the emulator's CPU seconds in that run over their median
+in all runs. The emulator answers the same requests every run, so its CPU time measures the
+machine's speed during the run (for one version run 8 times at 100k on PostgreSQL, raw
+15,420-24,557 events/s, adjusted 17,100-18,900). It holds only for versions that talk to the
+emulator alike: one that changes how it sends requests changes the emulator's CPU too (step
+45, which sends the next request ahead, made the emulator's CPU ~7% lower at 10k). `--profile`
 wraps each run in py-spy (installed separately) and keeps its samples as folded stacks, one
 line per stack and thread (`ab-VERSION-RUN.folded`; speedscope and flamegraph.pl read them).
 `--statements` times every SQL statement of each run (`bench.statement_times`), prints the
@@ -24,6 +30,7 @@ import statistics
 import subprocess
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="collab-ab-") as tmp:
         workdir = Path(tmp)
         sources = {v: export_source(v, workdir) for v in args.versions}
-        speeds: dict[str, list[int]] = {v: [] for v in args.versions}
+        runs: dict[str, list[Run]] = {v: [] for v in args.versions}
         with emulator(workdir) as emu:
             template = fresh_database(args.engine, workdir, args.pg_url)
             try:
@@ -79,22 +86,44 @@ def main(argv: list[str] | None = None) -> int:
                         seconds, rss, cpu = drain_copy(
                             template, emu.url, workdir, args, source, spy, out
                         )
-                        speeds[version].append(round(events / seconds))
                         emulator_cpu = emu.cpu_seconds() - emulator_cpu
+                        run = Run(round(events / seconds), emulator_cpu)
+                        runs[version].append(run)
                         print(
-                            f"{version:<12} run {repeat + 1}: {speeds[version][-1]:>7,} "
+                            f"{version:<12} run {repeat + 1}: {run.events_per_s:>7,} "
                             f"events/s, peak RSS {rss:.0f} MB, CPU {cpu:.1f} s "
-                            f"(emulator {emulator_cpu:.1f} s)",
+                            f"(emulator {emulator_cpu:.2f} s)",
                             flush=True,
                         )
                         if args.statements:
                             print_statements(out.with_suffix(".statements.json"))
             finally:
                 template.drop()
-    print(f"\n{args.engine}, {events:,} events, median of {args.repeats}:")
-    for version, values in speeds.items():
-        print(f"  {version:<12} {statistics.median(values):>9,.0f} events/s")
+    print_medians(args.engine, events, args.repeats, runs)
     return 0
+
+
+@dataclass(frozen=True)
+class Run:
+    events_per_s: int
+    emulator_cpu_s: float
+
+
+def print_medians(engine: str, events: int, repeats: int, runs: dict[str, list[Run]]) -> None:
+    """The median events/s of each version, raw and adjusted for the machine's speed in each
+    run: the emulator answers the same requests in every run, so its CPU time tells how fast
+    the machine ran meanwhile (see the module's docstring for when that holds)."""
+    # Without /proc the emulator's CPU reads 0: such a run is left as it is.
+    measured = [run.emulator_cpu_s for rs in runs.values() for run in rs if run.emulator_cpu_s]
+    reference = statistics.median(measured) if measured else 1.0
+    print(f"\n{engine}, {events:,} events, median of {repeats}:")
+    print(f"  {'':<12} {'events/s':>9} {'adjusted':>9}")
+    for version, version_runs in runs.items():
+        raw = statistics.median(run.events_per_s for run in version_runs)
+        adjusted = statistics.median(
+            run.events_per_s * (run.emulator_cpu_s or reference) / reference for run in version_runs
+        )
+        print(f"  {version:<12} {raw:>9,.0f} {adjusted:>9,.0f}")
 
 
 def drain_copy(

@@ -62,6 +62,7 @@ def test_ab_drains_one_backlog_per_version_and_times_statements(
     printed = capsys.readouterr().out
     assert re.search(r"run 1: +[\d,]+ events/s", printed)
     assert "median of 1" in printed
+    assert re.search(r"^  \. +[\d,]+ +[\d,]+$", printed, re.MULTILINE), printed
     statements = json.loads((tmp_path / "ab---0.statements.json").read_text())
     by_text = {row["statement"]: row for row in statements}
     claims = [row for text, row in by_text.items() if "INTO processed_stripe_events" in text]
@@ -69,6 +70,21 @@ def test_ab_drains_one_backlog_per_version_and_times_statements(
     assert [row["seconds"] for row in statements] == sorted(
         (row["seconds"] for row in statements), reverse=True
     )
+
+
+def test_ab_adjusts_each_run_by_the_emulators_cpu_in_it(capsys: Any) -> None:
+    # A run at half the speed whose emulator took twice the CPU: the machine was slower, not
+    # the version. Without /proc (CPU 0) there is nothing to adjust by.
+    runs = {
+        "A": [ab.Run(20_000, 1.0), ab.Run(10_000, 2.0)],
+        "B": [ab.Run(15_000, 1.5)],
+        "C": [ab.Run(12_000, 0.0)],
+    }
+    ab.print_medians("sqlite", 100, 2, runs)
+    lines = capsys.readouterr().out.splitlines()
+    assert "  A               15,000    13,333" in lines
+    assert "  B               15,000    15,000" in lines
+    assert "  C               12,000    12,000" in lines
 
 
 def test_packed_rows_compares_both_reads_alone_and_beside_a_thread(capsys: Any) -> None:
