@@ -21,7 +21,7 @@ from collab_billing.config import Settings
 from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import User
-from collab_billing.reconcile import memory, poll
+from collab_billing.reconcile import memory, slicing
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event, object_id
 from collab_billing.reconcile.groups import Batch
@@ -163,7 +163,7 @@ def test_a_deep_backlog_far_from_stripe_is_walked_in_slices_at_once(
     """Every page 60 ms away: one walk would wait a round trip per page, so the backlog is cut
     into `created` slices whose pages are read at once; they are still applied in `created`
     order, each event once, and the rows end equal to Stripe's."""
-    monkeypatch.setattr(poll, "MIN_PAGES_PER_SLICE", 2)
+    monkeypatch.setattr(slicing, "MIN_PAGES_PER_SLICE", 2)
     factory = make_session_factory(engine)
     generate_backlog(emulator, factory, customers=3, per_customer=4)
     settings = stripe_settings.model_copy(update={"stripe_requests_per_second": 1_000})
@@ -219,9 +219,9 @@ def test_a_walk_in_slices_stops_at_a_failing_slice(
 ) -> None:
     """Stripe fails while slices are read: the poll fails, having applied nothing past the
     failure; the next poll applies the rest, each event once."""
-    monkeypatch.setattr(poll, "MIN_PAGES_PER_SLICE", 2)
-    monkeypatch.setattr(poll, "SLICING_ROUND_TRIP", 0.0)
-    monkeypatch.setattr(poll, "ROUND_TRIP_PER_CHAIN", 0.0001)
+    monkeypatch.setattr(slicing, "MIN_PAGES_PER_SLICE", 2)
+    monkeypatch.setattr(slicing, "SLICING_ROUND_TRIP", 0.0)
+    monkeypatch.setattr(slicing, "ROUND_TRIP_PER_CHAIN", 0.0001)
     factory = make_session_factory(engine)
     generate_backlog(emulator, factory, customers=3, per_customer=4)
     settings = stripe_settings.model_copy(
@@ -497,4 +497,4 @@ def test_a_drain_takes_short_turns_while_other_sqlite_writers_wait(
 def test_how_many_walks_run_at_once(
     round_trip: float, requests_per_second: float, chains: int
 ) -> None:
-    assert poll.fetch_chains(round_trip, requests_per_second) == chains
+    assert slicing.fetch_chains(round_trip, requests_per_second) == chains

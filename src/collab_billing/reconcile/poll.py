@@ -4,7 +4,7 @@ The list endpoint returns newest first. When little happened, the newest page ho
 (one request when idle). A backlog is walked upward, page by page with `ending_before`, from the
 newest event at or below the cursor: each event is read once and memory holds about one batch
 per walk, whatever the backlog. A walk reads one page per round trip to Stripe, so a deep
-backlog is cut into `created` slices, walked `FETCH_CHAINS` at a time and applied in order.
+backlog is cut into `created` slices (see `slicing`), walked at once and applied in order.
 When no event is left at or below the cursor to start from, `created` windows `[low, high)`
 are read top-down instead, each completely; a window holding more than `max_buffer` new events
 is narrowed (by the density seen) and read again.
@@ -34,6 +34,7 @@ from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
 from collab_billing.reconcile.read_ahead import in_order, read_ahead
+from collab_billing.reconcile.slicing import SLICE_WINDOW, fetch_chains, slice_ends
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -46,24 +47,6 @@ CHECK_EVERY = 2_000  # events read between two ledger queries, while above the c
 BATCH_SIZE = 2_000
 TURN_BATCH_SIZE = 500  # while other SQLite writers wait (see `Poller._batches`)
 CONTENDED_SECONDS = 1.0
-# A walk waits for each page before it can ask for the next (its cursor is that page's first
-# event): one page per round trip, ~650 events/s at 150 ms. When the round trip is long (a
-# distant Stripe: SLICING_ROUND_TRIP or more), slices of a deep backlog are walked at once,
-# a chain of requests per ROUND_TRIP_PER_CHAIN of round trip, as far as
-# STRIPE_REQUESTS_PER_SECOND allows. Not when it is short (applying a page's events takes
-# 5-20 ms): walks on threads then only compete with the applying thread for the GIL and hold
-# more in memory (measured against a local emulator: 14% slower, +95 MB); nor when one walk
-# makes requests as fast as allowed: each slice costs up to two requests more, its anchor and
-# a last page part full. And only a backlog of about MIN_PAGES_PER_SLICE pages a slice is cut.
-# A walk of a later slice reads at most two windows of SLICE_WINDOW events ahead (memory: 8
-# walks holding full batches took a 200k drain to 283 MB); a slice larger than that waits for
-# its turn half read, so a deep backlog gains less (see docs/benchmarks.md, step 29).
-FETCH_CHAINS = 8
-SLICING_ROUND_TRIP = 0.05
-ROUND_TRIP_PER_CHAIN = 0.0175
-SLICES_PER_CHAIN = 2
-MIN_PAGES_PER_SLICE = 10
-SLICE_WINDOW = 500
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
 
@@ -81,7 +64,7 @@ class DrainReport:
     newest_created: int | None = None
     interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
-    slices: int = 1  # of the backlog, walked at once (see FETCH_CHAINS)
+    slices: int = 1  # of the backlog, walked at once (see `slicing`)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -218,7 +201,7 @@ class Poller:
             return
         yield from self._windows(low, cursor, report, until=cursor + 1)
         chains = fetch_chains(round_trip, self.gateway.requests_per_second)
-        highs = _slice_ends(cursor, newest.events, chains)
+        highs = slice_ends(cursor, newest.events, chains)
         if len(highs) == 1:
             yield from self._walk(anchor[0].id, cursor, report)
             return
@@ -418,28 +401,6 @@ def _counted(pages: Generator[EventPage, None, None], report: DrainReport) -> It
         for page in pages:
             _count(report, page)
             yield page
-
-
-def fetch_chains(round_trip: float, requests_per_second: float) -> int:
-    """How many walks to run at once, by the round trip of a page (see FETCH_CHAINS)."""
-    if round_trip < SLICING_ROUND_TRIP:
-        return 1
-    by_latency = int(round_trip / ROUND_TRIP_PER_CHAIN)
-    return max(1, min(FETCH_CHAINS, by_latency, int(requests_per_second * round_trip)))
-
-
-def _slice_ends(cursor: int, newest_page: list[Event], chains: int) -> list[int | None]:
-    """Where the slices of the backlog above `cursor` end (the last is open: None), by the
-    density of its newest page; one slice when the backlog looks shallow or one chain of
-    requests is all there is room for."""
-    top = newest_page[0].created
-    page_seconds = max(1, top - newest_page[-1].created)
-    pages = (top - cursor) / page_seconds
-    count = min(chains * SLICES_PER_CHAIN, int(pages // MIN_PAGES_PER_SLICE), top - cursor)
-    if chains < 2 or count < 2:
-        return [None]
-    width = (top - cursor) / count
-    return [*(cursor + int(width * n) for n in range(1, count)), None]
 
 
 def _window(newest_first: list[Event], high: int | None) -> Window:
