@@ -270,7 +270,7 @@ class StripeGateway:
     ) -> EventPage:
         """One page, newest first. `starting_after` pages on to older events;
         `ending_before` to the page of newer events just above that one."""
-        filters = {"created[gte]": created_gte, "created[lt]": created_lt}
+        filters = _created(created_gte, created_lt)
         cursor = {"starting_after": starting_after, "ending_before": ending_before}
         url = self._events_url(types, filters, cursor, limit)
         return _event_page(self._get_url("events.list", url))
@@ -293,7 +293,7 @@ class StripeGateway:
         writes an event's id first); the decoded page confirms it, and a wrong guess costs
         the request made for it. A request sent ahead that fails is made again the usual way
         (with its retries and errors)."""
-        filters = {"created[gte]": created_gte, "created[lt]": created_lt}
+        filters = _created(created_gte, created_lt)
         connection = self._http.lend()
         anchor = ending_before
         sent: str | None = None  # the cursor of the request awaiting its response
@@ -375,6 +375,10 @@ class StripeGateway:
             if not page["has_more"] or not page["data"]:
                 return
             cursor = page["data"][-1]["id"]
+
+
+def _created(gte: int | None, lt: int | None) -> dict[str, int | None]:
+    return {"created[gte]": gte, "created[lt]": lt}
 
 
 def _event_page(body: bytes) -> EventPage:
