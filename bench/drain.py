@@ -34,6 +34,7 @@ from collab_billing.db.models import (
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of, object_kind
 from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_objects import Event, ObjectFields
+from stripe_emulator.ids import FastIds
 
 EVENTS_PER_CUSTOMER = 10
 
@@ -252,17 +253,19 @@ def bench_limit(db: Database, events: int) -> Result:
     engine.dispose()
     rng = random.Random(7)
     base = int(time.time()) - 7 * 86_400
+    event_ids = FastIds(7)
     rows = []
     for i in range(events):
         customer = i % customers
         status = rng.choice(("active", "past_due", "active", "canceled"))
+        created = base + i // 2
         rows.append(
             (
-                # Random, as Stripe's are: each row lands on a random page of the ledger's
-                # primary-key index (sequential ids only appended, 3.5x faster at 1M on SQLite).
-                "evt_" + rng.randbytes(12).hex(),
+                # Shaped as Stripe's and the emulator's: in order by the second, random
+                # within it (fully random ids put each row on a random page of the index).
+                event_ids.new("evt", created),
                 "customer.subscription.updated",
-                base + i // 2,
+                created,
                 f"sub_{customer}",
                 customer + 1,
                 status,

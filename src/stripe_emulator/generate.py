@@ -75,7 +75,7 @@ class _Generator:
         self.subs: list[Subscription | None] = []
 
     def event(self, type_: str, created: int, obj: Any, previous: Any = None) -> None:
-        self.events.append(Event(self.ids.new("evt"), type_, created, obj, previous))
+        self.events.append(Event(self.ids.new("evt", created), type_, created, obj, previous))
 
     def step(self, index: int, step: int, last: bool, at: int) -> None:
         if step == 0:
@@ -97,7 +97,7 @@ class _Generator:
             self.change(index, last, at)
 
     def new_subscription(self, customer_id: str, at: int) -> Subscription:
-        sub_id = self.ids.new("sub")
+        sub_id = self.ids.new("sub", at)
         return Subscription(
             id=sub_id,
             created=at,

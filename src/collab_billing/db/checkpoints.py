@@ -1,13 +1,14 @@
 """SQLite WAL checkpoints during a drain: done by the reconciler, off its applying thread.
 
-In WAL mode every commit appends the pages it changed to the WAL, and a checkpoint copies them
-back into the database file. By default the connection whose commit takes the WAL past 1,000
-pages runs that checkpoint in its commit. A drain changes pages all over the ledger's index
-(Stripe's event ids are random): about one page per event, so at a million events a batch of
-2,000 changed ~2,000 pages, and every batch paid for a checkpoint of the pages it had just
-written (a third of the drain was commits). Checkpointing less often writes a page changed by
-several batches once; but the connection that crosses the threshold pays, and during a drain
-that could be a webhook delivery, waiting for tens of MB of page writes.
+In WAL mode every commit appends the pages it changed to the WAL, and a checkpoint copies them back
+into the database file. By default the connection whose commit takes the WAL past 1,000 pages runs
+that checkpoint in its commit. A drain changes pages all over the subscriptions' table, and all over
+the ledger's index when event ids are random (as the emulator's were until it shaped them as
+Stripe's, ordered by the second): about one page per event, so at a million events a batch of 2,000
+changed ~2,000 pages, and every batch paid for a checkpoint of the pages it had just written (a
+third of the drain was commits). Checkpointing less often writes a page changed by several batches
+once; but the connection that crosses the threshold pays, and during a drain that could be a webhook
+delivery, waiting for tens of MB of page writes.
 
 So the threshold of every connection is high (`AUTOCHECKPOINT_PAGES`, a safety net), and the
 reconciler checkpoints every `BATCHES_PER_CHECKPOINT` batches itself, on a thread of its own,

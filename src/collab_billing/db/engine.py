@@ -48,14 +48,15 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# Page cache of a connection, in KiB: SQLite's default, and a larger one for the length of a
-# write transaction. A drain's batch changes ~2,000 pages of the ledger's index at a million
-# events (its event ids are random) and ~1,500 of the subscriptions; with the default cache
-# SQLite writes changed pages out to the WAL in the middle of the transaction, and reads
-# them back from it. Only while writing: between transactions a connection's cache is of
-# little use (another connection's commit empties it), and 16 MB on every pooled connection
-# added 47 MB to a drain's peak RSS at 1M for ~4% more (docs/benchmarks.md, step 33), and as
-# much per pooled connection to `serve`.
+# Page cache of a connection, in KiB: SQLite's default, and a larger one for the length of a write
+# transaction. A drain's batch changed ~2,000 pages of the ledger's index at a million events when
+# the emulator's event ids were fully random (Stripe's, and now the emulator's, follow the second
+# they were made in: far fewer) and ~1,500 of the subscriptions; with the default cache SQLite
+# writes changed pages out to the WAL in the middle of the transaction, and reads them back from it.
+# Only while writing: between transactions a connection's cache is of little use (another
+# connection's commit empties it), and 16 MB on every pooled connection added 47 MB to a drain's
+# peak RSS at 1M for ~4% more (docs/benchmarks.md, step 33), and as much per pooled connection to
+# `serve`.
 READ_CACHE_KIB = 2_000
 WRITE_CACHE_KIB = 16_000
 
