@@ -266,6 +266,23 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
+def test_an_account_without_events_has_no_lag_yet(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
+) -> None:
+    # The first poll resyncs a new database; with no event in Stripe its cursor is the
+    # lowest a poll can start from, which is no event's time (the lag was once ~56 years).
+    Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
+    status = read_status(engine)
+    assert status.last_resync_at is not None and status.cursor is not None
+    assert status.lag is None
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "reconcile", "--status"],
+        env=service_env(database_url, emulator, "auto"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "unknown (nothing applied yet)" in result.stdout
+
+
 def test_status_shows_cursor_lag_failed_events_and_leader(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
 ) -> None:
