@@ -269,8 +269,8 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 def test_an_account_without_events_has_no_lag_yet(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
 ) -> None:
-    # The first poll resyncs a new database; with no event in Stripe its cursor is the
-    # lowest a poll can start from, which is no event's time (the lag was once ~56 years).
+    # The first poll resyncs a new database; with no event in Stripe there is no newest
+    # event to measure from (the lag once counted from a floor of 60 s: ~56 years).
     Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
     status = read_status(engine)
     assert status.last_resync_at is not None and status.cursor is not None

@@ -187,7 +187,7 @@ class Poller:
         A backlog costs two requests more than its pages: the newest page (which showed there
         is more) and the anchor. Events that became visible late, below the anchor but within
         the overlap, are caught by reading the overlap top-down before walking up."""
-        low = cursor - OVERLAP_SECONDS
+        low = max(0, cursor - OVERLAP_SECONDS)  # a valid timestamp, after an empty resync too
         started = time.monotonic()
         newest = self._list(report, created_gte=low)
         round_trip = time.monotonic() - started

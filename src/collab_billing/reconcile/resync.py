@@ -22,7 +22,6 @@ from collab_billing.db import ledger, mirror, queries
 from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.apply import _lock_objects as lock_objects
 from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of
-from collab_billing.reconcile.poll import OVERLAP_SECONDS
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_objects import ObjectFields
 
@@ -72,8 +71,7 @@ def resync(
         _tick(progress, "subscriptions", report.subscriptions_seen)
     if github_user_id is None:
         with factory() as session, session.begin():
-            # Polls read from `cursor - OVERLAP_SECONDS`: keep that a valid (>= 0) timestamp.
-            ledger.write_state(session, ledger.CURSOR, max(report.as_of, OVERLAP_SECONDS))
+            ledger.write_state(session, ledger.CURSOR, report.as_of)
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
     return report

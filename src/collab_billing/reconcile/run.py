@@ -24,7 +24,7 @@ from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.leader import LeaderLock, current_holder
-from collab_billing.reconcile.poll import OVERLAP_SECONDS, DrainReport, NeedsResync, Poller
+from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
@@ -180,10 +180,8 @@ class Status:
     @property
     def lag(self) -> float | None:
         """Now minus the `created` of the newest applied event (polled or webhook); None
-        before there is one, as after a resync of an account without events, whose cursor
-        is the lowest a poll can start from rather than an event's time."""
-        times = (self.newest_applied, self.cursor)
-        newest = max((t for t in times if t and t > OVERLAP_SECONDS), default=None)
+        before there is one, as after a resync of an account without events (cursor 0)."""
+        newest = max((t for t in (self.newest_applied, self.cursor) if t), default=None)
         return None if newest is None else max(0.0, self.read_at - newest)
 
     @property
