@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Random bytes -> base62 characters by table lookup (byte % 62): ~10x faster than
@@ -68,14 +67,16 @@ def id_seconds(stripe_id: str) -> int | None:
     return number + ID_EPOCH
 
 
-class _Shape:
-    """Builds ids from a source of random characters and the account's part."""
+class _Ids:
+    """Ids of this emulator's account (one process is one Stripe account), from os.urandom."""
 
-    def __init__(self, random_chars: Callable[[int], str], account: str) -> None:
-        self.random_chars = random_chars
-        self.account = account
+    account = random_part(_ACCOUNT_CHARS)
+
+    def random_chars(self, length: int) -> str:
+        return random_part(length)
 
     def new(self, prefix: str, at: float | None = None) -> str:
+        """A new id of this kind; a timed kind counts `at`'s second (default: now, as Stripe)."""
         length = _LENGTHS.get(prefix, 24)
         if prefix not in _TIMED:
             return f"{prefix}_{self.random_chars(length)}"
@@ -84,13 +85,8 @@ class _Shape:
         return f"{prefix}_{base62(second, _TIME_CHARS)}{self.account}{random_chars}"
 
 
-# One emulator process is one Stripe account.
-_SHAPE = _Shape(random_part, random_part(_ACCOUNT_CHARS))
-
-
-def new_id(prefix: str, at: float | None = None) -> str:
-    """A new id of this kind; a timed kind counts `at`'s second (default: now, as Stripe)."""
-    return _SHAPE.new(prefix, at)
+_IDS = _Ids()
+new_id = _IDS.new
 
 
 def checkout_session_id() -> str:
@@ -102,14 +98,11 @@ def secret(prefix: str = "whsec") -> str:
     return f"{prefix}_{random_part(32)}"
 
 
-class FastIds:
+class FastIds(_Ids):
     """A seedable, non-cryptographic id source for bulk generation."""
 
     def __init__(self, seed: int | str | None = None) -> None:
-        random_bytes = random.Random(seed).randbytes
-        self._shape = _Shape(
-            lambda length: random_bytes(length).translate(_TABLE).decode("ascii"), _SHAPE.account
-        )
+        self._bytes = random.Random(seed).randbytes
 
-    def new(self, prefix: str, at: float | None = None) -> str:
-        return self._shape.new(prefix, at)
+    def random_chars(self, length: int) -> str:
+        return self._bytes(length).translate(_TABLE).decode("ascii")
