@@ -7,7 +7,8 @@ checkout's `src/`) or a folder holding a `src/` (a copy of work in progress). Th
 generated once; every run drains a copy of the same database (a file copy on SQLite,
 `CREATE DATABASE ... TEMPLATE` on PostgreSQL) with `reconcile --once`, versions taking turns
 so that the machine's drift (seen at 20-60% within an hour here) falls on all of them alike.
-Prints each run (events/s, peak RSS, CPU seconds) and the median per version, raw and
+Prints each run (events/s, peak RSS, CPU seconds, and how much of the machine's CPU sat idle
+or was stolen by the hypervisor meanwhile) and the median per version, raw and
 `adjusted`: each run's events/s times the emulator's CPU seconds in that run over their median
 in all runs. The emulator answers the same requests every run, so its CPU time measures the
 machine's speed during the run (for one version run 8 times at 100k on PostgreSQL, raw
@@ -39,6 +40,7 @@ from bench.common import (
     DEFAULT_PG_URL,
     PYTHON,
     REPO,
+    ChildRun,
     Database,
     emulator,
     fresh_database,
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         spy = args.spy_args.split() if args.profile else None
                         out = Path.cwd() / f"ab-{slug(version)}-{repeat}.folded"
                         emulator_cpu = emu.cpu_seconds()
-                        seconds, rss, cpu = drain_copy(
+                        seconds, child = drain_copy(
                             template, emu.url, workdir, args, source, spy, out
                         )
                         emulator_cpu = emu.cpu_seconds() - emulator_cpu
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         runs[version].append(run)
                         print(
                             f"{version:<12} run {repeat + 1}: {run.events_per_s:>7,} "
-                            f"events/s, peak RSS {rss:.0f} MB, CPU {cpu:.1f} s "
-                            f"(emulator {emulator_cpu:.2f} s)",
+                            f"events/s, peak RSS {child.peak_rss_mb:.0f} MB, "
+                            f"CPU {child.cpu_seconds:.1f} s (emulator {emulator_cpu:.2f} s)"
+                            f"{machine_note(child.machine_cpu)}",
                             flush=True,
                         )
                         if args.statements:
@@ -134,9 +137,9 @@ def drain_copy(
     source: Path,
     spy: list[str] | None,
     profile: Path,
-) -> tuple[float, float, float]:
-    """`reconcile --once` of `source` on a copy of `template`: drain seconds, peak RSS (MB),
-    CPU seconds of the whole process (start-up included)."""
+) -> tuple[float, ChildRun]:
+    """`reconcile --once` of `source` on a copy of `template`: the drain's seconds, and the
+    process's run (its peak RSS, and CPU seconds with start-up included)."""
     copy = copy_database(template, workdir, args.pg_url)
     try:
         env = service_env(copy, emulator_url, STRIPE_REQUESTS_PER_SECOND="100000")
@@ -153,9 +156,16 @@ def drain_copy(
         polls = [r for r in run.log_lines if r.get("message") == "poll"]
         if run.returncode != 0 or not polls:
             raise RuntimeError(f"{source}: {run.stderr_tail}")
-        return float(polls[-1]["seconds"]), run.peak_rss_mb, run.cpu_seconds
+        return float(polls[-1]["seconds"]), run
     finally:
         copy.drop()
+
+
+def machine_note(shares: dict[str, float]) -> str:
+    """The machine's idle and stolen CPU while the run's process ran, when /proc tells."""
+    if not shares:
+        return ""
+    return f", machine {shares['idle_pct']:.0f}% idle, {shares['steal_pct']:.0f}% stolen"
 
 
 def print_statements(path: Path, top: int = 5) -> None:

@@ -252,6 +252,29 @@ class ChildRun:
     log_lines: list[dict[str, Any]]
     stderr_tail: str
     cpu_seconds: float = 0.0  # user + system, of all its threads
+    machine_cpu: dict[str, float] = field(default_factory=dict)  # `cpu_shares` while it ran
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, all cores, in ticks, by state: user, nice, system, idle,
+    iowait, irq, softirq, steal (`/proc/stat`); empty without /proc."""
+    with contextlib.suppress(OSError, ValueError):
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return []
+
+
+def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """% of the machine's CPU time between two `cpu_times()` that no one used (`idle_pct`) and
+    that the hypervisor gave to other machines (`steal_pct`): on a VM a drain has run at half
+    its speed with 30% stolen, and at full speed with none."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    if len(spent) < 8 or total <= 0:
+        return {}
+    return {
+        "idle_pct": round(100 * (spent[3] + spent[4]) / total, 1),
+        "steal_pct": round(100 * spent[7] / total, 1),
+    }
 
 
 def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: float) -> ChildRun:
@@ -261,7 +284,7 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
     it exits. wait4's `ru_maxrss` would not do: it counts the forked copy of this (large)
     benchmark process before the exec."""
     with tempfile.TemporaryFile(dir=workdir) as err:
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_times()
         process = subprocess.Popen(args, env=env, cwd=workdir, stdout=err, stderr=err)
         deadline = started + timeout
         peak_kib = 0
@@ -280,6 +303,7 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
                 break
             time.sleep(0.01)
         seconds = time.perf_counter() - started
+        machine_cpu = cpu_shares(cpu_before, cpu_times())
         process.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         output = err.read().decode(errors="replace")
@@ -291,7 +315,9 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
                 lines.append(parsed)
     peak_kib = peak_kib or usage.ru_maxrss  # no /proc: the upper bound
     cpu = usage.ru_utime + usage.ru_stime
-    return ChildRun(process.returncode, seconds, peak_kib / 1024, lines, output[-3000:], cpu)
+    return ChildRun(
+        process.returncode, seconds, peak_kib / 1024, lines, output[-3000:], cpu, machine_cpu
+    )
 
 
 def reconcile_once(

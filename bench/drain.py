@@ -141,6 +141,9 @@ def bench_apply(
             "stripe_reads": poll.get("stripe_reads"),
             "subscriptions": subs,
             "mismatches": mismatches,
+            # The whole machine's, while `reconcile --once` ran (start-up included).
+            "machine_idle_pct": run.machine_cpu.get("idle_pct"),
+            "machine_steal_pct": run.machine_cpu.get("steal_pct"),
         },
     )
     _, idle_poll = reconcile_once(db, emulator.url, workdir)

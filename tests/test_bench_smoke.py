@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import ab, packed_rows, stages
+from bench import ab, common, packed_rows, stages
 from bench.__main__ import ALL, main
 from sqlalchemy.engine import make_url
 
@@ -30,6 +30,9 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert ran == set(ALL) | {"admin-rate"}  # the admin benchmark's open-loop half
     by_name = {result["benchmark"]: result for result in report["results"]}
     assert by_name["apply"]["metrics"]["mismatches"] == 0
+    # The machine's CPU while the drain ran: shares of the whole, from /proc/stat.
+    assert 0 <= by_name["apply"]["metrics"]["machine_idle_pct"] <= 100
+    assert 0 <= by_name["apply"]["metrics"]["machine_steal_pct"] <= 100
     assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
     assert by_name["webhook"]["metrics"]["outcomes"] == {"applied": 20}
     assert by_name["webhook-drain"]["metrics"]["outcomes"] == {"applied": 20}
@@ -61,6 +64,7 @@ def test_ab_drains_one_backlog_per_version_and_times_statements(
     assert ab.main(args) == 0
     printed = capsys.readouterr().out
     assert re.search(r"run 1: +[\d,]+ events/s", printed)
+    assert re.search(r"machine \d+% idle, \d+% stolen", printed), printed
     assert "median of 1" in printed
     assert re.search(r"^  \. +[\d,]+ +[\d,]+$", printed, re.MULTILINE), printed
     statements = json.loads((tmp_path / "ab---0.statements.json").read_text())
@@ -85,6 +89,16 @@ def test_ab_adjusts_each_run_by_the_emulators_cpu_in_it(capsys: Any) -> None:
     assert "  A               15,000    13,333" in lines
     assert "  B               15,000    15,000" in lines
     assert "  C               12,000    12,000" in lines
+
+
+def test_machine_cpu_shares_are_of_the_time_between_two_readings() -> None:
+    # user nice system idle iowait irq softirq steal, in ticks
+    before = [100, 0, 50, 1000, 10, 0, 5, 0]
+    after = [400, 160, 150, 1300, 30, 0, 25, 100]  # 1,000 ticks: 320 idle or iowait, 100 stolen
+    assert common.cpu_shares(before, after) == {"idle_pct": 32.0, "steal_pct": 10.0}
+    assert common.cpu_shares([], []) == {}  # no /proc: nothing to tell
+    now = common.cpu_times()
+    assert len(now) == 8 and all(ticks >= 0 for ticks in now)
 
 
 def test_packed_rows_compares_both_reads_alone_and_beside_a_thread(capsys: Any) -> None:
