@@ -141,6 +141,8 @@ def bench_apply(
             "stripe_reads": poll.get("stripe_reads"),
             "subscriptions": subs,
             "mismatches": mismatches,
+            # The drain's share spent waiting for events from the reading thread.
+            "read_wait_pct": round(100 * float(poll["read_wait_seconds"]) / drain_seconds, 1),
             # The whole machine's, while `reconcile --once` ran (start-up included).
             "machine_idle_pct": run.machine_cpu.get("idle_pct"),
             "machine_steal_pct": run.machine_cpu.get("steal_pct"),

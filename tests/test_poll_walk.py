@@ -214,6 +214,28 @@ def test_a_deep_backlog_far_from_stripe_is_walked_in_slices_at_once(
     assert report.requests <= math.ceil(added / 100) + 3 + 2 * (report.slices - 1)
 
 
+def test_a_drain_tells_how_long_it_waited_for_stripe(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """`read_wait_seconds`: most of a drain when Stripe answers slowly, little of it when
+    the database (here, a slow applier) is what the drain waits for."""
+    factory, walker, applier = small_history(stripe_settings, engine, emulator)
+    walker.drain()
+    more_events(emulator, factory, first=4, customers=60, span=86_400)
+    emulator.control("POST", "faults", {"latency_ms": 100, "path_prefix": "/v1/events"})
+    far_from_stripe = walker.drain()
+    assert far_from_stripe.stats.total("applied") > 400
+    assert 0.5 * far_from_stripe.seconds <= far_from_stripe.read_wait_seconds
+    assert far_from_stripe.read_wait_seconds <= far_from_stripe.seconds
+
+    emulator.control("POST", "faults", {"latency_ms": 0})
+    more_events(emulator, factory, first=64, customers=60, span=86_400)
+    applier.before = lambda _events: time.sleep(0.15)  # a slow database, say
+    slow_writes = walker.drain()
+    assert len(applier.batches) >= 4
+    assert slow_writes.read_wait_seconds < 0.5 * slow_writes.seconds
+
+
 def test_a_walk_in_slices_stops_at_a_failing_slice(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,6 +65,10 @@ class DrainReport:
     interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
     slices: int = 1  # of the backlog, walked at once (see `slicing`)
+    # How long the applying thread waited for the next window of events from Stripe: close to
+    # `seconds` when reading bounds the drain (Stripe far away, its rate limit, the GIL shared
+    # with the reading thread), close to 0 when writing does.
+    read_wait_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -136,7 +140,7 @@ class Poller:
         checkpoints = WalCheckpoints(self._engine)
         with contextlib.closing(windows), contextlib.closing(checkpoints):
             unreleased = 0
-            for window in windows:
+            for window in _timed_waits(windows, report):
                 report.windows += 1
                 unreleased += len(window.events)
                 if unreleased >= self.max_buffer:
@@ -401,6 +405,17 @@ def _counted(pages: Generator[EventPage, None, None], report: DrainReport) -> It
         for page in pages:
             _count(report, page)
             yield page
+
+
+def _timed_waits(windows: Iterator[Window], report: DrainReport) -> Iterator[Window]:
+    """`windows`, the time spent waiting for each added to `report.read_wait_seconds`."""
+    while True:
+        started = time.monotonic()
+        window = next(windows, None)
+        report.read_wait_seconds += time.monotonic() - started
+        if window is None:
+            return
+        yield window
 
 
 def _window(newest_first: list[Event], high: int | None) -> Window:

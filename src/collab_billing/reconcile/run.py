@@ -163,6 +163,7 @@ class Reconciler:
                 "pending": len(status.pending),
                 "lag_seconds": None if status.lag is None else round(status.lag, 1),
                 "seconds": round(report.seconds, 3),
+                "read_wait_seconds": round(report.read_wait_seconds, 3),
             },
         )
 
