@@ -265,8 +265,9 @@ def cpu_times() -> list[int]:
 
 def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
     """% of the machine's CPU time between two `cpu_times()` that no one used (`idle_pct`) and
-    that the hypervisor gave to other machines (`steal_pct`): on a VM a drain has run at half
-    its speed with 30% stolen, and at full speed with none."""
+    that the hypervisor gave to other machines (`steal_pct`). Idle CPU during a drain is what
+    the service left unused; a slow run with little stolen was slowed by the machine itself
+    (docs/benchmarks.md, thirteenth round)."""
     spent = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(spent)
     if len(spent) < 8 or total <= 0:
