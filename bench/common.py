@@ -268,9 +268,11 @@ def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
     that the hypervisor gave to other machines (`steal_pct`). Idle CPU during a drain is what
     the service left unused; a slow run with little stolen was slowed by the machine itself
     (docs/benchmarks.md, thirteenth round)."""
+    if len(before) != 8 or len(after) != 8:  # no /proc (then or now): nothing to tell
+        return {}
     spent = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(spent)
-    if len(spent) < 8 or total <= 0:
+    if total <= 0:
         return {}
     return {
         "idle_pct": round(100 * (spent[3] + spent[4]) / total, 1),
