@@ -168,7 +168,11 @@ def reconcile(
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
         prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
     if once:
-        drain_once(reconciler)
+        reconciler.start_walks()
+        try:
+            drain_once(reconciler)
+        finally:
+            reconciler.stop_walks()
         return
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.

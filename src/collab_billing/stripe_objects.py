@@ -118,6 +118,17 @@ def decode_event_list(body: bytes) -> EventList:
     return page
 
 
+def attach_page(events: list[Event], body: bytes | bytearray) -> list[Event]:
+    """`events`, decoded elsewhere from the page `body` (and sent here as structs by
+    `walk_process`), given that page as their source again, as `decode_event_list` does."""
+    source = _Source(body, page=True)
+    for event in events:
+        event.__dict__["_source"] = source
+        if event.data is None:
+            event.__dict__["_error"] = _decode_one(source.raw(event.id)).__dict__.get("_error")
+    return events
+
+
 class _Header(msgspec.Struct, gc=False):
     id: str
     type: str
@@ -132,7 +143,7 @@ class _RawList(msgspec.Struct, gc=False):
 class _Source:
     """The JSON that events were decoded from: a page, or one event (webhook, retry)."""
 
-    def __init__(self, body: bytes, page: bool) -> None:
+    def __init__(self, body: bytes | bytearray, page: bool) -> None:
         self.body = body
         self.page = page
         self._raw: dict[str, msgspec.Raw] | None = None
@@ -141,11 +152,14 @@ class _Source:
         if not self.page:
             parsed: dict[str, Any] = orjson.loads(self.body)
             return parsed
+        parsed = orjson.loads(memoryview(self.raw(event_id)))
+        return parsed
+
+    def raw(self, event_id: str) -> msgspec.Raw:
         if self._raw is None:  # a tie or a retry in this page: its events, still unparsed
             items = _RAW_LIST.decode(self.body).data
             self._raw = {_HEADER.decode(item).id: item for item in items}
-        parsed = orjson.loads(memoryview(self._raw[event_id]))
-        return parsed
+        return self._raw[event_id]
 
 
 def _decode_one(body: bytes | msgspec.Raw) -> Event:

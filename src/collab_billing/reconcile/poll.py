@@ -16,11 +16,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +34,12 @@ from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
 from collab_billing.reconcile.read_ahead import in_order, read_ahead
-from collab_billing.reconcile.slicing import SLICE_WINDOW, fetch_chains, slice_ends
+from collab_billing.reconcile.slicing import (
+    SLICE_WINDOW,
+    backlog_pages,
+    fetch_chains,
+    slice_ends,
+)
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,22 @@ TURN_BATCH_SIZE = 500  # while other SQLite writers wait (see `Poller._batches`)
 CONTENDED_SECONDS = 1.0
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
+# A backlog of this many pages or more is walked by `Poller.walks` (a worker process), whose
+# start-up and hand-over a shorter walk would not make up for.
+WORKER_MIN_PAGES = 200
+
+
+class EventWalks(Protocol):
+    """Who walks a deep backlog's event list: the gateway, or its worker (`walk_process`)."""
+
+    def walk_events(
+        self,
+        *,
+        types: Sequence[str],
+        ending_before: str,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> Generator[EventPage, None, None]: ...
 
 
 class NeedsResync(Exception):
@@ -96,9 +117,13 @@ class Poller:
         clock: Callable[[], float] = time.time,
         max_buffer: int = MAX_BUFFER,
         batch_size: int = BATCH_SIZE,
+        walks: EventWalks | None = None,
+        worker_min_pages: float = WORKER_MIN_PAGES,
     ) -> None:
         self.factory = factory
         self.gateway = gateway
+        self.walks: EventWalks = walks or gateway
+        self.worker_min_pages = worker_min_pages
         self.applier = applier
         self.clock = clock
         self.max_buffer = max_buffer
@@ -207,7 +232,9 @@ class Poller:
         chains = fetch_chains(round_trip, self.gateway.requests_per_second)
         highs = slice_ends(cursor, newest.events, chains)
         if len(highs) == 1:
-            yield from self._walk(anchor[0].id, cursor, report)
+            deep = backlog_pages(cursor, newest.events) >= self.worker_min_pages
+            walks = self.walks if deep else self.gateway
+            yield from self._walk(anchor[0].id, cursor, report, walks=walks)
             return
         report.slices = len(highs)
         first = partial(self._walk, anchor[0].id, cursor, report, highs[0], SLICE_WINDOW)
@@ -235,13 +262,14 @@ class Poller:
         report: DrainReport,
         high: int | None = None,
         window: int | None = None,
+        walks: EventWalks | None = None,
     ) -> Iterator[Window]:
         """The events listed above `anchor` (below `high`), oldest first (as the SDK's
         reverse auto-pagination reads them), in windows of `window` events (one batch). The
         newest second read so far is held back: the next page may continue it."""
         size = window or self.batch_size
         ascending: list[Event] = []
-        pages = self.gateway.walk_events(
+        pages = (walks or self.gateway).walk_events(
             types=RELEVANT_TYPES, ending_before=anchor, created_gte=cursor, created_lt=high
         )
         for page in _counted(pages, report):

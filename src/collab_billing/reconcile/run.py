@@ -24,9 +24,10 @@ from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.leader import LeaderLock, current_holder
-from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
+from collab_billing.reconcile.poll import DrainReport, EventWalks, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
 from collab_billing.stripe_gateway import EventPage, StripeGateway
+from collab_billing.stripe_gateway.walk_process import ProcessWalks
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,29 @@ class TimedApplier(Applier):
             return super().apply(events, pending, cursor, prepared)
 
 
-class _CountingEvents:
-    """The gateway as the poller sees it: counts what `list_events` returns, by type
-    (`collab_billing_events_fetched`); every other attribute is the gateway's own."""
+class _CountingWalks:
+    """Walks of the event list that count the events they return, by type
+    (`collab_billing_events_fetched`)."""
+
+    def __init__(self, walks: EventWalks) -> None:
+        self._walks = walks
+
+    def walk_events(self, **kwargs: Any) -> Generator[EventPage, None, None]:
+        with contextlib.closing(self._walks.walk_events(**kwargs)) as pages:
+            for page in pages:
+                yield _count_fetched(page)
+
+
+class _CountingEvents(_CountingWalks):
+    """The gateway as the poller sees it: counts what `list_events` and `walk_events`
+    return; every other attribute is the gateway's own."""
 
     def __init__(self, gateway: StripeGateway) -> None:
+        super().__init__(gateway)
         self._gateway = gateway
 
     def list_events(self, **kwargs: Any) -> EventPage:
         return _count_fetched(self._gateway.list_events(**kwargs))
-
-    def walk_events(self, **kwargs: Any) -> Generator[EventPage, None, None]:
-        with contextlib.closing(self._gateway.walk_events(**kwargs)) as pages:
-            for page in pages:
-                yield _count_fetched(page)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gateway, name)
@@ -84,10 +94,24 @@ class Reconciler:
         self.factory: sessionmaker[Session] = make_session_factory(engine)
         self.gateway = gateway
         self.applier = TimedApplier(self.factory, gateway, source="poll")
+        self.walks = ProcessWalks(gateway) if settings.walks_in_worker() else None
         self.poller = Poller(
-            self.factory, cast(StripeGateway, _CountingEvents(gateway)), self.applier
+            self.factory,
+            cast(StripeGateway, _CountingEvents(gateway)),
+            self.applier,
+            walks=None if self.walks is None else cast(EventWalks, _CountingWalks(self.walks)),
         )
         self.lock = LeaderLock(engine)
+
+    def start_walks(self) -> None:
+        """Start the worker that walks deep backlogs, if it is used: it takes ~1 s to start,
+        which a backlog found at the first poll would otherwise wait for (on this thread)."""
+        if self.walks is not None:
+            self.walks.start()
+
+    def stop_walks(self) -> None:
+        if self.walks is not None:
+            self.walks.stop()
 
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted.
@@ -97,10 +121,14 @@ class Reconciler:
                 self.poller.check_retention()
             except NeedsResync as reason:
                 self.resync(str(reason))
+            worker_pages = self._worker_pages()
             with metrics.POLL_SECONDS.time():
                 report = self.poller.drain(stop)
-            self._record(report)
+            self._record(report, self._worker_pages() - worker_pages)
         return report
+
+    def _worker_pages(self) -> int:
+        return 0 if self.walks is None else self.walks.pages_from_worker
 
     def resync(self, reason: str) -> ResyncReport:
         log.warning("resyncing from Stripe's list endpoints", extra={"reason": reason})
@@ -120,6 +148,7 @@ class Reconciler:
         """Poll every interval while leader; stand by otherwise. Returns when `stop` is set."""
         interval = self.settings.reconcile_interval_seconds
         failures = 0
+        self.start_walks()
         try:
             while not stop.is_set():
                 leader = self.lock.acquire()
@@ -136,10 +165,11 @@ class Reconciler:
                 # Back off on repeated failures (Stripe down), up to ten intervals.
                 stop.wait(interval * min(2**failures, 10))
         finally:
+            self.stop_walks()
             self.lock.release()
             metrics.LEADER.set(0)
 
-    def _record(self, report: DrainReport) -> None:
+    def _record(self, report: DrainReport, worker_pages: int) -> None:
         metrics.record_outcomes(report.stats.outcomes)
         status = read_status(self.engine)
         if status.lag is not None:
@@ -164,6 +194,7 @@ class Reconciler:
                 "lag_seconds": None if status.lag is None else round(status.lag, 1),
                 "seconds": round(report.seconds, 3),
                 "read_wait_seconds": round(report.read_wait_seconds, 3),
+                "worker_pages": worker_pages,
             },
         )
 

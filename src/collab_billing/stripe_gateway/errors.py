@@ -15,6 +15,7 @@ class StripeGatewayError(Exception):
     def __init__(self, kind: str, message: str, http_status: int | None) -> None:
         super().__init__(f"Stripe {kind}: {message}")
         self.kind = kind
+        self.message = message
         self.http_status = http_status
 
 

@@ -6,31 +6,41 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import multiprocessing
 import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
+
+# How the service starts a process (`walk_process`): a new interpreter, not a fork of the
+# service, whose threads may hold locks at the moment of the fork.
+PROCESS_START_METHOD: Final = "spawn"
 
 
 class Throttle:
-    """A token bucket across threads: at most `rate` requests a second on average, with bursts
-    of `burst`. A small burst lets a request that came late (a slow page, a busy GIL) be made
-    up for at once, so that a sequential reader keeps the full rate; kept well under a
-    second's worth so that Stripe's own bucket is never emptied by us alone."""
+    """A token bucket across threads and processes: at most `rate` requests a second on
+    average, with bursts of `burst`. A small burst lets a request that came late (a slow
+    page, a busy GIL) be made up for at once, so that a sequential reader keeps the full rate;
+    kept well under a second's worth so that Stripe's own bucket is never emptied by us alone.
+
+    Its state lives in shared memory (and it pickles as such for a process being started), so
+    that a walk of the event list in a process of its own (`walk_process`) and the reads made
+    here draw on one budget."""
 
     def __init__(self, rate: float, burst: int = 1) -> None:
         self.interval = 1.0 / rate
         self.slack = (burst - 1) * self.interval
-        self.next_slot = 0.0
-        self.lock = threading.Lock()
+        context = multiprocessing.get_context(PROCESS_START_METHOD)
+        self.next_slot = context.RawValue("d", 0.0)
+        self.lock = context.Lock()
 
     def wait(self) -> None:
         with self.lock:
-            now = time.monotonic()
-            slot = max(now - self.slack, self.next_slot)
-            self.next_slot = slot + self.interval
+            now = time.monotonic()  # one clock for every process (CLOCK_MONOTONIC)
+            slot = max(now - self.slack, self.next_slot.value)
+            self.next_slot.value = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
 

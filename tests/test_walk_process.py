@@ -1,0 +1,197 @@
+"""`ProcessWalks`: a deep backlog's walk made in a worker process, whose pages are the ones a
+walk on the calling thread reads (with their payloads), whose requests count against the one
+throttle and are reported here, whose Stripe errors are raised here, and whose worker is
+stopped, and replaced, when a walk is left or the worker dies."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from collab_billing.config import Settings
+from collab_billing.db import ledger
+from collab_billing.db.engine import make_session_factory
+from collab_billing.reconcile.events import RELEVANT_TYPES
+from collab_billing.reconcile.poll import Poller
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.walk_process import ProcessWalks, WalkProcessError
+from tests.reconcile_helpers import (
+    assert_matches_stripe,
+    generate_backlog,
+    processed_event_ids,
+    relevant_event_ids,
+)
+from tests.stripe_helpers import Emulator
+from tests.test_event_walk import _Server, expected_pages, fail, gateway_for, server  # noqa: F401
+from tests.test_poll_walk import RecordingApplier, check_batches, more_events
+
+READY_SECONDS = 60  # a new interpreter that imports the service, on a busy machine
+
+
+@pytest.fixture
+def walks(server: _Server) -> Iterator[ProcessWalks]:  # noqa: F811
+    requests: list[tuple[str, int | str]] = []
+    gateway = gateway_for(server)
+    gateway.observer = lambda operation, outcome: requests.append((operation, outcome))
+    running = ProcessWalks(gateway)
+    running.requests = requests  # type: ignore[attr-defined]
+    running.start()
+    yield running
+    running.stop()
+
+
+def walk(walks: ProcessWalks, anchor: str = "evt_0010") -> Iterator[list[str]]:
+    for page in walks.walk_events(types=RELEVANT_TYPES, ending_before=anchor):
+        yield [event.id for event in page.events]
+
+
+def worker() -> multiprocessing.process.BaseProcess:
+    (process,) = multiprocessing.active_children()
+    return process
+
+
+def test_the_worker_reads_the_pages_with_their_payloads_and_reports_its_requests(
+    server: _Server,  # noqa: F811
+    walks: ProcessWalks,
+) -> None:
+    assert walks.ready(timeout=READY_SECONDS)
+    pages = list(walks.walk_events(types=RELEVANT_TYPES, ending_before="evt_0010"))
+
+    assert [[e.id for e in page.events] for page in pages] == expected_pages()
+    assert walks.pages_from_worker == 4
+    # Each page's request sent ahead, as a walk here sends them; one connection.
+    assert server.requests == ["evt_0010", "evt_0110", "evt_0210", "evt_0310"]
+    assert server.connections == 1
+    assert walks.requests == [("events.list", 200)] * 4  # type: ignore[attr-defined]
+    event = pages[1].events[3]
+    assert event.payload["id"] == event.id == "evt_0207"
+    assert event.object.customer == "cus_1"
+
+
+def test_a_walk_begun_before_the_worker_is_ready_goes_on_in_it(
+    server: _Server,  # noqa: F811
+) -> None:
+    walks = ProcessWalks(gateway_for(server))
+    try:
+        pages = walk(walks)
+        first = next(pages)  # on this thread: the worker has only just been started
+        assert walks.pages_from_worker == 0
+        assert walks.ready(timeout=READY_SECONDS)
+        assert [first, *pages] == expected_pages()
+    finally:
+        walks.stop()
+    assert walks.pages_from_worker == 3
+    # The request this thread had sent ahead for the second page is dropped, not reused.
+    assert server.requests == ["evt_0010", "evt_0110", "evt_0110", "evt_0210", "evt_0310"]
+
+
+def test_the_worker_draws_on_the_gateways_throttle(walks: ProcessWalks) -> None:
+    throttle = walks.gateway.throttle
+    assert throttle.next_slot.value == 0.0  # no request made in this process
+    assert walks.ready(timeout=READY_SECONDS)
+    assert len(list(walk(walks))) == 4
+    # The worker's four requests took their slots from the throttle this process holds: the
+    # next request made here waits behind them.
+    assert throttle.next_slot.value > 0.0
+
+
+def test_stripes_error_in_the_worker_is_raised_here_and_the_worker_walks_on(
+    server: _Server,  # noqa: F811
+    walks: ProcessWalks,
+) -> None:
+    assert walks.ready(timeout=READY_SECONDS)
+    pid = worker().pid
+    server.answers[2] = server.answers[3] = fail(500)  # the second page, sent ahead and again
+    pages = walk(walks)
+    assert next(pages) == expected_pages()[0]
+    with pytest.raises(StripeGatewayError) as raised:
+        next(pages)
+    assert (raised.value.kind, raised.value.http_status) == ("api_error", 500)
+    assert "try again" in str(raised.value)
+    assert ("events.list", 500) in walks.requests  # type: ignore[attr-defined]
+
+    assert list(walk(walks)) == expected_pages()
+    assert worker().pid == pid  # the same worker: a failed walk is over, not its worker
+
+
+def test_a_walk_left_early_stops_the_worker_and_the_next_walk_starts_another(
+    walks: ProcessWalks,
+) -> None:
+    assert walks.ready(timeout=READY_SECONDS)
+    first = worker()
+    pages = walk(walks)
+    next(pages)
+    pages.close()
+    assert not first.is_alive() and multiprocessing.active_children() == []
+
+    assert list(walk(walks)) == expected_pages()  # on this thread, while the next one starts
+    assert walks.ready(timeout=READY_SECONDS)
+    assert worker().pid != first.pid
+    assert list(walk(walks)) == expected_pages()
+
+
+def test_a_worker_that_dies_mid_walk_fails_the_walk_and_is_replaced(walks: ProcessWalks) -> None:
+    assert walks.ready(timeout=READY_SECONDS)
+    pages = walk(walks)
+    next(pages)
+    os.kill(worker().pid or 0, signal.SIGKILL)
+    with pytest.raises(WalkProcessError, match="ended mid-walk"):
+        list(pages)
+    assert walks.ready(timeout=READY_SECONDS) is False  # stopped: started by the next walk
+    assert list(walk(walks)) == expected_pages()
+
+
+def test_a_second_walk_while_the_worker_is_busy_is_made_here(walks: ProcessWalks) -> None:
+    assert walks.ready(timeout=READY_SECONDS)
+    busy = walk(walks)
+    next(busy)
+    assert list(walk(walks, anchor="evt_0210")) == expected_pages()[2:]
+    assert walks.pages_from_worker == 1
+    assert [expected_pages()[0], *busy] == expected_pages()
+    assert walks.pages_from_worker == 4
+
+
+def test_a_deep_backlog_is_walked_by_the_worker_and_the_rows_end_equal_to_stripes(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Crowded seconds: many of an object's events share its newest second, whose order only
+    their payloads (kept from the pages the worker sent) can settle."""
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3, per_customer=4)
+    gateway = StripeGateway(stripe_settings)
+    walks = ProcessWalks(gateway)
+    applier = RecordingApplier(factory, gateway)
+    poller = Poller(factory, gateway, applier, batch_size=150, walks=walks, worker_min_pages=1)
+    poller.drain()  # the service has polled before: there is an event at its cursor
+    with factory() as session:
+        assert ledger.read_int_state(session, ledger.CURSOR) is not None
+    added = more_events(emulator, factory, first=4, customers=120, span=4)
+    walks.start()
+    try:
+        assert walks.ready(timeout=READY_SECONDS)
+        applier.batches.clear()
+        report = poller.drain()
+    finally:
+        walks.stop()
+
+    assert walks.pages_from_worker >= math.ceil(added / 100) - 1
+    assert sorted(processed_event_ids(factory)) == sorted(relevant_event_ids(emulator))
+    assert assert_matches_stripe(emulator, factory) == 123
+    assert report.stats.total("applied") == added
+    check_batches(applier.batches)
+
+
+def test_walks_are_made_in_a_worker_when_pages_may_come_fast(settings: Settings) -> None:
+    def walks_in_worker(**update: object) -> bool:
+        return settings.model_copy(update=update).walks_in_worker()
+
+    assert not walks_in_worker(stripe_requests_per_second=20.0)  # the default: a thread keeps up
+    assert walks_in_worker(stripe_requests_per_second=100.0)
+    assert walks_in_worker(stripe_requests_per_second=20.0, reconcile_walk_process="on")
+    assert not walks_in_worker(stripe_requests_per_second=1000.0, reconcile_walk_process="off")
