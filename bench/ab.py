@@ -33,6 +33,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         spy = args.spy_args.split() if args.profile else None
                         out = Path.cwd() / f"ab-{slug(version)}-{repeat}.folded"
                         emulator_cpu = emu.cpu_seconds()
-                        seconds, child = drain_copy(
+                        seconds, child, poll = drain_copy(
                             template, emu.url, workdir, args, source, spy, out
                         )
                         emulator_cpu = emu.cpu_seconds() - emulator_cpu
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{version:<12} run {repeat + 1}: {run.events_per_s:>7,} "
                             f"events/s, peak RSS {child.peak_rss_mb:.0f} MB, "
                             f"CPU {child.cpu_seconds:.1f} s (emulator {emulator_cpu:.2f} s)"
-                            f"{machine_note(child.machine_cpu)}",
+                            f"{machine_note(child.machine_cpu)}{worker_note(poll)}",
                             flush=True,
                         )
                         if args.statements:
@@ -137,9 +138,9 @@ def drain_copy(
     source: Path,
     spy: list[str] | None,
     profile: Path,
-) -> tuple[float, ChildRun]:
-    """`reconcile --once` of `source` on a copy of `template`: the drain's seconds, and the
-    process's run (its peak RSS, and CPU seconds with start-up included)."""
+) -> tuple[float, ChildRun, dict[str, Any]]:
+    """`reconcile --once` of `source` on a copy of `template`: the drain's seconds, the
+    process's run (its peak RSS, and CPU seconds with start-up included) and its poll log."""
     copy = copy_database(template, workdir, args.pg_url)
     try:
         env = service_env(copy, emulator_url, STRIPE_REQUESTS_PER_SECOND="100000")
@@ -156,7 +157,7 @@ def drain_copy(
         polls = [r for r in run.log_lines if r.get("message") == "poll"]
         if run.returncode != 0 or not polls:
             raise RuntimeError(f"{source}: {run.stderr_tail}")
-        return float(polls[-1]["seconds"]), run
+        return float(polls[-1]["seconds"]), run, polls[-1]
     finally:
         copy.drop()
 
@@ -166,6 +167,13 @@ def machine_note(shares: dict[str, float]) -> str:
     if not shares:
         return ""
     return f", machine {shares['idle_pct']:.0f}% idle, {shares['steal_pct']:.0f}% stolen"
+
+
+def worker_note(poll: dict[str, Any]) -> str:
+    """How many of the drain's pages the walks' worker process read, where it tells."""
+    if "worker_pages" not in poll:
+        return ""
+    return f", worker read {poll['worker_pages']:,} of {poll['requests']:,} pages"
 
 
 def print_statements(path: Path, top: int = 5) -> None:

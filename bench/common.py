@@ -251,8 +251,11 @@ class ChildRun:
     peak_rss_mb: float
     log_lines: list[dict[str, Any]]
     stderr_tail: str
-    cpu_seconds: float = 0.0  # user + system, of all its threads
+    cpu_seconds: float = 0.0  # user + system, of all its threads (and its waited children)
     machine_cpu: dict[str, float] = field(default_factory=dict)  # `cpu_shares` while it ran
+    # The peaks of the processes it started (the walks' worker, multiprocessing's resource
+    # tracker), added up: its memory beside `peak_rss_mb`.
+    helpers_peak_rss_mb: float = 0.0
 
 
 def cpu_times() -> list[int]:
@@ -280,8 +283,26 @@ def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
     }
 
 
+def peak_rss_kib(pid: int) -> int:
+    """A process's `VmHWM` so far, in KiB; 0 once it is gone (or without /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes that `pid`'s threads (any of them) started and that still run."""
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: float) -> ChildRun:
-    """Run a command to its end, with its peak RSS.
+    """Run a command to its end, with its peak RSS and its child processes' peaks.
 
     The peak is the child's own `VmHWM` (per address space, so reset by exec), sampled until
     it exits. wait4's `ru_maxrss` would not do: it counts the forked copy of this (large)
@@ -291,12 +312,11 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
         process = subprocess.Popen(args, env=env, cwd=workdir, stdout=err, stderr=err)
         deadline = started + timeout
         peak_kib = 0
-        status_file = Path(f"/proc/{process.pid}/status")
+        helper_peaks: dict[int, int] = {}
         while True:
-            with contextlib.suppress(OSError, ValueError):
-                for line in status_file.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kib = max(peak_kib, int(line.split()[1]))
+            peak_kib = max(peak_kib, peak_rss_kib(process.pid))
+            for helper in children_of(process.pid):
+                helper_peaks[helper] = max(helper_peaks.get(helper, 0), peak_rss_kib(helper))
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -318,8 +338,16 @@ def run_child(args: list[str], env: dict[str, str], workdir: Path, timeout: floa
                 lines.append(parsed)
     peak_kib = peak_kib or usage.ru_maxrss  # no /proc: the upper bound
     cpu = usage.ru_utime + usage.ru_stime
+    helpers_mib = sum(helper_peaks.values()) / 1024
     return ChildRun(
-        process.returncode, seconds, peak_kib / 1024, lines, output[-3000:], cpu, machine_cpu
+        process.returncode,
+        seconds,
+        peak_kib / 1024,
+        lines,
+        output[-3000:],
+        cpu,
+        machine_cpu,
+        helpers_mib,
     )
 
 

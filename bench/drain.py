@@ -137,7 +137,10 @@ def bench_apply(
             "drain_s": round(drain_seconds, 2),
             "process_s": round(run.seconds, 2),
             "peak_rss_mb": round(run.peak_rss_mb, 1),
+            # Its worker's (the walk of the event list) and multiprocessing's tracker's.
+            "helpers_peak_rss_mb": round(run.helpers_peak_rss_mb, 1),
             "requests": poll.get("requests"),
+            "worker_pages": poll.get("worker_pages"),
             "stripe_reads": poll.get("stripe_reads"),
             "subscriptions": subs,
             "mismatches": mismatches,

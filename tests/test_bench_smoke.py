@@ -7,7 +7,9 @@ figures themselves are in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     # The machine's CPU while the drain ran: shares of the whole, from /proc/stat.
     assert 0 <= by_name["apply"]["metrics"]["machine_idle_pct"] <= 100
     assert 0 <= by_name["apply"]["metrics"]["machine_steal_pct"] <= 100
+    # STRIPE_REQUESTS_PER_SECOND=100000: the walks' worker was started beside it, and measured.
+    assert by_name["apply"]["metrics"]["helpers_peak_rss_mb"] > 0
+    assert by_name["apply"]["metrics"]["worker_pages"] == 0  # too small a backlog to hand over
     assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
     assert by_name["webhook"]["metrics"]["outcomes"] == {"applied": 20}
     assert by_name["webhook-drain"]["metrics"]["outcomes"] == {"applied": 20}
@@ -65,6 +70,7 @@ def test_ab_drains_one_backlog_per_version_and_times_statements(
     printed = capsys.readouterr().out
     assert re.search(r"run 1: +[\d,]+ events/s", printed)
     assert re.search(r"machine \d+% idle, \d+% stolen", printed), printed
+    assert re.search(r"worker read 0 of [\d,]+ pages", printed), printed
     assert "median of 1" in printed
     assert re.search(r"^  \. +[\d,]+ +[\d,]+$", printed, re.MULTILINE), printed
     statements = json.loads((tmp_path / "ab---0.statements.json").read_text())
@@ -89,6 +95,18 @@ def test_ab_adjusts_each_run_by_the_emulators_cpu_in_it(capsys: Any) -> None:
     assert "  A               15,000    13,333" in lines
     assert "  B               15,000    15,000" in lines
     assert "  C               12,000    12,000" in lines
+
+
+def test_a_childs_own_processes_are_measured_beside_it(tmp_path: Path) -> None:
+    """The peak RSS of what the measured process starts is added up apart from its own."""
+    script = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+        "'import time; block = bytearray(80 << 20); time.sleep(1)'], check=True)"
+    )
+    run = common.run_child([sys.executable, "-c", script], dict(os.environ), tmp_path, 60)
+    assert run.returncode == 0
+    assert run.helpers_peak_rss_mb >= 80
+    assert run.peak_rss_mb < 80  # the parent's own, without its child's block
 
 
 def test_machine_cpu_shares_are_of_the_time_between_two_readings() -> None:
