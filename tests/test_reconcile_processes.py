@@ -170,10 +170,13 @@ def test_a_standby_takes_over_when_the_leader_dies(
     assert leader is not None
     time.sleep(1)
     assert holder() == leader, "leadership must not flap while the leader lives"
+    standby = next(name for name in processes if name != leader)
+    assert children(processes[leader].pid), "the leader's worker, which walks deep backlogs"
+    assert children(processes[standby].pid) == [], "a standby starts no worker"
     processes[leader].send_signal(signal.SIGKILL)
     processes[leader].wait()
-    standby = next(name for name in processes if name != leader)
     wait_until(lambda: holder() == standby, timeout=30)
+    wait_until(lambda: children(processes[standby].pid) != [])
     # The new leader does the work: later events are applied.
     emulator.control("POST", "generate", {"customers": 3, "events_per_customer": 2,
                                           "first_github_user_id": 1})  # fmt: skip

@@ -93,12 +93,12 @@ def test_a_walk_begun_before_the_worker_is_ready_goes_on_in_it(
 
 def test_the_worker_draws_on_the_gateways_throttle(walks: ProcessWalks) -> None:
     throttle = walks.gateway.throttle
-    assert throttle.next_slot.value == 0.0  # no request made in this process
+    assert throttle.next_slot == 0.0  # no request made in this process
     assert walks.ready(timeout=READY_SECONDS)
     assert len(list(walk(walks))) == 4
     # The worker's four requests took their slots from the throttle this process holds: the
     # next request made here waits behind them.
-    assert throttle.next_slot.value > 0.0
+    assert throttle.next_slot > 0.0
 
 
 def test_stripes_error_in_the_worker_is_raised_here_and_the_worker_walks_on(
@@ -145,6 +145,30 @@ def test_a_worker_that_dies_mid_walk_fails_the_walk_and_is_replaced(walks: Proce
         list(pages)
     assert walks.ready(timeout=READY_SECONDS) is False  # stopped: started by the next walk
     assert list(walk(walks)) == expected_pages()
+
+
+def test_a_worker_that_cannot_start_leaves_the_walk_here(
+    server: _Server,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def no_process(_process: object) -> None:
+        raise OSError("Resource temporarily unavailable")
+
+    walks = ProcessWalks(gateway_for(server))
+    with monkeypatch.context() as patched:
+        patched.setattr(multiprocessing.process.BaseProcess, "start", no_process)
+        assert list(walk(walks)) == expected_pages()
+    assert walks.pages_from_worker == 0
+    assert "the walks' worker did not start" in caplog.text
+    assert multiprocessing.active_children() == []
+    try:
+        walks.start()  # tried again, and now it starts
+        assert walks.ready(timeout=READY_SECONDS)
+        assert list(walk(walks)) == expected_pages()
+        assert walks.pages_from_worker == 4
+    finally:
+        walks.stop()
 
 
 def test_a_second_walk_while_the_worker_is_busy_is_made_here(walks: ProcessWalks) -> None:

@@ -104,8 +104,8 @@ class Reconciler:
         self.lock = LeaderLock(engine)
 
     def start_walks(self) -> None:
-        """Start the worker that walks deep backlogs, if it is used: it takes ~1 s to start,
-        which a backlog found at the first poll would otherwise wait for (on this thread)."""
+        """Start the worker that walks deep backlogs, if it is used and not running: it takes
+        ~1 s to start, during which a backlog is walked on this thread."""
         if self.walks is not None:
             self.walks.start()
 
@@ -148,12 +148,14 @@ class Reconciler:
         """Poll every interval while leader; stand by otherwise. Returns when `stop` is set."""
         interval = self.settings.reconcile_interval_seconds
         failures = 0
-        self.start_walks()
         try:
             while not stop.is_set():
                 leader = self.lock.acquire()
                 metrics.LEADER.set(1 if leader else 0)
+                if not leader:
+                    self.stop_walks()  # a standby walks nothing: no worker idles beside it
                 if leader:
+                    self.start_walks()
                     try:
                         self.drain(stop)
                         failures = 0

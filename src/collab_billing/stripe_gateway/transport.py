@@ -11,7 +11,8 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Final
+from contextlib import AbstractContextManager
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 # How the service starts a process (`walk_process`): a new interpreter, not a fork of the
@@ -20,29 +21,53 @@ PROCESS_START_METHOD: Final = "spawn"
 
 
 class Throttle:
-    """A token bucket across threads and processes: at most `rate` requests a second on
-    average, with bursts of `burst`. A small burst lets a request that came late (a slow
-    page, a busy GIL) be made up for at once, so that a sequential reader keeps the full rate;
-    kept well under a second's worth so that Stripe's own bucket is never emptied by us alone.
-
-    Its state lives in shared memory (and it pickles as such for a process being started), so
-    that a walk of the event list in a process of its own (`walk_process`) and the reads made
-    here draw on one budget."""
+    """A token bucket across threads (and processes, once `share_with_processes`): at most
+    `rate` requests a second on average, with bursts of `burst`. A small burst lets a request
+    that came late (a slow page, a busy GIL) be made up for at once, so that a sequential
+    reader keeps the full rate; kept well under a second's worth so that Stripe's own bucket is
+    never emptied by us alone."""
 
     def __init__(self, rate: float, burst: int = 1) -> None:
         self.interval = 1.0 / rate
         self.slack = (burst - 1) * self.interval
+        self.state = _Slot(threading.Lock(), _Value(0.0))
+
+    @property
+    def next_slot(self) -> float:
+        return self.state.next.value
+
+    def share_with_processes(self) -> None:
+        """Keep the bucket in shared memory from now on: a process started with this throttle
+        (`walk_process`) then draws on the same budget. Not done for every throttle, since
+        multiprocessing's lock starts a helper process (its resource tracker)."""
+        if not isinstance(self.state.next, _Value):
+            return  # shared already
         context = multiprocessing.get_context(PROCESS_START_METHOD)
-        self.next_slot = context.RawValue("d", 0.0)
-        self.lock = context.Lock()
+        shared = context.RawValue("d", self.next_slot)
+        self.state = _Slot(context.Lock(), shared)  # one assignment: a `wait` sees either
 
     def wait(self) -> None:
-        with self.lock:
+        state = self.state
+        with state.lock:
             now = time.monotonic()  # one clock for every process (CLOCK_MONOTONIC)
-            slot = max(now - self.slack, self.next_slot.value)
-            self.next_slot.value = slot + self.interval
+            slot = max(now - self.slack, state.next.value)
+            state.next.value = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
+
+
+class _Value:
+    """A float where a shared `ctypes` one would be (`.value`), for a throttle of one process."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+class _Slot(NamedTuple):
+    """The bucket: when the next request may go, and the lock over it."""
+
+    lock: AbstractContextManager[Any]
+    next: _Value  # or a shared `ctypes.c_double`, which has the same `.value`
 
 
 class Connections:

@@ -27,6 +27,7 @@ cost 0.4-0.5 ms of CPU per 300 KB page (~5 µs an event, as much as decoding the
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import select
 import signal
@@ -43,6 +44,8 @@ from collab_billing.stripe_gateway.errors import StripeGatewayError
 from collab_billing.stripe_gateway.gateway import EventPage, StripeGateway
 from collab_billing.stripe_gateway.transport import PROCESS_START_METHOD, Throttle
 from collab_billing.stripe_objects import Event, attach_page
+
+log = logging.getLogger(__name__)
 
 SOCKET_BUFFER_BYTES = 4 << 20  # a few pages: the worker writes one whole while we read
 
@@ -67,6 +70,7 @@ class ProcessWalks:
         """Start the worker, unless it runs; it prepares in the background."""
         if self._process is not None and self._process.is_alive():
             return
+        self.gateway.throttle.share_with_processes()
         ours, theirs = _socket_pair()
         self._channel = _Channel(ours)
         self._process = self._context.Process(
@@ -76,8 +80,14 @@ class ProcessWalks:
             daemon=True,
         )
         self._ready = False
-        self._process.start()
-        theirs.close()  # the worker's now: the socket closes with the worker
+        try:
+            self._process.start()
+        except OSError:  # no process to be had: walks go on here, and it is tried again
+            log.warning("the walks' worker did not start", exc_info=True)
+            self._channel.close()
+            self._process = self._channel = None
+        finally:
+            theirs.close()  # the worker's now: the socket closes with the worker
 
     def stop(self) -> None:
         if self._process is not None:
