@@ -73,9 +73,13 @@ class ProcessWalks:
         self.gateway.throttle.share_with_processes()
         ours, theirs = _socket_pair()
         self._channel = _Channel(ours)
+        # Only what talking to Stripe needs crosses over: not the admin or webhook secrets.
+        settings = self.gateway.settings.model_copy(
+            update={"admin_token": None, "stripe_webhook_secret": None}
+        )
         self._process = self._context.Process(
             target=_serve,
-            args=(self.gateway.settings, self.gateway.throttle, theirs),
+            args=(settings, self.gateway.throttle, theirs),
             name="collab-billing-walks",
             daemon=True,
         )
@@ -227,7 +231,10 @@ class _Channel:
         self.end = end
 
     def send(self, header: bytes, body: bytes | bytearray = b"") -> None:
-        self.end.sendmsg([_FRAME.pack(len(header), len(body)), header, body])
+        parts = [_FRAME.pack(len(header), len(body)), header, body]
+        sent = self.end.sendmsg(parts)
+        if sent < sum(map(len, parts)):  # cut short (a signal): the rest, copied, in one go
+            self.end.sendall(b"".join(parts)[sent:])
 
     def receive(self, process: BaseProcess | None = None) -> tuple[bytearray, bytearray]:
         lengths = self._exactly(_FRAME.size, process)
