@@ -9,7 +9,11 @@ import math
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -101,12 +105,11 @@ def test_the_worker_draws_on_the_gateways_throttle(walks: ProcessWalks) -> None:
     assert throttle.next_slot > 0.0
 
 
-def test_stripes_error_in_the_worker_is_raised_here_and_the_worker_walks_on(
+def test_stripes_error_in_the_worker_is_raised_here(
     server: _Server,  # noqa: F811
     walks: ProcessWalks,
 ) -> None:
     assert walks.ready(timeout=READY_SECONDS)
-    pid = worker().pid
     server.answers[2] = server.answers[3] = fail(500)  # the second page, sent ahead and again
     pages = walk(walks)
     assert next(pages) == expected_pages()[0]
@@ -115,25 +118,30 @@ def test_stripes_error_in_the_worker_is_raised_here_and_the_worker_walks_on(
     assert (raised.value.kind, raised.value.http_status) == ("api_error", 500)
     assert "try again" in str(raised.value)
     assert ("events.list", 500) in walks.requests  # type: ignore[attr-defined]
-
-    assert list(walk(walks)) == expected_pages()
-    assert worker().pid == pid  # the same worker: a failed walk is over, not its worker
+    assert list(walk(walks)) == expected_pages()  # the next walk, whole
 
 
-def test_a_walk_left_early_stops_the_worker_and_the_next_walk_starts_another(
-    walks: ProcessWalks,
-) -> None:
+def test_the_worker_lives_for_one_walk(walks: ProcessWalks) -> None:
+    """Stopped when its walk ends, or is left early: a service that is not walking a deep
+    backlog has no worker (its memory, and its start-up, only while one is walked)."""
     assert walks.ready(timeout=READY_SECONDS)
     first = worker()
+    assert list(walk(walks)) == expected_pages()
+    assert not first.is_alive() and multiprocessing.active_children() == []
+
+    walks.start()
+    assert walks.ready(timeout=READY_SECONDS)
+    second = worker()
     pages = walk(walks)
     next(pages)
     pages.close()
-    assert not first.is_alive() and multiprocessing.active_children() == []
+    assert not second.is_alive() and multiprocessing.active_children() == []
+    assert second.pid != first.pid
+    assert walks.pages_from_worker == 5
 
-    assert list(walk(walks)) == expected_pages()  # on this thread, while the next one starts
-    assert walks.ready(timeout=READY_SECONDS)
-    assert worker().pid != first.pid
+    # The next walk starts one of its own, and is made here until it is ready.
     assert list(walk(walks)) == expected_pages()
+    assert multiprocessing.active_children() == []
 
 
 def test_a_worker_that_dies_mid_walk_fails_the_walk_and_is_replaced(walks: ProcessWalks) -> None:
@@ -143,7 +151,7 @@ def test_a_worker_that_dies_mid_walk_fails_the_walk_and_is_replaced(walks: Proce
     os.kill(worker().pid or 0, signal.SIGKILL)
     with pytest.raises(WalkProcessError, match="ended mid-walk"):
         list(pages)
-    assert walks.ready(timeout=READY_SECONDS) is False  # stopped: started by the next walk
+    assert walks.ready() is False and multiprocessing.active_children() == []
     assert list(walk(walks)) == expected_pages()
 
 
@@ -219,3 +227,50 @@ def test_walks_are_made_in_a_worker_when_pages_may_come_fast(settings: Settings)
     assert walks_in_worker(stripe_requests_per_second=100.0)
     assert walks_in_worker(stripe_requests_per_second=20.0, reconcile_walk_process="on")
     assert not walks_in_worker(stripe_requests_per_second=1000.0, reconcile_walk_process="off")
+
+
+def test_the_worker_ends_when_the_service_is_killed(server: _Server) -> None:  # noqa: F811
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    service = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SERVICE.format(base=base)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stdout is not None
+        worker_pid = int(service.stdout.readline())  # mid-walk: a page taken, more sent
+        assert running(worker_pid)
+    finally:
+        service.kill()
+        service.wait()
+    deadline = time.monotonic() + 10
+    while running(worker_pid):
+        assert time.monotonic() < deadline, "the worker outlived the service"
+        time.sleep(0.05)
+
+
+KILLED_SERVICE = """
+import multiprocessing, time
+from collab_billing.config import Settings
+from collab_billing.reconcile.events import RELEVANT_TYPES
+from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway.walk_process import ProcessWalks
+
+settings = Settings(stripe_api_key="sk_test_walk", stripe_api_base="{base}", _env_file=None)
+walks = ProcessWalks(StripeGateway(settings))
+walks.start()
+assert walks.ready(timeout=60)
+pages = walks.walk_events(types=RELEVANT_TYPES, ending_before="evt_0010")
+next(pages)
+print(multiprocessing.active_children()[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive, and not a zombie (whose parent has gone, and nobody has reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"

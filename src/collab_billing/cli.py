@@ -168,11 +168,7 @@ def reconcile(
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
         prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
     if once:
-        reconciler.start_walks()
-        try:
-            drain_once(reconciler)
-        finally:
-            reconciler.stop_walks()
+        drain_once(reconciler)
         return
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.

@@ -103,16 +103,6 @@ class Reconciler:
         )
         self.lock = LeaderLock(engine)
 
-    def start_walks(self) -> None:
-        """Start the worker that walks deep backlogs, if it is used and not running: it takes
-        ~1 s to start, during which a backlog is walked on this thread."""
-        if self.walks is not None:
-            self.walks.start()
-
-    def stop_walks(self) -> None:
-        if self.walks is not None:
-            self.walks.stop()
-
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted.
         With `stop` set, return after the current batch's transaction."""
@@ -152,10 +142,7 @@ class Reconciler:
             while not stop.is_set():
                 leader = self.lock.acquire()
                 metrics.LEADER.set(1 if leader else 0)
-                if not leader:
-                    self.stop_walks()  # a standby walks nothing: no worker idles beside it
                 if leader:
-                    self.start_walks()
                     try:
                         self.drain(stop)
                         failures = 0
@@ -167,7 +154,6 @@ class Reconciler:
                 # Back off on repeated failures (Stripe down), up to ten intervals.
                 stop.wait(interval * min(2**failures, 10))
         finally:
-            self.stop_walks()
             self.lock.release()
             metrics.LEADER.set(0)
 
