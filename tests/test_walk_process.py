@@ -78,21 +78,30 @@ def test_the_worker_reads_the_pages_with_their_payloads_and_reports_its_requests
     assert event.object.customer == "cus_1"
 
 
-def test_a_walk_begun_before_the_worker_is_ready_goes_on_in_it(
+def test_a_long_walk_starts_the_worker_and_goes_on_in_it_once_it_is_ready(
     server: _Server,  # noqa: F811
 ) -> None:
-    walks = ProcessWalks(gateway_for(server))
+    walks = ProcessWalks(gateway_for(server), start_after_pages=1)
     try:
         pages = walk(walks)
-        first = next(pages)  # on this thread: the worker has only just been started
-        assert walks.pages_from_worker == 0
+        first = next(pages)  # on this thread: no worker yet
+        assert multiprocessing.active_children() == []
+        second = next(pages)  # a page read: the worker is started, and this page read here
         assert walks.ready(timeout=READY_SECONDS)
-        assert [first, *pages] == expected_pages()
+        assert [first, second, *pages] == expected_pages()
     finally:
         walks.stop()
-    assert walks.pages_from_worker == 3
-    # The request this thread had sent ahead for the second page is dropped, not reused.
-    assert server.requests == ["evt_0010", "evt_0110", "evt_0110", "evt_0210", "evt_0310"]
+    assert walks.pages_from_worker == 2
+    # The request this thread had sent ahead for the third page is dropped, not reused.
+    assert server.requests == ["evt_0010", "evt_0110", "evt_0210", "evt_0210", "evt_0310"]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_short_walk_starts_no_worker(walks: ProcessWalks, server: _Server) -> None:  # noqa: F811
+    walks.stop()  # the fixture's, started ahead
+    assert list(walk(walks)) == expected_pages()  # 4 pages, fewer than START_AFTER_PAGES
+    assert walks.pages_from_worker == 0
+    assert multiprocessing.active_children() == []
 
 
 def test_the_worker_draws_on_the_gateways_throttle(walks: ProcessWalks) -> None:
@@ -139,7 +148,7 @@ def test_the_worker_lives_for_one_walk(walks: ProcessWalks) -> None:
     assert second.pid != first.pid
     assert walks.pages_from_worker == 5
 
-    # The next walk starts one of its own, and is made here until it is ready.
+    # The next walk, short, is made here: it starts none.
     assert list(walk(walks)) == expected_pages()
     assert multiprocessing.active_children() == []
 
@@ -163,7 +172,7 @@ def test_a_worker_that_cannot_start_leaves_the_walk_here(
     def no_process(_process: object) -> None:
         raise OSError("Resource temporarily unavailable")
 
-    walks = ProcessWalks(gateway_for(server))
+    walks = ProcessWalks(gateway_for(server), start_after_pages=1)
     with monkeypatch.context() as patched:
         patched.setattr(multiprocessing.process.BaseProcess, "start", no_process)
         assert list(walk(walks)) == expected_pages()
@@ -199,7 +208,7 @@ def test_a_deep_backlog_is_walked_by_the_worker_and_the_rows_end_equal_to_stripe
     gateway = StripeGateway(stripe_settings)
     walks = ProcessWalks(gateway)
     applier = RecordingApplier(factory, gateway)
-    poller = Poller(factory, gateway, applier, batch_size=150, walks=walks, worker_min_pages=1)
+    poller = Poller(factory, gateway, applier, batch_size=150, walks=walks)
     poller.drain()  # the service has polled before: there is an event at its cursor
     with factory() as session:
         assert ledger.read_int_state(session, ledger.CURSOR) is not None

@@ -34,12 +34,7 @@ from collab_billing.reconcile.events import RELEVANT_TYPES, Event
 from collab_billing.reconcile.groups import Batch
 from collab_billing.reconcile.memory import cyclic_gc_paused, release_memory
 from collab_billing.reconcile.read_ahead import in_order, read_ahead
-from collab_billing.reconcile.slicing import (
-    SLICE_WINDOW,
-    backlog_pages,
-    fetch_chains,
-    slice_ends,
-)
+from collab_billing.reconcile.slicing import SLICE_WINDOW, fetch_chains, slice_ends
 from collab_billing.stripe_gateway import EventPage, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -54,13 +49,10 @@ TURN_BATCH_SIZE = 500  # while other SQLite writers wait (see `Poller._batches`)
 CONTENDED_SECONDS = 1.0
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
-# A backlog of this many pages or more is walked by `Poller.walks` (a worker process), whose
-# start-up and hand-over a shorter walk would not make up for.
-WORKER_MIN_PAGES = 200
 
 
 class EventWalks(Protocol):
-    """Who walks a deep backlog's event list: the gateway, or its worker (`walk_process`)."""
+    """Who walks a backlog's event list: the gateway, or its worker (`walk_process`)."""
 
     def walk_events(
         self,
@@ -118,12 +110,10 @@ class Poller:
         max_buffer: int = MAX_BUFFER,
         batch_size: int = BATCH_SIZE,
         walks: EventWalks | None = None,
-        worker_min_pages: float = WORKER_MIN_PAGES,
     ) -> None:
         self.factory = factory
         self.gateway = gateway
-        self.walks: EventWalks = walks or gateway
-        self.worker_min_pages = worker_min_pages
+        self.walks: EventWalks = walks or gateway  # a backlog's one walk (not its slices)
         self.applier = applier
         self.clock = clock
         self.max_buffer = max_buffer
@@ -232,9 +222,7 @@ class Poller:
         chains = fetch_chains(round_trip, self.gateway.requests_per_second)
         highs = slice_ends(cursor, newest.events, chains)
         if len(highs) == 1:
-            deep = backlog_pages(cursor, newest.events) >= self.worker_min_pages
-            walks = self.walks if deep else self.gateway
-            yield from self._walk(anchor[0].id, cursor, report, walks=walks)
+            yield from self._walk(anchor[0].id, cursor, report, walks=self.walks)
             return
         report.slices = len(highs)
         first = partial(self._walk, anchor[0].id, cursor, report, highs[0], SLICE_WINDOW)

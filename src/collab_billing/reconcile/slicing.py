@@ -39,16 +39,10 @@ def slice_ends(cursor: int, newest_page: list[Event], chains: int) -> list[int |
     density of its newest page; one slice when the backlog looks shallow or one chain of
     requests is all there is room for."""
     top = newest_page[0].created
-    pages = backlog_pages(cursor, newest_page)
+    page_seconds = max(1, top - newest_page[-1].created)
+    pages = (top - cursor) / page_seconds
     count = min(chains * SLICES_PER_CHAIN, int(pages // MIN_PAGES_PER_SLICE), top - cursor)
     if chains < 2 or count < 2:
         return [None]
     width = (top - cursor) / count
     return [*(cursor + int(width * n) for n in range(1, count)), None]
-
-
-def backlog_pages(cursor: int, newest_page: list[Event]) -> float:
-    """About how many pages the backlog above `cursor` holds, by the density of its newest page."""
-    top = newest_page[0].created
-    page_seconds = max(1, top - newest_page[-1].created)
-    return (top - cursor) / page_seconds

@@ -9,11 +9,12 @@ event), and the page's JSON, which the events keep for their payloads (ties, ret
 
 The worker is started with `spawn` (`transport.PROCESS_START_METHOD`): a fork of the service,
 which has threads, could copy a lock that one of them holds. It takes ~1 s of CPU to start
-(a new interpreter imports what it needs), so a walk begins on the calling thread and goes on
-in the worker from the page it reached once the worker is ready; the worker is stopped when
-the walk ends (one worker, for a deep backlog's walk: a service that is not catching up on
-one has no worker, and started ahead of every drain, its start-up cost a 10k-event drain
-28%, fourteenth round). The worker draws on the gateway's throttle (in shared memory), its
+(a new interpreter imports what it needs), so a walk begins on the calling thread, starts the
+worker once it has read START_AFTER_PAGES pages, and goes on in the worker from the page it
+reached once the worker is ready; the worker is stopped when the walk ends. So a service
+that is not catching up on a deep backlog has no worker, and a short walk pays nothing for
+one (started ahead of every drain, its start-up cost a 10k-event drain 28%, fourteenth
+round). The worker draws on the gateway's throttle (in shared memory), its
 requests are reported to the gateway's observer here, and Stripe's errors are raised here as
 the worker met them. The service's death ends it too: its next read or write of the socket
 fails.
@@ -48,6 +49,10 @@ from collab_billing.stripe_objects import Event, attach_page
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER_BYTES = 4 << 20  # a few pages: the worker writes one whole while we read
+# Pages walked on the calling thread before a worker is started: a backlog's size is not
+# known ahead (the newest page's density misjudged the benchmark's 10k backlog as deep), and a
+# worker started for a short walk costs its ~1 s of CPU while the drain runs (10k: -28%).
+START_AFTER_PAGES = 150
 
 
 class WalkProcessError(Exception):
@@ -57,8 +62,9 @@ class WalkProcessError(Exception):
 class ProcessWalks:
     """The gateway's `walk_events`, made in a worker process once it is ready."""
 
-    def __init__(self, gateway: StripeGateway) -> None:
+    def __init__(self, gateway: StripeGateway, start_after_pages: int = START_AFTER_PAGES) -> None:
         self.gateway = gateway
+        self.start_after_pages = start_after_pages
         self._context = multiprocessing.get_context(PROCESS_START_METHOD)
         self._process: BaseProcess | None = None
         self._channel: _Channel | None = None
@@ -67,7 +73,8 @@ class ProcessWalks:
         self.pages_from_worker = 0
 
     def start(self) -> None:
-        """Start the worker, unless it runs; it prepares in the background (a walk starts it)."""
+        """Start the worker, unless it runs; it prepares in the background (a long walk starts
+        it; started ahead, a walk takes it from its first page once it is ready)."""
         if self._process is not None and self._process.is_alive():
             return
         self.gateway.throttle.share_with_processes()
@@ -113,13 +120,12 @@ class ProcessWalks:
         """As `StripeGateway.walk_events`: on this thread until the worker takes over."""
         walk = _Walk(tuple(types), ending_before, created_gte, created_lt)
         if not self._lock.acquire(blocking=False):
-            yield from self._walk_here(walk, lambda: False)  # the worker is busy
+            yield from self._walk_here(walk, lambda _: False)  # the worker is busy
             return
         try:
-            self.start()
             rest: _Walk | None = walk
             if not self.ready():
-                rest = yield from self._walk_here(walk, self.ready)
+                rest = yield from self._walk_here(walk, self._hand_over)
             if rest is not None:
                 yield from self._walk_in_worker(rest)
         finally:
@@ -127,9 +133,10 @@ class ProcessWalks:
             self._lock.release()
 
     def _walk_here(
-        self, walk: _Walk, hand_over: Callable[[], bool]
+        self, walk: _Walk, hand_over: Callable[[int], bool]
     ) -> Generator[EventPage, None, _Walk | None]:
-        """Walk on this thread; the rest of the walk (None: there is none) once `hand_over`."""
+        """Walk on this thread; the rest of the walk (None: there is none) once `hand_over`
+        (of the number of pages read) says so."""
         pages = self.gateway.walk_events(
             types=walk.types,
             ending_before=walk.ending_before,
@@ -137,13 +144,19 @@ class ProcessWalks:
             created_lt=walk.created_lt,
         )
         with contextlib.closing(pages):
-            for page in pages:
+            for read, page in enumerate(pages, start=1):
                 yield page
                 if not page.has_more or not page.events:
                     return None
-                if hand_over():
+                if hand_over(read):
                     return msgspec.structs.replace(walk, ending_before=page.events[0].id)
         return None
+
+    def _hand_over(self, pages_read: int) -> bool:
+        """Whether the worker takes the walk on now; it is started once the walk is long."""
+        if self._process is None and pages_read >= self.start_after_pages:
+            self.start()
+        return self.ready()
 
     def _walk_in_worker(self, walk: _Walk) -> Generator[EventPage, None, None]:
         channel, process = self._channel, self._process
