@@ -35,9 +35,9 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     # The machine's CPU while the drain ran: shares of the whole, from /proc/stat.
     assert 0 <= by_name["apply"]["metrics"]["machine_idle_pct"] <= 100
     assert 0 <= by_name["apply"]["metrics"]["machine_steal_pct"] <= 100
-    # STRIPE_REQUESTS_PER_SECOND=100000: the walks' worker was started beside it, and measured.
-    assert by_name["apply"]["metrics"]["helpers_peak_rss_mb"] > 0
-    assert by_name["apply"]["metrics"]["worker_pages"] == 0  # too small a backlog to hand over
+    # STRIPE_REQUESTS_PER_SECOND=100000 allows a walks' worker, but so short a walk starts none.
+    assert by_name["apply"]["metrics"]["helpers_peak_rss_mb"] == 0
+    assert by_name["apply"]["metrics"]["worker_pages"] == 0
     assert by_name["idle"]["metrics"]["requests_per_poll"] == 1
     assert by_name["webhook"]["metrics"]["outcomes"] == {"applied": 20}
     assert by_name["webhook-drain"]["metrics"]["outcomes"] == {"applied": 20}
