@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         runs[version].append(run)
                         print(
                             f"{version:<12} run {repeat + 1}: {run.events_per_s:>7,} "
-                            f"events/s, peak RSS {child.peak_rss_mb:.0f} MB, "
+                            f"events/s, peak RSS {child.peak_rss_mb:.0f} MB"
+                            f"{helpers_note(child.helpers_peak_rss_mb)}, "
                             f"CPU {child.cpu_seconds:.1f} s (emulator {emulator_cpu:.2f} s)"
                             f"{machine_note(child.machine_cpu)}{worker_note(poll)}",
                             flush=True,
@@ -167,6 +168,11 @@ def machine_note(shares: dict[str, float]) -> str:
     if not shares:
         return ""
     return f", machine {shares['idle_pct']:.0f}% idle, {shares['steal_pct']:.0f}% stolen"
+
+
+def helpers_note(peak_mb: float) -> str:
+    """The peak RSS of the processes the run started (the walks' worker), when there were any."""
+    return f" (+{peak_mb:.0f} MB in its helper processes)" if peak_mb else ""
 
 
 def worker_note(poll: dict[str, Any]) -> str:

@@ -293,11 +293,18 @@ def peak_rss_kib(pid: int) -> int:
 
 
 def children_of(pid: int) -> list[int]:
-    """The processes that `pid`'s threads (any of them) started and that still run."""
+    """The programs that `pid`'s threads (any of them) started and that still run. A child
+    still running `pid`'s own command is left out: a fork not yet replaced by its program,
+    whose resident pages are `pid`'s, shared (counted, they made the walks' worker, spawned
+    mid-drain, look as large as the service)."""
     found: list[int] = []
     with contextlib.suppress(OSError, ValueError):
+        own = Path(f"/proc/{pid}/cmdline").read_bytes()
         for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(child) for child in (task / "children").read_text().split()]
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/cmdline").read_bytes() != own:
+                        found.append(int(child))
     return found
 
 
