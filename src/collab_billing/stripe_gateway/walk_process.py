@@ -137,12 +137,7 @@ class ProcessWalks:
     ) -> Generator[EventPage, None, _Walk | None]:
         """Walk on this thread; the rest of the walk (None: there is none) once `hand_over`
         (of the number of pages read) says so."""
-        pages = self.gateway.walk_events(
-            types=walk.types,
-            ending_before=walk.ending_before,
-            created_gte=walk.created_gte,
-            created_lt=walk.created_lt,
-        )
+        pages = walk.pages(self.gateway)
         with contextlib.closing(pages):
             for read, page in enumerate(pages, start=1):
                 yield page
@@ -197,6 +192,15 @@ class _Walk(msgspec.Struct, frozen=True):
     ending_before: str
     created_gte: int | None
     created_lt: int | None
+
+    def pages(self, gateway: StripeGateway) -> Generator[EventPage, None, None]:
+        """This walk, made by `gateway` on the calling thread."""
+        return gateway.walk_events(
+            types=self.types,
+            ending_before=self.ending_before,
+            created_gte=self.created_gte,
+            created_lt=self.created_lt,
+        )
 
 
 class _Error(msgspec.Struct):
@@ -300,13 +304,7 @@ def _walk(
     requests: list[tuple[str, int | str]],
 ) -> None:
     try:
-        pages = gateway.walk_events(
-            types=walk.types,
-            ending_before=walk.ending_before,
-            created_gte=walk.created_gte,
-            created_lt=walk.created_lt,
-        )
-        for page in pages:
+        for page in walk.pages(gateway):
             send(_Message(requests, page.events, page.has_more), page.body)
     except StripeGatewayError as error:
         send(_Message(requests, error=_Error(error.kind, error.message, error.http_status)), b"")
