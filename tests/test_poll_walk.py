@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gc
 import math
+import platform
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -467,6 +470,25 @@ def test_the_heap_is_trimmed_beside_the_drain(monkeypatch: pytest.MonkeyPatch) -
         time.sleep(0.01)
     assert trims == ["malloc-trim"]
     assert not memory._TRIMMING.locked()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_trim_is_found_without_starting_another_program() -> None:
+    """Finding libc through `ctypes.util.find_library` ran `ldconfig -p` at every start of
+    the CLI: a process that the benchmark's drain counted as a helper of the service."""
+    probe = """
+import sys
+started = []
+sys.addaudithook(lambda event, args: event in ("subprocess.Popen", "os.posix_spawn",
+    "os.exec", "os.fork") and started.append(event))
+import collab_billing.cli
+from collab_billing.reconcile import memory
+print(started, memory._MALLOC_TRIM is not None)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split("\n")[-2] == "[] True", result.stdout + result.stderr
 
 
 def test_a_drain_takes_short_turns_while_other_sqlite_writers_wait(

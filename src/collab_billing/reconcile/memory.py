@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import threading
 from collections.abc import Callable, Iterator
@@ -45,9 +44,10 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
+    # The process's own symbols, libc's among them: `ctypes.util.find_library` would run
+    # `ldconfig -p` in a child process at every start of the CLI.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None  # not glibc: nothing to do
     return trim
