@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db import queries
-from collab_billing.db.engine import FastRead, read_only
+from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.stripe_gateway import StripeGateway
 
@@ -146,10 +146,12 @@ def _choose_subscription(
     return target
 
 
-def list_user_subscriptions(read: FastRead, github_user_id: int) -> list[queries.SubscriptionRow]:
-    """The hot read path ("is this user paying?"): one statement, `read` being a `FastRead` of
-    `queries.USER_SUBSCRIPTIONS` (on the read engine, `db.engine.make_read_engine`)."""
-    rows = queries.read_user_subscriptions(read, github_user_id)
+def list_user_subscriptions(
+    factory: sessionmaker[Session], github_user_id: int
+) -> list[queries.SubscriptionRow]:
+    """The hot read path ("is this user paying?"): one statement."""
+    with read_only(factory) as session:
+        rows = queries.read_user_subscriptions(session, github_user_id)
     if rows is None:
         raise _unknown_user(github_user_id)
     return rows

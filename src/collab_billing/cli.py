@@ -242,6 +242,5 @@ def resync(
     )
     typer.echo(
         f"resync done: {report.customers_seen} customers seen, {report.customers_linked} linked, "
-        f"{report.customers_deleted} marked deleted, "
         f"{report.subscriptions_seen} subscriptions seen, {report.subscriptions_written} written"
     )

@@ -6,8 +6,6 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
-# 100 requests/s is 10,000 events/s of pages: decoding them is ~8% of a core, and more above.
-WORKER_MIN_REQUESTS_PER_SECOND = 100.0
 
 
 class Settings(BaseSettings):
@@ -27,7 +25,6 @@ class Settings(BaseSettings):
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_enabled: bool = True
-    reconcile_walk_process: str = Field(default="auto", pattern="^(auto|on|off)$")
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
 
     @field_validator("database_url")
@@ -48,13 +45,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-    def walks_in_worker(self) -> bool:
-        """Whether a deep backlog is walked in a worker process (`walk_process`). `auto`: when
-        Stripe's pages may come faster than one thread can read them beside the writes."""
-        if self.reconcile_walk_process == "auto":
-            return self.stripe_requests_per_second >= WORKER_MIN_REQUESTS_PER_SECOND
-        return self.reconcile_walk_process == "on"
 
     def webhook_secrets(self) -> list[str]:
         """Several comma-separated secrets are accepted, for rotation."""

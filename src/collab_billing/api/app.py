@@ -14,13 +14,10 @@ from sqlalchemy import Engine
 from collab_billing import billing, metrics
 from collab_billing.api import billing as billing_routes
 from collab_billing.api import health, operations, users, webhooks
-from collab_billing.api.fastpath import SubscriptionsFastPath
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.config import Settings
-from collab_billing.db.checkpoints import WEBHOOK_GROUPS_PER_CHECKPOINT, WalCheckpoints
-from collab_billing.db.engine import FastRead, make_engine, make_read_engine, make_session_factory
-from collab_billing.db.queries import USER_SUBSCRIPTIONS
+from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError, gateway_or_none
 
@@ -45,8 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             stop.set()
             await anyio.to_thread.run_sync(thread.join, 60.0)
     finally:
-        await anyio.to_thread.run_sync(app.state.wal_checkpoints.close)
-        app.state.read_engine.dispose()  # made by `create_app`, unlike the main engine
+        pass
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -59,11 +55,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
-    app.state.read_engine = make_read_engine(app.state.engine)
-    app.state.user_subscriptions_read = FastRead(app.state.read_engine, USER_SUBSCRIPTIONS)
     app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)
     app.state.webhook_secrets = settings.webhook_secrets()
-    app.state.wal_checkpoints = WalCheckpoints(app.state.engine, WEBHOOK_GROUPS_PER_CHECKPOINT)
     for router in (
         health.router,
         operations.router,
@@ -75,7 +68,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_exception_handler(billing.BillingError, _billing_error)
     app.add_exception_handler(StripeGatewayError, _stripe_error)
     # Innermost first: the fast path answers inside the body limit and the request id.
-    app.add_middleware(SubscriptionsFastPath, state=app.state)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app

@@ -20,7 +20,6 @@ from collab_billing.api.schemas import (
     SubscriptionsOut,
 )
 from collab_billing.db import queries
-from collab_billing.db.engine import FastRead
 from collab_billing.stripe_gateway import StripeGateway
 
 router = APIRouter(
@@ -84,13 +83,10 @@ def manage_subscription(body: ManageIn, request: Request, gateway: GatewayDep) -
     responses=NOT_FOUND,
     summary="The user's subscriptions and whether any is active",
 )
-async def list_subscriptions(
+def list_subscriptions(
     request: Request, github_user_id: Annotated[GithubUserIdQuery, Query()]
 ) -> Response:
-    # The hot path ("is this user paying?"). One indexed single-statement read, run on the
-    # event loop: a thread hop per request costs more CPU (and GIL hand-offs) than the read.
-    read: FastRead = request.app.state.user_subscriptions_read
-    rows = billing.list_user_subscriptions(read, github_user_id)
+    rows = billing.list_user_subscriptions(request.app.state.session_factory, github_user_id)
     return JSONBytes(subscriptions_document(github_user_id, rows))
 
 

@@ -12,29 +12,17 @@ import json
 import logging
 from typing import Any, NoReturn
 
+import anyio
 from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel
-from sqlalchemy import Engine
 
 from collab_billing import metrics
-from collab_billing.api.delivery_groups import ApplyGroup, DeliveryGroups
 from collab_billing.api.schemas import ErrorResponse
-from collab_billing.db.engine import is_sqlite
-from collab_billing.reconcile.events import RELEVANT_TYPES
-from collab_billing.reconcile.run import TimedApplier
-from collab_billing.stripe_gateway import SignatureError, verify_webhook
-from collab_billing.stripe_objects import DecodeError, Event
+from collab_billing.mirror.registry import relevant_event_types
+from collab_billing.reconcile.apply import Applier
+from collab_billing.stripe_gateway import Event, EventShapeError, SignatureError, verify_webhook
 
 router = APIRouter(tags=["webhooks"])
-# Groups of deliveries applied at once per process (see `delivery_groups`). SQLite has one
-# writer at a time: two writers, so that one group's Python work overlaps the other's
-# transaction. PostgreSQL writers of different objects run in parallel: a few keep the
-# database busy while one of them runs Python. More only contend for the GIL: with anyio's
-# default pool (40 threads) a burst ran every delivery at once, each at a fraction of the
-# speed, so all of them were late instead of the last few (measured: the same throughput, a
-# longer tail).
-WRITERS_SQLITE = 2
-WRITERS_POSTGRES = 4
 log = logging.getLogger(__name__)
 
 
@@ -71,17 +59,16 @@ async def receive_webhook(
         _reject("bad_payload", "the payload is not JSON")
     if not _is_event(event):
         _reject("bad_payload", "the payload is not a Stripe event")
-    if event["type"] not in RELEVANT_TYPES:
+    if event["type"] not in relevant_event_types():
         # Acknowledge without storing: nothing in the database depends on it.
         metrics.WEBHOOK_DELIVERIES.labels("ignored").inc()
         return WebhookAck(received=True, outcome="ignored")
     try:
         typed = Event.from_json(payload)
-        typed.object  # noqa: B018 (decoded now, so that a malformed object is refused here)
-    except DecodeError as error:
+    except EventShapeError as error:
         _reject("bad_payload", f"the event does not fit Stripe's schema: {error}")
     with metrics.WEBHOOK_DELIVERIES_IN_PROGRESS.track_inprogress():
-        outcome = await _delivery_groups(request).deliver(typed)
+        outcome = await anyio.to_thread.run_sync(_apply, request.app.state, typed)
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
     log.info(
         "webhook",
@@ -94,30 +81,9 @@ async def receive_webhook(
     return WebhookAck(received=True, outcome=outcome)
 
 
-def _delivery_groups(request: Request) -> DeliveryGroups:
-    """This process's writers of deliveries (made on first use: they belong to the running
-    event loop)."""
-    state = request.app.state
-    groups: DeliveryGroups | None = getattr(state, "delivery_groups", None)
-    if groups is None:
-        engine: Engine = state.engine
-        writers = WRITERS_SQLITE if is_sqlite(engine) else WRITERS_POSTGRES
-        groups = state.delivery_groups = DeliveryGroups(_group_applier(state), writers)
-    return groups
-
-
-def _group_applier(state: Any) -> ApplyGroup:
-    def apply_group(events: list[Event]) -> dict[str, str]:
-        # One applier per group: its per-batch read cache must not be shared between threads.
-        applier = TimedApplier(
-            state.session_factory, state.gateway, source="webhook", outcomes_by_event=True
-        )
-        stats = applier.apply(events)
-        state.wal_checkpoints.batch_committed()
-        metrics.record_outcomes(stats.outcomes)
-        return stats.by_event or {}
-
-    return apply_group
+def _apply(state: Any, event: Event) -> str:
+    applier = Applier(state.session_factory, state.gateway, source="webhook")
+    return applier.apply([event]).by_event.get(event.id, "duplicate")
 
 
 def _is_event(event: Any) -> bool:

@@ -92,6 +92,19 @@ class BillingSubscription(Base):
     )
 
 
+class UnmatchedStripeCustomer(Base):
+    """A Stripe customer that names no user of ours (another product's, or a user not yet
+    created): its events are settled without asking Stripe about it again. It is read again
+    once a user with its `github_user_id` appears."""
+
+    __tablename__ = "unmatched_stripe_customers"
+
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    github_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    seen_at: Mapped[datetime] = _now_column()
+
+
 class ProcessedStripeEvent(Base):
     __tablename__ = "processed_stripe_events"
 

@@ -10,7 +10,6 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from collab_billing.db.engine import FastRead
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 # Statuses in which the user is (still) entitled to the product.
@@ -94,10 +93,10 @@ class SubscriptionRow(NamedTuple):
     stripe_price_id: str | None
 
 
-def read_user_subscriptions(read: FastRead, github_user_id: int) -> list[SubscriptionRow] | None:
-    """The user's subscriptions through a `FastRead` of `USER_SUBSCRIPTIONS`; None: no such
-    user. (The outer joins give one row of NULLs for a user without subscriptions.)"""
-    rows = read(github_user_id=github_user_id)
+def read_user_subscriptions(session: Session, github_user_id: int) -> list[SubscriptionRow] | None:
+    """The user's subscriptions (`USER_SUBSCRIPTIONS`); None: no such user. (The outer joins
+    give one row of NULLs for a user without subscriptions.)"""
+    rows = session.execute(USER_SUBSCRIPTIONS, {"github_user_id": github_user_id}).all()
     if not rows:
         return None
     return [SubscriptionRow(*row) for row in rows if row[0] is not None]

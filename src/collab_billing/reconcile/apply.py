@@ -1,64 +1,118 @@
 """Apply a batch of Stripe events to the database: exactly once, converging with Stripe.
 
-Events are grouped by the object they change. For each subscription the newest event wins:
-its payload is written when its order is certain (see `ordering`), and the object is re-read
-from Stripe when it is not. `stripe_state_as_of` holds the `created` second of what a row
-shows, so older events are recognised as stale whatever order they arrive in. The whole batch
-and its `processed_stripe_events` rows commit in one transaction; if it fails, each object is
-retried alone and the failing one is parked in `pending_stripe_events`, holding back its later
-events while other objects go on.
+Polled pages and webhook deliveries both come here. Events are grouped by the object they
+change. For a mirrored object (see `mirror.registry`) the newest second's events decide: the
+last one's payload is written when their order is certain (`ordering`), and the object is
+re-read from Stripe when it is not, or when a row already shows that second.
+`stripe_state_as_of` holds the `created` second of what a row shows, so older events are
+recognised as stale whatever order they arrive in (docs/reconciliation.md has the argument).
+
+The batch and its `processed_stripe_events` rows commit in one transaction. No Stripe call is
+made inside it: a transaction that needs a read names it and rolls back (`reads`), and runs
+again once the read is made. If the batch fails, each object is applied alone and a failing
+one is parked in `pending_stripe_events`, holding back its later events while others go on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db import ledger, mirror
-from collab_billing.reconcile.events import Event, github_user_id_of
-from collab_billing.reconcile.groups import Batch, Group, group_events, unsettled
-from collab_billing.reconcile.stripe_reads import Early, StripeReads, start_reads
-from collab_billing.stripe_gateway import StripeGateway
-from collab_billing.stripe_objects import ObjectFields
+from collab_billing import metrics
+from collab_billing.db.dialect import insert
+from collab_billing.db.engine import transaction
+from collab_billing.mirror import customers
+from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
+from collab_billing.reconcile import ledger
+from collab_billing.reconcile.ordering import final_event
+from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
 
 log = logging.getLogger(__name__)
-_TYPE_OF = attrgetter("type")
-_ID_OF = attrgetter("id")
 
 MAX_BACKOFF_SECONDS = 3600
+# Rounds of "roll back, read from Stripe, run again" before a batch counts as failed: a
+# customer read can lead to a listing of its subscriptions, and a webhook committing between
+# two rounds to one more re-read.
+MAX_ROUNDS = 4
 
 
 @dataclass
 class ApplyStats:
-    """Outcome counts of one batch, by outcome and event type; with `by_event`, also each
-    event's outcome by event id (for webhooks, which answer each delivery)."""
+    """Outcomes of a batch by (outcome, event type), and each event's outcome by id."""
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    by_event: dict[str, str] = field(default_factory=dict)
     stripe_reads: int = 0
-    by_event: dict[str, str] | None = None
 
     def count(self, outcome: str, events: Sequence[Event]) -> None:
-        self.outcomes.update(zip(repeat(outcome), map(_TYPE_OF, events)))  # C loops, no genexpr
-        if self.by_event is not None:
-            self.by_event.update(zip(map(_ID_OF, events), repeat(outcome)))
+        for event in events:
+            self.outcomes[(outcome, event.type)] += 1
+            self.by_event[event.id] = outcome
 
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
 
     def merge(self, other: ApplyStats) -> None:
         self.outcomes.update(other.outcomes)
+        self.by_event.update(other.by_event)
         self.stripe_reads += other.stripe_reads
-        if self.by_event is not None and other.by_event is not None:
-            self.by_event.update(other.by_event)
+
+
+@dataclass
+class Group:
+    """The events of one object in a batch, in `created` order."""
+
+    kind: str  # "customer", a mirrored type's kind, or "other"
+    object_id: str
+    events: list[Event]
+    mirrored: MirroredType[Any] | None = None
+    attempts: int = 0  # failures so far, when the group comes back from pending
+    # The event whose payload is the object's state after all of them (None: not certain).
+    final: Event | None = None
+
+    @property
+    def newest_created(self) -> int:
+        return self.events[-1].created
+
+    def settle(self) -> Group:
+        if self.mirrored is not None:
+            newest = self.newest_created
+            self.final = final_event([e for e in self.events if e.created == newest])
+        return self
+
+
+def group_events(events: Sequence[Event]) -> list[Group]:
+    """`events` (in `created` order) by object, customers first so that links exist."""
+    groups: dict[tuple[str, str], Group] = {}
+    for event in events:
+        kind, object_id, mirrored = _object_of(event)
+        group = groups.get((kind, object_id))
+        if group is None:
+            group = groups[(kind, object_id)] = Group(kind, object_id, [], mirrored)
+        group.events.append(event)
+    return sorted((g.settle() for g in groups.values()), key=lambda g: g.kind != "customer")
+
+
+def _object_of(event: Event) -> tuple[str, str, MirroredType[Any] | None]:
+    """(kind, object id, mirrored type) of the object an event changes. An event whose object
+    is not the shape Stripe documents stands alone (its own id) and fails when applied."""
+    try:
+        if event.type in customers.CUSTOMER_EVENT_TYPES:
+            return "customer", customers.customer_id_of(event), None
+        mirrored = BY_EVENT_TYPE.get(event.type)
+        if mirrored is None:
+            return "other", event.id, None
+        return mirrored.kind, mirrored.object_id(event.object_as(mirrored.object_type)), mirrored
+    except EventShapeError:
+        return "malformed", event.id, None
 
 
 class Applier:
@@ -67,105 +121,68 @@ class Applier:
         factory: sessionmaker[Session],
         gateway: StripeGateway | None,
         clock: Callable[[], float] = time.time,
-        outcomes_by_event: bool = False,
+        source: str = "poll",
     ) -> None:
         self.factory = factory
         self.gateway = gateway
         self.clock = clock
-        self.outcomes_by_event = outcomes_by_event
-        self._stripe = StripeReads(gateway)
-        self._customer_ids = mirror.CustomerIds()
-
-    # -- entry point ----------------------------------------------------------------------
-
-    def prepare(self, events: list[Event], early: Early | None = None) -> Batch:
-        """The work on `events` that needs no database, done ahead (on the read-ahead thread,
-        while earlier batches are written): pass the result to `apply` with them. Reads
-        already started for them (in `early`) are taken over, not made again."""
-        groups = group_events(events)
-        for group in groups:
-            if group.final is not None:
-                # A payload that is not a subscription's fails its object, in `apply`.
-                with contextlib.suppress(Exception):
-                    group.state()
-        early = early or {}
-        unread = [s for s in unsettled(groups) if s not in early]
-        taken = {s: early[s] for s in unsettled(groups) if s in early}
-        return Batch(events, groups, taken | start_reads(self.gateway, unread))
+        self.source = source
 
     def apply(
         self,
         events: Sequence[Event],
         pending: Sequence[ledger.PendingEvent] = (),
         cursor: int | None = None,
-        prepared: Batch | None = None,
     ) -> ApplyStats:
-        """Apply new `events` (sorted by `created`) and the due `pending` events, in one
-        transaction; with `cursor`, the poll cursor moves up to it in the same transaction;
-        `prepared` is what `prepare` made of these same events."""
-        self._stripe = StripeReads(self.gateway, prepared.early if prepared else None)
-        if prepared is not None and not pending:
-            groups = prepared.groups
-        else:
-            groups = group_events(_merge_sorted([p.event for p in pending], events))
-        if pending:
-            attempts = {p.event.id: p.attempts for p in pending}
-            for group in groups:
-                group.attempts = max(attempts.get(e.id, 0) for e in group.events)
+        """Apply new `events` (sorted by `created`) and the due `pending` events together; with
+        `cursor`, the poll cursor moves up to it in the same transaction."""
+        started = time.perf_counter()
+        groups = group_events(_merge_sorted([p.event for p in pending], events))
+        attempts = {p.event.id: p.attempts for p in pending}
+        for group in groups:
+            group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
         retried = {p.object_id for p in pending}
-        stats = self._new_stats()
-        # Ties that only Stripe can settle are read before the write transaction, so that it
-        # does not wait on Stripe (it still reads in the rare cases only its rows reveal).
-        # Whether the row is newer still is known only in the transaction: such a read may
-        # turn out not to be needed.
-        self._stripe.prefetch(unsettled(groups))
+        reads = StripeReads(self.gateway)
+        # Ties that only Stripe can settle are read before the first transaction.
+        reads.fetch(Read("object", g.object_id, g.kind) for g in groups if _unsettled(g))
         try:
-            with self.factory() as session, session.begin():
-                known = self._apply_batch(session, groups, retried, stats)
-                if cursor is not None:
-                    ledger.advance_cursor(session, cursor)
-            self._customer_ids.remember(known)
+            stats = self._run(groups, retried, reads, cursor)
         except Exception:
             log.warning("batch failed; applying its %d objects one by one", len(groups))
-            self._customer_ids.forget()  # in case what failed was a row we remembered
-            stats = self._new_stats()
-            self._apply_one_by_one(groups, retried, stats)
-            if cursor is not None:
-                with self.factory() as session, session.begin():
-                    ledger.advance_cursor(session, cursor)
-        stats.stripe_reads = self._stripe.count
+            stats = self._one_by_one(groups, retried, reads, cursor)
+        stats.stripe_reads = reads.count
+        metrics.APPLY_SECONDS.labels(self.source).observe(time.perf_counter() - started)
+        metrics.record_outcomes(stats.outcomes)
         return stats
 
-    def _new_stats(self) -> ApplyStats:
-        return ApplyStats(by_event={} if self.outcomes_by_event else None)
-
-    def _apply_batch(
-        self, session: Session, groups: Sequence[Group], retried: set[str], stats: ApplyStats
-    ) -> dict[str, int]:
-        """Returns the customers known to the transaction (Stripe id -> our id)."""
-        _lock_objects(session, [group.object_id for group in groups])
-        pending_ids = ledger.pending_object_ids(session)
-        # Objects with an event waiting for a retry keep their order: later events wait too.
-        blocked = pending_ids - retried
-        self._hold_back(session, [g for g in groups if g.object_id in blocked], stats)
-        ready = [g for g in groups if g.object_id not in blocked]
-        return self._apply_groups(session, ready, stats, clear_pending=bool(pending_ids))
-
-    def _apply_one_by_one(
-        self, groups: Sequence[Group], retried: set[str], stats: ApplyStats
-    ) -> None:
-        for group in groups:
-            group_stats = self._new_stats()
+    def _run(
+        self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
+    ) -> ApplyStats:
+        """The transaction, run again after each round of reads it asks for."""
+        for _ in range(MAX_ROUNDS):
             try:
-                with self.factory() as session, session.begin():
-                    self._apply_batch(session, [group], retried, group_stats)
-            except Exception as error:  # any failure parks the object; the loop goes on
+                with transaction(self.factory) as session:
+                    return BatchWriter(session, reads).apply(groups, retried, cursor)
+            except NeedsStripe as needs:
+                reads.fetch(needs.reads)
+        raise RuntimeError(f"still needed reads from Stripe after {MAX_ROUNDS} rounds")
+
+    def _one_by_one(
+        self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
+    ) -> ApplyStats:
+        stats = ApplyStats()
+        for group in groups:
+            try:
+                stats.merge(self._run([group], retried, reads, None))
+            except Exception as error:  # any failure parks the object; the others go on
                 self._park(group, error, stats)
-                continue
-            stats.merge(group_stats)
+        if cursor is not None:
+            with transaction(self.factory) as session:
+                ledger.advance_cursor(session, cursor)
+        return stats
 
     def _park(self, group: Group, error: Exception, stats: ApplyStats) -> None:
-        message = _describe(error)
+        message = f"{type(error).__name__}: {error}"[:500]
         delay = min(2.0 ** (group.attempts + 1), MAX_BACKOFF_SECONDS)
         log.error(
             "event failed",
@@ -177,233 +194,208 @@ class Applier:
                 "error": message,
             },
         )
-        with self.factory() as session, session.begin():
-            ledger.record_pending(
-                session, group.events, group.object_id, message, int(self.clock() + delay)
-            )
+        with transaction(self.factory) as session:
+            next_try = int(self.clock() + delay)
+            ledger.record_pending(session, group.events, group.object_id, message, next_try)
         stats.count("failed", group.events)
 
-    @staticmethod
-    def _hold_back(session: Session, groups: Sequence[Group], stats: ApplyStats) -> None:
-        for group in groups:
-            ledger.record_pending(session, group.events, group.object_id, None, 0)
-            stats.count("waiting", group.events)
+    def adopt(self, as_of: int) -> int:
+        """Link the unmatched customers whose user has appeared since, with their objects
+        (written as of `as_of`, where no row exists). Returns how many were linked."""
+        with transaction(self.factory) as session:
+            candidates = customers.adoptable(session)
+        if not candidates:
+            return 0
+        reads = StripeReads(self.gateway)
+        reads.fetch(Read(what, cid) for cid in candidates for what in ("customer", "owned"))
+        linked = 0
+        with transaction(self.factory) as session:
+            step = BatchWriter(session, reads)
+            for cid in candidates:
+                customer = reads.get(Read("customer", cid), set())
+                our_id = step.link(cid, customers.github_user_id_named(customer), customer.deleted)
+                if our_id is not None:
+                    step.catch_up(cid, our_id, as_of)
+                    linked += 1
+        return linked
 
-    # -- one transaction ------------------------------------------------------------------
 
-    def _apply_groups(
-        self, session: Session, groups: Sequence[Group], stats: ApplyStats, clear_pending: bool
-    ) -> dict[str, int]:
-        """`groups` in the caller's transaction, with a fixed number of statements per batch:
-        the ledger rows are written first (which tells the events processed already), the
-        customers are read in one query, and the subscriptions are written in one (and a
-        second look at the few it did not write). Returns the customers known to the
-        transaction."""
-        events = [event for group in groups for event in group.events]
-        done = ledger.claim(session, events)
-        fresh_groups = list(groups) if not done else self._without_done(groups, done, stats)
-        known = self._known_customers(session, fresh_groups)
-        self._apply_customers(
-            session, [g for g in fresh_groups if g.kind == "customer"], known, stats
-        )
-        subscriptions = [g for g in fresh_groups if g.kind == "subscription"]
-        # Counted by outcome once for the batch: counting each group took ~4% of a drain.
-        outcomes = self._apply_subscriptions(session, subscriptions, known)
-        outcomes["ignored"] = [
-            e for g in fresh_groups if g.kind not in ("subscription", "customer") for e in g.events
-        ]
-        for outcome, counted in outcomes.items():
-            stats.count(outcome, counted)
-        if clear_pending:
+def _unsettled(group: Group) -> bool:
+    return group.mirrored is not None and group.final is None
+
+
+class BatchWriter:
+    """One batch in one transaction. Collects the Stripe reads it lacks in `needed`; if any,
+    `apply` raises `NeedsStripe` (rolling the transaction back) once it has seen them all."""
+
+    def __init__(self, session: Session, reads: StripeReads) -> None:
+        self.session = session
+        self.reads = reads
+        self.needed: set[Read] = set()
+        self.stats = ApplyStats()
+        self.known: dict[str, int] = {}  # Stripe customer id -> our id
+        self.unmatched: set[str] = set()
+
+    def apply(self, groups: Sequence[Group], retried: set[str], cursor: int | None) -> ApplyStats:
+        session = self.session
+        self.lock([group.object_id for group in groups])
+        pending_ids = ledger.pending_object_ids(session)
+        ready = self._hold_back(groups, pending_ids - retried)
+        events = [event for group in ready for event in group.events]
+        fresh = self._without_done(ready, ledger.claim(session, events))
+        self._apply_customers([g for g in fresh if g.kind == "customer"])
+        for mirrored in MIRRORED_TYPES:
+            self._apply_mirrored(mirrored, [g for g in fresh if g.mirrored is mirrored])
+        for group in fresh:
+            if group.kind == "other":
+                self.stats.count("ignored", group.events)
+            elif group.kind == "malformed":  # fails this object (alone, in `_one_by_one`)
+                raise EventShapeError(f"event {group.object_id}: not the shape Stripe documents")
+        if self.needed:
+            raise NeedsStripe(self.needed)
+        if pending_ids:
             ledger.clear_pending(session, [event.id for event in events])
-        return known
+        if cursor is not None:
+            ledger.advance_cursor(session, cursor)
+        return self.stats
 
-    @staticmethod
-    def _without_done(groups: Sequence[Group], done: set[str], stats: ApplyStats) -> list[Group]:
-        fresh_groups: list[Group] = []
+    def lock(self, object_ids: Sequence[str]) -> None:
+        ledger.lock_objects(self.session, object_ids)
+
+    def _hold_back(self, groups: Sequence[Group], blocked: set[str]) -> list[Group]:
+        """Objects with an event waiting for a retry keep their order: later events wait too."""
+        ready = []
         for group in groups:
-            fresh = [event for event in group.events if event.id not in done]
-            if len(fresh) < len(group.events):
-                stats.count("duplicate", [e for e in group.events if e.id in done])
+            if group.object_id in blocked:
+                ledger.record_pending(self.session, group.events, group.object_id, None, 0)
+                self.stats.count("waiting", group.events)
+            else:
+                ready.append(group)
+        return ready
+
+    def _without_done(self, groups: Sequence[Group], done: set[str]) -> list[Group]:
+        if not done:
+            return list(groups)
+        fresh_groups = []
+        for group in groups:
+            self.stats.count("duplicate", [e for e in group.events if e.id in done])
+            fresh = [e for e in group.events if e.id not in done]
             if fresh:
-                fresh_groups.append(Group(group.kind, group.object_id, fresh).settle())
+                fresh_groups.append(
+                    Group(group.kind, group.object_id, fresh, group.mirrored).settle()
+                )
         return fresh_groups
 
-    def _known_customers(self, session: Session, groups: Sequence[Group]) -> dict[str, int]:
-        """The groups' customers that are ours (Stripe id -> our id), read once for all."""
-        subscriptions = [g for g in groups if g.kind == "subscription"]
-        customer_ids = {g.object_id for g in groups if g.kind == "customer"}
-        customer_ids.update(mirror.customer_id_of(g.events[-1].object) for g in subscriptions)
-        return self._customer_ids.lookup(session, customer_ids)
+    # -- customers ------------------------------------------------------------------------
 
-    def _apply_customers(
-        self, session: Session, groups: Sequence[Group], known: dict[str, int], stats: ApplyStats
-    ) -> None:
-        # Deletion is terminal on Stripe, so it wins whatever came before or after.
-        deleted = [g for g in groups if any(e.type == "customer.deleted" for e in g.events)]
-        mirror.mark_customers_deleted(session, [g.object_id for g in deleted])
-        stats.count("applied", [e for g in deleted for e in g.events])
-        deleted_ids = {g.object_id for g in deleted}
-        new = [g for g in groups if g.object_id not in deleted_ids]
-        stats.count("applied", [e for g in new if g.object_id in known for e in g.events])
-        new = [g for g in new if g.object_id not in known]
-        if not new:
-            return
-        github_ids = {g.object_id: github_user_id_of(g.events[-1].object) for g in new}
-        users = mirror.user_ids_for_github_ids(
-            session, [gid for gid in github_ids.values() if gid is not None]
-        )
-        links = [
-            (users[gid], g.object_id)
-            for g in new
-            if (gid := github_ids[g.object_id]) is not None and gid in users
-        ]
-        linked = mirror.link_customers_if_free(session, links)
-        known.update(linked)
-        for group in new:
-            if group.object_id not in linked:
-                stats.count("unmatched", group.events)
+    def _apply_customers(self, groups: Sequence[Group]) -> None:
+        self.known.update(customers.known(self.session, [g.object_id for g in groups]))
+        for group in groups:
+            cid = group.object_id
+            deleted = any(e.type == "customer.deleted" for e in group.events)
+            if cid in self.known:
+                if deleted:  # terminal on Stripe: wins whatever came before or after
+                    customers.tombstone(self.session, [cid])
+                self.stats.count("applied", group.events)
                 continue
-            # Linked in the batch of its own `customer.created`: its subscriptions' events all
-            # come after it (in this batch or later ones, and a webhook-delivered one linked
-            # the customer by reading it), so none was dropped and none needs listing.
+            named = [customers.github_user_id_named(e) for e in reversed(group.events)]
+            github_user_id = next((n for n in named if n is not None), None)
+            our_id = self.link(cid, github_user_id, deleted)
+            if our_id is None:
+                self.stats.count("unmatched", group.events)
+                continue
+            # Linked with its `customer.created`: none of its objects' events came before.
             if not any(e.type == "customer.created" for e in group.events):
-                self._catch_up(session, group.object_id, known)
-            stats.count("applied", group.events)
+                self.catch_up(cid, our_id, group.newest_created)
+            self.stats.count("applied", group.events)
 
-    def _link_customer(
-        self, session: Session, customer_id: str, github_user_id: int | None, catch_up: bool
-    ) -> bool:
-        """Link a customer we did not know to its user; with `catch_up`, also take in the
-        subscriptions whose events were skipped while the customer could not be matched."""
-        user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
-        if user_id is None or mirror.link_customer_if_free(session, user_id, customer_id) is None:
-            return False
-        if catch_up:
-            self._catch_up(session, customer_id, mirror.customer_rows(session, [customer_id]))
-        return True
+    def link(self, cid: str, github_user_id: int | None, deleted: bool) -> int | None:
+        """Link an unknown customer to the user it names, or remember it as unmatched."""
+        our_id = None if deleted else customers.link_if_free(self.session, github_user_id, cid)
+        if our_id is None:
+            customers.remember_unmatched(self.session, cid, github_user_id, deleted)
+            self.unmatched.add(cid)
+        else:
+            self.known[cid] = our_id
+        return our_id
 
-    def _catch_up(self, session: Session, customer_id: str, known: dict[str, int]) -> None:
-        """Take in the subscriptions of a newly linked customer that have no row yet."""
-        states = [
-            mirror.SubscriptionState.from_stripe(sub, 0)
-            for sub in self._stripe.customer_subscriptions(customer_id)
-        ]
-        marks = mirror.subscription_watermarks(session, [s.stripe_subscription_id for s in states])
-        mirror.upsert_subscriptions(
-            session, [s for s in states if s.stripe_subscription_id not in marks], known
-        )
+    def catch_up(self, cid: str, our_id: int, as_of: int) -> None:
+        """A customer linked late: its objects whose events were skipped, as read now."""
+        owned = self.reads.get(Read("owned", cid), self.needed)
+        for mirrored in MIRRORED_TYPES:
+            objects = owned.get(mirrored.kind, []) if owned is not None else []
+            rows = [mirrored.row(obj, as_of, our_id) for obj in objects]
+            if rows:
+                statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
+                self.session.execute(statement, rows)
 
-    def _apply_subscriptions(
-        self, session: Session, groups: Sequence[Group], known: dict[str, int]
-    ) -> dict[str, list[Event]]:
-        """Write each subscription's newest state where its row is older; returns the groups'
-        events by outcome.
+    def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
+        """Each group's owning customer (object id -> Stripe customer id), with the customers
+        we did not know looked up: linked if they name a user, else remembered unmatched."""
+        assert mirrored.owner is not None
+        owners = {
+            g.object_id: mirrored.owner(g.events[-1].object_as(mirrored.object_type))
+            for g in groups
+        }
+        unknown = set(owners.values()) - set(self.known) - self.unmatched
+        self.known.update(customers.known(self.session, unknown))
+        unknown -= set(self.known)
+        self.unmatched |= customers.unmatched(self.session, unknown)
+        for cid in sorted(unknown - self.unmatched):
+            customer = self.reads.get(Read("customer", cid), self.needed)
+            if customer is not None:
+                self.link(cid, customers.github_user_id_named(customer), customer.deleted)
+        return owners
 
-        A state certain from its payload is written over a row of an older second by one
-        statement, which tells what it wrote, without reading the rows first. Only the
-        groups it did not write, and those whose payload makes no state, are looked at with
-        their rows' seconds: stale, or of the row's own second and so read from Stripe. A tie
-        that only Stripe can settle is read first (early, mostly) and written over a row of
-        its second too."""
-        by_payload: list[tuple[Group, mirror.SubscriptionState]] = []
-        by_stripe: list[tuple[Group, mirror.SubscriptionState]] = []
-        second_look: list[Group] = []
+    # -- mirrored objects -----------------------------------------------------------------
+
+    def _apply_mirrored(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> None:
+        if not groups:
+            return
+        owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
+        marks = self.watermarks(mirrored, [g.object_id for g in groups])
+        rows = []
         for group in groups:
-            if group.final is None:
-                by_stripe.append((group, self._read_state(group)))
+            cid = owners.get(group.object_id)
+            if cid is not None and cid not in self.known:
+                self.stats.count("unmatched", group.events)
                 continue
-            try:
-                by_payload.append((group, group.state()))
-            except Exception:  # a payload that is not a subscription's: fails, unless stale
-                second_look.append(group)
-        unmatched: set[str] = set()
-        written = self._write(session, by_payload, known, unmatched, same_second=False)
-        written |= self._write(session, by_stripe, known, unmatched, same_second=True)
-        looked_at = written | unmatched
-        second_look += [g for g, _ in by_payload if g.object_id not in looked_at]
-        if second_look:
-            marks = mirror.subscription_watermarks(session, [g.object_id for g in second_look])
-            decided = [(g, self._decide(g, marks.get(g.object_id))) for g in second_look]
-            states = [(g, state) for g, state in decided if state is not None]
-            written |= self._write(session, states, known, unmatched, same_second=True)
-        outcomes: dict[str, list[Event]] = defaultdict(list)
-        for group in groups:
-            if group.object_id in written:
-                outcomes["applied"] += group.events
+            newest, mark = group.newest_created, marks.get(group.object_id)
+            if mark is not None and newest < mark:
+                self.stats.count("stale", group.events)
+                continue
+            if group.final is None or mark == newest:
+                obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
-                outcomes["unmatched" if group.object_id in unmatched else "stale"] += group.events
-        return outcomes
+                obj = group.final.object_as(mirrored.object_type)
+            if obj is not None:
+                rows.append(mirrored.row(obj, newest, self.known.get(cid or "")))
+                self.stats.count("applied", group.events)
+        self.upsert(mirrored, rows)
 
-    def _write(
-        self,
-        session: Session,
-        states: Sequence[tuple[Group, mirror.SubscriptionState]],
-        known: dict[str, int],
-        unmatched: set[str],
-        same_second: bool,
-    ) -> set[str]:
-        """`mirror.upsert_newer` for the states whose customer is ours (linked now if need
-        be); adds the others to `unmatched`."""
-        ours: list[mirror.SubscriptionState] = []
-        for group, state in states:
-            if self._customer_is_ours(session, state.stripe_customer_id, known):
-                ours.append(state)
-            else:
-                unmatched.add(group.object_id)
-        return mirror.upsert_newer(session, ours, known, same_second)
+    def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
+        key = mirrored.table.c[mirrored.key]
+        statement = select(key, mirrored.table.c.stripe_state_as_of).where(key.in_(object_ids))
+        return {object_id: as_of for object_id, as_of in self.session.execute(statement)}
 
-    def _customer_is_ours(self, session: Session, customer_id: str, known: dict[str, int]) -> bool:
-        if customer_id not in known:
-            customer = ObjectFields.from_dict(self._stripe.customer(customer_id))
-            if not customer.deleted:
-                self._link_customer(session, customer_id, github_user_id_of(customer), True)
-            known.update(mirror.customer_rows(session, [customer_id]))
-        return customer_id in known
-
-    def _decide(self, group: Group, mark: int | None) -> mirror.SubscriptionState | None:
-        """The state to write over a row of second `mark` (None: no row), or None when every
-        event is older than the row."""
-        newest = group.newest_created
-        if mark is not None and newest < mark:
-            return None
-        if mark != newest and group.final is not None:
-            return group.state()
-        return self._read_state(group)
-
-    def _read_state(self, group: Group) -> mirror.SubscriptionState:
-        fresh = self._stripe.subscription(group.object_id)
-        return mirror.SubscriptionState.from_stripe(fresh, group.newest_created)
-
-
-def _lock_objects(session: Session, object_ids: Sequence[str]) -> None:
-    """On PostgreSQL, serialise writers of one object (poller and webhooks) for this transaction.
-
-    Locks are taken in one sorted order, so two transactions can never wait on each other in a
-    cycle. SQLite needs nothing: BEGIN IMMEDIATE already serialises all writers.
-    """
-    if not object_ids or not ledger.is_postgres(session):
-        return
-    session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(7341, k) FROM (SELECT DISTINCT hashtext(x) AS k "
-            "FROM json_array_elements_text(CAST(:ids AS json)) AS x ORDER BY 1) s"
-        ),
-        {"ids": ledger.json_array(object_ids)},
-    )
+    def upsert(self, mirrored: MirroredType[Any], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        statement = insert(self.session, mirrored.table)
+        # An object never moves to another customer: the owner is left out of the update.
+        kept = (mirrored.key, "billing_customer_id")
+        changed = {name: statement.excluded[name] for name in rows[0] if name not in kept}
+        changed["updated_at"] = func.now()
+        upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
+        self.session.execute(upsert, rows)
 
 
 def _merge_sorted(first: Sequence[Event], second: Sequence[Event]) -> list[Event]:
     seen: set[str] = set()
-    merged: list[Event] = []
+    merged = []
     for event in [*first, *second]:
         if event.id not in seen:
             seen.add(event.id)
             merged.append(event)
     merged.sort(key=lambda event: event.created)  # stable: keeps the given order in a tie
     return merged
-
-
-def _describe(error: Exception) -> str:
-    text_ = f"{type(error).__name__}: {error}"
-    return text_[:500]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from itertools import pairwise, permutations
 from typing import Any
 
-from collab_billing.reconcile.events import Event
+from collab_billing.stripe_gateway.events import Event
 
 # 6! = 720 orders to check; beyond that a re-read is cheaper than the search.
 MAX_TIED_EVENTS = 6

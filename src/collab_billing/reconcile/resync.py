@@ -1,8 +1,9 @@
-"""Rebuild customers and subscriptions from Stripe's list endpoints.
+"""Rebuild customers and every mirrored type from Stripe's list endpoints.
 
 Used when events cannot be trusted (never synced, or the last poll is older than Stripe's
-30-day event retention) and on demand (`collab-billing resync`). Lists are read with
-`starting_after` pagination through the gateway, which throttles and honours 429s.
+30-day event retention) and on demand (`collab-billing resync`). Lists are read page by page
+through the gateway (throttled, 429s retried), with no transaction open; each page is
+written in its own short transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,29 +19,29 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db import ledger, mirror, queries
-from collab_billing.db.models import BillingCustomer
-from collab_billing.reconcile.apply import _lock_objects as lock_objects
-from collab_billing.reconcile.events import RELEVANT_TYPES, github_user_id_of
-from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
-from collab_billing.stripe_objects import ObjectFields
+from collab_billing.db.engine import read_only, transaction
+from collab_billing.db.models import BillingCustomer, User
+from collab_billing.mirror import customers
+from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevant_event_types
+from collab_billing.reconcile import ledger
+from collab_billing.reconcile.apply import BatchWriter
+from collab_billing.reconcile.reads import StripeReads
+from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway.events import decode_object
 
 log = logging.getLogger(__name__)
 
-WRITE_CHUNK = 500
+PAGE = 100
+ProgressCallback = Callable[[str, int], None]
 
 
 @dataclass
 class ResyncReport:
     customers_seen: int = 0
     customers_linked: int = 0
-    customers_deleted: int = 0
     subscriptions_seen: int = 0
     subscriptions_written: int = 0
     as_of: int = 0
-
-
-ProgressCallback = Callable[[str, int], None]
 
 
 def resync(
@@ -49,150 +50,109 @@ def resync(
     github_user_id: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> ResyncReport:
-    report = ResyncReport()
-    # Everything read from now on is at least as new as the newest event of this moment:
-    # that second becomes the watermark of what we write and the cursor to poll from.
-    report.as_of = _newest_event_created(gateway)
-    customers = _customers(factory, gateway, github_user_id)
-    listed: set[str] = set()
-    for chunk in _chunked(customers, WRITE_CHUNK):
+    report = ResyncReport(as_of=_stripe_now(gateway))
+    # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
+    # what we write and, for a full resync, the cursor to poll from.
+    for chunk in _chunks(_customers(factory, gateway, github_user_id)):
         report.customers_seen += len(chunk)
-        listed.update(c["id"] for c in chunk if not c.get("deleted"))
-        with factory() as session, session.begin():
+        with transaction(factory) as session:
             report.customers_linked += _link(session, chunk)
-            report.customers_deleted += _mark_deleted(session, chunk)
         _tick(progress, "customers", report.customers_seen)
+    for mirrored in MIRRORED_TYPES:
+        for chunk in _chunks(_objects(factory, gateway, mirrored, github_user_id)):
+            report.subscriptions_seen += len(chunk)
+            with transaction(factory) as session:
+                report.subscriptions_written += _write(session, mirrored, chunk, report.as_of)
+            _tick(progress, mirrored.kind, report.subscriptions_seen)
     if github_user_id is None:
-        report.customers_deleted += _tombstone_unlisted(factory, gateway, listed)
-    for chunk in _chunked(_subscriptions(factory, gateway, github_user_id), WRITE_CHUNK):
-        report.subscriptions_seen += len(chunk)
-        with factory() as session, session.begin():
-            report.subscriptions_written += _write_subscriptions(session, chunk, report.as_of)
-        _tick(progress, "subscriptions", report.subscriptions_seen)
-    if github_user_id is None:
-        with factory() as session, session.begin():
-            ledger.write_state(session, ledger.CURSOR, report.as_of)
+        with transaction(factory) as session:
+            ledger.advance_cursor(session, report.as_of)
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
     return report
 
 
-def _newest_event_created(gateway: StripeGateway) -> int:
-    page = gateway.list_events(types=RELEVANT_TYPES, limit=1)
-    return page.events[0].created if page.events else 0
+def _stripe_now(gateway: StripeGateway) -> int:
+    """The newest event's second; on an account with no event yet, now (less a margin for a
+    clock that runs ahead of Stripe's): polling starts there instead of at the epoch."""
+    page = gateway.list_events(types=relevant_event_types(), limit=1)
+    return page.events[0].created if page.events else int(time.time()) - 300
 
 
 def _customers(
     factory: sessionmaker[Session], gateway: StripeGateway, github_user_id: int | None
-) -> Iterator[dict[str, Any]]:
-    for customer in gateway.iterate_list("/v1/customers", {}):
-        if github_user_id is None or _named_user(customer) == github_user_id:
+) -> Iterator[customers.Customer]:
+    for raw in gateway.list_all("/v1/customers"):
+        customer = decode_object(raw, customers.Customer)
+        if github_user_id is None or customers.github_user_id_named(customer) == github_user_id:
             yield customer
+    linked = _linked_customer(factory, github_user_id) if github_user_id is not None else None
+    if linked is not None:  # the customer we linked ourselves, whatever its metadata says now
+        body = gateway.get("customers.retrieve", f"/v1/customers/{linked}")
+        yield decode_object(body, customers.Customer)
+
+
+def _objects(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    mirrored: MirroredType[Any],
+    github_user_id: int | None,
+) -> Iterator[Any]:
+    params = dict(mirrored.list_params)
     if github_user_id is not None:
-        # Also the customer we linked ourselves, whatever its metadata says now.
-        with factory() as session, session.begin():
-            user = queries.get_user_by_github_user_id(session, github_user_id)
-            linked = queries.get_billing_customer_by_user_id(session, user.id) if user else None
-        if linked is not None:
-            yield gateway.retrieve_customer(linked.stripe_customer_id)
+        linked = _linked_customer(factory, github_user_id)
+        if linked is None or mirrored.owner is None:
+            return
+        params["customer"] = linked
+    for raw in gateway.list_all(mirrored.list_path, **params):
+        yield mirrored.decode(raw)
 
 
-def _subscriptions(
-    factory: sessionmaker[Session], gateway: StripeGateway, github_user_id: int | None
-) -> Iterator[dict[str, Any]]:
-    if github_user_id is None:
-        yield from gateway.iterate_list("/v1/subscriptions", {"status": "all"})
-        return
-    with factory() as session, session.begin():
-        user = queries.get_user_by_github_user_id(session, github_user_id)
-        linked = queries.get_billing_customer_by_user_id(session, user.id) if user else None
-    if linked is not None:
-        yield from gateway.iterate_list(
-            "/v1/subscriptions", {"status": "all", "customer": linked.stripe_customer_id}
+def _linked_customer(factory: sessionmaker[Session], github_user_id: int) -> str | None:
+    with read_only(factory) as session:
+        return session.scalar(
+            select(BillingCustomer.stripe_customer_id)
+            .join(User, User.id == BillingCustomer.user_id)
+            .where(User.github_user_id == github_user_id)
         )
 
 
-def _named_user(customer: dict[str, Any]) -> int | None:
-    return github_user_id_of(ObjectFields.from_dict(customer))
-
-
-def _link(session: Session, customers: list[dict[str, Any]]) -> int:
-    known = mirror.customer_rows(session, [c["id"] for c in customers])
+def _link(session: Session, chunk: list[customers.Customer]) -> int:
+    known = customers.known(session, [c.id for c in chunk])
+    step = BatchWriter(session, StripeReads(None))
     linked = 0
-    for customer in customers:
-        if customer["id"] in known or customer.get("deleted"):
+    for customer in chunk:
+        if customer.id in known:
+            if customer.deleted:
+                customers.tombstone(session, [customer.id])
             continue
-        github_user_id = _named_user(customer)
-        user_id = mirror.user_id_for_github_id(session, github_user_id) if github_user_id else None
-        if user_id is not None and mirror.link_customer_if_free(session, user_id, customer["id"]):
-            linked += 1
+        named = customers.github_user_id_named(customer)
+        linked += step.link(customer.id, named, customer.deleted) is not None
     return linked
 
 
-def _mark_deleted(session: Session, customers: list[dict[str, Any]]) -> int:
-    """Known customers that Stripe now reports deleted become tombstones."""
-    live = _live_customer_ids(session, [c["id"] for c in customers if c.get("deleted")])
-    mirror.mark_customers_deleted(session, live)
-    return len(live)
+def _write(session: Session, mirrored: MirroredType[Any], chunk: list[Any], as_of: int) -> int:
+    """Objects read now, written where their row is not newer than `as_of`."""
+    step = BatchWriter(session, StripeReads(None))
+    ids = [mirrored.object_id(obj) for obj in chunk]
+    step.lock(ids)
+    marks = step.watermarks(mirrored, ids)
+    owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
+    step.known.update(customers.known(session, set(owners.values())))
+    rows = [
+        mirrored.row(obj, as_of, step.known.get(owners.get(object_id, "")))
+        for obj, object_id in zip(chunk, ids, strict=True)
+        if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in step.known)
+    ]
+    step.upsert(mirrored, rows)
+    return len(rows)
 
 
-def _live_customer_ids(session: Session, stripe_customer_ids: list[str]) -> list[str]:
-    live: list[str] = []
-    for chunk in ledger.chunks(stripe_customer_ids):
-        live.extend(
-            session.scalars(
-                select(BillingCustomer.stripe_customer_id).where(
-                    BillingCustomer.stripe_customer_id.in_(chunk),
-                    BillingCustomer.stripe_deleted_at.is_(None),
-                )
-            )
-        )
-    return live
-
-
-def _tombstone_unlisted(
-    factory: sessionmaker[Session], gateway: StripeGateway, listed: set[str]
-) -> int:
-    """Customers we hold as live but Stripe's list no longer shows were deleted while we were
-    not reading events (the list omits deleted customers): confirm each, then tombstone it."""
-    with factory() as session, session.begin():
-        live = set(
-            session.scalars(
-                select(BillingCustomer.stripe_customer_id).where(
-                    BillingCustomer.stripe_deleted_at.is_(None)
-                )
-            )
-        )
-    confirmed: list[dict[str, Any]] = []
-    for customer_id in sorted(live - listed):
-        try:
-            confirmed.append(gateway.retrieve_customer(customer_id))
-        except StripeGatewayError as error:
-            if error.http_status != 404:
-                raise
-            log.warning("a linked customer is unknown to Stripe", extra={"error": str(error)})
-    if not confirmed:
-        return 0
-    with factory() as session, session.begin():
-        return _mark_deleted(session, confirmed)
-
-
-def _write_subscriptions(session: Session, subscriptions: list[dict[str, Any]], as_of: int) -> int:
-    states = [mirror.SubscriptionState.from_stripe(s, as_of) for s in subscriptions]
-    # Take the appliers' per-object locks (PostgreSQL) before deciding against the rows: a webhook
-    # committing a newer state between our read and our write would otherwise be overwritten.
-    lock_objects(session, sorted({s.stripe_subscription_id for s in states}))
-    known = mirror.customer_rows(session, [s.stripe_customer_id for s in states])
-    # A row written by an event newer than our snapshot second is newer than what we read.
-    ours = [s for s in states if s.stripe_customer_id in known]
-    return len(mirror.upsert_newer(session, ours, known, same_second=True))
-
-
-def _chunked(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
     for item in items:
         chunk.append(item)
-        if len(chunk) == size:
+        if len(chunk) == PAGE:
             yield chunk
             chunk = []
     if chunk:

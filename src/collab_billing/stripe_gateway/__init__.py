@@ -1,26 +1,27 @@
-"""The one package that talks to Stripe: `StripeGateway` (through the official SDK's
-`StripeClient`, and a direct path for the reconciler's reads) and webhook signatures."""
+"""The one package that talks to Stripe: `StripeGateway` (the official SDK's `StripeClient`,
+throttled), typed event pages, and webhook signatures."""
 
-from collab_billing.stripe_gateway.errors import StripeGatewayError, StripeNotConfigured
-from collab_billing.stripe_gateway.gateway import (
+from collab_billing.stripe_gateway.client import (
     STRIPE_API_VERSION,
-    EventPage,
     RequestObserver,
     StripeGateway,
-    StripeObjectDict,
+    StripeGatewayError,
+    StripeNotConfigured,
     gateway_or_none,
 )
-from collab_billing.stripe_gateway.webhooks import SignatureError, verify_webhook
+from collab_billing.stripe_gateway.events import Event, EventPage, EventShapeError
+from collab_billing.stripe_gateway.signatures import SignatureError, verify_webhook
 
 __all__ = [
     "STRIPE_API_VERSION",
+    "Event",
     "EventPage",
+    "EventShapeError",
     "RequestObserver",
     "SignatureError",
     "StripeGateway",
     "StripeGatewayError",
     "StripeNotConfigured",
-    "StripeObjectDict",
     "gateway_or_none",
     "verify_webhook",
 ]

@@ -1,0 +1,1 @@
+"""Stripe objects mirrored into our tables: customers (the root) and a registry of the rest."""

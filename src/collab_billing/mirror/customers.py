@@ -1,0 +1,166 @@
+"""Customers, the root of the mirror: the link between a Stripe customer and one of our users.
+
+What we keep of a customer is its link and its deletion. Linking is idempotent and deletion is
+terminal on Stripe, so customer events commute and need no watermark. A customer is ours when
+we created it (`billing_customers`) or when its `metadata.github_user_id` (or a completed
+Checkout's `client_reference_id`) names a user who has no customer yet. One that names nobody
+is remembered in `unmatched_stripe_customers`: its events, and its subscriptions' events, are
+settled without asking Stripe about it, until a user with its `github_user_id` appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from collab_billing.db.dialect import insert
+from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
+from collab_billing.stripe_gateway.events import Event, Ref, id_of
+
+CUSTOMER_EVENT_TYPES = (
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    # A completed Checkout is news about its customer: who it belongs to.
+    "checkout.session.completed",
+)
+MAX_GITHUB_USER_ID = 2**63 - 1
+
+
+class Customer(msgspec.Struct):
+    id: str
+    metadata: dict[str, Any] | None = None
+    deleted: bool = False
+
+
+class CheckoutSession(msgspec.Struct):
+    id: str
+    customer: str | Ref | None = None
+    client_reference_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def customer_id_of(event: Event) -> str:
+    """The customer an event of `CUSTOMER_EVENT_TYPES` is about."""
+    if event.type == "checkout.session.completed":
+        session = event.object_as(CheckoutSession)
+        return id_of(session.customer) if session.customer else session.id
+    return event.object_as(Customer).id
+
+
+def github_user_id_named(event_or_customer: Event | Customer) -> int | None:
+    """The user an event's object (or a customer read from Stripe) names, if any."""
+    if isinstance(event_or_customer, Customer):
+        return _github_user_id([(event_or_customer.metadata or {}).get("github_user_id")])
+    if event_or_customer.type == "checkout.session.completed":
+        session = event_or_customer.object_as(CheckoutSession)
+        named = [(session.metadata or {}).get("github_user_id"), session.client_reference_id]
+        return _github_user_id(named)
+    return github_user_id_named(event_or_customer.object_as(Customer))
+
+
+def _github_user_id(candidates: Iterable[object]) -> int | None:
+    for value in candidates:
+        if isinstance(value, str) and value.isdigit() and 0 < int(value) <= MAX_GITHUB_USER_ID:
+            return int(value)
+    return None
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+def known(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
+    """Our customers among these, deleted ones included: Stripe id -> our id."""
+    if not stripe_customer_ids:
+        return {}
+    rows = session.execute(
+        select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
+            BillingCustomer.stripe_customer_id.in_(stripe_customer_ids)
+        )
+    )
+    return {stripe_id: our_id for stripe_id, our_id in rows}
+
+
+def unmatched(session: Session, stripe_customer_ids: Collection[str]) -> set[str]:
+    if not stripe_customer_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(UnmatchedStripeCustomer.stripe_customer_id).where(
+                UnmatchedStripeCustomer.stripe_customer_id.in_(stripe_customer_ids)
+            )
+        )
+    )
+
+
+def link_if_free(
+    session: Session, github_user_id: int | None, stripe_customer_id: str
+) -> int | None:
+    """Link a Stripe customer to the user with this GitHub id, if that user has no customer
+    yet; returns our customer id, or None when nobody is linked."""
+    if github_user_id is None:
+        return None
+    user_id = session.scalar(select(User.id).where(User.github_user_id == github_user_id))
+    if user_id is None:
+        return None
+    session.execute(
+        insert(session, BillingCustomer)
+        .values(user_id=user_id, stripe_customer_id=stripe_customer_id)
+        .on_conflict_do_nothing()
+    )
+    session.execute(
+        delete(UnmatchedStripeCustomer).where(
+            UnmatchedStripeCustomer.stripe_customer_id == stripe_customer_id
+        )
+    )
+    return session.scalar(
+        select(BillingCustomer.id).where(
+            BillingCustomer.stripe_customer_id == stripe_customer_id,
+            BillingCustomer.user_id == user_id,
+        )
+    )
+
+
+def remember_unmatched(
+    session: Session, stripe_customer_id: str, github_user_id: int | None, deleted: bool
+) -> None:
+    statement = insert(session, UnmatchedStripeCustomer).values(
+        stripe_customer_id=stripe_customer_id, github_user_id=github_user_id, deleted=deleted
+    )
+    changed: dict[str, Any] = {"deleted": statement.excluded.deleted}
+    if github_user_id is not None:
+        changed["github_user_id"] = github_user_id
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["stripe_customer_id"], set_=changed)
+    )
+
+
+def tombstone(session: Session, stripe_customer_ids: Collection[str]) -> None:
+    """Deleted on Stripe: kept as a tombstone (the next checkout makes a new customer)."""
+    if stripe_customer_ids:
+        session.execute(
+            update(BillingCustomer)
+            .where(
+                BillingCustomer.stripe_customer_id.in_(stripe_customer_ids),
+                BillingCustomer.stripe_deleted_at.is_(None),
+            )
+            .values(stripe_deleted_at=datetime.now(UTC))
+        )
+
+
+def adoptable(session: Session) -> list[str]:
+    """Unmatched live customers that name a user who exists now and has no customer."""
+    has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
+    return list(
+        session.scalars(
+            select(UnmatchedStripeCustomer.stripe_customer_id)
+            .join(User, User.github_user_id == UnmatchedStripeCustomer.github_user_id)
+            .where(~UnmatchedStripeCustomer.deleted, ~has_customer)
+            .order_by(UnmatchedStripeCustomer.seen_at)
+        )
+    )

@@ -1,0 +1,77 @@
+"""Subscriptions: `billing_subscriptions`, one row per Stripe subscription of our customers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from collab_billing.db.models import BillingSubscription
+from collab_billing.mirror.registry import MirroredType
+from collab_billing.stripe_gateway.events import Ref, id_of
+
+
+class SubscriptionItem(msgspec.Struct):
+    price: str | Ref | None = None
+    current_period_end: int | None = None
+
+
+class ItemList(msgspec.Struct):
+    data: list[SubscriptionItem] = []
+
+
+class Subscription(msgspec.Struct):
+    """The fields of a Stripe subscription that the service keeps."""
+
+    id: str
+    customer: str | Ref
+    status: str
+    cancel_at_period_end: bool = False
+    cancel_at: int | None = None
+    canceled_at: int | None = None
+    current_period_end: int | None = None  # before API 2025-03-31; now on the items
+    items: ItemList = msgspec.field(default_factory=ItemList)
+
+
+def _time(seconds: int | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
+
+def columns(subscription: Subscription) -> dict[str, Any]:
+    items = subscription.items.data
+    period_ends = [item.current_period_end for item in items if item.current_period_end]
+    period_end = max(period_ends) if period_ends else subscription.current_period_end
+    price = items[0].price if items else None
+    return {
+        "stripe_subscription_status": subscription.status,
+        "stripe_price_id": id_of(price) if price else None,
+        "stripe_cancel_at_period_end": subscription.cancel_at_period_end,
+        "stripe_cancel_at": _time(subscription.cancel_at),
+        "stripe_canceled_at": _time(subscription.canceled_at),
+        "stripe_current_period_end": _time(period_end),
+    }
+
+
+SUBSCRIPTIONS = MirroredType(
+    kind="subscription",
+    event_types=(
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied",
+        "customer.subscription.pending_update_expired",
+        "customer.subscription.trial_will_end",
+    ),
+    object_type=Subscription,
+    table=BillingSubscription.__table__,  # type: ignore[arg-type]
+    key="stripe_subscription_id",
+    columns=columns,
+    object_id=lambda subscription: subscription.id,
+    owner=lambda subscription: id_of(subscription.customer),
+    retrieve_path="/v1/subscriptions/{id}",
+    list_path="/v1/subscriptions",
+    list_params={"status": "all"},
+)

@@ -1,0 +1,99 @@
+"""What the applier needs to read from Stripe, read outside its transactions.
+
+A transaction that finds it needs an object from Stripe (a same-second tie that only a re-read
+settles, a customer it does not know, the subscriptions of a customer it just linked) raises
+`NeedsStripe` naming what, and rolls back; the reads are made with no transaction open, a few
+at a time, and the transaction runs again with them. Any read may be repeated: Stripe's
+current object is never older than the events listed before it was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from collab_billing.mirror.customers import Customer
+from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.events import decode_object
+
+PARALLEL_READS = 4
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read: `what` is "object" (`kind` is the mirrored type), "customer", or "owned"
+    (every mirrored object of customer `object_id`)."""
+
+    what: str
+    object_id: str
+    kind: str = ""
+
+
+class NeedsStripe(Exception):
+    def __init__(self, reads: set[Read]) -> None:
+        super().__init__(f"{len(reads)} Stripe reads needed")
+        self.reads = reads
+
+
+class StripeReads:
+    """The reads of one batch, each made at most once."""
+
+    def __init__(self, gateway: StripeGateway | None) -> None:
+        self.gateway = gateway
+        self._done: dict[Read, Any] = {}
+        self.count = 0
+
+    def fetch(self, reads: Iterable[Read]) -> None:
+        """Make these reads now (a failed one fails, when used, only the object needing it)."""
+        missing = [read for read in set(reads) if read not in self._done]
+        if not missing:
+            return
+        if len(missing) == 1:
+            self._done[missing[0]] = self._read_or_error(missing[0])
+        else:
+            with ThreadPoolExecutor(min(PARALLEL_READS, len(missing))) as pool:
+                for read, result in zip(
+                    missing, pool.map(self._read_or_error, missing), strict=True
+                ):
+                    self._done[read] = result
+        self.count += len(missing)
+
+    def get(self, read: Read, needed: set[Read]) -> Any:
+        """The result of `read`; if not made yet, it is added to `needed` and None returned."""
+        if read not in self._done:
+            needed.add(read)
+            return None
+        result = self._done[read]
+        if isinstance(result, StripeGatewayError):
+            raise result
+        return result
+
+    def _read_or_error(self, read: Read) -> Any:
+        try:
+            return self._read(read)
+        except StripeGatewayError as error:
+            return error
+
+    def _read(self, read: Read) -> Any:
+        if self.gateway is None:
+            raise StripeGatewayError("not_configured", "STRIPE_API_KEY is not set", None)
+        if read.what == "customer":
+            body = self.gateway.get("customers.retrieve", f"/v1/customers/{read.object_id}")
+            return decode_object(body, Customer)
+        if read.what == "owned":
+            return {m.kind: self._owned(m, read.object_id) for m in MIRRORED_TYPES if m.owner}
+        mirrored = _by_kind(read.kind)
+        path = mirrored.retrieve_path.format(id=read.object_id)
+        return mirrored.decode(self.gateway.get(f"{mirrored.kind}s.retrieve", path))
+
+    def _owned(self, mirrored: MirroredType[Any], customer_id: str) -> list[Any]:
+        assert self.gateway is not None
+        params = {**mirrored.list_params, "customer": customer_id}
+        return [mirrored.decode(raw) for raw in self.gateway.list_all(mirrored.list_path, **params)]
+
+
+def _by_kind(kind: str) -> MirroredType[Any]:
+    return next(mirrored for mirrored in MIRRORED_TYPES if mirrored.kind == kind)

@@ -1,0 +1,21 @@
+"""The reconciler's tuning constants, in one place, each with why."""
+
+# Events become visible in the list a little after their `created` second: each poll re-reads
+# this much below the cursor to catch them (the ledger absorbs the repeats).
+OVERLAP_SECONDS = 60
+# Events a `created` window is sized to hold: 50 pages, so a window's last (partial) page adds
+# about 2% to the requests, and a window in memory is ~12 MB of JSON.
+WINDOW_EVENTS = 5_000
+# A window read past this many times its target is read again in narrower windows: memory
+# stays bounded when the density estimate was wrong, at the cost of the pages read twice.
+MAX_WINDOW_FACTOR = 2
+# Windows read at once against a far Stripe: requests in flight = request rate x round trip;
+# 16 covers Stripe's live 100 requests/s at up to 160 ms.
+MAX_WINDOWS_IN_FLIGHT = 16
+# Events per transaction: large enough that per-transaction costs (commit, locks) are small,
+# small enough that a webhook waiting for SQLite's write lock waits ~50 ms at most.
+BATCH_EVENTS = 500
+# Stripe keeps events for 30 days: a database whose last complete poll is older resyncs from
+# the list endpoints (warning from 25 days on).
+RETENTION_SECONDS = 30 * 86_400
+WARN_AFTER_SECONDS = 25 * 86_400

@@ -1,0 +1,262 @@
+"""`StripeGateway`: every call the service makes to Stripe, through one official `StripeClient`.
+
+The SDK owns the HTTP: form encoding, `Stripe-Version`, network retries (409, 5xx,
+`Stripe-Should-Retry`), timeouts and error types. The gateway adds what the SDK leaves to its
+caller, once: a client-side throttle shared by every thread, and retrying 429 answers after
+their `Retry-After`. Reads return the response's JSON bytes, decoded by the caller into typed
+structs (`events`): building the SDK's `StripeObject`s for a page of 100 events costs more
+than applying them. Nothing outside this package sees an SDK type.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import stripe
+
+from collab_billing.config import Settings
+from collab_billing.stripe_gateway.events import EventPage, decode_event_page, decode_list_page
+
+log = logging.getLogger(__name__)
+
+# The API version of the published spec the emulator is checked against; pinned so that
+# payload shapes (current_period_* on subscription items) do not move with SDK upgrades.
+STRIPE_API_VERSION = "2026-08-26.dahlia"
+RATE_LIMIT_RETRIES = 5
+MAX_RETRY_AFTER_SECONDS = 30.0
+T = TypeVar("T")
+RequestObserver = Callable[[str, int | str], None]
+
+
+class StripeNotConfigured(Exception):
+    """No API key (or no price): the route answers 503."""
+
+
+class StripeGatewayError(Exception):
+    """Stripe failed or refused; `kind` is Stripe's error type. Never carries a secret."""
+
+    def __init__(self, kind: str, message: str, http_status: int | None) -> None:
+        super().__init__(f"Stripe {kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.http_status = http_status
+
+
+class Throttle:
+    """At most `rate` requests a second across threads, in bursts of at most `burst`.
+
+    Hand-written: a thread-safe token bucket is a dozen lines; the SDK has none, and the
+    rate-limit packages on PyPI are asyncio-only or decorate whole functions."""
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        self.interval = 1.0 / rate
+        self.burst = burst
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now - self.interval * (self.burst - 1))
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings, observer: RequestObserver | None = None) -> None:
+        if settings.stripe_api_key is None:
+            raise StripeNotConfigured("STRIPE_API_KEY is not set")
+        self.settings = settings
+        self.observer = observer
+        rate = settings.stripe_requests_per_second
+        self.requests_per_second = rate
+        self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
+        self.client = stripe.StripeClient(
+            settings.stripe_api_key.get_secret_value(),
+            base_addresses={"api": settings.stripe_api_base.rstrip("/")},
+            stripe_version=STRIPE_API_VERSION,
+            max_network_retries=settings.stripe_max_network_retries,
+            http_client=stripe.HTTPXClient(
+                timeout=settings.stripe_timeout_seconds, allow_sync_methods=True
+            ),
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, operation: str, request: Callable[[], T]) -> T:
+        """Throttle; retry 429s after `Retry-After` (the SDK retries only 409/5xx/network);
+        turn SDK errors into `StripeGatewayError` carrying Stripe's error type and message."""
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            self.throttle.wait()
+            try:
+                result = request()
+            except stripe.RateLimitError as error:
+                self._observe(operation, 429)
+                if attempt == RATE_LIMIT_RETRIES:
+                    raise _gateway_error(error) from None
+                time.sleep(_retry_after(error, attempt))
+                continue
+            except stripe.StripeError as error:
+                self._observe(operation, error.http_status or "network")
+                raise _gateway_error(error) from None
+            self._observe(operation, 200)
+            return result
+        raise AssertionError("unreachable")
+
+    def _observe(self, operation: str, outcome: int | str) -> None:
+        if self.observer is not None:
+            self.observer(operation, outcome)
+
+    def get(self, operation: str, path: str, **params: Any) -> bytes:
+        """GET `path` through the SDK's raw request API; the response's JSON as bytes."""
+        response = self._call(operation, lambda: self.client.raw_request("get", path, **params))
+        return str(response.body).encode()
+
+    # -- customers, checkout, portal ---------------------------------------------------
+
+    def create_customer(
+        self, *, github_user_id: int, github_login: str, email: str | None, idempotency_key: str
+    ) -> str:
+        params: dict[str, Any] = {
+            "metadata": {"github_user_id": str(github_user_id), "github_login": github_login},
+            "description": f"GitHub user {github_login}",
+        }
+        if email:
+            params["email"] = email
+        customer = self._call(
+            "customers.create",
+            lambda: self.client.v1.customers.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return str(customer.id)
+
+    def create_checkout_session(
+        self, *, customer_id: str, price_id: str, client_reference_id: str, github_user_id: int
+    ) -> str:
+        params: dict[str, Any] = {
+            "mode": "subscription",
+            "customer": customer_id,
+            "line_items": [{"price": price_id, "quantity": 1}],
+            "client_reference_id": client_reference_id,
+            "success_url": self.settings.billing_checkout_success_url,
+            "cancel_url": self.settings.billing_checkout_cancel_url,
+            "metadata": {"github_user_id": str(github_user_id)},
+            "subscription_data": {"metadata": {"github_user_id": str(github_user_id)}},
+        }
+        session = self._call(
+            "checkout.sessions.create",
+            lambda: self.client.v1.checkout.sessions.create(params=params),  # type: ignore[arg-type]
+        )
+        return str(session.url)
+
+    def create_portal_cancel_session(self, *, customer_id: str, subscription_id: str) -> str:
+        return_url = self.settings.billing_portal_return_url
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "return_url": return_url,
+            "flow_data": {
+                "type": "subscription_cancel",
+                "subscription_cancel": {"subscription": subscription_id},
+                "after_completion": {"type": "redirect", "redirect": {"return_url": return_url}},
+            },
+        }
+        session = self._call(
+            "billing_portal.sessions.create",
+            lambda: self.client.v1.billing_portal.sessions.create(params=params),  # type: ignore[arg-type]
+        )
+        return str(session.url)
+
+    def create_recurring_price(
+        self, *, product_name: str, unit_amount: int, currency: str, interval: str
+    ) -> str:
+        product = self._call(
+            "products.create",
+            lambda: self.client.v1.products.create(params={"name": product_name}),
+        )
+        price = self._call(
+            "prices.create",
+            lambda: self.client.v1.prices.create(
+                params={
+                    "product": product.id,
+                    "unit_amount": unit_amount,
+                    "currency": currency,
+                    "recurring": {"interval": interval},
+                }
+            ),
+        )
+        return str(price.id)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_events(
+        self,
+        *,
+        types: Sequence[str],
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> EventPage:
+        """One page of events, newest first; `starting_after` pages on to older ones."""
+        params: dict[str, Any] = {"limit": limit, "types": list(types)}
+        created = {"gte": created_gte, "lt": created_lt}
+        if any(value is not None for value in created.values()):
+            params["created"] = {k: v for k, v in created.items() if v is not None}
+        if starting_after:
+            params["starting_after"] = starting_after
+        return decode_event_page(self.get("events.list", "/v1/events", **params))
+
+    def list_all(self, path: str, **params: Any) -> Iterator[msgspec.Raw]:
+        """Every object of a list endpoint, page by page with `starting_after`; each as its
+        JSON, for the caller to decode."""
+        operation = path.removeprefix("/v1/").replace("/", ".") + ".list"
+        cursor: str | None = None
+        while True:
+            page_params = {**params, "limit": 100}
+            if cursor:
+                page_params["starting_after"] = cursor
+            objects, has_more = decode_list_page(self.get(operation, path, **page_params))
+            yield from objects
+            if not has_more or not objects:
+                return
+            cursor = msgspec.json.decode(objects[-1], type=_Id).id
+
+
+class _Id(msgspec.Struct):
+    id: str
+
+
+def _retry_after(error: stripe.StripeError, attempt: int) -> float:
+    header = (error.headers or {}).get("retry-after") or (error.headers or {}).get("Retry-After")
+    try:
+        seconds = float(header) if header is not None else 0.5 * 2**attempt
+    except ValueError:
+        seconds = 0.5 * 2**attempt
+    return min(max(seconds, 0.05), MAX_RETRY_AFTER_SECONDS)
+
+
+def _gateway_error(error: stripe.StripeError) -> StripeGatewayError:
+    kind = "api_connection_error"
+    if error.error is not None and error.error.type:
+        kind = str(error.error.type)
+    elif not isinstance(error, stripe.APIConnectionError):
+        kind = type(error).__name__
+    # The SDK's messages never contain the key; we still keep only Stripe's own message.
+    return StripeGatewayError(kind, str(error.user_message or "no message"), error.http_status)
+
+
+def gateway_or_none(
+    settings: Settings, observer: RequestObserver | None = None
+) -> StripeGateway | None:
+    """The gateway, or None when STRIPE_API_KEY is not set."""
+    if settings.stripe_api_key is None:
+        return None
+    return StripeGateway(settings, observer=observer)
