@@ -69,7 +69,7 @@ def _shape(template: str) -> tuple[str, ...]:
 
 def spec_template(spec_paths: Json, template: str) -> str:
     """The spec's path template for one of the emulator's."""
-    found = [candidate for candidate in spec_paths if _shape(candidate) == _shape(template)]
+    found: list[str] = [path for path in spec_paths if _shape(path) == _shape(template)]
     if len(found) != 1:
         raise TrimError(f"{template}: {len(found)} paths of that shape in the spec: {found}")
     return found[0]
