@@ -4,7 +4,6 @@ example objects fit them, and one event that does not fit fails alone, not its p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,14 +12,11 @@ import pytest
 from collab_billing.db.mirror import SubscriptionState
 from collab_billing.reconcile.events import object_id
 from collab_billing.stripe_objects import DecodeError, Event, decode_event_list
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "stripe-openapi" / "fixtures3.json"
+from tests.stripe_openapi import fixtures_path
 
 
 def published(resource: str) -> dict[str, Any]:
-    if not FIXTURES.exists():
-        pytest.fail(f"Stripe's published fixtures are missing: {FIXTURES}")
-    example: dict[str, Any] = json.loads(FIXTURES.read_text())["resources"][resource]
+    example: dict[str, Any] = json.loads(fixtures_path().read_text())["resources"][resource]
     return example
 
 

@@ -1,4 +1,5 @@
-"""Stripe's OpenAPI 3.0 schemas (spec3.json) as JSON Schema validators.
+"""Stripe's OpenAPI 3.0 schemas (spec3.json, or its trimmed copy: see tests/stripe_openapi) as
+JSON Schema validators.
 
 Conversion rules:
 - `$ref: #/components/schemas/X` is kept: every validator's root document carries the
@@ -16,7 +17,6 @@ Conversion rules:
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import cache
 from pathlib import Path
@@ -25,16 +25,11 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SPEC = REPO.parent / "shared" / "stripe-openapi" / "spec3.json"
+from tests.stripe_openapi import spec_path
 
 _DROP = {"description", "title", "x-expandableFields", "x-expansionResources", "nullable",
          "x-stripeBypassValidation", "x-stripeMostCommon", "x-stripeResource",
          "x-stripeOperations", "x-resourceId", "x-stripeParam", "format"}  # fmt: skip
-
-
-def spec_path() -> Path:
-    return Path(os.environ.get("STRIPE_OPENAPI_SPEC") or DEFAULT_SPEC)
 
 
 def convert(node: Any) -> Any:
@@ -134,6 +129,6 @@ def _describe(error: ValidationError) -> str:
 
 
 @cache
-def load_spec() -> Spec | None:
-    path = spec_path()
-    return Spec(path) if path.exists() else None
+def load_spec() -> Spec:
+    """The full spec when present, else the committed trimmed copy."""
+    return Spec(spec_path())

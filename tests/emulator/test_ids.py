@@ -10,18 +10,16 @@ from collections import Counter
 from collections.abc import Iterator
 from functools import cache
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
-import pytest
 import stripe
 
 from stripe_emulator import ids
 from stripe_emulator.generate import generate
 from stripe_emulator.store import Store
 from tests.emulator.conftest import recurring_price
+from tests.stripe_openapi import fixtures_path
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe-openapi" / "fixtures3.json"
 KINDS = ("cus", "prod", "si", "sub", "price", "evt", "bps", "bpc", "we", "in", "li")
 
 
@@ -38,10 +36,8 @@ def strings(node: Any) -> Iterator[str]:
 @cache
 def published_ids() -> dict[str, list[str]]:
     """Every real-looking id of each kind in Stripe's example objects (not `cus_123`)."""
-    if not FIXTURES.exists():
-        pytest.fail(f"Stripe's published fixtures are missing: {FIXTURES}")
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    for value in strings(json.loads(FIXTURES.read_text())["resources"]):
+    for value in strings(json.loads(fixtures_path().read_text())["resources"]):
         kind, _, tail = value.partition("_")
         if kind in found and tail.isalnum() and len(tail) >= 14:
             found[kind].append(value)
