@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, create_engine, insert, text
 
-from collab_billing.db import ledger
+from collab_billing.reconcile import ledger
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import User

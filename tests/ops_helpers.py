@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings
-from collab_billing.db import ledger
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import PendingStripeEvent
-from collab_billing.reconcile.events import RELEVANT_TYPES
+from collab_billing.mirror.registry import RELEVANT_TYPES
+from collab_billing.reconcile import ledger
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerThread
 from tests.stripe_helpers import EMULATOR_KEY, Emulator

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db import ledger
 from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent, User
-from collab_billing.reconcile.events import RELEVANT_TYPES
+from collab_billing.mirror.registry import RELEVANT_TYPES
+from collab_billing.reconcile import ledger
 from tests.stripe_helpers import Emulator
 
 

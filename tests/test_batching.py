@@ -6,8 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collab_billing.reconcile.batching import batches, start_of_last_second
-from collab_billing.reconcile.events import Event, object_id, object_kind
+from collab_billing.reconcile.apply import group_events
+from collab_billing.reconcile.poll import batches
+from collab_billing.stripe_gateway import Event
 
 TYPES = ["customer.created", "customer.updated", "customer.subscription.updated"]
 
@@ -19,8 +20,8 @@ def make_event(number: int, created: int, kind: int, obj: int) -> Event:
         {
             "id": f"evt_{number}",
             "type": event_type,
-            "created": created,
-            "data": {"object": {"id": f"{prefix}_{obj}"}},
+            "created": 1_700_000_000 + created,
+            "data": {"object": {"id": f"{prefix}_{obj}", "customer": "cus_0", "status": "active"}},
         }
     )
 
@@ -36,7 +37,8 @@ backlogs = st.lists(
 
 
 def key(event: Event) -> tuple[str, str]:
-    return object_kind(event.type), object_id(event)
+    (group,) = group_events([event])
+    return group.kind, group.object_id
 
 
 @given(backlogs, st.integers(1, 12))
@@ -73,13 +75,3 @@ def test_only_seconds_larger_than_a_batch_are_cut_and_only_between_objects(
     for second in split:
         kinds = [key(e)[0] for batch in cut for e in batch if e.created == second]
         assert kinds == sorted(kinds, key=["customer", "subscription"].index)
-
-
-@given(backlogs)
-def test_start_of_last_second(events: list[Event]) -> None:
-    start = start_of_last_second(events)
-    if events:
-        assert {e.created for e in events[start:]} == {events[-1].created}
-        assert all(e.created < events[-1].created for e in events[:start])
-    else:
-        assert start == 0

@@ -24,8 +24,7 @@ from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
 from collab_billing.db.models import BillingSubscription
 from collab_billing.reconcile.apply import Applier
-from collab_billing.reconcile.events import Event
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import Event, StripeGateway
 from tests.conftest import clear_tables
 from tests.stripe_helpers import Emulator
 

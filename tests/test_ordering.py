@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collab_billing.reconcile.events import Event
 from collab_billing.reconcile.ordering import final_event
+from collab_billing.stripe_gateway import Event
 
 
 def event(kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> Event:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import Engine, delete
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from collab_billing.cli import print_status
 from collab_billing.config import Settings
-from collab_billing.db import ledger, mirror, queries
-from collab_billing.db.models import BillingCustomer
+from collab_billing.db import queries
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
@@ -154,43 +153,3 @@ def queries_by_user(factory, github_user_id):  # type: ignore[no-untyped-def]
     with factory() as session:
         user = queries.get_user_by_github_user_id(session, github_user_id)
         return list(queries.list_subscriptions_of_user(session, user.id))
-
-
-def test_a_remembered_customer_whose_row_is_gone_is_read_again(
-    emulator: Emulator, stripe_settings: Settings, engine: Engine
-) -> None:
-    """The applier remembers linked customers across batches. If a row it remembers is removed
-    by hand (with its subscriptions), the next batch that names it fails once; the applier then
-    forgets what it remembered and applies object by object, linking the customer again: no
-    event is parked."""
-    reconciler = make_reconciler(stripe_settings, engine)
-    generate_backlog(emulator, reconciler.factory, customers=2, per_customer=2)
-    reconciler.drain()
-    [gone, kept] = emulator.state()["subscriptions"][:2]
-    with reconciler.factory() as session, session.begin():
-        session.execute(
-            delete(BillingCustomer).where(BillingCustomer.stripe_customer_id == gone["customer"])
-        )
-    for subscription in (gone, kept):
-        emulator.sdk.v1.subscriptions.update(subscription["id"], {"cancel_at_period_end": True})
-
-    report = reconciler.drain()
-
-    assert report.stats.total("applied") == 2
-    with reconciler.factory() as session:
-        assert ledger.all_pending_events(session) == []
-    assert assert_matches_stripe(emulator, reconciler.factory) == 2
-
-
-def test_remembered_customers_past_the_limit_forget_the_oldest_half(
-    session_factory: sessionmaker[Session],
-) -> None:
-    """Past its limit the memory of linked customers keeps the newest half. (Starting over
-    instead, a backlog naming about as many customers as the limit read them all again every
-    few dozen batches.) Nothing is in the database here: what is returned was remembered."""
-    remembered = mirror.CustomerIds(limit=10)
-    remembered.remember({f"cus_{n}": n for n in range(1, 9)})
-    remembered.remember({f"cus_{n}": n for n in range(9, 13)})
-    with session_factory() as session:
-        known = remembered.lookup(session, [f"cus_{n}" for n in range(1, 13)])
-    assert known == {f"cus_{n}": n for n in range(8, 13)}

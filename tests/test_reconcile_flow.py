@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,8 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import billing
 from collab_billing.config import Settings
-from collab_billing.db import ledger, queries
+from collab_billing.db import queries
 from collab_billing.db.models import BillingCustomer, BillingSubscription, ProcessedStripeEvent
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
@@ -97,7 +99,8 @@ def test_an_api_base_ending_in_a_slash_reaches_the_same_stripe(
     reconciler = Reconciler(settings, engine, StripeGateway(settings))
     subscribe_new_user(reconciler, emulator, settings.stripe_price_id or "", 7)
     [row] = subscriptions(reconciler.factory)
-    fresh = reconciler.gateway.retrieve_subscription(row.stripe_subscription_id)
+    path = f"/v1/subscriptions/{row.stripe_subscription_id}"
+    fresh = json.loads(reconciler.gateway.get("subscriptions.retrieve", path))
     assert fresh["status"] == row.stripe_subscription_status == "active"
 
 

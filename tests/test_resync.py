@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.config import Settings
-from collab_billing.db import ledger
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway

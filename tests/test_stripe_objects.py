@@ -1,17 +1,18 @@
 """Decoding Stripe's events into the typed structs the reconciler reads: Stripe's published
-example objects fit them, and one event that does not fit fails alone, not its page."""
+example objects fit them, and one event whose object does not fit fails alone, not its page."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import orjson
 import pytest
 
-from collab_billing.db.mirror import SubscriptionState
-from collab_billing.reconcile.events import object_id
-from collab_billing.stripe_objects import DecodeError, Event, decode_event_list
+from collab_billing.mirror import customers
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, Subscription
+from collab_billing.reconcile.apply import group_events
+from collab_billing.stripe_gateway import Event, EventShapeError
+from collab_billing.stripe_gateway.events import decode_event_page
 from tests.stripe_openapi import fixtures_path
 
 
@@ -31,52 +32,60 @@ def event_of(obj: dict[str, Any], event_type: str, n: int = 1) -> dict[str, Any]
     }
 
 
+def page(events: list[dict[str, Any]], has_more: bool = False) -> bytes:
+    return json.dumps({"object": "list", "data": events, "has_more": has_more}).encode()
+
+
+def test_a_published_subscription_fits_the_fields_we_keep() -> None:
+    obj = published("subscription")
+    (event,) = decode_event_page(page([event_of(obj, "customer.subscription.updated")])).events
+    subscription = event.object_as(Subscription)
+    row = SUBSCRIPTIONS.row(subscription, event.created, 7)
+    assert row["stripe_subscription_id"] == obj["id"]
+    assert row["stripe_subscription_status"] == obj["status"]
+    assert SUBSCRIPTIONS.owner is not None and SUBSCRIPTIONS.owner(subscription) == obj["customer"]
+    assert event.payload["data"]["object"] == obj
+
+
 @pytest.mark.parametrize(
     ("resource", "event_type"),
-    [
-        ("subscription", "customer.subscription.updated"),
-        ("customer", "customer.updated"),
-        ("checkout.session", "checkout.session.completed"),
-    ],
+    [("customer", "customer.updated"), ("checkout.session", "checkout.session.completed")],
 )
-def test_stripes_published_objects_fit_the_fields_we_read(resource: str, event_type: str) -> None:
+def test_published_customers_and_sessions_name_their_customer(
+    resource: str, event_type: str
+) -> None:
     obj = published(resource)
-    page = decode_event_list(orjson.dumps({"data": [event_of(obj, event_type)], "has_more": False}))
-    (event,) = page.data
-    assert event.object.id == obj["id"]
-    assert event.payload["data"]["object"] == obj
-    if resource == "subscription":
-        state = SubscriptionState.from_fields(event.object, event.created)
-        assert state.stripe_subscription_id == obj["id"]
-        assert state.stripe_customer_id == obj["customer"]
-        assert state.status == obj["status"]
+    event = Event.from_dict(event_of(obj, event_type))
+    expected = obj["id"] if resource == "customer" else (obj["customer"] or obj["id"])
+    assert customers.customer_id_of(event) == expected
 
 
 def test_an_event_that_does_not_fit_fails_alone() -> None:
     good = [
-        event_of({"id": f"sub_{n}", "status": "active"}, "customer.subscription.updated", n)
+        event_of(
+            {"id": f"sub_{n}", "customer": "cus_1", "status": "active"},
+            "customer.subscription.updated",
+            n,
+        )
         for n in (1, 3)
     ]
     bad = event_of({"id": "sub_2", "status": 5}, "customer.subscription.updated", 2)
-    body = orjson.dumps({"data": [good[0], bad, good[1]], "has_more": True})
 
-    page = decode_event_list(body)
+    events = decode_event_page(page([good[0], bad, good[1]], has_more=True)).events
 
-    assert [e.id for e in page.data] == ["evt_1", "evt_2", "evt_3"] and page.has_more
-    assert [page.data[0].object.id, page.data[2].object.id] == ["sub_1", "sub_3"]
-    with pytest.raises(DecodeError, match="status"):
-        page.data[1].object  # noqa: B018
-    assert object_id(page.data[1]) == "evt_2"  # its own group, so nothing else waits on it
-    assert page.data[1].payload == bad  # kept whole for the retry
-
-
-def test_payloads_are_parsed_from_the_json_the_events_came_in() -> None:
-    events = [
-        event_of({"id": f"cus_{n}", "metadata": {"k": "v"}}, "customer.updated", n)
-        for n in range(5)
+    assert [e.id for e in events] == ["evt_1", "evt_2", "evt_3"]
+    assert [events[0].object_as(Subscription).id, events[2].object_as(Subscription).id] == [
+        "sub_1",
+        "sub_3",
     ]
-    page = decode_event_list(orjson.dumps({"data": events, "has_more": False}))
-    assert [event.payload for event in reversed(page.data)] == events[::-1]
-    single = Event.from_json(orjson.dumps(events[2]))
-    assert single.payload == events[2] and single.object.metadata == {"k": "v"}
-    assert Event.from_dict(events[3]).payload == events[3]
+    with pytest.raises(EventShapeError, match="status"):
+        events[1].object_as(Subscription)
+    groups = {g.object_id: g.kind for g in group_events(events)}
+    assert groups["evt_2"] == "malformed"  # its own group: nothing else waits on it
+    assert events[1].payload == bad  # kept whole for the retry
+
+
+@pytest.mark.parametrize("created", [0, 2**63, -1, 10**11])
+def test_an_event_created_outside_any_plausible_second_is_refused(created: int) -> None:
+    with pytest.raises(EventShapeError, match="created"):
+        Event.from_dict({**event_of({"id": "cus_1"}, "customer.updated"), "created": created})

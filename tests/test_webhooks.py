@@ -11,15 +11,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select, text
 
-from collab_billing.api import app as app_module
-from collab_billing.api.webhooks import WRITERS_POSTGRES, WRITERS_SQLITE
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent
 from collab_billing.reconcile.run import Reconciler
@@ -382,92 +379,3 @@ def blast_while_blocked(
         results, _ = blasting.result(timeout=60)
     assert metric(service, "collab_billing_webhook_deliveries_in_progress") == 0
     return results
-
-
-def test_deliveries_that_wait_are_applied_together(
-    service: Service, emulator: Emulator, engine: Engine, uses_postgres: bool
-) -> None:
-    """While another writer holds the database, deliveries queue; when it lets go, those that
-    waited are applied in a few transactions, not one each, and each gets its own answer."""
-    for user in (1, 2, 3):
-        churn(emulator, subscribe(service, emulator, user))
-    events = relevant_events(emulator)
-    service.deliver(events[0])  # the writers exist, and the metric has a line
-    before = webhook_groups(service)
-
-    results = blast_while_blocked(service, engine, events[1:], uses_postgres)
-
-    assert {status for _, status, _ in results} == {200}
-    assert {outcome for _, _, outcome in results} <= {"applied", "stale"}
-    groups = webhook_groups(service) - before
-    # Each writer had taken what waited when it started (it then waited on the lock), and
-    # took all the rest once it was free.
-    writers = WRITERS_POSTGRES if uses_postgres else WRITERS_SQLITE
-    assert groups <= 2 * writers < len(results) / 2, (groups, len(results))
-    assert sorted(processed_event_ids(service.factory)) == sorted(e["id"] for e in events)
-    assert assert_matches_stripe(emulator, service.factory) == 3
-
-
-def test_a_failing_delivery_fails_alone_in_its_group(
-    service: Service, emulator: Emulator, engine: Engine, uses_postgres: bool
-) -> None:
-    """One event of a group cannot be applied (its customer cannot be read from Stripe): it
-    is answered `failed` and parked; the others of its group are applied."""
-    price = service.settings.stripe_price_id or ""
-    for user in (1, 2):
-        assert service.api.post(
-            "/users", json={"github_user_id": user, "github_login": f"user{user}"}
-        ).is_success
-    stranger = emulator.sdk.v1.customers.create(params={"email": "one@example.com"})
-    failing = emulator.sdk.v1.subscriptions.create(
-        params={"customer": stranger.id, "items": [{"price": price}]}
-    )
-    known = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "2"}})
-    applies = emulator.sdk.v1.subscriptions.create(
-        params={"customer": known.id, "items": [{"price": price}]}
-    )
-    emulator.control(
-        "POST",
-        "faults",
-        {"rate": 1.0, "statuses": [500], "path_prefix": f"/v1/customers/{stranger.id}"},
-    )
-    events = relevant_events(emulator)
-
-    results = blast_while_blocked(service, engine, events, uses_postgres)
-
-    outcomes = {event_id: outcome for event_id, _, outcome in results}
-    by_object = Counter((e["data"]["object"]["id"], outcomes[e["id"]]) for e in events)
-    assert by_object == {
-        (stranger.id, "unmatched"): 1,  # no user named in its metadata
-        (failing.id, "failed"): 1,
-        (known.id, "applied"): 1,
-        (applies.id, "applied"): 1,
-    }
-    assert {p.stripe_object_id for p in pending_rows(service.factory)} == {failing.id}
-
-
-def test_webhook_writers_checkpoint_sqlites_wal_without_a_reconciler(
-    stripe_settings: Settings,
-    engine: Engine,
-    emulator: Emulator,
-    uses_postgres: bool,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A commit leaves copying the WAL into the database file to others (db/checkpoints.py);
-    with the reconciler off, the webhook writers do it every few groups, on their own thread,
-    instead of a delivery paying for 40,000 pages at once."""
-    if uses_postgres:
-        pytest.skip("SQLite's WAL")
-    monkeypatch.setattr(app_module, "WEBHOOK_GROUPS_PER_CHECKPOINT", 3)
-    database_file = Path(engine.url.database or "")
-    with running_service(stripe_settings, engine) as service:
-        churn(emulator, subscribe(service, emulator, 1))
-        events = relevant_events(emulator)
-        assert len(events) >= 4
-        written_at = database_file.stat().st_mtime_ns
-        for event in events[:2]:  # one group each
-            assert service.deliver(event).json()["outcome"] == "applied"
-        time.sleep(0.5)
-        assert database_file.stat().st_mtime_ns == written_at, "a commit ran a checkpoint"
-        assert service.deliver(events[2]).json()["outcome"] == "applied"  # the third group
-        wait_until(lambda: database_file.stat().st_mtime_ns > written_at, what="a checkpoint")

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from collab_billing.db.models import BillingSubscription
-from collab_billing.mirror.registry import MirroredType
+from collab_billing.mirror.types import MirroredType
 from collab_billing.stripe_gateway.events import Ref, id_of
 
 

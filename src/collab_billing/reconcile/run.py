@@ -108,7 +108,9 @@ class Reconciler:
         if not report.interrupted:
             metrics.LAST_POLL.set(time.time())
         metrics.PENDING_EVENTS.set(len(status.pending))
-        metrics.FAILED_EVENTS.set(len(status.failed))
+        metrics.FAILED_EVENTS.set(
+            sum(1 for p in status.failed if p.attempts >= ledger.MAX_ATTEMPTS)
+        )
         log.info(
             "poll",
             extra={
@@ -147,8 +149,8 @@ class Status:
 
     @property
     def failed(self) -> list[ledger.PendingEvent]:
-        """Events that failed at least `MAX_ATTEMPTS` times (retries go on)."""
-        return [p for p in self.pending if p.attempts >= ledger.MAX_ATTEMPTS]
+        """Events that failed (not those waiting behind them); retries go on."""
+        return [p for p in self.pending if p.last_error is not None]
 
 
 def read_status(engine: Engine) -> Status:

@@ -1,0 +1,38 @@
+"""`MirroredType`: what a mirrored Stripe object type declares (see `registry`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from sqlalchemy import Table
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MirroredType(Generic[T]):
+    kind: str
+    event_types: tuple[str, ...]
+    object_type: type[T]
+    table: Table
+    key: str  # the column holding the object's Stripe id
+    columns: Callable[[T], dict[str, Any]]  # the row's values, from the object
+    object_id: Callable[[T], str]
+    # The Stripe customer an object belongs to (its row gets `billing_customer_id`); None for
+    # objects that belong to no customer.
+    owner: Callable[[T], str] | None
+    retrieve_path: str  # e.g. "/v1/subscriptions/{id}"
+    list_path: str  # for resync and for catching up a newly linked customer
+    list_params: dict[str, Any] = field(default_factory=dict)
+
+    def decode(self, raw: bytes | msgspec.Raw) -> T:
+        return msgspec.json.decode(raw, type=self.object_type)
+
+    def row(self, obj: T, as_of: int, billing_customer_id: int | None) -> dict[str, Any]:
+        values = {self.key: self.object_id(obj), **self.columns(obj), "stripe_state_as_of": as_of}
+        if self.owner is not None:
+            values["billing_customer_id"] = billing_customer_id
+        return values
