@@ -16,9 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 
 from collab_billing.config import Settings
+from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler, read_status
@@ -292,6 +293,10 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
         # A subscription of a customer made elsewhere, without our metadata: to match it the
         # applier must read the customer from Stripe, and Stripe fails that read.
         customer = emulator.sdk.v1.customers.create(params={"email": "stranger@example.com"})
+        Reconciler(service.settings, engine, StripeGateway(service.settings)).drain()
+        # Seen before this database remembered unmatched customers: read when needed.
+        with service.factory() as session, session.begin():
+            session.execute(delete(UnmatchedStripeCustomer))
         price = service.settings.stripe_price_id or ""
         emulator.sdk.v1.subscriptions.create(
             params={"customer": customer.id, "items": [{"price": price}]}

@@ -53,17 +53,21 @@ def resync(
     report = ResyncReport(as_of=_stripe_now(gateway))
     # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
     # what we write and, for a full resync, the cursor to poll from.
+    listed: set[str] = set()
     for chunk in _chunks(_customers(factory, gateway, github_user_id)):
         report.customers_seen += len(chunk)
+        listed.update(customer.id for customer in chunk if not customer.deleted)
         with transaction(factory) as session:
             report.customers_linked += _link(session, chunk)
         _tick(progress, "customers", report.customers_seen)
+    if github_user_id is None:
+        _tombstone_unlisted(factory, gateway, listed)
     for mirrored in MIRRORED_TYPES:
         for chunk in _chunks(_objects(factory, gateway, mirrored, github_user_id)):
             report.subscriptions_seen += len(chunk)
             with transaction(factory) as session:
                 report.subscriptions_written += _write(session, mirrored, chunk, report.as_of)
-            _tick(progress, mirrored.kind, report.subscriptions_seen)
+            _tick(progress, f"{mirrored.kind}s", report.subscriptions_seen)
     if github_user_id is None:
         with transaction(factory) as session:
             ledger.advance_cursor(session, report.as_of)
@@ -115,6 +119,28 @@ def _linked_customer(factory: sessionmaker[Session], github_user_id: int) -> str
             .join(User, User.id == BillingCustomer.user_id)
             .where(User.github_user_id == github_user_id)
         )
+
+
+def _tombstone_unlisted(
+    factory: sessionmaker[Session], gateway: StripeGateway, listed: set[str]
+) -> None:
+    """Our live customers that Stripe's list no longer shows (it omits deleted ones) were
+    deleted while we were not reading events: confirmed one by one, then tombstoned."""
+    with read_only(factory) as session:
+        live = set(
+            session.scalars(
+                select(BillingCustomer.stripe_customer_id).where(
+                    BillingCustomer.stripe_deleted_at.is_(None)
+                )
+            )
+        )
+    deleted = []
+    for customer_id in sorted(live - listed):
+        body = gateway.get("customers.retrieve", f"/v1/customers/{customer_id}")
+        if decode_object(body, customers.Customer).deleted:
+            deleted.append(customer_id)
+    with transaction(factory) as session:
+        customers.tombstone(session, deleted)
 
 
 def _link(session: Session, chunk: list[customers.Customer]) -> int:

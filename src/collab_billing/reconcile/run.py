@@ -144,7 +144,7 @@ class Status:
     def lag(self) -> float | None:
         """Now minus the `created` of the newest applied event (polled or webhook); None
         before there is one."""
-        newest = max((t for t in (self.newest_applied, self.cursor) if t), default=None)
+        newest = self.newest_applied
         return None if newest is None else max(0.0, self.read_at - newest)
 
     @property

@@ -69,12 +69,17 @@ class Throttle:
 
 
 class StripeGateway:
-    def __init__(self, settings: Settings, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        observer: RequestObserver | None = None,
+        requests_per_second: float | None = None,
+    ) -> None:
         if settings.stripe_api_key is None:
             raise StripeNotConfigured("STRIPE_API_KEY is not set")
         self.settings = settings
         self.observer = observer
-        rate = settings.stripe_requests_per_second
+        rate = requests_per_second or settings.stripe_requests_per_second
         self.requests_per_second = rate
         self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
         self.client = stripe.StripeClient(
