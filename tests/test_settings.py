@@ -28,7 +28,6 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RECONCILE_INTERVAL_SECONDS", "-1"),
         ("DATABASE_URL", "mysql://nope"),
         ("STRIPE_API_BASE", "ftp://stripe"),
-        ("RECONCILE_WALK_PROCESS", "sometimes"),
     ],
 )
 def test_bad_setting_names_the_variable(

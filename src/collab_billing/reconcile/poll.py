@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types
@@ -131,6 +132,8 @@ class Poller:
 
     def _list(self, report: DrainReport, **filters: int | str) -> _Page:
         page = self.gateway.list_events(types=self.types, **filters)  # type: ignore[arg-type]
+        for event in page.events:
+            metrics.EVENTS_FETCHED.labels(event.type).inc()
         with self._lock:
             report.requests += 1
             report.events_seen += len(page.events)
