@@ -1,266 +1,218 @@
-"""`python -m bench`: run the benchmarks, print a table, write JSON.
+"""`python -m bench`: what users of the service feel, measured from outside it.
 
-    python -m bench                                  # everything, both engines, 10k and 100k
-    python -m bench --sizes 10000,100000,1000000     # the published run
-    python -m bench --only apply,limit --engines sqlite --sizes 10000
-    python -m bench --smoke                          # tiny sizes: checks that it all still runs
+    python -m bench                                   # every benchmark at its full size
+    python -m bench --only far,testmode               # some of them
+    python -m bench --only apply --sizes 100000,1000000
+    python -m bench --rev /work/other-checkout        # that checkout's service (its .venv)
+    python -m bench --python /some/venv/bin/python    # the service of that Python
+    python -m bench --smoke                           # tiny sizes: it all still runs
 
-PostgreSQL: `--pg-url postgresql://postgres@127.0.0.1:5432/postgres` (default, or
-`BENCH_PG_URL`); each benchmark creates and drops a database of its own.
+The service is driven only through its command line (`migrate`, `reconcile --once`, `serve`)
+and HTTP, so any version of it can be measured; the emulator (this checkout's) counts the
+Stripe requests. Benchmarks bound by Stripe (far, testmode, burst, ties) run on the first of
+`--engines`; the others on each. PostgreSQL: `--pg-url` (or BENCH_PG_URL); each benchmark
+creates and drops a database of its own. docs/benchmarks.md says what each one measures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from bench import drain, service
-from bench.common import (
-    DEFAULT_PG_URL,
-    Database,
-    Result,
-    emulator,
-    fresh_database,
-    machine,
-    python_loop_ms,
-)
+from bench import api, drains
+from bench.drains import Result
+from bench.harness import DEFAULT_PG_URL, Context, Emulator
 
-ALL = (
-    "apply",
-    "idle",
-    "baseline",
-    "limit",
-    "ratelimit",
-    "latency",
-    "webhook",
-    "webhook-drain",
-    "admin",
-)
+ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin")
 SMOKE = {
-    "sizes": [300],
-    "baseline_size": 300,
-    "ratelimit_events": 200,
-    "latency_events": 300,
-    "webhook_events": 20,
-    "drain_events": 2_000,
-    "admin_seconds": 0.3,
-}
+    "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
+    "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
+    "drain_events": 2_000, "admin_seconds": 0.3,
+}  # fmt: skip
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add = p.add_argument
+    add("--only", default=",".join(ALL), help=f"some of {','.join(ALL)}")
+    add("--engines", default="sqlite,postgres")
+    add("--pg-url", default=DEFAULT_PG_URL)
+    add("--rev", help="a checkout whose .venv runs the service under test")
+    add("--python", help="the Python that runs the service under test")
+    add("--serve-args", default="", help='more arguments of serve, e.g. "--workers 2"')
+    add("--far-events", type=int, default=100_000)
+    add("--latencies", default="150,300", help="far: ms added to every Stripe answer")
+    add("--testmode-events", type=int, default=100_000)
+    add("--testmode-ties", type=int, default=150)
+    add("--burst-events", type=int, default=20_000)
+    add("--burst-fault-rate", type=float, default=0.2)
+    add("--ties-events", type=int, default=20_000)
+    add("--sizes", default="100000", help="apply: backlog sizes")
+    add("--webhooks", type=int, default=1_000)
+    add("--webhook-rate", type=float, default=100.0)
+    add("--drain-events", type=int, default=200_000, help="webhook: drained meanwhile")
+    add("--admin-seconds", type=float, default=5.0)
+    add("--admin-rate", type=float, default=1_000.0)
+    add("--admin-concurrency", type=int, default=32)
+    add("--timeout", type=float, default=900, help="seconds a drain may take")
+    add("--no-verify", action="store_true", help="apply: skip comparing rows to the emulator")
+    add("--smoke", action="store_true", help="tiny sizes, a few seconds each")
+    add("--json", default="bench-results.json")
+    args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    unknown = set(args.only.split(",")) - set(ALL)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def service_python(args: argparse.Namespace) -> str:
+    if args.python:
+        return str(args.python)
+    if args.rev:
+        return str(Path(args.rev).resolve() / ".venv" / "bin" / "python")
+    return sys.executable
+
+
+def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Result]]]:
+    """The runs asked for, in order; each returns its results."""
+    only, engines = args.only.split(","), args.engines.split(",")
+    first, serve_args, timeout = engines[0], args.serve_args.split(), args.timeout
+    verify = not args.no_verify
+    runs: list[Callable[[], list[Result]]] = []
+    if "far" in only:
+        for ms in (int(v) for v in args.latencies.split(",")):
+            runs.append(lambda ms=ms: [drains.far(ctx, first, args.far_events, ms, timeout)])
+    if "testmode" in only:
+        for ties in (0, args.testmode_ties):
+            runs.append(
+                lambda t=ties: [drains.testmode(ctx, first, args.testmode_events, t, timeout)]
+            )
+    if "burst" in only:
+        for rate in (0.0, args.burst_fault_rate):
+            runs.append(lambda r=rate: [drains.burst(ctx, first, args.burst_events, r, timeout)])
+    if "ties" in only:
+        runs.append(lambda: [drains.ties(ctx, first, args.ties_events, timeout)])
+    for engine in engines:
+        if "apply" in only:
+            for size in (int(v) for v in args.sizes.split(",")):
+                runs.append(lambda e=engine, n=size: [drains.apply(ctx, e, n, verify, timeout)])
+        if "webhook" in only:
+            for drain in (0, args.drain_events):
+                runs.append(
+                    lambda e=engine, d=drain: [
+                        api.webhook(ctx, e, args.webhooks, args.webhook_rate, d, serve_args)
+                    ]
+                )
+        if "admin" in only:
+            runs.append(
+                lambda e=engine: api.admin(
+                    ctx, e, args.admin_seconds, args.admin_rate, args.admin_concurrency, serve_args
+                )
+            )
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--engines", default="sqlite,postgres")
-    parser.add_argument("--sizes", default="10000,100000", help="backlog sizes for apply/limit")
-    parser.add_argument("--only", default=",".join(ALL), help=f"subset of {','.join(ALL)}")
-    parser.add_argument("--baseline-size", type=int, default=10_000)
-    parser.add_argument("--ratelimit-events", type=int, default=50_000)
-    parser.add_argument("--latency-events", type=int, default=10_000)
-    parser.add_argument(
-        "--latency-ms", type=int, default=150, help="delay of each /v1/events answer (latency)"
-    )
-    parser.add_argument("--webhook-rate", type=float, default=100.0)
-    parser.add_argument("--webhook-events", type=int, default=2_000)
-    parser.add_argument(
-        "--drain-events", type=int, default=20_000, help="backlog drained during webhook-drain"
-    )
-    parser.add_argument("--admin-seconds", type=float, default=10.0)
-    parser.add_argument("--admin-concurrency", type=int, default=32)
-    parser.add_argument(
-        "--admin-rate", type=float, default=2_000.0, help="requests/s of admin-rate (open loop)"
-    )
-    parser.add_argument("--no-verify", action="store_true", help="skip the state comparison")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument(
-        "--pg-url",
-        default=DEFAULT_PG_URL,
-    )
-    parser.add_argument("--json", default="bench-results.json", help="where to write results")
-    args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    if args.smoke:
-        sizes = SMOKE["sizes"]  # type: ignore[assignment]
-        args.baseline_size = SMOKE["baseline_size"]
-        args.ratelimit_events = SMOKE["ratelimit_events"]
-        args.latency_events = SMOKE["latency_events"]
-        args.webhook_events = SMOKE["webhook_events"]
-        args.drain_events = SMOKE["drain_events"]
-        args.admin_seconds = SMOKE["admin_seconds"]
-    only = set(args.only.split(","))
-    unknown = only - set(ALL)
-    if unknown:
-        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    engines = [e for e in args.engines.split(",") if e]
-
+    args = parse(argv)
+    python = service_python(args)
+    started, speed = time.time(), python_loop_ms()
     results: list[Result] = []
-    started = time.time()
-    speed_at_start = python_loop_ms()
     with tempfile.TemporaryDirectory(prefix="collab-bench-") as tmp:
-        workdir = Path(tmp)
-        with emulator(workdir) as emu:
-            for engine_name in engines:
-
-                def fresh(engine_name: str = engine_name) -> Database:
-                    return fresh_database(engine_name, workdir, args.pg_url)
-
-                def run(step: Callable[[Database], list[Result]]) -> None:
-                    db = fresh()
-                    try:
-                        for result in step(db):
-                            results.append(result)
-                            print(format_row(result), flush=True)
-                    finally:
-                        db.drop()
-
-                for size in sizes:
-                    if only & {"apply", "idle"}:
-                        run(
-                            lambda db, n=size: drain.bench_apply(
-                                db, emu, n, workdir, verify=not args.no_verify
-                            )
-                        )
-                    if "limit" in only:
-                        run(lambda db, n=size: [drain.bench_limit(db, n)])
-                if "baseline" in only:
-                    run(lambda db: [drain.bench_baseline(db, emu, args.baseline_size)])
-                if "ratelimit" in only:
-                    for ties in (0,) if args.smoke else (0, drain.TIE_BURSTS):
-                        run(
-                            lambda db, ties=ties: [
-                                service.bench_ratelimit(
-                                    db, emu, args.ratelimit_events, workdir, tie_bursts=ties
-                                )
-                            ]
-                        )
-                if "latency" in only:
-                    run(
-                        lambda db: [
-                            service.bench_latency(
-                                db, emu, args.latency_events, workdir, args.latency_ms
-                            )
-                        ]
-                    )
-                if "webhook" in only:
-                    run(
-                        lambda db: [
-                            service.bench_webhook(
-                                db, emu, args.webhook_events, args.webhook_rate, workdir
-                            )
-                        ]
-                    )
-                if "webhook-drain" in only:
-                    run(
-                        lambda db: [
-                            service.bench_webhook(
-                                db,
-                                emu,
-                                args.webhook_events,
-                                args.webhook_rate,
-                                workdir,
-                                drain_events=args.drain_events,
-                            )
-                        ]
-                    )
-                if "admin" in only:
-                    run(
-                        lambda db: service.bench_admin(
-                            db, workdir, args.admin_seconds, args.admin_concurrency, args.admin_rate
-                        )
-                    )
-    speed = {"python_loop_ms_at_start": speed_at_start, "python_loop_ms_at_end": python_loop_ms()}
-    if not only & {"idle"}:
-        results = [r for r in results if r.benchmark != "idle"]
-    print()
-    print(table(results))
-    print(
-        f"\npure-Python loop (machine speed, lower is faster): {speed_at_start} ms at the "
-        f"start, {speed['python_loop_ms_at_end']} ms at the end"
-    )
+        emulator = Emulator(Path(tmp))
+        try:
+            ctx = Context(python, Path(tmp), emulator, args.pg_url)
+            for run in plan(args, ctx):
+                for result in run():
+                    results.append(result)
+                    print(row(result), flush=True)
+        finally:
+            emulator.close()
     report = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "machine": machine() | speed,
+        "minutes": round((time.time() - started) / 60, 1),
+        "service": {"python": python, "commit": commit_of(python)},
+        "machine": machine() | {"python_loop_ms": [speed, python_loop_ms()]},
         "argv": sys.argv[1:] if argv is None else argv,
         "results": [asdict(r) for r in results],
     }
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    Path(args.json).write_text(to_json(report))
+    missed = [
+        f"{r.benchmark}/{r.engine}: {t}" for r in results for t, ok in r.targets.items() if not ok
+    ]
+    print(f"\n{len(missed)} target(s) missed" + "".join(f"\n  {m}" for m in missed))
+    print(f"wrote {args.json}")
     return 0
 
 
-def format_row(result: Result) -> str:
-    metrics = ", ".join(f"{k}={v}" for k, v in result.metrics.items() if v is not None)
-    return f"{result.benchmark:<10} {result.engine:<9} {result.size:>9}  {metrics}"
+def to_json(report: dict[str, Any]) -> str:
+    """Indented, but one line per result: short to read and to compare."""
+    lines = [f"  {json.dumps(r)}" for r in report.pop("results")]
+    head = json.dumps(report, indent=1)[:-2]
+    return head + ',\n "results": [\n' + ",\n".join(lines) + "\n ]\n}\n"
 
 
-COLUMNS = {
-    "apply": ("events_per_s", "peak_rss_mb"),
-    "baseline": ("events_per_s", ""),
-    "limit": ("events_per_s", ""),
-    "ratelimit": ("events_per_s", "ceiling_pct"),
-    "latency": ("events_per_s", "vs_one_page_at_a_time_pct"),
-    "idle": ("requests_per_poll", "poll_ms"),
-    "webhook": ("p50_ms", "p99_ms"),
-    "webhook-drain": ("p50_ms", "p99_ms"),
-    "admin": ("requests_per_s", "p99_ms"),
-    "admin-rate": ("p50_ms", "p99_ms"),
-}
+MAIN_FIGURES = (
+    "events_per_s", "ceiling_pct", "requests", "rereads", "max_in_flight", "requests_per_s",
+    "p50_ms", "p99_ms", "total_peak_rss_mb", "seconds", "exit_code",
+)  # fmt: skip
 
 
-def table(results: list[Result]) -> str:
-    """A Markdown table: one row per result; ratios for apply against the engine's baseline and
-    against its limit at the same size (the largest limit size not above it)."""
-    baseline: dict[str, float] = {}
-    limits: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        speed = float(r.metrics.get("events_per_s", 0))
-        if r.benchmark == "baseline":
-            baseline.setdefault(r.engine, speed)
-        elif r.benchmark == "limit":
-            limits.setdefault(r.engine, []).append((r.size, speed))
-    lines = [
-        "| benchmark | engine | size | main figure | second figure | vs baseline | vs limit |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        first, second = COLUMNS[r.benchmark]
-        main = f"{r.metrics.get(first)} {_unit(first)}"
-        other = f"{r.metrics.get(second)} {_unit(second)}" if second else ""
-        vs_base = vs_limit = ""
-        if r.benchmark == "apply":
-            speed = float(r.metrics["events_per_s"])
-            if r.engine in baseline:
-                vs_base = f"{speed / baseline[r.engine]:.1f}x"
-            if r.engine in limits:
-                sizes = sorted(limits[r.engine])
-                limit = max((x for x in sizes if x[0] <= r.size), default=sizes[0])[1]
-                vs_limit = f"{100 * speed / limit:.0f}%"
-        cells = [r.benchmark, r.engine, f"{r.size:,}", main, other, vs_base, vs_limit]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def row(result: Result) -> str:
+    figures = ", ".join(f"{k}={result.metrics[k]}" for k in MAIN_FIGURES if k in result.metrics)
+    missed = [t for t, ok in result.targets.items() if not ok]
+    verdict = "ok" if not missed else "MISSED: " + "; ".join(missed)
+    return f"{result.benchmark:<14} {result.engine:<8} {result.size:>9,}  {figures}  [{verdict}]"
 
 
-def _unit(metric: str) -> str:
-    return {
-        "events_per_s": "events/s",
-        "peak_rss_mb": "MB peak RSS",
-        "ceiling_pct": "% of ceiling",
-        "vs_one_page_at_a_time_pct": "% of one page per latency",
-        "requests_per_poll": "requests/poll",
-        "poll_ms": "ms/poll",
-        "p50_ms": "ms p50",
-        "p99_ms": "ms p99",
-        "requests_per_s": "req/s",
-    }.get(metric, "")
+def commit_of(python: str) -> str | None:
+    """The commit of the checkout whose service `python` runs (None if not a git checkout)."""
+    code = "import collab_billing, pathlib; print(pathlib.Path(collab_billing.__file__).parent)"
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, env=_no_path())
+    where = found.stdout.strip() or "."
+    head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return head.stdout.strip() or None
+
+
+def _no_path() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "cpu": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+
+
+def python_loop_ms() -> float:
+    """Milliseconds for a fixed pure-Python loop, best of 3: how fast the machine runs Python
+    now (it drifts 20-60% within an hour; figures compare only as far as this does)."""
+
+    def loop() -> int:
+        return sum(range(1_000_000))
+
+    return round(min(timeit.repeat(loop, number=1, repeat=3)) * 1000, 1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 `create_app(api_key=None)` returns a Starlette app. Its state:
 - `app.state.emulator`: the `Store` (all objects and events; hold `store.lock` to touch it),
 - `app.state.faults`: fault injection and rate-limit settings,
+- `app.state.requests`: counts of `/v1` requests (see counter.py),
 - `app.state.webhooks`: the webhook dispatcher (`wait_idle()` helps tests),
 - `app.state.api_key`: the accepted key (None: any `sk_test_...` key),
 - `app.state.recorded`: the responses recorded when `record_responses=True`.
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from stripe_emulator import api_billing, api_catalog, api_events, api_sessions, control, pages
 from stripe_emulator.api import handle_v1
+from stripe_emulator.counter import CountingMiddleware, RequestCounts
 from stripe_emulator.faults import FaultMiddleware, Faults, install_log_filter
 from stripe_emulator.recorder import RecorderMiddleware, Recording
 from stripe_emulator.store import Store
@@ -51,7 +53,11 @@ def create_app(
     webhooks = WebhookDispatcher(store, retry_delays=webhook_retry_delays)
     install_log_filter()
     recording = Recording()
-    middleware = [Middleware(FaultMiddleware, faults=faults)]
+    counts = RequestCounts()
+    middleware = [
+        Middleware(CountingMiddleware, counts=counts),
+        Middleware(FaultMiddleware, faults=faults),
+    ]
     if record_responses:
         middleware.insert(0, Middleware(RecorderMiddleware, recording=recording))
 
@@ -73,6 +79,7 @@ def create_app(
     )
     app.state.emulator = store
     app.state.faults = faults
+    app.state.requests = counts
     app.state.webhooks = webhooks
     app.state.api_key = api_key
     app.state.recorded = recording

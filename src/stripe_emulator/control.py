@@ -20,8 +20,12 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
   GET webhook_deliveries -> `{"data": [{"event_id", "endpoint_id", "attempt", "status",
   "error", "at"}]}`.
 - POST generate `{"customers", "events_per_customer", "price"?, "seed"?, "span_seconds"?,
-  "first_github_user_id"?}` -> `{"customers", "subscriptions", "events", "seconds", "price",
-  "first_github_user_id"}`.
+  "first_github_user_id"?, "same_second_share"?, "ambiguous_ties"?}` -> `{"customers",
+  "subscriptions", "events", "seconds", "price", "first_github_user_id", "tied_events",
+  "ambiguous_ties"}` (ties: see generate.py).
+- GET requests -> `{"total", "by_route": {"GET /v1/events": n, ...}, "by_status": {"200": n},
+  "in_flight", "max_in_flight"}` (`/v1` requests since the last DELETE requests or state);
+  DELETE requests zeroes them.
 - GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`);
   DELETE state -> `{"reset": true}` (objects, events, clock, faults, rate limit, webhooks).
 """
@@ -40,6 +44,7 @@ from starlette.routing import Route
 
 from stripe_emulator import objects, sessions
 from stripe_emulator.api import error_response, json_response
+from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
 from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
 from stripe_emulator.generate import generate
@@ -222,12 +227,18 @@ async def generate_route(request: Request, body: Body) -> Any:
         "seed",
         "span_seconds",
         "first_github_user_id",
+        "same_second_share",
+        "ambiguous_ties",
     }
     _only(body, allowed)
     customers = _typed(body, "customers", int, 0)
     per_customer = _typed(body, "events_per_customer", int, 2)
     if customers < 0 or per_customer < 1:
         raise bad_request("`customers` must be >= 0 and `events_per_customer` >= 1.")
+    share = _typed(body, "same_second_share", (int, float), 0.0)
+    ties = _typed(body, "ambiguous_ties", int, 0)
+    if not 0 <= share <= 1 or ties < 0:
+        raise bad_request("`same_second_share` must be in [0, 1] and `ambiguous_ties` >= 0.")
     store = _store(request)
 
     def work() -> Any:
@@ -240,6 +251,8 @@ async def generate_route(request: Request, body: Body) -> Any:
                 seed=_typed(body, "seed", int),
                 span_seconds=_typed(body, "span_seconds", int, 7 * 86_400),
                 first_github_user_id=_typed(body, "first_github_user_id", int),
+                same_second_share=float(share),
+                ambiguous_ties=ties,
             )
 
     # Built on a worker thread under the store lock. API requests arriving meanwhile wait for
@@ -255,10 +268,18 @@ async def state(request: Request, body: Body) -> Any:
         request.app.state.webhooks.reset()
         request.app.state.faults.set_faults(None)
         request.app.state.faults.set_rate_limit(None)
+        request.app.state.requests.reset()
         return {"reset": True}
     with_events = request.query_params.get("events") in ("1", "true")
     with store.lock:
         return dump(store, with_events)
+
+
+async def requests(request: Request, body: Body) -> Any:
+    counts: RequestCounts = request.app.state.requests
+    if request.method == "DELETE":
+        counts.reset()
+    return counts.describe()
 
 
 def dump(store: Store, with_events: bool = False) -> Body:
@@ -299,4 +320,5 @@ routes = [
     _r("/_emulator/webhook_deliveries", webhook_deliveries, ["GET"]),
     _r("/_emulator/generate", generate_route, ["POST"]),
     _r("/_emulator/state", state, ["GET", "DELETE"]),
+    _r("/_emulator/requests", requests, ["GET", "DELETE"]),
 ]

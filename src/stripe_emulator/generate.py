@@ -9,6 +9,14 @@ flips active <-> past_due) and `customer.updated`, and for about one customer in
 second. Every object's final state equals the `data.object` of its last event, which is what a
 correct reconciler must end up with. Each customer gets `metadata.github_user_id`.
 Generated events are not delivered to webhook endpoints.
+
+Same-second ties on one object, for benchmarks of ordering: with `same_second_share`, that
+share of the subscription updates comes with a second update of the same subscription in the
+same second, changing the other field (a status flip with a cancel toggle): their payloads
+order them (each update's `previous_attributes` fits only one order). `ambiguous_ties`
+subscriptions (not canceled ones, first customers first) end with a status flip and its undoing in
+one second, at the end: two orders fit, with different final states, so only a read of the
+subscription settles it.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class GenerateResult:
     seconds: float
     price: str
     first_github_user_id: int
+    tied_events: int = 0  # events that share their second with another of the same object
+    ambiguous_ties: int = 0
 
 
 def _price(store: Store, price_id: str | None) -> Price:
@@ -61,7 +71,14 @@ def _price(store: Store, price_id: str | None) -> Price:
 
 
 class _Generator:
-    def __init__(self, store: Store, price: Price, seed: int | None, first_user: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        price: Price,
+        seed: int | None,
+        first_user: int,
+        same_second_share: float = 0.0,
+    ) -> None:
         self.store = store
         self.price = price
         # Ids must never repeat (Stripe's do not): a seed alone would give a second
@@ -73,6 +90,8 @@ class _Generator:
         self.events: list[Event] = []
         self.customers: list[Customer] = []
         self.subs: list[Subscription | None] = []
+        self.same_second_share = same_second_share
+        self.tied_events = 0
 
     def event(self, type_: str, created: int, obj: Any, previous: Any = None) -> None:
         self.events.append(Event(self.ids.new("evt", created), type_, created, obj, previous))
@@ -128,14 +147,40 @@ class _Generator:
             self.event("customer.subscription.deleted", at, new)
         elif roll < 0.45:
             self.toggle_cancel(index, sub, at)
+            self.maybe_tie(index, at, self.flip_status)
         elif roll < 0.85:
-            status = "past_due" if sub.status == "active" else "active"
-            self.subs[index] = new = evolve(sub, status=status)
-            self.event("customer.subscription.updated", at, new, _STATUS_PREVIOUS[sub.status])
+            self.flip_status(index, self.subs[index], at)
+            self.maybe_tie(index, at, self.toggle_cancel)
         else:
             self.update_customer(index, at)
 
-    def toggle_cancel(self, index: int, sub: Subscription, at: int) -> None:
+    def maybe_tie(self, index: int, at: int, other_change: Any) -> None:
+        """With `same_second_share`, a change of the other field in the same second."""
+        if self.same_second_share and self.rng.random() < self.same_second_share:
+            other_change(index, self.subs[index], at)
+            self.tied_events += 2
+
+    def flip_status(self, index: int, sub: Subscription | None, at: int) -> None:
+        assert sub is not None
+        status = "past_due" if sub.status == "active" else "active"
+        self.subs[index] = new = evolve(sub, status=status)
+        self.event("customer.subscription.updated", at, new, _STATUS_PREVIOUS[sub.status])
+
+    def ambiguous_ties(self, count: int, at: int) -> int:
+        """`count` active subscriptions flip their status and back within the second `at`."""
+        made = 0
+        for index, sub in enumerate(self.subs):
+            if made == count:
+                break
+            if sub is not None and sub.status != "canceled":
+                self.flip_status(index, sub, at)
+                self.flip_status(index, self.subs[index], at)
+                made += 1
+        self.tied_events += 2 * made
+        return made
+
+    def toggle_cancel(self, index: int, sub: Subscription | None, at: int) -> None:
+        assert sub is not None
         if not sub.cancel_at_period_end:
             new = evolve(
                 sub,
@@ -178,6 +223,8 @@ def generate(
     seed: int | None = None,
     span_seconds: int = 7 * 86_400,
     first_github_user_id: int | None = None,
+    same_second_share: float = 0.0,
+    ambiguous_ties: int = 0,
 ) -> GenerateResult:
     """Must be called with `store.lock` held."""
     started = time.perf_counter()
@@ -189,7 +236,7 @@ def generate(
     begin = max(store.events.last_created, now - span_seconds)
     span = now - begin
     total = customers * events_per_customer
-    gen = _Generator(store, price, seed, first_user)
+    gen = _Generator(store, price, seed, first_user, same_second_share)
     sequence = 0
     for step in range(max(events_per_customer, 2)):
         emits = step < events_per_customer
@@ -200,9 +247,11 @@ def generate(
                 sequence += 1
             elif step == 1:  # fewer than two events each: the subscription still exists
                 gen.subs[index] = gen.new_subscription(gen.customers[index].id, at)
+    ties = gen.ambiguous_ties(ambiguous_ties, now) if ambiguous_ties else 0
     _commit(store, gen)
+    seconds = time.perf_counter() - started
     return GenerateResult(
-        customers, customers, len(gen.events), time.perf_counter() - started, price.id, first_user
+        customers, customers, len(gen.events), seconds, price.id, first_user, gen.tied_events, ties
     )
 
 
