@@ -178,12 +178,17 @@ def reconcile(
 
 
 def drain_once(reconciler: Reconciler) -> None:
+    """One complete poll; a failed one (Stripe or the database down) is logged in one line and
+    tried again with backoff, from what the failed one committed."""
     if not reconciler.lock.acquire():
         fail("another reconciler is active on this database")
-    try:
-        report = reconciler.drain()
-    finally:
-        reconciler.lock.release()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    reconciler.run(stop, once=True)
+    report = reconciler.last_report
+    if report is None:
+        return
     stats = report.stats
     typer.echo(
         f"drained: {report.events_seen} events read in {report.requests} requests, "

@@ -104,7 +104,9 @@ class Poller:
             boundary = newest.events[-1].created  # its oldest second may go on below the page
             report.concurrency = self._concurrency(latency)
             density = len(newest.events) / max(1, newest.events[0].created - boundary + 1)
-            windows = self._windows(cursor, low, boundary + 1, density, report)
+            backlog = density * (boundary + 1 - low)
+            target = self._target(backlog, report.concurrency)
+            windows = self._windows(cursor, low, boundary + 1, density, target, report)
             for window in windows:
                 if self._apply(window.events, report, stop):
                     break
@@ -118,6 +120,14 @@ class Poller:
                 ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
         report.seconds = time.monotonic() - started
         return report
+
+    def _target(self, backlog: float, concurrency: int) -> int:
+        """Events a window is sized for: fewer when several are read at once, so that a
+        backlog makes enough windows to keep them all busy."""
+        if concurrency == 1:
+            return self.target
+        wanted = int(backlog / (2 * concurrency))
+        return max(tuning.MIN_WINDOW_EVENTS, min(self.target, wanted))
 
     def _concurrency(self, latency: float) -> int:
         """Windows read at once: enough requests in flight to use the request budget."""
@@ -142,7 +152,13 @@ class Poller:
     # -- windows ----------------------------------------------------------------------------
 
     def _windows(
-        self, cursor: int, start: int, end: int, density: float, report: DrainReport
+        self,
+        cursor: int,
+        start: int,
+        end: int,
+        density: float,
+        target: int,
+        report: DrainReport,
     ) -> Iterator[_Window]:
         """The windows covering `[start, end)`, oldest first, each read completely; several
         read at once with `report.concurrency`."""
@@ -151,12 +167,12 @@ class Poller:
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
             def submit(window: _Window) -> tuple[_Window, Future[_Window]]:
-                return window, pool.submit(self._read_window, window, cursor, report)
+                return window, pool.submit(self._read_window, window, cursor, target, report)
 
             try:
                 while ahead or planned < end:
                     while planned < end and len(ahead) < report.concurrency:
-                        span = max(1, int(self.target / max(density, 1e-9)))
+                        span = max(1, int(target / max(density, 1e-9)))
                         window = _Window(planned, min(end, planned + span))
                         ahead.append(submit(window))
                         planned = window.end
@@ -164,7 +180,7 @@ class Poller:
                     done = future.result()
                     density = _density(done, density)
                     if done.overflowed:  # read it again, narrower, before the windows after it
-                        narrower = _split(window, density, self.target)
+                        narrower = _split(window, density, target)
                         ahead.extendleft(reversed([submit(part) for part in narrower]))
                         continue
                     report.windows += 1
@@ -173,12 +189,14 @@ class Poller:
                 for _, future in ahead:
                     future.cancel()
 
-    def _read_window(self, window: _Window, cursor: int, report: DrainReport) -> _Window:
+    def _read_window(
+        self, window: _Window, cursor: int, target: int, report: DrainReport
+    ) -> _Window:
         """Every event of the window, top-down. Stops early below the cursor at a page whose
         events were all processed (the overlap re-read only catches late arrivals), and gives
         up past `tuning.MAX_WINDOW_FACTOR` times the target (unless the window is one second,
         which cannot be split)."""
-        limit = self.target * tuning.MAX_WINDOW_FACTOR
+        limit = target * tuning.MAX_WINDOW_FACTOR
         after: str | None = None
         while True:
             page = self._list(

@@ -40,6 +40,7 @@ class Reconciler:
         self.poller = Poller(self.factory, gateway, self.applier)
         self.lock = LeaderLock(engine)
         self.last_error: str | None = None
+        self.last_report: DrainReport | None = None
 
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted.
@@ -56,6 +57,7 @@ class Reconciler:
             with metrics.POLL_SECONDS.time():
                 report = self.poller.drain(stop)
             self._record(report)
+        self.last_report = report
         return report
 
     def resync(self, reason: str) -> ResyncReport:

@@ -6,6 +6,9 @@ OVERLAP_SECONDS = 60
 # Events a `created` window is sized to hold: 50 pages, so a window's last (partial) page adds
 # about 2% to the requests, and a window in memory is ~12 MB of JSON.
 WINDOW_EVENTS = 5_000
+# The smallest window when several are read at once: 10 pages, so its partial last page adds
+# at most 10% to the requests.
+MIN_WINDOW_EVENTS = 1_000
 # A window read past this many times its target is read again in narrower windows: memory
 # stays bounded when the density estimate was wrong, at the cost of the pages read twice.
 MAX_WINDOW_FACTOR = 2
