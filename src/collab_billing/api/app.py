@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from collab_billing import metrics
 from collab_billing.api import billing, health, operations, users, webhooks
 from collab_billing.api.errors import install_error_handlers
+from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.config import Settings
@@ -58,7 +59,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         summary="Sell a subscription through Stripe and keep the database in step with Stripe.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
@@ -71,11 +71,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()
-    for router in (health.router, operations.router, users.router, billing.router):
+    for router in (health.router, operations.router, users.router, billing.router, webhooks.router):
         app.include_router(router)
-    app.include_router(webhooks.router)
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        BodySizeLimit,
+        default=MAX_BODY_BYTES,
+        by_path={webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES},
+    )
+    app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app
 
 
