@@ -4,6 +4,7 @@ that cannot be reached at start, and `serve --workers` on SQLite."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import subprocess
@@ -20,9 +21,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from collab_billing.api.app import create_app
-from collab_billing.config import Settings
+from collab_billing.config import Settings, load_settings
 from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.logs import JsonFormatter, TextFormatter, secret_values
 from tests.conftest import ADMIN_TOKEN
 from tests.ops_helpers import wait_until
 from tests.servers import ServerThread, free_port
@@ -204,3 +206,20 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "--workers 2 needs PostgreSQL" in line
+
+
+def test_the_database_password_is_masked_in_log_lines() -> None:
+    settings = load_settings(
+        database_url="postgresql://billing:hunter2-secret@db.internal:5432/billing",
+        admin_token=ADMIN_TOKEN,
+        _env_file=None,
+    )
+    record = logging.LogRecord(
+        "x", logging.WARNING, "", 0, "connect to %s failed", (settings.database_url,), None
+    )
+    for formatter in (
+        JsonFormatter(secret_values(settings)),
+        TextFormatter(secret_values(settings)),
+    ):
+        line = formatter.format(record)
+        assert "hunter2-secret" not in line and "db.internal" in line
