@@ -3,6 +3,8 @@ document, an unknown user against one without subscriptions, and every kind of b
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -146,3 +148,30 @@ def test_bad_requests(api: httpx.Client, query: str, token: str | None, status: 
         [error] = response.json()["detail"]
         assert error["loc"] == ["query", "github_user_id"]
         assert "more than once" in error["msg"]
+
+
+def test_many_reads_at_once_all_succeed(api: httpx.Client) -> None:
+    """More requests at once than worker threads and pooled connections: each is answered.
+    (A session dependency that connected on one worker thread and closed on another held
+    connections while waiting for a thread: every thread then waited for a connection, and
+    requests failed after the pool's 30 s timeout.)"""
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=300)
+        async with httpx.AsyncClient(
+            base_url=str(api.base_url), timeout=60, limits=limits
+        ) as client:
+            headers = {"Authorization": ADMIN_TOKEN}
+            responses = await asyncio.gather(
+                *(
+                    client.get(
+                        f"/billing/subscriptions?github_user_id={1 + n % 3}", headers=headers
+                    )
+                    for n in range(300)
+                )
+            )
+        return [response.status_code for response in responses]
+
+    started = time.monotonic()
+    assert set(asyncio.run(burst())) == {200}
+    assert time.monotonic() - started < 20

@@ -15,7 +15,7 @@ from collab_billing import billing
 from collab_billing.api.deps import (
     AdminOnly,
     GatewayDep,
-    ReadSessionDep,
+    SessionFactoryDep,
     SettingsDep,
     StripeCallsDep,
 )
@@ -103,9 +103,9 @@ async def manage_subscription(
     summary="The user's subscriptions and whether any is active",
 )
 def list_subscriptions(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], session: ReadSessionDep
+    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
 ) -> SubscriptionsOut:
-    rows = billing.list_user_subscriptions(session, github_user_id)
+    rows = billing.list_user_subscriptions(factory, github_user_id)
     return subscriptions_out(github_user_id, rows)
 
 

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.config import Settings
-from collab_billing.db.engine import read_only
 from collab_billing.stripe_gateway import StripeGateway
 
 
@@ -27,22 +26,23 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-# Plain `def` generators: FastAPI runs them on a worker thread, as it does the `def` routes
-# that use them, so opening a session never blocks the event loop.
+# A session takes a pooled connection only when the `def` route (on a worker thread) first
+# uses it, and gives it back when the route's transaction ends: never across thread hops. A
+# dependency that connected on one thread and closed on another held connections while
+# waiting for threads; under load every thread then waited for a connection (pool timeout).
 def get_session(request: Request) -> Iterator[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     with factory() as session:
         yield session
 
 
-def get_read_session(request: Request) -> Iterator[Session]:
-    """A session for reads only (on SQLite it does not queue behind writers)."""
-    with read_only(request.app.state.session_factory) as session:
-        yield session
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
 async def get_gateway(request: Request) -> StripeGateway:

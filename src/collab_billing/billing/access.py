@@ -26,9 +26,12 @@ def is_cancelable(subscription: BillingSubscription | queries.SubscriptionRow) -
     return is_active(subscription) and not subscription.stripe_cancel_at_period_end
 
 
-def list_user_subscriptions(session: Session, github_user_id: int) -> list[queries.SubscriptionRow]:
+def list_user_subscriptions(
+    factory: sessionmaker[Session], github_user_id: int
+) -> list[queries.SubscriptionRow]:
     """The user's subscriptions, oldest first (one indexed statement: the hot read)."""
-    rows = queries.user_subscriptions(session, github_user_id)
+    with read_only(factory) as session:
+        rows = queries.user_subscriptions(session, github_user_id)
     if rows is None:
         raise unknown_user(github_user_id)
     return rows
