@@ -52,7 +52,9 @@ def _renderable(error: dict[str, Any]) -> Any:
     for optional in ("input", "ctx"):
         if optional in error and _is_json(error[optional]):
             kept[optional] = error[optional]
-    return jsonable_encoder(kept) if _is_json(kept) else {"type": "invalid", "msg": "invalid"}
+    if _is_json(kept):
+        return jsonable_encoder(kept)
+    return {"type": "invalid", "msg": "an invalid value (not shown: it cannot be written as JSON)"}
 
 
 def _is_json(value: Any) -> bool:
