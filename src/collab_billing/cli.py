@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import signal
 import threading
+import time
 from typing import Annotated, NoReturn
 
 import prometheus_client
 import typer
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from collab_billing import metrics
 from collab_billing.config import Settings, SettingsError, load_settings
@@ -31,6 +35,7 @@ users_app = typer.Typer(help="Manage the users that can subscribe.", no_args_is_
 app.add_typer(users_app, name="users")
 
 EXIT_USAGE = 2
+log = logging.getLogger(__name__)
 
 
 def fail(message: str) -> NoReturn:
@@ -45,12 +50,37 @@ def settings_or_exit(**overrides: object) -> Settings:
         fail(str(error))
 
 
+def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
+    """The database's engine, migrated to head. A database that cannot be reached is retried
+    for `wait_seconds` (a log line per try), then a one-line error naming it, exit 2."""
+    engine = make_engine(settings.database_url)
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            upgrade_to_head(engine)
+            return engine
+        except (OperationalError, InterfaceError) as error:
+            reason = str(error.orig or error).strip().splitlines()[0]
+            if time.monotonic() + delay > deadline:
+                fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
+            log.warning(
+                "waiting for the database at DATABASE_URL=%s (%s): retrying in %.1f s",
+                where,
+                reason,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @app.command()
 def migrate() -> None:
     """Apply the database migrations (running it twice is a no-op)."""
     settings = settings_or_exit()
     configure_logging(settings)
-    upgrade_to_head(make_engine(settings.database_url))
+    migrated_engine(settings)
     typer.echo("database is up to date")
 
 
@@ -62,10 +92,10 @@ def users_add(
 ) -> None:
     """Create or update a user."""
     settings = settings_or_exit()
-    engine = make_engine(settings.database_url)
-    upgrade_to_head(engine)
+    engine = migrated_engine(settings)
+    email_address = queries.KEEP if email is None else email
     with transaction(make_session_factory(engine)) as session:
-        user, created = queries.upsert_user(session, github_user_id, github_login, email)
+        user, created = queries.upsert_user(session, github_user_id, github_login, email_address)
         typer.echo(f"{'created' if created else 'updated'} user {user.id} ({user.github_login})")
 
 
@@ -73,8 +103,7 @@ def users_add(
 def users_list() -> None:
     """List the users, one per line."""
     settings = settings_or_exit()
-    engine = make_engine(settings.database_url)
-    upgrade_to_head(engine)
+    engine = migrated_engine(settings)
     with make_session_factory(engine)() as session:
         for user in queries.list_users(session):
             typer.echo(f"{user.github_user_id}\t{user.github_login}\t{user.email_address or ''}")
@@ -104,9 +133,13 @@ def serve(
     settings = settings_or_exit()
     if settings.admin_token is None:
         fail("ADMIN_TOKEN is not set: serve refuses to start without an admin token")
+    if workers > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+        fail(
+            f"--workers {workers} needs PostgreSQL: SQLite has one writer at a time, "
+            "so run one worker (the default) or set DATABASE_URL to PostgreSQL"
+        )
     configure_logging(settings)
-    engine = make_engine(settings.database_url)
-    upgrade_to_head(engine)
+    engine = migrated_engine(settings, settings.database_startup_wait_seconds)
     if workers > 1:
         engine.dispose()  # each worker process opens its own connections
         server.run(None, host, port, workers, access_log)
@@ -158,8 +191,7 @@ def reconcile(
     """Run the reconciler alone: Stripe events into the database."""
     settings = settings_or_exit()
     configure_logging(settings)
-    engine = make_engine(settings.database_url)
-    upgrade_to_head(engine)
+    engine = migrated_engine(settings)
     if show_status:
         print_status(engine)
         return
@@ -240,8 +272,7 @@ def resync(
     overrides = {"stripe_requests_per_second": requests_per_second} if requests_per_second else {}
     settings = settings_or_exit(**overrides)
     configure_logging(settings)
-    engine = make_engine(settings.database_url)
-    upgrade_to_head(engine)
+    engine = migrated_engine(settings)
     report = run_with_progress(
         make_session_factory(engine), gateway_or_exit(settings), github_user_id
     )

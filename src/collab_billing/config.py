@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
+_HEADER_TOKEN = re.compile(r"[!-~]+")
 
 
 class Settings(BaseSettings):
@@ -17,9 +20,21 @@ class Settings(BaseSettings):
     stripe_api_base: str = STRIPE_DEFAULT_API_BASE
     stripe_price_id: str | None = None
     stripe_webhook_secret: SecretStr | None = None
+    # How far in the future a webhook event's `created` may be (clocks differ a little; an
+    # event from next year is forged or broken and would poison the rows' watermarks).
+    webhook_event_max_ahead_seconds: int = Field(default=86_400, ge=0)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
     stripe_timeout_seconds: float = Field(default=30.0, gt=0)
     stripe_requests_per_second: float = Field(default=20.0, gt=0)
+    # The admin API's own Stripe calls (checkout, portal): how many may wait on Stripe at once,
+    # how long a request may queue for one of those slots, and how long one attempt may take.
+    # Bounded so that a slow Stripe answers those routes with 503/502 instead of holding every
+    # worker thread (database-only routes and /healthz stay fast).
+    api_stripe_concurrency: int = Field(default=8, ge=1, le=256)
+    api_stripe_queue_seconds: float = Field(default=5.0, gt=0)
+    api_stripe_timeout_seconds: float = Field(default=10.0, gt=0)
+    # `serve` waits this long for an unreachable database at start before giving up.
+    database_startup_wait_seconds: float = Field(default=30.0, ge=0)
     billing_checkout_success_url: str = "http://127.0.0.1:8080/billing/success"
     billing_checkout_cancel_url: str = "http://127.0.0.1:8080/billing/cancel"
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
@@ -32,6 +47,17 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql:// SQLAlchemy URL")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Sent in an HTTP header and compared exactly: whitespace would be stripped on the way
+        # (and an empty token would match an empty header), non-ASCII cannot be sent reliably.
+        if value is not None and not _HEADER_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "must be printable ASCII without spaces (not empty, not only whitespace)"
+            )
         return value
 
     @field_validator(

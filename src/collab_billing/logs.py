@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-import orjson
+from sqlalchemy.engine import make_url
 
 from collab_billing.config import Settings
 
@@ -99,12 +99,7 @@ class JsonFormatter(_Redacting):
             )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        try:
-            # orjson: a third of json.dumps' cost, and every request writes a line.
-            line = orjson.dumps(entry, default=str).decode()
-        except TypeError:  # what orjson refuses (integers beyond 64 bits, ...) json takes
-            line = json.dumps(entry, default=str)
-        return self.redact(line)
+        return self.redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(_Redacting):
@@ -118,6 +113,9 @@ class TextFormatter(_Redacting):
 
 def secret_values(settings: Settings) -> list[str]:
     values = [*settings.webhook_secrets()]
+    database_password = make_url(settings.database_url).password
+    if database_password:
+        values.append(str(database_password))
     for secret in (settings.admin_token, settings.stripe_api_key, settings.stripe_webhook_secret):
         if secret is not None:
             values.append(secret.get_secret_value())
@@ -139,10 +137,6 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # No record attribute that costs a stack walk or a module lookup per line and that no
-    # formatter above prints (caller's file and line, multiprocessing's process name).
-    logging._srcfile = None
-    logging.logMultiprocessing = False
     # The SDK logs request URLs and bodies at debug; keep it quiet whatever the root level.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

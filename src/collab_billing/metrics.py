@@ -39,7 +39,7 @@ WEBHOOK_DELIVERIES = Counter(
 )
 WEBHOOK_DELIVERIES_IN_PROGRESS = Gauge(
     "collab_billing_webhook_deliveries_in_progress",
-    "Webhook deliveries received and not yet answered (waiting for, or in, a group)",
+    "Webhook deliveries received and not yet answered",
     multiprocess_mode="livesum",
 )
 LEADER = Gauge("collab_billing_reconciler_leader", "1 while this process is the active reconciler")
@@ -47,6 +47,21 @@ RESYNCS = Counter(
     "collab_billing_resyncs",
     "Full resyncs from the list endpoints (reason: never_synced, events_expired)",
     ["reason"],
+)
+
+
+API_STRIPE_CALLS_IN_PROGRESS = Gauge(
+    "collab_billing_api_stripe_calls_in_progress",
+    "Admin API requests running their Stripe calls (at most API_STRIPE_CONCURRENCY)",
+    multiprocess_mode="livesum",
+)
+API_STRIPE_CALLS_REFUSED = Counter(
+    "collab_billing_api_stripe_calls_refused",
+    "Admin API requests answered 503 because every Stripe slot stayed taken",
+)
+DATABASE_UNAVAILABLE = Counter(
+    "collab_billing_api_database_unavailable",
+    "Admin API requests answered 503 because the database failed or could not be reached",
 )
 
 

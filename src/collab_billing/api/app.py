@@ -7,21 +7,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
-from collab_billing import billing, metrics
-from collab_billing.api import billing as billing_routes
-from collab_billing.api import health, operations, users, webhooks
+from collab_billing import metrics
+from collab_billing.api import billing, health, operations, users, webhooks
+from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
+from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
-from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError, gateway_or_none
+from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 log = logging.getLogger(__name__)
+
+# The admin routes take small JSON documents; the webhook route allows more (see webhooks).
+MAX_BODY_BYTES = 64 * 1024
+# Webhook deliveries applied at once per process: each holds a database connection (and on
+# SQLite they take turns on the one write lock), so more would only queue inside the database
+# while holding threads that the other routes need.
+WEBHOOK_WRITERS = 4
+HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 
 @asynccontextmanager
@@ -29,24 +38,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Run the reconciler beside the API; on shutdown let it finish its transaction."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
+    if not (settings.reconcile_enabled and gateway is not None):
+        if settings.reconcile_enabled:
+            log.warning("reconciler off: STRIPE_API_KEY is not set")
+        yield
+        return
+    thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
     try:
-        if not (settings.reconcile_enabled and gateway is not None):
-            if settings.reconcile_enabled:
-                log.warning("reconciler off: STRIPE_API_KEY is not set")
-            yield
-            return
-        thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
-        try:
-            yield
-        finally:
-            stop.set()
-            await anyio.to_thread.run_sync(thread.join, 60.0)
+        yield
     finally:
-        pass
+        stop.set()
+        await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: FastAPI with /docs served from assets installed with the package, so
+    # the docs work without a network (stock FastAPI loads them from a CDN).
+    app = FastAPIOffline(
         title="collab-billing",
         summary="Sell a subscription through Stripe and keep the database in step with Stripe.",
         version="0.1.0",
@@ -56,36 +64,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)
+    app.state.api_gateway = _api_gateway(settings)
+    app.state.stripe_calls = StripeCalls(
+        settings.api_stripe_concurrency, settings.api_stripe_queue_seconds
+    )
+    app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
+    app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()
-    for router in (
-        health.router,
-        operations.router,
-        users.router,
-        billing_routes.router,
-        webhooks.router,
-    ):
+    for router in (health.router, operations.router, users.router, billing.router, webhooks.router):
         app.include_router(router)
-    app.add_exception_handler(billing.BillingError, _billing_error)
-    app.add_exception_handler(StripeGatewayError, _stripe_error)
-    # Innermost first: the fast path answers inside the body limit and the request id.
-    app.add_middleware(BodySizeLimit)
+    install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimit,
+        default=MAX_BODY_BYTES,
+        by_path={webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES},
+    )
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app
 
 
-async def _billing_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, billing.BillingError)
-    return JSONResponse({"detail": error.message}, status_code=error.status_code)
-
-
-async def _stripe_error(request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, StripeGatewayError)
-    log.warning(
-        "Stripe request failed",
-        extra={
-            "path": request.url.path,
-            "stripe_error": error.kind,
-            "stripe_http_status": error.http_status,
-        },
+def _api_gateway(settings: Settings) -> StripeGateway | None:
+    """The gateway of the admin routes: a request waits on Stripe for seconds, not the
+    minute that the reconciler's reads may take."""
+    api_settings = settings.model_copy(
+        update={"stripe_timeout_seconds": settings.api_stripe_timeout_seconds}
     )
-    return JSONResponse({"detail": f"Stripe request failed: {error}"}, status_code=502)
+    return gateway_or_none(api_settings, metrics.observe_stripe_request)

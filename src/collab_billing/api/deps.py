@@ -1,18 +1,21 @@
-"""Request dependencies: settings, database sessions and admin authentication."""
+"""Request dependencies, FastAPI's `Annotated` style: settings, database sessions, the Stripe
+gateway and its call slots, and the admin token."""
 
 from __future__ import annotations
 
 import hmac
+from collections import Counter
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.config import Settings
-
-# The cheap dependencies are `async def`: FastAPI runs a plain `def` dependency on the thread
-# pool, a hop (and GIL hand-offs) per dependency per request.
+from collab_billing.stripe_gateway import StripeGateway
 
 
 async def get_settings(request: Request) -> Settings:
@@ -20,46 +23,92 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+# A session takes a pooled connection only when the `def` route (on a worker thread) first
+# uses it, and gives it back when the route's transaction ends: never across thread hops. A
+# dependency that connected on one thread and closed on another held connections while
+# waiting for threads; under load every thread then waited for a connection (pool timeout).
 def get_session(request: Request) -> Iterator[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     with factory() as session:
         yield session
 
 
-def _presented_token(header: str) -> str:
-    scheme, _, rest = header.partition(" ")
-    if rest and scheme.lower() == "bearer":
-        return rest.strip()
-    return header.strip()
-
-
-def token_matches(header: str, settings: Settings) -> bool:
-    """Whether an `Authorization` header carries the admin token (bare or Bearer), compared
-    in constant time."""
-    if settings.admin_token is None:
-        return False
-    expected = settings.admin_token.get_secret_value().encode()
-    return hmac.compare_digest(_presented_token(header).encode(), expected)
-
-
-async def require_admin(
-    request: Request, settings: Annotated[Settings, Depends(get_settings)]
-) -> None:
-    header = request.headers.get("authorization")
-    if settings.admin_token is None or not header:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing Authorization header: send the admin token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not token_matches(header, settings):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="invalid admin token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-AdminOnly = [Depends(require_admin)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+
+
+async def get_gateway(request: Request) -> StripeGateway:
+    gateway: StripeGateway | None = request.app.state.api_gateway
+    if gateway is None:
+        raise HTTPException(503, detail="Stripe is not configured: set STRIPE_API_KEY")
+    return gateway
+
+
+async def get_stripe_calls(request: Request) -> StripeCalls:
+    calls: StripeCalls = request.app.state.stripe_calls
+    return calls
+
+
+GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
+StripeCallsDep = Annotated[StripeCalls, Depends(get_stripe_calls)]
+
+admin_token_header = APIKeyHeader(
+    name="Authorization",
+    scheme_name="AdminToken",
+    description="The admin token (`ADMIN_TOKEN`), bare or as `Bearer <token>`.",
+    auto_error=False,
+)
+
+
+def presented_token(header: str) -> str:
+    """The token as sent: what follows a `Bearer ` prefix (any case), else the whole header.
+    Nothing is stripped: a header of odd whitespace must not become an empty token."""
+    scheme, space, rest = header.partition(" ")
+    if space and scheme.lower() == "bearer":
+        return rest
+    return header
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def require_admin(
+    settings: SettingsDep, authorization: Annotated[str | None, Security(admin_token_header)]
+) -> None:
+    if settings.admin_token is None or not authorization:
+        raise _unauthorized("missing Authorization header: send the admin token")
+    expected = settings.admin_token.get_secret_value().encode()
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes as sent.
+    if not hmac.compare_digest(presented_token(authorization).encode("latin-1"), expected):
+        raise _unauthorized("invalid admin token")
+
+
+async def single_valued_query(request: Request) -> None:
+    """A query parameter given twice is an error: FastAPI would silently use the last one."""
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated_query_parameter",
+                    "loc": ("query", name),
+                    "msg": "the query parameter is given more than once",
+                }
+                for name in repeated
+            ]
+        )
+
+
+AdminOnly = [Depends(require_admin), Depends(single_valued_query)]

@@ -1,65 +1,70 @@
-"""Reject oversized request bodies before they are read into memory."""
+"""Request body limits, answered with a JSON 413 whether the body declares its length or comes
+in chunks.
+
+Starlette's own limit answers in plain text, and one raised while FastAPI reads a body became
+a 400 ("There was an error parsing the body"). Here a declared length over the limit is refused
+before anything is read, and a chunked body is counted as it arrives: going over raises an
+`HTTPException`, which FastAPI lets through and its handler answers as JSON.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-MAX_BODY_BYTES = 64 * 1024
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=f"request body larger than {limit} bytes")
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: counts bytes as they stream in, answers 413 past the limit.
+    """`default` bytes for every path but those in `by_path`."""
 
-    Starlette has no built-in body limit; checking Content-Length alone misses chunked bodies.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, default: int, by_path: Mapping[str, int]) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = default
+        self.by_path = dict(by_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        limit = self.by_path.get(scope["path"], self.default)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(limit, scope, receive, send)
             return
         received = 0
-        response_started = False
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _TooLarge
+            if received > limit:
+                raise BodyTooLarge(limit)
             return message
 
+        started = False
+
         async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await self._reject(send)
+        except BodyTooLarge:  # raised where no handler saw it
+            if started:
+                raise
+            await self._refuse(limit, scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
+    @staticmethod
+    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        error = BodyTooLarge(limit)
+        response = JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        await response(scope, receive, send)

@@ -24,6 +24,7 @@ class RequestIdMiddleware:
             return
         presented = dict(scope["headers"]).get(HEADER.lower().encode())
         request_id = accept_request_id(presented.decode("latin-1") if presented else None)
+        scope.setdefault("state", {})["request_id"] = request_id  # for the 500 handler
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
 )
 
 
@@ -64,7 +64,21 @@ EmailAddress = Annotated[
 class UserIn(StrictModel):
     github_user_id: GithubUserId
     github_login: GithubLogin
-    email_address: EmailAddress | None = None
+    email_address: EmailAddress | None = Field(
+        default=None,
+        description=(
+            "Left out: a new user has none and an existing user keeps theirs. "
+            "`null`: the stored address is removed."
+        ),
+    )
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class UserOut(BaseModel):
@@ -72,17 +86,7 @@ class UserOut(BaseModel):
     github_user_id: int
     github_login: str
     email_address: str | None
-    created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return as_utc(value)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    created_at: UtcDatetime
 
 
 StripeSubscriptionId = Annotated[
@@ -121,9 +125,9 @@ class SubscriptionOut(BaseModel):
     is_active: bool
     is_cancelable: bool
     cancel_at_period_end: bool
-    cancel_at: datetime | None
-    canceled_at: datetime | None
-    current_period_end: datetime | None
+    cancel_at: UtcDatetime | None
+    canceled_at: UtcDatetime | None
+    current_period_end: UtcDatetime | None
     price_id: str | None
 
 

@@ -1,9 +1,5 @@
-"""How `serve` runs the API: uvicorn with httptools and uvloop, in one process or several.
+"""How `serve` runs the API: stock uvicorn (`uvicorn[standard]`), in one process or several.
 
-- One write per answer. uvicorn writes the status line and headers, then the body, as two
-  `transport.write` calls; uvloop sends each at once, so a small JSON answer costs two
-  syscalls and two TCP segments (and two wake-ups of the client). `HttpProtocol` gathers
-  the writes made in one turn of the event loop and sends them together at the end of it.
 - Worker processes (`serve --workers N`): uvicorn's supervisor binds the socket, starts N
   processes that each build the app with `worker_app` (so each has its own engine, pools and
   reconciler thread; the reconciler's leader lock lets one of them poll), restarts a worker
@@ -15,70 +11,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 WORKER_APP = "collab_billing.api.server:worker_app"
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
-
-class CoalescingTransport:
-    """The connection's transport as uvicorn's HTTP protocol sees it: writes made during one
-    turn of the event loop go out as one `write` at the end of that turn. Everything else is
-    the real transport's (flow control still applies: the real transport gets the bytes one
-    turn later, and a turn writes at most what the application sent in it)."""
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending.clear()
-        if not self._transport.is_closing():  # the client went away: nothing to send to
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing each answer with one syscall."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
 
 def uvicorn_config(
@@ -91,8 +37,6 @@ def uvicorn_config(
         workers=workers,
         access_log=access_log,
         factory=isinstance(app, str),
-        http=HttpProtocol,
-        loop="uvloop",
         ws="none",  # no WebSocket route: upgrade requests are answered as plain HTTP
         lifespan="on",
         log_config=None,  # `logs.configure_logging` owns the handlers (uvicorn's propagate)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,6 +16,10 @@ from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 
 # Statuses in which the user is (still) entitled to the product.
 ACTIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
+
+_users = User.__table__
+_customers = BillingCustomer.__table__
+_subscriptions = BillingSubscription.__table__
 
 
 def get_user_by_github_user_id(session: Session, github_user_id: int) -> User | None:
@@ -24,19 +30,56 @@ def list_users(session: Session) -> Sequence[User]:
     return session.scalars(select(User).order_by(User.id)).all()
 
 
+class Keep(enum.Enum):
+    """A field that an update leaves as it is (it was not sent)."""
+
+    KEEP = enum.auto()
+
+
+KEEP = Keep.KEEP
+_USER_COLUMNS = (
+    _users.c.id,
+    _users.c.github_user_id,
+    _users.c.github_login,
+    _users.c.email_address,
+    _users.c.created_at,
+)
+
+
 def upsert_user(
-    session: Session, github_user_id: int, github_login: str, email_address: str | None
-) -> tuple[User, bool]:
-    """Create or update a user; returns the user and whether it was created."""
-    user = get_user_by_github_user_id(session, github_user_id)
-    created = user is None
-    if user is None:
-        user = User(github_user_id=github_user_id, github_login=github_login)
-        session.add(user)
-    user.github_login = github_login
-    user.email_address = email_address
-    session.flush()
-    return user, created
+    session: Session,
+    github_user_id: int,
+    github_login: str,
+    email_address: str | Keep | None = KEEP,
+) -> tuple[Row[Any], bool]:
+    """Create the user, or update the fields given; returns the user's row and whether it was
+    created. Safe against concurrent calls for the same new user: the insert gives way to a
+    row another transaction inserted first (`ON CONFLICT DO NOTHING` waits for that
+    transaction), and the update then changes that row."""
+    changes: dict[str, object] = {"github_login": github_login}
+    if email_address is not KEEP:
+        changes["email_address"] = email_address
+    insert = _dialect_insert(session)
+    created = session.execute(
+        insert(User)
+        .values(github_user_id=github_user_id, **changes)
+        .on_conflict_do_nothing(index_elements=[_users.c.github_user_id])
+        .returning(*_USER_COLUMNS)
+    ).first()
+    if created is not None:
+        return created, True
+    updated = session.execute(
+        update(User)
+        .where(_users.c.github_user_id == github_user_id)
+        .values(**changes)
+        .returning(*_USER_COLUMNS)
+    ).one()
+    return updated, False
+
+
+def _dialect_insert(session: Session) -> Any:
+    """The dialect's `insert`, which has `on_conflict_do_nothing` (SQLite and PostgreSQL)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def get_billing_customer_by_user_id(session: Session, user_id: int) -> BillingCustomer | None:
@@ -54,13 +97,8 @@ def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[Billi
     ).all()
 
 
-_users = User.__table__
-_customers = BillingCustomer.__table__
-_subscriptions = BillingSubscription.__table__
-
 # The admin API's hot read, one statement: the user (so that an unknown user is told apart from
-# one without subscriptions) and its subscriptions, oldest first. Core, not the ORM: the rows go
-# straight into the JSON answer, and SQLAlchemy caches the compiled statement.
+# one without subscriptions) and its subscriptions, oldest first.
 USER_SUBSCRIPTIONS = (
     select(
         _subscriptions.c.id,
@@ -93,9 +131,9 @@ class SubscriptionRow(NamedTuple):
     stripe_price_id: str | None
 
 
-def read_user_subscriptions(session: Session, github_user_id: int) -> list[SubscriptionRow] | None:
-    """The user's subscriptions (`USER_SUBSCRIPTIONS`); None: no such user. (The outer joins
-    give one row of NULLs for a user without subscriptions.)"""
+def user_subscriptions(session: Session, github_user_id: int) -> list[SubscriptionRow] | None:
+    """The user's subscriptions, oldest first; None: no such user. (The outer joins give one
+    row of NULLs for a user without subscriptions.)"""
     rows = session.execute(USER_SUBSCRIPTIONS, {"github_user_id": github_user_id}).all()
     if not rows:
         return None

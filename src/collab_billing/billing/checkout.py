@@ -1,0 +1,58 @@
+"""Checkout: the user's Stripe customer (created once), then a Checkout session."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.access import find_user, is_active
+from collab_billing.billing.errors import Conflict
+from collab_billing.db import queries
+from collab_billing.db.models import User
+from collab_billing.stripe_gateway import StripeGateway
+
+
+def start_checkout(
+    factory: sessionmaker[Session], gateway: StripeGateway, price_id: str, github_user_id: int
+) -> str:
+    """The URL of a new Checkout session for the user's subscription to `price_id`."""
+    user = find_user(factory, github_user_id)
+    with factory() as session, session.begin():
+        active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
+    if active:
+        raise Conflict(
+            f"user {github_user_id} already has an active subscription "
+            f"({active[0].stripe_subscription_id}, {active[0].stripe_subscription_status})"
+        )
+    customer_id = ensure_customer(factory, gateway, user)
+    return gateway.create_checkout_session(
+        customer_id=customer_id,
+        price_id=price_id,
+        client_reference_id=str(user.github_user_id),
+        github_user_id=user.github_user_id,
+    )
+
+
+def ensure_customer(factory: sessionmaker[Session], gateway: StripeGateway, user: User) -> str:
+    """The user's live Stripe customer id, creating the customer (once) when there is none."""
+    with factory() as session, session.begin():
+        existing = queries.get_billing_customer_by_user_id(session, user.id)
+        if existing is not None and existing.stripe_deleted_at is None:
+            return existing.stripe_customer_id
+        replaced = existing.stripe_customer_id if existing is not None else ""
+    customer_id = gateway.create_customer(
+        github_user_id=user.github_user_id,
+        github_login=user.github_login,
+        email=user.email_address,
+        idempotency_key=_customer_idempotency_key(user, replaced),
+    )
+    with factory() as session, session.begin():
+        return queries.link_billing_customer(session, user.id, customer_id).stripe_customer_id
+
+
+def _customer_idempotency_key(user: User, replaced_customer_id: str) -> str:
+    # Same user and same details -> same key, so concurrent requests create one customer.
+    material = f"{user.id}|{user.github_user_id}|{user.github_login}|{user.email_address}"
+    digest = hashlib.sha256(f"{material}|{replaced_customer_id}".encode()).hexdigest()[:24]
+    return f"collab-billing-customer-{user.id}-{digest}"

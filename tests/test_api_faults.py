@@ -1,0 +1,225 @@
+"""The admin API when what it depends on fails: the database down (503 JSON, /healthz fails,
+recovery by itself), a Stripe that does not answer (database routes stay fast), a database
+that cannot be reached at start, and `serve --workers` on SQLite."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings, load_settings
+from collab_billing.db.engine import make_engine
+from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.logs import JsonFormatter, TextFormatter, secret_values
+from tests.conftest import ADMIN_TOKEN
+from tests.ops_helpers import wait_until
+from tests.servers import ServerThread, free_port
+from tests.stripe_helpers import Emulator
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@contextmanager
+def serve(settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    app = create_app(settings.model_copy(update={"reconcile_enabled": False}), engine)
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client,
+    ):
+        yield client
+
+
+# -- the database goes away and comes back --------------------------------------------------
+
+
+@pytest.fixture
+def own_database(database_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own (it is closed to connections mid-test)."""
+    name = f"collab_billing_down_{secrets.token_hex(4)}"
+    admin = make_engine(
+        make_url(database_url).set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def close_database(database_url: str, allow: bool) -> None:
+    url = make_url(database_url)
+    admin = make_engine(
+        url.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(
+            text(f"ALTER DATABASE {url.database} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
+        )
+        if not allow:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": url.database},
+            )
+    admin.dispose()
+
+
+@pytest.mark.postgres_only
+def test_database_down_is_503_json_and_recovers_by_itself(
+    settings: Settings, own_database: str
+) -> None:
+    engine = make_engine(own_database)
+    upgrade_to_head(engine)
+    try:
+        with serve(settings, engine) as api:
+            user = {"github_user_id": 1, "github_login": "one"}
+            assert api.post("/users", json=user).status_code == 201
+            assert api.get("/healthz").status_code == 200
+
+            close_database(own_database, allow=False)
+            for _ in range(3):  # the pooled connections are dead, then no new one is allowed
+                for response in (
+                    api.post("/users", json=user),
+                    api.get("/billing/subscriptions", params={"github_user_id": 1}),
+                    api.get("/healthz"),
+                ):
+                    assert response.status_code == 503, response.text
+                    assert response.headers["content-type"] == "application/json"
+                    assert response.json()
+
+            close_database(own_database, allow=True)
+            wait_until(lambda: api.get("/healthz").status_code == 200, what="/healthz")
+            assert api.post("/users", json=user).status_code == 200
+            listing = api.get("/billing/subscriptions", params={"github_user_id": 1})
+            assert listing.status_code == 200
+    finally:
+        engine.dispose()
+
+
+# -- Stripe does not answer -----------------------------------------------------------------
+
+STRIPE_LATENCY_SECONDS = 4.0
+
+
+def test_a_slow_stripe_does_not_starve_the_database_routes(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """45 checkouts wait on a Stripe that takes seconds to answer: `POST /users` and /healthz
+    still answer at once (they shared anyio's 40 threads with the checkouts: `POST /users`
+    waited for Stripe). Checkouts beyond the Stripe slots are refused with 503 quickly; those
+    in the slots end with the gateway's timeout (502)."""
+    settings = stripe_settings.model_copy(
+        update={
+            "api_stripe_concurrency": 4,
+            "api_stripe_queue_seconds": 1.0,
+            "api_stripe_timeout_seconds": 1.5,
+        }
+    )
+    with serve(settings, engine) as api:
+        assert api.post("/users", json={"github_user_id": 1, "github_login": "o"}).is_success
+        emulator.control(
+            "POST",
+            "faults",
+            {"rate": 0.0, "latency_ms": int(STRIPE_LATENCY_SECONDS * 1000), "path_prefix": "/v1"},
+        )
+        faults_until = time.monotonic() + STRIPE_LATENCY_SECONDS
+        with ThreadPoolExecutor(45) as pool:
+            checkouts = [
+                pool.submit(api.post, "/billing/subscriptions", json={"github_user_id": 1})
+                for _ in range(45)
+            ]
+            time.sleep(0.3)  # the checkouts are waiting on Stripe or for a slot
+            started = time.monotonic()
+            created = api.post("/users", json={"github_user_id": 2, "github_login": "two"})
+            health = api.get("/healthz")
+            elapsed = time.monotonic() - started
+            statuses = [checkout.result().status_code for checkout in checkouts]
+        assert created.status_code == 201 and health.status_code == 200
+        assert elapsed < 1.0, f"database routes waited {elapsed:.1f} s behind Stripe"
+        assert statuses.count(503) >= 45 - 4, statuses
+        assert set(statuses) <= {502, 503}
+        busy = next(c.result() for c in checkouts if c.result().status_code == 503)
+        assert "Stripe" in busy.json()["detail"] and busy.headers["retry-after"]
+        # The emulator still finishes the requests it held: let it, before the next test.
+        time.sleep(max(0.0, faults_until - time.monotonic()) + 0.5)
+
+
+# -- at start -------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collab_billing", *args],
+        env={**os.environ, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_FORMAT": "text", **env},
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+    )  # fmt: skip
+
+
+UNREACHABLE = "postgresql://billing:hunter2-secret@127.0.0.1:1/billing"
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["users", "list"], ["reconcile", "--status"]])
+def test_an_unreachable_database_is_one_line_naming_it(tmp_path: Path, command: list[str]) -> None:
+    result = run_cli(*command, env={"DATABASE_URL": UNREACHABLE}, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "DATABASE_URL=postgresql://billing:***@127.0.0.1:1/billing" in line
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_waits_for_the_database_then_gives_up_in_one_line(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": UNREACHABLE, "DATABASE_STARTUP_WAIT_SECONDS": "1.5"}
+    result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("waiting for the database at DATABASE_URL=" in line for line in lines[:-1])
+    assert lines[-1].startswith("error: cannot reach the database at DATABASE_URL=")
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/billing.db"}
+    result = run_cli("serve", "--workers", "2", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "--workers 2 needs PostgreSQL" in line
+
+
+def test_the_database_password_is_masked_in_log_lines() -> None:
+    settings = load_settings(
+        database_url="postgresql://billing:hunter2-secret@db.internal:5432/billing",
+        admin_token=ADMIN_TOKEN,
+        _env_file=None,
+    )
+    record = logging.LogRecord(
+        "x", logging.WARNING, "", 0, "connect to %s failed", (settings.database_url,), None
+    )
+    for formatter in (
+        JsonFormatter(secret_values(settings)),
+        TextFormatter(secret_values(settings)),
+    ):
+        line = formatter.format(record)
+        assert "hunter2-secret" not in line and "db.internal" in line
