@@ -202,7 +202,15 @@ def database(ctx: Context, engine_name: str) -> Iterator[Database]:
 
 
 def service_env(ctx: Context, db: Database, **extra: str) -> dict[str, str]:
-    ours = ("STRIPE_", "RECONCILE_", "DATABASE_URL", "ADMIN_TOKEN", "LOG_", "PYTHONPATH")
+    ours = (
+        "STRIPE_",
+        "RECONCILE_",
+        "DATABASE_URL",
+        "ADMIN_TOKEN",
+        "LOG_",
+        "PYTHONPATH",
+        "WEBHOOK_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env.update(
         DATABASE_URL=db.url,
@@ -293,6 +301,9 @@ def serve(ctx: Context, db: Database, serve_args: list[str], **env: str) -> Iter
     """`collab-billing serve` on a free port (yields the port), its reconciler kept quiet."""
     port = free_port()
     quiet = {"RECONCILE_ENABLED": "false", "RECONCILE_INTERVAL_SECONDS": "3600"}
+    # The emulator's clock runs a week ahead for the generated backlogs: its events must pass
+    # the webhook route's check of `created`.
+    quiet["WEBHOOK_EVENT_MAX_AHEAD_SECONDS"] = str(30 * 86_400)
     with open(ctx.workdir / f"serve-{port}.log", "wb") as log:
         process = subprocess.Popen(
             ctx.command("serve", "--port", str(port), *serve_args),

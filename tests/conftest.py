@@ -7,11 +7,13 @@ and real HTTP servers (uvicorn) on random ports.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings, load_settings
@@ -115,3 +117,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def own_database(database_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own (it is closed to connections mid-test)."""
+    name = f"collab_billing_down_{secrets.token_hex(4)}"
+    admin = make_engine(
+        make_url(database_url).set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

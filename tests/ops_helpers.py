@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings
-from collab_billing.db.engine import make_session_factory
+from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.models import PendingStripeEvent
 from collab_billing.mirror.registry import RELEVANT_TYPES
 from collab_billing.reconcile import ledger
@@ -164,3 +165,24 @@ def reap(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def close_database(database_url: str, allow: bool) -> None:
+    url = make_url(database_url)
+    admin = make_engine(
+        url.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.execute(
+            text(f"ALTER DATABASE {url.database} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
+        )
+        if not allow:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": url.database},
+            )
+    admin.dispose()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings, load_settings
@@ -26,7 +24,7 @@ from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import JsonFormatter, TextFormatter, secret_values
 from tests.conftest import ADMIN_TOKEN
-from tests.ops_helpers import wait_until
+from tests.ops_helpers import close_database, wait_until
 from tests.servers import ServerThread, free_port
 from tests.stripe_helpers import Emulator
 
@@ -44,46 +42,6 @@ def serve(settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
 
 
 # -- the database goes away and comes back --------------------------------------------------
-
-
-@pytest.fixture
-def own_database(database_url: str) -> Iterator[str]:
-    """A PostgreSQL database of this test's own (it is closed to connections mid-test)."""
-    name = f"collab_billing_down_{secrets.token_hex(4)}"
-    admin = make_engine(
-        make_url(database_url).set(database="postgres").render_as_string(hide_password=False),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
-            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
-
-
-def close_database(database_url: str, allow: bool) -> None:
-    url = make_url(database_url)
-    admin = make_engine(
-        url.set(database="postgres").render_as_string(hide_password=False),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as connection:
-        connection.execute(
-            text(f"ALTER DATABASE {url.database} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
-        )
-        if not allow:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": url.database},
-            )
-    admin.dispose()
 
 
 @pytest.mark.postgres_only

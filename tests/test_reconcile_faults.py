@@ -6,15 +6,20 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, delete
 
+from collab_billing import billing
 from collab_billing.cli import print_status
 from collab_billing.config import Settings
 from collab_billing.db import queries
+from collab_billing.db.engine import make_engine
+from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.run import Reconciler
+from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.stripe_gateway import StripeGateway
+from tests.ops_helpers import close_database, wait_until
 from tests.reconcile_helpers import (
     assert_matches_stripe,
     generate_backlog,
@@ -161,3 +166,50 @@ def queries_by_user(factory, github_user_id):  # type: ignore[no-untyped-def]
 def forget_unmatched_customers(factory):  # type: ignore[no-untyped-def]
     with factory() as session, session.begin():
         session.execute(delete(UnmatchedStripeCustomer))
+
+
+@pytest.mark.postgres_only
+def test_the_reconciler_outlives_a_database_outage(
+    stripe_settings: Settings, emulator: Emulator, own_database: str
+) -> None:
+    """The database refuses connections for longer than any retry (its backends terminated,
+    new connections refused): the loop keeps trying, gives up the leadership, and once the
+    database is back it leads again and applies what happened meanwhile, by itself."""
+    engine = make_engine(own_database)
+    upgrade_to_head(engine)
+    settings = stripe_settings.model_copy(
+        update={"database_url": own_database, "reconcile_interval_seconds": 0.2}
+    )
+    reconciler = make_reconciler(settings, engine)
+    factory = reconciler.factory
+    with factory() as session, session.begin():
+        queries.upsert_user(session, 1, "one", None)
+    customer = billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
+    thread, stop = start_in_background(reconciler)
+    try:
+        wait_until(lambda: metric("collab_billing_reconciler_leader") == 1, what="leadership")
+        close_database(own_database, allow=False)
+        time.sleep(6)
+        assert thread.is_alive()
+        assert metric("collab_billing_reconciler_leader") == 0
+        price = settings.stripe_price_id or ""
+        subscription = emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer, "items": [{"price": price}]}
+        )
+        close_database(own_database, allow=True)
+        wait_until(
+            lambda: (
+                [r.stripe_subscription_id for r in queries_by_user(factory, 1)] == [subscription.id]
+            ),
+            timeout=60,
+            what="the subscription made during the outage",
+        )
+        assert metric("collab_billing_reconciler_leader") == 1
+    finally:
+        stop.set()
+        thread.join(30)
+        engine.dispose()
+
+
+def metric(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
