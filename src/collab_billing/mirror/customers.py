@@ -10,12 +10,12 @@ settled without asking Stripe about it, until a user with its `github_user_id` a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import insert
@@ -98,45 +98,67 @@ def unmatched(session: Session, stripe_customer_ids: Collection[str]) -> set[str
     )
 
 
-def link_if_free(
-    session: Session, github_user_id: int | None, stripe_customer_id: str
-) -> int | None:
-    """Link a Stripe customer to the user with this GitHub id, if that user has no customer
-    yet; returns our customer id, or None when nobody is linked."""
-    if github_user_id is None:
-        return None
-    user_id = session.scalar(select(User.id).where(User.github_user_id == github_user_id))
-    if user_id is None:
-        return None
-    session.execute(
-        insert(session, BillingCustomer)
-        .values(user_id=user_id, stripe_customer_id=stripe_customer_id)
-        .on_conflict_do_nothing()
-    )
-    session.execute(
-        delete(UnmatchedStripeCustomer).where(
-            UnmatchedStripeCustomer.stripe_customer_id == stripe_customer_id
-        )
-    )
-    return session.scalar(
-        select(BillingCustomer.id).where(
-            BillingCustomer.stripe_customer_id == stripe_customer_id,
-            BillingCustomer.user_id == user_id,
-        )
-    )
+# (Stripe customer id, the GitHub user id it names or None, deleted on Stripe)
+Candidate = tuple[str, int | None, bool]
 
 
-def remember_unmatched(
-    session: Session, stripe_customer_id: str, github_user_id: int | None, deleted: bool
-) -> None:
-    statement = insert(session, UnmatchedStripeCustomer).values(
-        stripe_customer_id=stripe_customer_id, github_user_id=github_user_id, deleted=deleted
+def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[str, int]:
+    """Link each live candidate to the user it names, if that user has no customer yet (the
+    first candidate naming a user wins); remember the others as unmatched. Returns Stripe id
+    -> our id of those linked. A few statements for the lot, whatever their number."""
+    if not candidates:
+        return {}
+    named = {gid for _, gid, deleted in candidates if gid is not None and not deleted}
+    users = _users_without_customer(session, named)
+    links: dict[str, int] = {}  # Stripe customer id -> user id
+    for cid, gid, deleted in candidates:
+        user_id = users.pop(gid, None) if gid is not None and not deleted else None
+        if user_id is not None:
+            links[cid] = user_id
+    linked: dict[str, int] = {}
+    if links:
+        rows = [{"user_id": uid, "stripe_customer_id": cid} for cid, uid in links.items()]
+        statement = insert(session, BillingCustomer).on_conflict_do_nothing()
+        session.execute(statement, rows)
+        linked = known(session, list(links))
+        session.execute(
+            delete(UnmatchedStripeCustomer).where(
+                UnmatchedStripeCustomer.stripe_customer_id.in_(list(linked))
+            )
+        )
+    _remember_unmatched(session, [c for c in candidates if c[0] not in linked])
+    return linked
+
+
+def _users_without_customer(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
+    """GitHub user id -> our user id, of those users who have no customer row."""
+    if not github_user_ids:
+        return {}
+    has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
+    rows = session.execute(
+        select(User.github_user_id, User.id).where(
+            User.github_user_id.in_(github_user_ids), ~has_customer
+        )
     )
-    changed: dict[str, Any] = {"deleted": statement.excluded.deleted}
-    if github_user_id is not None:
-        changed["github_user_id"] = github_user_id
+    return {github_user_id: user_id for github_user_id, user_id in rows}
+
+
+def _remember_unmatched(session: Session, candidates: Sequence[Candidate]) -> None:
+    if not candidates:
+        return
+    rows = [
+        {"stripe_customer_id": cid, "github_user_id": gid, "deleted": deleted}
+        for cid, gid, deleted in candidates
+    ]
+    statement = insert(session, UnmatchedStripeCustomer)
+    # A later sighting that names nobody keeps the GitHub id an earlier one named.
+    github_user_id = func.coalesce(
+        statement.excluded.github_user_id, UnmatchedStripeCustomer.github_user_id
+    )
+    changed = {"deleted": statement.excluded.deleted, "github_user_id": github_user_id}
     session.execute(
-        statement.on_conflict_do_update(index_elements=["stripe_customer_id"], set_=changed)
+        statement.on_conflict_do_update(index_elements=["stripe_customer_id"], set_=changed),
+        rows,
     )
 
 

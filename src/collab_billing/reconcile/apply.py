@@ -60,6 +60,11 @@ class ApplyStats:
     def total(self, outcome: str) -> int:
         return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
 
+    def add_counts(self, other: ApplyStats) -> None:
+        """`other`'s counts, not its events' outcomes (a drain's would grow without bound)."""
+        self.outcomes.update(other.outcomes)
+        self.stripe_reads += other.stripe_reads
+
     def merge(self, other: ApplyStats) -> None:
         self.outcomes.update(other.outcomes)
         self.by_event.update(other.by_event)
@@ -208,16 +213,13 @@ class Applier:
             return 0
         reads = StripeReads(self.gateway)
         reads.fetch(Read(what, cid) for cid in candidates for what in ("customer", "owned"))
-        linked = 0
         with transaction(self.factory) as session:
             step = BatchWriter(session, reads)
-            for cid in candidates:
-                customer = reads.get(Read("customer", cid), set())
-                our_id = step.link(cid, customers.github_user_id_named(customer), customer.deleted)
-                if our_id is not None:
-                    step.catch_up(cid, our_id, as_of)
-                    linked += 1
-        return linked
+            read = [reads.get(Read("customer", cid), set()) for cid in candidates]
+            linked = step.link([_candidate(customer) for customer in read])
+            for cid, our_id in linked.items():
+                step.catch_up(cid, our_id, as_of)
+        return len(linked)
 
 
 def _unsettled(group: Group) -> bool:
@@ -290,34 +292,33 @@ class BatchWriter:
 
     def _apply_customers(self, groups: Sequence[Group]) -> None:
         self.known.update(customers.known(self.session, [g.object_id for g in groups]))
+        deleted = {
+            g.object_id for g in groups if any(e.type == "customer.deleted" for e in g.events)
+        }
+        # Deletion is terminal on Stripe: it wins whatever came before or after.
+        customers.tombstone(self.session, [cid for cid in deleted if cid in self.known])
+        unknown = [g for g in groups if g.object_id not in self.known]
+        newly_linked = self.link(
+            [(g.object_id, _named_user(g.events), g.object_id in deleted) for g in unknown]
+        )
         for group in groups:
-            cid = group.object_id
-            deleted = any(e.type == "customer.deleted" for e in group.events)
-            if cid in self.known:
-                if deleted:  # terminal on Stripe: wins whatever came before or after
-                    customers.tombstone(self.session, [cid])
-                self.stats.count("applied", group.events)
-                continue
-            named = [customers.github_user_id_named(e) for e in reversed(group.events)]
-            github_user_id = next((n for n in named if n is not None), None)
-            our_id = self.link(cid, github_user_id, deleted)
+            our_id = self.known.get(group.object_id)
             if our_id is None:
                 self.stats.count("unmatched", group.events)
                 continue
             # Linked with its `customer.created`: none of its objects' events came before.
-            if not any(e.type == "customer.created" for e in group.events):
-                self.catch_up(cid, our_id, group.newest_created)
+            if group.object_id in newly_linked and not any(
+                e.type == "customer.created" for e in group.events
+            ):
+                self.catch_up(group.object_id, our_id, group.newest_created)
             self.stats.count("applied", group.events)
 
-    def link(self, cid: str, github_user_id: int | None, deleted: bool) -> int | None:
-        """Link an unknown customer to the user it names, or remember it as unmatched."""
-        our_id = None if deleted else customers.link_if_free(self.session, github_user_id, cid)
-        if our_id is None:
-            customers.remember_unmatched(self.session, cid, github_user_id, deleted)
-            self.unmatched.add(cid)
-        else:
-            self.known[cid] = our_id
-        return our_id
+    def link(self, candidates: Sequence[customers.Candidate]) -> dict[str, int]:
+        """Link unknown customers to the users they name; remember the others unmatched."""
+        linked = customers.link_or_remember(self.session, candidates)
+        self.known.update(linked)
+        self.unmatched.update(cid for cid, _, _ in candidates if cid not in linked)
+        return linked
 
     def catch_up(self, cid: str, our_id: int, as_of: int) -> None:
         """A customer linked late: its objects whose events were skipped, as read now."""
@@ -341,10 +342,8 @@ class BatchWriter:
         self.known.update(customers.known(self.session, unknown))
         unknown -= set(self.known)
         self.unmatched |= customers.unmatched(self.session, unknown)
-        for cid in sorted(unknown - self.unmatched):
-            customer = self.reads.get(Read("customer", cid), self.needed)
-            if customer is not None:
-                self.link(cid, customers.github_user_id_named(customer), customer.deleted)
+        read = [self.reads.get(Read("customer", c), self.needed) for c in unknown - self.unmatched]
+        self.link([_candidate(customer) for customer in read if customer is not None])
         return owners
 
     # -- mirrored objects -----------------------------------------------------------------
@@ -388,6 +387,16 @@ class BatchWriter:
         changed["updated_at"] = func.now()
         upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
         self.session.execute(upsert, rows)
+
+
+def _named_user(events: Sequence[Event]) -> int | None:
+    """The GitHub user the newest of these customer events that names one names."""
+    named = (customers.github_user_id_named(event) for event in reversed(events))
+    return next((github_user_id for github_user_id in named if github_user_id), None)
+
+
+def _candidate(customer: customers.Customer) -> customers.Candidate:
+    return customer.id, customers.github_user_id_named(customer), customer.deleted
 
 
 def _merge_sorted(first: Sequence[Event], second: Sequence[Event]) -> list[Event]:

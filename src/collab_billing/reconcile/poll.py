@@ -97,7 +97,7 @@ class Poller:
             cursor = ledger.read_int_state(session, ledger.CURSOR) or 0
             due = ledger.due_pending_events(session, int(self.clock()))
         if due:
-            report.stats.merge(self.applier.apply([], pending=due))
+            report.stats.add_counts(self.applier.apply([], pending=due))
         low = max(0, cursor - tuning.OVERLAP_SECONDS)
         newest, latency = self._timed(lambda: self._list(report, created_gte=low))
         if newest.has_more:
@@ -241,7 +241,7 @@ class Poller:
             # here, not counted again as duplicates; the applier's ledger claim stays the guard.
             done = self._processed([event.id for event in batch])
             fresh = [event for event in batch if event.id not in done]
-            report.stats.merge(self.applier.apply(fresh, cursor=batch[-1].created))
+            report.stats.add_counts(self.applier.apply(fresh, cursor=batch[-1].created))
             if stop is not None and stop.is_set():
                 report.interrupted = True
                 return True

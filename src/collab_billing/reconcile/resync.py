@@ -145,16 +145,11 @@ def _tombstone_unlisted(
 
 def _link(session: Session, chunk: list[customers.Customer]) -> int:
     known = customers.known(session, [c.id for c in chunk])
+    customers.tombstone(session, [c.id for c in chunk if c.id in known and c.deleted])
+    unknown = [c for c in chunk if c.id not in known]
     step = BatchWriter(session, StripeReads(None))
-    linked = 0
-    for customer in chunk:
-        if customer.id in known:
-            if customer.deleted:
-                customers.tombstone(session, [customer.id])
-            continue
-        named = customers.github_user_id_named(customer)
-        linked += step.link(customer.id, named, customer.deleted) is not None
-    return linked
+    candidates = [(c.id, customers.github_user_id_named(c), c.deleted) for c in unknown]
+    return len(step.link(candidates))
 
 
 def _write(session: Session, mirrored: MirroredType[Any], chunk: list[Any], as_of: int) -> int:
