@@ -126,8 +126,8 @@ class Poller:
         backlog makes enough windows to keep them all busy."""
         if concurrency == 1:
             return self.target
-        wanted = int(backlog / (2 * concurrency))
-        return max(tuning.MIN_WINDOW_EVENTS, min(self.target, wanted))
+        wanted = min(backlog / (2 * concurrency), tuning.MAX_EVENTS_IN_FLIGHT / concurrency)
+        return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
         """Windows read at once: enough requests in flight to use the request budget."""
@@ -161,33 +161,36 @@ class Poller:
         report: DrainReport,
     ) -> Iterator[_Window]:
         """The windows covering `[start, end)`, oldest first, each read completely; several
-        read at once with `report.concurrency`."""
-        ahead: deque[tuple[_Window, Future[_Window]]] = deque()
-        planned = start
+        read at once with `report.concurrency`.
+
+        `slots` holds, in `created` order, windows being read (futures) and ranges not yet cut
+        into windows; the first `concurrency` slots are kept being read. A window that
+        overflows keeps its complete top seconds (read already) and puts the rest back as a
+        range before them, to be cut by the density just seen."""
+        slots: deque[Future[_Window] | _Range] = deque([_Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
-            def submit(window: _Window) -> tuple[_Window, Future[_Window]]:
-                return window, pool.submit(self._read_window, window, cursor, target, report)
+            def read(window: _Window) -> Future[_Window]:
+                return pool.submit(self._read_window, window, cursor, target, report)
 
             try:
-                while ahead or planned < end:
-                    while planned < end and len(ahead) < report.concurrency:
-                        span = max(1, int(target / max(density, 1e-9)))
-                        window = _Window(planned, min(end, planned + span))
-                        ahead.append(submit(window))
-                        planned = window.end
-                    window, future = ahead.popleft()
-                    done = future.result()
+                while slots:
+                    _cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
+                    head = slots.popleft()
+                    assert isinstance(head, Future)
+                    done = head.result()
                     density = _density(done, density)
-                    if done.overflowed:  # read it again, narrower, before the windows after it
-                        narrower = _split(window, density, target)
-                        ahead.extendleft(reversed([submit(part) for part in narrower]))
+                    if done.overflowed:
+                        top, rest = _split(done)
+                        slots.appendleft(_ready(top))
+                        slots.appendleft(rest)
                         continue
                     report.windows += 1
                     yield done
             finally:
-                for _, future in ahead:
-                    future.cancel()
+                for slot in slots:
+                    if isinstance(slot, Future):
+                        slot.cancel()
 
     def _read_window(
         self, window: _Window, cursor: int, target: int, report: DrainReport
@@ -263,10 +266,43 @@ def _density(window: _Window, previous: float) -> float:
     return len(window.events) / max(1, covered)
 
 
-def _split(window: _Window, density: float, target: int) -> list[_Window]:
-    span = max(1, int(target / max(density, 1e-9)))
-    starts = range(window.start, window.end, span)
-    return [_Window(start, min(window.end, start + span)) for start in starts]
+@dataclass
+class _Range:
+    start: int
+    end: int
+
+
+def _cut(
+    slots: deque[Future[_Window] | _Range],
+    concurrency: int,
+    span: int,
+    read: Callable[[_Window], Future[_Window]],
+) -> None:
+    """Have the first `concurrency` slots read, cutting windows of `span` seconds off the
+    ranges among them."""
+    position = 0
+    while position < min(concurrency, len(slots)):
+        slot = slots[position]
+        if isinstance(slot, _Range):
+            window = _Window(slot.start, min(slot.end, slot.start + span))
+            slots[position] = read(window)
+            if window.end < slot.end:
+                slots.insert(position + 1, _Range(window.end, slot.end))
+        position += 1
+
+
+def _split(window: _Window) -> tuple[_Window, _Range]:
+    """An overflowed window: its complete seconds above the oldest one read (kept), and the
+    range below them, still to read."""
+    oldest = window.events[-1].created
+    top = [event for event in window.events if event.created > oldest]
+    return _Window(oldest + 1, window.end, top), _Range(window.start, oldest + 1)
+
+
+def _ready(window: _Window) -> Future[_Window]:
+    future: Future[_Window] = Future()
+    future.set_result(window)
+    return future
 
 
 def batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:

@@ -9,6 +9,9 @@ WINDOW_EVENTS = 5_000
 # The smallest window when several are read at once: 10 pages, so its partial last page adds
 # at most 10% to the requests.
 MIN_WINDOW_EVENTS = 1_000
+# Events held by the windows read at once (~2.5 KB of JSON each): with 16 windows, 1,500
+# each, about 60 MB.
+MAX_EVENTS_IN_FLIGHT = 16_000
 # A window read past this many times its target is read again in narrower windows: memory
 # stays bounded when the density estimate was wrong, at the cost of the pages read twice.
 MAX_WINDOW_FACTOR = 2
