@@ -3,8 +3,8 @@
 SQLite follows SQLAlchemy's documented recipe for pysqlite transactions: the driver's own
 transaction handling is turned off and SQLAlchemy emits `BEGIN IMMEDIATE`, so a writer takes
 the write lock up front (two writers never deadlock on a read-to-write upgrade), and
-`busy_timeout` makes a second writer wait. Reads (`read_only`) begin deferred: under WAL they
-run beside the writer. Writers of one process take turns on a fair lock (`transaction`), so a
+`busy_timeout` makes a second writer wait. Reads (`read_only`) run outside any transaction,
+each statement on its own snapshot: under WAL they run beside the writer. Writers of one process take turns on a fair lock (`transaction`), so a
 webhook is not starved by a drain's back-to-back batches; SQLite deployments have one writing
 process (`serve` refuses several workers on SQLite).
 """
@@ -48,15 +48,19 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite(connection: Any) -> None:
-    if connection.get_execution_options().get(_READ_ONLY, False):
-        connection.exec_driver_sql("BEGIN")
-    else:
+    # Reads begin no transaction: each statement reads its own snapshot (WAL), which is all
+    # that the single-statement reads of the API and the reconciler's lookups need.
+    if not connection.get_execution_options().get(_READ_ONLY, False):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
     url = normalize_url(database_url)
     if url.startswith("sqlite"):
+        # As many pooled connections as the API's worker threads (anyio's 40): a connection
+        # made beyond the pool is opened and configured per request, and closed after it.
+        kwargs.setdefault("pool_size", 40)
+        kwargs.setdefault("max_overflow", 10)
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_sqlite)
