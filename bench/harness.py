@@ -307,7 +307,7 @@ def serve(ctx: Context, db: Database, serve_args: list[str], **env: str) -> Iter
     with open(ctx.workdir / f"serve-{port}.log", "wb") as log:
         process = subprocess.Popen(
             ctx.command("serve", "--port", str(port), *serve_args),
-            env=service_env(ctx, db, **quiet, **env),
+            env=service_env(ctx, db, **(quiet | env)),
             cwd=ctx.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -4,9 +4,9 @@ SQLite follows SQLAlchemy's documented recipe for pysqlite transactions: the dri
 transaction handling is turned off and SQLAlchemy emits `BEGIN IMMEDIATE`, so a writer takes
 the write lock up front (two writers never deadlock on a read-to-write upgrade), and
 `busy_timeout` makes a second writer wait. Reads (`read_only`) run outside any transaction,
-each statement on its own snapshot: under WAL they run beside the writer. Writers of one process take turns on a fair lock (`transaction`), so a
-webhook is not starved by a drain's back-to-back batches; SQLite deployments have one writing
-process (`serve` refuses several workers on SQLite).
+each statement on its own snapshot: under WAL they run beside the writer. Writers of one
+process take turns on a fair lock (`transaction`), so a webhook waits for at most one batch
+of a drain; SQLite deployments have one writing process (`serve` refuses several workers).
 """
 
 from __future__ import annotations
