@@ -31,7 +31,7 @@ from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types
 from collab_billing.reconcile import ledger, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats, group_events
-from collab_billing.stripe_gateway import Event, StripeGateway
+from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,21 @@ class Poller:
         return result, time.monotonic() - started
 
     def _list(self, report: DrainReport, **filters: int | str) -> _Page:
+        """One page; a request that fails for a reason that may pass (the network, 5xx, 429
+        beyond the gateway's retries) is made again after a pause: a long walk must not
+        start over for one failed request."""
+        for attempt in range(tuning.PAGE_ATTEMPTS):
+            try:
+                return self._list_once(report, **filters)
+            except StripeGatewayError as error:
+                status = error.http_status
+                transient = status is None or status in (409, 429) or status >= 500
+                if attempt == tuning.PAGE_ATTEMPTS - 1 or not transient:
+                    raise
+                time.sleep(min(tuning.PAGE_RETRY_SECONDS * 2**attempt, 30))
+        raise AssertionError("unreachable")
+
+    def _list_once(self, report: DrainReport, **filters: int | str) -> _Page:
         page = self.gateway.list_events(types=self.types, **filters)  # type: ignore[arg-type]
         for event in page.events:
             metrics.EVENTS_FETCHED.labels(event.type).inc()

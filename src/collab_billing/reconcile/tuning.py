@@ -21,6 +21,10 @@ MAX_WINDOWS_IN_FLIGHT = 16
 # Events per transaction: large enough that per-transaction costs (commit, locks) are small,
 # small enough that a webhook waiting for SQLite's write lock waits ~50 ms at most.
 BATCH_EVENTS = 500
+# A page request that failed (network, 5xx, 429) is made again this many times in all, after
+# 0.5 s doubling: a window's earlier pages are not read again for it.
+PAGE_ATTEMPTS = 6
+PAGE_RETRY_SECONDS = 0.5
 # Stripe keeps events for 30 days: a database whose last complete poll is older resyncs from
 # the list endpoints (warning from 25 days on).
 RETENTION_SECONDS = 30 * 86_400
