@@ -386,7 +386,7 @@ class BatchWriter:
         changed = {name: statement.excluded[name] for name in rows[0] if name not in kept}
         changed["updated_at"] = func.now()
         upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
-        self.session.execute(upsert, rows)
+        self.session.connection().execute(upsert, rows)
 
 
 def _named_user(events: Sequence[Event]) -> int | None:
