@@ -12,6 +12,7 @@ of a drain; SQLite deployments have one writing process (`serve` refuses several
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,10 +87,13 @@ class FairLock:
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._queue: deque[object] = deque()
+        self.waited_at = 0.0  # when someone last had to wait for it (monotonic)
 
     def __enter__(self) -> None:
         ticket = object()
         with self._condition:
+            if self._queue:
+                self.waited_at = time.monotonic()
             self._queue.append(ticket)
             self._condition.wait_for(lambda: self._queue[0] is ticket)
 
@@ -101,6 +105,12 @@ class FairLock:
 
 _SQLITE_WRITERS: dict[str, FairLock] = {}
 _SQLITE_WRITERS_LOCK = threading.Lock()
+
+
+def writers_waited(engine: Engine, within_seconds: float) -> bool:
+    """Whether a writer of this process had to wait for SQLite's write lock lately."""
+    turn = _writer_turn(engine)
+    return turn is not None and time.monotonic() - turn.waited_at < within_seconds
 
 
 def _writer_turn(engine: Engine) -> FairLock | None:

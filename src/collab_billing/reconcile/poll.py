@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
-from collab_billing.db.engine import read_only, transaction
+from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types
 from collab_billing.reconcile import ledger, tuning
@@ -237,6 +237,13 @@ class Poller:
         ids = {event.id for event in events}
         return self._processed(list(ids)) == ids
 
+    def _batch_size(self) -> int:
+        """Shorter transactions while other writers (webhooks) wait for SQLite's one writer."""
+        engine = self.factory.kw["bind"]
+        if writers_waited(engine, tuning.CONTENDED_SECONDS):
+            return tuning.CONTENDED_BATCH_EVENTS
+        return tuning.BATCH_EVENTS
+
     def _processed(self, event_ids: list[str]) -> set[str]:
         with read_only(self.factory) as session:
             return set(
@@ -254,7 +261,7 @@ class Poller:
     ) -> bool:
         """Apply a window's events in batches of whole seconds; True when stopped."""
         events = sorted(reversed(newest_first), key=lambda event: event.created)
-        for batch in batches(events, tuning.BATCH_EVENTS):
+        for batch in batches(events, self._batch_size()):
             # Events applied already (the overlap below the cursor, webhooks) are left out
             # here, not counted again as duplicates; the applier's ledger claim stays the guard.
             done = self._processed([event.id for event in batch])

@@ -21,6 +21,10 @@ MAX_WINDOWS_IN_FLIGHT = 16
 # Events per transaction: large enough that per-transaction costs (commit, locks) are small,
 # small enough that a webhook waiting for SQLite's write lock waits ~50 ms at most.
 BATCH_EVENTS = 500
+# ... and while other writers of the process (webhooks) have waited for SQLite's one writer
+# in the last second: they then wait behind a transaction of 100 events, not 500.
+CONTENDED_BATCH_EVENTS = 100
+CONTENDED_SECONDS = 1.0
 # A page request that failed (network, 5xx, 429) is made again this many times in all, after
 # 0.5 s doubling: a window's earlier pages are not read again for it.
 PAGE_ATTEMPTS = 6
