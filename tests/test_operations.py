@@ -90,7 +90,7 @@ def test_metrics_after_a_run(stripe_settings: Settings, engine: Engine, emulator
             return done >= len(expected)
 
         wait_until(lambda: polled(scrape(service.url)), what="a poll that read every event")
-        # Stripe fails twice: the poll fails, is logged and counted, and the next one recovers.
+        # Stripe fails twice: the failed requests are counted and made again, and polls go on.
         emulator.control(
             "POST",
             "faults",
@@ -103,7 +103,7 @@ def test_metrics_after_a_run(stripe_settings: Settings, engine: Engine, emulator
                      operation="events.list", status="500") + 2,
             what="failed Stripe requests",
         )  # fmt: skip
-        time.sleep(1.0)  # a successful poll after the faults
+        time.sleep(2.5)  # the request made again (after 0.5 s, then 1 s), and a poll after
         after = scrape(service.url)
     assert assert_matches_stripe(emulator, service.factory) == 2
 
@@ -119,7 +119,7 @@ def test_metrics_after_a_run(stripe_settings: Settings, engine: Engine, emulator
     ) <= len(expected)
     assert delta("collab_billing_apply_batch_seconds_count", source="webhook") >= len(expected)
     assert delta("collab_billing_apply_batch_seconds_sum", source="webhook") > 0
-    assert delta("collab_billing_poll_seconds_count") >= 3
+    assert delta("collab_billing_poll_seconds_count") >= 2
     assert delta("collab_billing_stripe_requests_total", operation="events.list", status="200") > 0
     assert delta("collab_billing_stripe_requests_total", status="500") >= 2
     assert delta("collab_billing_webhook_deliveries_total", outcome="bad_signature") == 1

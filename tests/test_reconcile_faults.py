@@ -4,6 +4,7 @@ failing object is parked with its error while the others go on."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -228,15 +229,7 @@ def test_after_a_first_sync_on_an_empty_account_a_backlog_commits_under_faults(
     reconciler = make_reconciler(stripe_settings, engine, stripe_max_network_retries=0)
     reconciler.drain()  # the first poll: a resync of an empty account
     customers = 200
-    with reconciler.factory() as session, session.begin():
-        for n in range(1, customers + 1):
-            queries.upsert_user(session, n, f"user{n}", None)
-    emulator.price()
-    generated = emulator.control(
-        "POST",
-        "generate",
-        {"customers": customers, "events_per_customer": 10, "first_github_user_id": 1},
-    )
+    users_and_their_events(reconciler, emulator, customers)
     faults = {"rate": 0.2, "statuses": [429, 500, 503], "retry_after": 0, "seed": 3}
     emulator.control("POST", "faults", {**faults, "path_prefix": "/v1/events"})
     failures = drain_until_done(reconciler)
@@ -249,18 +242,26 @@ def test_after_a_first_sync_on_an_empty_account_a_backlog_commits_under_faults(
     clear_tables(engine)
     emulator.reset()
     reconciler.drain()
-    with reconciler.factory() as session, session.begin():
-        for n in range(1, customers + 1):
-            queries.upsert_user(session, n, f"user{n}", None)
-    emulator.price()
-    generated = emulator.control(
-        "POST",
-        "generate",
-        {"customers": customers, "events_per_customer": 10, "first_github_user_id": 1},
-    )
+    generated = users_and_their_events(reconciler, emulator, customers)
     emulator.control("DELETE", "requests")
     reconciler.drain()
     event_requests = emulator.control("GET", "requests")["by_route"]["GET /v1/events"]
     # Each window's last page is partial: with several windows read at once, a little more.
     assert event_requests <= 1.5 * generated["events"] / 100 + 10, event_requests
     assert set(processed_event_ids(reconciler.factory)) == relevant_event_ids(emulator)
+
+
+def users_and_their_events(
+    reconciler: Reconciler, emulator: Emulator, customers: int
+) -> dict[str, Any]:
+    """Users 1..N, and their customers' events in the emulator (ten each)."""
+    with reconciler.factory() as session, session.begin():
+        for n in range(1, customers + 1):
+            queries.upsert_user(session, n, f"user{n}", None)
+    emulator.price()
+    generated: dict[str, Any] = emulator.control(
+        "POST",
+        "generate",
+        {"customers": customers, "events_per_customer": 10, "first_github_user_id": 1},
+    )
+    return generated
