@@ -149,6 +149,45 @@ def test_unknown_customers_are_counted_and_skipped(
         assert session.scalar(select(func.count()).select_from(ProcessedStripeEvent)) == 2
 
 
+def test_customers_of_another_product_cost_no_stripe_reads_until_their_user_appears(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """Another product shares the Stripe account: its customers' events name no user of
+    ours. They, and their subscriptions' events, are settled from the events alone (every
+    subscription event of an unknown customer read that customer, one at a time). One of
+    them names GitHub user 999: once that user is created, the next poll links it, with
+    its subscription."""
+    reconciler.drain()
+    price = stripe_settings.stripe_price_id or ""
+    others = [
+        emulator.sdk.v1.customers.create(params={"email": f"other{n}@example.com"})
+        for n in range(20)
+    ]
+    named = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "999"}})
+    reconciler.drain()  # their `customer.created` events, in a poll of their own
+    for customer in [*others, named]:
+        emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer.id, "items": [{"price": price}]}
+        )
+    emulator.control("DELETE", "requests")
+
+    report = reconciler.drain()
+
+    reads = emulator.control("GET", "requests")["by_route"]
+    assert set(reads) == {"GET /v1/events"}, reads
+    assert report.stats.total("unmatched") >= 21  # each subscription's events
+    assert report.stats.total("applied") == 0
+    assert subscriptions(reconciler.factory) == []
+
+    add_user(reconciler.factory, 999, "late")
+    reconciler.drain()
+    [row] = subscriptions(reconciler.factory)
+    assert row.stripe_subscription_status == "active"
+    with reconciler.factory() as session:
+        linked = session.scalars(select(BillingCustomer.stripe_customer_id)).all()
+    assert linked == [named.id]
+
+
 def test_a_customer_made_elsewhere_is_matched_by_metadata(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
