@@ -3,6 +3,7 @@ failing object is parked with its error while the others go on."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -265,3 +266,36 @@ def users_and_their_events(
         {"customers": customers, "events_per_customer": 10, "first_github_user_id": 1},
     )
     return generated
+
+
+def test_no_write_waits_for_stripe(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """Same-second ties that only a re-read settles, from a Stripe that takes 2 s to answer
+    that read: the reads are made with no transaction open, so another writer (a new user,
+    on SQLite's one write lock) is not held up by them."""
+    reconciler = make_reconciler(stripe_settings, engine)
+    generate_backlog(emulator, reconciler.factory, customers=5, per_customer=4)
+    emulator.control("POST", "generate", {"customers": 3, "ambiguous_ties": 3,
+                                          "first_github_user_id": 6})  # fmt: skip
+    with reconciler.factory() as session, session.begin():
+        for n in range(6, 9):
+            queries.upsert_user(session, n, f"user{n}", None)
+    fault = {"rate": 0.0, "latency_ms": 2000, "path_prefix": "/v1/subscriptions/"}
+    emulator.control("POST", "faults", fault)
+    drain = threading.Thread(target=reconciler.drain)
+    drain.start()
+    wait_until(lambda: slow_read_in_flight(emulator), what="a slow Stripe read")
+    started = time.monotonic()
+    with reconciler.factory() as session, session.begin():
+        queries.upsert_user(session, 100, "writer", None)
+    waited = time.monotonic() - started
+    drain.join(60)
+    emulator.control("DELETE", "faults")
+    assert waited < 1.0, f"a write waited {waited:.1f} s for Stripe"
+    assert assert_matches_stripe(emulator, reconciler.factory) > 0
+
+
+def slow_read_in_flight(emulator: Emulator) -> bool:
+    counts = emulator.control("GET", "requests")
+    return bool(counts["in_flight"]) and "GET /v1/subscriptions/{id}" in counts["by_route"]
