@@ -268,7 +268,7 @@ def resync(
         float | None, typer.Option(min=0.1, help="Throttle Stripe requests (default: setting).")
     ] = None,
 ) -> None:
-    """Rebuild customers and subscriptions from Stripe's list endpoints."""
+    """Rebuild customers and every mirrored type from Stripe's list endpoints."""
     overrides = {"stripe_requests_per_second": requests_per_second} if requests_per_second else {}
     settings = settings_or_exit(**overrides)
     configure_logging(settings)
@@ -276,7 +276,11 @@ def resync(
     report = run_with_progress(
         make_session_factory(engine), gateway_or_exit(settings), github_user_id
     )
+    mirrored = "".join(
+        f", {seen} {kind}s seen, {report.written[kind]} written"
+        for kind, seen in report.seen.items()
+    )
     typer.echo(
-        f"resync done: {report.customers_seen} customers seen, {report.customers_linked} linked, "
-        f"{report.subscriptions_seen} subscriptions seen, {report.subscriptions_written} written"
+        f"resync done: {report.customers_seen} customers seen, "
+        f"{report.customers_linked} linked{mirrored}"
     )

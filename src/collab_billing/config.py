@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str = STRIPE_DEFAULT_API_BASE
     stripe_price_id: str | None = None
+    # The lookup keys of the prices `GET /billing/prices` offers, comma-separated; unset: every
+    # active recurring price with a lookup key.
+    billing_prices: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     # How far in the future a webhook event's `created` may be (clocks differ a little; an
     # event from next year is forged or broken and would poison the rows' watermarks).
@@ -71,6 +74,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    def billing_price_lookup_keys(self) -> list[str] | None:
+        if self.billing_prices is None:
+            return None
+        return [key.strip() for key in self.billing_prices.split(",") if key.strip()]
 
     def webhook_secrets(self) -> list[str]:
         """Several comma-separated secrets are accepted, for rotation."""

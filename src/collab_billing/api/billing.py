@@ -1,4 +1,5 @@
-"""The billing routes: Checkout, the customer portal's cancel flow, and the list.
+"""The billing routes: Checkout, the customer portal's cancel flow, the lists of subscriptions
+and of prices.
 
 The routes that call Stripe run their work on the Stripe threads (`StripeCallsDep`), so a slow
 Stripe cannot take the threads that the database-only routes run on.
@@ -27,6 +28,8 @@ from collab_billing.api.schemas import (
     GithubUserIdQuery,
     ManageIn,
     ManageOut,
+    PriceOut,
+    PricesOut,
     SubscriptionOut,
     SubscriptionsOut,
 )
@@ -94,6 +97,16 @@ async def manage_subscription(
         body.subscription_id,
     )
     return ManageOut(billing_portal_session_url=url)
+
+
+@router.get(
+    "/prices",
+    response_model=PricesOut,
+    summary="The prices on sale: active, recurring, with a lookup key (`BILLING_PRICES`)",
+)
+def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
+    rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
+    return PricesOut(prices=[PriceOut(**row._asdict()) for row in rows])
 
 
 @router.get(

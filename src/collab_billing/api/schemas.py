@@ -135,3 +135,18 @@ class SubscriptionsOut(BaseModel):
     github_user_id: int
     has_active_subscription: bool
     subscriptions: list[SubscriptionOut]
+
+
+class PriceOut(BaseModel):
+    lookup_key: str
+    stripe_price_id: str
+    product_name: str | None
+    unit_amount: int | None
+    currency: str
+    interval: str
+    interval_count: int
+    usage_type: str
+
+
+class PricesOut(BaseModel):
+    prices: list[PriceOut]

@@ -8,6 +8,7 @@ from collab_billing.billing.access import (
     find_user,
     is_active,
     is_cancelable,
+    list_sellable_prices,
     list_user_subscriptions,
 )
 from collab_billing.billing.checkout import ensure_customer, start_checkout
@@ -22,6 +23,7 @@ __all__ = [
     "find_user",
     "is_active",
     "is_cancelable",
+    "list_sellable_prices",
     "list_user_subscriptions",
     "open_cancel_portal",
     "start_checkout",

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.errors import unknown_user
 from collab_billing.db import queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingSubscription, User
+
+
+def list_sellable_prices(
+    factory: sessionmaker[Session], lookup_keys: Sequence[str] | None
+) -> list[queries.PriceRow]:
+    """The catalog as mirrored from Stripe: what a checkout may sell."""
+    with read_only(factory) as session:
+        return queries.sellable_prices(session, lookup_keys)
 
 
 def find_user(factory: sessionmaker[Session], github_user_id: int) -> User:

@@ -92,6 +92,49 @@ class BillingSubscription(Base):
     )
 
 
+class BillingPrice(Base):
+    """A Stripe price, mirrored whoever it belongs to: the catalog we sell from."""
+
+    __tablename__ = "billing_prices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_price_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    lookup_key: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_product_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Stripe's price events name the product by id: its name is joined in from
+    # `billing_products` when read, and this column stays empty.
+    product_name: Mapped[str | None] = mapped_column(String(255))
+    unit_amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(16), nullable=False)
+    recurring_interval: Mapped[str | None] = mapped_column(String(16))
+    recurring_interval_count: Mapped[int | None] = mapped_column(Integer)
+    usage_type: Mapped[str | None] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+class BillingProduct(Base):
+    """A Stripe product, mirrored for its name (prices name their product by id)."""
+
+    __tablename__ = "billing_products"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_product_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    name: Mapped[str | None] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
 class UnmatchedStripeCustomer(Base):
     """A Stripe customer that names no user of ours (another product's, or a user not yet
     created): its events are settled without asking Stripe about it again. It is read again

@@ -7,12 +7,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingPrice,
+    BillingProduct,
+    BillingSubscription,
+    User,
+)
 
 # Statuses in which the user is (still) entitled to the product.
 ACTIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
@@ -166,3 +172,46 @@ def link_billing_customer(
             raise
         return winner
     return customer
+
+
+class PriceRow(NamedTuple):
+    lookup_key: str
+    stripe_price_id: str
+    product_name: str | None
+    unit_amount: int | None
+    currency: str
+    interval: str
+    interval_count: int
+    usage_type: str
+
+
+def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[PriceRow]:
+    """Active, recurring prices with a lookup key (of these keys, if given), by lookup key.
+    A price whose product is archived or deleted is not sellable either (Checkout refuses it);
+    a product not mirrored yet does not hide its prices."""
+    product = BillingProduct
+    statement = (
+        select(
+            BillingPrice.lookup_key,
+            BillingPrice.stripe_price_id,
+            func.coalesce(product.name, BillingPrice.product_name),
+            BillingPrice.unit_amount,
+            BillingPrice.currency,
+            BillingPrice.recurring_interval,
+            BillingPrice.recurring_interval_count,
+            BillingPrice.usage_type,
+        )
+        .outerjoin(product, product.stripe_product_id == BillingPrice.stripe_product_id)
+        .where(
+            BillingPrice.active,
+            ~BillingPrice.deleted,
+            BillingPrice.recurring_interval.is_not(None),
+            BillingPrice.lookup_key.is_not(None),
+            or_(product.id.is_(None), product.active & ~product.deleted),
+        )
+        .order_by(BillingPrice.lookup_key, BillingPrice.stripe_price_id)
+    )
+    if lookup_keys is not None:
+        statement = statement.where(BillingPrice.lookup_key.in_(lookup_keys))
+    # The conditions above make the nullable columns of a recurring price with a key non-null.
+    return [PriceRow._make(row) for row in session.execute(statement)]

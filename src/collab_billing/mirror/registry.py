@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from collab_billing.mirror import subscriptions
+from collab_billing.mirror import prices, products, subscriptions
 from collab_billing.mirror.customers import CUSTOMER_EVENT_TYPES
 from collab_billing.mirror.types import MirroredType
 
 __all__ = ["BY_EVENT_TYPE", "MIRRORED_TYPES", "RELEVANT_TYPES", "MirroredType"]
 
-MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (subscriptions.SUBSCRIPTIONS,)
+MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
+    subscriptions.SUBSCRIPTIONS,
+    prices.PRICES,
+    products.PRODUCTS,
+)
 BY_EVENT_TYPE: dict[str, MirroredType[Any]] = {
     event_type: mirrored for mirrored in MIRRORED_TYPES for event_type in mirrored.event_types
 }

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -39,9 +40,18 @@ ProgressCallback = Callable[[str, int], None]
 class ResyncReport:
     customers_seen: int = 0
     customers_linked: int = 0
-    subscriptions_seen: int = 0
-    subscriptions_written: int = 0
     as_of: int = 0
+    # Per mirrored type's kind: objects listed, and rows written.
+    seen: Counter[str] = field(default_factory=Counter)
+    written: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def subscriptions_seen(self) -> int:
+        return self.seen["subscription"]
+
+    @property
+    def subscriptions_written(self) -> int:
+        return self.written["subscription"]
 
 
 def resync(
@@ -64,10 +74,10 @@ def resync(
         _tombstone_unlisted(factory, gateway, listed)
     for mirrored in MIRRORED_TYPES:
         for chunk in _chunks(_objects(factory, gateway, mirrored, github_user_id)):
-            report.subscriptions_seen += len(chunk)
+            report.seen[mirrored.kind] += len(chunk)
             with transaction(factory) as session:
-                report.subscriptions_written += _write(session, mirrored, chunk, report.as_of)
-            _tick(progress, f"{mirrored.kind}s", report.subscriptions_seen)
+                report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
+            _tick(progress, f"{mirrored.kind}s", report.seen[mirrored.kind])
     if github_user_id is None:
         with transaction(factory) as session:
             ledger.advance_cursor(session, report.as_of)
