@@ -144,7 +144,7 @@ def test_payloads_that_are_not_events(service: Service, emulator: Emulator) -> N
         assert response.status_code == 400, body
     # An event type the service does not use is acknowledged and not stored.
     product = next(e for e in emulator.all_events() if e["type"] == "product.created")
-    response = service.deliver(product)
+    response = service.deliver({**product, "type": "invoice.paid"})
     assert response.status_code == 200
     assert response.json()["outcome"] == "ignored"
     assert counts(service) == (0, 0)
@@ -164,6 +164,10 @@ def test_emulator_deliveries_then_polling_apply_each_event_once(
 ) -> None:
     """Stripe (the emulator) delivers every event, signed; then the poller reads the same
     events from the Events API and finds nothing left to apply."""
+    # The catalog made before the endpoint existed: delivered by hand, as Stripe would have.
+    catalog = relevant_events(emulator)
+    for event in catalog:
+        assert service.deliver(event).json()["outcome"] == "applied"
     emulator.control(
         "POST", "webhook_endpoints", {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_NEW}
     )
@@ -182,7 +186,8 @@ def test_emulator_deliveries_then_polling_apply_each_event_once(
     ).json()["billing_portal_session_url"]
     emulator.confirm_portal(portal, immediately=True)
     expected = {e["id"] for e in relevant_events(emulator)}
-    wait_until(lambda: delivered_ok(emulator) >= expected, what="the emulator's deliveries")
+    emulated = expected - {e["id"] for e in catalog}
+    wait_until(lambda: delivered_ok(emulator) >= emulated, what="the emulator's deliveries")
 
     assert set(processed_event_ids(service.factory)) == expected
     assert assert_matches_stripe(emulator, service.factory) == 2
@@ -219,6 +224,8 @@ def test_webhooks_and_the_running_reconciler_together(
 ) -> None:
     """Both paths live at once, in one process, racing for the same events."""
     caplog.set_level(logging.WARNING)
+    # The catalog made before the endpoint existed: never delivered, left to the resync.
+    catalog = {e["id"] for e in relevant_events(emulator)}
     with running_service(stripe_settings, engine, reconcile_enabled=True) as service:
         emulator.control(
             "POST",
@@ -227,12 +234,12 @@ def test_webhooks_and_the_running_reconciler_together(
         )
         for user in (1, 2, 3):
             churn(emulator, subscribe(service, emulator, user))
-        expected = {e["id"] for e in relevant_events(emulator)}
+        expected = {e["id"] for e in relevant_events(emulator)} - catalog
         wait_until(lambda: delivered_ok(emulator) >= expected, what="deliveries")
         wait_until(lambda: set(processed_event_ids(service.factory)) >= expected, what="polls")
     processed = processed_event_ids(service.factory)
     assert len(processed) == len(set(processed))
-    assert set(processed) == expected
+    assert set(processed) - catalog == expected
     assert pending_rows(service.factory) == []
     assert assert_matches_stripe(emulator, service.factory) == 3
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -361,7 +368,11 @@ def test_a_failing_delivery_fails_alone(service: Service, emulator: Emulator) ->
         "faults",
         {"rate": 1.0, "statuses": [500], "path_prefix": f"/v1/customers/{stranger.id}"},
     )
-    events = [e for e in relevant_events(emulator) if e["data"]["object"]["id"] != stranger.id]
+    events = [
+        e
+        for e in relevant_events(emulator)
+        if e["data"]["object"]["id"] != stranger.id and e["type"].startswith("customer.")
+    ]
 
     outcomes = {event["id"]: service.deliver(event).json()["outcome"] for event in events}
 
