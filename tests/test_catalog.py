@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,8 +16,8 @@ from collab_billing.db.models import BillingPrice, BillingProduct
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
-from tests.test_billing_api import serve
 from tests.stripe_helpers import Emulator
+from tests.test_billing_api import serve
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from collab_billing.config import Settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
-from collab_billing.db.models import BillingSubscription
+from collab_billing.db.models import BillingPrice, BillingSubscription
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import Event, StripeGateway
 from tests.conftest import clear_tables
@@ -42,6 +42,12 @@ operation = st.one_of(
     st.tuples(st.just("advance"), st.integers(1, 3)),
     st.tuples(st.just("advance"), st.integers(1, 3)),
     st.tuples(st.just("deliver"), st.floats(0.1, 1.0)),
+    # The catalog: prices belong to no customer; archiving and lookup keys are mirrored.
+    st.tuples(
+        st.just("update_price"),
+        st.sampled_from(["active", "lookup_key", "nickname", "metadata"]),
+        st.booleans(),
+    ),
 )
 
 
@@ -49,6 +55,7 @@ class History:
     def __init__(self, emulator: Emulator, settings: Settings, engine: Engine) -> None:
         self.emulator = emulator
         self.price = emulator.price()
+        self.catalog_price = emulator.price()  # changed by the history; not subscribed to
         self.factory = make_session_factory(engine)
         self.gateway = StripeGateway(settings)
         self.applier = Applier(self.factory, self.gateway)
@@ -86,6 +93,8 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
+            elif kind == "update_price":
+                sdk.prices.update(self.catalog_price, params=_price_change(step[1], step[2]))
             elif kind == "advance":
                 self.emulator.control("POST", "clock/advance", {"seconds": step[1]})
             elif kind == "deliver":
@@ -133,6 +142,33 @@ class History:
                 sub["canceled_at"],
                 period_end,
             ), sub_id
+        self.assert_prices_converged()
+
+    def assert_prices_converged(self) -> None:
+        listing = self.emulator.sdk.v1.prices.list(params={"limit": 100})
+        expected = {price.id: price.to_dict() for price in listing.data}
+        with self.factory() as session:
+            rows = {r.stripe_price_id: r for r in session.scalars(select(BillingPrice))}
+        assert set(rows) == set(expected)
+        for price_id, price in expected.items():
+            row = rows[price_id]
+            recurring = price["recurring"] or {}
+            assert (
+                row.active, row.lookup_key, row.stripe_product_id, row.unit_amount, row.currency,
+                row.recurring_interval, row.recurring_interval_count, row.deleted,
+            ) == (
+                price["active"], price["lookup_key"], price["product"], price["unit_amount"],
+                price["currency"], recurring.get("interval"), recurring.get("interval_count"),
+                False,
+            ), price_id  # fmt: skip
+
+
+def _price_change(field: str, flag: bool) -> dict[str, Any]:
+    if field == "active":
+        return {"active": flag}
+    if field == "metadata":
+        return {"metadata": {"tier": "pro" if flag else ""}}
+    return {field: f"catalog_{field}" if flag else ""}
 
 
 def _ts(value: datetime | None) -> int | None:
