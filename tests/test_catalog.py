@@ -162,3 +162,8 @@ def stripe_catalog(emulator: Emulator) -> dict[str, tuple[Any, ...]]:
 
 def _rows(table: Any) -> list[dict[str, Any]]:
     return list(table.values()) if isinstance(table, dict) else list(table)
+
+
+def test_the_prices_need_the_admin_token(stripe_settings: Settings, engine: Engine) -> None:
+    with contextmanager(serve)(stripe_settings, engine) as api:
+        assert api.get("/billing/prices", headers={"Authorization": ""}).status_code == 401

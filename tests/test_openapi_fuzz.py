@@ -26,6 +26,7 @@ OPERATIONS = [
     ("POST", "/billing/subscriptions"),
     ("POST", "/billing/subscriptions/manage"),
     ("GET", "/billing/subscriptions"),
+    ("GET", "/billing/prices"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ]
