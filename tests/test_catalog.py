@@ -89,6 +89,7 @@ def test_the_catalog_follows_stripe(
     ]
     only = sellable(stripe_settings, engine, billing_prices=" team_yearly, unknown ")
     assert [p["stripe_price_id"] for p in only] == [team]
+    assert sellable(stripe_settings, engine, billing_prices=" , ") == prices  # empty: unset
 
     emulator.sdk.v1.prices.update(plus, params={"active": False})  # archived in Stripe
     reconciler.drain()

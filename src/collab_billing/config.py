@@ -76,9 +76,9 @@ class Settings(BaseSettings):
         return value
 
     def billing_price_lookup_keys(self) -> list[str] | None:
-        if self.billing_prices is None:
-            return None
-        return [key.strip() for key in self.billing_prices.split(",") if key.strip()]
+        """`BILLING_PRICES` as a list; None when unset or empty (an empty variable is unset)."""
+        keys = [key.strip() for key in (self.billing_prices or "").split(",") if key.strip()]
+        return keys or None
 
     def webhook_secrets(self) -> list[str]:
         """Several comma-separated secrets are accepted, for rotation."""
