@@ -39,6 +39,17 @@ def _now_column() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class MirroredRow:
+    """The columns every mirrored type's row has (see `mirror.registry`)."""
+
+    # `created` of the newest event (or read) applied: the watermark that orders payloads.
+    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -68,7 +79,7 @@ class BillingCustomer(Base):
     user: Mapped[User] = relationship(back_populates="billing_customer")
 
 
-class BillingSubscription(Base):
+class BillingSubscription(MirroredRow, Base):
     __tablename__ = "billing_subscriptions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -84,15 +95,9 @@ class BillingSubscription(Base):
     stripe_cancel_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # `created` of the newest event (or fetch) applied: the watermark that orders payloads.
-    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    created_at: Mapped[datetime] = _now_column()
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
 
 
-class BillingPrice(Base):
+class BillingPrice(MirroredRow, Base):
     """A Stripe price, mirrored whoever it belongs to: the catalog we sell from."""
 
     __tablename__ = "billing_prices"
@@ -111,14 +116,9 @@ class BillingPrice(Base):
     usage_type: Mapped[str | None] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, nullable=False)
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    created_at: Mapped[datetime] = _now_column()
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
 
 
-class BillingProduct(Base):
+class BillingProduct(MirroredRow, Base):
     """A Stripe product, mirrored for its name (prices name their product by id)."""
 
     __tablename__ = "billing_products"
@@ -128,11 +128,6 @@ class BillingProduct(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, nullable=False)
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    created_at: Mapped[datetime] = _now_column()
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
 
 
 class UnmatchedStripeCustomer(Base):
