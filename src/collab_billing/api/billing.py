@@ -106,7 +106,7 @@ async def manage_subscription(
 )
 def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
-    return PricesOut(prices=[PriceOut(**row._asdict()) for row in rows])
+    return PricesOut(prices=[PriceOut.model_validate(row) for row in rows])
 
 
 @router.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.errors import unknown_user
@@ -14,7 +15,7 @@ from collab_billing.db.models import BillingSubscription, User
 
 def list_sellable_prices(
     factory: sessionmaker[Session], lookup_keys: Sequence[str] | None
-) -> list[queries.PriceRow]:
+) -> list[RowMapping]:
     """The catalog as mirrored from Stripe: what a checkout may sell."""
     with read_only(factory) as session:
         return queries.sellable_prices(session, lookup_keys)

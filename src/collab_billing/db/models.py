@@ -106,9 +106,6 @@ class BillingPrice(MirroredRow, Base):
     stripe_price_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     lookup_key: Mapped[str | None] = mapped_column(String(255), index=True)
     stripe_product_id: Mapped[str] = mapped_column(String(255), nullable=False)
-    # Stripe's price events name the product by id: its name is joined in from
-    # `billing_products` when read, and this column stays empty.
-    product_name: Mapped[str | None] = mapped_column(String(255))
     unit_amount: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(16), nullable=False)
     recurring_interval: Mapped[str | None] = mapped_column(String(16))

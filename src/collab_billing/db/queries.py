@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, func, or_, select, update
+from sqlalchemy import Row, RowMapping, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -174,19 +174,10 @@ def link_billing_customer(
     return customer
 
 
-class PriceRow(NamedTuple):
-    lookup_key: str
-    stripe_price_id: str
-    product_name: str | None
-    unit_amount: int | None
-    currency: str
-    interval: str
-    interval_count: int
-    usage_type: str
-
-
-def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[PriceRow]:
-    """Active, recurring prices with a lookup key (of these keys, if given), by lookup key.
+def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[RowMapping]:
+    """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
+    as rows named like `api.schemas.PriceOut`'s fields. (Stripe's price events name the
+    product by id: its name comes from `billing_products`.)
     A price whose product is archived or deleted is not sellable either (Checkout refuses it);
     a product not mirrored yet does not hide its prices."""
     product = BillingProduct
@@ -194,11 +185,11 @@ def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list
         select(
             BillingPrice.lookup_key,
             BillingPrice.stripe_price_id,
-            func.coalesce(product.name, BillingPrice.product_name),
+            product.name.label("product_name"),
             BillingPrice.unit_amount,
             BillingPrice.currency,
-            BillingPrice.recurring_interval,
-            BillingPrice.recurring_interval_count,
+            BillingPrice.recurring_interval.label("interval"),
+            BillingPrice.recurring_interval_count.label("interval_count"),
             BillingPrice.usage_type,
         )
         .outerjoin(product, product.stripe_product_id == BillingPrice.stripe_product_id)
@@ -214,4 +205,4 @@ def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list
     if lookup_keys is not None:
         statement = statement.where(BillingPrice.lookup_key.in_(lookup_keys))
     # The conditions above make the nullable columns of a recurring price with a key non-null.
-    return [PriceRow._make(row) for row in session.execute(statement)]
+    return list(session.execute(statement).mappings())

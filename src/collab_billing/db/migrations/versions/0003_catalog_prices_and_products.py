@@ -22,7 +22,6 @@ def upgrade() -> None:
         sa.Column("stripe_price_id", sa.String(length=255), nullable=False),
         sa.Column("lookup_key", sa.String(length=255), nullable=True),
         sa.Column("stripe_product_id", sa.String(length=255), nullable=False),
-        sa.Column("product_name", sa.String(length=255), nullable=True),
         sa.Column("unit_amount", sa.BigInteger(), nullable=True),
         sa.Column("currency", sa.String(length=16), nullable=False),
         sa.Column("recurring_interval", sa.String(length=16), nullable=True),
