@@ -21,6 +21,7 @@ from stripe_emulator.subscriptions import (
     update_subscription,
 )
 
+PRORATION_BEHAVIORS = ("always_invoice", "create_prorations", "none")
 _SUB_IGNORED = (
     "add_invoice_items", "application_fee_percent", "automatic_tax", "backdate_start_date",
     "billing_cycle_anchor", "billing_cycle_anchor_config", "billing_mode", "billing_thresholds",
@@ -31,7 +32,11 @@ _SUB_IGNORED = (
 )  # fmt: skip
 
 
-def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSpec] | None:
+def item_specs(
+    store: Store, p: Params, key: str, required: bool, updating: bool = False
+) -> list[ItemSpec] | None:
+    """`items[]` / `line_items[]`. When `updating`, an entry may name an existing item by
+    `id` and change only its price or quantity."""
     entries = p.dicts(key, required=required)
     if entries is None:
         return None
@@ -39,12 +44,18 @@ def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSp
         raise missing(key)
     specs = []
     for entry in entries:
-        price_id = entry.string("price", required=True) or ""
-        price = store.prices.get(price_id, entry.name("price"))
-        if price.interval is None:
+        item_id = entry.string("id") if updating else None
+        price_id = entry.string("price", required=not item_id)
+        price = store.prices.get(price_id, entry.name("price")) if price_id else None
+        if price is not None and price.interval is None:
             raise bad_request(
                 "The price specified is set to `type=one_time` but this field only accepts "
                 "prices with `type=recurring`.",
+                entry.name("price"),
+            )
+        if price is not None and not price.active:
+            raise bad_request(
+                "The price specified is inactive. This field only accepts active prices.",
                 entry.name("price"),
             )
         quantity = entry.integer("quantity", minimum=1)
@@ -58,9 +69,11 @@ def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSp
             "clear_usage",
             "plan",
             "price_data",
+            "adjustable_quantity",
         )
         clean = {k: v for k, v in (metadata or {}).items() if v is not None}
-        specs.append(ItemSpec(price, quantity or 1, clean))
+        default_quantity = None if updating and item_id else 1
+        specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
     return specs
 
 
@@ -160,13 +173,14 @@ def update(call: Call) -> Json:
         cancel_at=cancel_at,
         clear_cancel_at=clear,
         description=p.string("description"),
-        items=item_specs(call.store, p, "items", required=False),
+        items=item_specs(call.store, p, "items", required=False, updating=True),
         trial_end_now=p.raw("trial_end") == "now",
         pause_behavior=pause_behavior,
         resume_collection=pause_raw == "",
         comment=comment,
         feedback=feedback,
     )
+    p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
     p.ignore(*_SUB_IGNORED, "payment_behavior", "collection_method", "days_until_due")
     p.finish()
     return objects.subscription(update_subscription(call.store, call.id, changes))

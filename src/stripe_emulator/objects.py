@@ -171,7 +171,7 @@ def subscription(record: Subscription) -> Json:
         "customer": record.customer,
         "customer_account": None,
         "days_until_due": record.days_until_due,
-        "default_payment_method": None,
+        "default_payment_method": record.default_payment_method,
         "default_source": None,
         "default_tax_rates": [],
         "description": record.description,
@@ -204,7 +204,9 @@ def subscription(record: Subscription) -> Json:
         "test_clock": None,
         "transfer_data": None,
         "trial_end": record.trial_end,
-        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_settings": {
+            "end_behavior": {"missing_payment_method": record.missing_payment_method}
+        },
         "trial_start": record.trial_start,
     }
 
@@ -270,7 +272,7 @@ def checkout_session(record: CheckoutSession) -> Json:
         "origin_context": None,
         "payment_intent": None,
         "payment_link": None,
-        "payment_method_collection": "always",
+        "payment_method_collection": record.payment_method_collection,
         "payment_method_configuration_details": None,
         "payment_method_options": {},
         "payment_method_types": ["card"],

@@ -120,6 +120,9 @@ class Subscription:
     collection_method: str = "charge_automatically"
     days_until_due: int | None = None
     pause_behavior: str | None = None
+    default_payment_method: str | None = None
+    # `trial_settings.end_behavior.missing_payment_method`: create_invoice, cancel or pause.
+    missing_payment_method: str = "create_invoice"
 
     @property
     def start_date(self) -> int:
@@ -156,6 +159,9 @@ class CheckoutSession:
     customer_details_name: str | None = None
     locale: str | None = None
     allow_promotion_codes: bool | None = None
+    payment_method_collection: str = "always"
+    missing_payment_method: str | None = None
+    promotion_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
