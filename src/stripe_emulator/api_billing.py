@@ -28,7 +28,7 @@ _SUB_IGNORED = (
     "currency", "default_payment_method", "default_source", "default_tax_rates", "discounts",
     "invoice_settings", "off_session", "on_behalf_of", "payment_settings",
     "pending_invoice_item_interval", "proration_behavior", "proration_date", "transfer_data",
-    "trial_from_plan", "trial_settings", "coupon", "promotion_code",
+    "trial_from_plan", "coupon", "promotion_code",
 )  # fmt: skip
 
 
@@ -75,6 +75,17 @@ def item_specs(
         default_quantity = None if updating and item_id else 1
         specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
     return specs
+
+
+def missing_payment_method(p: Params) -> str | None:
+    """`trial_settings[end_behavior][missing_payment_method]`, if given."""
+    settings = p.hash("trial_settings")
+    if settings is None:
+        return None
+    end = settings.hash("end_behavior", required=True)
+    assert end is not None
+    choices = ("cancel", "create_invoice", "pause")
+    return end.string("missing_payment_method", required=True, choices=choices)
 
 
 def _cancellation(p: Params) -> tuple[str | None, str | None]:
@@ -143,6 +154,7 @@ def create(call: Call) -> Json:
         days_until_due=p.integer("days_until_due", minimum=0),
         cancel_at_period_end=bool(p.boolean("cancel_at_period_end")),
         cancel_at=cancel_at,
+        missing_payment_method=missing_payment_method(p),
     )
     p.finish()
     return objects.subscription(create_subscription(call.store, **fields))
@@ -182,6 +194,7 @@ def update(call: Call) -> Json:
     )
     p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
     p.ignore(*_SUB_IGNORED, "payment_behavior", "collection_method", "days_until_due")
+    p.ignore("trial_settings")
     p.finish()
     return objects.subscription(update_subscription(call.store, call.id, changes))
 

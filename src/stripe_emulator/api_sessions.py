@@ -6,7 +6,7 @@ from typing import Any
 
 from stripe_emulator import ids, objects, portal_flows, sessions
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
-from stripe_emulator.api_billing import item_specs
+from stripe_emulator.api_billing import item_specs, missing_payment_method
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
@@ -52,16 +52,8 @@ def _subscription_data(p: Params) -> dict[str, Any]:
         "trial_end",
         "pending_invoice_item_interval",
     )
-    missing_payment_method = None
-    settings = data.hash("trial_settings")
-    if settings is not None:
-        end = settings.hash("end_behavior", required=True)
-        assert end is not None
-        missing_payment_method = end.string(
-            "missing_payment_method", required=True, choices=("cancel", "create_invoice", "pause")
-        )
     return {
-        "missing_payment_method": missing_payment_method,
+        "missing_payment_method": missing_payment_method(data),
         "subscription_metadata": {k: v for k, v in metadata.items() if v is not None},
         "subscription_description": data.string("description"),
         "trial_period_days": data.integer("trial_period_days", minimum=1),
