@@ -45,6 +45,7 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
+NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
 
@@ -52,7 +53,7 @@ CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possibl
     "/subscriptions",
     response_model=CheckoutOut,
     responses={**NOT_FOUND, **CONFLICT, **STRIPE_ERRORS},
-    summary="Start a Stripe Checkout for the user's subscription",
+    summary="Start a Stripe Checkout for the user's subscription to a plan (seats, trial)",
 )
 async def create_checkout(
     body: CheckoutIn,
@@ -61,16 +62,21 @@ async def create_checkout(
     settings: SettingsDep,
     stripe_calls: StripeCallsDep,
 ) -> CheckoutOut:
-    if not settings.stripe_price_id:
+    if body.price is None and not settings.stripe_price_id:
         raise HTTPException(503, detail="Stripe is not configured: set STRIPE_PRICE_ID")
-    url = await stripe_calls.run(
-        billing.start_checkout,
-        request.app.state.session_factory,
-        gateway,
-        settings.stripe_price_id,
-        body.github_user_id,
+    wanted = billing.CheckoutRequest(body.github_user_id, body.price, body.quantity, body.trial)
+    started = await stripe_calls.run(
+        billing.start_checkout, request.app.state.session_factory, gateway, wanted
     )
-    return CheckoutOut(checkout_session_url=url)
+    return CheckoutOut(
+        checkout_session_url=started.url,
+        stripe_price_id=started.plan.stripe_price_id,
+        lookup_key=started.plan.lookup_key,
+        quantity=started.quantity,
+        trial=started.trial_days is not None,
+        trial_days=started.trial_days,
+        trial_refused=started.trial_refused,
+    )
 
 
 @router.post(

@@ -97,12 +97,41 @@ StripeSubscriptionId = Annotated[
 OurSubscriptionId = BigId
 
 
+PriceName = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[!-~]+$"),
+    Field(description="A lookup key or a Stripe price id", examples=["pro-monthly"]),
+]
+Quantity = Annotated[
+    int,
+    Field(ge=1, le=10_000, description="Seats", examples=[1]),
+    BeforeValidator(_number_not_text),
+]
+
+
 class CheckoutIn(StrictModel):
     github_user_id: GithubUserId
+    price: PriceName | None = Field(
+        default=None, description="One of `GET /billing/prices`; omitted: STRIPE_PRICE_ID."
+    )
+    quantity: Quantity = 1
+    trial: bool = Field(
+        default=False,
+        strict=True,
+        description="Ask for a trial of BILLING_TRIAL_DAYS (one per customer, ever).",
+    )
 
 
 class CheckoutOut(BaseModel):
     checkout_session_url: str
+    stripe_price_id: str
+    lookup_key: str | None
+    quantity: int
+    trial: bool = Field(description="Whether this Checkout starts a trial.")
+    trial_days: int | None
+    trial_refused: str | None = Field(
+        description="Why a requested trial is not part of this Checkout (null: none refused)."
+    )
 
 
 class ManageIn(StrictModel):

@@ -11,12 +11,19 @@ from collab_billing.billing.access import (
     list_sellable_prices,
     list_user_subscriptions,
 )
-from collab_billing.billing.checkout import ensure_customer, start_checkout
+from collab_billing.billing.checkout import (
+    CheckoutRequest,
+    CheckoutStarted,
+    ensure_customer,
+    start_checkout,
+)
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
 from collab_billing.billing.manage import open_cancel_portal
 
 __all__ = [
     "BillingError",
+    "CheckoutRequest",
+    "CheckoutStarted",
     "Conflict",
     "NotFound",
     "ensure_customer",
