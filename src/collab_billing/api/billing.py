@@ -28,6 +28,7 @@ from collab_billing.api.schemas import (
     GithubUserIdQuery,
     ManageIn,
     ManageOut,
+    PlanOut,
     PriceOut,
     PricesOut,
     SubscriptionOut,
@@ -128,6 +129,20 @@ def list_subscriptions(
     return subscriptions_out(github_user_id, rows)
 
 
+def _plan(row: queries.SubscriptionRow) -> PlanOut | None:
+    if row.stripe_price_id is None:
+        return None
+    return PlanOut(
+        stripe_price_id=row.stripe_price_id,
+        lookup_key=row.price_lookup_key,
+        product_name=row.product_name,
+        unit_amount=row.unit_amount,
+        currency=row.currency,
+        interval=row.interval,
+        interval_count=row.interval_count,
+    )
+
+
 def subscriptions_out(
     github_user_id: int, rows: Sequence[queries.SubscriptionRow]
 ) -> SubscriptionsOut:
@@ -143,6 +158,11 @@ def subscriptions_out(
             canceled_at=row.stripe_canceled_at,
             current_period_end=row.stripe_current_period_end,
             price_id=row.stripe_price_id,
+            plan=_plan(row),
+            quantity=row.quantity,
+            trial_end=row.stripe_trial_end,
+            kind="trial" if row.stripe_subscription_status == "trialing" else "paid",
+            cancellation_reason=row.stripe_cancellation_reason,
         )
         for row in rows
     ]

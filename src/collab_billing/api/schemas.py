@@ -147,6 +147,18 @@ class ManageOut(BaseModel):
     billing_portal_session_url: str
 
 
+class PlanOut(BaseModel):
+    """The subscribed price, as the mirrored catalog knows it."""
+
+    stripe_price_id: str
+    lookup_key: str | None
+    product_name: str | None
+    unit_amount: int | None
+    currency: str | None
+    interval: str | None
+    interval_count: int | None
+
+
 class SubscriptionOut(BaseModel):
     id: int
     stripe_subscription_id: str
@@ -158,6 +170,13 @@ class SubscriptionOut(BaseModel):
     canceled_at: UtcDatetime | None
     current_period_end: UtcDatetime | None
     price_id: str | None
+    plan: PlanOut | None
+    quantity: int | None
+    trial_end: UtcDatetime | None
+    kind: Literal["trial", "paid"] = Field(description="`trial` while Stripe says `trialing`.")
+    cancellation_reason: str | None = Field(
+        description="Stripe's `cancellation_details.reason` (e.g. `cancellation_requested`)."
+    )
 
 
 class SubscriptionsOut(BaseModel):

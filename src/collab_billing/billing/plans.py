@@ -12,13 +12,9 @@ from dataclasses import dataclass
 from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing.errors import BillingError
+from collab_billing.billing.errors import InvalidField
 from collab_billing.db import queries
 from collab_billing.db.engine import read_only
-
-
-class Unprocessable(BillingError):
-    status_code = 422
 
 
 @dataclass(frozen=True)
@@ -44,14 +40,13 @@ def resolve_plan(
         return Plan(match["stripe_price_id"], match["lookup_key"])
     if requested is None or requested == default_price:
         if default_price is None:
-            raise Unprocessable("no price given and STRIPE_PRICE_ID is not set")
+            raise InvalidField("price", "no price given and STRIPE_PRICE_ID is not set")
         if not default_price.startswith("price_"):
-            raise Unprocessable(
-                f"STRIPE_PRICE_ID {default_price!r} is no price for sale (is the catalog synced?)"
-            )
+            message = f"STRIPE_PRICE_ID {default_price!r} is no price for sale (catalog synced?)"
+            raise InvalidField("price", message)
         return Plan(default_price, None)
     names = ", ".join(row["lookup_key"] for row in sellable) or "none"
-    raise Unprocessable(f"price {requested!r} is not for sale; the prices for sale: {names}")
+    raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")
 
 
 def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:
