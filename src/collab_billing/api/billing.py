@@ -91,19 +91,20 @@ async def create_checkout(
         **CONFLICT,
         **STRIPE_ERRORS,
     },
-    summary="Open the customer portal's flow for an intent (`cancel`)",
+    summary="Manage a subscription: a portal flow for the intent, or the change itself",
 )
 async def manage_subscription(
     body: ManageIn, request: Request, gateway: GatewayDep, stripe_calls: StripeCallsDep
 ) -> ManageOut:
-    url = await stripe_calls.run(
-        billing.open_cancel_portal,
-        request.app.state.session_factory,
-        gateway,
-        body.github_user_id,
-        body.subscription_id,
+    factory = request.app.state.session_factory
+    wanted = billing.ManageRequest(
+        body.github_user_id, body.intent, body.subscription_id, body.price, body.quantity
     )
-    return ManageOut(billing_portal_session_url=url)
+    result = await stripe_calls.run(billing.manage_subscription, factory, gateway, wanted)
+    if result.changed is None:
+        return ManageOut(billing_portal_session_url=result.portal_url)
+    changed = subscriptions_out(body.github_user_id, [result.changed]).subscriptions[0]
+    return ManageOut(billing_portal_session_url=None, subscription=changed)
 
 
 @router.get(

@@ -134,17 +134,28 @@ class CheckoutOut(BaseModel):
     )
 
 
+Intent = Literal[
+    "cancel", "manage", "update_payment_method", "change_plan", "stop_cancellation", "end_trial"
+]
+
+
 class ManageIn(StrictModel):
     github_user_id: GithubUserId
-    intent: Literal["cancel"] = Field(description="What the user wants to do. Only `cancel`.")
+    intent: Intent = Field(
+        description=(
+            "`cancel`, `manage` (the portal's home), `update_payment_method`, `change_plan` "
+            "(with `price`, `quantity?`): a portal URL. `stop_cancellation`, `end_trial`: done "
+            "through Stripe's API; the answer carries the subscription. 409 if it does not apply."
+        )
+    )
     subscription_id: OurSubscriptionId | StripeSubscriptionId | None = Field(
         default=None,
-        description="Our id or Stripe's `sub_...`; omitted: the user's only active subscription.",
+        description="Our id or Stripe's `sub_...`; omitted: the user's only one that fits.",
     )
-
-
-class ManageOut(BaseModel):
-    billing_portal_session_url: str
+    price: PriceName | None = Field(default=None, description="`change_plan`: the new plan.")
+    quantity: Quantity | None = Field(
+        default=None, description="`change_plan`: the seats (omitted: unchanged)."
+    )
 
 
 class PlanOut(BaseModel):
@@ -176,6 +187,15 @@ class SubscriptionOut(BaseModel):
     kind: Literal["trial", "paid"] = Field(description="`trial` while Stripe says `trialing`.")
     cancellation_reason: str | None = Field(
         description="Stripe's `cancellation_details.reason` (e.g. `cancellation_requested`)."
+    )
+
+
+class ManageOut(BaseModel):
+    billing_portal_session_url: str | None = Field(
+        description="The portal page to send the user to; null when the change is done."
+    )
+    subscription: SubscriptionOut | None = Field(
+        default=None, description="The changed subscription (`stop_cancellation`, `end_trial`)."
     )
 
 

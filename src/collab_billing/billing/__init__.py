@@ -18,13 +18,22 @@ from collab_billing.billing.checkout import (
     start_checkout,
 )
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
-from collab_billing.billing.manage import open_cancel_portal
+from collab_billing.billing.manage import (
+    INTENTS,
+    ManageRequest,
+    ManageResult,
+    manage_subscription,
+    open_cancel_portal,
+)
 
 __all__ = [
+    "INTENTS",
     "BillingError",
     "CheckoutRequest",
     "CheckoutStarted",
     "Conflict",
+    "ManageRequest",
+    "ManageResult",
     "NotFound",
     "ensure_customer",
     "find_user",
@@ -32,6 +41,7 @@ __all__ = [
     "is_cancelable",
     "list_sellable_prices",
     "list_user_subscriptions",
+    "manage_subscription",
     "open_cancel_portal",
     "start_checkout",
 ]

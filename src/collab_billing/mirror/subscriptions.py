@@ -13,6 +13,7 @@ from collab_billing.stripe_gateway.events import Ref, id_of
 
 
 class SubscriptionItem(msgspec.Struct):
+    id: str = ""
     price: str | Ref | None = None
     quantity: int | None = None
     current_period_end: int | None = None
