@@ -17,13 +17,13 @@ from stripe_emulator.subscriptions import build_items
 # --- checkout sessions ---------------------------------------------------------------------
 
 _CHECKOUT_IGNORED = (
-    "adaptive_pricing", "automatic_tax", "billing_address_collection", "branding_settings",
+    "adaptive_pricing", "branding_settings",
     "consent_collection", "currency", "custom_fields", "custom_text", "customer_update",
     "discounts", "invoice_creation", "name_collection", "optional_items", "origin_context",
     "payment_method_configuration", "payment_method_options",
     "payment_method_types", "permissions", "phone_number_collection", "redirect_on_completion",
     "return_url", "saved_payment_method_options", "shipping_address_collection",
-    "shipping_options", "submit_type", "tax_id_collection", "wallet_options",
+    "shipping_options", "submit_type", "wallet_options",
     "customer_creation", "after_expiration",
 )  # fmt: skip
 
@@ -60,6 +60,15 @@ def _subscription_data(p: Params) -> dict[str, Any]:
     }
 
 
+def _enabled(p: Params, key: str, *ignored: str) -> bool:
+    """`automatic_tax[enabled]`-style switches."""
+    section = p.hash(key)
+    if section is None:
+        return False
+    section.ignore(*ignored)
+    return bool(section.boolean("enabled"))
+
+
 @route("POST", "/v1/checkout/sessions")
 def create_checkout(call: Call) -> Json:
     p = call.params
@@ -92,6 +101,11 @@ def create_checkout(call: Call) -> Json:
         metadata={k: v for k, v in (p.metadata() or {}).items() if v is not None},
         locale=p.string("locale"),
         allow_promotion_codes=p.boolean("allow_promotion_codes"),
+        automatic_tax=_enabled(p, "automatic_tax", "liability"),
+        billing_address_collection=p.string(
+            "billing_address_collection", choices=("auto", "required")
+        ),
+        tax_id_collection=_enabled(p, "tax_id_collection", "required"),
         payment_method_collection=p.string(
             "payment_method_collection", choices=("always", "if_required")
         )

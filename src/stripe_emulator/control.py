@@ -11,6 +11,8 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
   `subscription_update_confirm` `{}` and `subscription_update` `{"price"?, "quantity"?}` -> the
   updated subscription; `payment_method_update` `{}` -> `{"subscriptions": [...]}` (a new card).
 - POST subscriptions/{id}/status `{"status": "past_due"}` -> the subscription.
+- POST prices/{id}/delete `{}` -> the price as it was: a price deleted in the Dashboard
+  (`price.deleted`; the API has no such route).
 - POST clock/advance `{"seconds": N}`, GET clock -> `{"now", "offset"}`.
 - POST faults `{"rate", "statuses", "latency_ms", "drop_rate", "path_prefix", "retry_after",
   "drop_after_processing", "count", "seed"}` (all optional), GET, DELETE
@@ -45,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import objects, portal_flows, sessions
+from stripe_emulator import catalog_deletions, objects, portal_flows, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
@@ -149,6 +151,13 @@ async def confirm_portal(request: Request, body: Body) -> Any:
             feedback=_typed(body, "feedback", str),
         )
         return objects.subscription(sub)
+
+
+async def delete_price(request: Request, body: Body) -> Any:
+    _only(body, set())
+    store = _store(request)
+    with store.lock:
+        return catalog_deletions.delete_price(store, request.path_params["id"])
 
 
 async def subscription_status(request: Request, body: Body) -> Any:
@@ -331,6 +340,7 @@ routes = [
     _r("/_emulator/checkout/sessions/{id}/complete", complete_checkout, ["POST"]),
     _r("/_emulator/billing_portal/sessions/{id}/confirm", confirm_portal, ["POST"]),
     _r("/_emulator/subscriptions/{id}/status", subscription_status, ["POST"]),
+    _r("/_emulator/prices/{id}/delete", delete_price, ["POST"]),
     _r("/_emulator/clock/advance", clock, ["POST"]),
     _r("/_emulator/clock", clock, ["GET"]),
     _r("/_emulator/faults", faults, ["GET", "POST", "DELETE"]),

@@ -238,8 +238,13 @@ def checkout_session(record: CheckoutSession) -> Json:
         "allow_promotion_codes": record.allow_promotion_codes,
         "amount_subtotal": amount,
         "amount_total": amount,
-        "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
-        "billing_address_collection": None,
+        "automatic_tax": {
+            "enabled": record.automatic_tax,
+            "liability": None,
+            "provider": "stripe" if record.automatic_tax else None,
+            "status": "requires_location_inputs" if record.automatic_tax else None,
+        },
+        "billing_address_collection": record.billing_address_collection,
         "cancel_url": record.cancel_url,
         "client_reference_id": record.client_reference_id,
         "client_secret": None,
@@ -288,6 +293,10 @@ def checkout_session(record: CheckoutSession) -> Json:
         "submit_type": None,
         "subscription": record.subscription,
         "success_url": record.success_url,
+        "tax_id_collection": {
+            "enabled": record.tax_id_collection,
+            "required": "never",
+        },
         "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
         "ui_mode": "hosted_page",
         # Like Stripe, the hosted page's URL is only given while the session is open.

@@ -161,7 +161,9 @@ class CheckoutSession:
     allow_promotion_codes: bool | None = None
     payment_method_collection: str = "always"
     missing_payment_method: str | None = None
-    promotion_code: str | None = None
+    automatic_tax: bool = False
+    billing_address_collection: str | None = None
+    tax_id_collection: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,9 @@ class Table(Generic[T]):
         self.kind = kind
         self.rows: dict[str, T] = {}
         self.order = OrderedIds()
+        # Deleted objects that Stripe no longer shows (404, left out of lists); their records
+        # stay for the events that carry them.
+        self.gone: set[str] = set()
 
     def add(self, object_id: str, record: T) -> None:
         self.rows[object_id] = record
@@ -48,7 +51,7 @@ class Table(Generic[T]):
 
     def get(self, object_id: str, param: str = "id") -> T:
         record = self.rows.get(object_id)
-        if record is None:
+        if record is None or object_id in self.gone:
             raise not_found(self.kind, object_id, param)
         return record
 

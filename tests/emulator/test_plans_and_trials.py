@@ -221,3 +221,39 @@ def test_lookup_keys_filter_and_transfer(client: stripe.StripeClient) -> None:
     found = client.v1.prices.list(params={"lookup_keys": ["pro-monthly"]})
     assert [price.id for price in found.data] == [second.id]
     assert client.v1.prices.retrieve(first.id).lookup_key is None
+
+
+def test_checkout_records_tax_and_promotion_code_settings(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _checkout(
+        client,
+        price.id,
+        allow_promotion_codes=True,
+        automatic_tax={"enabled": True},
+        billing_address_collection="required",
+        tax_id_collection={"enabled": True},
+        customer_update={"address": "auto", "name": "auto"},
+    )
+    assert session.allow_promotion_codes is True
+    assert session.automatic_tax.enabled is True
+    assert session.billing_address_collection == "required"
+    assert session.tax_id_collection is not None and session.tax_id_collection.enabled is True
+
+
+def test_deleted_catalog_objects_are_gone_with_their_events(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    refused = ctl.v1("DELETE", f"products/{price.product}")
+    assert refused.status_code == 400  # it has a price
+    deleted = ctl("POST", f"prices/{price.id}/delete", {})
+    assert deleted["id"] == price.id
+    assert ctl.v1("GET", f"prices/{price.id}").status_code == 404
+    assert price.id not in [p.id for p in client.v1.prices.list().data]
+    gone = client.v1.products.delete(str(price.product))
+    assert gone.deleted is True
+    assert ctl.v1("GET", f"products/{price.product}").status_code == 404
+    types = [event.type for event in events_oldest_first(client)]
+    assert types[-2:] == ["price.deleted", "product.deleted"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
@@ -363,14 +363,31 @@ class BatchWriter:
             if mark is not None and newest < mark:
                 self.stats.count("stale", group.events)
                 continue
-            if group.final is None or mark == newest:
+            deletion = mirrored.deletion(group.events)
+            if deletion is not None:
+                obj = deletion.object_as(mirrored.object_type)
+            elif group.final is None or mark == newest:
                 obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
                 obj = group.final.object_as(mirrored.object_type)
-            if obj is not None:
-                rows.append(mirrored.row(obj, newest, self.known.get(cid or "")))
-                self.stats.count("applied", group.events)
+            if obj is None:
+                continue
+            self.stats.count("applied", group.events)
+            if deletion is None and getattr(obj, "deleted", False):
+                self.tombstone(mirrored, group.object_id, newest)  # read back: 404
+                continue
+            row = mirrored.row(obj, newest, self.known.get(cid or ""))
+            rows.append({**row, "deleted": True} if deletion is not None else row)
         self.upsert(mirrored, rows)
+
+    def tombstone(self, mirrored: MirroredType[Any], object_id: str, as_of: int) -> None:
+        """Mark a row deleted, keeping what it last showed (Stripe shows nothing any more)."""
+        table = mirrored.table
+        self.session.connection().execute(
+            update(table)
+            .where(table.c[mirrored.key] == object_id)
+            .values(deleted=True, stripe_state_as_of=as_of)
+        )
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]
