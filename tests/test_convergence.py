@@ -68,6 +68,7 @@ class History:
         self.customers: list[str] = []
         self.deleted: set[str] = set()
         self.subscriptions: list[str] = []
+        self.days_advanced = 0
 
     def start(self) -> None:
         from collab_billing import billing
@@ -111,8 +112,10 @@ class History:
             elif kind == "end_trial" and self.subscriptions:
                 sub_id = self.subscriptions[step[1] % len(self.subscriptions)]
                 sdk.subscriptions.update(sub_id, params={"trial_end": "now"})
-            elif kind == "trials_expire":
+            elif kind == "trials_expire" and self.days_advanced < 16:
+                # At most twice: events older than Stripe's 30 days are gone from the log.
                 self.emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+                self.days_advanced += 8
             elif kind == "cancel_at_period_end" and self.subscriptions:
                 sub = self.subscriptions[step[1] % len(self.subscriptions)]
                 sdk.subscriptions.update(sub, params={"cancel_at_period_end": step[2]})
