@@ -218,7 +218,7 @@ def test_a_cardless_trial_ends_canceled_without_a_card_and_active_with_one(
     emulator.control("POST", "clock/advance", {"seconds": 7 * DAY + 60})
     reconciler.drain()
     [ended] = subscriptions(service, 1)
-    assert (ended["status"], ended["kind"]) == ("canceled", "paid")
+    assert (ended["status"], ended["kind"]) == ("canceled", "trial")  # never paid for
     assert ended["cancellation_reason"] == "cancellation_requested"
     [paying] = subscriptions(service, 2)
     assert (paying["status"], paying["kind"], paying["cancellation_reason"]) == (

@@ -162,7 +162,7 @@ def subscriptions_out(
             plan=_plan(row),
             quantity=row.quantity,
             trial_end=row.stripe_trial_end,
-            kind="trial" if row.stripe_subscription_status == "trialing" else "paid",
+            kind=billing.subscription_kind(row),
             cancellation_reason=row.stripe_cancellation_reason,
         )
         for row in rows

@@ -184,7 +184,9 @@ class SubscriptionOut(BaseModel):
     plan: PlanOut | None
     quantity: int | None
     trial_end: UtcDatetime | None
-    kind: Literal["trial", "paid"] = Field(description="`trial` while Stripe says `trialing`.")
+    kind: Literal["trial", "paid"] = Field(
+        description="`trial` while trialing (or a trial that ended unpaid); else `paid`."
+    )
     cancellation_reason: str | None = Field(
         description="Stripe's `cancellation_details.reason` (e.g. `cancellation_requested`)."
     )

@@ -10,6 +10,7 @@ from collab_billing.billing.access import (
     is_cancelable,
     list_sellable_prices,
     list_user_subscriptions,
+    subscription_kind,
 )
 from collab_billing.billing.checkout import (
     CheckoutRequest,
@@ -44,4 +45,5 @@ __all__ = [
     "manage_subscription",
     "open_cancel_portal",
     "start_checkout",
+    "subscription_kind",
 ]
