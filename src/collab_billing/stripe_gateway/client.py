@@ -231,23 +231,33 @@ class StripeGateway:
         )
         return str(session.url)
 
-    def create_recurring_price(
-        self, *, product_name: str, unit_amount: int, currency: str, interval: str
-    ) -> str:
+    def create_product(self, *, name: str) -> str:
         product = self._call(
-            "products.create",
-            lambda: self.client.v1.products.create(params={"name": product_name}),
+            "products.create", lambda: self.client.v1.products.create(params={"name": name})
         )
+        return str(product.id)
+
+    def create_recurring_price(
+        self,
+        *,
+        product_id: str,
+        unit_amount: int,
+        currency: str,
+        interval: str,
+        lookup_key: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "product": product_id,
+            "unit_amount": unit_amount,
+            "currency": currency,
+            "recurring": {"interval": interval},
+        }
+        if lookup_key is not None:
+            params["lookup_key"] = lookup_key
+            params["transfer_lookup_key"] = True  # the key names the newest price
         price = self._call(
             "prices.create",
-            lambda: self.client.v1.prices.create(
-                params={
-                    "product": product.id,
-                    "unit_amount": unit_amount,
-                    "currency": currency,
-                    "recurring": {"interval": interval},
-                }
-            ),
+            lambda: self.client.v1.prices.create(params=params),  # type: ignore[arg-type]
         )
         return str(price.id)
 
