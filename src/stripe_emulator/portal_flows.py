@@ -41,14 +41,7 @@ def flow_sections(kind: str, data: Params) -> dict[str, Any]:
                 "Only one subscription item may be updated through this flow.",
                 "flow_data[subscription_update_confirm][items]",
             )
-        items = [
-            {
-                "id": entry.string("id", required=True),
-                "price": entry.string("price"),
-                "quantity": entry.integer("quantity", minimum=1),
-            }
-            for entry in entries
-        ]
+        items = [_confirm_item(entry) for entry in entries]
         section.ignore("discounts")
         sections[kind] = {
             "discounts": [],
@@ -56,6 +49,14 @@ def flow_sections(kind: str, data: Params) -> dict[str, Any]:
             "subscription": section.string("subscription", required=True),
         }
     return sections
+
+
+def _confirm_item(entry: Params) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": entry.string("id", required=True), "price": entry.string("price")}
+    quantity = entry.integer("quantity", minimum=1)
+    if quantity is not None:  # rendered only when given (the schema's is not nullable)
+        item["quantity"] = quantity
+    return item
 
 
 def flow_subscription_id(flow: dict[str, Any]) -> str | None:
@@ -115,7 +116,7 @@ def confirm_update(
         item = flow["subscription_update_confirm"]["items"][0]
         spec = ItemSpec(
             store.prices.get(item["price"]) if item["price"] else None,
-            item["quantity"],
+            item.get("quantity"),
             id=item["id"],
         )
     else:

@@ -257,3 +257,33 @@ def test_deleted_catalog_objects_are_gone_with_their_events(
     assert ctl.v1("GET", f"products/{price.product}").status_code == 404
     types = [event.type for event in events_oldest_first(client)]
     assert types[-2:] == ["price.deleted", "product.deleted"]
+
+
+def test_hosted_pages_offer_the_trial_without_card_and_the_flows(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price, other = recurring_price(client), recurring_price(client, 900)
+    session = _cardless_trial(client, price.id)
+    page = ctl.http.get(f"/_emulator/pages/checkout/{session.id}")
+    assert "Start trial without a card" in page.text
+    done = ctl.http.post(f"/_emulator/pages/checkout/{session.id}", data={"action": "no_card"})
+    assert done.status_code == 303
+    sub = client.v1.subscriptions.list(params={"customer": str(session.customer)}).data[0]
+    assert (sub.status, sub.default_payment_method) == ("trialing", None)
+
+    portal = client.v1.billing_portal.sessions.create(
+        params={
+            "customer": str(session.customer),
+            "flow_data": {
+                "type": "subscription_update_confirm",
+                "subscription_update_confirm": {
+                    "subscription": sub.id,
+                    "items": [{"id": sub["items"].data[0].id, "price": other.id}],
+                },
+            },
+        }
+    )
+    page = ctl.http.get(f"/_emulator/pages/billing_portal/{portal.id}")
+    assert "Confirm the change" in page.text and "Cancel now" not in page.text
+    ctl.http.post(f"/_emulator/pages/billing_portal/{portal.id}", data={"action": "update"})
+    assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == other.id
