@@ -23,6 +23,7 @@ from starlette.routing import Route
 from stripe_emulator import (
     api_billing,
     api_catalog,
+    api_coupons,
     api_events,
     api_sessions,
     catalog_deletions,
@@ -38,7 +39,14 @@ from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # Importing the handler modules registers their `/v1` routes with `api.route`.
-HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events, catalog_deletions)
+HANDLER_MODULES = (
+    api_catalog,
+    api_billing,
+    api_sessions,
+    api_events,
+    catalog_deletions,
+    api_coupons,
+)
 
 
 async def _index(request: Request) -> Response:

@@ -2,9 +2,10 @@
 
 Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` (400/404).
 
-- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?}` -> the checkout.session
-  (status complete, with `customer` and `subscription`). `card: false` skips the card where
-  Checkout allows it (a trial with `payment_method_collection=if_required`).
+- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?, "promotion_code"?}` -> the
+  checkout.session (status complete, with `customer` and `subscription`). `card: false` skips
+  the card where Checkout allows it (a trial with `payment_method_collection=if_required`);
+  `promotion_code` is the code the customer enters (`allow_promotion_codes` sessions).
 - POST billing_portal/sessions/{id}/confirm: what the customer does in the session's flow.
   Cancel (and no flow) `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` ->
   the subscription (set to cancel at period end, or canceled now);
@@ -109,7 +110,7 @@ def _only(body: Body, allowed: set[str]) -> None:
 
 
 async def complete_checkout(request: Request, body: Body) -> Any:
-    _only(body, {"email", "name", "card"})
+    _only(body, {"email", "name", "card", "promotion_code"})
     store = _store(request)
     with store.lock:
         session = sessions.complete_checkout_session(
@@ -118,6 +119,7 @@ async def complete_checkout(request: Request, body: Body) -> Any:
             email=_typed(body, "email", str),
             name=_typed(body, "name", str),
             card=_typed(body, "card", bool),
+            promotion_code=_typed(body, "promotion_code", str),
         )
         return objects.checkout_session(session)
 

@@ -216,7 +216,11 @@ def checkout_amount(record: CheckoutSession) -> int:
 
 
 def checkout_session(record: CheckoutSession) -> Json:
-    amount = checkout_amount(record)
+    subtotal = checkout_amount(record)
+    amount = subtotal - record.amount_discount
+    discounts = []
+    if record.promotion_code is not None:
+        discounts = [{"coupon": None, "promotion_code": record.promotion_code}]
     complete = record.status == "complete"
     details: Json | None = None
     if complete:
@@ -236,7 +240,7 @@ def checkout_session(record: CheckoutSession) -> Json:
         "adaptive_pricing": None,
         "after_expiration": None,
         "allow_promotion_codes": record.allow_promotion_codes,
-        "amount_subtotal": amount,
+        "amount_subtotal": subtotal,
         "amount_total": amount,
         "automatic_tax": {
             "enabled": record.automatic_tax,
@@ -266,7 +270,7 @@ def checkout_session(record: CheckoutSession) -> Json:
         "customer_creation": None,
         "customer_details": details,
         "customer_email": record.customer_email,
-        "discounts": [],
+        "discounts": discounts,
         "expires_at": record.expires_at,
         "invoice": None,
         "invoice_creation": None,
@@ -297,7 +301,11 @@ def checkout_session(record: CheckoutSession) -> Json:
             "enabled": record.tax_id_collection,
             "required": "never",
         },
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "total_details": {
+            "amount_discount": record.amount_discount,
+            "amount_shipping": 0,
+            "amount_tax": 0,
+        },
         "ui_mode": "hosted_page",
         # Like Stripe, the hosted page's URL is only given while the session is open.
         "url": record.url if record.status == "open" else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import ids, portal_flows
+from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.records import (
@@ -89,9 +90,12 @@ def complete_checkout_session(
     email: str | None = None,
     name: str | None = None,
     card: bool | None = None,
+    promotion_code: str | None = None,
 ) -> CheckoutSession:
     session = _open_session(store, session_id)
     payment_method = ids.new_id("pm") if _collects_card(session, card) else None
+    if promotion_code is not None:
+        session = apply_promotion_code(store, session, promotion_code)
     now = store.now()
     customer_id = session.customer
     email = email or session.customer_email

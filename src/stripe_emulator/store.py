@@ -21,10 +21,12 @@ from stripe_emulator.objects import Json
 from stripe_emulator.pagination import OrderedIds
 from stripe_emulator.records import (
     CheckoutSession,
+    Coupon,
     Customer,
     PortalSession,
     Price,
     Product,
+    PromotionCode,
     Subscription,
 )
 
@@ -101,6 +103,8 @@ class Store:
     portal_sessions: Table[PortalSession] = field(
         default_factory=lambda: Table("billing_portal.session")
     )
+    coupons: Table[Coupon] = field(default_factory=lambda: Table("coupon"))
+    promotion_codes: Table[PromotionCode] = field(default_factory=lambda: Table("promotion_code"))
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
@@ -173,6 +177,8 @@ class Store:
             "subscriptions",
             "checkout_sessions",
             "portal_sessions",
+            "coupons",
+            "promotion_codes",
             "subscriptions_by_customer",
             "events",
             "idempotency",

@@ -287,3 +287,30 @@ def test_hosted_pages_offer_the_trial_without_card_and_the_flows(
     assert "Confirm the change" in page.text and "Cancel now" not in page.text
     ctl.http.post(f"/_emulator/pages/billing_portal/{portal.id}", data={"action": "update"})
     assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == other.id
+
+
+def test_a_promotion_code_applies_at_checkout(client: stripe.StripeClient, ctl: Control) -> None:
+    price = recurring_price(client)  # 20.00
+    coupon = client.v1.coupons.create(params={"percent_off": 25, "duration": "once"})
+    promo = client.v1.promotion_codes.create(
+        params={"promotion": {"type": "coupon", "coupon": coupon.id}, "code": "LAUNCH25"}
+    )
+    assert promo.code == "LAUNCH25" and promo.active
+    found = client.v1.promotion_codes.list(params={"code": "launch25"}).data
+    assert [p.id for p in found] == [promo.id]
+
+    refused = _checkout(client, price.id)  # promotion codes not allowed
+    response = ctl.raw(
+        "POST", f"checkout/sessions/{refused.id}/complete", {"promotion_code": "LAUNCH25"}
+    )
+    assert response.status_code == 400
+
+    session = _checkout(client, price.id, allow_promotion_codes=True)
+    wrong = ctl.raw("POST", f"checkout/sessions/{session.id}/complete", {"promotion_code": "NOPE"})
+    assert wrong.status_code == 400
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"promotion_code": "LAUNCH25"})
+    assert done["discounts"] == [{"coupon": None, "promotion_code": promo.id}]
+    assert (done["amount_subtotal"], done["amount_total"]) == (6000, 4500)  # 3 seats
+    assert done["total_details"]["amount_discount"] == 1500
+    assert client.v1.promotion_codes.retrieve(promo.id).times_redeemed == 1
+    assert client.v1.coupons.retrieve(coupon.id).times_redeemed == 1
