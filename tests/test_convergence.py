@@ -39,6 +39,8 @@ operation = st.one_of(
     st.tuples(st.just("change_plan"), st.integers(0, 9), st.booleans(), st.integers(1, 3)),
     st.tuples(st.just("end_trial"), st.integers(0, 9)),
     st.tuples(st.just("trials_expire")),
+    # A catalog price deleted (in the Dashboard): terminal, kept as a tombstone.
+    st.tuples(st.just("delete_price")),
     st.tuples(st.just("cancel_at_period_end"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("set_status"), st.integers(0, 9), st.sampled_from(STATUSES)),
     st.tuples(st.just("cancel_now"), st.integers(0, 9)),
@@ -69,6 +71,7 @@ class History:
         self.deleted: set[str] = set()
         self.subscriptions: list[str] = []
         self.days_advanced = 0
+        self.price_deleted = False
 
     def start(self) -> None:
         from collab_billing import billing
@@ -127,7 +130,10 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
-            elif kind == "update_price":
+            elif kind == "delete_price" and not self.price_deleted:
+                self.emulator.control("POST", f"prices/{self.catalog_price}/delete", {})
+                self.price_deleted = True
+            elif kind == "update_price" and not self.price_deleted:
                 sdk.prices.update(self.catalog_price, params=_price_change(step[1], step[2]))
             elif kind == "advance":
                 self.emulator.control("POST", "clock/advance", {"seconds": step[1]})
@@ -191,6 +197,10 @@ class History:
         expected = {price.id: price.to_dict() for price in listing.data}
         with self.factory() as session:
             rows = {r.stripe_price_id: r for r in session.scalars(select(BillingPrice))}
+        deleted = {price_id for price_id, row in rows.items() if row.deleted}
+        assert deleted == ({self.catalog_price} if self.price_deleted else set())
+        for price_id in deleted:
+            del rows[price_id]
         assert set(rows) == set(expected)
         for price_id, price in expected.items():
             row = rows[price_id]
