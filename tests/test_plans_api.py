@@ -382,3 +382,19 @@ def test_portal_home_and_payment_method_intents(
         ).status_code
         == 404
     )
+
+
+def test_change_plan_to_the_default_price_without_a_lookup_key(
+    service: Service,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    catalog: dict[str, str],
+    stripe_settings: Settings,
+) -> None:
+    buy(service, emulator, reconciler, 1, price="pro-monthly")
+    default = stripe_settings.stripe_price_id
+    assert default is not None and default not in catalog.values()
+    response = manage(service, 1, "change_plan", price=default)
+    assert response.status_code == 200, response.text
+    flow = portal_session(emulator, response.json()["billing_portal_session_url"])["flow"]
+    assert flow["subscription_update_confirm"]["items"][0]["price"] == default

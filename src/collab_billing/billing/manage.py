@@ -108,7 +108,8 @@ def _change_plan(
     if request.price is None:
         raise InvalidField("price", "change_plan needs the new plan's `price`")
     settings = gateway.settings
-    plan = resolve_plan(factory, request.price, None, settings.billing_price_lookup_keys())
+    keys = settings.billing_price_lookup_keys()
+    plan = resolve_plan(factory, request.price, settings.stripe_price_id, keys)
     customer, target = _target(
         factory, request, _why_not_changeable, "active subscription to change"
     )
