@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import Table
+from sqlalchemy import Table, Update, update
 
 T = TypeVar("T")
 
@@ -54,4 +54,12 @@ class MirroredType(Generic[T]):
         """What a 404 on a type that keeps tombstones means: the object was deleted."""
         return msgspec.json.decode(
             msgspec.json.encode({"id": object_id, "deleted": True}), type=self.object_type
+        )
+
+    def tombstone(self, object_id: str, as_of: int) -> Update:
+        """Mark a row deleted, keeping what it last showed (Stripe shows nothing any more)."""
+        return (
+            update(self.table)
+            .where(self.table.c[self.key] == object_id)
+            .values(deleted=True, stripe_state_as_of=as_of)
         )

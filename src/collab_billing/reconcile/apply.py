@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
@@ -374,20 +374,12 @@ class BatchWriter:
                 continue
             self.stats.count("applied", group.events)
             if deletion is None and getattr(obj, "deleted", False):
-                self.tombstone(mirrored, group.object_id, newest)  # read back: 404
+                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
+                self.session.connection().execute(tombstone)
                 continue
             row = mirrored.row(obj, newest, self.known.get(cid or ""))
             rows.append({**row, "deleted": True} if deletion is not None else row)
         self.upsert(mirrored, rows)
-
-    def tombstone(self, mirrored: MirroredType[Any], object_id: str, as_of: int) -> None:
-        """Mark a row deleted, keeping what it last showed (Stripe shows nothing any more)."""
-        table = mirrored.table
-        self.session.connection().execute(
-            update(table)
-            .where(table.c[mirrored.key] == object_id)
-            .values(deleted=True, stripe_state_as_of=as_of)
-        )
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]
