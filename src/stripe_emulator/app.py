@@ -20,7 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stripe_emulator import api_billing, api_catalog, api_events, api_sessions, control, pages
+from stripe_emulator import (
+    api_billing,
+    api_catalog,
+    api_events,
+    api_invoices,
+    api_sessions,
+    control,
+    invoice_pages,
+    pages,
+)
 from stripe_emulator.api import handle_v1
 from stripe_emulator.counter import CountingMiddleware, RequestCounts
 from stripe_emulator.faults import FaultMiddleware, Faults, install_log_filter
@@ -30,7 +39,7 @@ from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # Importing the handler modules registers their `/v1` routes with `api.route`.
-HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events)
+HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events, api_invoices)
 
 
 async def _index(request: Request) -> Response:
@@ -73,6 +82,7 @@ def create_app(
             Route("/", _index, methods=["GET"]),
             *control.routes,
             *pages.routes,
+            *invoice_pages.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,

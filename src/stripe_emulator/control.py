@@ -2,8 +2,9 @@
 
 Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` (400/404).
 
-- POST checkout/sessions/{id}/complete `{"email"?, "name"?}` -> the checkout.session
-  (status complete, with `customer` and `subscription`).
+- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "payment_method"?}` -> the
+  checkout.session (status complete, with `customer` and `subscription`); `payment_method`
+  is the test card entered (default `pm_card_visa`; a declining one answers 402).
 - POST billing_portal/sessions/{id}/confirm
   `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` -> the subscription
   (set to cancel at period end, or canceled now).
@@ -42,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import objects, sessions
+from stripe_emulator import invoice_objects, objects, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
@@ -104,7 +105,7 @@ def _only(body: Body, allowed: set[str]) -> None:
 
 
 async def complete_checkout(request: Request, body: Body) -> Any:
-    _only(body, {"email", "name"})
+    _only(body, {"email", "name", "payment_method"})
     store = _store(request)
     with store.lock:
         session = sessions.complete_checkout_session(
@@ -112,6 +113,7 @@ async def complete_checkout(request: Request, body: Body) -> Any:
             request.path_params["id"],
             email=_typed(body, "email", str),
             name=_typed(body, "name", str),
+            payment_method=_typed(body, "payment_method", str) or "pm_card_visa",
         )
         return objects.checkout_session(session)
 
@@ -295,6 +297,10 @@ def dump(store: Store, with_events: bool = False) -> Body:
         ],
         "billing_portal_sessions": [
             objects.portal_session(s) for s in store.portal_sessions.rows.values()
+        ],
+        "invoices": [invoice_objects.invoice(i) for i in store.invoices.rows.values()],
+        "payment_methods": [
+            invoice_objects.payment_method(m) for m in store.payment_methods.rows.values()
         ],
         "event_count": len(store.events),
     }

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from stripe_emulator import invoice_objects
+from stripe_emulator.billing_records import Invoice, PaymentMethod, TestClock
 from stripe_emulator.events import Event
 from stripe_emulator.records import (
     CheckoutSession,
@@ -48,7 +50,7 @@ def customer(record: Customer) -> Json:
         "invoice_prefix": record.invoice_prefix,
         "invoice_settings": {
             "custom_fields": None,
-            "default_payment_method": None,
+            "default_payment_method": record.default_payment_method,
             "footer": None,
             "rendering_options": None,
         },
@@ -171,7 +173,7 @@ def subscription(record: Subscription) -> Json:
         "customer": record.customer,
         "customer_account": None,
         "days_until_due": record.days_until_due,
-        "default_payment_method": None,
+        "default_payment_method": record.default_payment_method,
         "default_source": None,
         "default_tax_rates": [],
         "description": record.description,
@@ -184,7 +186,7 @@ def subscription(record: Subscription) -> Json:
             "has_more": False,
             "url": f"/v1/subscription_items?subscription={record.id}",
         },
-        "latest_invoice": None,
+        "latest_invoice": record.latest_invoice,
         "livemode": False,
         "metadata": dict(record.metadata),
         "next_pending_invoice_item_invoice": None,
@@ -342,6 +344,8 @@ def render(obj: Any) -> Json:
         return product(obj)
     if isinstance(obj, PortalSession):
         return portal_session(obj)
+    if isinstance(obj, (Invoice, PaymentMethod, TestClock)):
+        return invoice_objects.render(obj)
     assert isinstance(obj, dict)
     return obj
 

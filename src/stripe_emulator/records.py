@@ -56,6 +56,9 @@ class Customer:
     address: dict[str, str | None] | None = None
     invoice_prefix: str = ""
     deleted: bool = False
+    # invoice_settings.default_payment_method: the card invoices charge (after the
+    # subscription's own default_payment_method).
+    default_payment_method: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,8 @@ class Subscription:
     collection_method: str = "charge_automatically"
     days_until_due: int | None = None
     pause_behavior: str | None = None
+    default_payment_method: str | None = None
+    latest_invoice: str | None = None
 
     @property
     def start_date(self) -> int:

@@ -4,15 +4,16 @@ Completing a subscription-mode Checkout session emits, all in the same second as
 `customer.created` (only if the session had no customer), `customer.subscription.created`
 (status `incomplete`), `customer.subscription.updated` (`active`, previous status
 `incomplete`), `checkout.session.completed`. With a trial, the subscription is created
-`trialing` and no update follows. (Stripe also emits invoice and payment events in between;
-the emulator does not model invoices.)
+`trialing`. In between come the card (`payment_method.attached`) and the first invoice
+(`invoice.created`, `.finalized`, `.paid`, `.payment_succeeded`; $0 during a trial), and the
+update also sets the subscription's `default_payment_method` and `latest_invoice`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids
+from stripe_emulator import ids, invoices, payment_methods
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.records import (
@@ -72,9 +73,24 @@ def _open_session(store: Store, session_id: str) -> CheckoutSession:
 
 
 def complete_checkout_session(
-    store: Store, session_id: str, *, email: str | None = None, name: str | None = None
+    store: Store,
+    session_id: str,
+    *,
+    email: str | None = None,
+    name: str | None = None,
+    payment_method: str = "pm_card_visa",
 ) -> CheckoutSession:
+    """`payment_method`: the test token of the card the customer enters (a declining one
+    raises 402 `card_declined` and changes nothing, as Checkout keeps the customer on the page)."""
     session = _open_session(store, session_id)
+    card_token = payment_methods.TEST_TOKENS.get(payment_method)
+    if card_token is None:
+        raise bad_request(
+            f"`payment_method` must be one of {', '.join(payment_methods.TEST_TOKENS)}.",
+            "payment_method",
+        )
+    if card_token[2] and not session.trial_period_days:
+        raise payment_methods.card_declined()
     now = store.now()
     customer_id = session.customer
     email = email or session.customer_email
@@ -96,8 +112,12 @@ def complete_checkout_session(
         description=session.subscription_description,
         created=now,
     )
+    card = payment_methods.attach(store, payment_method, customer_id)
+    invoice = invoices.start_invoice(store, sub, card, now)
+    started = evolve(sub, default_payment_method=card.id, latest_invoice=invoice.id)
     if sub.status == "incomplete":
-        save(store, sub, evolve(sub, status="active"), created=now)
+        started = evolve(started, status="active")
+    save(store, sub, started, created=now)
     done = evolve(
         session,
         status="complete",

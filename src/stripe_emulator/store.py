@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stripe_emulator import encode, ids, objects
+from stripe_emulator.billing_records import BillingSettings, Invoice, PaymentMethod, TestClock
 from stripe_emulator.clock import Clock
 from stripe_emulator.errors import not_found
 from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
@@ -98,6 +99,13 @@ class Store:
     portal_sessions: Table[PortalSession] = field(
         default_factory=lambda: Table("billing_portal.session")
     )
+    invoices: Table[Invoice] = field(default_factory=lambda: Table("invoice"))
+    payment_methods: Table[PaymentMethod] = field(default_factory=lambda: Table("payment_method"))
+    test_clocks: Table[TestClock] = field(default_factory=lambda: Table("test_helpers.test_clock"))
+    billing_settings: BillingSettings = field(default_factory=BillingSettings)
+    # The base of hosted invoice URLs: the last API request's (invoices made as the clock
+    # passes have no request of their own).
+    invoice_base_url: str = "http://127.0.0.1:12111"
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
@@ -170,6 +178,11 @@ class Store:
             "subscriptions",
             "checkout_sessions",
             "portal_sessions",
+            "invoices",
+            "payment_methods",
+            "test_clocks",
+            "billing_settings",
+            "invoice_base_url",
             "subscriptions_by_customer",
             "events",
             "idempotency",

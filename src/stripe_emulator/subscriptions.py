@@ -142,6 +142,7 @@ class SubscriptionChanges:
     resume_collection: bool = False
     comment: str | None = None
     feedback: str | None = None
+    default_payment_method: str | None = None  # "" clears it
 
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
@@ -163,6 +164,7 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         or changes.trial_end_now
         or changes.pause_behavior is not None
         or changes.resume_collection
+        or changes.default_payment_method is not None
     )
     if old.status in ENDED and others:
         raise bad_request(
@@ -185,6 +187,8 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, pause_behavior=changes.pause_behavior)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
+    if changes.default_payment_method is not None:
+        new = evolve(new, default_payment_method=changes.default_payment_method or None)
     return save(store, old, new)
 
 

@@ -30,6 +30,9 @@ SCHEMAS = {
     "product": "product",
     "event": "event",
     "item": "item",
+    "invoice": "invoice",
+    "payment_method": "payment_method",
+    "test_helpers.test_clock": "test_helpers.test_clock",
 }
 
 
