@@ -112,6 +112,8 @@ def complete_checkout_session(
         description=session.subscription_description,
         created=now,
     )
+    # The session's URL has the emulator's public base: its invoices' pages live there too.
+    store.invoice_base_url = session.url.split("/_emulator/", 1)[0]
     card = payment_methods.attach(store, payment_method, customer_id)
     invoice = invoices.start_invoice(store, sub, card, now)
     started = evolve(sub, default_payment_method=card.id, latest_invoice=invoice.id)
