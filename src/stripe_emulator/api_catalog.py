@@ -10,6 +10,7 @@ from stripe_emulator.errors import missing
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
+from stripe_emulator.test_clocks import live_clock
 
 # Parameters Stripe accepts that the emulator stores nowhere (accepted so clients work).
 _CUSTOMER_IGNORED = (
@@ -45,9 +46,14 @@ def _customer_fields(p: Params) -> dict[str, Any]:
 def create_customer(call: Call) -> Json:
     p = call.params
     p.ignore("invoice_settings")
+    clock_id = p.string("test_clock")
     fields = _customer_fields(p)
     metadata = p.metadata()
     p.finish()
+    if clock_id:
+        # A test clock's customer lives on its time (see test_clocks.py).
+        clock = live_clock(call.store, clock_id, "test_clock")
+        fields.update(test_clock=clock.id, created=clock.frozen_time)
     return objects.customer(catalog.create_customer(call.store, metadata=metadata, **fields))
 
 

@@ -26,6 +26,7 @@ from stripe_emulator import (
     api_events,
     api_invoices,
     api_sessions,
+    api_test_clocks,
     control,
     invoice_pages,
     pages,
@@ -39,7 +40,14 @@ from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # Importing the handler modules registers their `/v1` routes with `api.route`.
-HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events, api_invoices)
+HANDLER_MODULES = (
+    api_catalog,
+    api_billing,
+    api_sessions,
+    api_events,
+    api_invoices,
+    api_test_clocks,
+)
 
 
 async def _index(request: Request) -> Response:

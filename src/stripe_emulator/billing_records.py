@@ -84,6 +84,7 @@ class TestClock:
     frozen_time: int
     name: str | None = None
     status: str = "ready"
+    deleted: bool = False
 
     __test__ = False  # not a pytest class
 

@@ -101,7 +101,7 @@ _SUB = constant_runs(
      "cancellation_details", "collection_method", "created", "currency", "customer",
      "days_until_due", "description", "ended_at", "items", "metadata", "pause_collection",
      "start_date", "status", "trial_end", "trial_start", "default_payment_method",
-     "latest_invoice"),
+     "latest_invoice", "test_clock"),
 )  # fmt: skip
 
 
@@ -148,7 +148,8 @@ def _subscription(r: Subscription) -> dict[str, Any]:
         "payment_settings": _SUB["payment_settings"],
         "start_date": r.start_date,
         "status": r.status,
-        "test_clock": _SUB["test_clock"],
+        "test_clock": r.test_clock,
+        "transfer_data": _SUB["transfer_data"],
         "trial_end": r.trial_end,
         "trial_settings": _SUB["trial_settings"],
         "trial_start": r.trial_start,
@@ -160,7 +161,7 @@ def _subscription(r: Subscription) -> dict[str, Any]:
 _CUSTOMER = constant_runs(
     objects.customer(Customer("cus_probe", 0)),
     ("id", "address", "created", "description", "email", "invoice_prefix", "metadata", "name",
-     "phone", "invoice_settings"),
+     "phone", "invoice_settings", "test_clock"),
 )  # fmt: skip
 
 
@@ -188,6 +189,7 @@ def _customer(r: Customer) -> dict[str, Any]:
         "next_invoice_sequence": _CUSTOMER["next_invoice_sequence"],
         "phone": r.phone,
         "preferred_locales": _CUSTOMER["preferred_locales"],
+        "test_clock": r.test_clock,
     }
 
 

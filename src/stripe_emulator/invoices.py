@@ -81,6 +81,7 @@ def create_invoice(
         billing_reason=reason,
         hosted_invoice_url=f"{base_url(store)}/_emulator/pages/invoices/{invoice_id}",
         number=_number(store, sub.customer),
+        test_clock=sub.test_clock,
     )
     store.invoices.add(invoice_id, draft)
     store.emit("invoice.created", draft, created=at)
@@ -209,7 +210,7 @@ def pay(
     invoice = store.invoices.get(invoice_id)
     if invoice.status != "open":
         raise bad_request(f"Invoice is already {invoice.status}.")
-    at = store.now()
+    at = store.customer_now(invoice.customer)
     if out_of_band:
         paid = evolve(invoice, status="paid", paid_at=at, next_payment_attempt=None)
         store.invoices.put(paid.id, paid)

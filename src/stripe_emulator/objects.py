@@ -62,7 +62,7 @@ def customer(record: Customer) -> Json:
         "preferred_locales": [],
         "shipping": None,
         "tax_exempt": "none",
-        "test_clock": None,
+        "test_clock": record.test_clock,
     }
 
 
@@ -203,7 +203,7 @@ def subscription(record: Subscription) -> Json:
         "schedule": None,
         "start_date": record.start_date,
         "status": record.status,
-        "test_clock": None,
+        "test_clock": record.test_clock,
         "transfer_data": None,
         "trial_end": record.trial_end,
         "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},

@@ -59,6 +59,7 @@ class Customer:
     # invoice_settings.default_payment_method: the card invoices charge (after the
     # subscription's own default_payment_method).
     default_payment_method: str | None = None
+    test_clock: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class Subscription:
     pause_behavior: str | None = None
     default_payment_method: str | None = None
     latest_invoice: str | None = None
+    test_clock: str | None = None  # the customer's, when it has one
 
     @property
     def start_date(self) -> int:

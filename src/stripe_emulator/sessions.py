@@ -91,7 +91,7 @@ def complete_checkout_session(
         )
     if card_token[2] and not session.trial_period_days:
         raise payment_methods.card_declined()
-    now = store.now()
+    now = store.customer_now(session.customer)
     customer_id = session.customer
     email = email or session.customer_email
     if customer_id is None:

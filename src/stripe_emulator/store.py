@@ -128,10 +128,12 @@ class Store:
         created: int | None = None,
     ) -> Event:
         request = self.request
+        now = self.now()
         event = Event(
             ids.new_id("evt"),
             type_,
-            self.now() if created is None else created,
+            # Never in the future: a test clock's objects may live ahead of the real clock.
+            now if created is None else min(created, now),
             obj,
             previous,
             request.request_id if request else None,
@@ -148,6 +150,15 @@ class Store:
     def event_json(self, event: Event) -> bytes:
         """`render_event(event)` encoded as JSON (the same bytes as `objects.dumps` gives)."""
         return encode.event_json(event, self.pending_webhooks.get(event.id, 0))
+
+    def customer_now(self, customer_id: str | None) -> int:
+        """Now for a customer's objects: its test clock's frozen time, else the clock's."""
+        customer = self.customers.rows.get(customer_id) if customer_id else None
+        if customer is not None and customer.test_clock is not None:
+            clock = self.test_clocks.rows.get(customer.test_clock)
+            if clock is not None:
+                return clock.frozen_time
+        return self.now()
 
     def retained_since(self) -> int:
         """Oldest `created` still readable: Stripe keeps events for 30 days."""

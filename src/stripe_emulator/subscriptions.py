@@ -60,8 +60,8 @@ def create_subscription(
     cancel_at_period_end: bool = False,
     cancel_at: int | None = None,
 ) -> Subscription:
-    store.live_customer(customer)
-    now = store.now() if created is None else created
+    test_clock = store.live_customer(customer).test_clock
+    now = store.customer_now(customer) if created is None else created
     if trial_days:
         trial_end = now + trial_days * DAY
     if trial_end is not None:
@@ -82,6 +82,7 @@ def create_subscription(
         description=description or None,
         collection_method=collection_method,
         days_until_due=days_until_due,
+        test_clock=test_clock,
     )
     if cancel_at_period_end or cancel_at is not None:
         record = schedule_cancel(record, now, cancel_at, cancel_at_period_end)

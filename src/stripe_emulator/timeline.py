@@ -21,27 +21,36 @@ _SUBSCRIPTION, _CHECKOUT, _INVOICE = 0, 1, 2
 
 
 def advance(store: Store, seconds: int) -> int:
-    """Call with `store.lock` held; returns the new time."""
+    """Call with `store.lock` held; returns the new time. Objects on a test clock stay put."""
     store.clock.advance(seconds)
     now = store.now()
+    catch_up(store, now, None)
+    return now
+
+
+def catch_up(store: Store, now: int, test_clock: str | None) -> None:
+    """Apply, in time order, what happens up to `now` to the objects of `test_clock` (None:
+    the objects on no test clock, which follow the emulator's own clock)."""
     queue: list[tuple[int, int, str]] = []
     for sub in store.subscriptions.rows.values():
         due = next_transition(sub, now)
-        if due is not None:
+        if due is not None and sub.test_clock == test_clock:
             queue.append((due, _SUBSCRIPTION, sub.id))
     for session in store.checkout_sessions.rows.values():
-        if session.status == "open" and session.expires_at <= now:
+        if test_clock is None and session.status == "open" and session.expires_at <= now:
             queue.append((session.expires_at, _CHECKOUT, session.id))
     queued_invoices: set[str] = set()
     for invoice in store.invoices.rows.values():
         retry_at = invoices.retry_due(invoice, now)
-        if retry_at is not None:
+        if retry_at is not None and invoice.test_clock == test_clock:
             queued_invoices.add(invoice.id)
             queue.append((retry_at, _INVOICE, invoice.id))
     heapq.heapify(queue)
     while queue:
         due, kind, object_id = heapq.heappop(queue)
-        at = max(due, store.events.last_created)
+        # A test clock's objects keep their own time (their events are stamped no later
+        # than the real clock by `Store.emit`).
+        at = due if test_clock is not None else max(due, store.events.last_created)
         if kind == _CHECKOUT:
             expire_checkout_session(store, object_id, created=at)
             continue
@@ -66,4 +75,3 @@ def advance(store: Store, seconds: int) -> int:
             if retry_at is not None:
                 queued_invoices.add(latest)
                 heapq.heappush(queue, (retry_at, _INVOICE, latest))
-    return now

@@ -165,6 +165,14 @@ def billing_cycle_workload(
         customer_id, {"invoice_settings": {"default_payment_method": spare.id}}
     )
     client.v1.payment_methods.detach(card.id)
+    clocks = client.v1.test_helpers.test_clocks
+    clock = clocks.create({"frozen_time": invoices.data[0].created, "name": "contract"})
+    client.v1.customers.create(params={"test_clock": clock.id})
+    clocks.advance(clock.id, {"frozen_time": invoices.data[0].created + 86400})
+    clocks.retrieve(clock.id)
+    clocks.list(params={"limit": 3})
+    clocks.delete(clock.id)
+    expect_error(lambda: clocks.retrieve(clock.id))
     expect_error(lambda: client.v1.invoices.retrieve("in_missing"))
     expect_error(lambda: client.v1.payment_methods.attach("pm_missing", {"customer": customer_id}))
 
