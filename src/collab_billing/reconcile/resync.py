@@ -23,7 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import BillingCustomer, User
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevant_event_types
+from collab_billing.mirror.registry import (
+    MIRRORED_TYPES,
+    MirroredType,
+    relevant_event_types,
+    types_filter,
+)
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.apply import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
@@ -89,7 +94,7 @@ def resync(
 def _stripe_now(gateway: StripeGateway) -> int:
     """The newest event's second; on an account with no event yet, now (less a margin for a
     clock that runs ahead of Stripe's): polling starts there instead of at the epoch."""
-    page = gateway.list_events(types=relevant_event_types(), limit=1)
+    page = gateway.list_events(types=types_filter(relevant_event_types()), limit=1)
     return page.events[0].created if page.events else int(time.time()) - 300
 
 

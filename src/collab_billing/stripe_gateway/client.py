@@ -204,14 +204,17 @@ class StripeGateway:
     def list_events(
         self,
         *,
-        types: Sequence[str],
+        types: Sequence[str] | None,
         created_gte: int | None = None,
         created_lt: int | None = None,
         starting_after: str | None = None,
         limit: int = 100,
     ) -> EventPage:
-        """One page of events, newest first; `starting_after` pages on to older ones."""
-        params: dict[str, Any] = {"limit": limit, "types": list(types)}
+        """One page of events, newest first; `starting_after` pages on to older ones. `types`
+        None reads events of every type."""
+        params: dict[str, Any] = {"limit": limit}
+        if types is not None:
+            params["types"] = list(types)
         created = {"gte": created_gte, "lt": created_lt}
         if any(value is not None for value in created.values()):
             params["created"] = {k: v for k, v in created.items() if v is not None}
