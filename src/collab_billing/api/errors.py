@@ -67,7 +67,7 @@ def _is_json(value: Any) -> bool:
 
 async def _billing_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BillingError)
-    return JSONResponse({"detail": error.message}, status_code=error.status_code)
+    return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
 
 
 async def _stripe_failed(request: Request, error: Exception) -> JSONResponse:

@@ -5,25 +5,36 @@ Stripe calls never run inside a database transaction: a slow Stripe must not hol
 """
 
 from collab_billing.billing.access import (
+    Access,
+    BillingView,
+    billing_view,
+    decide_access,
     find_user,
     is_active,
     is_cancelable,
     list_sellable_prices,
+    list_user_invoices,
     list_user_subscriptions,
 )
 from collab_billing.billing.checkout import ensure_customer, start_checkout
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
-from collab_billing.billing.manage import open_cancel_portal
+from collab_billing.billing.manage import invoice_to_pay, open_cancel_portal
 
 __all__ = [
+    "Access",
     "BillingError",
+    "BillingView",
     "Conflict",
     "NotFound",
+    "billing_view",
+    "decide_access",
     "ensure_customer",
     "find_user",
+    "invoice_to_pay",
     "is_active",
     "is_cancelable",
     "list_sellable_prices",
+    "list_user_invoices",
     "list_user_subscriptions",
     "open_cancel_portal",
     "start_checkout",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing.access import find_user, is_active
+from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
 from collab_billing.billing.errors import Conflict
 from collab_billing.db import queries
 from collab_billing.db.models import User
@@ -14,10 +15,17 @@ from collab_billing.stripe_gateway import StripeGateway
 
 
 def start_checkout(
-    factory: sessionmaker[Session], gateway: StripeGateway, price_id: str, github_user_id: int
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    price_id: str,
+    github_user_id: int,
+    now: datetime | None = None,
 ) -> str:
-    """The URL of a new Checkout session for the user's subscription to `price_id`."""
+    """The URL of a new Checkout session for the user's subscription to `price_id`. Refused
+    (409, with the invoice's hosted page) while the user has an overdue invoice: a new
+    subscription must not be the way around paying it."""
     user = find_user(factory, github_user_id)
+    refuse_if_overdue(factory, github_user_id, now or datetime.now(UTC))
     with factory() as session, session.begin():
         active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
     if active:

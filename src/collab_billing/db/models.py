@@ -149,7 +149,7 @@ class BillingInvoice(MirroredRow, Base):
     attempt_count: Mapped[int] = mapped_column(Integer, nullable=False)
     next_payment_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's `created`: the order of `GET /billing/invoices` (newest first).
-    stripe_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stripe_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     # An automatic invoice's payment is first attempted when it is finalized: the grace
     # period of a failed one counts from here.
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -77,7 +77,7 @@ def columns(invoice: Invoice) -> dict[str, Any]:
         "billing_reason": invoice.billing_reason,
         "attempt_count": invoice.attempt_count,
         "next_payment_attempt": _time(invoice.next_payment_attempt),
-        "stripe_created": _time(invoice.created),
+        "stripe_created": datetime.fromtimestamp(invoice.created, UTC),
         "finalized_at": _time(invoice.status_transitions.finalized_at),
         "paid_at": _time(invoice.status_transitions.paid_at),
         "due_date": _time(invoice.due_date),

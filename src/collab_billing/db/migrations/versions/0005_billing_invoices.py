@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("billing_reason", sa.String(length=64), nullable=True),
         sa.Column("attempt_count", sa.Integer(), nullable=False),
         _time("next_payment_attempt"),
-        _time("stripe_created"),
+        sa.Column("stripe_created", sa.DateTime(timezone=True), nullable=False),
         _time("finalized_at"),
         _time("paid_at"),
         _time("due_date"),
