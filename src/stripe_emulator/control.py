@@ -302,6 +302,9 @@ def dump(store: Store, with_events: bool = False) -> Body:
         "payment_methods": [
             invoice_objects.payment_method(m) for m in store.payment_methods.rows.values()
         ],
+        "test_clocks": [
+            invoice_objects.test_clock(c) for c in store.test_clocks.rows.values() if not c.deleted
+        ],
         "event_count": len(store.events),
     }
     if with_events:
