@@ -225,6 +225,28 @@ def test_retries_exhausted_cancel_for_payment_failed(
     assert nothing.status_code == 409
 
 
+def test_unpaid_after_retries_then_paid_by_api(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Stripe's other setting: the subscription becomes `unpaid` (blocked at once), and
+    paying the invoice makes it active again."""
+    emulator.control("POST", "billing", {"retry_days": [1], "after_retries": "unpaid"})
+    cycle, user = on_emulator_clock, 504
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    cycle.decline_renewals(sub_id)
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    assert cycle.access(user) == "grace"
+    emulator.control("POST", "clock/advance", {"seconds": DAY})
+    view = cycle.view(user)
+    assert (view["subscriptions"][0]["status"], view["access"]["state"]) == ("unpaid", "blocked")
+    manage = {"github_user_id": user, "intent": "pay_invoice", "subscription_id": sub_id}
+    hosted = cycle.api.post("/billing/subscriptions/manage", json=manage).json()
+    assert hosted == {"hosted_invoice_url": view["overdue_invoices"][0]["hosted_invoice_url"]}
+    cycle.sdk.invoices.pay(view["overdue_invoices"][0]["id"], {"payment_method": "pm_card_visa"})
+    assert cycle.access(user) == "active"
+
+
 def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulator) -> None:
     cycle, user = on_emulator_clock, 503
     cycle.add_user(user)
