@@ -42,7 +42,7 @@ def base_url(store: Store) -> str:
 
 def _number(store: Store, customer_id: str) -> str:
     customer = store.customers.get(customer_id)
-    count = sum(1 for inv in store.invoices.rows.values() if inv.customer == customer_id)
+    count = len(store.invoice_index.get(customer_id, ()))
     return f"{customer.invoice_prefix}-{count + 1:04d}"
 
 
@@ -84,6 +84,8 @@ def create_invoice(
         test_clock=sub.test_clock,
     )
     store.invoices.add(invoice_id, draft)
+    for owner in (sub.customer, sub.id):
+        store.invoice_index.setdefault(owner, []).append(invoice_id)
     store.emit("invoice.created", draft, created=at)
     final = evolve(draft, status="open", finalized_at=at)
     store.invoices.put(invoice_id, final)
@@ -133,11 +135,8 @@ def charge(
 
 
 def _open_invoices(store: Store, sub_id: str) -> list[Invoice]:
-    return [
-        inv
-        for inv in store.invoices.rows.values()
-        if inv.subscription == sub_id and inv.status == "open"
-    ]
+    invoices = (store.invoices.rows[i] for i in store.invoice_index.get(sub_id, ()))
+    return [invoice for invoice in invoices if invoice.status == "open"]
 
 
 def _after_payment(store: Store, invoice: Invoice, at: int) -> None:

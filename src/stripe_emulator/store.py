@@ -103,6 +103,8 @@ class Store:
     payment_methods: Table[PaymentMethod] = field(default_factory=lambda: Table("payment_method"))
     test_clocks: Table[TestClock] = field(default_factory=lambda: Table("test_helpers.test_clock"))
     billing_settings: BillingSettings = field(default_factory=BillingSettings)
+    # customer id and subscription id -> their invoices' ids, oldest first.
+    invoice_index: dict[str, list[str]] = field(default_factory=dict)
     # The base of hosted invoice URLs: the last API request's (invoices made as the clock
     # passes have no request of their own).
     invoice_base_url: str = "http://127.0.0.1:12111"
@@ -193,6 +195,7 @@ class Store:
             "payment_methods",
             "test_clocks",
             "billing_settings",
+            "invoice_index",
             "invoice_base_url",
             "subscriptions_by_customer",
             "events",
