@@ -37,6 +37,10 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("STRIPE_API_BASE", "ftp://stripe"),
         ("BILLING_PAST_DUE_GRACE_DAYS", "-1"),
         ("BILLING_PAST_DUE_GRACE_DAYS", "a week"),
+        ("BILLING_TRIAL_DAYS", "-1"),
+        ("BILLING_TRIAL_DAYS", "731"),  # Stripe's longest trial is 730 days
+        ("BILLING_TRIAL_REQUIRES_PAYMENT_METHOD", "maybe"),
+        ("BILLING_AUTOMATIC_TAX", "sometimes"),
     ],
 )
 def test_bad_setting_names_the_variable(

@@ -23,10 +23,12 @@ from starlette.routing import Route
 from stripe_emulator import (
     api_billing,
     api_catalog,
+    api_coupons,
     api_events,
     api_invoices,
     api_sessions,
     api_test_clocks,
+    catalog_deletions,
     control,
     invoice_pages,
     pages,
@@ -45,6 +47,8 @@ HANDLER_MODULES = (
     api_billing,
     api_sessions,
     api_events,
+    catalog_deletions,
+    api_coupons,
     api_invoices,
     api_test_clocks,
 )

@@ -173,6 +173,12 @@ def renews(sub: Subscription, at: int) -> bool:
     """Whether the subscription's next transition at `at` is a renewal (not an end)."""
     if sub.status in ("incomplete", "incomplete_expired", "canceled", "unpaid", "paused"):
         return False
+    if (
+        sub.status == "trialing"
+        and sub.default_payment_method is None
+        and sub.missing_payment_method == "cancel"
+    ):
+        return False  # the trial ends without a card: canceled (subscriptions.transition)
     return sub.cancel_at is None or sub.cancel_at > at
 
 

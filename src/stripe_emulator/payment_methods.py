@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from stripe_emulator import ids
 from stripe_emulator.billing_records import PaymentMethod
-from stripe_emulator.errors import StripeError, bad_request, not_found
+from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.records import evolve
 from stripe_emulator.store import Store
 
@@ -87,7 +87,5 @@ def for_invoice(
         chosen = customer.default_payment_method if customer is not None else None
     if chosen is None:
         return None
-    record = store.payment_methods.rows.get(chosen)
-    if record is None:
-        raise not_found("payment_method", chosen)
-    return record
+    # An id with no card behind it cannot be charged (the charge fails; the clock goes on).
+    return store.payment_methods.rows.get(chosen)

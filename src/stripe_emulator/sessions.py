@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids, invoices, payment_methods
+from stripe_emulator import ids, invoices, payment_methods, portal_flows
+from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.records import (
@@ -72,12 +73,25 @@ def _open_session(store: Store, session_id: str) -> CheckoutSession:
     return session
 
 
+def _collects_card(session: CheckoutSession, card: bool | None) -> bool:
+    """Whether the customer gives a card: `payment_method_collection=if_required` with a
+    trial lets them skip it (`card: false`); otherwise Checkout always takes one."""
+    optional = session.payment_method_collection == "if_required" and bool(
+        session.trial_period_days
+    )
+    if card is False and not optional:
+        raise bad_request("This Checkout Session requires a payment method.", "card")
+    return card is not False if not optional else bool(card)
+
+
 def complete_checkout_session(
     store: Store,
     session_id: str,
     *,
     email: str | None = None,
     name: str | None = None,
+    card: bool | None = None,
+    promotion_code: str | None = None,
     payment_method: str = "pm_card_visa",
 ) -> CheckoutSession:
     """`payment_method`: the test token of the card the customer enters (a declining one
@@ -89,8 +103,11 @@ def complete_checkout_session(
             f"`payment_method` must be one of {', '.join(payment_methods.TEST_TOKENS)}.",
             "payment_method",
         )
-    if card_token[2] and not session.trial_period_days:
+    collects = _collects_card(session, card)
+    if collects and card_token[2] and not session.trial_period_days:
         raise payment_methods.card_declined()
+    if promotion_code is not None:
+        session = apply_promotion_code(store, session, promotion_code)
     now = store.customer_now(session.customer)
     customer_id = session.customer
     email = email or session.customer_email
@@ -102,6 +119,8 @@ def complete_checkout_session(
         email = email or customer.email
         name = name or customer.name
     trial = session.trial_period_days
+    # The card the customer entered, attached to the customer (none: a card-less trial).
+    entered = payment_methods.attach(store, payment_method, customer_id) if collects else None
     sub = create_subscription(
         store,
         customer=customer_id,
@@ -111,12 +130,13 @@ def complete_checkout_session(
         trial_days=trial,
         description=session.subscription_description,
         created=now,
+        default_payment_method=entered.id if entered else None,
+        missing_payment_method=session.missing_payment_method,
     )
     # The session's URL has the emulator's public base: its invoices' pages live there too.
     store.invoice_base_url = session.url.split("/_emulator/", 1)[0]
-    card = payment_methods.attach(store, payment_method, customer_id)
-    invoice = invoices.start_invoice(store, sub, card, now)
-    started = evolve(sub, default_payment_method=card.id, latest_invoice=invoice.id)
+    invoice = invoices.start_invoice(store, sub, entered, now)
+    started = evolve(sub, latest_invoice=invoice.id)
     if sub.status == "incomplete":
         started = evolve(started, status="active")
     save(store, sub, started, created=now)
@@ -159,16 +179,8 @@ def create_portal_session(
     locale: str | None = None,
 ) -> PortalSession:
     store.live_customer(customer)
-    if flow is not None and flow["type"] == "subscription_cancel":
-        sub_id = flow["subscription_cancel"]["subscription"]
-        param = "flow_data[subscription_cancel][subscription]"
-        sub = store.subscriptions.get(sub_id, param)
-        if sub.customer != customer:
-            raise bad_request(
-                f"The subscription {sub_id} does not belong to the customer {customer}.", param
-            )
-        if sub.status in ENDED:
-            raise bad_request(f"The subscription {sub_id} has already been canceled.", param)
+    if flow is not None:
+        portal_flows.check_flow(store, customer, flow)
     session_id = ids.new_id("bps")
     record = PortalSession(
         id=session_id,

@@ -48,8 +48,8 @@ def test_checkout_completion_without_customer(client: stripe.StripeClient, ctl: 
     events = events_oldest_first(client)[mark:]
     assert [e.type for e in events] == [
         "customer.created",
-        "customer.subscription.created",
         "payment_method.attached",
+        "customer.subscription.created",
         "invoice.created",
         "invoice.finalized",
         "invoice.paid",
@@ -58,13 +58,13 @@ def test_checkout_completion_without_customer(client: stripe.StripeClient, ctl: 
         "checkout.session.completed",
     ]
     assert len({e.created for e in events}) == 1  # one second, like Stripe
-    created, updated = events[1].data.object, events[7]
+    created, updated = events[2].data.object, events[7]
     assert created.status == "incomplete"
     assert updated.data.object.status == "active"
-    card, invoice = events[2].data.object, events[6].data.object
+    card, invoice = events[1].data.object, events[6].data.object
+    assert created.default_payment_method == card.id
     assert updated.data.previous_attributes.to_dict() == {
         "status": "incomplete",
-        "default_payment_method": None,
         "latest_invoice": None,
     }
     assert updated.data.object.default_payment_method == card.id

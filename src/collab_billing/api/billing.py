@@ -35,6 +35,7 @@ from collab_billing.api.schemas import (
     ManageOut,
     OverdueInvoiceOut,
     PayInvoiceOut,
+    PlanOut,
     PriceOut,
     PricesOut,
     StripeInvoiceId,
@@ -42,6 +43,7 @@ from collab_billing.api.schemas import (
     SubscriptionsOut,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
+from collab_billing.db import queries
 from collab_billing.db.models import BillingInvoice
 
 router = APIRouter(
@@ -53,6 +55,7 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
+NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
 
@@ -60,7 +63,7 @@ CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possibl
     "/subscriptions",
     response_model=CheckoutOut,
     responses={**NOT_FOUND, **CONFLICT, **STRIPE_ERRORS},
-    summary="Start a Stripe Checkout for the user's subscription",
+    summary="Start a Stripe Checkout for the user's subscription to a plan (seats, trial)",
 )
 async def create_checkout(
     body: CheckoutIn,
@@ -70,17 +73,21 @@ async def create_checkout(
     stripe_calls: StripeCallsDep,
     now: NowDep,
 ) -> CheckoutOut:
-    if not settings.stripe_price_id:
+    if body.price is None and not settings.stripe_price_id:
         raise HTTPException(503, detail="Stripe is not configured: set STRIPE_PRICE_ID")
-    url = await stripe_calls.run(
-        billing.start_checkout,
-        request.app.state.session_factory,
-        gateway,
-        settings.stripe_price_id,
-        body.github_user_id,
-        now,
+    wanted = billing.CheckoutRequest(body.github_user_id, body.price, body.quantity, body.trial)
+    started = await stripe_calls.run(
+        billing.start_checkout, request.app.state.session_factory, gateway, wanted, now
     )
-    return CheckoutOut(checkout_session_url=url)
+    return CheckoutOut(
+        checkout_session_url=started.url,
+        stripe_price_id=started.plan.stripe_price_id,
+        lookup_key=started.plan.lookup_key,
+        quantity=started.quantity,
+        trial=started.trial_days is not None,
+        trial_days=started.trial_days,
+        trial_refused=started.trial_refused,
+    )
 
 
 @router.post(
@@ -94,8 +101,8 @@ async def create_checkout(
         **CONFLICT,
         **STRIPE_ERRORS,
     },
-    summary="Open the customer portal's flow for an intent (`cancel`), or the overdue "
-    "invoice's page (`pay_invoice`)",
+    summary="Manage a subscription: a portal flow for the intent, the change itself, or the "
+    "overdue invoice's page (`pay_invoice`)",
 )
 async def manage_subscription(
     body: ManageIn,
@@ -113,14 +120,14 @@ async def manage_subscription(
             now,
         )
         return PayInvoiceOut(hosted_invoice_url=hosted)
-    url = await stripe_calls.run(
-        billing.open_cancel_portal,
-        request.app.state.session_factory,
-        gateway,
-        body.github_user_id,
-        body.subscription_id,
+    factory = request.app.state.session_factory
+    wanted = billing.ManageRequest(
+        body.github_user_id, body.intent, body.subscription_id, body.price, body.quantity
     )
-    return ManageOut(billing_portal_session_url=url)
+    result = await stripe_calls.run(billing.manage_subscription, factory, gateway, wanted)
+    if result.changed is None:
+        return ManageOut(billing_portal_session_url=result.portal_url)
+    return ManageOut(billing_portal_session_url=None, subscription=subscription_out(result.changed))
 
 
 @router.get(
@@ -196,23 +203,42 @@ def invoice_out(row: BillingInvoice) -> InvoiceOut:
     )
 
 
+def _plan(row: queries.SubscriptionRow) -> PlanOut | None:
+    if row.stripe_price_id is None:
+        return None
+    return PlanOut(
+        stripe_price_id=row.stripe_price_id,
+        lookup_key=row.price_lookup_key,
+        product_name=row.product_name,
+        unit_amount=row.unit_amount,
+        currency=row.currency,
+        interval=row.interval,
+        interval_count=row.interval_count,
+    )
+
+
+def subscription_out(row: queries.SubscriptionRow) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=row.id,
+        stripe_subscription_id=row.stripe_subscription_id,
+        status=row.stripe_subscription_status,
+        is_active=billing.is_active(row),
+        is_cancelable=billing.is_cancelable(row),
+        cancel_at_period_end=row.stripe_cancel_at_period_end,
+        cancel_at=row.stripe_cancel_at,
+        canceled_at=row.stripe_canceled_at,
+        current_period_end=row.stripe_current_period_end,
+        price_id=row.stripe_price_id,
+        plan=_plan(row),
+        quantity=row.quantity,
+        trial_end=row.stripe_trial_end,
+        kind=billing.subscription_kind(row),
+        cancellation_reason=row.stripe_cancellation_reason,
+    )
+
+
 def subscriptions_out(github_user_id: int, view: billing.BillingView) -> SubscriptionsOut:
-    rows = view.subscriptions
-    subscriptions = [
-        SubscriptionOut(
-            id=row.id,
-            stripe_subscription_id=row.stripe_subscription_id,
-            status=row.stripe_subscription_status,
-            is_active=billing.is_active(row),
-            is_cancelable=billing.is_cancelable(row),
-            cancel_at_period_end=row.stripe_cancel_at_period_end,
-            cancel_at=row.stripe_cancel_at,
-            canceled_at=row.stripe_canceled_at,
-            current_period_end=row.stripe_current_period_end,
-            price_id=row.stripe_price_id,
-        )
-        for row in rows
-    ]
+    subscriptions = [subscription_out(row) for row in view.subscriptions]
     return SubscriptionsOut(
         github_user_id=github_user_id,
         has_active_subscription=view.access.allows_use,

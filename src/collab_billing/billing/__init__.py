@@ -15,16 +15,34 @@ from collab_billing.billing.access import (
     list_sellable_prices,
     list_user_invoices,
     list_user_subscriptions,
+    subscription_kind,
 )
-from collab_billing.billing.checkout import ensure_customer, start_checkout
+from collab_billing.billing.checkout import (
+    CheckoutRequest,
+    CheckoutStarted,
+    ensure_customer,
+    start_checkout,
+)
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
-from collab_billing.billing.manage import invoice_to_pay, open_cancel_portal
+from collab_billing.billing.manage import (
+    INTENTS,
+    ManageRequest,
+    ManageResult,
+    invoice_to_pay,
+    manage_subscription,
+    open_cancel_portal,
+)
 
 __all__ = [
+    "INTENTS",
     "Access",
     "BillingError",
     "BillingView",
+    "CheckoutRequest",
+    "CheckoutStarted",
     "Conflict",
+    "ManageRequest",
+    "ManageResult",
     "NotFound",
     "billing_view",
     "decide_access",
@@ -36,6 +54,8 @@ __all__ = [
     "list_sellable_prices",
     "list_user_invoices",
     "list_user_subscriptions",
+    "manage_subscription",
     "open_cancel_portal",
     "start_checkout",
+    "subscription_kind",
 ]

@@ -40,6 +40,22 @@ def is_cancelable(subscription: BillingSubscription | queries.SubscriptionRow) -
     return is_active(subscription) and not subscription.stripe_cancel_at_period_end
 
 
+def subscription_kind(subscription: queries.SubscriptionRow) -> Literal["trial", "paid"]:
+    """`trial` while trialing, and for a trial that ended without being paid for (canceled by
+    its end, e.g. no card was added); `paid` once billing started."""
+    status = subscription.stripe_subscription_status
+    if status == "trialing":
+        return "trial"
+    trial_end, canceled_at = subscription.stripe_trial_end, subscription.stripe_canceled_at
+    ended_in_trial = (
+        status in ("canceled", "incomplete_expired")
+        and trial_end is not None
+        and canceled_at is not None
+        and canceled_at <= trial_end
+    )
+    return "trial" if ended_in_trial else "paid"
+
+
 def list_user_subscriptions(
     factory: sessionmaker[Session], github_user_id: int
 ) -> list[queries.SubscriptionRow]:
@@ -100,9 +116,9 @@ def decide_access(
 
     Per subscription: `active`/`trialing` -> active; `past_due` -> grace until `grace` after
     the first failed payment of its open invoice (its finalization: an automatic invoice is
-    charged when finalized), blocked after; `unpaid` -> blocked; `canceled` with an invoice of
-    it still open after a failed payment (Stripe cancels for `payment_failed` that way) ->
-    blocked; anything else -> none. The user gets the best of their subscriptions."""
+    charged when finalized), blocked after; `unpaid` -> blocked; `canceled` for
+    `payment_failed` with an invoice of it still open after a failed payment -> blocked;
+    anything else -> none. The user gets the best of their subscriptions."""
     best = Access("none")
     for subscription in subscriptions:
         owed = [
@@ -110,22 +126,27 @@ def decide_access(
             for invoice in open_invoices
             if invoice.stripe_subscription_id == subscription.stripe_subscription_id
         ]
-        access = _subscription_access(subscription.stripe_subscription_status, owed, now, grace)
+        access = _subscription_access(subscription, owed, now, grace)
         if _RANK[access.state] > _RANK[best.state]:
             best = access
     return best
 
 
 def _subscription_access(
-    status: str, owed: Sequence[BillingInvoice], now: datetime, grace: timedelta
+    subscription: queries.SubscriptionRow,
+    owed: Sequence[BillingInvoice],
+    now: datetime,
+    grace: timedelta,
 ) -> Access:
+    status = subscription.stripe_subscription_status
     if status in ("active", "trialing"):
         return Access("active")
     if status == "unpaid":
         return Access("blocked")
     failed = [invoice for invoice in owed if is_overdue(invoice, now)]
     if status == "canceled":
-        return Access("blocked") if failed else Access("none")
+        for_payment = subscription.stripe_cancellation_reason == "payment_failed"
+        return Access("blocked") if failed and for_payment else Access("none")
     if status != "past_due":
         return Access("none")
     started = [_utc(i.finalized_at) for i in failed if i.finalized_at is not None]

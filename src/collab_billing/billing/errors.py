@@ -6,11 +6,11 @@ from __future__ import annotations
 class BillingError(Exception):
     status_code = 400
 
-    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str, extra: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         # More members of the error's JSON body, beside `detail`.
-        self.details = details or {}
+        self.extra = extra or {}
 
 
 class NotFound(BillingError):
@@ -19,6 +19,20 @@ class NotFound(BillingError):
 
 class Conflict(BillingError):
     status_code = 409
+
+
+class InvalidField(BillingError):
+    """A well-formed field whose value the catalog refuses: answered like a validation error
+    (FastAPI's 422 shape, `loc` naming the field), so clients handle one 422 shape."""
+
+    status_code = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def details(self) -> list[dict[str, object]]:
+        return [{"loc": ["body", self.field], "msg": self.message, "type": "value_error"}]
 
 
 def unknown_user(github_user_id: int) -> NotFound:

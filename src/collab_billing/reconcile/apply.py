@@ -363,13 +363,22 @@ class BatchWriter:
             if mark is not None and newest < mark:
                 self.stats.count("stale", group.events)
                 continue
-            if group.final is None or mark == newest:
+            deletion = mirrored.deletion(group.events)
+            if deletion is not None:
+                obj = deletion.object_as(mirrored.object_type)
+            elif group.final is None or mark == newest:
                 obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
                 obj = group.final.object_as(mirrored.object_type)
-            if obj is not None:
-                rows.append(mirrored.row(obj, newest, self.known.get(cid or "")))
-                self.stats.count("applied", group.events)
+            if obj is None:
+                continue
+            self.stats.count("applied", group.events)
+            if deletion is None and getattr(obj, "deleted", False):
+                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
+                self.session.connection().execute(tombstone)
+                continue
+            row = mirrored.row(obj, newest, self.known.get(cid or ""))
+            rows.append({**row, "deleted": True} if deletion is not None else row)
         self.upsert(mirrored, rows)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:

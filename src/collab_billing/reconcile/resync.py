@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,26 @@ def resync(
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
     return report
+
+
+def refresh(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    mirrored: MirroredType[Any],
+    object_ids: Sequence[str],
+) -> None:
+    """Read these objects from Stripe now and write them as resync does: the watermark is the
+    newest event's second, taken BEFORE the reads, so the rows are at least as new as every
+    event up to it, a later event still applies, and a tie is read again. For a change just
+    made through the API (the row shows it without waiting for its event)."""
+    as_of = _stripe_now(gateway)
+    operation = f"{mirrored.kind}s.retrieve"
+    chunk = [
+        mirrored.decode(gateway.get(operation, mirrored.retrieve_path.format(id=object_id)))
+        for object_id in object_ids
+    ]
+    with transaction(factory) as session:
+        _write(session, mirrored, chunk, as_of)
 
 
 def _stripe_now(gateway: StripeGateway) -> int:
