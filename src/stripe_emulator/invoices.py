@@ -183,7 +183,15 @@ def renews(sub: Subscription, at: int) -> bool:
 
 
 def renew(store: Store, sub: Subscription, at: int) -> None:
-    """A new period starts at `current_period_end` (a trial ends into `active`) and is billed."""
+    """A new period starts at `current_period_end` (a trial ends into `active`) and is billed.
+    A trial that ends without a card and `missing_payment_method=pause` is paused instead."""
+    if (
+        sub.status == "trialing"
+        and sub.default_payment_method is None
+        and sub.missing_payment_method == "pause"
+    ):
+        save(store, sub, evolve(sub, status="paused"), created=at)
+        return
     start = sub.current_period_end
     end = start + PERIOD_SECONDS
     invoice_id = ids.new_id("in", at)

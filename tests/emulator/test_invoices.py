@@ -200,3 +200,28 @@ def test_checkout_with_a_declining_card_changes_nothing(
     assert answer.json()["error"]["code"] == "card_declined"
     assert client.v1.checkout.sessions.retrieve(session.id).status == "open"
     assert client.v1.invoices.list().data == []
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status"),
+    [("create_invoice", "past_due"), ("pause", "paused"), ("cancel", "canceled")],
+)
+def test_cardless_trial_end(
+    client: stripe.StripeClient, ctl: Control, behavior: str, status: str
+) -> None:
+    """A trial without a card: $0 first invoice; at its end Stripe invoices (and the charge
+    fails), pauses or cancels, per `trial_settings.end_behavior.missing_payment_method`."""
+    price = recurring_price(client)
+    customer = client.v1.customers.create()
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": price.id}],
+            "trial_period_days": 7,
+            "trial_settings": {"end_behavior": {"missing_payment_method": behavior}},  # type: ignore[typeddict-item]
+        }
+    )
+    advance(ctl, 7.1)
+    assert client.v1.subscriptions.retrieve(sub.id).status == status
+    invoices = client.v1.invoices.list(params={"subscription": sub.id}).data
+    assert [i.status for i in invoices] == (["open"] if behavior == "create_invoice" else [])
