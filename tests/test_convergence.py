@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from collab_billing.config import Settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
-from collab_billing.db.models import BillingPrice, BillingSubscription
+from collab_billing.db.models import BillingInvoice, BillingPrice, BillingSubscription
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import Event, StripeGateway
 from tests.conftest import clear_tables
@@ -50,6 +50,12 @@ operation = st.one_of(
     st.tuples(st.just("advance"), st.integers(1, 3)),
     st.tuples(st.just("deliver"), st.floats(0.1, 1.0)),
     # The catalog: prices belong to no customer; archiving and lookup keys are mirrored.
+    # The billing cycle: invoices from Checkout and renewals, declined cards, retries,
+    # payment; days pass (renewals after 30, retries 3, 5 and 7 days after a failure).
+    st.tuples(st.just("checkout"), st.integers(0, USERS - 1)),
+    st.tuples(st.just("decline"), st.integers(0, 9)),
+    st.tuples(st.just("pay"), st.integers(0, 9)),
+    st.tuples(st.just("advance"), st.sampled_from([3 * 86_400, 8 * 86_400, 31 * 86_400])),
     st.tuples(
         st.just("update_price"),
         st.sampled_from(["active", "lookup_key", "nickname", "metadata"]),
@@ -130,6 +136,11 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
+            elif kind in ("checkout", "decline", "pay"):
+                self.billing_cycle(step)
+            elif kind == "declined_renewal":  # the card declines, then a renewal comes
+                self.billing_cycle(("decline", step[1]))
+                self.emulator.control("POST", "clock/advance", {"seconds": 31 * 86_400})
             elif kind == "delete_price" and not self.price_deleted:
                 self.emulator.control("POST", f"prices/{self.catalog_price}/delete", {})
                 self.price_deleted = True
@@ -138,13 +149,45 @@ class History:
             elif kind == "advance":
                 self.emulator.control("POST", "clock/advance", {"seconds": step[1]})
             elif kind == "deliver":
-                events = self.emulator.all_events()
+                events = self.every_event()
                 self.deliver(rng.sample(events, max(1, int(len(events) * step[1]))), rng)
         except stripe.InvalidRequestError as error:
             # Stripe refuses some moves (e.g. updating a canceled subscription): so do we.
             assert "canceled" in str(error) or "deleted" in str(error).lower(), error
         except httpx.HTTPStatusError as error:
             assert error.response.status_code == 400, error.response.text
+
+    def billing_cycle(self, step: tuple[Any, ...]) -> None:
+        sdk = self.emulator.sdk.v1
+        kind = step[0]
+        if kind == "checkout" and self.customers[step[1]] not in self.deleted:
+            params: Any = {
+                "mode": "subscription",
+                "customer": self.customers[step[1]],
+                "line_items": [{"price": self.price, "quantity": 1 + step[1]}],
+            }
+            session = sdk.checkout.sessions.create(params=params)
+            done = self.emulator.control("POST", f"checkout/sessions/{session.id}/complete", {})
+            self.subscriptions.append(done["subscription"])
+        elif kind == "decline" and self.subscriptions:
+            sub = sdk.subscriptions.retrieve(self.subscriptions[step[1] % len(self.subscriptions)])
+            if sub.customer in self.deleted:
+                return
+            card = sdk.payment_methods.attach(
+                "pm_card_chargeCustomerFail", {"customer": str(sub.customer)}
+            )
+            sdk.subscriptions.update(sub.id, {"default_payment_method": card.id})
+        elif kind == "pay":
+            open_ = sdk.invoices.list(params={"status": "open", "limit": 100}).data
+            live = [i for i in open_ if i.customer not in self.deleted]
+            if live:
+                chosen = live[step[1] % len(live)]
+                sdk.invoices.pay(chosen.id, {"payment_method": "pm_card_visa"})
+
+    def every_event(self) -> list[dict[str, Any]]:
+        """Every event, even those past the 30 days `/v1/events` shows (days pass here)."""
+        events: list[dict[str, Any]] = self.emulator.control("GET", "state?events=true")["events"]
+        return events
 
     def deliver(self, events: list[dict[str, Any]], rng: random.Random) -> None:
         """Random batches: some sorted like a poll, some one by one like webhooks."""
@@ -191,6 +234,28 @@ class History:
                 (sub["cancellation_details"] or {}).get("reason"),
             ), sub_id
         self.assert_prices_converged()
+        self.assert_invoices_converged()
+
+    def assert_invoices_converged(self) -> None:
+        listing = self.emulator.sdk.v1.invoices.list(params={"limit": 100})
+        expected = {inv.id: inv.to_dict() for inv in listing.auto_paging_iter()}
+        with self.factory() as session:
+            rows = {r.stripe_invoice_id: r for r in session.scalars(select(BillingInvoice))}
+        assert set(rows) == set(expected)
+        self.invoices_checked = len(expected)
+        for invoice_id, inv in expected.items():
+            row = rows[invoice_id]
+            parent = inv["parent"] or {}
+            assert (
+                row.status, row.amount_due, row.amount_paid, row.amount_remaining,
+                row.attempt_count, _ts(row.next_payment_attempt), row.hosted_invoice_url,
+                row.stripe_subscription_id, _ts(row.finalized_at), _ts(row.period_end),
+            ) == (
+                inv["status"], inv["amount_due"], inv["amount_paid"], inv["amount_remaining"],
+                inv["attempt_count"], inv["next_payment_attempt"], inv["hosted_invoice_url"],
+                (parent.get("subscription_details") or {}).get("subscription"),
+                inv["status_transitions"]["finalized_at"], inv["period_end"],
+            ), invoice_id  # fmt: skip
 
     def assert_prices_converged(self) -> None:
         listing = self.emulator.sdk.v1.prices.list(params={"limit": 100})
@@ -248,7 +313,7 @@ def test_database_converges_to_stripe(
         rng = random.Random(seed)
         for step in steps:
             history.run(step, rng)
-        history.deliver(emulator.all_events(), rng)
+        history.deliver(history.every_event(), rng)
         history.assert_converged()
         subscriptions_checked += history.checked
 
@@ -256,3 +321,52 @@ def test_database_converges_to_stripe(
     check()
     # The property is only worth something if histories made real subscriptions.
     assert subscriptions_checked > 20
+
+
+# Histories of the billing cycle: checkouts (an invoice each), cards that decline, days
+# passing (renewals, retries, cancellation for failed payment), payments, status moves.
+billing_operation = st.one_of(
+    st.tuples(st.just("checkout"), st.integers(0, USERS - 1)),
+    st.tuples(st.just("decline"), st.integers(0, 9)),
+    st.tuples(st.just("declined_renewal"), st.integers(0, 9)),
+    st.tuples(st.just("pay"), st.integers(0, 9)),
+    st.tuples(st.just("advance"), st.sampled_from([1, 3 * 86_400, 8 * 86_400, 31 * 86_400])),
+    st.tuples(st.just("advance"), st.sampled_from([31 * 86_400, 16 * 86_400])),
+    st.tuples(st.just("cancel_now"), st.integers(0, 9)),
+    st.tuples(st.just("deliver"), st.floats(0.1, 1.0)),
+)
+
+
+@pytest.mark.timeout(600)
+def test_invoices_converge_to_stripe(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    @given(steps=st.lists(billing_operation, min_size=3, max_size=14), seed=st.integers(0, 2**32))
+    @settings(
+        max_examples=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    def check(steps: list[tuple[Any, ...]], seed: int) -> None:
+        nonlocal invoices_checked
+        emulator.reset()
+        clear_tables(engine)
+        history = History(emulator, stripe_settings, engine)
+        history.start()
+        rng = random.Random(seed)
+        for step in [("checkout", 0), *steps]:
+            history.run(step, rng)
+        history.deliver(history.every_event(), rng)
+        history.assert_converged()
+        invoices_checked += history.invoices_checked
+        failed_payments.update(
+            e["data"]["object"]["id"]
+            for e in history.every_event()
+            if e["type"] == "invoice.payment_failed"
+        )
+
+    invoices_checked = 0
+    failed_payments: set[str] = set()
+    check()
+    # Worth something only if histories made invoices, and declined some.
+    assert invoices_checked > 30 and len(failed_payments) > 5

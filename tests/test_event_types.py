@@ -39,8 +39,8 @@ def test_a_poll_past_the_filter_limit_applies_its_types_and_passes_the_others(
         queries.upsert_user(session, 1, "octocat", None)
     reconciler.drain()
     price = stripe_settings.stripe_price_id or ""
-    wanted = billing.CheckoutRequest(1, price)
-    emulator.complete_checkout(billing.start_checkout(factory, reconciler.gateway, wanted).url)
+    started = billing.start_checkout(factory, reconciler.gateway, billing.CheckoutRequest(1))
+    emulator.complete_checkout(started.url)
     reconciler.drain()
     # 151 events of a type the service does not read, after everything it applied; the last
     # one more than the poll's overlap (60 s) after the others.

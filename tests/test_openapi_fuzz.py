@@ -31,6 +31,7 @@ OPERATIONS = [
     ("POST", "/billing/subscriptions/manage"),
     ("GET", "/billing/subscriptions"),
     ("GET", "/billing/prices"),
+    ("GET", "/billing/invoices"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ]

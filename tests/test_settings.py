@@ -12,13 +12,20 @@ from collab_billing.config import SettingsError, load_settings
 
 
 def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "ADMIN_TOKEN", "RECONCILE_INTERVAL_SECONDS", "STRIPE_API_BASE"):
+    for name in (
+        "DATABASE_URL",
+        "ADMIN_TOKEN",
+        "RECONCILE_INTERVAL_SECONDS",
+        "STRIPE_API_BASE",
+        "BILLING_PAST_DUE_GRACE_DAYS",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(_env_file=None)
     assert settings.database_url == "sqlite:///collab-billing.db"
     assert settings.admin_token is None
     assert settings.stripe_api_base == "https://api.stripe.com"
     assert settings.reconcile_interval_seconds == 5
+    assert settings.billing_past_due_grace_days == 3
 
 
 @pytest.mark.parametrize(
@@ -28,6 +35,8 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RECONCILE_INTERVAL_SECONDS", "-1"),
         ("DATABASE_URL", "mysql://nope"),
         ("STRIPE_API_BASE", "ftp://stripe"),
+        ("BILLING_PAST_DUE_GRACE_DAYS", "-1"),
+        ("BILLING_PAST_DUE_GRACE_DAYS", "a week"),
         ("BILLING_TRIAL_DAYS", "-1"),
         ("BILLING_TRIAL_DAYS", "731"),  # Stripe's longest trial is 730 days
         ("BILLING_TRIAL_REQUIRES_PAYMENT_METHOD", "maybe"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     billing_checkout_success_url: str = "http://127.0.0.1:8080/billing/success"
     billing_checkout_cancel_url: str = "http://127.0.0.1:8080/billing/cancel"
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
+    # How long a `past_due` subscription still grants access, counted from the first failed
+    # payment of its open invoice (billing/access.py).
+    billing_past_due_grace_days: float = Field(default=3, ge=0, le=365)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
@@ -85,6 +89,9 @@ class Settings(BaseSettings):
         """`BILLING_PRICES` as a list; None when unset or empty (an empty variable is unset)."""
         keys = [key.strip() for key in (self.billing_prices or "").split(",") if key.strip()]
         return keys or None
+
+    def past_due_grace(self) -> timedelta:
+        return timedelta(days=self.billing_past_due_grace_days)
 
     def webhook_secrets(self) -> list[str]:
         """Several comma-separated secrets are accepted, for rotation."""

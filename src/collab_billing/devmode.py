@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import typer
 
@@ -30,7 +31,14 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         _print_banner(settings, api_port, emulator.url, admin_token)
         from collab_billing.cli import run_api
 
-        run_api(create_app(settings, engine), "127.0.0.1", api_port)
+        # Access judges grace by the emulator's clock, so `/_emulator/clock/advance` shows
+        # a past-due subscription's grace running out.
+        store = emulator.store
+
+        def emulator_now() -> datetime:
+            return datetime.fromtimestamp(store.clock.now(), UTC)
+
+        run_api(create_app(settings, engine, clock=emulator_now), "127.0.0.1", api_port)
 
 
 def _dev_settings(emulator_url: str, admin_token: str, api_port: int) -> Settings:

@@ -9,6 +9,7 @@ from stripe_emulator.api import Call, created_range, list_args, list_table, rout
 from stripe_emulator.errors import bad_request, missing
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
+from stripe_emulator.payment_methods import customers_card
 from stripe_emulator.records import Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import (
@@ -25,7 +26,7 @@ PRORATION_BEHAVIORS = ("always_invoice", "create_prorations", "none")
 _SUB_IGNORED = (
     "add_invoice_items", "application_fee_percent", "automatic_tax", "backdate_start_date",
     "billing_cycle_anchor", "billing_cycle_anchor_config", "billing_mode", "billing_thresholds",
-    "currency", "default_payment_method", "default_source", "default_tax_rates", "discounts",
+    "currency", "default_source", "default_tax_rates", "discounts",
     "invoice_settings", "off_session", "on_behalf_of", "payment_settings",
     "pending_invoice_item_interval", "proration_behavior", "proration_date", "transfer_data",
     "trial_from_plan", "coupon", "promotion_code",
@@ -117,6 +118,14 @@ def _cancel_at(p: Params, sub: Subscription | None) -> tuple[int | None, bool]:
     return p.integer("cancel_at"), False
 
 
+def _default_payment_method(store: Store, p: Params, customer: str) -> str | None:
+    """`default_payment_method`: one of the customer's attached cards, or "" to clear."""
+    chosen = p.string("default_payment_method")
+    if chosen:
+        customers_card(store, chosen, customer, "default_payment_method")
+    return chosen
+
+
 @route("POST", "/v1/subscriptions")
 def create(call: Call) -> Json:
     p = call.params
@@ -138,7 +147,7 @@ def create(call: Call) -> Json:
     if trial_end_raw is not None and trial_end_raw != "now":
         trial_end = p.integer("trial_end")
     cancel_at, _ = _cancel_at(p, None)
-    p.ignore(*_SUB_IGNORED)
+    p.ignore(*_SUB_IGNORED, "default_payment_method")
     fields: dict[str, Any] = dict(
         customer=customer,
         items=items,
@@ -191,6 +200,7 @@ def update(call: Call) -> Json:
         resume_collection=pause_raw == "",
         comment=comment,
         feedback=feedback,
+        default_payment_method=_default_payment_method(call.store, p, sub.customer),
     )
     p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
     p.ignore(*_SUB_IGNORED, "payment_behavior", "collection_method", "days_until_due")

@@ -9,10 +9,12 @@ from stripe_emulator.api import Call, created_range, list_args, list_table, rout
 from stripe_emulator.errors import missing
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
+from stripe_emulator.payment_methods import customers_card
+from stripe_emulator.test_clocks import live_clock
 
 # Parameters Stripe accepts that the emulator stores nowhere (accepted so clients work).
 _CUSTOMER_IGNORED = (
-    "balance", "cash_balance", "coupon", "invoice_prefix", "invoice_settings",
+    "balance", "cash_balance", "coupon", "invoice_prefix",
     "next_invoice_sequence", "payment_method", "preferred_locales", "promotion_code",
     "shipping", "source", "tax", "tax_exempt", "tax_id_data", "test_clock", "validate",
     "business_name", "individual_name", "default_source",
@@ -43,9 +45,15 @@ def _customer_fields(p: Params) -> dict[str, Any]:
 @route("POST", "/v1/customers")
 def create_customer(call: Call) -> Json:
     p = call.params
+    p.ignore("invoice_settings")
+    clock_id = p.string("test_clock")
     fields = _customer_fields(p)
     metadata = p.metadata()
     p.finish()
+    if clock_id:
+        # A test clock's customer lives on its time (see test_clocks.py).
+        clock = live_clock(call.store, clock_id, "test_clock")
+        fields.update(test_clock=clock.id, created=clock.frozen_time)
     return objects.customer(catalog.create_customer(call.store, metadata=metadata, **fields))
 
 
@@ -55,10 +63,25 @@ def retrieve_customer(call: Call) -> Json:
     return objects.customer(call.store.customers.get(call.id))
 
 
+def _invoice_settings(call: Call, p: Params) -> dict[str, Any]:
+    """`invoice_settings[default_payment_method]`: one of the customer's cards ("" clears)."""
+    settings = p.hash("invoice_settings")
+    if settings is None:
+        return {}
+    settings.ignore("custom_fields", "footer", "rendering_options")
+    chosen = settings.string("default_payment_method")
+    if chosen is None:
+        return {}
+    if chosen:
+        param = "invoice_settings[default_payment_method]"
+        customers_card(call.store, chosen, call.id, param)
+    return {"default_payment_method": chosen}
+
+
 @route("POST", "/v1/customers/{id}")
 def update_customer(call: Call) -> Json:
     p = call.params
-    fields = _customer_fields(p)
+    fields = {**_customer_fields(p), **_invoice_settings(call, p)}
     metadata = p.metadata()
     p.finish()
     return objects.customer(

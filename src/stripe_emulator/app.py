@@ -25,9 +25,12 @@ from stripe_emulator import (
     api_catalog,
     api_coupons,
     api_events,
+    api_invoices,
     api_sessions,
+    api_test_clocks,
     catalog_deletions,
     control,
+    invoice_pages,
     pages,
 )
 from stripe_emulator.api import handle_v1
@@ -46,6 +49,8 @@ HANDLER_MODULES = (
     api_events,
     catalog_deletions,
     api_coupons,
+    api_invoices,
+    api_test_clocks,
 )
 
 
@@ -89,6 +94,7 @@ def create_app(
             Route("/", _index, methods=["GET"]),
             *control.routes,
             *pages.routes,
+            *invoice_pages.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -2,10 +2,12 @@
 
 Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` (400/404).
 
-- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?, "promotion_code"?}` -> the
-  checkout.session (status complete, with `customer` and `subscription`). `card: false` skips
-  the card where Checkout allows it (a trial with `payment_method_collection=if_required`);
-  `promotion_code` is the code the customer enters (`allow_promotion_codes` sessions).
+- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?, "promotion_code"?,
+  "payment_method"?}` -> the checkout.session (status complete, with `customer` and
+  `subscription`). `card: false` skips the card where Checkout allows it (a trial with
+  `payment_method_collection=if_required`); `promotion_code` is the code the customer enters
+  (`allow_promotion_codes` sessions); `payment_method` is the test card entered (default
+  `pm_card_visa`; a declining one answers 402).
 - POST billing_portal/sessions/{id}/confirm: what the customer does in the session's flow.
   Cancel (and no flow) `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` ->
   the subscription (set to cancel at period end, or canceled now);
@@ -48,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import catalog_deletions, objects, portal_flows, sessions
+from stripe_emulator import catalog_deletions, invoice_objects, objects, portal_flows, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
@@ -110,7 +112,7 @@ def _only(body: Body, allowed: set[str]) -> None:
 
 
 async def complete_checkout(request: Request, body: Body) -> Any:
-    _only(body, {"email", "name", "card", "promotion_code"})
+    _only(body, {"email", "name", "card", "promotion_code", "payment_method"})
     store = _store(request)
     with store.lock:
         session = sessions.complete_checkout_session(
@@ -120,6 +122,7 @@ async def complete_checkout(request: Request, body: Body) -> Any:
             name=_typed(body, "name", str),
             card=_typed(body, "card", bool),
             promotion_code=_typed(body, "promotion_code", str),
+            payment_method=_typed(body, "payment_method", str) or "pm_card_visa",
         )
         return objects.checkout_session(session)
 
@@ -326,6 +329,13 @@ def dump(store: Store, with_events: bool = False) -> Body:
         ],
         "billing_portal_sessions": [
             objects.portal_session(s) for s in store.portal_sessions.rows.values()
+        ],
+        "invoices": [invoice_objects.invoice(i) for i in store.invoices.rows.values()],
+        "payment_methods": [
+            invoice_objects.payment_method(m) for m in store.payment_methods.rows.values()
+        ],
+        "test_clocks": [
+            invoice_objects.test_clock(c) for c in store.test_clocks.rows.values() if not c.deleted
         ],
         "event_count": len(store.events),
     }

@@ -100,7 +100,8 @@ _SUB = constant_runs(
     ("id", "billing_cycle_anchor", "cancel_at", "cancel_at_period_end", "canceled_at",
      "cancellation_details", "collection_method", "created", "currency", "customer",
      "days_until_due", "description", "ended_at", "items", "metadata", "pause_collection",
-     "start_date", "status", "trial_end", "trial_start"),
+     "start_date", "status", "trial_end", "trial_start", "default_payment_method",
+     "latest_invoice", "test_clock"),
 )  # fmt: skip
 
 
@@ -127,7 +128,8 @@ def _subscription(r: Subscription) -> dict[str, Any]:
         "customer": r.customer,
         "customer_account": _SUB["customer_account"],
         "days_until_due": r.days_until_due,
-        "default_payment_method": _SUB["default_payment_method"],
+        "default_payment_method": r.default_payment_method,
+        "default_source": _SUB["default_source"],
         "description": r.description,
         "discounts": _SUB["discounts"],
         "ended_at": r.ended_at,
@@ -138,14 +140,16 @@ def _subscription(r: Subscription) -> dict[str, Any]:
             "has_more": False,
             "url": f"/v1/subscription_items?subscription={r.id}",
         },
-        "latest_invoice": _SUB["latest_invoice"],
+        "latest_invoice": r.latest_invoice,
+        "livemode": _SUB["livemode"],
         "metadata": r.metadata,
         "next_pending_invoice_item_invoice": _SUB["next_pending_invoice_item_invoice"],
         "pause_collection": pause,
         "payment_settings": _SUB["payment_settings"],
         "start_date": r.start_date,
         "status": r.status,
-        "test_clock": _SUB["test_clock"],
+        "test_clock": r.test_clock,
+        "transfer_data": _SUB["transfer_data"],
         "trial_end": r.trial_end,
         "trial_settings": _SUB["trial_settings"],
         "trial_start": r.trial_start,
@@ -157,7 +161,7 @@ def _subscription(r: Subscription) -> dict[str, Any]:
 _CUSTOMER = constant_runs(
     objects.customer(Customer("cus_probe", 0)),
     ("id", "address", "created", "description", "email", "invoice_prefix", "metadata", "name",
-     "phone"),
+     "phone", "invoice_settings", "test_clock"),
 )  # fmt: skip
 
 
@@ -173,12 +177,19 @@ def _customer(r: Customer) -> dict[str, Any]:
         "discount": _CUSTOMER["discount"],
         "email": r.email,
         "invoice_prefix": r.invoice_prefix,
-        "invoice_settings": _CUSTOMER["invoice_settings"],
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": r.default_payment_method,
+            "footer": None,
+            "rendering_options": None,
+        },
+        "livemode": _CUSTOMER["livemode"],
         "metadata": r.metadata,
         "name": r.name,
         "next_invoice_sequence": _CUSTOMER["next_invoice_sequence"],
         "phone": r.phone,
         "preferred_locales": _CUSTOMER["preferred_locales"],
+        "test_clock": r.test_clock,
     }
 
 

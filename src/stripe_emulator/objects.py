@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from stripe_emulator import invoice_objects
+from stripe_emulator.billing_records import Invoice, PaymentMethod, TestClock
 from stripe_emulator.events import Event
 from stripe_emulator.records import (
     CheckoutSession,
@@ -48,7 +50,7 @@ def customer(record: Customer) -> Json:
         "invoice_prefix": record.invoice_prefix,
         "invoice_settings": {
             "custom_fields": None,
-            "default_payment_method": None,
+            "default_payment_method": record.default_payment_method,
             "footer": None,
             "rendering_options": None,
         },
@@ -60,7 +62,7 @@ def customer(record: Customer) -> Json:
         "preferred_locales": [],
         "shipping": None,
         "tax_exempt": "none",
-        "test_clock": None,
+        "test_clock": record.test_clock,
     }
 
 
@@ -184,7 +186,7 @@ def subscription(record: Subscription) -> Json:
             "has_more": False,
             "url": f"/v1/subscription_items?subscription={record.id}",
         },
-        "latest_invoice": None,
+        "latest_invoice": record.latest_invoice,
         "livemode": False,
         "metadata": dict(record.metadata),
         "next_pending_invoice_item_invoice": None,
@@ -201,7 +203,7 @@ def subscription(record: Subscription) -> Json:
         "schedule": None,
         "start_date": record.start_date,
         "status": record.status,
-        "test_clock": None,
+        "test_clock": record.test_clock,
         "transfer_data": None,
         "trial_end": record.trial_end,
         "trial_settings": {
@@ -361,6 +363,8 @@ def render(obj: Any) -> Json:
         return product(obj)
     if isinstance(obj, PortalSession):
         return portal_session(obj)
+    if isinstance(obj, (Invoice, PaymentMethod, TestClock)):
+        return invoice_objects.render(obj)
     assert isinstance(obj, dict)
     return obj
 

@@ -56,6 +56,10 @@ class Customer:
     address: dict[str, str | None] | None = None
     invoice_prefix: str = ""
     deleted: bool = False
+    # invoice_settings.default_payment_method: the card invoices charge (after the
+    # subscription's own default_payment_method).
+    default_payment_method: str | None = None
+    test_clock: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,8 @@ class Subscription:
     days_until_due: int | None = None
     pause_behavior: str | None = None
     default_payment_method: str | None = None
+    latest_invoice: str | None = None
+    test_clock: str | None = None  # the customer's, when it has one
     # `trial_settings.end_behavior.missing_payment_method`: create_invoice, cancel or pause.
     missing_payment_method: str = "create_invoice"
 

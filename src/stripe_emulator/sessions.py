@@ -4,15 +4,16 @@ Completing a subscription-mode Checkout session emits, all in the same second as
 `customer.created` (only if the session had no customer), `customer.subscription.created`
 (status `incomplete`), `customer.subscription.updated` (`active`, previous status
 `incomplete`), `checkout.session.completed`. With a trial, the subscription is created
-`trialing` and no update follows. (Stripe also emits invoice and payment events in between;
-the emulator does not model invoices.)
+`trialing`. In between come the card (`payment_method.attached`) and the first invoice
+(`invoice.created`, `.finalized`, `.paid`, `.payment_succeeded`; $0 during a trial), and the
+update also sets the subscription's `default_payment_method` and `latest_invoice`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids, portal_flows
+from stripe_emulator import ids, invoices, payment_methods, portal_flows
 from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
@@ -91,12 +92,23 @@ def complete_checkout_session(
     name: str | None = None,
     card: bool | None = None,
     promotion_code: str | None = None,
+    payment_method: str = "pm_card_visa",
 ) -> CheckoutSession:
+    """`payment_method`: the test token of the card the customer enters (a declining one
+    raises 402 `card_declined` and changes nothing, as Checkout keeps the customer on the page)."""
     session = _open_session(store, session_id)
-    payment_method = ids.new_id("pm") if _collects_card(session, card) else None
+    card_token = payment_methods.TEST_TOKENS.get(payment_method)
+    if card_token is None:
+        raise bad_request(
+            f"`payment_method` must be one of {', '.join(payment_methods.TEST_TOKENS)}.",
+            "payment_method",
+        )
+    collects = _collects_card(session, card)
+    if collects and card_token[2] and not session.trial_period_days:
+        raise payment_methods.card_declined()
     if promotion_code is not None:
         session = apply_promotion_code(store, session, promotion_code)
-    now = store.now()
+    now = store.customer_now(session.customer)
     customer_id = session.customer
     email = email or session.customer_email
     if customer_id is None:
@@ -107,6 +119,8 @@ def complete_checkout_session(
         email = email or customer.email
         name = name or customer.name
     trial = session.trial_period_days
+    # The card the customer entered, attached to the customer (none: a card-less trial).
+    entered = payment_methods.attach(store, payment_method, customer_id) if collects else None
     sub = create_subscription(
         store,
         customer=customer_id,
@@ -116,11 +130,16 @@ def complete_checkout_session(
         trial_days=trial,
         description=session.subscription_description,
         created=now,
-        default_payment_method=payment_method,
+        default_payment_method=entered.id if entered else None,
         missing_payment_method=session.missing_payment_method,
     )
+    # The session's URL has the emulator's public base: its invoices' pages live there too.
+    store.invoice_base_url = session.url.split("/_emulator/", 1)[0]
+    invoice = invoices.start_invoice(store, sub, entered, now)
+    started = evolve(sub, latest_invoice=invoice.id)
     if sub.status == "incomplete":
-        save(store, sub, evolve(sub, status="active"), created=now)
+        started = evolve(started, status="active")
+    save(store, sub, started, created=now)
     done = evolve(
         session,
         status="complete",

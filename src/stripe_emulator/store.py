@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stripe_emulator import encode, ids, objects
+from stripe_emulator.billing_records import BillingSettings, Invoice, PaymentMethod, TestClock
 from stripe_emulator.clock import Clock
 from stripe_emulator.errors import not_found
 from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
@@ -103,6 +104,15 @@ class Store:
     portal_sessions: Table[PortalSession] = field(
         default_factory=lambda: Table("billing_portal.session")
     )
+    invoices: Table[Invoice] = field(default_factory=lambda: Table("invoice"))
+    payment_methods: Table[PaymentMethod] = field(default_factory=lambda: Table("payment_method"))
+    test_clocks: Table[TestClock] = field(default_factory=lambda: Table("test_helpers.test_clock"))
+    billing_settings: BillingSettings = field(default_factory=BillingSettings)
+    # customer id and subscription id -> their invoices' ids, oldest first.
+    invoice_index: dict[str, list[str]] = field(default_factory=dict)
+    # The base of hosted invoice URLs: the last API request's (invoices made as the clock
+    # passes have no request of their own).
+    invoice_base_url: str = "http://127.0.0.1:12111"
     coupons: Table[Coupon] = field(default_factory=lambda: Table("coupon"))
     promotion_codes: Table[PromotionCode] = field(default_factory=lambda: Table("promotion_code"))
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
@@ -127,10 +137,12 @@ class Store:
         created: int | None = None,
     ) -> Event:
         request = self.request
+        now = self.now()
         event = Event(
             ids.new_id("evt"),
             type_,
-            self.now() if created is None else created,
+            # Never in the future: a test clock's objects may live ahead of the real clock.
+            now if created is None else min(created, now),
             obj,
             previous,
             request.request_id if request else None,
@@ -147,6 +159,15 @@ class Store:
     def event_json(self, event: Event) -> bytes:
         """`render_event(event)` encoded as JSON (the same bytes as `objects.dumps` gives)."""
         return encode.event_json(event, self.pending_webhooks.get(event.id, 0))
+
+    def customer_now(self, customer_id: str | None) -> int:
+        """Now for a customer's objects: its test clock's frozen time, else the clock's."""
+        customer = self.customers.rows.get(customer_id) if customer_id else None
+        if customer is not None and customer.test_clock is not None:
+            clock = self.test_clocks.rows.get(customer.test_clock)
+            if clock is not None:
+                return clock.frozen_time
+        return self.now()
 
     def retained_since(self) -> int:
         """Oldest `created` still readable: Stripe keeps events for 30 days."""
@@ -177,6 +198,12 @@ class Store:
             "subscriptions",
             "checkout_sessions",
             "portal_sessions",
+            "invoices",
+            "payment_methods",
+            "test_clocks",
+            "billing_settings",
+            "invoice_index",
+            "invoice_base_url",
             "coupons",
             "promotion_codes",
             "subscriptions_by_customer",

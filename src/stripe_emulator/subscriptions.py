@@ -90,8 +90,8 @@ def create_subscription(
     default_payment_method: str | None = None,
     missing_payment_method: str | None = None,
 ) -> Subscription:
-    store.live_customer(customer)
-    now = store.now() if created is None else created
+    test_clock = store.live_customer(customer).test_clock
+    now = store.customer_now(customer) if created is None else created
     if trial_days:
         trial_end = now + trial_days * DAY
     if trial_end is not None:
@@ -113,6 +113,7 @@ def create_subscription(
         description=description or None,
         collection_method=collection_method,
         days_until_due=days_until_due,
+        test_clock=test_clock,
         default_payment_method=default_payment_method,
         missing_payment_method=missing_payment_method or "create_invoice",
     )
@@ -175,7 +176,7 @@ class SubscriptionChanges:
     resume_collection: bool = False
     comment: str | None = None
     feedback: str | None = None
-    default_payment_method: str | None = None
+    default_payment_method: str | None = None  # "" clears it
 
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:

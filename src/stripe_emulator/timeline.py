@@ -3,42 +3,75 @@
 `advance(store, seconds)` moves the clock, then applies, in time order and each stamped with
 the moment it happened: subscription period renewals (trials ending into `active`),
 scheduled cancellations (`cancel_at` / `cancel_at_period_end`, emitting
-`customer.subscription.deleted`), `incomplete` subscriptions expiring after 23 hours, and open
-Checkout sessions expiring (`checkout.session.expired`).
+`customer.subscription.deleted`), `incomplete` subscriptions expiring after 23 hours, open
+Checkout sessions expiring (`checkout.session.expired`), and the billing cycle (invoices.py):
+each renewal's invoice and payment, and the retries of failed payments.
 """
 
 from __future__ import annotations
 
 import heapq
 
+from stripe_emulator import invoices
 from stripe_emulator.sessions import expire_checkout_session
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import next_transition, transition
 
-_SUBSCRIPTION, _CHECKOUT = 0, 1
+_SUBSCRIPTION, _CHECKOUT, _INVOICE = 0, 1, 2
 
 
 def advance(store: Store, seconds: int) -> int:
-    """Call with `store.lock` held; returns the new time."""
+    """Call with `store.lock` held; returns the new time. Objects on a test clock stay put."""
     store.clock.advance(seconds)
     now = store.now()
+    catch_up(store, now, None)
+    return now
+
+
+def catch_up(store: Store, now: int, test_clock: str | None) -> None:
+    """Apply, in time order, what happens up to `now` to the objects of `test_clock` (None:
+    the objects on no test clock, which follow the emulator's own clock)."""
     queue: list[tuple[int, int, str]] = []
     for sub in store.subscriptions.rows.values():
         due = next_transition(sub, now)
-        if due is not None:
+        if due is not None and sub.test_clock == test_clock:
             queue.append((due, _SUBSCRIPTION, sub.id))
     for session in store.checkout_sessions.rows.values():
-        if session.status == "open" and session.expires_at <= now:
+        if test_clock is None and session.status == "open" and session.expires_at <= now:
             queue.append((session.expires_at, _CHECKOUT, session.id))
+    queued_invoices: set[str] = set()
+    for invoice in store.invoices.rows.values():
+        retry_at = invoices.retry_due(invoice, now)
+        if retry_at is not None and invoice.test_clock == test_clock:
+            queued_invoices.add(invoice.id)
+            queue.append((retry_at, _INVOICE, invoice.id))
     heapq.heapify(queue)
     while queue:
         due, kind, object_id = heapq.heappop(queue)
-        at = max(due, store.events.last_created)
+        # A test clock's objects keep their own time (their events are stamped no later
+        # than the real clock by `Store.emit`).
+        at = due if test_clock is not None else max(due, store.events.last_created)
         if kind == _CHECKOUT:
             expire_checkout_session(store, object_id, created=at)
             continue
-        transition(store, store.subscriptions.rows[object_id], at)
+        if kind == _INVOICE:
+            invoices.retry(store, store.invoices.rows[object_id], at)
+            retry_at = invoices.retry_due(store.invoices.rows[object_id], now)
+            if retry_at is not None:
+                heapq.heappush(queue, (retry_at, _INVOICE, object_id))
+            continue
+        sub = store.subscriptions.rows[object_id]
+        if invoices.renews(sub, at):
+            invoices.renew(store, sub, at)
+        else:
+            transition(store, sub, at)
         following = next_transition(store.subscriptions.rows[object_id], now)
         if following is not None:
             heapq.heappush(queue, (following, _SUBSCRIPTION, object_id))
-    return now
+        # A renewal's failed payment schedules its first retry.
+        latest = store.subscriptions.rows[object_id].latest_invoice
+        if latest is not None and latest not in queued_invoices:
+            retry_at = invoices.retry_due(store.invoices.rows[latest], now)
+            if retry_at is not None:
+                queued_invoices.add(latest)
+                heapq.heappush(queue, (retry_at, _INVOICE, latest))

@@ -30,6 +30,9 @@ SCHEMAS = {
     "product": "product",
     "event": "event",
     "item": "item",
+    "invoice": "invoice",
+    "payment_method": "payment_method",
+    "test_helpers.test_clock": "test_helpers.test_clock",
 }
 
 
@@ -50,6 +53,7 @@ def workload(client: stripe.StripeClient, ctl: Control) -> None:
     """Touch every route at least once, with and without errors."""
     customer, price = catalog_workload(client)
     sub_id = checkout_workload(client, ctl, customer.id, price.id)
+    billing_cycle_workload(client, ctl, customer.id, sub_id)
     subscription_workload(client, ctl, customer.id, price.id, sub_id)
     events_and_errors_workload(client, ctl, sub_id)
 
@@ -141,6 +145,36 @@ def checkout_workload(
     )
     client.v1.checkout.sessions.expire(expired.id)
     return str(done["subscription"])
+
+
+def billing_cycle_workload(
+    client: stripe.StripeClient, ctl: Control, customer_id: str, sub_id: str
+) -> None:
+    """A declined renewal, its retry, payment through the API; payment methods; invoices."""
+    card = client.v1.payment_methods.attach("pm_card_chargeCustomerFail", {"customer": customer_id})
+    client.v1.payment_methods.retrieve(card.id)
+    client.v1.subscriptions.update(sub_id, {"default_payment_method": card.id})
+    ctl("POST", "clock/advance", {"seconds": 33 * 86400})  # renewal fails, one retry fails
+    invoices = client.v1.invoices.list(params={"customer": customer_id, "status": "open"})
+    expect_error(lambda: client.v1.invoices.pay(invoices.data[0].id))
+    client.v1.invoices.pay(invoices.data[0].id, {"payment_method": "pm_card_visa"})
+    client.v1.invoices.retrieve(invoices.data[0].id)
+    client.v1.invoices.list(params={"subscription": sub_id, "limit": 2})
+    spare = client.v1.payment_methods.attach("pm_card_visa", {"customer": customer_id})
+    client.v1.customers.update(
+        customer_id, {"invoice_settings": {"default_payment_method": spare.id}}
+    )
+    client.v1.payment_methods.detach(card.id)
+    clocks = client.v1.test_helpers.test_clocks
+    clock = clocks.create({"frozen_time": invoices.data[0].created, "name": "contract"})
+    client.v1.customers.create(params={"test_clock": clock.id})
+    clocks.advance(clock.id, {"frozen_time": invoices.data[0].created + 86400})
+    clocks.retrieve(clock.id)
+    clocks.list(params={"limit": 3})
+    clocks.delete(clock.id)
+    expect_error(lambda: clocks.retrieve(clock.id))
+    expect_error(lambda: client.v1.invoices.retrieve("in_missing"))
+    expect_error(lambda: client.v1.payment_methods.attach("pm_missing", {"customer": customer_id}))
 
 
 def subscription_workload(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import anyio
 from fastapi import FastAPI
@@ -51,7 +52,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    clock: Callable[[], datetime] = system_clock,
+) -> FastAPI:
+    """`clock`: the service's "now" (access grace); dev mode and tests pass the emulator's."""
     # FastAPIOffline: FastAPI with /docs served from assets installed with the package, so
     # the docs work without a network (stock FastAPI loads them from a CDN).
     app = FastAPIOffline(
@@ -61,6 +72,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.clock = clock
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)

@@ -1,5 +1,6 @@
-"""The billing routes: Checkout, the customer portal's cancel flow, the lists of subscriptions
-and of prices.
+"""The billing routes: Checkout (refused while an invoice is overdue), the customer portal's
+cancel flow and the overdue invoice's page, the lists of subscriptions (with access), invoices
+and prices.
 
 The routes that call Stripe run their work on the Stripe threads (`StripeCallsDep`), so a slow
 Stripe cannot take the threads that the database-only routes run on.
@@ -7,35 +8,43 @@ Stripe cannot take the threads that the database-only routes run on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from collab_billing import billing
 from collab_billing.api.deps import (
     AdminOnly,
     GatewayDep,
+    NowDep,
     SessionFactoryDep,
     SettingsDep,
     StripeCallsDep,
 )
 from collab_billing.api.responses import ADMIN_ERRORS, STRIPE_ERRORS, Responses
 from collab_billing.api.schemas import (
+    AccessOut,
     CheckoutIn,
     CheckoutOut,
     ErrorResponse,
     GithubUserIdQuery,
+    InvoiceOut,
+    InvoicesOut,
     ManageIn,
     ManageOut,
+    OverdueInvoiceOut,
+    PayInvoiceOut,
     PlanOut,
     PriceOut,
     PricesOut,
+    StripeInvoiceId,
     SubscriptionOut,
     SubscriptionsOut,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
 from collab_billing.db import queries
+from collab_billing.db.models import BillingInvoice
 
 router = APIRouter(
     prefix="/billing",
@@ -62,12 +71,13 @@ async def create_checkout(
     gateway: GatewayDep,
     settings: SettingsDep,
     stripe_calls: StripeCallsDep,
+    now: NowDep,
 ) -> CheckoutOut:
     if body.price is None and not settings.stripe_price_id:
         raise HTTPException(503, detail="Stripe is not configured: set STRIPE_PRICE_ID")
     wanted = billing.CheckoutRequest(body.github_user_id, body.price, body.quantity, body.trial)
     started = await stripe_calls.run(
-        billing.start_checkout, request.app.state.session_factory, gateway, wanted
+        billing.start_checkout, request.app.state.session_factory, gateway, wanted, now
     )
     return CheckoutOut(
         checkout_session_url=started.url,
@@ -82,7 +92,7 @@ async def create_checkout(
 
 @router.post(
     "/subscriptions/manage",
-    response_model=ManageOut,
+    response_model=ManageOut | PayInvoiceOut,
     responses={
         404: {
             "model": ErrorResponse,
@@ -91,11 +101,25 @@ async def create_checkout(
         **CONFLICT,
         **STRIPE_ERRORS,
     },
-    summary="Manage a subscription: a portal flow for the intent, or the change itself",
+    summary="Manage a subscription: a portal flow for the intent, the change itself, or the "
+    "overdue invoice's page (`pay_invoice`)",
 )
 async def manage_subscription(
-    body: ManageIn, request: Request, gateway: GatewayDep, stripe_calls: StripeCallsDep
-) -> ManageOut:
+    body: ManageIn,
+    request: Request,
+    gateway: GatewayDep,
+    stripe_calls: StripeCallsDep,
+    now: NowDep,
+) -> ManageOut | PayInvoiceOut:
+    if body.intent == "pay_invoice":
+        hosted = await anyio.to_thread.run_sync(
+            billing.invoice_to_pay,
+            request.app.state.session_factory,
+            body.github_user_id,
+            body.subscription_id,
+            now,
+        )
+        return PayInvoiceOut(hosted_invoice_url=hosted)
     factory = request.app.state.session_factory
     wanted = billing.ManageRequest(
         body.github_user_id, body.intent, body.subscription_id, body.price, body.quantity
@@ -103,8 +127,7 @@ async def manage_subscription(
     result = await stripe_calls.run(billing.manage_subscription, factory, gateway, wanted)
     if result.changed is None:
         return ManageOut(billing_portal_session_url=result.portal_url)
-    changed = subscriptions_out(body.github_user_id, [result.changed]).subscriptions[0]
-    return ManageOut(billing_portal_session_url=None, subscription=changed)
+    return ManageOut(billing_portal_session_url=None, subscription=subscription_out(result.changed))
 
 
 @router.get(
@@ -121,13 +144,63 @@ def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     "/subscriptions",
     response_model=SubscriptionsOut,
     responses=NOT_FOUND,
-    summary="The user's subscriptions and whether any is active",
+    summary="The user's subscriptions, their access and overdue invoices",
 )
 def list_subscriptions(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
+    github_user_id: Annotated[GithubUserIdQuery, Query()],
+    factory: SessionFactoryDep,
+    settings: SettingsDep,
+    now: NowDep,
 ) -> SubscriptionsOut:
-    rows = billing.list_user_subscriptions(factory, github_user_id)
-    return subscriptions_out(github_user_id, rows)
+    view = billing.billing_view(factory, github_user_id, now, settings.past_due_grace())
+    return subscriptions_out(github_user_id, view)
+
+
+@router.get(
+    "/invoices",
+    response_model=InvoicesOut,
+    responses=NOT_FOUND,
+    summary="The user's invoices, newest first, a page at a time",
+)
+def list_invoices(
+    github_user_id: Annotated[GithubUserIdQuery, Query()],
+    factory: SessionFactoryDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        StripeInvoiceId | None,
+        Query(description="`next_cursor` of the previous page: the invoices after it."),
+    ] = None,
+) -> InvoicesOut:
+    invoices, has_more = billing.list_user_invoices(factory, github_user_id, limit, cursor)
+    return InvoicesOut(
+        github_user_id=github_user_id,
+        invoices=[invoice_out(invoice) for invoice in invoices],
+        has_more=has_more,
+        next_cursor=invoices[-1].stripe_invoice_id if has_more and invoices else None,
+    )
+
+
+def invoice_out(row: BillingInvoice) -> InvoiceOut:
+    return InvoiceOut(
+        id=row.stripe_invoice_id,
+        subscription_id=row.stripe_subscription_id,
+        status=row.status,
+        number=row.number,
+        billing_reason=row.billing_reason,
+        currency=row.currency,
+        amount_due=row.amount_due,
+        amount_paid=row.amount_paid,
+        amount_remaining=row.amount_remaining,
+        hosted_invoice_url=row.hosted_invoice_url,
+        attempt_count=row.attempt_count,
+        next_payment_attempt=row.next_payment_attempt,
+        created=row.stripe_created,
+        finalized_at=row.finalized_at,
+        paid_at=row.paid_at,
+        due_date=row.due_date,
+        period_start=row.period_start,
+        period_end=row.period_end,
+    )
 
 
 def _plan(row: queries.SubscriptionRow) -> PlanOut | None:
@@ -144,31 +217,40 @@ def _plan(row: queries.SubscriptionRow) -> PlanOut | None:
     )
 
 
-def subscriptions_out(
-    github_user_id: int, rows: Sequence[queries.SubscriptionRow]
-) -> SubscriptionsOut:
-    subscriptions = [
-        SubscriptionOut(
-            id=row.id,
-            stripe_subscription_id=row.stripe_subscription_id,
-            status=row.stripe_subscription_status,
-            is_active=billing.is_active(row),
-            is_cancelable=billing.is_cancelable(row),
-            cancel_at_period_end=row.stripe_cancel_at_period_end,
-            cancel_at=row.stripe_cancel_at,
-            canceled_at=row.stripe_canceled_at,
-            current_period_end=row.stripe_current_period_end,
-            price_id=row.stripe_price_id,
-            plan=_plan(row),
-            quantity=row.quantity,
-            trial_end=row.stripe_trial_end,
-            kind=billing.subscription_kind(row),
-            cancellation_reason=row.stripe_cancellation_reason,
-        )
-        for row in rows
-    ]
+def subscription_out(row: queries.SubscriptionRow) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=row.id,
+        stripe_subscription_id=row.stripe_subscription_id,
+        status=row.stripe_subscription_status,
+        is_active=billing.is_active(row),
+        is_cancelable=billing.is_cancelable(row),
+        cancel_at_period_end=row.stripe_cancel_at_period_end,
+        cancel_at=row.stripe_cancel_at,
+        canceled_at=row.stripe_canceled_at,
+        current_period_end=row.stripe_current_period_end,
+        price_id=row.stripe_price_id,
+        plan=_plan(row),
+        quantity=row.quantity,
+        trial_end=row.stripe_trial_end,
+        kind=billing.subscription_kind(row),
+        cancellation_reason=row.stripe_cancellation_reason,
+    )
+
+
+def subscriptions_out(github_user_id: int, view: billing.BillingView) -> SubscriptionsOut:
+    subscriptions = [subscription_out(row) for row in view.subscriptions]
     return SubscriptionsOut(
         github_user_id=github_user_id,
-        has_active_subscription=any(s.is_active for s in subscriptions),
+        has_active_subscription=view.access.allows_use,
         subscriptions=subscriptions,
+        access=AccessOut(state=view.access.state, until=view.access.until),
+        overdue_invoices=[
+            OverdueInvoiceOut(
+                id=invoice.stripe_invoice_id,
+                amount_remaining=invoice.amount_remaining,
+                currency=invoice.currency,
+                hosted_invoice_url=invoice.hosted_invoice_url,
+            )
+            for invoice in view.overdue_invoices
+        ],
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -57,6 +58,14 @@ async def get_stripe_calls(request: Request) -> StripeCalls:
     return calls
 
 
+def get_now(request: Request) -> datetime:
+    """The service's "now" for time-based judgements (the grace of a past-due subscription):
+    `create_app(clock=...)` injects it (dev mode reads the emulator's clock; tests too)."""
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock()
+
+
+NowDep = Annotated[datetime, Depends(get_now)]
 GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 StripeCallsDep = Annotated[StripeCalls, Depends(get_stripe_calls)]
 

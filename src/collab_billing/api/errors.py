@@ -70,7 +70,7 @@ async def _billing_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BillingError)
     if isinstance(error, InvalidField):
         return JSONResponse({"detail": error.details()}, status_code=error.status_code)
-    return JSONResponse({"detail": error.message}, status_code=error.status_code)
+    return JSONResponse({"detail": error.message, **error.extra}, status_code=error.status_code)
 
 
 async def _stripe_failed(request: Request, error: Exception) -> JSONResponse:

@@ -135,7 +135,13 @@ class CheckoutOut(BaseModel):
 
 
 Intent = Literal[
-    "cancel", "manage", "update_payment_method", "change_plan", "stop_cancellation", "end_trial"
+    "cancel",
+    "manage",
+    "update_payment_method",
+    "change_plan",
+    "stop_cancellation",
+    "end_trial",
+    "pay_invoice",
 ]
 
 
@@ -145,7 +151,8 @@ class ManageIn(StrictModel):
         description=(
             "`cancel`, `manage` (the portal's home), `update_payment_method`, `change_plan` "
             "(with `price`, `quantity?`): a portal URL. `stop_cancellation`, `end_trial`: done "
-            "through Stripe's API; the answer carries the subscription. 409 if it does not apply."
+            "through Stripe's API; the answer carries the subscription. `pay_invoice`: "
+            "`{hosted_invoice_url}` of the overdue invoice. 409 if it does not apply."
         )
     )
     subscription_id: OurSubscriptionId | StripeSubscriptionId | None = Field(
@@ -201,10 +208,70 @@ class ManageOut(BaseModel):
     )
 
 
+class AccessOut(BaseModel):
+    state: Literal["active", "grace", "blocked", "none"] = Field(
+        description=(
+            "`active` (active or trialing), `grace` (past due, within "
+            "BILLING_PAST_DUE_GRACE_DAYS of the first failed payment), `blocked` (past due "
+            "beyond grace, unpaid, or canceled for a failed payment with an invoice open), "
+            "`none` (no subscription). Derived from the mirrored rows on every read."
+        )
+    )
+    until: UtcDatetime | None = Field(description="When grace ends (`grace` only).")
+
+
+class OverdueInvoiceOut(BaseModel):
+    id: str = Field(description="Stripe's invoice id, `in_...`.")
+    amount_remaining: int
+    currency: str
+    hosted_invoice_url: str | None
+
+
 class SubscriptionsOut(BaseModel):
     github_user_id: int
-    has_active_subscription: bool
+    has_active_subscription: bool = Field(description="Access is `active` or `grace`.")
     subscriptions: list[SubscriptionOut]
+    access: AccessOut
+    overdue_invoices: list[OverdueInvoiceOut]
+
+
+class PayInvoiceOut(BaseModel):
+    hosted_invoice_url: str
+
+
+class InvoiceOut(BaseModel):
+    id: str = Field(description="Stripe's invoice id, `in_...`.")
+    subscription_id: str | None = Field(description="Stripe's subscription id, if any.")
+    status: str
+    number: str | None
+    billing_reason: str | None
+    currency: str
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    hosted_invoice_url: str | None
+    attempt_count: int
+    next_payment_attempt: UtcDatetime | None
+    created: UtcDatetime
+    finalized_at: UtcDatetime | None
+    paid_at: UtcDatetime | None
+    due_date: UtcDatetime | None
+    period_start: UtcDatetime | None
+    period_end: UtcDatetime | None
+
+
+class InvoicesOut(BaseModel):
+    github_user_id: int
+    invoices: list[InvoiceOut]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+StripeInvoiceId = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^in_[A-Za-z0-9_]{1,250}$"),
+    Field(examples=["in_1QExample"]),
+]
 
 
 class PriceOut(BaseModel):

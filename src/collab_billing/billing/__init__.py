@@ -5,10 +5,15 @@ Stripe calls never run inside a database transaction: a slow Stripe must not hol
 """
 
 from collab_billing.billing.access import (
+    Access,
+    BillingView,
+    billing_view,
+    decide_access,
     find_user,
     is_active,
     is_cancelable,
     list_sellable_prices,
+    list_user_invoices,
     list_user_subscriptions,
     subscription_kind,
 )
@@ -23,24 +28,31 @@ from collab_billing.billing.manage import (
     INTENTS,
     ManageRequest,
     ManageResult,
+    invoice_to_pay,
     manage_subscription,
     open_cancel_portal,
 )
 
 __all__ = [
     "INTENTS",
+    "Access",
     "BillingError",
+    "BillingView",
     "CheckoutRequest",
     "CheckoutStarted",
     "Conflict",
     "ManageRequest",
     "ManageResult",
     "NotFound",
+    "billing_view",
+    "decide_access",
     "ensure_customer",
     "find_user",
+    "invoice_to_pay",
     "is_active",
     "is_cancelable",
     "list_sellable_prices",
+    "list_user_invoices",
     "list_user_subscriptions",
     "manage_subscription",
     "open_cancel_portal",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing.access import find_user, is_active
+from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
 from collab_billing.billing.errors import Conflict
 from collab_billing.billing.plans import Plan, resolve_plan
 from collab_billing.billing.trials import claim_trial, release_trial
@@ -34,12 +35,18 @@ class CheckoutStarted:
 
 
 def start_checkout(
-    factory: sessionmaker[Session], gateway: StripeGateway, request: CheckoutRequest
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    request: CheckoutRequest,
+    now: datetime | None = None,
 ) -> CheckoutStarted:
     """A new Checkout session for the user's subscription to the requested plan, with a trial
-    if asked for, offered (BILLING_TRIAL_DAYS) and the customer's first."""
+    if asked for, offered (BILLING_TRIAL_DAYS) and the customer's first. Refused (409, with
+    the invoice's hosted page) while the user has an overdue invoice: a new subscription must
+    not be the way around paying it."""
     settings = gateway.settings
     user = find_user(factory, request.github_user_id)
+    refuse_if_overdue(factory, request.github_user_id, now or datetime.now(UTC))
     plan = resolve_plan(
         factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
     )

@@ -6,9 +6,11 @@ from __future__ import annotations
 class BillingError(Exception):
     status_code = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, extra: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # More members of the error's JSON body, beside `detail`.
+        self.extra = extra or {}
 
 
 class NotFound(BillingError):
@@ -35,3 +37,22 @@ class InvalidField(BillingError):
 
 def unknown_user(github_user_id: int) -> NotFound:
     return NotFound(f"no user with github_user_id {github_user_id}: create it with POST /users")
+
+
+def overdue_invoice(
+    github_user_id: int, invoice_id: str, amount: int, currency: str, url: str | None
+) -> Conflict:
+    """409: the user owes an invoice; its hosted page is where it is paid."""
+    return Conflict(
+        f"user {github_user_id} has an overdue invoice {invoice_id} "
+        f"({amount / 100:.2f} {currency.upper()}): pay it first at {url}",
+        {
+            "hosted_invoice_url": url,
+            "invoice": {
+                "id": invoice_id,
+                "amount_remaining": amount,
+                "currency": currency,
+                "hosted_invoice_url": url,
+            },
+        },
+    )

@@ -7,7 +7,8 @@ the new price, seats and proration in Stripe's UI; the portal's default
 `trial_update_behavior=end_trial` ends a trial with the change). API intents make the change
 themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`)
 and `end_trial` (`trial_end=now`); the row is refreshed from Stripe under resync's watermark
-rule, so it never goes backwards. An intent that does not apply is a 409.
+rule, so it never goes backwards. An intent that does not apply is a 409. `pay_invoice`
+answers the overdue invoice's hosted page, read from the mirror (no portal, no Stripe call).
 
 Stripe is only called once the read transaction is closed.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,11 +25,12 @@ from collab_billing.billing.access import (
     find_user,
     is_active,
     is_cancelable,
+    is_overdue,
     list_user_subscriptions,
 )
 from collab_billing.billing.errors import Conflict, InvalidField, NotFound
 from collab_billing.billing.plans import resolve_plan
-from collab_billing.db import queries
+from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
@@ -252,3 +255,36 @@ def _customer(factory: sessionmaker[Session], request: ManageRequest) -> str:
                 f"user {request.github_user_id} has no Stripe customer yet: check out first"
             )
         return customer.stripe_customer_id
+
+
+def invoice_to_pay(
+    factory: sessionmaker[Session],
+    github_user_id: int,
+    subscription_id: int | str | None,
+    now: datetime,
+) -> str:
+    """The hosted page of the invoice the user should pay (the `pay_invoice` intent): the
+    oldest overdue one (of `subscription_id` if given), else the oldest open one. Read from
+    the mirror: no Stripe call, no portal."""
+    user = find_user(factory, github_user_id)
+    with read_only(factory) as session:
+        invoices = list(invoice_queries.open_invoices(session, github_user_id))
+        if subscription_id is not None:
+            owned = queries.list_subscriptions_of_user(session, user.id)
+            target = next(
+                (s for s in owned if subscription_id in (s.id, s.stripe_subscription_id)), None
+            )
+            if target is None:
+                raise NotFound(
+                    f"subscription {subscription_id} is not one of user {github_user_id}'s"
+                )
+            invoices = [
+                i for i in invoices if i.stripe_subscription_id == target.stripe_subscription_id
+            ]
+    payable = [i for i in invoices if i.hosted_invoice_url and i.amount_remaining > 0]
+    payable.sort(key=lambda invoice: not is_overdue(invoice, now))  # stable: oldest first
+    if not payable:
+        raise Conflict(f"user {github_user_id} has no open invoice to pay")
+    url = payable[0].hosted_invoice_url
+    assert url is not None
+    return url

@@ -133,6 +133,38 @@ class BillingProduct(MirroredRow, Base):
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+class BillingInvoice(MirroredRow, Base):
+    """A Stripe invoice of one of our customers (access and the overdue gate read these)."""
+
+    __tablename__ = "billing_invoices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    stripe_invoice_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
+    currency: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_due: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount_paid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount_remaining: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
+    number: Mapped[str | None] = mapped_column(String(255))
+    billing_reason: Mapped[str | None] = mapped_column(String(64))
+    attempt_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    next_payment_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Stripe's `created`: the order of `GET /billing/invoices` (newest first).
+    stripe_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # An automatic invoice's payment is first attempted when it is finalized: the grace
+    # period of a failed one counts from here.
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    due_date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class UnmatchedStripeCustomer(Base):
     """A Stripe customer that names no user of ours (another product's, or a user not yet
     created): its events are settled without asking Stripe about it again. It is read again

@@ -1,0 +1,54 @@
+"""Reads of `billing_invoices` for one user: the open ones (access and the overdue gate) and
+the pages of `GET /billing/invoices`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session
+
+from collab_billing.db.models import BillingCustomer, BillingInvoice, User
+
+
+def _of_user(github_user_id: int) -> Select[BillingInvoice]:
+    return (
+        select(BillingInvoice)
+        .join(BillingCustomer, BillingInvoice.billing_customer_id == BillingCustomer.id)
+        .join(User, User.id == BillingCustomer.user_id)
+        .where(User.github_user_id == github_user_id)
+    )
+
+
+def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvoice]:
+    """The user's open invoices, oldest first."""
+    query = _of_user(github_user_id).where(BillingInvoice.status == "open")
+    return session.scalars(
+        query.order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
+    ).all()
+
+
+def invoice_page(
+    session: Session, github_user_id: int, limit: int, after: str | None
+) -> tuple[Sequence[BillingInvoice], bool] | None:
+    """Up to `limit` of the user's invoices, newest first (Stripe's `created`, then id),
+    starting after the invoice `after`; and whether more follow. None: `after` is not one
+    of the user's invoices."""
+    query = _of_user(github_user_id)
+    if after is not None:
+        anchor = session.scalars(query.where(BillingInvoice.stripe_invoice_id == after)).first()
+        if anchor is None:
+            return None
+        query = query.where(
+            or_(
+                BillingInvoice.stripe_created < anchor.stripe_created,
+                (BillingInvoice.stripe_created == anchor.stripe_created)
+                & (BillingInvoice.stripe_invoice_id < anchor.stripe_invoice_id),
+            )
+        )
+    rows = session.scalars(
+        query.order_by(
+            BillingInvoice.stripe_created.desc(), BillingInvoice.stripe_invoice_id.desc()
+        ).limit(limit + 1)
+    ).all()
+    return rows[:limit], len(rows) > limit

@@ -1,0 +1,105 @@
+"""Records of the billing cycle: payment methods, invoices, test clocks, and its settings.
+
+Immutable like the records in records.py (an event keeps the record it was emitted with as its
+`data.object`), rendered by invoice_objects.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stripe_emulator.records import DAY, Metadata, Price
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentMethod:
+    """A card, made from one of Stripe's test tokens (`pm_card_visa`, ...).
+
+    `fails`: every charge on it is declined (`pm_card_chargeCustomerFail`: it attaches to a
+    customer fine, then each payment fails with `card_declined`)."""
+
+    id: str
+    created: int
+    brand: str
+    last4: str
+    fails: bool = False
+    customer: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    id: str
+    price: Price
+    quantity: int
+    period_start: int
+    period_end: int
+    subscription_item: str | None
+
+    @property
+    def amount(self) -> int:
+        return (self.price.unit_amount or 0) * self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    id: str
+    created: int
+    customer: str
+    subscription: str | None
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    period_start: int
+    period_end: int
+    billing_reason: str
+    hosted_invoice_url: str
+    number: str
+    status: str = "draft"
+    amount_paid: int = 0
+    attempt_count: int = 0
+    attempted: bool = False
+    next_payment_attempt: int | None = None
+    finalized_at: int | None = None
+    paid_at: int | None = None
+    voided_at: int | None = None
+    marked_uncollectible_at: int | None = None
+    # When a failed automatic payment first happened (the retry schedule counts from here).
+    first_failed_at: int | None = None
+    test_clock: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+    @property
+    def amount_due(self) -> int:
+        return sum(line.amount for line in self.lines)
+
+    @property
+    def amount_remaining(self) -> int:
+        return 0 if self.status in ("paid", "void") else self.amount_due - self.amount_paid
+
+
+@dataclass(frozen=True, slots=True)
+class TestClock:
+    id: str
+    created: int
+    frozen_time: int
+    name: str | None = None
+    status: str = "ready"
+    deleted: bool = False
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def deletes_after(self) -> int:
+        return self.created + 30 * DAY
+
+
+@dataclass
+class BillingSettings:
+    """What Stripe's dashboard settings decide about failed payments (`/_emulator/billing`).
+
+    `retry_days`: the automatic retries, each so many days after the previous attempt.
+    `after_retries`: what happens to the subscription when the last retry fails: `cancel`
+    (status `canceled`, `cancellation_details.reason` `payment_failed`) or `unpaid`."""
+
+    retry_days: tuple[int, ...] = (3, 5, 7)
+    after_retries: str = "cancel"

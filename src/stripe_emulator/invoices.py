@@ -1,0 +1,259 @@
+"""Invoices and the billing cycle: what Stripe does at a subscription's start, at each
+renewal, when a payment fails and when it is retried.
+
+- `start_invoice`: the invoice of a subscription's first period (Checkout completion; $0 for
+  a trial): `invoice.created`, `invoice.finalized`, then the payment.
+- `renew`: when the clock passes `current_period_end`, the next period starts
+  (`customer.subscription.updated`), its invoice is created, finalized and charged.
+- A payment: the subscription's `default_payment_method`, else the customer's
+  `invoice_settings.default_payment_method`. Success: `invoice.paid`,
+  `invoice.payment_succeeded`. Failure: `invoice.payment_failed`, `invoice.updated`
+  (`attempt_count`, `next_payment_attempt`), and the subscription moves to `past_due`.
+- Retries (`retry_due`, `retry`): each `BillingSettings.retry_days[n]` days after the previous
+  attempt; when the last fails, the subscription is canceled (`cancellation_details.reason`
+  `payment_failed`) or becomes `unpaid`, per `BillingSettings.after_retries`, and the invoice
+  stays open (payable).
+- `pay` (`POST /v1/invoices/{id}/pay`, the hosted invoice page): pays an open invoice; a
+  `past_due` or `unpaid` subscription with nothing else open becomes `active` again.
+Every event carries the object as it is after the change, stamped with the moment it happened.
+"""
+
+from __future__ import annotations
+
+from stripe_emulator import ids, objects, payment_methods
+from stripe_emulator.billing_records import Invoice, InvoiceLine, PaymentMethod
+from stripe_emulator.diff import previous_attributes
+from stripe_emulator.errors import bad_request
+from stripe_emulator.invoice_objects import invoice as render_invoice
+from stripe_emulator.records import DAY, PERIOD_SECONDS, Subscription, evolve
+from stripe_emulator.store import Store
+from stripe_emulator.subscriptions import cancel_subscription, save
+
+OPEN_STATUSES_RECOVERED = ("past_due", "unpaid")
+
+
+def base_url(store: Store) -> str:
+    """Where hosted invoice pages live: the current API request's base (remembered for the
+    invoices the clock makes, which have no request)."""
+    if store.request is not None:
+        store.invoice_base_url = store.request.base_url
+    return store.invoice_base_url
+
+
+def _number(store: Store, customer_id: str) -> str:
+    customer = store.customers.get(customer_id)
+    count = len(store.invoice_index.get(customer_id, ()))
+    return f"{customer.invoice_prefix}-{count + 1:04d}"
+
+
+def create_invoice(
+    store: Store,
+    sub: Subscription,
+    reason: str,
+    period: tuple[int, int],
+    at: int,
+    trial: bool = False,
+    invoice_id: str | None = None,
+) -> Invoice:
+    """A subscription's invoice for the period [start, end), created and finalized (`open`)."""
+    start, end = period
+    invoice_id = invoice_id or ids.new_id("in", at)
+    lines = tuple(
+        InvoiceLine(
+            ids.new_id("il", at),
+            item.price,
+            0 if trial else item.quantity,
+            start,
+            end,
+            item.id,
+        )
+        for item in sub.items
+    )
+    draft = Invoice(
+        id=invoice_id,
+        created=at,
+        customer=sub.customer,
+        subscription=sub.id,
+        currency=sub.currency,
+        lines=lines,
+        period_start=start,
+        period_end=end,
+        billing_reason=reason,
+        hosted_invoice_url=f"{base_url(store)}/_emulator/pages/invoices/{invoice_id}",
+        number=_number(store, sub.customer),
+        test_clock=sub.test_clock,
+    )
+    store.invoices.add(invoice_id, draft)
+    for owner in (sub.customer, sub.id):
+        store.invoice_index.setdefault(owner, []).append(invoice_id)
+    store.emit("invoice.created", draft, created=at)
+    final = evolve(draft, status="open", finalized_at=at)
+    store.invoices.put(invoice_id, final)
+    store.emit("invoice.finalized", final, created=at)
+    return final
+
+
+def _next_attempt(store: Store, attempts: int, at: int) -> int | None:
+    """When the automatic retry after the `attempts`-th failed attempt happens (None: none)."""
+    days = store.billing_settings.retry_days
+    return at + days[attempts - 1] * DAY if attempts <= len(days) else None
+
+
+def charge(
+    store: Store, invoice: Invoice, card: PaymentMethod | None, at: int, automatic: bool
+) -> Invoice:
+    """One payment attempt on an open invoice; returns the invoice after it."""
+    attempts = invoice.attempt_count + (1 if invoice.amount_due else 0)
+    if invoice.amount_due == 0 or (card is not None and not card.fails):
+        paid = evolve(
+            invoice,
+            status="paid",
+            amount_paid=invoice.amount_due,
+            attempt_count=attempts,
+            attempted=True,
+            next_payment_attempt=None,
+            paid_at=at,
+        )
+        store.invoices.put(paid.id, paid)
+        store.emit("invoice.paid", paid, created=at)
+        store.emit("invoice.payment_succeeded", paid, created=at)
+        return paid
+    failed = evolve(
+        invoice,
+        attempt_count=attempts,
+        attempted=True,
+        first_failed_at=invoice.first_failed_at or at,
+        next_payment_attempt=(
+            _next_attempt(store, attempts, at) if automatic else invoice.next_payment_attempt
+        ),
+    )
+    store.invoices.put(failed.id, failed)
+    store.emit("invoice.payment_failed", failed, created=at)
+    previous = previous_attributes(render_invoice(invoice), render_invoice(failed))
+    store.emit("invoice.updated", failed, previous, created=at)
+    return failed
+
+
+def _open_invoices(store: Store, sub_id: str) -> list[Invoice]:
+    invoices = (store.invoices.rows[i] for i in store.invoice_index.get(sub_id, ()))
+    return [invoice for invoice in invoices if invoice.status == "open"]
+
+
+def _after_payment(store: Store, invoice: Invoice, at: int) -> None:
+    """Move the invoice's subscription as the payment's outcome decides."""
+    if invoice.subscription is None:
+        return
+    sub = store.subscriptions.rows[invoice.subscription]
+    if invoice.status == "paid":
+        if sub.status in OPEN_STATUSES_RECOVERED and not _open_invoices(store, sub.id):
+            save(store, sub, evolve(sub, status="active"), created=at)
+        return
+    if sub.status in ("active", "trialing"):
+        save(store, sub, evolve(sub, status="past_due"), created=at)
+    elif invoice.next_payment_attempt is None and sub.status == "past_due":
+        _retries_exhausted(store, sub, at)
+
+
+def _retries_exhausted(store: Store, sub: Subscription, at: int) -> None:
+    if store.billing_settings.after_retries == "unpaid":
+        save(store, sub, evolve(sub, status="unpaid"), created=at)
+    else:
+        cancel_subscription(store, sub.id, reason="payment_failed", at=at)
+
+
+def start_invoice(store: Store, sub: Subscription, card: PaymentMethod | None, at: int) -> Invoice:
+    """The first invoice of a new subscription, charged to `card` ($0 during a trial)."""
+    trial = sub.trial_end is not None and sub.trial_end > at
+    period = (at, sub.current_period_end)
+    invoice = create_invoice(store, sub, "subscription_create", period, at, trial)
+    return charge(store, invoice, card, at, automatic=True)
+
+
+def renews(sub: Subscription, at: int) -> bool:
+    """Whether the subscription's next transition at `at` is a renewal (not an end)."""
+    if sub.status in ("incomplete", "incomplete_expired", "canceled", "unpaid", "paused"):
+        return False
+    if (
+        sub.status == "trialing"
+        and sub.default_payment_method is None
+        and sub.missing_payment_method == "cancel"
+    ):
+        return False  # the trial ends without a card: canceled (subscriptions.transition)
+    return sub.cancel_at is None or sub.cancel_at > at
+
+
+def renew(store: Store, sub: Subscription, at: int) -> None:
+    """A new period starts at `current_period_end` (a trial ends into `active`) and is billed.
+    A trial that ends without a card and `missing_payment_method=pause` is paused instead."""
+    if (
+        sub.status == "trialing"
+        and sub.default_payment_method is None
+        and sub.missing_payment_method == "pause"
+    ):
+        save(store, sub, evolve(sub, status="paused"), created=at)
+        return
+    start = sub.current_period_end
+    end = start + PERIOD_SECONDS
+    invoice_id = ids.new_id("in", at)
+    new = evolve(sub, current_period_start=start, current_period_end=end, latest_invoice=invoice_id)
+    if sub.status == "trialing":
+        new = evolve(new, status="active")
+    save(store, sub, new, created=at)
+    invoice = create_invoice(store, new, "subscription_cycle", (start, end), at, False, invoice_id)
+    card = payment_methods.for_invoice(store, sub.customer, sub.id)
+    _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
+
+
+def retry_due(invoice: Invoice, now: int) -> int | None:
+    """When the clock next retries this invoice's payment (None: not before `now`)."""
+    due = invoice.next_payment_attempt
+    return due if invoice.status == "open" and due is not None and due <= now else None
+
+
+def retry(store: Store, invoice: Invoice, at: int) -> None:
+    card = payment_methods.for_invoice(store, invoice.customer, invoice.subscription)
+    _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
+
+
+def pay(
+    store: Store, invoice_id: str, card_id: str | None = None, out_of_band: bool = False
+) -> Invoice:
+    """Pay an open invoice now (with `card_id`, a test token or the customer's card, else the
+    default); a declined card raises Stripe's 402 `card_declined` after recording the attempt."""
+    invoice = store.invoices.get(invoice_id)
+    if invoice.status != "open":
+        raise bad_request(f"Invoice is already {invoice.status}.")
+    at = store.customer_now(invoice.customer)
+    if out_of_band:
+        paid = evolve(invoice, status="paid", paid_at=at, next_payment_attempt=None)
+        store.invoices.put(paid.id, paid)
+        store.emit("invoice.paid", paid, created=at)
+        _after_payment(store, paid, at)
+        return paid
+    card: PaymentMethod | None
+    if card_id is None:
+        card = payment_methods.for_invoice(store, invoice.customer, invoice.subscription)
+    elif card_id in payment_methods.TEST_TOKENS:
+        card = payment_methods.attach(store, card_id, invoice.customer)
+    else:
+        card = payment_methods.customers_card(store, card_id, invoice.customer, "payment_method")
+    after = charge(store, invoice, card, at, automatic=False)
+    _after_payment(store, after, at)
+    if after.status != "paid":
+        raise payment_methods.card_declined()
+    return after
+
+
+def void(store: Store, invoice_id: str) -> Invoice:
+    invoice = store.invoices.get(invoice_id)
+    if invoice.status not in ("open", "uncollectible"):
+        raise bad_request("You can only void an open or uncollectible invoice.")
+    at = store.now()
+    voided = evolve(invoice, status="void", voided_at=at, next_payment_attempt=None)
+    store.invoices.put(voided.id, voided)
+    store.emit("invoice.voided", voided, created=at)
+    return voided
+
+
+def render(invoice: Invoice) -> objects.Json:
+    return render_invoice(invoice)

@@ -1,0 +1,280 @@
+"""The billing cycle end to end, driven only through the service's API and Stripe's (the
+emulator's) API, a test clock or the emulator's clock moving time: access at every step.
+
+Path A (a test clock): checkout -> active; renewal paid -> active; card declined at renewal
+-> grace -> blocked once the grace days pass -> checkout refused 409 with the invoice's page
+-> `pay_invoice` answers that page -> paid there -> active again, and no overdue gate.
+Path B (the emulator's clock): declined, retried 3, 5 and 7 days later, canceled for
+`payment_failed` -> blocked while the invoice is open -> paid -> none, checkout open again.
+
+The service judges grace by an injected clock (`create_app(clock=...)`): here the test
+clock's frozen time, or the emulator's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from collab_billing.api.app import create_app
+from collab_billing.config import Settings
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.conftest import ADMIN_TOKEN
+from tests.servers import ServerThread
+from tests.stripe_helpers import Emulator
+
+DAY = 86_400
+HOUR = 3_600
+
+
+class Cycle:
+    """The service (real HTTP, its clock injected) and a reconciler to apply Stripe's events."""
+
+    def __init__(self, api: httpx.Client, reconciler: Reconciler, emulator: Emulator) -> None:
+        self.api = api
+        self.reconciler = reconciler
+        self.emulator = emulator
+        self.sdk = emulator.sdk.v1
+
+    def view(self, user: int) -> dict[str, Any]:
+        self.reconciler.drain()
+        response = self.api.get("/billing/subscriptions", params={"github_user_id": user})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def access(self, user: int) -> str:
+        view = self.view(user)
+        assert view["has_active_subscription"] is (view["access"]["state"] in ("active", "grace"))
+        return str(view["access"]["state"])
+
+    def checkout(self, user: int) -> httpx.Response:
+        return self.api.post("/billing/subscriptions", json={"github_user_id": user})
+
+    def subscribe(self, user: int) -> str:
+        response = self.checkout(user)
+        assert response.status_code == 200, response.text
+        done = self.emulator.complete_checkout(response.json()["checkout_session_url"])
+        return str(done["subscription"])
+
+    def decline_renewals(self, sub_id: str) -> None:
+        """The customer's card now declines: Stripe's `pm_card_chargeCustomerFail`."""
+        customer = str(self.sdk.subscriptions.retrieve(sub_id).customer)
+        card = self.sdk.payment_methods.attach("pm_card_chargeCustomerFail", {"customer": customer})
+        self.sdk.subscriptions.update(sub_id, {"default_payment_method": card.id})
+
+    def add_user(self, user: int) -> None:
+        body = {"github_user_id": user, "github_login": f"user{user}"}
+        assert self.api.post("/users", json=body).status_code in (200, 201)
+
+
+def running(
+    settings: Settings, engine: Engine, emulator: Emulator, clock: Callable[[], datetime]
+) -> Iterator[Cycle]:
+    app = create_app(settings.model_copy(update={"reconcile_enabled": False}), engine, clock=clock)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=auth) as api,
+    ):
+        yield Cycle(api, Reconciler(settings, engine, StripeGateway(settings)), emulator)
+
+
+def emulator_now(emulator: Emulator) -> int:
+    now: int = httpx.get(f"{emulator.url}/_emulator/clock").json()["now"]
+    return now
+
+
+@pytest.fixture
+def test_clock(emulator: Emulator) -> str:
+    clock = emulator.sdk.v1.test_helpers.test_clocks.create(
+        {"frozen_time": emulator_now(emulator), "name": "billing cycle"}
+    )
+    return clock.id
+
+
+@pytest.fixture
+def on_test_clock(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, test_clock: str
+) -> Iterator[Cycle]:
+    clocks = emulator.sdk.v1.test_helpers.test_clocks
+
+    def frozen_time() -> datetime:
+        return datetime.fromtimestamp(clocks.retrieve(test_clock).frozen_time, UTC)
+
+    yield from running(stripe_settings, engine, emulator, frozen_time)
+
+
+@pytest.fixture
+def on_emulator_clock(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> Iterator[Cycle]:
+    def now() -> datetime:
+        return datetime.fromtimestamp(emulator_now(emulator), UTC)
+
+    yield from running(stripe_settings, engine, emulator, now)
+
+
+def test_declined_renewal_grace_blocked_then_paid(
+    on_test_clock: Cycle, emulator: Emulator, test_clock: str
+) -> None:
+    cycle, user = on_test_clock, 501
+    clocks = emulator.sdk.v1.test_helpers.test_clocks
+    cycle.add_user(user)
+    # The user's Stripe customer lives on the test clock (matched by its metadata).
+    emulator.sdk.v1.customers.create(
+        params={"test_clock": test_clock, "metadata": {"github_user_id": str(user)}}
+    )
+    assert cycle.access(user) == "none"
+
+    sub_id = cycle.subscribe(user)
+    assert cycle.access(user) == "active"
+    period_end = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
+
+    clocks.advance(test_clock, {"frozen_time": period_end + HOUR})  # renewal, paid
+    view = cycle.view(user)
+    assert view["access"] == {"state": "active", "until": None}
+    invoices = cycle.api.get("/billing/invoices", params={"github_user_id": user}).json()
+    assert [i["status"] for i in invoices["invoices"]] == ["paid", "paid"]
+    assert invoices["invoices"][0]["billing_reason"] == "subscription_cycle"
+
+    cycle.decline_renewals(sub_id)
+    renewal = period_end + 30 * DAY
+    clocks.advance(test_clock, {"frozen_time": renewal + HOUR})  # renewal, declined
+    view = cycle.view(user)
+    assert view["subscriptions"][0]["status"] == "past_due"
+    assert view["access"]["state"] == "grace"
+    assert view["has_active_subscription"] is True
+    until = datetime.fromisoformat(view["access"]["until"])
+    assert until == datetime.fromtimestamp(renewal, UTC) + timedelta(days=3)
+    [overdue] = view["overdue_invoices"]
+    invoice = cycle.sdk.invoices.retrieve(overdue["id"])
+    assert overdue == {
+        "id": invoice.id,
+        "amount_remaining": 2000,
+        "currency": "usd",
+        "hosted_invoice_url": invoice.hosted_invoice_url,
+    }
+
+    clocks.advance(test_clock, {"frozen_time": renewal + 3 * DAY + HOUR})  # retry declined
+    assert cycle.sdk.invoices.retrieve(invoice.id).attempt_count == 2
+    view = cycle.view(user)
+    assert view["subscriptions"][0]["status"] == "past_due"
+    assert view["access"] == {"state": "blocked", "until": None}
+    assert view["has_active_subscription"] is False
+
+    refused = cycle.checkout(user)
+    assert refused.status_code == 409
+    assert invoice.id in refused.json()["detail"]
+    assert refused.json()["hosted_invoice_url"] == invoice.hosted_invoice_url
+    manage = {"github_user_id": user, "intent": "pay_invoice"}
+    answer = cycle.api.post("/billing/subscriptions/manage", json=manage)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"hosted_invoice_url": invoice.hosted_invoice_url}
+
+    # The user pays on the invoice's page with a card that works.
+    paid = httpx.post(answer.json()["hosted_invoice_url"], data={"card": "pm_card_visa"})
+    assert paid.status_code == 200, paid.text
+    view = cycle.view(user)
+    assert view["access"] == {"state": "active", "until": None}
+    assert view["overdue_invoices"] == []
+    gate = cycle.checkout(user)  # the overdue gate is open: only the active plan stands
+    assert gate.status_code == 409 and "hosted_invoice_url" not in gate.json()
+    assert "already has an active subscription" in gate.json()["detail"]
+    newest = cycle.api.get("/billing/invoices", params={"github_user_id": user, "limit": 1})
+    assert newest.json()["invoices"][0]["status"] == "paid"
+    assert newest.json()["has_more"] is True
+
+
+def test_retries_exhausted_cancel_for_payment_failed(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    cycle, user = on_emulator_clock, 502
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    assert cycle.access(user) == "active"
+    cycle.decline_renewals(sub_id)
+
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    assert cycle.access(user) == "grace"
+    for days in (3, 5, 7):  # Stripe's retries, each failing
+        emulator.control("POST", "clock/advance", {"seconds": days * DAY})
+    sub = cycle.sdk.subscriptions.retrieve(sub_id)
+    assert sub.status == "canceled"
+    assert sub.cancellation_details and sub.cancellation_details.reason == "payment_failed"
+    view = cycle.view(user)
+    assert view["subscriptions"][0]["status"] == "canceled"
+    assert view["access"]["state"] == "blocked"
+    [overdue] = view["overdue_invoices"]
+    assert cycle.checkout(user).json()["hosted_invoice_url"] == overdue["hosted_invoice_url"]
+
+    cycle.sdk.invoices.pay(overdue["id"], {"payment_method": "pm_card_visa"})
+    view = cycle.view(user)
+    assert view["access"] == {"state": "none", "until": None}
+    assert view["overdue_invoices"] == []
+    assert cycle.checkout(user).status_code == 200  # the gate is open again
+    nothing = cycle.api.post(
+        "/billing/subscriptions/manage", json={"github_user_id": user, "intent": "pay_invoice"}
+    )
+    assert nothing.status_code == 409
+
+
+def test_unpaid_after_retries_then_paid_by_api(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Stripe's other setting: the subscription becomes `unpaid` (blocked at once), and
+    paying the invoice makes it active again."""
+    emulator.control("POST", "billing", {"retry_days": [1], "after_retries": "unpaid"})
+    cycle, user = on_emulator_clock, 504
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    cycle.decline_renewals(sub_id)
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    assert cycle.access(user) == "grace"
+    emulator.control("POST", "clock/advance", {"seconds": DAY})
+    view = cycle.view(user)
+    assert (view["subscriptions"][0]["status"], view["access"]["state"]) == ("unpaid", "blocked")
+    manage = {"github_user_id": user, "intent": "pay_invoice", "subscription_id": sub_id}
+    hosted = cycle.api.post("/billing/subscriptions/manage", json=manage).json()
+    assert hosted == {"hosted_invoice_url": view["overdue_invoices"][0]["hosted_invoice_url"]}
+    cycle.sdk.invoices.pay(view["overdue_invoices"][0]["id"], {"payment_method": "pm_card_visa"})
+    assert cycle.access(user) == "active"
+
+
+def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulator) -> None:
+    cycle, user = on_emulator_clock, 503
+    cycle.add_user(user)
+    cycle.subscribe(user)
+    for _ in range(3):
+        emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    cycle.reconciler.drain()
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"github_user_id": user, "limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = cycle.api.get("/billing/invoices", params=params).json()
+        seen += [invoice["id"] for invoice in page["invoices"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            assert cursor is None
+            break
+    stripe_ids = [i.id for i in cycle.sdk.invoices.list(params={"limit": 100}).data]
+    assert seen == stripe_ids and len(seen) == 4  # newest first, like Stripe's list
+
+    get = cycle.api.get
+    assert get("/billing/invoices", params={"github_user_id": 999}).status_code == 404
+    assert get("/billing/invoices", params={"github_user_id": user, "limit": 0}).status_code == 422
+    bad_cursor = {"github_user_id": user, "cursor": "nope"}
+    assert get("/billing/invoices", params=bad_cursor).status_code == 422
+    unknown = {"github_user_id": user, "cursor": "in_unknown"}
+    assert get("/billing/invoices", params=unknown).status_code == 404
+    wrong = {"github_user_id": user, "intent": "pay_everything"}
+    assert cycle.api.post("/billing/subscriptions/manage", json=wrong).status_code == 422
