@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import objects, sessions
+from stripe_emulator import meters, objects, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
@@ -296,6 +296,7 @@ def dump(store: Store, with_events: bool = False) -> Body:
         "billing_portal_sessions": [
             objects.portal_session(s) for s in store.portal_sessions.rows.values()
         ],
+        "meters": [meters.render(m) for m in store.meters.meters.rows.values()],
         "event_count": len(store.events),
     }
     if with_events:
