@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from collab_billing import metrics
-from collab_billing.api import billing, health, operations, users, webhooks
+from collab_billing.api import billing, health, operations, usage, users, webhooks
 from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
@@ -71,13 +71,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()
-    for router in (health.router, operations.router, users.router, billing.router, webhooks.router):
+    routers = (health.router, operations.router, users.router, billing.router, webhooks.router)
+    for router in (*routers, usage.router):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
         default=MAX_BODY_BYTES,
-        by_path={webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES},
+        by_path={
+            webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES,
+            usage.PATH: usage.MAX_USAGE_BODY_BYTES,
+        },
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app

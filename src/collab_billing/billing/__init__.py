@@ -4,6 +4,7 @@ to rows. No HTTP types here; errors carry the status they map to.
 Stripe calls never run inside a database transaction: a slow Stripe must not hold locks.
 """
 
+from collab_billing.billing import spend, usage
 from collab_billing.billing.access import (
     find_user,
     is_active,
@@ -26,5 +27,7 @@ __all__ = [
     "list_sellable_prices",
     "list_user_subscriptions",
     "open_cancel_portal",
+    "spend",
     "start_checkout",
+    "usage",
 ]

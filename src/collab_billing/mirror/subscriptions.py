@@ -15,6 +15,7 @@ from collab_billing.stripe_gateway.events import Ref, id_of
 class SubscriptionItem(msgspec.Struct):
     price: str | Ref | None = None
     current_period_end: int | None = None
+    current_period_start: int | None = None
 
 
 class ItemList(msgspec.Struct):
@@ -31,6 +32,7 @@ class Subscription(msgspec.Struct):
     cancel_at: int | None = None
     canceled_at: int | None = None
     current_period_end: int | None = None  # before API 2025-03-31; now on the items
+    current_period_start: int | None = None
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
@@ -42,6 +44,8 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     items = subscription.items.data
     period_ends = [item.current_period_end for item in items if item.current_period_end]
     period_end = max(period_ends) if period_ends else subscription.current_period_end
+    period_starts = [item.current_period_start for item in items if item.current_period_start]
+    period_start = max(period_starts) if period_starts else subscription.current_period_start
     price = items[0].price if items else None
     return {
         "stripe_subscription_status": subscription.status,
@@ -50,6 +54,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_cancel_at": _time(subscription.cancel_at),
         "stripe_canceled_at": _time(subscription.canceled_at),
         "stripe_current_period_end": _time(period_end),
+        "stripe_current_period_start": _time(period_start),
     }
 
 
