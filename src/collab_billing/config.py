@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     billing_checkout_success_url: str = "http://127.0.0.1:8080/billing/success"
     billing_checkout_cancel_url: str = "http://127.0.0.1:8080/billing/cancel"
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
+    # The rate of meter events sent to Stripe (test mode allows 25 requests a second in all).
+    billing_usage_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

@@ -26,7 +26,8 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
 - GET requests -> `{"total", "by_route": {"GET /v1/events": n, ...}, "by_status": {"200": n},
   "in_flight", "max_in_flight"}` (`/v1` requests since the last DELETE requests or state);
   DELETE requests zeroes them.
-- GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`);
+- GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`,
+  `meter_events`);
   DELETE state -> `{"reset": true}` (objects, events, clock, faults, rate limit, webhooks).
 """
 
@@ -301,6 +302,11 @@ def dump(store: Store, with_events: bool = False) -> Body:
     }
     if with_events:
         result["events"] = [store.render_event(event) for event in store.events.events]
+        result["meter_events"] = [
+            meters.render_event(event)
+            for events in store.meters.events.values()
+            for event in events
+        ]
     return result
 
 

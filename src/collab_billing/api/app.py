@@ -17,6 +17,7 @@ from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
+from collab_billing.billing import sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
@@ -35,7 +36,8 @@ HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the reconciler beside the API; on shutdown let it finish its transaction."""
+    """Run the reconciler and the usage sender beside the API; on shutdown let them finish
+    their transactions."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
     if not (settings.reconcile_enabled and gateway is not None):
@@ -44,11 +46,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+    sender_thread, sender_stop = sender.start_in_background(
+        sender.UsageSender(settings, app.state.engine)
+    )
     try:
         yield
     finally:
         stop.set()
+        sender_stop.set()
         await anyio.to_thread.run_sync(thread.join, 60.0)
+        await anyio.to_thread.run_sync(sender_thread.join, 60.0)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
