@@ -1,6 +1,6 @@
 """Usage billing: ingest (`POST /billing/usage`, batches of 1,000, answered once durable), the
-sender's rate on a backlog, exactly-once at Stripe under faults and SIGKILL. The sender runs alone (`collab-billing usage --send`) against an emulator rate-limited on
-`/v1/billing/meter_events` at the configured rate, as Stripe would limit it."""
+sender's rate on a backlog, exactly-once at Stripe under faults and SIGKILL. The sender runs
+alone (`usage --send`), the emulator rate-limiting meter events at the configured rate."""
 
 from __future__ import annotations
 
