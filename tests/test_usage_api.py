@@ -125,3 +125,64 @@ def test_meters_are_read_from_stripe(
     make_meter(emulator)
     assert sync_meters(session_factory, StripeGateway(stripe_settings)) == 1
     assert api.post("/billing/usage", json=record(7, "k")).status_code == 202
+
+
+def usage_of(api: httpx.Client, user: int) -> dict[str, Any]:
+    answer = api.get("/billing/usage", params={"github_user_id": user})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    from collab_billing.reconcile.run import Reconciler
+    from tests.test_billing_api import subscribe
+
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    subscribe(api, emulator, reconciler, 7)
+    before = usage_of(api, 7)
+    assert before["period_source"] == "subscription"
+    assert before["meters"][0]["total"] == "0"
+    preferences = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=preferences).json() == preferences
+    assert api.get("/billing/preferences", params={"github_user_id": 7}).json() == preferences
+
+    under = api.post("/billing/usage", json=record(7, "a", 150))  # 150 x 0.5 cent = 75 cents
+    assert under.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": False}
+    over = api.post("/billing/usage", json=record(7, "b", 100))  # 125 cents > 100
+    assert over.status_code == 202
+    assert over.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": True}
+    now = usage_of(api, 7)
+    assert now["meters"][0]["total"] == "250"
+    assert now["meters"][0]["estimated_cost_cents"] == 125
+    assert (now["estimated_cost_cents"], now["over_spend_cap"]) == (125, True)
+
+    # The renewal starts a new period: the total restarts (and the user is under the cap).
+    period_end = now["period_end"]
+    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    reconciler.drain()
+    renewed = usage_of(api, 7)
+    assert renewed["period_start"] == period_end
+    assert renewed["meters"][0]["total"] == "0"
+    assert renewed["over_spend_cap"] is False
+
+    # No cap: never over.
+    api.put("/billing/preferences", json={"github_user_id": 7, "max_monthly_spend_cents": None})
+    assert usage_of(api, 7)["max_monthly_spend_cents"] is None
+
+
+def test_usage_without_a_subscription_is_the_calendar_month(api: httpx.Client, meter: str) -> None:
+    add_user(api, 8)
+    found = usage_of(api, 8)
+    assert found["period_source"] == "calendar_month"
+    assert found["period_start"].endswith("-01T00:00:00Z")
+    assert api.get("/billing/usage", params={"github_user_id": 404}).status_code == 404
+    bad = {"github_user_id": 8, "max_monthly_spend_cents": -1}
+    assert api.put("/billing/preferences", json=bad).status_code == 422

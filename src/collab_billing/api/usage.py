@@ -104,7 +104,10 @@ def get_usage(
         period_start=found.period.start,
         period_end=found.period.end,
         period_source=found.period.source,
-        meters=[MeterUsageOut(**vars(m)) for m in found.meters],
+        meters=[
+            MeterUsageOut(**(vars(m) | {"total": format(m.total.normalize(), "f")}))
+            for m in found.meters
+        ],
         estimated_cost_cents=found.estimated_cost_cents,
         max_monthly_spend_cents=found.max_monthly_spend_cents,
         over_spend_cap=found.over_spend_cap,

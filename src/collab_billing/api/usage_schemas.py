@@ -68,7 +68,7 @@ class MeterUsageOut(BaseModel):
     meter: str
     stripe_meter_id: str
     aggregation: str
-    total: Decimal
+    total: str = Field(description="This period's total, as a decimal string", examples=["1250"])
     stripe_price_id: str | None
     currency: str | None
     estimated_cost_cents: int | None
