@@ -21,6 +21,7 @@ from collab_billing.api.usage_schemas import (
     UsageIn,
     UsageOut,
     UsageRecordIn,
+    UsageRefused,
 )
 from collab_billing.billing import find_user, spend, usage
 from collab_billing.db.engine import read_only
@@ -38,7 +39,7 @@ router = APIRouter(
 )
 
 UNPROCESSABLE: Responses = {
-    422: {"model": ErrorResponse, "description": "Invalid, or unknown user or meter"}
+    422: {"model": UsageRefused, "description": "Invalid, or unknown user or meter"}
 }
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Discriminator, Field, StringConstraints, Tag
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+)
 
 from collab_billing.api.schemas import GithubUserId, StrictModel, UtcDatetime, _number_not_text
 
@@ -18,6 +26,8 @@ UsageValue = Annotated[
     Decimal,
     Field(gt=0, lt=Decimal(10) ** 18, decimal_places=12, allow_inf_nan=False, examples=[1200]),
     BeforeValidator(_number_not_text),
+    # A JSON number only (pydantic would document a decimal as a number or a string).
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e18}),
 ]
 IdempotencyKey = Annotated[
     str,
@@ -56,6 +66,14 @@ UsageIn = Annotated[
     Annotated[UsageBatchIn, Tag("batch")] | Annotated[UsageRecordIn, Tag("record")],
     Discriminator(_usage_kind),
 ]
+
+
+class UsageRefused(BaseModel):
+    """422: invalid input (FastAPI's list of errors), or an unknown user or meter (a message)."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        examples=["unknown meter 'gpu_seconds': no active Stripe billing meter has this event_name"]
+    )
 
 
 class UsageAccepted(BaseModel):
