@@ -161,7 +161,10 @@ class UsageSender:
         results: list[Outcome] = outcomes
         results_lock = threading.Lock()
         settled = 0
-        workers = max(1, min(len(groups), MAX_WORKERS, math.ceil(self.rate * self.latency * 1.5)))
+        # Enough calls in flight to fill the rate at the latency seen, with room for slow
+        # answers; the gateway's throttle, not the pool, keeps the rate.
+        wanted = math.ceil(self.rate * self.latency * 2) + 2
+        workers = max(1, min(len(groups), MAX_WORKERS, wanted))
         with ThreadPoolExecutor(workers, thread_name_prefix="usage") as pool:
             pending: set[Future[None]] = {
                 pool.submit(self._send_group, group, results, results_lock, stop)
