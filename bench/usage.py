@@ -110,11 +110,8 @@ def sender(ctx: Context, engine: str, records: int, rate: float) -> Result:
         setup(ctx, db)
         with serve(ctx, db, []) as port:
             post_all(port, batches(records))
-        ctx.emulator.control(
-            "POST",
-            "rate_limit",
-            {"requests_per_second": rate, "path_prefix": "/v1/billing/meter_events"},
-        )
+        limit = {"requests_per_second": rate, "path_prefix": "/v1/billing/meter_events"}
+        ctx.emulator.control("POST", "rate_limit", limit)
         command, env = sender_command(ctx, db, rate)
         ctx.emulator.control("DELETE", "requests")
         process = subprocess.Popen(command, env=env, cwd=ctx.workdir, stderr=subprocess.DEVNULL)
@@ -178,8 +175,7 @@ def exactly_once(
 
 
 def verify(ctx: Context, db: Database) -> tuple[int, int, int]:
-    """(customers whose Stripe summary differs from the accepted sum, identifiers Stripe
-    holds twice or that are not ours, records failed)."""
+    """(customers whose summary differs from our sum, identifiers twice or not ours, failed)"""
     engine = create_engine(db.url)
     with engine.connect() as connection:
         rows = connection.execute(text(QUERY)).all()
