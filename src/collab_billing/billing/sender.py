@@ -23,7 +23,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC
 from decimal import Decimal
@@ -161,19 +161,24 @@ class UsageSender:
         results: list[Outcome] = outcomes
         results_lock = threading.Lock()
         settled = 0
-        # Enough calls in flight to fill the rate at the latency seen, with room for slow
-        # answers; the gateway's throttle, not the pool, keeps the rate.
+        # Enough calls in flight to fill the rate at the latency seen (which includes the
+        # throttle's waits, so it errs high), with room for slow answers; the gateway's
+        # throttle, not the pool, keeps the rate.
         wanted = math.ceil(self.rate * self.latency * 2) + 2
         workers = max(1, min(len(groups), MAX_WORKERS, wanted))
         with ThreadPoolExecutor(workers, thread_name_prefix="usage") as pool:
-            pending: set[Future[None]] = {
+            futures: list[Future[None]] = [
                 pool.submit(self._send_group, group, results, results_lock, stop)
                 for group in groups
-            }
-            while pending:
-                _, pending = wait(pending, timeout=FLUSH_SECONDS, return_when=FIRST_COMPLETED)
+            ]
+            pending = set(futures)
+            while pending:  # answers are committed every FLUSH_SECONDS, in one transaction
+                _, pending = wait(pending, timeout=FLUSH_SECONDS)
                 settled += self._flush(results, results_lock)
-        return settled + self._flush(results, results_lock)
+        settled += self._flush(results, results_lock)
+        for future in futures:
+            future.result()  # a bug in a group's thread surfaces here (and in the loop's log)
+        return settled
 
     def _send_group(
         self,
