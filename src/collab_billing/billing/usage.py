@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing import spend
@@ -59,8 +59,10 @@ def ingest(factory: sessionmaker[Session], records: Sequence[UsageRecord]) -> In
     """Store the records (all or none) and say how many were new; 422 (`Unprocessable`)
     naming the first unknown user or meter, with nothing stored."""
     with transaction(factory) as session:
-        users = _user_ids(session, {record.github_user_id for record in records})
-        _check_meters(session, {record.meter for record in records})
+        # Core statements on the session's connection: the ORM's layers cost a third of a batch.
+        connection = session.connection()
+        users = _user_ids(connection, {record.github_user_id for record in records})
+        _check_meters(connection, {record.meter for record in records})
         rows = _rows(records, users)
         table = BillingUsageEvent.__table__
         statement = (
@@ -68,14 +70,17 @@ def ingest(factory: sessionmaker[Session], records: Sequence[UsageRecord]) -> In
             .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
             .returning(table.c.id)
         )
-        accepted = len(session.execute(statement, rows).all()) if rows else 0
+        accepted = len(connection.execute(statement, rows).all()) if rows else 0
     over_cap = spend.any_over_cap(factory, set(users.values()))
     return IngestResult(accepted, len(records) - accepted, over_cap)
 
 
-def _user_ids(session: Session, github_user_ids: set[int]) -> dict[int, int]:
-    statement = select(User.github_user_id, User.id).where(User.github_user_id.in_(github_user_ids))
-    found = {github_user_id: user_id for github_user_id, user_id in session.execute(statement)}
+def _user_ids(connection: Connection, github_user_ids: set[int]) -> dict[int, int]:
+    users = User.__table__.c
+    statement = select(users.github_user_id, users.id).where(
+        users.github_user_id.in_(github_user_ids)
+    )
+    found = {github_user_id: user_id for github_user_id, user_id in connection.execute(statement)}
     unknown = sorted(github_user_ids - found.keys())
     if unknown:
         raise Unprocessable(
@@ -84,11 +89,12 @@ def _user_ids(session: Session, github_user_ids: set[int]) -> dict[int, int]:
     return found
 
 
-def _check_meters(session: Session, event_names: set[str]) -> None:
+def _check_meters(connection: Connection, event_names: set[str]) -> None:
+    meters = BillingMeter.__table__.c
     known = set(
-        session.scalars(
-            select(BillingMeter.event_name).where(
-                BillingMeter.event_name.in_(event_names), BillingMeter.status == "active"
+        connection.scalars(
+            select(meters.event_name).where(
+                meters.event_name.in_(event_names), meters.status == "active"
             )
         )
     )
