@@ -1,5 +1,6 @@
 """Billing meters and their events: the state and the rules Stripe applies.
 
+Meter changes emit Stripe's `billing.meter.*` events (meter events emit none, as on Stripe).
 A meter names an `event_name`, how its events aggregate (`sum`, `count`, `last`) and which
 payload keys carry the customer and the value. Meter events are kept per (meter, customer)
 in arrival order, so an event summary is one scan of that customer's events. An event's
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from stripe_emulator import ids
+from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request, invalid
 from stripe_emulator.objects import Json
 from stripe_emulator.records import DAY, evolve
@@ -108,6 +110,7 @@ def create_meter(store: Store, **fields: object) -> Meter:
     now = store.now()
     meter = Meter(id=ids.new_id("mtr"), created=now, updated=now, **fields)  # type: ignore[arg-type]
     state.meters.add(meter.id, meter)
+    store.emit("billing.meter.created", render(meter))
     return meter
 
 
@@ -117,6 +120,7 @@ def update_meter(store: Store, meter_id: str, display_name: str | None) -> Meter
         return old
     new = evolve(old, display_name=display_name, updated=store.now())
     store.meters.meters.put(new.id, new)
+    _emit_change(store, "billing.meter.updated", old, new)
     return new
 
 
@@ -130,7 +134,17 @@ def set_status(store: Store, meter_id: str, active: bool) -> Meter:
     now = store.now()
     new = evolve(old, status=wanted, updated=now, deactivated_at=None if active else now)
     store.meters.meters.put(new.id, new)
+    kind = "billing.meter.reactivated" if active else "billing.meter.deactivated"
+    _emit_change(store, kind, old, new)
     return new
+
+
+def _emit_change(store: Store, type_: str, old: Meter, new: Meter) -> None:
+    """The event Stripe emits, with `previous_attributes` (a meter's JSON is its snapshot)."""
+    rendered = render(new)
+    previous = previous_attributes(render(old), rendered)
+    if previous:
+        store.emit(type_, rendered, previous)
 
 
 def _decimal(text: str, key: str) -> Decimal:

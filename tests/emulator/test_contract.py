@@ -30,6 +30,7 @@ SCHEMAS = {
     "product": "product",
     "event": "event",
     "item": "item",
+    "billing.meter": "billing.meter",
 }
 
 

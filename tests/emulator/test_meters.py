@@ -80,8 +80,20 @@ def test_meter_lifecycle_and_list(client: stripe.StripeClient, ctl: Control) -> 
         client.v1.billing.meter_events.create(
             params={"event_name": "tokens", "payload": {"stripe_customer_id": "c", "value": "1"}}
         )
-    state = ctl("GET", "state")
+    state = ctl("GET", "state?events=true")
     assert [m["id"] for m in state["meters"]] == [meter_id]
+    kinds = [event["type"] for event in state["events"]]
+    assert kinds == [
+        "billing.meter.created",
+        "billing.meter.deactivated",
+        "billing.meter.reactivated",
+        "billing.meter.updated",
+    ]
+    spec = load_spec()
+    for event in state["events"]:
+        assert spec.errors(spec.object_validator("event"), event) == []
+        assert spec.errors(spec.object_validator("billing.meter"), event["data"]["object"]) == []
+    assert state["events"][1]["data"]["previous_attributes"]["status"] == "active"
     _check_recorded_against_spec(ctl)
 
 
