@@ -128,6 +128,7 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     stripe_settings: Settings,
     engine: Engine,
     session_factory: sessionmaker[Session],
+    database_url: str,
 ) -> None:
     add_user(api, 1)
     ingest(api, [1], 3)
@@ -137,6 +138,14 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     status = read_usage_status(session_factory)
     assert status.counts == {"failed": 3}
     assert all("35 calendar days" in (error or "") for _, _, error in status.recent_failures)
+    shown = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "usage", "--status"],
+        env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    assert "pending: 0  sent: 0  failed: 3" in shown.stdout
+    assert "oldest pending: none" in shown.stdout
+    assert shown.stdout.count("35 calendar days") == 3
 
 
 def sender_env(database_url: str, emulator: Emulator) -> dict[str, str]:
