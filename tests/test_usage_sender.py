@@ -115,6 +115,11 @@ def test_records_reach_stripe_once_and_customers_are_created(
             select(User.github_user_id, BillingCustomer.stripe_customer_id).join(BillingCustomer)
         ).all()
     assert sorted(github_user_id for github_user_id, _ in linked) == [1, 2, 3]
+    UsageSender(fast, engine).send_batch()  # idle: publishes the outbox's figures
+    exposed = api.get("/metrics").text
+    assert 'collab_billing_usage_records{status="sent"} 300.0' in exposed
+    assert 'collab_billing_usage_records{status="pending"} 0.0' in exposed
+    assert "collab_billing_usage_oldest_pending_age_seconds 0.0" in exposed
     for github_user_id, customer in linked:
         metadata = emulator.sdk.v1.customers.retrieve(customer).metadata
         assert metadata["github_user_id"] == str(github_user_id)

@@ -137,7 +137,7 @@ class UsageSender:
         self._refresh_meters()
         due = self._due()
         if not due:
-            self._publish_status()
+            self._publish_status(force=True)  # idle: the figures settle at their final values
             return 0
         due = self._with_customers(due)
         groups: dict[tuple[str, str], list[Due]] = defaultdict(list)
@@ -328,8 +328,8 @@ class UsageSender:
         sync_meters(self.factory, self.gateway)
         self._meters_read_at = time.monotonic()
 
-    def _publish_status(self) -> None:
-        if time.monotonic() - self._status_at < STATUS_SECONDS:
+    def _publish_status(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._status_at < STATUS_SECONDS:
             return
         self._status_at = time.monotonic()
         status = read_usage_status(self.factory)
