@@ -201,3 +201,15 @@ def test_killed_sender_under_faults_sends_each_record_once(
         process.wait(30)
     emulator.control("DELETE", "faults")
     assert_exactly_once(emulator, session_factory, meter)
+
+
+def test_one_sender_per_database(stripe_settings: Settings, engine: Engine) -> None:
+    first, second = UsageSender(stripe_settings, engine), UsageSender(stripe_settings, engine)
+    try:
+        assert first.lock.acquire()
+        assert not second.lock.acquire()  # it stands by
+        first.lock.release()
+        assert second.lock.acquire()  # and takes over once the leader is gone
+    finally:
+        first.lock.release()
+        second.lock.release()
