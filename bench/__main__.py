@@ -30,15 +30,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import api, drains
+from bench import api, drains, usage
 from bench.drains import Result
 from bench.harness import DEFAULT_PG_URL, Context, Emulator
 
-ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin")
+ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin", "usage")
 SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
-    "drain_events": 2_000, "admin_seconds": 0.3,
+    "drain_events": 2_000, "admin_seconds": 0.3, "usage_records": 3_000,
+    "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1,
 }  # fmt: skip
 
 
@@ -67,6 +68,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--admin-seconds", type=float, default=5.0)
     add("--admin-rate", type=float, default=1_000.0)
     add("--admin-concurrency", type=int, default=32)
+    add("--usage-records", type=int, default=100_000, help="usage: records ingested")
+    add("--usage-backlog", type=int, default=100_000, help="usage: the sender's backlog")
+    add("--usage-rate", type=float, default=200.0, help="usage: the sender's requests/s")
+    add("--usage-once-records", type=int, default=20_000)
+    add("--usage-kills", type=int, default=10)
     add("--timeout", type=float, default=900, help="seconds a drain may take")
     add("--no-verify", action="store_true", help="apply: skip comparing rows to the emulator")
     add("--smoke", action="store_true", help="tiny sizes, a few seconds each")
@@ -125,6 +131,17 @@ def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Resul
                     ctx, e, args.admin_seconds, args.admin_rate, args.admin_concurrency, serve_args
                 )
             )
+    if "usage" in only:
+        runs.append(lambda: [usage.sender(ctx, first, args.usage_backlog, args.usage_rate)])
+        runs.append(
+            lambda: [
+                usage.exactly_once(
+                    ctx, first, args.usage_once_records, args.usage_rate, args.usage_kills, 0.2
+                )
+            ]
+        )
+        for engine in engines:
+            runs.append(lambda e=engine: [usage.ingest(ctx, e, args.usage_records)])
     return runs
 
 
@@ -169,7 +186,8 @@ def to_json(report: dict[str, Any]) -> str:
 
 MAIN_FIGURES = (
     "events_per_s", "ceiling_pct", "requests", "rereads", "max_in_flight", "requests_per_s",
-    "p50_ms", "p99_ms", "total_peak_rss_mb", "seconds", "exit_code",
+    "p50_ms", "p99_ms", "total_peak_rss_mb", "seconds", "exit_code", "records_per_s",
+    "sent_per_s", "pct_of_rate", "mismatched_customers", "identifiers_sent_twice",
 )  # fmt: skip
 
 

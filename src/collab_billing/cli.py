@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from collab_billing import metrics
+from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory, transaction
@@ -206,7 +207,12 @@ def reconcile(
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    sender_thread = threading.Thread(
+        target=UsageSender(settings, engine).run, args=(stop,), name="usage-sender"
+    )
+    sender_thread.start()  # the usage outbox is sent by the worker too
     reconciler.run(stop)
+    sender_thread.join()
 
 
 def drain_once(reconciler: Reconciler) -> None:
@@ -284,3 +290,37 @@ def resync(
         f"resync done: {report.customers_seen} customers seen, "
         f"{report.customers_linked} linked{mirrored}"
     )
+
+
+@app.command()
+def usage(
+    show_status: Annotated[
+        bool, typer.Option("--status", help="Show the usage outbox and exit.")
+    ] = False,
+    send: Annotated[
+        bool, typer.Option("--send", help="Run the usage sender alone until SIGTERM.")
+    ] = False,
+) -> None:
+    """The usage outbox: records waiting for, sent to or refused by Stripe."""
+    settings = settings_or_exit()
+    configure_logging(settings)
+    engine = migrated_engine(settings)
+    if send:
+        gateway_or_exit(settings)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        UsageSender(settings, engine).run(stop)
+        return
+    if not show_status:
+        fail("give --status or --send")
+    status = read_usage_status(make_session_factory(engine))
+    counts = status.counts
+    age = status.oldest_pending_age
+    typer.echo(
+        f"pending: {counts.get('pending', 0)}  sent: {counts.get('sent', 0)}  "
+        f"failed: {counts.get('failed', 0)}"
+    )
+    typer.echo(f"oldest pending: {'none' if age is None else f'{age:.0f} s old'}")
+    for identifier, event_name, error in status.recent_failures:
+        typer.echo(f"  failed {identifier} ({event_name}): {error}")

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # How long a `past_due` subscription still grants access, counted from the first failed
     # payment of its open invoice (billing/access.py).
     billing_past_due_grace_days: float = Field(default=3, ge=0, le=365)
+    # The rate of meter events sent to Stripe (test mode allows 25 requests a second in all).
+    billing_usage_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

@@ -25,6 +25,7 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         settings = _dev_settings(emulator.url, admin_token, api_port)
         configure_logging(settings)
         price_id = _create_dev_catalog(settings)
+        _create_dev_meter(settings)
         settings = settings.model_copy(update={"stripe_price_id": price_id})
         engine = make_engine(settings.database_url)
         upgrade_to_head(engine)
@@ -86,6 +87,18 @@ def _create_dev_catalog(settings: Settings) -> str:
     return prices["pro-monthly"]
 
 
+def _create_dev_meter(settings: Settings) -> None:
+    """The `llm_tokens` meter and its metered price (0.01 cent a token, monthly)."""
+    from collab_billing.stripe_gateway import StripeGateway
+
+    gateway = StripeGateway(settings)
+    meter_id = gateway.create_meter(event_name="llm_tokens", display_name="LLM tokens")
+    gateway.create_metered_price(
+        product_name="LLM tokens", unit_amount_decimal="0.01", currency="usd",
+        meter_id=meter_id, lookup_key="llm-tokens",
+    )  # fmt: skip
+
+
 def _print_banner(settings: Settings, api_port: int, emulator_url: str, admin_token: str) -> None:
     url = f"http://127.0.0.1:{api_port}"
     auth = f'-H "Authorization: {admin_token}"'
@@ -105,6 +118,9 @@ Try:
        -d '{{"github_user_id": 12345, "price": "team-monthly", "quantity": 5}}' \\
        {url}/billing/subscriptions
   curl -s {auth} '{url}/billing/subscriptions?github_user_id=12345'
+  curl -s {auth} -H 'Content-Type: application/json' -d '{{"github_user_id": 12345, \
+       "meter": "llm_tokens", "value": 1200, "idempotency_key": "req-1"}}' {url}/billing/usage
+  curl -s {auth} '{url}/billing/usage?github_user_id=12345'
 Press Ctrl-C to stop.
 """
     )

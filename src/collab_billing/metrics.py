@@ -49,6 +49,23 @@ RESYNCS = Counter(
     ["reason"],
 )
 
+USAGE_RECORDS = Gauge(
+    "collab_billing_usage_records",
+    "Usage records in the outbox, by status (pending, sent, failed)",
+    ["status"],
+    multiprocess_mode="livemax",
+)
+USAGE_OLDEST_PENDING = Gauge(
+    "collab_billing_usage_oldest_pending_age_seconds",
+    "Age of the oldest usage record not yet sent to Stripe (0: none)",
+    multiprocess_mode="livemax",
+)
+USAGE_SENT = Counter(
+    "collab_billing_usage_sent",
+    "Usage records sent to Stripe as meter events, by outcome",
+    ["outcome"],
+)
+
 
 API_STRIPE_CALLS_IN_PROGRESS = Gauge(
     "collab_billing_api_stripe_calls_in_progress",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from stripe_emulator import catalog, objects
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
-from stripe_emulator.errors import missing
+from stripe_emulator.errors import invalid, missing
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
+from stripe_emulator.store import Store
 from stripe_emulator.test_clocks import live_clock
 
 # Parameters Stripe accepts that the emulator stores nowhere (accepted so clients work).
@@ -134,7 +136,9 @@ def create_product(call: Call) -> Json:
         "product_id": p.string("id"),
     }
     price_data = p.hash("default_price_data")
-    price_fields = _price_fields(price_data, with_product=False) if price_data else None
+    price_fields = (
+        _price_fields(price_data, with_product=False, call_store=call.store) if price_data else None
+    )
     p.finish()
     record = catalog.create_product(call.store, **fields)
     if price_fields is not None:
@@ -186,28 +190,58 @@ def list_products(call: Call) -> Json:
 # --- prices --------------------------------------------------------------------------------
 
 
-def _price_fields(p: Params, *, with_product: bool) -> dict[str, Any]:
+def _metered(store: Store, recurring: Params) -> str | None:
+    """The meter of a `usage_type=metered` price (Stripe requires one since 2025-03-31)."""
+    usage_type = recurring.string("usage_type", choices=("licensed", "metered"))
+    meter = recurring.string("meter")
+    if usage_type != "metered":
+        if meter:
+            raise invalid(recurring.name("meter"), "A meter is only allowed on metered prices.")
+        return None
+    if not meter:
+        raise missing(recurring.name("meter"))
+    store.meters.meters.get(meter, recurring.name("meter"))
+    return meter
+
+
+def _amount(p: Params) -> tuple[int | None, str | None]:
+    """`unit_amount`, or `unit_amount_decimal` (then `unit_amount` is null unless whole)."""
+    amount = p.integer("unit_amount", minimum=0)
+    text = p.string("unit_amount_decimal")
+    if amount is not None:
+        return amount, None
+    if not text:
+        raise missing(p.name("unit_amount"))
+    try:
+        decimal = Decimal(text)
+    except InvalidOperation:
+        decimal = Decimal(-1)
+    if not decimal.is_finite() or decimal < 0:
+        raise invalid(p.name("unit_amount_decimal"), f"Invalid decimal: {text}")
+    if decimal == decimal.to_integral_value():
+        return int(decimal), None
+    return None, format(decimal.normalize(), "f")
+
+
+def _price_fields(p: Params, *, with_product: bool, call_store: Store) -> dict[str, Any]:
     """Parse price-creation parameters (also used by `default_price_data`)."""
     recurring = p.hash("recurring")
-    interval = interval_count = None
+    interval = interval_count = meter = None
     if recurring is not None:
         interval = recurring.string(
             "interval", required=True, choices=("day", "week", "month", "year")
         )
         interval_count = recurring.integer("interval_count", minimum=1)
-        recurring.string("usage_type", choices=("licensed",))
-        recurring.ignore("meter", "trial_period_days")
-    amount = p.integer("unit_amount", minimum=0)
-    decimal = p.string("unit_amount_decimal")
-    if amount is None and decimal:
-        amount = int(float(decimal))
-    if amount is None:
-        raise missing(p.name("unit_amount"))
+        meter = _metered(call_store, recurring)
+        recurring.ignore("trial_period_days")
+    amount, decimal = _amount(p)
     fields: dict[str, Any] = {
         "currency": p.string("currency", required=True),
         "unit_amount": amount,
         "interval": interval,
         "interval_count": interval_count,
+        "meter": meter,
+        "unit_amount_decimal": decimal,
         "metadata": p.metadata(),
         "tax_behavior": p.string("tax_behavior", choices=("exclusive", "inclusive", "unspecified")),
     }
@@ -233,7 +267,7 @@ def create_price(call: Call) -> Json:
     p = call.params
     p.string("billing_scheme", choices=("per_unit",))
     p.ignore("currency_options")
-    fields = _price_fields(p, with_product=True)
+    fields = _price_fields(p, with_product=True, call_store=call.store)
     fields["transfer_lookup_key"] = bool(p.boolean("transfer_lookup_key"))
     p.finish()
     return objects.price(catalog.create_price(call.store, **fields))
@@ -274,8 +308,8 @@ def list_prices(call: Call) -> Json:
     lookup_keys = p.array("lookup_keys")
     recurring = p.hash("recurring")
     interval = recurring.string("interval") if recurring is not None else None
-    if recurring is not None:
-        recurring.ignore("meter", "usage_type")
+    meter = recurring.string("meter") if recurring is not None else None
+    usage_type = recurring.string("usage_type") if recurring is not None else None
     created = created_range(p)
     p.finish()
 
@@ -289,6 +323,10 @@ def list_prices(call: Call) -> Json:
         if lookup_keys is not None and record.lookup_key not in lookup_keys:
             return False
         if interval is not None and record.interval != interval:
+            return False
+        if meter is not None and record.meter != meter:
+            return False
+        if usage_type is not None and (record.meter is not None) != (usage_type == "metered"):
             return False
         return _in_range(record.created, created)
 

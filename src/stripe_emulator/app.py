@@ -26,6 +26,7 @@ from stripe_emulator import (
     api_coupons,
     api_events,
     api_invoices,
+    api_meters,
     api_sessions,
     api_test_clocks,
     catalog_deletions,
@@ -51,6 +52,7 @@ HANDLER_MODULES = (
     api_coupons,
     api_invoices,
     api_test_clocks,
+    api_meters,
 )
 
 

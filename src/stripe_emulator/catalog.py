@@ -145,7 +145,7 @@ def create_price(
     store: Store,
     *,
     currency: str,
-    unit_amount: int,
+    unit_amount: int | None,
     product: str | None,
     interval: str | None,
     interval_count: int | None,
@@ -156,6 +156,8 @@ def create_price(
     active: bool | None = None,
     tax_behavior: str | None = None,
     transfer_lookup_key: bool = False,
+    meter: str | None = None,
+    unit_amount_decimal: str | None = None,
 ) -> Price:
     if lookup_key:
         claim_lookup_key(store, lookup_key, None, transfer_lookup_key)
@@ -180,6 +182,8 @@ def create_price(
         metadata=apply_metadata({}, metadata),
         active=True if active is None else active,
         tax_behavior=tax_behavior or "unspecified",
+        meter=meter,
+        unit_amount_decimal=unit_amount_decimal,
     )
     store.prices.add(record.id, record)
     store.emit("price.created", record)

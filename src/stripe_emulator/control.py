@@ -34,7 +34,8 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
 - GET requests -> `{"total", "by_route": {"GET /v1/events": n, ...}, "by_status": {"200": n},
   "in_flight", "max_in_flight"}` (`/v1` requests since the last DELETE requests or state);
   DELETE requests zeroes them.
-- GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`);
+- GET state[?events=true] -> every object as Stripe renders it, `event_count` (and `events`,
+  `meter_events`);
   DELETE state -> `{"reset": true}` (objects, events, clock, faults, rate limit, webhooks).
 """
 
@@ -50,7 +51,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import catalog_deletions, invoice_objects, objects, portal_flows, sessions
+from stripe_emulator import (
+    catalog_deletions,
+    invoice_objects,
+    meters,
+    objects,
+    portal_flows,
+    sessions,
+)
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.errors import StripeError, bad_request, not_found
@@ -337,10 +345,16 @@ def dump(store: Store, with_events: bool = False) -> Body:
         "test_clocks": [
             invoice_objects.test_clock(c) for c in store.test_clocks.rows.values() if not c.deleted
         ],
+        "meters": [meters.render(m) for m in store.meters.meters.rows.values()],
         "event_count": len(store.events),
     }
     if with_events:
         result["events"] = [store.render_event(event) for event in store.events.events]
+        result["meter_events"] = [
+            meters.render_event(event)
+            for events in store.meters.events.values()
+            for event in events
+        ]
     return result
 
 

@@ -99,10 +99,11 @@ def price(record: Price) -> Json:
         recurring = {
             "interval": record.interval,
             "interval_count": record.interval_count,
-            "meter": None,
-            "usage_type": "licensed",
+            "meter": record.meter,
+            "usage_type": "metered" if record.meter is not None else "licensed",
         }
     amount = record.unit_amount
+    decimal = record.unit_amount_decimal or (str(amount) if amount is not None else None)
     return {
         "id": record.id,
         "object": "price",
@@ -122,7 +123,7 @@ def price(record: Price) -> Json:
         "transform_quantity": None,
         "type": "recurring" if recurring is not None else "one_time",
         "unit_amount": amount,
-        "unit_amount_decimal": str(amount) if amount is not None else None,
+        "unit_amount_decimal": decimal,
     }
 
 

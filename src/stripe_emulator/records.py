@@ -89,6 +89,8 @@ class Price:
     metadata: Metadata = field(default_factory=dict)
     active: bool = True
     tax_behavior: str = "unspecified"
+    meter: str | None = None  # set: a metered price (`recurring.usage_type=metered`)
+    unit_amount_decimal: str | None = None  # set when the amount has fractions of a cent
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from stripe_emulator import encode, ids, objects
 from stripe_emulator.billing_records import BillingSettings, Invoice, PaymentMethod, TestClock
@@ -31,7 +31,16 @@ from stripe_emulator.records import (
     Subscription,
 )
 
+if TYPE_CHECKING:
+    from stripe_emulator.meters import MeterState
+
 T = TypeVar("T")
+
+
+def _meter_state() -> MeterState:
+    from stripe_emulator.meters import MeterState  # meters.py builds on this module
+
+    return MeterState()
 
 
 class Table(Generic[T]):
@@ -118,6 +127,7 @@ class Store:
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
+    meters: MeterState = field(default_factory=_meter_state)
     idempotency: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
     portal_configuration: str = field(default_factory=lambda: ids.new_id("bpc"))
     request: RequestInfo | None = None
@@ -208,6 +218,7 @@ class Store:
             "promotion_codes",
             "subscriptions_by_customer",
             "events",
+            "meters",
             "idempotency",
             "pending_webhooks",
         ):

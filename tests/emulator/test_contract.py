@@ -33,6 +33,7 @@ SCHEMAS = {
     "invoice": "invoice",
     "payment_method": "payment_method",
     "test_helpers.test_clock": "test_helpers.test_clock",
+    "billing.meter": "billing.meter",
 }
 
 

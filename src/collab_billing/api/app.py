@@ -13,11 +13,12 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from collab_billing import metrics
-from collab_billing.api import billing, health, operations, users, webhooks
+from collab_billing.api import billing, health, operations, usage, users, webhooks
 from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
+from collab_billing.billing import sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
@@ -36,7 +37,8 @@ HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the reconciler beside the API; on shutdown let it finish its transaction."""
+    """Run the reconciler and the usage sender beside the API; on shutdown let them finish
+    their transactions."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
     if not (settings.reconcile_enabled and gateway is not None):
@@ -45,11 +47,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+    sender_thread, sender_stop = sender.start_in_background(
+        sender.UsageSender(settings, app.state.engine)
+    )
     try:
         yield
     finally:
         stop.set()
+        sender_stop.set()
         await anyio.to_thread.run_sync(thread.join, 60.0)
+        await anyio.to_thread.run_sync(sender_thread.join, 60.0)
 
 
 def system_clock() -> datetime:
@@ -83,13 +90,17 @@ def create_app(
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()
-    for router in (health.router, operations.router, users.router, billing.router, webhooks.router):
+    routers = (health.router, operations.router, users.router, billing.router, webhooks.router)
+    for router in (*routers, usage.router):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
         default=MAX_BODY_BYTES,
-        by_path={webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES},
+        by_path={
+            webhooks.PATH: webhooks.MAX_WEBHOOK_BODY_BYTES,
+            usage.PATH: usage.MAX_USAGE_BODY_BYTES,
+        },
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: even a 413 carries the id
     return app

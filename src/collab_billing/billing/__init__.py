@@ -4,6 +4,7 @@ to rows. No HTTP types here; errors carry the status they map to.
 Stripe calls never run inside a database transaction: a slow Stripe must not hold locks.
 """
 
+from collab_billing.billing import spend, usage
 from collab_billing.billing.access import (
     Access,
     BillingView,
@@ -56,6 +57,8 @@ __all__ = [
     "list_user_subscriptions",
     "manage_subscription",
     "open_cancel_portal",
+    "spend",
     "start_checkout",
     "subscription_kind",
+    "usage",
 ]

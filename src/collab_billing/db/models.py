@@ -11,10 +11,13 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -101,6 +104,7 @@ class BillingSubscription(MirroredRow, Base):
     stripe_trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's `cancellation_details.reason` (e.g. cancellation_requested, payment_failed).
     stripe_cancellation_reason: Mapped[str | None] = mapped_column(String(64))
+    stripe_current_period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BillingPrice(MirroredRow, Base):
@@ -119,6 +123,9 @@ class BillingPrice(MirroredRow, Base):
     usage_type: Mapped[str | None] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, nullable=False)
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Metered prices: the meter they bill, and the amount with fractions of a cent.
+    stripe_meter_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    unit_amount_decimal: Mapped[str | None] = mapped_column(String(64))
 
 
 class BillingProduct(MirroredRow, Base):
@@ -212,6 +219,70 @@ class ReconcilerState(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+# Usage values: up to 18 digits before the point and 12 after (Stripe accepts decimals).
+UsageValue = Numeric(30, 12)
+
+
+class BillingMeter(Base):
+    """A Stripe billing meter, copied from `/v1/billing/meters` on resync and at start, so
+    that ingest checks `meter` and the sender names the payload keys without asking Stripe."""
+
+    __tablename__ = "billing_meters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_meter_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    event_name: Mapped[str] = mapped_column(String(100), index=True, nullable=False)
+    display_name: Mapped[str] = mapped_column(String(250), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    aggregation_formula: Mapped[str] = mapped_column(String(16), nullable=False)
+    customer_payload_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    value_payload_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+class BillingUsageEvent(Base):
+    """The usage outbox: one row per accepted usage record, sent to Stripe as a meter event
+    by the sender (`pending` -> `sent`, or `failed` when Stripe refuses it for good)."""
+
+    __tablename__ = "billing_usage_events"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_billing_usage_events_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_billing_usage_events_user_id_timestamp", "user_id", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    meter_event_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    value: Mapped[Any] = mapped_column(UsageValue, nullable=False)
+    timestamp: Mapped[int] = mapped_column(BigInteger, nullable=False)  # Unix seconds
+    idempotency_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The meter event's `identifier` at Stripe, derived from (user, idempotency key).
+    identifier: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BillingPreference(Base):
+    """A user's billing preferences: the monthly spend cap (None: no cap)."""
+
+    __tablename__ = "billing_preferences"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_monthly_spend_cents: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )

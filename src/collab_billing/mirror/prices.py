@@ -15,6 +15,7 @@ class Recurring(msgspec.Struct):
     interval: str
     interval_count: int = 1
     usage_type: str = "licensed"
+    meter: str | None = None
 
 
 class Price(msgspec.Struct):
@@ -25,6 +26,7 @@ class Price(msgspec.Struct):
     product: str | Ref = ""
     currency: str = ""
     unit_amount: int | None = None
+    unit_amount_decimal: str | None = None
     lookup_key: str | None = None
     recurring: Recurring | None = None
     active: bool = False
@@ -41,6 +43,8 @@ def columns(price: Price) -> dict[str, Any]:
         "recurring_interval": recurring.interval if recurring else None,
         "recurring_interval_count": recurring.interval_count if recurring else None,
         "usage_type": recurring.usage_type if recurring else None,
+        "stripe_meter_id": recurring.meter if recurring else None,
+        "unit_amount_decimal": price.unit_amount_decimal,
         "active": price.active,
         "deleted": price.deleted,
     }

@@ -17,6 +17,7 @@ class SubscriptionItem(msgspec.Struct):
     price: str | Ref | None = None
     quantity: int | None = None
     current_period_end: int | None = None
+    current_period_start: int | None = None
 
 
 class CancellationDetails(msgspec.Struct):
@@ -39,6 +40,7 @@ class Subscription(msgspec.Struct):
     current_period_end: int | None = None  # before API 2025-03-31; now on the items
     trial_end: int | None = None
     cancellation_details: CancellationDetails | None = None
+    current_period_start: int | None = None
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
@@ -50,6 +52,8 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     items = subscription.items.data
     period_ends = [item.current_period_end for item in items if item.current_period_end]
     period_end = max(period_ends) if period_ends else subscription.current_period_end
+    period_starts = [item.current_period_start for item in items if item.current_period_start]
+    period_start = max(period_starts) if period_starts else subscription.current_period_start
     price = items[0].price if items else None
     details = subscription.cancellation_details
     return {
@@ -62,6 +66,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "quantity": items[0].quantity if items else None,
         "stripe_trial_end": _time(subscription.trial_end),
         "stripe_cancellation_reason": details.reason if details else None,
+        "stripe_current_period_start": _time(period_start),
     }
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import BillingCustomer, User
-from collab_billing.mirror import customers
+from collab_billing.mirror import customers, meters
 from collab_billing.mirror.registry import (
     MIRRORED_TYPES,
     MirroredType,
@@ -84,6 +84,7 @@ def resync(
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
             _tick(progress, f"{mirrored.kind}s", report.seen[mirrored.kind])
     if github_user_id is None:
+        meters.sync_meters(factory, gateway)
         with transaction(factory) as session:
             ledger.advance_cursor(session, report.as_of)
             ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))

@@ -3,6 +3,7 @@ throttled), typed event pages, and webhook signatures."""
 
 from collab_billing.stripe_gateway.client import (
     STRIPE_API_VERSION,
+    DuplicateMeterEvent,
     RequestObserver,
     StripeGateway,
     StripeGatewayError,
@@ -14,6 +15,7 @@ from collab_billing.stripe_gateway.signatures import SignatureError, verify_webh
 
 __all__ = [
     "STRIPE_API_VERSION",
+    "DuplicateMeterEvent",
     "Event",
     "EventPage",
     "EventShapeError",

@@ -47,6 +47,15 @@ class StripeGatewayError(Exception):
         self.http_status = http_status
 
 
+class DuplicateMeterEvent(StripeGatewayError):
+    """Stripe refused a meter event because its `identifier` was already used: the event was
+    recorded before (a send whose answer was lost), so for the sender it counts as sent."""
+
+
+def _is_duplicate_identifier(error: StripeGatewayError) -> bool:
+    return error.http_status in (400, 409) and "already exists with identifier" in error.message
+
+
 class Throttle:
     """At most `rate` requests a second across threads, in bursts of at most `burst`.
 
@@ -255,6 +264,62 @@ class StripeGateway:
         if lookup_key is not None:
             params["lookup_key"] = lookup_key
             params["transfer_lookup_key"] = True  # the key names the newest price
+        price = self._call(
+            "prices.create",
+            lambda: self.client.v1.prices.create(params=params),  # type: ignore[arg-type]
+        )
+        return str(price.id)
+
+    # -- usage -----------------------------------------------------------------------------
+
+    def create_meter_event(
+        self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
+    ) -> None:
+        """Record one meter event. The `identifier` makes a repeat harmless: Stripe refuses it
+        as a duplicate (`DuplicateMeterEvent`). No idempotency key of ours: Stripe keeps a
+        500 answer under its key, so a later attempt with the same key would never succeed
+        (the SDK still sends one key across its own network retries of this call)."""
+        params: dict[str, Any] = {
+            "event_name": event_name,
+            "payload": payload,
+            "identifier": identifier,
+            "timestamp": timestamp,
+        }
+        try:
+            self._call(
+                "billing.meter_events.create",
+                lambda: self.client.v1.billing.meter_events.create(params=params),  # type: ignore[arg-type]
+            )
+        except StripeGatewayError as error:
+            if _is_duplicate_identifier(error):
+                raise DuplicateMeterEvent(error.kind, error.message, error.http_status) from None
+            raise
+
+    def create_meter(self, *, event_name: str, display_name: str, formula: str = "sum") -> str:
+        meter = self._call(
+            "billing.meters.create",
+            lambda: self.client.v1.billing.meters.create(
+                params={
+                    "event_name": event_name,
+                    "display_name": display_name,
+                    "default_aggregation": {"formula": formula},
+                }
+            ),
+        )
+        return str(meter.id)
+
+    def create_metered_price(
+        self, *, product_name: str, unit_amount_decimal: str, currency: str, meter_id: str,
+        lookup_key: str | None = None,
+    ) -> str:  # fmt: skip
+        params: dict[str, Any] = {
+            "product_data": {"name": product_name},
+            "unit_amount_decimal": unit_amount_decimal,
+            "currency": currency,
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+        }
+        if lookup_key:
+            params["lookup_key"] = lookup_key
         price = self._call(
             "prices.create",
             lambda: self.client.v1.prices.create(params=params),  # type: ignore[arg-type]

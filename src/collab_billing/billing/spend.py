@@ -1,0 +1,211 @@
+"""Usage this period, its estimated cost, and the user's spend cap.
+
+The period is the user's active subscription's current period (so it rolls over with the
+renewal), else the calendar month (UTC). A meter's total follows its aggregation formula
+(`sum`, `count`, `last`) over the records accepted in the period (not those Stripe refused).
+The cost is estimated from the metered price: the user's subscription's price if it bills that
+meter, else the newest active price that does; per-unit amounts, with fractions of a cent
+(`unit_amount_decimal`). Tiered prices are not mirrored: their cost is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db import queries
+from collab_billing.db.dialect import insert
+from collab_billing.db.engine import read_only, transaction
+from collab_billing.db.models import (
+    BillingMeter,
+    BillingPreference,
+    BillingPrice,
+    BillingSubscription,
+    BillingUsageEvent,
+)
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+    source: str  # "subscription" or "calendar_month"
+
+
+@dataclass(frozen=True)
+class MeterUsage:
+    meter: str
+    stripe_meter_id: str
+    aggregation: str
+    total: Decimal
+    stripe_price_id: str | None
+    currency: str | None
+    estimated_cost_cents: int | None
+
+
+@dataclass(frozen=True)
+class Spend:
+    period: Period
+    meters: list[MeterUsage]
+    max_monthly_spend_cents: int | None
+
+    @property
+    def estimated_cost_cents(self) -> int:
+        return sum(m.estimated_cost_cents or 0 for m in self.meters)
+
+    @property
+    def over_spend_cap(self) -> bool:
+        cap = self.max_monthly_spend_cents
+        return cap is not None and self.estimated_cost_cents > cap
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def calendar_month(now: datetime) -> Period:
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return Period(start, end, "calendar_month")
+
+
+def _subscription(session: Session, user_id: int) -> BillingSubscription | None:
+    """The user's active subscription with a known period (the newest, if several)."""
+    active = [
+        s
+        for s in queries.list_subscriptions_of_user(session, user_id)
+        if s.stripe_subscription_status in queries.ACTIVE_STATUSES
+        and s.stripe_current_period_start is not None
+        and s.stripe_current_period_end is not None
+    ]
+    return active[-1] if active else None
+
+
+def current_period(subscription: BillingSubscription | None, now: datetime) -> Period:
+    if subscription is None:
+        return calendar_month(now)
+    assert subscription.stripe_current_period_start and subscription.stripe_current_period_end
+    return Period(
+        _utc(subscription.stripe_current_period_start),
+        _utc(subscription.stripe_current_period_end),
+        "subscription",
+    )
+
+
+def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) -> Decimal:
+    usage = BillingUsageEvent
+    where = (
+        usage.user_id == user_id,
+        usage.meter_event_name == meter.event_name,
+        usage.status != "failed",
+        usage.timestamp >= int(period.start.timestamp()),
+        usage.timestamp < int(period.end.timestamp()),
+    )
+    if meter.aggregation_formula == "count":
+        return Decimal(session.scalar(select(func.count()).where(*where)) or 0)
+    if meter.aggregation_formula == "last":
+        last = session.scalar(
+            select(usage.value).where(*where).order_by(usage.timestamp.desc(), usage.id.desc())
+        )
+        return Decimal(last or 0)
+    return Decimal(str(session.scalar(select(func.sum(usage.value)).where(*where)) or 0))
+
+
+def _price(
+    session: Session, subscription: BillingSubscription | None, meter_id: str
+) -> BillingPrice | None:
+    if subscription is not None and subscription.stripe_price_id:
+        own = session.scalar(
+            select(BillingPrice).where(
+                BillingPrice.stripe_price_id == subscription.stripe_price_id,
+                BillingPrice.stripe_meter_id == meter_id,
+            )
+        )
+        if own is not None:
+            return own
+    return session.scalar(
+        select(BillingPrice)
+        .where(BillingPrice.stripe_meter_id == meter_id, BillingPrice.active, ~BillingPrice.deleted)
+        .order_by(BillingPrice.id.desc())
+    )
+
+
+def cost_cents(price: BillingPrice | None, total: Decimal) -> int | None:
+    """Per-unit cost in whole cents (rounded half up, as Stripe rounds a line's amount)."""
+    if price is None:
+        return None
+    if price.unit_amount_decimal is not None:
+        unit = Decimal(price.unit_amount_decimal)
+    elif price.unit_amount is not None:
+        unit = Decimal(price.unit_amount)
+    else:
+        return None
+    return int((unit * total).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def user_spend(session: Session, user_id: int, now: datetime | None = None) -> Spend:
+    subscription = _subscription(session, user_id)
+    period = current_period(subscription, now or datetime.now(UTC))
+    meters = session.scalars(
+        select(BillingMeter)
+        .where(BillingMeter.status == "active")
+        .order_by(BillingMeter.event_name)
+    ).all()
+    usages = []
+    for meter in meters:
+        total = _total(session, user_id, meter, period)
+        price = _price(session, subscription, meter.stripe_meter_id)
+        usages.append(
+            MeterUsage(
+                meter=meter.event_name,
+                stripe_meter_id=meter.stripe_meter_id,
+                aggregation=meter.aggregation_formula,
+                total=total,
+                stripe_price_id=price.stripe_price_id if price else None,
+                currency=price.currency if price else None,
+                estimated_cost_cents=cost_cents(price, total),
+            )
+        )
+    return Spend(period, usages, get_cap(session, user_id))
+
+
+def get_cap(session: Session, user_id: int) -> int | None:
+    return session.scalar(
+        select(BillingPreference.max_monthly_spend_cents).where(
+            BillingPreference.user_id == user_id
+        )
+    )
+
+
+def set_cap(factory: sessionmaker[Session], user_id: int, cents: int | None) -> None:
+    with transaction(factory) as session:
+        statement = insert(session, BillingPreference.__table__).values(
+            user_id=user_id, max_monthly_spend_cents=cents
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["user_id"],
+                set_={"max_monthly_spend_cents": cents, "updated_at": func.now()},
+            )
+        )
+
+
+def any_over_cap(factory: sessionmaker[Session], user_ids: Iterable[int]) -> bool:
+    """Whether any of these users is past their cap (only users with a cap are priced)."""
+    with read_only(factory) as session:
+        capped = session.scalars(
+            select(BillingPreference.user_id).where(
+                BillingPreference.user_id.in_(list(user_ids)),
+                BillingPreference.max_monthly_spend_cents.is_not(None),
+            )
+        ).all()
+        return any(user_spend(session, user_id).over_spend_cap for user_id in capped)

@@ -1,0 +1,188 @@
+"""Usage ingest, usage and cost this period, and the spend cap, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingUsageEvent
+from collab_billing.mirror.meters import sync_meters
+from collab_billing.reconcile.resync import resync
+from collab_billing.stripe_gateway import StripeGateway
+from tests.stripe_helpers import Emulator
+from tests.test_billing_api import add_user, serve
+
+
+@pytest.fixture
+def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    yield from serve(stripe_settings, engine)
+
+
+def make_meter(emulator: Emulator, event_name: str = "llm_tokens", formula: str = "sum") -> str:
+    meter = emulator.sdk.v1.billing.meters.create(
+        params={
+            "display_name": event_name,
+            "event_name": event_name,
+            "default_aggregation": {"formula": formula},  # type: ignore[typeddict-item]
+        }
+    )
+    return str(meter.id)
+
+
+def metered_price(emulator: Emulator, meter: str, decimal: str = "0.5") -> str:
+    price = emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount_decimal": decimal,
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+            "product_data": {"name": "Tokens"},
+        }
+    )
+    return str(price.id)
+
+
+@pytest.fixture
+def meter(emulator: Emulator, stripe_settings: Settings, session_factory: Any) -> str:
+    meter_id = make_meter(emulator)
+    metered_price(emulator, meter_id)
+    resync(session_factory, StripeGateway(stripe_settings))  # meters and prices
+    return meter_id
+
+
+def record(user: int, key: str, value: float = 1, **extra: Any) -> dict[str, Any]:
+    return {"github_user_id": user, "meter": "llm_tokens", "value": value,
+            "idempotency_key": key, **extra}  # fmt: skip
+
+
+def stored(factory: sessionmaker[Session]) -> list[tuple[str, str]]:
+    with factory() as session:
+        rows = session.execute(
+            select(BillingUsageEvent.idempotency_key, BillingUsageEvent.value).order_by(
+                BillingUsageEvent.id
+            )
+        ).all()
+    return [(key, f"{value.normalize():f}") for key, value in rows]
+
+
+def test_one_record_or_a_batch_and_duplicates_answered_not_stored(
+    api: httpx.Client, meter: str, session_factory: sessionmaker[Session]
+) -> None:
+    add_user(api, 7)
+    one = api.post("/billing/usage", json=record(7, "a", 2.5))
+    assert one.status_code == 202, one.text
+    assert one.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": False}
+    batch = [record(7, "a", 9), record(7, "b", 3), record(7, "b", 4), record(7, "c", 1)]
+    answer = api.post("/billing/usage", json={"events": batch})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"accepted": 2, "duplicates": 2, "over_spend_cap": False}
+    assert stored(session_factory) == [("a", "2.5"), ("b", "3"), ("c", "1")]
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (record(404, "k"), "github_user_id 404"),
+        ({**record(7, "k"), "meter": "nope"}, "'nope'"),
+        (record(7, "k", 0), "greater than 0"),
+        (record(7, "k", -1), "greater than 0"),
+        ({**record(7, "k"), "value": "1"}, "JSON number"),
+        ({k: v for k, v in record(7, "k").items() if k != "idempotency_key"}, "idempotency_key"),
+        (record(7, "k", timestamp=int(time.time()) - 36 * 86400), "35 days"),
+        (record(7, "k", timestamp=int(time.time()) + 600), "5 minutes"),
+        ({"events": []}, "at least 1"),
+        ({"events": [record(7, f"k{i}") for i in range(1001)]}, "at most 1000"),
+        ({**record(7, "k"), "extra": 1}, "extra"),
+    ],
+)
+def test_bad_records_are_422_naming_the_problem_and_store_nothing(
+    api: httpx.Client,
+    meter: str,
+    session_factory: sessionmaker[Session],
+    body: dict[str, Any],
+    named: str,
+) -> None:
+    add_user(api, 7)
+    batch = {"events": [record(7, "fine"), body]} if "events" not in body else body
+    response = api.post("/billing/usage", json=batch)
+    assert response.status_code == 422, response.text
+    assert named in response.text
+    assert stored(session_factory) == []
+
+
+def test_meters_are_read_from_stripe(
+    emulator: Emulator, stripe_settings: Settings, session_factory: sessionmaker[Session],
+    api: httpx.Client,
+) -> None:  # fmt: skip
+    add_user(api, 7)
+    assert api.post("/billing/usage", json=record(7, "k")).status_code == 422
+    make_meter(emulator)
+    assert sync_meters(session_factory, StripeGateway(stripe_settings)) == 1
+    assert api.post("/billing/usage", json=record(7, "k")).status_code == 202
+
+
+def usage_of(api: httpx.Client, user: int) -> dict[str, Any]:
+    answer = api.get("/billing/usage", params={"github_user_id": user})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    from collab_billing.reconcile.run import Reconciler
+    from tests.test_billing_api import subscribe
+
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    subscribe(api, emulator, reconciler, 7)
+    before = usage_of(api, 7)
+    assert before["period_source"] == "subscription"
+    assert before["meters"][0]["total"] == "0"
+    preferences = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=preferences).json() == preferences
+    assert api.get("/billing/preferences", params={"github_user_id": 7}).json() == preferences
+
+    under = api.post("/billing/usage", json=record(7, "a", 150))  # 150 x 0.5 cent = 75 cents
+    assert under.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": False}
+    over = api.post("/billing/usage", json=record(7, "b", 100))  # 125 cents > 100
+    assert over.status_code == 202
+    assert over.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": True}
+    now = usage_of(api, 7)
+    assert now["meters"][0]["total"] == "250"
+    assert now["meters"][0]["estimated_cost_cents"] == 125
+    assert (now["estimated_cost_cents"], now["over_spend_cap"]) == (125, True)
+
+    # The renewal starts a new period: the total restarts (and the user is under the cap).
+    period_end = now["period_end"]
+    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    reconciler.drain()
+    renewed = usage_of(api, 7)
+    assert renewed["period_start"] == period_end
+    assert renewed["meters"][0]["total"] == "0"
+    assert renewed["over_spend_cap"] is False
+
+    # No cap: never over.
+    api.put("/billing/preferences", json={"github_user_id": 7, "max_monthly_spend_cents": None})
+    assert usage_of(api, 7)["max_monthly_spend_cents"] is None
+
+
+def test_usage_without_a_subscription_is_the_calendar_month(api: httpx.Client, meter: str) -> None:
+    add_user(api, 8)
+    found = usage_of(api, 8)
+    assert found["period_source"] == "calendar_month"
+    assert found["period_start"].endswith("-01T00:00:00Z")
+    assert api.get("/billing/usage", params={"github_user_id": 404}).status_code == 404
+    bad = {"github_user_id": 8, "max_monthly_spend_cents": -1}
+    assert api.put("/billing/preferences", json=bad).status_code == 422
