@@ -25,6 +25,7 @@ OPERATIONS = [
     ("POST", "/users"),
     ("POST", "/billing/subscriptions"),
     ("POST", "/billing/subscriptions/manage"),
+    ("POST", "/billing/subscriptions/sync"),
     ("GET", "/billing/subscriptions"),
     ("GET", "/billing/prices"),
     ("GET", "/healthz"),

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     billing_checkout_cancel_url: str = "http://127.0.0.1:8080/billing/cancel"
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    # Freshness (docs/reconciliation.md): the slowest poll (idle, or webhooks healthy); the
+    # share of Stripe's read allowance, max(10,000, 500 x transactions) over 30 days, that
+    # the service may spend; how many `POST /billing/subscriptions/sync` a user may make a
+    # minute.
+    reconcile_safety_interval_seconds: float = Field(default=300.0, gt=0)
+    reconcile_read_budget_share: float = Field(default=0.8, gt=0, le=1)
+    billing_sync_per_minute: int = Field(default=10, ge=1, le=10_000)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
 

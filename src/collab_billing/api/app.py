@@ -15,6 +15,7 @@ from collab_billing import metrics
 from collab_billing.api import billing, health, operations, users, webhooks
 from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
+from collab_billing.api.rate_limit import PerKeyLimiter
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.config import Settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.stripe_calls = StripeCalls(
         settings.api_stripe_concurrency, settings.api_stripe_queue_seconds
     )
+    app.state.sync_limiter = PerKeyLimiter(settings.billing_sync_per_minute)
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()

@@ -20,6 +20,7 @@ from collab_billing.api.deps import (
     SettingsDep,
     StripeCallsDep,
 )
+from collab_billing.api.rate_limit import PerKeyLimiter
 from collab_billing.api.responses import ADMIN_ERRORS, STRIPE_ERRORS, Responses
 from collab_billing.api.schemas import (
     CheckoutIn,
@@ -32,8 +33,10 @@ from collab_billing.api.schemas import (
     PricesOut,
     SubscriptionOut,
     SubscriptionsOut,
+    SyncIn,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
+from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.db import queries
 
 router = APIRouter(
@@ -97,6 +100,47 @@ async def manage_subscription(
         body.subscription_id,
     )
     return ManageOut(billing_portal_session_url=url)
+
+
+@router.post(
+    "/subscriptions/sync",
+    response_model=SubscriptionsOut,
+    responses={
+        404: {
+            "model": ErrorResponse,
+            "description": "Unknown user, or a Checkout session not the user's or unknown",
+        },
+        429: {"model": ErrorResponse, "description": "Too many syncs for this user (Retry-After)"},
+        **STRIPE_ERRORS,
+    },
+    summary="Read the user's subscriptions from Stripe now (back from Checkout) and answer them",
+)
+async def sync_user_subscriptions(
+    body: SyncIn, request: Request, gateway: GatewayDep, stripe_calls: StripeCallsDep
+) -> SubscriptionsOut:
+    state = request.app.state
+    _limit(state.sync_limiter, body.github_user_id or body.checkout_session_id)
+    github_user_id = await stripe_calls.run(
+        sync_subscriptions,
+        state.session_factory,
+        gateway,
+        body.github_user_id,
+        body.checkout_session_id,
+    )
+    if body.github_user_id is None:  # the session named the user: count it against them too
+        _limit(state.sync_limiter, github_user_id)
+    rows = billing.list_user_subscriptions(state.session_factory, github_user_id)
+    return subscriptions_out(github_user_id, rows)
+
+
+def _limit(limiter: PerKeyLimiter, key: int | str | None) -> None:
+    retry_after = limiter.retry_after(key)
+    if retry_after is not None:
+        raise HTTPException(
+            429,
+            detail=f"too many syncs for {key}: retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 @router.get(

@@ -204,6 +204,24 @@ class Applier:
             ledger.record_pending(session, group.events, group.object_id, message, next_try)
         stats.count("failed", group.events)
 
+    def apply_read(
+        self,
+        mirrored: MirroredType[Any],
+        objects: Sequence[Any],
+        as_of: int,
+        candidates: Sequence[customers.Candidate] = (),
+    ) -> int:
+        """Objects read from Stripe just now, with no event (`sync`, like resync): written
+        where their row is not newer than `as_of`, which must be a second of Stripe's no
+        later than the reads (see `write_read`). `candidates` are customers to link first
+        (unknown ones only). No ledger row is written: the objects' events still apply, or
+        are found stale, by the usual rules. Returns the rows written."""
+        with transaction(self.factory) as session:
+            step = BatchWriter(session, StripeReads(None))
+            unknown = customers.known(session, [cid for cid, _, _ in candidates])
+            step.link([c for c in candidates if c[0] not in unknown])
+            return step.write_read(mirrored, objects, as_of)
+
     def adopt(self, as_of: int) -> int:
         """Link the unmatched customers whose user has appeared since, with their objects
         (written as of `as_of`, where no row exists). Returns how many were linked."""
@@ -371,6 +389,24 @@ class BatchWriter:
                 rows.append(mirrored.row(obj, newest, self.known.get(cid or "")))
                 self.stats.count("applied", group.events)
         self.upsert(mirrored, rows)
+
+    def write_read(self, mirrored: MirroredType[Any], chunk: Sequence[Any], as_of: int) -> int:
+        """Objects read now, written where their row is not newer than `as_of` (and, if owned,
+        their customer is ours). `as_of` is a second no later than the reads on Stripe's
+        clock: an event created before it is reflected in what was read, so the watermark
+        makes it stale; one of that second or later still applies (docs/reconciliation.md)."""
+        ids = [mirrored.object_id(obj) for obj in chunk]
+        self.lock(ids)
+        marks = self.watermarks(mirrored, ids)
+        owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
+        self.known.update(customers.known(self.session, set(owners.values())))
+        rows = [
+            mirrored.row(obj, as_of, self.known.get(owners.get(object_id, "")))
+            for obj, object_id in zip(chunk, ids, strict=True)
+            if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in self.known)
+        ]
+        self.upsert(mirrored, rows)
+        return len(rows)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]
