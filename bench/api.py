@@ -123,7 +123,11 @@ def drain_in_serve(
             time.sleep(0.2)
         ended.append(time.perf_counter())
 
-    env = {"RECONCILE_ENABLED": "true", "RECONCILE_INTERVAL_SECONDS": "0.5"}
+    env = {
+        "RECONCILE_ENABLED": "true",
+        "RECONCILE_INTERVAL_SECONDS": "0.5",
+        "RECONCILE_SAFETY_INTERVAL_SECONDS": "1",
+    }
     # At Stripe's live read rate, as a deployment drains (an unthrottled drain on this
     # machine's two cores is not a case users meet).
     with serve(ctx, db, serve_args, STRIPE_REQUESTS_PER_SECOND=LIVE_RATE, **env) as port:

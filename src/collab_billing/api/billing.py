@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from collab_billing import billing
@@ -73,6 +74,7 @@ async def create_checkout(
         settings.stripe_price_id,
         body.github_user_id,
     )
+    await anyio.to_thread.run_sync(request.app.state.signals.activity)  # poll fast for a while
     return CheckoutOut(checkout_session_url=url)
 
 
@@ -99,6 +101,7 @@ async def manage_subscription(
         body.github_user_id,
         body.subscription_id,
     )
+    await anyio.to_thread.run_sync(request.app.state.signals.activity)
     return ManageOut(billing_portal_session_url=url)
 
 

@@ -11,6 +11,7 @@ read budget.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from collab_billing.db.models import BillingCustomer, User
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import relevant_event_types
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
+from collab_billing.reconcile import budget
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.client import CheckoutSessionSummary
@@ -61,6 +63,7 @@ def sync_subscriptions(
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
         Applier(factory, gateway, source="sync").apply_read(SUBSCRIPTIONS, objects, as_of, links)
+    budget.flush_reads(factory, time.time())  # an API-only process records its reads too
     return target.github_user_id
 
 

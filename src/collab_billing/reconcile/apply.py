@@ -30,7 +30,7 @@ from collab_billing.db.dialect import insert
 from collab_billing.db.engine import transaction
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
-from collab_billing.reconcile import ledger
+from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
 from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
@@ -263,6 +263,7 @@ class BatchWriter:
         ready = self._hold_back(groups, pending_ids - retried)
         events = [event for group in ready for event in group.events]
         fresh = self._without_done(ready, ledger.claim(session, events))
+        budget.count_transactions(session, [event for group in fresh for event in group.events])
         self._apply_customers([g for g in fresh if g.kind == "customer"])
         for mirrored in MIRRORED_TYPES:
             self._apply_mirrored(mirrored, [g for g in fresh if g.mirrored is mirrored])
