@@ -132,6 +132,7 @@ class Reconciler:
                 else:
                     self._wait_for_next_poll(stop, started)
         finally:
+            self._flush_reads()
             self.lock.release()
             metrics.LEADER.set(0)
 
