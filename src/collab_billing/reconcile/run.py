@@ -101,7 +101,7 @@ class Reconciler:
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll at the cadence's interval while leader; stand by otherwise. Returns when `stop`
         is set (or, with `once`, after one complete poll as leader)."""
-        failures = 0
+        failures, leader = 0, False
         self.signals.event_seen()  # a start is activity: catch up fast, then back off
         try:
             while not stop.is_set():
@@ -125,10 +125,12 @@ class Reconciler:
                     self.lock.release()  # its connection may be dead: take it anew
                     metrics.LEADER.set(0)
                 self._flush_reads()
+                fast = self.settings.reconcile_interval_seconds
                 if failures:
                     # Stripe or the database down: back off, up to ten fast intervals.
-                    fast = self.settings.reconcile_interval_seconds
                     self.sleep(stop, fast * min(2**failures, MAX_BACKOFF_INTERVALS))
+                elif not leader:
+                    self.sleep(stop, fast)  # a standby: trying the lock costs Stripe nothing
                 else:
                     self._wait_for_next_poll(stop, started)
         finally:
