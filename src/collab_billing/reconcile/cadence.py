@@ -1,8 +1,9 @@
 """How long the reconciler waits between polls: the freshness policy (docs/reconciliation.md).
 
-- Webhooks configured and healthy (a verified delivery seen within `WEBHOOK_RECENT_SECONDS`,
-  and the last poll found no event that webhooks had missed): polling is only the safety
-  net, every `RECONCILE_SAFETY_INTERVAL_SECONDS`.
+- Webhooks healthy (a verified delivery seen within `WEBHOOK_RECENT_SECONDS`, which shows
+  they are configured, even when a `reconcile` worker runs apart from the API; and the last
+  poll found no event that webhooks had missed): polling is only the safety net, every
+  `RECONCILE_SAFETY_INTERVAL_SECONDS`.
 - Otherwise: fast (`RECONCILE_INTERVAL_SECONDS`) right after activity (a Checkout or portal
   session created, an event seen), then backing off while idle: the interval is
   `BACKOFF_SHARE` of the time since the last activity, up to the safety interval. A change
@@ -38,16 +39,11 @@ class Signals:
 class Cadence:
     fast_seconds: float
     safety_seconds: float
-    webhooks_configured: bool
 
     def healthy(self, signals: Signals, now: float) -> bool:
         seen = signals.last_webhook_at
-        return (
-            self.webhooks_configured
-            and seen is not None
-            and now - seen <= WEBHOOK_RECENT_SECONDS
-            and not signals.missed_by_webhooks
-        )
+        recent = seen is not None and now - seen <= WEBHOOK_RECENT_SECONDS
+        return recent and not signals.missed_by_webhooks
 
     def mode(self, signals: Signals, budget: Budget, now: float) -> str:
         if budget.exhausted:

@@ -191,11 +191,7 @@ class Reconciler:
 
 
 def cadence_of(settings: Settings) -> Cadence:
-    return Cadence(
-        settings.reconcile_interval_seconds,
-        settings.reconcile_safety_interval_seconds,
-        webhooks_configured=bool(settings.webhook_secrets()),
-    )
+    return Cadence(settings.reconcile_interval_seconds, settings.reconcile_safety_interval_seconds)
 
 
 OUTCOMES = ("applied", "stale", "duplicate", "unmatched", "failed", "waiting")
