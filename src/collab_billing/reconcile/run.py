@@ -142,7 +142,7 @@ class Reconciler:
         """Until `started` + the interval, which is worked out again while waiting: activity
         (here or in another process) can bring the next poll closer."""
         while not stop.is_set():
-            remaining = started + self.interval() - self.clock()
+            remaining = started + self._interval_or_fast() - self.clock()
             if remaining <= 0:
                 return
             self.sleep(stop, min(remaining, self.recheck_seconds))
@@ -157,6 +157,13 @@ class Reconciler:
         seconds = self.cadence.interval(signals, spent, now)
         metrics.POLL_INTERVAL.set(seconds)
         return seconds
+
+    def _interval_or_fast(self) -> float:
+        try:
+            return self.interval()
+        except Exception as error:  # the database is down: the next poll fails and backs off
+            log.warning("could not work out the poll interval: %s", type(error).__name__)
+            return self.settings.reconcile_interval_seconds
 
     def _flush_reads(self) -> None:
         try:
