@@ -122,6 +122,8 @@ async def sync_user_subscriptions(
     body: SyncIn, request: Request, gateway: GatewayDep, stripe_calls: StripeCallsDep
 ) -> SubscriptionsOut:
     state = request.app.state
+    # Per user; per Checkout session when only that is given (its user is known only once it
+    # has been read from Stripe, which the limit is there to spare).
     _limit(state.sync_limiter, body.github_user_id or body.checkout_session_id)
     github_user_id = await stripe_calls.run(
         sync_subscriptions,
@@ -130,8 +132,6 @@ async def sync_user_subscriptions(
         body.github_user_id,
         body.checkout_session_id,
     )
-    if body.github_user_id is None:  # the session named the user: count it against them too
-        _limit(state.sync_limiter, github_user_id)
     rows = billing.list_user_subscriptions(state.session_factory, github_user_id)
     return subscriptions_out(github_user_id, rows)
 
