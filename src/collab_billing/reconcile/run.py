@@ -142,10 +142,12 @@ class Reconciler:
         """Until `started` + the interval, which is worked out again while waiting: activity
         (here or in another process) can bring the next poll closer."""
         while not stop.is_set():
-            remaining = started + self._interval_or_fast() - self.clock()
-            if remaining <= 0:
+            due = started + self._interval_or_fast()
+            if self.clock() >= due:
                 return
-            self.sleep(stop, min(remaining, self.recheck_seconds))
+            self.sleep(stop, min(due - self.clock(), self.recheck_seconds))
+            if self.clock() >= due:
+                return
 
     def interval(self) -> float:
         """Seconds from one poll's start to the next, as the signals and budget stand now."""
