@@ -15,9 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session, sessionmaker
-from typer.testing import CliRunner
 
-from collab_billing.cli import app as cli
+from collab_billing.cli import print_status
 from collab_billing.config import Settings
 from collab_billing.db.models import StripeReadDay
 from collab_billing.reconcile import budget
@@ -252,15 +251,11 @@ def test_reconcile_status_shows_the_budget_and_the_mode(
     stripe_settings: Settings,
     engine: Engine,
     session_factory: sessionmaker[Session],
-    database_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     spend(session_factory, 1234, 2)
-    result = CliRunner().invoke(
-        cli,
-        ["reconcile", "--status"],
-        env={"DATABASE_URL": database_url, "STRIPE_WEBHOOK_SECRET": ""},
-    )
-    assert result.exit_code == 0, result.output
-    assert "stripe reads (30 days):        1234 of 8000 allowed" in result.output
-    assert "(0.8 x max(10,000, 500 x 2 transactions))" in result.output
-    assert "poll mode:                     adaptive, every 300 s now" in result.output
+    print_status(engine, production_settings(stripe_settings, webhooks=False))
+    output = capsys.readouterr().out
+    assert "stripe reads (30 days):        1234 of 8000 allowed" in output
+    assert "(0.8 x max(10,000, 500 x 2 transactions))" in output
+    assert "poll mode:                     adaptive, every 300 s now" in output
