@@ -16,8 +16,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
+from collab_billing.reconcile import budget
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway.client import READS
 from tests.reconcile_helpers import assert_matches_stripe
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import add_user, serve
@@ -57,12 +59,15 @@ def test_sync_with_the_session_id_shows_the_subscription_active_at_once(
 
 
 def test_sync_by_user_reads_every_subscription_of_theirs(
-    api: httpx.Client, emulator: Emulator
+    api: httpx.Client, emulator: Emulator, session_factory: sessionmaker[Session]
 ) -> None:
     add_user(api, 2)
     checkout(api, emulator, 2)
+    READS.take()
     answer = api.post("/billing/subscriptions/sync", json={"github_user_id": 2}).json()
     assert [s["status"] for s in answer["subscriptions"]] == ["active"]
+    # Two reads (the newest event, the subscriptions), in the budget with no reconciler.
+    assert budget.read_budget(session_factory, time.time(), 0.8).reads_30d == 2
     # A user who never checked out: no Stripe customer, nothing to read, an empty answer.
     add_user(api, 3, "hubot")
     empty = api.post("/billing/subscriptions/sync", json={"github_user_id": 3})

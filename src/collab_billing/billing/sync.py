@@ -11,6 +11,7 @@ read budget.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.client import CheckoutSessionSummary
 from collab_billing.stripe_gateway.events import id_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ def sync_subscriptions(
 
     With a Checkout session, the session must be the user's (its customer is theirs): else
     `NotFound`, as for a session Stripe does not know. Without a user, the session names it."""
+    try:
+        return _sync(factory, gateway, github_user_id, checkout_session_id)
+    finally:
+        _record_reads(factory)
+
+
+def _sync(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    github_user_id: int | None,
+    checkout_session_id: str | None,
+) -> int:
     with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
         newest = pool.submit(gateway.newest_event_created, relevant_event_types())
         session = _checkout_session(gateway, checkout_session_id) if checkout_session_id else None
@@ -63,8 +78,16 @@ def sync_subscriptions(
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
         Applier(factory, gateway, source="sync").apply_read(SUBSCRIPTIONS, objects, as_of, links)
-    budget.flush_reads(factory, time.time())  # an API-only process records its reads too
     return target.github_user_id
+
+
+def _record_reads(factory: sessionmaker[Session]) -> None:
+    """An API-only process (reconciler off) records its reads too; a failure keeps them for
+    the next flush and does not fail the sync, whose rows are written."""
+    try:
+        budget.flush_reads(factory, time.time())
+    except Exception as error:
+        log.warning("could not record Stripe reads: %s", type(error).__name__)
 
 
 def _checkout_session(gateway: StripeGateway, session_id: str) -> CheckoutSessionSummary:
