@@ -34,12 +34,12 @@ from bench import api, drains, usage
 from bench.drains import Result
 from bench.harness import DEFAULT_PG_URL, Context, Emulator
 
-ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin", "usage")
+ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin", "usage", "sync")
 SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
     "drain_events": 2_000, "admin_seconds": 0.3, "usage_records": 3_000,
-    "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1,
+    "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1, "syncs": 20,
 }  # fmt: skip
 
 
@@ -73,6 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--usage-rate", type=float, default=200.0, help="usage: the sender's requests/s")
     add("--usage-once-records", type=int, default=20_000)
     add("--usage-kills", type=int, default=10)
+    add("--syncs", type=int, default=300, help="sync: requests, paced at --sync-rate")
+    add("--sync-rate", type=float, default=10.0)
     add("--timeout", type=float, default=900, help="seconds a drain may take")
     add("--no-verify", action="store_true", help="apply: skip comparing rows to the emulator")
     add("--smoke", action="store_true", help="tiny sizes, a few seconds each")
@@ -114,6 +116,8 @@ def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Resul
             runs.append(lambda r=rate: [drains.burst(ctx, first, args.burst_events, r, timeout)])
     if "ties" in only:
         runs.append(lambda: [drains.ties(ctx, first, args.ties_events, timeout)])
+    if "sync" in only:
+        runs.append(lambda: [api.sync(ctx, first, args.syncs, args.sync_rate, 150, serve_args)])
     for engine in engines:
         if "apply" in only:
             for size in (int(v) for v in args.sizes.split(",")):

@@ -123,7 +123,11 @@ def drain_in_serve(
             time.sleep(0.2)
         ended.append(time.perf_counter())
 
-    env = {"RECONCILE_ENABLED": "true", "RECONCILE_INTERVAL_SECONDS": "0.5"}
+    env = {
+        "RECONCILE_ENABLED": "true",
+        "RECONCILE_INTERVAL_SECONDS": "0.5",
+        "RECONCILE_SAFETY_INTERVAL_SECONDS": "1",
+    }
     # At Stripe's live read rate, as a deployment drains (an unthrottled drain on this
     # machine's two cores is not a case users meet).
     with serve(ctx, db, serve_args, STRIPE_REQUESTS_PER_SECOND=LIVE_RATE, **env) as port:
@@ -221,3 +225,41 @@ def latency_metrics(load: Load, latencies: list[float]) -> dict[str, Any]:
 
 def percentile_ms(latencies: list[float], q: float) -> float | None:
     return round(1000 * percentile(latencies, q), 1) if latencies else None
+
+
+def sync_request(index: int) -> bytes:
+    body = json.dumps({"github_user_id": index % CUSTOMERS + 1}).encode()
+    return (
+        b"POST /billing/subscriptions/sync HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+        b"\r\n" + body
+    )
+
+
+def sync(
+    ctx: Context, engine: str, count: int, rate: float, latency_ms: int, serve_args: list[str]
+) -> Result:
+    """`POST /billing/subscriptions/sync {github_user_id}` paced at `rate` against a Stripe
+    `latency_ms` away (every answer late by that much): what a user back from Checkout waits."""
+    with database(ctx, engine) as db:
+        with_subscriptions(ctx, db)
+        ctx.emulator.control("POST", "faults", {"latency_ms": latency_ms, "path_prefix": "/v1"})
+        ctx.emulator.control("DELETE", "requests")
+        try:
+            with serve(ctx, db, serve_args, STRIPE_REQUESTS_PER_SECOND=LIVE_RATE) as port:
+                load = run_load(paced(port, count, rate, sync_request))
+        finally:
+            ctx.emulator.control("DELETE", "faults")
+        reads = ctx.emulator.requests()["total"]
+    m = latency_metrics(load, load.latencies) | {
+        "rate_per_s": rate,
+        "stripe_latency_ms": latency_ms,
+        "stripe_requests": reads,
+    }
+    p99 = m["p99_ms"]
+    targets = {
+        "all answered 200": load.statuses == {200: count},
+        "p99 < 1 s": p99 is not None and p99 < 1000,
+    }
+    return Result("sync", engine, count, m, targets)

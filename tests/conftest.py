@@ -106,6 +106,7 @@ def stripe_settings(settings: Settings, emulator: Emulator) -> Settings:
             "stripe_max_network_retries": 0,
             "stripe_requests_per_second": 1000.0,
             "reconcile_interval_seconds": 0.2,
+            "reconcile_safety_interval_seconds": 1.0,
         }
     )
 

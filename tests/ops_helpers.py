@@ -46,6 +46,7 @@ def service_env(database_url: str, emulator: Emulator, log_format: str = "json")
         "STRIPE_WEBHOOK_SECRET": WHSEC_NEW,
         "STRIPE_REQUESTS_PER_SECOND": "1000",
         "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "RECONCILE_SAFETY_INTERVAL_SECONDS": "1",
         "LOG_FORMAT": log_format,
     }
 

@@ -29,7 +29,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert set(results) == {
         "far-150ms", "testmode", "testmode-ties", "burst", "burst-faults", "ties", "apply",
         "webhook", "webhook-drain", "admin", "admin-paced", "usage-sender", "usage-once",
-        "usage-ingest",
+        "usage-ingest", "sync",
     }  # fmt: skip
     for name in ("far-150ms", "testmode", "testmode-ties", "burst", "ties", "apply"):
         metrics = results[name]["metrics"]
@@ -44,6 +44,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert results["admin"]["metrics"]["errors"] == results["admin-paced"]["metrics"]["errors"] == 0
     assert results["usage-once"]["targets"] == {"exactly once": True}
     assert results["usage-ingest"]["metrics"]["stored"] == results["usage-ingest"]["size"]
+    assert results["sync"]["targets"]["all answered 200"]
+    assert results["sync"]["metrics"]["stripe_requests"] >= 2 * results["sync"]["size"]
     assert report["service"]["python"] == sys.executable
 
 

@@ -35,7 +35,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "conditi
 @pytest.fixture
 def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
     api_port, emulator_port = free_port(), free_port()
-    env = {**os.environ, "RECONCILE_INTERVAL_SECONDS": "0.3"}
+    env = {
+        **os.environ,
+        "RECONCILE_INTERVAL_SECONDS": "0.3",
+        "RECONCILE_SAFETY_INTERVAL_SECONDS": "1",
+    }
     env.pop("DATABASE_URL", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "collab_billing", "dev", "--port", str(api_port),

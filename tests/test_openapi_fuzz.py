@@ -30,6 +30,7 @@ OPERATIONS = [
     ("POST", "/users"),
     ("POST", "/billing/subscriptions"),
     ("POST", "/billing/subscriptions/manage"),
+    ("POST", "/billing/subscriptions/sync"),
     ("GET", "/billing/subscriptions"),
     ("GET", "/billing/prices"),
     ("GET", "/billing/invoices"),

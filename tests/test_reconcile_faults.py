@@ -181,7 +181,11 @@ def test_the_reconciler_outlives_a_database_outage(
     engine = make_engine(own_database)
     upgrade_to_head(engine)
     settings = stripe_settings.model_copy(
-        update={"database_url": own_database, "reconcile_interval_seconds": 0.2}
+        update={
+            "database_url": own_database,
+            "reconcile_interval_seconds": 0.2,
+            "reconcile_safety_interval_seconds": 1.0,
+        }
     )
     reconciler = make_reconciler(settings, engine)
     factory = reconciler.factory

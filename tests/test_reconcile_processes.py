@@ -32,6 +32,7 @@ def reconciler_env(database_url: str, emulator: Emulator) -> dict[str, str]:
         "STRIPE_API_BASE": emulator.url,
         "STRIPE_REQUESTS_PER_SECOND": "1000",
         "RECONCILE_INTERVAL_SECONDS": "0.2",
+        "RECONCILE_SAFETY_INTERVAL_SECONDS": "1",
         "LOG_FORMAT": "json",
     }
 

@@ -33,6 +33,9 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("RECONCILE_INTERVAL_SECONDS", "soon"),
         ("RECONCILE_INTERVAL_SECONDS", "-1"),
+        ("RECONCILE_SAFETY_INTERVAL_SECONDS", "0"),
+        ("RECONCILE_READ_BUDGET_SHARE", "1.5"),
+        ("BILLING_SYNC_PER_MINUTE", "0"),
         ("DATABASE_URL", "mysql://nope"),
         ("STRIPE_API_BASE", "ftp://stripe"),
         ("BILLING_PAST_DUE_GRACE_DAYS", "-1"),

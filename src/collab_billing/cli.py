@@ -22,8 +22,11 @@ from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory, transaction
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
+from collab_billing.reconcile import budget
+from collab_billing.reconcile.cadence import Signals
 from collab_billing.reconcile.resync import run_with_progress
-from collab_billing.reconcile.run import Reconciler, read_status
+from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
+from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 app = typer.Typer(
@@ -194,7 +197,7 @@ def reconcile(
     configure_logging(settings)
     engine = migrated_engine(settings)
     if show_status:
-        print_status(engine)
+        print_status(engine, settings)
         return
     reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
     if metrics_port is not None:
@@ -243,7 +246,7 @@ def gateway_or_exit(settings: Settings) -> StripeGateway:
     return gateway
 
 
-def print_status(engine: Engine) -> None:
+def print_status(engine: Engine, settings: Settings | None = None) -> None:
     status = read_status(engine)
     now = int(status.read_at)
 
@@ -257,6 +260,8 @@ def print_status(engine: Engine) -> None:
     typer.echo(f"last complete poll:            {ago(status.last_drain_at)}")
     typer.echo(f"last resync:                   {ago(status.last_resync_at)}")
     typer.echo(f"leader:                        {status.leader}")
+    if settings is not None:
+        print_freshness(engine, settings, now)
     typer.echo(f"pending events: {len(status.pending)} ({len(status.failed)} failed)")
     for pending in status.pending:
         state = (
@@ -265,6 +270,24 @@ def print_status(engine: Engine) -> None:
             else ("waiting behind an earlier failure")
         )
         typer.echo(f"  {pending.event.id} {pending.event.type} {pending.object_id}: {state}")
+
+
+def print_freshness(engine: Engine, settings: Settings, now: int) -> None:
+    """The read budget, and the poll mode and interval it allows now (docs/reconciliation.md)."""
+    factory = make_session_factory(engine)
+    spent = budget.read_budget(factory, now, settings.reconcile_read_budget_share)
+    activity, webhook = ActivitySignals(factory).read()
+    signals = Signals(activity, webhook, missed_by_webhooks=False)
+    cadence = cadence_of(settings)
+    typer.echo(
+        f"stripe reads (30 days):        {spent.reads_30d} of {spent.allowed} allowed "
+        f"({settings.reconcile_read_budget_share:g} x max(10,000, 500 x "
+        f"{spent.transactions_30d} transactions))"
+    )
+    typer.echo(
+        f"poll mode:                     {cadence.mode(signals, spent, now)}, "
+        f"every {cadence.interval(signals, spent, now):.0f} s now"
+    )
 
 
 @app.command()
@@ -279,9 +302,9 @@ def resync(
     settings = settings_or_exit(**overrides)
     configure_logging(settings)
     engine = migrated_engine(settings)
-    report = run_with_progress(
-        make_session_factory(engine), gateway_or_exit(settings), github_user_id
-    )
+    factory = make_session_factory(engine)
+    report = run_with_progress(factory, gateway_or_exit(settings), github_user_id)
+    budget.flush_reads(factory, time.time())
     mirrored = "".join(
         f", {seen} {kind}s seen, {report.written[kind]} written"
         for kind, seen in report.seen.items()

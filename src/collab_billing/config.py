@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # The rate of meter events sent to Stripe (test mode allows 25 requests a second in all).
     billing_usage_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    # Freshness (docs/reconciliation.md): the slowest poll (idle, or webhooks healthy); the
+    # share of Stripe's read allowance, max(10,000, 500 x transactions) over 30 days, that
+    # the service may spend; how many `POST /billing/subscriptions/sync` a user may make a
+    # minute.
+    reconcile_safety_interval_seconds: float = Field(default=300.0, gt=0)
+    reconcile_read_budget_share: float = Field(default=0.8, gt=0, le=1)
+    billing_sync_per_minute: int = Field(default=10, ge=1, le=10_000)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
 

@@ -89,3 +89,20 @@ def observe_stripe_request(operation: str, status: int | str) -> None:
 def record_outcomes(outcomes: dict[tuple[str, str], int]) -> None:
     for (outcome, event_type), count in outcomes.items():
         EVENTS.labels(outcome, event_type).inc(count)
+
+
+STRIPE_READS_30D = Gauge(
+    "collab_billing_stripe_reads_30d", "Stripe read requests made over the last 30 days"
+)
+STRIPE_TRANSACTIONS_30D = Gauge(
+    "collab_billing_stripe_transactions_30d",
+    "Successful transactions seen over the last 30 days (invoice.paid, checkout completions)",
+)
+STRIPE_READ_BUDGET = Gauge(
+    "collab_billing_stripe_read_budget",
+    "Reads the service allows itself over 30 days: RECONCILE_READ_BUDGET_SHARE x "
+    "max(10,000, 500 x transactions)",
+)
+POLL_INTERVAL = Gauge(
+    "collab_billing_poll_interval_seconds", "The reconciler's current wait between polls"
+)

@@ -26,7 +26,8 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
   -> `{"id", "url", "secret", "enabled_events"}`; GET -> `{"data": [...]}`;
   DELETE webhook_endpoints/{id} -> `{"id", "deleted": true}`;
   GET webhook_deliveries -> `{"data": [{"event_id", "endpoint_id", "attempt", "status",
-  "error", "at"}]}`.
+  "error", "at"}]}`; POST webhook_deliveries/drop `{"count": 1}` -> `{"dropping": 1}`: the
+  next deliveries are lost (never sent, never retried), as a missed webhook.
 - POST generate `{"customers", "events_per_customer", "price"?, "seed"?, "span_seconds"?,
   "first_github_user_id"?, "same_second_share"?, "ambiguous_ties"?}` -> `{"customers",
   "subscriptions", "events", "seconds", "price", "first_github_user_id", "tied_events",
@@ -261,6 +262,15 @@ async def webhook_deliveries(request: Request, body: Body) -> Any:
     return {"data": dispatcher.log()}
 
 
+async def drop_deliveries(request: Request, body: Body) -> Any:
+    _only(body, {"count"})
+    count = _typed(body, "count", int, 1)
+    if count < 0:
+        raise bad_request("`count` must be >= 0.", "count")
+    request.app.state.webhooks.drop_next(count)
+    return {"dropping": count}
+
+
 async def generate_route(request: Request, body: Body) -> Any:
     allowed = {
         "customers",
@@ -374,6 +384,7 @@ routes = [
     _r("/_emulator/webhook_endpoints", webhook_endpoints, ["GET", "POST"]),
     _r("/_emulator/webhook_endpoints/{id}", webhook_endpoint, ["DELETE"]),
     _r("/_emulator/webhook_deliveries", webhook_deliveries, ["GET"]),
+    _r("/_emulator/webhook_deliveries/drop", drop_deliveries, ["POST"]),
     _r("/_emulator/generate", generate_route, ["POST"]),
     _r("/_emulator/state", state, ["GET", "DELETE"]),
     _r("/_emulator/requests", requests, ["GET", "DELETE"]),

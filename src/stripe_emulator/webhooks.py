@@ -79,6 +79,7 @@ class WebhookDispatcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._drop = 0  # deliveries still to lose (`drop_next`)
 
     # --- endpoints --------------------------------------------------------------------
 
@@ -95,8 +96,14 @@ class WebhookDispatcher:
         with self._cond:
             return self.endpoints.pop(endpoint_id, None) is not None
 
+    def drop_next(self, count: int) -> None:
+        """Lose the next `count` deliveries: never sent, never retried (a missed webhook)."""
+        with self._cond:
+            self._drop = count
+
     def reset(self) -> None:
         with self._cond:
+            self._drop = 0
             self.endpoints.clear()
             self._queue.clear()
             self.attempts.clear()
@@ -183,7 +190,7 @@ class WebhookDispatcher:
         with self.store.lock:
             event = self.store.events.get(event_id)
             payload = json.dumps(self.store.render_event(event), indent=2) if event else None
-        if endpoint is None or payload is None:
+        if endpoint is None or payload is None or self._dropped(event_id, endpoint_id, attempt):
             self._finish(event_id)
             return
         status, error = self._post(client, endpoint, payload.encode())
@@ -199,6 +206,16 @@ class WebhookDispatcher:
                 )
                 return
         self._finish(event_id)
+
+    def _dropped(self, event_id: str, endpoint_id: str, attempt: int) -> bool:
+        with self._cond:
+            if self._drop <= 0:
+                return False
+            self._drop -= 1
+            self.attempts.append(
+                Attempt(event_id, endpoint_id, attempt, None, "dropped (emulated)", time.time())
+            )
+            return True
 
     def _post(
         self, client: httpx.Client, endpoint: Endpoint, body: bytes

@@ -103,3 +103,22 @@ def test_enabled_events_filter_and_generated_secret(
     assert event.type == "customer.updated"
     assert ctl("GET", "webhook_endpoints")["data"][0]["url"] == receiver.url
     assert ctl.raw("POST", "webhook_endpoints", {"url": "ftp://x"}).status_code == 400
+
+
+def test_dropped_deliveries_are_lost_not_retried(
+    client: stripe.StripeClient, ctl: Control, receiver: Receiver
+) -> None:
+    ctl("POST", "webhook_endpoints", {"url": receiver.url, "secret": SECRET})
+    assert ctl("POST", "webhook_deliveries/drop", {"count": 1}) == {"dropping": 1}
+    lost = client.v1.customers.create()
+    wait(ctl)
+    kept = client.v1.customers.create()
+    wait(ctl)
+    assert [event.data.object.id for event in receiver.events()] == [kept.id]
+    attempts = ctl("GET", "webhook_deliveries")["data"]
+    assert [(a["status"], a["error"]) for a in attempts] == [
+        (None, "dropped (emulated)"),
+        (200, None),
+    ]
+    assert client.v1.events.list(params={"limit": 2}).data[1].data.object.id == lost.id
+    assert ctl.raw("POST", "webhook_deliveries/drop", {"count": -1}).status_code == 400

@@ -16,12 +16,14 @@ from collab_billing import metrics
 from collab_billing.api import billing, health, operations, usage, users, webhooks
 from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
+from collab_billing.api.rate_limit import PerKeyLimiter
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.billing import sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
+from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("reconciler off: STRIPE_API_KEY is not set")
         yield
         return
-    thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+    reconciler = Reconciler(settings, app.state.engine, gateway, signals=app.state.signals)
+    thread, stop = start_in_background(reconciler)
     sender_thread, sender_stop = sender.start_in_background(
         sender.UsageSender(settings, app.state.engine)
     )
@@ -87,6 +90,8 @@ def create_app(
     app.state.stripe_calls = StripeCalls(
         settings.api_stripe_concurrency, settings.api_stripe_queue_seconds
     )
+    app.state.sync_limiter = PerKeyLimiter(settings.billing_sync_per_minute)
+    app.state.signals = ActivitySignals(app.state.session_factory)
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()

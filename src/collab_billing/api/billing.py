@@ -22,6 +22,7 @@ from collab_billing.api.deps import (
     SettingsDep,
     StripeCallsDep,
 )
+from collab_billing.api.rate_limit import PerKeyLimiter
 from collab_billing.api.responses import ADMIN_ERRORS, STRIPE_ERRORS, Responses
 from collab_billing.api.schemas import (
     AccessOut,
@@ -41,8 +42,10 @@ from collab_billing.api.schemas import (
     StripeInvoiceId,
     SubscriptionOut,
     SubscriptionsOut,
+    SyncIn,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
+from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.db import queries
 from collab_billing.db.models import BillingInvoice
 
@@ -79,6 +82,7 @@ async def create_checkout(
     started = await stripe_calls.run(
         billing.start_checkout, request.app.state.session_factory, gateway, wanted, now
     )
+    await anyio.to_thread.run_sync(request.app.state.signals.activity)  # poll fast for a while
     return CheckoutOut(
         checkout_session_url=started.url,
         stripe_price_id=started.plan.stripe_price_id,
@@ -125,9 +129,58 @@ async def manage_subscription(
         body.github_user_id, body.intent, body.subscription_id, body.price, body.quantity
     )
     result = await stripe_calls.run(billing.manage_subscription, factory, gateway, wanted)
+    await anyio.to_thread.run_sync(request.app.state.signals.activity)
     if result.changed is None:
         return ManageOut(billing_portal_session_url=result.portal_url)
     return ManageOut(billing_portal_session_url=None, subscription=subscription_out(result.changed))
+
+
+@router.post(
+    "/subscriptions/sync",
+    response_model=SubscriptionsOut,
+    responses={
+        404: {
+            "model": ErrorResponse,
+            "description": "Unknown user, or a Checkout session not the user's or unknown",
+        },
+        429: {"model": ErrorResponse, "description": "Too many syncs for this user (Retry-After)"},
+        **STRIPE_ERRORS,
+    },
+    summary="Read the user's subscriptions from Stripe now (back from Checkout) and answer them",
+)
+async def sync_user_subscriptions(
+    body: SyncIn,
+    request: Request,
+    gateway: GatewayDep,
+    stripe_calls: StripeCallsDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SubscriptionsOut:
+    state = request.app.state
+    # Per user; per Checkout session when only that is given (its user is known only once it
+    # has been read from Stripe, which the limit is there to spare).
+    _limit(state.sync_limiter, body.github_user_id or body.checkout_session_id)
+    github_user_id = await stripe_calls.run(
+        sync_subscriptions,
+        state.session_factory,
+        gateway,
+        body.github_user_id,
+        body.checkout_session_id,
+    )
+    view = await anyio.to_thread.run_sync(
+        billing.billing_view, state.session_factory, github_user_id, now, settings.past_due_grace()
+    )
+    return subscriptions_out(github_user_id, view)
+
+
+def _limit(limiter: PerKeyLimiter, key: int | str | None) -> None:
+    retry_after = limiter.retry_after(key)
+    if retry_after is not None:
+        raise HTTPException(
+            429,
+            detail=f"too many syncs for {key}: retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 @router.get(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 
 
@@ -175,6 +176,41 @@ class PlanOut(BaseModel):
     currency: str | None
     interval: str | None
     interval_count: int | None
+
+
+CheckoutSessionId = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^cs_[A-Za-z0-9_]{1,250}$"),
+    Field(examples=["cs_test_a1Example"]),
+]
+
+
+def _sync_schema(schema: dict[str, Any]) -> None:
+    """Documented as it is validated: either field, not null; at least one of them."""
+    for name in ("github_user_id", "checkout_session_id"):
+        field = schema["properties"][name]
+        variants = [v for v in field.pop("anyOf", []) if v.get("type") != "null"]
+        field.pop("default", None)
+        if variants:
+            field.update(variants[0])
+    schema["anyOf"] = [{"required": ["github_user_id"]}, {"required": ["checkout_session_id"]}]
+
+
+class SyncIn(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_sync_schema)
+
+    github_user_id: GithubUserId | None = None
+    checkout_session_id: CheckoutSessionId | None = Field(
+        default=None,
+        description="The `session_id` the success URL carries; with `github_user_id` too, "
+        "the session must be that user's.",
+    )
+
+    @model_validator(mode="after")
+    def _one_given(self) -> SyncIn:
+        if self.github_user_id is None and self.checkout_session_id is None:
+            raise ValueError("give github_user_id or checkout_session_id")
+        return self
 
 
 class SubscriptionOut(BaseModel):

@@ -286,3 +286,14 @@ class BillingPreference(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+
+
+class StripeReadDay(Base):
+    """Stripe reads made and transactions seen per UTC day (days since the epoch): the read
+    budget's rolling 30 days, kept across restarts (`reconcile/budget.py`)."""
+
+    __tablename__ = "stripe_read_days"
+
+    day: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    reads: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    transactions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)

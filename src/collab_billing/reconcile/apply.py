@@ -30,7 +30,7 @@ from collab_billing.db.dialect import insert
 from collab_billing.db.engine import transaction
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
-from collab_billing.reconcile import ledger
+from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
 from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
@@ -204,6 +204,24 @@ class Applier:
             ledger.record_pending(session, group.events, group.object_id, message, next_try)
         stats.count("failed", group.events)
 
+    def apply_read(
+        self,
+        mirrored: MirroredType[Any],
+        objects: Sequence[Any],
+        as_of: int,
+        candidates: Sequence[customers.Candidate] = (),
+    ) -> int:
+        """Objects read from Stripe just now, with no event (`sync`, like resync): written
+        where their row is not newer than `as_of`, which must be a second of Stripe's no
+        later than the reads (see `write_read`). `candidates` are customers to link first
+        (unknown ones only). No ledger row is written: the objects' events still apply, or
+        are found stale, by the usual rules. Returns the rows written."""
+        with transaction(self.factory) as session:
+            step = BatchWriter(session, StripeReads(None))
+            unknown = customers.known(session, [cid for cid, _, _ in candidates])
+            step.link([c for c in candidates if c[0] not in unknown])
+            return step.write_read(mirrored, objects, as_of)
+
     def adopt(self, as_of: int) -> int:
         """Link the unmatched customers whose user has appeared since, with their objects
         (written as of `as_of`, where no row exists). Returns how many were linked."""
@@ -245,6 +263,7 @@ class BatchWriter:
         ready = self._hold_back(groups, pending_ids - retried)
         events = [event for group in ready for event in group.events]
         fresh = self._without_done(ready, ledger.claim(session, events))
+        budget.count_transactions(session, [event for group in fresh for event in group.events])
         self._apply_customers([g for g in fresh if g.kind == "customer"])
         for mirrored in MIRRORED_TYPES:
             self._apply_mirrored(mirrored, [g for g in fresh if g.mirrored is mirrored])
@@ -380,6 +399,24 @@ class BatchWriter:
             row = mirrored.row(obj, newest, self.known.get(cid or ""))
             rows.append({**row, "deleted": True} if deletion is not None else row)
         self.upsert(mirrored, rows)
+
+    def write_read(self, mirrored: MirroredType[Any], chunk: Sequence[Any], as_of: int) -> int:
+        """Objects read now, written where their row is not newer than `as_of` (and, if owned,
+        their customer is ours). `as_of` is a second no later than the reads on Stripe's
+        clock: an event created before it is reflected in what was read, so the watermark
+        makes it stale; one of that second or later still applies (docs/reconciliation.md)."""
+        ids = [mirrored.object_id(obj) for obj in chunk]
+        self.lock(ids)
+        marks = self.watermarks(mirrored, ids)
+        owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
+        self.known.update(customers.known(self.session, set(owners.values())))
+        rows = [
+            mirrored.row(obj, as_of, self.known.get(owners.get(object_id, "")))
+            for obj, object_id in zip(chunk, ids, strict=True)
+            if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in self.known)
+        ]
+        self.upsert(mirrored, rows)
+        return len(rows)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]

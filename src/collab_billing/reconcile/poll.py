@@ -49,6 +49,8 @@ class DrainReport:
     stats: ApplyStats = field(default_factory=ApplyStats)
     interrupted: bool = False  # stopped (SIGTERM) before the end: not a complete poll
     seconds: float = 0.0
+    # Events found unprocessed though older than the webhook grace: webhooks missed them.
+    missed_by_webhooks: int = 0
 
 
 @dataclass
@@ -271,6 +273,8 @@ class Poller:
             # here, not counted again as duplicates; the applier's ledger claim stays the guard.
             done = self._processed([event.id for event in batch])
             fresh = [event for event in batch if event.id not in done]
+            late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
+            report.missed_by_webhooks += sum(1 for event in fresh if event.created < late)
             report.stats.add_counts(self.applier.apply(fresh, cursor=batch[-1].created))
             if stop is not None and stop.is_set():
                 report.interrupted = True

@@ -190,19 +190,7 @@ def _link(session: Session, chunk: list[customers.Customer]) -> int:
 
 def _write(session: Session, mirrored: MirroredType[Any], chunk: list[Any], as_of: int) -> int:
     """Objects read now, written where their row is not newer than `as_of`."""
-    step = BatchWriter(session, StripeReads(None))
-    ids = [mirrored.object_id(obj) for obj in chunk]
-    step.lock(ids)
-    marks = step.watermarks(mirrored, ids)
-    owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
-    step.known.update(customers.known(session, set(owners.values())))
-    rows = [
-        mirrored.row(obj, as_of, step.known.get(owners.get(object_id, "")))
-        for obj, object_id in zip(chunk, ids, strict=True)
-        if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in step.known)
-    ]
-    step.upsert(mirrored, rows)
-    return len(rows)
+    return BatchWriter(session, StripeReads(None)).write_read(mirrored, chunk, as_of)
 
 
 def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:

@@ -1,7 +1,11 @@
-"""The reconciler loop: leader election, polling at an interval, resync when needed, status.
+"""The reconciler loop: leader election, polling at the cadence's interval, resync when
+needed, status.
 
 The loop survives every error (a database that refuses connections, a Stripe that is down):
 it logs one line, backs off, and tries again, taking the leader lock again if it lost it.
+Between polls it waits as `cadence.Cadence` says (webhook health, activity, read budget),
+re-reading the signals while it waits, so activity noted by another process shortens the
+wait too. `clock` and `sleep` are injectable: tests run 30 days of the loop in seconds.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -18,29 +23,47 @@ from collab_billing import metrics
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_session_factory, read_only
 from collab_billing.logs import new_request_id, request_id_scope
-from collab_billing.reconcile import ledger
+from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.cadence import Cadence, Signals
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
+from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_INTERVALS = 10
+Sleep = Callable[[threading.Event, float], None]
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, engine: Engine, gateway: StripeGateway) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        gateway: StripeGateway,
+        signals: ActivitySignals | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.factory: sessionmaker[Session] = make_session_factory(engine)
         self.gateway = gateway
-        self.applier = Applier(self.factory, gateway, source="poll")
-        self.poller = Poller(self.factory, gateway, self.applier)
+        self.clock = clock
+        self.signals = signals or ActivitySignals(self.factory, clock)
+        self.sleep: Sleep = sleep or self.signals.wait
+        # While waiting, the signals of other processes are read again this often.
+        self.recheck_seconds = settings.reconcile_interval_seconds
+        self.cadence = cadence_of(settings)
+        self.applier = Applier(self.factory, gateway, clock=clock, source="poll")
+        self.poller = Poller(self.factory, gateway, self.applier, clock=clock)
         self.lock = LeaderLock(engine)
         self.last_error: str | None = None
         self.last_report: DrainReport | None = None
+        self.polls = 0
 
     def drain(self, stop: threading.Event | None = None) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted.
@@ -56,6 +79,8 @@ class Reconciler:
                 log.info("linked customers whose user appeared", extra={"linked": linked})
             with metrics.POLL_SECONDS.time():
                 report = self.poller.drain(stop)
+            if report.stats.total("applied") or report.missed_by_webhooks:
+                self.signals.event_seen()
             self._record(report)
         self.last_report = report
         return report
@@ -74,17 +99,19 @@ class Reconciler:
         return report
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
-        """Poll every interval while leader; stand by otherwise. Returns when `stop` is set
-        (or, with `once`, after one complete poll as leader)."""
-        interval = self.settings.reconcile_interval_seconds
-        failures = 0
+        """Poll at the cadence's interval while leader; stand by otherwise. Returns when `stop`
+        is set (or, with `once`, after one complete poll as leader)."""
+        failures, leader = 0, False
+        self.signals.event_seen()  # a start is activity: catch up fast, then back off
         try:
             while not stop.is_set():
+                started = self.clock()
                 try:
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
                     if leader:
                         self.drain(stop)
+                        self.polls += 1
                     failures, self.last_error = 0, None
                     if once and leader:
                         return
@@ -97,11 +124,54 @@ class Reconciler:
                     )
                     self.lock.release()  # its connection may be dead: take it anew
                     metrics.LEADER.set(0)
-                # Back off on repeated failures (Stripe or the database down), up to ten intervals.
-                stop.wait(interval * min(2**failures, MAX_BACKOFF_INTERVALS))
+                self._flush_reads()
+                fast = self.settings.reconcile_interval_seconds
+                if failures:
+                    # Stripe or the database down: back off, up to ten fast intervals.
+                    self.sleep(stop, fast * min(2**failures, MAX_BACKOFF_INTERVALS))
+                elif not leader:
+                    self.sleep(stop, fast)  # a standby: trying the lock costs Stripe nothing
+                else:
+                    self._wait_for_next_poll(stop, started)
         finally:
+            self._flush_reads()
             self.lock.release()
             metrics.LEADER.set(0)
+
+    def _wait_for_next_poll(self, stop: threading.Event, started: float) -> None:
+        """Until `started` + the interval, which is worked out again while waiting: activity
+        (here or in another process) can bring the next poll closer."""
+        while not stop.is_set():
+            due = started + self._interval_or_fast()
+            if self.clock() >= due:
+                return
+            self.sleep(stop, min(due - self.clock(), self.recheck_seconds))
+            if self.clock() >= due:
+                return
+
+    def interval(self) -> float:
+        """Seconds from one poll's start to the next, as the signals and budget stand now."""
+        now = self.clock()
+        last_activity, last_webhook = self.signals.read()
+        missed = self.last_report is not None and self.last_report.missed_by_webhooks > 0
+        signals = Signals(last_activity, last_webhook, missed)
+        spent = budget.read_budget(self.factory, now, self.settings.reconcile_read_budget_share)
+        seconds = self.cadence.interval(signals, spent, now)
+        metrics.POLL_INTERVAL.set(seconds)
+        return seconds
+
+    def _interval_or_fast(self) -> float:
+        try:
+            return self.interval()
+        except Exception as error:  # the database is down: the next poll fails and backs off
+            log.warning("could not work out the poll interval: %s", type(error).__name__)
+            return self.settings.reconcile_interval_seconds
+
+    def _flush_reads(self) -> None:
+        try:
+            budget.flush_reads(self.factory, self.clock())
+        except Exception as error:  # kept for the next flush; the loop goes on
+            log.warning("could not record Stripe reads: %s", type(error).__name__)
 
     def _record(self, report: DrainReport) -> None:
         status = read_status(self.engine)
@@ -127,6 +197,10 @@ class Reconciler:
                 "seconds": round(report.seconds, 3),
             },
         )
+
+
+def cadence_of(settings: Settings) -> Cadence:
+    return Cadence(settings.reconcile_interval_seconds, settings.reconcile_safety_interval_seconds)
 
 
 OUTCOMES = ("applied", "stale", "duplicate", "unmatched", "failed", "waiting")

@@ -33,3 +33,6 @@ PAGE_RETRY_SECONDS = 0.5
 # the list endpoints (warning from 25 days on).
 RETENTION_SECONDS = 30 * 86_400
 WARN_AFTER_SECONDS = 25 * 86_400
+# An event this old that a poll finds unprocessed was missed by webhooks (a delivery takes
+# about a second; younger ones may still be on their way).
+WEBHOOK_GRACE_SECONDS = 30

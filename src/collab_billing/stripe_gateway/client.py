@@ -20,7 +20,13 @@ import msgspec
 import stripe
 
 from collab_billing.config import Settings
-from collab_billing.stripe_gateway.events import EventPage, decode_event_page, decode_list_page
+from collab_billing.stripe_gateway.events import (
+    EventPage,
+    Ref,
+    decode_event_page,
+    decode_list_page,
+    decode_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,41 @@ RATE_LIMIT_RETRIES = 5
 MAX_RETRY_AFTER_SECONDS = 30.0
 T = TypeVar("T")
 RequestObserver = Callable[[str, int | str], None]
+SESSION_ID_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
+
+
+class ReadTally:
+    """Stripe read requests (GETs) made by this process and not yet recorded in the database:
+    Stripe's read allowance counts every one (the read budget, `reconcile/budget.py`)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self._count += count
+
+    def take(self) -> int:
+        """The reads counted since the last `take`, zeroed."""
+        with self._lock:
+            count, self._count = self._count, 0
+            return count
+
+
+# One tally per process: every gateway (the reconciler's, the admin routes') adds to it.
+READS = ReadTally()
+
+
+class CheckoutSessionSummary(msgspec.Struct):
+    """What `POST /billing/subscriptions/sync` needs of a Checkout session."""
+
+    id: str
+    status: str | None = None
+    customer: str | Ref | None = None
+    subscription: str | Ref | None = None
+    client_reference_id: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 class StripeNotConfigured(Exception):
@@ -128,8 +169,14 @@ class StripeGateway:
             self.observer(operation, outcome)
 
     def get(self, operation: str, path: str, **params: Any) -> bytes:
-        """GET `path` through the SDK's raw request API; the response's JSON as bytes."""
-        response = self._call(operation, lambda: self.client.raw_request("get", path, **params))
+        """GET `path` through the SDK's raw request API; the response's JSON as bytes. Each
+        attempt counts as a read (`READS`)."""
+
+        def read() -> Any:
+            READS.add()
+            return self.client.raw_request("get", path, **params)
+
+        response = self._call(operation, read)
         return str(response.body).encode()
 
     # -- customers, checkout, portal ---------------------------------------------------
@@ -173,7 +220,7 @@ class StripeGateway:
             "customer": customer_id,
             "line_items": [{"price": price_id, "quantity": quantity}],
             "client_reference_id": client_reference_id,
-            "success_url": _with_session_id(settings.billing_checkout_success_url),
+            "success_url": with_session_id(settings.billing_checkout_success_url),
             "cancel_url": settings.billing_checkout_cancel_url,
             "metadata": metadata,
             "subscription_data": subscription_data,
@@ -349,6 +396,22 @@ class StripeGateway:
             params["starting_after"] = starting_after
         return decode_event_page(self.get("events.list", "/v1/events", **params))
 
+    def retrieve_checkout_session(self, session_id: str) -> CheckoutSessionSummary:
+        """One Checkout session, nothing expanded; an unknown id raises `StripeGatewayError`
+        with `http_status` 404."""
+        body = self.get("checkout.sessions.retrieve", f"/v1/checkout/sessions/{session_id}")
+        return decode_object(body, CheckoutSessionSummary)
+
+    def list_customer_subscriptions(self, customer_id: str) -> list[msgspec.Raw]:
+        """Every subscription of a customer, canceled ones included, as their JSON."""
+        return list(self.list_all("/v1/subscriptions", customer=customer_id, status="all"))
+
+    def newest_event_created(self, types: Sequence[str]) -> int | None:
+        """The `created` second of the newest event of `types` (None on an empty account):
+        Stripe's clock, as far as what we read can tell."""
+        page = self.list_events(types=types, limit=1)
+        return page.events[0].created if page.events else None
+
     def list_all(self, path: str, **params: Any) -> Iterator[msgspec.Raw]:
         """Every object of a list endpoint, page by page with `starting_after`; each as its
         JSON, for the caller to decode."""
@@ -369,10 +432,13 @@ class _Id(msgspec.Struct):
     id: str
 
 
-def _with_session_id(url: str) -> str:
-    """The success URL with Checkout's `{CHECKOUT_SESSION_ID}` template, which Stripe fills in."""
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}session_id={{CHECKOUT_SESSION_ID}}"
+def with_session_id(success_url: str) -> str:
+    """The success URL with `session_id={CHECKOUT_SESSION_ID}` (Stripe fills in the id), so
+    the page the user returns to can call `POST /billing/subscriptions/sync` with it."""
+    if SESSION_ID_PLACEHOLDER in success_url:
+        return success_url
+    separator = "&" if "?" in success_url else "?"
+    return f"{success_url}{separator}session_id={SESSION_ID_PLACEHOLDER}"
 
 
 def _retry_after(error: stripe.StripeError, attempt: int) -> float:

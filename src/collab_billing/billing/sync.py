@@ -1,0 +1,152 @@
+"""Sync on return from Checkout: read the user's subscriptions from Stripe now and apply them.
+
+A user back from Checkout expects the product to know at once that they paid, not within a
+poll interval. `sync_subscriptions` reads the Checkout session (when given) and the
+customer's subscriptions, with no transaction open, and writes them through the applier as
+resync does: each row takes the objects read, watermarked with Stripe's newest event second
+read *before* them, so older events are found stale and newer ones still apply. Three reads
+at most (the session and the newest event at once, then the subscriptions), all counted in the
+read budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.access import find_user
+from collab_billing.billing.errors import NotFound
+from collab_billing.db.engine import read_only
+from collab_billing.db.models import BillingCustomer, User
+from collab_billing.mirror import customers
+from collab_billing.mirror.registry import relevant_event_types
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
+from collab_billing.reconcile import budget
+from collab_billing.reconcile.apply import Applier
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.client import CheckoutSessionSummary
+from collab_billing.stripe_gateway.events import id_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """Whose subscriptions to read: the user and their Stripe customer (None: never had one)."""
+
+    github_user_id: int
+    stripe_customer_id: str | None
+    link: customers.Candidate | None = None  # a customer to link to the user first
+
+
+def sync_subscriptions(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    github_user_id: int | None,
+    checkout_session_id: str | None,
+) -> int:
+    """Read the user's subscriptions from Stripe and apply them; returns the user's GitHub id.
+
+    With a Checkout session, the session must be the user's (its customer is theirs): else
+    `NotFound`, as for a session Stripe does not know. Without a user, the session names it."""
+    try:
+        return _sync(factory, gateway, github_user_id, checkout_session_id)
+    finally:
+        _record_reads(factory)
+
+
+def _sync(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    github_user_id: int | None,
+    checkout_session_id: str | None,
+) -> int:
+    with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
+        newest = pool.submit(gateway.newest_event_created, relevant_event_types())
+        session = _checkout_session(gateway, checkout_session_id) if checkout_session_id else None
+        target = _target(factory, github_user_id, session)
+        if target.stripe_customer_id is None:
+            return target.github_user_id
+        as_of = newest.result()
+    raw = gateway.list_customer_subscriptions(target.stripe_customer_id)
+    objects = [SUBSCRIPTIONS.decode(item) for item in raw]
+    if as_of is not None:  # an account with no event has nothing to mirror yet
+        links = [target.link] if target.link else []
+        Applier(factory, gateway, source="sync").apply_read(SUBSCRIPTIONS, objects, as_of, links)
+    return target.github_user_id
+
+
+def _record_reads(factory: sessionmaker[Session]) -> None:
+    """An API-only process (reconciler off) records its reads too; a failure keeps them for
+    the next flush and does not fail the sync, whose rows are written."""
+    try:
+        budget.flush_reads(factory, time.time())
+    except Exception as error:
+        log.warning("could not record Stripe reads: %s", type(error).__name__)
+
+
+def _checkout_session(gateway: StripeGateway, session_id: str) -> CheckoutSessionSummary:
+    try:
+        return gateway.retrieve_checkout_session(session_id)
+    except StripeGatewayError as error:
+        if error.http_status == 404:
+            raise NotFound(f"no Checkout session {session_id} on Stripe") from None
+        raise
+
+
+def _target(
+    factory: sessionmaker[Session],
+    github_user_id: int | None,
+    session: CheckoutSessionSummary | None,
+) -> SyncTarget:
+    if session is None:
+        assert github_user_id is not None
+        user = find_user(factory, github_user_id)
+        return SyncTarget(github_user_id, _customer_of(factory, user.id))
+    customer_id = id_of(session.customer) if session.customer else None
+    owner = _owner_of(factory, customer_id) if customer_id else None
+    named = _named_user(session)
+    if owner is None and named is not None and customer_id is not None:
+        # A customer we have not linked yet (made by Checkout itself): the session names its
+        # user, as the `checkout.session.completed` event would.
+        user = find_user(factory, named)
+        if _customer_of(factory, user.id) is None:
+            owner, link = named, (customer_id, named, False)
+            if github_user_id in (None, owner):
+                return SyncTarget(owner, customer_id, link)
+    if owner is None or github_user_id not in (None, owner):
+        who = f"user {github_user_id}'s" if github_user_id is not None else "a known user's"
+        raise NotFound(f"Checkout session {session.id} is not {who}")
+    return SyncTarget(owner, customer_id)
+
+
+def _customer_of(factory: sessionmaker[Session], user_id: int) -> str | None:
+    """The user's live Stripe customer."""
+    with read_only(factory) as session:
+        return session.scalar(
+            select(BillingCustomer.stripe_customer_id).where(
+                BillingCustomer.user_id == user_id, BillingCustomer.stripe_deleted_at.is_(None)
+            )
+        )
+
+
+def _owner_of(factory: sessionmaker[Session], stripe_customer_id: str) -> int | None:
+    """The GitHub id of the user linked to this Stripe customer."""
+    with read_only(factory) as session:
+        return session.scalar(
+            select(User.github_user_id)
+            .join(BillingCustomer, BillingCustomer.user_id == User.id)
+            .where(BillingCustomer.stripe_customer_id == stripe_customer_id)
+        )
+
+
+def _named_user(session: CheckoutSessionSummary) -> int | None:
+    for value in ((session.metadata or {}).get("github_user_id"), session.client_reference_id):
+        if value and value.isdigit() and 0 < int(value) <= customers.MAX_GITHUB_USER_ID:
+            return int(value)
+    return None

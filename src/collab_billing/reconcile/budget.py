@@ -1,0 +1,132 @@
+"""The read budget: Stripe's read allowance, and how much of it the service has spent.
+
+Stripe allows an account an average of 500 read requests per successful transaction, and at
+least 10,000, over a rolling 30 days. The service counts its reads (every GET through the
+gateway, `stripe_gateway.READS`, recorded here) and the transactions it sees (the
+`invoice.paid` and `checkout.session.completed` events it claims, counted in the applier's
+transaction, so each once) in one row per UTC day, kept across restarts. It spends at most
+`RECONCILE_READ_BUDGET_SHARE` of the allowance: past `IDLE_SHARE` of that, idle polling is
+stretched to the pace that spends `IDLE_SHARE`, leaving the rest for fast polls after
+activity and for syncs (`cadence.py`, docs/reconciliation.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing import metrics
+from collab_billing.db.dialect import insert
+from collab_billing.db.engine import read_only, transaction
+from collab_billing.db.models import StripeReadDay
+from collab_billing.stripe_gateway import Event
+from collab_billing.stripe_gateway.client import READS
+
+log = logging.getLogger(__name__)
+
+DAY_SECONDS = 86_400
+WINDOW_DAYS = 30
+WINDOW_SECONDS = WINDOW_DAYS * DAY_SECONDS
+MIN_ALLOWANCE = 10_000
+READS_PER_TRANSACTION = 500
+TRANSACTION_EVENT_TYPES = frozenset({"invoice.paid", "checkout.session.completed"})
+# Idle (safety) polling may spend this share of the budget; the rest is kept for fast polls.
+IDLE_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class Budget:
+    reads_30d: int
+    transactions_30d: int
+    share: float
+
+    @property
+    def allowance(self) -> int:
+        """Stripe's: max(10,000, 500 x transactions) reads over 30 days."""
+        return max(MIN_ALLOWANCE, READS_PER_TRANSACTION * self.transactions_30d)
+
+    @property
+    def allowed(self) -> int:
+        """What the service lets itself spend: `share` of Stripe's allowance."""
+        return int(self.allowance * self.share)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.reads_30d >= self.allowed
+
+    @property
+    def idle_share_spent(self) -> bool:
+        return self.reads_30d >= self.allowed * IDLE_SHARE
+
+    def idle_interval(self) -> float:
+        """The shortest idle poll interval (one read each) that spends `IDLE_SHARE` of the
+        budget over 30 days."""
+        return WINDOW_SECONDS / max(1.0, self.allowed * IDLE_SHARE)
+
+    def over_budget_interval(self) -> float:
+        """Once the budget is spent: half the pace that spends it exactly, until old reads
+        leave the 30-day window."""
+        return 2 * WINDOW_SECONDS / max(1, self.allowed)
+
+
+def day_of(timestamp: float) -> int:
+    return int(timestamp // DAY_SECONDS)
+
+
+def _add(session: Session, day: int, reads: int = 0, transactions: int = 0) -> None:
+    statement = insert(session, StripeReadDay).values(
+        day=day, reads=reads, transactions=transactions
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["day"],
+            set_={
+                "reads": StripeReadDay.reads + statement.excluded.reads,
+                "transactions": StripeReadDay.transactions + statement.excluded.transactions,
+            },
+        )
+    )
+
+
+def flush_reads(factory: sessionmaker[Session], now: float) -> int:
+    """Record the reads this process made since the last flush (on failure they are kept for
+    the next one). Returns how many."""
+    count = READS.take()
+    if not count:
+        return 0
+    try:
+        with transaction(factory) as session:
+            _add(session, day_of(now), reads=count)
+    except Exception:
+        READS.add(count)
+        raise
+    return count
+
+
+def count_transactions(session: Session, events: Sequence[Event]) -> None:
+    """In the transaction that claims `events`: the transactions among them, by the day of
+    their `created`."""
+    days = Counter(day_of(e.created) for e in events if e.type in TRANSACTION_EVENT_TYPES)
+    for day, count in days.items():
+        _add(session, day, transactions=count)
+
+
+def read_budget(factory: sessionmaker[Session], now: float, share: float) -> Budget:
+    first_day = day_of(now) - WINDOW_DAYS + 1
+    with read_only(factory) as session:
+        reads, transactions = session.execute(
+            select(
+                func.coalesce(func.sum(StripeReadDay.reads), 0),
+                func.coalesce(func.sum(StripeReadDay.transactions), 0),
+            ).where(StripeReadDay.day >= first_day)
+        ).one()
+    budget = Budget(int(reads), int(transactions), share)
+    metrics.STRIPE_READS_30D.set(budget.reads_30d)
+    metrics.STRIPE_TRANSACTIONS_30D.set(budget.transactions_30d)
+    metrics.STRIPE_READ_BUDGET.set(budget.allowed)
+    return budget

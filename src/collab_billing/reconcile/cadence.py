@@ -1,0 +1,63 @@
+"""How long the reconciler waits between polls: the freshness policy (docs/reconciliation.md).
+
+- Webhooks healthy (a verified delivery seen within `WEBHOOK_RECENT_SECONDS`, which shows
+  they are configured, even when a `reconcile` worker runs apart from the API; and the last
+  poll found no event that webhooks had missed): polling is only the safety net, every
+  `RECONCILE_SAFETY_INTERVAL_SECONDS`.
+- Otherwise: fast (`RECONCILE_INTERVAL_SECONDS`) right after activity (a Checkout or portal
+  session created, an event seen), then backing off while idle: the interval is
+  `BACKOFF_SHARE` of the time since the last activity, up to the safety interval. A change
+  made t seconds after the last activity is seen within max(fast, t / 10), at most the
+  safety interval.
+- Always within the read budget (`budget.py`): once the reads of the last 30 days pass
+  `IDLE_SHARE` of it, the safety interval is stretched to the pace that spends that share
+  (the rest stays for fast polls and syncs); once it is all spent, every poll waits for half
+  the pace that would spend it.
+
+A pure function of its inputs (signals, budget, now): the loop passes them in, tests too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collab_billing.reconcile.budget import Budget
+
+BACKOFF_SHARE = 0.1
+# A verified delivery within this long counts as webhooks working (an idle account gets none).
+WEBHOOK_RECENT_SECONDS = 3 * 86_400
+
+
+@dataclass(frozen=True)
+class Signals:
+    last_activity_at: float | None
+    last_webhook_at: float | None
+    missed_by_webhooks: bool  # the last poll found events that webhooks had not delivered
+
+
+@dataclass(frozen=True)
+class Cadence:
+    fast_seconds: float
+    safety_seconds: float
+
+    def healthy(self, signals: Signals, now: float) -> bool:
+        seen = signals.last_webhook_at
+        recent = seen is not None and now - seen <= WEBHOOK_RECENT_SECONDS
+        return recent and not signals.missed_by_webhooks
+
+    def mode(self, signals: Signals, budget: Budget, now: float) -> str:
+        if budget.exhausted:
+            return "over budget"
+        return "safety net (webhooks healthy)" if self.healthy(signals, now) else "adaptive"
+
+    def interval(self, signals: Signals, budget: Budget, now: float) -> float:
+        """Seconds from one poll's start to the next."""
+        ceiling = self.safety_seconds
+        if budget.idle_share_spent:
+            ceiling = max(ceiling, budget.idle_interval())
+        if budget.exhausted:
+            return max(ceiling, budget.over_budget_interval())
+        if self.healthy(signals, now) or signals.last_activity_at is None:
+            return ceiling
+        idle = max(0.0, now - signals.last_activity_at)
+        return min(ceiling, max(self.fast_seconds, idle * BACKOFF_SHARE))

@@ -1,0 +1,102 @@
+"""What the reconciler's cadence listens to: activity and webhook deliveries.
+
+The admin routes (a Checkout or portal session created) and the webhook route note them here.
+Within one process (`serve`) the note is seen at once and wakes the waiting loop; for a
+`reconcile` worker in another process it crosses through the database, as a timestamp row in
+`reconciler_state` that the loop reads while it waits (a row per kind, on SQLite and
+PostgreSQL alike). Webhook deliveries are written at most once per `WRITE_EVERY_SECONDS`
+per process: they come in bursts, and each write would take SQLite's one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db.engine import read_only, transaction
+from collab_billing.reconcile import ledger
+
+log = logging.getLogger(__name__)
+
+LAST_ACTIVITY_AT = "last_activity_at"
+LAST_WEBHOOK_AT = "last_webhook_at"
+WRITE_EVERY_SECONDS = 30.0
+WAKE_CHECK_SECONDS = 0.25
+
+
+class ActivitySignals:
+    def __init__(
+        self, factory: sessionmaker[Session], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.factory = factory
+        self.clock = clock
+        self.last_activity_at: float | None = None
+        self.last_webhook_at: float | None = None
+        self._webhook_written_at = float("-inf")
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def activity(self) -> None:
+        """A Checkout or portal session was created: poll fast for a while."""
+        now = self.clock()
+        with self._lock:
+            self.last_activity_at = now
+        self._wake.set()
+        self._write(LAST_ACTIVITY_AT, now)
+
+    def event_seen(self) -> None:
+        """The reconciler itself found new events (in-process only: it is the reader)."""
+        with self._lock:
+            self.last_activity_at = self.clock()
+
+    def webhook_delivered(self) -> None:
+        """A verified webhook delivery: webhooks work, and something happened."""
+        now = self.clock()
+        with self._lock:
+            self.last_webhook_at = self.last_activity_at = now
+            due = now - self._webhook_written_at >= WRITE_EVERY_SECONDS
+            if due:
+                self._webhook_written_at = now
+        self._wake.set()
+        if due:
+            self._write(LAST_WEBHOOK_AT, now)
+
+    def _write(self, name: str, now: float) -> None:
+        # A failed write must not fail the request that noted it (its Stripe call is done).
+        try:
+            with transaction(self.factory) as session:
+                ledger.write_state(session, name, int(now))
+                if name == LAST_WEBHOOK_AT:
+                    ledger.write_state(session, LAST_ACTIVITY_AT, int(now))
+        except Exception as error:
+            log.warning("could not record %s: %s", name, type(error).__name__)
+
+    def read(self) -> tuple[float | None, float | None]:
+        """(last activity, last webhook delivery): the newest of this process's and of the
+        database's (other processes')."""
+        with read_only(self.factory) as session:
+            stored = [
+                ledger.read_int_state(session, n) for n in (LAST_ACTIVITY_AT, LAST_WEBHOOK_AT)
+            ]
+        with self._lock:
+            local = [self.last_activity_at, self.last_webhook_at]
+        return _newest(local[0], stored[0]), _newest(local[1], stored[1])
+
+    def wait(self, stop: threading.Event, seconds: float) -> None:
+        """Sleep up to `seconds`; return early when `stop` is set or a signal is noted."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            stop.wait(min(left, WAKE_CHECK_SECONDS))
+        self._wake.clear()
+
+
+def _newest(first: float | None, second: int | None) -> float | None:
+    values = [v for v in (first, second) if v is not None]
+    return max(values) if values else None
