@@ -203,7 +203,7 @@ def test_reads_and_transactions_are_counted_and_kept_across_restarts(
         reads = sum(n for route, n in counted["by_route"].items() if route.startswith("GET "))
         spent = budget.read_budget(session_factory, time.time(), 0.8)
         assert spent.reads_30d == reads  # every read, as Stripe counted them
-        assert spent.transactions_30d == 1  # checkout.session.completed, once
+        assert spent.transactions_30d == 1  # the first invoice, paid at Checkout, once
         first.run(threading.Event(), once=True)  # the same events again: not counted again
         restarted = budget.read_budget(session_factory, time.time(), 0.8)
         assert restarted.transactions_30d == 1

@@ -76,6 +76,8 @@ def test_sync_by_user_reads_every_subscription_of_theirs(
         "github_user_id": 3,
         "has_active_subscription": False,
         "subscriptions": [],
+        "access": {"state": "none", "until": None},
+        "overdue_invoices": [],
     }
 
 

@@ -24,7 +24,7 @@ from collab_billing.billing.errors import NotFound
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, User
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import relevant_event_types
+from collab_billing.mirror.registry import relevant_types_filter
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.apply import Applier
@@ -67,7 +67,7 @@ def _sync(
     checkout_session_id: str | None,
 ) -> int:
     with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
-        newest = pool.submit(gateway.newest_event_created, relevant_event_types())
+        newest = pool.submit(gateway.newest_event_created, relevant_types_filter())
         session = _checkout_session(gateway, checkout_session_id) if checkout_session_id else None
         target = _target(factory, github_user_id, session)
         if target.stripe_customer_id is None:

@@ -18,7 +18,14 @@ from collab_billing.mirror import invoices, prices, products, subscriptions
 from collab_billing.mirror.customers import CUSTOMER_EVENT_TYPES
 from collab_billing.mirror.types import MirroredType
 
-__all__ = ["BY_EVENT_TYPE", "MIRRORED_TYPES", "RELEVANT_TYPES", "MirroredType", "types_filter"]
+__all__ = [
+    "BY_EVENT_TYPE",
+    "MIRRORED_TYPES",
+    "RELEVANT_TYPES",
+    "MirroredType",
+    "relevant_types_filter",
+    "types_filter",
+]
 
 MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,
@@ -44,3 +51,8 @@ def types_filter(types: Sequence[str]) -> tuple[str, ...] | None:
     leave out the others) when Stripe would refuse that many. Unfiltered pages cost no more
     reads while the account's other events are few beside ours: a page holds 100 events."""
     return tuple(types) if len(types) <= MAX_TYPES_FILTER else None
+
+
+def relevant_types_filter() -> tuple[str, ...] | None:
+    """The `types[]` filter that reads every event type the service reads."""
+    return types_filter(RELEVANT_TYPES)

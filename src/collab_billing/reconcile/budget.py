@@ -2,9 +2,10 @@
 
 Stripe allows an account an average of 500 read requests per successful transaction, and at
 least 10,000, over a rolling 30 days. The service counts its reads (every GET through the
-gateway, `stripe_gateway.READS`, recorded here) and the transactions it sees (the
-`invoice.paid` and `checkout.session.completed` events it claims, counted in the applier's
-transaction, so each once) in one row per UTC day, kept across restarts. It spends at most
+gateway, `stripe_gateway.READS`, recorded here) and the transactions it sees (invoices paid
+with money, and one-off Checkouts paid, in the events it claims, counted in the applier's
+transaction, so each once; a subscription's Checkout is counted by its first invoice) in
+one row per UTC day, kept across restarts. It spends at most
 `RECONCILE_READ_BUDGET_SHARE` of the allowance: past `IDLE_SHARE` of that, idle polling is
 stretched to the pace that spends `IDLE_SHARE`, leaving the rest for fast polls after
 activity and for syncs (`cadence.py`, docs/reconciliation.md).
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +26,7 @@ from collab_billing import metrics
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import StripeReadDay
-from collab_billing.stripe_gateway import Event
+from collab_billing.stripe_gateway import Event, EventShapeError
 from collab_billing.stripe_gateway.client import READS
 
 log = logging.getLogger(__name__)
@@ -108,10 +110,30 @@ def flush_reads(factory: sessionmaker[Session], now: float) -> int:
     return count
 
 
+class _Charge(msgspec.Struct):
+    amount_paid: int = 0  # an invoice
+    mode: str | None = None  # a Checkout session
+    payment_status: str | None = None
+
+
+def is_transaction(event: Event) -> bool:
+    """A successful charge: an invoice paid with money, or a one-off (payment mode) Checkout
+    paid. A subscription's Checkout is its first invoice's charge, not a second one."""
+    if event.type not in TRANSACTION_EVENT_TYPES:
+        return False
+    try:
+        charge = event.object_as(_Charge)
+    except EventShapeError:
+        return False  # the applier reports the malformed event
+    if event.type == "invoice.paid":
+        return charge.amount_paid > 0
+    return charge.mode == "payment" and charge.payment_status == "paid"
+
+
 def count_transactions(session: Session, events: Sequence[Event]) -> None:
     """In the transaction that claims `events`: the transactions among them, by the day of
     their `created`."""
-    days = Counter(day_of(e.created) for e in events if e.type in TRANSACTION_EVENT_TYPES)
+    days = Counter(day_of(e.created) for e in events if is_transaction(e))
     for day, count in days.items():
         _add(session, day, transactions=count)
 

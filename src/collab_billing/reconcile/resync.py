@@ -26,8 +26,7 @@ from collab_billing.mirror import customers, meters
 from collab_billing.mirror.registry import (
     MIRRORED_TYPES,
     MirroredType,
-    relevant_event_types,
-    types_filter,
+    relevant_types_filter,
 )
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.apply import BatchWriter
@@ -115,8 +114,8 @@ def refresh(
 def _stripe_now(gateway: StripeGateway) -> int:
     """The newest event's second; on an account with no event yet, now (less a margin for a
     clock that runs ahead of Stripe's): polling starts there instead of at the epoch."""
-    page = gateway.list_events(types=types_filter(relevant_event_types()), limit=1)
-    return page.events[0].created if page.events else int(time.time()) - 300
+    newest = gateway.newest_event_created(relevant_types_filter())
+    return newest if newest is not None else int(time.time()) - 300
 
 
 def _customers(

@@ -406,9 +406,9 @@ class StripeGateway:
         """Every subscription of a customer, canceled ones included, as their JSON."""
         return list(self.list_all("/v1/subscriptions", customer=customer_id, status="all"))
 
-    def newest_event_created(self, types: Sequence[str]) -> int | None:
-        """The `created` second of the newest event of `types` (None on an empty account):
-        Stripe's clock, as far as what we read can tell."""
+    def newest_event_created(self, types: Sequence[str] | None) -> int | None:
+        """The `created` second of the newest event of `types` (None: of any type; None on an
+        empty account): Stripe's clock, as far as what we read can tell."""
         page = self.list_events(types=types, limit=1)
         return page.events[0].created if page.events else None
 
