@@ -30,10 +30,12 @@ from collab_billing.api.schemas import (
     ManageOut,
     PriceOut,
     PricesOut,
+    StateOut,
     SubscriptionOut,
     SubscriptionsOut,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
+from collab_billing.billing.state import read_state
 from collab_billing.db import queries
 
 router = APIRouter(
@@ -107,6 +109,18 @@ async def manage_subscription(
 def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
     return PricesOut(prices=[PriceOut.model_validate(row) for row in rows])
+
+
+@router.get(
+    "/state",
+    response_model=StateOut,
+    responses=NOT_FOUND,
+    summary="The user's whole billing state: access, plan, features, and its version",
+)
+def get_state(
+    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
+) -> StateOut:
+    return StateOut.model_validate(read_state(factory, github_user_id))
 
 
 @router.get(

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
+from collab_billing.billing import outbox
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import transaction
 from collab_billing.mirror import customers
@@ -329,6 +330,7 @@ class BatchWriter:
             if rows:
                 statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
                 self.session.execute(statement, rows)
+                outbox.mark_rows(self.session, mirrored.key, rows)
 
     def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
         """Each group's owning customer (object id -> Stripe customer id), with the customers
@@ -387,6 +389,8 @@ class BatchWriter:
         changed["updated_at"] = func.now()
         upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
         self.session.connection().execute(upsert, rows)
+        # The users whose state documents read these rows get a notification on commit.
+        outbox.mark_rows(self.session, mirrored.key, rows)
 
 
 def _named_user(events: Sequence[Event]) -> int | None:
