@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from collab_billing.api.errors import install_error_handlers
 from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
+from collab_billing.billing import notify
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
@@ -35,20 +37,25 @@ HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the reconciler beside the API; on shutdown let it finish its transaction."""
+    """Run the reconciler and the notification sender beside the API; on shutdown let them
+    finish their transactions and deliveries."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
-    if not (settings.reconcile_enabled and gateway is not None):
-        if settings.reconcile_enabled:
+    loops: list[tuple[threading.Thread, threading.Event]] = []
+    if settings.reconcile_enabled:
+        # The notification sender: the outbox's rows to BILLING_NOTIFY_URLS (leader only).
+        loops.append(notify.start_in_background(notify.Notifier(settings, app.state.engine)))
+        if gateway is None:
             log.warning("reconciler off: STRIPE_API_KEY is not set")
-        yield
-        return
-    thread, stop = start_in_background(Reconciler(settings, app.state.engine, gateway))
+        else:
+            loops.append(start_in_background(Reconciler(settings, app.state.engine, gateway)))
     try:
         yield
     finally:
-        stop.set()
-        await anyio.to_thread.run_sync(thread.join, 60.0)
+        for _, stop in loops:
+            stop.set()
+        for thread, _ in loops:
+            await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:

@@ -27,8 +27,15 @@ HOLDER_QUERY = text(
 
 
 class LeaderLock:
-    def __init__(self, engine: Engine) -> None:
+    """The lock of one role (`name`): the reconciler's by default; another role (the
+    notification sender) takes its own key, so that its leader is elected the same way."""
+
+    def __init__(
+        self, engine: Engine, key: int = ADVISORY_LOCK_KEY, name: str = "reconciler"
+    ) -> None:
         self.engine = engine
+        self.key = key
+        self.name = name
         self._connection: Connection | None = None
         self._file: IO[str] | None = None
 
@@ -50,7 +57,7 @@ class LeaderLock:
         try:
             self._connection.execute(text("SELECT 1"))
         except SQLAlchemyError:
-            log.warning("lost the database connection that held the reconciler lock")
+            log.warning("lost the database connection that held the %s lock", self.name)
             self._drop_connection()
             return False
         return True
@@ -58,9 +65,7 @@ class LeaderLock:
     def release(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(SQLAlchemyError):
-                self._connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
-                )
+                self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
             self._drop_connection()
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -69,9 +74,7 @@ class LeaderLock:
 
     def _acquire_postgres(self) -> bool:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        got = connection.scalar(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-        )
+        got = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
         if got:
             self._connection = connection
             return True
@@ -79,7 +82,7 @@ class LeaderLock:
         return False
 
     def _acquire_file(self) -> bool:
-        handle = open(lock_file_path(self.engine), "a+")  # noqa: SIM115 - held for the process
+        handle = open(lock_file_path(self.engine, self.name), "a+")  # noqa: SIM115 - held for the process
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -102,9 +105,9 @@ class LeaderLock:
         self._connection = None
 
 
-def lock_file_path(engine: Engine) -> Path:
+def lock_file_path(engine: Engine, name: str = "reconciler") -> Path:
     database = engine.url.database or "memory"
-    return Path(f"{database}.reconciler.lock")
+    return Path(f"{database}.{name}.lock")
 
 
 def current_holder(engine: Engine) -> str:
