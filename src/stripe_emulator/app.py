@@ -20,7 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stripe_emulator import api_billing, api_catalog, api_events, api_sessions, control, pages
+from stripe_emulator import (
+    api_billing,
+    api_catalog,
+    api_entitlements,
+    api_events,
+    api_sessions,
+    control,
+    pages,
+)
 from stripe_emulator.api import handle_v1
 from stripe_emulator.counter import CountingMiddleware, RequestCounts
 from stripe_emulator.faults import FaultMiddleware, Faults, install_log_filter
@@ -30,7 +38,7 @@ from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # Importing the handler modules registers their `/v1` routes with `api.route`.
-HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events)
+HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events, api_entitlements)
 
 
 async def _index(request: Request) -> Response:

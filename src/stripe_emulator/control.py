@@ -45,6 +45,7 @@ from starlette.routing import Route
 from stripe_emulator import objects, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
+from stripe_emulator.entitlements import render_feature
 from stripe_emulator.errors import StripeError, bad_request, not_found
 from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
 from stripe_emulator.generate import generate
@@ -296,6 +297,7 @@ def dump(store: Store, with_events: bool = False) -> Body:
         "billing_portal_sessions": [
             objects.portal_session(s) for s in store.portal_sessions.rows.values()
         ],
+        "features": [render_feature(f) for f in store.entitlements.features.rows.values()],
         "event_count": len(store.events),
     }
     if with_events:

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from stripe_emulator import encode, ids, objects
 from stripe_emulator.clock import Clock
+from stripe_emulator.entitlements import Entitlements
 from stripe_emulator.errors import not_found
 from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
 from stripe_emulator.objects import Json
@@ -101,6 +102,7 @@ class Store:
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
+    entitlements: Entitlements = field(default_factory=Entitlements)
     idempotency: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
     portal_configuration: str = field(default_factory=lambda: ids.new_id("bpc"))
     request: RequestInfo | None = None
@@ -132,6 +134,7 @@ class Store:
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
+        self.entitlements.observe(self, event)  # a subscription's change may change features
         return event
 
     def render_event(self, event: Event) -> Json:
@@ -172,6 +175,7 @@ class Store:
             "portal_sessions",
             "subscriptions_by_customer",
             "events",
+            "entitlements",
             "idempotency",
             "pending_webhooks",
         ):
