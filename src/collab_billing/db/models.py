@@ -197,19 +197,18 @@ class BillingEntitlement(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
-class BillingEntitlementSync(Base):
-    """When a customer's entitlements were last listed: the `created` second of the newest
-    summary event (or resync) they reflect, the watermark that orders re-listings."""
+class BillingEntitlementSync(MirroredRow, Base):
+    """When a customer's entitlements were last listed: `stripe_state_as_of` is the `created`
+    second of the newest summary event (or resync) they reflect, the watermark that orders
+    re-listings (a customer with no entitlement has no `billing_entitlements` row to hold it)."""
 
     __tablename__ = "billing_entitlement_syncs"
 
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     billing_customer_id: Mapped[int] = mapped_column(
-        ForeignKey("billing_customers.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), unique=True, nullable=False
     )
-    stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
 
 
 class BillingState(Base):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collab_billing.mirror import prices, products, subscriptions
+from collab_billing.mirror import entitlements, prices, products, subscriptions
 from collab_billing.mirror.customers import CUSTOMER_EVENT_TYPES
 from collab_billing.mirror.types import MirroredType
 
@@ -23,6 +23,7 @@ MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,
     prices.PRICES,
     products.PRODUCTS,
+    entitlements.ENTITLEMENTS,
 )
 BY_EVENT_TYPE: dict[str, MirroredType[Any]] = {
     event_type: mirrored for mirrored in MIRRORED_TYPES for event_type in mirrored.event_types

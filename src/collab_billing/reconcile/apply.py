@@ -224,7 +224,13 @@ class Applier:
 
 
 def _unsettled(group: Group) -> bool:
-    return group.mirrored is not None and group.final is None
+    """Whether the group's object must be read from Stripe whatever the rows show."""
+    mirrored = group.mirrored
+    return mirrored is not None and (group.final is None or not mirrored.trust_payload)
+
+
+# (an object as read, the watermark it is written with, our customer id)
+Written = tuple[Any, int, int | None]
 
 
 class BatchWriter:
@@ -326,6 +332,9 @@ class BatchWriter:
         owned = self.reads.get(Read("owned", cid), self.needed)
         for mirrored in MIRRORED_TYPES:
             objects = owned.get(mirrored.kind, []) if owned is not None else []
+            if mirrored.after_write is not None:  # listed in full just now: replaces rows
+                self.store(mirrored, [(obj, as_of, our_id) for obj in objects])
+                continue
             rows = [mirrored.row(obj, as_of, our_id) for obj in objects]
             if rows:
                 statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
@@ -355,7 +364,7 @@ class BatchWriter:
             return
         owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
-        rows = []
+        written = []
         for group in groups:
             cid = owners.get(group.object_id)
             if cid is not None and cid not in self.known:
@@ -365,14 +374,22 @@ class BatchWriter:
             if mark is not None and newest < mark:
                 self.stats.count("stale", group.events)
                 continue
-            if group.final is None or mark == newest:
+            if group.final is None or mark == newest or not mirrored.trust_payload:
                 obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
                 obj = group.final.object_as(mirrored.object_type)
             if obj is not None:
-                rows.append(mirrored.row(obj, newest, self.known.get(cid or "")))
+                written.append((obj, newest, self.known.get(cid or "")))
                 self.stats.count("applied", group.events)
-        self.upsert(mirrored, rows)
+        self.store(mirrored, written)
+
+    def store(
+        self, mirrored: MirroredType[Any], written: list[tuple[Any, int, int | None]]
+    ) -> None:
+        """Write these (object, as of, our customer id): its rows, and the rows beside them."""
+        self.upsert(mirrored, [mirrored.row(obj, as_of, cid) for obj, as_of, cid in written])
+        if mirrored.after_write is not None and written:
+            mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]

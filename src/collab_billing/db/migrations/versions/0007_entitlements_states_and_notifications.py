@@ -73,12 +73,20 @@ def upgrade() -> None:
     )
     op.create_table(
         "billing_entitlement_syncs",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column(
             "billing_customer_id",
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
             nullable=False,
         ),
+        sa.Column("stripe_customer_id", sa.String(length=255), nullable=False),
         sa.Column("stripe_state_as_of", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
+        ),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
@@ -91,7 +99,13 @@ def upgrade() -> None:
             name=op.f("fk_billing_entitlement_syncs_billing_customer_id_billing_customers"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("billing_customer_id", name=op.f("pk_billing_entitlement_syncs")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_billing_entitlement_syncs")),
+        sa.UniqueConstraint(
+            "billing_customer_id", name=op.f("uq_billing_entitlement_syncs_billing_customer_id")
+        ),
+        sa.UniqueConstraint(
+            "stripe_customer_id", name=op.f("uq_billing_entitlement_syncs_stripe_customer_id")
+        ),
     )
     op.create_table(
         "billing_entitlements",
