@@ -30,15 +30,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import api, drains
+from bench import api, drains, notify
 from bench.drains import Result
 from bench.harness import DEFAULT_PG_URL, Context, Emulator
 
-ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin")
+ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin", "state", "notify")
 SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
-    "drain_events": 2_000, "admin_seconds": 0.3,
+    "drain_events": 2_000, "admin_seconds": 0.3, "state_seconds": 0.3, "notify_changes": 50,
 }  # fmt: skip
 
 
@@ -67,6 +67,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--admin-seconds", type=float, default=5.0)
     add("--admin-rate", type=float, default=1_000.0)
     add("--admin-concurrency", type=int, default=32)
+    add("--state-seconds", type=float, default=10.0)
+    add("--state-rate", type=float, default=500.0)
+    add("--notify-changes", type=int, default=2_000)
+    add("--notify-rate", type=float, default=100.0)
     add("--timeout", type=float, default=900, help="seconds a drain may take")
     add("--no-verify", action="store_true", help="apply: skip comparing rows to the emulator")
     add("--smoke", action="store_true", help="tiny sizes, a few seconds each")
@@ -123,6 +127,18 @@ def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Resul
             runs.append(
                 lambda e=engine: api.admin(
                     ctx, e, args.admin_seconds, args.admin_rate, args.admin_concurrency, serve_args
+                )
+            )
+        if "state" in only:
+            runs.append(
+                lambda e=engine: notify.state(
+                    ctx, e, args.state_seconds, args.state_rate, serve_args
+                )
+            )
+        if "notify" in only:
+            runs.append(
+                lambda e=engine: notify.notify(
+                    ctx, e, args.notify_changes, args.notify_rate, serve_args
                 )
             )
     return runs

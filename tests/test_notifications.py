@@ -23,6 +23,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.notify_helpers import NOTIFY_SECRET, Receiver, receiver
 from tests.stripe_helpers import Emulator
+from tests.test_entitlements import featured_price
 from tests.test_reconcile_flow import add_user
 from tests.test_reconcile_processes import reconciler_env, spawn, wait_until
 
@@ -60,8 +61,10 @@ def sender(notify_settings: Settings, engine: Engine) -> Iterator[Notifier]:
     thread.join(30)
 
 
-def subscribe(reconciler: Reconciler, emulator: Emulator, github_user_id: int) -> str:
-    price = reconciler.settings.stripe_price_id or ""
+def subscribe(
+    reconciler: Reconciler, emulator: Emulator, github_user_id: int, price: str | None = None
+) -> str:
+    price = price or reconciler.settings.stripe_price_id or ""
     url = billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
     session = emulator.complete_checkout(url)
     return str(session["subscription"])
@@ -75,12 +78,15 @@ def versions_grow(documents: list[dict[str, Any]]) -> bool:
 def test_checkout_then_cancel_are_notified_signed_and_in_order(
     reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
 ) -> None:
+    price = featured_price(emulator, 3, "notify")
     add_user(reconciler.factory, 501, "five")
     reconciler.drain()
-    subscription = subscribe(reconciler, emulator, 501)
+    subscription = subscribe(reconciler, emulator, 501, price)
     reconciler.drain()
-    hook.wait_for(lambda docs: any(d["access"]["state"] == "active" for d in docs))
+    hook.wait_for(lambda docs: any(d["features"] for d in docs))
     active = hook.documents(501)[-1]
+    assert active["access"] == {"state": "active", "until": None}
+    assert active["features"] == ["notify-000", "notify-001", "notify-002"]
     assert active["plan"]["stripe_subscription_id"] == subscription
 
     emulator.sdk.v1.subscriptions.cancel(subscription)

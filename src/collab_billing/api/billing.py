@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from collab_billing import billing
 from collab_billing.api.deps import (
@@ -47,6 +48,7 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
+JSON = "application/json"
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
 
@@ -119,8 +121,10 @@ def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
 )
 def get_state(
     github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
-) -> StateOut:
-    return StateOut.model_validate(read_state(factory, github_user_id))
+) -> Response:
+    # The document as stored (plain JSON, the notification's payload), encoded as it is:
+    # `StateOut` documents it; validating it again on each read would double the route's cost.
+    return Response(orjson.dumps(read_state(factory, github_user_id)), media_type=JSON)
 
 
 @router.get(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, event, select, update
@@ -140,6 +141,7 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
             changed.append({"uid": user_id, "new_version": version + 1, "new_document": document})
     if not changed:
         return 0
+    now = datetime.now(UTC)
     connection.execute(
         update(_states)
         .where(_states.c.user_id == bindparam("uid"))
@@ -156,6 +158,9 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
                 "delivered_to": [],
                 "attempts": 0,
                 "next_attempt_at": 0.0,
+                # From Python, not the database: SQLite's CURRENT_TIMESTAMP has whole seconds,
+                # and this time is what the commit-to-delivery delay is measured from.
+                "created_at": now,
             }
             for row in changed
         ],

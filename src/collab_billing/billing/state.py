@@ -5,6 +5,9 @@ It is computed from mirrored rows only (never from Stripe), for many users in a 
 statements, so that the outbox (`billing.outbox`) can recompute it inside the transaction that
 changed the rows. Its `version` is stored beside the last document (`billing_states`) and grows
 by one each time the document changes.
+
+Access derived from time alone (a grace period ending, once the invoices capability adds one)
+changes no row: whoever adds it must also recompute the documents it ages (`outbox.mark`).
 """
 
 from __future__ import annotations
@@ -188,17 +191,20 @@ def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, lis
 
 
 def current_state(session: Session, github_user_id: int) -> Document | None:
-    """The user's document with its `version` (0 before its first change); None: no such
-    user. Computed from the rows on each read, so it is never behind them."""
+    """The user's document with its `version`; None: no such user. One indexed statement: the
+    document stored by the outbox with the change that made it (so it is exactly what was last
+    notified). A user whose rows never changed since the outbox existed has none stored: the
+    document is computed from the rows, with version 0."""
     found = session.execute(
-        select(User.id, BillingState.version)
+        select(User.id, BillingState.version, BillingState.document)
         .outerjoin(BillingState, BillingState.user_id == User.id)
         .where(User.github_user_id == github_user_id)
     ).first()
     if found is None:
         return None
-    user_id, version = found
-    document = documents(session, [user_id])[user_id]
+    user_id, version, document = found
+    if document is None:
+        document = documents(session, [user_id])[user_id]
     return {**document, "version": version or 0}
 
 
