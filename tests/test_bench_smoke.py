@@ -28,7 +28,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     results = {r["benchmark"]: r for r in report["results"]}
     assert set(results) == {
         "far-150ms", "testmode", "testmode-ties", "burst", "burst-faults", "ties", "apply",
-        "webhook", "webhook-drain", "admin", "admin-paced",
+        "webhook", "webhook-drain", "admin", "admin-paced", "state", "notify",
     }  # fmt: skip
     for name in ("far-150ms", "testmode", "testmode-ties", "burst", "ties", "apply"):
         metrics = results[name]["metrics"]
@@ -41,6 +41,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert results["apply"]["metrics"]["peak_rss_mb"] > 10
     assert results["webhook"]["targets"]["all answered 200"]
     assert results["admin"]["metrics"]["errors"] == results["admin-paced"]["metrics"]["errors"] == 0
+    assert results["state"]["metrics"]["errors"] == 0
+    assert results["notify"]["targets"]["every change delivered"]
     assert report["service"]["python"] == sys.executable
 
 

@@ -27,6 +27,7 @@ OPERATIONS = [
     ("POST", "/billing/subscriptions/manage"),
     ("GET", "/billing/subscriptions"),
     ("GET", "/billing/prices"),
+    ("GET", "/billing/state"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ]

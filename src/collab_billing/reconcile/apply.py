@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing import metrics
 from collab_billing.billing import outbox
 from collab_billing.db.dialect import insert
-from collab_billing.db.engine import transaction
+from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import ledger
@@ -149,8 +149,9 @@ class Applier:
             group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
         retried = {p.object_id for p in pending}
         reads = StripeReads(self.gateway)
-        # Ties that only Stripe can settle are read before the first transaction.
-        reads.fetch(Read("object", g.object_id, g.kind) for g in groups if _unsettled(g))
+        # Ties that only Stripe can settle are read before the first transaction, and so are
+        # the objects always read (entitlements) of customers we know.
+        reads.fetch(Read("object", g.object_id, g.kind) for g in self._read_first(groups))
         try:
             stats = self._run(groups, retried, reads, cursor)
         except Exception:
@@ -160,6 +161,16 @@ class Applier:
         metrics.APPLY_SECONDS.labels(self.source).observe(time.perf_counter() - started)
         metrics.record_outcomes(stats.outcomes)
         return stats
+
+    def _read_first(self, groups: Sequence[Group]) -> list[Group]:
+        tied = [g for g in groups if g.mirrored is not None and g.final is None]
+        always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
+        if not always:
+            return tied
+        owners = {g.object_id: _owner(g) for g in always}
+        with read_only(self.factory) as session:
+            ours = customers.known(session, set(owners.values()))
+        return tied + [g for g in always if g.final is not None and owners[g.object_id] in ours]
 
     def _run(
         self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
@@ -223,10 +234,10 @@ class Applier:
         return len(linked)
 
 
-def _unsettled(group: Group) -> bool:
-    """Whether the group's object must be read from Stripe whatever the rows show."""
+def _owner(group: Group) -> str:
     mirrored = group.mirrored
-    return mirrored is not None and (group.final is None or not mirrored.trust_payload)
+    assert mirrored is not None and mirrored.owner is not None
+    return mirrored.owner(group.events[-1].object_as(mirrored.object_type))
 
 
 # (an object as read, the watermark it is written with, our customer id)
