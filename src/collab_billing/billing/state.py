@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import null, select
+from sqlalchemy import bindparam, null, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -190,16 +190,22 @@ def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, lis
     return grouped
 
 
+_users, _states = User.__table__, BillingState.__table__
+# The hot read, built once (a Core statement: half the cost of building an ORM one per call).
+STORED_STATE = (
+    select(_users.c.id, _states.c.version, _states.c.document)
+    .select_from(_users)
+    .outerjoin(_states, _states.c.user_id == _users.c.id)
+    .where(_users.c.github_user_id == bindparam("github_user_id"))
+)
+
+
 def current_state(session: Session, github_user_id: int) -> Document | None:
     """The user's document with its `version`; None: no such user. One indexed statement: the
     document stored by the outbox with the change that made it (so it is exactly what was last
     notified). A user whose rows never changed since the outbox existed has none stored: the
     document is computed from the rows, with version 0."""
-    found = session.execute(
-        select(User.id, BillingState.version, BillingState.document)
-        .outerjoin(BillingState, BillingState.user_id == User.id)
-        .where(User.github_user_id == github_user_id)
-    ).first()
+    found = session.execute(STORED_STATE, {"github_user_id": github_user_id}).first()
     if found is None:
         return None
     user_id, version, document = found
