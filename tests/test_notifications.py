@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
@@ -203,3 +204,41 @@ def test_stop_ends_the_sender(notify_settings: Settings, engine: Engine) -> None
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_notification_failing_past_the_retry_window_expires_then_replays(
+    notify_settings: Settings, engine: Engine, emulator: Emulator, hook: Receiver
+) -> None:
+    settings = notify_settings.model_copy(update={"billing_notify_retry_window_seconds": 0.5})
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    add_user(reconciler.factory, 901, "nine")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 901)
+    reconciler.drain()
+    failed_before = REGISTRY.get_sample_value(
+        "collab_billing_notification_deliveries_total", {"outcome": "expired"}
+    )
+    hook.status = 500
+    notifier = Notifier(settings, engine)
+    thread, stop = start_in_background(notifier)
+    try:
+        wait_until(lambda: pending_summary(reconciler.factory)[0] == 0, timeout=30)
+        with reconciler.factory() as session:
+            [row] = session.scalars(select(BillingNotification)).all()
+        assert row.expired_at is not None and row.delivered_at is None
+        assert row.attempts >= 1 and row.last_error and "HTTP 500" in row.last_error
+        assert (
+            REGISTRY.get_sample_value(
+                "collab_billing_notification_deliveries_total", {"outcome": "expired"}
+            )
+            or 0
+        ) > (failed_before or 0)
+        hook.status = 200
+        result = CliRunner().invoke(
+            cli, ["notifications", "replay", "--expired"], env={"DATABASE_URL": str(engine.url)}
+        )
+        assert result.exit_code == 0, result.output
+        hook.wait_for(lambda docs: len(docs) == 1)
+    finally:
+        stop.set()
+        thread.join(30)
