@@ -34,6 +34,13 @@ STATUSES = ["active", "past_due", "unpaid", "paused", "trialing"]
 operation = st.one_of(
     st.tuples(st.just("subscribe"), st.integers(0, USERS - 1)),
     st.tuples(st.just("subscribe"), st.integers(0, USERS - 1)),
+    # Plans: a trial (card-less ones end canceled), a change of price and seats, a trial ended.
+    st.tuples(st.just("subscribe_trial"), st.integers(0, USERS - 1), st.booleans()),
+    st.tuples(st.just("change_plan"), st.integers(0, 9), st.booleans(), st.integers(1, 3)),
+    st.tuples(st.just("end_trial"), st.integers(0, 9)),
+    st.tuples(st.just("trials_expire")),
+    # A catalog price deleted (in the Dashboard): terminal, kept as a tombstone.
+    st.tuples(st.just("delete_price")),
     st.tuples(st.just("cancel_at_period_end"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("set_status"), st.integers(0, 9), st.sampled_from(STATUSES)),
     st.tuples(st.just("cancel_now"), st.integers(0, 9)),
@@ -55,6 +62,7 @@ class History:
     def __init__(self, emulator: Emulator, settings: Settings, engine: Engine) -> None:
         self.emulator = emulator
         self.price = emulator.price()
+        self.other_price = emulator.price()  # the plan subscriptions change to and back from
         self.catalog_price = emulator.price()  # changed by the history; not subscribed to
         self.factory = make_session_factory(engine)
         self.gateway = StripeGateway(settings)
@@ -62,6 +70,8 @@ class History:
         self.customers: list[str] = []
         self.deleted: set[str] = set()
         self.subscriptions: list[str] = []
+        self.days_advanced = 0
+        self.price_deleted = False
 
     def start(self) -> None:
         from collab_billing import billing
@@ -82,6 +92,33 @@ class History:
                     "items": [{"price": self.price}],
                 }
                 self.subscriptions.append(sdk.subscriptions.create(params=params).id)
+            elif kind == "subscribe_trial" and self.customers[step[1]] not in self.deleted:
+                params = {
+                    "customer": self.customers[step[1]],
+                    "items": [{"price": self.price, "quantity": 2}],
+                    "trial_period_days": 7,
+                }
+                if step[2]:
+                    end = {"missing_payment_method": "cancel"}
+                    params["trial_settings"] = {"end_behavior": end}
+                sub_id = sdk.subscriptions.create(params=params).id
+                self.subscriptions.append(sub_id)
+            elif kind == "change_plan" and self.subscriptions:
+                sub_id = self.subscriptions[step[1] % len(self.subscriptions)]
+                sub = sdk.subscriptions.retrieve(sub_id)
+                item = sub["items"].data[0]
+                price = self.other_price if step[2] else self.price
+                change: Any = {"id": item.id, "price": price, "quantity": step[3]}
+                sdk.subscriptions.update(
+                    sub.id, params={"items": [change], "proration_behavior": "none"}
+                )
+            elif kind == "end_trial" and self.subscriptions:
+                sub_id = self.subscriptions[step[1] % len(self.subscriptions)]
+                sdk.subscriptions.update(sub_id, params={"trial_end": "now"})
+            elif kind == "trials_expire" and self.days_advanced < 16:
+                # At most twice: events older than Stripe's 30 days are gone from the log.
+                self.emulator.control("POST", "clock/advance", {"seconds": 8 * 86_400})
+                self.days_advanced += 8
             elif kind == "cancel_at_period_end" and self.subscriptions:
                 sub = self.subscriptions[step[1] % len(self.subscriptions)]
                 sdk.subscriptions.update(sub, params={"cancel_at_period_end": step[2]})
@@ -93,7 +130,10 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
-            elif kind == "update_price":
+            elif kind == "delete_price" and not self.price_deleted:
+                self.emulator.control("POST", f"prices/{self.catalog_price}/delete", {})
+                self.price_deleted = True
+            elif kind == "update_price" and not self.price_deleted:
                 sdk.prices.update(self.catalog_price, params=_price_change(step[1], step[2]))
             elif kind == "advance":
                 self.emulator.control("POST", "clock/advance", {"seconds": step[1]})
@@ -135,12 +175,20 @@ class History:
                 _ts(row.stripe_cancel_at),
                 _ts(row.stripe_canceled_at),
                 _ts(row.stripe_current_period_end),
+                row.stripe_price_id,
+                row.quantity,
+                _ts(row.stripe_trial_end),
+                row.stripe_cancellation_reason,
             ) == (
                 sub["status"],
                 sub["cancel_at_period_end"],
                 sub["cancel_at"],
                 sub["canceled_at"],
                 period_end,
+                sub["items"]["data"][0]["price"]["id"],
+                sub["items"]["data"][0]["quantity"],
+                sub["trial_end"],
+                (sub["cancellation_details"] or {}).get("reason"),
             ), sub_id
         self.assert_prices_converged()
 
@@ -149,6 +197,10 @@ class History:
         expected = {price.id: price.to_dict() for price in listing.data}
         with self.factory() as session:
             rows = {r.stripe_price_id: r for r in session.scalars(select(BillingPrice))}
+        deleted = {price_id for price_id, row in rows.items() if row.deleted}
+        assert deleted == ({self.catalog_price} if self.price_deleted else set())
+        for price_id in deleted:
+            del rows[price_id]
         assert set(rows) == set(expected)
         for price_id, price in expected.items():
             row = rows[price_id]

@@ -77,6 +77,14 @@ def test_dev_runs_the_whole_story(
         return dict(api.get("/billing/subscriptions", params={"github_user_id": 12345}).json())
 
     wait_for(lambda: listing()["has_active_subscription"], what="the subscription to be active")
+    # The dev catalog: Pro monthly (the default price) and yearly, Team per seat.
+    prices = api.get("/billing/prices").json()["prices"]
+    assert [(p["lookup_key"], p["product_name"]) for p in prices] == [
+        ("pro-monthly", "Collab Pro"),
+        ("pro-yearly", "Collab Pro"),
+        ("team-monthly", "Collab Team"),
+    ]
+    assert listing()["subscriptions"][0]["plan"]["lookup_key"] == "pro-monthly"
     portal = api.post(
         "/billing/subscriptions/manage", json={"github_user_id": 12345, "intent": "cancel"}
     ).json()

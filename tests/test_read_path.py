@@ -106,6 +106,20 @@ def test_the_document(api: httpx.Client) -> None:
         "canceled_at": None,
         "current_period_end": "2026-12-25T06:44:11Z",
         "price_id": "price_x",
+        # The price is not in the mirrored catalog: the plan names only its id.
+        "plan": {
+            "stripe_price_id": "price_x",
+            "lookup_key": None,
+            "product_name": None,
+            "unit_amount": None,
+            "currency": None,
+            "interval": None,
+            "interval_count": None,
+        },
+        "quantity": None,
+        "trial_end": None,
+        "kind": "paid",
+        "cancellation_reason": None,
     }
     # "01" is the same id; `Bearer` or bare token alike.
     assert get(api, "github_user_id=01", token=f"Bearer {ADMIN_TOKEN}").json() == document

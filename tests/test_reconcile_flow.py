@@ -35,7 +35,8 @@ def subscriptions(factory: sessionmaker[Session]) -> list[BillingSubscription]:
 
 
 def checkout(reconciler: Reconciler, price: str, github_user_id: int) -> str:
-    return billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
+    wanted = billing.CheckoutRequest(github_user_id, price)
+    return billing.start_checkout(reconciler.factory, reconciler.gateway, wanted).url
 
 
 def subscribe_new_user(

@@ -28,6 +28,10 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RECONCILE_INTERVAL_SECONDS", "-1"),
         ("DATABASE_URL", "mysql://nope"),
         ("STRIPE_API_BASE", "ftp://stripe"),
+        ("BILLING_TRIAL_DAYS", "-1"),
+        ("BILLING_TRIAL_DAYS", "731"),  # Stripe's longest trial is 730 days
+        ("BILLING_TRIAL_REQUIRES_PAYMENT_METHOD", "maybe"),
+        ("BILLING_AUTOMATIC_TAX", "sometimes"),
     ],
 )
 def test_bad_setting_names_the_variable(

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     # The lookup keys of the prices `GET /billing/prices` offers, comma-separated; unset: every
     # active recurring price with a lookup key.
     billing_prices: str | None = None
+    # Plans (issue 29): trial length (0: no trials), whether a trial needs a card (false: a
+    # card-less trial that is canceled if none is added by its end), promotion codes, tax.
+    billing_trial_days: int = Field(default=0, ge=0, le=730)
+    billing_trial_requires_payment_method: bool = False
+    billing_allow_promotion_codes: bool = False
+    billing_automatic_tax: bool = False
     stripe_webhook_secret: SecretStr | None = None
     # How far in the future a webhook event's `created` may be (clocks differ a little; an
     # event from next year is forged or broken and would poison the rows' watermarks).

@@ -23,7 +23,7 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
     with start_in_thread(port=emulator_port, api_key=DEV_STRIPE_KEY) as emulator:
         settings = _dev_settings(emulator.url, admin_token, api_port)
         configure_logging(settings)
-        price_id = _create_dev_price(settings)
+        price_id = _create_dev_catalog(settings)
         settings = settings.model_copy(update={"stripe_price_id": price_id})
         engine = make_engine(settings.database_url)
         upgrade_to_head(engine)
@@ -49,13 +49,33 @@ def _dev_settings(emulator_url: str, admin_token: str, api_port: int) -> Setting
         raise typer.Exit(2) from None
 
 
-def _create_dev_price(settings: Settings) -> str:
+# The dev catalog: lookup key -> (product, amount in cents, interval). Team is sold per seat.
+DEV_PLANS = {
+    "pro-monthly": ("Collab Pro", 2000, "month"),
+    "pro-yearly": ("Collab Pro", 20000, "year"),
+    "team-monthly": ("Collab Team", 900, "month"),
+}
+
+
+def _create_dev_catalog(settings: Settings) -> str:
+    """Products and prices with lookup keys in the emulator; the `pro-monthly` price's id
+    (the default STRIPE_PRICE_ID)."""
     from collab_billing.stripe_gateway import StripeGateway
 
     gateway = StripeGateway(settings)
-    return gateway.create_recurring_price(
-        product_name="Collab Pro", unit_amount=2000, currency="usd", interval="month"
-    )
+    products: dict[str, str] = {}
+    prices = {}
+    for lookup_key, (name, amount, interval) in DEV_PLANS.items():
+        if name not in products:
+            products[name] = gateway.create_product(name=name)
+        prices[lookup_key] = gateway.create_recurring_price(
+            product_id=products[name],
+            unit_amount=amount,
+            currency="usd",
+            interval=interval,
+            lookup_key=lookup_key,
+        )
+    return prices["pro-monthly"]
 
 
 def _print_banner(settings: Settings, api_port: int, emulator_url: str, admin_token: str) -> None:
@@ -72,8 +92,10 @@ collab-billing dev is running
 Try:
   curl -s {auth} -H 'Content-Type: application/json' \\
        -d '{{"github_user_id": 12345, "github_login": "octocat"}}' {url}/users
+  curl -s {auth} {url}/billing/prices
   curl -s {auth} -H 'Content-Type: application/json' \\
-       -d '{{"github_user_id": 12345}}' {url}/billing/subscriptions
+       -d '{{"github_user_id": 12345, "price": "team-monthly", "quantity": 5}}' \\
+       {url}/billing/subscriptions
   curl -s {auth} '{url}/billing/subscriptions?github_user_id=12345'
 Press Ctrl-C to stop.
 """

@@ -305,8 +305,11 @@ def list_table(
     before = order.cursor(args.ending_before, table.kind, "ending_before")
     rows, ids_ = table.rows, order.ids
 
+    gone = table.gone
+
     def keep_position(position: int) -> bool:
-        return keep is None or keep(rows[ids_[position]])
+        object_id = ids_[position]
+        return object_id not in gone and (keep is None or keep(rows[object_id]))
 
     seq = range(len(order)) if positions is None else positions
     found, has_more = page_positions(

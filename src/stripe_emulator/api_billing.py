@@ -21,17 +21,22 @@ from stripe_emulator.subscriptions import (
     update_subscription,
 )
 
+PRORATION_BEHAVIORS = ("always_invoice", "create_prorations", "none")
 _SUB_IGNORED = (
     "add_invoice_items", "application_fee_percent", "automatic_tax", "backdate_start_date",
     "billing_cycle_anchor", "billing_cycle_anchor_config", "billing_mode", "billing_thresholds",
     "currency", "default_payment_method", "default_source", "default_tax_rates", "discounts",
     "invoice_settings", "off_session", "on_behalf_of", "payment_settings",
     "pending_invoice_item_interval", "proration_behavior", "proration_date", "transfer_data",
-    "trial_from_plan", "trial_settings", "coupon", "promotion_code",
+    "trial_from_plan", "coupon", "promotion_code",
 )  # fmt: skip
 
 
-def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSpec] | None:
+def item_specs(
+    store: Store, p: Params, key: str, required: bool, updating: bool = False
+) -> list[ItemSpec] | None:
+    """`items[]` / `line_items[]`. When `updating`, an entry may name an existing item by
+    `id` and change only its price or quantity."""
     entries = p.dicts(key, required=required)
     if entries is None:
         return None
@@ -39,12 +44,18 @@ def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSp
         raise missing(key)
     specs = []
     for entry in entries:
-        price_id = entry.string("price", required=True) or ""
-        price = store.prices.get(price_id, entry.name("price"))
-        if price.interval is None:
+        item_id = entry.string("id") if updating else None
+        price_id = entry.string("price", required=not item_id)
+        price = store.prices.get(price_id, entry.name("price")) if price_id else None
+        if price is not None and price.interval is None:
             raise bad_request(
                 "The price specified is set to `type=one_time` but this field only accepts "
                 "prices with `type=recurring`.",
+                entry.name("price"),
+            )
+        if price is not None and not price.active:
+            raise bad_request(
+                "The price specified is inactive. This field only accepts active prices.",
                 entry.name("price"),
             )
         quantity = entry.integer("quantity", minimum=1)
@@ -58,10 +69,23 @@ def item_specs(store: Store, p: Params, key: str, required: bool) -> list[ItemSp
             "clear_usage",
             "plan",
             "price_data",
+            "adjustable_quantity",
         )
         clean = {k: v for k, v in (metadata or {}).items() if v is not None}
-        specs.append(ItemSpec(price, quantity or 1, clean))
+        default_quantity = None if updating and item_id else 1
+        specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
     return specs
+
+
+def missing_payment_method(p: Params) -> str | None:
+    """`trial_settings[end_behavior][missing_payment_method]`, if given."""
+    settings = p.hash("trial_settings")
+    if settings is None:
+        return None
+    end = settings.hash("end_behavior", required=True)
+    assert end is not None
+    choices = ("cancel", "create_invoice", "pause")
+    return end.string("missing_payment_method", required=True, choices=choices)
 
 
 def _cancellation(p: Params) -> tuple[str | None, str | None]:
@@ -130,6 +154,7 @@ def create(call: Call) -> Json:
         days_until_due=p.integer("days_until_due", minimum=0),
         cancel_at_period_end=bool(p.boolean("cancel_at_period_end")),
         cancel_at=cancel_at,
+        missing_payment_method=missing_payment_method(p),
     )
     p.finish()
     return objects.subscription(create_subscription(call.store, **fields))
@@ -160,14 +185,16 @@ def update(call: Call) -> Json:
         cancel_at=cancel_at,
         clear_cancel_at=clear,
         description=p.string("description"),
-        items=item_specs(call.store, p, "items", required=False),
+        items=item_specs(call.store, p, "items", required=False, updating=True),
         trial_end_now=p.raw("trial_end") == "now",
         pause_behavior=pause_behavior,
         resume_collection=pause_raw == "",
         comment=comment,
         feedback=feedback,
     )
+    p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
     p.ignore(*_SUB_IGNORED, "payment_behavior", "collection_method", "days_until_due")
+    p.ignore("trial_settings")
     p.finish()
     return objects.subscription(update_subscription(call.store, call.id, changes))
 

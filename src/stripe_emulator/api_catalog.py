@@ -209,8 +209,9 @@ def _price_fields(p: Params, *, with_product: bool) -> dict[str, Any]:
 def create_price(call: Call) -> Json:
     p = call.params
     p.string("billing_scheme", choices=("per_unit",))
-    p.ignore("transfer_lookup_key", "currency_options")
+    p.ignore("currency_options")
     fields = _price_fields(p, with_product=True)
+    fields["transfer_lookup_key"] = bool(p.boolean("transfer_lookup_key"))
     p.finish()
     return objects.price(catalog.create_price(call.store, **fields))
 
@@ -224,14 +225,15 @@ def retrieve_price(call: Call) -> Json:
 @route("POST", "/v1/prices/{id}")
 def update_price(call: Call) -> Json:
     p = call.params
-    fields = {
+    fields: dict[str, Any] = {
         "active": p.boolean("active"),
         "nickname": p.string("nickname"),
         "lookup_key": p.string("lookup_key"),
         "tax_behavior": p.string("tax_behavior", choices=("exclusive", "inclusive", "unspecified")),
     }
     metadata = p.metadata()
-    p.ignore("transfer_lookup_key", "currency_options")
+    fields["transfer_lookup_key"] = bool(p.boolean("transfer_lookup_key"))
+    p.ignore("currency_options")
     p.finish()
     return objects.price(catalog.update_price(call.store, call.id, metadata=metadata, **fields))
 

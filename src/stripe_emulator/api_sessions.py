@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids, objects, sessions
+from stripe_emulator import ids, objects, portal_flows, sessions
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
-from stripe_emulator.api_billing import item_specs
+from stripe_emulator.api_billing import item_specs, missing_payment_method
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.records import LineItem
 from stripe_emulator.store import Store
+from stripe_emulator.subscriptions import build_items
 
 # --- checkout sessions ---------------------------------------------------------------------
 
 _CHECKOUT_IGNORED = (
-    "adaptive_pricing", "automatic_tax", "billing_address_collection", "branding_settings",
+    "adaptive_pricing", "branding_settings",
     "consent_collection", "currency", "custom_fields", "custom_text", "customer_update",
     "discounts", "invoice_creation", "name_collection", "optional_items", "origin_context",
-    "payment_method_collection", "payment_method_configuration", "payment_method_options",
+    "payment_method_configuration", "payment_method_options",
     "payment_method_types", "permissions", "phone_number_collection", "redirect_on_completion",
     "return_url", "saved_payment_method_options", "shipping_address_collection",
-    "shipping_options", "submit_type", "tax_id_collection", "wallet_options",
+    "shipping_options", "submit_type", "wallet_options",
     "customer_creation", "after_expiration",
 )  # fmt: skip
 
@@ -30,7 +31,8 @@ _CHECKOUT_IGNORED = (
 def _line_items(store: Store, p: Params) -> list[LineItem]:
     specs = item_specs(store, p, "line_items", required=True)
     assert specs is not None
-    return [LineItem(ids.new_id("li"), spec.price, spec.quantity) for spec in specs]
+    built = build_items(specs, 0)
+    return [LineItem(ids.new_id("li"), item.price, item.quantity) for item in built]
 
 
 def _subscription_data(p: Params) -> dict[str, Any]:
@@ -47,15 +49,24 @@ def _subscription_data(p: Params) -> dict[str, Any]:
         "on_behalf_of",
         "proration_behavior",
         "transfer_data",
-        "trial_settings",
         "trial_end",
         "pending_invoice_item_interval",
     )
     return {
+        "missing_payment_method": missing_payment_method(data),
         "subscription_metadata": {k: v for k, v in metadata.items() if v is not None},
         "subscription_description": data.string("description"),
         "trial_period_days": data.integer("trial_period_days", minimum=1),
     }
+
+
+def _enabled(p: Params, key: str, *ignored: str) -> bool:
+    """`automatic_tax[enabled]`-style switches."""
+    section = p.hash(key)
+    if section is None:
+        return False
+    section.ignore(*ignored)
+    return bool(section.boolean("enabled"))
 
 
 @route("POST", "/v1/checkout/sessions")
@@ -90,6 +101,15 @@ def create_checkout(call: Call) -> Json:
         metadata={k: v for k, v in (p.metadata() or {}).items() if v is not None},
         locale=p.string("locale"),
         allow_promotion_codes=p.boolean("allow_promotion_codes"),
+        automatic_tax=_enabled(p, "automatic_tax", "liability"),
+        billing_address_collection=p.string(
+            "billing_address_collection", choices=("auto", "required")
+        ),
+        tax_id_collection=_enabled(p, "tax_id_collection", "required"),
+        payment_method_collection=p.string(
+            "payment_method_collection", choices=("always", "if_required")
+        )
+        or "always",
         **_subscription_data(p),
     )
     p.finish()
@@ -170,7 +190,7 @@ def _flow(p: Params) -> dict[str, Any] | None:
             "subscription_update_confirm",
         ),
     )
-    if kind not in ("subscription_cancel", "payment_method_update"):
+    if kind == "customer_update":
         raise bad_request(f"The emulator does not support portal flows of type {kind}.")
     cancel = None
     if kind == "subscription_cancel":
@@ -182,8 +202,7 @@ def _flow(p: Params) -> dict[str, Any] | None:
         "after_completion": _after_completion(data),
         "customer_update": None,
         "subscription_cancel": cancel,
-        "subscription_update": None,
-        "subscription_update_confirm": None,
+        **portal_flows.flow_sections(kind or "", data),
         "type": kind,
     }
 

@@ -23,9 +23,11 @@ from starlette.routing import Route
 from stripe_emulator import (
     api_billing,
     api_catalog,
+    api_coupons,
     api_entitlements,
     api_events,
     api_sessions,
+    catalog_deletions,
     control,
     pages,
 )
@@ -38,7 +40,15 @@ from stripe_emulator.webhooks import WebhookDispatcher
 
 _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # Importing the handler modules registers their `/v1` routes with `api.route`.
-HANDLER_MODULES = (api_catalog, api_billing, api_sessions, api_events, api_entitlements)
+HANDLER_MODULES = (
+    api_catalog,
+    api_billing,
+    api_sessions,
+    api_events,
+    catalog_deletions,
+    api_coupons,
+    api_entitlements,
+)
 
 
 async def _index(request: Request) -> Response:

@@ -155,7 +155,10 @@ def create_price(
     metadata: dict[str, str | None] | None = None,
     active: bool | None = None,
     tax_behavior: str | None = None,
+    transfer_lookup_key: bool = False,
 ) -> Price:
+    if lookup_key:
+        claim_lookup_key(store, lookup_key, None, transfer_lookup_key)
     if product is None:
         if product_name is None:
             raise StripeError(
@@ -188,9 +191,12 @@ def update_price(
     price_id: str,
     *,
     metadata: dict[str, str | None] | None = None,
+    transfer_lookup_key: bool = False,
     **fields: Any,
 ) -> Price:
     old = store.prices.get(price_id)
+    if fields.get("lookup_key"):
+        claim_lookup_key(store, fields["lookup_key"], price_id, transfer_lookup_key)
     changes = {key: value for key, value in fields.items() if value is not None}
     for key in ("nickname", "lookup_key"):
         if key in changes:
@@ -199,3 +205,18 @@ def update_price(
     store.prices.put(new.id, new)
     _emit_update(store, "price.updated", objects.price(old), new)
     return new
+
+
+def claim_lookup_key(store: Store, key: str, price_id: str | None, transfer: bool) -> None:
+    """A lookup key names one price: another price holding it is an error, unless
+    `transfer_lookup_key=true` moves it (that price loses it: `price.updated`)."""
+    prices = store.prices.rows.values()
+    holders = [price for price in prices if price.lookup_key == key and price.id != price_id]
+    for holder in holders:
+        if not transfer:
+            raise bad_request(
+                f"A price (`{holder.id}`) already uses that lookup key. Set "
+                "`transfer_lookup_key=true` to transfer it to this price.",
+                "lookup_key",
+            )
+        update_price(store, holder.id, lookup_key="")

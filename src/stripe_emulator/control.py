@@ -2,12 +2,18 @@
 
 Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` (400/404).
 
-- POST checkout/sessions/{id}/complete `{"email"?, "name"?}` -> the checkout.session
-  (status complete, with `customer` and `subscription`).
-- POST billing_portal/sessions/{id}/confirm
-  `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` -> the subscription
-  (set to cancel at period end, or canceled now).
+- POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?, "promotion_code"?}` -> the
+  checkout.session (status complete, with `customer` and `subscription`). `card: false` skips
+  the card where Checkout allows it (a trial with `payment_method_collection=if_required`);
+  `promotion_code` is the code the customer enters (`allow_promotion_codes` sessions).
+- POST billing_portal/sessions/{id}/confirm: what the customer does in the session's flow.
+  Cancel (and no flow) `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` ->
+  the subscription (set to cancel at period end, or canceled now);
+  `subscription_update_confirm` `{}` and `subscription_update` `{"price"?, "quantity"?}` -> the
+  updated subscription; `payment_method_update` `{}` -> `{"subscriptions": [...]}` (a new card).
 - POST subscriptions/{id}/status `{"status": "past_due"}` -> the subscription.
+- POST prices/{id}/delete `{}` -> the price as it was: a price deleted in the Dashboard
+  (`price.deleted`; the API has no such route).
 - POST clock/advance `{"seconds": N}`, GET clock -> `{"now", "offset"}`.
 - POST faults `{"rate", "statuses", "latency_ms", "drop_rate", "path_prefix", "retry_after",
   "drop_after_processing", "count", "seed"}` (all optional), GET, DELETE
@@ -42,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_emulator import objects, sessions
+from stripe_emulator import catalog_deletions, objects, portal_flows, sessions
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
 from stripe_emulator.entitlements import render_feature
@@ -105,7 +111,7 @@ def _only(body: Body, allowed: set[str]) -> None:
 
 
 async def complete_checkout(request: Request, body: Body) -> Any:
-    _only(body, {"email", "name"})
+    _only(body, {"email", "name", "card", "promotion_code"})
     store = _store(request)
     with store.lock:
         session = sessions.complete_checkout_session(
@@ -113,14 +119,32 @@ async def complete_checkout(request: Request, body: Body) -> Any:
             request.path_params["id"],
             email=_typed(body, "email", str),
             name=_typed(body, "name", str),
+            card=_typed(body, "card", bool),
+            promotion_code=_typed(body, "promotion_code", str),
         )
         return objects.checkout_session(session)
 
 
 async def confirm_portal(request: Request, body: Body) -> Any:
-    _only(body, {"immediately", "subscription", "comment", "feedback"})
+    """What the customer does in the portal session: its flow's change (cancel by default)."""
     store = _store(request)
     with store.lock:
+        session = store.portal_sessions.get(request.path_params["id"])
+        kind = session.flow["type"] if session.flow is not None else None
+        if kind == "payment_method_update":
+            _only(body, set())
+            updated = portal_flows.confirm_payment_method(store, session)
+            return {"subscriptions": [objects.subscription(sub) for sub in updated]}
+        if kind in portal_flows.UPDATE_FLOWS:
+            _only(body, {"price", "quantity"})
+            sub = portal_flows.confirm_update(
+                store,
+                session,
+                price=_typed(body, "price", str),
+                quantity=_typed(body, "quantity", int),
+            )
+            return objects.subscription(sub)
+        _only(body, {"immediately", "subscription", "comment", "feedback"})
         sub = sessions.confirm_portal_cancel(
             store,
             request.path_params["id"],
@@ -130,6 +154,13 @@ async def confirm_portal(request: Request, body: Body) -> Any:
             feedback=_typed(body, "feedback", str),
         )
         return objects.subscription(sub)
+
+
+async def delete_price(request: Request, body: Body) -> Any:
+    _only(body, set())
+    store = _store(request)
+    with store.lock:
+        return catalog_deletions.delete_price(store, request.path_params["id"])
 
 
 async def subscription_status(request: Request, body: Body) -> Any:
@@ -313,6 +344,7 @@ routes = [
     _r("/_emulator/checkout/sessions/{id}/complete", complete_checkout, ["POST"]),
     _r("/_emulator/billing_portal/sessions/{id}/confirm", confirm_portal, ["POST"]),
     _r("/_emulator/subscriptions/{id}/status", subscription_status, ["POST"]),
+    _r("/_emulator/prices/{id}/delete", delete_price, ["POST"]),
     _r("/_emulator/clock/advance", clock, ["POST"]),
     _r("/_emulator/clock", clock, ["GET"]),
     _r("/_emulator/faults", faults, ["GET", "POST", "DELETE"]),

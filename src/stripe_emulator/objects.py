@@ -171,7 +171,7 @@ def subscription(record: Subscription) -> Json:
         "customer": record.customer,
         "customer_account": None,
         "days_until_due": record.days_until_due,
-        "default_payment_method": None,
+        "default_payment_method": record.default_payment_method,
         "default_source": None,
         "default_tax_rates": [],
         "description": record.description,
@@ -204,7 +204,9 @@ def subscription(record: Subscription) -> Json:
         "test_clock": None,
         "transfer_data": None,
         "trial_end": record.trial_end,
-        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_settings": {
+            "end_behavior": {"missing_payment_method": record.missing_payment_method}
+        },
         "trial_start": record.trial_start,
     }
 
@@ -214,7 +216,11 @@ def checkout_amount(record: CheckoutSession) -> int:
 
 
 def checkout_session(record: CheckoutSession) -> Json:
-    amount = checkout_amount(record)
+    subtotal = checkout_amount(record)
+    amount = subtotal - record.amount_discount
+    discounts = []
+    if record.promotion_code is not None:
+        discounts = [{"coupon": None, "promotion_code": record.promotion_code}]
     complete = record.status == "complete"
     details: Json | None = None
     if complete:
@@ -234,10 +240,15 @@ def checkout_session(record: CheckoutSession) -> Json:
         "adaptive_pricing": None,
         "after_expiration": None,
         "allow_promotion_codes": record.allow_promotion_codes,
-        "amount_subtotal": amount,
+        "amount_subtotal": subtotal,
         "amount_total": amount,
-        "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
-        "billing_address_collection": None,
+        "automatic_tax": {
+            "enabled": record.automatic_tax,
+            "liability": None,
+            "provider": "stripe" if record.automatic_tax else None,
+            "status": "requires_location_inputs" if record.automatic_tax else None,
+        },
+        "billing_address_collection": record.billing_address_collection,
         "cancel_url": record.cancel_url,
         "client_reference_id": record.client_reference_id,
         "client_secret": None,
@@ -259,7 +270,7 @@ def checkout_session(record: CheckoutSession) -> Json:
         "customer_creation": None,
         "customer_details": details,
         "customer_email": record.customer_email,
-        "discounts": [],
+        "discounts": discounts,
         "expires_at": record.expires_at,
         "invoice": None,
         "invoice_creation": None,
@@ -270,7 +281,7 @@ def checkout_session(record: CheckoutSession) -> Json:
         "origin_context": None,
         "payment_intent": None,
         "payment_link": None,
-        "payment_method_collection": "always",
+        "payment_method_collection": record.payment_method_collection,
         "payment_method_configuration_details": None,
         "payment_method_options": {},
         "payment_method_types": ["card"],
@@ -286,7 +297,15 @@ def checkout_session(record: CheckoutSession) -> Json:
         "submit_type": None,
         "subscription": record.subscription,
         "success_url": record.success_url,
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "tax_id_collection": {
+            "enabled": record.tax_id_collection,
+            "required": "never",
+        },
+        "total_details": {
+            "amount_discount": record.amount_discount,
+            "amount_shipping": 0,
+            "amount_tax": 0,
+        },
         "ui_mode": "hosted_page",
         # Like Stripe, the hosted page's URL is only given while the session is open.
         "url": record.url if record.status == "open" else None,

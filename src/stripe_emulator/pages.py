@@ -2,8 +2,9 @@
 
 `/_emulator/pages/checkout/{id}`: "Pay" completes the session (like the control route) and
 redirects to `success_url` (with `{CHECKOUT_SESSION_ID}` filled in), "Cancel" goes to
-`cancel_url`. `/_emulator/pages/billing_portal/{id}`: cancel at period end or now, then back to
-the return URL.
+`cancel_url` ("Start trial without a card" where Checkout allows it).
+`/_emulator/pages/billing_portal/{id}`: the session's flow (confirm a plan change, add a card)
+or cancel at period end or now, then back to the return URL.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from stripe_emulator import sessions
+from stripe_emulator import portal_flows, sessions
 from stripe_emulator.errors import StripeError
 from stripe_emulator.objects import checkout_amount
+from stripe_emulator.records import CheckoutSession
 from stripe_emulator.store import Store
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
@@ -56,9 +58,16 @@ async def checkout_page(request: Request) -> Response:
         f'<form method="post"><input name="email" placeholder="email" '
         f'value="{escape(session.customer_email or "")}">'
         '<button name="action" value="pay">Pay</button>'
+        f"{_no_card_button(session)}"
         '<button name="action" value="cancel">Cancel</button></form>'
     )
     return _page("Checkout", body)
+
+
+def _no_card_button(session: CheckoutSession) -> str:
+    if session.payment_method_collection != "if_required" or not session.trial_period_days:
+        return ""
+    return '<button name="action" value="no_card">Start trial without a card</button>'
 
 
 async def checkout_submit(request: Request) -> Response:
@@ -74,7 +83,8 @@ async def checkout_submit(request: Request) -> Response:
         else:
             try:
                 email = str(form.get("email") or "") or None
-                sessions.complete_checkout_session(store, session_id, email=email)
+                card = False if form.get("action") == "no_card" else None
+                sessions.complete_checkout_session(store, session_id, email=email, card=card)
             except StripeError as error:
                 return _page("Checkout", f"<p>{escape(error.message)}</p>", error.status)
             target = session.success_url
@@ -89,10 +99,18 @@ async def portal_page(request: Request) -> Response:
         session = store.portal_sessions.rows.get(request.path_params["id"])
     if session is None:
         return _page("Not found", "<p>No such portal session.</p>", 404)
+    kind = session.flow["type"] if session.flow else None
+    if kind in portal_flows.UPDATE_FLOWS:
+        actions = '<button name="action" value="update">Confirm the change</button>'
+    elif kind == "payment_method_update":
+        actions = '<button name="action" value="card">Add a card</button>'
+    else:
+        actions = (
+            '<button name="action" value="period_end">Cancel at period end</button>'
+            '<button name="action" value="now">Cancel now</button>'
+        )
     body = (
-        f'<p>Customer {escape(session.customer)}</p><form method="post">'
-        '<button name="action" value="period_end">Cancel at period end</button>'
-        '<button name="action" value="now">Cancel now</button>'
+        f'<p>Customer {escape(session.customer)}</p><form method="post">{actions}'
         '<button name="action" value="return">Return</button></form>'
     )
     return _page("Billing portal", body)
@@ -106,11 +124,15 @@ async def portal_submit(request: Request) -> Response:
         session = store.portal_sessions.rows.get(request.path_params["id"])
         if session is None:
             return _page("Not found", "<p>No such portal session.</p>", 404)
-        if action in ("period_end", "now"):
-            try:
+        try:
+            if action in ("period_end", "now"):
                 sessions.confirm_portal_cancel(store, session.id, immediately=action == "now")
-            except StripeError as error:
-                return _page("Billing portal", f"<p>{escape(error.message)}</p>", error.status)
+            elif action == "update":
+                portal_flows.confirm_update(store, session)
+            elif action == "card":
+                portal_flows.confirm_payment_method(store, session)
+        except StripeError as error:
+            return _page("Billing portal", f"<p>{escape(error.message)}</p>", error.status)
         target = session.return_url
         flow = session.flow or {}
         redirect = (flow.get("after_completion") or {}).get("redirect")

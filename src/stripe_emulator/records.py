@@ -120,6 +120,9 @@ class Subscription:
     collection_method: str = "charge_automatically"
     days_until_due: int | None = None
     pause_behavior: str | None = None
+    default_payment_method: str | None = None
+    # `trial_settings.end_behavior.missing_payment_method`: create_invoice, cancel or pause.
+    missing_payment_method: str = "create_invoice"
 
     @property
     def start_date(self) -> int:
@@ -156,6 +159,13 @@ class CheckoutSession:
     customer_details_name: str | None = None
     locale: str | None = None
     allow_promotion_codes: bool | None = None
+    promotion_code: str | None = None  # applied at completion (a promo_... id)
+    amount_discount: int = 0
+    payment_method_collection: str = "always"
+    missing_payment_method: str | None = None
+    automatic_tax: bool = False
+    billing_address_collection: str | None = None
+    tax_id_collection: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +178,33 @@ class PortalSession:
     return_url: str | None = None
     flow: dict[str, Any] | None = None
     locale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    id: str
+    created: int
+    duration: str  # once, repeating, forever
+    percent_off: float | None = None
+    amount_off: int | None = None
+    currency: str | None = None
+    duration_in_months: int | None = None
+    name: str | None = None
+    max_redemptions: int | None = None
+    redeem_by: int | None = None
+    times_redeemed: int = 0
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionCode:
+    id: str
+    created: int
+    code: str
+    coupon: str
+    active: bool = True
+    customer: str | None = None
+    expires_at: int | None = None
+    max_redemptions: int | None = None
+    times_redeemed: int = 0
+    metadata: Metadata = field(default_factory=dict)

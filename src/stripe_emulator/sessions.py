@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids
+from stripe_emulator import ids, portal_flows
+from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.records import (
@@ -71,10 +72,30 @@ def _open_session(store: Store, session_id: str) -> CheckoutSession:
     return session
 
 
+def _collects_card(session: CheckoutSession, card: bool | None) -> bool:
+    """Whether the customer gives a card: `payment_method_collection=if_required` with a
+    trial lets them skip it (`card: false`); otherwise Checkout always takes one."""
+    optional = session.payment_method_collection == "if_required" and bool(
+        session.trial_period_days
+    )
+    if card is False and not optional:
+        raise bad_request("This Checkout Session requires a payment method.", "card")
+    return card is not False if not optional else bool(card)
+
+
 def complete_checkout_session(
-    store: Store, session_id: str, *, email: str | None = None, name: str | None = None
+    store: Store,
+    session_id: str,
+    *,
+    email: str | None = None,
+    name: str | None = None,
+    card: bool | None = None,
+    promotion_code: str | None = None,
 ) -> CheckoutSession:
     session = _open_session(store, session_id)
+    payment_method = ids.new_id("pm") if _collects_card(session, card) else None
+    if promotion_code is not None:
+        session = apply_promotion_code(store, session, promotion_code)
     now = store.now()
     customer_id = session.customer
     email = email or session.customer_email
@@ -95,6 +116,8 @@ def complete_checkout_session(
         trial_days=trial,
         description=session.subscription_description,
         created=now,
+        default_payment_method=payment_method,
+        missing_payment_method=session.missing_payment_method,
     )
     if sub.status == "incomplete":
         save(store, sub, evolve(sub, status="active"), created=now)
@@ -137,16 +160,8 @@ def create_portal_session(
     locale: str | None = None,
 ) -> PortalSession:
     store.live_customer(customer)
-    if flow is not None and flow["type"] == "subscription_cancel":
-        sub_id = flow["subscription_cancel"]["subscription"]
-        param = "flow_data[subscription_cancel][subscription]"
-        sub = store.subscriptions.get(sub_id, param)
-        if sub.customer != customer:
-            raise bad_request(
-                f"The subscription {sub_id} does not belong to the customer {customer}.", param
-            )
-        if sub.status in ENDED:
-            raise bad_request(f"The subscription {sub_id} has already been canceled.", param)
+    if flow is not None:
+        portal_flows.check_flow(store, customer, flow)
     session_id = ids.new_id("bps")
     record = PortalSession(
         id=session_id,

@@ -22,10 +22,12 @@ from stripe_emulator.objects import Json
 from stripe_emulator.pagination import OrderedIds
 from stripe_emulator.records import (
     CheckoutSession,
+    Coupon,
     Customer,
     PortalSession,
     Price,
     Product,
+    PromotionCode,
     Subscription,
 )
 
@@ -39,6 +41,9 @@ class Table(Generic[T]):
         self.kind = kind
         self.rows: dict[str, T] = {}
         self.order = OrderedIds()
+        # Deleted objects that Stripe no longer shows (404, left out of lists); their records
+        # stay for the events that carry them.
+        self.gone: set[str] = set()
 
     def add(self, object_id: str, record: T) -> None:
         self.rows[object_id] = record
@@ -49,7 +54,7 @@ class Table(Generic[T]):
 
     def get(self, object_id: str, param: str = "id") -> T:
         record = self.rows.get(object_id)
-        if record is None:
+        if record is None or object_id in self.gone:
             raise not_found(self.kind, object_id, param)
         return record
 
@@ -99,6 +104,8 @@ class Store:
     portal_sessions: Table[PortalSession] = field(
         default_factory=lambda: Table("billing_portal.session")
     )
+    coupons: Table[Coupon] = field(default_factory=lambda: Table("coupon"))
+    promotion_codes: Table[PromotionCode] = field(default_factory=lambda: Table("promotion_code"))
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
@@ -173,6 +180,8 @@ class Store:
             "subscriptions",
             "checkout_sessions",
             "portal_sessions",
+            "coupons",
+            "promotion_codes",
             "subscriptions_by_customer",
             "events",
             "entitlements",

@@ -32,16 +32,44 @@ INCOMPLETE_EXPIRY = 23 * 3600
 
 @dataclass
 class ItemSpec:
-    price: Price
-    quantity: int = 1
+    price: Price | None
+    quantity: int | None = None
     metadata: dict[str, str] | None = None
+    id: str | None = None  # an existing item to change (`items[0][id]`)
 
 
 def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
-    return tuple(
-        Item(ids.new_id("si"), created, spec.price, spec.quantity, spec.metadata or {})
-        for spec in specs
-    )
+    items = []
+    for spec in specs:
+        assert spec.price is not None  # new items name their price (checked when parsed)
+        metadata = spec.metadata or {}
+        items.append(Item(ids.new_id("si"), created, spec.price, spec.quantity or 1, metadata))
+    return tuple(items)
+
+
+def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple[Item, ...]:
+    """Stripe's `items` update: a spec with an `id` changes that item (price, quantity,
+    metadata) and keeps its id; a spec without one adds an item. Without any id, the emulator
+    replaces the items (what callers that re-send the whole list mean)."""
+    if all(spec.id is None for spec in specs):
+        return build_items(specs, now)
+    by_id = {item.id: item for item in old}
+    changed = dict(by_id)
+    added = []
+    for spec in specs:
+        if spec.id is None:
+            added.append(spec)
+            continue
+        item = by_id.get(spec.id)
+        if item is None:
+            raise bad_request(f"No such subscription item: '{spec.id}'", "items")
+        changed[spec.id] = evolve(
+            item,
+            price=spec.price or item.price,
+            quantity=spec.quantity or item.quantity,
+            metadata=spec.metadata if spec.metadata else item.metadata,
+        )
+    return tuple(changed.values()) + build_items(added, now)
 
 
 def create_subscription(
@@ -59,6 +87,8 @@ def create_subscription(
     created: int | None = None,
     cancel_at_period_end: bool = False,
     cancel_at: int | None = None,
+    default_payment_method: str | None = None,
+    missing_payment_method: str | None = None,
 ) -> Subscription:
     store.live_customer(customer)
     now = store.now() if created is None else created
@@ -67,21 +97,24 @@ def create_subscription(
     if trial_end is not None:
         status = "trialing"
     period_end = trial_end if trial_end is not None else now + PERIOD_SECONDS
+    built = build_items(items, now)
     record = Subscription(
         id=ids.new_id("sub"),
         created=now,
         customer=customer,
-        items=build_items(items, now),
+        items=built,
         status=status,
         current_period_start=now,
         current_period_end=period_end,
-        currency=items[0].price.currency,
+        currency=built[0].price.currency,
         trial_start=now if trial_end is not None else None,
         trial_end=trial_end,
         metadata=apply_metadata({}, metadata),
         description=description or None,
         collection_method=collection_method,
         days_until_due=days_until_due,
+        default_payment_method=default_payment_method,
+        missing_payment_method=missing_payment_method or "create_invoice",
     )
     if cancel_at_period_end or cancel_at is not None:
         record = schedule_cancel(record, now, cancel_at, cancel_at_period_end)
@@ -142,6 +175,7 @@ class SubscriptionChanges:
     resume_collection: bool = False
     comment: str | None = None
     feedback: str | None = None
+    default_payment_method: str | None = None
 
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
@@ -163,6 +197,7 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         or changes.trial_end_now
         or changes.pause_behavior is not None
         or changes.resume_collection
+        or changes.default_payment_method is not None
     )
     if old.status in ENDED and others:
         raise bad_request(
@@ -172,20 +207,27 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
     if changes.description is not None:
         new = evolve(new, description=changes.description or None)
     if changes.items is not None:
-        new = evolve(new, items=build_items(changes.items, now))
+        new = evolve(new, items=merge_items(old.items, changes.items, now))
+    if changes.default_payment_method is not None:
+        new = evolve(new, default_payment_method=changes.default_payment_method or None)
     if changes.trial_end_now and new.status == "trialing":
-        new = evolve(
-            new,
-            status="active",
-            trial_end=now,
-            current_period_start=now,
-            current_period_end=now + PERIOD_SECONDS,
-        )
+        new = end_trial(new, now)
     if changes.pause_behavior is not None:
         new = evolve(new, pause_behavior=changes.pause_behavior)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
     return save(store, old, new)
+
+
+def end_trial(sub: Subscription, now: int) -> Subscription:
+    """The trial ends now: a new period starts and billing with it (payment always succeeds)."""
+    return evolve(
+        sub,
+        status="active",
+        trial_end=now,
+        current_period_start=now,
+        current_period_end=now + PERIOD_SECONDS,
+    )
 
 
 def _apply_cancel_changes(
@@ -271,6 +313,13 @@ def transition(store: Store, sub: Subscription, at: int) -> None:
     elif sub.cancel_at is not None and sub.cancel_at <= at:
         reason = sub.cancellation_reason or "cancellation_requested"
         cancel_subscription(store, sub.id, at=at, reason=reason)
+    elif (
+        sub.status == "trialing"
+        and sub.default_payment_method is None
+        and sub.missing_payment_method == "cancel"
+    ):
+        # `trial_settings.end_behavior.missing_payment_method=cancel`: no card, no subscription.
+        cancel_subscription(store, sub.id, at=at, reason="cancellation_requested")
     else:
         # A new billing period starts (a trial ends into `active`); payment always succeeds.
         start = sub.current_period_end

@@ -29,6 +29,7 @@ from collab_billing.api.schemas import (
     GithubUserIdQuery,
     ManageIn,
     ManageOut,
+    PlanOut,
     PriceOut,
     PricesOut,
     StateOut,
@@ -49,6 +50,7 @@ router = APIRouter(
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
 JSON = "application/json"
+NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
 
@@ -56,7 +58,7 @@ CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possibl
     "/subscriptions",
     response_model=CheckoutOut,
     responses={**NOT_FOUND, **CONFLICT, **STRIPE_ERRORS},
-    summary="Start a Stripe Checkout for the user's subscription",
+    summary="Start a Stripe Checkout for the user's subscription to a plan (seats, trial)",
 )
 async def create_checkout(
     body: CheckoutIn,
@@ -65,16 +67,21 @@ async def create_checkout(
     settings: SettingsDep,
     stripe_calls: StripeCallsDep,
 ) -> CheckoutOut:
-    if not settings.stripe_price_id:
+    if body.price is None and not settings.stripe_price_id:
         raise HTTPException(503, detail="Stripe is not configured: set STRIPE_PRICE_ID")
-    url = await stripe_calls.run(
-        billing.start_checkout,
-        request.app.state.session_factory,
-        gateway,
-        settings.stripe_price_id,
-        body.github_user_id,
+    wanted = billing.CheckoutRequest(body.github_user_id, body.price, body.quantity, body.trial)
+    started = await stripe_calls.run(
+        billing.start_checkout, request.app.state.session_factory, gateway, wanted
     )
-    return CheckoutOut(checkout_session_url=url)
+    return CheckoutOut(
+        checkout_session_url=started.url,
+        stripe_price_id=started.plan.stripe_price_id,
+        lookup_key=started.plan.lookup_key,
+        quantity=started.quantity,
+        trial=started.trial_days is not None,
+        trial_days=started.trial_days,
+        trial_refused=started.trial_refused,
+    )
 
 
 @router.post(
@@ -88,19 +95,20 @@ async def create_checkout(
         **CONFLICT,
         **STRIPE_ERRORS,
     },
-    summary="Open the customer portal's flow for an intent (`cancel`)",
+    summary="Manage a subscription: a portal flow for the intent, or the change itself",
 )
 async def manage_subscription(
     body: ManageIn, request: Request, gateway: GatewayDep, stripe_calls: StripeCallsDep
 ) -> ManageOut:
-    url = await stripe_calls.run(
-        billing.open_cancel_portal,
-        request.app.state.session_factory,
-        gateway,
-        body.github_user_id,
-        body.subscription_id,
+    factory = request.app.state.session_factory
+    wanted = billing.ManageRequest(
+        body.github_user_id, body.intent, body.subscription_id, body.price, body.quantity
     )
-    return ManageOut(billing_portal_session_url=url)
+    result = await stripe_calls.run(billing.manage_subscription, factory, gateway, wanted)
+    if result.changed is None:
+        return ManageOut(billing_portal_session_url=result.portal_url)
+    changed = subscriptions_out(body.github_user_id, [result.changed]).subscriptions[0]
+    return ManageOut(billing_portal_session_url=None, subscription=changed)
 
 
 @router.get(
@@ -140,6 +148,20 @@ def list_subscriptions(
     return subscriptions_out(github_user_id, rows)
 
 
+def _plan(row: queries.SubscriptionRow) -> PlanOut | None:
+    if row.stripe_price_id is None:
+        return None
+    return PlanOut(
+        stripe_price_id=row.stripe_price_id,
+        lookup_key=row.price_lookup_key,
+        product_name=row.product_name,
+        unit_amount=row.unit_amount,
+        currency=row.currency,
+        interval=row.interval,
+        interval_count=row.interval_count,
+    )
+
+
 def subscriptions_out(
     github_user_id: int, rows: Sequence[queries.SubscriptionRow]
 ) -> SubscriptionsOut:
@@ -155,6 +177,11 @@ def subscriptions_out(
             canceled_at=row.stripe_canceled_at,
             current_period_end=row.stripe_current_period_end,
             price_id=row.stripe_price_id,
+            plan=_plan(row),
+            quantity=row.quantity,
+            trial_end=row.stripe_trial_end,
+            kind=billing.subscription_kind(row),
+            cancellation_reason=row.stripe_cancellation_reason,
         )
         for row in rows
     ]

@@ -16,6 +16,7 @@ from sqlalchemy import exc as db_errors
 from collab_billing import metrics
 from collab_billing.api.stripe_calls import StripeBusy
 from collab_billing.billing import BillingError
+from collab_billing.billing.errors import InvalidField
 from collab_billing.stripe_gateway import StripeGatewayError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def _is_json(value: Any) -> bool:
 
 async def _billing_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BillingError)
+    if isinstance(error, InvalidField):
+        return JSONResponse({"detail": error.details()}, status_code=error.status_code)
     return JSONResponse({"detail": error.message}, status_code=error.status_code)
 
 

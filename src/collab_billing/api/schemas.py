@@ -97,25 +97,77 @@ StripeSubscriptionId = Annotated[
 OurSubscriptionId = BigId
 
 
+PriceName = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[!-~]+$"),
+    Field(description="A lookup key or a Stripe price id", examples=["pro-monthly"]),
+]
+Quantity = Annotated[
+    int,
+    Field(ge=1, le=10_000, description="Seats", examples=[1]),
+    BeforeValidator(_number_not_text),
+]
+
+
 class CheckoutIn(StrictModel):
     github_user_id: GithubUserId
+    price: PriceName | None = Field(
+        default=None, description="One of `GET /billing/prices`; omitted: STRIPE_PRICE_ID."
+    )
+    quantity: Quantity = 1
+    trial: bool = Field(
+        default=False,
+        strict=True,
+        description="Ask for a trial of BILLING_TRIAL_DAYS (one per customer, ever).",
+    )
 
 
 class CheckoutOut(BaseModel):
     checkout_session_url: str
+    stripe_price_id: str
+    lookup_key: str | None
+    quantity: int
+    trial: bool = Field(description="Whether this Checkout starts a trial.")
+    trial_days: int | None
+    trial_refused: str | None = Field(
+        description="Why a requested trial is not part of this Checkout (null: none refused)."
+    )
+
+
+Intent = Literal[
+    "cancel", "manage", "update_payment_method", "change_plan", "stop_cancellation", "end_trial"
+]
 
 
 class ManageIn(StrictModel):
     github_user_id: GithubUserId
-    intent: Literal["cancel"] = Field(description="What the user wants to do. Only `cancel`.")
+    intent: Intent = Field(
+        description=(
+            "`cancel`, `manage` (the portal's home), `update_payment_method`, `change_plan` "
+            "(with `price`, `quantity?`): a portal URL. `stop_cancellation`, `end_trial`: done "
+            "through Stripe's API; the answer carries the subscription. 409 if it does not apply."
+        )
+    )
     subscription_id: OurSubscriptionId | StripeSubscriptionId | None = Field(
         default=None,
-        description="Our id or Stripe's `sub_...`; omitted: the user's only active subscription.",
+        description="Our id or Stripe's `sub_...`; omitted: the user's only one that fits.",
+    )
+    price: PriceName | None = Field(default=None, description="`change_plan`: the new plan.")
+    quantity: Quantity | None = Field(
+        default=None, description="`change_plan`: the seats (omitted: unchanged)."
     )
 
 
-class ManageOut(BaseModel):
-    billing_portal_session_url: str
+class PlanOut(BaseModel):
+    """The subscribed price, as the mirrored catalog knows it."""
+
+    stripe_price_id: str
+    lookup_key: str | None
+    product_name: str | None
+    unit_amount: int | None
+    currency: str | None
+    interval: str | None
+    interval_count: int | None
 
 
 class SubscriptionOut(BaseModel):
@@ -129,6 +181,24 @@ class SubscriptionOut(BaseModel):
     canceled_at: UtcDatetime | None
     current_period_end: UtcDatetime | None
     price_id: str | None
+    plan: PlanOut | None
+    quantity: int | None
+    trial_end: UtcDatetime | None
+    kind: Literal["trial", "paid"] = Field(
+        description="`trial` while trialing (or a trial that ended unpaid); else `paid`."
+    )
+    cancellation_reason: str | None = Field(
+        description="Stripe's `cancellation_details.reason` (e.g. `cancellation_requested`)."
+    )
+
+
+class ManageOut(BaseModel):
+    billing_portal_session_url: str | None = Field(
+        description="The portal page to send the user to; null when the change is done."
+    )
+    subscription: SubscriptionOut | None = Field(
+        default=None, description="The changed subscription (`stop_cancellation`, `end_trial`)."
+    )
 
 
 class SubscriptionsOut(BaseModel):
@@ -157,7 +227,7 @@ class AccessOut(BaseModel):
     until: str | None = Field(description="ISO 8601 UTC: when `grace` ends (else null).")
 
 
-class PlanOut(BaseModel):
+class StatePlanOut(BaseModel):
     stripe_subscription_id: str
     status: str
     stripe_price_id: str | None
@@ -175,7 +245,7 @@ class StateOut(BaseModel):
         description="Grows by one each time this document changes (0: never changed)."
     )
     access: AccessOut
-    plan: PlanOut | None = Field(description="The subscription that grants access, if any.")
+    plan: StatePlanOut | None = Field(description="The subscription that grants access, if any.")
     quantity: int | None
     trial_end: str | None = Field(description="ISO 8601 UTC")
     features: list[str] = Field(

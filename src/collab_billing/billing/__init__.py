@@ -10,14 +10,31 @@ from collab_billing.billing.access import (
     is_cancelable,
     list_sellable_prices,
     list_user_subscriptions,
+    subscription_kind,
 )
-from collab_billing.billing.checkout import ensure_customer, start_checkout
+from collab_billing.billing.checkout import (
+    CheckoutRequest,
+    CheckoutStarted,
+    ensure_customer,
+    start_checkout,
+)
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
-from collab_billing.billing.manage import open_cancel_portal
+from collab_billing.billing.manage import (
+    INTENTS,
+    ManageRequest,
+    ManageResult,
+    manage_subscription,
+    open_cancel_portal,
+)
 
 __all__ = [
+    "INTENTS",
     "BillingError",
+    "CheckoutRequest",
+    "CheckoutStarted",
     "Conflict",
+    "ManageRequest",
+    "ManageResult",
     "NotFound",
     "ensure_customer",
     "find_user",
@@ -25,6 +42,8 @@ __all__ = [
     "is_cancelable",
     "list_sellable_prices",
     "list_user_subscriptions",
+    "manage_subscription",
     "open_cancel_portal",
     "start_checkout",
+    "subscription_kind",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,22 @@ def is_active(subscription: BillingSubscription | queries.SubscriptionRow) -> bo
 
 def is_cancelable(subscription: BillingSubscription | queries.SubscriptionRow) -> bool:
     return is_active(subscription) and not subscription.stripe_cancel_at_period_end
+
+
+def subscription_kind(subscription: queries.SubscriptionRow) -> Literal["trial", "paid"]:
+    """`trial` while trialing, and for a trial that ended without being paid for (canceled by
+    its end, e.g. no card was added); `paid` once billing started."""
+    status = subscription.stripe_subscription_status
+    if status == "trialing":
+        return "trial"
+    trial_end, canceled_at = subscription.stripe_trial_end, subscription.stripe_canceled_at
+    ended_in_trial = (
+        status in ("canceled", "incomplete_expired")
+        and trial_end is not None
+        and canceled_at is not None
+        and canceled_at <= trial_end
+    )
+    return "trial" if ended_in_trial else "paid"
 
 
 def list_user_subscriptions(

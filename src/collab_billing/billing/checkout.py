@@ -3,35 +3,81 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import find_user, is_active
 from collab_billing.billing.errors import Conflict
+from collab_billing.billing.plans import Plan, resolve_plan
+from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.db import queries
 from collab_billing.db.models import User
 from collab_billing.stripe_gateway import StripeGateway
 
 
+@dataclass(frozen=True)
+class CheckoutRequest:
+    github_user_id: int
+    price: str | None = None  # a lookup key or a price id; None: STRIPE_PRICE_ID
+    quantity: int = 1
+    trial: bool = False
+
+
+@dataclass(frozen=True)
+class CheckoutStarted:
+    url: str
+    plan: Plan
+    quantity: int
+    trial_days: int | None  # None: no trial
+    trial_refused: str | None  # why a requested trial was not given
+
+
 def start_checkout(
-    factory: sessionmaker[Session], gateway: StripeGateway, price_id: str, github_user_id: int
-) -> str:
-    """The URL of a new Checkout session for the user's subscription to `price_id`."""
-    user = find_user(factory, github_user_id)
+    factory: sessionmaker[Session], gateway: StripeGateway, request: CheckoutRequest
+) -> CheckoutStarted:
+    """A new Checkout session for the user's subscription to the requested plan, with a trial
+    if asked for, offered (BILLING_TRIAL_DAYS) and the customer's first."""
+    settings = gateway.settings
+    user = find_user(factory, request.github_user_id)
+    plan = resolve_plan(
+        factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
+    )
     with factory() as session, session.begin():
         active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
     if active:
         raise Conflict(
-            f"user {github_user_id} already has an active subscription "
+            f"user {request.github_user_id} already has an active subscription "
             f"({active[0].stripe_subscription_id}, {active[0].stripe_subscription_status})"
         )
     customer_id = ensure_customer(factory, gateway, user)
-    return gateway.create_checkout_session(
-        customer_id=customer_id,
-        price_id=price_id,
-        client_reference_id=str(user.github_user_id),
-        github_user_id=user.github_user_id,
-    )
+    trial_days, refused = _trial(factory, customer_id, request.trial, settings.billing_trial_days)
+    try:
+        url = gateway.create_checkout_session(
+            customer_id=customer_id,
+            price_id=plan.stripe_price_id,
+            client_reference_id=str(user.github_user_id),
+            github_user_id=user.github_user_id,
+            quantity=request.quantity,
+            trial_days=trial_days,
+        )
+    except Exception:
+        if trial_days:
+            release_trial(factory, customer_id)
+        raise
+    return CheckoutStarted(url, plan, request.quantity, trial_days, refused)
+
+
+def _trial(
+    factory: sessionmaker[Session], customer_id: str, wanted: bool, days: int
+) -> tuple[int | None, str | None]:
+    if not wanted:
+        return None, None
+    if days == 0:
+        return None, "trials are not offered (BILLING_TRIAL_DAYS is 0)"
+    if claim_trial(factory, customer_id) is None:
+        return None, "this customer has already had a trial (one per customer)"
+    return days, None
 
 
 def ensure_customer(factory: sessionmaker[Session], gateway: StripeGateway, user: User) -> str:

@@ -1,16 +1,61 @@
-"""Managing a subscription through the customer portal (the `cancel` intent)."""
+"""Managing a subscription: the `intent`s of `POST /billing/subscriptions/manage`.
+
+Portal intents answer a customer portal URL: `cancel` (the `subscription_cancel` flow),
+`manage` (the portal's home page), `update_payment_method` (`payment_method_update`) and
+`change_plan` (`subscription_update_confirm` for the subscription's item: the user confirms
+the new price, seats and proration in Stripe's UI; the portal's default
+`trial_update_behavior=end_trial` ends a trial with the change). API intents make the change
+themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`)
+and `end_trial` (`trial_end=now`); the row is refreshed from Stripe under resync's watermark
+rule, so it never goes backwards. An intent that does not apply is a 409.
+
+Stripe is only called once the read transaction is closed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing.access import find_user, is_active, is_cancelable
-from collab_billing.billing.errors import Conflict, NotFound
+from collab_billing.billing.access import (
+    find_user,
+    is_active,
+    is_cancelable,
+    list_user_subscriptions,
+)
+from collab_billing.billing.errors import Conflict, InvalidField, NotFound
+from collab_billing.billing.plans import resolve_plan
 from collab_billing.db import queries
+from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
+from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway
+
+ENDED = frozenset({"canceled", "incomplete_expired"})
+
+
+@dataclass(frozen=True)
+class ManageRequest:
+    github_user_id: int
+    intent: str
+    subscription_id: int | str | None = None
+    price: str | None = None
+    quantity: int | None = None
+
+
+@dataclass(frozen=True)
+class ManageResult:
+    portal_url: str | None = None
+    changed: queries.SubscriptionRow | None = None  # what an API intent changed, as now stored
+
+
+def manage_subscription(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    return INTENTS[request.intent](factory, gateway, request)
 
 
 def open_cancel_portal(
@@ -20,47 +65,190 @@ def open_cancel_portal(
     subscription_id: int | str | None,
 ) -> str:
     """The URL of a portal session whose flow cancels the chosen subscription."""
-    user = find_user(factory, github_user_id)
-    with factory() as session, session.begin():
-        subscriptions = queries.list_subscriptions_of_user(session, user.id)
-        target = _choose_subscription(subscriptions, github_user_id, subscription_id)
-        customer = session.get(BillingCustomer, target.billing_customer_id)
-        assert customer is not None  # guaranteed by the foreign key
-    return gateway.create_portal_cancel_session(
-        customer_id=customer.stripe_customer_id, subscription_id=target.stripe_subscription_id
+    request = ManageRequest(github_user_id, "cancel", subscription_id)
+    url = _cancel(factory, gateway, request).portal_url
+    assert url is not None
+    return url
+
+
+# -- the intents ----------------------------------------------------------------------------
+
+
+def _cancel(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    customer, target = _target(
+        factory, request, _why_not_cancelable, "active subscription to cancel"
+    )
+    url = gateway.create_portal_cancel_session(
+        customer_id=customer, subscription_id=target.stripe_subscription_id
+    )
+    return ManageResult(portal_url=url)
+
+
+def _home(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    return ManageResult(
+        portal_url=gateway.create_portal_session(customer_id=_customer(factory, request))
     )
 
 
-def _choose_subscription(
-    owned: Sequence[BillingSubscription],
-    github_user_id: int,
-    subscription_id: int | str | None,
-) -> BillingSubscription:
-    if subscription_id is None:
-        return _only_cancelable(owned, github_user_id)
-    matches = [s for s in owned if subscription_id in (s.id, s.stripe_subscription_id)]
-    if not matches:
-        raise NotFound(f"subscription {subscription_id} is not one of user {github_user_id}'s")
-    target = matches[0]
-    if not is_active(target):
+def _update_payment_method(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    flow = {"type": "payment_method_update"}
+    customer = _customer(factory, request)
+    return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
+
+
+def _change_plan(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    if request.price is None:
+        raise InvalidField("price", "change_plan needs the new plan's `price`")
+    settings = gateway.settings
+    keys = settings.billing_price_lookup_keys()
+    plan = resolve_plan(factory, request.price, settings.stripe_price_id, keys)
+    customer, target = _target(
+        factory, request, _why_not_changeable, "active subscription to change"
+    )
+    quantity = request.quantity or target.quantity or 1
+    if (plan.stripe_price_id, quantity) == (target.stripe_price_id, target.quantity or 1):
         raise Conflict(
-            f"subscription {subscription_id} is already {target.stripe_subscription_status}"
+            f"subscription {target.stripe_subscription_id} is already on {request.price} "
+            f"with quantity {quantity}"
         )
+    body = gateway.get(
+        "subscriptions.retrieve", f"/v1/subscriptions/{target.stripe_subscription_id}"
+    )
+    items = SUBSCRIPTIONS.decode(body).items.data
+    if len(items) != 1:
+        raise Conflict(f"subscription {target.stripe_subscription_id} has {len(items)} items")
+    item = {"id": items[0].id, "price": plan.stripe_price_id, "quantity": quantity}
+    flow = {
+        "type": "subscription_update_confirm",
+        "subscription_update_confirm": {
+            "subscription": target.stripe_subscription_id,
+            "items": [item],
+        },
+    }
+    return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
+
+
+def _stop_cancellation(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    _, target = _target(factory, request, _why_not_stoppable, "subscription scheduled to cancel")
+    sub_id = target.stripe_subscription_id
     if target.stripe_cancel_at_period_end:
-        raise Conflict(f"subscription {subscription_id} is already set to cancel at period end")
-    return target
+        gateway.update_subscription(sub_id, cancel_at_period_end=False)
+    else:
+        gateway.update_subscription(sub_id, cancel_at="")  # clears a cancel_at date
+    return _refreshed(factory, gateway, request, sub_id)
 
 
-def _only_cancelable(
-    owned: Sequence[BillingSubscription], github_user_id: int
+def _end_trial(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
+) -> ManageResult:
+    _, target = _target(factory, request, _why_not_trialing, "subscription in a trial")
+    gateway.update_subscription(target.stripe_subscription_id, trial_end="now")
+    return _refreshed(factory, gateway, request, target.stripe_subscription_id)
+
+
+def _refreshed(
+    factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest, sub_id: str
+) -> ManageResult:
+    refresh(factory, gateway, SUBSCRIPTIONS, [sub_id])
+    rows = list_user_subscriptions(factory, request.github_user_id)
+    return ManageResult(changed=next(r for r in rows if r.stripe_subscription_id == sub_id))
+
+
+Intent = Callable[[sessionmaker[Session], StripeGateway, ManageRequest], ManageResult]
+INTENTS: dict[str, Intent] = {
+    "cancel": _cancel,
+    "manage": _home,
+    "update_payment_method": _update_payment_method,
+    "change_plan": _change_plan,
+    "stop_cancellation": _stop_cancellation,
+    "end_trial": _end_trial,
+}
+
+
+# -- which subscription ---------------------------------------------------------------------
+
+# Each says why a subscription does not fit the intent (None: it fits).
+Check = Callable[[BillingSubscription], str | None]
+
+
+def _why_not_cancelable(sub: BillingSubscription) -> str | None:
+    if not is_active(sub):
+        return f"is already {sub.stripe_subscription_status}"
+    if not is_cancelable(sub):
+        return "is already set to cancel at period end"
+    return None
+
+
+def _why_not_changeable(sub: BillingSubscription) -> str | None:
+    return None if is_active(sub) else f"is {sub.stripe_subscription_status}"
+
+
+def _why_not_stoppable(sub: BillingSubscription) -> str | None:
+    if sub.stripe_subscription_status in ENDED:
+        return f"has already ended ({sub.stripe_subscription_status})"
+    if not sub.stripe_cancel_at_period_end and sub.stripe_cancel_at is None:
+        return "is not scheduled to cancel"
+    return None
+
+
+def _why_not_trialing(sub: BillingSubscription) -> str | None:
+    status = sub.stripe_subscription_status
+    return None if status == "trialing" else f"is not in a trial ({status})"
+
+
+def _target(
+    factory: sessionmaker[Session], request: ManageRequest, check: Check, fitting: str
+) -> tuple[str, BillingSubscription]:
+    """The Stripe customer and the subscription the intent acts on: the one named (404 if not
+    the user's, 409 if it does not fit) or the user's only fitting one (409 if none or several)."""
+    user = find_user(factory, request.github_user_id)
+    with read_only(factory) as session:
+        owned = queries.list_subscriptions_of_user(session, user.id)
+        target = _choose(owned, request, check, fitting)
+        customer = session.get(BillingCustomer, target.billing_customer_id)
+        assert customer is not None  # guaranteed by the foreign key
+        return customer.stripe_customer_id, target
+
+
+def _choose(
+    owned: Sequence[BillingSubscription], request: ManageRequest, check: Check, fitting: str
 ) -> BillingSubscription:
-    cancelable = [s for s in owned if is_cancelable(s)]
-    if not cancelable:
-        raise Conflict(f"user {github_user_id} has no active subscription to cancel")
-    if len(cancelable) > 1:
-        ids = ", ".join(f"{s.id} ({s.stripe_subscription_id})" for s in cancelable)
+    who, wanted = request.github_user_id, request.subscription_id
+    if wanted is not None:
+        matches = [s for s in owned if wanted in (s.id, s.stripe_subscription_id)]
+        if not matches:
+            raise NotFound(f"subscription {wanted} is not one of user {who}'s")
+        reason = check(matches[0])
+        if reason is not None:
+            raise Conflict(f"subscription {wanted} {reason}")
+        return matches[0]
+    fits = [s for s in owned if check(s) is None]
+    if not fits:
+        raise Conflict(f"user {who} has no {fitting}")
+    if len(fits) > 1:
+        ids = ", ".join(f"{s.id} ({s.stripe_subscription_id})" for s in fits)
         raise Conflict(
-            f"user {github_user_id} has several active subscriptions ({ids}): "
-            "say which with subscription_id"
+            f"user {who} has more than one {fitting} ({ids}): say which with subscription_id"
         )
-    return cancelable[0]
+    return fits[0]
+
+
+def _customer(factory: sessionmaker[Session], request: ManageRequest) -> str:
+    user = find_user(factory, request.github_user_id)
+    with read_only(factory) as session:
+        customer = queries.get_billing_customer_by_user_id(session, user.id)
+        if customer is None or customer.stripe_deleted_at is not None:
+            raise Conflict(
+                f"user {request.github_user_id} has no Stripe customer yet: check out first"
+            )
+        return customer.stripe_customer_id

@@ -77,6 +77,8 @@ class BillingCustomer(Base):
     stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     # Deletion is terminal on Stripe, so a tombstone makes customer events commute.
     stripe_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the customer's one trial was granted (set as its Checkout is created; never reset).
+    trial_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
 
     user: Mapped[User] = relationship(back_populates="billing_customer")
@@ -98,6 +100,10 @@ class BillingSubscription(MirroredRow, Base):
     stripe_cancel_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    quantity: Mapped[int | None] = mapped_column(Integer)
+    stripe_trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Stripe's `cancellation_details.reason` (e.g. cancellation_requested, payment_failed).
+    stripe_cancellation_reason: Mapped[str | None] = mapped_column(String(64))
 
 
 class BillingPrice(MirroredRow, Base):

@@ -26,6 +26,8 @@ ACTIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
 _users = User.__table__
 _customers = BillingCustomer.__table__
 _subscriptions = BillingSubscription.__table__
+_prices = BillingPrice.__table__
+_products = BillingProduct.__table__
 
 
 def get_user_by_github_user_id(session: Session, github_user_id: int) -> User | None:
@@ -115,10 +117,21 @@ USER_SUBSCRIPTIONS = (
         _subscriptions.c.stripe_canceled_at,
         _subscriptions.c.stripe_current_period_end,
         _subscriptions.c.stripe_price_id,
+        _subscriptions.c.quantity,
+        _subscriptions.c.stripe_trial_end,
+        _subscriptions.c.stripe_cancellation_reason,
+        _prices.c.lookup_key,
+        _products.c.name,
+        _prices.c.unit_amount,
+        _prices.c.currency,
+        _prices.c.recurring_interval,
+        _prices.c.recurring_interval_count,
     )
     .select_from(_users)
     .outerjoin(_customers, _customers.c.user_id == _users.c.id)
     .outerjoin(_subscriptions, _subscriptions.c.billing_customer_id == _customers.c.id)
+    .outerjoin(_prices, _prices.c.stripe_price_id == _subscriptions.c.stripe_price_id)
+    .outerjoin(_products, _products.c.stripe_product_id == _prices.c.stripe_product_id)
     .where(_users.c.github_user_id == bindparam("github_user_id"))
     .order_by(_subscriptions.c.id)
 )
@@ -135,6 +148,16 @@ class SubscriptionRow(NamedTuple):
     stripe_canceled_at: datetime | None
     stripe_current_period_end: datetime | None
     stripe_price_id: str | None
+    quantity: int | None
+    stripe_trial_end: datetime | None
+    stripe_cancellation_reason: str | None
+    # The plan, from the mirrored catalog (None until the price is mirrored).
+    price_lookup_key: str | None
+    product_name: str | None
+    unit_amount: int | None
+    currency: str | None
+    interval: str | None
+    interval_count: int | None
 
 
 def user_subscriptions(session: Session, github_user_id: int) -> list[SubscriptionRow] | None:
@@ -143,7 +166,7 @@ def user_subscriptions(session: Session, github_user_id: int) -> list[Subscripti
     rows = session.execute(USER_SUBSCRIPTIONS, {"github_user_id": github_user_id}).all()
     if not rows:
         return None
-    return [SubscriptionRow(*row) for row in rows if row[0] is not None]
+    return [SubscriptionRow._make(row) for row in rows if row[0] is not None]
 
 
 def link_billing_customer(

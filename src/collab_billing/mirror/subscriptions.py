@@ -13,8 +13,14 @@ from collab_billing.stripe_gateway.events import Ref, id_of
 
 
 class SubscriptionItem(msgspec.Struct):
+    id: str = ""
     price: str | Ref | None = None
+    quantity: int | None = None
     current_period_end: int | None = None
+
+
+class CancellationDetails(msgspec.Struct):
+    reason: str | None = None
 
 
 class ItemList(msgspec.Struct):
@@ -31,6 +37,8 @@ class Subscription(msgspec.Struct):
     cancel_at: int | None = None
     canceled_at: int | None = None
     current_period_end: int | None = None  # before API 2025-03-31; now on the items
+    trial_end: int | None = None
+    cancellation_details: CancellationDetails | None = None
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
@@ -43,6 +51,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     period_ends = [item.current_period_end for item in items if item.current_period_end]
     period_end = max(period_ends) if period_ends else subscription.current_period_end
     price = items[0].price if items else None
+    details = subscription.cancellation_details
     return {
         "stripe_subscription_status": subscription.status,
         "stripe_price_id": id_of(price) if price else None,
@@ -50,6 +59,9 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_cancel_at": _time(subscription.cancel_at),
         "stripe_canceled_at": _time(subscription.canceled_at),
         "stripe_current_period_end": _time(period_end),
+        "quantity": items[0].quantity if items else None,
+        "stripe_trial_end": _time(subscription.trial_end),
+        "stripe_cancellation_reason": details.reason if details else None,
     }
 
 

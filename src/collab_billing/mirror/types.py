@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import Table
+from sqlalchemy import Table, Update, update
 
 T = TypeVar("T")
 
@@ -45,3 +45,30 @@ class MirroredType(Generic[T]):
         if self.owner is not None:
             values["billing_customer_id"] = billing_customer_id
         return values
+
+    @property
+    def keeps_tombstones(self) -> bool:
+        """Rows of this type outlive the object: deletion is terminal and marks `deleted`."""
+        return "deleted" in self.table.c
+
+    def deletion(self, events: Sequence[Any]) -> Any | None:
+        """The `<kind>.deleted` event among `events`, for a type that keeps tombstones. Its
+        object is the last state there will ever be: it is written, marked deleted, without
+        reading Stripe again (which answers 404 for a deleted price or product)."""
+        if not self.keeps_tombstones:
+            return None
+        return next((e for e in events if e.type == f"{self.kind}.deleted"), None)
+
+    def stub(self, object_id: str) -> T:
+        """What a 404 on a type that keeps tombstones means: the object was deleted."""
+        return msgspec.json.decode(
+            msgspec.json.encode({"id": object_id, "deleted": True}), type=self.object_type
+        )
+
+    def tombstone(self, object_id: str, as_of: int) -> Update:
+        """Mark a row deleted, keeping what it last showed (Stripe shows nothing any more)."""
+        return (
+            update(self.table)
+            .where(self.table.c[self.key] == object_id)
+            .values(deleted=True, stripe_state_as_of=as_of)
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,7 +375,8 @@ class BatchWriter:
             return
         owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
-        written = []
+        written: list[tuple[Any, int, int | None]] = []
+        deleted: set[str] = set()  # written from their `.deleted` event: marked deleted
         for group in groups:
             cid = owners.get(group.object_id)
             if cid is not None and cid not in self.known:
@@ -385,20 +386,39 @@ class BatchWriter:
             if mark is not None and newest < mark:
                 self.stats.count("stale", group.events)
                 continue
-            if group.final is None or mark == newest or not mirrored.trust_payload:
+            deletion = mirrored.deletion(group.events)
+            if deletion is not None:
+                obj = deletion.object_as(mirrored.object_type)
+            elif group.final is None or mark == newest or not mirrored.trust_payload:
                 obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
                 obj = group.final.object_as(mirrored.object_type)
-            if obj is not None:
-                written.append((obj, newest, self.known.get(cid or "")))
-                self.stats.count("applied", group.events)
-        self.store(mirrored, written)
+            if obj is None:
+                continue
+            self.stats.count("applied", group.events)
+            if deletion is None and getattr(obj, "deleted", False):
+                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
+                self.session.connection().execute(tombstone)
+                outbox.mark_rows(self.session, mirrored.key, [{mirrored.key: group.object_id}])
+                continue
+            if deletion is not None:
+                deleted.add(group.object_id)
+            written.append((obj, newest, self.known.get(cid or "")))
+        self.store(mirrored, written, deleted)
 
     def store(
-        self, mirrored: MirroredType[Any], written: list[tuple[Any, int, int | None]]
+        self,
+        mirrored: MirroredType[Any],
+        written: list[tuple[Any, int, int | None]],
+        deleted: Set[str] = frozenset(),
     ) -> None:
-        """Write these (object, as of, our customer id): its rows, and the rows beside them."""
-        self.upsert(mirrored, [mirrored.row(obj, as_of, cid) for obj, as_of, cid in written])
+        """Write these (object, as of, our customer id): its rows (those of `deleted` marked
+        so), and the rows beside them."""
+        rows = []
+        for obj, as_of, cid in written:
+            row = mirrored.row(obj, as_of, cid)
+            rows.append({**row, "deleted": True} if row[mirrored.key] in deleted else row)
+        self.upsert(mirrored, rows)
         if mirrored.after_write is not None and written:
             mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
 

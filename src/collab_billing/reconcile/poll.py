@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.db.models import ProcessedStripeEvent
-from collab_billing.mirror.registry import relevant_event_types
+from collab_billing.mirror.registry import relevant_event_types, types_filter
 from collab_billing.reconcile import ledger, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats, group_events
 from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
@@ -67,13 +67,17 @@ class Poller:
         applier: Applier,
         clock: Callable[[], float] = time.time,
         target: int = tuning.WINDOW_EVENTS,
+        types: Sequence[str] | None = None,
     ) -> None:
         self.factory = factory
         self.gateway = gateway
         self.applier = applier
         self.clock = clock
         self.target = target
-        self.types = relevant_event_types()
+        self.types = frozenset(types if types is not None else relevant_event_types())
+        # Unfiltered pages (more types than Stripe's filter takes) hold other events too: they
+        # count for paging and window sizes, and are left out before the ledger and the applier.
+        self.types_filter = types_filter(sorted(self.types))
         self._lock = threading.Lock()
 
     def check_retention(self) -> None:
@@ -156,7 +160,7 @@ class Poller:
         raise AssertionError("unreachable")
 
     def _list_once(self, report: DrainReport, **filters: int | str) -> _Page:
-        page = self.gateway.list_events(types=self.types, **filters)  # type: ignore[arg-type]
+        page = self.gateway.list_events(types=self.types_filter, **filters)  # type: ignore[arg-type]
         for event in page.events:
             metrics.EVENTS_FETCHED.labels(event.type).inc()
         with self._lock:
@@ -234,8 +238,8 @@ class Poller:
             after = page.events[-1].id
 
     def _all_processed(self, events: Sequence[Event]) -> bool:
-        ids = {event.id for event in events}
-        return self._processed(list(ids)) == ids
+        ids = {event.id for event in events if event.type in self.types}
+        return not ids or self._processed(list(ids)) == ids
 
     def _batch_size(self) -> int:
         """Shorter transactions while other writers (webhooks) wait for SQLite's one writer."""
@@ -260,7 +264,8 @@ class Poller:
         self, newest_first: list[Event], report: DrainReport, stop: threading.Event | None
     ) -> bool:
         """Apply a window's events in batches of whole seconds; True when stopped."""
-        events = sorted(reversed(newest_first), key=lambda event: event.created)
+        relevant = [event for event in reversed(newest_first) if event.type in self.types]
+        events = sorted(relevant, key=lambda event: event.created)
         for batch in batches(events, self._batch_size()):
             # Events applied already (the overlap below the cursor, webhooks) are left out
             # here, not counted again as duplicates; the applier's ledger claim stays the guard.
@@ -270,6 +275,11 @@ class Poller:
             if stop is not None and stop.is_set():
                 report.interrupted = True
                 return True
+        if newest_first and (not events or events[-1].created < newest_first[0].created):
+            # The window's newest events were of other types: the cursor passes them, or
+            # every later poll would read them again.
+            with transaction(self.factory) as session:
+                ledger.advance_cursor(session, newest_first[0].created)
         return False
 
 

@@ -89,7 +89,12 @@ class StripeReads:
         if mirrored.fetch is not None:
             return mirrored.fetch(self.gateway, read.object_id)
         path = mirrored.retrieve_path.format(id=read.object_id)
-        return mirrored.decode(self.gateway.get(f"{mirrored.kind}s.retrieve", path))
+        try:
+            return mirrored.decode(self.gateway.get(f"{mirrored.kind}s.retrieve", path))
+        except StripeGatewayError as error:
+            if error.http_status == 404 and mirrored.keeps_tombstones:
+                return mirrored.stub(read.object_id)
+            raise
 
     def _owned(self, mirrored: MirroredType[Any], customer_id: str) -> list[Any]:
         assert self.gateway is not None

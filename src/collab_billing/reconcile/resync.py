@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,12 @@ from collab_billing.db.models import (
     User,
 )
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevant_event_types
+from collab_billing.mirror.registry import (
+    MIRRORED_TYPES,
+    MirroredType,
+    relevant_event_types,
+    types_filter,
+)
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.apply import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
@@ -99,10 +104,30 @@ def resync(
     return report
 
 
+def refresh(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    mirrored: MirroredType[Any],
+    object_ids: Sequence[str],
+) -> None:
+    """Read these objects from Stripe now and write them as resync does: the watermark is the
+    newest event's second, taken BEFORE the reads, so the rows are at least as new as every
+    event up to it, a later event still applies, and a tie is read again. For a change just
+    made through the API (the row shows it without waiting for its event)."""
+    as_of = _stripe_now(gateway)
+    operation = f"{mirrored.kind}s.retrieve"
+    chunk = [
+        mirrored.decode(gateway.get(operation, mirrored.retrieve_path.format(id=object_id)))
+        for object_id in object_ids
+    ]
+    with transaction(factory) as session:
+        _write(session, mirrored, chunk, as_of)
+
+
 def _stripe_now(gateway: StripeGateway) -> int:
     """The newest event's second; on an account with no event yet, now (less a margin for a
     clock that runs ahead of Stripe's): polling starts there instead of at the epoch."""
-    page = gateway.list_events(types=relevant_event_types(), limit=1)
+    page = gateway.list_events(types=types_filter(relevant_event_types()), limit=1)
     return page.events[0].created if page.events else int(time.time()) - 300
 
 

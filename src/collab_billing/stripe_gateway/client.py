@@ -144,23 +144,75 @@ class StripeGateway:
         return str(customer.id)
 
     def create_checkout_session(
-        self, *, customer_id: str, price_id: str, client_reference_id: str, github_user_id: int
+        self,
+        *,
+        customer_id: str,
+        price_id: str,
+        client_reference_id: str,
+        github_user_id: int,
+        quantity: int = 1,
+        trial_days: int | None = None,
     ) -> str:
+        """A subscription-mode Checkout session; with `trial_days`, a trial that takes no card
+        unless BILLING_TRIAL_REQUIRES_PAYMENT_METHOD (card-less trials are canceled at their
+        end if no card was added). Promotion codes and automatic tax follow the settings."""
+        settings = self.settings
+        metadata = {"github_user_id": str(github_user_id)}
+        subscription_data: dict[str, Any] = {"metadata": metadata}
         params: dict[str, Any] = {
             "mode": "subscription",
             "customer": customer_id,
-            "line_items": [{"price": price_id, "quantity": 1}],
+            "line_items": [{"price": price_id, "quantity": quantity}],
             "client_reference_id": client_reference_id,
-            "success_url": self.settings.billing_checkout_success_url,
-            "cancel_url": self.settings.billing_checkout_cancel_url,
-            "metadata": {"github_user_id": str(github_user_id)},
-            "subscription_data": {"metadata": {"github_user_id": str(github_user_id)}},
+            "success_url": _with_session_id(settings.billing_checkout_success_url),
+            "cancel_url": settings.billing_checkout_cancel_url,
+            "metadata": metadata,
+            "subscription_data": subscription_data,
         }
+        if trial_days:
+            subscription_data["trial_period_days"] = trial_days
+            if not settings.billing_trial_requires_payment_method:
+                params["payment_method_collection"] = "if_required"
+                end = {"missing_payment_method": "cancel"}
+                subscription_data["trial_settings"] = {"end_behavior": end}
+        if settings.billing_allow_promotion_codes:
+            params["allow_promotion_codes"] = True
+        if settings.billing_automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+            params["billing_address_collection"] = "required"
+            params["tax_id_collection"] = {"enabled": True}
+            # Stripe requires these for an existing customer with tax and tax ids collected.
+            params["customer_update"] = {"address": "auto", "name": "auto"}
         session = self._call(
             "checkout.sessions.create",
             lambda: self.client.v1.checkout.sessions.create(params=params),  # type: ignore[arg-type]
         )
         return str(session.url)
+
+    def create_portal_session(self, *, customer_id: str, flow: dict[str, Any] | None = None) -> str:
+        """A customer portal session: its home page (no `flow`) or one flow (`flow_data`),
+        coming back to BILLING_PORTAL_RETURN_URL."""
+        return_url = self.settings.billing_portal_return_url
+        params: dict[str, Any] = {"customer": customer_id, "return_url": return_url}
+        if flow is not None:
+            after = {"type": "redirect", "redirect": {"return_url": return_url}}
+            params["flow_data"] = {**flow, "after_completion": after}
+        session = self._call(
+            "billing_portal.sessions.create",
+            lambda: self.client.v1.billing_portal.sessions.create(params=params),  # type: ignore[arg-type]
+        )
+        return str(session.url)
+
+    def update_subscription(self, subscription_id: str, **params: Any) -> bytes:
+        """POST /v1/subscriptions/{id} (e.g. `cancel_at_period_end=False`, `trial_end="now"`);
+        the updated subscription's JSON, for the caller to decode and apply."""
+        response = self._call(
+            "subscriptions.update",
+            lambda: self.client.raw_request(
+                "post", f"/v1/subscriptions/{subscription_id}", **params
+            ),
+        )
+        return str(response.body).encode()
 
     def create_portal_cancel_session(self, *, customer_id: str, subscription_id: str) -> str:
         return_url = self.settings.billing_portal_return_url
@@ -179,23 +231,33 @@ class StripeGateway:
         )
         return str(session.url)
 
-    def create_recurring_price(
-        self, *, product_name: str, unit_amount: int, currency: str, interval: str
-    ) -> str:
+    def create_product(self, *, name: str) -> str:
         product = self._call(
-            "products.create",
-            lambda: self.client.v1.products.create(params={"name": product_name}),
+            "products.create", lambda: self.client.v1.products.create(params={"name": name})
         )
+        return str(product.id)
+
+    def create_recurring_price(
+        self,
+        *,
+        product_id: str,
+        unit_amount: int,
+        currency: str,
+        interval: str,
+        lookup_key: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "product": product_id,
+            "unit_amount": unit_amount,
+            "currency": currency,
+            "recurring": {"interval": interval},
+        }
+        if lookup_key is not None:
+            params["lookup_key"] = lookup_key
+            params["transfer_lookup_key"] = True  # the key names the newest price
         price = self._call(
             "prices.create",
-            lambda: self.client.v1.prices.create(
-                params={
-                    "product": product.id,
-                    "unit_amount": unit_amount,
-                    "currency": currency,
-                    "recurring": {"interval": interval},
-                }
-            ),
+            lambda: self.client.v1.prices.create(params=params),  # type: ignore[arg-type]
         )
         return str(price.id)
 
@@ -204,14 +266,17 @@ class StripeGateway:
     def list_events(
         self,
         *,
-        types: Sequence[str],
+        types: Sequence[str] | None,
         created_gte: int | None = None,
         created_lt: int | None = None,
         starting_after: str | None = None,
         limit: int = 100,
     ) -> EventPage:
-        """One page of events, newest first; `starting_after` pages on to older ones."""
-        params: dict[str, Any] = {"limit": limit, "types": list(types)}
+        """One page of events, newest first; `starting_after` pages on to older ones. `types`
+        None reads events of every type."""
+        params: dict[str, Any] = {"limit": limit}
+        if types is not None:
+            params["types"] = list(types)
         created = {"gte": created_gte, "lt": created_lt}
         if any(value is not None for value in created.values()):
             params["created"] = {k: v for k, v in created.items() if v is not None}
@@ -237,6 +302,12 @@ class StripeGateway:
 
 class _Id(msgspec.Struct):
     id: str
+
+
+def _with_session_id(url: str) -> str:
+    """The success URL with Checkout's `{CHECKOUT_SESSION_ID}` template, which Stripe fills in."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}session_id={{CHECKOUT_SESSION_ID}}"
 
 
 def _retry_after(error: stripe.StripeError, attempt: int) -> float:

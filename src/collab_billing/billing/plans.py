@@ -1,0 +1,56 @@
+"""Plans: which price a request names (a lookup key or a price id) and whether it may be sold.
+
+Answers from the mirrored catalog (`billing_prices`), never from Stripe: a price archived in
+Stripe stops being sellable as soon as its event is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import RowMapping
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.errors import InvalidField
+from collab_billing.db import queries
+from collab_billing.db.engine import read_only
+
+
+@dataclass(frozen=True)
+class Plan:
+    stripe_price_id: str
+    lookup_key: str | None
+
+
+def resolve_plan(
+    factory: sessionmaker[Session],
+    requested: str | None,
+    default_price: str | None,
+    lookup_keys: Sequence[str] | None,
+) -> Plan:
+    """The plan for `requested` (a lookup key or a price id), or for STRIPE_PRICE_ID when
+    None. A requested price must be sellable (`GET /billing/prices`): else 422 naming the
+    sellable ones. The configured default is trusted even before the catalog is mirrored."""
+    with read_only(factory) as session:
+        sellable = queries.sellable_prices(session, lookup_keys)
+    wanted = requested if requested is not None else default_price
+    match = _find(sellable, wanted)
+    if match is not None:
+        return Plan(match["stripe_price_id"], match["lookup_key"])
+    if requested is None or requested == default_price:
+        if default_price is None:
+            raise InvalidField("price", "no price given and STRIPE_PRICE_ID is not set")
+        if not default_price.startswith("price_"):
+            message = f"STRIPE_PRICE_ID {default_price!r} is no price for sale (catalog synced?)"
+            raise InvalidField("price", message)
+        return Plan(default_price, None)
+    names = ", ".join(row["lookup_key"] for row in sellable) or "none"
+    raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")
+
+
+def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:
+    for row in rows:
+        if wanted in (row["lookup_key"], row["stripe_price_id"]):
+            return row
+    return None

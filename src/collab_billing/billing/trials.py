@@ -1,0 +1,54 @@
+"""One trial per customer, ever: `billing_customers.trial_started_at` is claimed by one
+conditional UPDATE, so two concurrent requests cannot both get a trial.
+
+The claim is made before the trial's Checkout session is created (no Stripe call inside the
+transaction) and given back if creating the session fails. A customer whose mirrored
+subscriptions already had a trial (say, made in the dashboard) gets none either.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.db.models import BillingCustomer, BillingSubscription
+
+
+def claim_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> datetime | None:
+    """Record that the customer starts their trial now; None if they had one already."""
+    now = datetime.now(UTC)
+    with factory() as session, session.begin():
+        customer_id = session.scalar(
+            select(BillingCustomer.id).where(
+                BillingCustomer.stripe_customer_id == stripe_customer_id
+            )
+        )
+        had_trial = session.scalar(
+            select(BillingSubscription.id)
+            .where(
+                BillingSubscription.billing_customer_id == customer_id,
+                BillingSubscription.stripe_trial_end.is_not(None),
+            )
+            .limit(1)
+        )
+        if customer_id is None or had_trial is not None:
+            return None
+        claimed = session.execute(
+            update(BillingCustomer)
+            .where(BillingCustomer.id == customer_id, BillingCustomer.trial_started_at.is_(None))
+            .values(trial_started_at=now)
+        )
+        return now if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def release_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> None:
+    """Give back a claim whose Checkout session could not be created. (Only the request that
+    claimed the trial can be here: every other one found it taken.)"""
+    with factory() as session, session.begin():
+        session.execute(
+            update(BillingCustomer)
+            .where(BillingCustomer.stripe_customer_id == stripe_customer_id)
+            .values(trial_started_at=None)
+        )

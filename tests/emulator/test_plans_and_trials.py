@@ -1,0 +1,316 @@
+"""Plans, seats and trials in the emulator, through the official SDK: Checkout with a quantity
+and a card-less trial, trial expiry into `active` or `canceled`, item price and quantity
+updates, `trial_end=now`, the portal's update and payment method flows, lookup keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+
+from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.test_billing_flows import events_oldest_first
+
+DAY = 86_400
+
+
+def _checkout(client: stripe.StripeClient, price: str, **extra: Any) -> stripe.checkout.Session:
+    customer = client.v1.customers.create(params={"email": "t@example.com"})
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "customer": customer.id,
+        "line_items": [{"price": price, "quantity": 3}],
+        "success_url": "https://example.com/ok?session_id={CHECKOUT_SESSION_ID}",
+        **extra,
+    }
+    return client.v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
+
+
+def _cardless_trial(client: stripe.StripeClient, price: str) -> stripe.checkout.Session:
+    return _checkout(
+        client,
+        price,
+        payment_method_collection="if_required",
+        subscription_data={
+            "trial_period_days": 7,
+            "trial_settings": {"end_behavior": {"missing_payment_method": "cancel"}},
+        },
+    )
+
+
+def test_checkout_with_seats_makes_a_subscription_of_that_quantity(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _checkout(client, price.id)
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {})
+    sub = client.v1.subscriptions.retrieve(done["subscription"])
+    assert sub.status == "active"
+    assert sub["items"].data[0].quantity == 3
+    assert sub.default_payment_method is not None  # Checkout took a card
+
+
+def test_cardless_trial_ends_canceled_without_a_card(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _cardless_trial(client, price.id)
+    assert session.payment_method_collection == "if_required"
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    assert done["payment_status"] == "no_payment_required"
+    sub = client.v1.subscriptions.retrieve(done["subscription"])
+    assert sub.status == "trialing"
+    assert sub.default_payment_method is None
+    assert sub.trial_settings.end_behavior.missing_payment_method == "cancel"
+
+    ctl("POST", "clock/advance", {"seconds": 7 * DAY + 1})
+    ended = client.v1.subscriptions.retrieve(sub.id)
+    assert ended.status == "canceled"
+    assert ended.cancellation_details is not None
+    assert ended.cancellation_details.reason == "cancellation_requested"
+    deleted = events_oldest_first(client, type="customer.subscription.deleted")
+    assert [event.data.object.id for event in deleted] == [sub.id]
+
+
+def test_cardless_trial_ends_active_once_a_card_is_added_in_the_portal(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _cardless_trial(client, price.id)
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    portal = client.v1.billing_portal.sessions.create(
+        params={"customer": done["customer"], "flow_data": {"type": "payment_method_update"}}
+    )
+    assert portal.flow is not None and portal.flow.type == "payment_method_update"
+    added = ctl("POST", f"billing_portal/sessions/{portal.id}/confirm", {})
+    assert added["subscriptions"][0]["default_payment_method"].startswith("pm_")
+
+    ctl("POST", "clock/advance", {"seconds": 7 * DAY + 1})
+    assert client.v1.subscriptions.retrieve(done["subscription"]).status == "active"
+
+
+def test_a_card_is_required_unless_checkout_allows_skipping_it(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _checkout(client, price.id, subscription_data={"trial_period_days": 7})
+    refused = ctl.raw("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    assert refused.status_code == 400
+
+
+def test_item_price_and_quantity_update_keeps_the_item_and_ends_the_trial_now(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    monthly, yearly = recurring_price(client), recurring_price(client, 20_000)
+    session = _checkout(client, monthly.id, subscription_data={"trial_period_days": 7})
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {})
+    sub = client.v1.subscriptions.retrieve(done["subscription"])
+    item = sub["items"].data[0]
+    updated = client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": item.id, "price": yearly.id, "quantity": 5}],
+            "proration_behavior": "create_prorations",
+            "trial_end": "now",
+        },
+    )
+    new_item = updated["items"].data[0]
+    assert (new_item.id, new_item.price.id, new_item.quantity) == (item.id, yearly.id, 5)
+    assert updated.status == "active"
+    event = events_oldest_first(client, type="customer.subscription.updated")[-1]
+    previous = event.data.previous_attributes.to_dict()
+    assert previous["status"] == "trialing"
+    assert previous["items"]["data"][0]["price"]["id"] == monthly.id
+    assert previous["items"]["data"][0]["quantity"] == 3
+
+    bad = ctl.v1(
+        "POST",
+        f"subscriptions/{sub.id}",
+        data={"proration_behavior": "sometimes"},
+    )
+    assert bad.status_code == 400
+
+
+def test_portal_update_confirm_flow_applies_the_change_on_confirmation(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    monthly, team = recurring_price(client), recurring_price(client, 900)
+    session = _checkout(client, monthly.id, subscription_data={"trial_period_days": 7})
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {})
+    sub = client.v1.subscriptions.retrieve(done["subscription"])
+    item = sub["items"].data[0]
+    portal = client.v1.billing_portal.sessions.create(
+        params={
+            "customer": done["customer"],
+            "flow_data": {
+                "type": "subscription_update_confirm",
+                "subscription_update_confirm": {
+                    "subscription": sub.id,
+                    "items": [{"id": item.id, "price": team.id, "quantity": 4}],
+                },
+            },
+        }
+    )
+    assert portal.flow is not None
+    confirm = portal.flow.subscription_update_confirm
+    assert confirm is not None and confirm["items"][0].price == team.id
+    assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == monthly.id
+
+    changed = ctl("POST", f"billing_portal/sessions/{portal.id}/confirm", {})
+    assert changed["items"]["data"][0]["price"]["id"] == team.id
+    assert changed["items"]["data"][0]["quantity"] == 4
+    assert changed["status"] == "active"  # the portal's default trial_update_behavior=end_trial
+
+    update_portal = client.v1.billing_portal.sessions.create(
+        params={
+            "customer": done["customer"],
+            "flow_data": {
+                "type": "subscription_update",
+                "subscription_update": {"subscription": sub.id},
+            },
+        }
+    )
+    picked = ctl("POST", f"billing_portal/sessions/{update_portal.id}/confirm", {"quantity": 2})
+    assert picked["items"]["data"][0]["quantity"] == 2
+
+
+def test_portal_update_confirm_refuses_an_item_of_another_subscription(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    done = ctl("POST", f"checkout/sessions/{_checkout(client, price.id).id}/complete", {})
+    response = ctl.v1(
+        "POST",
+        "billing_portal/sessions",
+        data={
+            "customer": done["customer"],
+            "flow_data[type]": "subscription_update_confirm",
+            "flow_data[subscription_update_confirm][subscription]": done["subscription"],
+            "flow_data[subscription_update_confirm][items][0][id]": "si_nope",
+            "flow_data[subscription_update_confirm][items][0][price]": price.id,
+        },
+    )
+    assert response.status_code == 400
+
+
+def test_lookup_keys_filter_and_transfer(client: stripe.StripeClient) -> None:
+    first = client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 500,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": "Pro"},
+            "lookup_key": "pro-monthly",
+        }
+    )
+    found = client.v1.prices.list(params={"lookup_keys": ["pro-monthly"]})
+    assert [price.id for price in found.data] == [first.id]
+    params: dict[str, Any] = {
+        "currency": "usd",
+        "unit_amount": 700,
+        "recurring": {"interval": "month"},
+        "product": first.product,
+        "lookup_key": "pro-monthly",
+    }
+    try:
+        client.v1.prices.create(params=params)
+        raise AssertionError("a second price took a lookup key in use")
+    except stripe.InvalidRequestError as error:
+        assert error.param == "lookup_key"
+    second = client.v1.prices.create(params={**params, "transfer_lookup_key": True})
+    found = client.v1.prices.list(params={"lookup_keys": ["pro-monthly"]})
+    assert [price.id for price in found.data] == [second.id]
+    assert client.v1.prices.retrieve(first.id).lookup_key is None
+
+
+def test_checkout_records_tax_and_promotion_code_settings(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    session = _checkout(
+        client,
+        price.id,
+        allow_promotion_codes=True,
+        automatic_tax={"enabled": True},
+        billing_address_collection="required",
+        tax_id_collection={"enabled": True},
+        customer_update={"address": "auto", "name": "auto"},
+    )
+    assert session.allow_promotion_codes is True
+    assert session.automatic_tax.enabled is True
+    assert session.billing_address_collection == "required"
+    assert session.tax_id_collection is not None and session.tax_id_collection.enabled is True
+
+
+def test_deleted_catalog_objects_are_gone_with_their_events(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price = recurring_price(client)
+    refused = ctl.v1("DELETE", f"products/{price.product}")
+    assert refused.status_code == 400  # it has a price
+    deleted = ctl("POST", f"prices/{price.id}/delete", {})
+    assert deleted["id"] == price.id
+    assert ctl.v1("GET", f"prices/{price.id}").status_code == 404
+    assert price.id not in [p.id for p in client.v1.prices.list().data]
+    gone = client.v1.products.delete(str(price.product))
+    assert gone.deleted is True
+    assert ctl.v1("GET", f"products/{price.product}").status_code == 404
+    types = [event.type for event in events_oldest_first(client)]
+    assert types[-2:] == ["price.deleted", "product.deleted"]
+
+
+def test_hosted_pages_offer_the_trial_without_card_and_the_flows(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    price, other = recurring_price(client), recurring_price(client, 900)
+    session = _cardless_trial(client, price.id)
+    page = ctl.http.get(f"/_emulator/pages/checkout/{session.id}")
+    assert "Start trial without a card" in page.text
+    done = ctl.http.post(f"/_emulator/pages/checkout/{session.id}", data={"action": "no_card"})
+    assert done.status_code == 303
+    sub = client.v1.subscriptions.list(params={"customer": str(session.customer)}).data[0]
+    assert (sub.status, sub.default_payment_method) == ("trialing", None)
+
+    portal = client.v1.billing_portal.sessions.create(
+        params={
+            "customer": str(session.customer),
+            "flow_data": {
+                "type": "subscription_update_confirm",
+                "subscription_update_confirm": {
+                    "subscription": sub.id,
+                    "items": [{"id": sub["items"].data[0].id, "price": other.id}],
+                },
+            },
+        }
+    )
+    page = ctl.http.get(f"/_emulator/pages/billing_portal/{portal.id}")
+    assert "Confirm the change" in page.text and "Cancel now" not in page.text
+    ctl.http.post(f"/_emulator/pages/billing_portal/{portal.id}", data={"action": "update"})
+    assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == other.id
+
+
+def test_a_promotion_code_applies_at_checkout(client: stripe.StripeClient, ctl: Control) -> None:
+    price = recurring_price(client)  # 20.00
+    coupon = client.v1.coupons.create(params={"percent_off": 25, "duration": "once"})
+    promo = client.v1.promotion_codes.create(
+        params={"promotion": {"type": "coupon", "coupon": coupon.id}, "code": "LAUNCH25"}
+    )
+    assert promo.code == "LAUNCH25" and promo.active
+    found = client.v1.promotion_codes.list(params={"code": "launch25"}).data
+    assert [p.id for p in found] == [promo.id]
+
+    refused = _checkout(client, price.id)  # promotion codes not allowed
+    response = ctl.raw(
+        "POST", f"checkout/sessions/{refused.id}/complete", {"promotion_code": "LAUNCH25"}
+    )
+    assert response.status_code == 400
+
+    session = _checkout(client, price.id, allow_promotion_codes=True)
+    wrong = ctl.raw("POST", f"checkout/sessions/{session.id}/complete", {"promotion_code": "NOPE"})
+    assert wrong.status_code == 400
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"promotion_code": "LAUNCH25"})
+    assert done["discounts"] == [{"coupon": None, "promotion_code": promo.id}]
+    assert (done["amount_subtotal"], done["amount_total"]) == (6000, 4500)  # 3 seats
+    assert done["total_details"]["amount_discount"] == 1500
+    assert client.v1.promotion_codes.retrieve(promo.id).times_redeemed == 1
+    assert client.v1.coupons.retrieve(coupon.id).times_redeemed == 1

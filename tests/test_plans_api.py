@@ -1,0 +1,400 @@
+"""Plans, seats, trials and every manage intent, end to end over real HTTP: the service and the
+emulator as real servers, the catalog mirrored from Stripe, changes seen after a poll or a
+webhook."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from collab_billing.config import Settings
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.ops_helpers import Service, running_service
+from tests.stripe_helpers import Emulator, session_id_in
+
+DAY = 86_400
+PLANS = {  # lookup key -> (product, amount, interval)
+    "pro-monthly": ("Collab Pro", 1000, "month"),
+    "pro-yearly": ("Collab Pro", 10000, "year"),
+    "team-monthly": ("Collab Team", 900, "month"),
+}
+
+
+@pytest.fixture
+def reconciler(stripe_settings: Settings, engine: Engine) -> Reconciler:
+    return Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+
+
+@pytest.fixture
+def catalog(emulator: Emulator, reconciler: Reconciler) -> dict[str, str]:
+    """The plans, made in Stripe and mirrored: lookup key -> price id."""
+    products: dict[str, str] = {}
+    prices = {}
+    for key, (name, amount, interval) in PLANS.items():
+        if name not in products:
+            products[name] = emulator.sdk.v1.products.create(params={"name": name}).id
+        price = emulator.sdk.v1.prices.create(
+            params={
+                "product": products[name],
+                "unit_amount": amount,
+                "currency": "usd",
+                "recurring": {"interval": interval},  # type: ignore[typeddict-item]
+                "lookup_key": key,
+            }
+        )
+        prices[key] = price.id
+    reconciler.drain()
+    reconciler.drain()
+    return prices
+
+
+@pytest.fixture
+def service(stripe_settings: Settings, engine: Engine) -> Iterator[Service]:
+    with running_service(stripe_settings, engine, billing_trial_days=7) as running:
+        yield running
+
+
+def add_user(service: Service, github_user_id: int) -> None:
+    body = {"github_user_id": github_user_id, "github_login": f"user{github_user_id}"}
+    assert service.api.post("/users", json=body).is_success
+
+
+def checkout(service: Service, github_user_id: int, **fields: Any) -> dict[str, Any]:
+    response = service.api.post(
+        "/billing/subscriptions", json={"github_user_id": github_user_id, **fields}
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def complete(emulator: Emulator, answer: dict[str, Any], **body: Any) -> str:
+    session_id = session_id_in(answer["checkout_session_url"], "cs_")
+    done = emulator.control("POST", f"checkout/sessions/{session_id}/complete", body)
+    return str(done["subscription"])
+
+
+def portal_session(emulator: Emulator, url: str) -> dict[str, Any]:
+    """The portal session behind a URL, as Stripe made it (the API cannot retrieve one)."""
+    session_id = session_id_in(url, "bps_")
+    sessions = emulator.state()["billing_portal_sessions"]
+    found: dict[str, Any] = next(s for s in sessions if s["id"] == session_id)
+    return found
+
+
+def subscriptions(service: Service, github_user_id: int) -> list[dict[str, Any]]:
+    response = service.api.get("/billing/subscriptions", params={"github_user_id": github_user_id})
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, Any]] = response.json()["subscriptions"]
+    return rows
+
+
+def manage(service: Service, github_user_id: int, intent: str, **fields: Any) -> Any:
+    body = {"github_user_id": github_user_id, "intent": intent, **fields}
+    return service.api.post("/billing/subscriptions/manage", json=body)
+
+
+def buy(
+    service: Service, emulator: Emulator, reconciler: Reconciler, user: int, **fields: Any
+) -> str:
+    add_user(service, user)
+    sub_id = complete(emulator, checkout(service, user, **fields))
+    reconciler.drain()
+    return sub_id
+
+
+def test_each_plan_is_bought_with_seats(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    for user, (key, seats) in enumerate(
+        [("pro-monthly", 1), ("pro-yearly", 2), ("team-monthly", 25)], start=1
+    ):
+        add_user(service, user)
+        answer = checkout(service, user, price=key, quantity=seats)
+        assert answer["stripe_price_id"] == catalog[key]
+        assert (answer["lookup_key"], answer["quantity"], answer["trial"]) == (key, seats, False)
+        session = emulator.sdk.v1.checkout.sessions.retrieve(
+            session_id_in(answer["checkout_session_url"], "cs_")
+        )
+        assert session.success_url is not None
+        assert session.success_url.endswith("session_id={CHECKOUT_SESSION_ID}")
+        items = emulator.sdk.v1.checkout.sessions.line_items.list(session.id).data
+        assert [(i.price.id if i.price else None, i.quantity) for i in items] == [
+            (catalog[key], seats)
+        ]
+        complete(emulator, answer)
+    reconciler.drain()
+    for user, (key, seats) in enumerate(
+        [("pro-monthly", 1), ("pro-yearly", 2), ("team-monthly", 25)], start=1
+    ):
+        [row] = subscriptions(service, user)
+        name, amount, interval = PLANS[key]
+        assert row["plan"] == {
+            "stripe_price_id": catalog[key],
+            "lookup_key": key,
+            "product_name": name,
+            "unit_amount": amount,
+            "currency": "usd",
+            "interval": interval,
+            "interval_count": 1,
+        }
+        assert (row["quantity"], row["kind"], row["trial_end"]) == (seats, "paid", None)
+        assert row["cancellation_reason"] is None
+
+
+def test_a_price_not_for_sale_or_bad_seats_is_422(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    add_user(service, 1)
+    for body, field in [
+        ({"price": "enterprise"}, "price"),
+        ({"price": "pro-monthly", "quantity": 0}, "quantity"),
+        ({"price": "pro-monthly", "quantity": 10_001}, "quantity"),
+        ({"price": "pro-monthly", "quantity": "2"}, "quantity"),
+        ({"trial": "yes"}, "trial"),
+    ]:
+        response = service.api.post("/billing/subscriptions", json={"github_user_id": 1, **body})
+        assert response.status_code == 422, (body, response.text)
+        assert [e["loc"][-1] for e in response.json()["detail"]] == [field]
+    refused = service.api.post(
+        "/billing/subscriptions", json={"github_user_id": 1, "price": "enterprise"}
+    )
+    assert "pro-monthly, pro-yearly, team-monthly" in refused.text
+
+    # The catalog follows Stripe: an archived price is no longer for sale.
+    emulator.sdk.v1.prices.update(catalog["pro-yearly"], params={"active": False})
+    reconciler.drain()
+    keys = [p["lookup_key"] for p in service.api.get("/billing/prices").json()["prices"]]
+    assert keys == ["pro-monthly", "team-monthly"]
+    archived = service.api.post(
+        "/billing/subscriptions", json={"github_user_id": 1, "price": "pro-yearly"}
+    )
+    assert archived.status_code == 422
+    # A price deleted (Dashboard) and its product deleted: gone from the catalog too.
+    emulator.control("POST", f"prices/{catalog['team-monthly']}/delete", {})
+    product = emulator.sdk.v1.prices.retrieve(catalog["pro-monthly"]).product
+    team_product = next(
+        p.id for p in emulator.sdk.v1.products.list().data if p.name == "Collab Team"
+    )
+    emulator.sdk.v1.products.delete(team_product)
+    reconciler.drain()
+    prices = service.api.get("/billing/prices").json()["prices"]
+    assert [(p["lookup_key"], p["stripe_price_id"]) for p in prices] == [
+        ("pro-monthly", catalog["pro-monthly"])
+    ]
+    assert product != team_product
+
+
+def test_a_cardless_trial_ends_canceled_without_a_card_and_active_with_one(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    subs = {}
+    for user in (1, 2):
+        add_user(service, user)
+        answer = checkout(service, user, price="team-monthly", quantity=3, trial=True)
+        assert (answer["trial"], answer["trial_days"], answer["trial_refused"]) == (True, 7, None)
+        session = emulator.sdk.v1.checkout.sessions.retrieve(
+            session_id_in(answer["checkout_session_url"], "cs_")
+        )
+        assert session.payment_method_collection == "if_required"
+        subs[user] = complete(emulator, answer, card=False)
+    reconciler.drain()
+    for user in (1, 2):
+        [row] = subscriptions(service, user)
+        assert (row["status"], row["kind"], row["quantity"]) == ("trialing", "trial", 3)
+        assert row["trial_end"] is not None
+    # User 2 adds a card in the portal.
+    url = manage(service, 2, "update_payment_method").json()["billing_portal_session_url"]
+    portal = emulator.control(
+        "POST", f"billing_portal/sessions/{session_id_in(url, 'bps_')}/confirm", {}
+    )
+    assert portal["subscriptions"][0]["default_payment_method"].startswith("pm_")
+
+    emulator.control("POST", "clock/advance", {"seconds": 7 * DAY + 60})
+    reconciler.drain()
+    [ended] = subscriptions(service, 1)
+    assert (ended["status"], ended["kind"]) == ("canceled", "trial")  # never paid for
+    assert ended["cancellation_reason"] == "cancellation_requested"
+    [paying] = subscriptions(service, 2)
+    assert (paying["status"], paying["kind"], paying["cancellation_reason"]) == (
+        "active",
+        "paid",
+        None,
+    )
+
+
+def test_one_trial_per_customer(
+    service: Service,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    catalog: dict[str, str],
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    add_user(service, 1)
+    first = checkout(service, 1, price="pro-monthly", trial=True)
+    assert first["trial"] is True
+    again = checkout(service, 1, price="pro-monthly", trial=True)
+    assert (again["trial"], again["trial_days"]) == (False, None)
+    assert "already had a trial" in again["trial_refused"]
+    session = emulator.sdk.v1.checkout.sessions.retrieve(
+        session_id_in(again["checkout_session_url"], "cs_")
+    )
+    assert session.payment_method_collection == "always"  # no trial: a card is taken
+
+    # Concurrent first asks of a new user: one trial between them.
+    add_user(service, 2)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: checkout(service, 2, price="pro-monthly", trial=True), range(8))
+        )
+    assert sorted(a["trial"] for a in answers) == [False] * 7 + [True]
+
+    # Trials off (BILLING_TRIAL_DAYS=0): the answer says so; with a card required: "always".
+    add_user(service, 3)
+    with running_service(stripe_settings, engine) as no_trials:
+        answer = checkout(no_trials, 3, trial=True)
+        assert answer["trial"] is False and "not offered" in answer["trial_refused"]
+    add_user(service, 4)
+    with running_service(
+        stripe_settings,
+        engine,
+        billing_trial_days=14,
+        billing_trial_requires_payment_method=True,
+        billing_allow_promotion_codes=True,
+        billing_automatic_tax=True,
+    ) as strict:
+        answer = checkout(strict, 4, price="pro-yearly", trial=True)
+        assert (answer["trial"], answer["trial_days"]) == (True, 14)
+        session = emulator.sdk.v1.checkout.sessions.retrieve(
+            session_id_in(answer["checkout_session_url"], "cs_")
+        )
+        assert session.payment_method_collection == "always"
+        assert session.allow_promotion_codes is True
+        assert session.automatic_tax.enabled is True
+        assert session.billing_address_collection == "required"
+        assert session.tax_id_collection is not None and session.tax_id_collection.enabled
+
+
+def test_change_plan_confirmed_in_stripe_shows_after_a_poll_and_after_a_webhook(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    for user in (1, 2):
+        buy(service, emulator, reconciler, user, price="pro-monthly")
+    assert manage(service, 1, "change_plan", price="pro-monthly").status_code == 409
+    missing = manage(service, 1, "change_plan")
+    assert missing.status_code == 422 and "price" in missing.text
+    assert manage(service, 1, "change_plan", price="enterprise").status_code == 422
+    assert manage(service, 1, "change_plan", price="pro-yearly", quantity=0).status_code == 422
+
+    for user, delivery in ((1, "poll"), (2, "webhook")):
+        response = manage(service, user, "change_plan", price="team-monthly", quantity=5)
+        assert response.status_code == 200, response.text
+        url = response.json()["billing_portal_session_url"]
+        portal = portal_session(emulator, url)
+        assert portal["flow"]["type"] == "subscription_update_confirm"
+        [item] = portal["flow"]["subscription_update_confirm"]["items"]
+        assert (item["price"], item["quantity"]) == (catalog["team-monthly"], 5)
+        # Nothing changes until the user confirms in Stripe's UI.
+        assert subscriptions(service, user)[0]["plan"]["lookup_key"] == "pro-monthly"
+        emulator.control("POST", f"billing_portal/sessions/{portal['id']}/confirm", {})
+        if delivery == "poll":
+            reconciler.drain()
+        else:
+            updated = next(  # the newest
+                e for e in emulator.all_events() if e["type"] == "customer.subscription.updated"
+            )
+            assert service.deliver(updated).json()["outcome"] == "applied"
+        [row] = subscriptions(service, user)
+        assert (row["plan"]["lookup_key"], row["quantity"]) == ("team-monthly", 5), delivery
+
+
+def test_change_plan_from_a_trial_ends_the_trial(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    buy(service, emulator, reconciler, 1, price="pro-monthly", trial=True)
+    url = manage(service, 1, "change_plan", price="pro-yearly").json()["billing_portal_session_url"]
+    emulator.control("POST", f"billing_portal/sessions/{session_id_in(url, 'bps_')}/confirm", {})
+    reconciler.drain()
+    [row] = subscriptions(service, 1)
+    assert (row["status"], row["kind"], row["plan"]["lookup_key"]) == (
+        "active",
+        "paid",
+        "pro-yearly",
+    )
+
+
+def test_stop_cancellation_and_end_trial_are_done_through_the_api(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    sub_id = buy(service, emulator, reconciler, 1, price="pro-monthly", trial=True)
+    nothing = manage(service, 1, "stop_cancellation")
+    assert nothing.status_code == 409 and "scheduled to cancel" in nothing.text
+
+    url = manage(service, 1, "cancel").json()["billing_portal_session_url"]
+    emulator.confirm_portal(url)
+    reconciler.drain()
+    assert subscriptions(service, 1)[0]["cancel_at_period_end"] is True
+    stopped = manage(service, 1, "stop_cancellation")
+    assert stopped.status_code == 200, stopped.text
+    body = stopped.json()
+    assert body["billing_portal_session_url"] is None
+    assert body["subscription"]["stripe_subscription_id"] == sub_id
+    assert body["subscription"]["cancel_at_period_end"] is False
+    assert emulator.sdk.v1.subscriptions.retrieve(sub_id).cancel_at_period_end is False
+    reconciler.drain()  # the event arrives after: the row stays as it is
+    assert subscriptions(service, 1)[0]["cancel_at_period_end"] is False
+
+    ended = manage(service, 1, "end_trial", subscription_id=sub_id)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["subscription"]["kind"] == "paid"
+    assert ended.json()["subscription"]["status"] == "active"
+    assert emulator.sdk.v1.subscriptions.retrieve(sub_id).status == "active"
+    again = manage(service, 1, "end_trial")
+    assert again.status_code == 409 and "trial" in again.text
+    reconciler.drain()
+    assert subscriptions(service, 1)[0]["status"] == "active"
+
+
+def test_portal_home_and_payment_method_intents(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    add_user(service, 1)
+    for intent in ("manage", "update_payment_method"):
+        response = manage(service, 1, intent)
+        assert response.status_code == 409 and "check out first" in response.text
+    buy(service, emulator, reconciler, 1, price="pro-monthly")
+    home = manage(service, 1, "manage").json()
+    assert home["subscription"] is None
+    assert portal_session(emulator, home["billing_portal_session_url"])["flow"] is None
+    card = manage(service, 1, "update_payment_method").json()
+    portal = portal_session(emulator, card["billing_portal_session_url"])
+    assert portal["flow"]["type"] == "payment_method_update"
+    assert manage(service, 99, "manage").status_code == 404
+    assert (
+        manage(
+            service, 1, "change_plan", price="pro-yearly", subscription_id="sub_nope"
+        ).status_code
+        == 404
+    )
+
+
+def test_change_plan_to_the_default_price_without_a_lookup_key(
+    service: Service,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    catalog: dict[str, str],
+    stripe_settings: Settings,
+) -> None:
+    buy(service, emulator, reconciler, 1, price="pro-monthly")
+    default = stripe_settings.stripe_price_id
+    assert default is not None and default not in catalog.values()
+    response = manage(service, 1, "change_plan", price=default)
+    assert response.status_code == 200, response.text
+    flow = portal_session(emulator, response.json()["billing_portal_session_url"])["flow"]
+    assert flow["subscription_update_confirm"]["items"][0]["price"] == default
