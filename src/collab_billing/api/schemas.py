@@ -157,7 +157,7 @@ class AccessOut(BaseModel):
     until: str | None = Field(description="ISO 8601 UTC: when `grace` ends (else null).")
 
 
-class PlanOut(BaseModel):
+class StatePlanOut(BaseModel):
     stripe_subscription_id: str
     status: str
     stripe_price_id: str | None
@@ -175,7 +175,7 @@ class StateOut(BaseModel):
         description="Grows by one each time this document changes (0: never changed)."
     )
     access: AccessOut
-    plan: PlanOut | None = Field(description="The subscription that grants access, if any.")
+    plan: StatePlanOut | None = Field(description="The subscription that grants access, if any.")
     quantity: int | None
     trial_end: str | None = Field(description="ISO 8601 UTC")
     features: list[str] = Field(
