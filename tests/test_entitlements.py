@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing import billing
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingEntitlement, BillingNotification
 from collab_billing.reconcile.resync import resync
@@ -18,7 +17,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
-from tests.test_reconcile_flow import add_user
+from tests.test_reconcile_flow import add_user, checkout
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def lookup_keys(factory: sessionmaker[Session]) -> list[str]:
 
 
 def subscribe(reconciler: Reconciler, emulator: Emulator, price: str, github_user_id: int) -> str:
-    url = billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
+    url = checkout(reconciler, price, github_user_id)
     return str(emulator.complete_checkout(url)["subscription"])
 
 

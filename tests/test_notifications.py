@@ -15,7 +15,6 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
-from collab_billing import billing
 from collab_billing.billing.notify import Notifier, pending_summary, start_in_background
 from collab_billing.cli import app as cli
 from collab_billing.config import Settings
@@ -25,7 +24,7 @@ from collab_billing.stripe_gateway import StripeGateway
 from tests.notify_helpers import NOTIFY_SECRET, Receiver, receiver
 from tests.stripe_helpers import Emulator
 from tests.test_entitlements import featured_price
-from tests.test_reconcile_flow import add_user
+from tests.test_reconcile_flow import add_user, checkout
 from tests.test_reconcile_processes import reconciler_env, spawn, wait_until
 
 __all__ = ["spawn"]  # the fixture, imported for the process test
@@ -66,7 +65,7 @@ def subscribe(
     reconciler: Reconciler, emulator: Emulator, github_user_id: int, price: str | None = None
 ) -> str:
     price = price or reconciler.settings.stripe_price_id or ""
-    url = billing.start_checkout(reconciler.factory, reconciler.gateway, price, github_user_id)
+    url = checkout(reconciler, price, github_user_id)
     session = emulator.complete_checkout(url)
     return str(session["subscription"])
 

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing import billing
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingNotification
 from collab_billing.reconcile.resync import resync
@@ -19,7 +18,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
-from tests.test_reconcile_flow import add_user
+from tests.test_reconcile_flow import add_user, checkout
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def test_checkout_and_cancel_change_the_document_and_its_version(
         "usage": None,
     }
     price = stripe_settings.stripe_price_id or ""
-    emulator.complete_checkout(billing.start_checkout(factory, reconciler.gateway, price, 4242))
+    emulator.complete_checkout(checkout(reconciler, price, 4242))
     reconciler.drain()
 
     state = api.get("/billing/state", params={"github_user_id": 4242}).json()
@@ -92,7 +91,7 @@ def test_a_product_rename_notifies_its_subscribers(
     add_user(factory, 7, "seven")
     reconciler.drain()
     price = stripe_settings.stripe_price_id or ""
-    emulator.complete_checkout(billing.start_checkout(factory, reconciler.gateway, price, 7))
+    emulator.complete_checkout(checkout(reconciler, price, 7))
     reconciler.drain()
     count = len(notifications(factory))
     product = emulator.sdk.v1.prices.retrieve(price).product

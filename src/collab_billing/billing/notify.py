@@ -35,12 +35,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from collab_billing import metrics
-from collab_billing.billing.outbox import NOTIFICATION_TYPE
-from collab_billing.billing.state import iso
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_session_factory, read_only, transaction
 from collab_billing.db.models import BillingNotification
 from collab_billing.reconcile.leader import LeaderLock
+from collab_billing.state.document import iso
+from collab_billing.state.outbox import NOTIFICATION_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -218,7 +218,7 @@ class BillingEntitlementSync(MirroredRow, Base):
 
 
 class BillingState(Base):
-    """The last state document of a user (`billing.state`), without its version, and that
+    """The last state document of a user (`state.document`), without its version, and that
     version: it grows by one each time the document changes."""
 
     __tablename__ = "billing_states"

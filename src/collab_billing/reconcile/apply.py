@@ -26,7 +26,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
-from collab_billing.billing import outbox
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
@@ -34,6 +33,7 @@ from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, Mirror
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
 
 log = logging.getLogger(__name__)

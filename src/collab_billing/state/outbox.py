@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session
 
-from collab_billing.billing import state
 from collab_billing.db.dialect import insert
 from collab_billing.db.models import (
     BillingCustomer,
@@ -32,6 +31,7 @@ from collab_billing.db.models import (
     BillingState,
     BillingSubscription,
 )
+from collab_billing.state import document as state
 
 _KEY = "collab_billing.state_changes"
 NOTIFICATION_TYPE = "billing.state.updated"
