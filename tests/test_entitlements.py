@@ -40,6 +40,7 @@ def featured_price(emulator: Emulator, count: int, prefix: str) -> str:
             "unit_amount": 1500,
             "currency": "usd",
             "recurring": {"interval": "month"},
+            "lookup_key": f"{prefix}-plan",  # for sale: an active recurring price with a key
         }
     )
     return str(price.id)
