@@ -98,7 +98,8 @@ def test_checkout_then_cancel_are_notified_signed_and_in_order(
     assert versions_grow(documents)
     assert hook.rejected == 0
     assert all(body["type"] == "billing.state.updated" for body in hook.verified)
-    assert pending_summary(reconciler.factory) == (0, None)
+    # Recorded as delivered once the receiver has answered: a moment after it got the POST.
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
 
 
 def test_a_failing_receiver_loses_nothing_and_order_holds(
@@ -180,6 +181,7 @@ def test_notifications_list_and_replay(
     subscribe(reconciler, emulator, 801)
     reconciler.drain()
     hook.wait_for(lambda docs: len(docs) >= 1)
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
     delivered = len(hook.documents())
     monkeypatch.setenv("DATABASE_URL", database_url)
     runner = CliRunner()
