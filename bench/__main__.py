@@ -30,16 +30,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import api, drains, usage
+from bench import api, drains, notify, usage
 from bench.drains import Result
 from bench.harness import DEFAULT_PG_URL, Context, Emulator
 
-ALL = ("far", "testmode", "burst", "ties", "apply", "webhook", "admin", "usage", "sync")
+ALL = (
+    "far",
+    "testmode",
+    "burst",
+    "ties",
+    "apply",
+    "webhook",
+    "admin",
+    "usage",
+    "sync",
+    "state",
+    "notify",
+)
 SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
     "drain_events": 2_000, "admin_seconds": 0.3, "usage_records": 3_000,
     "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1, "syncs": 20,
+    "state_seconds": 0.3, "notify_changes": 50,
 }  # fmt: skip
 
 
@@ -75,6 +88,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--usage-kills", type=int, default=10)
     add("--syncs", type=int, default=300, help="sync: requests, paced at --sync-rate")
     add("--sync-rate", type=float, default=10.0)
+    add("--state-seconds", type=float, default=10.0)
+    add("--state-rate", type=float, default=500.0)
+    add("--notify-changes", type=int, default=2_000)
+    add("--notify-rate", type=float, default=100.0)
     add("--timeout", type=float, default=900, help="seconds a drain may take")
     add("--no-verify", action="store_true", help="apply: skip comparing rows to the emulator")
     add("--smoke", action="store_true", help="tiny sizes, a few seconds each")
@@ -133,6 +150,18 @@ def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Resul
             runs.append(
                 lambda e=engine: api.admin(
                     ctx, e, args.admin_seconds, args.admin_rate, args.admin_concurrency, serve_args
+                )
+            )
+        if "state" in only:
+            runs.append(
+                lambda e=engine: notify.state(
+                    ctx, e, args.state_seconds, args.state_rate, serve_args
+                )
+            )
+        if "notify" in only:
+            runs.append(
+                lambda e=engine: notify.notify(
+                    ctx, e, args.notify_changes, args.notify_rate, serve_args
                 )
             )
     if "usage" in only:

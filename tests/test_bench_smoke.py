@@ -29,7 +29,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert set(results) == {
         "far-150ms", "testmode", "testmode-ties", "burst", "burst-faults", "ties", "apply",
         "webhook", "webhook-drain", "admin", "admin-paced", "usage-sender", "usage-once",
-        "usage-ingest", "sync",
+        "usage-ingest", "sync", "state", "notify",
     }  # fmt: skip
     for name in ("far-150ms", "testmode", "testmode-ties", "burst", "ties", "apply"):
         metrics = results[name]["metrics"]
@@ -46,6 +46,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert results["usage-ingest"]["metrics"]["stored"] == results["usage-ingest"]["size"]
     assert results["sync"]["targets"]["all answered 200"]
     assert results["sync"]["metrics"]["stripe_requests"] >= 2 * results["sync"]["size"]
+    assert results["state"]["metrics"]["errors"] == 0
+    assert results["notify"]["targets"]["every change delivered"]
     assert report["service"]["python"] == sys.executable
 
 

@@ -38,6 +38,7 @@ OPERATIONS = [
     ("GET", "/billing/usage"),
     ("PUT", "/billing/preferences"),
     ("GET", "/billing/preferences"),
+    ("GET", "/billing/state"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ]

@@ -206,16 +206,24 @@ def reconcile(
     if once:
         drain_once(reconciler)
         return
+    from collab_billing.billing import notify
+
+    # The notification sender runs beside it (and is elected leader the same way).
+    notifier, notifier_stop = notify.start_in_background(notify.Notifier(settings, engine))
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    sender_thread = threading.Thread(
+    usage_sender = threading.Thread(
         target=UsageSender(settings, engine).run, args=(stop,), name="usage-sender"
     )
-    sender_thread.start()  # the usage outbox is sent by the worker too
-    reconciler.run(stop)
-    sender_thread.join()
+    usage_sender.start()  # the usage outbox is sent by the worker too
+    try:
+        reconciler.run(stop)
+    finally:
+        notifier_stop.set()
+        notifier.join(60.0)
+        usage_sender.join()
 
 
 def drain_once(reconciler: Reconciler) -> None:
@@ -347,3 +355,54 @@ def usage(
     typer.echo(f"oldest pending: {'none' if age is None else f'{age:.0f} s old'}")
     for identifier, event_name, error in status.recent_failures:
         typer.echo(f"  failed {identifier} ({event_name}): {error}")
+
+
+notifications_app = typer.Typer(
+    help="The billing.state.updated notifications (the outbox).", no_args_is_help=True
+)
+app.add_typer(notifications_app, name="notifications")
+
+
+@notifications_app.command("list")
+def notifications_list(
+    github_user_id: Annotated[int | None, typer.Option(min=1, max=2**63 - 1)] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Only those not delivered.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+) -> None:
+    """The newest notifications: id, user, version, status, attempts, written at, last error."""
+    from collab_billing.billing import notifications
+
+    settings = settings_or_exit()
+    engine = migrated_engine(settings)
+    rows = notifications.listing(make_session_factory(engine), github_user_id, pending, limit)
+    typer.echo("id\tgithub_user_id\tversion\tstatus\tattempts\tcreated_at\tlast_error")
+    for row in rows:
+        typer.echo(
+            f"{row.id}\t{row.github_user_id}\t{row.version}\t{row.status}\t{row.attempts}\t"
+            f"{row.created_at}\t{row.last_error or ''}"
+        )
+
+
+@notifications_app.command("replay")
+def notifications_replay(
+    notification_id: Annotated[
+        list[int] | None, typer.Option("--id", min=1, help="This notification (repeatable).")
+    ] = None,
+    github_user_id: Annotated[
+        int | None, typer.Option(min=1, max=2**63 - 1, help="Every notification of this user.")
+    ] = None,
+    expired: Annotated[
+        bool, typer.Option("--expired", help="Every notification given up on.")
+    ] = False,
+) -> None:
+    """Send notifications again (delivered or expired ones), with the same webhook-id."""
+    from collab_billing.billing import notifications
+
+    if not (notification_id or github_user_id or expired):
+        fail("say which: --id N, --github-user-id N or --expired")
+    settings = settings_or_exit()
+    engine = migrated_engine(settings)
+    count = notifications.replay(
+        make_session_factory(engine), notification_id or [], github_user_id, expired
+    )
+    typer.echo(f"{count} notification(s) queued for delivery again")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 from datetime import timedelta
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import standardwebhooks
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
@@ -61,6 +63,15 @@ class Settings(BaseSettings):
     reconcile_safety_interval_seconds: float = Field(default=300.0, gt=0)
     reconcile_read_budget_share: float = Field(default=0.8, gt=0, le=1)
     billing_sync_per_minute: int = Field(default=10, ge=1, le=10_000)
+    # Where `billing.state.updated` notifications are POSTed (comma-separated URLs), signed per
+    # Standard Webhooks with BILLING_NOTIFY_SECRET (`whsec_` + base64). Unset: nobody is told.
+    billing_notify_urls: str | None = None
+    billing_notify_secret: SecretStr | None = Field(default=None, validate_default=True)
+    # A failing delivery is retried with exponential backoff up to this delay, for this long.
+    billing_notify_max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    billing_notify_retry_window_seconds: float = Field(default=3 * 86400.0, gt=0)
+    # How often the sender looks for new notifications (it is also woken by its own deliveries).
+    billing_notify_poll_seconds: float = Field(default=0.1, gt=0)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
 
@@ -94,6 +105,33 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("billing_notify_urls")
+    @classmethod
+    def _notify_urls(cls, value: str | None) -> str | None:
+        for url in _comma_list(value):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"each URL must be http:// or https://, not {url[:60]!r}")
+        return value
+
+    @field_validator("billing_notify_secret")
+    @classmethod
+    def _notify_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            if _comma_list(info.data.get("billing_notify_urls")):
+                raise ValueError("must be set when BILLING_NOTIFY_URLS is (whsec_ + base64)")
+            return None
+        secret = value.get_secret_value()
+        if not secret.startswith("whsec_"):
+            raise ValueError("must start with whsec_ (a Standard Webhooks secret)")
+        try:
+            standardwebhooks.Webhook(secret)
+        except (binascii.Error, ValueError, standardwebhooks.webhooks.EmptyWebhookSecretError):
+            raise ValueError("must be whsec_ followed by base64 bytes") from None
+        return value
+
+    def notify_urls(self) -> list[str]:
+        return _comma_list(self.billing_notify_urls)
+
     def billing_price_lookup_keys(self) -> list[str] | None:
         """`BILLING_PRICES` as a list; None when unset or empty (an empty variable is unset)."""
         keys = [key.strip() for key in (self.billing_prices or "").split(",") if key.strip()]
@@ -108,6 +146,10 @@ class Settings(BaseSettings):
             return []
         raw = self.stripe_webhook_secret.get_secret_value()
         return [secret.strip() for secret in raw.split(",") if secret.strip()]
+
+
+def _comma_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 class SettingsError(Exception):

@@ -48,6 +48,31 @@ RESYNCS = Counter(
     "Full resyncs from the list endpoints (reason: never_synced, events_expired)",
     ["reason"],
 )
+NOTIFICATIONS_PENDING = Gauge(
+    "collab_billing_notifications_pending",
+    "billing.state.updated notifications not yet delivered to every URL (nor expired)",
+    multiprocess_mode="livemax",
+)
+NOTIFICATIONS_OLDEST_PENDING_AGE = Gauge(
+    "collab_billing_notifications_oldest_pending_age_seconds",
+    "Age of the oldest notification not yet delivered (0: none pending)",
+    multiprocess_mode="livemax",
+)
+NOTIFICATION_DELIVERIES = Counter(
+    "collab_billing_notification_deliveries",
+    "Notification POSTs by outcome (delivered, failed: retried later, expired: given up)",
+    ["outcome"],
+)
+NOTIFY_DELIVERY_SECONDS = Histogram(
+    "collab_billing_notification_delay_seconds",
+    "From the notification's commit to its delivery to every URL",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600, 86400),
+)
+NOTIFIER_LEADER = Gauge(
+    "collab_billing_notifier_leader",
+    "1 while this process is the notification sender",
+    multiprocess_mode="livemax",
+)
 
 USAGE_RECORDS = Gauge(
     "collab_billing_usage_records",

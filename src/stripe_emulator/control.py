@@ -62,6 +62,7 @@ from stripe_emulator import (
 )
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.counter import RequestCounts
+from stripe_emulator.entitlements import render_feature
 from stripe_emulator.errors import StripeError, bad_request, not_found
 from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
 from stripe_emulator.generate import generate
@@ -356,6 +357,7 @@ def dump(store: Store, with_events: bool = False) -> Body:
             invoice_objects.test_clock(c) for c in store.test_clocks.rows.values() if not c.deleted
         ],
         "meters": [meters.render(m) for m in store.meters.meters.rows.values()],
+        "features": [render_feature(f) for f in store.entitlements.features.rows.values()],
         "event_count": len(store.events),
     }
     if with_events:

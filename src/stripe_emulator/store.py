@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from stripe_emulator import encode, ids, objects
 from stripe_emulator.billing_records import BillingSettings, Invoice, PaymentMethod, TestClock
 from stripe_emulator.clock import Clock
+from stripe_emulator.entitlements import Entitlements
 from stripe_emulator.errors import not_found
 from stripe_emulator.events import RETENTION_SECONDS, Event, EventLog
 from stripe_emulator.objects import Json
@@ -128,6 +129,7 @@ class Store:
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
     meters: MeterState = field(default_factory=_meter_state)
+    entitlements: Entitlements = field(default_factory=Entitlements)
     idempotency: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
     portal_configuration: str = field(default_factory=lambda: ids.new_id("bpc"))
     request: RequestInfo | None = None
@@ -161,6 +163,7 @@ class Store:
         self.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
+        self.entitlements.observe(self, event)  # a subscription's change may change features
         return event
 
     def render_event(self, event: Event) -> Json:
@@ -219,6 +222,7 @@ class Store:
             "subscriptions_by_customer",
             "events",
             "meters",
+            "entitlements",
             "idempotency",
             "pending_webhooks",
         ):

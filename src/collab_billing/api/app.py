@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from collab_billing.api.limits import BodySizeLimit
 from collab_billing.api.rate_limit import PerKeyLimiter
 from collab_billing.api.request_ids import RequestIdMiddleware
 from collab_billing.api.stripe_calls import StripeCalls
-from collab_billing.billing import sender
+from collab_billing.billing import notify, sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
@@ -39,27 +40,27 @@ HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the reconciler and the usage sender beside the API; on shutdown let them finish
-    their transactions."""
+    """Run the reconciler, the usage sender and the notification sender beside the API; on
+    shutdown let them finish their transactions and deliveries."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
-    if not (settings.reconcile_enabled and gateway is not None):
-        if settings.reconcile_enabled:
+    loops: list[tuple[threading.Thread, threading.Event]] = []
+    if settings.reconcile_enabled:
+        # The notification sender: the outbox's rows to BILLING_NOTIFY_URLS (leader only).
+        loops.append(notify.start_in_background(notify.Notifier(settings, app.state.engine)))
+        if gateway is None:
             log.warning("reconciler off: STRIPE_API_KEY is not set")
-        yield
-        return
-    reconciler = Reconciler(settings, app.state.engine, gateway, signals=app.state.signals)
-    thread, stop = start_in_background(reconciler)
-    sender_thread, sender_stop = sender.start_in_background(
-        sender.UsageSender(settings, app.state.engine)
-    )
+        else:
+            reconciler = Reconciler(settings, app.state.engine, gateway, signals=app.state.signals)
+            loops.append(start_in_background(reconciler))
+            loops.append(sender.start_in_background(sender.UsageSender(settings, app.state.engine)))
     try:
         yield
     finally:
-        stop.set()
-        sender_stop.set()
-        await anyio.to_thread.run_sync(thread.join, 60.0)
-        await anyio.to_thread.run_sync(sender_thread.join, 60.0)
+        for _, stop in loops:
+            stop.set()
+        for thread, _ in loops:
+            await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
 def system_clock() -> datetime:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, Request
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from collab_billing import billing
 from collab_billing.api.deps import (
@@ -39,12 +40,14 @@ from collab_billing.api.schemas import (
     PlanOut,
     PriceOut,
     PricesOut,
+    StateOut,
     StripeInvoiceId,
     SubscriptionOut,
     SubscriptionsOut,
     SyncIn,
 )
 from collab_billing.api.strict_json import StrictJSONRoute
+from collab_billing.billing.state import read_state
 from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.db import queries
 from collab_billing.db.models import BillingInvoice
@@ -58,6 +61,7 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
+JSON = "application/json"
 NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
@@ -191,6 +195,20 @@ def _limit(limiter: PerKeyLimiter, key: int | str | None) -> None:
 def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
     return PricesOut(prices=[PriceOut.model_validate(row) for row in rows])
+
+
+@router.get(
+    "/state",
+    response_model=StateOut,
+    responses=NOT_FOUND,
+    summary="The user's whole billing state: access, plan, features, and its version",
+)
+def get_state(
+    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
+) -> Response:
+    # The document as stored (plain JSON, the notification's payload), encoded as it is:
+    # `StateOut` documents it; validating it again on each read would double the route's cost.
+    return Response(orjson.dumps(read_state(factory, github_user_id)), media_type=JSON)
 
 
 @router.get(

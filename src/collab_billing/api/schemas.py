@@ -323,3 +323,36 @@ class PriceOut(BaseModel):
 
 class PricesOut(BaseModel):
     prices: list[PriceOut]
+
+
+class StateAccessOut(BaseModel):
+    state: Literal["active", "grace", "blocked", "none"]
+    until: str | None = Field(description="ISO 8601 UTC: when `grace` ends (else null).")
+
+
+class StatePlanOut(BaseModel):
+    stripe_subscription_id: str
+    status: str
+    stripe_price_id: str | None
+    lookup_key: str | None
+    product_name: str | None
+    cancel_at_period_end: bool
+    current_period_end: str | None = Field(description="ISO 8601 UTC")
+
+
+class StateOut(BaseModel):
+    """The user's whole billing state: the payload of `billing.state.updated` too."""
+
+    github_user_id: int
+    version: int = Field(
+        description="Grows by one each time this document changes (0: never changed)."
+    )
+    access: StateAccessOut
+    plan: StatePlanOut | None = Field(description="The subscription that grants access, if any.")
+    quantity: int | None
+    trial_end: str | None = Field(description="ISO 8601 UTC")
+    features: list[str] = Field(
+        description="The lookup keys of the features the user is entitled to; "
+        "empty when access is `blocked` or `none`."
+    )
+    usage: dict[str, Any] | None = Field(description="Usage against the spend cap (when set).")

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -288,6 +289,51 @@ class BillingPreference(Base):
     )
 
 
+class BillingEntitlement(Base):
+    """A feature a customer is entitled to now (Stripe's active entitlements, listed in full)."""
+
+    __tablename__ = "billing_entitlements"
+    __table_args__ = (UniqueConstraint("billing_customer_id", "stripe_feature_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    stripe_feature_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    lookup_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class BillingEntitlementSync(MirroredRow, Base):
+    """When a customer's entitlements were last listed: `stripe_state_as_of` is the `created`
+    second of the newest summary event (or resync) they reflect, the watermark that orders
+    re-listings (a customer with no entitlement has no `billing_entitlements` row to hold it)."""
+
+    __tablename__ = "billing_entitlement_syncs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), unique=True, nullable=False
+    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+
+
+class BillingState(Base):
+    """The last state document of a user (`state.document`), without its version, and that
+    version: it grows by one each time the document changes."""
+
+    __tablename__ = "billing_states"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
 class StripeReadDay(Base):
     """Stripe reads made and transactions seen per UTC day (days since the epoch): the read
     budget's rolling 30 days, kept across restarts (`reconcile/budget.py`)."""
@@ -297,3 +343,27 @@ class StripeReadDay(Base):
     day: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     reads: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     transactions: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class BillingNotification(Base):
+    """The notification outbox: one `billing.state.updated` per change of a user's document,
+    written in the transaction that changed it, sent by the leading instance's sender."""
+
+    __tablename__ = "billing_notifications"
+    __table_args__ = (Index(None, "delivered_at", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # The URLs (of BILLING_NOTIFY_URLS) that answered 2xx; delivered once all have.
+    delivered_to: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Given up on after the retry window (3 days); `notifications replay` sends it again.
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collab_billing.mirror import invoices, prices, products, subscriptions
+from collab_billing.mirror import entitlements, invoices, prices, products, subscriptions
 from collab_billing.mirror.customers import CUSTOMER_EVENT_TYPES
 from collab_billing.mirror.types import MirroredType
 
@@ -32,6 +32,7 @@ MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     prices.PRICES,
     products.PRODUCTS,
     invoices.INVOICES,
+    entitlements.ENTITLEMENTS,
 )
 BY_EVENT_TYPE: dict[str, MirroredType[Any]] = {
     event_type: mirrored for mirrored in MIRRORED_TYPES for event_type in mirrored.event_types

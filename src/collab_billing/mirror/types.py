@@ -27,6 +27,15 @@ class MirroredType(Generic[T]):
     retrieve_path: str  # e.g. "/v1/subscriptions/{id}"
     list_path: str  # for resync and for catching up a newly linked customer
     list_params: dict[str, Any] = field(default_factory=dict)
+    # For a type whose events carry only part of the object (entitlements' summary lists ten
+    # at most): never written from an event's payload, always read from Stripe, with `fetch`
+    # (gateway, object id) -> the object, instead of `retrieve_path`. Resync fetches it per
+    # customer of ours.
+    trust_payload: bool = True
+    fetch: Callable[[Any, str], T] | None = None
+    # Rows kept beside the object's own row (entitlements: one per feature), rewritten
+    # with it: called with (session, [(object, our customer id)]) after the upsert.
+    after_write: Callable[[Any, list[tuple[T, int | None]]], None] | None = None
 
     def decode(self, raw: bytes | msgspec.Raw) -> T:
         return msgspec.json.decode(raw, type=self.object_type)

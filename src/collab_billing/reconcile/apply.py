@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.db.dialect import insert
-from collab_billing.db.engine import transaction
+from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,9 @@ class Applier:
             group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
         retried = {p.object_id for p in pending}
         reads = StripeReads(self.gateway)
-        # Ties that only Stripe can settle are read before the first transaction.
-        reads.fetch(Read("object", g.object_id, g.kind) for g in groups if _unsettled(g))
+        # Ties that only Stripe can settle are read before the first transaction, and so are
+        # the objects always read (entitlements) of customers we know.
+        reads.fetch(Read("object", g.object_id, g.kind) for g in self._read_first(groups))
         try:
             stats = self._run(groups, retried, reads, cursor)
         except Exception:
@@ -159,6 +161,16 @@ class Applier:
         metrics.APPLY_SECONDS.labels(self.source).observe(time.perf_counter() - started)
         metrics.record_outcomes(stats.outcomes)
         return stats
+
+    def _read_first(self, groups: Sequence[Group]) -> list[Group]:
+        tied = [g for g in groups if g.mirrored is not None and g.final is None]
+        always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
+        if not always:
+            return tied
+        owners = {g.object_id: _owner(g) for g in always}
+        with read_only(self.factory) as session:
+            ours = customers.known(session, set(owners.values()))
+        return tied + [g for g in always if g.final is not None and owners[g.object_id] in ours]
 
     def _run(
         self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
@@ -240,8 +252,14 @@ class Applier:
         return len(linked)
 
 
-def _unsettled(group: Group) -> bool:
-    return group.mirrored is not None and group.final is None
+def _owner(group: Group) -> str:
+    mirrored = group.mirrored
+    assert mirrored is not None and mirrored.owner is not None
+    return mirrored.owner(group.events[-1].object_as(mirrored.object_type))
+
+
+# (an object as read, the watermark it is written with, our customer id)
+Written = tuple[Any, int, int | None]
 
 
 class BatchWriter:
@@ -344,10 +362,14 @@ class BatchWriter:
         owned = self.reads.get(Read("owned", cid), self.needed)
         for mirrored in MIRRORED_TYPES:
             objects = owned.get(mirrored.kind, []) if owned is not None else []
+            if mirrored.after_write is not None:  # listed in full just now: replaces rows
+                self.store(mirrored, [(obj, as_of, our_id) for obj in objects])
+                continue
             rows = [mirrored.row(obj, as_of, our_id) for obj in objects]
             if rows:
                 statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
                 self.session.execute(statement, rows)
+                outbox.mark_rows(self.session, mirrored.key, rows)
 
     def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
         """Each group's owning customer (object id -> Stripe customer id), with the customers
@@ -372,7 +394,8 @@ class BatchWriter:
             return
         owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
-        rows = []
+        written: list[tuple[Any, int, int | None]] = []
+        deleted: set[str] = set()  # written from their `.deleted` event: marked deleted
         for group in groups:
             cid = owners.get(group.object_id)
             if cid is not None and cid not in self.known:
@@ -385,7 +408,7 @@ class BatchWriter:
             deletion = mirrored.deletion(group.events)
             if deletion is not None:
                 obj = deletion.object_as(mirrored.object_type)
-            elif group.final is None or mark == newest:
+            elif group.final is None or mark == newest or not mirrored.trust_payload:
                 obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
                 obj = group.final.object_as(mirrored.object_type)
@@ -395,10 +418,28 @@ class BatchWriter:
             if deletion is None and getattr(obj, "deleted", False):
                 tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
                 self.session.connection().execute(tombstone)
+                outbox.mark_rows(self.session, mirrored.key, [{mirrored.key: group.object_id}])
                 continue
-            row = mirrored.row(obj, newest, self.known.get(cid or ""))
-            rows.append({**row, "deleted": True} if deletion is not None else row)
+            if deletion is not None:
+                deleted.add(group.object_id)
+            written.append((obj, newest, self.known.get(cid or "")))
+        self.store(mirrored, written, deleted)
+
+    def store(
+        self,
+        mirrored: MirroredType[Any],
+        written: list[tuple[Any, int, int | None]],
+        deleted: Set[str] = frozenset(),
+    ) -> None:
+        """Write these (object, as of, our customer id): its rows (those of `deleted` marked
+        so), and the rows beside them."""
+        rows = []
+        for obj, as_of, cid in written:
+            row = mirrored.row(obj, as_of, cid)
+            rows.append({**row, "deleted": True} if row[mirrored.key] in deleted else row)
         self.upsert(mirrored, rows)
+        if mirrored.after_write is not None and written:
+            mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
 
     def write_read(self, mirrored: MirroredType[Any], chunk: Sequence[Any], as_of: int) -> int:
         """Objects read now, written where their row is not newer than `as_of` (and, if owned,
@@ -410,13 +451,13 @@ class BatchWriter:
         marks = self.watermarks(mirrored, ids)
         owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
         self.known.update(customers.known(self.session, set(owners.values())))
-        rows = [
-            mirrored.row(obj, as_of, self.known.get(owners.get(object_id, "")))
+        written = [
+            (obj, as_of, self.known.get(owners.get(object_id, "")))
             for obj, object_id in zip(chunk, ids, strict=True)
             if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in self.known)
         ]
-        self.upsert(mirrored, rows)
-        return len(rows)
+        self.store(mirrored, written)
+        return len(written)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         key = mirrored.table.c[mirrored.key]
@@ -433,6 +474,8 @@ class BatchWriter:
         changed["updated_at"] = func.now()
         upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
         self.session.connection().execute(upsert, rows)
+        # The users whose state documents read these rows get a notification on commit.
+        outbox.mark_rows(self.session, mirrored.key, rows)
 
 
 def _named_user(events: Sequence[Event]) -> int | None:

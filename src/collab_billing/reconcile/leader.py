@@ -28,7 +28,8 @@ HOLDER_QUERY = text(
 
 
 class LeaderLock:
-    """`key`/`name`: which lock (the reconciler's, or another loop's such as the sender's)."""
+    """The lock of one role (`name`): the reconciler's by default; another role (the
+    notification sender) takes its own key, so that its leader is elected the same way."""
 
     def __init__(
         self, engine: Engine, key: int = ADVISORY_LOCK_KEY, name: str = "reconciler"
@@ -57,7 +58,7 @@ class LeaderLock:
         try:
             self._connection.execute(text("SELECT 1"))
         except SQLAlchemyError:
-            log.warning("lost the database connection that held the reconciler lock")
+            log.warning("lost the database connection that held the %s lock", self.name)
             self._drop_connection()
             return False
         return True

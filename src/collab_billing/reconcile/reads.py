@@ -86,6 +86,8 @@ class StripeReads:
         if read.what == "owned":
             return {m.kind: self._owned(m, read.object_id) for m in MIRRORED_TYPES if m.owner}
         mirrored = _by_kind(read.kind)
+        if mirrored.fetch is not None:
+            return mirrored.fetch(self.gateway, read.object_id)
         path = mirrored.retrieve_path.format(id=read.object_id)
         try:
             return mirrored.decode(self.gateway.get(f"{mirrored.kind}s.retrieve", path))
@@ -96,6 +98,8 @@ class StripeReads:
 
     def _owned(self, mirrored: MirroredType[Any], customer_id: str) -> list[Any]:
         assert self.gateway is not None
+        if mirrored.fetch is not None:
+            return [mirrored.fetch(self.gateway, customer_id)]
         params = {**mirrored.list_params, "customer": customer_id}
         return [mirrored.decode(raw) for raw in self.gateway.list_all(mirrored.list_path, **params)]
 

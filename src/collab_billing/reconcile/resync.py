@@ -21,7 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.engine import read_only, transaction
-from collab_billing.db.models import BillingCustomer, User
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingEntitlement,
+    BillingSubscription,
+    User,
+)
 from collab_billing.mirror import customers, meters
 from collab_billing.mirror.registry import (
     MIRRORED_TYPES,
@@ -31,12 +36,14 @@ from collab_billing.mirror.registry import (
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.apply import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import decode_object
 
 log = logging.getLogger(__name__)
 
 PAGE = 100
+# Subscriptions in these statuses may grant entitlements (Stripe keeps them until it ends).
+LIVE_STATUSES = ("active", "trialing", "past_due", "paused", "unpaid", "incomplete")
 ProgressCallback = Callable[[str, int], None]
 
 
@@ -48,6 +55,7 @@ class ResyncReport:
     # Per mirrored type's kind: objects listed, and rows written.
     seen: Counter[str] = field(default_factory=Counter)
     written: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)  # per-customer reads that failed
 
     @property
     def subscriptions_seen(self) -> int:
@@ -77,7 +85,12 @@ def resync(
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
     for mirrored in MIRRORED_TYPES:
-        for chunk in _chunks(_objects(factory, gateway, mirrored, github_user_id)):
+        objects = (
+            _fetched(factory, gateway, mirrored, github_user_id, report)
+            if mirrored.fetch is not None
+            else _objects(factory, gateway, mirrored, github_user_id)
+        )
+        for chunk in _chunks(objects):
             report.seen[mirrored.kind] += len(chunk)
             with transaction(factory) as session:
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
@@ -145,6 +158,53 @@ def _objects(
         params["customer"] = linked
     for raw in gateway.list_all(mirrored.list_path, **params):
         yield mirrored.decode(raw)
+
+
+def _fetched(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    mirrored: MirroredType[Any],
+    github_user_id: int | None,
+    report: ResyncReport,
+) -> Iterator[Any]:
+    """A type Stripe lists per customer only (entitlements): one read per customer of ours
+    that may hold some (a live subscription, or rows already). A customer whose read fails
+    is logged and counted (`report.failed`), not the end of the resync: its rows stay as
+    they were until its next event or resync."""
+    assert mirrored.fetch is not None
+    for customer_id in _customers_to_fetch(factory, github_user_id):
+        try:
+            yield mirrored.fetch(gateway, customer_id)
+        except StripeGatewayError as error:
+            report.failed[mirrored.kind] += 1
+            log.warning(
+                "resync could not read a customer's objects",
+                extra={
+                    "kind": mirrored.kind,
+                    "stripe_customer_id": customer_id,
+                    "error": str(error),
+                },
+            )
+
+
+def _customers_to_fetch(factory: sessionmaker[Session], github_user_id: int | None) -> list[str]:
+    """Our live customers with a live subscription or entitlement rows."""
+    subscribed = select(BillingSubscription.id).where(
+        BillingSubscription.billing_customer_id == BillingCustomer.id,
+        BillingSubscription.stripe_subscription_status.in_(LIVE_STATUSES),
+    )
+    entitled = select(BillingEntitlement.id).where(
+        BillingEntitlement.billing_customer_id == BillingCustomer.id
+    )
+    statement = select(BillingCustomer.stripe_customer_id).where(
+        BillingCustomer.stripe_deleted_at.is_(None), subscribed.exists() | entitled.exists()
+    )
+    if github_user_id is not None:
+        statement = statement.join(User, User.id == BillingCustomer.user_id).where(
+            User.github_user_id == github_user_id
+        )
+    with read_only(factory) as session:
+        return list(session.scalars(statement.order_by(BillingCustomer.id)))
 
 
 def _linked_customer(factory: sessionmaker[Session], github_user_id: int) -> str | None:

@@ -1,0 +1,267 @@
+"""The notification sender: the outbox's rows POSTed to the host app, signed, at least once.
+
+One sender per database at a time (its own leader lock, elected like the reconciler's). Each
+`billing_notifications` row is POSTed to every URL of `BILLING_NOTIFY_URLS`, signed per
+Standard Webhooks (the `standardwebhooks` package: `webhook-id`, `webhook-timestamp`,
+`webhook-signature`), with the body `{"type": "billing.state.updated", "timestamp", "data":
+<the state document>}`. A 2xx from a URL ends that URL's delivery; the row is delivered once
+every URL has answered 2xx. Anything else (an error status, a refused connection, a timeout) is
+retried with exponential backoff up to `BILLING_NOTIFY_MAX_BACKOFF_SECONDS`, for
+`BILLING_NOTIFY_RETRY_WINDOW_SECONDS` (3 days) after the row was written; then it expires
+(`collab-billing notifications replay` sends it again).
+
+Order per user: only the oldest undelivered row of a user is sent; the user's next one waits
+until it is delivered or expired. Users are served side by side, a few deliveries at a time.
+A row is marked delivered only after the POST succeeded: a sender killed mid-delivery sends
+it again after the restart (the `webhook-id` stays the same, so a receiver can deduplicate;
+the document's `version` lets it drop anything older than what it has).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks import Webhook
+
+from collab_billing import metrics
+from collab_billing.config import Settings
+from collab_billing.db.engine import make_session_factory, read_only, transaction
+from collab_billing.db.models import BillingNotification
+from collab_billing.reconcile.leader import LeaderLock
+from collab_billing.state.document import iso
+from collab_billing.state.outbox import NOTIFICATION_TYPE
+
+log = logging.getLogger(__name__)
+
+NOTIFIER_LOCK_KEY = 0x636F6C6C61625F6E  # "collab_n"
+DELIVERY_THREADS = 8
+DELIVERY_TIMEOUT_SECONDS = 10.0
+FIRST_RETRY_SECONDS = 1.0
+KEEP_DELIVERED = timedelta(days=7)
+HOUSEKEEPING_SECONDS = 5.0
+_N = BillingNotification
+
+
+@dataclass(frozen=True)
+class Due:
+    """A user's oldest undelivered notification, due now."""
+
+    id: int
+    user_id: int
+    payload: dict[str, Any]
+    delivered_to: list[str]
+    attempts: int
+    created_at: datetime
+
+
+def message_id(notification_id: int) -> str:
+    return f"msg_{notification_id}"
+
+
+def body_of(payload: dict[str, Any], created_at: datetime) -> bytes:
+    return orjson.dumps({"type": NOTIFICATION_TYPE, "timestamp": iso(created_at), "data": payload})
+
+
+def backoff_seconds(attempts: int, maximum: float) -> float:
+    """The wait after the `attempts`-th failure: 1 s, 2 s, 4 s, ... up to `maximum`."""
+    return float(min(FIRST_RETRY_SECONDS * 2 ** min(attempts - 1, 30), maximum))
+
+
+class Notifier:
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.urls = settings.notify_urls()
+        secret = settings.billing_notify_secret
+        self.webhook = Webhook(secret.get_secret_value()) if secret is not None else None
+        self.max_backoff = settings.billing_notify_max_backoff_seconds
+        self.retry_window = settings.billing_notify_retry_window_seconds
+        self.poll_seconds = settings.billing_notify_poll_seconds
+        self.factory: sessionmaker[Session] = make_session_factory(engine)
+        self.lock = LeaderLock(engine, NOTIFIER_LOCK_KEY, "notifier")
+        self.clock = clock
+        self.http = httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS)
+        self._in_flight: set[int] = set()  # user ids with a delivery running
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._housekept_at = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Send while leader, stand by otherwise, until `stop` is set (the deliveries in
+        flight finish first). Survives any error: logs it, waits, tries again."""
+        failures = 0
+        with ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="notify") as pool:
+            try:
+                while not stop.is_set():
+                    try:
+                        leader = self.lock.acquire()
+                        metrics.NOTIFIER_LEADER.set(1 if leader else 0)
+                        if leader:
+                            self.submit_due(pool)
+                            self.housekeeping()
+                        failures = 0
+                    except Exception as error:  # the loop must outlive any failure
+                        failures += 1
+                        log.error("notifier failed; retrying", extra={"error": str(error)[:300]})
+                        self.lock.release()
+                        metrics.NOTIFIER_LEADER.set(0)
+                    wait = self.poll_seconds * min(2**failures, 100)
+                    self._wake.wait(wait)
+                    self._wake.clear()
+            finally:
+                pool.shutdown(wait=True)
+                self.lock.release()
+                metrics.NOTIFIER_LEADER.set(0)
+                self.http.close()
+
+    def submit_due(self, pool: ThreadPoolExecutor) -> int:
+        """Start the deliveries due now, one per user, as many as there are free threads."""
+        with self._guard:
+            busy = set(self._in_flight)
+        free = DELIVERY_THREADS - len(busy)
+        if free <= 0:
+            return 0
+        due = self.due(busy, free)
+        for notification in due:
+            with self._guard:
+                self._in_flight.add(notification.user_id)
+            pool.submit(self._deliver_and_release, notification)
+        return len(due)
+
+    def due(self, busy: set[int], limit: int) -> list[Due]:
+        heads = (
+            select(func.min(_N.id))
+            .where(_N.delivered_at.is_(None), _N.expired_at.is_(None))
+            .group_by(_N.user_id)
+        )
+        statement = (
+            select(_N.id, _N.user_id, _N.payload, _N.delivered_to, _N.attempts, _N.created_at)
+            .where(_N.id.in_(heads), _N.next_attempt_at <= self.clock())
+            .order_by(_N.id)
+            .limit(limit)
+        )
+        if busy:
+            statement = statement.where(_N.user_id.not_in(busy))
+        with read_only(self.factory) as session:
+            return [Due(*row) for row in session.execute(statement)]
+
+    def _deliver_and_release(self, notification: Due) -> None:
+        try:
+            self.deliver(notification)
+        except Exception as error:  # the row stays due; the next round tries it again
+            log.error("notification delivery failed", extra={"error": str(error)[:300]})
+        finally:
+            with self._guard:
+                self._in_flight.discard(notification.user_id)
+            self._wake.set()  # the user's next notification may go now
+
+    def deliver(self, notification: Due) -> bool:
+        """POST to the URLs that have not answered 2xx yet, then record the outcome."""
+        done = list(notification.delivered_to)
+        errors = []
+        body = body_of(notification.payload, notification.created_at)
+        for url in self.urls:
+            if url in done:
+                continue
+            error = self.post(url, notification.id, body)
+            if error is None:
+                done.append(url)
+            else:
+                errors.append(f"{url}: {error}")
+        self.record(notification, done, errors)
+        return not errors
+
+    def post(self, url: str, notification_id: int, body: bytes) -> str | None:
+        """One signed POST; None on a 2xx, else what went wrong (no secret in it)."""
+        assert self.webhook is not None
+        msg_id = message_id(notification_id)
+        now = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self.webhook.sign(msg_id, now, body),
+        }
+        try:
+            response = self.http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as error:
+            return f"{type(error).__name__}: {error}"[:200]
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+    def record(self, notification: Due, done: list[str], errors: list[str]) -> None:
+        now = self.clock()
+        values: dict[str, Any] = {"delivered_to": done}
+        created = notification.created_at.replace(tzinfo=notification.created_at.tzinfo or UTC)
+        if not errors:
+            values["delivered_at"] = datetime.now(UTC)
+            values["last_error"] = None
+            metrics.NOTIFICATION_DELIVERIES.labels("delivered").inc()
+            metrics.NOTIFY_DELIVERY_SECONDS.observe(max(0.0, now - created.timestamp()))
+        else:
+            attempts = notification.attempts + 1
+            values["attempts"] = attempts
+            values["last_error"] = "; ".join(errors)[:500]
+            values["next_attempt_at"] = now + backoff_seconds(attempts, self.max_backoff)
+            expired = now - created.timestamp() >= self.retry_window
+            if expired:
+                values["expired_at"] = datetime.now(UTC)
+            metrics.NOTIFICATION_DELIVERIES.labels("expired" if expired else "failed").inc()
+            log.warning(
+                "notification not delivered",
+                extra={
+                    "notification_id": notification.id,
+                    "attempts": attempts,
+                    "error": values["last_error"],
+                    "expired": expired,
+                },
+            )
+        with transaction(self.factory) as session:
+            session.execute(update(_N).where(_N.id == notification.id).values(**values))
+
+    def housekeeping(self) -> None:
+        """Every few seconds: the pending metrics, and delivered rows past a week deleted."""
+        now = self.clock()
+        if now - self._housekept_at < HOUSEKEEPING_SECONDS:
+            return
+        self._housekept_at = now
+        pending, oldest = pending_summary(self.factory)
+        metrics.NOTIFICATIONS_PENDING.set(pending)
+        metrics.NOTIFICATIONS_OLDEST_PENDING_AGE.set(
+            0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
+        )
+        with transaction(self.factory) as session:
+            cutoff = datetime.now(UTC) - KEEP_DELIVERED
+            session.execute(delete(_N).where(_N.delivered_at < cutoff))
+
+
+def pending_summary(factory: sessionmaker[Session]) -> tuple[int, datetime | None]:
+    """How many notifications wait for delivery, and when the oldest was written."""
+    with read_only(factory) as session:
+        count, oldest = session.execute(
+            select(func.count(), func.min(_N.created_at)).where(
+                _N.delivered_at.is_(None), _N.expired_at.is_(None)
+            )
+        ).one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), oldest
+
+
+def start_in_background(notifier: Notifier) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=notifier.run, args=(stop,), name="notifier", daemon=True)
+    thread.start()
+    return thread, stop

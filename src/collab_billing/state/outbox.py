@@ -1,0 +1,168 @@
+"""The notification outbox: a user's changed state document, written with the change.
+
+Whatever writes mirrored rows that a state document reads (subscriptions, entitlements, the
+catalog's prices and products) marks what it changed on its session (`mark`). When that
+session's transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
+inside the same transaction) recomputes the documents of the users concerned, and for each
+document that differs from the stored one stores it with the next version and writes a
+`billing_notifications` row. Either both the change and its notification commit, or neither.
+A change that leaves a document as it was writes nothing.
+
+Concurrent writers on PostgreSQL: the users' `billing_states` rows are locked (in user id
+order) before their documents are read, so two transactions touching one user take turns and
+the second reads what the first committed. SQLite has one writer at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, event, select, update
+from sqlalchemy.orm import Session
+
+from collab_billing.db.dialect import insert
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingNotification,
+    BillingPrice,
+    BillingState,
+    BillingSubscription,
+)
+from collab_billing.state import document as state
+
+_KEY = "collab_billing.state_changes"
+NOTIFICATION_TYPE = "billing.state.updated"
+_states: Table = BillingState.__table__  # type: ignore[assignment]
+_notifications: Table = BillingNotification.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class Changes:
+    """What a transaction changed that state documents read."""
+
+    customers: set[int] = field(default_factory=set)  # our billing_customers ids
+    prices: set[str] = field(default_factory=set)  # Stripe price ids
+    products: set[str] = field(default_factory=set)  # Stripe product ids
+
+    def __bool__(self) -> bool:
+        return bool(self.customers or self.prices or self.products)
+
+
+def mark(
+    session: Session,
+    customers: Collection[int | None] = (),
+    prices: Collection[str] = (),
+    products: Collection[str] = (),
+) -> None:
+    """Note that rows of these customers (or these catalog objects) changed in this session's
+    transaction; their users' documents are recomputed when it commits."""
+    changes: Changes = session.info.setdefault(_KEY, Changes())
+    changes.customers.update(c for c in customers if c is not None)
+    changes.prices.update(prices)
+    changes.products.update(products)
+
+
+def mark_rows(session: Session, key: str, rows: Collection[dict[str, Any]]) -> None:
+    """`mark` the rows of a mirrored type (keyed by the Stripe id column `key`) just written."""
+    if key == "stripe_price_id":
+        mark(session, prices=[row[key] for row in rows])
+    elif key == "stripe_product_id":
+        mark(session, products=[row[key] for row in rows])
+    else:
+        mark(session, customers=[row.get("billing_customer_id") for row in rows])
+
+
+@event.listens_for(Session, "before_commit")
+def _write_changed_documents(session: Session) -> None:
+    changes: Changes | None = session.info.pop(_KEY, None)
+    if changes:
+        write_changed_documents(session, users_concerned(session, changes))
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_changes(session: Session) -> None:
+    session.info.pop(_KEY, None)
+
+
+def users_concerned(session: Session, changes: Changes) -> list[int]:
+    """Our user ids whose documents may read what changed, in id order."""
+    customers = set(changes.customers)
+    prices = set(changes.prices)
+    if changes.products:
+        prices.update(
+            session.scalars(
+                select(BillingPrice.stripe_price_id).where(
+                    BillingPrice.stripe_product_id.in_(changes.products)
+                )
+            )
+        )
+    if prices:  # a catalog change renames the plan of every subscriber to those prices
+        customers.update(
+            session.scalars(
+                select(BillingSubscription.billing_customer_id).where(
+                    BillingSubscription.stripe_price_id.in_(prices)
+                )
+            )
+        )
+    if not customers:
+        return []
+    users = session.scalars(
+        select(BillingCustomer.user_id).where(BillingCustomer.id.in_(customers))
+    )
+    return sorted(set(users))
+
+
+def write_changed_documents(session: Session, user_ids: list[int]) -> int:
+    """Store the changed documents of these users with their next versions and write their
+    notifications; returns how many changed."""
+    if not user_ids:
+        return 0
+    connection = session.connection()  # Core statements: many rows, no ORM bookkeeping
+    connection.execute(
+        insert(session, _states).on_conflict_do_nothing(),
+        [{"user_id": user_id, "version": 0} for user_id in user_ids],
+    )
+    stored = {
+        user_id: (version, document)
+        for user_id, version, document in session.execute(
+            select(BillingState.user_id, BillingState.version, BillingState.document)
+            .where(BillingState.user_id.in_(user_ids))
+            .order_by(BillingState.user_id)
+            .with_for_update()
+        )
+    }
+    changed: list[dict[str, Any]] = []
+    for user_id, document in state.documents(session, user_ids).items():
+        version, previous = stored[user_id]
+        if document != previous:
+            changed.append({"uid": user_id, "new_version": version + 1, "new_document": document})
+    if not changed:
+        return 0
+    now = datetime.now(UTC)
+    connection.execute(
+        update(_states)
+        .where(_states.c.user_id == bindparam("uid"))
+        .values(version=bindparam("new_version"), document=bindparam("new_document")),
+        changed,
+    )
+    connection.execute(
+        insert(session, _notifications),
+        [
+            {
+                "user_id": row["uid"],
+                "version": row["new_version"],
+                "payload": {**row["new_document"], "version": row["new_version"]},
+                "delivered_to": [],
+                "attempts": 0,
+                "next_attempt_at": 0.0,
+                # From Python, not the database: SQLite's CURRENT_TIMESTAMP has whole seconds,
+                # and this time is what the commit-to-delivery delay is measured from.
+                "created_at": now,
+            }
+            for row in changed
+        ],
+    )
+    return len(changed)

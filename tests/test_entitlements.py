@@ -1,0 +1,122 @@
+"""Entitlements mirrored in full from Stripe's active entitlements (never from the ten in the
+summary event), in the state document and its notifications."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingEntitlement, BillingNotification
+from collab_billing.reconcile.resync import resync
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.stripe_helpers import Emulator
+from tests.test_billing_api import serve
+from tests.test_reconcile_flow import add_user, checkout
+
+
+@pytest.fixture
+def reconciler(stripe_settings: Settings, engine: Engine) -> Reconciler:
+    return Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+
+
+def featured_price(emulator: Emulator, count: int, prefix: str) -> str:
+    product = emulator.sdk.v1.products.create(params={"name": f"Plan with {count} features"})
+    for n in range(count):
+        feature = emulator.sdk.v1.entitlements.features.create(
+            params={"name": f"{prefix} {n}", "lookup_key": f"{prefix}-{n:03d}"}
+        )
+        emulator.sdk.v1.products.features.create(
+            product.id, params={"entitlement_feature": feature.id}
+        )
+    price = emulator.sdk.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 1500,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+            "lookup_key": f"{prefix}-plan",  # for sale: an active recurring price with a key
+        }
+    )
+    return str(price.id)
+
+
+def lookup_keys(factory: sessionmaker[Session]) -> list[str]:
+    with factory() as session:
+        return sorted(session.scalars(select(BillingEntitlement.lookup_key)))
+
+
+def subscribe(reconciler: Reconciler, emulator: Emulator, price: str, github_user_id: int) -> str:
+    url = checkout(reconciler, price, github_user_id)
+    return str(emulator.complete_checkout(url)["subscription"])
+
+
+@pytest.mark.parametrize("count", [25, 130])  # more than the event's 10; more than a page
+def test_a_customer_gets_every_feature(
+    reconciler: Reconciler,
+    emulator: Emulator,
+    stripe_settings: Settings,
+    engine: Engine,
+    count: int,
+) -> None:
+    price = featured_price(emulator, count, "feat")
+    add_user(reconciler.factory, 900, "nine")
+    reconciler.drain()
+    subscription = subscribe(reconciler, emulator, price, 900)
+    reconciler.drain()
+    expected = [f"feat-{n:03d}" for n in range(count)]
+    assert lookup_keys(reconciler.factory) == expected
+    with contextmanager(serve)(stripe_settings, engine) as api:
+        state = api.get("/billing/state", params={"github_user_id": 900}).json()
+    assert state["features"] == expected and state["access"]["state"] == "active"
+
+    emulator.sdk.v1.subscriptions.cancel(subscription)
+    reconciler.drain()
+    assert lookup_keys(reconciler.factory) == []
+    with reconciler.factory() as session:
+        last = session.scalars(
+            select(BillingNotification.payload).order_by(BillingNotification.id.desc())
+        ).first()
+    assert last is not None and last["features"] == [] and last["access"]["state"] == "none"
+
+
+def test_resync_lists_entitlements(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    price = featured_price(emulator, 12, "r")
+    add_user(reconciler.factory, 901, "nine-o-one")
+    reconciler.drain()
+    subscribe(reconciler, emulator, price, 901)
+    reconciler.drain()
+    with reconciler.factory() as session, session.begin():
+        session.execute(delete(BillingEntitlement))  # lost, as if never polled
+    report = resync(reconciler.factory, reconciler.gateway)
+    assert report.seen["entitlement"] == 1
+    assert lookup_keys(reconciler.factory) == [f"r-{n:03d}" for n in range(12)]
+    resync(reconciler.factory, reconciler.gateway, github_user_id=901)
+    assert len(lookup_keys(reconciler.factory)) == 12
+
+
+def test_a_product_losing_a_feature_is_mirrored(reconciler: Reconciler, emulator: Emulator) -> None:
+    price = featured_price(emulator, 3, "x")
+    add_user(reconciler.factory, 902, "nine-o-two")
+    reconciler.drain()
+    subscribe(reconciler, emulator, price, 902)
+    reconciler.drain()
+    product = str(emulator.sdk.v1.prices.retrieve(price).product)
+    attached = emulator.sdk.v1.products.features.list(product).data
+    emulator.sdk.v1.products.features.delete(product, attached[0].id)
+    reconciler.drain()
+    remaining = sorted(pf.entitlement_feature.lookup_key for pf in attached[1:])
+    assert lookup_keys(reconciler.factory) == remaining
+
+
+def test_state_route_is_admin_only(stripe_settings: Settings, engine: Engine) -> None:
+    with contextmanager(serve)(stripe_settings, engine) as api:
+        bare = httpx.get(api.base_url.join("/billing/state"), params={"github_user_id": 1})
+    assert bare.status_code == 401

@@ -1,0 +1,245 @@
+"""Notifications to the host app: signed per Standard Webhooks, at least once, in order per
+user, retried while the receiver fails, delivered after the sender is killed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from collab_billing.billing.notify import Notifier, pending_summary, start_in_background
+from collab_billing.cli import app as cli
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingNotification
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.notify_helpers import NOTIFY_SECRET, Receiver, receiver
+from tests.stripe_helpers import Emulator
+from tests.test_entitlements import featured_price
+from tests.test_reconcile_flow import add_user, checkout
+from tests.test_reconcile_processes import reconciler_env, spawn, wait_until
+
+__all__ = ["spawn"]  # the fixture, imported for the process test
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    with receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def notify_settings(stripe_settings: Settings, hook: Receiver) -> Settings:
+    return stripe_settings.model_copy(
+        update={
+            "billing_notify_urls": hook.url,
+            "billing_notify_secret": SecretStr(NOTIFY_SECRET),
+            "billing_notify_max_backoff_seconds": 0.3,
+        }
+    )
+
+
+@pytest.fixture
+def reconciler(notify_settings: Settings, engine: Engine) -> Reconciler:
+    return Reconciler(notify_settings, engine, StripeGateway(notify_settings))
+
+
+@pytest.fixture
+def sender(notify_settings: Settings, engine: Engine) -> Iterator[Notifier]:
+    notifier = Notifier(notify_settings, engine)
+    thread, stop = start_in_background(notifier)
+    yield notifier
+    stop.set()
+    thread.join(30)
+
+
+def subscribe(
+    reconciler: Reconciler, emulator: Emulator, github_user_id: int, price: str | None = None
+) -> str:
+    price = price or reconciler.settings.stripe_price_id or ""
+    url = checkout(reconciler, price, github_user_id)
+    session = emulator.complete_checkout(url)
+    return str(session["subscription"])
+
+
+def versions_grow(documents: list[dict[str, Any]]) -> bool:
+    versions = [d["version"] for d in documents]
+    return versions == sorted(set(versions))
+
+
+def test_checkout_then_cancel_are_notified_signed_and_in_order(
+    reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
+) -> None:
+    price = featured_price(emulator, 3, "notify")
+    add_user(reconciler.factory, 501, "five")
+    reconciler.drain()
+    subscription = subscribe(reconciler, emulator, 501, price)
+    reconciler.drain()
+    hook.wait_for(lambda docs: any(d["features"] for d in docs))
+    active = hook.documents(501)[-1]
+    assert active["access"] == {"state": "active", "until": None}
+    assert active["features"] == ["notify-000", "notify-001", "notify-002"]
+    assert active["plan"]["stripe_subscription_id"] == subscription
+
+    emulator.sdk.v1.subscriptions.cancel(subscription)
+    reconciler.drain()
+    hook.wait_for(lambda docs: docs[-1]["access"]["state"] == "none")
+    documents = hook.documents(501)
+    assert documents[-1]["features"] == [] and documents[-1]["plan"] is None
+    assert documents[-1]["version"] > active["version"]
+    assert versions_grow(documents)
+    assert hook.rejected == 0
+    assert all(body["type"] == "billing.state.updated" for body in hook.verified)
+    # Recorded as delivered once the receiver has answered: a moment after it got the POST.
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+
+
+def test_a_failing_receiver_loses_nothing_and_order_holds(
+    reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
+) -> None:
+    users = [601, 602, 603]
+    for user in users:
+        add_user(reconciler.factory, user, f"u{user}")
+    reconciler.drain()
+    hook.status = 500
+    subscriptions = {user: subscribe(reconciler, emulator, user) for user in users}
+    reconciler.drain()
+    for subscription in subscriptions.values():
+        emulator.sdk.v1.subscriptions.update(subscription, params={"cancel_at_period_end": True})
+    reconciler.drain()
+    wait_until(lambda: hook.requests >= 6, timeout=30)  # retried, not given up
+    assert hook.verified == []
+    hook.status = 200
+
+    with reconciler.factory() as session:
+        written = session.execute(
+            select(BillingNotification.user_id, BillingNotification.version)
+        ).all()
+    hook.wait_for(lambda docs: len(docs) >= len(written), timeout=30)
+    for user in users:
+        documents = hook.documents(user)
+        assert versions_grow(documents)
+        assert documents[-1]["plan"]["cancel_at_period_end"] is True
+    assert len(hook.documents()) == len(written)  # each once: none lost, none repeated
+
+
+def test_killed_mid_delivery_the_sender_delivers_after_restart(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    hook: Receiver,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    notify_settings: Settings,
+) -> None:
+    reconciler = Reconciler(notify_settings, engine, StripeGateway(notify_settings))
+    add_user(reconciler.factory, 701, "seven")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 701)
+    reconciler.drain()  # the outbox holds the notification; no sender has run yet
+    env = {
+        **reconciler_env(database_url, emulator),
+        "BILLING_NOTIFY_URLS": hook.url,
+        "BILLING_NOTIFY_SECRET": NOTIFY_SECRET,
+        "BILLING_NOTIFY_MAX_BACKOFF_SECONDS": "0.5",
+    }
+    hook.hang_seconds = 120  # the receiver holds the first delivery open past the test
+    worker = spawn(env)
+    wait_until(lambda: hook.requests >= 1, timeout=30)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert hook.verified == []
+
+    hook.hang_seconds = 0
+    restarted = spawn(env)
+    hook.wait_for(lambda docs: any(d["access"]["state"] == "active" for d in docs), timeout=30)
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(timeout=30) == 0
+    with reconciler.factory() as session:
+        assert session.scalar(
+            select(BillingNotification.delivered_at).where(BillingNotification.version == 1)
+        )
+
+
+def test_notifications_list_and_replay(
+    reconciler: Reconciler,
+    emulator: Emulator,
+    hook: Receiver,
+    sender: Notifier,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    add_user(reconciler.factory, 801, "eight")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 801)
+    reconciler.drain()
+    hook.wait_for(lambda docs: len(docs) >= 1)
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+    delivered = len(hook.documents())
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["notifications", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "801" in listed.output and "delivered" in listed.output
+    replayed = runner.invoke(cli, ["notifications", "replay", "--github-user-id", "801"])
+    assert replayed.exit_code == 0, replayed.output
+    assert f"{delivered} notification" in replayed.output
+    hook.wait_for(lambda docs: len(docs) >= 2 * delivered)
+    assert hook.message_ids[:delivered] == hook.message_ids[delivered:]  # same ids: dedupable
+    bad = runner.invoke(cli, ["notifications", "replay"])
+    assert bad.exit_code == 2 and "--id" in bad.output
+
+
+def test_stop_ends_the_sender(notify_settings: Settings, engine: Engine) -> None:
+    notifier = Notifier(notify_settings, engine)
+    stop = threading.Event()
+    thread = threading.Thread(target=notifier.run, args=(stop,))
+    thread.start()
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_notification_failing_past_the_retry_window_expires_then_replays(
+    notify_settings: Settings, engine: Engine, emulator: Emulator, hook: Receiver
+) -> None:
+    settings = notify_settings.model_copy(update={"billing_notify_retry_window_seconds": 0.5})
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    add_user(reconciler.factory, 901, "nine")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 901)
+    reconciler.drain()
+    failed_before = REGISTRY.get_sample_value(
+        "collab_billing_notification_deliveries_total", {"outcome": "expired"}
+    )
+    hook.status = 500
+    notifier = Notifier(settings, engine)
+    thread, stop = start_in_background(notifier)
+    try:
+        wait_until(lambda: pending_summary(reconciler.factory)[0] == 0, timeout=30)
+        with reconciler.factory() as session:
+            [row] = session.scalars(select(BillingNotification)).all()
+        assert row.expired_at is not None and row.delivered_at is None
+        assert row.attempts >= 1 and row.last_error and "HTTP 500" in row.last_error
+        assert (
+            REGISTRY.get_sample_value(
+                "collab_billing_notification_deliveries_total", {"outcome": "expired"}
+            )
+            or 0
+        ) > (failed_before or 0)
+        hook.status = 200
+        result = CliRunner().invoke(
+            cli, ["notifications", "replay", "--expired"], env={"DATABASE_URL": str(engine.url)}
+        )
+        assert result.exit_code == 0, result.output
+        hook.wait_for(lambda docs: len(docs) == 1)
+    finally:
+        stop.set()
+        thread.join(30)
