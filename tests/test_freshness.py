@@ -22,7 +22,7 @@ from collab_billing.db.models import StripeReadDay
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
-from collab_billing.stripe_gateway.client import READS
+from collab_billing.stripe_gateway.throttle import READS
 from tests.ops_helpers import WHSEC_NEW, Service, running_service, subscribe, wait_until
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import add_user, serve

@@ -19,7 +19,7 @@ from collab_billing.config import Settings
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
-from collab_billing.stripe_gateway.client import READS
+from collab_billing.stripe_gateway.throttle import READS
 from tests.reconcile_helpers import assert_matches_stripe
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import add_user, serve

@@ -27,7 +27,7 @@ from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import StripeReadDay
 from collab_billing.stripe_gateway import Event, EventShapeError
-from collab_billing.stripe_gateway.client import READS
+from collab_billing.stripe_gateway.throttle import READS
 
 log = logging.getLogger(__name__)
 

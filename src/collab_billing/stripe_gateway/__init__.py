@@ -3,12 +3,14 @@ throttled), typed event pages, and webhook signatures."""
 
 from collab_billing.stripe_gateway.client import (
     STRIPE_API_VERSION,
-    DuplicateMeterEvent,
     RequestObserver,
     StripeGateway,
+    gateway_or_none,
+)
+from collab_billing.stripe_gateway.errors import (
+    DuplicateMeterEvent,
     StripeGatewayError,
     StripeNotConfigured,
-    gateway_or_none,
 )
 from collab_billing.stripe_gateway.events import Event, EventPage, EventShapeError
 from collab_billing.stripe_gateway.signatures import SignatureError, verify_webhook

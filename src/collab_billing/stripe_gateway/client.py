@@ -11,7 +11,6 @@ than applying them. Nothing outside this package sees an SDK type.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -20,6 +19,14 @@ import msgspec
 import stripe
 
 from collab_billing.config import Settings
+from collab_billing.stripe_gateway.errors import (
+    DuplicateMeterEvent,
+    StripeGatewayError,
+    StripeNotConfigured,
+    gateway_error,
+    is_duplicate_identifier,
+    retry_after_seconds,
+)
 from collab_billing.stripe_gateway.events import (
     EventPage,
     Ref,
@@ -27,6 +34,7 @@ from collab_billing.stripe_gateway.events import (
     decode_list_page,
     decode_object,
 )
+from collab_billing.stripe_gateway.throttle import READS, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +42,9 @@ log = logging.getLogger(__name__)
 # payload shapes (current_period_* on subscription items) do not move with SDK upgrades.
 STRIPE_API_VERSION = "2026-08-26.dahlia"
 RATE_LIMIT_RETRIES = 5
-MAX_RETRY_AFTER_SECONDS = 30.0
 T = TypeVar("T")
 RequestObserver = Callable[[str, int | str], None]
 SESSION_ID_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
-
-
-class ReadTally:
-    """Stripe read requests (GETs) made by this process and not yet recorded in the database:
-    Stripe's read allowance counts every one (the read budget, `reconcile/budget.py`)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def add(self, count: int = 1) -> None:
-        with self._lock:
-            self._count += count
-
-    def take(self) -> int:
-        """The reads counted since the last `take`, zeroed."""
-        with self._lock:
-            count, self._count = self._count, 0
-            return count
-
-
-# One tally per process: every gateway (the reconciler's, the admin routes') adds to it.
-READS = ReadTally()
 
 
 class CheckoutSessionSummary(msgspec.Struct):
@@ -72,50 +56,6 @@ class CheckoutSessionSummary(msgspec.Struct):
     subscription: str | Ref | None = None
     client_reference_id: str | None = None
     metadata: dict[str, str] | None = None
-
-
-class StripeNotConfigured(Exception):
-    """No API key (or no price): the route answers 503."""
-
-
-class StripeGatewayError(Exception):
-    """Stripe failed or refused; `kind` is Stripe's error type. Never carries a secret."""
-
-    def __init__(self, kind: str, message: str, http_status: int | None) -> None:
-        super().__init__(f"Stripe {kind}: {message}")
-        self.kind = kind
-        self.message = message
-        self.http_status = http_status
-
-
-class DuplicateMeterEvent(StripeGatewayError):
-    """Stripe refused a meter event because its `identifier` was already used: the event was
-    recorded before (a send whose answer was lost), so for the sender it counts as sent."""
-
-
-def _is_duplicate_identifier(error: StripeGatewayError) -> bool:
-    return error.http_status in (400, 409) and "already exists with identifier" in error.message
-
-
-class Throttle:
-    """At most `rate` requests a second across threads, in bursts of at most `burst`.
-
-    Hand-written: a thread-safe token bucket is a dozen lines; the SDK has none, and the
-    rate-limit packages on PyPI are asyncio-only or decorate whole functions."""
-
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        self.interval = 1.0 / rate
-        self.burst = burst
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(self._next, now - self.interval * (self.burst - 1))
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
 
 
 class StripeGateway:
@@ -154,12 +94,12 @@ class StripeGateway:
             except stripe.RateLimitError as error:
                 self._observe(operation, 429)
                 if attempt == RATE_LIMIT_RETRIES:
-                    raise _gateway_error(error) from None
-                time.sleep(_retry_after(error, attempt))
+                    raise gateway_error(error) from None
+                time.sleep(retry_after_seconds(error, attempt))
                 continue
             except stripe.StripeError as error:
                 self._observe(operation, error.http_status or "network")
-                raise _gateway_error(error) from None
+                raise gateway_error(error) from None
             self._observe(operation, 200)
             return result
         raise AssertionError("unreachable")
@@ -338,7 +278,7 @@ class StripeGateway:
                 lambda: self.client.v1.billing.meter_events.create(params=params),  # type: ignore[arg-type]
             )
         except StripeGatewayError as error:
-            if _is_duplicate_identifier(error):
+            if is_duplicate_identifier(error):
                 raise DuplicateMeterEvent(error.kind, error.message, error.http_status) from None
             raise
 
@@ -439,25 +379,6 @@ def with_session_id(success_url: str) -> str:
         return success_url
     separator = "&" if "?" in success_url else "?"
     return f"{success_url}{separator}session_id={SESSION_ID_PLACEHOLDER}"
-
-
-def _retry_after(error: stripe.StripeError, attempt: int) -> float:
-    header = (error.headers or {}).get("retry-after") or (error.headers or {}).get("Retry-After")
-    try:
-        seconds = float(header) if header is not None else 0.5 * 2**attempt
-    except ValueError:
-        seconds = 0.5 * 2**attempt
-    return min(max(seconds, 0.05), MAX_RETRY_AFTER_SECONDS)
-
-
-def _gateway_error(error: stripe.StripeError) -> StripeGatewayError:
-    kind = "api_connection_error"
-    if error.error is not None and error.error.type:
-        kind = str(error.error.type)
-    elif not isinstance(error, stripe.APIConnectionError):
-        kind = type(error).__name__
-    # The SDK's messages never contain the key; we still keep only Stripe's own message.
-    return StripeGatewayError(kind, str(error.user_message or "no message"), error.http_status)
 
 
 def gateway_or_none(
