@@ -6,7 +6,7 @@ from typing import Any
 
 from stripe_emulator import objects
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
-from stripe_emulator.errors import bad_request, missing
+from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
@@ -60,6 +60,8 @@ def item_specs(
                 entry.name("price"),
             )
         quantity = entry.integer("quantity", minimum=1)
+        if quantity is not None and price is not None and price.meter is not None:
+            raise metered_quantity(key, entry.name("quantity"))
         metadata = entry.metadata()
         entry.ignore(
             "id",
@@ -76,6 +78,19 @@ def item_specs(
         default_quantity = None if updating and item_id else 1
         specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
     return specs
+
+
+def metered_quantity(key: str, param: str) -> StripeError:
+    """Stripe refuses a quantity on a metered price (its usage is the quantity), with the
+    message its Checkout and its Subscriptions API each answer."""
+    if key == "line_items":
+        entry = param.removesuffix("[quantity]")
+        return bad_request(
+            "Quantity should not be specified where usage_type is `metered`. "
+            f"Remove quantity from `{entry}`.",
+            param,
+        )
+    return bad_request("You cannot set the quantity for metered plans.", param)
 
 
 def missing_payment_method(p: Params) -> str | None:

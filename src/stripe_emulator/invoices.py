@@ -21,13 +21,14 @@ Every event carries the object as it is after the change, stamped with the momen
 from __future__ import annotations
 
 from stripe_emulator import ids, objects, payment_methods
-from stripe_emulator.billing_records import Invoice, InvoiceLine, PaymentMethod
+from stripe_emulator.billing_records import Invoice, PaymentMethod
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
 from stripe_emulator.invoice_objects import invoice as render_invoice
 from stripe_emulator.records import DAY, PERIOD_SECONDS, Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
+from stripe_emulator.usage_lines import item_line
 
 OPEN_STATUSES_RECOVERED = ("past_due", "unpaid")
 
@@ -54,20 +55,14 @@ def create_invoice(
     at: int,
     trial: bool = False,
     invoice_id: str | None = None,
+    usage_period: tuple[int, int] | None = None,
 ) -> Invoice:
-    """A subscription's invoice for the period [start, end), created and finalized (`open`)."""
+    """A subscription's invoice for the period [start, end), created and finalized (`open`);
+    metered items bill their usage over `usage_period`, the period that ended (usage_lines)."""
     start, end = period
     invoice_id = invoice_id or ids.new_id("in", at)
     lines = tuple(
-        InvoiceLine(
-            ids.new_id("il", at),
-            item.price,
-            0 if trial else item.quantity,
-            start,
-            end,
-            item.id,
-        )
-        for item in sub.items
+        item_line(store, item, sub.customer, period, usage_period, at, trial) for item in sub.items
     )
     draft = Invoice(
         id=invoice_id,
@@ -199,7 +194,11 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     if sub.status == "trialing":
         new = evolve(new, status="active")
     save(store, sub, new, created=at)
-    invoice = create_invoice(store, new, "subscription_cycle", (start, end), at, False, invoice_id)
+    # Metered items bill the period that ends (a trial's usage is free).
+    ended = None if sub.status == "trialing" else (sub.current_period_start, start)
+    invoice = create_invoice(
+        store, new, "subscription_cycle", (start, end), at, False, invoice_id, ended
+    )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
