@@ -57,7 +57,7 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
     by_id = {item.id: item for item in old}
     changed = dict(by_id)
     added = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if spec.id is None:
             added.append(spec)
             continue
@@ -65,6 +65,9 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
         if item is None:
             raise bad_request(f"No such subscription item: '{spec.id}'", "items")
         price = spec.price or item.price
+        if price.meter is not None and spec.quantity is not None:
+            param = f"items[{index}][quantity]"
+            raise bad_request("You cannot set the quantity for metered plans.", param)
         changed[spec.id] = evolve(
             item,
             price=price,
