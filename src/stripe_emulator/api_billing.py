@@ -8,6 +8,7 @@ from stripe_emulator import objects
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
+from stripe_emulator.invoices import bill_final_usage
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
 from stripe_emulator.records import Subscription, evolve
@@ -228,9 +229,13 @@ def update(call: Call) -> Json:
 def cancel(call: Call) -> Json:
     p = call.params
     comment, feedback = _cancellation(p)
-    p.ignore("invoice_now", "prorate")
+    invoice_now = p.boolean("invoice_now")
+    p.ignore("prorate")
     p.finish()
+    before = call.store.subscriptions.get(call.id)
     record = cancel_subscription(call.store, call.id, comment=comment, feedback=feedback)
+    if invoice_now and record.ended_at is not None:  # un-invoiced metered usage, billed now
+        bill_final_usage(call.store, before, "subscription_update", record.ended_at)
     return objects.subscription(record)
 
 

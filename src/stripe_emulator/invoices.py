@@ -203,6 +203,21 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
 
+def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> None:
+    """The last invoice of a subscription canceled at `at` (`sub`: as it was before): its
+    metered items' usage from the period's start to `at`, charged at once. Stripe makes it at
+    a scheduled cancellation (`cancel_at`, `cancel_at_period_end`) and for `invoice_now`;
+    nothing without metered items, and nothing for a trial (its usage is free)."""
+    metered = tuple(item for item in sub.items if item.price.meter is not None)
+    if not metered or sub.status in ("trialing", "incomplete"):
+        return
+    period = (sub.current_period_start, at)
+    final = evolve(sub, items=metered)
+    invoice = create_invoice(store, final, reason, period, at, usage_period=period)
+    card = payment_methods.for_invoice(store, sub.customer, sub.id)
+    charge(store, invoice, card, at, automatic=True)
+
+
 def retry_due(invoice: Invoice, now: int) -> int | None:
     """When the clock next retries this invoice's payment (None: not before `now`)."""
     due = invoice.next_payment_attempt

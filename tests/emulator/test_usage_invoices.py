@@ -205,3 +205,36 @@ def test_added_metered_item_without_usage_bills_a_zero_line(
     assert (zero.quantity, zero.quantity_decimal, zero.amount) == (0, Decimal(0), 0)
     assert (invoice.amount_due, invoice.status) == (900, "paid")
     _check_recorded_against_spec(ctl)
+
+
+def test_cancellation_bills_the_usage_not_yet_invoiced(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """At a scheduled cancellation, and with `invoice_now`, a final invoice bills the usage
+    so far; a plain cancellation discards it (as Stripe does)."""
+    ctl.emulator.app.state.recorded.take()
+    metered = metered_price(client, make_meter(client), "2")
+    at_period_end, now, plain = (subscribe_with_card(client, [{"price": metered}]) for _ in "abc")
+    for sub_id, value in ((at_period_end, "10"), (now, "20"), (plain, "40")):
+        customer = client.v1.subscriptions.retrieve(sub_id).customer
+        assert isinstance(customer, str)
+        report(client, "tokens", customer, value)
+    client.v1.subscriptions.update(at_period_end, {"cancel_at_period_end": True})
+    advance(ctl, 5)
+
+    client.v1.subscriptions.cancel(now, {"invoice_now": True})
+    client.v1.subscriptions.cancel(plain)
+    [final] = client.v1.invoices.list(params={"subscription": now}).data
+    assert (final.amount_due, final.status, final.billing_reason) == (
+        40,
+        "paid",
+        "subscription_update",
+    )
+    assert final.lines.data[0].period.end == final.created
+    assert client.v1.invoices.list(params={"subscription": plain}).data == []
+
+    advance(ctl, 25.1)
+    assert client.v1.subscriptions.retrieve(at_period_end).status == "canceled"
+    [last] = client.v1.invoices.list(params={"subscription": at_period_end}).data
+    assert (last.amount_due, last.status, last.lines.data[0].quantity) == (20, "paid", 10)
+    _check_recorded_against_spec(ctl)
