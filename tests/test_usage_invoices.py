@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.sender import UsageSender
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingInvoice, BillingPrice
+from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
@@ -82,3 +83,34 @@ def test_renewal_invoice_bills_the_usage_sent_and_the_period_restarts(
     renewed = usage_of(api, 7)
     assert renewed["period_start"] == period["period_end"]
     assert (renewed["meters"][0]["total"], renewed["estimated_cost_cents"]) == ("0", 0)
+
+
+def test_a_metered_plan_is_sold_without_a_quantity(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Stripe refuses a quantity on a metered price in Checkout: the service sends none."""
+    emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount_decimal": "0.5",
+            "lookup_key": "tokens-monthly",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+            "product_data": {"name": "Tokens only"},
+        }
+    )
+    resync(session_factory, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    answer = api.post(
+        "/billing/subscriptions", json={"github_user_id": 7, "price": "tokens-monthly"}
+    )
+    assert answer.status_code == 200, answer.text
+    done = emulator.complete_checkout(answer.json()["checkout_session_url"])
+    [item] = emulator.sdk.v1.subscriptions.retrieve(done["subscription"])["items"].data
+    assert "quantity" not in item and item.price.lookup_key == "tokens-monthly"
+    first = emulator.sdk.v1.invoices.list(params={"subscription": done["subscription"]}).data
+    assert [invoice.amount_due for invoice in first] == [0]  # usage is billed in arrears
