@@ -6,8 +6,9 @@ from typing import Any
 
 from stripe_emulator import objects
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
-from stripe_emulator.errors import bad_request, missing
+from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
+from stripe_emulator.invoices import bill_final_usage
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
 from stripe_emulator.records import Subscription, evolve
@@ -60,6 +61,8 @@ def item_specs(
                 entry.name("price"),
             )
         quantity = entry.integer("quantity", minimum=1)
+        if quantity is not None and price is not None and price.meter is not None:
+            raise metered_quantity(key, entry.name("quantity"))
         metadata = entry.metadata()
         entry.ignore(
             "id",
@@ -76,6 +79,19 @@ def item_specs(
         default_quantity = None if updating and item_id else 1
         specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
     return specs
+
+
+def metered_quantity(key: str, param: str) -> StripeError:
+    """Stripe refuses a quantity on a metered price (its usage is the quantity), with the
+    message its Checkout and its Subscriptions API each answer."""
+    if key == "line_items":
+        entry = param.removesuffix("[quantity]")
+        return bad_request(
+            "Quantity should not be specified where usage_type is `metered`. "
+            f"Remove quantity from `{entry}`.",
+            param,
+        )
+    return bad_request("You cannot set the quantity for metered plans.", param)
 
 
 def missing_payment_method(p: Params) -> str | None:
@@ -213,9 +229,13 @@ def update(call: Call) -> Json:
 def cancel(call: Call) -> Json:
     p = call.params
     comment, feedback = _cancellation(p)
-    p.ignore("invoice_now", "prorate")
+    invoice_now = p.boolean("invoice_now")
+    p.ignore("prorate")
     p.finish()
+    before = call.store.subscriptions.get(call.id)
     record = cancel_subscription(call.store, call.id, comment=comment, feedback=feedback)
+    if invoice_now and record.ended_at is not None:  # un-invoiced metered usage, billed now
+        bill_final_usage(call.store, before, "subscription_update", record.ended_at)
     return objects.subscription(record)
 
 

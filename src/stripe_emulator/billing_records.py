@@ -7,6 +7,7 @@ Immutable like the records in records.py (an event keeps the record it was emitt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 
 from stripe_emulator.records import DAY, Metadata, Price
 
@@ -27,18 +28,35 @@ class PaymentMethod:
     metadata: Metadata = field(default_factory=dict)
 
 
+def unit_amount(price: Price) -> Decimal:
+    """The price per unit in cents, with any fractions of a cent (`unit_amount_decimal`)."""
+    return Decimal(price.unit_amount_decimal or price.unit_amount or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class InvoiceLine:
+    """One line of an invoice. A licensed item bills `quantity` in advance; a metered item
+    (`price.meter` set) bills `usage`, the meter's aggregated value over the ending period,
+    in arrears (`quantity` is then that usage truncated, as Stripe's integer field is)."""
+
     id: str
     price: Price
     quantity: int
     period_start: int
     period_end: int
     subscription_item: str | None
+    usage: Decimal | None = None
+
+    @property
+    def quantity_decimal(self) -> Decimal:
+        return Decimal(self.quantity) if self.usage is None else self.usage
 
     @property
     def amount(self) -> int:
-        return (self.price.unit_amount or 0) * self.quantity
+        """Price x quantity, rounded half up to the nearest cent of the line's total (as
+        Stripe rounds an amount with fractions of a cent)."""
+        exact = unit_amount(self.price) * self.quantity_decimal
+        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 @dataclass(frozen=True, slots=True)

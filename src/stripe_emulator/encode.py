@@ -80,6 +80,8 @@ _ITEM = constant_runs(
 
 
 def _item(record: Item, sub: Subscription) -> dict[str, Any]:
+    if record.price.meter is not None:
+        return objects.subscription_item(record, sub)  # rare: no quantity, the slow path
     return {
         "id": record.id,
         "object": _ITEM["object"],

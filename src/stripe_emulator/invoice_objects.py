@@ -7,9 +7,16 @@ nothing. Since API 2025-03-31 an invoice names its subscription under
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-from stripe_emulator.billing_records import Invoice, InvoiceLine, PaymentMethod, TestClock
+from stripe_emulator.billing_records import (
+    Invoice,
+    InvoiceLine,
+    PaymentMethod,
+    TestClock,
+    unit_amount,
+)
 
 Json = dict[str, Any]
 
@@ -55,13 +62,19 @@ def payment_method(record: PaymentMethod) -> Json:
     }
 
 
+def decimal_text(value: Decimal) -> str:
+    """A decimal as Stripe writes a `format: decimal` string: plain digits, no exponent."""
+    return format(value.normalize(), "f")
+
+
 def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
+    quantity = decimal_text(record.quantity_decimal)
     return {
         "id": record.id,
         "object": "line_item",
         "amount": record.amount,
         "currency": invoice.currency,
-        "description": f"{record.quantity} x {record.price.nickname or record.price.product}",
+        "description": f"{quantity} x {record.price.nickname or record.price.product}",
         "discount_amounts": [],
         "discountable": True,
         "discounts": [],
@@ -84,10 +97,10 @@ def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
         "pricing": {
             "price_details": {"price": record.price.id, "product": record.price.product},
             "type": "price_details",
-            "unit_amount_decimal": str(record.price.unit_amount or 0),
+            "unit_amount_decimal": decimal_text(unit_amount(record.price)),
         },
         "quantity": record.quantity,
-        "quantity_decimal": str(record.quantity),
+        "quantity_decimal": quantity,
         "subtotal": record.amount,
         "taxes": [],
     }

@@ -21,13 +21,14 @@ Every event carries the object as it is after the change, stamped with the momen
 from __future__ import annotations
 
 from stripe_emulator import ids, objects, payment_methods
-from stripe_emulator.billing_records import Invoice, InvoiceLine, PaymentMethod
+from stripe_emulator.billing_records import Invoice, PaymentMethod
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
 from stripe_emulator.invoice_objects import invoice as render_invoice
 from stripe_emulator.records import DAY, PERIOD_SECONDS, Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
+from stripe_emulator.usage_lines import item_line
 
 OPEN_STATUSES_RECOVERED = ("past_due", "unpaid")
 
@@ -54,20 +55,14 @@ def create_invoice(
     at: int,
     trial: bool = False,
     invoice_id: str | None = None,
+    usage_period: tuple[int, int] | None = None,
 ) -> Invoice:
-    """A subscription's invoice for the period [start, end), created and finalized (`open`)."""
+    """A subscription's invoice for the period [start, end), created and finalized (`open`);
+    metered items bill their usage over `usage_period`, the period that ended (usage_lines)."""
     start, end = period
     invoice_id = invoice_id or ids.new_id("in", at)
     lines = tuple(
-        InvoiceLine(
-            ids.new_id("il", at),
-            item.price,
-            0 if trial else item.quantity,
-            start,
-            end,
-            item.id,
-        )
-        for item in sub.items
+        item_line(store, item, sub.customer, period, usage_period, at, trial) for item in sub.items
     )
     draft = Invoice(
         id=invoice_id,
@@ -199,9 +194,28 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     if sub.status == "trialing":
         new = evolve(new, status="active")
     save(store, sub, new, created=at)
-    invoice = create_invoice(store, new, "subscription_cycle", (start, end), at, False, invoice_id)
+    # Metered items bill the period that ends (a trial's usage is free).
+    ended = None if sub.status == "trialing" else (sub.current_period_start, start)
+    invoice = create_invoice(
+        store, new, "subscription_cycle", (start, end), at, False, invoice_id, ended
+    )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
+
+
+def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> None:
+    """The last invoice of a subscription canceled at `at` (`sub`: as it was before): its
+    metered items' usage from the period's start to `at`, charged at once. Stripe makes it at
+    a scheduled cancellation (`cancel_at`, `cancel_at_period_end`) and for `invoice_now`;
+    nothing without metered items, and nothing for a trial (its usage is free)."""
+    metered = tuple(item for item in sub.items if item.price.meter is not None)
+    if not metered or sub.status in ("trialing", "incomplete"):
+        return
+    period = (sub.current_period_start, at)
+    final = evolve(sub, items=metered)
+    invoice = create_invoice(store, final, reason, period, at, usage_period=period)
+    card = payment_methods.for_invoice(store, sub.customer, sub.id)
+    charge(store, invoice, card, at, automatic=True)
 
 
 def retry_due(invoice: Invoice, now: int) -> int | None:

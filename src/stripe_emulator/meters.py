@@ -197,18 +197,24 @@ def record_event(
     return event
 
 
-def aggregate(meter: Meter, events: list[MeterEvent], start: int, end: int) -> float:
-    """The meter's aggregated value of the events with `start <= timestamp < end`."""
+def aggregate_exact(meter: Meter, events: list[MeterEvent], start: int, end: int) -> Decimal:
+    """The meter's aggregated value of the events with `start <= timestamp < end`, exact (an
+    invoice's usage line bills it)."""
     window = [event for event in events if start <= event.timestamp < end]
     if meter.formula == "count":
-        return float(len(window))
+        return Decimal(len(window))
     if meter.formula == "last":
         latest: MeterEvent | None = None
         for event in window:  # in arrival order: on a tie, the later event wins
             if latest is None or event.timestamp >= latest.timestamp:
                 latest = event
-        return float(latest.value) if latest is not None else 0.0
-    return float(sum((event.value for event in window), Decimal(0)))
+        return latest.value if latest is not None else Decimal(0)
+    return sum((event.value for event in window), Decimal(0))
+
+
+def aggregate(meter: Meter, events: list[MeterEvent], start: int, end: int) -> float:
+    """`aggregate_exact` as the float an event summary's `aggregated_value` is."""
+    return float(aggregate_exact(meter, events, start, end))
 
 
 def summaries(

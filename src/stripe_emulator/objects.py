@@ -128,7 +128,7 @@ def price(record: Price) -> Json:
 
 
 def subscription_item(record: Item, sub: Subscription) -> Json:
-    return {
+    rendered: Json = {
         "id": record.id,
         "object": "subscription_item",
         "billing_thresholds": None,
@@ -143,6 +143,9 @@ def subscription_item(record: Item, sub: Subscription) -> Json:
         "subscription": sub.id,
         "tax_rates": [],
     }
+    if record.price.meter is not None:
+        del rendered["quantity"]  # a metered item has none (Stripe omits the field)
+    return rendered
 
 
 def subscription(record: Subscription) -> Json:
@@ -328,7 +331,7 @@ def line_item(record: LineItem, description: str | None) -> Json:
         "currency": record.price.currency,
         "description": description,
         "price": price(record.price),
-        "quantity": record.quantity,
+        "quantity": None if record.price.meter is not None else record.quantity,
     }
 
 

@@ -43,7 +43,8 @@ def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
     for spec in specs:
         assert spec.price is not None  # new items name their price (checked when parsed)
         metadata = spec.metadata or {}
-        items.append(Item(ids.new_id("si"), created, spec.price, spec.quantity or 1, metadata))
+        quantity = 0 if spec.price.meter is not None else spec.quantity or 1
+        items.append(Item(ids.new_id("si"), created, spec.price, quantity, metadata))
     return tuple(items)
 
 
@@ -56,17 +57,21 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
     by_id = {item.id: item for item in old}
     changed = dict(by_id)
     added = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if spec.id is None:
             added.append(spec)
             continue
         item = by_id.get(spec.id)
         if item is None:
             raise bad_request(f"No such subscription item: '{spec.id}'", "items")
+        price = spec.price or item.price
+        if price.meter is not None and spec.quantity is not None:
+            param = f"items[{index}][quantity]"
+            raise bad_request("You cannot set the quantity for metered plans.", param)
         changed[spec.id] = evolve(
             item,
-            price=spec.price or item.price,
-            quantity=spec.quantity or item.quantity,
+            price=price,
+            quantity=0 if price.meter is not None else spec.quantity or item.quantity or 1,
             metadata=spec.metadata if spec.metadata else item.metadata,
         )
     return tuple(changed.values()) + build_items(added, now)

@@ -65,7 +65,7 @@ def start_checkout(
             price_id=plan.stripe_price_id,
             client_reference_id=str(user.github_user_id),
             github_user_id=user.github_user_id,
-            quantity=request.quantity,
+            quantity=None if plan.metered else request.quantity,
             trial_days=trial_days,
         )
     except Exception:

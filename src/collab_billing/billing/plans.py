@@ -21,6 +21,9 @@ from collab_billing.db.engine import read_only
 class Plan:
     stripe_price_id: str
     lookup_key: str | None
+    # A metered price (`recurring.usage_type=metered`) bills usage, not a quantity: Stripe
+    # refuses a quantity for it in Checkout.
+    metered: bool = False
 
 
 def resolve_plan(
@@ -37,7 +40,8 @@ def resolve_plan(
     wanted = requested if requested is not None else default_price
     match = _find(sellable, wanted)
     if match is not None:
-        return Plan(match["stripe_price_id"], match["lookup_key"])
+        metered = match["usage_type"] == "metered"
+        return Plan(match["stripe_price_id"], match["lookup_key"], metered)
     if requested is None or requested == default_price:
         if default_price is None:
             raise InvalidField("price", "no price given and STRIPE_PRICE_ID is not set")

@@ -146,19 +146,23 @@ class StripeGateway:
         price_id: str,
         client_reference_id: str,
         github_user_id: int,
-        quantity: int = 1,
+        quantity: int | None = 1,
         trial_days: int | None = None,
     ) -> str:
-        """A subscription-mode Checkout session; with `trial_days`, a trial that takes no card
+        """A subscription-mode Checkout session (`quantity` None: a metered price, which takes
+        none); with `trial_days`, a trial that takes no card
         unless BILLING_TRIAL_REQUIRES_PAYMENT_METHOD (card-less trials are canceled at their
         end if no card was added). Promotion codes and automatic tax follow the settings."""
         settings = self.settings
         metadata = {"github_user_id": str(github_user_id)}
         subscription_data: dict[str, Any] = {"metadata": metadata}
+        line_item: dict[str, Any] = {"price": price_id}
+        if quantity is not None:
+            line_item["quantity"] = quantity
         params: dict[str, Any] = {
             "mode": "subscription",
             "customer": customer_id,
-            "line_items": [{"price": price_id, "quantity": quantity}],
+            "line_items": [line_item],
             "client_reference_id": client_reference_id,
             "success_url": with_session_id(settings.billing_checkout_success_url),
             "cancel_url": settings.billing_checkout_cancel_url,

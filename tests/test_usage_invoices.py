@@ -1,0 +1,116 @@
+"""Usage reaches the renewal invoice, end to end: records posted to the service, sent to Stripe
+as meter events by the sender, billed in arrears on the renewal invoice (emulator), mirrored
+into `billing_invoices`, and the period's total restarts at 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.sender import UsageSender
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingInvoice, BillingPrice
+from collab_billing.reconcile.resync import resync
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.stripe_helpers import Emulator
+from tests.test_billing_api import add_user, serve, subscribe
+from tests.test_usage_api import meter, record, usage_of  # noqa: F401  (the fixture)
+from tests.test_usage_sender import drain
+
+
+@pytest.fixture
+def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    yield from serve(stripe_settings, engine)
+
+
+def add_metered_item(emulator: Emulator, sub_id: str, price_id: str) -> None:
+    """The usage price joins the plan on the subscription (the service's checkout sells the
+    plan; an operator or the host adds the metered price, as in Stripe's dashboard)."""
+    [plan_item] = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    emulator.sdk.v1.subscriptions.update(
+        sub_id, {"items": [{"id": plan_item.id}, {"price": price_id}]}
+    )
+
+
+def invoices_of(factory: sessionmaker[Session], sub_id: str) -> dict[str, BillingInvoice]:
+    with factory() as session:
+        rows = session.scalars(
+            select(BillingInvoice).where(BillingInvoice.stripe_subscription_id == sub_id)
+        ).all()
+    return {row.billing_reason or "": row for row in rows}
+
+
+def test_renewal_invoice_bills_the_usage_sent_and_the_period_restarts(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    sub_id = subscribe(api, emulator, reconciler, 7)
+    with session_factory() as session:
+        price_id = session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
+        ).one()
+    add_metered_item(emulator, sub_id, price_id)
+    batch = [record(7, "a", 150), record(7, "b", 100.5), record(7, "c", 0.5)]
+    assert api.post("/billing/usage", json={"events": batch}).status_code == 202
+    fast = stripe_settings.model_copy(update={"billing_usage_requests_per_second": 100.0})
+    drain(UsageSender(fast, engine))
+    period = usage_of(api, 7)
+    assert (period["meters"][0]["total"], period["estimated_cost_cents"]) == ("251", 126)
+
+    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    reconciler.drain()
+
+    invoices = invoices_of(session_factory, sub_id)
+    first, renewal = invoices["subscription_create"], invoices["subscription_cycle"]
+    # 251 tokens x 0.5 cent = 125.5, rounded half up: the service's estimate, billed.
+    assert renewal.amount_due == first.amount_due + 126
+    assert (renewal.status, renewal.amount_paid) == ("paid", renewal.amount_due)
+    lines = emulator.sdk.v1.invoices.retrieve(renewal.stripe_invoice_id).lines.data
+    assert sorted((line.amount, line.quantity) for line in lines) == sorted(
+        [(first.amount_due, 1), (126, 251)]
+    )
+    renewed = usage_of(api, 7)
+    assert renewed["period_start"] == period["period_end"]
+    assert (renewed["meters"][0]["total"], renewed["estimated_cost_cents"]) == ("0", 0)
+
+
+def test_a_metered_plan_is_sold_without_a_quantity(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Stripe refuses a quantity on a metered price in Checkout: the service sends none."""
+    emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount_decimal": "0.5",
+            "lookup_key": "tokens-monthly",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+            "product_data": {"name": "Tokens only"},
+        }
+    )
+    resync(session_factory, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    answer = api.post(
+        "/billing/subscriptions", json={"github_user_id": 7, "price": "tokens-monthly"}
+    )
+    assert answer.status_code == 200, answer.text
+    done = emulator.complete_checkout(answer.json()["checkout_session_url"])
+    [item] = emulator.sdk.v1.subscriptions.retrieve(done["subscription"])["items"].data
+    assert "quantity" not in item and item.price.lookup_key == "tokens-monthly"
+    first = emulator.sdk.v1.invoices.list(params={"subscription": done["subscription"]}).data
+    assert [invoice.amount_due for invoice in first] == [0]  # usage is billed in arrears
