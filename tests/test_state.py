@@ -52,7 +52,7 @@ def test_checkout_and_cancel_change_the_document_and_its_version(
         "quantity": None,
         "trial_end": None,
         "features": [],
-        "usage": None,
+        "usage": {"max_monthly_spend_cents": None, "over_spend_cap": False},
     }
     price = stripe_settings.stripe_price_id or ""
     emulator.complete_checkout(checkout(reconciler, price, 4242))
