@@ -258,7 +258,9 @@ def test_a_plan_change_and_usage_past_the_cap_change_the_document(
     assert over["version"] == capped["version"] + 1
     assert cycle.state(user) == over
 
-    cap["max_monthly_spend_cents"] = 1000  # raised: under it again
-    assert cycle.api.put("/billing/preferences", json=cap).status_code == 200
-    raised = cycle.notified(user, lambda d: d["usage"]["max_monthly_spend_cents"] == 1000)
-    assert raised["usage"]["over_spend_cap"] is False
+    # The renewal starts a new period (the subscription's row changes): nothing used in it yet.
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    cycle.reconciler.drain()
+    renewed = cycle.notified(user, lambda d: d["usage"]["over_spend_cap"] is False)
+    assert renewed["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": False}
+    assert renewed["plan"]["current_period_end"] > over["plan"]["current_period_end"]
