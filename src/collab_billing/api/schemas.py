@@ -250,7 +250,8 @@ class AccessOut(BaseModel):
             "`active` (active or trialing), `grace` (past due, within "
             "BILLING_PAST_DUE_GRACE_DAYS of the first failed payment), `blocked` (past due "
             "beyond grace, unpaid, or canceled for a failed payment with an invoice open), "
-            "`none` (no subscription). Derived from the mirrored rows on every read."
+            "`none` (no subscription). Derived from the mirrored rows (`state.access`), "
+            "judged at the service's clock: a grace that has ended is `blocked`."
         )
     )
     until: UtcDatetime | None = Field(description="When grace ends (`grace` only).")
