@@ -52,7 +52,7 @@ def test_checkout_and_cancel_change_the_document_and_its_version(
         "quantity": None,
         "trial_end": None,
         "features": [],
-        "usage": None,
+        "usage": {"max_monthly_spend_cents": None, "over_spend_cap": False},
     }
     price = stripe_settings.stripe_price_id or ""
     emulator.complete_checkout(checkout(reconciler, price, 4242))
@@ -106,3 +106,21 @@ def test_unknown_user_and_bad_ids_are_4xx(api: httpx.Client) -> None:
     assert api.get("/billing/state", params={"github_user_id": 99}).status_code == 404
     assert api.get("/billing/state", params={"github_user_id": -1}).status_code == 422
     assert api.get("/billing/state").status_code == 422
+
+
+def test_every_mirrored_type_marks_the_users_its_rows_concern(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Each mirrored type is the catalog (marked by its ids) or owned by a customer (its rows
+    carry `billing_customer_id`); rows naming no owner are refused, never silently unmarked."""
+    from collab_billing.mirror.registry import MIRRORED_TYPES
+    from collab_billing.state import outbox
+
+    catalog = {"stripe_price_id", "stripe_product_id"}
+    assert all(m.key in catalog or m.owner is not None for m in MIRRORED_TYPES)
+    with session_factory() as session:
+        outbox.mark_rows(session, "stripe_invoice_id", [{"billing_customer_id": 7}])
+        outbox.mark_rows(session, "stripe_price_id", [{"stripe_price_id": "price_1"}])
+        with pytest.raises(ValueError, match="stripe_invoice_id"):
+            outbox.mark_rows(session, "stripe_invoice_id", [{"stripe_invoice_id": "in_1"}])
+        session.rollback()

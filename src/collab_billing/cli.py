@@ -27,6 +27,7 @@ from collab_billing.reconcile.cadence import Signals
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
 from collab_billing.reconcile.signals import ActivitySignals
+from collab_billing.state.access import AccessRules
 from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 app = typer.Typer(
@@ -310,7 +311,9 @@ def resync(
     settings = settings_or_exit(**overrides)
     configure_logging(settings)
     engine = migrated_engine(settings)
-    factory = make_session_factory(engine)
+    # The state documents it changes judge access by the system clock and the grace setting.
+    rules = AccessRules(settings.past_due_grace())
+    factory = make_session_factory(engine, rules.session_info())
     report = run_with_progress(factory, gateway_or_exit(settings), github_user_id)
     budget.flush_reads(factory, time.time())
     mirrored = "".join(

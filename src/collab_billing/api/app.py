@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import anyio
 from fastapi import FastAPI
@@ -25,6 +25,7 @@ from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.run import Reconciler, start_in_background
 from collab_billing.reconcile.signals import ActivitySignals
+from collab_billing.state.access import AccessRules, system_clock
 from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loops: list[tuple[threading.Thread, threading.Event]] = []
     if settings.reconcile_enabled:
         # The notification sender: the outbox's rows to BILLING_NOTIFY_URLS (leader only).
-        loops.append(notify.start_in_background(notify.Notifier(settings, app.state.engine)))
+        notifier = notify.Notifier(settings, app.state.engine, access_clock=app.state.clock)
+        loops.append(notify.start_in_background(notifier))
         if gateway is None:
             log.warning("reconciler off: STRIPE_API_KEY is not set")
         else:
-            reconciler = Reconciler(settings, app.state.engine, gateway, signals=app.state.signals)
+            reconciler = Reconciler(
+                settings,
+                app.state.engine,
+                gateway,
+                signals=app.state.signals,
+                access_clock=app.state.clock,
+            )
             loops.append(start_in_background(reconciler))
             loops.append(sender.start_in_background(sender.UsageSender(settings, app.state.engine)))
     try:
@@ -63,17 +71,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await anyio.to_thread.run_sync(thread.join, 60.0)
 
 
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
 def create_app(
     settings: Settings,
     engine: Engine | None = None,
     *,
     clock: Callable[[], datetime] = system_clock,
 ) -> FastAPI:
-    """`clock`: the service's "now" (access grace); dev mode and tests pass the emulator's."""
+    """`clock`: the service's "now" (access grace), the one clock of the routes (`NowDep`),
+    of the state documents that this app's sessions, reconciler and notification sender write
+    (`AccessRules`), and of the sweep of ended graces; dev mode and tests pass the emulator's."""
     # FastAPIOffline: FastAPI with /docs served from assets installed with the package, so
     # the docs work without a network (stock FastAPI loads them from a CDN).
     app = FastAPIOffline(
@@ -85,7 +91,8 @@ def create_app(
     app.state.settings = settings
     app.state.clock = clock
     app.state.engine = engine or make_engine(settings.database_url)
-    app.state.session_factory = make_session_factory(app.state.engine)
+    rules = AccessRules(settings.past_due_grace(), clock)
+    app.state.session_factory = make_session_factory(app.state.engine, rules.session_info())
     app.state.gateway = gateway_or_none(settings, metrics.observe_stripe_request)
     app.state.api_gateway = _api_gateway(settings)
     app.state.stripe_calls = StripeCalls(

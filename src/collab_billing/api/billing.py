@@ -204,11 +204,12 @@ def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     summary="The user's whole billing state: access, plan, features, and its version",
 )
 def get_state(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
+    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep, now: NowDep
 ) -> Response:
     # The document as stored (plain JSON, the notification's payload), encoded as it is:
     # `StateOut` documents it; validating it again on each read would double the route's cost.
-    return Response(orjson.dumps(read_state(factory, github_user_id)), media_type=JSON)
+    # A grace that has ended by `now` is served as `blocked` (`state.document.served_at`).
+    return Response(orjson.dumps(read_state(factory, github_user_id, now)), media_type=JSON)
 
 
 @router.get(

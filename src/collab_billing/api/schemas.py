@@ -250,7 +250,8 @@ class AccessOut(BaseModel):
             "`active` (active or trialing), `grace` (past due, within "
             "BILLING_PAST_DUE_GRACE_DAYS of the first failed payment), `blocked` (past due "
             "beyond grace, unpaid, or canceled for a failed payment with an invoice open), "
-            "`none` (no subscription). Derived from the mirrored rows on every read."
+            "`none` (no subscription). Derived from the mirrored rows (`state.access`), "
+            "judged at the service's clock: a grace that has ended is `blocked`."
         )
     )
     until: UtcDatetime | None = Field(description="When grace ends (`grace` only).")
@@ -325,19 +326,21 @@ class PricesOut(BaseModel):
     prices: list[PriceOut]
 
 
-class StateAccessOut(BaseModel):
-    state: Literal["active", "grace", "blocked", "none"]
-    until: str | None = Field(description="ISO 8601 UTC: when `grace` ends (else null).")
+class StatePlanOut(PlanOut):
+    """The plan (`GET /billing/subscriptions`' `plan`) and the subscription that has it."""
 
-
-class StatePlanOut(BaseModel):
     stripe_subscription_id: str
     status: str
-    stripe_price_id: str | None
-    lookup_key: str | None
-    product_name: str | None
     cancel_at_period_end: bool
-    current_period_end: str | None = Field(description="ISO 8601 UTC")
+    current_period_end: UtcDatetime | None
+
+
+class StateUsageOut(BaseModel):
+    max_monthly_spend_cents: int | None = Field(description="The spend cap; null: none.")
+    over_spend_cap: bool = Field(
+        description="This period's estimated cost is past the cap (`GET /billing/usage` has "
+        "the totals: they are not in the document, whose every change is a notification)."
+    )
 
 
 class StateOut(BaseModel):
@@ -347,12 +350,12 @@ class StateOut(BaseModel):
     version: int = Field(
         description="Grows by one each time this document changes (0: never changed)."
     )
-    access: StateAccessOut
+    access: AccessOut
     plan: StatePlanOut | None = Field(description="The subscription that grants access, if any.")
-    quantity: int | None
-    trial_end: str | None = Field(description="ISO 8601 UTC")
+    quantity: int | None = Field(description="The plan's seats.")
+    trial_end: UtcDatetime | None
     features: list[str] = Field(
         description="The lookup keys of the features the user is entitled to; "
         "empty when access is `blocked` or `none`."
     )
-    usage: dict[str, Any] | None = Field(description="Usage against the spend cap (when set).")
+    usage: StateUsageOut

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from collab_billing.api.deps import AdminOnly, SessionFactoryDep
+from collab_billing.api.deps import AdminOnly, NowDep, SessionFactoryDep
 from collab_billing.api.responses import ADMIN_ERRORS, Responses
 from collab_billing.api.schemas import ErrorResponse, GithubUserIdQuery
 from collab_billing.api.strict_json import StrictJSONRoute
@@ -95,11 +95,11 @@ def record_usage(body: UsageIn, factory: SessionFactoryDep) -> UsageAccepted:
     summary="This period's usage per meter, its estimated cost and the spend cap",
 )
 def get_usage(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep
+    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep, now: NowDep
 ) -> UsageOut:
     user = find_user(factory, github_user_id)
     with read_only(factory) as session:
-        found = spend.user_spend(session, user.id)
+        found = spend.user_spend(session, user.id, now)
     return UsageOut(
         github_user_id=github_user_id,
         period_start=found.period.start,
@@ -123,7 +123,7 @@ def get_usage(
 )
 def put_preferences(body: PreferencesIn, factory: SessionFactoryDep) -> PreferencesOut:
     user = find_user(factory, body.github_user_id)
-    spend.set_cap(factory, user.id, body.max_monthly_spend_cents)
+    usage.set_cap(factory, user.id, body.max_monthly_spend_cents)
     return PreferencesOut(
         github_user_id=body.github_user_id, max_monthly_spend_cents=body.max_monthly_spend_cents
     )

@@ -4,7 +4,7 @@ to rows. No HTTP types here; errors carry the status they map to.
 Stripe calls never run inside a database transaction: a slow Stripe must not hold locks.
 """
 
-from collab_billing.billing import spend, usage
+from collab_billing.billing import usage
 from collab_billing.billing.access import (
     Access,
     BillingView,
@@ -33,6 +33,7 @@ from collab_billing.billing.manage import (
     manage_subscription,
     open_cancel_portal,
 )
+from collab_billing.state import spend
 
 __all__ = [
     "INTENTS",

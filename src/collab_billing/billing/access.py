@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import RowMapping
@@ -14,6 +14,13 @@ from collab_billing.billing.errors import NotFound, overdue_invoice, unknown_use
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingInvoice, BillingSubscription, User
+
+# Re-exported: the one access decision lives below the services, where the state document
+# can use it too (the services import the reconciler, which writes state documents).
+from collab_billing.state.access import Access as Access
+from collab_billing.state.access import AccessState as AccessState
+from collab_billing.state.access import decide_access as decide_access
+from collab_billing.state.access import is_overdue as is_overdue
 
 
 def list_sellable_prices(
@@ -67,20 +74,7 @@ def list_user_subscriptions(
     return rows
 
 
-# --- access: may the user use the product right now? ------------------------------------------
-
-AccessState = Literal["active", "grace", "blocked", "none"]
-_RANK: dict[AccessState, int] = {"none": 0, "blocked": 1, "grace": 2, "active": 3}
-
-
-@dataclass(frozen=True)
-class Access:
-    state: AccessState
-    until: datetime | None = None  # grace: when it ends
-
-    @property
-    def allows_use(self) -> bool:
-        return self.state in ("active", "grace")
+# --- access: may the user use the product right now? (decided in `state.access`) -----------
 
 
 @dataclass(frozen=True)
@@ -90,72 +84,6 @@ class BillingView:
     subscriptions: list[queries.SubscriptionRow]
     access: Access
     overdue_invoices: list[BillingInvoice]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
-    """Open and owed: a payment of it failed, or its due date passed."""
-    if invoice.status != "open" or invoice.amount_remaining <= 0:
-        return False
-    return invoice.attempt_count > 0 or (
-        invoice.due_date is not None and _utc(invoice.due_date) <= now
-    )
-
-
-def decide_access(
-    subscriptions: Sequence[queries.SubscriptionRow],
-    open_invoices: Sequence[BillingInvoice],
-    now: datetime,
-    grace: timedelta,
-) -> Access:
-    """The user's access from mirrored rows alone, judged at `now` (never stored, so it cannot
-    get stuck: paying the invoice changes the rows, and the next read says `active`).
-
-    Per subscription: `active`/`trialing` -> active; `past_due` -> grace until `grace` after
-    the first failed payment of its open invoice (its finalization: an automatic invoice is
-    charged when finalized), blocked after; `unpaid` -> blocked; `canceled` for
-    `payment_failed` with an invoice of it still open after a failed payment -> blocked;
-    anything else -> none. The user gets the best of their subscriptions."""
-    best = Access("none")
-    for subscription in subscriptions:
-        owed = [
-            invoice
-            for invoice in open_invoices
-            if invoice.stripe_subscription_id == subscription.stripe_subscription_id
-        ]
-        access = _subscription_access(subscription, owed, now, grace)
-        if _RANK[access.state] > _RANK[best.state]:
-            best = access
-    return best
-
-
-def _subscription_access(
-    subscription: queries.SubscriptionRow,
-    owed: Sequence[BillingInvoice],
-    now: datetime,
-    grace: timedelta,
-) -> Access:
-    status = subscription.stripe_subscription_status
-    if status in ("active", "trialing"):
-        return Access("active")
-    if status == "unpaid":
-        return Access("blocked")
-    failed = [invoice for invoice in owed if is_overdue(invoice, now)]
-    if status == "canceled":
-        for_payment = subscription.stripe_cancellation_reason == "payment_failed"
-        return Access("blocked") if failed and for_payment else Access("none")
-    if status != "past_due":
-        return Access("none")
-    started = [_utc(i.finalized_at) for i in failed if i.finalized_at is not None]
-    if not started:
-        # Past due with no failed invoice mirrored yet (its events are on their way): the
-        # failure is recent, so grace, with no end known yet.
-        return Access("grace")
-    until = min(started) + grace
-    return Access("grace", until) if now < until else Access("blocked")
 
 
 def billing_view(

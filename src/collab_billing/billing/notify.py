@@ -39,8 +39,9 @@ from collab_billing.config import Settings
 from collab_billing.db.engine import make_session_factory, read_only, transaction
 from collab_billing.db.models import BillingNotification
 from collab_billing.reconcile.leader import LeaderLock
+from collab_billing.state.access import AccessRules, Clock, system_clock
 from collab_billing.state.document import iso
-from collab_billing.state.outbox import NOTIFICATION_TYPE
+from collab_billing.state.outbox import NOTIFICATION_TYPE, recompute_ended_graces
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,22 @@ def backoff_seconds(attempts: int, maximum: float) -> float:
 
 class Notifier:
     def __init__(
-        self, settings: Settings, engine: Engine, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        access_clock: Clock = system_clock,
     ) -> None:
+        """`clock`: the retries' timing; `access_clock`: the service's "now", by which the
+        sweep finds ended graces (`create_app`'s clock)."""
         self.urls = settings.notify_urls()
         secret = settings.billing_notify_secret
         self.webhook = Webhook(secret.get_secret_value()) if secret is not None else None
         self.max_backoff = settings.billing_notify_max_backoff_seconds
         self.retry_window = settings.billing_notify_retry_window_seconds
         self.poll_seconds = settings.billing_notify_poll_seconds
-        self.factory: sessionmaker[Session] = make_session_factory(engine)
+        rules = AccessRules(settings.past_due_grace(), access_clock)
+        self.factory: sessionmaker[Session] = make_session_factory(engine, rules.session_info())
         self.lock = LeaderLock(engine, NOTIFIER_LOCK_KEY, "notifier")
         self.clock = clock
         self.http = httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS)
@@ -232,11 +240,15 @@ class Notifier:
             session.execute(update(_N).where(_N.id == notification.id).values(**values))
 
     def housekeeping(self) -> None:
-        """Every few seconds: the pending metrics, and delivered rows past a week deleted."""
+        """Every few seconds: the documents whose grace ended recomputed (their `blocked`
+        version is notified: time changed them, no row did), the pending metrics, and
+        delivered rows past a week deleted."""
         now = self.clock()
         if now - self._housekept_at < HOUSEKEEPING_SECONDS:
             return
         self._housekept_at = now
+        if recompute_ended_graces(self.factory):
+            self._wake.set()  # their notifications are due now
         pending, oldest = pending_summary(self.factory)
         metrics.NOTIFICATIONS_PENDING.set(pending)
         metrics.NOTIFICATIONS_OLDEST_PENDING_AGE.set(

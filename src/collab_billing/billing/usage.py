@@ -14,14 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing import spend
 from collab_billing.billing.errors import BillingError
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import transaction
-from collab_billing.db.models import BillingMeter, BillingUsageEvent, User
+from collab_billing.db.models import (
+    BillingMeter,
+    BillingPreference,
+    BillingState,
+    BillingUsageEvent,
+    User,
+)
+from collab_billing.state import outbox, spend
+from collab_billing.state.access import rules_of
 
 PAST_WINDOW_SECONDS = 35 * 86_400  # Stripe's: a meter event at most 35 days old
 FUTURE_WINDOW_SECONDS = 5 * 60  # and at most 5 minutes ahead
@@ -71,8 +78,51 @@ def ingest(factory: sessionmaker[Session], records: Sequence[UsageRecord]) -> In
             .returning(table.c.id)
         )
         accepted = len(connection.execute(statement, rows).all()) if rows else 0
-    over_cap = spend.any_over_cap(factory, set(users.values()))
-    return IngestResult(accepted, len(records) - accepted, over_cap)
+        over_cap = _mark_flipped_caps(session, set(users.values()))
+    return IngestResult(accepted, len(records) - accepted, bool(over_cap))
+
+
+def _mark_flipped_caps(session: Session, user_ids: set[int]) -> set[int]:
+    """The users of a batch who are past their cap now; those whose stored state document
+    says otherwise are marked, so that the document (`usage.over_spend_cap`) and its
+    notification commit with the records. Only users with a cap are priced: a batch of
+    uncapped users costs one statement."""
+    capped = session.execute(
+        select(BillingPreference.user_id, BillingState.document)
+        .outerjoin(BillingState, BillingState.user_id == BillingPreference.user_id)
+        .where(
+            BillingPreference.user_id.in_(user_ids),
+            BillingPreference.max_monthly_spend_cents.is_not(None),
+        )
+    ).all()
+    if not capped:
+        return set()
+    now = rules_of(session).clock()
+    over = {
+        user_id for user_id, _ in capped if spend.user_spend(session, user_id, now).over_spend_cap
+    }
+    flipped = [
+        user_id
+        for user_id, document in capped
+        if document is None or document["usage"]["over_spend_cap"] != (user_id in over)
+    ]
+    outbox.mark(session, users=flipped)
+    return over
+
+
+def set_cap(factory: sessionmaker[Session], user_id: int, cents: int | None) -> None:
+    """Set the user's monthly spend cap (None: none); the state document shows it."""
+    with transaction(factory) as session:
+        statement = insert(session, BillingPreference.__table__).values(
+            user_id=user_id, max_monthly_spend_cents=cents
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["user_id"],
+                set_={"max_monthly_spend_cents": cents, "updated_at": func.now()},
+            )
+        )
+        outbox.mark(session, users=[user_id])
 
 
 def _user_ids(connection: Connection, github_user_ids: set[int]) -> dict[int, int]:

@@ -73,8 +73,12 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_session_factory(
+    engine: Engine, info: dict[str, Any] | None = None
+) -> sessionmaker[Session]:
+    """`info`: copied into each session's `Session.info` (e.g. `AccessRules.session_info()`:
+    how the state documents its transactions write judge access)."""
+    return sessionmaker(engine, expire_on_commit=False, info=info or {})
 
 
 class FairLock:

@@ -28,6 +28,29 @@ def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvo
     ).all()
 
 
+def customers_open_invoices(
+    session: Session, billing_customer_ids: Sequence[int]
+) -> dict[int, list[BillingInvoice]]:
+    """These customers' open invoices (by our customer id), oldest first, in one statement.
+    Read as stored now (`populate_existing`): the applier writes invoices with Core upserts,
+    which leave objects already in the session as they were."""
+    if not billing_customer_ids:
+        return {}
+    rows = session.scalars(
+        select(BillingInvoice)
+        .where(
+            BillingInvoice.billing_customer_id.in_(billing_customer_ids),
+            BillingInvoice.status == "open",
+        )
+        .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
+        .execution_options(populate_existing=True)
+    )
+    grouped: dict[int, list[BillingInvoice]] = {}
+    for invoice in rows:
+        grouped.setdefault(invoice.billing_customer_id, []).append(invoice)
+    return grouped
+
+
 def invoice_page(
     session: Session, github_user_id: int, limit: int, after: str | None
 ) -> tuple[Sequence[BillingInvoice], bool] | None:

@@ -329,6 +329,9 @@ class BillingState(Base):
     )
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When the document's `grace` access ends (None: not in grace): time alone then makes it
+    # `blocked`, and the notification sender's sweep finds it by this column.
+    grace_ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )

@@ -105,28 +105,31 @@ def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[Billi
     ).all()
 
 
+# The columns of a `SubscriptionRow`, in its order: a subscription and its plan's catalog names.
+SUBSCRIPTION_ROW_COLUMNS = (
+    _subscriptions.c.id,
+    _subscriptions.c.stripe_subscription_id,
+    _subscriptions.c.stripe_subscription_status,
+    _subscriptions.c.stripe_cancel_at_period_end,
+    _subscriptions.c.stripe_cancel_at,
+    _subscriptions.c.stripe_canceled_at,
+    _subscriptions.c.stripe_current_period_end,
+    _subscriptions.c.stripe_price_id,
+    _subscriptions.c.quantity,
+    _subscriptions.c.stripe_trial_end,
+    _subscriptions.c.stripe_cancellation_reason,
+    _prices.c.lookup_key,
+    _products.c.name,
+    _prices.c.unit_amount,
+    _prices.c.currency,
+    _prices.c.recurring_interval,
+    _prices.c.recurring_interval_count,
+)
+
 # The admin API's hot read, one statement: the user (so that an unknown user is told apart from
 # one without subscriptions) and its subscriptions, oldest first.
 USER_SUBSCRIPTIONS = (
-    select(
-        _subscriptions.c.id,
-        _subscriptions.c.stripe_subscription_id,
-        _subscriptions.c.stripe_subscription_status,
-        _subscriptions.c.stripe_cancel_at_period_end,
-        _subscriptions.c.stripe_cancel_at,
-        _subscriptions.c.stripe_canceled_at,
-        _subscriptions.c.stripe_current_period_end,
-        _subscriptions.c.stripe_price_id,
-        _subscriptions.c.quantity,
-        _subscriptions.c.stripe_trial_end,
-        _subscriptions.c.stripe_cancellation_reason,
-        _prices.c.lookup_key,
-        _products.c.name,
-        _prices.c.unit_amount,
-        _prices.c.currency,
-        _prices.c.recurring_interval,
-        _prices.c.recurring_interval_count,
-    )
+    select(*SUBSCRIPTION_ROW_COLUMNS)
     .select_from(_users)
     .outerjoin(_customers, _customers.c.user_id == _users.c.id)
     .outerjoin(_subscriptions, _subscriptions.c.billing_customer_id == _customers.c.id)
@@ -135,6 +138,25 @@ USER_SUBSCRIPTIONS = (
     .where(_users.c.github_user_id == bindparam("github_user_id"))
     .order_by(_subscriptions.c.id)
 )
+
+
+def customers_subscriptions(
+    session: Session, billing_customer_ids: Sequence[int]
+) -> dict[int, list[SubscriptionRow]]:
+    """These customers' subscriptions (by our customer id), oldest first, in one statement."""
+    if not billing_customer_ids:
+        return {}
+    statement = (
+        select(_subscriptions.c.billing_customer_id, *SUBSCRIPTION_ROW_COLUMNS)
+        .outerjoin(_prices, _prices.c.stripe_price_id == _subscriptions.c.stripe_price_id)
+        .outerjoin(_products, _products.c.stripe_product_id == _prices.c.stripe_product_id)
+        .where(_subscriptions.c.billing_customer_id.in_(billing_customer_ids))
+        .order_by(_subscriptions.c.id)
+    )
+    grouped: dict[int, list[SubscriptionRow]] = {}
+    for row in session.execute(statement):
+        grouped.setdefault(row[0], []).append(SubscriptionRow._make(row[1:]))
+    return grouped
 
 
 class SubscriptionRow(NamedTuple):

@@ -30,6 +30,7 @@ from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
 from collab_billing.reconcile.signals import ActivitySignals
+from collab_billing.state.access import AccessRules, Clock, system_clock
 from collab_billing.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,14 @@ class Reconciler:
         signals: ActivitySignals | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep | None = None,
+        access_clock: Clock = system_clock,
     ) -> None:
+        """`clock`: the loop's own timing; `access_clock`: the service's "now" by which the
+        state documents its writes change judge access (`create_app`'s clock)."""
         self.settings = settings
         self.engine = engine
-        self.factory: sessionmaker[Session] = make_session_factory(engine)
+        rules = AccessRules(settings.past_due_grace(), access_clock)
+        self.factory: sessionmaker[Session] = make_session_factory(engine, rules.session_info())
         self.gateway = gateway
         self.clock = clock
         self.signals = signals or ActivitySignals(self.factory, clock)

@@ -6,172 +6,154 @@ statements, so that the outbox (`state.outbox`) can recompute it inside the tran
 changed the rows. Its `version` is stored beside the last document (`billing_states`) and grows
 by one each time the document changes.
 
-Access derived from time alone (a grace period ending, once the invoices capability adds one)
-changes no row: whoever adds it must also recompute the documents it ages (`outbox.mark`).
+- `access`: `state.access.decide_access` (subscriptions and open invoices), judged at the
+  session's clock (`state.access.AccessRules`).
+- `plan`, `quantity`, `trial_end`: the subscription that grants the most access, its price as
+  the mirrored catalog names it (like `GET /billing/subscriptions`' `plan`).
+- `features`: the entitlements' lookup keys; none while access is `blocked` or `none`.
+- `usage`: the spend cap and whether this period's estimated cost is past it, not the running
+  totals: those change with every usage record, and each change would be a new version and a
+  notification. `GET /billing/usage` answers the totals.
+
+Time alone changes access (a grace period ends: `grace` -> `blocked`) without changing a row,
+so a stored document could go stale. Two things keep it honest: a stored `grace` whose `until`
+has passed is served as `blocked` (`served_at`: on read, without a write), and the notification
+sender's leader loop recomputes the documents whose grace ended (`outbox.recompute_ended_graces`,
+found by `billing_states.grace_ends_at`), which writes the `blocked` version and notifies it.
+Other time-only changes are picked up by the next change of the user's rows or usage: an
+invoice whose due date passes with no failed payment, and the calendar month's rollover of a
+capped user without a subscription.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, null, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import KeyedColumnElement
 
+from collab_billing.db import invoice_queries, queries
 from collab_billing.db.models import (
     BillingCustomer,
     BillingEntitlement,
-    BillingPrice,
-    BillingProduct,
+    BillingInvoice,
+    BillingPreference,
     BillingState,
-    BillingSubscription,
     User,
 )
+from collab_billing.state import spend
+from collab_billing.state.access import AccessRules, decide_access, rules_of, utc
 
 Document = dict[str, Any]
 
-_subscriptions = BillingSubscription.__table__
-# Columns that other capabilities add to `billing_subscriptions` (plans: quantity, trial end):
-# read when they exist, so that the document grows with the schema.
-_OPTIONAL_COLUMNS = {
-    "quantity": ("quantity", "stripe_quantity"),
-    "trial_end": ("trial_end", "stripe_trial_end"),
-}
 # A subscription in one of these statuses is over: it is no one's plan any more.
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 # Which subscription is the plan when a user has several: the one granting the most access.
 _STATUS_RANK = {"active": 3, "trialing": 3, "past_due": 2}
 FEATURELESS_ACCESS = frozenset({"blocked", "none"})
-
-
-def _optional_column(names: Sequence[str]) -> KeyedColumnElement[Any] | None:
-    for name in names:
-        if name in _subscriptions.c:
-            return _subscriptions.c[name]
-    return None
-
-
-@dataclass(frozen=True)
-class SubscriptionFacts:
-    """What the document reads of one subscription (with its price's catalog names)."""
-
-    billing_customer_id: int
-    id: int
-    stripe_subscription_id: str
-    status: str
-    stripe_price_id: str | None
-    lookup_key: str | None
-    product_name: str | None
-    cancel_at_period_end: bool
-    current_period_end: datetime | None
-    quantity: int | None
-    trial_end: datetime | None
-
-
-def derive_access(subscriptions: Sequence[SubscriptionFacts]) -> dict[str, Any]:
-    """`{"state", "until"}` from the subscriptions' statuses: active or trialing -> `active`,
-    past_due -> `grace`, anything else (or nothing) -> `none`. The one place to swap for the
-    invoices capability's `billing.access` (which adds `blocked` and the grace's end)."""
-    best = max((_STATUS_RANK.get(s.status, 0) for s in subscriptions), default=0)
-    state = {3: "active", 2: "grace"}.get(best, "none")
-    return {"state": state, "until": None}
+BLOCKED = {"state": "blocked", "until": None}
 
 
 def iso(value: datetime | None) -> str | None:
     """A stored time as ISO 8601 UTC (SQLite hands back naive datetimes, all UTC)."""
     if value is None:
         return None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.isoformat().replace("+00:00", "Z")
+    return utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _plan(subscription: queries.SubscriptionRow) -> Document:
+    return {
+        "stripe_subscription_id": subscription.stripe_subscription_id,
+        "status": subscription.stripe_subscription_status,
+        "stripe_price_id": subscription.stripe_price_id,
+        "lookup_key": subscription.price_lookup_key,
+        "product_name": subscription.product_name,
+        "unit_amount": subscription.unit_amount,
+        "currency": subscription.currency,
+        "interval": subscription.interval,
+        "interval_count": subscription.interval_count,
+        "cancel_at_period_end": subscription.stripe_cancel_at_period_end,
+        "current_period_end": iso(subscription.stripe_current_period_end),
+    }
 
 
 def build_document(
-    github_user_id: int, subscriptions: Sequence[SubscriptionFacts], features: Collection[str]
+    github_user_id: int,
+    subscriptions: Sequence[queries.SubscriptionRow],
+    open_invoices: Sequence[BillingInvoice],
+    features: Collection[str],
+    usage: Document,
+    rules: AccessRules,
 ) -> Document:
     """The document (without `version`): plain JSON values, so that it compares equal to
     itself after a round trip through the database."""
-    access = derive_access(subscriptions)
-    live = [s for s in subscriptions if s.status not in ENDED_STATUSES]
-    plan = max(live, key=lambda s: (_STATUS_RANK.get(s.status, 0), s.id), default=None)
+    access = decide_access(subscriptions, open_invoices, rules.clock(), rules.grace)
+    live = [s for s in subscriptions if s.stripe_subscription_status not in ENDED_STATUSES]
+    plan = max(
+        live, key=lambda s: (_STATUS_RANK.get(s.stripe_subscription_status, 0), s.id), default=None
+    )
     return {
         "github_user_id": github_user_id,
-        "access": access,
-        "plan": None
-        if plan is None
-        else {
-            "stripe_subscription_id": plan.stripe_subscription_id,
-            "status": plan.status,
-            "stripe_price_id": plan.stripe_price_id,
-            "lookup_key": plan.lookup_key,
-            "product_name": plan.product_name,
-            "cancel_at_period_end": plan.cancel_at_period_end,
-            "current_period_end": iso(plan.current_period_end),
-        },
+        "access": {"state": access.state, "until": iso(access.until)},
+        "plan": None if plan is None else _plan(plan),
         "quantity": plan.quantity if plan else None,
-        "trial_end": iso(plan.trial_end) if plan else None,
-        "features": [] if access["state"] in FEATURELESS_ACCESS else sorted(set(features)),
-        # The spend cap and this period's usage, once the usage capability lands.
-        "usage": None,
+        "trial_end": iso(plan.stripe_trial_end) if plan else None,
+        "features": [] if access.state in FEATURELESS_ACCESS else sorted(set(features)),
+        "usage": usage,
     }
 
 
 def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document]:
-    """The current documents of these users (those that exist), in three statements."""
+    """The current documents of these users (those that exist), judged by the session's
+    access rules: a few statements for any number of users, plus the spend of those with a
+    cap (`state.spend`)."""
     if not user_ids:
         return {}
+    rules = rules_of(session)
     owners = session.execute(
         select(User.id, User.github_user_id, BillingCustomer.id)
         .outerjoin(BillingCustomer, BillingCustomer.user_id == User.id)
         .where(User.id.in_(user_ids))
     ).all()
     customer_ids = [cid for _, _, cid in owners if cid is not None]
-    subscriptions = _subscriptions_of(session, customer_ids)
+    subscriptions = queries.customers_subscriptions(session, customer_ids)
+    invoices = invoice_queries.customers_open_invoices(session, customer_ids)
     features = _features_of(session, customer_ids)
+    usages = usage_of(session, [user_id for user_id, _, _ in owners], rules.clock())
     return {
         user_id: build_document(
             github_user_id,
-            subscriptions.get(customer_id, []) if customer_id is not None else [],
-            features.get(customer_id, []) if customer_id is not None else [],
+            subscriptions.get(customer_id or 0, []),
+            invoices.get(customer_id or 0, []),
+            features.get(customer_id or 0, []),
+            usages[user_id],
+            rules,
         )
         for user_id, github_user_id, customer_id in owners
     }
 
 
-def _subscriptions_of(
-    session: Session, customer_ids: Sequence[int]
-) -> dict[int, list[SubscriptionFacts]]:
-    if not customer_ids:
-        return {}
-    quantity = _optional_column(_OPTIONAL_COLUMNS["quantity"])
-    trial_end = _optional_column(_OPTIONAL_COLUMNS["trial_end"])
-    s = _subscriptions.c
-    statement = (
-        select(
-            s.billing_customer_id,
-            s.id,
-            s.stripe_subscription_id,
-            s.stripe_subscription_status,
-            s.stripe_price_id,
-            BillingPrice.lookup_key,
-            BillingProduct.name,
-            s.stripe_cancel_at_period_end,
-            s.stripe_current_period_end,
-            quantity if quantity is not None else null(),
-            trial_end if trial_end is not None else null(),
-        )
-        .outerjoin(BillingPrice, BillingPrice.stripe_price_id == s.stripe_price_id)
-        .outerjoin(
-            BillingProduct, BillingProduct.stripe_product_id == BillingPrice.stripe_product_id
-        )
-        .where(s.billing_customer_id.in_(customer_ids))
+def usage_of(session: Session, user_ids: Sequence[int], now: datetime) -> dict[int, Document]:
+    """`{"max_monthly_spend_cents", "over_spend_cap"}` per user: only users with a cap are
+    priced (a user without one is never over it)."""
+    caps = dict(
+        session.execute(
+            select(BillingPreference.user_id, BillingPreference.max_monthly_spend_cents).where(
+                BillingPreference.user_id.in_(user_ids),
+                BillingPreference.max_monthly_spend_cents.is_not(None),
+            )
+        ).all()
     )
-    grouped: dict[int, list[SubscriptionFacts]] = {}
-    for row in session.execute(statement):
-        grouped.setdefault(row[0], []).append(SubscriptionFacts(*row))
-    return grouped
+    return {
+        user_id: {
+            "max_monthly_spend_cents": caps.get(user_id),
+            "over_spend_cap": user_id in caps
+            and spend.user_spend(session, user_id, now).over_spend_cap,
+        }
+        for user_id in user_ids
+    }
 
 
 def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, list[str]]:
@@ -188,25 +170,45 @@ def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, lis
     return grouped
 
 
+def grace_end(document: Document) -> datetime | None:
+    """When the document's grace ends (stored as `billing_states.grace_ends_at`); None: not
+    in grace, or its end is not known yet."""
+    access = document["access"]
+    if access["state"] != "grace" or access["until"] is None:
+        return None
+    return datetime.fromisoformat(access["until"])
+
+
+def served_at(document: Document, grace_ends_at: datetime | None, now: datetime) -> Document:
+    """The stored document as it stands at `now`: a grace that has ended is `blocked` (and
+    featureless) even before the sweep has written that version."""
+    if grace_ends_at is None or utc(grace_ends_at) > now:
+        return document
+    return {**document, "access": BLOCKED, "features": []}
+
+
 _users, _states = User.__table__, BillingState.__table__
 # The hot read, built once (a Core statement: half the cost of building an ORM one per call).
 STORED_STATE = (
-    select(_users.c.id, _states.c.version, _states.c.document)
+    select(_users.c.id, _states.c.version, _states.c.document, _states.c.grace_ends_at)
     .select_from(_users)
     .outerjoin(_states, _states.c.user_id == _users.c.id)
     .where(_users.c.github_user_id == bindparam("github_user_id"))
 )
 
 
-def current_state(session: Session, github_user_id: int) -> Document | None:
-    """The user's document with its `version`; None: no such user. One indexed statement: the
-    document stored by the outbox with the change that made it (so it is exactly what was last
-    notified). A user whose rows never changed since the outbox existed has none stored: the
-    document is computed from the rows, with version 0."""
+def current_state(session: Session, github_user_id: int, now: datetime) -> Document | None:
+    """The user's document with its `version`, as it stands at `now`; None: no such user. One
+    indexed statement: the document stored by the outbox with the change that made it (so it
+    is what was last notified, but for a grace ended since: see `served_at`). A user whose
+    rows never changed since the outbox existed has none stored: the document is computed
+    from the rows, with version 0."""
     found = session.execute(STORED_STATE, {"github_user_id": github_user_id}).first()
     if found is None:
         return None
-    user_id, version, document = found
+    user_id, version, document, grace_ends_at = found
     if document is None:
         document = documents(session, [user_id])[user_id]
+    else:
+        document = served_at(document, grace_ends_at, now)
     return {**document, "version": version or 0}

@@ -1,7 +1,10 @@
 """The notification outbox: a user's changed state document, written with the change.
 
-Whatever writes mirrored rows that a state document reads (subscriptions, entitlements, the
-catalog's prices and products) marks what it changed on its session (`mark`). When that
+Whatever writes rows that a state document reads marks what it changed on its session
+(`mark`): the applier marks every mirrored row it writes (`mark_rows`: subscriptions, invoices,
+entitlements, the catalog's prices and products), `PUT /billing/preferences` the user whose cap
+changed, usage ingest the users whose `over_spend_cap` flipped, and the notification sender's
+sweep the users whose grace ended (`recompute_ended_graces`). When that
 session's transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
 inside the same transaction) recomputes the documents of the users concerned, and for each
 document that differs from the stored one stores it with the next version and writes a
@@ -21,9 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, event, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.dialect import insert
+from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
     BillingNotification,
@@ -32,6 +36,7 @@ from collab_billing.db.models import (
     BillingSubscription,
 )
 from collab_billing.state import document as state
+from collab_billing.state.access import rules_of
 
 _KEY = "collab_billing.state_changes"
 NOTIFICATION_TYPE = "billing.state.updated"
@@ -46,9 +51,10 @@ class Changes:
     customers: set[int] = field(default_factory=set)  # our billing_customers ids
     prices: set[str] = field(default_factory=set)  # Stripe price ids
     products: set[str] = field(default_factory=set)  # Stripe product ids
+    users: set[int] = field(default_factory=set)  # our users ids
 
     def __bool__(self) -> bool:
-        return bool(self.customers or self.prices or self.products)
+        return bool(self.customers or self.prices or self.products or self.users)
 
 
 def mark(
@@ -56,23 +62,31 @@ def mark(
     customers: Collection[int | None] = (),
     prices: Collection[str] = (),
     products: Collection[str] = (),
+    users: Collection[int] = (),
 ) -> None:
-    """Note that rows of these customers (or these catalog objects) changed in this session's
-    transaction; their users' documents are recomputed when it commits."""
+    """Note that rows of these customers (or these catalog objects, or these users' own rows)
+    changed in this session's transaction; their users' documents are recomputed when it
+    commits."""
     changes: Changes = session.info.setdefault(_KEY, Changes())
     changes.customers.update(c for c in customers if c is not None)
     changes.prices.update(prices)
     changes.products.update(products)
+    changes.users.update(users)
 
 
 def mark_rows(session: Session, key: str, rows: Collection[dict[str, Any]]) -> None:
-    """`mark` the rows of a mirrored type (keyed by the Stripe id column `key`) just written."""
+    """`mark` the rows of a mirrored type (keyed by the Stripe id column `key`) just written:
+    the catalog's by their ids, every other type's by the customer that owns them (its rows
+    carry `billing_customer_id`: `MirroredType.row`). A row of neither kind is a programming
+    error, raised rather than silently left unnotified."""
     if key == "stripe_price_id":
         mark(session, prices=[row[key] for row in rows])
     elif key == "stripe_product_id":
         mark(session, products=[row[key] for row in rows])
+    elif all("billing_customer_id" in row for row in rows):
+        mark(session, customers=[row["billing_customer_id"] for row in rows])
     else:
-        mark(session, customers=[row.get("billing_customer_id") for row in rows])
+        raise ValueError(f"rows keyed by {key} name no owning customer: their users are unknown")
 
 
 @event.listens_for(Session, "before_commit")
@@ -107,12 +121,14 @@ def users_concerned(session: Session, changes: Changes) -> list[int]:
                 )
             )
         )
-    if not customers:
-        return []
-    users = session.scalars(
-        select(BillingCustomer.user_id).where(BillingCustomer.id.in_(customers))
-    )
-    return sorted(set(users))
+    users = set(changes.users)
+    if customers:
+        users.update(
+            session.scalars(
+                select(BillingCustomer.user_id).where(BillingCustomer.id.in_(customers))
+            )
+        )
+    return sorted(users)
 
 
 def write_changed_documents(session: Session, user_ids: list[int]) -> int:
@@ -138,14 +154,25 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     for user_id, document in state.documents(session, user_ids).items():
         version, previous = stored[user_id]
         if document != previous:
-            changed.append({"uid": user_id, "new_version": version + 1, "new_document": document})
+            changed.append(
+                {
+                    "uid": user_id,
+                    "new_version": version + 1,
+                    "new_document": document,
+                    "new_grace_ends_at": state.grace_end(document),
+                }
+            )
     if not changed:
         return 0
     now = datetime.now(UTC)
     connection.execute(
         update(_states)
         .where(_states.c.user_id == bindparam("uid"))
-        .values(version=bindparam("new_version"), document=bindparam("new_document")),
+        .values(
+            version=bindparam("new_version"),
+            document=bindparam("new_document"),
+            grace_ends_at=bindparam("new_grace_ends_at"),
+        ),
         changed,
     )
     connection.execute(
@@ -166,3 +193,23 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
         ],
     )
     return len(changed)
+
+
+def recompute_ended_graces(factory: sessionmaker[Session], limit: int = 1000) -> int:
+    """Recompute the documents whose stored grace has ended by the factory's clock (no row
+    changed: time did), so that the `blocked` version is stored and notified. Cheap when
+    nothing ended (one indexed statement); returns how many users were recomputed."""
+    with read_only(factory) as session:
+        now = rules_of(session).clock()
+        ended = list(
+            session.scalars(
+                select(BillingState.user_id)
+                .where(BillingState.grace_ends_at <= now)
+                .order_by(BillingState.user_id)
+                .limit(limit)
+            )
+        )
+    if ended:
+        with transaction(factory) as session:
+            mark(session, users=ended)
+    return len(ended)

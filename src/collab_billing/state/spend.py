@@ -6,21 +6,21 @@ renewal), else the calendar month (UTC). A meter's total follows its aggregation
 The cost is estimated from the metered price: the user's subscription's price if it bills that
 meter, else the newest active price that does; per-unit amounts, with fractions of a cent
 (`unit_amount_decimal`). Tiered prices are not mirrored: their cost is None.
+
+Reads only, below the services (the state document reports `over_spend_cap`); the cap is
+written by `billing.usage.set_cap`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from collab_billing.db import queries
-from collab_billing.db.dialect import insert
-from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingMeter,
     BillingPreference,
@@ -179,33 +179,9 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
 
 
 def get_cap(session: Session, user_id: int) -> int | None:
+    """The user's monthly spend cap in cents; None: no cap."""
     return session.scalar(
         select(BillingPreference.max_monthly_spend_cents).where(
             BillingPreference.user_id == user_id
         )
     )
-
-
-def set_cap(factory: sessionmaker[Session], user_id: int, cents: int | None) -> None:
-    with transaction(factory) as session:
-        statement = insert(session, BillingPreference.__table__).values(
-            user_id=user_id, max_monthly_spend_cents=cents
-        )
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["user_id"],
-                set_={"max_monthly_spend_cents": cents, "updated_at": func.now()},
-            )
-        )
-
-
-def any_over_cap(factory: sessionmaker[Session], user_ids: Iterable[int]) -> bool:
-    """Whether any of these users is past their cap (only users with a cap are priced)."""
-    with read_only(factory) as session:
-        capped = session.scalars(
-            select(BillingPreference.user_id).where(
-                BillingPreference.user_id.in_(list(user_ids)),
-                BillingPreference.max_monthly_spend_cents.is_not(None),
-            )
-        ).all()
-        return any(user_spend(session, user_id).over_spend_cap for user_id in capped)

@@ -1,0 +1,129 @@
+"""Access: may the user use the product right now? One decision, from mirrored rows and a time.
+
+`decide_access` is the only place that decides it: `GET /billing/subscriptions` (through
+`billing.access`) and the state document (`state.document`) both call it.
+
+Time: access changes with time alone (a grace period ends), so every judgement is made at a
+"now" from one injected clock (`AccessRules.clock`): the system clock in production, the
+emulator's clock in dev mode (`create_app(clock=...)`), a test clock in tests. The rules travel
+with the session factory (`AccessRules.session_info`), so that whatever commits a change (the
+API, the reconciler, the notification sender's sweep) judges the state documents it writes by
+the same clock and grace as the API's reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from collab_billing.db import queries
+from collab_billing.db.models import BillingInvoice
+
+Clock = Callable[[], datetime]
+AccessState = Literal["active", "grace", "blocked", "none"]
+_RANK: dict[AccessState, int] = {"none": 0, "blocked": 1, "grace": 2, "active": 3}
+DEFAULT_GRACE = timedelta(days=3)  # BILLING_PAST_DUE_GRACE_DAYS' default
+_RULES_KEY = "collab_billing.access_rules"
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AccessRules:
+    """How access is judged: the grace after a failed payment, and the clock that says now."""
+
+    grace: timedelta = DEFAULT_GRACE
+    clock: Clock = field(default=system_clock)
+
+    def session_info(self) -> dict[str, Any]:
+        """For `make_session_factory(engine, info=...)`: its sessions judge by these rules."""
+        return {_RULES_KEY: self}
+
+
+def rules_of(session: Session) -> AccessRules:
+    """The rules of the session's factory; the defaults (system clock, 3 days) when none."""
+    rules = session.info.get(_RULES_KEY)
+    return rules if isinstance(rules, AccessRules) else AccessRules()
+
+
+@dataclass(frozen=True)
+class Access:
+    state: AccessState
+    until: datetime | None = None  # grace: when it ends
+
+    @property
+    def allows_use(self) -> bool:
+        return self.state in ("active", "grace")
+
+
+def utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones, all UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
+    """Open and owed: a payment of it failed, or its due date passed."""
+    if invoice.status != "open" or invoice.amount_remaining <= 0:
+        return False
+    return invoice.attempt_count > 0 or (
+        invoice.due_date is not None and utc(invoice.due_date) <= now
+    )
+
+
+def decide_access(
+    subscriptions: Sequence[queries.SubscriptionRow],
+    open_invoices: Sequence[BillingInvoice],
+    now: datetime,
+    grace: timedelta,
+) -> Access:
+    """The user's access from mirrored rows alone, judged at `now` (never stored, so it cannot
+    get stuck: paying the invoice changes the rows, and the next read says `active`).
+
+    Per subscription: `active`/`trialing` -> active; `past_due` -> grace until `grace` after
+    the first failed payment of its open invoice (its finalization: an automatic invoice is
+    charged when finalized), blocked after; `unpaid` -> blocked; `canceled` for
+    `payment_failed` with an invoice of it still open after a failed payment -> blocked;
+    anything else -> none. The user gets the best of their subscriptions."""
+    best = Access("none")
+    for subscription in subscriptions:
+        owed = [
+            invoice
+            for invoice in open_invoices
+            if invoice.stripe_subscription_id == subscription.stripe_subscription_id
+        ]
+        access = _subscription_access(subscription, owed, now, grace)
+        if _RANK[access.state] > _RANK[best.state]:
+            best = access
+    return best
+
+
+def _subscription_access(
+    subscription: queries.SubscriptionRow,
+    owed: Sequence[BillingInvoice],
+    now: datetime,
+    grace: timedelta,
+) -> Access:
+    status = subscription.stripe_subscription_status
+    if status in ("active", "trialing"):
+        return Access("active")
+    if status == "unpaid":
+        return Access("blocked")
+    failed = [invoice for invoice in owed if is_overdue(invoice, now)]
+    if status == "canceled":
+        for_payment = subscription.stripe_cancellation_reason == "payment_failed"
+        return Access("blocked") if failed and for_payment else Access("none")
+    if status != "past_due":
+        return Access("none")
+    started = [utc(i.finalized_at) for i in failed if i.finalized_at is not None]
+    if not started:
+        # Past due with no failed invoice mirrored yet (its events are on their way): the
+        # failure is recent, so grace, with no end known yet.
+        return Access("grace")
+    until = min(started) + grace
+    return Access("grace", until) if now < until else Access("blocked")
