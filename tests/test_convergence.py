@@ -69,7 +69,9 @@ class History:
         self.emulator = emulator
         self.price = emulator.price()
         self.other_price = emulator.price()  # the plan subscriptions change to and back from
-        self.catalog_price = emulator.price()  # changed by the history; not subscribed to
+        # Changed by the history; not subscribed to. Tiered: its events carry it without its
+        # tiers, which the mirror reads with expand[]=tiers.
+        self.catalog_price = _tiered_price(emulator)
         self.factory = make_session_factory(engine)
         self.gateway = StripeGateway(settings)
         self.applier = Applier(self.factory, self.gateway)
@@ -258,7 +260,7 @@ class History:
             ), invoice_id  # fmt: skip
 
     def assert_prices_converged(self) -> None:
-        listing = self.emulator.sdk.v1.prices.list(params={"limit": 100})
+        listing = self.emulator.sdk.v1.prices.list(params={"limit": 100, "expand": ["data.tiers"]})
         expected = {price.id: price.to_dict() for price in listing.data}
         with self.factory() as session:
             rows = {r.stripe_price_id: r for r in session.scalars(select(BillingPrice))}
@@ -273,11 +275,42 @@ class History:
             assert (
                 row.active, row.lookup_key, row.stripe_product_id, row.unit_amount, row.currency,
                 row.recurring_interval, row.recurring_interval_count, row.deleted,
+                row.billing_scheme, row.tiers_mode, row.tiers,
             ) == (
                 price["active"], price["lookup_key"], price["product"], price["unit_amount"],
                 price["currency"], recurring.get("interval"), recurring.get("interval_count"),
-                False,
+                False, price["billing_scheme"], price["tiers_mode"], _tiers(price),
             ), price_id  # fmt: skip
+
+
+def _tiered_price(emulator: Emulator) -> str:
+    tiers = [
+        {"up_to": 5, "unit_amount": 300, "flat_amount": 100},
+        {"up_to": "inf", "unit_amount_decimal": "250.5"},
+    ]
+    params: Any = {
+        "currency": "usd", "billing_scheme": "tiered", "tiers_mode": "graduated",
+        "tiers": tiers, "recurring": {"interval": "month"}, "product_data": {"name": "Team"},
+    }  # fmt: skip
+    return str(emulator.sdk.v1.prices.create(params=params).id)
+
+
+def _tiers(price: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A listed price's tiers as the mirror keeps them (amounts as decimal text)."""
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    if price.get("tiers") is None:
+        return None
+    return [
+        {
+            "up_to": tier["up_to"],
+            "unit_amount_decimal": text(tier["unit_amount_decimal"]),
+            "flat_amount_decimal": text(tier["flat_amount_decimal"]),
+        }
+        for tier in price["tiers"]
+    ]
 
 
 def _price_change(field: str, flag: bool) -> dict[str, Any]:

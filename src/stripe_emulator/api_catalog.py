@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from stripe_emulator import catalog, objects
+from stripe_emulator import catalog, objects, tiers
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.errors import invalid, missing
 from stripe_emulator.forms import Params
@@ -223,8 +223,10 @@ def _amount(p: Params) -> tuple[int | None, str | None]:
     return None, format(decimal.normalize(), "f")
 
 
-def _price_fields(p: Params, *, with_product: bool, call_store: Store) -> dict[str, Any]:
-    """Parse price-creation parameters (also used by `default_price_data`)."""
+def _price_fields(
+    p: Params, *, with_product: bool, call_store: Store, tiered: bool = False
+) -> dict[str, Any]:
+    """Parse price-creation parameters (also used by `default_price_data`, never tiered)."""
     recurring = p.hash("recurring")
     interval = interval_count = meter = None
     if recurring is not None:
@@ -234,8 +236,15 @@ def _price_fields(p: Params, *, with_product: bool, call_store: Store) -> dict[s
         interval_count = recurring.integer("interval_count", minimum=1)
         meter = _metered(call_store, recurring)
         recurring.ignore("trial_period_days")
-    amount, decimal = _amount(p)
+    if tiered:
+        amount, decimal = None, None
+        tier_fields = tiers.parse(p, recurring is not None)
+    else:
+        tiers.refuse_tier_params(p)
+        amount, decimal = _amount(p)
+        tier_fields = {}
     fields: dict[str, Any] = {
+        **tier_fields,
         "currency": p.string("currency", required=True),
         "unit_amount": amount,
         "interval": interval,
@@ -265,9 +274,10 @@ def _price_fields(p: Params, *, with_product: bool, call_store: Store) -> dict[s
 @route("POST", "/v1/prices")
 def create_price(call: Call) -> Json:
     p = call.params
-    p.string("billing_scheme", choices=("per_unit",))
+    scheme = p.string("billing_scheme", choices=("per_unit", "tiered"))
     p.ignore("currency_options")
-    fields = _price_fields(p, with_product=True, call_store=call.store)
+    tiered = scheme == "tiered"
+    fields = _price_fields(p, with_product=True, call_store=call.store, tiered=tiered)
     fields["transfer_lookup_key"] = bool(p.boolean("transfer_lookup_key"))
     p.finish()
     return objects.price(catalog.create_price(call.store, **fields))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
+from stripe_emulator import tiers
 from stripe_emulator.records import DAY, Metadata, Price
 
 
@@ -55,7 +56,10 @@ class InvoiceLine:
     def amount(self) -> int:
         """Price x quantity, rounded half up to the nearest cent of the line's total (as
         Stripe rounds an amount with fractions of a cent)."""
-        exact = unit_amount(self.price) * self.quantity_decimal
+        if self.price.billing_scheme == "tiered":
+            exact = tiers.amount(self.price, self.quantity_decimal)
+        else:
+            exact = unit_amount(self.price) * self.quantity_decimal
         return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

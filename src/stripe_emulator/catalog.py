@@ -8,7 +8,7 @@ from stripe_emulator import ids, objects
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import apply_metadata
-from stripe_emulator.records import Customer, Price, Product, evolve
+from stripe_emulator.records import Customer, Price, Product, Tier, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription
 
@@ -158,6 +158,9 @@ def create_price(
     transfer_lookup_key: bool = False,
     meter: str | None = None,
     unit_amount_decimal: str | None = None,
+    billing_scheme: str = "per_unit",
+    tiers_mode: str | None = None,
+    tiers: tuple[Tier, ...] = (),
 ) -> Price:
     if lookup_key:
         claim_lookup_key(store, lookup_key, None, transfer_lookup_key)
@@ -184,6 +187,9 @@ def create_price(
         tax_behavior=tax_behavior or "unspecified",
         meter=meter,
         unit_amount_decimal=unit_amount_decimal,
+        billing_scheme=billing_scheme,
+        tiers_mode=tiers_mode,
+        tiers=tiers,
     )
     store.prices.add(record.id, record)
     store.emit("price.created", record)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import objects
+from stripe_emulator import objects, tiers
 from stripe_emulator.errors import bad_request
 from stripe_emulator.store import Store
 
@@ -27,6 +27,17 @@ def resolve(store: Store, object_id: str) -> objects.Json | None:
     if object_id.startswith("cs_") and object_id in store.checkout_sessions.rows:
         return objects.checkout_session(store.checkout_sessions.rows[object_id])
     return None
+
+
+def _include(store: Store, node: objects.Json, key: str) -> bool:
+    """Fields Stripe leaves out unless expanded (includable): a price's `tiers`, present on
+    tiered prices only. Returns whether `key` is one (added to `node` when it applies)."""
+    if node.get("object") != "price" or key != "tiers":
+        return False
+    record = store.prices.rows.get(node.get("id", ""))
+    if record is not None and record.billing_scheme == "tiered":
+        node["tiers"] = tiers.render(record)
+    return True
 
 
 def expand(store: Store, body: objects.Json, paths: list[Any]) -> objects.Json:
@@ -51,6 +62,8 @@ def _expand(store: Store, node: Any, segments: list[str], path: str) -> None:
     if not isinstance(node, dict):
         return
     key = segments[0]
+    if key not in node and len(segments) == 1 and _include(store, node, key):
+        return
     if key not in node:
         raise bad_request(f"This property cannot be expanded ({path}).", "expand")
     value = node[key]

@@ -97,7 +97,11 @@ def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
         "pricing": {
             "price_details": {"price": record.price.id, "product": record.price.product},
             "type": "price_details",
-            "unit_amount_decimal": decimal_text(unit_amount(record.price)),
+            "unit_amount_decimal": (
+                None
+                if record.price.billing_scheme == "tiered"
+                else decimal_text(unit_amount(record.price))
+            ),
         },
         "quantity": record.quantity,
         "quantity_decimal": quantity,

@@ -76,6 +76,15 @@ class Product:
 
 
 @dataclass(frozen=True, slots=True)
+class Tier:
+    """One tier of a tiered price (see tiers.py): amounts in cents, as exact decimal text."""
+
+    up_to: int | None  # None: `inf`, the last tier
+    unit_amount: str | None = None
+    flat_amount: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     id: str
     created: int
@@ -91,6 +100,9 @@ class Price:
     tax_behavior: str = "unspecified"
     meter: str | None = None  # set: a metered price (`recurring.usage_type=metered`)
     unit_amount_decimal: str | None = None  # set when the amount has fractions of a cent
+    billing_scheme: str = "per_unit"  # or "tiered": then `tiers_mode` and `tiers` are set
+    tiers_mode: str | None = None
+    tiers: tuple[Tier, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

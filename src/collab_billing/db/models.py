@@ -127,6 +127,13 @@ class BillingPrice(MirroredRow, Base):
     # Metered prices: the meter they bill, and the amount with fractions of a cent.
     stripe_meter_id: Mapped[str | None] = mapped_column(String(255), index=True)
     unit_amount_decimal: Mapped[str | None] = mapped_column(String(64))
+    # Tiered prices (`billing_scheme=tiered`): `graduated` or `volume`, and Stripe's tiers as
+    # [{up_to (None: inf), unit_amount_decimal, flat_amount_decimal}] (decimal text or None).
+    billing_scheme: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default="per_unit"
+    )
+    tiers_mode: Mapped[str | None] = mapped_column(String(16))
+    tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class BillingProduct(MirroredRow, Base):

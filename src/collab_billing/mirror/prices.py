@@ -1,4 +1,10 @@
-"""Prices: `billing_prices`, the catalog, one row per Stripe price (they belong to no customer)."""
+"""Prices: `billing_prices`, the catalog, one row per Stripe price (they belong to no customer).
+
+A tiered price's `tiers` are an includable field: Stripe shows them only when asked
+(`expand[]=tiers`), never in an event's object. So a tiered price seen in an event without
+its tiers is read from Stripe with `expand[]=tiers` (outside the write transaction, like
+every read of the applier), and resync lists prices with `expand[]=data.tiers`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,16 @@ class Recurring(msgspec.Struct):
     meter: str | None = None
 
 
+class PriceTier(msgspec.Struct):
+    """One of Stripe's tiers; `up_to` None is the last one (`inf`)."""
+
+    up_to: int | None = None
+    unit_amount: int | None = None
+    unit_amount_decimal: str | None = None
+    flat_amount: int | None = None
+    flat_amount_decimal: str | None = None
+
+
 class Price(msgspec.Struct):
     """The fields of a Stripe price that the service keeps. Defaults let a deleted price's
     stub (`{"id", "object", "deleted": true}`) decode too."""
@@ -31,6 +47,32 @@ class Price(msgspec.Struct):
     recurring: Recurring | None = None
     active: bool = False
     deleted: bool = False
+    billing_scheme: str = "per_unit"
+    tiers_mode: str | None = None
+    tiers: list[PriceTier] | None = None  # None: not expanded (or not tiered)
+
+
+def _decimal_text(whole: int | None, text: str | None) -> str | None:
+    return text if text is not None else (str(whole) if whole is not None else None)
+
+
+def tier_rows(tiers: list[PriceTier] | None) -> list[dict[str, Any]] | None:
+    """The tiers as kept in `billing_prices.tiers`: amounts in cents as decimal text."""
+    if tiers is None:
+        return None
+    return [
+        {
+            "up_to": tier.up_to,
+            "unit_amount_decimal": _decimal_text(tier.unit_amount, tier.unit_amount_decimal),
+            "flat_amount_decimal": _decimal_text(tier.flat_amount, tier.flat_amount_decimal),
+        }
+        for tier in tiers
+    ]
+
+
+def has_its_tiers(price: Price) -> bool:
+    """A tiered price is complete only with its tiers (Stripe's `expand[]=tiers`)."""
+    return price.billing_scheme != "tiered" or price.tiers is not None or price.deleted
 
 
 def columns(price: Price) -> dict[str, Any]:
@@ -45,6 +87,9 @@ def columns(price: Price) -> dict[str, Any]:
         "usage_type": recurring.usage_type if recurring else None,
         "stripe_meter_id": recurring.meter if recurring else None,
         "unit_amount_decimal": price.unit_amount_decimal,
+        "billing_scheme": price.billing_scheme,
+        "tiers_mode": price.tiers_mode,
+        "tiers": tier_rows(price.tiers),
         "active": price.active,
         "deleted": price.deleted,
     }
@@ -61,4 +106,7 @@ PRICES = MirroredType(
     owner=None,
     retrieve_path="/v1/prices/{id}",
     list_path="/v1/prices",
+    list_params={"expand": ["data.tiers"]},
+    payload_complete=has_its_tiers,
+    retrieve_params={"expand": ["tiers"]},
 )

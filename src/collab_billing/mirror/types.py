@@ -36,6 +36,15 @@ class MirroredType(Generic[T]):
     # Rows kept beside the object's own row (entitlements: one per feature), rewritten
     # with it: called with (session, [(object, our customer id)]) after the upsert.
     after_write: Callable[[Any, list[tuple[T, int | None]]], None] | None = None
+    # For a type whose events may carry an object without some of its fields (a tiered
+    # price's `tiers` are shown only when expanded): False for such an object, which the
+    # applier then reads from Stripe (`retrieve_path` with `retrieve_params`) instead.
+    payload_complete: Callable[[T], bool] | None = None
+    retrieve_params: dict[str, Any] = field(default_factory=dict)
+
+    def needs_read(self, obj: T) -> bool:
+        """Whether an event's object lacks fields the row needs (see `payload_complete`)."""
+        return self.payload_complete is not None and not self.payload_complete(obj)
 
     def decode(self, raw: bytes | msgspec.Raw) -> T:
         return msgspec.json.decode(raw, type=self.object_type)

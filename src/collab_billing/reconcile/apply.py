@@ -164,6 +164,7 @@ class Applier:
 
     def _read_first(self, groups: Sequence[Group]) -> list[Group]:
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
+        tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
         if not always:
             return tied
@@ -250,6 +251,16 @@ class Applier:
             for cid, our_id in linked.items():
                 step.catch_up(cid, our_id, as_of)
         return len(linked)
+
+
+def _incomplete(group: Group) -> bool:
+    """A group whose final event's object lacks fields its row needs (read before writing)."""
+    mirrored = group.mirrored
+    if mirrored is None or group.final is None or mirrored.payload_complete is None:
+        return False
+    if mirrored.deletion(group.events) is not None:  # written from its payload, never read
+        return False
+    return mirrored.needs_read(group.final.object_as(mirrored.object_type))
 
 
 def _owner(group: Group) -> str:
@@ -408,10 +419,8 @@ class BatchWriter:
             deletion = mirrored.deletion(group.events)
             if deletion is not None:
                 obj = deletion.object_as(mirrored.object_type)
-            elif group.final is None or mark == newest or not mirrored.trust_payload:
-                obj = self.reads.get(Read("object", group.object_id, group.kind), self.needed)
             else:
-                obj = group.final.object_as(mirrored.object_type)
+                obj = self._event_object_or_read(mirrored, group, mark == newest)
             if obj is None:
                 continue
             self.stats.count("applied", group.events)
@@ -424,6 +433,15 @@ class BatchWriter:
                 deleted.add(group.object_id)
             written.append((obj, newest, self.known.get(cid or "")))
         self.store(mirrored, written, deleted)
+
+    def _event_object_or_read(self, mirrored: MirroredType[Any], group: Group, tie: bool) -> Any:
+        """The group's final event's object, or, when that cannot be trusted (no single final
+        event, a tie with the row, a type or an object whose payload is incomplete), the
+        object read from Stripe (None until read: `self.needed`)."""
+        final = None if group.final is None else group.final.object_as(mirrored.object_type)
+        if final is None or tie or not mirrored.trust_payload or mirrored.needs_read(final):
+            return self.reads.get(Read("object", group.object_id, group.kind), self.needed)
+        return final
 
     def store(
         self,

@@ -90,7 +90,8 @@ class StripeReads:
             return mirrored.fetch(self.gateway, read.object_id)
         path = mirrored.retrieve_path.format(id=read.object_id)
         try:
-            return mirrored.decode(self.gateway.get(f"{mirrored.kind}s.retrieve", path))
+            body = self.gateway.get(f"{mirrored.kind}s.retrieve", path, **mirrored.retrieve_params)
+            return mirrored.decode(body)
         except StripeGatewayError as error:
             if error.http_status == 404 and mirrored.keeps_tombstones:
                 return mirrored.stub(read.object_id)

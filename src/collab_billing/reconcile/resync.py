@@ -117,7 +117,11 @@ def refresh(
     as_of = _stripe_now(gateway)
     operation = f"{mirrored.kind}s.retrieve"
     chunk = [
-        mirrored.decode(gateway.get(operation, mirrored.retrieve_path.format(id=object_id)))
+        mirrored.decode(
+            gateway.get(
+                operation, mirrored.retrieve_path.format(id=object_id), **mirrored.retrieve_params
+            )
+        )
         for object_id in object_ids
     ]
     with transaction(factory) as session:

@@ -5,7 +5,11 @@ renewal), else the calendar month (UTC). A meter's total follows its aggregation
 (`sum`, `count`, `last`) over the records accepted in the period (not those Stripe refused).
 The cost is estimated from the metered price: the user's subscription's price if it bills that
 meter, else the newest active price that does; per-unit amounts, with fractions of a cent
-(`unit_amount_decimal`). Tiered prices are not mirrored: their cost is None.
+(`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
+plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
+the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
+rounded once, half up to the cent, as Stripe (and the emulator) round an invoice line. A tiered
+price mirrored without its tiers has no estimate (None).
 
 Reads only, below the services (the state document reports `over_spend_cap`); the cap is
 written by `billing.usage.set_cap`.
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -139,10 +144,38 @@ def _price(
     )
 
 
+def _cents(text: str | None) -> Decimal:
+    return Decimal(text) if text is not None else Decimal(0)
+
+
+def tiered_cost(mode: str | None, tiers: list[dict[str, Any]], total: Decimal) -> Decimal:
+    """The exact cost in cents of `total` units of a tiered price (see the module's doc)."""
+    if total <= 0 or not tiers:
+        return Decimal(0)
+    if mode == "volume":
+        tier = next((t for t in tiers if t["up_to"] is None or total <= t["up_to"]), tiers[-1])
+        return _cents(tier["unit_amount_decimal"]) * total + _cents(tier["flat_amount_decimal"])
+    cost, floor = Decimal(0), Decimal(0)
+    for tier in tiers:
+        up_to = tier["up_to"]
+        top = total if up_to is None else min(total, Decimal(up_to))
+        cost += _cents(tier["unit_amount_decimal"]) * (top - floor)
+        cost += _cents(tier["flat_amount_decimal"])
+        if up_to is None or total <= up_to:
+            break
+        floor = Decimal(up_to)
+    return cost
+
+
 def cost_cents(price: BillingPrice | None, total: Decimal) -> int | None:
-    """Per-unit cost in whole cents (rounded half up, as Stripe rounds a line's amount)."""
+    """The cost in whole cents (rounded half up, as Stripe rounds a line's amount)."""
     if price is None:
         return None
+    if price.billing_scheme == "tiered":
+        if price.tiers is None:
+            return None
+        exact = tiered_cost(price.tiers_mode, price.tiers, total)
+        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     if price.unit_amount_decimal is not None:
         unit = Decimal(price.unit_amount_decimal)
     elif price.unit_amount is not None:
