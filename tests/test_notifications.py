@@ -15,10 +15,11 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
-from collab_billing.billing.notify import Notifier, pending_summary, start_in_background
+from collab_billing.billing.notify import Notifier, pending_summary
 from collab_billing.cli import app as cli
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingNotification
+from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.notify_helpers import NOTIFY_SECRET, Receiver, receiver
@@ -55,7 +56,7 @@ def reconciler(notify_settings: Settings, engine: Engine) -> Reconciler:
 @pytest.fixture
 def sender(notify_settings: Settings, engine: Engine) -> Iterator[Notifier]:
     notifier = Notifier(notify_settings, engine)
-    thread, stop = start_in_background(notifier)
+    thread, stop = start_in_background(notifier.run, "notifier")
     yield notifier
     stop.set()
     thread.join(30)
@@ -221,7 +222,7 @@ def test_a_notification_failing_past_the_retry_window_expires_then_replays(
     )
     hook.status = 500
     notifier = Notifier(settings, engine)
-    thread, stop = start_in_background(notifier)
+    thread, stop = start_in_background(notifier.run, "notifier")
     try:
         wait_until(lambda: pending_summary(reconciler.factory)[0] == 0, timeout=30)
         with reconciler.factory() as session:

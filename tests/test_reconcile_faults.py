@@ -19,7 +19,8 @@ from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.run import Reconciler, start_in_background
+from collab_billing.reconcile.leader import start_in_background
+from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import clear_tables
 from tests.ops_helpers import close_database, wait_until
@@ -192,7 +193,7 @@ def test_the_reconciler_outlives_a_database_outage(
     with factory() as session, session.begin():
         queries.upsert_user(session, 1, "one", None)
     customer = billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
-    thread, stop = start_in_background(reconciler)
+    thread, stop = start_in_background(reconciler.run, "reconciler")
     try:
         wait_until(lambda: metric("collab_billing_reconciler_leader") == 1, what="leadership")
         close_database(own_database, allow=False)

@@ -23,9 +23,10 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
-from collab_billing.billing.notify import Notifier, start_in_background
+from collab_billing.billing.notify import Notifier
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingNotification
+from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import ADMIN_TOKEN
@@ -51,7 +52,7 @@ class Scene(Cycle):
 
     def start_sender(self) -> None:
         notifier = Notifier(self.settings, self.engine, access_clock=self.clock)
-        self.sender = start_in_background(notifier)
+        self.sender = start_in_background(notifier.run, "notifier")
 
     def stop_sender(self) -> None:
         if self.sender is not None:

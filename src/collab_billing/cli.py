@@ -24,6 +24,7 @@ from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.cadence import Signals
+from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
 from collab_billing.reconcile.signals import ActivitySignals
@@ -210,21 +211,22 @@ def reconcile(
     from collab_billing.billing import notify
 
     # The notification sender runs beside it (and is elected leader the same way).
-    notifier, notifier_stop = notify.start_in_background(notify.Notifier(settings, engine))
+    notifier, notifier_stop = start_in_background(notify.Notifier(settings, engine).run, "notifier")
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    usage_sender = threading.Thread(
-        target=UsageSender(settings, engine).run, args=(stop,), name="usage-sender"
+    # The usage outbox is sent by the worker too.
+    usage_sender, usage_stop = start_in_background(
+        UsageSender(settings, engine).run, "usage-sender"
     )
-    usage_sender.start()  # the usage outbox is sent by the worker too
     try:
         reconciler.run(stop)
     finally:
         notifier_stop.set()
+        usage_stop.set()
         notifier.join(60.0)
-        usage_sender.join()
+        usage_sender.join(60.0)
 
 
 def drain_once(reconciler: Reconciler) -> None:

@@ -23,7 +23,8 @@ from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.billing import notify, sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
-from collab_billing.reconcile.run import Reconciler, start_in_background
+from collab_billing.reconcile.leader import start_in_background
+from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.state.access import AccessRules, system_clock
 from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
@@ -49,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.reconcile_enabled:
         # The notification sender: the outbox's rows to BILLING_NOTIFY_URLS (leader only).
         notifier = notify.Notifier(settings, app.state.engine, access_clock=app.state.clock)
-        loops.append(notify.start_in_background(notifier))
+        loops.append(start_in_background(notifier.run, "notifier"))
         if gateway is None:
             log.warning("reconciler off: STRIPE_API_KEY is not set")
         else:
@@ -60,8 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 signals=app.state.signals,
                 access_clock=app.state.clock,
             )
-            loops.append(start_in_background(reconciler))
-            loops.append(sender.start_in_background(sender.UsageSender(settings, app.state.engine)))
+            loops.append(start_in_background(reconciler.run, "reconciler"))
+            usage_sender = sender.UsageSender(settings, app.state.engine)
+            loops.append(start_in_background(usage_sender.run, "usage-sender"))
     try:
         yield
     finally:

@@ -270,10 +270,3 @@ def pending_summary(factory: sessionmaker[Session]) -> tuple[int, datetime | Non
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     return int(count), oldest
-
-
-def start_in_background(notifier: Notifier) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=notifier.run, args=(stop,), name="notifier", daemon=True)
-    thread.start()
-    return thread, stop

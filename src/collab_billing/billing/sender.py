@@ -370,10 +370,3 @@ def read_usage_status(factory: sessionmaker[Session]) -> UsageStatus:
         stamp = (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)).timestamp()
         age = max(0.0, time.time() - stamp)
     return UsageStatus(counts, age, [tuple(row) for row in failures])  # type: ignore[misc]
-
-
-def start_in_background(sender: UsageSender) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), name="usage-sender", daemon=True)
-    thread.start()
-    return thread, stop

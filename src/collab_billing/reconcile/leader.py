@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -130,3 +132,14 @@ def current_holder(engine: Engine) -> str:
             return f"process {handle.read().strip() or '?'}"
         fcntl.flock(handle, fcntl.LOCK_UN)
     return "none"
+
+
+def start_in_background(
+    run: Callable[[threading.Event], None], name: str
+) -> tuple[threading.Thread, threading.Event]:
+    """Run a leader loop (`Reconciler.run`, `UsageSender.run`, `Notifier.run`) in a daemon
+    thread; set the returned event to stop it after its current step."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,), name=name, daemon=True)
+    thread.start()
+    return thread, stop

@@ -245,10 +245,3 @@ def read_status(engine: Engine) -> Status:
             newest_applied=ledger.newest_processed(session),
             read_at=time.time(),
         )
-
-
-def start_in_background(reconciler: Reconciler) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True)
-    thread.start()
-    return thread, stop
