@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from collab_billing.db.models import BillingInvoice
-from collab_billing.mirror.types import MirroredType
+from collab_billing.mirror.types import MirroredType, stripe_time
 from collab_billing.stripe_gateway.events import Ref, id_of
 
 
@@ -55,10 +55,6 @@ class Invoice(msgspec.Struct):
     status_transitions: StatusTransitions = msgspec.field(default_factory=StatusTransitions)
 
 
-def _time(seconds: int | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
-
-
 def subscription_of(invoice: Invoice) -> str | None:
     details = invoice.parent.subscription_details if invoice.parent else None
     return id_of(details.subscription) if details and details.subscription else None
@@ -76,13 +72,13 @@ def columns(invoice: Invoice) -> dict[str, Any]:
         "number": invoice.number,
         "billing_reason": invoice.billing_reason,
         "attempt_count": invoice.attempt_count,
-        "next_payment_attempt": _time(invoice.next_payment_attempt),
+        "next_payment_attempt": stripe_time(invoice.next_payment_attempt),
         "stripe_created": datetime.fromtimestamp(invoice.created, UTC),
-        "finalized_at": _time(invoice.status_transitions.finalized_at),
-        "paid_at": _time(invoice.status_transitions.paid_at),
-        "due_date": _time(invoice.due_date),
-        "period_start": _time(invoice.period_start),
-        "period_end": _time(invoice.period_end),
+        "finalized_at": stripe_time(invoice.status_transitions.finalized_at),
+        "paid_at": stripe_time(invoice.status_transitions.paid_at),
+        "due_date": stripe_time(invoice.due_date),
+        "period_start": stripe_time(invoice.period_start),
+        "period_end": stripe_time(invoice.period_end),
     }
 
 

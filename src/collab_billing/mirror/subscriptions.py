@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from collab_billing.db.models import BillingSubscription
-from collab_billing.mirror.types import MirroredType
+from collab_billing.mirror.types import MirroredType, stripe_time
 from collab_billing.stripe_gateway.events import Ref, id_of
 
 
@@ -44,10 +43,6 @@ class Subscription(msgspec.Struct):
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
-def _time(seconds: int | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
-
-
 def columns(subscription: Subscription) -> dict[str, Any]:
     items = subscription.items.data
     period_ends = [item.current_period_end for item in items if item.current_period_end]
@@ -60,13 +55,13 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_subscription_status": subscription.status,
         "stripe_price_id": id_of(price) if price else None,
         "stripe_cancel_at_period_end": subscription.cancel_at_period_end,
-        "stripe_cancel_at": _time(subscription.cancel_at),
-        "stripe_canceled_at": _time(subscription.canceled_at),
-        "stripe_current_period_end": _time(period_end),
+        "stripe_cancel_at": stripe_time(subscription.cancel_at),
+        "stripe_canceled_at": stripe_time(subscription.canceled_at),
+        "stripe_current_period_end": stripe_time(period_end),
         "quantity": items[0].quantity if items else None,
-        "stripe_trial_end": _time(subscription.trial_end),
+        "stripe_trial_end": stripe_time(subscription.trial_end),
         "stripe_cancellation_reason": details.reason if details else None,
-        "stripe_current_period_start": _time(period_start),
+        "stripe_current_period_start": stripe_time(period_start),
     }
 
 

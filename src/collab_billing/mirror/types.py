@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
 from sqlalchemy import Table, Update, update
+
+
+def stripe_time(seconds: int | None) -> datetime | None:
+    """A Stripe timestamp (Unix seconds; null or 0 for none) as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
 
 T = TypeVar("T")
 
