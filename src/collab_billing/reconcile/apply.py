@@ -17,24 +17,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
-from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
-from collab_billing.reconcile import budget, ledger
-from collab_billing.reconcile.ordering import final_event
+from collab_billing.mirror.registry import MirroredType
+from collab_billing.reconcile import ledger
+from collab_billing.reconcile.batch import (
+    ApplyStats,
+    BatchWriter,
+    Group,
+    candidate_of,
+    group_events,
+    merge_sorted,
+)
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
-from collab_billing.state import outbox
-from collab_billing.stripe_gateway import Event, EventShapeError, StripeGateway
+from collab_billing.stripe_gateway import Event, StripeGateway
 
 log = logging.getLogger(__name__)
 
@@ -43,82 +45,6 @@ MAX_BACKOFF_SECONDS = 3600
 # customer read can lead to a listing of its subscriptions, and a webhook committing between
 # two rounds to one more re-read.
 MAX_ROUNDS = 4
-
-
-@dataclass
-class ApplyStats:
-    """Outcomes of a batch by (outcome, event type), and each event's outcome by id."""
-
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    by_event: dict[str, str] = field(default_factory=dict)
-    stripe_reads: int = 0
-
-    def count(self, outcome: str, events: Sequence[Event]) -> None:
-        for event in events:
-            self.outcomes[(outcome, event.type)] += 1
-            self.by_event[event.id] = outcome
-
-    def total(self, outcome: str) -> int:
-        return sum(n for (name, _), n in self.outcomes.items() if name == outcome)
-
-    def add_counts(self, other: ApplyStats) -> None:
-        """`other`'s counts, not its events' outcomes (a drain's would grow without bound)."""
-        self.outcomes.update(other.outcomes)
-        self.stripe_reads += other.stripe_reads
-
-    def merge(self, other: ApplyStats) -> None:
-        self.outcomes.update(other.outcomes)
-        self.by_event.update(other.by_event)
-        self.stripe_reads += other.stripe_reads
-
-
-@dataclass
-class Group:
-    """The events of one object in a batch, in `created` order."""
-
-    kind: str  # "customer", a mirrored type's kind, or "other"
-    object_id: str
-    events: list[Event]
-    mirrored: MirroredType[Any] | None = None
-    attempts: int = 0  # failures so far, when the group comes back from pending
-    # The event whose payload is the object's state after all of them (None: not certain).
-    final: Event | None = None
-
-    @property
-    def newest_created(self) -> int:
-        return self.events[-1].created
-
-    def settle(self) -> Group:
-        if self.mirrored is not None:
-            newest = self.newest_created
-            self.final = final_event([e for e in self.events if e.created == newest])
-        return self
-
-
-def group_events(events: Sequence[Event]) -> list[Group]:
-    """`events` (in `created` order) by object, customers first so that links exist."""
-    groups: dict[tuple[str, str], Group] = {}
-    for event in events:
-        kind, object_id, mirrored = _object_of(event)
-        group = groups.get((kind, object_id))
-        if group is None:
-            group = groups[(kind, object_id)] = Group(kind, object_id, [], mirrored)
-        group.events.append(event)
-    return sorted((g.settle() for g in groups.values()), key=lambda g: g.kind != "customer")
-
-
-def _object_of(event: Event) -> tuple[str, str, MirroredType[Any] | None]:
-    """(kind, object id, mirrored type) of the object an event changes. An event whose object
-    is not the shape Stripe documents stands alone (its own id) and fails when applied."""
-    try:
-        if event.type in customers.CUSTOMER_EVENT_TYPES:
-            return "customer", customers.customer_id_of(event), None
-        mirrored = BY_EVENT_TYPE.get(event.type)
-        if mirrored is None:
-            return "other", event.id, None
-        return mirrored.kind, mirrored.object_id(event.object_as(mirrored.object_type)), mirrored
-    except EventShapeError:
-        return "malformed", event.id, None
 
 
 class Applier:
@@ -143,7 +69,7 @@ class Applier:
         """Apply new `events` (sorted by `created`) and the due `pending` events together; with
         `cursor`, the poll cursor moves up to it in the same transaction."""
         started = time.perf_counter()
-        groups = group_events(_merge_sorted([p.event for p in pending], events))
+        groups = group_events(merge_sorted([p.event for p in pending], events))
         attempts = {p.event.id: p.attempts for p in pending}
         for group in groups:
             group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
@@ -247,7 +173,7 @@ class Applier:
         with transaction(self.factory) as session:
             step = BatchWriter(session, reads)
             read = [reads.get(Read("customer", cid), set()) for cid in candidates]
-            linked = step.link([_candidate(customer) for customer in read])
+            linked = step.link([candidate_of(customer) for customer in read])
             for cid, our_id in linked.items():
                 step.catch_up(cid, our_id, as_of)
         return len(linked)
@@ -269,249 +195,4 @@ def _owner(group: Group) -> str:
     return mirrored.owner(group.events[-1].object_as(mirrored.object_type))
 
 
-# (an object as read, the watermark it is written with, our customer id)
-Written = tuple[Any, int, int | None]
-
-
-class BatchWriter:
-    """One batch in one transaction. Collects the Stripe reads it lacks in `needed`; if any,
-    `apply` raises `NeedsStripe` (rolling the transaction back) once it has seen them all."""
-
-    def __init__(self, session: Session, reads: StripeReads) -> None:
-        self.session = session
-        self.reads = reads
-        self.needed: set[Read] = set()
-        self.stats = ApplyStats()
-        self.known: dict[str, int] = {}  # Stripe customer id -> our id
-        self.unmatched: set[str] = set()
-
-    def apply(self, groups: Sequence[Group], retried: set[str], cursor: int | None) -> ApplyStats:
-        session = self.session
-        self.lock([group.object_id for group in groups])
-        pending_ids = ledger.pending_object_ids(session)
-        ready = self._hold_back(groups, pending_ids - retried)
-        events = [event for group in ready for event in group.events]
-        fresh = self._without_done(ready, ledger.claim(session, events))
-        budget.count_transactions(session, [event for group in fresh for event in group.events])
-        self._apply_customers([g for g in fresh if g.kind == "customer"])
-        for mirrored in MIRRORED_TYPES:
-            self._apply_mirrored(mirrored, [g for g in fresh if g.mirrored is mirrored])
-        for group in fresh:
-            if group.kind == "other":
-                self.stats.count("ignored", group.events)
-            elif group.kind == "malformed":  # fails this object (alone, in `_one_by_one`)
-                raise EventShapeError(f"event {group.object_id}: not the shape Stripe documents")
-        if self.needed:
-            raise NeedsStripe(self.needed)
-        if pending_ids:
-            ledger.clear_pending(session, [event.id for event in events])
-        if cursor is not None:
-            ledger.advance_cursor(session, cursor)
-        return self.stats
-
-    def lock(self, object_ids: Sequence[str]) -> None:
-        ledger.lock_objects(self.session, object_ids)
-
-    def _hold_back(self, groups: Sequence[Group], blocked: set[str]) -> list[Group]:
-        """Objects with an event waiting for a retry keep their order: later events wait too."""
-        ready = []
-        for group in groups:
-            if group.object_id in blocked:
-                ledger.record_pending(self.session, group.events, group.object_id, None, 0)
-                self.stats.count("waiting", group.events)
-            else:
-                ready.append(group)
-        return ready
-
-    def _without_done(self, groups: Sequence[Group], done: set[str]) -> list[Group]:
-        if not done:
-            return list(groups)
-        fresh_groups = []
-        for group in groups:
-            self.stats.count("duplicate", [e for e in group.events if e.id in done])
-            fresh = [e for e in group.events if e.id not in done]
-            if fresh:
-                fresh_groups.append(
-                    Group(group.kind, group.object_id, fresh, group.mirrored).settle()
-                )
-        return fresh_groups
-
-    # -- customers ------------------------------------------------------------------------
-
-    def _apply_customers(self, groups: Sequence[Group]) -> None:
-        self.known.update(customers.known(self.session, [g.object_id for g in groups]))
-        deleted = {
-            g.object_id for g in groups if any(e.type == "customer.deleted" for e in g.events)
-        }
-        # Deletion is terminal on Stripe: it wins whatever came before or after.
-        customers.tombstone(self.session, [cid for cid in deleted if cid in self.known])
-        unknown = [g for g in groups if g.object_id not in self.known]
-        newly_linked = self.link(
-            [(g.object_id, _named_user(g.events), g.object_id in deleted) for g in unknown]
-        )
-        for group in groups:
-            our_id = self.known.get(group.object_id)
-            if our_id is None:
-                self.stats.count("unmatched", group.events)
-                continue
-            # Linked with its `customer.created`: none of its objects' events came before.
-            if group.object_id in newly_linked and not any(
-                e.type == "customer.created" for e in group.events
-            ):
-                self.catch_up(group.object_id, our_id, group.newest_created)
-            self.stats.count("applied", group.events)
-
-    def link(self, candidates: Sequence[customers.Candidate]) -> dict[str, int]:
-        """Link unknown customers to the users they name; remember the others unmatched."""
-        linked = customers.link_or_remember(self.session, candidates)
-        self.known.update(linked)
-        self.unmatched.update(cid for cid, _, _ in candidates if cid not in linked)
-        return linked
-
-    def catch_up(self, cid: str, our_id: int, as_of: int) -> None:
-        """A customer linked late: its objects whose events were skipped, as read now."""
-        owned = self.reads.get(Read("owned", cid), self.needed)
-        for mirrored in MIRRORED_TYPES:
-            objects = owned.get(mirrored.kind, []) if owned is not None else []
-            if mirrored.after_write is not None:  # listed in full just now: replaces rows
-                self.store(mirrored, [(obj, as_of, our_id) for obj in objects])
-                continue
-            rows = [mirrored.row(obj, as_of, our_id) for obj in objects]
-            if rows:
-                statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
-                self.session.execute(statement, rows)
-                outbox.mark_rows(self.session, mirrored.key, rows)
-
-    def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
-        """Each group's owning customer (object id -> Stripe customer id), with the customers
-        we did not know looked up: linked if they name a user, else remembered unmatched."""
-        assert mirrored.owner is not None
-        owners = {
-            g.object_id: mirrored.owner(g.events[-1].object_as(mirrored.object_type))
-            for g in groups
-        }
-        unknown = set(owners.values()) - set(self.known) - self.unmatched
-        self.known.update(customers.known(self.session, unknown))
-        unknown -= set(self.known)
-        self.unmatched |= customers.unmatched(self.session, unknown)
-        read = [self.reads.get(Read("customer", c), self.needed) for c in unknown - self.unmatched]
-        self.link([_candidate(customer) for customer in read if customer is not None])
-        return owners
-
-    # -- mirrored objects -----------------------------------------------------------------
-
-    def _apply_mirrored(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> None:
-        if not groups:
-            return
-        owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
-        marks = self.watermarks(mirrored, [g.object_id for g in groups])
-        written: list[tuple[Any, int, int | None]] = []
-        deleted: set[str] = set()  # written from their `.deleted` event: marked deleted
-        for group in groups:
-            cid = owners.get(group.object_id)
-            if cid is not None and cid not in self.known:
-                self.stats.count("unmatched", group.events)
-                continue
-            newest, mark = group.newest_created, marks.get(group.object_id)
-            if mark is not None and newest < mark:
-                self.stats.count("stale", group.events)
-                continue
-            deletion = mirrored.deletion(group.events)
-            if deletion is not None:
-                obj = deletion.object_as(mirrored.object_type)
-            else:
-                obj = self._event_object_or_read(mirrored, group, mark == newest)
-            if obj is None:
-                continue
-            self.stats.count("applied", group.events)
-            if deletion is None and getattr(obj, "deleted", False):
-                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
-                self.session.connection().execute(tombstone)
-                outbox.mark_rows(self.session, mirrored.key, [{mirrored.key: group.object_id}])
-                continue
-            if deletion is not None:
-                deleted.add(group.object_id)
-            written.append((obj, newest, self.known.get(cid or "")))
-        self.store(mirrored, written, deleted)
-
-    def _event_object_or_read(self, mirrored: MirroredType[Any], group: Group, tie: bool) -> Any:
-        """The group's final event's object, or, when that cannot be trusted (no single final
-        event, a tie with the row, a type or an object whose payload is incomplete), the
-        object read from Stripe (None until read: `self.needed`)."""
-        final = None if group.final is None else group.final.object_as(mirrored.object_type)
-        if final is None or tie or not mirrored.trust_payload or mirrored.needs_read(final):
-            return self.reads.get(Read("object", group.object_id, group.kind), self.needed)
-        return final
-
-    def store(
-        self,
-        mirrored: MirroredType[Any],
-        written: list[tuple[Any, int, int | None]],
-        deleted: Set[str] = frozenset(),
-    ) -> None:
-        """Write these (object, as of, our customer id): its rows (those of `deleted` marked
-        so), and the rows beside them."""
-        rows = []
-        for obj, as_of, cid in written:
-            row = mirrored.row(obj, as_of, cid)
-            rows.append({**row, "deleted": True} if row[mirrored.key] in deleted else row)
-        self.upsert(mirrored, rows)
-        if mirrored.after_write is not None and written:
-            mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
-
-    def write_read(self, mirrored: MirroredType[Any], chunk: Sequence[Any], as_of: int) -> int:
-        """Objects read now, written where their row is not newer than `as_of` (and, if owned,
-        their customer is ours). `as_of` is a second no later than the reads on Stripe's
-        clock: an event created before it is reflected in what was read, so the watermark
-        makes it stale; one of that second or later still applies (docs/reconciliation.md)."""
-        ids = [mirrored.object_id(obj) for obj in chunk]
-        self.lock(ids)
-        marks = self.watermarks(mirrored, ids)
-        owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
-        self.known.update(customers.known(self.session, set(owners.values())))
-        written = [
-            (obj, as_of, self.known.get(owners.get(object_id, "")))
-            for obj, object_id in zip(chunk, ids, strict=True)
-            if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in self.known)
-        ]
-        self.store(mirrored, written)
-        return len(written)
-
-    def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
-        key = mirrored.table.c[mirrored.key]
-        statement = select(key, mirrored.table.c.stripe_state_as_of).where(key.in_(object_ids))
-        return {object_id: as_of for object_id, as_of in self.session.execute(statement)}
-
-    def upsert(self, mirrored: MirroredType[Any], rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        statement = insert(self.session, mirrored.table)
-        # An object never moves to another customer: the owner is left out of the update.
-        kept = (mirrored.key, "billing_customer_id")
-        changed = {name: statement.excluded[name] for name in rows[0] if name not in kept}
-        changed["updated_at"] = func.now()
-        upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
-        self.session.connection().execute(upsert, rows)
-        # The users whose state documents read these rows get a notification on commit.
-        outbox.mark_rows(self.session, mirrored.key, rows)
-
-
-def _named_user(events: Sequence[Event]) -> int | None:
-    """The GitHub user the newest of these customer events that names one names."""
-    named = (customers.github_user_id_named(event) for event in reversed(events))
-    return next((github_user_id for github_user_id in named if github_user_id), None)
-
-
-def _candidate(customer: customers.Customer) -> customers.Candidate:
-    return customer.id, customers.github_user_id_named(customer), customer.deleted
-
-
-def _merge_sorted(first: Sequence[Event], second: Sequence[Event]) -> list[Event]:
-    seen: set[str] = set()
-    merged = []
-    for event in [*first, *second]:
-        if event.id not in seen:
-            seen.add(event.id)
-            merged.append(event)
-    merged.sort(key=lambda event: event.created)  # stable: keeps the given order in a tie
-    return merged
+__all__ = ["Applier", "ApplyStats", "BatchWriter", "Group", "group_events"]

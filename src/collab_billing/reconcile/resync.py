@@ -34,7 +34,7 @@ from collab_billing.mirror.registry import (
     relevant_types_filter,
 )
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.apply import BatchWriter
+from collab_billing.reconcile.batch import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import decode_object
