@@ -3,9 +3,9 @@
 The SDK owns the HTTP: form encoding, `Stripe-Version`, network retries (409, 5xx,
 `Stripe-Should-Retry`), timeouts and error types. The gateway adds what the SDK leaves to its
 caller, once: a client-side throttle shared by every thread, and retrying 429 answers after
-their `Retry-After`. Reads return the response's JSON bytes, decoded by the caller into typed
-structs (`events`): building the SDK's `StripeObject`s for a page of 100 events costs more
-than applying them. Nothing outside this package sees an SDK type.
+their `Retry-After`. Reads (`reads`: the SDK's HTTP client, not its requestor, which parses
+every body into dicts) return the response's JSON bytes, decoded by the caller into typed
+structs (`events`). Nothing outside this package sees an SDK type.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collab_billing.stripe_gateway.events import (
     decode_list_page,
     decode_object,
 )
+from collab_billing.stripe_gateway.reads import Reader
 from collab_billing.stripe_gateway.throttle import READS, Throttle
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,17 @@ class StripeGateway:
         rate = requests_per_second or settings.stripe_requests_per_second
         self.requests_per_second = rate
         self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
+        api_key = settings.stripe_api_key.get_secret_value()
+        retries = settings.stripe_max_network_retries
+        http = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds, allow_sync_methods=True)
         self.client = stripe.StripeClient(
-            settings.stripe_api_key.get_secret_value(),
+            api_key,
             base_addresses={"api": settings.stripe_api_base.rstrip("/")},
             stripe_version=STRIPE_API_VERSION,
-            max_network_retries=settings.stripe_max_network_retries,
-            http_client=stripe.HTTPXClient(
-                timeout=settings.stripe_timeout_seconds, allow_sync_methods=True
-            ),
+            max_network_retries=retries,
+            http_client=http,
         )
+        self.reader = Reader(http, settings.stripe_api_base, api_key, STRIPE_API_VERSION, retries)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -109,15 +112,14 @@ class StripeGateway:
             self.observer(operation, outcome)
 
     def get(self, operation: str, path: str, **params: Any) -> bytes:
-        """GET `path` through the SDK's raw request API; the response's JSON as bytes. Each
-        attempt counts as a read (`READS`)."""
+        """GET `path` through the SDK's HTTP client (`reads`); the response's JSON as bytes.
+        Each attempt counts as a read (`READS`)."""
 
-        def read() -> Any:
+        def read() -> bytes:
             READS.add()
-            return self.client.raw_request("get", path, **params)
+            return self.reader.get(path, params)
 
-        response = self._call(operation, read)
-        return str(response.body).encode()
+        return self._call(operation, read)
 
     # -- customers, checkout, portal ---------------------------------------------------
 
