@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,8 +56,16 @@ def _begin_sqlite(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
     url = normalize_url(database_url)
+    # JSON columns (a drain writes a state document and a notification per user it touches)
+    # through orjson, several times faster than the standard library's encoder.
+    kwargs.setdefault("json_serializer", _json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         # As many pooled connections as the API's worker threads (anyio's 40): a connection
         # made beyond the pool is opened and configured per request, and closed after it.
