@@ -66,7 +66,10 @@ async def receive_webhook(
         metrics.WEBHOOK_DELIVERIES.labels("ignored").inc()
         return WebhookAck(received=True, outcome="ignored")
     typed = _typed_event(payload)
-    with metrics.WEBHOOK_DELIVERIES_IN_PROGRESS.track_inprogress():
+    with (
+        metrics.WEBHOOK_DELIVERIES_IN_PROGRESS.track_inprogress(),
+        state.signals.webhook_in_flight(),
+    ):
         outcome = await anyio.to_thread.run_sync(
             apply_one_event, state, typed, limiter=state.webhook_writers
         )

@@ -70,7 +70,9 @@ class Poller:
         clock: Callable[[], float] = time.time,
         target: int = tuning.WINDOW_EVENTS,
         types: Sequence[str] | None = None,
+        give_way: Callable[[float], None] | None = None,
     ) -> None:
+        """`give_way(seconds)`: called between batches; returns when the batches may go on."""
         self.factory = factory
         self.gateway = gateway
         self.applier = applier
@@ -81,6 +83,7 @@ class Poller:
         # count for paging and window sizes, and are left out before the ledger and the applier.
         self.types_filter = types_filter(sorted(self.types))
         self._lock = threading.Lock()
+        self.give_way = give_way
 
     def check_retention(self) -> None:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
@@ -276,6 +279,8 @@ class Poller:
             late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
             report.missed_by_webhooks += sum(1 for event in fresh if event.created < late)
             report.stats.add_counts(self.applier.apply(fresh, cursor=batch[-1].created))
+            if self.give_way is not None:
+                self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
             if stop is not None and stop.is_set():
                 report.interrupted = True
                 return True

@@ -64,7 +64,9 @@ class Reconciler:
         self.recheck_seconds = settings.reconcile_interval_seconds
         self.cadence = cadence_of(settings)
         self.applier = Applier(self.factory, gateway, clock=clock, source="poll")
-        self.poller = Poller(self.factory, gateway, self.applier, clock=clock)
+        self.poller = Poller(
+            self.factory, gateway, self.applier, clock=clock, give_way=self.signals.give_way
+        )
         self.lock = LeaderLock(engine)
         self.last_error: str | None = None
         self.last_report: DrainReport | None = None

@@ -1,4 +1,5 @@
-"""What the reconciler's cadence listens to: activity and webhook deliveries.
+"""What the reconciler listens to: activity and webhook deliveries (its cadence), and the
+deliveries being answered (its drain gives way to them).
 
 The admin routes (a Checkout or portal session created) and the webhook route note them here.
 Within one process (`serve`) the note is seen at once and wakes the waiting loop; for a
@@ -13,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +41,8 @@ class ActivitySignals:
         self._webhook_written_at = float("-inf")
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._webhooks_in_flight = 0
+        self._idle = threading.Condition()
 
     def activity(self) -> None:
         """A Checkout or portal session was created: poll fast for a while."""
@@ -64,6 +68,26 @@ class ActivitySignals:
         self._wake.set()
         if due:
             self._write(LAST_WEBHOOK_AT, now)
+
+    @contextmanager
+    def webhook_in_flight(self) -> Iterator[None]:
+        """Around a webhook delivery being answered: the drain of this process gives way."""
+        with self._idle:
+            self._webhooks_in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._webhooks_in_flight -= 1
+                if not self._webhooks_in_flight:
+                    self._idle.notify_all()
+
+    def give_way(self, seconds: float) -> None:
+        """Wait (at most `seconds`) until no webhook delivery of this process is being
+        answered. Inside `serve` the drain and the webhooks share one GIL and, on SQLite, one
+        writer: a drain running flat out between them answers deliveries seconds late."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._webhooks_in_flight, timeout=seconds)
 
     def _write(self, name: str, now: float) -> None:
         # A failed write must not fail the request that noted it (its Stripe call is done).

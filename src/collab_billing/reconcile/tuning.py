@@ -25,6 +25,9 @@ BATCH_EVENTS = 500
 # in the last second: they then wait behind a transaction of 100 events, not 500.
 CONTENDED_BATCH_EVENTS = 100
 CONTENDED_SECONDS = 1.0
+# Between batches the drain waits for the webhook deliveries being answered in its process
+# (`serve`), at most this long, so that it still makes progress under a steady stream.
+MAX_GIVE_WAY_SECONDS = 1.0
 # A page request that failed (network, 5xx, 429) is made again this many times in all, after
 # 0.5 s doubling: a window's earlier pages are not read again for it.
 PAGE_ATTEMPTS = 6
