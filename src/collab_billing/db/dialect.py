@@ -10,7 +10,12 @@ from sqlalchemy.orm import Session
 
 def insert(session: Session, table: Any) -> Any:
     """`postgresql.insert(table)` or `sqlite.insert(table)`, by the session's engine."""
-    if session.get_bind().dialect.name == "postgresql":
+    return insert_for(session.get_bind().dialect.name, table)
+
+
+def insert_for(dialect: str, table: Any) -> Any:
+    """`postgresql.insert(table)` or `sqlite.insert(table)`, by the dialect's name."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import BindParameter, Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from collab_billing.db.models import BillingCustomer, BillingInvoice, User
+from collab_billing.db.queries import IDS
 
 
-def _of_user(github_user_id: int) -> Select[BillingInvoice]:
+def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]:
     return (
         select(BillingInvoice)
         .join(BillingCustomer, BillingInvoice.billing_customer_id == BillingCustomer.id)
@@ -20,12 +21,29 @@ def _of_user(github_user_id: int) -> Select[BillingInvoice]:
     )
 
 
+# Built once (`queries.IDS` says why).
+USER_OPEN_INVOICES = (
+    _of_user(bindparam("github_user_id"))
+    .where(BillingInvoice.status == "open")
+    .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
+)
+
+
 def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvoice]:
     """The user's open invoices, oldest first."""
-    query = _of_user(github_user_id).where(BillingInvoice.status == "open")
-    return session.scalars(
-        query.order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
-    ).all()
+    return session.scalars(USER_OPEN_INVOICES, {"github_user_id": github_user_id}).all()
+
+
+# Built once (`queries.IDS` says why).
+CUSTOMERS_OPEN_INVOICES = (
+    select(BillingInvoice)
+    .where(
+        BillingInvoice.billing_customer_id.in_(IDS),
+        BillingInvoice.status == "open",
+    )
+    .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
+    .execution_options(populate_existing=True)
+)
 
 
 def customers_open_invoices(
@@ -36,15 +54,7 @@ def customers_open_invoices(
     which leave objects already in the session as they were."""
     if not billing_customer_ids:
         return {}
-    rows = session.scalars(
-        select(BillingInvoice)
-        .where(
-            BillingInvoice.billing_customer_id.in_(billing_customer_ids),
-            BillingInvoice.status == "open",
-        )
-        .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
-        .execution_options(populate_existing=True)
-    )
+    rows = session.scalars(CUSTOMERS_OPEN_INVOICES, {"ids": billing_customer_ids})
     grouped: dict[int, list[BillingInvoice]] = {}
     for invoice in rows:
         grouped.setdefault(invoice.billing_customer_id, []).append(invoice)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import insert
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
+from collab_billing.db.queries import IDS
 from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
 CUSTOMER_EVENT_TYPES = (
@@ -78,12 +79,14 @@ def known(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, i
     """Our customers among these, deleted ones included: Stripe id -> our id."""
     if not stripe_customer_ids:
         return {}
-    rows = session.execute(
-        select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
-            BillingCustomer.stripe_customer_id.in_(stripe_customer_ids)
-        )
-    )
+    rows = session.execute(_KNOWN, {"ids": list(stripe_customer_ids)})
     return {stripe_id: our_id for stripe_id, our_id in rows}
+
+
+# Built once (`queries.IDS` says why).
+_KNOWN = select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
+    BillingCustomer.stripe_customer_id.in_(IDS)
+)
 
 
 def unmatched(session: Session, stripe_customer_ids: Collection[str]) -> set[str]:

@@ -12,12 +12,14 @@ import logging
 from collections import Counter
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, Table, func, select
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import insert
+from collab_billing.db.dialect import insert, insert_for
+from collab_billing.db.queries import IDS
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
@@ -314,22 +316,36 @@ class BatchWriter:
         return len(written)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
-        key = mirrored.table.c[mirrored.key]
-        statement = select(key, mirrored.table.c.stripe_state_as_of).where(key.in_(object_ids))
-        return {object_id: as_of for object_id, as_of in self.session.execute(statement)}
+        statement = _watermarks_statement(mirrored.table, mirrored.key)
+        rows = self.session.execute(statement, {"ids": object_ids})
+        return {object_id: as_of for object_id, as_of in rows}
 
     def upsert(self, mirrored: MirroredType[Any], rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        statement = insert(self.session, mirrored.table)
-        # An object never moves to another customer: the owner is left out of the update.
-        kept = (mirrored.key, "billing_customer_id")
-        changed = {name: statement.excluded[name] for name in rows[0] if name not in kept}
-        changed["updated_at"] = func.now()
-        upsert = statement.on_conflict_do_update(index_elements=[mirrored.key], set_=changed)
+        dialect = self.session.get_bind().dialect.name
+        upsert = _upsert_statement(dialect, mirrored.table, mirrored.key, tuple(rows[0]))
         self.session.connection().execute(upsert, rows)
         # The users whose state documents read these rows get a notification on commit.
         outbox.mark_rows(self.session, mirrored.key, rows)
+
+
+# The statements of a mirrored type are built once (`queries.IDS` says why).
+
+
+@cache
+def _watermarks_statement(table: Table, key: str) -> Select[str, int]:
+    return select(table.c[key], table.c.stripe_state_as_of).where(table.c[key].in_(IDS))
+
+
+@cache
+def _upsert_statement(dialect: str, table: Table, key: str, columns: tuple[str, ...]) -> Any:
+    statement = insert_for(dialect, table)
+    # An object never moves to another customer: the owner is left out of the update.
+    kept = (key, "billing_customer_id")
+    changed = {name: statement.excluded[name] for name in columns if name not in kept}
+    changed["updated_at"] = func.now()
+    return statement.on_conflict_do_update(index_elements=[key], set_=changed)
 
 
 def named_user(events: Sequence[Event]) -> int | None:

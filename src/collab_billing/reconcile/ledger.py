@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import BigInteger, cast, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import insert, is_postgres
+from collab_billing.db.dialect import insert, insert_for, is_postgres
 from collab_billing.db.models import PendingStripeEvent, ProcessedStripeEvent, ReconcilerState
 from collab_billing.stripe_gateway.events import Event
 
@@ -39,14 +40,20 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
         for event in events
     ]
     # Core, on the session's connection: the ORM's bulk-insert path costs more than the insert.
+    statement = _claim_statement(session.get_bind().dialect.name)
+    inserted = set(session.connection().scalars(statement, rows))
+    return {event.id for event in events} - inserted
+
+
+@cache
+def _claim_statement(dialect: str) -> Any:
+    """Built once per dialect (`queries.IDS` says why)."""
     table = ProcessedStripeEvent.__table__
-    statement = (
-        insert(session, table)
+    return (
+        insert_for(dialect, table)
         .on_conflict_do_nothing(index_elements=["stripe_event_id"])
         .returning(table.c.stripe_event_id)
     )
-    inserted = set(session.connection().scalars(statement, rows))
-    return {event.id for event in events} - inserted
 
 
 def lock_objects(session: Session, object_ids: Collection[str]) -> None:
@@ -76,8 +83,11 @@ class PendingEvent:
     next_attempt_at: int
 
 
+_PENDING_OBJECT_IDS = select(PendingStripeEvent.stripe_object_id).distinct()
+
+
 def pending_object_ids(session: Session) -> set[str]:
-    return set(session.scalars(select(PendingStripeEvent.stripe_object_id).distinct()))
+    return set(session.scalars(_PENDING_OBJECT_IDS))
 
 
 def due_pending_events(session: Session, now: int) -> list[PendingEvent]:

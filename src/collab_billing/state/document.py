@@ -105,6 +105,21 @@ def build_document(
     }
 
 
+# Built once (`queries.IDS` says why).
+_IDS = queries.IDS
+_OWNERS = (
+    select(User.id, User.github_user_id, BillingCustomer.id)
+    .outerjoin(BillingCustomer, BillingCustomer.user_id == User.id)
+    .where(User.id.in_(_IDS))
+)
+_CAPS = select(BillingPreference.user_id, BillingPreference.max_monthly_spend_cents).where(
+    BillingPreference.user_id.in_(_IDS), BillingPreference.max_monthly_spend_cents.is_not(None)
+)
+_FEATURES = select(BillingEntitlement.billing_customer_id, BillingEntitlement.lookup_key).where(
+    BillingEntitlement.billing_customer_id.in_(_IDS)
+)
+
+
 def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document]:
     """The current documents of these users (those that exist), judged by the session's
     access rules: a few statements for any number of users, plus the spend of those with a
@@ -112,11 +127,7 @@ def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document
     if not user_ids:
         return {}
     rules = rules_of(session)
-    owners = session.execute(
-        select(User.id, User.github_user_id, BillingCustomer.id)
-        .outerjoin(BillingCustomer, BillingCustomer.user_id == User.id)
-        .where(User.id.in_(user_ids))
-    ).all()
+    owners = session.execute(_OWNERS, {"ids": list(user_ids)}).all()
     customer_ids = [cid for _, _, cid in owners if cid is not None]
     subscriptions = queries.customers_subscriptions(session, customer_ids)
     invoices = invoice_queries.customers_open_invoices(session, customer_ids)
@@ -138,14 +149,7 @@ def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document
 def usage_of(session: Session, user_ids: Sequence[int], now: datetime) -> dict[int, Document]:
     """`{"max_monthly_spend_cents", "over_spend_cap"}` per user: only users with a cap are
     priced (a user without one is never over it)."""
-    caps = dict(
-        session.execute(
-            select(BillingPreference.user_id, BillingPreference.max_monthly_spend_cents).where(
-                BillingPreference.user_id.in_(user_ids),
-                BillingPreference.max_monthly_spend_cents.is_not(None),
-            )
-        ).all()
-    )
+    caps = dict(session.execute(_CAPS, {"ids": list(user_ids)}).all())
     return {
         user_id: {
             "max_monthly_spend_cents": caps.get(user_id),
@@ -159,11 +163,7 @@ def usage_of(session: Session, user_ids: Sequence[int], now: datetime) -> dict[i
 def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, list[str]]:
     if not customer_ids:
         return {}
-    rows = session.execute(
-        select(BillingEntitlement.billing_customer_id, BillingEntitlement.lookup_key).where(
-            BillingEntitlement.billing_customer_id.in_(customer_ids)
-        )
-    )
+    rows = session.execute(_FEATURES, {"ids": customer_ids})
     grouped: dict[int, list[str]] = {}
     for customer_id, lookup_key in rows:
         grouped.setdefault(customer_id, []).append(lookup_key)

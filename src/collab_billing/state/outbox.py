@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.db import queries
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
@@ -101,33 +102,43 @@ def _forget_changes(session: Session) -> None:
     session.info.pop(_KEY, None)
 
 
+# Built once (`queries.IDS` says why).
+_IDS = queries.IDS
+_PRICES_OF_PRODUCTS = select(BillingPrice.stripe_price_id).where(
+    BillingPrice.stripe_product_id.in_(_IDS)
+)
+_SUBSCRIBERS_OF_PRICES = select(BillingSubscription.billing_customer_id).where(
+    BillingSubscription.stripe_price_id.in_(_IDS)
+)
+_USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(BillingCustomer.id.in_(_IDS))
+_STORED_FOR_UPDATE = (
+    select(BillingState.user_id, BillingState.version, BillingState.document)
+    .where(BillingState.user_id.in_(_IDS))
+    .order_by(BillingState.user_id)
+    .with_for_update()
+)
+_STORE_DOCUMENT = (
+    update(_states)
+    .where(_states.c.user_id == bindparam("uid"))
+    .values(
+        version=bindparam("new_version"),
+        document=bindparam("new_document"),
+        grace_ends_at=bindparam("new_grace_ends_at"),
+    )
+)
+
+
 def users_concerned(session: Session, changes: Changes) -> list[int]:
     """Our user ids whose documents may read what changed, in id order."""
     customers = set(changes.customers)
     prices = set(changes.prices)
     if changes.products:
-        prices.update(
-            session.scalars(
-                select(BillingPrice.stripe_price_id).where(
-                    BillingPrice.stripe_product_id.in_(changes.products)
-                )
-            )
-        )
+        prices.update(session.scalars(_PRICES_OF_PRODUCTS, {"ids": list(changes.products)}))
     if prices:  # a catalog change renames the plan of every subscriber to those prices
-        customers.update(
-            session.scalars(
-                select(BillingSubscription.billing_customer_id).where(
-                    BillingSubscription.stripe_price_id.in_(prices)
-                )
-            )
-        )
+        customers.update(session.scalars(_SUBSCRIBERS_OF_PRICES, {"ids": list(prices)}))
     users = set(changes.users)
     if customers:
-        users.update(
-            session.scalars(
-                select(BillingCustomer.user_id).where(BillingCustomer.id.in_(customers))
-            )
-        )
+        users.update(session.scalars(_USERS_OF_CUSTOMERS, {"ids": list(customers)}))
     return sorted(users)
 
 
@@ -143,12 +154,7 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     )
     stored = {
         user_id: (version, document)
-        for user_id, version, document in session.execute(
-            select(BillingState.user_id, BillingState.version, BillingState.document)
-            .where(BillingState.user_id.in_(user_ids))
-            .order_by(BillingState.user_id)
-            .with_for_update()
-        )
+        for user_id, version, document in session.execute(_STORED_FOR_UPDATE, {"ids": user_ids})
     }
     changed: list[dict[str, Any]] = []
     for user_id, document in state.documents(session, user_ids).items():
@@ -165,16 +171,7 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     if not changed:
         return 0
     now = datetime.now(UTC)
-    connection.execute(
-        update(_states)
-        .where(_states.c.user_id == bindparam("uid"))
-        .values(
-            version=bindparam("new_version"),
-            document=bindparam("new_document"),
-            grace_ends_at=bindparam("new_grace_ends_at"),
-        ),
-        changed,
-    )
+    connection.execute(_STORE_DOCUMENT, changed)
     connection.execute(
         insert(session, _notifications),
         [
