@@ -1,11 +1,17 @@
-"""`INSERT ... ON CONFLICT` for the session's engine: both dialects have the same construct."""
+"""What differs between SQLite and PostgreSQL, in one place: `INSERT ... ON CONFLICT` (both
+dialects have the same construct), and `IN` a list of ids in a statement built once."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal, _TraverseInternalsType
 
 
 def insert(session: Session, table: Any) -> Any:
@@ -22,3 +28,34 @@ def insert_for(dialect: str, table: Any) -> Any:
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+class InIds(ColumnElement[bool]):
+    """`column IN` the list bound as `ids`, in a statement built once: an expanding `IN` on
+    SQLite; `column = ANY(:ids)` on PostgreSQL, one array parameter, so that the statement's
+    text is the same for any number of ids (psycopg parses a statement's text once, but only
+    for statements of at most 50 parameters: a batch's `IN` of 500 ids was parsed each time)."""
+
+    inherit_cache = True
+    _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (SQLAlchemy's protocol)
+        ("column", InternalTraversal.dp_clauseelement)
+    ]
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        self.column = column
+
+
+def in_ids(column: Any) -> InIds:
+    """`column IN :ids` (`InIds`); execute with `{"ids": [...]}`."""
+    return InIds(column)
+
+
+@compiles(InIds)
+def _in_ids_expanding(element: InIds, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column.in_(bindparam("ids", expanding=True)), **kw)
+
+
+@compiles(InIds, "postgresql")
+def _in_ids_any(element: InIds, compiler: SQLCompiler, **kw: Any) -> str:
+    array = bindparam("ids", type_=postgresql.ARRAY(element.column.type))
+    return compiler.process(element.column == any_(array), **kw)

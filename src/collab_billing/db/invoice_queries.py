@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import BindParameter, Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from collab_billing.db.dialect import in_ids
 from collab_billing.db.models import BillingCustomer, BillingInvoice, User
-from collab_billing.db.queries import IDS
 
 
 def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]:
@@ -21,7 +21,7 @@ def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]
     )
 
 
-# Built once (`queries.IDS` says why).
+# Built once (`db/queries.py` says why).
 USER_OPEN_INVOICES = (
     _of_user(bindparam("github_user_id"))
     .where(BillingInvoice.status == "open")
@@ -34,11 +34,11 @@ def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvo
     return session.scalars(USER_OPEN_INVOICES, {"github_user_id": github_user_id}).all()
 
 
-# Built once (`queries.IDS` says why).
+# Built once (`db/queries.py` says why).
 CUSTOMERS_OPEN_INVOICES = (
     select(BillingInvoice)
     .where(
-        BillingInvoice.billing_customer_id.in_(IDS),
+        in_ids(BillingInvoice.billing_customer_id),
         BillingInvoice.status == "open",
     )
     .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)

@@ -18,9 +18,8 @@ import msgspec
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import insert
+from collab_billing.db.dialect import in_ids, insert
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
-from collab_billing.db.queries import IDS
 from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
 CUSTOMER_EVENT_TYPES = (
@@ -83,9 +82,9 @@ def known(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, i
     return {stripe_id: our_id for stripe_id, our_id in rows}
 
 
-# Built once (`queries.IDS` says why).
+# Built once (`db/queries.py` says why).
 _KNOWN = select(BillingCustomer.stripe_customer_id, BillingCustomer.id).where(
-    BillingCustomer.stripe_customer_id.in_(IDS)
+    in_ids(BillingCustomer.stripe_customer_id)
 )
 
 

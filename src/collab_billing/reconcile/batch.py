@@ -18,8 +18,7 @@ from typing import Any
 from sqlalchemy import Select, Table, func, select
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import insert, insert_for
-from collab_billing.db.queries import IDS
+from collab_billing.db.dialect import in_ids, insert, insert_for
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
@@ -330,12 +329,12 @@ class BatchWriter:
         outbox.mark_rows(self.session, mirrored.key, rows)
 
 
-# The statements of a mirrored type are built once (`queries.IDS` says why).
+# The statements of a mirrored type are built once (`db/queries.py` says why).
 
 
 @cache
 def _watermarks_statement(table: Table, key: str) -> Select[str, int]:
-    return select(table.c[key], table.c.stripe_state_as_of).where(table.c[key].in_(IDS))
+    return select(table.c[key], table.c.stripe_state_as_of).where(in_ids(table.c[key]))
 
 
 @cache

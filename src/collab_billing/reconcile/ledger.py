@@ -47,7 +47,7 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
 
 @cache
 def _claim_statement(dialect: str) -> Any:
-    """Built once per dialect (`queries.IDS` says why)."""
+    """Built once per dialect (`db/queries.py` says why)."""
     table = ProcessedStripeEvent.__table__
     return (
         insert_for(dialect, table)

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
+from collab_billing.db.dialect import in_ids
 from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types, types_filter
@@ -255,13 +256,7 @@ class Poller:
 
     def _processed(self, event_ids: list[str]) -> set[str]:
         with read_only(self.factory) as session:
-            return set(
-                session.scalars(
-                    select(ProcessedStripeEvent.stripe_event_id).where(
-                        ProcessedStripeEvent.stripe_event_id.in_(event_ids)
-                    )
-                )
-            )
+            return set(session.scalars(_PROCESSED, {"ids": event_ids}))
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -290,6 +285,12 @@ class Poller:
             with transaction(self.factory) as session:
                 ledger.advance_cursor(session, newest_first[0].created)
         return False
+
+
+# Built once (`db/queries.py` says why).
+_PROCESSED = select(ProcessedStripeEvent.stripe_event_id).where(
+    in_ids(ProcessedStripeEvent.stripe_event_id)
+)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from collab_billing.db import invoice_queries, queries
+from collab_billing.db.dialect import in_ids
 from collab_billing.db.models import (
     BillingCustomer,
     BillingEntitlement,
@@ -105,18 +106,17 @@ def build_document(
     }
 
 
-# Built once (`queries.IDS` says why).
-_IDS = queries.IDS
+# Built once (`db/queries.py` says why).
 _OWNERS = (
     select(User.id, User.github_user_id, BillingCustomer.id)
     .outerjoin(BillingCustomer, BillingCustomer.user_id == User.id)
-    .where(User.id.in_(_IDS))
+    .where(in_ids(User.id))
 )
 _CAPS = select(BillingPreference.user_id, BillingPreference.max_monthly_spend_cents).where(
-    BillingPreference.user_id.in_(_IDS), BillingPreference.max_monthly_spend_cents.is_not(None)
+    in_ids(BillingPreference.user_id), BillingPreference.max_monthly_spend_cents.is_not(None)
 )
 _FEATURES = select(BillingEntitlement.billing_customer_id, BillingEntitlement.lookup_key).where(
-    BillingEntitlement.billing_customer_id.in_(_IDS)
+    in_ids(BillingEntitlement.billing_customer_id)
 )
 
 

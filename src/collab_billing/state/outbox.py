@@ -26,8 +26,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db import queries
-from collab_billing.db.dialect import insert
+from collab_billing.db.dialect import in_ids, insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
@@ -102,18 +101,17 @@ def _forget_changes(session: Session) -> None:
     session.info.pop(_KEY, None)
 
 
-# Built once (`queries.IDS` says why).
-_IDS = queries.IDS
+# Built once (`db/queries.py` says why).
 _PRICES_OF_PRODUCTS = select(BillingPrice.stripe_price_id).where(
-    BillingPrice.stripe_product_id.in_(_IDS)
+    in_ids(BillingPrice.stripe_product_id)
 )
 _SUBSCRIBERS_OF_PRICES = select(BillingSubscription.billing_customer_id).where(
-    BillingSubscription.stripe_price_id.in_(_IDS)
+    in_ids(BillingSubscription.stripe_price_id)
 )
-_USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(BillingCustomer.id.in_(_IDS))
+_USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(in_ids(BillingCustomer.id))
 _STORED_FOR_UPDATE = (
     select(BillingState.user_id, BillingState.version, BillingState.document)
-    .where(BillingState.user_id.in_(_IDS))
+    .where(in_ids(BillingState.user_id))
     .order_by(BillingState.user_id)
     .with_for_update()
 )
