@@ -140,9 +140,10 @@ class Poller:
         return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
-        """Windows read at once: enough requests in flight to use the request budget."""
+        """Windows read at once: enough requests in flight to use the request budget, and at
+        least two, so that the next window is being read while one is applied."""
         wanted = math.ceil(self.gateway.requests_per_second * latency * 1.2)
-        return max(1, min(tuning.MAX_WINDOWS_IN_FLIGHT, wanted))
+        return max(2, min(tuning.MAX_WINDOWS_IN_FLIGHT, wanted))
 
     @staticmethod
     def _timed(call: Callable[[], _Page]) -> tuple[_Page, float]:
