@@ -6,9 +6,9 @@ idle). Otherwise the range below that page is read in `created` windows `[start,
 window first, each read top-down completely and then applied and committed, so a long
 backlog makes progress window by window and a failure loses at most the window being read.
 Windows are sized by the density of events seen so far to hold about `target` events; one
-that holds far more is read again in narrower windows. Against a far Stripe several windows
-are read at once, as many as the request budget keeps busy (`concurrency`), and applied in
-order.
+that holds far more is read again in narrower windows. Several windows are read at once, as
+many as the request budget keeps busy (`concurrency`, at least two: the next is read while one
+is applied), and applied in order.
 """
 
 from __future__ import annotations
