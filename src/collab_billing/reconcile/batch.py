@@ -106,10 +106,6 @@ def _object_of(event: Event) -> tuple[str, str, MirroredType[Any] | None]:
         return "malformed", event.id, None
 
 
-# (an object as read, the watermark it is written with, our customer id)
-Written = tuple[Any, int, int | None]
-
-
 class BatchWriter:
     """One batch in one transaction. Collects the Stripe reads it lacks in `needed`; if any,
     `apply` raises `NeedsStripe` (rolling the transaction back) once it has seen them all."""

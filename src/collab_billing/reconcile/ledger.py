@@ -191,10 +191,6 @@ def advance_cursor(session: Session, created: int) -> None:
     )
 
 
-def _as_int(column: Any) -> Any:
-    return cast(column, BigInteger)
-
-
 def newest_processed(session: Session) -> int | None:
     newest = session.scalar(func.max(ProcessedStripeEvent.stripe_event_created_timestamp))
     return None if newest is None else int(newest)

@@ -103,13 +103,6 @@ class Event:
             self._payload = msgspec.json.decode(self.raw)
         return self._payload
 
-    @property
-    def data_object(self) -> dict[str, Any]:
-        obj = self.payload.get("data", {}).get("object")
-        if not isinstance(obj, dict):
-            raise EventShapeError(f"event {self.id}: data.object is not an object")
-        return obj
-
 
 class EventPage(msgspec.Struct):
     events: list[Event]
