@@ -1,8 +1,9 @@
 """The state document: `GET /billing/state`, and one outbox row per change of it, written in
-the transaction of the change."""
+the transaction of the change (a catch-up's: once per user, the state it ends in)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +13,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingNotification
+from collab_billing.db.models import BillingNotification, BillingState, User
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from tests.reconcile_helpers import assert_matches_stripe, generate_backlog
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
 from tests.test_reconcile_flow import add_user, checkout
@@ -124,3 +126,77 @@ def test_every_mirrored_type_marks_the_users_its_rows_concern(
         with pytest.raises(ValueError, match="stripe_invoice_id"):
             outbox.mark_rows(session, "stripe_invoice_id", [{"stripe_invoice_id": "in_1"}])
         session.rollback()
+
+
+def states_of(api: httpx.Client, users: range) -> dict[int, dict[str, Any]]:
+    return {n: api.get("/billing/state", params={"github_user_id": n}).json() for n in users}
+
+
+def by_user(sent: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for payload in sent:
+        grouped.setdefault(payload["github_user_id"], []).append(payload)
+    return grouped
+
+
+def test_a_catch_up_notifies_each_user_once_of_the_state_it_ends_in(
+    reconciler: Reconciler, emulator: Emulator, api: httpx.Client
+) -> None:
+    # 1,000 events of 100 users over a week: several batches, most users in more than one.
+    generate_backlog(emulator, reconciler.factory, customers=100, per_customer=10)
+    reconciler.drain()
+    assert assert_matches_stripe(emulator, reconciler.factory) == 100
+    sent = by_user(notifications(reconciler.factory))
+    states = states_of(api, range(1, 101))
+    assert set(sent) == set(states)
+    for github_user_id, payloads in sent.items():
+        assert payloads == [states[github_user_id]]  # one: the state the user ends in
+
+
+def test_a_document_left_stale_by_an_interrupted_catch_up_is_served_fresh_and_notified(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, api: httpx.Client
+) -> None:
+    generate_backlog(emulator, reconciler.factory, customers=100, per_customer=10)
+    stop = threading.Event()
+    stop.set()  # the drain returns after its first batch, as if killed before its end
+    assert reconciler.drain(stop).interrupted
+    assert notifications(reconciler.factory) == []
+    stale = stale_users(reconciler.factory)
+    assert stale  # the batch's users are marked, not yet recomputed
+
+    first = api.get("/billing/state", params={"github_user_id": min(stale)}).json()
+    assert first["version"] == 1  # computed from the rows, stored and notified
+    assert notifications(reconciler.factory) == [first]
+    assert min(stale) not in stale_users(reconciler.factory)
+
+    # A restarted reconciler recomputes the rest before it reads Stripe: even with the
+    # Events API failing, they are notified.
+    restarted = Reconciler(stripe_settings, reconciler.engine, StripeGateway(stripe_settings))
+    emulator.control(
+        "POST", "faults", {"rate": 1.0, "statuses": [400], "path_prefix": "/v1/events"}
+    )
+    with pytest.raises(StripeGatewayError):
+        restarted.drain()
+    assert stale_users(reconciler.factory) == set()
+    assert len(notifications(reconciler.factory)) == len(stale)
+    emulator.control("DELETE", "faults")
+    restarted.drain()
+    assert stale_users(reconciler.factory) == set()
+    states = states_of(api, range(1, 101))
+    sent = by_user(notifications(reconciler.factory))
+    assert set(sent) == set(states)
+    for github_user_id, payloads in sent.items():
+        assert payloads[-1] == states[github_user_id]
+        assert [p["version"] for p in payloads] == list(range(1, len(payloads) + 1))
+
+
+def stale_users(factory: sessionmaker[Session]) -> set[int]:
+    """The GitHub ids of the users whose state documents are marked stale."""
+    with factory() as session:
+        return set(
+            session.scalars(
+                select(User.github_user_id)
+                .join(BillingState, BillingState.user_id == User.id)
+                .where(BillingState.stale)
+            )
+        )

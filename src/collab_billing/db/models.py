@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -339,9 +340,16 @@ class BillingState(Base):
     # When the document's `grace` access ends (None: not in grace): time alone then makes it
     # `blocked`, and the notification sender's sweep finds it by this column.
     grace_ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # The user's rows changed since `document` was computed: a catch-up marks users instead of
+    # recomputing their documents batch by batch (`state.outbox.defer_documents`).
+    stale: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+
+    __table_args__ = (Index("ix_billing_states_stale_user_id", "stale", "user_id"),)
 
 
 class StripeReadDay(Base):

@@ -36,6 +36,7 @@ from collab_billing.reconcile.batch import (
     merge_sorted,
 )
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,15 @@ class Applier:
         gateway: StripeGateway | None,
         clock: Callable[[], float] = time.time,
         source: str = "poll",
+        defer_documents: bool = False,
     ) -> None:
+        """`defer_documents`: the batches mark their users' state documents stale rather than
+        recompute them (`state.outbox.defer_documents`: a catch-up)."""
         self.factory = factory
         self.gateway = gateway
         self.clock = clock
         self.source = source
+        self.defer_documents = defer_documents
 
     def apply(
         self,
@@ -106,6 +111,8 @@ class Applier:
         for _ in range(MAX_ROUNDS):
             try:
                 with transaction(self.factory) as session:
+                    if self.defer_documents:
+                        outbox.defer_documents(session)
                     return BatchWriter(session, reads).apply(groups, retried, cursor)
             except NeedsStripe as needs:
                 reads.fetch(needs.reads)

@@ -32,6 +32,7 @@ from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types, types_filter
 from collab_billing.reconcile import ledger, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats, group_events
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Poller:
         self.types_filter = types_filter(sorted(self.types))
         self._lock = threading.Lock()
         self.give_way = give_way
+        self._next_refresh = 0.0
 
     def check_retention(self) -> None:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
@@ -103,6 +105,7 @@ class Poller:
         current batch's transaction."""
         started = time.monotonic()
         report = DrainReport()
+        self._refresh_documents()  # those a poll killed mid-way left stale
         with read_only(self.factory) as session:
             cursor = ledger.read_int_state(session, ledger.CURSOR) or 0
             due = ledger.due_pending_events(session, int(self.clock()))
@@ -128,6 +131,7 @@ class Poller:
         if not report.interrupted:
             with transaction(self.factory) as session:
                 ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
+            self._refresh_documents()
         report.seconds = time.monotonic() - started
         return report
 
@@ -248,6 +252,15 @@ class Poller:
         ids = {event.id for event in events if event.type in self.types}
         return not ids or self._processed(list(ids)) == ids
 
+    def _refresh_documents(self) -> None:
+        """The state documents the batches marked stale, recomputed and notified a
+        transaction at a time, giving way to webhooks between them like the batches."""
+        if self.applier.defer_documents:
+            while outbox.refresh_stale(self.factory, tuning.BATCH_EVENTS) == tuning.BATCH_EVENTS:
+                if self.give_way is not None:
+                    self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
+        self._next_refresh = time.monotonic() + tuning.REFRESH_DOCUMENTS_SECONDS
+
     def _batch_size(self) -> int:
         """Shorter transactions while other writers (webhooks) wait for SQLite's one writer."""
         engine = self.factory.kw["bind"]
@@ -275,6 +288,8 @@ class Poller:
             late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
             report.missed_by_webhooks += sum(1 for event in fresh if event.created < late)
             report.stats.add_counts(self.applier.apply(fresh, cursor=batch[-1].created))
+            if time.monotonic() >= self._next_refresh:
+                self._refresh_documents()
             if self.give_way is not None:
                 self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
             if stop is not None and stop.is_set():

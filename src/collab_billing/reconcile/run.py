@@ -63,7 +63,9 @@ class Reconciler:
         # While waiting, the signals of other processes are read again this often.
         self.recheck_seconds = settings.reconcile_interval_seconds
         self.cadence = cadence_of(settings)
-        self.applier = Applier(self.factory, gateway, clock=clock, source="poll")
+        self.applier = Applier(
+            self.factory, gateway, clock=clock, source="poll", defer_documents=True
+        )
         self.poller = Poller(
             self.factory, gateway, self.applier, clock=clock, give_way=self.signals.give_way
         )

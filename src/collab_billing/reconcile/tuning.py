@@ -28,6 +28,11 @@ CONTENDED_SECONDS = 1.0
 # Between batches the drain waits for the webhook deliveries being answered in its process
 # (`serve`), at most this long, so that it still makes progress under a steady stream.
 MAX_GIVE_WAY_SECONDS = 1.0
+# The state documents a drain's batches marked stale are recomputed (and notified) when it
+# starts and ends, and this often during a long one: a user a catch-up changes many times is
+# notified of the state it ends in, not of each state in between (history by then), and the
+# catch-up spends its time applying. Webhooks' changes are notified at once.
+REFRESH_DOCUMENTS_SECONDS = 30.0
 # A page request that failed (network, 5xx, 429) is made again this many times in all, after
 # 0.5 s doubling: a window's earlier pages are not read again for it.
 PAGE_ATTEMPTS = 6

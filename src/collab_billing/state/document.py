@@ -190,11 +190,22 @@ def served_at(document: Document, grace_ends_at: datetime | None, now: datetime)
 _users, _states = User.__table__, BillingState.__table__
 # The hot read, built once (a Core statement: half the cost of building an ORM one per call).
 STORED_STATE = (
-    select(_users.c.id, _states.c.version, _states.c.document, _states.c.grace_ends_at)
+    select(
+        _users.c.id, _states.c.version, _states.c.document, _states.c.grace_ends_at, _states.c.stale
+    )
     .select_from(_users)
     .outerjoin(_states, _states.c.user_id == _users.c.id)
     .where(_users.c.github_user_id == bindparam("github_user_id"))
 )
+
+
+class StaleDocument(Exception):
+    """The user's stored document is marked stale (`state.outbox`): it must be recomputed,
+    in a write transaction, before it is served."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"the state document of user {user_id} is stale")
+        self.user_id = user_id
 
 
 def current_state(session: Session, github_user_id: int, now: datetime) -> Document | None:
@@ -202,11 +213,13 @@ def current_state(session: Session, github_user_id: int, now: datetime) -> Docum
     indexed statement: the document stored by the outbox with the change that made it (so it
     is what was last notified, but for a grace ended since: see `served_at`). A user whose
     rows never changed since the outbox existed has none stored: the document is computed
-    from the rows, with version 0."""
+    from the rows, with version 0. Raises `StaleDocument` when the stored one is stale."""
     found = session.execute(STORED_STATE, {"github_user_id": github_user_id}).first()
     if found is None:
         return None
-    user_id, version, document, grace_ends_at = found
+    user_id, version, document, grace_ends_at, stale = found
+    if stale:
+        raise StaleDocument(user_id)
     if document is None:
         document = documents(session, [user_id])[user_id]
     else:

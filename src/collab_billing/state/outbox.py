@@ -4,12 +4,21 @@ Whatever writes rows that a state document reads marks what it changed on its se
 (`mark`): the applier marks every mirrored row it writes (`mark_rows`: subscriptions, invoices,
 entitlements, the catalog's prices and products), `PUT /billing/preferences` the user whose cap
 changed, usage ingest the users whose `over_spend_cap` flipped, and the notification sender's
-sweep the users whose grace ended (`recompute_ended_graces`). When that
-session's transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
+sweep the users whose grace ended (`recompute_ended_graces`). When that session's
+transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
 inside the same transaction) recomputes the documents of the users concerned, and for each
 document that differs from the stored one stores it with the next version and writes a
 `billing_notifications` row. Either both the change and its notification commit, or neither.
 A change that leaves a document as it was writes nothing.
+
+A catch-up is the exception (`defer_documents`: the reconciler's polled batches). Its users'
+rows change batch after batch, and a document per batch would notify states that were already
+history. Each batch instead marks its users' `billing_states` rows `stale`, in its own
+transaction, and the poller recomputes the stale documents (`refresh_stale`) when a drain
+starts and ends, and every `tuning.REFRESH_DOCUMENTS_SECONDS` during a long one: the host app
+is told the state a user ends in, once. The mark is durable: a reconciler killed in between
+leaves it for the next drain, and `GET /billing/state` recomputes a stale document before
+serving it. Any other writer's recomputation of a user clears the user's mark.
 
 Concurrent writers on PostgreSQL: the users' `billing_states` rows are locked (in user id
 order) before their documents are read, so two transactions touching one user take turns and
@@ -21,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db.dialect import in_ids, insert
+from collab_billing.db.dialect import in_ids, insert, insert_for
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
@@ -39,6 +49,7 @@ from collab_billing.state import document as state
 from collab_billing.state.access import rules_of
 
 _KEY = "collab_billing.state_changes"
+_DEFER = "collab_billing.defer_documents"
 NOTIFICATION_TYPE = "billing.state.updated"
 _states: Table = BillingState.__table__  # type: ignore[assignment]
 _notifications: Table = BillingNotification.__table__  # type: ignore[assignment]
@@ -89,16 +100,28 @@ def mark_rows(session: Session, key: str, rows: Collection[dict[str, Any]]) -> N
         raise ValueError(f"rows keyed by {key} name no owning customer: their users are unknown")
 
 
+def defer_documents(session: Session) -> None:
+    """In this session's transaction, mark the users its changes concern `stale` instead of
+    recomputing their documents (`refresh_stale` does, later)."""
+    session.info[_DEFER] = True
+
+
 @event.listens_for(Session, "before_commit")
 def _write_changed_documents(session: Session) -> None:
     changes: Changes | None = session.info.pop(_KEY, None)
+    deferred = session.info.pop(_DEFER, False)
     if changes:
-        write_changed_documents(session, users_concerned(session, changes))
+        users = users_concerned(session, changes)
+        if deferred:
+            mark_stale(session, users)
+        else:
+            write_changed_documents(session, users)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_changes(session: Session) -> None:
     session.info.pop(_KEY, None)
+    session.info.pop(_DEFER, None)
 
 
 # Built once (`db/queries.py` says why).
@@ -110,7 +133,7 @@ _SUBSCRIBERS_OF_PRICES = select(BillingSubscription.billing_customer_id).where(
 )
 _USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(in_ids(BillingCustomer.id))
 _STORED_FOR_UPDATE = (
-    select(BillingState.user_id, BillingState.version, BillingState.document)
+    select(BillingState.user_id, BillingState.version, BillingState.document, BillingState.stale)
     .where(in_ids(BillingState.user_id))
     .order_by(BillingState.user_id)
     .with_for_update()
@@ -122,7 +145,15 @@ _STORE_DOCUMENT = (
         version=bindparam("new_version"),
         document=bindparam("new_document"),
         grace_ends_at=bindparam("new_grace_ends_at"),
+        stale=False,
     )
+)
+_UNMARK = update(_states).where(in_ids(_states.c.user_id)).values(stale=False)
+_STALE = (
+    select(BillingState.user_id)
+    .where(BillingState.stale)
+    .order_by(BillingState.user_id)
+    .limit(bindparam("limit"))
 )
 
 
@@ -151,13 +182,19 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
         [{"user_id": user_id, "version": 0} for user_id in user_ids],
     )
     stored = {
-        user_id: (version, document)
-        for user_id, version, document in session.execute(_STORED_FOR_UPDATE, {"ids": user_ids})
+        user_id: (version, document, stale)
+        for user_id, version, document, stale in session.execute(
+            _STORED_FOR_UPDATE, {"ids": user_ids}
+        )
     }
     changed: list[dict[str, Any]] = []
+    unchanged_stale: list[int] = []
     for user_id, document in state.documents(session, user_ids).items():
-        version, previous = stored[user_id]
-        if document != previous:
+        version, previous, stale = stored[user_id]
+        if document == previous:
+            if stale:
+                unchanged_stale.append(user_id)
+        else:
             changed.append(
                 {
                     "uid": user_id,
@@ -166,6 +203,8 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
                     "new_grace_ends_at": state.grace_end(document),
                 }
             )
+    if unchanged_stale:
+        connection.execute(_UNMARK, {"ids": unchanged_stale})
     if not changed:
         return 0
     now = datetime.now(UTC)
@@ -188,6 +227,35 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
         ],
     )
     return len(changed)
+
+
+def mark_stale(session: Session, user_ids: list[int]) -> None:
+    """Mark these users' documents stale (in user id order: PostgreSQL's row locks are taken
+    in the order every writer of `billing_states` takes them)."""
+    if user_ids:
+        session.connection().execute(
+            _mark_statement(session.get_bind().dialect.name),
+            [{"user_id": user_id, "version": 0, "stale": True} for user_id in user_ids],
+        )
+
+
+@cache
+def _mark_statement(dialect: str) -> Any:
+    statement = insert_for(dialect, _states)
+    return statement.on_conflict_do_update(index_elements=["user_id"], set_={"stale": True})
+
+
+def refresh_stale(factory: sessionmaker[Session], users: int = 500) -> int:
+    """Recompute the documents of up to `users` users marked stale, in one transaction,
+    storing and notifying those that changed; returns how many were recomputed (fewer than
+    `users`: none is left)."""
+    with read_only(factory) as session:  # none stale (most polls): no write transaction
+        if session.scalar(_STALE, {"limit": 1}) is None:
+            return 0
+    with transaction(factory) as session:
+        stale = list(session.scalars(_STALE, {"limit": users}))
+        write_changed_documents(session, stale)
+    return len(stale)
 
 
 def recompute_ended_graces(factory: sessionmaker[Session], limit: int = 1000) -> int:
