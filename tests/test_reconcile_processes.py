@@ -126,6 +126,7 @@ def test_a_standby_takes_over_when_the_leader_dies(
     spawn: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     from collab_billing.db.engine import make_session_factory
+    from collab_billing.reconcile.leader import ADVISORY_LOCK_KEY
 
     factory = make_session_factory(engine)
     generate_backlog(emulator, factory, customers=10, per_customer=3)
@@ -142,8 +143,10 @@ def test_a_standby_takes_over_when_the_leader_dies(
                     "SELECT a.application_name FROM pg_locks l "
                     "JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.classid = :high AND l.objid = :low "  # the reconciler's, no other
                     "AND a.application_name LIKE 'reconciler-%'"
-                )
+                ),
+                {"high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY & 0xFFFFFFFF},
             )
         return str(value) if value else None
 
