@@ -12,7 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing import billing
 from collab_billing.config import Settings
 from collab_billing.db import queries
-from collab_billing.db.models import BillingCustomer, BillingSubscription, ProcessedStripeEvent
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingSubscription,
+    ProcessedStripeEvent,
+    User,
+)
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -89,6 +94,29 @@ def test_events_are_recorded_once_and_idle_polls_cost_one_request(
     idle = reconciler.drain()
     assert idle.requests == 1
     assert idle.stats.total("applied") == 0
+
+
+def test_a_dense_burst_is_read_about_once(reconciler: Reconciler, emulator: Emulator) -> None:
+    """Right after a first poll that saw an empty account, 5,000 events in 5 seconds (most
+    seconds hold ten pages): each page is read about once. A window that finds more than it
+    was sized for is split and read on from its last event, not read again."""
+    with reconciler.factory() as session, session.begin():
+        for n in range(1, 501):
+            session.add(User(github_user_id=n, github_login=f"user{n}"))
+    reconciler.drain()  # the first poll: a resync of an empty account
+    emulator.control("POST", "clock/advance", {"seconds": 60})
+    emulator.control(
+        "POST",
+        "generate",
+        {"customers": 500, "events_per_customer": 10, "first_github_user_id": 1, "seed": 7,
+         "span_seconds": 5, "same_second_share": 0.3},
+    )  # fmt: skip
+    emulator.control("DELETE", "requests")
+    report = reconciler.drain()
+    pages = emulator.control("GET", "requests")["by_route"]["GET /v1/events"]
+    assert report.events_seen >= 5000
+    # The windows' last pages are partial: a quarter more than full pages at most.
+    assert pages <= 1.25 * report.events_seen / 100, pages
 
 
 def test_an_api_base_ending_in_a_slash_reaches_the_same_stripe(

@@ -61,6 +61,7 @@ class _Window:
     end: int  # exclusive
     events: list[Event] = field(default_factory=list)  # newest first, as listed
     overflowed: bool = False
+    after: str | None = None  # read from below this event (`events` are those above it)
 
 
 class Poller:
@@ -196,12 +197,16 @@ class Poller:
         `slots` holds, in `created` order, windows being read (futures) and ranges not yet cut
         into windows; the first `concurrency` slots are kept being read. A window that
         overflows keeps its complete top seconds (read already) and puts the rest back as a
-        range before them, to be cut by the density just seen."""
+        range before them, to be cut by the density just seen. The overlap below the cursor
+        is one window: its events were applied already but for late arrivals."""
         slots: deque[Future[_Window] | _Range] = deque([_Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
             def read(window: _Window) -> Future[_Window]:
                 return pool.submit(self._read_window, window, cursor, target, report)
+
+            if start < cursor < end:
+                slots = deque([read(_Window(start, cursor)), _Range(cursor, end)])
 
             try:
                 while slots:
@@ -227,10 +232,12 @@ class Poller:
     ) -> _Window:
         """Every event of the window, top-down. Stops early below the cursor at a page whose
         events were all processed (the overlap re-read only catches late arrivals), and gives
-        up past `tuning.MAX_WINDOW_FACTOR` times the target (unless the window is one second,
-        which cannot be split)."""
+        up (unless the window is one second, which cannot be split) once it holds, or at the
+        density of its pages so far will hold, more than `tuning.MAX_WINDOW_FACTOR` times the
+        target: a window cut from a wrong density is split after its first page, not read
+        page by page to the limit."""
         limit = target * tuning.MAX_WINDOW_FACTOR
-        after: str | None = None
+        after = window.after
         while True:
             page = self._list(
                 report,
@@ -243,7 +250,7 @@ class Poller:
                 return window
             if page.events[-1].created < cursor and self._all_processed(page.events):
                 return window
-            if len(window.events) > limit and window.end - window.start > 1:
+            if _expected_events(window) > limit and window.end - window.start > 1:
                 window.overflowed = True
                 return window
             after = page.events[-1].id
@@ -317,17 +324,31 @@ class _Page:
 
 def _density(window: _Window, previous: float) -> float:
     """Events per second seen in a window just read (an empty one halves the estimate, so
-    that a sparse stretch is crossed in few requests)."""
+    that a sparse stretch is crossed in few requests; the empty top of a split window, no
+    time at all, leaves it as it was)."""
+    if window.end <= window.start:
+        return previous
     if not window.events:
         return previous / 2
     covered = window.end - (window.events[-1].created if window.overflowed else window.start)
     return len(window.events) / max(1, covered)
 
 
+def _expected_events(window: _Window) -> float:
+    """The events a window being read holds, by the density of what was read of it so far
+    (complete seconds above the oldest one read)."""
+    oldest = window.events[-1].created
+    return len(window.events) * (window.end - window.start) / max(1, window.end - oldest)
+
+
 @dataclass
 class _Range:
     start: int
     end: int
+    # The part of its newest second read already (newest first), and the event to read on
+    # from: they go to the range's newest window.
+    events: list[Event] = field(default_factory=list)
+    after: str | None = None
 
 
 def _cut(
@@ -342,19 +363,25 @@ def _cut(
     while position < min(concurrency, len(slots)):
         slot = slots[position]
         if isinstance(slot, _Range):
-            window = _Window(slot.start, min(slot.end, slot.start + span))
+            if slot.end - slot.start <= span:
+                window = _Window(slot.start, slot.end, slot.events, after=slot.after)
+            else:
+                window = _Window(slot.start, slot.start + span)
+                rest = _Range(window.end, slot.end, slot.events, slot.after)
+                slots.insert(position + 1, rest)
             slots[position] = read(window)
-            if window.end < slot.end:
-                slots.insert(position + 1, _Range(window.end, slot.end))
         position += 1
 
 
 def _split(window: _Window) -> tuple[_Window, _Range]:
-    """An overflowed window: its complete seconds above the oldest one read (kept), and the
-    range below them, still to read."""
+    """An overflowed window: its complete seconds above the oldest one read, and the range
+    below them, still to read, which keeps what was read of that oldest second (its events
+    are applied together) and is read on from the last event read."""
     oldest = window.events[-1].created
     top = [event for event in window.events if event.created > oldest]
-    return _Window(oldest + 1, window.end, top), _Range(window.start, oldest + 1)
+    partial = window.events[len(top) :]
+    rest = _Range(window.start, oldest + 1, partial, after=window.events[-1].id)
+    return _Window(oldest + 1, window.end, top), rest
 
 
 def _ready(window: _Window) -> Future[_Window]:
