@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collab_billing.reconcile.apply import group_events
-from collab_billing.reconcile.poll import batches
+from collab_billing.reconcile.windows import batches
 from collab_billing.stripe_gateway import Event
 
 TYPES = ["customer.created", "customer.updated", "customer.subscription.updated"]

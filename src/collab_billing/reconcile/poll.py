@@ -31,7 +31,17 @@ from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types, types_filter
 from collab_billing.reconcile import ledger, tuning
-from collab_billing.reconcile.apply import Applier, ApplyStats, group_events
+from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.windows import (
+    Range,
+    Window,
+    batches,
+    cut,
+    density_of,
+    expected_events,
+    ready,
+    split,
+)
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
 
@@ -53,15 +63,6 @@ class DrainReport:
     seconds: float = 0.0
     # Events found unprocessed though older than the webhook grace: webhooks missed them.
     missed_by_webhooks: int = 0
-
-
-@dataclass
-class _Window:
-    start: int
-    end: int  # exclusive
-    events: list[Event] = field(default_factory=list)  # newest first, as listed
-    overflowed: bool = False
-    after: str | None = None  # read from below this event (`events` are those above it)
 
 
 class Poller:
@@ -190,7 +191,7 @@ class Poller:
         density: float,
         target: int,
         report: DrainReport,
-    ) -> Iterator[_Window]:
+    ) -> Iterator[Window]:
         """The windows covering `[start, end)`, oldest first, each read completely; several
         read at once with `report.concurrency`.
 
@@ -199,26 +200,26 @@ class Poller:
         overflows keeps its complete top seconds (read already) and puts the rest back as a
         range before them, to be cut by the density just seen. The overlap below the cursor
         is one window: its events were applied already but for late arrivals."""
-        slots: deque[Future[_Window] | _Range] = deque([_Range(start, end)])
+        slots: deque[Future[Window] | Range] = deque([Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
-            def read(window: _Window) -> Future[_Window]:
+            def read(window: Window) -> Future[Window]:
                 return pool.submit(self._read_window, window, cursor, target, report)
 
             if start < cursor < end:
-                slots = deque([read(_Window(start, cursor)), _Range(cursor, end)])
+                slots = deque([read(Window(start, cursor)), Range(cursor, end)])
 
             try:
                 while slots:
-                    _cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
+                    cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
                     head = slots.popleft()
                     assert isinstance(head, Future)
                     self._refresh_while_waiting(head)
                     done = head.result()
-                    density = _density(done, density)
+                    density = density_of(done, density)
                     if done.overflowed:
-                        top, rest = _split(done)
-                        slots.appendleft(_ready(top))
+                        top, rest = split(done)
+                        slots.appendleft(ready(top))
                         slots.appendleft(rest)
                         continue
                     report.windows += 1
@@ -228,9 +229,7 @@ class Poller:
                     if isinstance(slot, Future):
                         slot.cancel()
 
-    def _read_window(
-        self, window: _Window, cursor: int, target: int, report: DrainReport
-    ) -> _Window:
+    def _read_window(self, window: Window, cursor: int, target: int, report: DrainReport) -> Window:
         """Every event of the window, top-down. Stops early below the cursor at a page whose
         events were all processed (the overlap re-read only catches late arrivals), and gives
         up (unless the window is one second, which cannot be split) once it holds, or at the
@@ -251,7 +250,7 @@ class Poller:
                 return window
             if page.events[-1].created < cursor and self._all_processed(page.events):
                 return window
-            if _expected_events(window) > limit and window.end - window.start > 1:
+            if expected_events(window) > limit and window.end - window.start > 1:
                 window.overflowed = True
                 return window
             after = page.events[-1].id
@@ -269,7 +268,7 @@ class Poller:
                     self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
         self._next_refresh = time.monotonic() + tuning.REFRESH_DOCUMENTS_SECONDS
 
-    def _refresh_while_waiting(self, window: Future[_Window]) -> None:
+    def _refresh_while_waiting(self, window: Future[Window]) -> None:
         """While the next window is still being read (Stripe is what limits the drain), stale
         documents are recomputed then rather than at the drain's end."""
         while self.applier.defer_documents and not window.done():
@@ -328,111 +327,3 @@ _PROCESSED = select(ProcessedStripeEvent.stripe_event_id).where(
 class _Page:
     events: list[Event]
     has_more: bool
-
-
-def _density(window: _Window, previous: float) -> float:
-    """Events per second seen in a window just read (an empty one halves the estimate, so
-    that a sparse stretch is crossed in few requests; the empty top of a split window, no
-    time at all, leaves it as it was)."""
-    if window.end <= window.start:
-        return previous
-    if not window.events:
-        return previous / 2
-    covered = window.end - (window.events[-1].created if window.overflowed else window.start)
-    return len(window.events) / max(1, covered)
-
-
-def _expected_events(window: _Window) -> float:
-    """The events a window being read holds, by the density of what was read of it so far
-    (complete seconds above the oldest one read)."""
-    oldest = window.events[-1].created
-    return len(window.events) * (window.end - window.start) / max(1, window.end - oldest)
-
-
-@dataclass
-class _Range:
-    start: int
-    end: int
-    # The part of its newest second read already (newest first), and the event to read on
-    # from: they go to the range's newest window.
-    events: list[Event] = field(default_factory=list)
-    after: str | None = None
-
-
-def _cut(
-    slots: deque[Future[_Window] | _Range],
-    concurrency: int,
-    span: int,
-    read: Callable[[_Window], Future[_Window]],
-) -> None:
-    """Have the first `concurrency` slots read, cutting windows of `span` seconds off the
-    ranges among them."""
-    position = 0
-    while position < min(concurrency, len(slots)):
-        slot = slots[position]
-        if isinstance(slot, _Range):
-            if slot.end - slot.start <= span:
-                window = _Window(slot.start, slot.end, slot.events, after=slot.after)
-            else:
-                window = _Window(slot.start, slot.start + span)
-                rest = _Range(window.end, slot.end, slot.events, slot.after)
-                slots.insert(position + 1, rest)
-            slots[position] = read(window)
-        position += 1
-
-
-def _split(window: _Window) -> tuple[_Window, _Range]:
-    """An overflowed window: its complete seconds above the oldest one read, and the range
-    below them, still to read, which keeps what was read of that oldest second (its events
-    are applied together) and is read on from the last event read."""
-    oldest = window.events[-1].created
-    top = [event for event in window.events if event.created > oldest]
-    partial = window.events[len(top) :]
-    rest = _Range(window.start, oldest + 1, partial, after=window.events[-1].id)
-    return _Window(oldest + 1, window.end, top), rest
-
-
-def _ready(window: _Window) -> Future[_Window]:
-    future: Future[_Window] = Future()
-    future.set_result(window)
-    return future
-
-
-def batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
-    """`events` (sorted by `created`) in batches of about `size`, cut between seconds: the
-    events of one object in one second must be applied together to be ordered. A second of
-    more than `size` events is cut between objects (one transaction over all of them would
-    take a lock per object on PostgreSQL, from a lock table of a few thousand)."""
-    batch: list[Event] = []
-    for second in _seconds(events):
-        if batch and len(batch) + len(second) > size:
-            yield batch
-            batch = []
-        if len(second) <= size:
-            batch.extend(second)
-            continue
-        yield from _by_object(second, size)
-    if batch:
-        yield batch
-
-
-def _seconds(events: Sequence[Event]) -> Iterator[list[Event]]:
-    second: list[Event] = []
-    for event in events:
-        if second and event.created != second[0].created:
-            yield second
-            second = []
-        second.append(event)
-    if second:
-        yield second
-
-
-def _by_object(second: list[Event], size: int) -> Iterator[list[Event]]:
-    batch: list[Event] = []
-    for group in group_events(second):  # customers first
-        if batch and len(batch) + len(group.events) > size:
-            yield batch
-            batch = []
-        batch.extend(group.events)
-    if batch:
-        yield batch
