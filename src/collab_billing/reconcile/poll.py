@@ -214,7 +214,6 @@ class Poller:
                     cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
                     head = slots.popleft()
                     assert isinstance(head, Future)
-                    self._refresh_while_waiting(head)
                     done = head.result()
                     density = density_of(done, density)
                     if done.overflowed:
@@ -267,13 +266,6 @@ class Poller:
                 if self.give_way is not None:
                     self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
         self._next_refresh = time.monotonic() + tuning.REFRESH_DOCUMENTS_SECONDS
-
-    def _refresh_while_waiting(self, window: Future[Window]) -> None:
-        """While the next window is still being read (Stripe is what limits the drain), stale
-        documents are recomputed then rather than at the drain's end."""
-        while self.applier.defer_documents and not window.done():
-            if outbox.refresh_stale(self.factory, tuning.BATCH_EVENTS) < tuning.BATCH_EVENTS:
-                return
 
     def _batch_size(self) -> int:
         """Shorter transactions while other writers (webhooks) wait for SQLite's one writer."""

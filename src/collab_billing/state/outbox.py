@@ -15,11 +15,10 @@ A catch-up is the exception (`defer_documents`: the reconciler's polled batches)
 rows change batch after batch, and a document per batch would notify states that were already
 history. Each batch instead marks its users' `billing_states` rows `stale`, in its own
 transaction, and the poller recomputes the stale documents (`refresh_stale`) when a drain
-starts and ends, every `tuning.REFRESH_DOCUMENTS_SECONDS` during a long one, and while it
-waits for Stripe: the host app is told the state a user ends in, once. The mark is durable:
-a reconciler killed in between leaves it for the next drain, and `GET /billing/state`
-recomputes a stale document before serving it. Any other writer's recomputation of a user
-clears the user's mark.
+starts and ends, and every `tuning.REFRESH_DOCUMENTS_SECONDS` during a long one: the host app
+is told the state a user ends in, once. The mark is durable: a reconciler killed in between
+leaves it for the next drain, and `GET /billing/state` recomputes a stale document before
+serving it. Any other writer's recomputation of a user clears the user's mark.
 
 Concurrent writers on PostgreSQL: the users' `billing_states` rows are locked (in user id
 order) before their documents are read, so two transactions touching one user take turns and
