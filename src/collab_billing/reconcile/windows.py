@@ -57,12 +57,16 @@ def cut(
     span: int,
     read: Callable[[Window], Future[Window]],
 ) -> None:
-    """Have the first `concurrency` slots read, cutting windows of `span` seconds off the
-    ranges among them."""
-    position = 0
-    while position < min(concurrency, len(slots)):
+    """Have `concurrency` windows being read, cutting windows of `span` seconds off the first
+    ranges. Windows read already and waiting to be applied do not count, up to `concurrency`
+    of them: reading goes on while the windows before are applied."""
+    position = reading = 0
+    while position < min(2 * concurrency, len(slots)) and reading < concurrency:
         slot = slots[position]
-        if isinstance(slot, Range):
+        if isinstance(slot, Future) and not slot.done():
+            reading += 1
+        elif isinstance(slot, Range):
+            reading += 1
             if slot.end - slot.start <= span:
                 window = Window(slot.start, slot.end, slot.events, after=slot.after)
             else:
@@ -82,6 +86,24 @@ def split(window: Window) -> tuple[Window, Range]:
     partial = window.events[len(top) :]
     rest = Range(window.start, oldest + 1, partial, after=window.events[-1].id)
     return Window(oldest + 1, window.end, top), rest
+
+
+def split_overflowed(slots: deque[Future[Window] | Range], density: float) -> float:
+    """Split each window read that overflowed (`split`), in its place among `slots`, and
+    return the density of events they showed. A window is split as soon as it is read, not
+    when it reaches the head: its rest is then read beside the windows before it."""
+    position = 0
+    while position < len(slots):
+        slot = slots[position]
+        if isinstance(slot, Future) and slot.done() and slot.exception() is None:
+            window = slot.result()
+            if window.overflowed:
+                density = density_of(window, density)
+                top, rest = split(window)
+                slots[position] = rest
+                slots.insert(position + 1, ready(top))
+        position += 1
+    return density
 
 
 def ready(window: Window) -> Future[Window]:
