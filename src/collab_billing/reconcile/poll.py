@@ -141,7 +141,7 @@ class Poller:
         backlog makes enough windows to keep them all busy."""
         if concurrency == 1:
             return self.target
-        wanted = min(backlog / (2 * concurrency), tuning.MAX_EVENTS_IN_FLIGHT / concurrency)
+        wanted = min(backlog, tuning.MAX_EVENTS_IN_FLIGHT) / (2 * concurrency)
         return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
@@ -211,7 +211,8 @@ class Poller:
 
             try:
                 while slots:
-                    cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
+                    span = max(1, int(target / max(density, 1e-9)))
+                    cut(slots, report.concurrency, span, read, tuning.MAX_EVENTS_IN_FLIGHT)
                     head = slots[0]
                     assert isinstance(head, Future)
                     if not head.done():  # until the head or another window is read

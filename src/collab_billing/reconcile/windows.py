@@ -56,17 +56,27 @@ def cut(
     concurrency: int,
     span: int,
     read: Callable[[Window], Future[Window]],
+    held: int,
 ) -> None:
-    """Have `concurrency` windows being read, cutting windows of `span` seconds off the first
-    ranges. Windows read already and waiting to be applied do not count, up to `concurrency`
-    of them: reading goes on while the windows before are applied."""
+    """Have up to `concurrency` windows being read, cutting windows of `span` seconds off the
+    first ranges, while the events held (windows read and waiting to be applied, and those
+    being read counted at `held / concurrency` each) stay within `held`: reading goes on
+    while the windows before are applied, in bounded memory."""
+    per_window = held // concurrency
     position = reading = 0
-    while position < min(2 * concurrency, len(slots)) and reading < concurrency:
+    while position < len(slots) and reading < concurrency:
         slot = slots[position]
-        if isinstance(slot, Future) and not slot.done():
+        if isinstance(slot, Future):
+            if slot.done() and slot.exception() is None:
+                held -= len(slot.result().events)
+            else:
+                reading += 1
+                held -= per_window
+        elif held < per_window:
+            return
+        else:
             reading += 1
-        elif isinstance(slot, Range):
-            reading += 1
+            held -= per_window
             if slot.end - slot.start <= span:
                 window = Window(slot.start, slot.end, slot.events, after=slot.after)
             else:
