@@ -179,6 +179,6 @@ def test_sync_against_a_150_ms_stripe_takes_two_round_trips_not_seconds(
             assert response.status_code == 200
         print(f"sync against a 150 ms Stripe: p50 {statistics.median(seconds):.3f} s")
         assert min(seconds) > 0.3  # two round trips, each 150 ms late: the fault was on
-        # The median, not the p99: one slow request of 40 on a loaded CI machine is noise, a sync
-        # that waits on anything but its two reads is not. Tail latency is measured in bench/ (sync).
+        # The median, not the p99: one slow request of 40 on a loaded CI machine is noise, a
+        # sync that waits on anything but its two reads is not. bench/ (sync) measures the tail.
         assert statistics.median(seconds) < 0.6
