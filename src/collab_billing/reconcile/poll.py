@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -39,7 +39,8 @@ from collab_billing.reconcile.windows import (
     cut,
     density_of,
     expected_events,
-    split_overflowed,
+    ready,
+    split,
 )
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
@@ -141,7 +142,7 @@ class Poller:
         backlog makes enough windows to keep them all busy."""
         if concurrency == 1:
             return self.target
-        wanted = min(backlog, tuning.MAX_EVENTS_IN_FLIGHT) / (2 * concurrency)
+        wanted = min(backlog / (2 * concurrency), tuning.MAX_EVENTS_IN_FLIGHT / concurrency)
         return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
@@ -196,9 +197,8 @@ class Poller:
 
         `slots` holds, in `created` order, windows being read (futures) and ranges not yet cut
         into windows; the first `concurrency` slots are kept being read. A window that
-        overflows, wherever it is, keeps its complete top seconds (read already) and puts the
-        rest back as a range before them, cut by the density just seen and read at once,
-        while the windows before it are still being read. The overlap below the cursor
+        overflows keeps its complete top seconds (read already) and puts the rest back as a
+        range before them, to be cut by the density just seen. The overlap below the cursor
         is one window: its events were applied already but for late arrivals."""
         slots: deque[Future[Window] | Range] = deque([Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
@@ -211,21 +211,18 @@ class Poller:
 
             try:
                 while slots:
-                    span = max(1, int(target / max(density, 1e-9)))
-                    cut(slots, report.concurrency, span, read, tuning.MAX_EVENTS_IN_FLIGHT)
-                    head = slots[0]
+                    cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
+                    head = slots.popleft()
                     assert isinstance(head, Future)
-                    if not head.done():  # until the head or another window is read
-                        reading = [s for s in slots if isinstance(s, Future) and not s.done()]
-                        wait(reading, return_when=FIRST_COMPLETED)
-                    density = split_overflowed(slots, density)
-                    if slots and isinstance(slots[0], Future) and slots[0].done():
-                        read_head = slots.popleft()
-                        assert isinstance(read_head, Future)
-                        done = read_head.result()
-                        density = density_of(done, density)
-                        report.windows += 1
-                        yield done
+                    done = head.result()
+                    density = density_of(done, density)
+                    if done.overflowed:
+                        top, rest = split(done)
+                        slots.appendleft(ready(top))
+                        slots.appendleft(rest)
+                        continue
+                    report.windows += 1
+                    yield done
             finally:
                 for slot in slots:
                     if isinstance(slot, Future):

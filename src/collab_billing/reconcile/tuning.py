@@ -6,13 +6,12 @@ OVERLAP_SECONDS = 60
 # Events a `created` window is sized to hold: 50 pages, so a window's last (partial) page adds
 # about 2% to the requests, and a window in memory is ~12 MB of JSON.
 WINDOW_EVENTS = 5_000
-# The smallest window when several are read at once: 5 pages, whose partial last pages added
-# 3-4% to a catch-up's requests.
-MIN_WINDOW_EVENTS = 500
-# Events held by the windows being read (each counted at 1/concurrency of it) and those read
-# and waiting to be applied (~2.5 KB of JSON each: about 30 MB). Windows are sized to half
-# of it, so that reading goes on while the windows read are applied.
-MAX_EVENTS_IN_FLIGHT = 12_000
+# The smallest window when several are read at once: 10 pages, so its partial last page adds
+# at most 10% to the requests.
+MIN_WINDOW_EVENTS = 1_000
+# Events held by the windows read at once (~2.5 KB of JSON each): with 16 windows, 1,500
+# each, about 60 MB.
+MAX_EVENTS_IN_FLIGHT = 16_000
 # A window read past this many times its target is read again in narrower windows: memory
 # stays bounded when the density estimate was wrong, at the cost of the pages read twice.
 MAX_WINDOW_FACTOR = 2

@@ -56,27 +56,13 @@ def cut(
     concurrency: int,
     span: int,
     read: Callable[[Window], Future[Window]],
-    held: int,
 ) -> None:
-    """Have up to `concurrency` windows being read, cutting windows of `span` seconds off the
-    first ranges, while the events held (windows read and waiting to be applied, and those
-    being read counted at `held / concurrency` each) stay within `held`: reading goes on
-    while the windows before are applied, in bounded memory."""
-    per_window = held // concurrency
-    position = reading = 0
-    while position < len(slots) and reading < concurrency:
+    """Have the first `concurrency` slots read, cutting windows of `span` seconds off the
+    ranges among them."""
+    position = 0
+    while position < min(concurrency, len(slots)):
         slot = slots[position]
-        if isinstance(slot, Future):
-            if slot.done() and slot.exception() is None:
-                held -= len(slot.result().events)
-            else:
-                reading += 1
-                held -= per_window
-        elif held < per_window:
-            return
-        else:
-            reading += 1
-            held -= per_window
+        if isinstance(slot, Range):
             if slot.end - slot.start <= span:
                 window = Window(slot.start, slot.end, slot.events, after=slot.after)
             else:
@@ -96,24 +82,6 @@ def split(window: Window) -> tuple[Window, Range]:
     partial = window.events[len(top) :]
     rest = Range(window.start, oldest + 1, partial, after=window.events[-1].id)
     return Window(oldest + 1, window.end, top), rest
-
-
-def split_overflowed(slots: deque[Future[Window] | Range], density: float) -> float:
-    """Split each window read that overflowed (`split`), in its place among `slots`, and
-    return the density of events they showed. A window is split as soon as it is read, not
-    when it reaches the head: its rest is then read beside the windows before it."""
-    position = 0
-    while position < len(slots):
-        slot = slots[position]
-        if isinstance(slot, Future) and slot.done() and slot.exception() is None:
-            window = slot.result()
-            if window.overflowed:
-                density = density_of(window, density)
-                top, rest = split(window)
-                slots[position] = rest
-                slots.insert(position + 1, ready(top))
-        position += 1
-    return density
 
 
 def ready(window: Window) -> Future[Window]:
