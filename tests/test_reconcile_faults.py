@@ -254,7 +254,9 @@ def test_after_a_first_sync_on_an_empty_account_a_backlog_commits_under_faults(
     emulator.control("DELETE", "requests")
     reconciler.drain()
     event_requests = emulator.control("GET", "requests")["by_route"]["GET /v1/events"]
-    assert event_requests <= generated["events"] / 100 + 10, event_requests
+    # The budget is events/100 + 10. The stretch below the burst is read as one
+    # window, not cut by the burst's density into mostly empty ones: 25 requests (it took 29).
+    assert event_requests <= generated["events"] / 100 + 6, event_requests
     assert set(processed_event_ids(reconciler.factory)) == relevant_event_ids(emulator)
 
 

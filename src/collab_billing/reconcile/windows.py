@@ -49,6 +49,8 @@ class Range:
     # from: they go to the range's newest window.
     events: list[Event] = field(default_factory=list)
     after: str | None = None
+    # Read as one window whatever the density: nothing is known of it yet.
+    whole: bool = False
 
 
 def cut(
@@ -63,7 +65,7 @@ def cut(
     while position < min(concurrency, len(slots)):
         slot = slots[position]
         if isinstance(slot, Range):
-            if slot.end - slot.start <= span:
+            if slot.whole or slot.end - slot.start <= span:
                 window = Window(slot.start, slot.end, slot.events, after=slot.after)
             else:
                 window = Window(slot.start, slot.start + span)
@@ -76,11 +78,14 @@ def cut(
 def split(window: Window) -> tuple[Window, Range]:
     """An overflowed window: its complete seconds above the oldest one read, and the range
     below them, still to read, which keeps what was read of that oldest second (its events
-    are applied together) and is read on from the last event read."""
+    are applied together) and is read on from the last event read. When all that was read is
+    that one second (a burst), the density it shows says nothing of the seconds before it:
+    the range is then read as one window (a dense one is split again after a page) rather
+    than cut by the burst's density into windows that are mostly empty."""
     oldest = window.events[-1].created
     top = [event for event in window.events if event.created > oldest]
     partial = window.events[len(top) :]
-    rest = Range(window.start, oldest + 1, partial, after=window.events[-1].id)
+    rest = Range(window.start, oldest + 1, partial, after=window.events[-1].id, whole=not top)
     return Window(oldest + 1, window.end, top), rest
 
 
