@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from collab_billing.reconcile.apply import group_events
 from collab_billing.stripe_gateway import Event
@@ -101,7 +102,8 @@ def batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
     more than `size` events is cut between objects (one transaction over all of them would
     take a lock per object on PostgreSQL, from a lock table of a few thousand)."""
     batch: list[Event] = []
-    for second in _seconds(events):
+    for _, of_second in groupby(events, key=lambda event: event.created):
+        second = list(of_second)
         if batch and len(batch) + len(second) > size:
             yield batch
             batch = []
@@ -111,17 +113,6 @@ def batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
         yield from _by_object(second, size)
     if batch:
         yield batch
-
-
-def _seconds(events: Sequence[Event]) -> Iterator[list[Event]]:
-    second: list[Event] = []
-    for event in events:
-        if second and event.created != second[0].created:
-            yield second
-            second = []
-        second.append(event)
-    if second:
-        yield second
 
 
 def _by_object(second: list[Event], size: int) -> Iterator[list[Event]]:
