@@ -21,6 +21,12 @@ from collab_billing.db.models import (
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
+from tests.reconcile_helpers import (
+    assert_matches_stripe,
+    generate_backlog,
+    processed_event_ids,
+    relevant_event_ids,
+)
 from tests.stripe_helpers import Emulator
 
 
@@ -117,6 +123,30 @@ def test_a_dense_burst_is_read_about_once(reconciler: Reconciler, emulator: Emul
     assert report.events_seen >= 5000
     # The windows' last pages are partial: a quarter more than full pages at most.
     assert pages <= 1.25 * report.events_seen / 100, pages
+
+
+def test_a_backlog_read_many_windows_at_once_from_a_far_stripe_converges(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """A week of events above a day without any, from a Stripe 100 ms away at the live rate:
+    a dozen windows are read at once, those cut by the empty day's density overflow and are
+    split while the windows before them are still being read, and every event is applied
+    once, the database ending as Stripe, at about one request per 100 events."""
+    settings = stripe_settings.model_copy(update={"stripe_requests_per_second": 100.0})
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    generated = generate_backlog(emulator, reconciler.factory, customers=1500, per_customer=8)
+    emulator.control("POST", "faults", {"latency_ms": 100, "path_prefix": "/v1/events"})
+    emulator.control("DELETE", "requests")
+    report = reconciler.drain()
+    emulator.control("DELETE", "faults")
+    requests = emulator.control("GET", "requests")
+    assert report.concurrency >= 8 and requests["max_in_flight"] <= 16
+    processed = processed_event_ids(reconciler.factory)
+    assert len(processed) == len(set(processed))
+    assert set(processed) == relevant_event_ids(emulator)
+    assert assert_matches_stripe(emulator, reconciler.factory) == 1500
+    # The windows' last pages are partial: a quarter more than full pages at most.
+    assert requests["by_route"]["GET /v1/events"] <= 1.25 * generated["events"] / 100
 
 
 def test_an_api_base_ending_in_a_slash_reaches_the_same_stripe(

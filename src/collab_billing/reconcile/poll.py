@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -39,8 +39,7 @@ from collab_billing.reconcile.windows import (
     cut,
     density_of,
     expected_events,
-    ready,
-    split,
+    split_overflowed,
 )
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
@@ -197,9 +196,11 @@ class Poller:
 
         `slots` holds, in `created` order, windows being read (futures) and ranges not yet cut
         into windows; the first `concurrency` slots are kept being read. A window that
-        overflows keeps its complete top seconds (read already) and puts the rest back as a
-        range before them, to be cut by the density just seen. The overlap below the cursor
-        is one window: its events were applied already but for late arrivals."""
+        overflows, as soon as it is read and wherever it is, keeps its complete top seconds
+        (read already) and puts the rest back as a range before them, cut by the density just
+        seen and read beside the windows before it: one wrongly sized window does not hold
+        the reading up. The overlap below the cursor is one window: its events were applied
+        already but for late arrivals."""
         slots: deque[Future[Window] | Range] = deque([Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
@@ -212,17 +213,19 @@ class Poller:
             try:
                 while slots:
                     cut(slots, report.concurrency, max(1, int(target / max(density, 1e-9))), read)
-                    head = slots.popleft()
+                    head = slots[0]
                     assert isinstance(head, Future)
-                    done = head.result()
-                    density = density_of(done, density)
-                    if done.overflowed:
-                        top, rest = split(done)
-                        slots.appendleft(ready(top))
-                        slots.appendleft(rest)
-                        continue
-                    report.windows += 1
-                    yield done
+                    if not head.done():  # until the head or another window is read
+                        reading = [s for s in slots if isinstance(s, Future) and not s.done()]
+                        wait(reading, return_when=FIRST_COMPLETED)
+                    density = split_overflowed(slots, density)
+                    head = slots[0]
+                    if isinstance(head, Future) and head.done():
+                        slots.popleft()
+                        done = head.result()
+                        density = density_of(done, density)
+                        report.windows += 1
+                        yield done
             finally:
                 for slot in slots:
                     if isinstance(slot, Future):

@@ -12,9 +12,11 @@ MIN_WINDOW_EVENTS = 1_000
 # Events held by the windows read at once (~2.5 KB of JSON each): with 16 windows, 1,500
 # each, about 60 MB.
 MAX_EVENTS_IN_FLIGHT = 16_000
-# A window read past this many times its target is read again in narrower windows: memory
-# stays bounded when the density estimate was wrong, at the cost of the pages read twice.
-MAX_WINDOW_FACTOR = 2
+# A window that holds, or by the density of its pages so far will hold, this many times its
+# target stops and its unread part is cut into windows by that density, read beside the others
+# (a partial last page each): a window cut from a wrong density would otherwise be read as one
+# long chain of pages while the windows behind it wait for it to be applied.
+MAX_WINDOW_FACTOR = 1.5
 # Windows read at once against a far Stripe: requests in flight = request rate x round trip;
 # 16 covers Stripe's live 100 requests/s at up to 160 ms.
 MAX_WINDOWS_IN_FLIGHT = 16

@@ -90,6 +90,24 @@ def split(window: Window) -> tuple[Window, Range]:
     return Window(oldest + 1, window.end, top), rest
 
 
+def split_overflowed(slots: deque[Future[Window] | Range], density: float) -> float:
+    """Split each window read that overflowed (`split`), in its place among `slots`, and
+    return the density of events they showed. A window is split as soon as it is read, not
+    when it reaches the head: its rest is then read beside the windows before it."""
+    position = 0
+    while position < len(slots):
+        slot = slots[position]
+        if isinstance(slot, Future) and slot.done() and slot.exception() is None:
+            window = slot.result()
+            if window.overflowed:
+                density = density_of(window, density)
+                top, rest = split(window)
+                slots[position] = rest
+                slots.insert(position + 1, ready(top))
+        position += 1
+    return density
+
+
 def ready(window: Window) -> Future[Window]:
     future: Future[Window] = Future()
     future.set_result(window)
