@@ -198,6 +198,41 @@ def test_notifications_list_and_replay(
     assert bad.exit_code == 2 and "--id" in bad.output
 
 
+def test_without_receivers_notifications_are_written_and_settled(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """`BILLING_NOTIFY_URLS` unset: the versions grow as they would with receivers, and the
+    sender settles every notification as delivered, none left pending."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    notifier = Notifier(stripe_settings, engine)
+    thread, stop = start_in_background(notifier.run, "notifier")
+    try:
+        users = [901, 902, 903]
+        for user in users:
+            add_user(reconciler.factory, user, f"n{user}")
+        reconciler.drain()
+        subscriptions = [subscribe(reconciler, emulator, user) for user in users]
+        reconciler.drain()
+        for subscription in subscriptions:
+            emulator.sdk.v1.subscriptions.cancel(subscription)
+        reconciler.drain()
+        wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+    finally:
+        stop.set()
+        thread.join(30)
+    with reconciler.factory() as session:
+        rows = session.execute(
+            select(BillingNotification.user_id, BillingNotification.version)
+            .where(BillingNotification.delivered_at.is_not(None))
+            .order_by(BillingNotification.id)
+        ).all()
+    owners = {owner for owner, _ in rows}  # our user ids
+    assert len(owners) == len(users)
+    for user in owners:
+        versions = [version for owner, version in rows if owner == user]
+        assert versions == sorted(set(versions)) and versions[-1] >= 2
+
+
 def test_stop_ends_the_sender(notify_settings: Settings, engine: Engine) -> None:
     notifier = Notifier(notify_settings, engine)
     stop = threading.Event()
