@@ -3,6 +3,7 @@ logs with no secret or customer payload, `reconcile --status`, and SIGTERM exiti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -270,22 +271,30 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
-def test_an_account_without_events_has_no_lag_yet(
+def test_lag_counts_from_the_last_poll_on_a_quiet_account(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
 ) -> None:
-    # The first poll resyncs a new database; with no event in Stripe there is no newest
-    # event to measure from (the lag once counted from a floor of 60 s: ~56 years).
+    """The lag (health, metric, status) says how far behind Stripe the database may be: an
+    account with no event for hours, polled a moment ago, is not behind by those hours (it
+    once counted from the newest event, so an alert on it fired on every quiet account)."""
     emulator.reset()  # not even the catalog's events
+    assert read_status(engine).lag is None  # never polled: unknown
     Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
     status = read_status(engine)
     assert status.last_resync_at is not None and status.cursor is not None
-    assert status.lag is None
+    assert status.lag is not None and status.lag < 60
+    # Its newest event two hours old: still polled a moment ago.
+    quiet = dataclasses.replace(status, newest_applied=int(status.read_at) - 7200)
+    assert quiet.lag is not None and quiet.lag < 60
+    # No poll for an hour: up to an hour behind.
+    unpolled = dataclasses.replace(quiet, read_at=status.read_at + 3600)
+    assert unpolled.lag is not None and unpolled.lag >= 3600
     result = subprocess.run(
         [sys.executable, "-m", "collab_billing", "reconcile", "--status"],
         env=service_env(database_url, emulator, "auto"), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "unknown (nothing applied yet)" in result.stdout
+    assert "lag (behind Stripe at most):" in result.stdout and "unknown" not in result.stdout
 
 
 def test_status_shows_cursor_lag_failed_events_and_leader(

@@ -264,10 +264,10 @@ def print_status(engine: Engine, settings: Settings | None = None) -> None:
     def ago(value: int | None) -> str:
         return "never" if value is None else f"{value} ({now - value} s ago)"
 
-    lag = "unknown (nothing applied yet)" if status.lag is None else f"{status.lag:.0f} s"
+    lag = "unknown (never polled)" if status.lag is None else f"{status.lag:.0f} s"
     typer.echo(f"cursor (newest event created): {ago(status.cursor)}")
     typer.echo(f"newest applied event created: {ago(status.newest_applied)}")
-    typer.echo(f"lag (now - newest applied):    {lag}")
+    typer.echo(f"lag (behind Stripe at most):   {lag}")
     typer.echo(f"last complete poll:            {ago(status.last_drain_at)}")
     typer.echo(f"last resync:                   {ago(status.last_resync_at)}")
     typer.echo(f"leader:                        {status.leader}")

@@ -17,7 +17,9 @@ APPLY_SECONDS = Histogram(
 )
 POLL_SECONDS = Histogram("collab_billing_poll_seconds", "Duration of one complete poll")
 RECONCILER_LAG = Gauge(
-    "collab_billing_reconciler_lag_seconds", "Now minus the `created` of the newest applied event"
+    "collab_billing_reconciler_lag_seconds",
+    "How far behind Stripe the database may be: now minus the later of the newest applied "
+    "event's `created` and the start of the last complete poll",
 )
 LAST_POLL = Gauge(
     "collab_billing_last_complete_poll_timestamp_seconds",

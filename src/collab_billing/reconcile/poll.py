@@ -105,6 +105,8 @@ class Poller:
         """Apply every new event (and the due retries); with `stop` set, return after the
         current batch's transaction."""
         started = time.monotonic()
+        # Once the poll completes, every event created before it started is applied.
+        polled_from = int(self.clock())
         report = DrainReport()
         self._refresh_documents()  # those a poll killed mid-way left stale
         with read_only(self.factory) as session:
@@ -131,7 +133,7 @@ class Poller:
             self._apply(top, report, stop)
         if not report.interrupted:
             with transaction(self.factory) as session:
-                ledger.write_state(session, ledger.LAST_DRAIN_AT, int(self.clock()))
+                ledger.write_state(session, ledger.LAST_DRAIN_AT, polled_from)
             self._refresh_documents()
         report.seconds = time.monotonic() - started
         return report

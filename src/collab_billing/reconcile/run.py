@@ -227,10 +227,12 @@ class Status:
 
     @property
     def lag(self) -> float | None:
-        """Now minus the `created` of the newest applied event (polled or webhook); None
-        before there is one."""
-        newest = self.newest_applied
-        return None if newest is None else max(0.0, self.read_at - newest)
+        """How far behind Stripe the database may be: now minus the later of the newest
+        applied event's `created` (polled or webhook) and the start of the last complete poll
+        (which applied every event before it), so that a quiet account is not reported as
+        behind by the age of its last event. None before either."""
+        known = [t for t in (self.newest_applied, self.last_drain_at) if t is not None]
+        return max(0.0, self.read_at - max(known)) if known else None
 
     @property
     def failed(self) -> list[ledger.PendingEvent]:
