@@ -12,8 +12,9 @@ retried with exponential backoff up to `BILLING_NOTIFY_MAX_BACKOFF_SECONDS`, for
 
 Order per user: only the oldest undelivered row of a user is sent; the user's next one waits
 until it is delivered or expired. Users are served side by side, a few deliveries at a time.
-A row is marked delivered only after the POST succeeded: a sender killed mid-delivery sends
-it again after the restart (the `webhook-id` stays the same, so a receiver can deduplicate;
+A row is marked delivered only after the POST succeeded (the outcomes of a turn's deliveries
+are recorded together, in one transaction): a sender killed mid-delivery, or before it
+recorded the outcome, sends it again after the restart (the `webhook-id` stays the same, so a receiver can deduplicate;
 the document's `version` lets it drop anything older than what it has).
 """
 
@@ -101,7 +102,8 @@ class Notifier:
         self.lock = LeaderLock(engine, NOTIFIER_LOCK_KEY, "notifier")
         self.clock = clock
         self.http = httpx.Client(timeout=DELIVERY_TIMEOUT_SECONDS)
-        self._in_flight: set[int] = set()  # user ids with a delivery running
+        self._in_flight: set[int] = set()  # user ids with a delivery running or unrecorded
+        self._outcomes: list[tuple[Due, dict[str, Any]]] = []  # deliveries done, to record
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._housekept_at = 0.0
@@ -118,6 +120,7 @@ class Notifier:
                         metrics.NOTIFIER_LEADER.set(1 if leader else 0)
                         if leader:
                             if self.urls:
+                                self.record_outcomes()
                                 self.submit_due(pool)
                             else:
                                 self.settle_without_receivers()
@@ -133,6 +136,7 @@ class Notifier:
                     self._wake.clear()
             finally:
                 pool.shutdown(wait=True)
+                self._record_last_outcomes()
                 self.lock.release()
                 metrics.NOTIFIER_LEADER.set(0)
                 self.http.close()
@@ -193,13 +197,41 @@ class Notifier:
             self.deliver(notification)
         except Exception as error:  # the row stays due; the next round tries it again
             log.error("notification delivery failed", extra={"error": str(error)[:300]})
-        finally:
             with self._guard:
                 self._in_flight.discard(notification.user_id)
-            self._wake.set()  # the user's next notification may go now
+        finally:
+            self._wake.set()  # its outcome is recorded, and the user's next one may go
+
+    def record_outcomes(self) -> int:
+        """Record the deliveries done since the last turn in one transaction (on SQLite one
+        turn of the single writer for all of them, not one each, taken from webhook
+        deliveries), then let their users' next notifications go. If the write fails, they
+        are recorded at a later turn; a sender stopped before that sends them again."""
+        with self._guard:
+            outcomes, self._outcomes = self._outcomes, []
+        if not outcomes:
+            return 0
+        try:
+            with transaction(self.factory) as session:
+                for notification, values in outcomes:
+                    session.execute(update(_N).where(_N.id == notification.id).values(**values))
+        except Exception:
+            with self._guard:
+                self._outcomes = outcomes + self._outcomes
+            raise
+        with self._guard:
+            self._in_flight.difference_update(n.user_id for n, _ in outcomes)
+        return len(outcomes)
+
+    def _record_last_outcomes(self) -> None:
+        try:
+            self.record_outcomes()
+        except Exception as error:  # sent again after the restart: at least once
+            log.error("could not record deliveries", extra={"error": str(error)[:300]})
 
     def deliver(self, notification: Due) -> bool:
-        """POST to the URLs that have not answered 2xx yet, then record the outcome."""
+        """POST to the URLs that have not answered 2xx yet; the outcome is recorded by the
+        sender's next turn (`record_outcomes`)."""
         done = list(notification.delivered_to)
         errors = []
         body = body_of(notification.payload, notification.created_at)
@@ -211,7 +243,9 @@ class Notifier:
                 done.append(url)
             else:
                 errors.append(f"{url}: {error}")
-        self.record(notification, done, errors)
+        values = self.outcome(notification, done, errors)
+        with self._guard:
+            self._outcomes.append((notification, values))
         return not errors
 
     def post(self, url: str, notification_id: int, body: bytes) -> str | None:
@@ -233,7 +267,8 @@ class Notifier:
             return None
         return f"HTTP {response.status_code}"
 
-    def record(self, notification: Due, done: list[str], errors: list[str]) -> None:
+    def outcome(self, notification: Due, done: list[str], errors: list[str]) -> dict[str, Any]:
+        """The row's new values after a delivery (and its metrics and log line)."""
         now = self.clock()
         values: dict[str, Any] = {"delivered_to": done}
         created = notification.created_at.replace(tzinfo=notification.created_at.tzinfo or UTC)
@@ -260,8 +295,7 @@ class Notifier:
                     "expired": expired,
                 },
             )
-        with transaction(self.factory) as session:
-            session.execute(update(_N).where(_N.id == notification.id).values(**values))
+        return values
 
     def housekeeping(self) -> None:
         """Every few seconds: the documents whose grace ended recomputed (their `blocked`
