@@ -14,8 +14,9 @@ Order per user: only the oldest undelivered row of a user is sent; the user's ne
 until it is delivered or expired. Users are served side by side, a few deliveries at a time.
 A row is marked delivered only after the POST succeeded (the outcomes of a turn's deliveries
 are recorded together, in one transaction): a sender killed mid-delivery, or before it
-recorded the outcome, sends it again after the restart (the `webhook-id` stays the same, so a receiver can deduplicate;
-the document's `version` lets it drop anything older than what it has).
+recorded the outcome, sends it again after the restart (the `webhook-id` stays the same, so
+a receiver can deduplicate; the document's `version` lets it drop anything older than what
+it has).
 """
 
 from __future__ import annotations
