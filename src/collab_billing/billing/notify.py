@@ -177,11 +177,7 @@ class Notifier:
         return int(settled)
 
     def due(self, busy: set[int], limit: int) -> list[Due]:
-        heads = (
-            select(func.min(_N.id))
-            .where(_N.delivered_at.is_(None), _N.expired_at.is_(None))
-            .group_by(_N.user_id)
-        )
+        heads = select(func.min(_N.id)).where(_PENDING).group_by(_N.user_id)
         statement = (
             select(_N.id, _N.user_id, _N.payload, _N.delivered_to, _N.attempts, _N.created_at)
             .where(_N.id.in_(heads), _N.next_attempt_at <= self.clock())
@@ -322,9 +318,7 @@ def pending_summary(factory: sessionmaker[Session]) -> tuple[int, datetime | Non
     """How many notifications wait for delivery, and when the oldest was written."""
     with read_only(factory) as session:
         count, oldest = session.execute(
-            select(func.count(), func.min(_N.created_at)).where(
-                _N.delivered_at.is_(None), _N.expired_at.is_(None)
-            )
+            select(func.count(), func.min(_N.created_at)).where(_PENDING)
         ).one()
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
