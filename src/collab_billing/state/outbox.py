@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, event, select, update
+from sqlalchemy import Table, bindparam, event, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.dialect import in_ids, insert, insert_for
@@ -44,6 +44,7 @@ from collab_billing.db.models import (
     BillingPrice,
     BillingState,
     BillingSubscription,
+    User,
 )
 from collab_billing.state import document as state
 from collab_billing.state.access import rules_of
@@ -53,6 +54,7 @@ _DEFER = "collab_billing.defer_documents"
 NOTIFICATION_TYPE = "billing.state.updated"
 _states: Table = BillingState.__table__  # type: ignore[assignment]
 _notifications: Table = BillingNotification.__table__  # type: ignore[assignment]
+_users: Table = User.__table__  # type: ignore[assignment]
 
 
 @dataclass
@@ -177,10 +179,8 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     if not user_ids:
         return 0
     connection = session.connection()  # Core statements: many rows, no ORM bookkeeping
-    connection.execute(
-        insert(session, _states).on_conflict_do_nothing(),
-        [{"user_id": user_id, "version": 0} for user_id in user_ids],
-    )
+    dialect = session.get_bind().dialect.name
+    connection.execute(_states_of_users(dialect, stale=False), {"ids": user_ids})
     stored = {
         user_id: (version, document, stale)
         for user_id, version, document, stale in session.execute(
@@ -230,19 +230,31 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
 
 
 def mark_stale(session: Session, user_ids: list[int]) -> None:
-    """Mark these users' documents stale (in user id order: PostgreSQL's row locks are taken
-    in the order every writer of `billing_states` takes them)."""
+    """Mark these users' documents stale, in one statement. Rows stale already are left
+    alone: a catch-up marks a user in batch after batch, and on PostgreSQL each rewrite of a
+    row is a new row version. Rows are taken in user id order: PostgreSQL's row locks are
+    taken in the order every writer of `billing_states` takes them."""
     if user_ids:
-        session.connection().execute(
-            _mark_statement(session.get_bind().dialect.name),
-            [{"user_id": user_id, "version": 0, "stale": True} for user_id in user_ids],
-        )
+        statement = _states_of_users(session.get_bind().dialect.name, stale=True)
+        session.connection().execute(statement, {"ids": user_ids})
 
 
 @cache
-def _mark_statement(dialect: str) -> Any:
-    statement = insert_for(dialect, _states)
-    return statement.on_conflict_do_update(index_elements=["user_id"], set_={"stale": True})
+def _states_of_users(dialect: str, stale: bool) -> Any:
+    """`INSERT INTO billing_states ... SELECT` the users bound as `ids`, in id order: with
+    `stale`, marking the existing rows stale; else leaving them as they are. One statement
+    and one list parameter, however many users (not a row of parameters each)."""
+    users = (
+        select(_users.c.id, literal(0), literal(stale))
+        .where(in_ids(_users.c.id))
+        .order_by(_users.c.id)
+    )
+    statement = insert_for(dialect, _states).from_select(["user_id", "version", "stale"], users)
+    if not stale:
+        return statement.on_conflict_do_nothing(index_elements=["user_id"])
+    return statement.on_conflict_do_update(
+        index_elements=["user_id"], set_={"stale": True}, where=_states.c.stale.is_(False)
+    )
 
 
 def refresh_stale(factory: sessionmaker[Session], users: int = 500) -> int:
