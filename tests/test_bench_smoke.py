@@ -1,6 +1,6 @@
 """The benchmarks still run: each at a tiny size, on the engine the suite runs on.
 
-Benchmarks are not tests; this only keeps `python -m bench` working (well under a minute).
+Benchmarks are not tests; this only keeps `python -m bench` working (about two minutes).
 What they measure and their targets are in docs/benchmarks.md.
 """
 
