@@ -9,8 +9,8 @@ WINDOW_EVENTS = 5_000
 # The smallest window when several are read at once: 10 pages, so its partial last page adds
 # at most 10% to the requests.
 MIN_WINDOW_EVENTS = 1_000
-# Events held by the windows read at once (~2.5 KB of JSON each): with 16 windows, 1,500
-# each, about 60 MB.
+# Events that the windows being read are sized for in all (~2.5 KB of JSON each: ~40 MB).
+# The window being applied and the read tops of overflowed windows come on top of it.
 MAX_EVENTS_IN_FLIGHT = 16_000
 # A window that holds, or by the density of its pages so far will hold, this many times its
 # target stops and its unread part is cut into windows by that density, read beside the others
