@@ -171,7 +171,7 @@ class Applier:
     def adopt(self, as_of: int) -> int:
         """Link the unmatched customers whose user has appeared since, with their objects
         (written as of `as_of`, where no row exists). Returns how many were linked."""
-        with transaction(self.factory) as session:
+        with read_only(self.factory) as session:  # every poll asks: no write lock for it
             candidates = customers.adoptable(session)
         if not candidates:
             return 0
