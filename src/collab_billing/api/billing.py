@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from collab_billing import billing
 from collab_billing.api.deps import (
     AdminOnly,
+    ClockDep,
     GatewayDep,
     NowDep,
     SessionFactoryDep,
@@ -24,7 +25,13 @@ from collab_billing.api.deps import (
     StripeCallsDep,
 )
 from collab_billing.api.rate_limit import PerKeyLimiter
-from collab_billing.api.responses import ADMIN_ERRORS, STRIPE_ERRORS, Responses
+from collab_billing.api.responses import (
+    ADMIN_ERRORS,
+    JSON,
+    STRIPE_ERRORS,
+    Responses,
+    model_response,
+)
 from collab_billing.api.schemas import (
     AccessOut,
     CheckoutIn,
@@ -61,7 +68,6 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
-JSON = "application/json"
 NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
@@ -192,9 +198,9 @@ def _limit(limiter: PerKeyLimiter, key: int | str | None) -> None:
     response_model=PricesOut,
     summary="The prices on sale: active, recurring, with a lookup key (`BILLING_PRICES`)",
 )
-def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
+def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> Response:
     rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
-    return PricesOut(prices=[PriceOut.model_validate(row) for row in rows])
+    return model_response(PricesOut(prices=[PriceOut.model_validate(row) for row in rows]))
 
 
 @router.get(
@@ -204,12 +210,14 @@ def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> PricesOut:
     summary="The user's whole billing state: access, plan, features, and its version",
 )
 def get_state(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep, now: NowDep
+    github_user_id: Annotated[GithubUserIdQuery, Query()],
+    factory: SessionFactoryDep,
+    clock: ClockDep,
 ) -> Response:
     # The document as stored (plain JSON, the notification's payload), encoded as it is:
     # `StateOut` documents it; validating it again on each read would double the route's cost.
     # A grace that has ended by `now` is served as `blocked` (`state.document.served_at`).
-    return Response(orjson.dumps(read_state(factory, github_user_id, now)), media_type=JSON)
+    return Response(orjson.dumps(read_state(factory, github_user_id, clock())), media_type=JSON)
 
 
 @router.get(
@@ -222,10 +230,10 @@ def list_subscriptions(
     github_user_id: Annotated[GithubUserIdQuery, Query()],
     factory: SessionFactoryDep,
     settings: SettingsDep,
-    now: NowDep,
-) -> SubscriptionsOut:
-    view = billing.billing_view(factory, github_user_id, now, settings.past_due_grace())
-    return subscriptions_out(github_user_id, view)
+    clock: ClockDep,
+) -> Response:
+    view = billing.billing_view(factory, github_user_id, clock(), settings.past_due_grace())
+    return model_response(subscriptions_out(github_user_id, view))
 
 
 @router.get(
@@ -242,14 +250,15 @@ def list_invoices(
         StripeInvoiceId | None,
         Query(description="`next_cursor` of the previous page: the invoices after it."),
     ] = None,
-) -> InvoicesOut:
+) -> Response:
     invoices, has_more = billing.list_user_invoices(factory, github_user_id, limit, cursor)
-    return InvoicesOut(
+    page = InvoicesOut(
         github_user_id=github_user_id,
         invoices=[invoice_out(invoice) for invoice in invoices],
         has_more=has_more,
         next_cursor=invoices[-1].stripe_invoice_id if has_more and invoices else None,
     )
+    return model_response(page)
 
 
 def invoice_out(row: BillingInvoice) -> InvoiceOut:

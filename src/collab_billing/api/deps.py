@@ -58,14 +58,23 @@ async def get_stripe_calls(request: Request) -> StripeCalls:
     return calls
 
 
+async def get_clock(request: Request) -> Callable[[], datetime]:
+    """The service's clock for time-based judgements (the grace of a past-due subscription):
+    `create_app(clock=...)` injects it (dev mode reads the emulator's clock; tests read a
+    Stripe test clock, over HTTP). It may block: a `def` route reads it on its own thread."""
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock
+
+
 def get_now(request: Request) -> datetime:
-    """The service's "now" for time-based judgements (the grace of a past-due subscription):
-    `create_app(clock=...)` injects it (dev mode reads the emulator's clock; tests too)."""
+    """The clock's reading, for `async def` routes: FastAPI runs this `def` dependency on a
+    worker thread (a `def` route takes `ClockDep` instead, saving that thread hop)."""
     clock: Callable[[], datetime] = request.app.state.clock
     return clock()
 
 
 NowDep = Annotated[datetime, Depends(get_now)]
+ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
 GatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
 StripeCallsDep = Annotated[StripeCalls, Depends(get_stripe_calls)]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from collab_billing.api.deps import AdminOnly, NowDep, SessionFactoryDep
-from collab_billing.api.responses import ADMIN_ERRORS, Responses
+from collab_billing.api.deps import AdminOnly, ClockDep, SessionFactoryDep
+from collab_billing.api.responses import ADMIN_ERRORS, Responses, model_response
 from collab_billing.api.schemas import ErrorResponse, GithubUserIdQuery
 from collab_billing.api.strict_json import StrictJSONRoute
 from collab_billing.api.usage_schemas import (
@@ -95,12 +95,14 @@ def record_usage(body: UsageIn, factory: SessionFactoryDep) -> UsageAccepted:
     summary="This period's usage per meter, its estimated cost and the spend cap",
 )
 def get_usage(
-    github_user_id: Annotated[GithubUserIdQuery, Query()], factory: SessionFactoryDep, now: NowDep
-) -> UsageOut:
+    github_user_id: Annotated[GithubUserIdQuery, Query()],
+    factory: SessionFactoryDep,
+    clock: ClockDep,
+) -> Response:
     user = find_user(factory, github_user_id)
     with read_only(factory) as session:
-        found = spend.user_spend(session, user.id, now)
-    return UsageOut(
+        found = spend.user_spend(session, user.id, clock())
+    usage_out = UsageOut(
         github_user_id=github_user_id,
         period_start=found.period.start,
         period_end=found.period.end,
@@ -113,6 +115,7 @@ def get_usage(
         max_monthly_spend_cents=found.max_monthly_spend_cents,
         over_spend_cap=found.over_spend_cap,
     )
+    return model_response(usage_out)
 
 
 @router.put(
