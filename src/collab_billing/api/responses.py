@@ -1,4 +1,5 @@
-"""Documented error responses shared by the routes (OpenAPI `responses=`)."""
+"""Documented error responses shared by the routes (OpenAPI `responses=`), and the answer of a
+`def` route as its model's JSON (`model_response`)."""
 
 from __future__ import annotations
 
