@@ -80,14 +80,16 @@ def signed_request(bodies: list[bytes]) -> Callable[[int], bytes]:
 
 def start_drain(
     ctx: Context, db: Database, events: int
-) -> tuple[subprocess.Popen[bytes], list[float]]:
+) -> tuple[subprocess.Popen[bytes], list[float], float]:
     """Users and a backlog of `events` events of other customers, drained by `reconcile
-    --once` (returned once it asked Stripe for events), and a list that gets its end time."""
+    --once` (returned once it asked Stripe for events), a list that gets its end time, and
+    its start time."""
     customers = events // 10
     db.add_users(CUSTOMERS + 1, customers)
     ctx.emulator.advance(8 * 86_400)
     ctx.emulator.generate(customers, 10, first_github_user_id=CUSTOMERS + 1)
     ctx.emulator.control("DELETE", "requests")
+    started = time.perf_counter()
     process = subprocess.Popen(
         ctx.command("reconcile", "--once"), env=service_env(ctx, db), cwd=ctx.workdir,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -96,7 +98,7 @@ def start_drain(
     threading.Thread(target=lambda: (process.wait(), ended.append(time.perf_counter()))).start()
     while not ctx.emulator.requests()["total"] and process.poll() is None:
         time.sleep(0.05)
-    return process, ended
+    return process, ended, started
 
 
 LIVE_RATE = "100"
@@ -156,7 +158,9 @@ def webhook(
                 load = run_load(paced(port, count, rate, request))
             drain = None
         else:
-            drain, ended = start_drain(ctx, db, drain_events) if drain_events else (None, [])
+            drain, ended, started = (
+                start_drain(ctx, db, drain_events) if drain_events else (None, [], 0.0)
+            )
             with serve(ctx, db, serve_args) as port:
                 load = run_load(paced(port, count, rate, request))
         if drain is not None and drain.wait(timeout=3600) != 0:
@@ -167,6 +171,8 @@ def webhook(
         if not ended or sent_at < ended[0]
     ]
     m = latency_metrics(load, latencies) | {"rate_per_s": rate, "drain_events": drain_events}
+    if drain is not None:  # the drain's own time, from its start to its exit
+        m["drain_seconds"] = round(ended[0] - started, 1)
     p99 = m["p99_ms"]
     targets = {
         "all answered 200": load.statuses == {200: count},

@@ -165,7 +165,7 @@ def test_a_standby_takes_over_when_the_leader_dies(
     wait_until(lambda: set(processed_event_ids(factory)) >= relevant_event_ids(emulator))
 
 
-def test_a_worker_serves_its_metrics_and_stops_on_sigterm(
+def test_a_worker_runs_below_serve_serves_its_metrics_and_stops_on_sigterm(
     emulator: Emulator,
     engine: Engine,
     database_url: str,
@@ -188,5 +188,8 @@ def test_a_worker_serves_its_metrics_and_stops_on_sigterm(
 
     wait_until(lambda: "collab_billing_reconciler_leader 1.0" in scraped())
     wait_until(lambda: 'collab_billing_events_total{outcome="applied"' in scraped())
+    # At a lower CPU priority: beside `serve` on one machine, a catch-up gives the API the CPU.
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, ours + 10)  # nice +10
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
