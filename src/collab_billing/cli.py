@@ -204,8 +204,8 @@ def reconcile(
     if show_status:
         print_status(engine, settings)
         return
-    # Beside `serve` on one machine, a catch-up gives the API's requests the CPU first (webhooks
-    # while a drain runs: p50 and p99 ~30% lower on PostgreSQL); alone it changes nothing.
+    # Beside `serve` on one machine, a catch-up gives webhooks and the API the CPU first, so
+    # their latency does not follow the drain's; on a machine of its own it changes nothing.
     os.nice(WORKER_NICENESS)
     reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
     if metrics_port is not None:
