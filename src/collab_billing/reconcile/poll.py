@@ -42,7 +42,7 @@ from collab_billing.reconcile.windows import (
     split_overflowed,
 )
 from collab_billing.state import outbox
-from collab_billing.stripe_gateway import Event, StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway import PAGE_EVENTS, Event, StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +140,28 @@ class Poller:
 
     def _target(self, backlog: float, concurrency: int) -> int:
         """Events a window is sized for: fewer when several are read at once, so that a
-        backlog makes enough windows to keep them all busy."""
+        backlog makes enough windows to keep them all busy, and the fewest when requests
+        are not what limits the drain (each window's partial last page costs a request,
+        and each window's events are held in memory until it is applied)."""
         if concurrency == 1:
             return self.target
+        if self._requests_to_spare():
+            return tuning.MIN_WINDOW_EVENTS
         wanted = min(backlog / (2 * concurrency), tuning.MAX_EVENTS_IN_FLIGHT / concurrency)
         return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
         """Windows read at once: enough requests in flight to use the request budget, and at
         least two, so that the next window is being read while one is applied."""
-        wanted = math.ceil(self.gateway.requests_per_second * latency * 1.2)
+        rate = self.gateway.requests_per_second
+        if self._requests_to_spare():
+            rate = tuning.APPLY_EVENTS_PER_SECOND / PAGE_EVENTS
+        wanted = math.ceil(rate * latency * 1.2)
         return max(2, min(tuning.MAX_WINDOWS_IN_FLIGHT, wanted))
+
+    def _requests_to_spare(self) -> bool:
+        """The request budget reads pages faster than the database applies them."""
+        return self.gateway.requests_per_second * PAGE_EVENTS > tuning.APPLY_EVENTS_PER_SECOND
 
     @staticmethod
     def _timed(call: Callable[[], _Page]) -> tuple[_Page, float]:

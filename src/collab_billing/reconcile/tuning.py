@@ -17,6 +17,10 @@ MAX_EVENTS_IN_FLIGHT = 16_000
 # (a partial last page each): a window cut from a wrong density would otherwise be read as one
 # long chain of pages while the windows behind it wait for it to be applied.
 MAX_WINDOW_FACTOR = 1.5
+# Events a second the database applies at most, on either engine: pages read faster than
+# this only wait in memory. A request budget that reads faster (a raised limit, or none) is
+# spent as if it were this one, in the smallest windows: requests are then not what is scarce.
+APPLY_EVENTS_PER_SECOND = 20_000
 # Windows read at once against a far Stripe: requests in flight = request rate x round trip;
 # 16 covers Stripe's live 100 requests/s at up to 160 ms.
 MAX_WINDOWS_IN_FLIGHT = 16

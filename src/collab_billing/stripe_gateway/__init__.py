@@ -2,6 +2,7 @@
 throttled), typed event pages, and webhook signatures."""
 
 from collab_billing.stripe_gateway.client import (
+    PAGE_EVENTS,
     STRIPE_API_VERSION,
     RequestObserver,
     StripeGateway,
@@ -16,6 +17,7 @@ from collab_billing.stripe_gateway.events import Event, EventPage, EventShapeErr
 from collab_billing.stripe_gateway.signatures import SignatureError, verify_webhook
 
 __all__ = [
+    "PAGE_EVENTS",
     "STRIPE_API_VERSION",
     "DuplicateMeterEvent",
     "Event",

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # payload shapes (current_period_* on subscription items) do not move with SDK upgrades.
 STRIPE_API_VERSION = "2026-08-26.dahlia"
 RATE_LIMIT_RETRIES = 5
+PAGE_EVENTS = 100  # the most a list page holds
 T = TypeVar("T")
 RequestObserver = Callable[[str, int | str], None]
 SESSION_ID_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
@@ -328,7 +329,7 @@ class StripeGateway:
         created_gte: int | None = None,
         created_lt: int | None = None,
         starting_after: str | None = None,
-        limit: int = 100,
+        limit: int = PAGE_EVENTS,
     ) -> EventPage:
         """One page of events, newest first; `starting_after` pages on to older ones. `types`
         None reads events of every type."""
@@ -364,7 +365,7 @@ class StripeGateway:
         operation = path.removeprefix("/v1/").replace("/", ".") + ".list"
         cursor: str | None = None
         while True:
-            page_params = {**params, "limit": 100}
+            page_params = {**params, "limit": PAGE_EVENTS}
             if cursor:
                 page_params["starting_after"] = cursor
             objects, has_more = decode_list_page(self.get(operation, path, **page_params))
