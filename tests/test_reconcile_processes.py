@@ -193,3 +193,32 @@ def test_a_worker_runs_below_serve_serves_its_metrics_and_stops_on_sigterm(
     assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, ours + 10)  # nice +10
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+
+
+def peak_rss_mb(process: subprocess.Popen[bytes]) -> float:
+    """The peak resident memory of a process started by `spawn`, once it has exited 0."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0
+    return usage.ru_maxrss / 1024
+
+
+def test_a_catch_up_from_a_stripe_faster_than_the_database_holds_few_pages(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """With requests to spare (a raised limit, or a near Stripe), pages are read at the pace
+    the database applies them: a worker catching up on 20,000 events needs little more
+    memory than one that finds nothing to read, and applies them all."""
+    from collab_billing.db.engine import make_session_factory
+
+    env = reconciler_env(database_url, emulator)
+    nothing_to_read = peak_rss_mb(spawn(env, "--once"))  # the first poll of an empty account
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=2000, per_customer=10)
+    catching_up = peak_rss_mb(spawn(env, "--once"))
+    assert set(processed_event_ids(factory)) == relevant_event_ids(emulator)
+    # The events' JSON is ~2.5 KB each: all 20,000 held at once would be ~50 MB.
+    assert catching_up - nothing_to_read < 20, (nothing_to_read, catching_up)
