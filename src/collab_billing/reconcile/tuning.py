@@ -17,9 +17,9 @@ MAX_EVENTS_IN_FLIGHT = 16_000
 # (a partial last page each): a window cut from a wrong density would otherwise be read as one
 # long chain of pages while the windows behind it wait for it to be applied.
 MAX_WINDOW_FACTOR = 1.5
-# Events a second the database applies at most, on either engine: pages read faster than
-# this only wait in memory. A request budget that reads faster (a raised limit, or none) is
-# spent as if it were this one, in the smallest windows: requests are then not what is scarce.
+# Events a second the reconciler reads at most when its request budget allows more (a raised
+# limit, or none): more than the database applies, so pages read faster would only wait in
+# memory. It then reads in the smallest windows: requests are not what is scarce.
 APPLY_EVENTS_PER_SECOND = 20_000
 # Windows read at once against a far Stripe: requests in flight = request rate x round trip;
 # 16 covers Stripe's live 100 requests/s at up to 160 ms.
