@@ -83,10 +83,11 @@ def _cancel(
     customer, target = _target(
         factory, request, _why_not_cancelable, "active subscription to cancel"
     )
-    url = gateway.create_portal_cancel_session(
-        customer_id=customer, subscription_id=target.stripe_subscription_id
-    )
-    return ManageResult(portal_url=url)
+    flow = {
+        "type": "subscription_cancel",
+        "subscription_cancel": {"subscription": target.stripe_subscription_id},
+    }
+    return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
 
 
 def _home(

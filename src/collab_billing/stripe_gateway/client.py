@@ -217,23 +217,6 @@ class StripeGateway:
         )
         return str(response.body).encode()
 
-    def create_portal_cancel_session(self, *, customer_id: str, subscription_id: str) -> str:
-        return_url = self.settings.billing_portal_return_url
-        params: dict[str, Any] = {
-            "customer": customer_id,
-            "return_url": return_url,
-            "flow_data": {
-                "type": "subscription_cancel",
-                "subscription_cancel": {"subscription": subscription_id},
-                "after_completion": {"type": "redirect", "redirect": {"return_url": return_url}},
-            },
-        }
-        session = self._call(
-            "billing_portal.sessions.create",
-            lambda: self.client.v1.billing_portal.sessions.create(params=params),  # type: ignore[arg-type]
-        )
-        return str(session.url)
-
     def create_product(self, *, name: str) -> str:
         product = self._call(
             "products.create", lambda: self.client.v1.products.create(params={"name": name})
