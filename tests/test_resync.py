@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.config import Settings
+from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
@@ -220,3 +221,38 @@ def test_the_resync_command(
     assert EMULATOR_KEY not in result.stderr + result.stdout
     expected = 1 if args else MATCHED
     assert len(snapshot(session_factory)) == expected
+
+
+@pytest.mark.postgres_only
+def test_a_first_sync_plans_each_lookup_for_its_ids(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
+) -> None:
+    """A first sync fills tables that were empty, page by page, with the same lookups by ids
+    run again and again. PostgreSQL, left to itself, would keep one generic plan for such a
+    statement, made while its table was nearly empty: a whole-table scan for every lookup
+    once the table is large, and a first sync slowing with the square of the account
+    (30,000 customers: 118 s, against 50 s with each lookup planned for its ids)."""
+    customers = 1_000
+    with engine.begin() as connection:
+        connection.execute(
+            insert(User),
+            [{"github_user_id": n, "github_login": f"user{n}"} for n in range(1, customers + 1)],
+        )
+    emulator.control(
+        "POST", "generate",
+        {"customers": customers, "events_per_customer": 2, "first_github_user_id": 1},
+    )  # fmt: skip
+    fresh = make_engine(database_url, pool_size=1, max_overflow=0)  # one connection: its plans
+    try:
+        report = resync(make_session_factory(fresh), StripeGateway(stripe_settings))
+        with fresh.connect() as connection:
+            generic, custom = connection.execute(
+                text(
+                    "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)"
+                    " FROM pg_prepared_statements"
+                )
+            ).one()
+    finally:
+        fresh.dispose()
+    assert report.customers_linked == customers
+    assert custom > 0 and generic == 0, (generic, custom)

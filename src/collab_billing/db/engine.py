@@ -56,6 +56,16 @@ def _begin_sqlite(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
+    # Each statement is planned for its parameters. psycopg prepares a statement run five
+    # times, and PostgreSQL may then keep one generic plan for it: one made while a table was
+    # nearly empty (a first sync fills empty tables) scans the whole table for every lookup
+    # by ids once it is large, and a first sync slows with the square of the account.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_connection.commit()
+
+
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -79,7 +89,9 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)  # a restarted database costs one failed request
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _configure_postgres)
+    return engine
 
 
 def make_session_factory(
