@@ -40,6 +40,7 @@ ALL = (
     "burst",
     "ties",
     "apply",
+    "first-sync",
     "webhook",
     "admin",
     "usage",
@@ -50,9 +51,9 @@ ALL = (
 SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
-    "drain_events": 2_000, "admin_seconds": 0.3, "usage_records": 3_000,
-    "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1, "syncs": 20,
-    "state_seconds": 0.3, "notify_changes": 50,
+    "first_sync_customers": 300, "drain_events": 2_000, "admin_seconds": 0.3,
+    "usage_records": 3_000, "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1,
+    "syncs": 20, "state_seconds": 0.3, "notify_changes": 50,
 }  # fmt: skip
 
 
@@ -72,6 +73,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--testmode-events", type=int, default=100_000)
     add("--testmode-ties", type=int, default=150)
     add("--burst-events", type=int, default=20_000)
+    add("--first-sync-customers", type=int, default=30_000)
     add("--burst-fault-rate", type=float, default=0.2)
     add("--ties-events", type=int, default=20_000)
     add("--sizes", default="100000", help="apply: backlog sizes")
@@ -136,6 +138,9 @@ def plan(args: argparse.Namespace, ctx: Context) -> list[Callable[[], list[Resul
     if "sync" in only:
         runs.append(lambda: [api.sync(ctx, first, args.syncs, args.sync_rate, 150, serve_args)])
     for engine in engines:
+        if "first-sync" in only:
+            n = args.first_sync_customers
+            runs.append(lambda e=engine, n=n: [drains.first_sync(ctx, e, n, timeout)])
         if "apply" in only:
             for size in (int(v) for v in args.sizes.split(",")):
                 runs.append(lambda e=engine, n=size: [drains.apply(ctx, e, n, verify, timeout)])

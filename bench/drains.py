@@ -190,3 +190,28 @@ def apply(ctx: Context, engine: str, events: int, verify: bool, timeout: float) 
         "< 150 MB peak RSS (with children)": m["total_peak_rss_mb"] < 150,
     }
     return Result("apply", engine, events, m, targets)
+
+
+def first_sync(ctx: Context, engine: str, customers: int, timeout: float) -> Result:
+    """The first poll of an account that already holds `customers` customers, each with a
+    subscription, into a new database: a resync from the list endpoints (no throttle), as a
+    service adopted by an existing SaaS meets it."""
+    emulator = ctx.emulator
+    with database(ctx, engine) as db:
+        emulator.control("DELETE", "state")
+        emulator.generate(0)
+        emulator.advance(8 * 86_400)
+        emulator.generate(customers, 4)
+        db.add_users(1, customers)
+        emulator.control("DELETE", "requests")
+        run = reconcile_once(ctx, db, timeout, STRIPE_REQUESTS_PER_SECOND=FAST)
+        m: dict[str, Any] = {
+            "seconds": round(run.seconds, 1),
+            "customers_per_s": round(customers / run.seconds),
+            "requests": emulator.requests()["total"],
+            "exit_code": run.returncode,
+            "peak_rss_mb": round(run.peak_rss_mb, 1),
+            "mismatches": mismatches(ctx, db),
+        }
+    targets = {"complete": m["exit_code"] == 0 and m["mismatches"] == 0}
+    return Result("first-sync", engine, customers, m, targets)

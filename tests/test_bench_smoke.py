@@ -28,8 +28,8 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     results = {r["benchmark"]: r for r in report["results"]}
     assert set(results) == {
         "far-150ms", "testmode", "testmode-ties", "burst", "burst-faults", "ties", "apply",
-        "webhook", "webhook-drain", "admin", "admin-paced", "usage-sender", "usage-once",
-        "usage-ingest", "sync", "state", "notify",
+        "first-sync", "webhook", "webhook-drain", "admin", "admin-paced", "usage-sender",
+        "usage-once", "usage-ingest", "sync", "state", "notify",
     }  # fmt: skip
     for name in ("far-150ms", "testmode", "testmode-ties", "burst", "ties", "apply"):
         metrics = results[name]["metrics"]
@@ -40,6 +40,7 @@ def test_every_benchmark_runs_at_smoke_size(database_url: str, tmp_path: Path) -
     assert results["testmode-ties"]["metrics"]["rereads"] >= 1  # counted by the emulator
     assert results["ties"]["metrics"]["tied_pct"] > 10
     assert results["apply"]["metrics"]["peak_rss_mb"] > 10
+    assert results["first-sync"]["targets"] == {"complete": True}
     assert results["webhook"]["targets"]["all answered 200"]
     assert results["admin"]["metrics"]["errors"] == results["admin-paced"]["metrics"]["errors"] == 0
     assert results["usage-once"]["targets"] == {"exactly once": True}
