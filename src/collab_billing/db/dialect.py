@@ -1,11 +1,13 @@
 """What differs between SQLite and PostgreSQL, in one place: `INSERT ... ON CONFLICT` (both
-dialects have the same construct), and `IN` a list of ids in a statement built once."""
+dialects have the same construct), an insert of many rows, and `IN` a list of ids in a
+statement built once."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import any_, bindparam
+from sqlalchemy import Connection, Result, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -24,6 +26,32 @@ def insert_for(dialect: str, table: Any) -> Any:
     if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def insert_rows(dialect: str, table: Any, columns: Sequence[str]) -> Any:
+    """An `INSERT` (with `ON CONFLICT`, `RETURNING` to add) of many rows of `columns`, run by
+    `execute_rows`. On PostgreSQL the rows come from `unnest` of one array per column, typed by
+    the table's columns: one statement a batch, planned once, not once per row (each
+    statement is planned for its parameters: `db/engine.py`). SQLite inserts row by row
+    (executemany), which costs it no planning."""
+    if dialect != "postgresql":
+        return sqlite.insert(table)
+    # One dimension: a JSON value that is a list is one element, not a nested array.
+    arrays = [
+        bindparam(name, type_=postgresql.ARRAY(table.c[name].type, dimensions=1))
+        for name in columns
+    ]
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived()
+    return postgresql.insert(table).from_select(list(columns), select(*rows.c))
+
+
+def execute_rows(
+    connection: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
+) -> Result[Any]:
+    """Run an `insert_rows` statement for `rows`, each a value for each of its columns."""
+    if connection.dialect.name != "postgresql":
+        return connection.execute(statement, rows)
+    return connection.execute(statement, {name: [row[name] for row in rows] for name in rows[0]})
 
 
 def is_postgres(session: Session) -> bool:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +65,9 @@ def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
     dbapi_connection.commit()
+    # Lists (the arrays of `= ANY(:ids)` and of a batch's rows) are sent in PostgreSQL's
+    # binary format, which psycopg dumps in C; its text format escapes each element in Python.
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _json_dumps(value: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Select, Table, func, select
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import in_ids, insert, insert_for
+from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.mirror import customers
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
@@ -318,9 +318,11 @@ class BatchWriter:
     def upsert(self, mirrored: MirroredType[Any], rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        # One row per object (one statement may not update a row twice): the last one wins.
+        rows = list({row[mirrored.key]: row for row in rows}.values())
         dialect = self.session.get_bind().dialect.name
         upsert = _upsert_statement(dialect, mirrored.table, mirrored.key, tuple(rows[0]))
-        self.session.connection().execute(upsert, rows)
+        execute_rows(self.session.connection(), upsert, rows)
         # The users whose state documents read these rows get a notification on commit.
         outbox.mark_rows(self.session, mirrored.key, rows)
 
@@ -335,7 +337,7 @@ def _watermarks_statement(table: Table, key: str) -> Select[str, int]:
 
 @cache
 def _upsert_statement(dialect: str, table: Table, key: str, columns: tuple[str, ...]) -> Any:
-    statement = insert_for(dialect, table)
+    statement = insert_rows(dialect, table, columns)
     # An object never moves to another customer: the owner is left out of the update.
     kept = (key, "billing_customer_id")
     changed = {name: statement.excluded[name] for name in columns if name not in kept}

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, cast, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import insert, insert_for, is_postgres
+from collab_billing.db.dialect import execute_rows, insert, insert_rows, is_postgres
 from collab_billing.db.models import PendingStripeEvent, ProcessedStripeEvent, ReconcilerState
 from collab_billing.stripe_gateway.events import Event
 
@@ -31,18 +31,14 @@ def claim(session: Session, events: Sequence[Event]) -> set[str]:
     The caller holds the objects' locks, so no other transaction claims them meanwhile."""
     if not events:
         return set()
-    rows = [
-        {
-            "stripe_event_id": event.id,
-            "stripe_event_type": event.type,
-            "stripe_event_created_timestamp": event.created,
-        }
-        for event in events
-    ]
+    rows = [dict(zip(_CLAIMED, (e.id, e.type, e.created), strict=True)) for e in events]
     # Core, on the session's connection: the ORM's bulk-insert path costs more than the insert.
     statement = _claim_statement(session.get_bind().dialect.name)
-    inserted = set(session.connection().scalars(statement, rows))
+    inserted = set(execute_rows(session.connection(), statement, rows).scalars())
     return {event.id for event in events} - inserted
+
+
+_CLAIMED = ("stripe_event_id", "stripe_event_type", "stripe_event_created_timestamp")
 
 
 @cache
@@ -50,7 +46,7 @@ def _claim_statement(dialect: str) -> Any:
     """Built once per dialect (`db/queries.py` says why)."""
     table = ProcessedStripeEvent.__table__
     return (
-        insert_for(dialect, table)
+        insert_rows(dialect, table, _CLAIMED)
         .on_conflict_do_nothing(index_elements=["stripe_event_id"])
         .returning(table.c.stripe_event_id)
     )
