@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,6 +57,8 @@ def _begin_sqlite(connection: Any) -> None:
 
 
 def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
+    from psycopg.types.array import ListBinaryDumper  # here: SQLite never loads psycopg
+
     # Each statement is planned for its parameters. psycopg prepares a statement run five
     # times, and PostgreSQL may then keep one generic plan for it: one made while a table was
     # nearly empty (a first sync fills empty tables) scans the whole table for every lookup
