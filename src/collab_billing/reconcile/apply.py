@@ -94,15 +94,19 @@ class Applier:
         return stats
 
     def _read_first(self, groups: Sequence[Group]) -> list[Group]:
+        """The groups to read before the first transaction, less those whose events were all
+        processed already (a poll's overlap, a webhook's replay): those cost no read."""
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
         tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
-        if not always:
-            return tied
+        if not tied and not always:
+            return []
         owners = {g.object_id: _owner(g) for g in always}
         with read_only(self.factory) as session:
+            done = ledger.processed(session, [e.id for g in tied + always for e in g.events])
             ours = customers.known(session, set(owners.values()))
-        return tied + [g for g in always if g.final is not None and owners[g.object_id] in ours]
+        ours_always = [g for g in always if g.final is not None and owners[g.object_id] in ours]
+        return [g for g in tied + ours_always if any(e.id not in done for e in g.events)]
 
     def _run(
         self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None

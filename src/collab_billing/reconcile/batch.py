@@ -146,15 +146,17 @@ class BatchWriter:
         ledger.lock_objects(self.session, object_ids)
 
     def _hold_back(self, groups: Sequence[Group], blocked: set[str]) -> list[Group]:
-        """Objects with an event waiting for a retry keep their order: later events wait too."""
-        ready = []
-        for group in groups:
-            if group.object_id in blocked:
-                ledger.record_pending(self.session, group.events, group.object_id, None, 0)
-                self.stats.count("waiting", group.events)
-            else:
-                ready.append(group)
-        return ready
+        """Objects with an event waiting for a retry keep their order: later events wait too
+        (those processed already, as a poll's overlap, are duplicates)."""
+        held = [group for group in groups if group.object_id in blocked]
+        done = ledger.processed(self.session, [e.id for group in held for e in group.events])
+        for group in held:
+            self.stats.count("duplicate", [e for e in group.events if e.id in done])
+            waiting = [e for e in group.events if e.id not in done]
+            if waiting:
+                ledger.record_pending(self.session, waiting, group.object_id, None, 0)
+                self.stats.count("waiting", waiting)
+        return [group for group in groups if group.object_id not in blocked]
 
     def _without_done(self, groups: Sequence[Group], done: set[str]) -> list[Group]:
         if not done:

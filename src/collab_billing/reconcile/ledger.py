@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, cast, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import execute_rows, insert, insert_rows, is_postgres
+from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows, is_postgres
 from collab_billing.db.models import PendingStripeEvent, ProcessedStripeEvent, ReconcilerState
 from collab_billing.stripe_gateway.events import Event
 
@@ -185,6 +185,19 @@ def advance_cursor(session: Session, created: int) -> None:
             < cast(statement.excluded.value, BigInteger),
         )
     )
+
+
+def processed(session: Session, event_ids: Collection[str]) -> set[str]:
+    """Those of `event_ids` processed already."""
+    if not event_ids:
+        return set()
+    return set(session.scalars(_PROCESSED, {"ids": list(event_ids)}))
+
+
+# Built once (`db/queries.py` says why).
+_PROCESSED = select(ProcessedStripeEvent.stripe_event_id).where(
+    in_ids(ProcessedStripeEvent.stripe_event_id)
+)
 
 
 def newest_processed(session: Session) -> int | None:

@@ -22,13 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
-from collab_billing.db.dialect import in_ids
 from collab_billing.db.engine import read_only, transaction, writers_waited
-from collab_billing.db.models import ProcessedStripeEvent
 from collab_billing.mirror.registry import relevant_event_types, types_filter
 from collab_billing.reconcile import ledger, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats
@@ -272,7 +269,10 @@ class Poller:
 
     def _all_processed(self, events: Sequence[Event]) -> bool:
         ids = {event.id for event in events if event.type in self.types}
-        return not ids or self._processed(list(ids)) == ids
+        if not ids:
+            return True
+        with read_only(self.factory) as session:
+            return ledger.processed(session, ids) == ids
 
     def _refresh_documents(self) -> None:
         """The state documents the batches marked stale, recomputed and notified a
@@ -290,10 +290,6 @@ class Poller:
             return tuning.CONTENDED_BATCH_EVENTS
         return tuning.BATCH_EVENTS
 
-    def _processed(self, event_ids: list[str]) -> set[str]:
-        with read_only(self.factory) as session:
-            return set(session.scalars(_PROCESSED, {"ids": event_ids}))
-
     # -- applying ---------------------------------------------------------------------------
 
     def _apply(
@@ -303,13 +299,14 @@ class Poller:
         relevant = [event for event in reversed(newest_first) if event.type in self.types]
         events = sorted(relevant, key=lambda event: event.created)
         for batch in batches(events, self._batch_size()):
-            # Events applied already (the overlap below the cursor, webhooks) are left out
-            # here, not counted again as duplicates; the applier's ledger claim stays the guard.
-            done = self._processed([event.id for event in batch])
-            fresh = [event for event in batch if event.id not in done]
+            # Events applied already (the overlap below the cursor, webhooks) count as
+            # duplicates: the applier's ledger claim leaves them out.
+            stats = self.applier.apply(batch, cursor=batch[-1].created)
             late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
-            report.missed_by_webhooks += sum(1 for event in fresh if event.created < late)
-            report.stats.add_counts(self.applier.apply(fresh, cursor=batch[-1].created))
+            report.missed_by_webhooks += sum(
+                1 for e in batch if e.created < late and stats.by_event.get(e.id) != "duplicate"
+            )
+            report.stats.add_counts(stats)
             if time.monotonic() >= self._next_refresh:
                 self._refresh_documents()
             if self.give_way is not None:
@@ -323,12 +320,6 @@ class Poller:
             with transaction(self.factory) as session:
                 ledger.advance_cursor(session, newest_first[0].created)
         return False
-
-
-# Built once (`db/queries.py` says why).
-_PROCESSED = select(ProcessedStripeEvent.stripe_event_id).where(
-    in_ids(ProcessedStripeEvent.stripe_event_id)
-)
 
 
 @dataclass
