@@ -60,6 +60,24 @@ def subscribe_new_user(
     reconciler.drain()
 
 
+def burst_after_a_first_poll(
+    reconciler: Reconciler, emulator: Emulator, customers: int, seed: int, same_second_share: float
+) -> None:
+    """A first poll that saw an empty account, then 10 events for each of `customers` new
+    customers (each of a user of ours) in 5 seconds."""
+    with reconciler.factory() as session, session.begin():
+        for n in range(1, customers + 1):
+            session.add(User(github_user_id=n, github_login=f"user{n}"))
+    reconciler.drain()  # the first poll: a resync of an empty account
+    emulator.control("POST", "clock/advance", {"seconds": 60})
+    emulator.control(
+        "POST",
+        "generate",
+        {"customers": customers, "events_per_customer": 10, "first_github_user_id": 1,
+         "seed": seed, "span_seconds": 5, "same_second_share": same_second_share},
+    )  # fmt: skip
+
+
 def test_checkout_completion_then_cancel_flow(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
@@ -106,17 +124,7 @@ def test_a_dense_burst_is_read_about_once(reconciler: Reconciler, emulator: Emul
     """Right after a first poll that saw an empty account, 5,000 events in 5 seconds (most
     seconds hold ten pages): each page is read about once. A window that finds more than it
     was sized for is split and read on from its last event, not read again."""
-    with reconciler.factory() as session, session.begin():
-        for n in range(1, 501):
-            session.add(User(github_user_id=n, github_login=f"user{n}"))
-    reconciler.drain()  # the first poll: a resync of an empty account
-    emulator.control("POST", "clock/advance", {"seconds": 60})
-    emulator.control(
-        "POST",
-        "generate",
-        {"customers": 500, "events_per_customer": 10, "first_github_user_id": 1, "seed": 7,
-         "span_seconds": 5, "same_second_share": 0.3},
-    )  # fmt: skip
+    burst_after_a_first_poll(reconciler, emulator, customers=500, seed=7, same_second_share=0.3)
     emulator.control("DELETE", "requests")
     report = reconciler.drain()
     pages = emulator.control("GET", "requests")["by_route"]["GET /v1/events"]
@@ -131,17 +139,7 @@ def test_a_poll_over_events_applied_already_reads_nothing_but_events(
     """Each poll reads again the minute below its cursor (late arrivals), and webhooks apply
     events before polls see them: events applied already cost no Stripe read, not even
     same-second ties, which were read once when first applied."""
-    with reconciler.factory() as session, session.begin():
-        for n in range(1, 51):
-            session.add(User(github_user_id=n, github_login=f"user{n}"))
-    reconciler.drain()
-    emulator.control("POST", "clock/advance", {"seconds": 60})
-    emulator.control(
-        "POST",
-        "generate",
-        {"customers": 50, "events_per_customer": 10, "first_github_user_id": 1, "seed": 3,
-         "span_seconds": 5, "same_second_share": 0.5},
-    )  # fmt: skip
+    burst_after_a_first_poll(reconciler, emulator, customers=50, seed=3, same_second_share=0.5)
     first = reconciler.drain()
     assert first.stats.total("applied") > 0 and first.stats.stripe_reads > 0  # ties re-read
     emulator.control("DELETE", "requests")
