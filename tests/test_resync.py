@@ -18,6 +18,7 @@ from collab_billing import metrics
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
+from collab_billing.mirror import customers as customer_rows
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
@@ -255,3 +256,39 @@ def test_a_first_sync_plans_each_lookup_for_its_ids(
         fresh.dispose()
     assert report.customers_linked == customers
     assert custom > 0 and generic == 0, (generic, custom)
+
+
+@pytest.mark.postgres_only
+def test_a_batch_looks_its_customers_up_by_index_in_a_large_account(engine: Engine) -> None:
+    """Each batch looks up its customers by their Stripe ids, 500 at a time. At PostgreSQL's
+    default cost of a random page (a spinning disk's), a table of 100,000 customers would be
+    read whole for each lookup: several times slower than its index, the table being cached
+    as a service's working set is."""
+    accounts = 100_000
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (github_user_id, github_login)"
+                " SELECT n, 'user' || n FROM generate_series(1, :accounts) AS n"
+            ),
+            {"accounts": accounts},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO billing_customers (user_id, stripe_customer_id)"
+                " SELECT id, 'cus_' || md5(github_user_id::text) FROM users"
+            )
+        )
+        connection.execute(text("ANALYZE users, billing_customers"))
+        ids = list(
+            connection.scalars(
+                text("SELECT stripe_customer_id FROM billing_customers ORDER BY random() LIMIT 500")
+            )
+        )
+    lookup = str(customer_rows._KNOWN.compile(dialect=engine.dialect))  # the batch's own statement
+    with Session(engine) as session:
+        assert len(customer_rows.known(session, ids)) == len(ids)
+        [[plan]] = session.connection().exec_driver_sql(
+            "EXPLAIN (FORMAT JSON) " + lookup, {"ids": ids}
+        )
+    assert "Seq Scan" not in json.dumps(plan), plan
