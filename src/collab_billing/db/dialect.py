@@ -48,7 +48,8 @@ def insert_rows(dialect: str, table: Any, columns: Sequence[str]) -> Any:
 def execute_rows(
     connection: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
 ) -> Result[Any]:
-    """Run an `insert_rows` statement for `rows`, each a value for each of its columns."""
+    """Run an `insert_rows` statement for `rows` (at least one), each a value for each of its
+    columns."""
     if connection.dialect.name != "postgresql":
         return connection.execute(statement, rows)
     return connection.execute(statement, {name: [row[name] for row in rows] for name in rows[0]})
