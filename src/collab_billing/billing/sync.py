@@ -11,7 +11,6 @@ read budget.
 
 from __future__ import annotations
 
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.client import CheckoutSessionSummary
 from collab_billing.stripe_gateway.events import id_of
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,9 @@ def sync_subscriptions(
     try:
         return _sync(factory, gateway, github_user_id, checkout_session_id)
     finally:
-        _record_reads(factory)
+        # An API-only process (reconciler off) records its reads too; a failure does not
+        # fail the sync, whose rows are written.
+        budget.flush_reads_or_log(factory, time.time())
 
 
 def _sync(
@@ -79,15 +78,6 @@ def _sync(
         links = [target.link] if target.link else []
         Applier(factory, gateway, source="sync").apply_read(SUBSCRIPTIONS, objects, as_of, links)
     return target.github_user_id
-
-
-def _record_reads(factory: sessionmaker[Session]) -> None:
-    """An API-only process (reconciler off) records its reads too; a failure keeps them for
-    the next flush and does not fail the sync, whose rows are written."""
-    try:
-        budget.flush_reads(factory, time.time())
-    except Exception as error:
-        log.warning("could not record Stripe reads: %s", type(error).__name__)
 
 
 def _checkout_session(gateway: StripeGateway, session_id: str) -> CheckoutSessionSummary:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import orjson
@@ -160,11 +160,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     process's writers take turns, first come first served."""
     bind = factory.kw["bind"]
     turn = _writer_turn(bind) if isinstance(bind, Engine) else None
-    if turn is None:
-        with factory() as session, session.begin():
-            yield session
-        return
-    with turn, factory() as session, session.begin():
+    with turn or nullcontext(), factory() as session, session.begin():
         yield session
 
 

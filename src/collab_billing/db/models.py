@@ -22,7 +22,7 @@ from sqlalchemy import (
     false,
     func,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Explicit names so that Alembic migrations are identical on both engines.
 NAMING_CONVENTION = {
@@ -64,10 +64,6 @@ class User(Base):
     email_address: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = _now_column()
 
-    billing_customer: Mapped[BillingCustomer | None] = relationship(
-        back_populates="user", passive_deletes=True
-    )
-
 
 class BillingCustomer(Base):
     __tablename__ = "billing_customers"
@@ -82,8 +78,6 @@ class BillingCustomer(Base):
     # When the customer's one trial was granted (set as its Checkout is created; never reset).
     trial_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
-
-    user: Mapped[User] = relationship(back_populates="billing_customer")
 
 
 class BillingSubscription(MirroredRow, Base):

@@ -8,11 +8,10 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Row, RowMapping, bindparam, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import in_ids
+from collab_billing.db.dialect import in_ids, insert
 from collab_billing.db.models import (
     BillingCustomer,
     BillingPrice,
@@ -68,9 +67,8 @@ def upsert_user(
     changes: dict[str, object] = {"github_login": github_login}
     if email_address is not KEEP:
         changes["email_address"] = email_address
-    insert = _dialect_insert(session)
     created = session.execute(
-        insert(User)
+        insert(session, User)
         .values(github_user_id=github_user_id, **changes)
         .on_conflict_do_nothing(index_elements=[_users.c.github_user_id])
         .returning(*_USER_COLUMNS)
@@ -84,11 +82,6 @@ def upsert_user(
         .returning(*_USER_COLUMNS)
     ).one()
     return updated, False
-
-
-def _dialect_insert(session: Session) -> Any:
-    """The dialect's `insert`, which has `on_conflict_do_nothing` (SQLite and PostgreSQL)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def get_billing_customer_by_user_id(session: Session, user_id: int) -> BillingCustomer | None:

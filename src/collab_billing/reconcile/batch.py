@@ -120,7 +120,7 @@ class BatchWriter:
 
     def apply(self, groups: Sequence[Group], retried: set[str], cursor: int | None) -> ApplyStats:
         session = self.session
-        self.lock([group.object_id for group in groups])
+        ledger.lock_objects(self.session, [group.object_id for group in groups])
         pending_ids = ledger.pending_object_ids(session)
         ready = self._hold_back(groups, pending_ids - retried)
         events = [event for group in ready for event in group.events]
@@ -141,9 +141,6 @@ class BatchWriter:
         if cursor is not None:
             ledger.advance_cursor(session, cursor)
         return self.stats
-
-    def lock(self, object_ids: Sequence[str]) -> None:
-        ledger.lock_objects(self.session, object_ids)
 
     def _hold_back(self, groups: Sequence[Group], blocked: set[str]) -> list[Group]:
         """Objects with an event waiting for a retry keep their order: later events wait too
@@ -300,7 +297,7 @@ class BatchWriter:
         clock: an event created before it is reflected in what was read, so the watermark
         makes it stale; one of that second or later still applies (docs/reconciliation.md)."""
         ids = [mirrored.object_id(obj) for obj in chunk]
-        self.lock(ids)
+        ledger.lock_objects(self.session, ids)
         marks = self.watermarks(mirrored, ids)
         owners = {mirrored.object_id(o): mirrored.owner(o) for o in chunk} if mirrored.owner else {}
         self.known.update(customers.known(self.session, set(owners.values())))

@@ -95,19 +95,27 @@ def _add(session: Session, day: int, reads: int = 0, transactions: int = 0) -> N
     )
 
 
-def flush_reads(factory: sessionmaker[Session], now: float) -> int:
+def flush_reads(factory: sessionmaker[Session], now: float) -> None:
     """Record the reads this process made since the last flush (on failure they are kept for
-    the next one). Returns how many."""
+    the next one)."""
     count = READS.take()
     if not count:
-        return 0
+        return
     try:
         with transaction(factory) as session:
             _add(session, day_of(now), reads=count)
     except Exception:
         READS.add(count)
         raise
-    return count
+
+
+def flush_reads_or_log(factory: sessionmaker[Session], now: float) -> None:
+    """`flush_reads` for a loop or a request that must go on when the database is down: the
+    reads are kept for the next flush and the failure is logged."""
+    try:
+        flush_reads(factory, now)
+    except Exception as error:
+        log.warning("could not record Stripe reads: %s", type(error).__name__)
 
 
 class _Charge(msgspec.Struct):

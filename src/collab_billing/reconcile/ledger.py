@@ -76,7 +76,6 @@ class PendingEvent:
     object_id: str
     attempts: int
     last_error: str | None
-    next_attempt_at: int
 
 
 _PENDING_OBJECT_IDS = select(PendingStripeEvent.stripe_object_id).distinct()
@@ -112,7 +111,6 @@ def _pending(row: PendingStripeEvent) -> PendingEvent:
         row.stripe_object_id,
         row.attempts,
         row.last_error,
-        row.next_attempt_at,
     )
 
 

@@ -68,7 +68,6 @@ class Poller:
         gateway: StripeGateway,
         applier: Applier,
         clock: Callable[[], float] = time.time,
-        target: int = tuning.WINDOW_EVENTS,
         types: Sequence[str] | None = None,
         give_way: Callable[[float], None] | None = None,
     ) -> None:
@@ -77,7 +76,6 @@ class Poller:
         self.gateway = gateway
         self.applier = applier
         self.clock = clock
-        self.target = target
         self.types = frozenset(types if types is not None else relevant_event_types())
         # Unfiltered pages (more types than Stripe's filter takes) hold other events too: they
         # count for paging and window sizes, and are left out before the ledger and the applier.
@@ -112,7 +110,9 @@ class Poller:
         if due:
             report.stats.add_counts(self.applier.apply([], pending=due))
         low = max(0, cursor - tuning.OVERLAP_SECONDS)
-        newest, latency = self._timed(lambda: self._list(report, created_gte=low))
+        requested = time.monotonic()
+        newest = self._list(report, created_gte=low)
+        latency = time.monotonic() - requested
         if newest.has_more:
             boundary = newest.events[-1].created  # its oldest second may go on below the page
             report.concurrency = self._concurrency(latency)
@@ -141,11 +141,11 @@ class Poller:
         are not what limits the drain (each window's partial last page costs a request,
         and each window's events are held in memory until it is applied)."""
         if concurrency == 1:
-            return self.target
+            return tuning.WINDOW_EVENTS
         if self._requests_to_spare():
             return tuning.MIN_WINDOW_EVENTS
         wanted = min(backlog / (2 * concurrency), tuning.MAX_EVENTS_IN_FLIGHT / concurrency)
-        return max(tuning.MIN_WINDOW_EVENTS, min(self.target, int(wanted)))
+        return max(tuning.MIN_WINDOW_EVENTS, min(tuning.WINDOW_EVENTS, int(wanted)))
 
     def _concurrency(self, latency: float) -> int:
         """Windows read at once: enough requests in flight to use the request budget, and at
@@ -159,12 +159,6 @@ class Poller:
     def _requests_to_spare(self) -> bool:
         """The request budget reads pages faster than the database applies them."""
         return self.gateway.requests_per_second * PAGE_EVENTS > tuning.APPLY_EVENTS_PER_SECOND
-
-    @staticmethod
-    def _timed(call: Callable[[], _Page]) -> tuple[_Page, float]:
-        started = time.monotonic()
-        result = call()
-        return result, time.monotonic() - started
 
     def _list(self, report: DrainReport, **filters: int | str) -> _Page:
         """One page; a request that fails for a reason that may pass (the network, 5xx, 429

@@ -133,7 +133,7 @@ class Reconciler:
                     )
                     self.lock.release()  # its connection may be dead: take it anew
                     metrics.LEADER.set(0)
-                self._flush_reads()
+                budget.flush_reads_or_log(self.factory, self.clock())
                 fast = self.settings.reconcile_interval_seconds
                 if failures:
                     # Stripe or the database down: back off, up to ten fast intervals.
@@ -143,7 +143,7 @@ class Reconciler:
                 else:
                     self._wait_for_next_poll(stop, started)
         finally:
-            self._flush_reads()
+            budget.flush_reads_or_log(self.factory, self.clock())
             self.lock.release()
             metrics.LEADER.set(0)
 
@@ -175,12 +175,6 @@ class Reconciler:
         except Exception as error:  # the database is down: the next poll fails and backs off
             log.warning("could not work out the poll interval: %s", type(error).__name__)
             return self.settings.reconcile_interval_seconds
-
-    def _flush_reads(self) -> None:
-        try:
-            budget.flush_reads(self.factory, self.clock())
-        except Exception as error:  # kept for the next flush; the loop goes on
-            log.warning("could not record Stripe reads: %s", type(error).__name__)
 
     def _record(self, report: DrainReport) -> None:
         status = read_status(self.engine)
