@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import msgspec
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import in_ids, insert
+from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
 from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
@@ -120,8 +121,8 @@ def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[
     linked: dict[str, int] = {}
     if links:
         rows = [{"user_id": uid, "stripe_customer_id": cid} for cid, uid in links.items()]
-        statement = insert(session, BillingCustomer).on_conflict_do_nothing()
-        session.execute(statement, rows)
+        statement = _link_statement(session.get_bind().dialect.name)
+        execute_rows(session.connection(), statement, rows)
         linked = known(session, list(links))
         session.execute(
             delete(UnmatchedStripeCustomer).where(
@@ -130,6 +131,12 @@ def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[
         )
     _remember_unmatched(session, [c for c in candidates if c[0] not in linked])
     return linked
+
+
+@cache
+def _link_statement(dialect: str) -> Any:
+    columns = ("user_id", "stripe_customer_id")
+    return insert_rows(dialect, BillingCustomer.__table__, columns).on_conflict_do_nothing()
 
 
 def _users_without_customer(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:

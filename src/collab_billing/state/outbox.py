@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, event, literal, select, update
+from sqlalchemy import Table, bindparam, event, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.db.dialect import in_ids, insert, insert_for
+from collab_billing.db.dialect import execute_rows, in_ids, insert_for, insert_rows
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
@@ -140,16 +140,6 @@ _STORED_FOR_UPDATE = (
     .order_by(BillingState.user_id)
     .with_for_update()
 )
-_STORE_DOCUMENT = (
-    update(_states)
-    .where(_states.c.user_id == bindparam("uid"))
-    .values(
-        version=bindparam("new_version"),
-        document=bindparam("new_document"),
-        grace_ends_at=bindparam("new_grace_ends_at"),
-        stale=False,
-    )
-)
 _UNMARK = update(_states).where(in_ids(_states.c.user_id)).values(stale=False)
 _STALE = (
     select(BillingState.user_id)
@@ -197,10 +187,11 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
         else:
             changed.append(
                 {
-                    "uid": user_id,
-                    "new_version": version + 1,
-                    "new_document": document,
-                    "new_grace_ends_at": state.grace_end(document),
+                    "user_id": user_id,
+                    "version": version + 1,
+                    "document": document,
+                    "grace_ends_at": state.grace_end(document),
+                    "stale": False,
                 }
             )
     if unchanged_stale:
@@ -208,25 +199,41 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     if not changed:
         return 0
     now = datetime.now(UTC)
-    connection.execute(_STORE_DOCUMENT, changed)
-    connection.execute(
-        insert(session, _notifications),
-        [
-            {
-                "user_id": row["uid"],
-                "version": row["new_version"],
-                "payload": {**row["new_document"], "version": row["new_version"]},
-                "delivered_to": [],
-                "attempts": 0,
-                "next_attempt_at": 0.0,
-                # From Python, not the database: SQLite's CURRENT_TIMESTAMP has whole seconds,
-                # and this time is what the commit-to-delivery delay is measured from.
-                "created_at": now,
-            }
-            for row in changed
-        ],
-    )
+    execute_rows(connection, _store_documents(dialect), changed)
+    notifications = [
+        {
+            "user_id": row["user_id"],
+            "version": row["version"],
+            "payload": {**row["document"], "version": row["version"]},
+            "delivered_to": [],
+            "attempts": 0,
+            "next_attempt_at": 0.0,
+            # From Python, not the database: SQLite's CURRENT_TIMESTAMP has whole seconds,
+            # and this time is what the commit-to-delivery delay is measured from.
+            "created_at": now,
+        }
+        for row in changed
+    ]
+    execute_rows(connection, _insert_notifications(dialect), notifications)
     return len(changed)
+
+
+@cache
+def _store_documents(dialect: str) -> Any:
+    """The changed documents' rows (which exist: `write_changed_documents` made them), one
+    statement for all on PostgreSQL (`insert_rows`)."""
+    columns = ("user_id", "version", "document", "grace_ends_at", "stale")
+    statement = insert_rows(dialect, _states, columns)
+    changed = {name: statement.excluded[name] for name in columns if name != "user_id"}
+    return statement.on_conflict_do_update(
+        index_elements=["user_id"], set_={**changed, "updated_at": func.now()}
+    )
+
+
+@cache
+def _insert_notifications(dialect: str) -> Any:
+    columns = ("user_id", "version", "payload", "delivered_to", "attempts", "next_attempt_at")
+    return insert_rows(dialect, _notifications, (*columns, "created_at"))
 
 
 def mark_stale(session: Session, user_ids: list[int]) -> None:
