@@ -11,6 +11,7 @@ rule, applied at once). SQLite's planner needs no statistics for lookups by inde
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Engine, Table, text
@@ -42,6 +43,21 @@ class Analyze(Executable, ClauseElement):
 @compiles(Analyze)
 def _analyze(element: Analyze, compiler: SQLCompiler, **_kw: Any) -> str:
     return "ANALYZE " + compiler.preparer.format_table(element.table)
+
+
+class StatisticsKeeper:
+    """For a loop that fills the tables: `keep()` analyzes the changed tables (PostgreSQL), at
+    most once every `seconds` (finding none is one small read)."""
+
+    def __init__(self, engine: Engine, seconds: float) -> None:
+        self.engine = engine
+        self.seconds = seconds
+        self._next = 0.0
+
+    def keep(self) -> None:
+        if time.monotonic() >= self._next:
+            analyze_changed_tables(self.engine)
+            self._next = time.monotonic() + self.seconds
 
 
 def analyze_changed_tables(engine: Engine) -> list[str]:
