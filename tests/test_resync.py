@@ -26,6 +26,7 @@ from collab_billing.mirror import customers as customer_rows
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import assert_matches_stripe
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
@@ -356,3 +357,27 @@ def _plan_of_a_documents_lookup(engine: Engine) -> str:
             "EXPLAIN (FORMAT JSON) " + lookup, {"ids": ids}
         )
     return json.dumps(plan)
+
+
+@pytest.mark.postgres_only
+def test_a_refresh_finds_the_stale_documents_by_index_whatever_the_statistics(
+    engine: Engine,
+) -> None:
+    """Statistics gathered while a catch-up had most documents marked stale (by autovacuum,
+    or by the drain) must not have each refresh walk the whole table for the few left."""
+    with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO users (github_user_id, github_login)"
+            " SELECT n, 'user' || n FROM generate_series(1, 100000) AS n",
+            "INSERT INTO billing_states (user_id, version, stale) SELECT id, 0, true FROM users",
+            "ANALYZE billing_states",
+            "UPDATE billing_states SET stale = false WHERE user_id > 300",
+        ):
+            connection.execute(text(statement))
+    lookup = str(outbox._STALE.compile(dialect=engine.dialect))
+    with Session(engine) as session:
+        assert len(session.scalars(outbox._STALE, {"limit": 500}).all()) == 300
+        [[plan]] = session.connection().exec_driver_sql(
+            "EXPLAIN (FORMAT JSON) " + lookup, {"limit": 500}
+        )
+    assert "ix_billing_states_stale_user_id" in json.dumps(plan), plan

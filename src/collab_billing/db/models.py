@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -343,7 +344,16 @@ class BillingState(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
 
-    __table_args__ = (Index("ix_billing_states_stale_user_id", "stale", "user_id"),)
+    # Partial: the stale documents are found through it whatever the planner's statistics
+    # say (statistics gathered while most rows were stale would have it read the whole table).
+    __table_args__ = (
+        Index(
+            "ix_billing_states_stale_user_id",
+            "user_id",
+            postgresql_where=text("stale"),
+            sqlite_where=text("stale"),
+        ),
+    )
 
 
 class StripeReadDay(Base):
