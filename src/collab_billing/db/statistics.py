@@ -4,9 +4,11 @@ PostgreSQL plans each statement from statistics that only `ANALYZE` gathers: aut
 it a minute or more after a table changed, and never where autovacuum is off. A catch-up or a
 first sync fills the tables faster than that, and a table without statistics is planned as if
 a lookup of 500 ids matched half of it: the whole table is read, or walked in key order, for
-each batch, instead of its index. So between batches the reconciler analyzes the service's
-tables that changed by more than a tenth since they were last analyzed (autovacuum's own
-rule, applied at once). SQLite's planner needs no statistics for lookups by indexed keys.
+each batch, instead of its index. So between batches a drain and a first sync analyze the
+service's tables that changed by more than a tenth since they were last analyzed
+(autovacuum's own rule, applied at once). A column whose values swing within a drain (a
+document's `stale` mark) is read through a partial index instead, whatever its statistics
+say. SQLite's planner needs no statistics for lookups by indexed keys.
 """
 
 from __future__ import annotations
