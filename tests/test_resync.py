@@ -105,7 +105,7 @@ def test_resync_rebuilds_a_populated_account_and_is_idempotent(
     pages = {op: sum(1 for o, status in seen if o == op and status == 200) for op, _ in seen}
     assert pages["customers.list"] == pages["subscriptions.list"] == 3
     assert report.customers_seen == CUSTOMERS and report.customers_linked == MATCHED
-    assert report.subscriptions_seen == CUSTOMERS
+    assert report.seen["subscription"] == CUSTOMERS
     assert report.subscriptions_written == MATCHED
     assert ("customers", CUSTOMERS) in ticks and ("subscriptions", CUSTOMERS) in ticks
     assert_matches_emulator(emulator, session_factory)

@@ -19,6 +19,8 @@ from typing import IO
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from collab_billing.db.engine import is_sqlite
+
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x636F6C6C61625F62  # "collab_b"
@@ -42,15 +44,11 @@ class LeaderLock:
         self._connection: Connection | None = None
         self._file: IO[str] | None = None
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
-
     def acquire(self) -> bool:
         """Try once, without waiting. True while we hold (or just took) the lock."""
         if self.held():
             return True
-        return self._acquire_postgres() if self.is_postgres else self._acquire_file()
+        return self._acquire_file() if is_sqlite(self.engine) else self._acquire_postgres()
 
     def held(self) -> bool:
         if self._file is not None:

@@ -59,10 +59,6 @@ class ResyncReport:
     failed: Counter[str] = field(default_factory=Counter)  # per-customer reads that failed
 
     @property
-    def subscriptions_seen(self) -> int:
-        return self.seen["subscription"]
-
-    @property
     def subscriptions_written(self) -> int:
         return self.written["subscription"]
 
@@ -73,6 +69,7 @@ def resync(
     github_user_id: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> ResyncReport:
+    tick: ProgressCallback = progress or (lambda _what, _count: None)
     report = ResyncReport(as_of=_stripe_now(gateway))
     # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
     # what we write and, for a full resync, the cursor to poll from.
@@ -85,7 +82,7 @@ def resync(
         with transaction(factory) as session:
             report.customers_linked += _link(session, chunk)
         statistics.keep()
-        _tick(progress, "customers", report.customers_seen)
+        tick("customers", report.customers_seen)
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
     for mirrored in MIRRORED_TYPES:
@@ -99,7 +96,7 @@ def resync(
             with transaction(factory) as session:
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
             statistics.keep()
-            _tick(progress, f"{mirrored.kind}s", report.seen[mirrored.kind])
+            tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
     if github_user_id is None:
         meters.sync_meters(factory, gateway)
         with transaction(factory) as session:
@@ -270,11 +267,6 @@ def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _tick(progress: ProgressCallback | None, what: str, count: int) -> None:
-    if progress is not None:
-        progress(what, count)
 
 
 def run_with_progress(
