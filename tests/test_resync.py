@@ -8,19 +8,15 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.config import Settings
-from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory
-from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.mirror import customers as customer_rows
 from collab_billing.reconcile import ledger
@@ -297,66 +293,6 @@ def test_a_batch_looks_its_customers_up_by_index_in_a_large_account(engine: Engi
             "EXPLAIN (FORMAT JSON) " + lookup, {"ids": ids}
         )
     assert "Seq Scan" not in json.dumps(plan), plan
-
-
-@pytest.mark.postgres_only
-def test_a_catch_up_keeps_the_documents_lookups_on_their_index(
-    stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str
-) -> None:
-    """A catch-up into a new database fills its tables faster than autovacuum gathers their
-    statistics (where it runs at all). Without statistics PostgreSQL takes a lookup of 500
-    customers' subscriptions (a state document's read, for each user a batch changed) to match
-    half the table, and reads or walks the whole table each time: the drain gathers them, and
-    the lookup keeps to its index."""
-    name = f"collab_billing_stats_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    new = make_engine(make_url(database_url).set(database=name).render_as_string(False))
-    try:
-        upgrade_to_head(new)
-        _fill_a_large_account(new, accounts=100_000)
-        reconciler = Reconciler(stripe_settings, new, StripeGateway(stripe_settings))
-        populate(emulator, reconciler.factory)
-        assert reconciler.drain().stats.total("applied") > 0
-        plan = _plan_of_a_documents_lookup(new)
-    finally:
-        new.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
-    assert "ix_billing_subscriptions_billing_customer_id" in plan, plan
-
-
-def _fill_a_large_account(engine: Engine, accounts: int) -> None:
-    """Users, customers and a subscription each, synced already (a resync would look the
-    customers up in the emulator, which does not know them)."""
-    statements = (
-        "INSERT INTO users (github_user_id, github_login)"
-        " SELECT n, 'user' || n FROM generate_series(100001, 100000 + :accounts) AS n",
-        "INSERT INTO billing_customers (user_id, stripe_customer_id)"
-        " SELECT id, 'cus_' || md5(github_user_id::text) FROM users",
-        "INSERT INTO billing_subscriptions (billing_customer_id, stripe_subscription_id,"
-        " stripe_subscription_status, stripe_cancel_at_period_end, stripe_state_as_of)"
-        " SELECT id, 'sub_' || md5(id::text), 'active', false, 0 FROM billing_customers",
-    )
-    with Session(engine) as session, session.begin():
-        for statement in statements:
-            session.execute(text(statement), {"accounts": accounts})
-        ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
-
-
-def _plan_of_a_documents_lookup(engine: Engine) -> str:
-    with Session(engine) as session:
-        ids = list(
-            session.scalars(text("SELECT id FROM billing_customers ORDER BY random() LIMIT 500"))
-        )
-        assert len(queries.customers_subscriptions(session, ids)) == len(ids)
-        lookup = str(queries.CUSTOMERS_SUBSCRIPTIONS.compile(dialect=engine.dialect))
-        [[plan]] = session.connection().exec_driver_sql(
-            "EXPLAIN (FORMAT JSON) " + lookup, {"ids": ids}
-        )
-    return json.dumps(plan)
 
 
 @pytest.mark.postgres_only

@@ -26,7 +26,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction, writers_waited
-from collab_billing.db.statistics import StatisticsKeeper
 from collab_billing.mirror.registry import relevant_event_types, types_filter
 from collab_billing.reconcile import ledger, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats
@@ -84,7 +83,6 @@ class Poller:
         self._lock = threading.Lock()
         self.give_way = give_way
         self._next_refresh = 0.0
-        self.statistics = StatisticsKeeper(factory.kw["bind"], tuning.ANALYZE_SECONDS)
 
     def check_retention(self) -> None:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
@@ -305,7 +303,6 @@ class Poller:
             report.stats.add_counts(stats)
             if time.monotonic() >= self._next_refresh:
                 self._refresh_documents()
-            self.statistics.keep()
             if self.give_way is not None:
                 self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
             if stop is not None and stop.is_set():

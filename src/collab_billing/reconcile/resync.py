@@ -27,14 +27,13 @@ from collab_billing.db.models import (
     BillingSubscription,
     User,
 )
-from collab_billing.db.statistics import StatisticsKeeper
 from collab_billing.mirror import customers, meters
 from collab_billing.mirror.registry import (
     MIRRORED_TYPES,
     MirroredType,
     relevant_types_filter,
 )
-from collab_billing.reconcile import ledger, tuning
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.batch import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -74,14 +73,11 @@ def resync(
     # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
     # what we write and, for a full resync, the cursor to poll from.
     listed: set[str] = set()
-    # A first sync fills empty tables with lookups by ids all along (`db/statistics.py`).
-    statistics = StatisticsKeeper(factory.kw["bind"], tuning.ANALYZE_SECONDS)
     for chunk in _chunks(_customers(factory, gateway, github_user_id)):
         report.customers_seen += len(chunk)
         listed.update(customer.id for customer in chunk if not customer.deleted)
         with transaction(factory) as session:
             report.customers_linked += _link(session, chunk)
-        statistics.keep()
         tick("customers", report.customers_seen)
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
@@ -95,7 +91,6 @@ def resync(
             report.seen[mirrored.kind] += len(chunk)
             with transaction(factory) as session:
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
-            statistics.keep()
             tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
     if github_user_id is None:
         meters.sync_meters(factory, gateway)

@@ -31,10 +31,6 @@ BATCH_EVENTS = 500
 # in the last second: they then wait behind a transaction of 100 events, not 500.
 CONTENDED_BATCH_EVENTS = 100
 CONTENDED_SECONDS = 1.0
-# While a drain or a first sync fills the tables, PostgreSQL's planner statistics are checked
-# this often, and gathered for the tables that changed much (`db/statistics.py`); a check is one
-# small read.
-ANALYZE_SECONDS = 5.0
 # Between batches the drain waits for the webhook deliveries being answered in its process
 # (`serve`), at most this long, so that it still makes progress under a steady stream.
 MAX_GIVE_WAY_SECONDS = 1.0
