@@ -225,6 +225,30 @@ def test_the_resync_command(
     assert len(snapshot(session_factory)) == expected
 
 
+def test_the_resync_command_says_which_reads_failed_and_exits_1(
+    engine: Engine, emulator: Emulator, session_factory: Any, database_url: str
+) -> None:
+    """A customer whose entitlements cannot be read does not stop the resync, but the
+    operator who ran it is told, and a script sees a failure."""
+    populate(emulator, session_factory)
+    fault = {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/entitlements"}
+    emulator.control("POST", "faults", fault)
+    env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_API_KEY": EMULATOR_KEY,
+           "STRIPE_API_BASE": emulator.url, "STRIPE_REQUESTS_PER_SECOND": "1000",
+           "STRIPE_MAX_NETWORK_RETRIES": "0"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "resync"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "resync done" in result.stdout
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "entitlement" in message and "resync" in message
+    assert int(message.split("could not read ")[1].split()[0]) > 0
+    assert len(snapshot(session_factory)) == MATCHED  # the rest was still rebuilt
+    assert EMULATOR_KEY not in result.stderr + result.stdout
+
+
 @pytest.mark.postgres_only
 def test_a_first_sync_plans_each_lookup_for_its_ids(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, database_url: str

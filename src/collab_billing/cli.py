@@ -46,9 +46,9 @@ WORKER_NICENESS = 10  # `reconcile`'s CPU priority below `serve` (and its databa
 log = logging.getLogger(__name__)
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(code)
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -332,6 +332,13 @@ def resync(
         f"resync done: {report.customers_seen} customers seen, "
         f"{report.customers_linked} linked{mirrored}"
     )
+    if report.failed:
+        failed = ", ".join(f"{count} customers' {kind}s" for kind, count in report.failed.items())
+        fail(
+            f"could not read {failed} from Stripe (logged): their rows stay as they were "
+            "until their next event or resync; run `collab-billing resync` again",
+            code=1,
+        )
 
 
 @app.command()
