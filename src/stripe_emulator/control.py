@@ -16,7 +16,7 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
 - POST subscriptions/{id}/status `{"status": "past_due"}` -> the subscription.
 - POST prices/{id}/delete `{}` -> the price as it was: a price deleted in the Dashboard
   (`price.deleted`; the API has no such route).
-- POST clock/advance `{"seconds": N}`, GET clock -> `{"now", "offset"}`.
+- POST clock/advance `{"seconds": N}` (0 to two years), GET clock -> `{"now", "offset"}`.
 - POST faults `{"rate", "statuses", "latency_ms", "drop_rate", "path_prefix", "retry_after",
   "drop_after_processing", "count", "seed"}` (all optional), GET, DELETE
   -> `{"faults": {...} | null}`.
@@ -68,6 +68,7 @@ from stripe_emulator.faults import FaultConfig, Faults, RateLimitConfig
 from stripe_emulator.generate import generate
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import set_status
+from stripe_emulator.test_clocks import MAX_ADVANCE
 from stripe_emulator.timeline import advance
 from stripe_emulator.webhooks import WebhookDispatcher
 
@@ -190,8 +191,11 @@ async def clock(request: Request, body: Body) -> Any:
     if request.method == "POST":
         _only(body, {"seconds"})
         seconds = _typed(body, "seconds", (int, float))
-        if seconds is None or seconds < 0:
-            raise bad_request("`seconds` must be a number >= 0.", "seconds")
+        # As far at a time as Stripe moves a test clock: every renewal on the way is made.
+        if seconds is None or not 0 <= seconds <= MAX_ADVANCE:
+            raise bad_request(
+                f"`seconds` must be a number from 0 to {MAX_ADVANCE} (two years).", "seconds"
+            )
         with store.lock:
             advance(store, int(seconds))
     return {"now": store.now(), "offset": store.clock.offset}

@@ -73,3 +73,21 @@ def test_state_dump_and_reset(client: stripe.StripeClient, ctl: Control) -> None
     state = ctl("GET", "state")
     assert state["customers"] == [] and state["event_count"] == 0
     assert ctl("GET", "clock")["offset"] == 0
+
+
+def test_the_clock_moves_at_most_two_years_at_a_time(ctl: Control) -> None:
+    """A jump of 1e30 seconds made every renewal on the way, without end, in the process of
+    `collab-billing dev`; JSON's 1e400 (infinity) was a 500."""
+    ctl("POST", "generate", {"customers": 2, "events_per_customer": 2})
+    for seconds in (-1, 2 * 366 * 86_400 + 1, 1e30):
+        response = ctl.http.post("/_emulator/clock/advance", json={"seconds": seconds})
+        assert response.status_code == 400, response.text
+        assert "seconds" in response.json()["error"]["message"]
+    response = ctl.http.post(
+        "/_emulator/clock/advance",
+        content=b'{"seconds": 1e400}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert ctl("GET", "clock")["offset"] == 0
+    assert ctl("POST", "clock/advance", {"seconds": 2 * 366 * 86_400})["offset"] > 0
