@@ -314,6 +314,45 @@ def test_change_plan_confirmed_in_stripe_shows_after_a_poll_and_after_a_webhook(
         assert (row["plan"]["lookup_key"], row["quantity"]) == ("team-monthly", 5), delivery
 
 
+def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """A metered price bills usage: Stripe refuses a quantity for it, in Checkout and in the
+    portal's plan change alike, so the service sends none and answers none."""
+    meter = emulator.sdk.v1.billing.meters.create(
+        params={
+            "event_name": "tokens",
+            "display_name": "Tokens",
+            "default_aggregation": {"formula": "sum"},
+        }
+    )
+    emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount_decimal": "0.5",
+            "lookup_key": "tokens-monthly",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            "product_data": {"name": "Tokens"},
+        }
+    )
+    reconciler.drain()
+    add_user(service, 2)
+    assert checkout(service, 2, price="tokens-monthly", quantity=4)["quantity"] is None
+
+    buy(service, emulator, reconciler, 1, price="pro-monthly", quantity=3)
+    response = manage(service, 1, "change_plan", price="tokens-monthly", quantity=3)
+    assert response.status_code == 200, response.text
+    portal = portal_session(emulator, response.json()["billing_portal_session_url"])
+    [item] = portal["flow"]["subscription_update_confirm"]["items"]
+    assert "quantity" not in item
+    emulator.control("POST", f"billing_portal/sessions/{portal['id']}/confirm", {})
+    reconciler.drain()
+    [row] = subscriptions(service, 1)
+    assert (row["plan"]["lookup_key"], row["quantity"]) == ("tokens-monthly", None)
+    again = manage(service, 1, "change_plan", price="tokens-monthly")
+    assert again.status_code == 409 and "already on tokens-monthly" in again.text
+
+
 def test_change_plan_from_a_trial_ends_the_trial(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:

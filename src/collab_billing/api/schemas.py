@@ -127,7 +127,7 @@ class CheckoutOut(BaseModel):
     checkout_session_url: str
     stripe_price_id: str
     lookup_key: str | None
-    quantity: int
+    quantity: int | None = Field(description="The seats bought (null: a metered plan).")
     trial: bool = Field(description="Whether this Checkout starts a trial.")
     trial_days: int | None
     trial_refused: str | None = Field(

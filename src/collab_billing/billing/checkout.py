@@ -29,7 +29,7 @@ class CheckoutRequest:
 class CheckoutStarted:
     url: str
     plan: Plan
-    quantity: int
+    quantity: int | None  # None: a metered plan
     trial_days: int | None  # None: no trial
     trial_refused: str | None  # why a requested trial was not given
 
@@ -58,6 +58,7 @@ def start_checkout(
             f"({active[0].stripe_subscription_id}, {active[0].stripe_subscription_status})"
         )
     customer_id = ensure_customer(factory, gateway, user)
+    quantity = None if plan.metered else request.quantity  # metered: billed by usage
     trial_days, refused = _trial(factory, customer_id, request.trial, settings.billing_trial_days)
     try:
         url = gateway.create_checkout_session(
@@ -65,14 +66,14 @@ def start_checkout(
             price_id=plan.stripe_price_id,
             client_reference_id=str(user.github_user_id),
             github_user_id=user.github_user_id,
-            quantity=None if plan.metered else request.quantity,
+            quantity=quantity,
             trial_days=trial_days,
         )
     except Exception:
         if trial_days:
             release_trial(factory, customer_id)
         raise
-    return CheckoutStarted(url, plan, request.quantity, trial_days, refused)
+    return CheckoutStarted(url, plan, quantity, trial_days, refused)
 
 
 def _trial(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,11 +118,12 @@ def _change_plan(
     customer, target = _target(
         factory, request, _why_not_changeable, "active subscription to change"
     )
-    quantity = request.quantity or target.quantity or 1
-    if (plan.stripe_price_id, quantity) == (target.stripe_price_id, target.quantity or 1):
+    # A metered price bills usage and takes no quantity (Stripe refuses one).
+    quantity = None if plan.metered else request.quantity or target.quantity or 1
+    if plan.stripe_price_id == target.stripe_price_id and quantity in (None, target.quantity or 1):
+        seats = "" if quantity is None else f" with quantity {quantity}"
         raise Conflict(
-            f"subscription {target.stripe_subscription_id} is already on {request.price} "
-            f"with quantity {quantity}"
+            f"subscription {target.stripe_subscription_id} is already on {request.price}{seats}"
         )
     body = gateway.get(
         "subscriptions.retrieve", f"/v1/subscriptions/{target.stripe_subscription_id}"
@@ -129,7 +131,9 @@ def _change_plan(
     items = SUBSCRIPTIONS.decode(body).items.data
     if len(items) != 1:
         raise Conflict(f"subscription {target.stripe_subscription_id} has {len(items)} items")
-    item = {"id": items[0].id, "price": plan.stripe_price_id, "quantity": quantity}
+    item: dict[str, Any] = {"id": items[0].id, "price": plan.stripe_price_id}
+    if quantity is not None:
+        item["quantity"] = quantity
     flow = {
         "type": "subscription_update_confirm",
         "subscription_update_confirm": {
