@@ -79,6 +79,11 @@ def complete(emulator: Emulator, answer: dict[str, Any], **body: Any) -> str:
     return str(done["subscription"])
 
 
+def checkout_session(emulator: Emulator, answer: dict[str, Any]) -> Any:
+    session_id = session_id_in(answer["checkout_session_url"], "cs_")
+    return emulator.sdk.v1.checkout.sessions.retrieve(session_id)
+
+
 def portal_session(emulator: Emulator, url: str) -> dict[str, Any]:
     """The portal session behind a URL, as Stripe made it (the API cannot retrieve one)."""
     session_id = session_id_in(url, "bps_")
@@ -228,6 +233,28 @@ def test_a_cardless_trial_ends_canceled_without_a_card_and_active_with_one(
     )
 
 
+def test_only_the_newest_checkout_of_a_user_can_be_paid(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """Two Checkouts opened one after the other (a second tab, a click back) must not become
+    two paid subscriptions: starting one expires the user's others."""
+    add_user(service, 1)
+    first = checkout(service, 1, price="pro-monthly")
+    second = checkout(service, 1, price="team-monthly", quantity=2)
+    first_id = checkout_session(emulator, first).id
+    assert checkout_session(emulator, first).status == "expired"
+    paid = emulator.http.post(f"/_emulator/checkout/sessions/{first_id}/complete", json={})
+    assert paid.status_code == 400
+    complete(emulator, second)
+    # Paid, but not yet applied: a new Checkout is refused rather than opened beside it.
+    third = service.api.post("/billing/subscriptions", json={"github_user_id": 1})
+    assert third.status_code == 409 and "not applied here yet" in third.text
+    reconciler.drain()
+    [row] = subscriptions(service, 1)
+    assert (row["plan"]["lookup_key"], row["quantity"]) == ("team-monthly", 2)
+    assert len(emulator.sdk.v1.subscriptions.list(params={"status": "all"}).data) == 1
+
+
 def test_one_trial_per_customer(
     service: Service,
     emulator: Emulator,
@@ -239,21 +266,30 @@ def test_one_trial_per_customer(
     add_user(service, 1)
     first = checkout(service, 1, price="pro-monthly", trial=True)
     assert first["trial"] is True
+    # Asked again before paying: the first Checkout is expired, and its trial given back.
     again = checkout(service, 1, price="pro-monthly", trial=True)
-    assert (again["trial"], again["trial_days"]) == (False, None)
-    assert "already had a trial" in again["trial_refused"]
-    session = emulator.sdk.v1.checkout.sessions.retrieve(
-        session_id_in(again["checkout_session_url"], "cs_")
-    )
-    assert session.payment_method_collection == "always"  # no trial: a card is taken
+    assert (again["trial"], again["trial_days"]) == (True, 7)
+    assert checkout_session(emulator, first).status == "expired"
+    sub_id = complete(emulator, again)
+    reconciler.drain()
+    emulator.sdk.v1.subscriptions.cancel(sub_id)
+    reconciler.drain()
+    # The trial was used: no other, and a card is taken.
+    used = checkout(service, 1, price="pro-monthly", trial=True)
+    assert (used["trial"], used["trial_days"]) == (False, None)
+    assert "already had a trial" in used["trial_refused"]
+    assert checkout_session(emulator, used).payment_method_collection == "always"
 
-    # Concurrent first asks of a new user: one trial between them.
+    # Concurrent first asks of a new user: at most one open Checkout holds the trial.
     add_user(service, 2)
     with ThreadPoolExecutor(8) as pool:
         answers = list(
             pool.map(lambda _: checkout(service, 2, price="pro-monthly", trial=True), range(8))
         )
-    assert sorted(a["trial"] for a in answers) == [False] * 7 + [True]
+    assert any(a["trial"] for a in answers)
+    open_sessions = [checkout_session(emulator, a) for a in answers]
+    open_sessions = [s for s in open_sessions if s.status == "open"]
+    assert open_sessions and sum("trial_days" in s.metadata for s in open_sessions) <= 1
 
     # Trials off (BILLING_TRIAL_DAYS=0): the answer says so; with a card required: "always".
     add_user(service, 3)

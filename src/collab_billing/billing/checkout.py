@@ -1,4 +1,5 @@
-"""Checkout: the user's Stripe customer (created once), then a Checkout session."""
+"""Checkout: the user's Stripe customer (created once), then a Checkout session, the only one
+of the customer open."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from collab_billing.billing.plans import Plan, resolve_plan
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.db import queries
 from collab_billing.db.models import User
+from collab_billing.mirror.subscriptions import Subscription
 from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway.events import decode_object
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def start_checkout(
             f"({active[0].stripe_subscription_id}, {active[0].stripe_subscription_status})"
         )
     customer_id = ensure_customer(factory, gateway, user)
+    expire_open_checkouts(factory, gateway, customer_id, request.github_user_id)
     quantity = None if plan.metered else request.quantity  # metered: billed by usage
     trial_days, refused = _trial(factory, customer_id, request.trial, settings.billing_trial_days)
     try:
@@ -74,6 +78,36 @@ def start_checkout(
             release_trial(factory, customer_id)
         raise
     return CheckoutStarted(url, plan, quantity, trial_days, refused)
+
+
+def expire_open_checkouts(
+    factory: sessionmaker[Session], gateway: StripeGateway, customer_id: str, github_user_id: int
+) -> None:
+    """At most one Checkout of a customer can be paid, the newest: those still open are
+    expired first (each completed one is a subscription, so two open ones could become two
+    paid subscriptions). A trial claimed for an expired one is given back: it never began.
+    A session completed meanwhile cannot be expired: the user has just subscribed (409).
+    Requests of one user at the same instant may each leave their own session open (a
+    double click: the browser shows the last one's); they expire in 24 hours unpaid."""
+    ended = gateway.expire_open_checkouts(customer_id)
+    # Only the request that expired a trial's session gives the trial back: another may
+    # have claimed it again since.
+    if any((s.metadata or {}).get("trial_days") for s in ended if s.expired_here):
+        release_trial(factory, customer_id)
+    # A Checkout paid a moment ago may not be applied yet: Stripe is asked.
+    subscriptions = gateway.list_customer_subscriptions(customer_id)
+    live = [
+        subscription
+        for subscription in (decode_object(raw, Subscription) for raw in subscriptions)
+        if subscription.status in queries.ACTIVE_STATUSES
+    ]
+    if live:
+        raise Conflict(
+            f"user {github_user_id} already has an active subscription on Stripe "
+            f"({live[0].id}, {live[0].status}), not applied here yet"
+        )
+    if any(session.status == "complete" for session in ended):
+        raise Conflict(f"user {github_user_id} has just completed a Checkout")
 
 
 def _trial(

@@ -2,18 +2,23 @@
 conditional UPDATE, so two concurrent requests cannot both get a trial.
 
 The claim is made before the trial's Checkout session is created (no Stripe call inside the
-transaction) and given back if creating the session fails. A customer whose mirrored
-subscriptions already had a trial (say, made in the dashboard) gets none either.
+transaction) and given back if creating the session fails, or when a newer Checkout expires
+that session. A session left unpaid expires on Stripe within 24 hours: a claim older than
+that, with no subscription of the customer ever trialing, is free again. A customer whose
+mirrored subscriptions already had a trial (say, made in the dashboard) gets none either.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.models import BillingCustomer, BillingSubscription
+
+# Stripe expires an unpaid Checkout session 24 hours after it is made (by default, at most).
+UNPAID_CHECKOUT_LIFETIME = timedelta(hours=25)
 
 
 def claim_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> datetime | None:
@@ -35,17 +40,20 @@ def claim_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> date
         )
         if customer_id is None or had_trial is not None:
             return None
+        unclaimed = or_(
+            BillingCustomer.trial_started_at.is_(None),
+            BillingCustomer.trial_started_at < now - UNPAID_CHECKOUT_LIFETIME,
+        )
         claimed = session.execute(
             update(BillingCustomer)
-            .where(BillingCustomer.id == customer_id, BillingCustomer.trial_started_at.is_(None))
+            .where(BillingCustomer.id == customer_id, unclaimed)
             .values(trial_started_at=now)
         )
         return now if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
 def release_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> None:
-    """Give back a claim whose Checkout session could not be created. (Only the request that
-    claimed the trial can be here: every other one found it taken.)"""
+    """Give back a claim whose Checkout session could not be created, or was expired unpaid."""
     with factory() as session, session.begin():
         session.execute(
             update(BillingCustomer)

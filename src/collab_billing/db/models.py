@@ -76,7 +76,7 @@ class BillingCustomer(Base):
     stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     # Deletion is terminal on Stripe, so a tombstone makes customer events commute.
     stripe_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # When the customer's one trial was granted (set as its Checkout is created; never reset).
+    # When the customer's one trial was claimed, as its Checkout is created (`billing/trials`).
     trial_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now_column()
 

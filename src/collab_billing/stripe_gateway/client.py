@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -54,10 +55,12 @@ class CheckoutSessionSummary(msgspec.Struct):
 
     id: str
     status: str | None = None
+    mode: str | None = None
     customer: str | Ref | None = None
     subscription: str | Ref | None = None
     client_reference_id: str | None = None
     metadata: dict[str, str] | None = None
+    expired_here: bool = False  # not Stripe's: `expire_open_checkouts` expired it
 
 
 class StripeGateway:
@@ -159,6 +162,8 @@ class StripeGateway:
         settings = self.settings
         metadata = {"github_user_id": str(github_user_id)}
         subscription_data: dict[str, Any] = {"metadata": metadata}
+        # The session says whether it holds the customer's trial (`expire_open_checkouts`).
+        session_metadata = {**metadata, **({"trial_days": str(trial_days)} if trial_days else {})}
         line_item: dict[str, Any] = {"price": price_id}
         if quantity is not None:
             line_item["quantity"] = quantity
@@ -169,7 +174,7 @@ class StripeGateway:
             "client_reference_id": client_reference_id,
             "success_url": with_session_id(settings.billing_checkout_success_url),
             "cancel_url": settings.billing_checkout_cancel_url,
-            "metadata": metadata,
+            "metadata": session_metadata,
             "subscription_data": subscription_data,
         }
         if trial_days:
@@ -191,6 +196,26 @@ class StripeGateway:
             lambda: self.client.v1.checkout.sessions.create(params=params),  # type: ignore[arg-type]
         )
         return str(session.url)
+
+    def expire_open_checkouts(self, customer_id: str) -> list[CheckoutSessionSummary]:
+        """Expire the customer's open subscription Checkout sessions. Returns each as it is
+        then: `expired` (by this call, or by another meanwhile), or `complete` when it was paid
+        meanwhile. Those this call expired have `expired_here`."""
+        ended = []
+        for raw in self.list_all("/v1/checkout/sessions", customer=customer_id, status="open"):
+            session = decode_object(raw, CheckoutSessionSummary)
+            if session.mode != "subscription":  # the host app's own payments are not ours
+                continue
+            expire = partial(self.client.v1.checkout.sessions.expire, session.id)
+            try:
+                self._call("checkout.sessions.expire", expire)
+                session.status, session.expired_here = "expired", True
+            except StripeGatewayError as error:
+                if error.http_status != 400:  # 400: not open any more
+                    raise
+                session = self.retrieve_checkout_session(session.id)
+            ended.append(session)
+        return ended
 
     def create_portal_session(self, *, customer_id: str, flow: dict[str, Any] | None = None) -> str:
         """A customer portal session: its home page (no `flow`) or one flow (`flow_data`),
