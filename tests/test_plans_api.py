@@ -6,18 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from collab_billing.config import Settings
+from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.ops_helpers import Service, running_service
 from tests.stripe_helpers import Emulator, session_id_in
 
 DAY = 86_400
+DAY_AND_MORE = timedelta(hours=26)
 PLANS = {  # lookup key -> (product, amount, interval)
     "pro-monthly": ("Collab Pro", 1000, "month"),
     "pro-yearly": ("Collab Pro", 10000, "year"),
@@ -253,6 +256,21 @@ def test_only_the_newest_checkout_of_a_user_can_be_paid(
     [row] = subscriptions(service, 1)
     assert (row["plan"]["lookup_key"], row["quantity"]) == ("team-monthly", 2)
     assert len(emulator.sdk.v1.subscriptions.list(params={"status": "all"}).data) == 1
+
+
+def test_the_trial_of_a_checkout_left_unpaid_is_free_again_once_stripe_expired_it(
+    service: Service, emulator: Emulator, catalog: dict[str, str], engine: Engine
+) -> None:
+    add_user(service, 1)
+    abandoned = checkout(service, 1, price="pro-monthly", trial=True)
+    emulator.sdk.v1.checkout.sessions.expire(checkout_session(emulator, abandoned).id)
+    soon = checkout(service, 1, price="pro-monthly", trial=True)
+    assert "already had a trial" in soon["trial_refused"]  # maybe still being paid, elsewhere
+    with engine.begin() as connection:  # a day and more later: Stripe expired it unpaid
+        day_ago = datetime.now(UTC) - DAY_AND_MORE
+        connection.execute(update(BillingCustomer).values(trial_started_at=day_ago))
+    later = checkout(service, 1, price="pro-monthly", trial=True)
+    assert (later["trial"], later["trial_days"]) == (True, 7)
 
 
 def test_one_trial_per_customer(
