@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, text
 
 from collab_billing import billing
 from collab_billing.cli import print_status
@@ -19,8 +19,13 @@ from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.leader import start_in_background
-from collab_billing.reconcile.run import Reconciler
+from collab_billing.reconcile.leader import (
+    ADVISORY_LOCK_KEY,
+    HOLDER_QUERY,
+    LeaderLock,
+    start_in_background,
+)
+from collab_billing.reconcile.run import LEADER_CHECK_SECONDS, Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import clear_tables
 from tests.ops_helpers import close_database, wait_until
@@ -219,6 +224,9 @@ def test_the_reconciler_outlives_a_database_outage(
         engine.dispose()
 
 
+LOCK_KEY_PARTS = {"high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY & 0xFFFFFFFF}
+
+
 def metric(name: str) -> float | None:
     return REGISTRY.get_sample_value(name)
 
@@ -307,3 +315,36 @@ def test_no_write_waits_for_stripe(
 def slow_read_in_flight(emulator: Emulator) -> bool:
     counts = emulator.control("GET", "requests")
     return bool(counts["in_flight"]) and "GET /v1/subscriptions/{id}" in counts["by_route"]
+
+
+@pytest.mark.postgres_only
+def test_a_leader_whose_lock_is_gone_stops_its_drain(
+    stripe_settings: Settings, emulator: Emulator, own_database: str
+) -> None:
+    """The leader's lock connection dies mid-drain (terminated, a network cut) and another
+    process takes the lock: the old leader stops after its current batch, rather than drain
+    on beside the new one and read every page twice."""
+    engine = make_engine(own_database)
+    upgrade_to_head(engine)
+    settings = stripe_settings.model_copy(update={"database_url": own_database})
+    reconciler = make_reconciler(settings, engine, stripe_requests_per_second=5.0)
+    backlog = generate_backlog(emulator, reconciler.factory, 600, 10)  # ~60 pages: ~12 s
+    thread, stop = start_in_background(reconciler.run, "reconciler")
+    other = LeaderLock(engine)  # another process's
+    try:
+        wait_until(lambda: processed_event_ids(reconciler.factory), what="a first batch")
+        with engine.connect() as connection:
+            holder = connection.scalar(HOLDER_QUERY, LOCK_KEY_PARTS)
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+        wait_until(other.acquire, timeout=5, what="the lock, freed")
+        time.sleep(2 * LEADER_CHECK_SECONDS)  # the old leader's check, then its last batch
+        stopped_at = len(processed_event_ids(reconciler.factory))
+        time.sleep(2)
+        assert len(processed_event_ids(reconciler.factory)) == stopped_at
+        assert stopped_at < backlog["events"]
+        assert metric("collab_billing_reconciler_leader") == 0
+    finally:
+        stop.set()
+        thread.join(30)
+        other.release()
+        engine.dispose()

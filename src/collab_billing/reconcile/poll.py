@@ -83,6 +83,7 @@ class Poller:
         self._lock = threading.Lock()
         self.give_way = give_way
         self._next_refresh = 0.0
+        self._leading: Callable[[], bool] = lambda: True
 
     def check_retention(self) -> None:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
@@ -96,9 +97,12 @@ class Poller:
         if age > tuning.WARN_AFTER_SECONDS:
             log.warning("no complete poll for %.1f days", age / 86_400)
 
-    def drain(self, stop: threading.Event | None = None) -> DrainReport:
-        """Apply every new event (and the due retries); with `stop` set, return after the
-        current batch's transaction."""
+    def drain(
+        self, stop: threading.Event | None = None, leading: Callable[[], bool] | None = None
+    ) -> DrainReport:
+        """Apply every new event (and the due retries); with `stop` set, or `leading()` false
+        (the leadership lost), return after the current batch's transaction."""
+        self._leading = leading or (lambda: True)
         started = time.monotonic()
         # Once the poll completes, every event created before it started is applied.
         polled_from = int(self.clock())
@@ -305,7 +309,7 @@ class Poller:
                 self._refresh_documents()
             if self.give_way is not None:
                 self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
-            if stop is not None and stop.is_set():
+            if (stop is not None and stop.is_set()) or not self._leading():
                 report.interrupted = True
                 return True
         if newest_first and (not events or events[-1].created < newest_first[0].created):

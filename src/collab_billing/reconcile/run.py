@@ -36,6 +36,8 @@ from collab_billing.stripe_gateway import StripeGateway
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_INTERVALS = 10
+# A leader checks between batches, at most this often, that its lock is still held.
+LEADER_CHECK_SECONDS = 1.0
 Sleep = Callable[[threading.Event, float], None]
 
 
@@ -74,9 +76,11 @@ class Reconciler:
         self.last_report: DrainReport | None = None
         self.polls = 0
 
-    def drain(self, stop: threading.Event | None = None) -> DrainReport:
+    def drain(
+        self, stop: threading.Event | None = None, leading: Callable[[], bool] | None = None
+    ) -> DrainReport:
         """Read and apply everything new; resync first when events cannot be trusted.
-        With `stop` set, return after the current batch's transaction."""
+        With `stop` set, or `leading()` false, return after the current batch's transaction."""
         with request_id_scope(new_request_id("poll")):
             try:
                 self.poller.check_retention()
@@ -87,7 +91,7 @@ class Reconciler:
             if linked := self.applier.adopt(as_of=cursor):
                 log.info("linked customers whose user appeared", extra={"linked": linked})
             with metrics.POLL_SECONDS.time():
-                report = self.poller.drain(stop)
+                report = self.poller.drain(stop, leading)
             if report.stats.total("applied") or report.missed_by_webhooks:
                 self.signals.event_seen()
             self._record(report)
@@ -119,7 +123,7 @@ class Reconciler:
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
                     if leader:
-                        self.drain(stop)
+                        self.drain(stop, self._still_leader())
                         self.polls += 1
                     failures, self.last_error = 0, None
                     if once and leader:
@@ -146,6 +150,21 @@ class Reconciler:
             budget.flush_reads_or_log(self.factory, self.clock())
             self.lock.release()
             metrics.LEADER.set(0)
+
+    def _still_leader(self) -> Callable[[], bool]:
+        """Whether the lock is still ours, asked between a drain's batches at most once a
+        second: a leader whose lock connection died (and whose lock another process may hold
+        by now) stops its drain rather than poll beside the new leader."""
+        checked_at = time.monotonic()
+
+        def leading() -> bool:
+            nonlocal checked_at
+            if time.monotonic() - checked_at < LEADER_CHECK_SECONDS:
+                return True
+            checked_at = time.monotonic()
+            return self.lock.held()
+
+        return leading
 
     def _wait_for_next_poll(self, stop: threading.Event, started: float) -> None:
         """Until `started` + the interval, which is worked out again while waiting: activity
