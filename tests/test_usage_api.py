@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,13 +12,15 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.api.app import create_app
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingUsageEvent
 from collab_billing.mirror.meters import sync_meters
 from collab_billing.reconcile.resync import resync
 from collab_billing.stripe_gateway import StripeGateway
+from tests.servers import ServerThread
 from tests.stripe_helpers import Emulator
-from tests.test_billing_api import add_user, serve
+from tests.test_billing_api import AUTH, add_user, serve
 
 
 @pytest.fixture
@@ -189,3 +192,35 @@ def test_usage_without_a_subscription_is_the_calendar_month(api: httpx.Client, m
     assert api.get("/billing/usage", params={"github_user_id": 404}).status_code == 404
     bad = {"github_user_id": 8, "max_monthly_spend_cents": -1}
     assert api.put("/billing/preferences", json=bad).status_code == 422
+
+
+def test_usage_is_timed_and_checked_by_the_services_clock(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    meter: str,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`collab-billing dev` runs on the emulator's clock, which its README moves on by days:
+    a record left without a timestamp is stamped by that clock (not the machine's, which the
+    emulator's meter events would refuse as 35 days old), and one stamped by it is not "ahead"."""
+    emulator.control("POST", "clock/advance", {"seconds": 40 * 86_400})
+    emulator_now = httpx.get(f"{emulator.url}/_emulator/clock").json()["now"]
+    app = create_app(
+        stripe_settings.model_copy(update={"reconcile_enabled": False}),
+        engine,
+        clock=lambda: datetime.fromtimestamp(emulator_now, UTC),
+    )
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as api,
+    ):
+        add_user(api, 9)
+        unstamped = api.post("/billing/usage", json=record(9, "unstamped"))
+        stamped = api.post("/billing/usage", json=record(9, "stamped", timestamp=emulator_now))
+        old = api.post("/billing/usage", json=record(9, "old", timestamp=int(time.time())))
+    assert (unstamped.status_code, stamped.status_code) == (202, 202), stamped.text
+    assert old.status_code == 422 and "35 days" in old.text
+    with session_factory() as session:
+        times = session.scalars(select(BillingUsageEvent.timestamp)).all()
+    assert sorted(times) == [emulator_now, emulator_now]

@@ -3,7 +3,6 @@ spend cap (`/billing/preferences`). Database only: the sender talks to Stripe.""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -65,9 +64,10 @@ def _check_window(record: UsageRecordIn, now: int) -> int:
     responses=UNPROCESSABLE,
     summary="Record usage (one record or up to 1,000); answered once stored",
 )
-def record_usage(body: UsageIn, factory: SessionFactoryDep) -> UsageAccepted:
+def record_usage(body: UsageIn, factory: SessionFactoryDep, clock: ClockDep) -> UsageAccepted:
     records = body.events if isinstance(body, UsageBatchIn) else [body]
-    now = int(time.time())
+    # The service's clock, as `GET /billing/usage` reads periods by (dev: the emulator's).
+    now = int(clock().timestamp())
     result = usage.ingest(
         factory,
         [
