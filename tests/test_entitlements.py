@@ -120,3 +120,25 @@ def test_state_route_is_admin_only(stripe_settings: Settings, engine: Engine) ->
     with contextmanager(serve)(stripe_settings, engine) as api:
         bare = httpx.get(api.base_url.join("/billing/state"), params={"github_user_id": 1})
     assert bare.status_code == 401
+
+
+def test_a_sync_on_return_from_checkout_shows_the_plans_features_at_once(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """The page a user returns to from Checkout syncs: the state it reads, and the one
+    notification of the change, carry the features the plan gives, not only the access."""
+    price = featured_price(emulator, 2, "sync")
+    add_user(reconciler.factory, 901, "nine-o-one")
+    reconciler.drain()
+    subscribe(reconciler, emulator, price, 901)
+    with contextmanager(serve)(stripe_settings, engine) as api:
+        synced = api.post("/billing/subscriptions/sync", json={"github_user_id": 901})
+        assert synced.status_code == 200, synced.text
+        state = api.get("/billing/state", params={"github_user_id": 901}).json()
+    assert state["access"]["state"] == "active"
+    assert state["features"] == ["sync-000", "sync-001"]
+    with reconciler.factory() as session:
+        notified = session.scalars(select(BillingNotification.payload)).all()
+    assert [n["features"] for n in notified if n["access"]["state"] == "active"] == [
+        ["sync-000", "sync-001"]
+    ]

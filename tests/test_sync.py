@@ -66,8 +66,9 @@ def test_sync_by_user_reads_every_subscription_of_theirs(
     READS.take()
     answer = api.post("/billing/subscriptions/sync", json={"github_user_id": 2}).json()
     assert [s["status"] for s in answer["subscriptions"]] == ["active"]
-    # Two reads (the newest event, the subscriptions), in the budget with no reconciler.
-    assert budget.read_budget(session_factory, time.time(), 0.8).reads_30d == 2
+    # Three reads (the newest event, the subscriptions, the active entitlements), in the
+    # budget with no reconciler.
+    assert budget.read_budget(session_factory, time.time(), 0.8).reads_30d == 3
     # A user who never checked out: no Stripe customer, nothing to read, an empty answer.
     add_user(api, 3, "hubot")
     empty = api.post("/billing/subscriptions/sync", json={"github_user_id": 3})

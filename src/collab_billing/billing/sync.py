@@ -2,11 +2,12 @@
 
 A user back from Checkout expects the product to know at once that they paid, not within a
 poll interval. `sync_subscriptions` reads the Checkout session (when given) and the
-customer's subscriptions, with no transaction open, and writes them through the applier as
-resync does: each row takes the objects read, watermarked with Stripe's newest event second
-read *before* them, so older events are found stale and newer ones still apply. Three reads
-at most (the session and the newest event at once, then the subscriptions), all counted in the
-read budget.
+customer's subscriptions and active entitlements (the features its plan gives, so that the
+state document changes once, with both), with no transaction open, and writes them through
+the applier as resync does: each row takes the objects read, watermarked with Stripe's newest
+event second read *before* them, so older events are found stale and newer ones still apply.
+Four reads at most, in two round trips (the session and the newest event at once, then the
+subscriptions and the entitlements), all counted in the read budget.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +25,8 @@ from collab_billing.billing.errors import NotFound
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, User
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import relevant_types_filter
+from collab_billing.mirror.entitlements import ENTITLEMENTS
+from collab_billing.mirror.registry import MirroredType, relevant_types_filter
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.apply import Applier
@@ -72,12 +75,24 @@ def _sync(
         if target.stripe_customer_id is None:
             return target.github_user_id
         as_of = newest.result()
-    raw = gateway.list_customer_subscriptions(target.stripe_customer_id)
-    objects = [SUBSCRIPTIONS.decode(item) for item in raw]
+    customer = target.stripe_customer_id
+    with ThreadPoolExecutor(2) as pool:  # the features come with the access they go with
+        listed = pool.submit(gateway.list_customer_subscriptions, customer)
+        entitlements = pool.submit(_active_entitlements, gateway, customer)
+        subscriptions = [SUBSCRIPTIONS.decode(item) for item in listed.result()]
+        read: list[tuple[MirroredType[Any], list[Any]]] = [
+            (SUBSCRIPTIONS, subscriptions),
+            (ENTITLEMENTS, [entitlements.result()]),
+        ]
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
-        Applier(factory, gateway, source="sync").apply_read(SUBSCRIPTIONS, objects, as_of, links)
+        Applier(factory, gateway, source="sync").apply_read(read, as_of, links)
     return target.github_user_id
+
+
+def _active_entitlements(gateway: StripeGateway, customer_id: str) -> Any:
+    assert ENTITLEMENTS.fetch is not None
+    return ENTITLEMENTS.fetch(gateway, customer_id)
 
 
 def _checkout_session(gateway: StripeGateway, session_id: str) -> CheckoutSessionSummary:

@@ -156,21 +156,21 @@ class Applier:
 
     def apply_read(
         self,
-        mirrored: MirroredType[Any],
-        objects: Sequence[Any],
+        read: Sequence[tuple[MirroredType[Any], Sequence[Any]]],
         as_of: int,
         candidates: Sequence[customers.Candidate] = (),
     ) -> int:
-        """Objects read from Stripe just now, with no event (`sync`, like resync): written
-        where their row is not newer than `as_of`, which must be a second of Stripe's no
-        later than the reads (see `write_read`). `candidates` are customers to link first
-        (unknown ones only). No ledger row is written: the objects' events still apply, or
-        are found stale, by the usual rules. Returns the rows written."""
+        """Objects read from Stripe just now, with no event (`sync`, like resync), in one
+        transaction (one change of the state documents): each written where its row is not
+        newer than `as_of`, which must be a second of Stripe's no later than the reads (see
+        `write_read`). `candidates` are customers to link first (unknown ones only). No
+        ledger row is written: the objects' events still apply, or are found stale, by the
+        usual rules. Returns the rows written."""
         with transaction(self.factory) as session:
             step = BatchWriter(session, StripeReads(None))
             unknown = customers.known(session, [cid for cid, _, _ in candidates])
             step.link([c for c in candidates if c[0] not in unknown])
-            return step.write_read(mirrored, objects, as_of)
+            return sum(step.write_read(mirrored, objects, as_of) for mirrored, objects in read)
 
     def adopt(self, as_of: int) -> int:
         """Link the unmatched customers whose user has appeared since, with their objects
