@@ -146,6 +146,12 @@ def test_an_unknown_user_is_told_from_one_without_subscriptions(api: httpx.Clien
         ("github_user_id=9007199254740992", ADMIN_TOKEN, 422),  # 2**53
         ("github_user_id=-1", ADMIN_TOKEN, 422),
         ("github_user_id=abc", ADMIN_TOKEN, 422),
+        # Not digits alone: Python's and pydantic's lax integers would read 1001 (or 1).
+        ("github_user_id=1_001", ADMIN_TOKEN, 422),
+        ("github_user_id=%2B1001", ADMIN_TOKEN, 422),
+        ("github_user_id=1001.0", ADMIN_TOKEN, 422),
+        ("github_user_id=%201001", ADMIN_TOKEN, 422),
+        ("github_user_id=%EF%BC%91", ADMIN_TOKEN, 422),  # a fullwidth digit one
         ("", ADMIN_TOKEN, 422),
         # Repeated: FastAPI would silently take the last one.
         ("github_user_id=1001&github_user_id=1", ADMIN_TOKEN, 422),

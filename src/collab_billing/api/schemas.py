@@ -28,8 +28,21 @@ def _number_not_text(value: object) -> object:
 MAX_JSON_SAFE_INTEGER = 2**53 - 1
 BigId = Annotated[int, Field(ge=1, le=MAX_JSON_SAFE_INTEGER), BeforeValidator(_number_not_text)]
 GithubUserId = Annotated[BigId, Field(examples=[12345])]
-# Query strings are text, so the query parameter is parsed leniently ("12345" -> 12345).
-GithubUserIdQuery = Annotated[int, Field(ge=1, le=MAX_JSON_SAFE_INTEGER, examples=[12345])]
+
+
+def _decimal_digits(value: object) -> object:
+    # Query strings are text: "12345" is the id 12345, but not "12_345", "+12345" or "12345.0",
+    # which Python's and pydantic's lax parsing of integers would take.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits only")
+    return value
+
+
+GithubUserIdQuery = Annotated[
+    int,
+    Field(ge=1, le=MAX_JSON_SAFE_INTEGER, examples=[12345]),
+    BeforeValidator(_decimal_digits),
+]
 GithubLogin = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9-]+$")
 ]
