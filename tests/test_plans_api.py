@@ -410,22 +410,35 @@ def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
 def test_change_plan_from_a_trial_ends_the_trial(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
-    buy(service, emulator, reconciler, 1, price="pro-monthly", trial=True)
-    url = manage(service, 1, "change_plan", price="pro-yearly").json()["billing_portal_session_url"]
-    emulator.control("POST", f"billing_portal/sessions/{session_id_in(url, 'bps_')}/confirm", {})
-    reconciler.drain()
-    [row] = subscriptions(service, 1)
-    assert (row["status"], row["kind"], row["plan"]["lookup_key"]) == (
-        "active",
-        "paid",
-        "pro-yearly",
-    )
+    """The change is paid for at once: with the card given at Checkout the subscription is
+    active and paid; a trial taken without a card owes its first invoice (past_due)."""
+    for user, card, status in ((1, True, "active"), (2, False, "past_due")):
+        add_user(service, user)
+        complete(emulator, checkout(service, user, price="pro-monthly", trial=True), card=card)
+        reconciler.drain()
+        url = manage(service, user, "change_plan", price="pro-yearly").json()
+        portal = session_id_in(url["billing_portal_session_url"], "bps_")
+        emulator.control("POST", f"billing_portal/sessions/{portal}/confirm", {})
+        reconciler.drain()
+        [row] = subscriptions(service, user)
+        assert (row["status"], row["kind"], row["plan"]["lookup_key"]) == (
+            status,
+            "paid",
+            "pro-yearly",
+        )
+        invoices = emulator.sdk.v1.invoices.list(
+            params={"subscription": row["stripe_subscription_id"]}
+        ).data
+        [charged] = [invoice for invoice in invoices if invoice.amount_due == 10000]
+        assert charged.status == ("paid" if card else "open")
 
 
 def test_stop_cancellation_and_end_trial_are_done_through_the_api(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
-    sub_id = buy(service, emulator, reconciler, 1, price="pro-monthly", trial=True)
+    add_user(service, 1)
+    sub_id = complete(emulator, checkout(service, 1, price="pro-monthly", trial=True), card=True)
+    reconciler.drain()
     nothing = manage(service, 1, "stop_cancellation")
     assert nothing.status_code == 409 and "scheduled to cancel" in nothing.text
 
@@ -448,6 +461,10 @@ def test_stop_cancellation_and_end_trial_are_done_through_the_api(
     assert ended.json()["subscription"]["kind"] == "paid"
     assert ended.json()["subscription"]["status"] == "active"
     assert emulator.sdk.v1.subscriptions.retrieve(sub_id).status == "active"
+    invoices = emulator.sdk.v1.invoices.list(params={"subscription": sub_id}).data
+    assert [(i.amount_paid, i.billing_reason) for i in invoices if i.amount_due] == [
+        (1000, "subscription_update")
+    ]  # billing starts now
     again = manage(service, 1, "end_trial")
     assert again.status_code == 409 and "trial" in again.text
     reconciler.drain()

@@ -29,7 +29,7 @@ from typing import Any
 from stripe_emulator import catalog
 from stripe_emulator.events import Event
 from stripe_emulator.ids import FastIds
-from stripe_emulator.records import PERIOD_SECONDS, Customer, Item, Price, Subscription, evolve
+from stripe_emulator.records import Customer, Item, Price, Subscription, evolve, period_seconds
 from stripe_emulator.store import Store
 
 _CANCEL_ON_PREVIOUS = {
@@ -117,14 +117,15 @@ class _Generator:
 
     def new_subscription(self, customer_id: str, at: int) -> Subscription:
         sub_id = self.ids.new("sub", at)
+        items = (Item(self.ids.new("si"), at, self.price),)
         return Subscription(
             id=sub_id,
             created=at,
             customer=customer_id,
-            items=(Item(self.ids.new("si"), at, self.price),),
+            items=items,
             status="active",
             current_period_start=at,
-            current_period_end=at + PERIOD_SECONDS,
+            current_period_end=at + period_seconds(items),
             currency=self.price.currency,
         )
 

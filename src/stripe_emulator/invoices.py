@@ -25,7 +25,7 @@ from stripe_emulator.billing_records import Invoice, PaymentMethod
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
 from stripe_emulator.invoice_objects import invoice as render_invoice
-from stripe_emulator.records import DAY, PERIOD_SECONDS, Subscription, evolve
+from stripe_emulator.records import DAY, Subscription, evolve, period_seconds
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
 from stripe_emulator.usage_lines import item_line
@@ -188,7 +188,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
         save(store, sub, evolve(sub, status="paused"), created=at)
         return
     start = sub.current_period_end
-    end = start + PERIOD_SECONDS
+    end = start + period_seconds(sub.items)
     invoice_id = ids.new_id("in", at)
     new = evolve(sub, current_period_start=start, current_period_end=end, latest_invoice=invoice_id)
     if sub.status == "trialing":
@@ -199,6 +199,16 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     invoice = create_invoice(
         store, new, "subscription_cycle", (start, end), at, False, invoice_id, ended
     )
+    card = payment_methods.for_invoice(store, sub.customer, sub.id)
+    _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
+
+
+def bill_trial_end(store: Store, sub: Subscription, at: int) -> None:
+    """A trial ended early (`trial_end=now`, or a plan changed from a trial): the period that
+    starts is invoiced and charged at once, like a renewal."""
+    period = (sub.current_period_start, sub.current_period_end)
+    invoice_id = sub.latest_invoice  # set as the trial ended (`subscriptions.end_trial`)
+    invoice = create_invoice(store, sub, "subscription_update", period, at, False, invoice_id)
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 DAY = 86_400
-PERIOD_SECONDS = 30 * DAY  # the emulator's billing period for every interval
+# A billing period by the price's interval (a month is 30 days here: Stripe's are calendar
+# months, anchored on the day the subscription started).
+INTERVAL_SECONDS = {"day": DAY, "week": 7 * DAY, "month": 30 * DAY, "year": 365 * DAY}
+PERIOD_SECONDS = INTERVAL_SECONDS["month"]  # items with no recurring price
 
 T = TypeVar("T")
 
@@ -112,6 +115,14 @@ class Item:
     price: Price
     quantity: int = 1
     metadata: Metadata = field(default_factory=dict)
+
+
+def period_seconds(items: tuple[Item, ...]) -> int:
+    """A subscription's billing period: its first recurring price's interval."""
+    for item in items:
+        if item.price.interval is not None:
+            return INTERVAL_SECONDS[item.price.interval] * item.price.interval_count
+    return PERIOD_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

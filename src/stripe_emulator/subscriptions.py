@@ -13,7 +13,7 @@ from stripe_emulator import ids, objects
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import apply_metadata
-from stripe_emulator.records import DAY, PERIOD_SECONDS, Item, Price, Subscription, evolve
+from stripe_emulator.records import DAY, Item, Price, Subscription, evolve, period_seconds
 from stripe_emulator.store import Store
 
 STATUSES = (
@@ -101,8 +101,8 @@ def create_subscription(
         trial_end = now + trial_days * DAY
     if trial_end is not None:
         status = "trialing"
-    period_end = trial_end if trial_end is not None else now + PERIOD_SECONDS
     built = build_items(items, now)
+    period_end = trial_end if trial_end is not None else now + period_seconds(built)
     record = Subscription(
         id=ids.new_id("sub"),
         created=now,
@@ -222,17 +222,24 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, pause_behavior=changes.pause_behavior)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
-    return save(store, old, new)
+    saved = save(store, old, new)
+    if changes.trial_end_now and old.status == "trialing":
+        from stripe_emulator.invoices import bill_trial_end  # invoices imports this module
+
+        bill_trial_end(store, saved, now)
+        saved = store.subscriptions.get(sub_id)
+    return saved
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:
-    """The trial ends now: a new period starts and billing with it (payment always succeeds)."""
+    """The trial ends now: a new period starts, billed at once (`invoices.bill_trial_end`)."""
     return evolve(
         sub,
         status="active",
         trial_end=now,
         current_period_start=now,
-        current_period_end=now + PERIOD_SECONDS,
+        current_period_end=now + period_seconds(sub.items),
+        latest_invoice=ids.new_id("in", now),
     )
 
 
@@ -329,7 +336,8 @@ def transition(store: Store, sub: Subscription, at: int) -> None:
     else:
         # A new billing period starts (a trial ends into `active`); payment always succeeds.
         start = sub.current_period_end
-        new = evolve(sub, current_period_start=start, current_period_end=start + PERIOD_SECONDS)
+        end = start + period_seconds(sub.items)
+        new = evolve(sub, current_period_start=start, current_period_end=end)
         if sub.status == "trialing":
             new = evolve(new, status="active")
         save(store, sub, new, created=at)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import stripe
 
 from tests.emulator.conftest import Control, recurring_price
@@ -314,3 +315,29 @@ def test_a_promotion_code_applies_at_checkout(client: stripe.StripeClient, ctl: 
     assert done["total_details"]["amount_discount"] == 1500
     assert client.v1.promotion_codes.retrieve(promo.id).times_redeemed == 1
     assert client.v1.coupons.retrieve(coupon.id).times_redeemed == 1
+
+
+@pytest.mark.parametrize(("interval", "count", "days"), [("year", 1, 365), ("week", 2, 14)])
+def test_a_period_lasts_the_prices_interval(
+    client: stripe.StripeClient, ctl: Control, interval: str, count: int, days: int
+) -> None:
+    """A yearly plan renewed (and charged) every 30 days in `dev`."""
+    price = client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 20_000,
+            "recurring": {"interval": interval, "interval_count": count},  # type: ignore[typeddict-item]
+            "product_data": {"name": f"Every {count} {interval}"},
+        }
+    )
+    session = _checkout(client, price.id)
+    sub = client.v1.subscriptions.retrieve(
+        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    )
+    [item] = sub["items"].data
+    assert item.current_period_end - item.current_period_start == days * 86_400
+    ctl("POST", "clock/advance", {"seconds": (days - 1) * 86_400})
+    paid = client.v1.invoices.list(params={"subscription": sub.id}).data
+    assert len(paid) == 1  # the first period's only
+    ctl("POST", "clock/advance", {"seconds": 2 * 86_400})
+    assert len(client.v1.invoices.list(params={"subscription": sub.id}).data) == 2
