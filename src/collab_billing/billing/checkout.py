@@ -4,6 +4,7 @@ of the customer open."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,13 +90,15 @@ def expire_open_checkouts(
     A session completed meanwhile cannot be expired: the user has just subscribed (409).
     Requests of one user at the same instant may each leave their own session open (a
     double click: the browser shows the last one's); they expire in 24 hours unpaid."""
-    ended = gateway.expire_open_checkouts(customer_id)
+    with ThreadPoolExecutor(2) as pool:  # one round trip to Stripe, not two
+        # A Checkout paid a moment ago may not be applied yet: Stripe is asked.
+        listed = pool.submit(gateway.list_customer_subscriptions, customer_id)
+        ended = gateway.expire_open_checkouts(customer_id)
+        subscriptions = listed.result()
     # Only the request that expired a trial's session gives the trial back: another may
     # have claimed it again since.
     if any((s.metadata or {}).get("trial_days") for s in ended if s.expired_here):
         release_trial(factory, customer_id)
-    # A Checkout paid a moment ago may not be applied yet: Stripe is asked.
-    subscriptions = gateway.list_customer_subscriptions(customer_id)
     live = [
         subscription
         for subscription in (decode_object(raw, Subscription) for raw in subscriptions)
