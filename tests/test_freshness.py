@@ -202,11 +202,12 @@ def test_reads_and_transactions_are_counted_and_kept_across_restarts(
     session_factory: sessionmaker[Session],
 ) -> None:
     READS.take()
+    emulator.control("DELETE", "requests")
     for api in serve(stripe_settings, engine):
         add_user(api, 7)
+        # A Checkout's reads too (the user's open sessions and subscriptions).
         url = api.post("/billing/subscriptions", json={"github_user_id": 7}).json()
         emulator.complete_checkout(url["checkout_session_url"])
-        emulator.control("DELETE", "requests")
         first = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
         first.run(threading.Event(), once=True)  # resync, then a poll: the checkout's events
         counted = emulator.control("GET", "requests")
