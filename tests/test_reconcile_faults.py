@@ -21,11 +21,12 @@ from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.leader import (
     ADVISORY_LOCK_KEY,
+    HELD_CHECK_SECONDS,
     HOLDER_QUERY,
     LeaderLock,
     start_in_background,
 )
-from collab_billing.reconcile.run import LEADER_CHECK_SECONDS, Reconciler
+from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import clear_tables
 from tests.ops_helpers import close_database, wait_until
@@ -337,7 +338,7 @@ def test_a_leader_whose_lock_is_gone_stops_its_drain(
             holder = connection.scalar(HOLDER_QUERY, LOCK_KEY_PARTS)
             connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
         wait_until(other.acquire, timeout=5, what="the lock, freed")
-        time.sleep(2 * LEADER_CHECK_SECONDS)  # the old leader's check, then its last batch
+        time.sleep(2 * HELD_CHECK_SECONDS)  # the old leader's check, then its last batch
         stopped_at = len(processed_event_ids(reconciler.factory))
         time.sleep(2)
         assert len(processed_event_ids(reconciler.factory)) == stopped_at

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x636F6C6C61625F62  # "collab_b"
 USAGE_SENDER_LOCK_KEY = 0x636F6C6C61625F75  # "collab_u": the usage sender's own lock
+# A lock whose connection died (its backend terminated, a network cut) is free for a standby:
+# the holder learns it at its next check, within this long.
+HELD_CHECK_SECONDS = 1.0
 HOLDER_QUERY = text(
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND classid = :high AND objid = :low AND objsubid = 1"
@@ -42,6 +46,7 @@ class LeaderLock:
         self.key = key
         self.name = name
         self._connection: Connection | None = None
+        self._checked_at = 0.0  # when its connection last answered (monotonic)
         self._file: IO[str] | None = None
 
     def acquire(self) -> bool:
@@ -51,16 +56,21 @@ class LeaderLock:
         return self._acquire_file() if is_sqlite(self.engine) else self._acquire_postgres()
 
     def held(self) -> bool:
+        """Whether the lock is ours. Its connection is checked at most once a second: a
+        drain asks between batches, the notification sender at each delivery's turn."""
         if self._file is not None:
             return True
         if self._connection is None:
             return False
+        if time.monotonic() - self._checked_at < HELD_CHECK_SECONDS:
+            return True
         try:
             self._connection.execute(text("SELECT 1"))
         except SQLAlchemyError:
             log.warning("lost the database connection that held the %s lock", self.name)
             self._drop_connection()
             return False
+        self._checked_at = time.monotonic()
         return True
 
     def release(self) -> None:
@@ -77,7 +87,7 @@ class LeaderLock:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         got = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
         if got:
-            self._connection = connection
+            self._connection, self._checked_at = connection, time.monotonic()
             return True
         connection.close()
         return False

@@ -36,8 +36,6 @@ from collab_billing.stripe_gateway import StripeGateway
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_INTERVALS = 10
-# A leader checks between batches, at most this often, that its lock is still held.
-LEADER_CHECK_SECONDS = 1.0
 Sleep = Callable[[threading.Event, float], None]
 
 
@@ -123,7 +121,9 @@ class Reconciler:
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
                     if leader:
-                        self.drain(stop, self._still_leader())
+                        # A leader whose lock is gone stops between batches, rather than
+                        # drain beside the new leader.
+                        self.drain(stop, self.lock.held)
                         self.polls += 1
                     failures, self.last_error = 0, None
                     if once and leader:
@@ -150,21 +150,6 @@ class Reconciler:
             budget.flush_reads_or_log(self.factory, self.clock())
             self.lock.release()
             metrics.LEADER.set(0)
-
-    def _still_leader(self) -> Callable[[], bool]:
-        """Whether the lock is still ours, asked between a drain's batches at most once a
-        second: a leader whose lock connection died (and whose lock another process may hold
-        by now) stops its drain rather than poll beside the new leader."""
-        checked_at = time.monotonic()
-
-        def leading() -> bool:
-            nonlocal checked_at
-            if time.monotonic() - checked_at < LEADER_CHECK_SECONDS:
-                return True
-            checked_at = time.monotonic()
-            return self.lock.held()
-
-        return leading
 
     def _wait_for_next_poll(self, stop: threading.Event, started: float) -> None:
         """Until `started` + the interval, which is worked out again while waiting: activity
