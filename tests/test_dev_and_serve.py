@@ -81,6 +81,14 @@ def test_dev_runs_the_whole_story(
         return dict(api.get("/billing/subscriptions", params={"github_user_id": 12345}).json())
 
     wait_for(lambda: listing()["has_active_subscription"], what="the subscription to be active")
+    # Where Checkout sends the user back: a page, not a 404 (in production, the app's own).
+    session_id = checkout["checkout_session_url"].rsplit("/", 1)[1]
+    back = api.get("/billing/success", params={"session_id": session_id})
+    assert back.status_code == 200 and back.headers["content-type"].startswith("text/html")
+    assert session_id in back.text and "/billing/subscriptions/sync" in back.text
+    escaped = api.get("/billing/success", params={"session_id": "<b>"})
+    assert "<b>" not in escaped.text and "&lt;b&gt;" in escaped.text
+    assert api.get("/billing/cancel").status_code == 200
     # The dev catalog: Pro monthly (the default price) and yearly, Team per seat, and LLM
     # tokens billed by usage.
     prices = api.get("/billing/prices").json()["prices"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from datetime import UTC, datetime
 
 import typer
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings, SettingsError, load_settings
@@ -39,7 +42,37 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         def emulator_now() -> datetime:
             return datetime.fromtimestamp(store.clock.now(), UTC)
 
-        run_api(create_app(settings, engine, clock=emulator_now), "127.0.0.1", api_port)
+        app = create_app(settings, engine, clock=emulator_now)
+        _add_return_pages(app)
+        run_api(app, "127.0.0.1", api_port)
+
+
+def _add_return_pages(app: FastAPI) -> None:
+    """Where Checkout and the portal send the user back (the URLs `_dev_settings` sets): in
+    production, pages of your app; in `dev`, plain pages that say so, rather than a 404."""
+
+    def page(text: str) -> HTMLResponse:
+        return HTMLResponse(f"<!doctype html><title>collab-billing dev</title><p>{text}</p>")
+
+    def success(session_id: str = "") -> HTMLResponse:
+        return page(
+            "Back from Stripe Checkout. Your app's page here calls <code>POST "
+            "/billing/subscriptions/sync</code> with <code>{&quot;checkout_session_id&quot;: "
+            f"&quot;{html.escape(session_id)}&quot;}}</code> to know at once that the user paid."
+        )
+
+    def cancel() -> HTMLResponse:
+        return page("Checkout canceled: nothing was bought.")
+
+    def portal_return() -> HTMLResponse:
+        return page("Back from the Stripe customer portal.")
+
+    for path, endpoint in (
+        ("/billing/success", success),
+        ("/billing/cancel", cancel),
+        ("/billing", portal_return),
+    ):
+        app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
 
 
 def _dev_settings(emulator_url: str, admin_token: str, api_port: int) -> Settings:
