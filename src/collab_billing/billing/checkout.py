@@ -16,9 +16,8 @@ from collab_billing.billing.plans import Plan, resolve_plan
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.db import queries
 from collab_billing.db.models import User
-from collab_billing.mirror.subscriptions import Subscription
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.stripe_gateway import StripeGateway
-from collab_billing.stripe_gateway.events import decode_object
 
 
 @dataclass(frozen=True)
@@ -95,21 +94,21 @@ def expire_open_checkouts(
         listed = pool.submit(gateway.list_customer_subscriptions, customer_id)
         ended = gateway.expire_open_checkouts(customer_id)
         subscriptions = listed.result()
+    expired = [session for session in ended if session.status == "expired"]
     # Only the request that expired a trial's session gives the trial back: another may
     # have claimed it again since.
-    if any((s.metadata or {}).get("trial_days") for s in ended if s.expired_here):
+    if any((session.metadata or {}).get("trial_days") for session in expired):
         release_trial(factory, customer_id)
+    decoded = (SUBSCRIPTIONS.decode(raw) for raw in subscriptions)
     live = [
-        subscription
-        for subscription in (decode_object(raw, Subscription) for raw in subscriptions)
-        if subscription.status in queries.ACTIVE_STATUSES
+        subscription for subscription in decoded if subscription.status in queries.ACTIVE_STATUSES
     ]
     if live:
         raise Conflict(
             f"user {github_user_id} already has an active subscription on Stripe "
             f"({live[0].id}, {live[0].status}), not applied here yet"
         )
-    if any(session.status == "complete" for session in ended):
+    if len(expired) < len(ended):  # the others were paid meanwhile
         raise Conflict(f"user {github_user_id} has just completed a Checkout")
 
 

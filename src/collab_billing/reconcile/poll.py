@@ -83,7 +83,6 @@ class Poller:
         self._lock = threading.Lock()
         self.give_way = give_way
         self._next_refresh = 0.0
-        self._leading: Callable[[], bool] = lambda: True
 
     def check_retention(self) -> None:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
@@ -102,7 +101,7 @@ class Poller:
     ) -> DrainReport:
         """Apply every new event (and the due retries); with `stop` set, or `leading()` false
         (the leadership lost), return after the current batch's transaction."""
-        self._leading = leading or (lambda: True)
+        leading = leading or (lambda: True)
         started = time.monotonic()
         # Once the poll completes, every event created before it started is applied.
         polled_from = int(self.clock())
@@ -125,13 +124,13 @@ class Poller:
             target = self._target(backlog, report.concurrency)
             windows = self._windows(cursor, low, boundary + 1, density, target, report)
             for window in windows:
-                if self._apply(window.events, report, stop):
+                if self._apply(window.events, report, stop, leading):
                     break
             top = [event for event in newest.events if event.created > boundary]
         else:
             top = newest.events
         if not report.interrupted:
-            self._apply(top, report, stop)
+            self._apply(top, report, stop, leading)
         if not report.interrupted:
             with transaction(self.factory) as session:
                 ledger.write_state(session, ledger.LAST_DRAIN_AT, polled_from)
@@ -291,7 +290,11 @@ class Poller:
     # -- applying ---------------------------------------------------------------------------
 
     def _apply(
-        self, newest_first: list[Event], report: DrainReport, stop: threading.Event | None
+        self,
+        newest_first: list[Event],
+        report: DrainReport,
+        stop: threading.Event | None,
+        leading: Callable[[], bool],
     ) -> bool:
         """Apply a window's events in batches of whole seconds; True when stopped."""
         relevant = [event for event in reversed(newest_first) if event.type in self.types]
@@ -309,7 +312,7 @@ class Poller:
                 self._refresh_documents()
             if self.give_way is not None:
                 self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
-            if (stop is not None and stop.is_set()) or not self._leading():
+            if (stop is not None and stop.is_set()) or not leading():
                 report.interrupted = True
                 return True
         if newest_first and (not events or events[-1].created < newest_first[0].created):

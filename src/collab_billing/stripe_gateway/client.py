@@ -198,9 +198,8 @@ class StripeGateway:
         return str(session.url)
 
     def expire_open_checkouts(self, customer_id: str) -> list[CheckoutSessionSummary]:
-        """Expire the customer's open subscription Checkout sessions. Returns each as it is
-        then: `expired` (by this call, or by another meanwhile), or `complete` when it was paid
-        meanwhile. Those this call expired have `expired_here`."""
+        """Expire the customer's open subscription Checkout sessions. Returns those this call
+        expired (`expired`) and those paid meanwhile (`complete`), which cannot be."""
         ended = []
         for raw in self.list_all("/v1/checkout/sessions", customer=customer_id, status="open"):
             session = decode_object(raw, CheckoutSessionSummary)
@@ -209,11 +208,13 @@ class StripeGateway:
             expire = partial(self.client.v1.checkout.sessions.expire, session.id)
             try:
                 self._call("checkout.sessions.expire", expire)
-                session.status, session.expired_here = "expired", True
+                session.status = "expired"
             except StripeGatewayError as error:
                 if error.http_status != 400:  # 400: not open any more
                     raise
                 session = self.retrieve_checkout_session(session.id)
+                if session.status != "complete":  # expired by another request meanwhile
+                    continue
             ended.append(session)
         return ended
 
