@@ -213,3 +213,25 @@ def test_one_sender_per_database(stripe_settings: Settings, engine: Engine) -> N
     finally:
         first.lock.release()
         second.lock.release()
+
+
+def test_a_value_reaches_stripe_digit_for_digit(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The value Stripe bills is the number the app sent, on both engines (SQLite keeps a
+    NUMERIC as a double: 98765.4321 was sent as 98765.432100000005)."""
+    add_user(api, 1)
+    values = ["98765.4321", "1234567.891", "0.000000000001", "999999999999999"]
+    records = [record(1, f"v{i}", float(value)) for i, value in enumerate(values)]
+    assert api.post("/billing/usage", json={"events": records}).status_code == 202
+    with session_factory() as session:
+        kept = session.scalars(select(BillingUsageEvent.value).order_by(BillingUsageEvent.id))
+        assert [Decimal(value) for value in kept] == [Decimal(value) for value in values]
+    drain(UsageSender(stripe_settings, engine))
+    sent = emulator.http.get("/_emulator/state", params={"events": "true"}).json()
+    assert [event["payload"]["value"] for event in sent["meter_events"]] == values

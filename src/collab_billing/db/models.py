@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -18,11 +19,13 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
     func,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Explicit names so that Alembic migrations are identical on both engines.
@@ -228,8 +231,22 @@ class ReconcilerState(Base):
     )
 
 
+class DecimalText(TypeDecorator[Decimal]):
+    """A decimal kept as its digits. SQLite has no decimal type: its NUMERIC keeps a double,
+    which SQLAlchemy reads back with binary noise (98765.4321 as 98765.432100000005)."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> str | None:
+        return None if value is None else format(value, "f")
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
 # Usage values: up to 18 digits before the point and 12 after (Stripe accepts decimals).
-UsageValue = Numeric(30, 12)
+UsageValue = Numeric(30, 12).with_variant(DecimalText(), "sqlite")
 
 
 class BillingMeter(Base):
