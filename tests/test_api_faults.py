@@ -24,6 +24,7 @@ from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import JsonFormatter, TextFormatter, secret_values
 from tests.conftest import ADMIN_TOKEN
+from tests.network_cut import network_path_to
 from tests.ops_helpers import close_database, wait_until
 from tests.servers import ServerThread, free_port
 from tests.stripe_helpers import Emulator
@@ -74,6 +75,43 @@ def test_database_down_is_503_json_and_recovers_by_itself(
             assert listing.status_code == 200
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres_only
+def test_a_database_host_that_vanishes_is_503_within_seconds_and_recovers(
+    settings: Settings, own_database: str
+) -> None:
+    """A host gone without a word (a failover moving its address, a network cut): requests on
+    the pool's open connections answer 503 within seconds, not after the kernel's ~15 minutes
+    of retransmissions, and the first requests after the network is back are served."""
+    with network_path_to(own_database) as path:
+        engine = make_engine(path.url)
+        upgrade_to_head(engine)
+        try:
+            with serve(settings, engine) as api:
+                user = {"github_user_id": 1, "github_login": "one"}
+                assert api.post("/users", json=user).status_code == 201
+
+                def read(_: int) -> tuple[int | str, float]:
+                    started = time.monotonic()
+                    try:
+                        answer = api.get(
+                            "/billing/subscriptions", params={"github_user_id": 1}, timeout=40
+                        )
+                    except httpx.TimeoutException as error:
+                        return type(error).__name__, time.monotonic() - started
+                    return answer.status_code, time.monotonic() - started
+
+                with ThreadPoolExecutor(8) as pool:  # several open connections in the pool
+                    assert {status for status, _ in pool.map(read, range(32))} == {200}
+                    path.cut()
+                    answers = list(pool.map(read, range(4)))
+                assert all(status == 503 and seconds < 25 for status, seconds in answers), answers
+
+                path.heal()
+                wait_until(lambda: read(0)[0] == 200, timeout=30, what="a read once healed")
+        finally:
+            engine.dispose()
 
 
 # -- Stripe does not answer -----------------------------------------------------------------

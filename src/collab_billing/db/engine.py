@@ -24,6 +24,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+# libpq's connection options, unless DATABASE_URL sets them. A database whose host vanishes
+# (a failover moving its address, a network cut) never answers: without these, a statement
+# on an open connection waits out the kernel's retransmissions (~15 minutes), and so do the
+# requests and the reconciler behind it. Data unacknowledged for 10 s, or an idle connection
+# unanswered for 60 s, now fails the connection; the request answers 503, the pool opens
+# another. A slow query is not cut: its request was acknowledged.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 _READ_ONLY = "collab_billing_read_only"
 
 
@@ -97,7 +111,9 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)  # a restarted database costs one failed request
-    kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    given = make_url(url).query
+    defaults = {key: value for key, value in POSTGRES_CONNECT_ARGS.items() if key not in given}
+    kwargs.setdefault("connect_args", defaults)
     engine = create_engine(url, **kwargs)
     event.listen(engine, "connect", _configure_postgres)
     return engine
