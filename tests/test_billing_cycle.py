@@ -247,6 +247,32 @@ def test_unpaid_after_retries_then_paid_by_api(
     assert cycle.access(user) == "active"
 
 
+def test_a_voided_failed_invoice_leaves_grace_that_ends(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Stripe keeps a subscription past due when its failed invoice is voided (or marked
+    uncollectible): grace still ends, dated by the period's start, then blocked."""
+    cycle, user = on_emulator_clock, 505
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    renewal = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
+    cycle.decline_renewals(sub_id)
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    view = cycle.view(user)
+    grace = {
+        "state": "grace",
+        "until": f"{datetime.fromtimestamp(renewal + 3 * DAY, UTC):%Y-%m-%dT%H:%M:%SZ}",
+    }
+    assert view["access"] == grace
+    cycle.sdk.invoices.void_invoice(view["overdue_invoices"][0]["id"])
+    view = cycle.view(user)
+    assert (view["subscriptions"][0]["status"], view["overdue_invoices"]) == ("past_due", [])
+    assert view["access"] == grace
+    emulator.control("POST", "clock/advance", {"seconds": 3 * DAY})
+    assert cycle.sdk.subscriptions.retrieve(sub_id).status == "past_due"
+    assert cycle.access(user) == "blocked"
+
+
 def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulator) -> None:
     cycle, user = on_emulator_clock, 503
     cycle.add_user(user)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -130,6 +131,23 @@ def test_a_failing_receiver_loses_nothing_and_order_holds(
         assert versions_grow(documents)
         assert documents[-1]["plan"]["cancel_at_period_end"] is True
     assert len(hook.documents()) == len(written)  # each once: none lost, none repeated
+
+
+def test_a_cancellation_set_for_a_date_is_notified(
+    reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
+) -> None:
+    add_user(reconciler.factory, 801, "eight")
+    subscription = subscribe(reconciler, emulator, 801)
+    reconciler.drain()
+    hook.wait_for(lambda docs: bool(docs) and docs[-1]["plan"] is not None)
+    assert hook.documents(801)[-1]["plan"]["cancel_at"] is None
+    ends = emulator.control("GET", "clock")["now"] + 5 * 86_400
+    emulator.sdk.v1.subscriptions.update(subscription, params={"cancel_at": ends})
+    reconciler.drain()
+    hook.wait_for(lambda docs: docs[-1]["plan"]["cancel_at"] is not None)
+    plan = hook.documents(801)[-1]["plan"]
+    assert (plan["status"], plan["cancel_at_period_end"]) == ("active", False)
+    assert datetime.fromisoformat(plan["cancel_at"]) == datetime.fromtimestamp(ends, UTC)
 
 
 def test_killed_mid_delivery_the_sender_delivers_after_restart(

@@ -345,6 +345,10 @@ class StatePlanOut(PlanOut):
     stripe_subscription_id: str
     status: str
     cancel_at_period_end: bool
+    cancel_at: UtcDatetime | None = Field(
+        description="When the subscription is set to end: a date chosen (`cancel_at`) or, "
+        "with `cancel_at_period_end`, the period's end; null: not set to end."
+    )
     current_period_end: UtcDatetime | None
 
 

@@ -107,6 +107,7 @@ SUBSCRIPTION_ROW_COLUMNS = (
     _subscriptions.c.stripe_cancel_at_period_end,
     _subscriptions.c.stripe_cancel_at,
     _subscriptions.c.stripe_canceled_at,
+    _subscriptions.c.stripe_current_period_start,
     _subscriptions.c.stripe_current_period_end,
     _subscriptions.c.stripe_price_id,
     _subscriptions.c.quantity,
@@ -166,6 +167,7 @@ class SubscriptionRow(NamedTuple):
     stripe_cancel_at_period_end: bool
     stripe_cancel_at: datetime | None
     stripe_canceled_at: datetime | None
+    stripe_current_period_start: datetime | None
     stripe_current_period_end: datetime | None
     stripe_price_id: str | None
     quantity: int | None

@@ -87,9 +87,9 @@ def decide_access(
 
     Per subscription: `active`/`trialing` -> active; `past_due` -> grace until `grace` after
     the first failed payment of its open invoice (its finalization: an automatic invoice is
-    charged when finalized), blocked after; `unpaid` -> blocked; `canceled` for
-    `payment_failed` with an invoice of it still open after a failed payment -> blocked;
-    anything else -> none. The user gets the best of their subscriptions."""
+    charged when finalized; with none open, the period's start), blocked after; `unpaid` ->
+    blocked; `canceled` for `payment_failed` with an invoice of it still open after a failed
+    payment -> blocked; anything else -> none. The user gets the best of their subscriptions."""
     best = Access("none")
     for subscription in subscriptions:
         owed = [
@@ -121,9 +121,12 @@ def _subscription_access(
     if status != "past_due":
         return Access("none")
     started = [utc(i.finalized_at) for i in failed if i.finalized_at is not None]
+    if not started and subscription.stripe_current_period_start is not None:
+        # No overdue invoice (its events on their way, or it was voided or marked
+        # uncollectible while Stripe keeps the subscription past due): the failure is dated by
+        # the period's start, when its invoice was charged. Grace ends; it is never endless.
+        started = [utc(subscription.stripe_current_period_start)]
     if not started:
-        # Past due with no failed invoice mirrored yet (its events are on their way): the
-        # failure is recent, so grace, with no end known yet.
-        return Access("grace")
+        return Access("grace")  # nothing to date the failure by
     until = min(started) + grace
     return Access("grace", until) if now < until else Access("blocked")

@@ -76,6 +76,7 @@ def _plan(subscription: queries.SubscriptionRow) -> Document:
         "interval": subscription.interval,
         "interval_count": subscription.interval_count,
         "cancel_at_period_end": subscription.stripe_cancel_at_period_end,
+        "cancel_at": iso(subscription.stripe_cancel_at),
         "current_period_end": iso(subscription.stripe_current_period_end),
     }
 
