@@ -13,6 +13,7 @@ clock's frozen time, or the emulator's clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy import Engine
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings
 from collab_billing.reconcile.run import Reconciler
+from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerThread
@@ -240,8 +242,12 @@ def test_unpaid_after_retries_then_paid_by_api(
     emulator.control("POST", "clock/advance", {"seconds": DAY})
     view = cycle.view(user)
     assert (view["subscriptions"][0]["status"], view["access"]["state"]) == ("unpaid", "blocked")
+    seen_elsewhere = ActivitySignals(cycle.reconciler.factory)  # a `reconcile` process's view
+    before, _ = seen_elsewhere.read()
+    time.sleep(1.05)  # kept in whole seconds
     manage = {"github_user_id": user, "intent": "pay_invoice", "subscription_id": sub_id}
     hosted = cycle.api.post("/billing/subscriptions/manage", json=manage).json()
+    assert (seen_elsewhere.read()[0] or 0) > (before or 0)  # about to pay: poll fast
     assert hosted == {"hosted_invoice_url": view["overdue_invoices"][0]["hosted_invoice_url"]}
     cycle.sdk.invoices.pay(view["overdue_invoices"][0]["id"], {"payment_method": "pm_card_visa"})
     assert cycle.access(user) == "active"

@@ -212,6 +212,8 @@ def test_notifications_list_and_replay(
     assert f"{delivered} notification" in replayed.output
     hook.wait_for(lambda docs: len(docs) >= 2 * delivered)
     assert hook.message_ids[:delivered] == hook.message_ids[delivered:]  # same ids: dedupable
+    both = ["notifications", "replay", "--github-user-id", "801", "--expired"]
+    assert "0 notification" in runner.invoke(cli, both).output  # filters combine: none expired
     bad = runner.invoke(cli, ["notifications", "replay"])
     assert bad.exit_code == 2 and "--id" in bad.output
 
@@ -264,7 +266,9 @@ def test_stop_ends_the_sender(notify_settings: Settings, engine: Engine) -> None
 def test_a_notification_failing_past_the_retry_window_expires_then_replays(
     notify_settings: Settings, engine: Engine, emulator: Emulator, hook: Receiver
 ) -> None:
-    settings = notify_settings.model_copy(update={"billing_notify_retry_window_seconds": 0.5})
+    """Expired after the window; replayed, it gets a new window: retried again, not given up
+    on at its first failure."""
+    settings = notify_settings.model_copy(update={"billing_notify_retry_window_seconds": 2.0})
     reconciler = Reconciler(settings, engine, StripeGateway(settings))
     add_user(reconciler.factory, 901, "nine")
     reconciler.drain()
@@ -288,11 +292,13 @@ def test_a_notification_failing_past_the_retry_window_expires_then_replays(
             )
             or 0
         ) > (failed_before or 0)
-        hook.status = 200
+        refused = hook.requests
         result = CliRunner().invoke(
             cli, ["notifications", "replay", "--expired"], env={"DATABASE_URL": str(engine.url)}
         )
         assert result.exit_code == 0, result.output
+        wait_until(lambda: hook.requests >= refused + 2, timeout=10)  # failing again, retried
+        hook.status = 200
         hook.wait_for(lambda docs: len(docs) == 1)
     finally:
         stop.set()

@@ -413,7 +413,8 @@ def notifications_replay(
         bool, typer.Option("--expired", help="Every notification given up on.")
     ] = False,
 ) -> None:
-    """Send notifications again (delivered or expired ones), with the same webhook-id."""
+    """Send notifications again (delivered or expired ones) that match every filter given,
+    with the same webhook-id and a new retry window."""
     from collab_billing.billing import notifications
 
     if not (notification_id or github_user_id or expired):

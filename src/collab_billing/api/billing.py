@@ -133,6 +133,8 @@ async def manage_subscription(
             body.subscription_id,
             now,
         )
+        # The user is about to pay: the reconciler polls fast to see it, as after a Checkout.
+        await anyio.to_thread.run_sync(request.app.state.signals.activity)
         return PayInvoiceOut(hosted_invoice_url=hosted)
     factory = request.app.state.session_factory
     wanted = billing.ManageRequest(

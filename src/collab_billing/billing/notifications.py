@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.engine import read_only, transaction
@@ -70,8 +70,9 @@ def replay(
     github_user_id: int | None,
     expired: bool,
 ) -> int:
-    """Queue these notifications for delivery again, to every URL; returns how many. A
-    replayed row is sent in its place in the user's order (by id), after the retries reset."""
+    """Queue the notifications that match every filter given for delivery again, to every
+    URL, with a new retry window; returns how many. A replayed row is sent in its place in the
+    user's order (by id), after the retries reset."""
     conditions = []
     if notification_ids:
         conditions.append(_N.id.in_(notification_ids))
@@ -83,10 +84,11 @@ def replay(
     with transaction(factory) as session:
         result = session.execute(
             update(_N)
-            .where(or_(*conditions))
+            .where(and_(*conditions))
             .values(
                 delivered_at=None,
                 expired_at=None,
+                replayed_at=datetime.now(UTC),
                 delivered_to=[],
                 attempts=0,
                 next_attempt_at=0.0,

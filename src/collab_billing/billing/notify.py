@@ -41,7 +41,7 @@ from collab_billing.config import Settings
 from collab_billing.db.engine import make_session_factory, read_only, transaction
 from collab_billing.db.models import BillingNotification
 from collab_billing.reconcile.leader import LeaderLock
-from collab_billing.state.access import AccessRules, Clock, system_clock
+from collab_billing.state.access import AccessRules, Clock, system_clock, utc
 from collab_billing.state.document import iso
 from collab_billing.state.outbox import NOTIFICATION_TYPE, recompute_ended_graces
 
@@ -66,7 +66,8 @@ class Due:
     payload: dict[str, Any]
     delivered_to: list[str]
     attempts: int
-    created_at: datetime
+    created_at: datetime  # the payload's `timestamp`
+    queued_at: datetime  # its retry window's start: written, or replayed
 
 
 def message_id(notification_id: int) -> str:
@@ -179,7 +180,15 @@ class Notifier:
     def due(self, busy: set[int], limit: int) -> list[Due]:
         heads = select(func.min(_N.id)).where(_PENDING).group_by(_N.user_id)
         statement = (
-            select(_N.id, _N.user_id, _N.payload, _N.delivered_to, _N.attempts, _N.created_at)
+            select(
+                _N.id,
+                _N.user_id,
+                _N.payload,
+                _N.delivered_to,
+                _N.attempts,
+                _N.created_at,
+                func.coalesce(_N.replayed_at, _N.created_at),
+            )
             .where(_N.id.in_(heads), _N.next_attempt_at <= self.clock())
             .order_by(_N.id)
             .limit(limit)
@@ -268,7 +277,7 @@ class Notifier:
         """The row's new values after a delivery (and its metrics and log line)."""
         now = self.clock()
         values: dict[str, Any] = {"delivered_to": done}
-        created = notification.created_at.replace(tzinfo=notification.created_at.tzinfo or UTC)
+        created = utc(notification.created_at)
         if not errors:
             values["delivered_at"] = datetime.now(UTC)
             values["last_error"] = None
@@ -279,7 +288,7 @@ class Notifier:
             values["attempts"] = attempts
             values["last_error"] = "; ".join(errors)[:500]
             values["next_attempt_at"] = now + backoff_seconds(attempts, self.max_backoff)
-            expired = now - created.timestamp() >= self.retry_window
+            expired = now - utc(notification.queued_at).timestamp() >= self.retry_window
             if expired:
                 values["expired_at"] = datetime.now(UTC)
             metrics.NOTIFICATION_DELIVERIES.labels("expired" if expired else "failed").inc()

@@ -406,3 +406,6 @@ class BillingNotification(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Given up on after the retry window (3 days); `notifications replay` sends it again.
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When `notifications replay` queued it again: its retry window starts there (null: at
+    # `created_at`, which stays the payload's `timestamp`).
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
