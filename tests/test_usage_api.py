@@ -184,6 +184,30 @@ def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal
     assert usage_of(api, 7)["max_monthly_spend_cents"] is None
 
 
+def test_a_trials_usage_costs_nothing(
+    api: httpx.Client, emulator: Emulator, meter: str, stripe_settings: Settings, engine: Engine
+) -> None:
+    """Stripe invoices a trial's usage at nothing: a trialing user is never past the cap."""
+    from collab_billing.reconcile.run import Reconciler
+
+    add_user(api, 9)
+    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "9"}})
+    emulator.sdk.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": stripe_settings.stripe_price_id or ""}],
+            "trial_period_days": 7,
+        }
+    )
+    Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
+    api.put("/billing/preferences", json={"github_user_id": 9, "max_monthly_spend_cents": 100})
+    answer = api.post("/billing/usage", json=record(9, "a", 1000))  # 500 cents, were it billed
+    assert answer.json() == {"accepted": 1, "duplicates": 0, "over_spend_cap": False}
+    usage = usage_of(api, 9)
+    assert (usage["period_source"], usage["meters"][0]["total"]) == ("subscription", "1000")
+    assert (usage["estimated_cost_cents"], usage["over_spend_cap"]) == (0, False)
+
+
 def test_usage_without_a_subscription_is_the_calendar_month(api: httpx.Client, meter: str) -> None:
     add_user(api, 8)
     found = usage_of(api, 8)

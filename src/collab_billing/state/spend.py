@@ -9,7 +9,7 @@ meter, else the newest active price that does; per-unit amounts, with fractions 
 plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
 rounded once, half up to the cent, as Stripe (and the emulator) round an invoice line. A tiered
-price mirrored without its tiers has no estimate (None).
+price mirrored without its tiers has no estimate (None). During a trial usage costs nothing.
 
 Reads only, below the services (the state document reports `over_spend_cap`); the cap is
 written by `billing.usage.set_cap`.
@@ -193,6 +193,8 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
         .where(BillingMeter.status == "active")
         .order_by(BillingMeter.event_name)
     ).all()
+    # A trial's usage is invoiced at nothing (by Stripe and the emulator): it costs nothing.
+    free = subscription is not None and subscription.stripe_subscription_status == "trialing"
     usages = []
     for meter in meters:
         total = _total(session, user_id, meter, period)
@@ -205,7 +207,7 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
                 total=total,
                 stripe_price_id=price.stripe_price_id if price else None,
                 currency=price.currency if price else None,
-                estimated_cost_cents=cost_cents(price, total),
+                estimated_cost_cents=cost_cents(price, Decimal(0) if free else total),
             )
         )
     return Spend(period, usages, get_cap(session, user_id))
