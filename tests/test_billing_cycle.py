@@ -303,7 +303,11 @@ def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulato
 
     get = cycle.api.get
     assert get("/billing/invoices", params={"github_user_id": 999}).status_code == 404
-    assert get("/billing/invoices", params={"github_user_id": user, "limit": 0}).status_code == 422
+    for limit in ("0", "101", "+5", "1_0", " 5", "5.0"):  # digits alone, as ids are read
+        assert (
+            get("/billing/invoices", params={"github_user_id": user, "limit": limit}).status_code
+            == 422
+        )
     bad_cursor = {"github_user_id": user, "cursor": "nope"}
     assert get("/billing/invoices", params=bad_cursor).status_code == 422
     unknown = {"github_user_id": user, "cursor": "in_unknown"}

@@ -25,6 +25,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import assert_matches_stripe
+from tests.servers import free_port
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
 CUSTOMERS = 230  # three pages of customers and of subscriptions
@@ -246,6 +247,26 @@ def test_the_resync_command_says_which_reads_failed_and_exits_1(
     assert "entitlement" in message and "resync" in message
     assert int(message.split("could not read ")[1].split()[0]) > 0
     assert len(snapshot(session_factory)) == MATCHED  # the rest was still rebuilt
+    assert EMULATOR_KEY not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "failing"])
+def test_the_resync_command_without_stripe_is_one_line_and_exit_1(
+    engine: Engine, emulator: Emulator, database_url: str, fault: str
+) -> None:
+    base = f"http://127.0.0.1:{free_port()}" if fault == "unreachable" else emulator.url
+    emulator.control("POST", "faults", {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/"})
+    env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_API_KEY": EMULATOR_KEY,
+           "STRIPE_API_BASE": base, "STRIPE_MAX_NETWORK_RETRIES": "0"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "resync"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    kind = "api_connection_error" if fault == "unreachable" else "api_error"
+    assert message.startswith("error: resync stopped: Stripe ") and kind in message
     assert EMULATOR_KEY not in result.stderr + result.stdout
 
 

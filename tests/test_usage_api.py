@@ -96,6 +96,7 @@ def test_one_record_or_a_batch_and_duplicates_answered_not_stored(
         (record(7, "k", 0), "greater than 0"),
         (record(7, "k", -1), "greater than 0"),
         ({**record(7, "k"), "value": "1"}, "JSON number"),
+        (record(7, "k", 1234567.123456789012), "15 significant digits"),
         ({k: v for k, v in record(7, "k").items() if k != "idempotency_key"}, "idempotency_key"),
         # Timestamps relative to when the test runs (the list is made at collection).
         (record(7, "k", timestamp=-36 * 86400), "35 days"),
@@ -103,6 +104,10 @@ def test_one_record_or_a_batch_and_duplicates_answered_not_stored(
         ({"events": []}, "at least 1"),
         ({"events": [record(7, f"k{i}") for i in range(1001)]}, "at most 1000"),
         ({**record(7, "k"), "extra": 1}, "extra"),
+        # PostgreSQL cannot store NUL in text: refused like any other control character.
+        (record(7, "nul\u0000key"), "idempotency_key"),
+        ({**record(7, "k"), "meter": "llm\u0000tokens"}, "meter"),
+        (record(7, "tab\tkey"), "idempotency_key"),
     ],
 )
 def test_bad_records_are_422_naming_the_problem_and_store_nothing(

@@ -247,3 +247,32 @@ def test_serve_refuses_a_blank_admin_token_in_one_line(tmp_path: Path, token: st
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "ADMIN_TOKEN" in result.stderr, result.stderr
+
+
+def test_the_users_add_command_checks_as_the_api_does(
+    database_url: str, session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from collab_billing.cli import app as cli
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    runner = CliRunner()
+    add = ["users", "add", "--github-user-id"]
+    for refused, named in [
+        ([*add, "50", "--github-login", "bad login"], "--github-login"),
+        ([*add, "50", "--github-login", ""], "--github-login"),
+        ([*add, "50", "--github-login", "ok", "--email", "notanemail"], "--email-address"),
+        ([*add, str(2**53), "--github-login", "ok"], "--github-user-id"),
+        ([*add, "0", "--github-login", "ok"], "--github-user-id"),
+    ]:
+        result = runner.invoke(cli, refused)
+        assert result.exit_code == 2, result.output
+        [line] = result.output.splitlines()
+        assert line.startswith("error: ") and named in line
+    with session_factory() as session:
+        assert session.scalars(select(User)).all() == []
+    result = runner.invoke(cli, [*add, "50", "--github-login", "octo", "--email", "o@x.io"])
+    assert result.exit_code == 0 and "created user" in result.output
+    listed = runner.invoke(cli, ["users", "list"]).output
+    assert listed == "50\tocto\to@x.io\n"

@@ -30,7 +30,7 @@ from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
 from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.state.access import AccessRules
-from collab_billing.stripe_gateway import StripeGateway, gateway_or_none
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError, gateway_or_none
 
 app = typer.Typer(
     help="collab-billing: sell a subscription through Stripe and keep the database in step.",
@@ -94,16 +94,31 @@ def migrate() -> None:
 
 @users_app.command("add")
 def users_add(
-    github_user_id: Annotated[int, typer.Option(min=1, max=2**63 - 1)],
+    github_user_id: Annotated[int, typer.Option()],
     github_login: Annotated[str, typer.Option()],
     email: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Create or update a user."""
+    """Create or update a user (checked as `POST /users` checks it)."""
+    from pydantic import ValidationError
+
+    from collab_billing.api.schemas import UserIn
+
+    given: dict[str, object] = {"github_user_id": github_user_id, "github_login": github_login}
+    if email is not None:
+        given["email_address"] = email
+    try:
+        wanted = UserIn.model_validate(given)
+    except ValidationError as error:
+        fail(
+            "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in error.errors())
+        )
     settings = settings_or_exit()
     engine = migrated_engine(settings)
-    email_address = queries.KEEP if email is None else email
+    email_address = queries.KEEP if email is None else wanted.email_address
     with transaction(make_session_factory(engine)) as session:
-        user, created = queries.upsert_user(session, github_user_id, github_login, email_address)
+        user, created = queries.upsert_user(
+            session, wanted.github_user_id, wanted.github_login, email_address
+        )
         typer.echo(f"{'created' if created else 'updated'} user {user.id} ({user.github_login})")
 
 
@@ -322,8 +337,13 @@ def resync(
     # The state documents it changes judge access by the system clock and the grace setting.
     rules = AccessRules(settings.past_due_grace())
     factory = make_session_factory(engine, rules.session_info())
-    report = run_with_progress(factory, gateway_or_exit(settings), github_user_id)
-    budget.flush_reads(factory, time.time())
+    try:
+        report = run_with_progress(factory, gateway_or_exit(settings), github_user_id)
+    except StripeGatewayError as error:  # a list read failed past its retries: nothing to go on
+        said = " ".join(str(error).split())  # the SDK's messages run over several lines
+        fail(f"resync stopped: {said}; what it wrote is kept, run it again", code=1)
+    finally:
+        budget.flush_reads(factory, time.time())
     mirrored = "".join(
         f", {seen} {kind}s seen, {report.written[kind]} written"
         for kind, seen in report.seen.items()

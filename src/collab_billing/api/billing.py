@@ -43,6 +43,7 @@ from collab_billing.api.schemas import (
     ManageIn,
     ManageOut,
     OverdueInvoiceOut,
+    PageSize,
     PayInvoiceOut,
     PlanOut,
     PriceOut,
@@ -247,7 +248,7 @@ def list_subscriptions(
 def list_invoices(
     github_user_id: Annotated[GithubUserIdQuery, Query()],
     factory: SessionFactoryDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[PageSize, Query()] = 20,
     cursor: Annotated[
         StripeInvoiceId | None,
         Query(description="`next_cursor` of the previous page: the invoices after it."),

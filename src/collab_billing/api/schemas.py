@@ -43,6 +43,9 @@ GithubUserIdQuery = Annotated[
     Field(ge=1, le=MAX_JSON_SAFE_INTEGER, examples=[12345]),
     BeforeValidator(_decimal_digits),
 ]
+PageSize = Annotated[
+    int, Field(ge=1, le=100, description="At most this many"), BeforeValidator(_decimal_digits)
+]
 GithubLogin = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9-]+$")
 ]

@@ -17,21 +17,42 @@ from pydantic import (
 
 from collab_billing.api.schemas import GithubUserId, StrictModel, UtcDatetime, _number_not_text
 
+# No control characters: no part of a name or a key, and PostgreSQL cannot store NUL in text.
+_PRINTABLE = r"^[^\u0000-\u001f\u007f]+$"
 MeterName = Annotated[
     str,
-    StringConstraints(strict=True, min_length=1, max_length=100),
+    StringConstraints(strict=True, min_length=1, max_length=100, pattern=_PRINTABLE),
     Field(description="The meter's `event_name`", examples=["llm_tokens"]),
 ]
+# A JSON number with a fraction or an exponent is read as a double, which keeps 15 significant
+# digits: one with more was rounded before any check could see it (1234567.123456789012 would
+# be billed as 1234567.123456789), so it is refused rather than billed changed. Integers are
+# read exactly.
+DOUBLE_DIGITS = 15
+
+
+def _exact_number(value: object) -> object:
+    if isinstance(value, float) and len(Decimal(repr(value)).normalize().as_tuple().digits) > (
+        DOUBLE_DIGITS
+    ):
+        raise ValueError(
+            f"has more than {DOUBLE_DIGITS} significant digits: a JSON number with a fraction "
+            "is read as a double, which keeps no more"
+        )
+    return value
+
+
 UsageValue = Annotated[
     Decimal,
     Field(gt=0, lt=Decimal(10) ** 18, decimal_places=12, allow_inf_nan=False, examples=[1200]),
+    BeforeValidator(_exact_number),
     BeforeValidator(_number_not_text),
     # A JSON number only (pydantic would document a decimal as a number or a string).
     WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e18}),
 ]
 IdempotencyKey = Annotated[
     str,
-    StringConstraints(strict=True, min_length=1, max_length=255),
+    StringConstraints(strict=True, min_length=1, max_length=255, pattern=_PRINTABLE),
     Field(examples=["request-7f3a"]),
 ]
 UnixSeconds = Annotated[
@@ -43,7 +64,10 @@ Cents = Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(_number_not_te
 class UsageRecordIn(StrictModel):
     github_user_id: GithubUserId
     meter: MeterName
-    value: UsageValue = Field(description="A positive number (up to 12 decimal places)")
+    value: UsageValue = Field(
+        description="A positive number: an integer below 10^18, or up to 12 decimal places "
+        "and 15 significant digits"
+    )
     timestamp: UnixSeconds | None = Field(
         default=None,
         description="When the usage happened (Unix seconds): at most 35 days past and 5 "

@@ -28,7 +28,7 @@ BUSY_TIMEOUT_MS = 30_000
 # (a failover moving its address, a network cut) never answers: without these, a statement
 # on an open connection waits out the kernel's retransmissions (~15 minutes), and so do the
 # requests and the reconciler behind it. Data unacknowledged for 10 s, or an idle connection
-# unanswered for 60 s, now fails the connection; the request answers 503, the pool opens
+# unanswered for 60 s, fails the connection: the request answers 503, the pool opens
 # another. A slow query is not cut: its request was acknowledged.
 POSTGRES_CONNECT_ARGS = {
     "connect_timeout": 5,
