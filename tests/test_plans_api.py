@@ -258,6 +258,18 @@ def test_only_the_newest_checkout_of_a_user_can_be_paid(
     assert len(emulator.sdk.v1.subscriptions.list(params={"status": "all"}).data) == 1
 
 
+def test_checkouts_of_one_user_at_once_leave_one_to_pay(
+    service: Service, emulator: Emulator, catalog: dict[str, str]
+) -> None:
+    """A double (or fivefold) click: every request answers, and one session can be paid."""
+    add_user(service, 1)
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: checkout(service, 1, price="team-monthly"), range(5)))
+    sessions = [checkout_session(emulator, answer) for answer in answers]
+    assert len({session.id for session in sessions}) == 5
+    assert sorted(session.status for session in sessions) == ["expired"] * 4 + ["open"]
+
+
 def test_the_trial_of_a_checkout_left_unpaid_is_free_again_once_stripe_expired_it(
     service: Service, emulator: Emulator, catalog: dict[str, str], engine: Engine
 ) -> None:

@@ -14,6 +14,7 @@ from collab_billing.billing.access import find_user, is_active, refuse_if_overdu
 from collab_billing.billing.errors import Conflict
 from collab_billing.billing.plans import Plan, resolve_plan
 from collab_billing.billing.trials import claim_trial, release_trial
+from collab_billing.billing.turns import checkout_turn
 from collab_billing.db import queries
 from collab_billing.db.models import User
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
@@ -47,9 +48,20 @@ def start_checkout(
     if asked for, offered (BILLING_TRIAL_DAYS) and the customer's first. Refused (409, with
     the invoice's hosted page) while the user has an overdue invoice: a new subscription must
     not be the way around paying it."""
-    settings = gateway.settings
     user = find_user(factory, request.github_user_id)
-    refuse_if_overdue(factory, request.github_user_id, now or datetime.now(UTC))
+    with checkout_turn(factory, user.id):
+        return _start(factory, gateway, request, user, now or datetime.now(UTC))
+
+
+def _start(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    request: CheckoutRequest,
+    user: User,
+    now: datetime,
+) -> CheckoutStarted:
+    settings = gateway.settings
+    refuse_if_overdue(factory, request.github_user_id, now)
     plan = resolve_plan(
         factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
     )
@@ -87,8 +99,8 @@ def expire_open_checkouts(
     expired first (each completed one is a subscription, so two open ones could become two
     paid subscriptions). A trial claimed for an expired one is given back: it never began.
     A session completed meanwhile cannot be expired: the user has just subscribed (409).
-    Requests of one user at the same instant may each leave their own session open (a
-    double click: the browser shows the last one's); they expire in 24 hours unpaid."""
+    Called in the user's turn (`turns.checkout_turn`): requests of one user at once (a
+    double click) would otherwise each leave their own session open."""
     with ThreadPoolExecutor(2) as pool:  # one round trip to Stripe, not two
         # A Checkout paid a moment ago may not be applied yet: Stripe is asked.
         listed = pool.submit(gateway.list_customer_subscriptions, customer_id)
