@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.models import PendingStripeEvent
 from collab_billing.mirror.registry import RELEVANT_TYPES
 from collab_billing.reconcile import ledger
+from collab_billing.state.access import system_clock
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import ServerThread
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
@@ -83,13 +85,19 @@ class Service:
 
 
 @contextmanager
-def running_service(stripe_settings: Settings, engine: Engine, **updates: Any) -> Iterator[Service]:
-    """The real app under uvicorn; webhooks on with two secrets (rotation), reconciler off
-    unless `reconcile_enabled=True` is given."""
+def running_service(
+    stripe_settings: Settings,
+    engine: Engine,
+    clock: Callable[[], datetime] | None = None,
+    **updates: Any,
+) -> Iterator[Service]:
+    """The real app under uvicorn (on `clock`: the system's by default); webhooks on with two
+    secrets (rotation), reconciler off unless `reconcile_enabled=True` is given."""
     updates.setdefault("stripe_webhook_secret", SecretStr(f"{WHSEC_OLD},{WHSEC_NEW}"))
     updates.setdefault("reconcile_enabled", False)
     settings = stripe_settings.model_copy(update=updates)
-    with ServerThread(create_app(settings, engine)) as server:
+    app = create_app(settings, engine, clock=clock or system_clock)
+    with ServerThread(app) as server:
         api = httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
         )

@@ -387,3 +387,24 @@ def test_reconcile_exits_0_on_sigterm(emulator: Emulator, tmp_path: Path) -> Non
         reap(process)
     polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
     assert len({line["request_id"] for line in polls}) == len(polls), "one id per poll"
+
+
+@pytest.mark.postgres_only
+def test_the_leader_shown_is_this_databases(engine: Engine, own_database: str) -> None:
+    """Another service's leader on the same PostgreSQL server (its own database) is not this
+    one's: advisory locks are per database, and so is the leader shown."""
+    from collab_billing.db.engine import make_engine
+    from collab_billing.reconcile.leader import LeaderLock, current_holder
+
+    other = make_engine(own_database)
+    lock = LeaderLock(other)
+    try:
+        assert lock.acquire()
+        assert current_holder(other).startswith("PostgreSQL backend pid")
+        assert current_holder(engine) == "none"
+        ours = LeaderLock(engine)
+        assert ours.acquire()  # and it does not keep this one's from leading
+        ours.release()
+    finally:
+        lock.release()
+        other.dispose()

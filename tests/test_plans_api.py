@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.ops_helpers import Service, running_service
@@ -271,18 +270,23 @@ def test_checkouts_of_one_user_at_once_leave_one_to_pay(
 
 
 def test_the_trial_of_a_checkout_left_unpaid_is_free_again_once_stripe_expired_it(
-    service: Service, emulator: Emulator, catalog: dict[str, str], engine: Engine
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, catalog: dict[str, str]
 ) -> None:
-    add_user(service, 1)
-    abandoned = checkout(service, 1, price="pro-monthly", trial=True)
-    emulator.sdk.v1.checkout.sessions.expire(checkout_session(emulator, abandoned).id)
-    soon = checkout(service, 1, price="pro-monthly", trial=True)
-    assert "already had a trial" in soon["trial_refused"]  # maybe still being paid, elsewhere
-    with engine.begin() as connection:  # a day and more later: Stripe expired it unpaid
-        day_ago = datetime.now(UTC) - DAY_AND_MORE
-        connection.execute(update(BillingCustomer).values(trial_started_at=day_ago))
-    later = checkout(service, 1, price="pro-monthly", trial=True)
-    assert (later["trial"], later["trial_days"]) == (True, 7)
+    """Judged by the service's clock, which Stripe's time follows (in `dev`, the emulator's)."""
+
+    def stripe_now() -> datetime:
+        return datetime.fromtimestamp(emulator.control("GET", "clock")["now"], UTC)
+
+    with running_service(stripe_settings, engine, stripe_now, billing_trial_days=7) as service:
+        add_user(service, 1)
+        abandoned = checkout(service, 1, price="pro-monthly", trial=True)
+        emulator.sdk.v1.checkout.sessions.expire(checkout_session(emulator, abandoned).id)
+        soon = checkout(service, 1, price="pro-monthly", trial=True)
+        assert "already had a trial" in soon["trial_refused"]  # maybe still being paid
+        seconds = DAY_AND_MORE.total_seconds()  # a day and more: Stripe expired it unpaid
+        emulator.control("POST", "clock/advance", {"seconds": seconds})
+        later = checkout(service, 1, price="pro-monthly", trial=True)
+        assert (later["trial"], later["trial_days"]) == (True, 7)
 
 
 def test_one_trial_per_customer(
@@ -504,6 +508,46 @@ def test_portal_home_and_payment_method_intents(
         ).status_code
         == 404
     )
+    other = buy(service, emulator, reconciler, 2, price="pro-monthly")
+    for intent in ("manage", "update_payment_method"):  # another user's subscription
+        refused = manage(service, 1, intent, subscription_id=other)
+        assert refused.status_code == 404 and "not one of user 1's" in refused.text
+
+
+def test_a_cancellation_set_for_a_date_is_not_cancelable_again(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    sub_id = buy(service, emulator, reconciler, 1, price="pro-monthly")
+    ends = emulator.control("GET", "clock")["now"] + 5 * DAY
+    emulator.sdk.v1.subscriptions.update(sub_id, params={"cancel_at": ends})
+    reconciler.drain()
+    [row] = subscriptions(service, 1)
+    assert (row["is_cancelable"], row["cancel_at_period_end"]) == (False, False)
+    refused = manage(service, 1, "cancel")
+    assert refused.status_code == 409 and "no active subscription to cancel" in refused.text
+    assert manage(service, 1, "stop_cancellation").status_code == 200
+    reconciler.drain()
+    assert subscriptions(service, 1)[0]["is_cancelable"] is True
+
+
+def test_a_trial_paid_after_it_then_canceled_is_paid(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """Canceled (asked during the trial), but a paid period followed the trial: `paid`."""
+    add_user(service, 1)
+    sub_id = complete(emulator, checkout(service, 1, price="pro-monthly", trial=True), card=True)
+    reconciler.drain()
+    emulator.confirm_portal(manage(service, 1, "cancel").json()["billing_portal_session_url"])
+    reconciler.drain()
+    ended = manage(service, 1, "end_trial")  # billed now, to end with the paid period
+    assert ended.status_code == 200
+    period_end = ended.json()["subscription"]["current_period_end"]
+    assert ended.json()["subscription"]["cancel_at"] == period_end
+    emulator.control("POST", "clock/advance", {"seconds": 31 * DAY})
+    reconciler.drain()
+    assert emulator.sdk.v1.subscriptions.retrieve(sub_id).status == "canceled"
+    [row] = subscriptions(service, 1)
+    assert (row["status"], row["kind"]) == ("canceled", "paid")
 
 
 def test_change_plan_to_the_default_price_without_a_lookup_key(

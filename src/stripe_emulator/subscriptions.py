@@ -232,13 +232,17 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:
-    """The trial ends now: a new period starts, billed at once (`invoices.bill_trial_end`)."""
+    """The trial ends now: a new period starts, billed at once (`invoices.bill_trial_end`). A
+    cancellation at the period's end moves to the new period's end, as Stripe's `cancel_at`
+    follows the period."""
+    end = now + period_seconds(sub.items)
     return evolve(
         sub,
         status="active",
         trial_end=now,
         current_period_start=now,
-        current_period_end=now + period_seconds(sub.items),
+        current_period_end=end,
+        cancel_at=end if sub.cancel_at_period_end else sub.cancel_at,
         latest_invoice=ids.new_id("in", now),
     )
 

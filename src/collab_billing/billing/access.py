@@ -44,21 +44,25 @@ def is_active(subscription: BillingSubscription | queries.SubscriptionRow) -> bo
 
 
 def is_cancelable(subscription: BillingSubscription | queries.SubscriptionRow) -> bool:
-    return is_active(subscription) and not subscription.stripe_cancel_at_period_end
+    """Active and not set to end already (at the period's end, or at a `cancel_at` date)."""
+    set_to_end = subscription.stripe_cancel_at_period_end or subscription.stripe_cancel_at
+    return is_active(subscription) and not set_to_end
 
 
 def subscription_kind(subscription: queries.SubscriptionRow) -> Literal["trial", "paid"]:
-    """`trial` while trialing, and for a trial that ended without being paid for (canceled by
-    its end, e.g. no card was added); `paid` once billing started."""
+    """`trial` while trialing, and for a trial that ended without being paid for (canceled
+    with the trial as its last period, e.g. no card was added); `paid` once billing started
+    (a paid period followed the trial). `canceled_at` cannot tell: it is when the
+    cancellation was asked for, which may be during the trial for a period paid after it."""
     status = subscription.stripe_subscription_status
     if status == "trialing":
         return "trial"
-    trial_end, canceled_at = subscription.stripe_trial_end, subscription.stripe_canceled_at
+    trial_end, period_end = subscription.stripe_trial_end, subscription.stripe_current_period_end
     ended_in_trial = (
         status in ("canceled", "incomplete_expired")
         and trial_end is not None
-        and canceled_at is not None
-        and canceled_at <= trial_end
+        and period_end is not None
+        and period_end <= trial_end
     )
     return "trial" if ended_in_trial else "paid"
 

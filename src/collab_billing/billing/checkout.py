@@ -75,7 +75,9 @@ def _start(
     customer_id = ensure_customer(factory, gateway, user)
     expire_open_checkouts(factory, gateway, customer_id, request.github_user_id)
     quantity = None if plan.metered else request.quantity  # metered: billed by usage
-    trial_days, refused = _trial(factory, customer_id, request.trial, settings.billing_trial_days)
+    trial_days, refused = _trial(
+        factory, customer_id, request.trial, settings.billing_trial_days, now
+    )
     try:
         url = gateway.create_checkout_session(
             customer_id=customer_id,
@@ -125,13 +127,13 @@ def expire_open_checkouts(
 
 
 def _trial(
-    factory: sessionmaker[Session], customer_id: str, wanted: bool, days: int
+    factory: sessionmaker[Session], customer_id: str, wanted: bool, days: int, now: datetime
 ) -> tuple[int | None, str | None]:
     if not wanted:
         return None, None
     if days == 0:
         return None, "trials are not offered (BILLING_TRIAL_DAYS is 0)"
-    if claim_trial(factory, customer_id) is None:
+    if claim_trial(factory, customer_id, now) is None:
         return None, "this customer has already had a trial (one per customer)"
     return days, None
 

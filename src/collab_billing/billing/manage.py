@@ -193,7 +193,7 @@ def _why_not_cancelable(sub: BillingSubscription) -> str | None:
     if not is_active(sub):
         return f"is already {sub.stripe_subscription_status}"
     if not is_cancelable(sub):
-        return "is already set to cancel at period end"
+        return "is already set to cancel"
     return None
 
 
@@ -252,8 +252,13 @@ def _choose(
 
 
 def _customer(factory: sessionmaker[Session], request: ManageRequest) -> str:
+    """The user's Stripe customer, for the intents of the whole account (a `subscription_id`
+    given must still be the user's: 404 otherwise)."""
     user = find_user(factory, request.github_user_id)
     with read_only(factory) as session:
+        if request.subscription_id is not None:
+            owned = queries.list_subscriptions_of_user(session, user.id)
+            _choose(owned, request, lambda _: None, "subscription")
         customer = queries.get_billing_customer_by_user_id(session, user.id)
         if customer is None or customer.stripe_deleted_at is not None:
             raise Conflict(

@@ -10,7 +10,7 @@ mirrored subscriptions already had a trial (say, made in the dashboard) gets non
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,9 +21,11 @@ from collab_billing.db.models import BillingCustomer, BillingSubscription
 UNPAID_CHECKOUT_LIFETIME = timedelta(hours=25)
 
 
-def claim_trial(factory: sessionmaker[Session], stripe_customer_id: str) -> datetime | None:
-    """Record that the customer starts their trial now; None if they had one already."""
-    now = datetime.now(UTC)
+def claim_trial(
+    factory: sessionmaker[Session], stripe_customer_id: str, now: datetime
+) -> datetime | None:
+    """Record that the customer starts their trial `now` (the service's clock, which Stripe's
+    expiry of sessions follows: in `dev`, the emulator's); None if they had one already."""
     with factory() as session, session.begin():
         customer_id = session.scalar(
             select(BillingCustomer.id).where(

@@ -29,8 +29,10 @@ USAGE_SENDER_LOCK_KEY = 0x636F6C6C61625F75  # "collab_u": the usage sender's own
 # A lock whose connection died (its backend terminated, a network cut) is free for a standby:
 # the holder learns it at its next check, within this long.
 HELD_CHECK_SECONDS = 1.0
+# pg_locks lists every database's locks; advisory locks are each database's own.
 HOLDER_QUERY = text(
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND classid = :high AND objid = :low AND objsubid = 1"
 )
 
