@@ -164,13 +164,13 @@ def start_invoice(store: Store, sub: Subscription, card: PaymentMethod | None, a
     return charge(store, invoice, card, at, automatic=True)
 
 
-def renews(sub: Subscription, at: int) -> bool:
+def renews(store: Store, sub: Subscription, at: int) -> bool:
     """Whether the subscription's next transition at `at` is a renewal (not an end)."""
     if sub.status in ("incomplete", "incomplete_expired", "canceled", "unpaid", "paused"):
         return False
     if (
         sub.status == "trialing"
-        and sub.default_payment_method is None
+        and payment_methods.for_invoice(store, sub.customer, sub.id) is None
         and sub.missing_payment_method == "cancel"
     ):
         return False  # the trial ends without a card: canceled (subscriptions.transition)
@@ -182,7 +182,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     A trial that ends without a card and `missing_payment_method=pause` is paused instead."""
     if (
         sub.status == "trialing"
-        and sub.default_payment_method is None
+        and payment_methods.for_invoice(store, sub.customer, sub.id) is None
         and sub.missing_payment_method == "pause"
     ):
         save(store, sub, evolve(sub, status="paused"), created=at)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import payment_methods
+from stripe_emulator.catalog import update_customer
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import Params
 from stripe_emulator.records import PortalSession, Subscription
@@ -129,9 +130,11 @@ def confirm_update(
 
 
 def confirm_payment_method(store: Store, session: PortalSession) -> list[Subscription]:
-    """The customer adds a card: it becomes the default payment method of their live
-    subscriptions (what the portal does when it sets the customer's default)."""
+    """The customer adds a card: it becomes the customer's
+    `invoice_settings.default_payment_method` (the flow's documented effect) and the default
+    payment method of their live subscriptions."""
     card = payment_methods.attach(store, "pm_card_visa", session.customer).id
+    update_customer(store, session.customer, default_payment_method=card)
     updated = []
     for sub in store.customer_subscriptions(session.customer):
         if sub.status not in ENDED:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stripe_emulator import ids, objects
+from stripe_emulator import ids, objects, payment_methods
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import apply_metadata
@@ -332,7 +332,7 @@ def transition(store: Store, sub: Subscription, at: int) -> None:
         cancel_subscription(store, sub.id, at=at, reason=reason)
     elif (
         sub.status == "trialing"
-        and sub.default_payment_method is None
+        and payment_methods.for_invoice(store, sub.customer, sub.id) is None
         and sub.missing_payment_method == "cancel"
     ):
         # `trial_settings.end_behavior.missing_payment_method=cancel`: no card, no subscription.

@@ -61,7 +61,7 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
                 heapq.heappush(queue, (retry_at, _INVOICE, object_id))
             continue
         sub = store.subscriptions.rows[object_id]
-        if invoices.renews(sub, at):
+        if invoices.renews(store, sub, at):
             invoices.renew(store, sub, at)
         else:
             transition(store, sub, at)

@@ -84,10 +84,30 @@ def test_cardless_trial_ends_active_once_a_card_is_added_in_the_portal(
     )
     assert portal.flow is not None and portal.flow.type == "payment_method_update"
     added = ctl("POST", f"billing_portal/sessions/{portal.id}/confirm", {})
-    assert added["subscriptions"][0]["default_payment_method"].startswith("pm_")
+    card = added["subscriptions"][0]["default_payment_method"]
+    assert card.startswith("pm_")
+    # The flow's documented effect: the customer's default for invoices.
+    customer = client.v1.customers.retrieve(done["customer"])
+    assert customer.invoice_settings.default_payment_method == card
 
     ctl("POST", "clock/advance", {"seconds": 7 * DAY + 1})
     assert client.v1.subscriptions.retrieve(done["subscription"]).status == "active"
+
+
+def test_cardless_trial_ends_active_with_the_customers_default_card(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """A card set as the customer's invoice default (not the subscription's) is charged."""
+    price = recurring_price(client)
+    session = _cardless_trial(client, price.id)
+    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    card = client.v1.payment_methods.attach("pm_card_visa", {"customer": done["customer"]})
+    client.v1.customers.update(
+        done["customer"], {"invoice_settings": {"default_payment_method": card.id}}
+    )
+    ctl("POST", "clock/advance", {"seconds": 7 * DAY + 1})
+    sub = client.v1.subscriptions.retrieve(done["subscription"])
+    assert (sub.status, sub.default_payment_method) == ("active", None)
 
 
 def test_a_card_is_required_unless_checkout_allows_skipping_it(
