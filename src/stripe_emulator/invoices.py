@@ -56,10 +56,14 @@ def create_invoice(
     trial: bool = False,
     invoice_id: str | None = None,
     usage_period: tuple[int, int] | None = None,
+    looks_back: tuple[int, int] | None = None,
 ) -> Invoice:
     """A subscription's invoice for the period [start, end), created and finalized (`open`);
-    metered items bill their usage over `usage_period`, the period that ended (usage_lines)."""
-    start, end = period
+    metered items bill their usage over `usage_period`, the period that ended (usage_lines).
+    The invoice's own `period_start`/`period_end` are Stripe's: the period during which its
+    items were added, `looks_back` (a renewal's: the period that ended), else `at` to `at`
+    (Stripe's lines carry the service period)."""
+    start, end = looks_back or (at, at)
     invoice_id = invoice_id or ids.new_id("in", at)
     lines = tuple(
         item_line(store, item, sub.customer, period, usage_period, at, trial) for item in sub.items
@@ -197,7 +201,15 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     # Metered items bill the period that ends (a trial's usage is free).
     ended = None if sub.status == "trialing" else (sub.current_period_start, start)
     invoice = create_invoice(
-        store, new, "subscription_cycle", (start, end), at, False, invoice_id, ended
+        store,
+        new,
+        "subscription_cycle",
+        (start, end),
+        at,
+        False,
+        invoice_id,
+        ended,
+        looks_back=(sub.current_period_start, start),
     )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
@@ -223,7 +235,9 @@ def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> N
         return
     period = (sub.current_period_start, at)
     final = evolve(sub, items=metered)
-    invoice = create_invoice(store, final, reason, period, at, usage_period=period)
+    invoice = create_invoice(
+        store, final, reason, period, at, usage_period=period, looks_back=period
+    )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     charge(store, invoice, card, at, automatic=True)
 

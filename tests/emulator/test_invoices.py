@@ -71,7 +71,13 @@ def test_first_invoice_and_renewal_paid(client: stripe.StripeClient, ctl: Contro
     renewed = client.v1.invoices.list(params={"subscription": sub_id, "limit": 1}).data[0]
     assert renewed.billing_reason == "subscription_cycle"
     assert (renewed.status, renewed.amount_paid, renewed.attempt_count) == ("paid", 4500, 1)
-    assert renewed.period_start == sub["items"].data[0].current_period_end
+    # Stripe's invoice period looks back: the period that ended; its lines carry the new one.
+    ended = sub["items"].data[0]
+    assert (renewed.period_start, renewed.period_end) == (
+        ended.current_period_start,
+        ended.current_period_end,
+    )
+    assert renewed.lines.data[0].period.start == ended.current_period_end
     assert client.v1.subscriptions.retrieve(sub_id).latest_invoice == renewed.id
     assert client.v1.invoices.retrieve(renewed.id).status == "paid"
     assert [i.id for i in client.v1.invoices.list(params={"status": "open"}).data] == []

@@ -309,7 +309,10 @@ class InvoiceOut(BaseModel):
     finalized_at: UtcDatetime | None
     paid_at: UtcDatetime | None
     due_date: UtcDatetime | None
-    period_start: UtcDatetime | None
+    period_start: UtcDatetime | None = Field(
+        description="Stripe's invoice period: when its items were added (a renewal's: the "
+        "period that ended, whose usage it bills); a first invoice's starts and ends at once"
+    )
     period_end: UtcDatetime | None
 
 
