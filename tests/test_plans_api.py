@@ -564,3 +564,15 @@ def test_change_plan_to_the_default_price_without_a_lookup_key(
     assert response.status_code == 200, response.text
     flow = portal_session(emulator, response.json()["billing_portal_session_url"])["flow"]
     assert flow["subscription_update_confirm"]["items"][0]["price"] == default
+
+
+def test_an_intent_on_a_subscription_ended_at_stripe_but_not_here_is_409(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    sub_id = buy(service, emulator, reconciler, 1, price="pro-monthly")
+    emulator.sdk.v1.subscriptions.update(sub_id, params={"cancel_at_period_end": True})
+    reconciler.drain()
+    emulator.sdk.v1.subscriptions.cancel(sub_id)  # its event not applied yet
+    refused = manage(service, 1, "stop_cancellation")
+    assert refused.status_code == 409 and "has already ended (canceled)" in refused.text
+    assert subscriptions(service, 1)[0]["status"] == "canceled"  # read while refusing

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import (
@@ -36,7 +37,7 @@ from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile.resync import refresh
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
 
@@ -150,9 +151,9 @@ def _stop_cancellation(
     _, target = _target(factory, request, _why_not_stoppable, "subscription scheduled to cancel")
     sub_id = target.stripe_subscription_id
     if target.stripe_cancel_at_period_end:
-        gateway.update_subscription(sub_id, cancel_at_period_end=False)
+        _update(factory, gateway, sub_id, cancel_at_period_end=False)
     else:
-        gateway.update_subscription(sub_id, cancel_at="")  # clears a cancel_at date
+        _update(factory, gateway, sub_id, cancel_at="")  # clears a cancel_at date
     return _refreshed(factory, gateway, request, sub_id)
 
 
@@ -160,8 +161,30 @@ def _end_trial(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
     _, target = _target(factory, request, _why_not_trialing, "subscription in a trial")
-    gateway.update_subscription(target.stripe_subscription_id, trial_end="now")
+    _update(factory, gateway, target.stripe_subscription_id, trial_end="now")
     return _refreshed(factory, gateway, request, target.stripe_subscription_id)
+
+
+def _update(
+    factory: sessionmaker[Session], gateway: StripeGateway, sub_id: str, **changes: Any
+) -> None:
+    """The change at Stripe; a subscription that ended there before its event was applied
+    here is a 409 (the intent no longer applies), and its row is brought up to date."""
+    try:
+        gateway.update_subscription(sub_id, **changes)
+    except StripeGatewayError as error:
+        if error.http_status != 400:
+            raise
+        refresh(factory, gateway, SUBSCRIPTIONS, [sub_id])
+        with read_only(factory) as session:
+            status = session.scalar(
+                select(BillingSubscription.stripe_subscription_status).where(
+                    BillingSubscription.stripe_subscription_id == sub_id
+                )
+            )
+        if status not in ENDED:
+            raise
+        raise Conflict(f"subscription {sub_id} has already ended ({status})") from error
 
 
 def _refreshed(
