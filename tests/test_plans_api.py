@@ -107,10 +107,18 @@ def manage(service: Service, github_user_id: int, intent: str, **fields: Any) ->
 
 
 def buy(
-    service: Service, emulator: Emulator, reconciler: Reconciler, user: int, **fields: Any
+    service: Service,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    user: int,
+    card: bool | None = None,
+    **fields: Any,
 ) -> str:
+    """The user checks out (`fields`) and pays (`card`: with a card or not; None: the
+    emulator's default); the subscription is applied."""
     add_user(service, user)
-    sub_id = complete(emulator, checkout(service, user, **fields))
+    paid = {} if card is None else {"card": card}
+    sub_id = complete(emulator, checkout(service, user, **fields), **paid)
     reconciler.drain()
     return sub_id
 
@@ -452,9 +460,7 @@ def test_change_plan_from_a_trial_ends_the_trial(
 def test_stop_cancellation_and_end_trial_are_done_through_the_api(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
-    add_user(service, 1)
-    sub_id = complete(emulator, checkout(service, 1, price="pro-monthly", trial=True), card=True)
-    reconciler.drain()
+    sub_id = buy(service, emulator, reconciler, 1, card=True, price="pro-monthly", trial=True)
     nothing = manage(service, 1, "stop_cancellation")
     assert nothing.status_code == 409 and "scheduled to cancel" in nothing.text
 
@@ -534,9 +540,7 @@ def test_a_trial_paid_after_it_then_canceled_is_paid(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
     """Canceled (asked during the trial), but a paid period followed the trial: `paid`."""
-    add_user(service, 1)
-    sub_id = complete(emulator, checkout(service, 1, price="pro-monthly", trial=True), card=True)
-    reconciler.drain()
+    sub_id = buy(service, emulator, reconciler, 1, card=True, price="pro-monthly", trial=True)
     emulator.confirm_portal(manage(service, 1, "cancel").json()["billing_portal_session_url"])
     reconciler.drain()
     ended = manage(service, 1, "end_trial")  # billed now, to end with the paid period

@@ -51,6 +51,13 @@ def test_checkout_with_seats_makes_a_subscription_of_that_quantity(
     assert sub.default_payment_method is not None  # Checkout took a card
 
 
+def _completed_without_card(client: stripe.StripeClient, ctl: Control) -> dict[str, Any]:
+    """A card-less trial's Checkout, completed without a card."""
+    session = _cardless_trial(client, recurring_price(client).id)
+    done: dict[str, Any] = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    return done
+
+
 def test_cardless_trial_ends_canceled_without_a_card(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
@@ -76,9 +83,7 @@ def test_cardless_trial_ends_canceled_without_a_card(
 def test_cardless_trial_ends_active_once_a_card_is_added_in_the_portal(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
-    price = recurring_price(client)
-    session = _cardless_trial(client, price.id)
-    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    done = _completed_without_card(client, ctl)
     portal = client.v1.billing_portal.sessions.create(
         params={"customer": done["customer"], "flow_data": {"type": "payment_method_update"}}
     )
@@ -98,9 +103,7 @@ def test_cardless_trial_ends_active_with_the_customers_default_card(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     """A card set as the customer's invoice default (not the subscription's) is charged."""
-    price = recurring_price(client)
-    session = _cardless_trial(client, price.id)
-    done = ctl("POST", f"checkout/sessions/{session.id}/complete", {"card": False})
+    done = _completed_without_card(client, ctl)
     card = client.v1.payment_methods.attach("pm_card_visa", {"customer": done["customer"]})
     client.v1.customers.update(
         done["customer"], {"invoice_settings": {"default_payment_method": card.id}}
