@@ -215,11 +215,11 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
 
-def bill_trial_end(store: Store, sub: Subscription, at: int) -> None:
-    """A trial ended early (`trial_end=now`, or a plan changed from a trial): the period that
-    starts is invoiced and charged at once, like a renewal."""
+def bill_new_period(store: Store, sub: Subscription, at: int) -> None:
+    """A period restarted now (a trial ended early: `trial_end=now` or a plan changed from a
+    trial; or the billing interval changed) is invoiced and charged at once, like a renewal."""
     period = (sub.current_period_start, sub.current_period_end)
-    invoice_id = sub.latest_invoice  # set as the trial ended (`subscriptions.end_trial`)
+    invoice_id = sub.latest_invoice  # set as the period restarted (`subscriptions.restart_period`)
     invoice = create_invoice(store, sub, "subscription_update", period, at, False, invoice_id)
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)

@@ -214,6 +214,13 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, description=changes.description or None)
     if changes.items is not None:
         new = evolve(new, items=merge_items(old.items, changes.items, now))
+    # A new interval (monthly to yearly) starts a new period now, billed at once. The
+    # emulator makes no proration (no credit for the unused part of the old period).
+    new_interval = old.status in ("active", "past_due") and period_seconds(
+        new.items
+    ) != period_seconds(old.items)
+    if new_interval:
+        new = restart_period(new, now)
     if changes.default_payment_method is not None:
         new = evolve(new, default_payment_method=changes.default_payment_method or None)
     if changes.trial_end_now and new.status == "trialing":
@@ -223,23 +230,26 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
     saved = save(store, old, new)
-    if changes.trial_end_now and old.status == "trialing":
-        from stripe_emulator.invoices import bill_trial_end  # invoices imports this module
+    if (changes.trial_end_now and old.status == "trialing") or new_interval:
+        from stripe_emulator.invoices import bill_new_period  # invoices imports this module
 
-        bill_trial_end(store, saved, now)
+        bill_new_period(store, saved, now)
         saved = store.subscriptions.get(sub_id)
     return saved
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:
-    """The trial ends now: a new period starts, billed at once (`invoices.bill_trial_end`). A
-    cancellation at the period's end moves to the new period's end, as Stripe's `cancel_at`
-    follows the period."""
+    """The trial ends now: a new period starts, billed at once (`invoices.bill_new_period`)."""
+    return evolve(restart_period(sub, now), status="active", trial_end=now)
+
+
+def restart_period(sub: Subscription, now: int) -> Subscription:
+    """A new period starts now (a trial ended, or the billing interval changed: Stripe resets
+    the billing cycle anchor), to be billed at once. A cancellation at the period's end moves
+    to the new period's end, as Stripe's `cancel_at` follows the period."""
     end = now + period_seconds(sub.items)
     return evolve(
         sub,
-        status="active",
-        trial_end=now,
         current_period_start=now,
         current_period_end=end,
         cancel_at=end if sub.cancel_at_period_end else sub.cancel_at,

@@ -364,3 +364,39 @@ def test_a_period_lasts_the_prices_interval(
     assert len(paid) == 1  # the first period's only
     ctl("POST", "clock/advance", {"seconds": 2 * 86_400})
     assert len(client.v1.invoices.list(params={"subscription": sub.id}).data) == 2
+
+
+def test_a_new_interval_restarts_the_period_and_bills_it_now(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """Monthly to yearly: Stripe resets the billing cycle anchor and invoices at once (the
+    yearly plan ended 30 days later in the emulator, as the monthly period did)."""
+    monthly = recurring_price(client)
+    yearly = client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 20_000,
+            "recurring": {"interval": "year"},
+            "product_data": {"name": "Yearly"},
+        }
+    )
+    session = _checkout(client, monthly.id)
+    sub_id = ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    ctl("POST", "clock/advance", {"seconds": 10 * DAY})
+    item = client.v1.subscriptions.retrieve(sub_id)["items"].data[0]
+    changed = client.v1.subscriptions.update(
+        sub_id, {"items": [{"id": item.id, "price": yearly.id}]}
+    )
+    [moved] = changed["items"].data
+    now = ctl("GET", "clock")["now"]
+    assert (moved.current_period_start, moved.current_period_end) == (now, now + 365 * DAY)
+    latest = client.v1.invoices.retrieve(str(changed.latest_invoice))
+    assert (latest.billing_reason, latest.status, latest.amount_paid) == (
+        "subscription_update",
+        "paid",
+        20_000 * (moved.quantity or 1),
+    )
+    # A change within the interval keeps the period.
+    seats = client.v1.subscriptions.update(sub_id, {"items": [{"id": moved.id, "quantity": 5}]})
+    assert seats["items"].data[0].current_period_end == now + 365 * DAY
+    assert seats.latest_invoice == changed.latest_invoice
