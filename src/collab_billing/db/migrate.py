@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -20,8 +20,17 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# pg_advisory_xact_lock(key): held by one migration at a time, until its transaction ends.
+_MIGRATION_LOCK = text("SELECT pg_advisory_xact_lock(7343)")
+
+
 def upgrade_to_head(engine: Engine) -> None:
+    """Every process migrates at its start (`serve`, `reconcile`, the CLI), so several may at
+    once on a new schema: on PostgreSQL they take turns (the later ones find it done); SQLite
+    runs them one writer at a time already (Alembic's transaction begins IMMEDIATE)."""
     config = alembic_config(engine)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(_MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
