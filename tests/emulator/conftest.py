@@ -85,12 +85,14 @@ def api(request: pytest.FixtureRequest, running: RunningEmulator) -> Api:
     return Api(stripe_client(running.url, KEY), False, running.url)
 
 
-def recurring_price(client: stripe.StripeClient, amount: int = 2000) -> stripe.Price:
+def recurring_price(
+    client: stripe.StripeClient, amount: int = 2000, interval: str = "month", count: int = 1
+) -> stripe.Price:
     return client.v1.prices.create(
         params={
             "currency": "usd",
             "unit_amount": amount,
-            "recurring": {"interval": "month"},
+            "recurring": {"interval": interval, "interval_count": count},  # type: ignore[typeddict-item]
             "product_data": {"name": "Emulator test plan"},
         }
     )

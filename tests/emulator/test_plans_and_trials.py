@@ -345,14 +345,7 @@ def test_a_period_lasts_the_prices_interval(
     client: stripe.StripeClient, ctl: Control, interval: str, count: int, days: int
 ) -> None:
     """A yearly plan renewed (and charged) every 30 days in `dev`."""
-    price = client.v1.prices.create(
-        params={
-            "currency": "usd",
-            "unit_amount": 20_000,
-            "recurring": {"interval": interval, "interval_count": count},  # type: ignore[typeddict-item]
-            "product_data": {"name": f"Every {count} {interval}"},
-        }
-    )
+    price = recurring_price(client, 20_000, interval, count)
     session = _checkout(client, price.id)
     sub = client.v1.subscriptions.retrieve(
         ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
@@ -372,14 +365,7 @@ def test_a_new_interval_restarts_the_period_and_bills_it_now(
     """Monthly to yearly: Stripe resets the billing cycle anchor and invoices at once (the
     yearly plan ended 30 days later in the emulator, as the monthly period did)."""
     monthly = recurring_price(client)
-    yearly = client.v1.prices.create(
-        params={
-            "currency": "usd",
-            "unit_amount": 20_000,
-            "recurring": {"interval": "year"},
-            "product_data": {"name": "Yearly"},
-        }
-    )
+    yearly = recurring_price(client, 20_000, "year")
     session = _checkout(client, monthly.id)
     sub_id = ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
     ctl("POST", "clock/advance", {"seconds": 10 * DAY})
