@@ -116,7 +116,7 @@ class Poller:
         requested = time.monotonic()
         newest = self._list(report, created_gte=low)
         latency = time.monotonic() - requested
-        if newest.has_more:
+        if newest.has_more and not self._applied_already(newest.events, cursor):
             boundary = newest.events[-1].created  # its oldest second may go on below the page
             report.concurrency = self._concurrency(latency)
             density = len(newest.events) / max(1, newest.events[0].created - boundary + 1)
@@ -239,12 +239,11 @@ class Poller:
                         slot.cancel()
 
     def _read_window(self, window: Window, cursor: int, target: int, report: DrainReport) -> Window:
-        """Every event of the window, top-down. Stops early below the cursor at a page whose
-        events were all processed (the overlap re-read only catches late arrivals), and gives
-        up (unless the window is one second, which cannot be split) once it holds, or at the
-        density of its pages so far will hold, more than `tuning.MAX_WINDOW_FACTOR` times the
-        target: a window cut from a wrong density is split after its first page, not read
-        page by page to the limit."""
+        """Every event of the window, top-down. Stops early at a page applied already (down at
+        the cursor: `_applied_already`), and gives up (unless the window is one second, which
+        cannot be split) once it holds, or at the density of its pages so far will hold, more
+        than `tuning.MAX_WINDOW_FACTOR` times the target: a window cut from a wrong density is
+        split after its first page, not read page by page to the limit."""
         limit = target * tuning.MAX_WINDOW_FACTOR
         after = window.after
         while True:
@@ -257,14 +256,21 @@ class Poller:
             window.events.extend(page.events)
             if not page.has_more or not page.events:
                 return window
-            if page.events[-1].created < cursor and self._all_processed(page.events):
+            if self._applied_already(page.events, cursor):
                 return window
             if expected_events(window) > limit and window.end - window.start > 1:
                 window.overflowed = True
                 return window
             after = page.events[-1].id
 
-    def _all_processed(self, events: Sequence[Event]) -> bool:
+    def _applied_already(self, events: Sequence[Event], cursor: int) -> bool:
+        """A page that reaches down to the cursor's second and holds no event unprocessed:
+        what lies below it was applied by earlier polls (the cursor's second whole, see
+        `_apply`), but for late arrivals, which the overlap is there to catch and the webhooks
+        deliver. The pages below are not read: an idle poll costing one request however many
+        events the minute below its cursor holds."""
+        if not events or events[-1].created > cursor:
+            return False
         ids = {event.id for event in events if event.type in self.types}
         if not ids:
             return True
@@ -299,10 +305,15 @@ class Poller:
         """Apply a window's events in batches of whole seconds; True when stopped."""
         relevant = [event for event in reversed(newest_first) if event.type in self.types]
         events = sorted(relevant, key=lambda event: event.created)
-        for batch in batches(events, self._batch_size()):
+        planned = list(batches(events, self._batch_size()))
+        for index, batch in enumerate(planned):
+            # The cursor only ever stands on a second applied whole: a batch that ends inside
+            # a second (one too large for a batch) leaves it on the second before.
+            following = planned[index + 1 : index + 2]
+            whole = not following or following[0][0].created > batch[-1].created
             # Events applied already (the overlap below the cursor, webhooks) count as
             # duplicates: the applier's ledger claim leaves them out.
-            stats = self.applier.apply(batch, cursor=batch[-1].created)
+            stats = self.applier.apply(batch, cursor=batch[-1].created - (0 if whole else 1))
             late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
             report.missed_by_webhooks += sum(
                 1 for e in batch if e.created < late and stats.by_event.get(e.id) != "duplicate"
