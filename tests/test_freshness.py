@@ -224,6 +224,32 @@ def test_reads_and_transactions_are_counted_and_kept_across_restarts(
         assert "collab_billing_stripe_read_budget 8000.0" in text
 
 
+def test_the_api_records_its_reads_without_a_reconciler(
+    stripe_settings: Settings,
+    emulator: Emulator,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`serve` with its reconciler off (a `reconcile` worker runs apart) still counts the reads
+    its routes make against the allowance, within seconds, not when some poll flushes them."""
+    READS.take()
+    emulator.control("DELETE", "requests")
+    for api in serve(stripe_settings, engine):  # RECONCILE_ENABLED=false
+        add_user(api, 7)
+        assert api.post("/billing/subscriptions", json={"github_user_id": 7}).status_code == 200
+        counted = emulator.control("GET", "requests")["by_route"]
+        reads = sum(n for route, n in counted.items() if route.startswith("GET "))
+        assert reads > 0
+        # While it runs: a killed process loses only the last few seconds of them.
+        wait_until(
+            lambda spent=reads: (
+                budget.read_budget(session_factory, time.time(), 0.8).reads_30d == spent
+            ),
+            timeout=budget.RECORD_EVERY_SECONDS + 10,
+            what="the reads recorded",
+        )
+
+
 def spend(factory: sessionmaker[Session], reads: int, transactions: int = 0) -> None:
     with factory() as session, session.begin():
         today = budget.day_of(time.time())

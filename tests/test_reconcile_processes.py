@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from collab_billing.reconcile import budget
 from collab_billing.reconcile.leader import LeaderLock
 from tests.reconcile_helpers import (
     assert_matches_stripe,
@@ -222,3 +223,27 @@ def test_a_catch_up_from_a_stripe_faster_than_the_database_holds_few_pages(
     assert set(processed_event_ids(factory)) == relevant_event_ids(emulator)
     # The events' JSON is ~2.5 KB each: all 20,000 held at once would be ~50 MB.
     assert catching_up - nothing_to_read < 20, (nothing_to_read, catching_up)
+
+
+def test_a_worker_records_its_reads_while_it_drains(
+    emulator: Emulator,
+    engine: Engine,
+    database_url: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """The reads of a long catch-up count against the allowance as it goes, not when it ends:
+    a worker killed mid-drain has recorded them but for the last few seconds."""
+    from collab_billing.db.engine import make_session_factory
+
+    factory = make_session_factory(engine)
+    generate_backlog(emulator, factory, customers=3000, per_customer=5)  # ~150 pages
+    env = {**reconciler_env(database_url, emulator), "STRIPE_REQUESTS_PER_SECOND": "10"}
+    worker = spawn(env)  # ~15 s of reads at Stripe's test-mode pace
+
+    def recorded() -> int:
+        return budget.read_budget(factory, time.time(), 1.0).reads_30d
+
+    wait_until(lambda: recorded() > 0, timeout=budget.RECORD_EVERY_SECONDS + 5)
+    assert worker.poll() is None and recorded() < 120, "the drain should still be running"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()

@@ -8,6 +8,7 @@ import secrets
 import signal
 import threading
 import time
+from functools import partial
 from typing import Annotated, NoReturn
 
 import prometheus_client
@@ -226,28 +227,40 @@ def reconcile(
     if metrics_port is not None:
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
         prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
-    if once:
-        drain_once(reconciler)
-        return
+    # The reads are recorded as they go, not only when a drain ends: a killed drain loses few.
+    reads, reads_stop = start_in_background(
+        partial(budget.record_reads, reconciler.factory), "reads"
+    )
+    try:
+        if once:
+            drain_once(reconciler)
+        else:
+            run_worker(settings, engine, reconciler)
+    finally:
+        reads_stop.set()
+        reads.join(60.0)
+
+
+def run_worker(settings: Settings, engine: Engine, reconciler: Reconciler) -> None:
+    """The reconciler's loop until SIGTERM, with the notification and usage senders beside it
+    (each elected leader the same way)."""
     from collab_billing.billing import notify
 
-    # The notification sender runs beside it (and is elected leader the same way).
-    notifier, notifier_stop = start_in_background(notify.Notifier(settings, engine).run, "notifier")
+    loops = [
+        start_in_background(notify.Notifier(settings, engine).run, "notifier"),
+        start_in_background(UsageSender(settings, engine).run, "usage-sender"),
+    ]
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    # The usage outbox is sent by the worker too.
-    usage_sender, usage_stop = start_in_background(
-        UsageSender(settings, engine).run, "usage-sender"
-    )
     try:
         reconciler.run(stop)
     finally:
-        notifier_stop.set()
-        usage_stop.set()
-        notifier.join(60.0)
-        usage_sender.join(60.0)
+        for _, loop_stop in loops:
+            loop_stop.set()
+        for thread, _ in loops:
+            thread.join(60.0)
 
 
 def drain_once(reconciler: Reconciler) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -23,6 +23,7 @@ from collab_billing.api.stripe_calls import StripeCalls
 from collab_billing.billing import notify, sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
+from collab_billing.reconcile.budget import record_reads
 from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
@@ -42,11 +43,12 @@ HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the reconciler, the usage sender and the notification sender beside the API; on
-    shutdown let them finish their transactions and deliveries."""
+    """Run the reconciler, the usage sender and the notification sender beside the API, and
+    record the process's Stripe reads; on shutdown let them finish their transactions and
+    deliveries."""
     settings: Settings = app.state.settings
     gateway: StripeGateway | None = app.state.gateway
-    loops: list[tuple[threading.Thread, threading.Event]] = []
+    loops = [start_in_background(partial(record_reads, app.state.session_factory), "reads")]
     if settings.reconcile_enabled:
         # The notification sender: the outbox's rows to BILLING_NOTIFY_URLS (leader only).
         notifier = notify.Notifier(settings, app.state.engine, access_clock=app.state.clock)

@@ -2,10 +2,11 @@
 
 Stripe allows an account an average of 500 read requests per successful transaction, and at
 least 10,000, over a rolling 30 days. The service counts its reads (every GET through the
-gateway, `stripe_gateway.READS`, recorded here) and the transactions it sees (invoices paid
-with money, and one-off Checkouts paid, in the events it claims, counted in the applier's
-transaction, so each once; a subscription's Checkout is counted by its first invoice) in
-one row per UTC day, kept across restarts. It spends at most
+gateway, `stripe_gateway.READS`, recorded here every few seconds by each process:
+`record_reads`) and the transactions it sees (invoices paid with money, and one-off
+Checkouts paid, in the events it claims, counted in the applier's transaction, so each once;
+a subscription's Checkout is counted by its first invoice) in one row per UTC day, kept
+across restarts. It spends at most
 `RECONCILE_READ_BUDGET_SHARE` of the allowance: past `IDLE_SHARE` of that, idle polling is
 stretched to the pace that spends `IDLE_SHARE`, leaving the rest for fast polls after
 activity and for syncs (`cadence.py`, docs/reconciliation.md).
@@ -14,6 +15,8 @@ activity and for syncs (`cadence.py`, docs/reconciliation.md).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +42,8 @@ READS_PER_TRANSACTION = 500
 TRANSACTION_EVENT_TYPES = frozenset({"invoice.paid", "checkout.session.completed"})
 # Idle (safety) polling may spend this share of the budget; the rest is kept for fast polls.
 IDLE_SHARE = 0.75
+# Reads are counted in memory and written this often (and when a loop or a drain ends).
+RECORD_EVERY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,16 @@ def flush_reads_or_log(factory: sessionmaker[Session], now: float) -> None:
         flush_reads(factory, now)
     except Exception as error:
         log.warning("could not record Stripe reads: %s", type(error).__name__)
+
+
+def record_reads(factory: sessionmaker[Session], stop: threading.Event) -> None:
+    """Until `stop` is set, then once more: this process's reads recorded every
+    `RECORD_EVERY_SECONDS`. The API's own reads (Checkout, webhook re-reads, invoices) count
+    against the allowance too, whether or not a reconciler runs beside it; a process killed
+    loses at most that long of them."""
+    while not stop.wait(RECORD_EVERY_SECONDS):
+        flush_reads_or_log(factory, time.time())
+    flush_reads_or_log(factory, time.time())
 
 
 class _Charge(msgspec.Struct):
