@@ -133,6 +133,20 @@ def test_resync_throttles_to_the_configured_rate(
     assert time.monotonic() - started >= 0.5
 
 
+def test_a_slow_resync_counts_from_its_start(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator, session_factory: Any
+) -> None:
+    """A resync applies what existed when it began, not when it ended: the lag counts from
+    its start (a long resync once reported no lag at its end)."""
+    emulator.price()
+    emulator.control("POST", "faults", {"latency_ms": 400})  # a far Stripe
+    began = time.time()
+    resync(session_factory, StripeGateway(stripe_settings))
+    assert time.time() - began >= 2
+    with session_factory() as session:
+        assert ledger.read_int_state(session, ledger.LAST_DRAIN_AT) <= began
+
+
 def test_a_poll_too_old_for_the_event_window_resyncs(
     stripe_settings: Settings, engine: Engine, emulator: Emulator, session_factory: Any
 ) -> None:

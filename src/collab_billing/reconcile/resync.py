@@ -69,6 +69,7 @@ def resync(
     progress: ProgressCallback | None = None,
 ) -> ResyncReport:
     tick: ProgressCallback = progress or (lambda _what, _count: None)
+    started = int(time.time())  # what it lists is at least as new as this
     report = ResyncReport(as_of=_stripe_now(gateway))
     # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
     # what we write and, for a full resync, the cursor to poll from.
@@ -96,7 +97,7 @@ def resync(
         meters.sync_meters(factory, gateway)
         with transaction(factory) as session:
             ledger.advance_cursor(session, report.as_of)
-            ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
+            ledger.write_state(session, ledger.LAST_DRAIN_AT, started)
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
     return report
 

@@ -225,12 +225,13 @@ class Status:
 
     @property
     def lag(self) -> float | None:
-        """How far behind Stripe the database may be: now minus the later of the newest
-        applied event's `created` (polled or webhook) and the start of the last complete poll
-        (which applied every event before it), so that a quiet account is not reported as
-        behind by the age of its last event. None before either."""
-        known = [t for t in (self.newest_applied, self.last_drain_at) if t is not None]
-        return max(0.0, self.read_at - max(known)) if known else None
+        """How far behind Stripe the database may be, at most: the time since the start of
+        the last complete poll, which applied every event created before it. Not since the
+        newest event applied: webhooks apply events without saying that none was missed, and
+        a quiet account is not behind by the age of its last event. None before a poll."""
+        if self.last_drain_at is None:
+            return None
+        return max(0.0, self.read_at - self.last_drain_at)
 
     @property
     def failed(self) -> list[ledger.PendingEvent]:
