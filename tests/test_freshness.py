@@ -192,6 +192,32 @@ def test_with_healthy_webhooks_activity_does_not_make_polls_fast(
     assert worker.interval() == 300
 
 
+def test_webhooks_that_missed_an_event_are_not_trusted_for_a_day(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """A poll that finds an event no delivery applied puts polling off the safety net, and it
+    stays off after the next clean polls (it went back at once, so webhooks that drop some
+    events were trusted again and again), in a separate process's view too, for a day."""
+    settings = production_settings(stripe_settings, webhooks=True)
+    now = [time.time()]
+    worker = Reconciler(settings, engine, StripeGateway(settings), clock=lambda: now[0])
+    worker.drain()  # the first poll: a resync
+    worker.signals.webhook_delivered()
+    assert worker.interval() == 300
+    emulator.price()  # events that no webhook delivers
+    now[0] += 60  # older than a delivery takes
+    assert worker.drain().missed_by_webhooks > 0
+    for _ in range(3):
+        assert worker.drain().missed_by_webhooks == 0
+        worker.signals.webhook_delivered()
+        assert worker.interval() == 5  # fast after activity
+    elsewhere = Reconciler(settings, engine, StripeGateway(settings), clock=lambda: now[0])
+    assert elsewhere.interval() == 5
+    now[0] += 86_400 + 60  # a day without a miss
+    worker.signals.webhook_delivered()
+    assert worker.interval() == 300
+
+
 # -- the read budget ---------------------------------------------------------------------------
 
 

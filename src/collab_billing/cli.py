@@ -25,7 +25,6 @@ from collab_billing.db.engine import make_engine, make_session_factory, transact
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
-from collab_billing.reconcile.cadence import Signals
 from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
@@ -321,8 +320,7 @@ def print_freshness(engine: Engine, settings: Settings, now: int) -> None:
     """The read budget, and the poll mode and interval it allows now (docs/reconciliation.md)."""
     factory = make_session_factory(engine)
     spent = budget.read_budget(factory, now, settings.reconcile_read_budget_share)
-    activity, webhook = ActivitySignals(factory).read()
-    signals = Signals(activity, webhook, missed_by_webhooks=False)
+    signals = ActivitySignals(factory).read()
     cadence = cadence_of(settings)
     typer.echo(
         f"stripe reads (30 days):        {spent.reads_30d} of {spent.allowed} allowed "

@@ -1,9 +1,9 @@
 """How long the reconciler waits between polls: the freshness policy (docs/reconciliation.md).
 
 - Webhooks healthy (a verified delivery seen within `WEBHOOK_RECENT_SECONDS`, which shows
-  they are configured, even when a `reconcile` worker runs apart from the API; and the last
-  poll found no event that webhooks had missed): polling is only the safety net, every
-  `RECONCILE_SAFETY_INTERVAL_SECONDS`.
+  they are configured, even when a `reconcile` worker runs apart from the API; and no poll
+  found an event that webhooks had missed within `WEBHOOK_DISTRUST_SECONDS`): polling is only
+  the safety net, every `RECONCILE_SAFETY_INTERVAL_SECONDS`.
 - Otherwise: fast (`RECONCILE_INTERVAL_SECONDS`) right after activity (a Checkout or portal
   session created, an event seen), then backing off while idle: the interval is
   `BACKOFF_SHARE` of the time since the last activity, up to the safety interval. A change
@@ -26,13 +26,18 @@ from collab_billing.reconcile.budget import Budget
 BACKOFF_SHARE = 0.1
 # A verified delivery within this long counts as webhooks working (an idle account gets none).
 WEBHOOK_RECENT_SECONDS = 3 * 86_400
+# After a poll found events that webhooks missed, they are not trusted for this long: a
+# delivery that fails now and then (an endpoint not subscribed to some event types, one that
+# drops some) would otherwise put polling back to the safety net after every clean poll.
+WEBHOOK_DISTRUST_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
 class Signals:
     last_activity_at: float | None
     last_webhook_at: float | None
-    missed_by_webhooks: bool  # the last poll found events that webhooks had not delivered
+    # When a poll last found events that webhooks had not delivered.
+    last_missed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,9 @@ class Cadence:
     safety_seconds: float
 
     def healthy(self, signals: Signals, now: float) -> bool:
-        seen = signals.last_webhook_at
+        seen, missed = signals.last_webhook_at, signals.last_missed_at
         recent = seen is not None and now - seen <= WEBHOOK_RECENT_SECONDS
-        return recent and not signals.missed_by_webhooks
+        return recent and (missed is None or now - missed > WEBHOOK_DISTRUST_SECONDS)
 
     def mode(self, signals: Signals, budget: Budget, now: float) -> str:
         if budget.exhausted:

@@ -25,7 +25,7 @@ from collab_billing.db.engine import make_session_factory, read_only
 from collab_billing.logs import new_request_id, request_id_scope
 from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.apply import Applier
-from collab_billing.reconcile.cadence import Cadence, Signals
+from collab_billing.reconcile.cadence import Cadence
 from collab_billing.reconcile.leader import LeaderLock, current_holder
 from collab_billing.reconcile.poll import DrainReport, NeedsResync, Poller
 from collab_billing.reconcile.resync import ResyncReport, resync
@@ -92,6 +92,8 @@ class Reconciler:
                 report = self.poller.drain(stop, leading)
             if report.stats.total("applied") or report.missed_by_webhooks:
                 self.signals.event_seen()
+            if report.missed_by_webhooks:
+                self.signals.webhooks_missed()
             self._record(report)
         self.last_report = report
         return report
@@ -165,9 +167,7 @@ class Reconciler:
     def interval(self) -> float:
         """Seconds from one poll's start to the next, as the signals and budget stand now."""
         now = self.clock()
-        last_activity, last_webhook = self.signals.read()
-        missed = self.last_report is not None and self.last_report.missed_by_webhooks > 0
-        signals = Signals(last_activity, last_webhook, missed)
+        signals = self.signals.read()
         spent = budget.read_budget(self.factory, now, self.settings.reconcile_read_budget_share)
         seconds = self.cadence.interval(signals, spent, now)
         metrics.POLL_INTERVAL.set(seconds)

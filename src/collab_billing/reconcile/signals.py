@@ -21,11 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.reconcile import ledger
+from collab_billing.reconcile.cadence import Signals
 
 log = logging.getLogger(__name__)
 
 LAST_ACTIVITY_AT = "last_activity_at"
 LAST_WEBHOOK_AT = "last_webhook_at"
+WEBHOOKS_MISSED_AT = "webhooks_missed_at"
 WRITE_EVERY_SECONDS = 30.0
 WAKE_CHECK_SECONDS = 0.25
 
@@ -56,6 +58,10 @@ class ActivitySignals:
         """The reconciler itself found new events (in-process only: it is the reader)."""
         with self._lock:
             self.last_activity_at = self.clock()
+
+    def webhooks_missed(self) -> None:
+        """A poll found events older than the webhook grace that no delivery had applied."""
+        self._write(WEBHOOKS_MISSED_AT, self.clock())
 
     def webhook_delivered(self) -> None:
         """A verified webhook delivery: webhooks work, and something happened."""
@@ -99,16 +105,15 @@ class ActivitySignals:
         except Exception as error:
             log.warning("could not record %s: %s", name, type(error).__name__)
 
-    def read(self) -> tuple[float | None, float | None]:
-        """(last activity, last webhook delivery): the newest of this process's and of the
-        database's (other processes')."""
+    def read(self) -> Signals:
+        """What the cadence goes by: the newest of this process's notes and of the database's
+        (other processes')."""
+        names = (LAST_ACTIVITY_AT, LAST_WEBHOOK_AT, WEBHOOKS_MISSED_AT)
         with read_only(self.factory) as session:
-            stored = [
-                ledger.read_int_state(session, n) for n in (LAST_ACTIVITY_AT, LAST_WEBHOOK_AT)
-            ]
+            activity, webhook, missed = [ledger.read_int_state(session, n) for n in names]
         with self._lock:
-            local = [self.last_activity_at, self.last_webhook_at]
-        return _newest(local[0], stored[0]), _newest(local[1], stored[1])
+            local = (self.last_activity_at, self.last_webhook_at)
+        return Signals(_newest(local[0], activity), _newest(local[1], webhook), missed)
 
     def wait(self, stop: threading.Event, seconds: float) -> None:
         """Sleep up to `seconds`; return early when `stop` is set or a signal is noted."""
