@@ -9,11 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
-from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.db.engine import make_engine
+from collab_billing.db.migrate import alembic_config, revisions, upgrade_to_head
 from collab_billing.db.models import Base
 
 
@@ -80,3 +83,39 @@ def test_migrations_run_at_once_on_a_new_postgresql_database_all_succeed(
     schema, two of three failed on PostgreSQL (a type or a column created twice)."""
     for run in migrate_at_once(own_database):
         assert run.returncode == 0, run.stderr
+
+
+READ_ONLY_COMMANDS = (
+    ["users", "list"],
+    ["reconcile", "--status"],
+    ["usage", "--status"],
+    ["notifications", "list"],
+)
+
+
+def test_commands_that_only_read_leave_an_older_schema_as_it_is(tmp_path: Path) -> None:
+    """While release N serves, release N+1's status and list commands must not upgrade the
+    schema under it: they refuse in one line, naming the revisions, and change nothing."""
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    engine = make_engine(url)
+    config = alembic_config(engine)
+    previous = ScriptDirectory.from_config(config).get_revision("head").down_revision
+    assert isinstance(previous, str)
+    command.upgrade(config, previous)  # as the release before this one left it
+    env = {**os.environ, "DATABASE_URL": url}
+    for args in READ_ONLY_COMMANDS:
+        run = subprocess.run(
+            [sys.executable, "-m", "collab_billing", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2, (args, run.stdout, run.stderr)
+        assert f"at revision {previous}" in run.stderr and "collab-billing migrate" in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert revisions(engine)[0] == previous, args
+    upgrade_to_head(engine)
+    for args in READ_ONLY_COMMANDS:
+        run = subprocess.run(
+            [sys.executable, "-m", "collab_billing", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, (args, run.stderr)

@@ -22,7 +22,7 @@ from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory, transaction
-from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.db.migrate import revisions, upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.leader import start_in_background
@@ -62,7 +62,6 @@ def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
     """The database's engine, migrated to head. A database that cannot be reached is retried
     for `wait_seconds` (a log line per try), then a one-line error naming it, exit 2."""
     engine = make_engine(settings.database_url)
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
     deadline = time.monotonic() + wait_seconds
     delay = 0.5
     while True:
@@ -70,7 +69,7 @@ def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
             upgrade_to_head(engine)
             return engine
         except (OperationalError, InterfaceError) as error:
-            reason = str(error.orig or error).strip().splitlines()[0]
+            where, reason = where_and_why(settings, error)
             if time.monotonic() + delay > deadline:
                 fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
             log.warning(
@@ -81,6 +80,30 @@ def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
             )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def current_engine(settings: Settings) -> Engine:
+    """The database's engine for a command that only reads: it does not migrate (the status
+    command of a release about to be deployed must not upgrade the schema under the one that
+    runs), and refuses a schema that is not this release's."""
+    engine = make_engine(settings.database_url)
+    try:
+        current, head = revisions(engine)
+    except (OperationalError, InterfaceError) as error:
+        where, reason = where_and_why(settings, error)
+        fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
+    if current != head:
+        fail(
+            f"the database schema is at revision {current or 'none (never migrated)'}, this "
+            f"release's is {head}: run `collab-billing migrate` with the release that serves it"
+        )
+    return engine
+
+
+def where_and_why(settings: Settings, error: OperationalError | InterfaceError) -> tuple[str, str]:
+    """The database's URL without its password, and the first line of the driver's error."""
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    return where, str(error.orig or error).strip().splitlines()[0]
 
 
 @app.command()
@@ -126,7 +149,7 @@ def users_add(
 def users_list() -> None:
     """List the users, one per line."""
     settings = settings_or_exit()
-    engine = migrated_engine(settings)
+    engine = current_engine(settings)
     with make_session_factory(engine)() as session:
         for user in queries.list_users(session):
             typer.echo(f"{user.github_user_id}\t{user.github_login}\t{user.email_address or ''}")
@@ -215,10 +238,10 @@ def reconcile(
     `serve`: nice +10)."""
     settings = settings_or_exit()
     configure_logging(settings)
-    engine = migrated_engine(settings)
     if show_status:
-        print_status(engine, settings)
+        print_status(current_engine(settings), settings)
         return
+    engine = migrated_engine(settings)
     # Beside `serve` on one machine, a catch-up gives webhooks and the API the CPU first, so
     # their latency does not follow the drain's; on a machine of its own it changes nothing.
     os.nice(WORKER_NICENESS)
@@ -384,8 +407,8 @@ def usage(
     """The usage outbox: records waiting for, sent to or refused by Stripe."""
     settings = settings_or_exit()
     configure_logging(settings)
-    engine = migrated_engine(settings)
     if send:
+        engine = migrated_engine(settings)
         gateway_or_exit(settings)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -394,7 +417,7 @@ def usage(
         return
     if not show_status:
         fail("give --status or --send")
-    status = read_usage_status(make_session_factory(engine))
+    status = read_usage_status(make_session_factory(current_engine(settings)))
     counts = status.counts
     age = status.oldest_pending_age
     typer.echo(
@@ -422,7 +445,7 @@ def notifications_list(
     from collab_billing.billing import notifications
 
     settings = settings_or_exit()
-    engine = migrated_engine(settings)
+    engine = current_engine(settings)
     rows = notifications.listing(make_session_factory(engine), github_user_id, pending, limit)
     typer.echo("id\tgithub_user_id\tversion\tstatus\tattempts\tcreated_at\tlast_error")
     for row in rows:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -34,3 +36,10 @@ def upgrade_to_head(engine: Engine) -> None:
             connection.execute(_MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def revisions(engine: Engine) -> tuple[str | None, str | None]:
+    """(the database's schema revision, None before any migration; this release's head)."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
