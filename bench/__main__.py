@@ -52,7 +52,7 @@ SMOKE = {
     "far_events": 300, "latencies": "150", "testmode_events": 300, "testmode_ties": 3,
     "burst_events": 400, "ties_events": 300, "sizes": "300", "webhooks": 20,
     "first_sync_customers": 300, "drain_events": 2_000, "admin_seconds": 0.3,
-    "usage_records": 3_000, "usage_backlog": 1_000, "usage_once_records": 600, "usage_kills": 1,
+    "usage_records": 3_000, "usage_backlog": 400, "usage_once_records": 200, "usage_kills": 1,
     "syncs": 20, "state_seconds": 0.3, "notify_changes": 50,
 }  # fmt: skip
 

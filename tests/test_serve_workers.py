@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
 from collab_billing.api.server import uvicorn_config
@@ -23,6 +25,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.ops_helpers import reap, service_env, terminate, wait_until
 from tests.servers import free_port
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
+from tests.test_freshness import spend
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
@@ -88,6 +91,23 @@ def test_serve_with_two_workers(
         polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
         assert polls, "the leader polled"
         api.close()
+        # The reconciler's gauges come from the database: one series, not one per worker.
+        scraped = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+        assert sum(line.startswith("collab_billing_stripe_read_budget ") for line in scraped) == 1
+        # A worker killed (uvicorn's supervisor starts another) leaves no live gauge behind
+        # (an in-progress count or a pending age would otherwise stay at its last value).
+        victim = int(min(metric_lines(url, "collab_billing_reconciler_leader")))  # a worker
+        shared = metrics_directory(victim)
+        assert list(shared.glob(f"gauge_live*_{victim}.db"))
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(metric_lines(url, "collab_billing_reconciler_leader")) == 2
+            and str(victim) not in metric_lines(url, "collab_billing_reconciler_leader"),
+            timeout=30, what="a new worker",
+        )  # fmt: skip
+        workers = children(process.pid)
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 200
+        assert not list(shared.glob(f"gauge_live*_{victim}.db"))
         assert terminate(process, 60) == 0
     finally:
         reap(process)
@@ -99,6 +119,13 @@ def test_serve_with_two_workers(
     lines = read_json_lines(log_path)
     assert any(line["message"].startswith("Started parent process") for line in lines)
     assert sum(line["message"] == "Application shutdown complete." for line in lines) == 2
+
+
+def metrics_directory(pid: int) -> Path:
+    """The metrics directory `serve` made for its workers (in their environment)."""
+    variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [directory] = [v.split(b"=", 1)[1] for v in variables if v.startswith(b"PROMETHEUS_MULTIPROC")]
+    return Path(directory.decode())
 
 
 def _up(url: str) -> bool:
@@ -142,6 +169,31 @@ def test_access_log_switch(
         assert all("color_message" not in line for line in access)
     else:
         assert access == []
+
+
+def test_serve_without_its_reconciler_exports_the_reconcilers_gauges_from_the_database(
+    emulator: Emulator, tmp_path: Path, database_url: str, session_factory: sessionmaker[Session]
+) -> None:
+    """A `serve` whose reconciler runs apart (RECONCILE_ENABLED=false) answers /metrics with
+    the read budget and the lag as the database holds them: it exported zeros of its own, and
+    an alert on reads >= budget fired on 0 >= 0."""
+    spend(session_factory, 1234)
+    port = free_port()
+    env = {**service_env(database_url, emulator), "RECONCILE_ENABLED": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collab_billing", "serve", "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(url), timeout=60, what="serve")
+        scraped = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+        assert "collab_billing_stripe_reads_30d 1234.0" in scraped
+        assert "collab_billing_stripe_read_budget 8000.0" in scraped
+        assert not any(line.startswith("collab_billing_reconciler_lag_seconds") for line in scraped)
+        assert terminate(process, 30) == 0
+    finally:
+        reap(process)
 
 
 # -- HTTP/1.1 under uvicorn -------------------------------------------------------------------

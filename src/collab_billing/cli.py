@@ -25,6 +25,7 @@ from collab_billing.db.engine import make_engine, make_session_factory, transact
 from collab_billing.db.migrate import revisions, upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
+from collab_billing.reconcile.gauges import DatabaseGauges
 from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
@@ -248,6 +249,8 @@ def reconcile(
     reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
     if metrics_port is not None:
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
+        share = settings.reconcile_read_budget_share
+        prometheus_client.REGISTRY.register(DatabaseGauges(engine, share))
         prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
     # The reads are recorded as they go, not only when a drain ends: a killed drain loses few.
     reads, reads_stop = start_in_background(

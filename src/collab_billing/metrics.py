@@ -16,21 +16,6 @@ APPLY_SECONDS = Histogram(
     "collab_billing_apply_batch_seconds", "Time to apply one batch of events", ["source"]
 )
 POLL_SECONDS = Histogram("collab_billing_poll_seconds", "Duration of one complete poll")
-RECONCILER_LAG = Gauge(
-    "collab_billing_reconciler_lag_seconds",
-    "How far behind Stripe the database may be: now minus the later of the newest applied "
-    "event's `created` and the start of the last complete poll",
-)
-LAST_POLL = Gauge(
-    "collab_billing_last_complete_poll_timestamp_seconds",
-    "Unix time of the last complete poll of the Events API",
-)
-PENDING_EVENTS = Gauge(
-    "collab_billing_pending_events", "Events failed or waiting behind a failed event"
-)
-FAILED_EVENTS = Gauge(
-    "collab_billing_failed_events", "Events that failed at least `max_attempts` times"
-)
 STRIPE_REQUESTS = Counter(
     "collab_billing_stripe_requests",
     "Requests made to Stripe, by operation and status",
@@ -44,7 +29,11 @@ WEBHOOK_DELIVERIES_IN_PROGRESS = Gauge(
     "Webhook deliveries received and not yet answered",
     multiprocess_mode="livesum",
 )
-LEADER = Gauge("collab_billing_reconciler_leader", "1 while this process is the active reconciler")
+LEADER = Gauge(
+    "collab_billing_reconciler_leader",
+    "1 while this process is the active reconciler",
+    multiprocess_mode="liveall",
+)
 RESYNCS = Counter(
     "collab_billing_resyncs",
     "Full resyncs from the list endpoints (reason: never_synced, events_expired)",
@@ -118,18 +107,10 @@ def record_outcomes(outcomes: dict[tuple[str, str], int]) -> None:
         EVENTS.labels(outcome, event_type).inc(count)
 
 
-STRIPE_READS_30D = Gauge(
-    "collab_billing_stripe_reads_30d", "Stripe read requests made over the last 30 days"
-)
-STRIPE_TRANSACTIONS_30D = Gauge(
-    "collab_billing_stripe_transactions_30d",
-    "Successful transactions seen over the last 30 days (invoice.paid, checkout completions)",
-)
-STRIPE_READ_BUDGET = Gauge(
-    "collab_billing_stripe_read_budget",
-    "Reads the service allows itself over 30 days: RECONCILE_READ_BUDGET_SHARE x "
-    "max(10,000, 500 x transactions)",
-)
+# The reconciler's state (lag, pending events, the read budget) is read from the database
+# at each scrape: `reconcile/gauges.py`.
 POLL_INTERVAL = Gauge(
-    "collab_billing_poll_interval_seconds", "The reconciler's current wait between polls"
+    "collab_billing_poll_interval_seconds",
+    "The reconciler's current wait between polls (the leader's)",
+    multiprocess_mode="livemax",
 )

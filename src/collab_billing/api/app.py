@@ -11,6 +11,7 @@ from functools import partial
 import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from collab_billing import metrics
@@ -24,6 +25,7 @@ from collab_billing.billing import notify, sender
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.reconcile.budget import record_reads
+from collab_billing.reconcile.gauges import DatabaseGauges
 from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
@@ -104,6 +106,10 @@ def create_app(
     )
     app.state.sync_limiter = PerKeyLimiter(settings.billing_sync_per_minute)
     app.state.signals = ActivitySignals(app.state.session_factory)
+    app.state.gauges = CollectorRegistry()
+    app.state.gauges.register(
+        DatabaseGauges(app.state.engine, settings.reconcile_read_budget_share)
+    )
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
     app.state.webhook_secrets = settings.webhook_secrets()

@@ -25,7 +25,6 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing import metrics
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import StripeReadDay
@@ -170,8 +169,4 @@ def read_budget(factory: sessionmaker[Session], now: float, share: float) -> Bud
                 func.coalesce(func.sum(StripeReadDay.transactions), 0),
             ).where(StripeReadDay.day >= first_day)
         ).one()
-    budget = Budget(int(reads), int(transactions), share)
-    metrics.STRIPE_READS_30D.set(budget.reads_30d)
-    metrics.STRIPE_TRANSACTIONS_30D.set(budget.transactions_30d)
-    metrics.STRIPE_READ_BUDGET.set(budget.allowed)
-    return budget
+    return Budget(int(reads), int(transactions), share)

@@ -182,14 +182,6 @@ class Reconciler:
 
     def _record(self, report: DrainReport) -> None:
         status = read_status(self.engine)
-        if status.lag is not None:
-            metrics.RECONCILER_LAG.set(status.lag)
-        if not report.interrupted:
-            metrics.LAST_POLL.set(time.time())
-        metrics.PENDING_EVENTS.set(len(status.pending))
-        metrics.FAILED_EVENTS.set(
-            sum(1 for p in status.failed if p.attempts >= ledger.MAX_ATTEMPTS)
-        )
         log.info(
             "poll",
             extra={
