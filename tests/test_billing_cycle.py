@@ -243,11 +243,11 @@ def test_unpaid_after_retries_then_paid_by_api(
     view = cycle.view(user)
     assert (view["subscriptions"][0]["status"], view["access"]["state"]) == ("unpaid", "blocked")
     seen_elsewhere = ActivitySignals(cycle.reconciler.factory)  # a `reconcile` process's view
-    before, _ = seen_elsewhere.read()
+    before = seen_elsewhere.read().last_activity_at
     time.sleep(1.05)  # kept in whole seconds
     manage = {"github_user_id": user, "intent": "pay_invoice", "subscription_id": sub_id}
     hosted = cycle.api.post("/billing/subscriptions/manage", json=manage).json()
-    assert (seen_elsewhere.read()[0] or 0) > (before or 0)  # about to pay: poll fast
+    assert (seen_elsewhere.read().last_activity_at or 0) > (before or 0)  # about to pay: poll fast
     assert hosted == {"hosted_invoice_url": view["overdue_invoices"][0]["hosted_invoice_url"]}
     cycle.sdk.invoices.pay(view["overdue_invoices"][0]["id"], {"payment_method": "pm_card_visa"})
     assert cycle.access(user) == "active"

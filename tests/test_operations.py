@@ -18,10 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.cli import print_status
 from collab_billing.config import Settings
 from collab_billing.db.models import UnmatchedStripeCustomer
 from collab_billing.logs import configure_logging
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler, read_status
 from collab_billing.stripe_gateway import StripeGateway
@@ -412,3 +415,14 @@ def test_the_leader_shown_is_this_databases(engine: Engine, own_database: str) -
     finally:
         lock.release()
         other.dispose()
+
+
+def test_status_under_a_clock_ahead_of_ours_says_ahead_not_a_negative_age(
+    engine: Engine, session_factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under `dev` the events' `created` come from the emulator's clock, which runs ahead."""
+    with session_factory() as session, session.begin():
+        ledger.write_state(session, ledger.CURSOR, int(time.time()) + 3600)
+    print_status(engine)
+    cursor_line = capsys.readouterr().out.splitlines()[0]
+    assert "s ahead of this machine's clock" in cursor_line and "-" not in cursor_line

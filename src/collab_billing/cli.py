@@ -321,7 +321,11 @@ def print_status(engine: Engine, settings: Settings | None = None) -> None:
     now = int(status.read_at)
 
     def ago(value: int | None) -> str:
-        return "never" if value is None else f"{value} ({now - value} s ago)"
+        if value is None:
+            return "never"
+        if value > now:  # an event's `created` by a clock ahead of ours (`dev`'s emulator)
+            return f"{value} ({value - now} s ahead of this machine's clock)"
+        return f"{value} ({now - value} s ago)"
 
     lag = "unknown (never polled)" if status.lag is None else f"{status.lag:.0f} s"
     typer.echo(f"cursor (newest event created): {ago(status.cursor)}")
