@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.cli import print_status
 from collab_billing.config import Settings
 from collab_billing.db.models import StripeReadDay
-from collab_billing.reconcile import budget
+from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.run import Reconciler
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import Event, StripeGateway
 from collab_billing.stripe_gateway.throttle import READS
 from tests.ops_helpers import WHSEC_NEW, Service, running_service, subscribe, wait_until
 from tests.stripe_helpers import Emulator
@@ -216,6 +216,25 @@ def test_webhooks_that_missed_an_event_are_not_trusted_for_a_day(
     now[0] += 86_400 + 60  # a day without a miss
     worker.signals.webhook_delivered()
     assert worker.interval() == 300
+
+
+def test_an_event_that_failed_is_retried_when_due_not_at_the_next_safety_poll(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """With webhooks healthy polls are 300 s apart; a parked event's retry, due in 40 s, brings
+    the next poll to it (five tries took 25 minutes to report the event failed)."""
+    settings = production_settings(stripe_settings, webhooks=True)
+    now = [time.time()]
+    worker = Reconciler(settings, engine, StripeGateway(settings), clock=lambda: now[0])
+    worker.signals.webhook_delivered()
+    assert worker.interval() == 300
+    emulator.price()
+    event = Event.from_dict(emulator.all_events()[0])
+    with worker.factory() as session, session.begin():
+        ledger.record_pending(session, [event], "price_x", "boom", int(now[0]) + 40)
+    assert worker.interval() == pytest.approx(40, abs=1)
+    now[0] += 60  # overdue: at the fast interval, not at once and again and again
+    assert worker.interval() == 5
 
 
 # -- the read budget ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@
   `BACKOFF_SHARE` of the time since the last activity, up to the safety interval. A change
   made t seconds after the last activity is seen within max(fast, t / 10), at most the
   safety interval.
+- An event that failed to apply is retried when its backoff is due (seconds to an hour), at
+  the fast interval at the soonest, not at the next safety-net poll.
 - Always within the read budget (`budget.py`): once the reads of the last 30 days pass
   `IDLE_SHARE` of it, the safety interval is stretched to the pace that spends that share
   (the rest stays for fast polls and syncs); once it is all spent, every poll waits for half
@@ -38,6 +40,8 @@ class Signals:
     last_webhook_at: float | None
     # When a poll last found events that webhooks had not delivered.
     last_missed_at: float | None = None
+    # When the next event that failed to apply is due for a retry (polls retry them).
+    next_retry_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Cadence:
             ceiling = max(ceiling, budget.idle_interval())
         if budget.exhausted:
             return max(ceiling, budget.over_budget_interval())
+        if signals.next_retry_at is not None:  # a failed event is not left for the safety net
+            ceiling = min(ceiling, max(self.fast_seconds, signals.next_retry_at - now))
         if self.healthy(signals, now) or signals.last_activity_at is None:
             return ceiling
         idle = max(0.0, now - signals.last_activity_at)

@@ -98,6 +98,15 @@ def due_pending_events(session: Session, now: int) -> list[PendingEvent]:
     return [_pending(row) for row in rows]
 
 
+def next_retry_at(session: Session) -> int | None:
+    """When the next failed event is due for a retry; None when none is parked."""
+    return session.scalar(
+        select(func.min(PendingStripeEvent.next_attempt_at)).where(
+            PendingStripeEvent.next_attempt_at < WAITING
+        )
+    )
+
+
 def all_pending_events(session: Session) -> list[PendingEvent]:
     rows = session.scalars(
         select(PendingStripeEvent).order_by(PendingStripeEvent.stripe_event_created_timestamp)

@@ -111,9 +111,10 @@ class ActivitySignals:
         names = (LAST_ACTIVITY_AT, LAST_WEBHOOK_AT, WEBHOOKS_MISSED_AT)
         with read_only(self.factory) as session:
             activity, webhook, missed = [ledger.read_int_state(session, n) for n in names]
+            retry = ledger.next_retry_at(session)
         with self._lock:
             local = (self.last_activity_at, self.last_webhook_at)
-        return Signals(_newest(local[0], activity), _newest(local[1], webhook), missed)
+        return Signals(_newest(local[0], activity), _newest(local[1], webhook), missed, retry)
 
     def wait(self, stop: threading.Event, seconds: float) -> None:
         """Sleep up to `seconds`; return early when `stop` is set or a signal is noted."""
