@@ -109,11 +109,12 @@ def expire_open_checkouts(
         ended = gateway.expire_open_checkouts(customer_id)
         subscriptions = listed.result()
     expired = [session for session in ended if session.status == "expired"]
-    # Only the request that expired a trial's session gives the trial back: another may
-    # have claimed it again since.
-    if any((session.metadata or {}).get("trial_days") for session in expired):
+    decoded = [SUBSCRIPTIONS.decode(raw) for raw in subscriptions]
+    # In the user's turn no other request holds a trial claim: with no subscription that ever
+    # had a trial, a claim is held by a session just expired, or by none (a request killed
+    # before it made its session), and is given back.
+    if not any(subscription.trial_end is not None for subscription in decoded):
         release_trial(factory, customer_id)
-    decoded = (SUBSCRIPTIONS.decode(raw) for raw in subscriptions)
     live = [
         subscription for subscription in decoded if subscription.status in queries.ACTIVE_STATUSES
     ]
