@@ -134,7 +134,10 @@ def test_a_slow_stripe_does_not_starve_the_database_routes(
         }
     )
     with serve(settings, engine) as api:
-        assert api.post("/users", json={"github_user_id": 1, "github_login": "o"}).is_success
+        buyers = range(100, 145)  # 45 users: one Checkout each (one user's take turns)
+        for buyer in buyers:
+            body = {"github_user_id": buyer, "github_login": f"u{buyer}"}
+            assert api.post("/users", json=body).is_success
         emulator.control(
             "POST",
             "faults",
@@ -143,8 +146,8 @@ def test_a_slow_stripe_does_not_starve_the_database_routes(
         faults_until = time.monotonic() + STRIPE_LATENCY_SECONDS
         with ThreadPoolExecutor(45) as pool:
             checkouts = [
-                pool.submit(api.post, "/billing/subscriptions", json={"github_user_id": 1})
-                for _ in range(45)
+                pool.submit(api.post, "/billing/subscriptions", json={"github_user_id": buyer})
+                for buyer in buyers
             ]
             time.sleep(0.3)  # the checkouts are waiting on Stripe or for a slot
             started = time.monotonic()
