@@ -107,6 +107,10 @@ def next_retry_at(session: Session) -> int | None:
     )
 
 
+def count_pending(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(PendingStripeEvent)) or 0
+
+
 def all_pending_events(session: Session) -> list[PendingEvent]:
     rows = session.scalars(
         select(PendingStripeEvent).order_by(PendingStripeEvent.stripe_event_created_timestamp)

@@ -181,7 +181,9 @@ class Reconciler:
             return self.settings.reconcile_interval_seconds
 
     def _record(self, report: DrainReport) -> None:
-        status = read_status(self.engine)
+        """The poll's log line. A complete poll is as far behind Stripe as it took (`lag`)."""
+        with read_only(self.factory) as session:
+            pending = ledger.count_pending(session)
         log.info(
             "poll",
             extra={
@@ -191,8 +193,8 @@ class Reconciler:
                 "concurrency": report.concurrency,
                 **{name: report.stats.total(name) for name in OUTCOMES},
                 "stripe_reads": report.stats.stripe_reads,
-                "pending": len(status.pending),
-                "lag_seconds": None if status.lag is None else round(status.lag, 1),
+                "pending": pending,
+                "lag_seconds": None if report.interrupted else round(report.seconds, 1),
                 "seconds": round(report.seconds, 3),
             },
         )
