@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingEntitlement, BillingNotification
+from collab_billing.db.models import BillingCustomer, BillingEntitlement, BillingNotification
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -142,3 +142,32 @@ def test_a_sync_on_return_from_checkout_shows_the_plans_features_at_once(
     assert [n["features"] for n in notified if n["access"]["state"] == "active"] == [
         ["sync-000", "sync-001"]
     ]
+
+
+def test_a_customer_made_anew_after_its_deletion_gets_its_features(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """The user's Stripe customer deleted, the user buys again (a new customer for the same
+    user): the new customer's features are mirrored, and the sync on return answers. Its
+    entitlements failed on the old customer's row, for ever, and every sync was a 500."""
+    price = featured_price(emulator, 2, "again")
+    add_user(reconciler.factory, 950, "again")
+    reconciler.drain()
+    subscribe(reconciler, emulator, price, 950)
+    reconciler.drain()
+    assert lookup_keys(reconciler.factory) == ["again-000", "again-001"]
+    with reconciler.factory() as session:
+        [old] = session.scalars(select(BillingCustomer.stripe_customer_id))
+    emulator.sdk.v1.customers.delete(old)
+    reconciler.drain()
+    assert lookup_keys(reconciler.factory) == []
+    subscribe(reconciler, emulator, price, 950)  # a new customer
+    reconciler.drain()
+    assert lookup_keys(reconciler.factory) == ["again-000", "again-001"]
+    assert reconciler.last_report is not None and not reconciler.last_report.stats.total("failed")
+    with contextmanager(serve)(stripe_settings, engine) as api:
+        synced = api.post("/billing/subscriptions/sync", json={"github_user_id": 950})
+        assert synced.status_code == 200, synced.text
+        state = api.get("/billing/state", params={"github_user_id": 950}).json()
+    assert state["features"] == ["again-000", "again-001"]
+    assert state["access"]["state"] == "active"

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, RowMapping, bindparam, or_, select, update
+from sqlalchemy import Row, RowMapping, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import in_ids, insert
 from collab_billing.db.models import (
     BillingCustomer,
+    BillingEntitlement,
+    BillingEntitlementSync,
     BillingPrice,
     BillingProduct,
     BillingSubscription,
@@ -202,7 +204,10 @@ def link_billing_customer(
     if existing is not None and existing.stripe_deleted_at is None:
         return existing
     if existing is not None:
-        # The old customer was deleted on Stripe; the user's row moves to the new one.
+        # The old customer was deleted on Stripe; the user's row moves to the new one, and
+        # what was mirrored of the old one's entitlements goes (the new one's are its own).
+        for table in (BillingEntitlementSync, BillingEntitlement):
+            session.execute(delete(table).where(table.billing_customer_id == existing.id))
         existing.stripe_customer_id = stripe_customer_id
         existing.stripe_deleted_at = None
         session.flush()
