@@ -24,6 +24,7 @@ from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.notify_helpers import NOTIFY_SECRET, Receiver, receiver
+from tests.servers import free_port
 from tests.stripe_helpers import Emulator
 from tests.test_entitlements import featured_price
 from tests.test_reconcile_flow import add_user, checkout
@@ -303,3 +304,41 @@ def test_a_notification_failing_past_the_retry_window_expires_then_replays(
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_a_receivers_credentials_stay_out_of_errors_and_logs(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A receiver URL with a password and a token, not answering: the failures are recorded
+    (`last_error`, shown by `notifications list`) and logged without them."""
+    url = f"http://hook:s3cretpw@127.0.0.1:{free_port()}/b?token=tok123"
+    settings = stripe_settings.model_copy(
+        update={
+            "billing_notify_urls": url,
+            "billing_notify_secret": SecretStr(NOTIFY_SECRET),
+            "billing_notify_max_backoff_seconds": 0.3,
+        }
+    )
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    add_user(reconciler.factory, 640, "creds")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 640)
+    reconciler.drain()
+
+    def errors() -> list[str]:
+        with reconciler.factory() as session:
+            return [e for e in session.scalars(select(BillingNotification.last_error)) if e]
+
+    thread, stop = start_in_background(Notifier(settings, engine).run, "notifier")
+    try:
+        wait_until(lambda: bool(errors()), timeout=20)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert "127.0.0.1" in errors()[0]
+    logged = " ".join(str(vars(record)) for record in caplog.records)
+    for secret in ("s3cretpw", "tok123"):
+        assert all(secret not in error for error in errors()) and secret not in logged

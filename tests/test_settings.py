@@ -54,6 +54,31 @@ def test_bad_setting_names_the_variable(
         load_settings(_env_file=None)
 
 
+GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.mark.parametrize(
+    ("urls", "secret"),
+    [
+        ("http://hook:s3cretpw@hooks.example.com:8O80/x?token=tok123", GOOD_SECRET),  # port
+        ("http://ok.example/a,http:///no-host", GOOD_SECRET),
+        ("http://ok.example/a", "whsec_SuperSecret!!notbase64"),
+        ("http://ok.example/a", "whsec_my secret with spaces"),
+        ("http://ok.example/a", "whsec_QUJD"),  # 3 bytes: Standard Webhooks asks for 24+
+    ],
+)
+def test_bad_notification_settings_stop_the_start_without_their_secrets(
+    monkeypatch: pytest.MonkeyPatch, urls: str, secret: str
+) -> None:
+    """Refused at start (they were accepted, then every delivery failed, some in a loop)."""
+    monkeypatch.setenv("BILLING_NOTIFY_URLS", urls)
+    monkeypatch.setenv("BILLING_NOTIFY_SECRET", secret)
+    with pytest.raises(SettingsError, match="BILLING_NOTIFY") as refused:
+        load_settings(_env_file=None)
+    for part in ("s3cretpw", "tok123", secret.removeprefix("whsec_")):
+        assert part not in str(refused.value)
+
+
 def test_cli_reports_a_bad_setting_in_one_line_with_exit_2(tmp_path: object) -> None:
     env = {**os.environ, "RECONCILE_INTERVAL_SECONDS": "soon"}
     result = subprocess.run(

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from collab_billing.config import Settings
@@ -116,9 +117,16 @@ def secret_values(settings: Settings) -> list[str]:
     database_password = make_url(settings.database_url).password
     if database_password:
         values.append(str(database_password))
-    for secret in (settings.admin_token, settings.stripe_api_key, settings.stripe_webhook_secret):
-        if secret is not None:
-            values.append(secret.get_secret_value())
+    secrets = (
+        settings.admin_token,
+        settings.stripe_api_key,
+        settings.stripe_webhook_secret,
+        settings.billing_notify_secret,
+    )
+    values += [secret.get_secret_value() for secret in secrets if secret is not None]
+    for url in settings.notify_urls():  # a receiver's credentials, in its URL
+        parsed = httpx.URL(url)
+        values += [part for part in (parsed.password, parsed.query.decode()) if part]
     return values
 
 

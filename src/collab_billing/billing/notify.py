@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
 from collab_billing import metrics
-from collab_billing.config import Settings
+from collab_billing.config import Settings, shown_url
 from collab_billing.db.engine import make_session_factory, read_only, transaction
 from collab_billing.db.models import BillingNotification
 from collab_billing.reconcile.leader import LeaderLock
@@ -248,7 +248,7 @@ class Notifier:
             if error is None:
                 done.append(url)
             else:
-                errors.append(f"{url}: {error}")
+                errors.append(f"{shown_url(url)}: {error}")
         values = self.outcome(notification, done, errors)
         with self._guard:
             self._outcomes.append((notification, values))
@@ -267,7 +267,7 @@ class Notifier:
         }
         try:
             response = self.http.post(url, content=body, headers=headers)
-        except httpx.HTTPError as error:
+        except Exception as error:  # any failure is this URL's: retried with backoff
             return f"{type(error).__name__}: {error}"[:200]
         if 200 <= response.status_code < 300:
             return None
