@@ -222,3 +222,21 @@ def test_the_database_password_is_masked_in_log_lines() -> None:
     ):
         line = formatter.format(record)
         assert "hunter2-secret" not in line and "db.internal" in line
+
+
+def test_after_an_internal_error_the_next_request_is_answered(
+    stripe_settings: Settings, engine: Engine
+) -> None:
+    """A 500 (a bug in some route) says `Connection: close`: uvicorn drops the connection
+    after it, and a client's next request on that kept-alive connection was reset."""
+    app = create_app(stripe_settings.model_copy(update={"reconcile_enabled": False}), engine)
+
+    @app.get("/_bug")
+    def bug() -> None:  # a route with a bug, as any may have
+        raise RuntimeError("a bug")
+
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        failed = client.get("/_bug")
+        assert failed.status_code == 500 and failed.headers["connection"] == "close"
+        assert "internal error" in failed.json()["detail"]
+        assert client.get("/healthz").status_code == 200

@@ -39,6 +39,8 @@ BAD_BODIES = [
     b'"\\ud800"',
     b"[" * 30_000,
     b'{"github_user_id": 1, "github_login": "\xff\xfe"}',
+    b'{"github_user_id": 1, "github_login": "x", "github_user_id": 2}',  # which one?
+    b'{"github_login": "x", "github_user_id": 1, "github_login": "y"}',
 ]
 
 

@@ -113,7 +113,10 @@ async def _database_unavailable(request: Request, error: Exception) -> JSONRespo
 async def _internal_error(request: Request, _error: Exception) -> JSONResponse:
     # Logged with its traceback by the request-id middleware; the answer says only where to look.
     request_id = getattr(request.state, "request_id", "?")
+    # Starlette raises the error again after this answer (for the server to log), and uvicorn
+    # then drops the connection: the client is told, or its next request on it is reset.
     return JSONResponse(
         {"detail": f"internal error: see the service's log for request {request_id}"},
         status_code=500,
+        headers={"Connection": "close"},
     )
