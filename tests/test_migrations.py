@@ -109,7 +109,7 @@ def test_commands_that_only_read_leave_an_older_schema_as_it_is(tmp_path: Path) 
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert run.returncode == 2, (args, run.stdout, run.stderr)
-        assert f"at revision {previous}" in run.stderr and "collab-billing migrate" in run.stderr
+        assert f"at revision {previous}" in run.stderr and "release that serves it" in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert revisions(engine)[0] == previous, args
     upgrade_to_head(engine)

@@ -27,7 +27,7 @@ from collab_billing.logs import configure_logging
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler, read_status
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import Event, StripeGateway
 from tests.conftest import ADMIN_TOKEN
 from tests.ops_helpers import (
     WHSEC_NEW,
@@ -325,7 +325,8 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
         emulator.control("POST", "faults", fault)
         Reconciler(service.settings, engine, StripeGateway(service.settings)).drain()
     status = read_status(engine)
-    assert status.failed and status.lag is not None and status.lag < 60
+    [failing] = [p for p in status.pending if p.last_error]  # once: not counted failed yet
+    assert not status.failed and status.lag is not None and status.lag < 60
     result = subprocess.run(
         [sys.executable, "-m", "collab_billing", "reconcile", "--status"],
         env=service_env(database_url, emulator, "auto"), capture_output=True, text=True, timeout=60,
@@ -336,9 +337,9 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
     lag_line = next(line for line in out.splitlines() if line.startswith("lag"))
     assert lag_line.split(":")[1].strip().endswith(" s")
     assert "leader:                        none" in out
-    assert f"({len(status.failed)} failed)" in out
+    assert "(0 failed)" in out
     assert "failed 1x: StripeGatewayError: Stripe api_error" in out
-    assert status.failed[0].event.id in out
+    assert failing.event.id in out
 
 
 def test_serve_exits_0_on_sigterm(
@@ -426,3 +427,29 @@ def test_status_under_a_clock_ahead_of_ours_says_ahead_not_a_negative_age(
     print_status(engine)
     cursor_line = capsys.readouterr().out.splitlines()[0]
     assert "s ahead of this machine's clock" in cursor_line and "-" not in cursor_line
+
+
+def test_healthz_metrics_and_status_count_the_same_failed_events(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    session_factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An event that failed five times counts as failed everywhere; one that failed once
+    (retried seconds later) nowhere yet. `/healthz` counted it at the first failure, the
+    metric at the fifth."""
+    emulator.price()
+    first, second = [Event.from_dict(e) for e in emulator.all_events()[:2]]
+    with session_factory() as session, session.begin():
+        for _ in range(ledger.MAX_ATTEMPTS):
+            ledger.record_pending(session, [first], "obj_failed", "boom", int(time.time()) + 60)
+        ledger.record_pending(session, [second], "obj_once", "boom", int(time.time()) + 60)
+    with running_service(stripe_settings, engine) as service:
+        health = httpx.get(f"{service.url}/healthz").json()["reconciler"]
+        scraped = scrape(service.url)
+    assert (health["pending_events"], health["failed_events"]) == (2, 1)
+    assert value(scraped, "collab_billing_failed_events") == 1
+    assert value(scraped, "collab_billing_pending_events") == 2
+    print_status(engine)
+    assert "pending events: 2 (1 failed)" in capsys.readouterr().out

@@ -93,10 +93,13 @@ def current_engine(settings: Settings) -> Engine:
     except (OperationalError, InterfaceError) as error:
         where, reason = where_and_why(settings, error)
         fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
+    if current is None:
+        fail("the database was never migrated: run `collab-billing migrate` first")
     if current != head:
         fail(
-            f"the database schema is at revision {current or 'none (never migrated)'}, this "
-            f"release's is {head}: run `collab-billing migrate` with the release that serves it"
+            f"the database schema is at revision {current}, this release's is {head}: use "
+            "this command of the release that serves it, or deploy this release (its "
+            "`collab-billing migrate` brings the schema to it)"
         )
     return engine
 

@@ -229,8 +229,10 @@ class Status:
 
     @property
     def failed(self) -> list[ledger.PendingEvent]:
-        """Events that failed (not those waiting behind them); retries go on."""
-        return [p for p in self.pending if p.last_error is not None]
+        """Events that failed `ledger.MAX_ATTEMPTS` times or more (retries go on): what
+        `/healthz`, the metric and `reconcile --status` count as failed. One failure is
+        retried seconds later, and alerting on it would fire at every passing fault."""
+        return [p for p in self.pending if p.attempts >= ledger.MAX_ATTEMPTS]
 
 
 def read_status(engine: Engine) -> Status:
