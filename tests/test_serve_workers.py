@@ -121,6 +121,39 @@ def test_serve_with_two_workers(
     assert sum(line["message"] == "Application shutdown complete." for line in lines) == 2
 
 
+@pytest.mark.postgres_only
+def test_workers_stop_when_their_supervisor_is_killed(
+    emulator: Emulator, tmp_path: Path, database_url: str
+) -> None:
+    """`kill -9` of `serve --workers 2`: its workers stop too (they went on serving, holding
+    the port, so that `serve` could not start again), and a new `serve` starts on the port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**service_env(database_url, emulator), "RECONCILE_ENABLED": "false"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "collab_billing", "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _up(url), timeout=60, what="serve")
+        workers = wait_until(lambda: children(process.pid) or None, what="the workers")
+        process.kill()
+        process.wait()
+        wait_until(lambda: all(_gone(pid) for pid in workers), timeout=15, what="the workers")
+    finally:
+        reap(process)
+    again = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: _up(url), timeout=60, what="serve again")
+        assert terminate(again, 30) == 0
+    finally:
+        reap(again)
+
+
 def metrics_directory(pid: int) -> Path:
     """The metrics directory `serve` made for its workers (in their environment)."""
     variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -3,9 +3,10 @@
 - Worker processes (`serve --workers N`): uvicorn's supervisor binds the socket, starts N
   processes that each build the app with `worker_app` (so each has its own engine, pools and
   reconciler thread; the reconciler's leader lock lets one of them poll), restarts a worker
-  that dies, and on SIGTERM or SIGINT stops them all and returns. Prometheus metrics are
-  then kept in a directory shared by the workers (`prometheus_client`'s multiprocess mode),
-  so that `/metrics` answers for the whole service, not for the worker that got the scrape.
+  that dies, and on SIGTERM or SIGINT stops them all and returns; a worker whose supervisor
+  died (SIGKILL) stops by itself. Prometheus metrics are then kept in a directory shared by
+  the workers (`prometheus_client`'s multiprocess mode), so that `/metrics` answers for the
+  whole service, not for the worker that got the scrape.
 - What start-up allocated is frozen out of the garbage collector (`freeze_startup_objects`).
 """
 
@@ -17,6 +18,8 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,8 +55,23 @@ def worker_app() -> Any:
     settings = load_settings()  # `serve` checked the settings before starting the workers
     configure_logging(settings)
     app = create_app(settings)
+    stop_with_supervisor()
     freeze_startup_objects()
     return app
+
+
+def stop_with_supervisor(check_seconds: float = 1.0) -> None:
+    """A worker stops (as on SIGTERM: its requests and reconciler transaction finished) once
+    its supervisor is gone. uvicorn's workers outlive a supervisor killed with SIGKILL: they
+    went on serving and polling, holding the port, so that `serve` could not start again."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(check_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def freeze_startup_objects() -> None:
