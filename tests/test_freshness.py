@@ -269,6 +269,32 @@ def test_reads_and_transactions_are_counted_and_kept_across_restarts(
         assert "collab_billing_stripe_read_budget 8000.0" in text
 
 
+def test_reads_that_stripe_failed_and_the_sdk_retried_are_counted(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Half of the event pages fail with a 500, retried by the SDK: the budget counts every
+    request Stripe received (it counted the calls, not their retries)."""
+    settings = stripe_settings.model_copy(update={"stripe_max_network_retries": 2})  # default
+    reconciler = Reconciler(settings, engine, StripeGateway(settings))
+    reconciler.drain()  # the first poll: a resync
+    READS.take()
+    emulator.control("DELETE", "requests")
+    emulator.control(
+        "POST", "faults", {"rate": 0.5, "statuses": [500], "path_prefix": "/v1/events", "seed": 3}
+    )
+    for _ in range(10):
+        reconciler.drain()
+    emulator.control("DELETE", "faults")
+    budget.flush_reads(session_factory, time.time())
+    counted = emulator.control("GET", "requests")
+    reads = sum(n for route, n in counted["by_route"].items() if route.startswith("GET "))
+    assert counted["by_status"].get("500", 0) > 0
+    assert budget.read_budget(session_factory, time.time(), 0.8).reads_30d == reads
+
+
 def test_the_api_records_its_reads_without_a_reconciler(
     stripe_settings: Settings,
     emulator: Emulator,

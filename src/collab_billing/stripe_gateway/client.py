@@ -35,8 +35,8 @@ from collab_billing.stripe_gateway.events import (
     decode_list_page,
     decode_object,
 )
-from collab_billing.stripe_gateway.reads import Reader
-from collab_billing.stripe_gateway.throttle import READS, Throttle
+from collab_billing.stripe_gateway.reads import CountingHTTPClient, Reader
+from collab_billing.stripe_gateway.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class StripeGateway:
         self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
         api_key = settings.stripe_api_key.get_secret_value()
         retries = settings.stripe_max_network_retries
-        http = stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds, allow_sync_methods=True)
+        http = CountingHTTPClient(timeout=settings.stripe_timeout_seconds, allow_sync_methods=True)
         self.client = stripe.StripeClient(
             api_key,
             base_addresses={"api": settings.stripe_api_base.rstrip("/")},
@@ -117,13 +117,8 @@ class StripeGateway:
 
     def get(self, operation: str, path: str, **params: Any) -> bytes:
         """GET `path` through the SDK's HTTP client (`reads`); the response's JSON as bytes.
-        Each attempt counts as a read (`READS`)."""
-
-        def read() -> bytes:
-            READS.add()
-            return self.reader.get(path, params)
-
-        return self._call(operation, read)
+        Each request sent counts as a read (`reads.CountingHTTPClient`)."""
+        return self._call(operation, partial(self.reader.get, path, params))
 
     # -- customers, checkout, portal ---------------------------------------------------
 

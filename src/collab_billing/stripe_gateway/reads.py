@@ -19,6 +19,21 @@ from urllib.parse import urlencode
 import msgspec
 import stripe
 
+from collab_billing.stripe_gateway.throttle import READS
+
+
+class CountingHTTPClient(stripe.HTTPXClient):
+    """The SDK's HTTP client, counting each GET it sends (`READS`), its own network retries
+    included: Stripe's read allowance counts requests, not the calls that made them."""
+
+    # HTTPXClient's own signature, which its base class types differently.
+    def request(  # type: ignore[override]
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        if method.lower() == "get":
+            READS.add()
+        return super().request(method, url, headers, post_data)
+
 
 class Reader:
     def __init__(
