@@ -7,15 +7,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
+from collab_billing import metrics
+from collab_billing.config import Settings
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.leader import LeaderLock
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
 from tests.reconcile_helpers import (
     assert_matches_stripe,
     generate_backlog,
@@ -247,3 +253,21 @@ def test_a_worker_records_its_reads_while_it_drains(
     assert worker.poll() is None and recorded() < 120, "the drain should still be running"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+
+
+def test_a_standby_shows_no_poll_interval_of_its_own(
+    stripe_settings: Settings, engine: Engine
+) -> None:
+    """Worker processes' poll intervals are combined by their maximum: a leader demoted to
+    standby must not keep showing the interval it had while leading."""
+    other = LeaderLock(engine)
+    assert other.acquire()  # another process leads
+    try:
+        reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+        metrics.POLL_INTERVAL.set(9.67)  # as when it led
+        stop = threading.Event()
+        reconciler.sleep = lambda _stop, _seconds: stop.set()  # one turn of the loop
+        reconciler.run(stop)
+        assert REGISTRY.get_sample_value("collab_billing_poll_interval_seconds") == 0
+    finally:
+        other.release()

@@ -111,6 +111,6 @@ def record_outcomes(outcomes: dict[tuple[str, str], int]) -> None:
 # at each scrape: `reconcile/gauges.py`.
 POLL_INTERVAL = Gauge(
     "collab_billing_poll_interval_seconds",
-    "The reconciler's current wait between polls (the leader's)",
+    "The reconciler's current wait between polls (the leader's; 0 where none leads)",
     multiprocess_mode="livemax",
 )

@@ -122,6 +122,8 @@ class Reconciler:
                 try:
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
+                    if not leader:  # a standby's (or a demoted leader's) wait is no poll's
+                        metrics.POLL_INTERVAL.set(0)
                     if leader:
                         # A leader whose lock is gone stops between batches, rather than
                         # drain beside the new leader.
