@@ -4,10 +4,11 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
 
 - POST checkout/sessions/{id}/complete `{"email"?, "name"?, "card"?, "promotion_code"?,
   "payment_method"?}` -> the checkout.session (status complete, with `customer` and
-  `subscription`). `card: false` skips the card where Checkout allows it (a trial with
-  `payment_method_collection=if_required`); `promotion_code` is the code the customer enters
-  (`allow_promotion_codes` sessions); `payment_method` is the test card entered (default
-  `pm_card_visa`; a declining one answers 402).
+  `subscription`). `card` says whether the customer gives a card where Checkout lets them
+  skip it (a trial with `payment_method_collection=if_required`: none unless `card: true`);
+  elsewhere Checkout always takes one (`card: false` is a 400); `promotion_code` is the code
+  the customer enters (`allow_promotion_codes` sessions); `payment_method` is the test card
+  entered (default `pm_card_visa`; a declining one answers 402).
 - POST billing_portal/sessions/{id}/confirm: what the customer does in the session's flow.
   Cancel (and no flow) `{"immediately"?: false, "subscription"?, "comment"?, "feedback"?}` ->
   the subscription (set to cancel at period end, or canceled now);
