@@ -182,6 +182,23 @@ def test_a_checkout_created_by_the_api_makes_a_separate_reconciler_poll_fast_the
     assert worker.interval() == 300
 
 
+def test_events_a_poll_finds_are_activity_for_other_processes_too(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """`reconcile --status` (another process) shows the interval the reconciler goes by: the
+    events its poll found made it poll fast, and they were noted only in its memory."""
+    settings = production_settings(stripe_settings, webhooks=False)
+    now = [time.time()]
+    worker = Reconciler(settings, engine, StripeGateway(settings), clock=lambda: now[0])
+    worker.drain()  # the first poll: a resync
+    now[0] += 3600
+    elsewhere = Reconciler(settings, engine, StripeGateway(settings), clock=lambda: now[0])
+    assert worker.interval() == elsewhere.interval() == 300  # an hour idle
+    emulator.price()  # new events
+    assert worker.drain().stats.total("applied") > 0
+    assert worker.interval() == elsewhere.interval() == 5
+
+
 def test_with_healthy_webhooks_activity_does_not_make_polls_fast(
     stripe_settings: Settings, engine: Engine
 ) -> None:

@@ -5,8 +5,9 @@ The admin routes (a Checkout or portal session created) and the webhook route no
 Within one process (`serve`) the note is seen at once and wakes the waiting loop; for a
 `reconcile` worker in another process it crosses through the database, as a timestamp row in
 `reconciler_state` that the loop reads while it waits (a row per kind, on SQLite and
-PostgreSQL alike). Webhook deliveries are written at most once per `WRITE_EVERY_SECONDS`
-per process: they come in bursts, and each write would take SQLite's one writer.
+PostgreSQL alike). Webhook deliveries and the events a poll finds are written at most once
+per `WRITE_EVERY_SECONDS` per process: they come in bursts, and each write would take
+SQLite's one writer.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class ActivitySignals:
         self.clock = clock
         self.last_activity_at: float | None = None
         self.last_webhook_at: float | None = None
-        self._webhook_written_at = float("-inf")
+        self._written_at: dict[str, float] = {}
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._webhooks_in_flight = 0
@@ -55,9 +56,14 @@ class ActivitySignals:
         self._write(LAST_ACTIVITY_AT, now)
 
     def event_seen(self) -> None:
-        """The reconciler itself found new events (in-process only: it is the reader)."""
+        """The reconciler found new events (or started): activity. Noted in the database too,
+        so that `reconcile --status`, and a standby that takes over, go by it."""
+        now = self.clock()
         with self._lock:
-            self.last_activity_at = self.clock()
+            self.last_activity_at = now
+            due = self._due(LAST_ACTIVITY_AT, now)
+        if due:
+            self._write(LAST_ACTIVITY_AT, now)
 
     def webhooks_missed(self) -> None:
         """A poll found events older than the webhook grace that no delivery had applied."""
@@ -68,12 +74,18 @@ class ActivitySignals:
         now = self.clock()
         with self._lock:
             self.last_webhook_at = self.last_activity_at = now
-            due = now - self._webhook_written_at >= WRITE_EVERY_SECONDS
-            if due:
-                self._webhook_written_at = now
+            due = self._due(LAST_WEBHOOK_AT, now)
         self._wake.set()
         if due:
             self._write(LAST_WEBHOOK_AT, now)
+
+    def _due(self, name: str, now: float) -> bool:
+        """Whether a note is written now (under `_lock`): at most once per
+        `WRITE_EVERY_SECONDS`, as notes come in bursts and each write takes SQLite's writer."""
+        if now - self._written_at.get(name, float("-inf")) < WRITE_EVERY_SECONDS:
+            return False
+        self._written_at[name] = now
+        return True
 
     @contextmanager
     def webhook_in_flight(self) -> Iterator[None]:
