@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
-from collab_billing.billing.errors import Conflict, InvalidField
+from collab_billing.billing.errors import Conflict
 from collab_billing.billing.plans import Plan, resolve_plan
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.billing.turns import checkout_turn
@@ -65,8 +65,6 @@ def _start(
     plan = resolve_plan(
         factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
     )
-    if plan.metered and request.quantity != 1:
-        raise InvalidField("quantity", "a metered plan is billed by usage: it takes no quantity")
     with factory() as session, session.begin():
         active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
     if active:
