@@ -156,6 +156,8 @@ def test_an_unknown_user_is_told_from_one_without_subscriptions(api: httpx.Clien
         # Repeated: FastAPI would silently take the last one.
         ("github_user_id=1001&github_user_id=1", ADMIN_TOKEN, 422),
         ("github_user_id=1&github_user_id=1", ADMIN_TOKEN, 422),
+        # Not taken here (a misspelt name): FastAPI would silently ignore it.
+        ("github_user_id=1001&githubuserid=5", ADMIN_TOKEN, 422),
     ],
 )
 def test_bad_requests(api: httpx.Client, query: str, token: str | None, status: int) -> None:
@@ -164,7 +166,10 @@ def test_bad_requests(api: httpx.Client, query: str, token: str | None, status: 
     assert response.headers["content-type"] == "application/json"
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
-    if "&" in query:
+    if "githubuserid" in query:
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", "githubuserid"] and "not taken" in error["msg"]
+    elif "&" in query:
         [error] = response.json()["detail"]
         assert error["loc"] == ["query", "github_user_id"]
         assert "more than once" in error["msg"]

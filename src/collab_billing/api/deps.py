@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -113,20 +114,38 @@ async def require_admin(
 
 
 async def single_valued_query(request: Request) -> None:
-    """A query parameter given twice is an error: FastAPI would silently use the last one."""
+    """A query parameter given twice, or one the route does not take (a misspelt name), is an
+    error: FastAPI would silently use the last one, or ignore it."""
     counts = Counter(name for name, _ in request.query_params.multi_items())
     repeated = sorted(name for name, count in counts.items() if count > 1)
-    if repeated:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "repeated_query_parameter",
-                    "loc": ("query", name),
-                    "msg": "the query parameter is given more than once",
-                }
-                for name in repeated
-            ]
-        )
+    route = request.scope.get("route")
+    taken = _query_names(route) if isinstance(route, APIRoute) else set(counts)
+    unknown = sorted(set(counts) - taken)
+    errors = [
+        {
+            "type": "repeated_query_parameter",
+            "loc": ("query", name),
+            "msg": "the query parameter is given more than once",
+        }
+        for name in repeated
+    ] + [
+        {"type": "unknown_query_parameter", "loc": ("query", name[:64]), "msg": "not taken here"}
+        for name in unknown
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _query_names(route: APIRoute) -> set[str]:
+    """The query parameters a route declares, its dependencies' included (a few: walked at
+    each request, as routes cannot be keys of a cache)."""
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(param.alias for param in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    return names
 
 
 AdminOnly = [Depends(require_admin), Depends(single_valued_query)]
