@@ -223,6 +223,16 @@ def test_usage_without_a_subscription_is_the_calendar_month(api: httpx.Client, m
     assert api.put("/billing/preferences", json=bad).status_code == 422
 
 
+def test_a_periods_total_is_exact(api: httpx.Client, meter: str) -> None:
+    """0.1 + 2.7 + 0.2 is 3, as Stripe sums it: SQLite summed the values as doubles, to
+    3.00000000000000044..., past a tier's edge of 3 units."""
+    add_user(api, 9)
+    records = [record(9, f"exact-{n}", value) for n, value in enumerate((0.1, 2.7, 0.2))]
+    assert api.post("/billing/usage", json={"events": records}).status_code == 202
+    [found] = usage_of(api, 9)["meters"]
+    assert found["total"] == "3"
+
+
 def test_usage_is_timed_and_checked_by_the_services_clock(
     stripe_settings: Settings,
     engine: Engine,

@@ -122,6 +122,10 @@ def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) 
             select(usage.value).where(*where).order_by(usage.timestamp.desc(), usage.id.desc())
         )
         return Decimal(last or 0)
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite's SUM() turns the values, kept as text to be exact, into doubles: 0.1 + 0.2
+        # was 0.30000000000000004, and a tier's edge could be missed. Summed here, exactly.
+        return sum(session.scalars(select(usage.value).where(*where)), Decimal(0))
     return Decimal(str(session.scalar(select(func.sum(usage.value)).where(*where)) or 0))
 
 
