@@ -152,7 +152,8 @@ def _check_meters(connection: Connection, event_names: set[str]) -> None:
     if unknown:
         raise Unprocessable(
             f"unknown meter {unknown[0]!r}: no active Stripe billing meter has this event_name "
-            "(meters are read from Stripe at start and every few minutes)"
+            "(meters are read from Stripe at start and hourly; `collab-billing resync` reads a "
+            "new one at once)"
         )
 
 

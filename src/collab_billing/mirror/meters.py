@@ -2,7 +2,7 @@
 
 Not a `MirroredType`: Stripe's v1 Events API has no meter events (meters change through the
 dashboard or the API, rarely). The copy is refreshed from the list endpoint on resync, when the
-usage sender starts and every few minutes while it runs, so ingest can check `meter` and the
+usage sender starts and hourly while it runs, so ingest can check `meter` and the
 sender can name the payload keys without a Stripe call.
 """
 
