@@ -153,6 +153,25 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     assert shown.stdout.count("35 calendar days") == 3
 
 
+def test_records_wait_while_stripe_refuses_the_key(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A 401 (a key revoked, or rotated) is the service's fault, not the records': they wait
+    and are sent once the key works. They were failed for good, and never billed."""
+    add_user(api, 1)
+    ingest(api, [1], 3)
+    fault = {"rate": 1.0, "statuses": [401], "path_prefix": "/v1/billing/meter_events"}
+    emulator.control("POST", "faults", {**fault, "count": 3})
+    drain(UsageSender(stripe_settings, engine))
+    assert read_usage_status(session_factory).counts == {"sent": 3}
+    assert_exactly_once(emulator, session_factory, meter)
+
+
 def sender_env(database_url: str, emulator: Emulator) -> dict[str, str]:
     return {
         **os.environ,

@@ -5,9 +5,9 @@ Exactly once at Stripe, whatever fails:
 - a crash between Stripe's answer and that commit sends the record again under the same
   `identifier` (derived from the record, see `usage.meter_event_identifier`): Stripe refuses
   the repeat as a duplicate, which the sender counts as sent;
-- Stripe failing or rate limiting (5xx, 429, network) leaves the record pending with a backoff;
-  a record Stripe refuses for good (another 4xx, e.g. older than 35 days) is `failed`, with
-  Stripe's message.
+- Stripe failing or rate limiting (5xx, 429, network), or refusing the key (401, 403), leaves
+  the record pending with a backoff; a record Stripe refuses for good (another 4xx, e.g. older
+  than 35 days) is `failed`, with Stripe's message.
 
 One sender per database (its own leader lock, taken like the reconciler's). It sends at
 `BILLING_USAGE_REQUESTS_PER_SECOND` (its own gateway throttle) with at most one call in flight
@@ -50,7 +50,9 @@ METERS_REFRESH_SECONDS = 3600.0
 STATUS_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 300
 IDLE_SECONDS = 1.0
-TRANSIENT_STATUSES = {None, 409, 429}  # plus every 5xx
+# Plus every 5xx. 401 and 403 refuse the service's key, not the record: a key revoked or
+# rotated is fixed by the operator, and the records wait for it instead of failing for good.
+TRANSIENT_STATUSES = {None, 401, 403, 409, 429}
 
 
 USAGE_TABLE: Table = BillingUsageEvent.__table__  # type: ignore[assignment]
