@@ -142,7 +142,7 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     drain(sender)
     status = read_usage_status(session_factory)
     assert status.counts == {"failed": 3}
-    assert all("35 calendar days" in (error or "") for _, _, error in status.recent_failures)
+    assert all("35 calendar days" in (f.error or "") for f in status.recent_failures)
     shown = subprocess.run(
         [sys.executable, "-m", "collab_billing", "usage", "--status"],
         env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True,
@@ -151,6 +151,7 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     assert "pending: 0  sent: 0  failed: 3" in shown.stdout
     assert "oldest pending: none" in shown.stdout
     assert shown.stdout.count("35 calendar days") == 3
+    assert "user 1, idempotency key 'r0'" in shown.stdout  # as the host app knows it
 
 
 def test_records_wait_while_stripe_refuses_the_key(

@@ -435,8 +435,11 @@ def usage(
         f"failed: {counts.get('failed', 0)}"
     )
     typer.echo(f"oldest pending: {'none' if age is None else f'{age:.0f} s old'}")
-    for identifier, event_name, error in status.recent_failures:
-        typer.echo(f"  failed {identifier} ({event_name}): {error}")
+    for failed in status.recent_failures:
+        typer.echo(
+            f"  failed: user {failed.github_user_id}, idempotency key {failed.idempotency_key!r}"
+            f" ({failed.event_name}, {failed.identifier}): {failed.error}"
+        )
 
 
 notifications_app = typer.Typer(

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import Engine, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -350,7 +351,15 @@ def _replace_customer(record: Due, created: dict[int, str]) -> Due:
 class UsageStatus:
     counts: dict[str, int]
     oldest_pending_age: float | None
-    recent_failures: list[tuple[str, str, str | None]]  # (identifier, event name, error)
+    recent_failures: list[Failure]  # the newest five
+
+
+class Failure(NamedTuple):
+    github_user_id: int
+    idempotency_key: str  # as the host app sent it
+    event_name: str
+    identifier: str  # the meter event's, at Stripe
+    error: str | None
 
 
 def read_usage_status(factory: sessionmaker[Session]) -> UsageStatus:
@@ -364,7 +373,14 @@ def read_usage_status(factory: sessionmaker[Session]) -> UsageStatus:
         }
         oldest = session.scalar(select(func.min(usage.created_at)).where(usage.status == "pending"))
         failures = session.execute(
-            select(usage.identifier, usage.meter_event_name, usage.error)
+            select(
+                User.github_user_id,
+                usage.idempotency_key,
+                usage.meter_event_name,
+                usage.identifier,
+                usage.error,
+            )
+            .join(User, User.id == usage.user_id)
             .where(usage.status == "failed")
             .order_by(usage.id.desc())
             .limit(5)
@@ -373,4 +389,4 @@ def read_usage_status(factory: sessionmaker[Session]) -> UsageStatus:
     if oldest is not None:  # SQLite gives naive datetimes: stored times are UTC
         stamp = (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)).timestamp()
         age = max(0.0, time.time() - stamp)
-    return UsageStatus(counts, age, [tuple(row) for row in failures])  # type: ignore[misc]
+    return UsageStatus(counts, age, [Failure(*row) for row in failures])
