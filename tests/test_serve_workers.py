@@ -122,11 +122,13 @@ def test_serve_with_two_workers(
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize("serving", [True, False], ids=["serving", "starting"])
 def test_workers_stop_when_their_supervisor_is_killed(
-    emulator: Emulator, tmp_path: Path, database_url: str
+    emulator: Emulator, tmp_path: Path, database_url: str, serving: bool
 ) -> None:
-    """`kill -9` of `serve --workers 2`: its workers stop too (they went on serving, holding
-    the port, so that `serve` could not start again), and a new `serve` starts on the port."""
+    """`kill -9` of `serve --workers 2`, once it serves or while its workers are starting:
+    the workers stop too (they went on serving, holding the port, so that `serve` could not
+    start again), and a new `serve` starts on the port."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**service_env(database_url, emulator), "RECONCILE_ENABLED": "false"}
@@ -137,8 +139,10 @@ def test_workers_stop_when_their_supervisor_is_killed(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_until(lambda: _up(url), timeout=60, what="serve")
-        workers = wait_until(lambda: children(process.pid) or None, what="the workers")
+        if serving:
+            wait_until(lambda: _up(url), timeout=60, what="serve")
+        # Two workers and multiprocessing's resource tracker.
+        workers = wait_until(lambda: len(children(process.pid)) >= 3 and children(process.pid))
         process.kill()
         process.wait()
         wait_until(lambda: all(_gone(pid) for pid in workers), timeout=15, what="the workers")

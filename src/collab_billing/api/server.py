@@ -28,6 +28,7 @@ from uvicorn.supervisors import Multiprocess
 
 WORKER_APP = "collab_billing.api.server:worker_app"
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SUPERVISOR_PID = "COLLAB_BILLING_SUPERVISOR_PID"
 
 
 def uvicorn_config(
@@ -63,8 +64,10 @@ def worker_app() -> Any:
 def stop_with_supervisor(check_seconds: float = 1.0) -> None:
     """A worker stops (as on SIGTERM: its requests and reconciler transaction finished) once
     its supervisor is gone. uvicorn's workers outlive a supervisor killed with SIGKILL: they
-    went on serving and polling, holding the port, so that `serve` could not start again."""
-    supervisor = os.getppid()
+    went on serving and polling, holding the port, so that `serve` could not start again.
+    The supervisor's pid comes from the environment it gave the worker: a worker still
+    starting when it died has another parent already by now."""
+    supervisor = int(os.environ.get(SUPERVISOR_PID, os.getppid()))
 
     def watch() -> None:
         while os.getppid() == supervisor:
@@ -99,6 +102,7 @@ def run(app: Any, host: str, port: int, workers: int = 1, access_log: bool = Tru
         uvicorn.Server(uvicorn_config(app, host, port, access_log=access_log)).run()
         return
     config = uvicorn_config(WORKER_APP, host, port, workers, access_log)
+    os.environ[SUPERVISOR_PID] = str(os.getpid())  # for `stop_with_supervisor`
     with _shared_metrics_directory():
         Multiprocess(config, sockets=[config.bind_socket()]).run()
 
