@@ -122,13 +122,13 @@ class Reconciler:
                 try:
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
-                    if not leader:  # a standby's (or a demoted leader's) wait is no poll's
-                        metrics.POLL_INTERVAL.set(0)
                     if leader:
                         # A leader whose lock is gone stops between batches, rather than
                         # drain beside the new leader.
                         self.drain(stop, self.lock.held)
                         self.polls += 1
+                    else:  # a standby's (or a demoted leader's) wait is no poll's
+                        metrics.POLL_INTERVAL.set(0)
                     failures, self.last_error = 0, None
                     if once and leader:
                         return
