@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.sender import UsageSender
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingInvoice, BillingPrice
+from collab_billing.db.models import BillingCustomer, BillingInvoice, BillingPrice
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import add_user, serve, subscribe
-from tests.test_usage_api import meter, record, usage_of  # noqa: F401  (the fixture)
+from tests.test_usage_api import meter, metered_price, record, usage_of  # noqa: F401  (the fixture)
 from tests.test_usage_sender import drain
 
 
@@ -114,3 +114,50 @@ def test_a_metered_plan_is_sold_without_a_quantity(
     assert "quantity" not in item and item.price.lookup_key == "tokens-monthly"
     first = emulator.sdk.v1.invoices.list(params={"subscription": done["subscription"]}).data
     assert [invoice.amount_due for invoice in first] == [0]  # usage is billed in arrears
+
+
+def test_usage_is_estimated_at_the_price_on_the_subscription(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A subscription of a metered price and a plan, in that order: its plan is the plan, and
+    its usage is estimated at its own metered price (what the invoice bills), not at the
+    meter's newest price (another plan's, 100 times dearer)."""
+    with session_factory() as session:
+        own = session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
+        ).one()
+    metered_price(emulator, meter, "50")
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    checkout = api.post("/billing/subscriptions", json={"github_user_id": 7})
+    assert checkout.status_code == 200, checkout.text  # the user's Stripe customer now exists
+    with session_factory() as session:
+        customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
+    plan = stripe_settings.stripe_price_id
+    sub = emulator.sdk.v1.subscriptions.create(
+        params={"customer": customer, "items": [{"price": own}, {"price": plan}]}
+    )
+    reconciler.drain()
+    [row] = api.get("/billing/subscriptions", params={"github_user_id": 7}).json()["subscriptions"]
+    assert (row["price_id"], row["quantity"]) == (plan, 1)
+
+    batch = [record(7, "a", 150), record(7, "b", 100.5), record(7, "c", 0.5)]
+    assert api.post("/billing/usage", json={"events": batch}).status_code == 202
+    drain(
+        UsageSender(
+            stripe_settings.model_copy(update={"billing_usage_requests_per_second": 100.0}), engine
+        )
+    )
+    [usage] = usage_of(api, 7)["meters"]
+    assert (usage["stripe_price_id"], usage["estimated_cost_cents"]) == (own, 126)
+
+    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    reconciler.drain()
+    renewal = invoices_of(session_factory, sub.id)["subscription_cycle"]
+    lines = emulator.sdk.v1.invoices.retrieve(renewal.stripe_invoice_id).lines.data
+    assert (126, 251) in [(line.amount, line.quantity) for line in lines]

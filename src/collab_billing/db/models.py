@@ -105,6 +105,9 @@ class BillingSubscription(MirroredRow, Base):
     # Stripe's `cancellation_details.reason` (e.g. cancellation_requested, payment_failed).
     stripe_cancellation_reason: Mapped[str | None] = mapped_column(String(64))
     stripe_current_period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The prices of all the subscription's items: `stripe_price_id` is its plan, and a metered
+    # price beside it is what its usage is billed at. None: mirrored before this column.
+    stripe_item_price_ids: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class BillingPrice(MirroredRow, Base):

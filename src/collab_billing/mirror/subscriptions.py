@@ -11,9 +11,20 @@ from collab_billing.mirror.types import MirroredType, stripe_time
 from collab_billing.stripe_gateway.events import Ref, id_of
 
 
+class Recurring(msgspec.Struct):
+    usage_type: str = "licensed"
+
+
+class ItemPrice(msgspec.Struct):
+    """An item's price, which Stripe always expands on a subscription."""
+
+    id: str
+    recurring: Recurring | None = None
+
+
 class SubscriptionItem(msgspec.Struct):
     id: str = ""
-    price: str | Ref | None = None
+    price: str | ItemPrice | None = None
     quantity: int | None = None
     current_period_end: int | None = None
     current_period_start: int | None = None
@@ -43,25 +54,41 @@ class Subscription(msgspec.Struct):
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
+def _metered(item: SubscriptionItem) -> bool:
+    price = item.price
+    return (
+        isinstance(price, ItemPrice)
+        and price.recurring is not None
+        and (price.recurring.usage_type == "metered")
+    )
+
+
+def _price_id(item: SubscriptionItem) -> str | None:
+    price = item.price
+    return price.id if isinstance(price, ItemPrice) else price
+
+
 def columns(subscription: Subscription) -> dict[str, Any]:
     items = subscription.items.data
+    # The plan is the first licensed item; a metered price beside it bills usage (`spend`).
+    plan = next((item for item in items if not _metered(item)), items[0] if items else None)
     period_ends = [item.current_period_end for item in items if item.current_period_end]
     period_end = max(period_ends) if period_ends else subscription.current_period_end
     period_starts = [item.current_period_start for item in items if item.current_period_start]
     period_start = max(period_starts) if period_starts else subscription.current_period_start
-    price = items[0].price if items else None
     details = subscription.cancellation_details
     return {
         "stripe_subscription_status": subscription.status,
-        "stripe_price_id": id_of(price) if price else None,
+        "stripe_price_id": _price_id(plan) if plan else None,
         "stripe_cancel_at_period_end": subscription.cancel_at_period_end,
         "stripe_cancel_at": stripe_time(subscription.cancel_at),
         "stripe_canceled_at": stripe_time(subscription.canceled_at),
         "stripe_current_period_end": stripe_time(period_end),
-        "quantity": items[0].quantity if items else None,
+        "quantity": plan.quantity if plan else None,
         "stripe_trial_end": stripe_time(subscription.trial_end),
         "stripe_cancellation_reason": details.reason if details else None,
         "stripe_current_period_start": stripe_time(period_start),
+        "stripe_item_price_ids": [price for item in items if (price := _price_id(item))],
     }
 
 

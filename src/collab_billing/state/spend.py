@@ -3,8 +3,8 @@
 The period is the user's active subscription's current period (so it rolls over with the
 renewal), else the calendar month (UTC). A meter's total follows its aggregation formula
 (`sum`, `count`, `last`) over the records accepted in the period (not those Stripe refused).
-The cost is estimated from the metered price: the user's subscription's price if it bills that
-meter, else the newest active price that does; per-unit amounts, with fractions of a cent
+The cost is estimated from the metered price: the price of the user's subscription's item that
+bills that meter, else the newest active price that does; per-unit amounts, with fractions of a cent
 (`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
 plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
@@ -132,10 +132,13 @@ def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) 
 def _price(
     session: Session, subscription: BillingSubscription | None, meter_id: str
 ) -> BillingPrice | None:
-    if subscription is not None and subscription.stripe_price_id:
+    """The price the meter's usage is billed at: the subscription's item that bills it,
+    else the meter's newest active price (what a new subscription would likely get)."""
+    if subscription is not None:
+        prices = subscription.stripe_item_price_ids or [subscription.stripe_price_id or ""]
         own = session.scalar(
             select(BillingPrice).where(
-                BillingPrice.stripe_price_id == subscription.stripe_price_id,
+                BillingPrice.stripe_price_id.in_(prices),
                 BillingPrice.stripe_meter_id == meter_id,
             )
         )
