@@ -157,11 +157,12 @@ def test_several_active_subscriptions_need_an_id(
     add_user(api, 3, "three")
     reconciler.drain()
     first = subscribe(api, emulator, reconciler, 3)
-    customer = emulator.sdk.v1.subscriptions.retrieve(first).customer
+    paid = emulator.sdk.v1.subscriptions.retrieve(first)
     second = emulator.sdk.v1.subscriptions.create(
         params={
-            "customer": str(customer),
+            "customer": str(paid.customer),
             "items": [{"price": stripe_settings.stripe_price_id or ""}],
+            "default_payment_method": str(paid.default_payment_method),
         }
     )
     reconciler.drain()

@@ -29,6 +29,7 @@ from collab_billing.reconcile.leader import (
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import clear_tables
+from tests.emulator.conftest import CARD
 from tests.ops_helpers import close_database, wait_until
 from tests.reconcile_helpers import (
     assert_matches_stripe,
@@ -130,7 +131,7 @@ def test_a_failing_object_is_parked_while_others_go_on(
     failing = emulator.sdk.v1.subscriptions.create(
         params={"customer": stranger.id, "items": [{"price": price}]}
     )
-    known = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "2"}})
+    known = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "2"}, **CARD})
     emulator.sdk.v1.subscriptions.create(params={"customer": known.id, "items": [{"price": price}]})
     emulator.control(
         "POST", "faults", {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/customers/"}
@@ -139,8 +140,10 @@ def test_a_failing_object_is_parked_while_others_go_on(
 
     with factory() as session:
         pending = ledger.all_pending_events(session)
-        assert {p.object_id for p in pending} == {failing.id}
-        assert pending[0].attempts == 1 and "api_error" in (pending[0].last_error or "")
+        # The subscription and its first invoice: both need their customer read.
+        failed = [p for p in pending if p.last_error]  # each object's first; the rest wait
+        assert {p.object_id for p in failed} == {failing.id, failing.latest_invoice}
+        assert all(p.attempts == 1 and "api_error" in (p.last_error or "") for p in failed)
         assert queries.get_user_by_github_user_id(session, 2) is not None
     rows = queries_by_user(factory, 2)
     assert [r.stripe_subscription_status for r in rows] == ["active"]
@@ -149,8 +152,8 @@ def test_a_failing_object_is_parked_while_others_go_on(
     emulator.sdk.v1.subscriptions.update(failing.id, params={"cancel_at_period_end": True})
     reconciler.drain()
     with factory() as session:
-        waiting = [p for p in ledger.all_pending_events(session) if p.last_error is None]
-    assert len(waiting) == 1
+        pending = ledger.all_pending_events(session)
+    assert len([p for p in pending if p.object_id == failing.id and not p.last_error]) == 1
     print_status(engine)
     status = capsys.readouterr().out
     assert failing.id in status and "failed 1x" in status and "waiting behind" in status

@@ -21,6 +21,7 @@ from collab_billing.db.models import (
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import Event, StripeGateway
+from tests.emulator.conftest import CARD
 from tests.reconcile_helpers import (
     assert_matches_stripe,
     generate_backlog,
@@ -237,7 +238,9 @@ def test_never_synced_database_is_resynced_from_lists(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
 ) -> None:
     add_user(reconciler.factory, 7, "seven")
-    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "7"}})
+    customer = emulator.sdk.v1.customers.create(
+        params={"metadata": {"github_user_id": "7"}, **CARD}
+    )
     emulator.sdk.v1.subscriptions.create(
         params={
             "customer": customer.id,
@@ -291,10 +294,10 @@ def test_customers_of_another_product_cost_no_stripe_reads_until_their_user_appe
     reconciler.drain()
     price = stripe_settings.stripe_price_id or ""
     others = [
-        emulator.sdk.v1.customers.create(params={"email": f"other{n}@example.com"})
+        emulator.sdk.v1.customers.create(params={"email": f"other{n}@example.com", **CARD})
         for n in range(20)
     ]
-    named = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "999"}})
+    named = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "999"}, **CARD})
     reconciler.drain()  # their `customer.created` events, in a poll of their own
     for customer in [*others, named]:
         emulator.sdk.v1.subscriptions.create(
@@ -304,6 +307,8 @@ def test_customers_of_another_product_cost_no_stripe_reads_until_their_user_appe
 
     report = reconciler.drain()
 
+    # Their invoices' events too (created, finalized, paid in one second: a tie a read
+    # would settle for a customer of ours).
     reads = emulator.control("GET", "requests")["by_route"]
     assert set(reads) == {"GET /v1/events"}, reads
     assert report.stats.total("unmatched") >= 21  # each subscription's events
@@ -324,7 +329,9 @@ def test_a_customer_made_elsewhere_is_matched_by_metadata(
 ) -> None:
     reconciler.drain()
     add_user(reconciler.factory, 42, "answer")
-    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "42"}})
+    customer = emulator.sdk.v1.customers.create(
+        params={"metadata": {"github_user_id": "42"}, **CARD}
+    )
     emulator.sdk.v1.subscriptions.create(
         params={
             "customer": customer.id,

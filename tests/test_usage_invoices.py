@@ -139,8 +139,10 @@ def test_usage_is_estimated_at_the_price_on_the_subscription(
     with session_factory() as session:
         customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
     plan = stripe_settings.stripe_price_id
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
+    items = [{"price": own}, {"price": plan}]
     sub = emulator.sdk.v1.subscriptions.create(
-        params={"customer": customer, "items": [{"price": own}, {"price": plan}]}
+        params={"customer": customer, "items": items, "default_payment_method": card.id}
     )
     reconciler.drain()
     [row] = api.get("/billing/subscriptions", params={"github_user_id": 7}).json()["subscriptions"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import objects
+from stripe_emulator import invoices, objects, payment_methods
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
@@ -17,11 +17,13 @@ from stripe_emulator.subscriptions import (
     STATUSES,
     ItemSpec,
     SubscriptionChanges,
+    build_items,
     cancel_subscription,
     create_subscription,
     save,
     update_subscription,
 )
+from stripe_emulator.usage_lines import item_line
 
 PRORATION_BEHAVIORS = ("always_invoice", "create_prorations", "none")
 _SUB_IGNORED = (
@@ -144,6 +146,10 @@ def _default_payment_method(store: Store, p: Params, customer: str) -> str | Non
 
 @route("POST", "/v1/subscriptions")
 def create(call: Call) -> Json:
+    """The subscription and its first invoice, paid with the subscription's or the customer's
+    default card (`invoices.start`). `allow_incomplete` (the default): unpaid, it is created
+    `incomplete`; `error_if_incomplete`: unpaid, nothing is created and the payment's error is
+    answered; `default_incomplete`: created `incomplete` with its invoice left to be paid."""
     p = call.params
     customer = p.string("customer", required=True) or ""
     call.store.live_customer(customer)
@@ -158,17 +164,23 @@ def create(call: Call) -> Json:
             "pending_if_incomplete",
         ),
     )
+    if behavior == "pending_if_incomplete":
+        raise bad_request(
+            "pending_if_incomplete is only used with updates and cannot be passed when "
+            "creating a Subscription.",
+            "payment_behavior",
+        )
     trial_end_raw = p.raw("trial_end")
     trial_end = None
     if trial_end_raw is not None and trial_end_raw != "now":
         trial_end = p.integer("trial_end")
     cancel_at, _ = _cancel_at(p, None)
-    p.ignore(*_SUB_IGNORED, "default_payment_method")
+    p.ignore(*_SUB_IGNORED)
     fields: dict[str, Any] = dict(
         customer=customer,
         items=items,
         metadata=p.metadata(),
-        status="incomplete" if behavior == "default_incomplete" else "active",
+        status="incomplete",
         trial_days=p.integer("trial_period_days", minimum=0),
         trial_end=trial_end,
         description=p.string("description"),
@@ -179,10 +191,31 @@ def create(call: Call) -> Json:
         days_until_due=p.integer("days_until_due", minimum=0),
         cancel_at_period_end=bool(p.boolean("cancel_at_period_end")),
         cancel_at=cancel_at,
+        default_payment_method=_default_payment_method(call.store, p, customer) or None,
         missing_payment_method=missing_payment_method(p),
     )
     p.finish()
-    return objects.subscription(create_subscription(call.store, **fields))
+    if fields["collection_method"] == "send_invoice":
+        # Invoices sent for payment are not emulated: such a subscription starts `active`.
+        fields["status"] = "active"
+        return objects.subscription(create_subscription(call.store, **fields))
+    card = payment_methods.for_customer(call.store, customer, fields["default_payment_method"])
+    pays = card is not None and not card.fails
+    if behavior == "error_if_incomplete" and not (pays or _free_start(call.store, fields)):
+        raise payment_methods.card_declined() if card else payment_methods.no_card()
+    sub = create_subscription(call.store, **fields, announce=False)
+    attempt = behavior != "default_incomplete"
+    started = invoices.start(call.store, sub, card, sub.created, attempt, announced=False)
+    return objects.subscription(started)
+
+
+def _free_start(store: Store, fields: dict[str, Any]) -> bool:
+    """Whether a new subscription's first invoice is $0 (a trial, free or metered items)."""
+    if fields["trial_days"] or fields["trial_end"] is not None:
+        return True
+    items = build_items(fields["items"], 0)
+    return all(item_line(store, i, fields["customer"], (0, 0), None, 0, False).amount == 0
+               for i in items)  # fmt: skip
 
 
 @route("GET", "/v1/subscriptions/{id}")

@@ -17,7 +17,7 @@ from stripe_emulator.test_clocks import live_clock
 # Parameters Stripe accepts that the emulator stores nowhere (accepted so clients work).
 _CUSTOMER_IGNORED = (
     "balance", "cash_balance", "coupon", "invoice_prefix",
-    "next_invoice_sequence", "payment_method", "preferred_locales", "promotion_code",
+    "next_invoice_sequence", "preferred_locales", "promotion_code",
     "shipping", "source", "tax", "tax_exempt", "tax_id_data", "test_clock", "validate",
     "business_name", "individual_name", "default_source",
 )  # fmt: skip
@@ -47,9 +47,13 @@ def _customer_fields(p: Params) -> dict[str, Any]:
 @route("POST", "/v1/customers")
 def create_customer(call: Call) -> Json:
     p = call.params
-    p.ignore("invoice_settings")
     clock_id = p.string("test_clock")
     fields = _customer_fields(p)
+    fields["payment_method"] = p.string("payment_method")
+    settings = p.hash("invoice_settings")
+    if settings is not None:
+        settings.ignore("custom_fields", "footer", "rendering_options")
+        fields["default_payment_method"] = settings.string("default_payment_method")
     metadata = p.metadata()
     p.finish()
     if clock_id:

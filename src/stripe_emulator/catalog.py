@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids, objects
+from stripe_emulator import ids, objects, payment_methods
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import apply_metadata
@@ -24,8 +24,23 @@ def create_customer(
     *,
     metadata: dict[str, str | None] | None = None,
     created: int | None = None,
+    payment_method: str | None = None,
+    default_payment_method: str | None = None,
     **fields: Any,
 ) -> Customer:
+    """`payment_method` is attached to the new customer; `default_payment_method` (its
+    `invoice_settings`) can only name that one, as a new customer has no other card: Stripe's
+    test pattern passes the same token to both."""
+    if default_payment_method and default_payment_method != payment_method:
+        raise StripeError(
+            400,
+            f"The customer does not have a payment method with the ID {default_payment_method}."
+            " The payment method must be attached to the customer.",
+            code="resource_missing",
+            param="invoice_settings[default_payment_method]",
+        )
+    if payment_method and payment_method not in payment_methods.TEST_TOKENS:
+        payment_methods.check_attachable(store, payment_method, "payment_method")
     record = Customer(
         id=ids.new_id("cus"),
         created=store.now() if created is None else created,
@@ -34,6 +49,11 @@ def create_customer(
         **{key: value for key, value in fields.items() if value not in (None, "")},
     )
     store.customers.add(record.id, record)
+    if payment_method:
+        card = payment_methods.attach(store, payment_method, record.id, "payment_method")
+        if default_payment_method:
+            record = evolve(record, default_payment_method=card.id)
+            store.customers.put(record.id, record)
     store.emit("customer.created", record, created=record.created)
     return record
 

@@ -1,8 +1,9 @@
 """Invoices and the billing cycle: what Stripe does at a subscription's start, at each
 renewal, when a payment fails and when it is retried.
 
-- `start_invoice`: the invoice of a subscription's first period (Checkout completion; $0 for
-  a trial): `invoice.created`, `invoice.finalized`, then the payment.
+- `start`: the invoice of a subscription's first period (Checkout completion, or
+  `POST /v1/subscriptions`; $0 for a trial): `invoice.created`, `invoice.finalized`, then
+  the payment; the subscription is `active` once it is paid, else `incomplete`.
 - `renew`: when the clock passes `current_period_end`, the next period starts
   (`customer.subscription.updated`), its invoice is created, finalized and charged.
 - A payment: the subscription's `default_payment_method`, else the customer's
@@ -13,8 +14,8 @@ renewal, when a payment fails and when it is retried.
   attempt; when the last fails, the subscription is canceled (`cancellation_details.reason`
   `payment_failed`) or becomes `unpaid`, per `BillingSettings.after_retries`, and the invoice
   stays open (payable).
-- `pay` (`POST /v1/invoices/{id}/pay`, the hosted invoice page): pays an open invoice; a
-  `past_due` or `unpaid` subscription with nothing else open becomes `active` again.
+- `pay` (`POST /v1/invoices/{id}/pay`, the hosted invoice page): pays an open invoice; an
+  `incomplete`, `past_due` or `unpaid` subscription with nothing else open becomes `active`.
 Every event carries the object as it is after the change, stamped with the moment it happened.
 """
 
@@ -30,7 +31,7 @@ from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
 from stripe_emulator.usage_lines import item_line
 
-OPEN_STATUSES_RECOVERED = ("past_due", "unpaid")
+OPEN_STATUSES_RECOVERED = ("past_due", "unpaid", "incomplete")
 
 
 def base_url(store: Store) -> str:
@@ -160,12 +161,40 @@ def _retries_exhausted(store: Store, sub: Subscription, at: int) -> None:
         cancel_subscription(store, sub.id, reason="payment_failed", at=at)
 
 
-def start_invoice(store: Store, sub: Subscription, card: PaymentMethod | None, at: int) -> Invoice:
-    """The first invoice of a new subscription, charged to `card` ($0 during a trial)."""
+def start(
+    store: Store,
+    sub: Subscription,
+    card: PaymentMethod | None,
+    at: int,
+    attempt: bool = True,
+    announced: bool = True,
+) -> Subscription:
+    """A new subscription's first invoice ($0 during a trial), charged once to `card` (not
+    retried), or left open unattempted (`attempt` False: `payment_behavior=default_incomplete`).
+    Paid, an `incomplete` subscription becomes `active`; unpaid, it stays `incomplete` until
+    the invoice is paid (`pay`) or 23 hours pass (`incomplete_expired`, the invoice voided).
+    Announced (Checkout's), the change is `customer.subscription.updated`; else (the API's,
+    created in one request) it is announced as it ends: `customer.subscription.created`."""
     trial = sub.trial_end is not None and sub.trial_end > at
     period = (at, sub.current_period_end)
     invoice = create_invoice(store, sub, "subscription_create", period, at, trial)
-    return charge(store, invoice, card, at, automatic=True)
+    if attempt or invoice.amount_due == 0:
+        invoice = charge(store, invoice, card, at, automatic=False)
+    started = evolve(sub, latest_invoice=invoice.id)
+    if sub.status == "incomplete" and invoice.status == "paid":
+        started = evolve(started, status="active")
+    if announced:
+        return save(store, sub, started, created=at)
+    store.subscriptions.put(started.id, started)
+    store.emit("customer.subscription.created", started, created=at)
+    return started
+
+
+def void_first_invoice(store: Store, sub: Subscription, at: int) -> None:
+    """An `incomplete` subscription expired: its unpaid first invoice is voided."""
+    latest = store.invoices.rows.get(sub.latest_invoice or "")
+    if latest is not None and latest.status == "open":
+        void(store, latest.id, at)
 
 
 def renews(store: Store, sub: Subscription, at: int) -> bool:
@@ -282,11 +311,11 @@ def pay(
     return after
 
 
-def void(store: Store, invoice_id: str) -> Invoice:
+def void(store: Store, invoice_id: str, at: int | None = None) -> Invoice:
     invoice = store.invoices.get(invoice_id)
     if invoice.status not in ("open", "uncollectible"):
         raise bad_request("You can only void an open or uncollectible invoice.")
-    at = store.now()
+    at = store.now() if at is None else at
     voided = evolve(invoice, status="void", voided_at=at, next_payment_attempt=None)
     store.invoices.put(voided.id, voided)
     store.emit("invoice.voided", voided, created=at)

@@ -25,6 +25,18 @@ def card_declined() -> StripeError:
     return StripeError(402, "Your card was declined.", type_="card_error", code="card_declined")
 
 
+def check_attachable(
+    store: Store, pm_id: str, param: str, customer_id: str | None = None
+) -> PaymentMethod:
+    """An existing payment method that may be attached to `customer_id` (it is not another's)."""
+    existing = store.payment_methods.get(pm_id, param)
+    if existing.customer not in (None, customer_id):
+        raise bad_request(
+            "The payment method you provided has already been attached to a customer.", param
+        )
+    return existing
+
+
 def attach(store: Store, pm_id: str, customer_id: str, param: str = "id") -> PaymentMethod:
     """Attach a payment method (or a new one made from a test token) to a customer."""
     store.live_customer(customer_id)
@@ -34,12 +46,7 @@ def attach(store: Store, pm_id: str, customer_id: str, param: str = "id") -> Pay
         record = PaymentMethod(ids.new_id("pm"), store.now(), brand, last4, fails, customer_id)
         store.payment_methods.add(record.id, record)
     else:
-        existing = store.payment_methods.get(pm_id, param)
-        if existing.customer not in (None, customer_id):
-            raise bad_request(
-                "The payment method you provided has already been attached to a customer.",
-                param,
-            )
+        existing = check_attachable(store, pm_id, param, customer_id)
         if existing.customer == customer_id:
             return existing
         record = evolve(existing, customer=customer_id)
@@ -74,6 +81,15 @@ def customers_card(store: Store, pm_id: str, customer_id: str, param: str) -> Pa
     return record
 
 
+def no_card() -> StripeError:
+    return StripeError(
+        400,
+        "This customer has no attached payment source or default payment method. Please "
+        "consider adding a default payment method.",
+        code="resource_missing",
+    )
+
+
 def for_invoice(
     store: Store, customer_id: str, subscription_id: str | None
 ) -> PaymentMethod | None:
@@ -82,6 +98,11 @@ def for_invoice(
     chosen = None
     if subscription_id is not None:
         chosen = store.subscriptions.get(subscription_id).default_payment_method
+    return for_customer(store, customer_id, chosen)
+
+
+def for_customer(store: Store, customer_id: str, chosen: str | None) -> PaymentMethod | None:
+    """`chosen` (a subscription's default card), else the customer's default card."""
     if chosen is None:
         customer = store.customers.rows.get(customer_id)
         chosen = customer.default_payment_method if customer is not None else None

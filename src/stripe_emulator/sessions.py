@@ -32,7 +32,6 @@ from stripe_emulator.subscriptions import (
     SubscriptionChanges,
     cancel_subscription,
     create_subscription,
-    save,
     update_subscription,
 )
 
@@ -135,11 +134,7 @@ def complete_checkout_session(
     )
     # The session's URL has the emulator's public base: its invoices' pages live there too.
     store.invoice_base_url = session.url.split("/_emulator/", 1)[0]
-    invoice = invoices.start_invoice(store, sub, entered, now)
-    started = evolve(sub, latest_invoice=invoice.id)
-    if sub.status == "incomplete":
-        started = evolve(started, status="active")
-    save(store, sub, started, created=now)
+    invoices.start(store, sub, entered, now)
     done = evolve(
         session,
         status="complete",

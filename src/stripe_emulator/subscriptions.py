@@ -94,7 +94,10 @@ def create_subscription(
     cancel_at: int | None = None,
     default_payment_method: str | None = None,
     missing_payment_method: str | None = None,
+    announce: bool = True,
 ) -> Subscription:
+    """A new subscription, stored; `announce` False: its `customer.subscription.created` is
+    left to the caller (emitted once its first invoice has set it up: `invoices.start`)."""
     test_clock = store.live_customer(customer).test_clock
     now = store.customer_now(customer) if created is None else created
     if trial_days:
@@ -125,7 +128,8 @@ def create_subscription(
     if cancel_at_period_end or cancel_at is not None:
         record = schedule_cancel(record, now, cancel_at, cancel_at_period_end)
     store.add_subscription(record)
-    store.emit("customer.subscription.created", record, created=now)
+    if announce:
+        store.emit("customer.subscription.created", record, created=now)
     return record
 
 

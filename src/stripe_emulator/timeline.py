@@ -65,6 +65,8 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
             invoices.renew(store, sub, at)
         else:
             transition(store, sub, at)
+            if sub.status == "incomplete":  # expired unpaid
+                invoices.void_first_invoice(store, sub, at)
             if sub.cancel_at is not None and sub.cancel_at <= at:  # a scheduled cancellation
                 invoices.bill_final_usage(store, sub, "subscription_cycle", at)
         following = next_transition(store.subscriptions.rows[object_id], now)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control
+from tests.emulator.conftest import CARD, Control
 from tests.emulator.openapi_schema import Spec, load_spec
 from tests.emulator.test_contract import validate_body
 
@@ -104,7 +104,7 @@ def test_subscription_lifecycle_changes_active_entitlements(
     _, rich_price = plan(client, many)
     few = features(client, 2, prefix="g")
     _, poor_price = plan(client, few)
-    customer = client.v1.customers.create(params={"email": "ent@example.com"}).id
+    customer = client.v1.customers.create(params={"email": "ent@example.com", **CARD}).id
     assert active_lookup_keys(client, customer) == []
 
     subscription = client.v1.subscriptions.create(

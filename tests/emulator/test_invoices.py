@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.conftest import CARD, Control, recurring_price
 
 DAY = 86_400
 
@@ -230,4 +230,94 @@ def test_cardless_trial_end(
     advance(ctl, 7.1)
     assert client.v1.subscriptions.retrieve(sub.id).status == status
     invoices = client.v1.invoices.list(params={"subscription": sub.id}).data
-    assert [i.status for i in invoices] == (["open"] if behavior == "create_invoice" else [])
+    first = ["paid"]  # the trial's $0 invoice
+    assert [i.status for i in invoices] == (
+        ["open", *first] if behavior == "create_invoice" else first
+    )
+
+
+def api_subscription(
+    client: stripe.StripeClient, customer: dict[str, Any], **extra: Any
+) -> tuple[str, stripe.Subscription]:
+    price = recurring_price(client, 1500)
+    customer_id = client.v1.customers.create(params=customer).id  # type: ignore[arg-type]
+    params = {"customer": customer_id, "items": [{"price": price.id}], **extra}
+    return customer_id, client.v1.subscriptions.create(params=params)  # type: ignore[arg-type]
+
+
+def test_an_api_subscription_is_paid_by_the_customers_default_card(
+    client: stripe.StripeClient,
+) -> None:
+    """Stripe's test recipe (the same token as the card and the default) pays the first invoice."""
+    customer, sub = api_subscription(client, CARD)
+    [invoice] = client.v1.invoices.list(params={"customer": customer}).data
+    assert (sub.status, sub.latest_invoice) == ("active", invoice.id)
+    assert (invoice.billing_reason, invoice.status, invoice.amount_paid) == (
+        "subscription_create",
+        "paid",
+        1500,
+    )
+    default = client.v1.customers.retrieve(customer).invoice_settings.default_payment_method
+    assert isinstance(default, str) and default.startswith("pm_") and default != "pm_card_visa"
+
+
+def test_an_api_subscription_without_a_card_is_incomplete_until_paid_or_expired(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """`allow_incomplete` (the default): created `incomplete`, its first invoice open after
+    one failed attempt; paid on the hosted page it becomes `active`; unpaid, it expires after
+    23 hours into `incomplete_expired`, the invoice voided."""
+    customer, paid_later = api_subscription(client, {})
+    [invoice] = client.v1.invoices.list(params={"customer": customer}).data
+    assert (paid_later.status, invoice.status, invoice.attempt_count) == ("incomplete", "open", 1)
+    assert invoice.next_payment_attempt is None  # a first invoice is not retried
+    client.v1.invoices.pay(invoice.id, {"payment_method": "pm_card_visa"})
+    assert client.v1.subscriptions.retrieve(paid_later.id).status == "active"
+
+    customer, expiring = api_subscription(client, {})
+    advance(ctl, 1)
+    assert client.v1.subscriptions.retrieve(expiring.id).status == "incomplete_expired"
+    [voided] = client.v1.invoices.list(params={"customer": customer}).data
+    assert voided.status == "void"
+
+
+def test_payment_behaviors_of_a_new_subscription(client: stripe.StripeClient) -> None:
+    """`error_if_incomplete` creates nothing when the first payment fails (the payment's own
+    error); `default_incomplete` leaves the invoice unattempted; `pending_if_incomplete` is
+    for updates only."""
+    for customer_params, error in (({}, stripe.InvalidRequestError), (
+        {"payment_method": "pm_card_chargeCustomerFail",
+         "invoice_settings": {"default_payment_method": "pm_card_chargeCustomerFail"}},
+        stripe.CardError,
+    )):  # fmt: skip
+        customer = client.v1.customers.create(params=customer_params).id  # type: ignore[arg-type]
+        price = recurring_price(client, 1500)
+        with pytest.raises(error):
+            client.v1.subscriptions.create(
+                params={
+                    "customer": customer,
+                    "items": [{"price": price.id}],
+                    "payment_behavior": "error_if_incomplete",
+                }
+            )
+        assert client.v1.subscriptions.list(params={"customer": customer}).data == []
+        assert client.v1.invoices.list(params={"customer": customer}).data == []
+
+    customer, sub = api_subscription(client, CARD, payment_behavior="default_incomplete")
+    [invoice] = client.v1.invoices.list(params={"customer": customer}).data
+    assert (sub.status, invoice.status, invoice.attempt_count) == ("incomplete", "open", 0)
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        api_subscription(client, CARD, payment_behavior="pending_if_incomplete")
+    assert refused.value.param == "payment_behavior"
+
+
+def test_a_new_customers_default_card_must_be_the_one_it_is_given(
+    client: stripe.StripeClient,
+) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.customers.create(
+            params={"invoice_settings": {"default_payment_method": "pm_card_visa"}}
+        )
+    assert refused.value.param == "invoice_settings[default_payment_method]"
+    assert client.v1.customers.list().data == []

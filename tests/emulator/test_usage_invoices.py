@@ -48,9 +48,8 @@ def subscribe_with_card(client: stripe.StripeClient, items: list[dict[str, objec
     customer = client.v1.customers.create(params={"email": "m@example.com"}).id
     card = client.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
     sub = client.v1.subscriptions.create(
-        params={"customer": customer, "items": items}  # type: ignore[typeddict-item]
+        params={"customer": customer, "items": items, "default_payment_method": card.id}  # type: ignore[typeddict-item]
     )
-    client.v1.subscriptions.update(sub.id, {"default_payment_method": card.id})
     return sub.id
 
 
@@ -224,17 +223,19 @@ def test_cancellation_bills_the_usage_not_yet_invoiced(
 
     client.v1.subscriptions.cancel(now, {"invoice_now": True})
     client.v1.subscriptions.cancel(plain)
-    [final] = client.v1.invoices.list(params={"subscription": now}).data
+    [final, first] = client.v1.invoices.list(params={"subscription": now}).data
+    assert (first.billing_reason, first.amount_due) == ("subscription_create", 0)
     assert (final.amount_due, final.status, final.billing_reason) == (
         40,
         "paid",
         "subscription_update",
     )
     assert final.lines.data[0].period.end == final.created
-    assert client.v1.invoices.list(params={"subscription": plain}).data == []
+    [first] = client.v1.invoices.list(params={"subscription": plain}).data
+    assert first.billing_reason == "subscription_create"
 
     advance(ctl, 25.1)
     assert client.v1.subscriptions.retrieve(at_period_end).status == "canceled"
-    [last] = client.v1.invoices.list(params={"subscription": at_period_end}).data
+    [last, _] = client.v1.invoices.list(params={"subscription": at_period_end}).data
     assert (last.amount_due, last.status, last.lines.data[0].quantity) == (20, "paid", 10)
     _check_recorded_against_spec(ctl)

@@ -94,19 +94,22 @@ class Applier:
         return stats
 
     def _read_first(self, groups: Sequence[Group]) -> list[Group]:
-        """The groups to read before the first transaction, less those whose events were all
-        processed already (a poll's overlap, a webhook's replay): those cost no read."""
+        """The groups to read before the first transaction: those of customers we know (the
+        objects of customers not ours are never read; those of a customer not known yet are
+        read in a later round if it turns out ours), less those whose events were all
+        processed already (a poll's overlap, a webhook's replay)."""
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
         tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
         if not tied and not always:
             return []
-        owners = {g.object_id: _owner(g) for g in always}
+        owners = {g.object_id: _owner(g) for g in tied + always if _owned(g)}
         with read_only(self.factory) as session:
             done = ledger.processed(session, [e.id for g in tied + always for e in g.events])
             ours = customers.known(session, set(owners.values()))
-        ours_always = [g for g in always if g.final is not None and owners[g.object_id] in ours]
-        return [g for g in tied + ours_always if any(e.id not in done for e in g.events)]
+        wanted = [g for g in tied if owners.get(g.object_id, "") in ours or not _owned(g)]
+        wanted += [g for g in always if g.final is not None and owners[g.object_id] in ours]
+        return [g for g in wanted if any(e.id not in done for e in g.events)]
 
     def _run(
         self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
@@ -198,6 +201,10 @@ def _incomplete(group: Group) -> bool:
     if mirrored.deletion(group.events) is not None:  # written from its payload, never read
         return False
     return mirrored.needs_read(group.final.object_as(mirrored.object_type))
+
+
+def _owned(group: Group) -> bool:
+    return group.mirrored is not None and group.mirrored.owner is not None
 
 
 def _owner(group: Group) -> str:
