@@ -421,6 +421,23 @@ def test_change_plan_confirmed_in_stripe_shows_after_a_poll_and_after_a_webhook(
         assert (row["plan"]["lookup_key"], row["quantity"]) == ("team-monthly", 5), delivery
 
 
+def test_a_plan_change_without_a_quantity_keeps_the_seats_only_within_a_product(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """5 seats of Pro monthly become 5 of Pro yearly; 5 seats of Team become 1 of Pro (as
+    its Checkout would sell it), not a Pro plan billed five times."""
+    buy(service, emulator, reconciler, 1, price="pro-monthly", quantity=5)
+    buy(service, emulator, reconciler, 2, price="team-monthly", quantity=5)
+    for user, price, seats in ((1, "pro-yearly", 5), (2, "pro-yearly", 1)):
+        response = manage(service, user, "change_plan", price=price)
+        assert response.status_code == 200, response.text
+        portal = portal_session(emulator, response.json()["billing_portal_session_url"])
+        [item] = portal["flow"]["subscription_update_confirm"]["items"]
+        assert (item["price"], item["quantity"]) == (catalog[price], seats), user
+    again = manage(service, 2, "change_plan", price="team-monthly")
+    assert again.status_code == 409 and "already on team-monthly" in again.text
+
+
 def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:

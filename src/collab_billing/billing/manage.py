@@ -31,7 +31,7 @@ from collab_billing.billing.access import (
     list_user_subscriptions,
 )
 from collab_billing.billing.errors import Conflict, InvalidField, NotFound
-from collab_billing.billing.plans import resolve_plan
+from collab_billing.billing.plans import resolve_plan, same_product
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
@@ -119,8 +119,13 @@ def _change_plan(
     customer, target = _target(
         factory, request, _why_not_changeable, "active subscription to change"
     )
-    # A metered price bills usage and takes no quantity (Stripe refuses one).
-    quantity = None if plan.metered else request.quantity or target.quantity or 1
+    # A metered price bills usage and takes no quantity (Stripe refuses one). Without one
+    # asked, the seats carry over to another price of the same product (monthly to yearly);
+    # another product starts at one, as its Checkout would (not 5 seats of a per-user plan).
+    kept = target.quantity or 1
+    if not same_product(factory, plan.stripe_price_id, target.stripe_price_id):
+        kept = 1
+    quantity = None if plan.metered else request.quantity or kept
     if plan.stripe_price_id == target.stripe_price_id and quantity in (None, target.quantity or 1):
         seats = "" if quantity is None else f" with quantity {quantity}"
         raise Conflict(

@@ -53,6 +53,15 @@ def resolve_plan(
     raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")
 
 
+def same_product(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:
+    """Whether two prices are of one product (by the mirror: False when either is unknown)."""
+    if price_id == other:
+        return True
+    with read_only(factory) as session:
+        products = queries.products_of_prices(session, [price_id, other or ""])
+    return len(products) == 2 and len(set(products.values())) == 1
+
+
 def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:
     for row in rows:
         if wanted in (row["lookup_key"], row["stripe_price_id"]):
