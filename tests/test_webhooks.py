@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -467,3 +468,17 @@ def test_a_large_genuine_event_is_accepted_and_a_huge_one_is_413(
     response = service.post_webhook(huge, sign(huge, WHSEC_NEW))
     assert response.status_code == 413
     assert "larger than 1048576 bytes" in response.json()["detail"]
+
+
+def test_events_ahead_of_this_machine_are_taken_by_the_services_clock(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Under `dev` the service's clock is the emulator's, which a test clock moves days ahead
+    of this machine: its events are accepted (they were refused as from the future)."""
+    ahead = datetime.now(UTC) + timedelta(days=40)
+    with running_service(stripe_settings, engine, clock=lambda: ahead) as service:
+        event = subscription_created(service, emulator)
+        future = {**event, "created": int(ahead.timestamp()) - 60}
+        assert service.deliver(future).json()["outcome"] == "applied"
+        beyond = {**event, "id": "evt_beyond", "created": int(ahead.timestamp()) + 2 * 86_400}
+        assert service.deliver(beyond).status_code == 400
