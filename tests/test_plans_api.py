@@ -539,6 +539,25 @@ def test_stop_cancellation_and_end_trial_are_done_through_the_api(
     assert subscriptions(service, 1)[0]["status"] == "active"
 
 
+def test_a_trial_without_a_card_is_not_ended_into_a_failed_payment(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """Ended now, a trial is billed now: with no card that is a failed payment, access in
+    grace then blocked, and a debt; the service refuses and says to add a card first."""
+    sub_id = buy(service, emulator, reconciler, 1, card=False, price="pro-monthly", trial=True)
+    refused = manage(service, 1, "end_trial")
+    assert refused.status_code == 409 and "update_payment_method" in refused.text
+    assert emulator.sdk.v1.subscriptions.retrieve(sub_id).status == "trialing"
+    customer = str(emulator.sdk.v1.subscriptions.retrieve(sub_id).customer)
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
+    emulator.sdk.v1.customers.update(
+        customer, params={"invoice_settings": {"default_payment_method": card.id}}
+    )
+    ended = manage(service, 1, "end_trial")
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["subscription"]["status"] == "active"
+
+
 def test_portal_home_and_payment_method_intents(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
@@ -577,6 +596,7 @@ def test_a_cancellation_set_for_a_date_is_not_cancelable_again(
     assert (row["is_cancelable"], row["cancel_at_period_end"]) == (False, False)
     refused = manage(service, 1, "cancel")
     assert refused.status_code == 409 and "no active subscription to cancel" in refused.text
+    assert f"{sub_id} is already set to cancel" in refused.text  # why the one there does not fit
     assert manage(service, 1, "stop_cancellation").status_code == 200
     reconciler.drain()
     assert subscriptions(service, 1)[0]["is_cancelable"] is True

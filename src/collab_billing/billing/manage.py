@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +39,7 @@ from collab_billing.db.models import BillingCustomer, BillingSubscription
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.events import Ref, decode_object
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
 
@@ -165,9 +167,36 @@ def _stop_cancellation(
 def _end_trial(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    _, target = _target(factory, request, _why_not_trialing, "subscription in a trial")
+    customer, target = _target(factory, request, _why_not_trialing, "subscription in a trial")
+    # Ended now, the trial is billed now: with no card to charge, that is a failed payment
+    # and a debt the user never chose (left to run out, the trial would just end).
+    if not _has_payment_method(gateway, customer, target.stripe_subscription_id):
+        raise Conflict(
+            f"subscription {target.stripe_subscription_id} has no payment method to bill when "
+            "its trial ends: add one first (intent update_payment_method)"
+        )
     _update(factory, gateway, target.stripe_subscription_id, trial_end="now")
     return _refreshed(factory, gateway, request, target.stripe_subscription_id)
+
+
+class _Payer(msgspec.Struct):
+    """Where Stripe finds the card it charges: the subscription's, else its customer's."""
+
+    default_payment_method: str | Ref | None = None
+    default_source: str | Ref | None = None
+    invoice_settings: _Payer | None = None
+
+
+def _has_payment_method(gateway: StripeGateway, customer_id: str, sub_id: str) -> bool:
+    body = gateway.get("subscriptions.retrieve", f"/v1/subscriptions/{sub_id}")
+    sub = decode_object(body, _Payer)
+    if sub.default_payment_method or sub.default_source:
+        return True
+    customer = decode_object(
+        gateway.get("customers.retrieve", f"/v1/customers/{customer_id}"), _Payer
+    )
+    settings = customer.invoice_settings
+    return bool(customer.default_source or (settings and settings.default_payment_method))
 
 
 def _update(
@@ -269,8 +298,13 @@ def _choose(
             raise Conflict(f"subscription {wanted} {reason}")
         return matches[0]
     fits = [s for s in owned if check(s) is None]
-    if not fits:
-        raise Conflict(f"user {who} has no {fitting}")
+    if not fits:  # say why the user's live subscriptions do not fit
+        why = [
+            f"{s.stripe_subscription_id} {reason}"
+            for s in owned
+            if s.stripe_subscription_status not in ENDED and (reason := check(s))
+        ]
+        raise Conflict(f"user {who} has no {fitting}" + (f": {'; '.join(why)}" if why else ""))
     if len(fits) > 1:
         ids = ", ".join(f"{s.id} ({s.stripe_subscription_id})" for s in fits)
         raise Conflict(
