@@ -28,6 +28,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import ADMIN_TOKEN
+from tests.ops_helpers import running_service, subscribe, wait_until
 from tests.servers import ServerThread
 from tests.stripe_helpers import Emulator
 
@@ -314,3 +315,28 @@ def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulato
     assert get("/billing/invoices", params=unknown).status_code == 404
     wrong = {"github_user_id": user, "intent": "pay_everything"}
     assert cycle.api.post("/billing/subscriptions/manage", json=wrong).status_code == 422
+
+
+def test_a_jump_past_stripes_30_days_of_events_is_caught_up_by_a_resync(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Under `dev` the emulator's clock is the service's: moved 65 days on, the events of
+    the renewal and the cancellation are past Stripe's 30 days and gone from the Events API.
+    The service's own reconciler sees it by that clock and resyncs (it went on polling,
+    silently, leaving the user `active` for good)."""
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(emulator_now(emulator), UTC)
+
+    with running_service(stripe_settings, engine, now, reconcile_enabled=True) as service:
+        sub_id = subscribe(service, emulator, 1)
+
+        def status() -> str | None:
+            rows = service.api.get("/billing/subscriptions", params={"github_user_id": 1})
+            found = rows.json()["subscriptions"]
+            return str(found[0]["status"]) if found else None
+
+        wait_until(lambda: status() == "active", what="the subscription applied")
+        emulator.sdk.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+        emulator.control("POST", "clock/advance", {"seconds": 65 * 86_400})
+        wait_until(lambda: status() == "canceled", what="the cancellation, 35 days ago")

@@ -63,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 app.state.engine,
                 gateway,
                 signals=app.state.signals,
+                clock=app.state.seconds,
                 access_clock=app.state.clock,
             )
             loops.append(start_in_background(reconciler.run, "reconciler"))
@@ -85,7 +86,8 @@ def create_app(
 ) -> FastAPI:
     """`clock`: the service's "now" (access grace), the one clock of the routes (`NowDep`),
     of the state documents that this app's sessions, reconciler and notification sender write
-    (`AccessRules`), and of the sweep of ended graces; dev mode and tests pass the emulator's."""
+    (`AccessRules`), of the sweep of ended graces and of the reconciler's polls; dev mode and
+    tests pass the emulator's."""
     # FastAPIOffline: FastAPI with /docs served from assets installed with the package, so
     # the docs work without a network (stock FastAPI loads them from a CDN).
     app = FastAPIOffline(
@@ -96,6 +98,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.clock = clock
+    # The same clock in seconds, for the reconciler and its signals: under `dev` a poll is
+    # judged by the emulator's time, which test clocks move (a jump past Stripe's 30 days of
+    # events is then seen, and answered with a resync, not a silent gap).
+    app.state.seconds = lambda: clock().timestamp()
     app.state.engine = engine or make_engine(settings.database_url)
     rules = AccessRules(settings.past_due_grace(), clock)
     app.state.session_factory = make_session_factory(app.state.engine, rules.session_info())
@@ -105,7 +111,7 @@ def create_app(
         settings.api_stripe_concurrency, settings.api_stripe_queue_seconds
     )
     app.state.sync_limiter = PerKeyLimiter(settings.billing_sync_per_minute)
-    app.state.signals = ActivitySignals(app.state.session_factory)
+    app.state.signals = ActivitySignals(app.state.session_factory, app.state.seconds)
     app.state.gauges = CollectorRegistry()
     app.state.gauges.register(
         DatabaseGauges(app.state.engine, settings.reconcile_read_budget_share)

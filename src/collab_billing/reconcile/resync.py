@@ -67,10 +67,13 @@ def resync(
     gateway: StripeGateway,
     github_user_id: int | None = None,
     progress: ProgressCallback | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> ResyncReport:
+    """`clock`: the reconciler's (Stripe's time, as far as this machine knows it: under
+    `dev`, the emulator's), by which the resync is stamped a complete poll."""
     tick: ProgressCallback = progress or (lambda _what, _count: None)
-    started = int(time.time())  # what it lists is at least as new as this
-    report = ResyncReport(as_of=_stripe_now(gateway))
+    started = int(clock())  # what it lists is at least as new as this
+    report = ResyncReport(as_of=_stripe_now(gateway, clock))
     # Everything read from now on is at least as new as `as_of`: it becomes the watermark of
     # what we write and, for a full resync, the cursor to poll from.
     listed: set[str] = set()
@@ -98,7 +101,7 @@ def resync(
         with transaction(factory) as session:
             ledger.advance_cursor(session, report.as_of)
             ledger.write_state(session, ledger.LAST_DRAIN_AT, started)
-            ledger.write_state(session, ledger.LAST_RESYNC_AT, int(time.time()))
+            ledger.write_state(session, ledger.LAST_RESYNC_AT, int(clock()))
     return report
 
 
@@ -126,11 +129,12 @@ def refresh(
         _write(session, mirrored, chunk, as_of)
 
 
-def _stripe_now(gateway: StripeGateway) -> int:
-    """The newest event's second; on an account with no event yet, now (less a margin for a
-    clock that runs ahead of Stripe's): polling starts there instead of at the epoch."""
+def _stripe_now(gateway: StripeGateway, clock: Callable[[], float] = time.time) -> int:
+    """The newest event's second; with no event (a new account, or none in Stripe's 30 days),
+    now (less a margin for a clock that runs ahead of Stripe's): polling starts there
+    instead of at the epoch."""
     newest = gateway.newest_event_created(relevant_types_filter())
-    return newest if newest is not None else int(time.time()) - 300
+    return newest if newest is not None else int(clock()) - 300
 
 
 def _customers(

@@ -101,7 +101,7 @@ class Reconciler:
     def resync(self, reason: str) -> ResyncReport:
         log.warning("resyncing from Stripe's list endpoints", extra={"reason": reason})
         metrics.RESYNCS.labels("never_synced" if "never" in reason else "events_expired").inc()
-        report = resync(self.factory, self.gateway)
+        report = resync(self.factory, self.gateway, clock=self.clock)
         log.info(
             "resync done",
             extra={
