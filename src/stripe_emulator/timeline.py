@@ -55,12 +55,19 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
             expire_checkout_session(store, object_id, created=at)
             continue
         if kind == _INVOICE:
+            if invoices.retry_due(store.invoices.rows[object_id], now) != due:
+                continue  # paid, voided or retried since it was queued
             invoices.retry(store, store.invoices.rows[object_id], at)
             retry_at = invoices.retry_due(store.invoices.rows[object_id], now)
             if retry_at is not None:
                 heapq.heappush(queue, (retry_at, _INVOICE, object_id))
             continue
         sub = store.subscriptions.rows[object_id]
+        current = next_transition(sub, now)
+        if current != due:  # ended (a last retry canceled it) or moved since it was queued
+            if current is not None:
+                heapq.heappush(queue, (current, _SUBSCRIPTION, object_id))
+            continue
         if invoices.renews(store, sub, at):
             invoices.renew(store, sub, at)
         else:

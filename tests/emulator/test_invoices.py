@@ -118,6 +118,25 @@ def test_declined_renewal_retries_then_cancels(client: stripe.StripeClient, ctl:
     assert [i.id for i in listed.data] == [invoice.id]
 
 
+def test_one_advance_past_a_cancellation_by_retries_and_the_period_end(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """A past-due subscription set to cancel at its period's end, whose last retry cancels it
+    first, within one advance: the advance goes through, and the other subscriptions' turns
+    in it happen (it failed with a 400 on the second cancellation, dropping the rest)."""
+    customer, sub_id = subscribe(client, ctl)
+    decline_future_charges(client, customer, sub_id)
+    advance(ctl, 30.1)
+    client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+    _, other = subscribe(client, ctl)
+    advance(ctl, 40)  # the retries end at +15 days, the period at +30
+    sub = client.v1.subscriptions.retrieve(sub_id)
+    assert sub.status == "canceled"
+    assert sub.cancellation_details and sub.cancellation_details.reason == "payment_failed"
+    invoices = client.v1.invoices.list(params={"subscription": other}).data
+    assert [i.billing_reason for i in invoices] == ["subscription_cycle", "subscription_create"]
+
+
 def test_unpaid_setting_and_recovery_by_api(client: stripe.StripeClient, ctl: Control) -> None:
     assert ctl("POST", "billing", {"retry_days": [1], "after_retries": "unpaid"}) == {
         "retry_days": [1],
