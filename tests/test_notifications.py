@@ -314,7 +314,7 @@ def test_a_receivers_credentials_stay_out_of_errors_and_logs(
 ) -> None:
     """A receiver URL with a password and a token, not answering: the failures are recorded
     (`last_error`, shown by `notifications list`) and logged without them."""
-    url = f"http://hook:s3cretpw@127.0.0.1:{free_port()}/b?token=tok123"
+    url = f"http://hook:s3cretpw@127.0.0.1:{free_port()}/b?token=tok123#frag456"
     settings = stripe_settings.model_copy(
         update={
             "billing_notify_urls": url,
@@ -340,5 +340,5 @@ def test_a_receivers_credentials_stay_out_of_errors_and_logs(
         thread.join(30)
     assert "127.0.0.1" in errors()[0]
     logged = " ".join(str(vars(record)) for record in caplog.records)
-    for secret in ("s3cretpw", "tok123"):
+    for secret in ("s3cretpw", "tok123", "frag456"):
         assert all(secret not in error for error in errors()) and secret not in logged

@@ -61,6 +61,10 @@ GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     ("urls", "secret"),
     [
         ("http://hook:s3cretpw@hooks.example.com:8O80/x?token=tok123", GOOD_SECRET),  # port
+        ("https://hook:s3cretpw/tok123@hooks.example.com/x", GOOD_SECRET),  # a / in the password
+        ("https://hook:s3cretpw#tok123@hooks.example.com/x", GOOD_SECRET),  # a # in it
+        ("http://hook:s3cretpw@hooks.example.com:99999/x?token=tok123", GOOD_SECRET),
+        ("http://hook:s3cretpw@hooks example.com/x?token=tok123", GOOD_SECRET),  # a space
         ("http://ok.example/a,http:///no-host", GOOD_SECRET),
         ("http://ok.example/a", "whsec_SuperSecret!!notbase64"),
         ("http://ok.example/a", "whsec_my secret with spaces"),

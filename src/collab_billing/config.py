@@ -15,6 +15,9 @@ STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 # Standard Webhooks: a secret SHOULD be 24 to 64 bytes.
 MIN_NOTIFY_SECRET_BYTES = 24
 _HEADER_TOKEN = re.compile(r"[!-~]+")
+# A host as httpx parses it: a name (IDNA decoded), an IPv4 or IPv6 address, nothing it had
+# to percent-encode (a space).
+_HOST = re.compile(r"[^\s%]+")
 
 
 class Settings(BaseSettings):
@@ -114,11 +117,18 @@ class Settings(BaseSettings):
         for url in _comma_list(value):
             try:
                 parsed = httpx.URL(url)
-            except httpx.InvalidURL as error:  # its message names the bad part, not the URL
-                raise ValueError(f"each URL must be a valid URL: {error}") from None
+            except httpx.InvalidURL:  # its message may quote the password (as a bad port)
+                raise ValueError(
+                    "each URL must be a valid URL (a password with / # ? @ : must be "
+                    "percent-encoded)"
+                ) from None
+            shown = shown_url(url)[:60]
             if parsed.scheme not in ("http", "https") or not parsed.host:
-                shown = shown_url(url)[:60]
                 raise ValueError(f"each URL must be http:// or https:// with a host, not {shown!r}")
+            # httpx takes both, and every delivery would then fail for days.
+            port = 1 if parsed.port is None else parsed.port
+            if not 0 < port < 65536 or not _HOST.fullmatch(parsed.host):
+                raise ValueError(f"each URL must have a valid host and port, not {shown!r}")
         return value
 
     @field_validator("billing_notify_secret")
@@ -164,10 +174,11 @@ class Settings(BaseSettings):
 
 
 def shown_url(url: str) -> str:
-    """A URL as logs and error messages show it: without its user info and its query, which
-    may carry credentials (a receiver's token)."""
+    """A URL as logs and error messages show it: without its user info, query and fragment,
+    which may carry credentials (a receiver's token)."""
     try:
-        return str(httpx.URL(url).copy_with(username=None, password=None, query=None))
+        bare = httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None)
+        return str(bare)
     except httpx.InvalidURL:
         return "(an invalid URL)"
 
