@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
 from collab_billing.billing.notify import Notifier, pending_summary
@@ -186,6 +186,36 @@ def test_killed_mid_delivery_the_sender_delivers_after_restart(
         assert session.scalar(
             select(BillingNotification.delivered_at).where(BillingNotification.version == 1)
         )
+
+
+def test_a_webhook_id_is_never_another_notifications(
+    reconciler: Reconciler,
+    emulator: Emulator,
+    hook: Receiver,
+    sender: Notifier,
+    notify_settings: Settings,
+    engine: Engine,
+) -> None:
+    """Delivered rows are deleted after a week, and SQLite gives their ids out again: a
+    receiver that drops a `webhook-id` it has seen (as Standard Webhooks suggests) dropped the
+    next user's notifications."""
+    add_user(reconciler.factory, 801, "eight")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 801)
+    reconciler.drain()
+    hook.wait_for(lambda docs: len(docs) >= 1)
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+    with reconciler.factory() as session, session.begin():
+        session.execute(
+            update(BillingNotification).values(delivered_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    Notifier(notify_settings, engine).housekeeping()  # a week on: the delivered rows go
+    seen = set(hook.message_ids)
+    add_user(reconciler.factory, 802, "nine")
+    subscribe(reconciler, emulator, 802)
+    reconciler.drain()
+    hook.wait_for(lambda docs: any(doc["github_user_id"] == 802 for doc in docs))
+    assert not seen & set(hook.message_ids[len(seen) :])
 
 
 def test_notifications_list_and_replay(

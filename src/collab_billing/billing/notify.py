@@ -70,8 +70,11 @@ class Due:
     queued_at: datetime  # its retry window's start: written, or replayed
 
 
-def message_id(notification_id: int) -> str:
-    return f"msg_{notification_id}"
+def message_id(notification: Due) -> str:
+    """The same for every delivery of a notification, never another's: its row id with its
+    creation time (SQLite hands the ids of rows deleted after a week out again, and a
+    receiver that deduplicates by `webhook-id` dropped those notifications)."""
+    return f"msg_{notification.id}_{int(notification.created_at.timestamp() * 1000)}"
 
 
 def body_of(payload: dict[str, Any], created_at: datetime) -> bytes:
@@ -244,7 +247,7 @@ class Notifier:
         for url in self.urls:
             if url in done:
                 continue
-            error = self.post(url, notification.id, body)
+            error = self.post(url, message_id(notification), body)
             if error is None:
                 done.append(url)
             else:
@@ -254,10 +257,9 @@ class Notifier:
             self._outcomes.append((notification, values))
         return not errors
 
-    def post(self, url: str, notification_id: int, body: bytes) -> str | None:
+    def post(self, url: str, msg_id: str, body: bytes) -> str | None:
         """One signed POST; None on a 2xx, else what went wrong (no secret in it)."""
         assert self.webhook is not None
-        msg_id = message_id(notification_id)
         now = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
