@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -263,3 +264,26 @@ def test_usage_is_timed_and_checked_by_the_services_clock(
     with session_factory() as session:
         times = session.scalars(select(BillingUsageEvent.timestamp)).all()
     assert sorted(times) == [emulator_now, emulator_now]
+
+
+@pytest.mark.postgres_only
+def test_two_batches_of_one_user_at_once_both_count_toward_the_cap(
+    api: httpx.Client,
+    meter: str,
+) -> None:
+    """60 cents each, at once, against a cap of 100: the document says the cap is passed (each
+    transaction priced only its own records, and neither marked the document)."""
+    users = list(range(1, 21))
+    for user in users:
+        add_user(api, user)
+        cap = {"github_user_id": user, "max_monthly_spend_cents": 100}
+        assert api.put("/billing/preferences", json=cap).status_code == 200
+    posts = [(user, key) for user in users for key in ("a", "b")]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda p: api.post("/billing/usage", json=record(p[0], p[1], 120)), posts)
+        )
+    assert all(answer.status_code == 202 for answer in answers), [a.text for a in answers if a.status_code != 202]
+    for user in users:
+        state = api.get("/billing/state", params={"github_user_id": user}).json()
+        assert state["usage"]["over_spend_cap"] is True, user

@@ -136,12 +136,19 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     database_url: str,
 ) -> None:
     add_user(api, 1)
+    cap = {"github_user_id": 1, "max_monthly_spend_cents": 1}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
     ingest(api, [1], 3)
+    state = api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert state["usage"]["over_spend_cap"] is True
     emulator.control("POST", "clock/advance", {"seconds": 36 * 86400})
     sender = UsageSender(stripe_settings, engine)
     drain(sender)
     status = read_usage_status(session_factory)
     assert status.counts == {"failed": 3}
+    # No longer counted in the spend: the state document says the cap is not passed.
+    after = api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert after["usage"]["over_spend_cap"] is False and after["version"] > state["version"]
     assert all("35 calendar days" in (f.error or "") for f in status.recent_failures)
     shown = subprocess.run(
         [sys.executable, "-m", "collab_billing", "usage", "--status"],

@@ -67,7 +67,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 access_clock=app.state.clock,
             )
             loops.append(start_in_background(reconciler.run, "reconciler"))
-            usage_sender = sender.UsageSender(settings, app.state.engine)
+            usage_sender = sender.UsageSender(
+                settings, app.state.engine, access_clock=app.state.clock
+            )
             loops.append(start_in_background(usage_sender.run, "usage-sender"))
     try:
         yield

@@ -39,6 +39,8 @@ from collab_billing.db.engine import make_session_factory, read_only, transactio
 from collab_billing.db.models import BillingCustomer, BillingMeter, BillingUsageEvent, User
 from collab_billing.mirror.meters import sync_meters
 from collab_billing.reconcile.leader import USAGE_SENDER_LOCK_KEY, LeaderLock
+from collab_billing.state import outbox
+from collab_billing.state.access import AccessRules, Clock, system_clock
 from collab_billing.stripe_gateway import DuplicateMeterEvent, StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
@@ -95,14 +97,21 @@ def _transient(error: StripeGatewayError) -> bool:
 
 class UsageSender:
     def __init__(
-        self, settings: Settings, engine: Engine, gateway: StripeGateway | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        gateway: StripeGateway | None = None,
+        access_clock: Clock = system_clock,
     ) -> None:
+        """`access_clock`: the service's "now", by which the state documents its writes
+        change judge access (a record Stripe refuses no longer counts in the spend)."""
         rate = settings.billing_usage_requests_per_second
         self.rate = rate
         self.gateway = gateway or StripeGateway(
             settings, observer=metrics.observe_stripe_request, requests_per_second=rate
         )
-        self.factory: sessionmaker[Session] = make_session_factory(engine)
+        rules = AccessRules(settings.past_due_grace(), access_clock)
+        self.factory: sessionmaker[Session] = make_session_factory(engine, rules.session_info())
         self.lock = LeaderLock(engine, key=USAGE_SENDER_LOCK_KEY, name="usage-sender")
         self.batch_size = max(200, min(5000, int(rate * 10)))
         self.latency = 0.1  # seconds per Stripe call, smoothed
@@ -321,10 +330,14 @@ class UsageSender:
                 next_attempt_at=bindparam("new_next"),
             ),
         }
+        failed = [row["record_id"] for row in by_status.get("failed", [])]
         with transaction(self.factory) as session:
             connection = session.connection()
             for status, rows in by_status.items():
                 connection.execute(statements[status], rows)
+            if failed:  # no longer counted in the spend: a cap passed may be passed no more
+                users = connection.execute(select(table.c.user_id).where(table.c.id.in_(failed)))
+                outbox.mark(session, users=set(users.scalars()))
         return len(taken) - len(by_status.get("retry", []))
 
     def _refresh_meters(self) -> None:

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,17 +87,27 @@ def _mark_flipped_caps(session: Session, user_ids: set[int]) -> set[int]:
     """The users of a batch who are past their cap now; those whose stored state document
     says otherwise are marked, so that the document (`usage.over_spend_cap`) and its
     notification commit with the records. Only users with a cap are priced: a batch of
-    uncapped users costs one statement."""
-    capped = session.execute(
-        select(BillingPreference.user_id, BillingState.document)
-        .outerjoin(BillingState, BillingState.user_id == BillingPreference.user_id)
-        .where(
+    uncapped users costs one statement. Their documents are locked first (PostgreSQL; in user
+    id order, as every writer of `billing_states` takes them): two batches of one user at once
+    would each price only their own records, and neither would see the cap passed."""
+    capped_ids = session.scalars(
+        select(BillingPreference.user_id).where(
             BillingPreference.user_id.in_(user_ids),
             BillingPreference.max_monthly_spend_cents.is_not(None),
         )
     ).all()
-    if not capped:
+    if not capped_ids:
         return set()
+    locked = (
+        select(BillingState.user_id, BillingState.document)
+        .where(BillingState.user_id.in_(capped_ids))
+        .order_by(BillingState.user_id)
+        .with_for_update()
+    )
+    documents: dict[int, dict[str, Any] | None] = {
+        user_id: document for user_id, document in session.execute(locked)
+    }
+    capped = [(user_id, documents.get(user_id)) for user_id in capped_ids]
     now = rules_of(session).clock()
     over = {
         user_id for user_id, _ in capped if spend.user_spend(session, user_id, now).over_spend_cap
