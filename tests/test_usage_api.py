@@ -18,6 +18,7 @@ from collab_billing.config import Settings
 from collab_billing.db.models import BillingUsageEvent
 from collab_billing.mirror.meters import sync_meters
 from collab_billing.reconcile.resync import resync
+from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.servers import ServerThread
 from tests.stripe_helpers import Emulator
@@ -287,3 +288,25 @@ def test_two_batches_of_one_user_at_once_both_count_toward_the_cap(
     for user in users:
         state = api.get("/billing/state", params={"github_user_id": user}).json()
         assert state["usage"]["over_spend_cap"] is True, user
+
+
+def test_a_new_metered_price_that_passes_a_cap_is_notified(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    """A user without a subscription is priced at the meter's newest price: a new one, twice
+    as dear, passes the cap, and the state document says so (it was never recomputed)."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    reconciler.drain()
+    add_user(api, 1)
+    cap = {"github_user_id": 1, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+    assert api.post("/billing/usage", json=record(1, "a", 150)).json()["over_spend_cap"] is False
+    metered_price(emulator, meter, "1")
+    reconciler.drain()
+    assert usage_of(api, 1)["estimated_cost_cents"] == 150
+    state = api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert state["usage"]["over_spend_cap"] is True

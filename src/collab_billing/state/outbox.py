@@ -41,6 +41,7 @@ from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
     BillingNotification,
+    BillingPreference,
     BillingPrice,
     BillingState,
     BillingSubscription,
@@ -134,6 +135,12 @@ _SUBSCRIBERS_OF_PRICES = select(BillingSubscription.billing_customer_id).where(
     in_ids(BillingSubscription.stripe_price_id)
 )
 _USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(in_ids(BillingCustomer.id))
+_METERED = select(BillingPrice.stripe_price_id).where(
+    in_ids(BillingPrice.stripe_price_id), BillingPrice.stripe_meter_id.is_not(None)
+)
+_CAPPED_USERS = select(BillingPreference.user_id).where(
+    BillingPreference.max_monthly_spend_cents.is_not(None)
+)
 _STORED_FOR_UPDATE = (
     select(BillingState.user_id, BillingState.version, BillingState.document, BillingState.stale)
     .where(in_ids(BillingState.user_id))
@@ -155,9 +162,13 @@ def users_concerned(session: Session, changes: Changes) -> list[int]:
     prices = set(changes.prices)
     if changes.products:
         prices.update(session.scalars(_PRICES_OF_PRODUCTS, {"ids": list(changes.products)}))
+    users = set(changes.users)
     if prices:  # a catalog change renames the plan of every subscriber to those prices
         customers.update(session.scalars(_SUBSCRIBERS_OF_PRICES, {"ids": list(prices)}))
-    users = set(changes.users)
+        # A metered price prices usage: of its subscribers, or (the meter's newest) of users
+        # without one. Only a cap reads the cost: the users with one are recomputed.
+        if session.scalar(_METERED, {"ids": list(prices)}) is not None:
+            users.update(session.scalars(_CAPPED_USERS))
     if customers:
         users.update(session.scalars(_USERS_OF_CUSTOMERS, {"ids": list(customers)}))
     return sorted(users)
