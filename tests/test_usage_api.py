@@ -310,3 +310,22 @@ def test_a_new_metered_price_that_passes_a_cap_is_notified(
     assert usage_of(api, 1)["estimated_cost_cents"] == 150
     state = api.get("/billing/state", params={"github_user_id": 1}).json()
     assert state["usage"]["over_spend_cap"] is True
+
+
+def test_a_meter_turned_off_stops_counting_toward_the_cap(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,
+    stripe_settings: Settings,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Its usage is no longer priced: the cap it passed is no longer passed, and the state
+    document says so at the next read of the meters."""
+    add_user(api, 1)
+    cap = {"github_user_id": 1, "max_monthly_spend_cents": 10}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+    assert api.post("/billing/usage", json=record(1, "a", 150)).json()["over_spend_cap"] is True
+    emulator.sdk.v1.billing.meters.deactivate(meter)
+    sync_meters(session_factory, StripeGateway(stripe_settings))
+    state = api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert state["usage"]["over_spend_cap"] is False

@@ -9,12 +9,13 @@ sender can name the payload keys without a Stripe call.
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.dialect import insert
 from collab_billing.db.engine import transaction
 from collab_billing.db.models import BillingMeter
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_gateway.events import decode_object
 
@@ -65,6 +66,10 @@ def write_meters(session: Session, meters: list[Meter]) -> None:
     table = BillingMeter.__table__
     assert isinstance(table, Table)
     listed = [meter.id for meter in meters]
+    stored = session.execute(select(table.c.stripe_meter_id, table.c.status))
+    if {(meter_id, status) for meter_id, status in stored} != {(m.id, m.status) for m in meters}:
+        # A meter turned off (or on, or gone) no longer prices its usage: caps may flip.
+        outbox.mark(session, users=outbox.capped_users(session))
     session.execute(delete(table).where(table.c.stripe_meter_id.not_in(listed)))
     if not meters:
         return

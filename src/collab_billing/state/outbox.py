@@ -168,10 +168,16 @@ def users_concerned(session: Session, changes: Changes) -> list[int]:
         # A metered price prices usage: of its subscribers, or (the meter's newest) of users
         # without one. Only a cap reads the cost: the users with one are recomputed.
         if session.scalar(_METERED, {"ids": list(prices)}) is not None:
-            users.update(session.scalars(_CAPPED_USERS))
+            users.update(capped_users(session))
     if customers:
         users.update(session.scalars(_USERS_OF_CUSTOMERS, {"ids": list(customers)}))
     return sorted(users)
+
+
+def capped_users(session: Session) -> list[int]:
+    """The users with a spend cap: what usage costs (a metered price, a meter turned off)
+    can only change their documents."""
+    return list(session.scalars(_CAPPED_USERS))
 
 
 def write_changed_documents(session: Session, user_ids: list[int]) -> int:
