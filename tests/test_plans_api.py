@@ -646,3 +646,28 @@ def test_an_intent_on_a_subscription_ended_at_stripe_but_not_here_is_409(
     refused = manage(service, 1, "stop_cancellation")
     assert refused.status_code == 409 and "has already ended (canceled)" in refused.text
     assert subscriptions(service, 1)[0]["status"] == "canceled"  # read while refusing
+
+
+def test_an_archived_default_price_is_refused_as_not_for_sale(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    catalog: dict[str, str],
+) -> None:
+    """STRIPE_PRICE_ID archived in Stripe: a 422 naming what is for sale, by id or by lookup
+    key, with or without `price` (it was sent to Stripe: a 502)."""
+    emulator.sdk.v1.prices.update(catalog["pro-monthly"], params={"active": False})
+    reconciler.drain()
+    for default in (catalog["pro-monthly"], "pro-monthly"):
+        with running_service(stripe_settings, engine, stripe_price_id=default) as service:
+            add_user(service, 1)
+            for fields in ({}, {"price": default}):
+                body = {"github_user_id": 1, **fields}
+                refused = service.api.post("/billing/subscriptions", json=body)
+                assert refused.status_code == 422, (default, fields, refused.text)
+                assert "for sale: pro-yearly, team-monthly" in refused.text
+            asked = service.api.post(
+                "/billing/subscriptions", json={"github_user_id": 1, "price": "pro-monthly"}
+            )
+            assert "price 'pro-monthly' is not for sale" in asked.text

@@ -240,7 +240,7 @@ def update_price(
 def claim_lookup_key(store: Store, key: str, price_id: str | None, transfer: bool) -> None:
     """A lookup key names one price: another price holding it is an error, unless
     `transfer_lookup_key=true` moves it (that price loses it: `price.updated`)."""
-    prices = store.prices.rows.values()
+    prices = [p for p in store.prices.rows.values() if p.id not in store.prices.gone]  # deleted
     holders = [price for price in prices if price.lookup_key == key and price.id != price_id]
     for holder in holders:
         if not transfer:

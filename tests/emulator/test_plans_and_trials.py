@@ -283,6 +283,25 @@ def test_deleted_catalog_objects_are_gone_with_their_events(
     assert types[-2:] == ["price.deleted", "product.deleted"]
 
 
+def test_a_deleted_prices_lookup_key_is_free_again(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """It was held by the deleted price forever: a new price could not take it."""
+    first = recurring_price(client)
+    client.v1.prices.update(first.id, params={"lookup_key": "pro-monthly"})
+    ctl("POST", f"prices/{first.id}/delete", {})
+    second = client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 1000,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": "Pro"},
+            "lookup_key": "pro-monthly",
+        }
+    )
+    assert second.lookup_key == "pro-monthly"
+
+
 def test_hosted_pages_offer_the_trial_without_card_and_the_flows(
     client: stripe.StripeClient, ctl: Control
 ) -> None:

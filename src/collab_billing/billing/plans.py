@@ -34,23 +34,31 @@ def resolve_plan(
 ) -> Plan:
     """The plan for `requested` (a lookup key or a price id), or for STRIPE_PRICE_ID when
     None. A requested price must be sellable (`GET /billing/prices`): else 422 naming the
-    sellable ones. The configured default is trusted even before the catalog is mirrored."""
+    sellable ones. The configured default (a price id) is trusted before the catalog is
+    mirrored, or without a lookup key; not once the mirror shows it archived or deleted."""
     with read_only(factory) as session:
         sellable = queries.sellable_prices(session, lookup_keys)
+        known = queries.price_row(session, default_price or "")
     wanted = requested if requested is not None else default_price
     match = _find(sellable, wanted)
     if match is not None:
         metered = match["usage_type"] == "metered"
         return Plan(match["stripe_price_id"], match["lookup_key"], metered)
-    if requested is None or requested == default_price:
-        if default_price is None:
-            raise InvalidField("price", "no price given and STRIPE_PRICE_ID is not set")
-        if not default_price.startswith("price_"):
-            message = f"STRIPE_PRICE_ID {default_price!r} is no price for sale (catalog synced?)"
-            raise InvalidField("price", message)
-        return Plan(default_price, None)
     names = ", ".join(row["lookup_key"] for row in sellable) or "none"
-    raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")
+    gone = known is not None and (known.deleted or not known.active)
+    trusted = default_price is not None and default_price.startswith("price_") and not gone
+    if requested is not None and not (requested == default_price and trusted):
+        raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")
+    if default_price is None:
+        raise InvalidField("price", "no price given and STRIPE_PRICE_ID is not set")
+    if not trusted:
+        raise InvalidField(
+            "price",
+            f"no price given, and STRIPE_PRICE_ID {default_price!r} is no price for sale "
+            f"(archived, deleted, or a lookup key not mirrored yet); for sale: {names}",
+        )
+    metered = known is not None and known.usage_type == "metered"
+    return Plan(default_price, known.lookup_key if known else None, metered)
 
 
 def same_product(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:

@@ -224,6 +224,13 @@ def link_billing_customer(
     return customer
 
 
+def price_row(session: Session, stripe_price_id: str) -> BillingPrice | None:
+    """The mirrored price, whatever its state (None: not mirrored)."""
+    return session.scalar(
+        select(BillingPrice).where(BillingPrice.stripe_price_id == stripe_price_id)
+    )
+
+
 def products_of_prices(session: Session, price_ids: Sequence[str]) -> dict[str, str]:
     """Price id -> product id, of these prices as mirrored."""
     rows = session.execute(
