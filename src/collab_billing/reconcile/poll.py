@@ -84,27 +84,35 @@ class Poller:
         self.give_way = give_way
         self._next_refresh = 0.0
 
-    def check_retention(self) -> None:
-        """Raise `NeedsResync` when events we have not read may have expired on Stripe."""
+    def check_retention(self) -> int:
+        """Raise `NeedsResync` when events we have not read may have expired on Stripe; else
+        return the second it judged at (a poll that follows starts from it: a clock moved on
+        meanwhile, as a test clock moves `dev`'s, leaves its gap to the next judgement)."""
         with read_only(self.factory) as session:
             last_drain = ledger.read_int_state(session, ledger.LAST_DRAIN_AT)
         if last_drain is None:
             raise NeedsResync("never synced")
-        age = self.clock() - last_drain
+        now = int(self.clock())
+        age = now - last_drain
         if age > tuning.RETENTION_SECONDS:
             raise NeedsResync(f"last complete poll {age / 86_400:.1f} days ago")
         if age > tuning.WARN_AFTER_SECONDS:
             log.warning("no complete poll for %.1f days", age / 86_400)
+        return now
 
     def drain(
-        self, stop: threading.Event | None = None, leading: Callable[[], bool] | None = None
+        self,
+        stop: threading.Event | None = None,
+        leading: Callable[[], bool] | None = None,
+        polled_from: int | None = None,
     ) -> DrainReport:
         """Apply every new event (and the due retries); with `stop` set, or `leading()` false
-        (the leadership lost), return after the current batch's transaction."""
+        (the leadership lost), return after the current batch's transaction. `polled_from`:
+        when the poll counts as started (default: now; `check_retention`'s judgement)."""
         leading = leading or (lambda: True)
         started = time.monotonic()
         # Once the poll completes, every event created before it started is applied.
-        polled_from = int(self.clock())
+        polled_from = int(self.clock()) if polled_from is None else polled_from
         report = DrainReport()
         self._refresh_documents()  # those a poll killed mid-way left stale
         with read_only(self.factory) as session:

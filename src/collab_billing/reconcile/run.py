@@ -80,8 +80,9 @@ class Reconciler:
         """Read and apply everything new; resync first when events cannot be trusted.
         With `stop` set, or `leading()` false, return after the current batch's transaction."""
         with request_id_scope(new_request_id("poll")):
+            judged_at: int | None = None
             try:
-                self.poller.check_retention()
+                judged_at = self.poller.check_retention()
             except NeedsResync as reason:
                 self.resync(str(reason))
             with read_only(self.factory) as session:
@@ -89,7 +90,7 @@ class Reconciler:
             if linked := self.applier.adopt(as_of=cursor):
                 log.info("linked customers whose user appeared", extra={"linked": linked})
             with metrics.POLL_SECONDS.time():
-                report = self.poller.drain(stop, leading)
+                report = self.poller.drain(stop, leading, polled_from=judged_at)
             if report.stats.total("applied") or report.missed_by_webhooks:
                 self.signals.event_seen()
             if report.missed_by_webhooks:
