@@ -188,6 +188,18 @@ def test_killed_mid_delivery_the_sender_delivers_after_restart(
         )
 
 
+def subscribed_and_notified(
+    reconciler: Reconciler, emulator: Emulator, hook: Receiver, user: int
+) -> None:
+    """The user subscribes; every notification is delivered."""
+    add_user(reconciler.factory, user, f"user{user}")
+    reconciler.drain()
+    subscribe(reconciler, emulator, user)
+    reconciler.drain()
+    hook.wait_for(lambda docs: len(docs) >= 1)
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+
+
 def test_a_webhook_id_is_never_another_notifications(
     reconciler: Reconciler,
     emulator: Emulator,
@@ -199,12 +211,7 @@ def test_a_webhook_id_is_never_another_notifications(
     """Delivered rows are deleted after a week, and SQLite gives their ids out again: a
     receiver that drops a `webhook-id` it has seen (as Standard Webhooks suggests) dropped the
     next user's notifications."""
-    add_user(reconciler.factory, 801, "eight")
-    reconciler.drain()
-    subscribe(reconciler, emulator, 801)
-    reconciler.drain()
-    hook.wait_for(lambda docs: len(docs) >= 1)
-    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+    subscribed_and_notified(reconciler, emulator, hook, 801)
     with reconciler.factory() as session, session.begin():
         session.execute(
             update(BillingNotification).values(delivered_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -226,12 +233,7 @@ def test_notifications_list_and_replay(
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
 ) -> None:
-    add_user(reconciler.factory, 801, "eight")
-    reconciler.drain()
-    subscribe(reconciler, emulator, 801)
-    reconciler.drain()
-    hook.wait_for(lambda docs: len(docs) >= 1)
-    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+    subscribed_and_notified(reconciler, emulator, hook, 801)
     delivered = len(hook.documents())
     monkeypatch.setenv("DATABASE_URL", database_url)
     runner = CliRunner()

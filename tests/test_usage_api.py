@@ -154,7 +154,6 @@ def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal
     stripe_settings: Settings,
     engine: Engine,
 ) -> None:
-    from collab_billing.reconcile.run import Reconciler
     from tests.test_billing_api import subscribe
 
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
