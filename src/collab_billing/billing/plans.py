@@ -66,8 +66,9 @@ def same_product(factory: sessionmaker[Session], price_id: str, other: str | Non
     if price_id == other:
         return True
     with read_only(factory) as session:
-        products = queries.products_of_prices(session, [price_id, other or ""])
-    return len(products) == 2 and len(set(products.values())) == 1
+        new, old = queries.price_row(session, price_id), queries.price_row(session, other or "")
+    product = new.stripe_product_id if new is not None else None
+    return product is not None and old is not None and old.stripe_product_id == product
 
 
 def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:

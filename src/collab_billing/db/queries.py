@@ -231,16 +231,6 @@ def price_row(session: Session, stripe_price_id: str) -> BillingPrice | None:
     )
 
 
-def products_of_prices(session: Session, price_ids: Sequence[str]) -> dict[str, str]:
-    """Price id -> product id, of these prices as mirrored."""
-    rows = session.execute(
-        select(BillingPrice.stripe_price_id, BillingPrice.stripe_product_id).where(
-            BillingPrice.stripe_price_id.in_(price_ids)
-        )
-    )
-    return {price: product for price, product in rows if product is not None}
-
-
 def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[RowMapping]:
     """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
     as rows named like `api.schemas.PriceOut`'s fields. (Stripe's price events name the
