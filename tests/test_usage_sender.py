@@ -207,7 +207,12 @@ def test_killed_sender_under_faults_sends_each_record_once(
     emulator.control(
         "POST",
         "faults",
-        {"rate": 0.2, "statuses": [500, 429], "path_prefix": "/v1/billing/meter_events"},
+        {
+            "rate": 0.2,
+            "statuses": [500, 429],
+            "retry_after": 0,
+            "path_prefix": "/v1/billing/meter_events",
+        },
     )
     rng = random.Random(7)
     command = [sys.executable, "-m", "collab_billing", "usage", "--send"]
@@ -217,6 +222,7 @@ def test_killed_sender_under_faults_sends_each_record_once(
         time.sleep(rng.uniform(1.0, 2.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
+    assert read_usage_status(session_factory).counts.get("pending", 0) > 0  # killed mid-way
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
