@@ -482,3 +482,35 @@ def test_events_ahead_of_this_machine_are_taken_by_the_services_clock(
         assert service.deliver(future).json()["outcome"] == "applied"
         beyond = {**event, "id": "evt_beyond", "created": int(ahead.timestamp()) + 2 * 86_400}
         assert service.deliver(beyond).status_code == 400
+
+
+# -- order ------------------------------------------------------------------------------------
+
+
+def test_a_users_subscriptions_keep_stripes_order_whatever_order_their_events_come_in(
+    service: Service, emulator: Emulator
+) -> None:
+    """Rows are numbered in the order events are applied: delivered newest first, the newer
+    subscription was listed first and the older one was the document's plan."""
+    older = subscribe(service, emulator, 1)
+    emulator.control("POST", "clock/advance", {"seconds": 5})
+    customer = emulator.sdk.v1.subscriptions.retrieve(older).customer
+    newer = emulator.sdk.v1.subscriptions.create(
+        {
+            "customer": str(customer),
+            "items": [{"price": service.settings.stripe_price_id or ""}],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    ).id
+    created = [e for e in relevant_events(emulator) if e["type"].startswith("customer.sub")]
+    for event in reversed(created):
+        assert service.deliver(event).json()["outcome"] == "applied"
+    mine = {"github_user_id": 1}
+    listed = service.api.get("/billing/subscriptions", params=mine).json()["subscriptions"]
+    assert [(s["stripe_subscription_id"], s["status"]) for s in listed] == [
+        (older, "active"),
+        (newer, "active"),
+    ]
+    plan = service.api.get("/billing/state", params=mine).json()["plan"]
+    assert plan["stripe_subscription_id"] == newer  # of two alike, the newest

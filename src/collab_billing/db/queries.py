@@ -92,12 +92,17 @@ def get_billing_customer_by_user_id(session: Session, user_id: int) -> BillingCu
     ).first()
 
 
+# A user's subscriptions in the order Stripe created them (row ids follow the order events were
+# applied in, which out-of-order webhooks invert); rows mirrored before `stripe_created` first.
+OLDEST_FIRST = (_subscriptions.c.stripe_created.asc().nulls_first(), _subscriptions.c.id)
+
+
 def list_subscriptions_of_user(session: Session, user_id: int) -> Sequence[BillingSubscription]:
     return session.scalars(
         select(BillingSubscription)
         .join(BillingCustomer, BillingSubscription.billing_customer_id == BillingCustomer.id)
         .where(BillingCustomer.user_id == user_id)
-        .order_by(BillingSubscription.id)
+        .order_by(*OLDEST_FIRST)
     ).all()
 
 
@@ -133,7 +138,7 @@ USER_SUBSCRIPTIONS = (
     .outerjoin(_prices, _prices.c.stripe_price_id == _subscriptions.c.stripe_price_id)
     .outerjoin(_products, _products.c.stripe_product_id == _prices.c.stripe_product_id)
     .where(_users.c.github_user_id == bindparam("github_user_id"))
-    .order_by(_subscriptions.c.id)
+    .order_by(*OLDEST_FIRST)
 )
 
 
@@ -144,7 +149,7 @@ CUSTOMERS_SUBSCRIPTIONS = (
     .outerjoin(_prices, _prices.c.stripe_price_id == _subscriptions.c.stripe_price_id)
     .outerjoin(_products, _products.c.stripe_product_id == _prices.c.stripe_product_id)
     .where(in_ids(_subscriptions.c.billing_customer_id))
-    .order_by(_subscriptions.c.id)
+    .order_by(*OLDEST_FIRST)
 )
 
 

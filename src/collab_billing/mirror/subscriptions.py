@@ -44,6 +44,7 @@ class Subscription(msgspec.Struct):
     id: str
     customer: str | Ref
     status: str
+    created: int | None = None
     cancel_at_period_end: bool = False
     cancel_at: int | None = None
     canceled_at: int | None = None
@@ -89,6 +90,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_cancellation_reason": details.reason if details else None,
         "stripe_current_period_start": stripe_time(period_start),
         "stripe_item_price_ids": [price for item in items if (price := _price_id(item))],
+        "stripe_created": stripe_time(subscription.created),
     }
 
 

@@ -90,12 +90,12 @@ def build_document(
     rules: AccessRules,
 ) -> Document:
     """The document (without `version`): plain JSON values, so that it compares equal to
-    itself after a round trip through the database."""
+    itself after a round trip through the database. `subscriptions`: oldest first."""
     access = decide_access(subscriptions, open_invoices, rules.clock(), rules.grace)
     live = [s for s in subscriptions if s.stripe_subscription_status not in ENDED_STATUSES]
-    plan = max(
-        live, key=lambda s: (_STATUS_RANK.get(s.stripe_subscription_status, 0), s.id), default=None
-    )
+    # The best status; among equals the newest (`subscriptions` come oldest first).
+    ranked = [(_STATUS_RANK.get(s.stripe_subscription_status, 0), i) for i, s in enumerate(live)]
+    plan = live[max(ranked)[1]] if ranked else None
     return {
         "github_user_id": github_user_id,
         "access": {"state": access.state, "until": iso(access.until)},
