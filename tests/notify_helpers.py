@@ -22,6 +22,7 @@ class Receiver:
     url: str = ""
     status: int = 200  # what it answers
     hang_seconds: float = 0.0  # how long it waits before answering
+    trickle_seconds: float = 0.0  # how long its answer's body takes, a byte every 0.5 s
     verified: list[dict[str, Any]] = field(default_factory=list)  # bodies, in arrival order
     message_ids: list[str] = field(default_factory=list)
     requests: int = 0
@@ -50,7 +51,7 @@ def receiver(secret: str = NOTIFY_SECRET) -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with state.lock:
                 state.requests += 1
-                status, hang = state.status, state.hang_seconds
+                status, hang, trickle = state.status, state.hang_seconds, state.trickle_seconds
             if hang:
                 time.sleep(hang)
             if 200 <= status < 300:
@@ -66,8 +67,12 @@ def receiver(secret: str = NOTIFY_SECRET) -> Iterator[Receiver]:
                         state.verified.append(payload)
                         state.message_ids.append(self.headers["webhook-id"])
             self.send_response(status)
-            self.send_header("content-length", "0")
+            self.send_header("content-length", str(int(trickle * 2)))
             self.end_headers()
+            for _ in range(int(trickle * 2)):
+                time.sleep(0.5)
+                self.wfile.write(b" ")
+                self.wfile.flush()
 
         def log_message(self, *_args: Any) -> None:
             pass

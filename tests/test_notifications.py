@@ -105,6 +105,20 @@ def test_checkout_then_cancel_are_notified_signed_and_in_order(
     wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
 
 
+def test_a_receiver_that_trickles_its_answer_does_not_hold_the_delivery(
+    reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
+) -> None:
+    """Only the answer's status counts: its body, sent a byte every half second for a minute
+    (never past the 10 s timeout of each read), held the delivery for that minute."""
+    hook.trickle_seconds = 60
+    add_user(reconciler.factory, 511, "trickled")
+    reconciler.drain()
+    subscribe(reconciler, emulator, 511)
+    reconciler.drain()
+    hook.wait_for(lambda docs: any(d["access"]["state"] == "active" for d in docs))
+    wait_until(lambda: pending_summary(reconciler.factory) == (0, None), timeout=10)
+
+
 def test_a_failing_receiver_loses_nothing_and_order_holds(
     reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
 ) -> None:

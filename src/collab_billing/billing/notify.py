@@ -268,12 +268,15 @@ class Notifier:
             "webhook-signature": self.webhook.sign(msg_id, now, body),
         }
         try:
-            response = self.http.post(url, content=body, headers=headers)
+            # Only the status counts: the answer's body is never read, so a receiver that
+            # sends one slowly (each read within the timeout) cannot hold the delivery.
+            with self.http.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code
         except Exception as error:  # any failure is this URL's: retried with backoff
             return f"{type(error).__name__}: {error}"[:200]
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
     def outcome(self, notification: Due, done: list[str], errors: list[str]) -> dict[str, Any]:
         """The row's new values after a delivery (and its metrics and log line)."""
