@@ -61,6 +61,9 @@ def meter(emulator: Emulator, stripe_settings: Settings, session_factory: Any) -
     return meter_id
 
 
+JSON = {"content-type": "application/json"}
+
+
 def record(user: int, key: str, value: float = 1, **extra: Any) -> dict[str, Any]:
     return {"github_user_id": user, "meter": "llm_tokens", "value": value,
             "idempotency_key": key, **extra}  # fmt: skip
@@ -127,6 +130,34 @@ def test_bad_records_are_422_naming_the_problem_and_store_nothing(
     assert response.status_code == 422, response.text
     assert named in response.text
     assert stored(session_factory) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0.30000000000000001",
+        "2.0000000000000000001",
+        "100000000000000000.5",
+        "0.1000000000000000000001",
+    ],
+)
+def test_a_value_is_judged_as_written_not_as_a_double(
+    api: httpx.Client, meter: str, session_factory: sessionmaker[Session], value: str
+) -> None:
+    """Read as a double, 0.30000000000000001 was 0.3 before any check saw its digits: accepted,
+    and billed rounded."""
+    add_user(api, 7)
+
+    def send(value: str, key: str) -> httpx.Response:
+        body = f'{{"github_user_id": 7, "meter": "llm_tokens", "value": {value}, '
+        body += f'"idempotency_key": "{key}"}}'
+        return api.post("/billing/usage", content=body, headers=JSON)
+
+    refused = send(value, "k")
+    assert refused.status_code == 422, refused.text
+    assert "15 significant digits" in refused.text or "12 decimal places" in refused.text
+    assert send("1.5e3", "f").status_code == 202
+    assert stored(session_factory) == [("f", "1500")]
 
 
 def test_meters_are_read_from_stripe(

@@ -24,21 +24,19 @@ MeterName = Annotated[
     StringConstraints(strict=True, min_length=1, max_length=100, pattern=_PRINTABLE),
     Field(description="The meter's `event_name`", examples=["llm_tokens"]),
 ]
-# A JSON number with a fraction or an exponent is read as a double, which keeps 15 significant
-# digits: one with more was rounded before any check could see it (1234567.123456789012 would
-# be billed as 1234567.123456789), so it is refused rather than billed changed. Integers are
-# read exactly.
+# A value with a fraction keeps within what a double holds, as the JSON of most clients does:
+# 15 significant digits. Request bodies keep such numbers exactly as written (`strict_json`),
+# so one with more is refused rather than billed rounded. Integers are exact up to 10^18.
 DOUBLE_DIGITS = 15
 
 
 def _exact_number(value: object) -> object:
-    if isinstance(value, float) and len(Decimal(repr(value)).normalize().as_tuple().digits) > (
-        DOUBLE_DIGITS
-    ):
-        raise ValueError(
-            f"has more than {DOUBLE_DIGITS} significant digits: a JSON number with a fraction "
-            "is read as a double, which keeps no more"
-        )
+    number = Decimal(repr(value)) if isinstance(value, float) else value
+    if not isinstance(number, Decimal) or not number.is_finite():
+        return value
+    fraction = number != number.to_integral_value()
+    if fraction and len(number.normalize().as_tuple().digits) > DOUBLE_DIGITS:
+        raise ValueError(f"has more than {DOUBLE_DIGITS} significant digits")
     return value
 
 
