@@ -4,7 +4,9 @@ into `billing_invoices`, and the period's total restarts at 0."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -83,6 +85,47 @@ def test_renewal_invoice_bills_the_usage_sent_and_the_period_restarts(
     renewed = usage_of(api, 7)
     assert renewed["period_start"] == period["period_end"]
     assert (renewed["meters"][0]["total"], renewed["estimated_cost_cents"]) == ("0", 0)
+
+
+def test_after_the_subscription_ends_its_billed_usage_no_longer_counts(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Canceled with its usage invoiced at once, the estimate fell back to the calendar month
+    and priced the billed usage again: the user was told, and notified, they were over their
+    cap while owing nothing."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    sub_id = subscribe(api, emulator, reconciler, 7)
+    with session_factory() as session:
+        price_id = session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
+        ).one()
+    add_metered_item(emulator, sub_id, price_id)
+    api.put("/billing/preferences", json={"github_user_id": 7, "max_monthly_spend_cents": 100})
+    assert api.post("/billing/usage", json=record(7, "a", 150)).status_code == 202
+    drain(UsageSender(stripe_settings, engine))
+    assert usage_of(api, 7)["estimated_cost_cents"] == 75
+
+    time.sleep(1)  # ended in a later second than the record's
+    ended = emulator.sdk.v1.subscriptions.cancel(sub_id, {"invoice_now": True})
+    reconciler.drain()
+    [final] = [i for i in emulator.sdk.v1.invoices.list({"subscription": sub_id}).data
+               if i.billing_reason != "subscription_create"]  # fmt: skip
+    assert [(line.amount, line.quantity) for line in final.lines.data] == [(75, 150)]  # billed
+    after = usage_of(api, 7)
+    assert after["period_source"] == "calendar_month"
+    assert (
+        after["period_start"] == datetime.fromtimestamp(ended.ended_at, UTC).isoformat()[:19] + "Z"
+    )
+    assert (after["meters"][0]["total"], after["estimated_cost_cents"]) == ("0", 0)
+    answer = api.post("/billing/usage", json=record(7, "b", 300, timestamp=ended.ended_at + 1))
+    assert answer.json()["over_spend_cap"] is True  # usage after the end counts again: 150 c
+    assert usage_of(api, 7)["meters"][0]["total"] == "300"
 
 
 def test_a_metered_plan_is_sold_without_a_quantity(

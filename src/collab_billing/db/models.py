@@ -110,6 +110,8 @@ class BillingSubscription(MirroredRow, Base):
     stripe_item_price_ids: Mapped[list[str] | None] = mapped_column(JSON)
     # Stripe's `created`: the order of a user's subscriptions (None: mirrored before it).
     stripe_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Stripe's `ended_at`: the usage until then is not this user's to pay any more.
+    stripe_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BillingPrice(MirroredRow, Base):

@@ -45,6 +45,7 @@ class Subscription(msgspec.Struct):
     customer: str | Ref
     status: str
     created: int | None = None
+    ended_at: int | None = None
     cancel_at_period_end: bool = False
     cancel_at: int | None = None
     canceled_at: int | None = None
@@ -91,6 +92,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_current_period_start": stripe_time(period_start),
         "stripe_item_price_ids": [price for item in items if (price := _price_id(item))],
         "stripe_created": stripe_time(subscription.created),
+        "stripe_ended_at": stripe_time(subscription.ended_at),
     }
 
 

@@ -1,8 +1,10 @@
 """Usage this period, its estimated cost, and the user's spend cap.
 
 The period is the user's active subscription's current period (so it rolls over with the
-renewal), else the calendar month (UTC). A meter's total follows its aggregation formula
-(`sum`, `count`, `last`) over the records accepted in the period (not those Stripe refused).
+renewal), else the calendar month (UTC), from when the user's last subscription ended if that
+is later (the usage until then was billed by it, or free in its trial). A meter's total
+follows its aggregation formula (`sum`, `count`, `last`) over the records accepted in the
+period (not those Stripe refused).
 The cost is estimated from the metered price: the price of the user's subscription's item that
 bills that meter, else the newest active price that does; per-unit amounts, with fractions of a cent
 (`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
@@ -17,6 +19,7 @@ written by `billing.usage.set_cap`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -83,11 +86,13 @@ def calendar_month(now: datetime) -> Period:
     return Period(start, end, "calendar_month")
 
 
-def _subscription(session: Session, user_id: int) -> BillingSubscription | None:
+def _subscription(
+    subscriptions: Sequence[BillingSubscription],
+) -> BillingSubscription | None:
     """The user's active subscription with a known period (the newest, if several)."""
     active = [
         s
-        for s in queries.list_subscriptions_of_user(session, user_id)
+        for s in subscriptions
         if s.stripe_subscription_status in queries.ACTIVE_STATUSES
         and s.stripe_current_period_start is not None
         and s.stripe_current_period_end is not None
@@ -95,15 +100,24 @@ def _subscription(session: Session, user_id: int) -> BillingSubscription | None:
     return active[-1] if active else None
 
 
-def current_period(subscription: BillingSubscription | None, now: datetime) -> Period:
+def current_period(
+    subscriptions: Sequence[BillingSubscription], now: datetime
+) -> tuple[Period, BillingSubscription | None]:
+    """The active subscription's period, else the calendar month from when the user's last
+    subscription ended, if later: usage until then was billed by it (or free in its trial)."""
+    subscription = _subscription(subscriptions)
     if subscription is None:
-        return calendar_month(now)
+        month = calendar_month(now)
+        ended = [_utc(s.stripe_ended_at) for s in subscriptions if s.stripe_ended_at is not None]
+        start = max([month.start, *ended])
+        return Period(start, month.end, "calendar_month"), None
     assert subscription.stripe_current_period_start and subscription.stripe_current_period_end
-    return Period(
+    period = Period(
         _utc(subscription.stripe_current_period_start),
         _utc(subscription.stripe_current_period_end),
         "subscription",
     )
+    return period, subscription
 
 
 def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) -> Decimal:
@@ -193,8 +207,8 @@ def cost_cents(price: BillingPrice | None, total: Decimal) -> int | None:
 
 
 def user_spend(session: Session, user_id: int, now: datetime | None = None) -> Spend:
-    subscription = _subscription(session, user_id)
-    period = current_period(subscription, now or datetime.now(UTC))
+    subscriptions = queries.list_subscriptions_of_user(session, user_id)
+    period, subscription = current_period(subscriptions, now or datetime.now(UTC))
     meters = session.scalars(
         select(BillingMeter)
         .where(BillingMeter.status == "active")

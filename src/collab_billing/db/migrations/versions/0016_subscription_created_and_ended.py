@@ -1,0 +1,31 @@
+"""when Stripe created and ended each subscription
+
+`stripe_created`: "oldest first" and the plan's tie-break (row ids follow the order events
+were applied in, which out-of-order webhooks invert). `stripe_ended_at`: usage until then was
+billed by the subscription (or free in its trial), so a usage estimate after it starts there.
+Rows mirrored before have none until their next event or `resync`.
+
+Revision ID: 0016
+Revises: 0015
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    for name in ("stripe_created", "stripe_ended_at"):
+        op.add_column("billing_subscriptions", sa.Column(name, sa.DateTime(timezone=True)))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("billing_subscriptions") as batch:
+        batch.drop_column("stripe_created")
+        batch.drop_column("stripe_ended_at")
