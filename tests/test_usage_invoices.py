@@ -39,6 +39,20 @@ def add_metered_item(emulator: Emulator, sub_id: str, price_id: str) -> None:
     )
 
 
+def subscribe_with_usage(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler, meter_id: str
+) -> str:
+    """User 7 subscribes to the plan, and the meter's price joins it; the subscription's id."""
+    add_user(api, 7)
+    sub_id = subscribe(api, emulator, reconciler, 7)
+    with reconciler.factory() as session:
+        price_id = session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter_id)
+        ).one()
+    add_metered_item(emulator, sub_id, price_id)
+    return sub_id
+
+
 def invoices_of(factory: sessionmaker[Session], sub_id: str) -> dict[str, BillingInvoice]:
     with factory() as session:
         rows = session.scalars(
@@ -56,13 +70,7 @@ def test_renewal_invoice_bills_the_usage_sent_and_the_period_restarts(
     session_factory: sessionmaker[Session],
 ) -> None:
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    sub_id = subscribe(api, emulator, reconciler, 7)
-    with session_factory() as session:
-        price_id = session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
-        ).one()
-    add_metered_item(emulator, sub_id, price_id)
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
     batch = [record(7, "a", 150), record(7, "b", 100.5), record(7, "c", 0.5)]
     assert api.post("/billing/usage", json={"events": batch}).status_code == 202
     fast = stripe_settings.model_copy(update={"billing_usage_requests_per_second": 100.0})
@@ -93,19 +101,12 @@ def test_after_the_subscription_ends_its_billed_usage_no_longer_counts(
     meter: str,  # noqa: F811
     stripe_settings: Settings,
     engine: Engine,
-    session_factory: sessionmaker[Session],
 ) -> None:
     """Canceled with its usage invoiced at once, the estimate fell back to the calendar month
     and priced the billed usage again: the user was told, and notified, they were over their
     cap while owing nothing."""
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    sub_id = subscribe(api, emulator, reconciler, 7)
-    with session_factory() as session:
-        price_id = session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
-        ).one()
-    add_metered_item(emulator, sub_id, price_id)
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
     api.put("/billing/preferences", json={"github_user_id": 7, "max_monthly_spend_cents": 100})
     assert api.post("/billing/usage", json=record(7, "a", 150)).status_code == 202
     drain(UsageSender(stripe_settings, engine))
