@@ -148,7 +148,7 @@ def test_manage_cancel_paths(api: httpx.Client, emulator: Emulator, reconciler: 
     canceled = {"github_user_id": 1, "intent": "cancel", "subscription_id": mine}
     response = api.post("/billing/subscriptions/manage", json=canceled)
     assert response.status_code == 409
-    assert "canceled" in response.json()["detail"]
+    assert response.json()["detail"] == f"subscription {mine} has already ended (canceled)"
 
 
 def test_several_active_subscriptions_need_an_id(

@@ -247,8 +247,10 @@ Check = Callable[[BillingSubscription], str | None]
 
 
 def _why_not_cancelable(sub: BillingSubscription) -> str | None:
+    if sub.stripe_subscription_status in ENDED:
+        return f"has already ended ({sub.stripe_subscription_status})"
     if not is_active(sub):
-        return f"is already {sub.stripe_subscription_status}"
+        return f"is {sub.stripe_subscription_status}"
     if not is_cancelable(sub):
         return "is already set to cancel"
     return None
