@@ -16,6 +16,7 @@ from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import ADMIN_TOKEN
+from tests.emulator.conftest import CARD
 from tests.servers import ServerThread
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 
@@ -221,3 +222,49 @@ def test_list_of_an_unknown_user_is_404_and_bad_query_is_422(api: httpx.Client) 
     assert api.get("/billing/subscriptions", params={"github_user_id": 4}).status_code == 404
     for bad in ("-1", "abc", str(2**63), "1.5"):
         assert api.get("/billing/subscriptions", params={"github_user_id": bad}).status_code == 422
+
+
+# -- a customer made in Stripe before its user -----------------------------------------------
+
+
+def subscribed_in_stripe_before_the_user(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler, github_user_id: int
+) -> str:
+    """A Stripe customer naming the user, with an active subscription, seen by a poll before
+    the user exists (so unmatched); then the user is added. The subscription's id."""
+    customer = emulator.sdk.v1.customers.create(
+        {"metadata": {"github_user_id": str(github_user_id)}, **CARD}
+    )
+    price = reconciler.settings.stripe_price_id or ""
+    sub = emulator.sdk.v1.subscriptions.create(
+        {"customer": customer.id, "items": [{"price": price}]}
+    )
+    assert sub.status == "active"
+    reconciler.drain()
+    add_user(api, github_user_id)
+    return sub.id
+
+
+def test_checkout_of_a_user_stripe_already_bills_is_a_409_before_the_next_poll(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler
+) -> None:
+    """It was a Checkout on a second Stripe customer: the first, never linked once the user
+    had one, billed on unseen, and the user could pay twice."""
+    sub_id = subscribed_in_stripe_before_the_user(api, emulator, reconciler, 62)
+    refused = api.post("/billing/subscriptions", json={"github_user_id": 62})
+    assert refused.status_code == 409, refused.text
+    assert sub_id in refused.json()["detail"]
+    customers = emulator.sdk.v1.customers.list({"limit": 100}).data
+    assert [c.metadata["github_user_id"] for c in customers] == ["62"]  # no second customer
+    listed = api.get("/billing/subscriptions", params={"github_user_id": 62}).json()
+    assert [s["stripe_subscription_id"] for s in listed["subscriptions"]] == [sub_id]
+
+
+def test_sync_of_a_user_links_the_customer_that_names_them(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler
+) -> None:
+    sub_id = subscribed_in_stripe_before_the_user(api, emulator, reconciler, 60)
+    synced = api.post("/billing/subscriptions/sync", json={"github_user_id": 60})
+    assert synced.status_code == 200, synced.text
+    assert [s["stripe_subscription_id"] for s in synced.json()["subscriptions"]] == [sub_id]
+    assert synced.json()["access"]["state"] == "active"

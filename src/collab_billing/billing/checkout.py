@@ -1,5 +1,6 @@
-"""Checkout: the user's Stripe customer (created once), then a Checkout session, the only one
-of the customer open."""
+"""Checkout: the user's Stripe customer (created once, or the one Stripe showed naming the user
+before the user existed, linked first), then a Checkout session, the only one of the customer
+open."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
 from collab_billing.billing.errors import Conflict
 from collab_billing.billing.plans import Plan, resolve_plan
+from collab_billing.billing.sync import link_named_customer
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.billing.turns import checkout_turn
 from collab_billing.db import queries
@@ -50,6 +52,7 @@ def start_checkout(
     not be the way around paying it."""
     user = find_user(factory, request.github_user_id)
     with checkout_turn(factory, user.id):
+        link_named_customer(factory, gateway, user)
         return _start(factory, gateway, request, user, now or datetime.now(UTC))
 
 

@@ -112,7 +112,12 @@ def _target(
     if session is None:
         assert github_user_id is not None
         user = find_user(factory, github_user_id)
-        return SyncTarget(github_user_id, _customer_of(factory, user.id))
+        linked = _customer_of(factory, user.id)
+        unlinked = _customer_naming(factory, github_user_id) if linked is None else None
+        if unlinked is not None:
+            # Made in Stripe before the user existed: linked now, as the next poll would.
+            return SyncTarget(github_user_id, unlinked, (unlinked, github_user_id, False))
+        return SyncTarget(github_user_id, linked)
     customer_id = id_of(session.customer) if session.customer else None
     owner = _owner_of(factory, customer_id) if customer_id else None
     named = _named_user(session)
@@ -138,6 +143,20 @@ def _customer_of(factory: sessionmaker[Session], user_id: int) -> str | None:
                 BillingCustomer.user_id == user_id, BillingCustomer.stripe_deleted_at.is_(None)
             )
         )
+
+
+def _customer_naming(factory: sessionmaker[Session], github_user_id: int) -> str | None:
+    with read_only(factory) as session:
+        return customers.unmatched_naming(session, github_user_id)
+
+
+def link_named_customer(factory: sessionmaker[Session], gateway: StripeGateway, user: User) -> None:
+    """A user without a Stripe customer, named by one that Stripe showed before the user
+    existed: that customer is linked now, with its subscriptions, as the next poll would
+    (`Applier.adopt`). A Checkout first made the user a second customer, and the first one's
+    subscription, never linked, billed on unseen beside the one the user could then pay."""
+    if _customer_of(factory, user.id) is None and _customer_naming(factory, user.github_user_id):
+        sync_subscriptions(factory, gateway, user.github_user_id, None)
 
 
 def _owner_of(factory: sessionmaker[Session], stripe_customer_id: str) -> int | None:

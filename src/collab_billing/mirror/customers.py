@@ -184,6 +184,19 @@ def tombstone(session: Session, stripe_customer_ids: Collection[str]) -> None:
         )
 
 
+def unmatched_naming(session: Session, github_user_id: int) -> str | None:
+    """The live unmatched customer that names this GitHub user (the first seen), if any."""
+    return session.scalar(
+        select(UnmatchedStripeCustomer.stripe_customer_id)
+        .where(
+            UnmatchedStripeCustomer.github_user_id == github_user_id,
+            ~UnmatchedStripeCustomer.deleted,
+        )
+        .order_by(UnmatchedStripeCustomer.seen_at)
+        .limit(1)
+    )
+
+
 def adoptable(session: Session) -> list[str]:
     """Unmatched live customers that name a user who exists now and has no customer."""
     has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
