@@ -207,3 +207,46 @@ def test_usage_is_estimated_at_the_price_on_the_subscription(
     renewal = invoices_of(session_factory, sub.id)["subscription_cycle"]
     lines = emulator.sdk.v1.invoices.retrieve(renewal.stripe_invoice_id).lines.data
     assert (126, 251) in [(line.amount, line.quantity) for line in lines]
+
+
+def test_usage_is_estimated_on_the_subscription_that_bills_it_not_the_newest(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A usage subscription, then a plan on its own subscription: the estimate took the
+    newest one's period (restarting at 0) and its price (none), while Stripe bills the usage
+    on the first."""
+    with session_factory() as session:
+        usage_price = session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
+        ).one()
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    assert api.post("/billing/subscriptions", json={"github_user_id": 7}).status_code == 200
+    with session_factory() as session:
+        customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
+
+    def subscribe_to(price: str) -> None:
+        items = [{"price": price}]
+        emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer, "items": items, "default_payment_method": card.id}
+        )
+
+    subscribe_to(usage_price)
+    reconciler.drain()
+    assert api.post("/billing/usage", json=record(7, "a", 150)).status_code == 202
+    before = usage_of(api, 7)
+    assert (before["meters"][0]["total"], before["estimated_cost_cents"]) == ("150", 75)
+    emulator.control("POST", "clock/advance", {"seconds": 60})
+    subscribe_to(stripe_settings.stripe_price_id or "")
+    reconciler.drain()
+    assert (
+        len(api.get("/billing/subscriptions", params={"github_user_id": 7}).json()["subscriptions"])
+        == 2
+    )
+    assert usage_of(api, 7) == before

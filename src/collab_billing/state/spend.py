@@ -87,9 +87,10 @@ def calendar_month(now: datetime) -> Period:
 
 
 def _subscription(
-    subscriptions: Sequence[BillingSubscription],
+    session: Session, subscriptions: Sequence[BillingSubscription]
 ) -> BillingSubscription | None:
-    """The user's active subscription with a known period (the newest, if several)."""
+    """The user's active subscription with a known period whose usage is estimated: the newest
+    that bills usage (an item of a metered price), else the newest."""
     active = [
         s
         for s in subscriptions
@@ -97,15 +98,30 @@ def _subscription(
         and s.stripe_current_period_start is not None
         and s.stripe_current_period_end is not None
     ]
+    if len(active) > 1:
+        metered = set(
+            session.scalars(
+                select(BillingPrice.stripe_price_id).where(
+                    BillingPrice.stripe_price_id.in_({p for s in active for p in _items(s)}),
+                    BillingPrice.stripe_meter_id.is_not(None),
+                )
+            )
+        )
+        active = [s for s in active if metered.intersection(_items(s))] or active
     return active[-1] if active else None
 
 
+def _items(subscription: BillingSubscription) -> list[str]:
+    """The prices of the subscription's items (its plan's, if mirrored before its items were)."""
+    return subscription.stripe_item_price_ids or [subscription.stripe_price_id or ""]
+
+
 def current_period(
-    subscriptions: Sequence[BillingSubscription], now: datetime
+    session: Session, subscriptions: Sequence[BillingSubscription], now: datetime
 ) -> tuple[Period, BillingSubscription | None]:
     """The active subscription's period, else the calendar month from when the user's last
     subscription ended, if later: usage until then was billed by it (or free in its trial)."""
-    subscription = _subscription(subscriptions)
+    subscription = _subscription(session, subscriptions)
     if subscription is None:
         month = calendar_month(now)
         ended = [_utc(s.stripe_ended_at) for s in subscriptions if s.stripe_ended_at is not None]
@@ -149,7 +165,7 @@ def _price(
     """The price the meter's usage is billed at: the subscription's item that bills it,
     else the meter's newest active price (what a new subscription would likely get)."""
     if subscription is not None:
-        prices = subscription.stripe_item_price_ids or [subscription.stripe_price_id or ""]
+        prices = _items(subscription)
         own = session.scalar(
             select(BillingPrice).where(
                 BillingPrice.stripe_price_id.in_(prices),
@@ -208,7 +224,7 @@ def cost_cents(price: BillingPrice | None, total: Decimal) -> int | None:
 
 def user_spend(session: Session, user_id: int, now: datetime | None = None) -> Spend:
     subscriptions = queries.list_subscriptions_of_user(session, user_id)
-    period, subscription = current_period(subscriptions, now or datetime.now(UTC))
+    period, subscription = current_period(session, subscriptions, now or datetime.now(UTC))
     meters = session.scalars(
         select(BillingMeter)
         .where(BillingMeter.status == "active")
