@@ -119,6 +119,26 @@ def test_a_database_host_that_vanishes_is_503_within_seconds_and_recovers(
 STRIPE_LATENCY_SECONDS = 4.0
 
 
+def test_stripes_rate_limit_is_a_503_with_its_retry_after_not_a_long_wait(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """A 429 was retried after its `Retry-After` five times, past the route's Stripe
+    timeout (50 s at 10 s each), then answered 502, holding a Stripe slot all along."""
+    settings = stripe_settings.model_copy(update={"api_stripe_timeout_seconds": 1.0})
+    with serve(settings, engine) as api:
+        assert api.post("/users", json={"github_user_id": 5, "github_login": "five"}).is_success
+        faults = {"rate": 1.0, "statuses": [429], "retry_after": 2, "path_prefix": "/v1/customers"}
+        emulator.control("POST", "faults", faults)
+        started = time.monotonic()
+        refused = api.post("/billing/subscriptions", json={"github_user_id": 5})
+        elapsed = time.monotonic() - started
+        emulator.control("DELETE", "faults")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "2" and "retry in 2 s" in refused.json()["detail"]
+        assert elapsed < 1.5
+        assert api.post("/billing/subscriptions", json={"github_user_id": 5}).status_code == 200
+
+
 def test_a_slow_stripe_does_not_starve_the_database_routes(
     stripe_settings: Settings, engine: Engine, emulator: Emulator
 ) -> None:

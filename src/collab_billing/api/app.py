@@ -139,8 +139,12 @@ def create_app(
 
 def _api_gateway(settings: Settings) -> StripeGateway | None:
     """The gateway of the admin routes: a request waits on Stripe for seconds, not the
-    minute that the reconciler's reads may take."""
+    minute that the reconciler's reads may take (its timeout, or Stripe's 429s)."""
     api_settings = settings.model_copy(
         update={"stripe_timeout_seconds": settings.api_stripe_timeout_seconds}
     )
-    return gateway_or_none(api_settings, metrics.observe_stripe_request)
+    return gateway_or_none(
+        api_settings,
+        metrics.observe_stripe_request,
+        rate_limit_wait_seconds=settings.api_stripe_timeout_seconds,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -83,6 +84,10 @@ async def _stripe_failed(request: Request, error: Exception) -> JSONResponse:
             "stripe_http_status": error.http_status,
         },
     )
+    if error.http_status == 429:  # Stripe's rate limit: the client retries when Stripe said
+        wait = str(math.ceil(error.retry_after or float(RETRY_AFTER_SECONDS)))
+        detail = f"Stripe is rate limiting this account: retry in {wait} s"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": wait})
     return JSONResponse({"detail": f"Stripe request failed: {error}"}, status_code=502)
 
 

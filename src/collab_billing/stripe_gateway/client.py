@@ -11,6 +11,7 @@ structs (`events`). Nothing outside this package sees an SDK type.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -69,13 +70,17 @@ class StripeGateway:
         settings: Settings,
         observer: RequestObserver | None = None,
         requests_per_second: float | None = None,
+        rate_limit_wait_seconds: float = math.inf,
     ) -> None:
+        """`rate_limit_wait_seconds`: the most one call waits on Stripe's 429s in all (a
+        request of the API is answered 503 with Stripe's `Retry-After` rather than wait)."""
         if settings.stripe_api_key is None:
             raise StripeNotConfigured("STRIPE_API_KEY is not set")
         self.settings = settings
         self.observer = observer
         rate = requests_per_second or settings.stripe_requests_per_second
         self.requests_per_second = rate
+        self.rate_limit_wait_seconds = rate_limit_wait_seconds
         self.throttle = Throttle(rate, burst=max(1, int(rate // 5)))
         api_key = settings.stripe_api_key.get_secret_value()
         retries = settings.stripe_max_network_retries
@@ -94,15 +99,18 @@ class StripeGateway:
     def _call(self, operation: str, request: Callable[[], T]) -> T:
         """Throttle; retry 429s after `Retry-After` (the SDK retries only 409/5xx/network);
         turn SDK errors into `StripeGatewayError` carrying Stripe's error type and message."""
+        waited = 0.0
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             self.throttle.wait()
             try:
                 result = request()
             except stripe.RateLimitError as error:
                 self._observe(operation, 429)
-                if attempt == RATE_LIMIT_RETRIES:
+                pause = retry_after_seconds(error, attempt)
+                if attempt == RATE_LIMIT_RETRIES or waited + pause > self.rate_limit_wait_seconds:
                     raise gateway_error(error) from None
-                time.sleep(retry_after_seconds(error, attempt))
+                time.sleep(pause)
+                waited += pause
                 continue
             except stripe.StripeError as error:
                 self._observe(operation, error.http_status or "network")
@@ -393,9 +401,11 @@ def with_session_id(success_url: str) -> str:
 
 
 def gateway_or_none(
-    settings: Settings, observer: RequestObserver | None = None
+    settings: Settings,
+    observer: RequestObserver | None = None,
+    rate_limit_wait_seconds: float = math.inf,
 ) -> StripeGateway | None:
     """The gateway, or None when STRIPE_API_KEY is not set."""
     if settings.stripe_api_key is None:
         return None
-    return StripeGateway(settings, observer=observer)
+    return StripeGateway(settings, observer, rate_limit_wait_seconds=rate_limit_wait_seconds)

@@ -15,11 +15,14 @@ class StripeNotConfigured(Exception):
 class StripeGatewayError(Exception):
     """Stripe failed or refused; `kind` is Stripe's error type. Never carries a secret."""
 
-    def __init__(self, kind: str, message: str, http_status: int | None) -> None:
+    def __init__(
+        self, kind: str, message: str, http_status: int | None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"Stripe {kind}: {message}")
         self.kind = kind
         self.message = message
         self.http_status = http_status
+        self.retry_after = retry_after  # a 429's: when Stripe said to try again
 
 
 class DuplicateMeterEvent(StripeGatewayError):
@@ -47,4 +50,6 @@ def gateway_error(error: stripe.StripeError) -> StripeGatewayError:
     elif not isinstance(error, stripe.APIConnectionError):
         kind = type(error).__name__
     # The SDK's messages never contain the key; we still keep only Stripe's own message.
-    return StripeGatewayError(kind, str(error.user_message or "no message"), error.http_status)
+    message = str(error.user_message or "no message")
+    retry_after = retry_after_seconds(error, 0) if error.http_status == 429 else None
+    return StripeGatewayError(kind, message, error.http_status, retry_after)
