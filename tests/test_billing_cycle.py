@@ -228,6 +228,26 @@ def test_retries_exhausted_cancel_for_payment_failed(
     assert nothing.status_code == 409
 
 
+def test_a_past_due_customer_deleted_in_stripe_leaves_the_user_free_to_subscribe_again(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Its open invoice, which no one can pay now, kept the user 409 at every Checkout and
+    listed as overdue, for good."""
+    cycle, user = on_emulator_clock, 503
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    cycle.decline_renewals(sub_id)
+    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    assert cycle.access(user) == "grace"
+    customer = str(cycle.sdk.subscriptions.retrieve(sub_id).customer)
+    cycle.sdk.customers.delete(customer)
+    view = cycle.view(user)
+    assert (view["access"]["state"], view["overdue_invoices"]) == ("none", [])
+    assert cycle.checkout(user).status_code == 200  # a new customer
+    view = cycle.view(user)
+    assert (view["access"]["state"], view["overdue_invoices"]) == ("none", [])
+
+
 def test_unpaid_after_retries_then_paid_by_api(
     on_emulator_clock: Cycle, emulator: Emulator
 ) -> None:

@@ -21,26 +21,36 @@ def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]
     )
 
 
+# An open invoice is one to pay only while its Stripe customer is the user's live one: a
+# customer deleted on Stripe (the user's row kept as a tombstone, or moved to a new customer by
+# a later Checkout) leaves invoices no one can pay, which blocked the user for good.
+_PAYABLE = (
+    (BillingInvoice.status == "open")
+    & BillingCustomer.stripe_deleted_at.is_(None)
+    & or_(
+        BillingInvoice.stripe_customer_id.is_(None),
+        BillingInvoice.stripe_customer_id == BillingCustomer.stripe_customer_id,
+    )
+)
+
 # Built once (`db/queries.py` says why).
 USER_OPEN_INVOICES = (
     _of_user(bindparam("github_user_id"))
-    .where(BillingInvoice.status == "open")
+    .where(_PAYABLE)
     .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
 )
 
 
 def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvoice]:
-    """The user's open invoices, oldest first."""
+    """The user's open invoices (of their live Stripe customer), oldest first."""
     return session.scalars(USER_OPEN_INVOICES, {"github_user_id": github_user_id}).all()
 
 
 # Built once (`db/queries.py` says why).
 CUSTOMERS_OPEN_INVOICES = (
     select(BillingInvoice)
-    .where(
-        in_ids(BillingInvoice.billing_customer_id),
-        BillingInvoice.status == "open",
-    )
+    .join(BillingCustomer, BillingInvoice.billing_customer_id == BillingCustomer.id)
+    .where(in_ids(BillingInvoice.billing_customer_id), _PAYABLE)
     .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
     .execution_options(populate_existing=True)
 )

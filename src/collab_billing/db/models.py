@@ -164,6 +164,9 @@ class BillingInvoice(MirroredRow, Base):
         ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True, nullable=False
     )
     stripe_invoice_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    # Its Stripe customer: the user's row may since have moved to a new one (None: mirrored
+    # before this column; taken as the row's).
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
     status: Mapped[str] = mapped_column(String(32), nullable=False)
     currency: Mapped[str] = mapped_column(String(16), nullable=False)

@@ -63,6 +63,7 @@ def subscription_of(invoice: Invoice) -> str | None:
 def columns(invoice: Invoice) -> dict[str, Any]:
     return {
         "stripe_subscription_id": subscription_of(invoice),
+        "stripe_customer_id": id_of(invoice.customer),
         "status": invoice.status or "draft",
         "currency": invoice.currency,
         "amount_due": invoice.amount_due,
