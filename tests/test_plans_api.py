@@ -671,3 +671,30 @@ def test_an_archived_default_price_is_refused_as_not_for_sale(
                 "/billing/subscriptions", json={"github_user_id": 1, "price": "pro-monthly"}
             )
             assert "price 'pro-monthly' is not for sale" in asked.text
+
+
+def test_a_trial_extended_in_stripe_and_an_item_removed_show_in_the_state(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    sub_id = buy(service, emulator, reconciler, 1, card=True, price="pro-monthly", trial=True)
+    [row] = subscriptions(service, 1)
+    later = emulator.sdk.v1.subscriptions.retrieve(sub_id).trial_end + 10 * DAY
+    emulator.sdk.v1.subscriptions.update(sub_id, {"trial_end": later})
+    reconciler.drain()
+    state = service.api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert state["trial_end"] == subscriptions(service, 1)[0]["trial_end"] != row["trial_end"]
+    assert state["plan"]["current_period_end"] == state["trial_end"]
+
+    pro = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data[0]
+    emulator.sdk.v1.subscriptions.update(
+        sub_id,
+        {
+            "items": [
+                {"price": catalog["team-monthly"], "quantity": 3},
+                {"id": pro.id, "deleted": True},
+            ]
+        },
+    )
+    reconciler.drain()
+    state = service.api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert (state["plan"]["lookup_key"], state["quantity"]) == ("team-monthly", 3)

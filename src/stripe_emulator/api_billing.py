@@ -66,6 +66,9 @@ def item_specs(
         if quantity is not None and price is not None and price.meter is not None:
             raise metered_quantity(key, entry.name("quantity"))
         metadata = entry.metadata()
+        deleted = bool(entry.boolean("deleted")) if updating else False
+        if deleted and not item_id:
+            raise bad_request("An item to delete needs its `id`.", entry.name("deleted"))
         entry.ignore(
             "id",
             "discounts",
@@ -79,7 +82,7 @@ def item_specs(
         )
         clean = {k: v for k, v in (metadata or {}).items() if v is not None}
         default_quantity = None if updating and item_id else 1
-        specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id))
+        specs.append(ItemSpec(price, quantity or default_quantity, clean, item_id, deleted))
     return specs
 
 
@@ -245,6 +248,7 @@ def update(call: Call) -> Json:
         description=p.string("description"),
         items=item_specs(call.store, p, "items", required=False, updating=True),
         trial_end_now=p.raw("trial_end") == "now",
+        trial_end=None if p.raw("trial_end") in (None, "now") else p.integer("trial_end"),
         pause_behavior=pause_behavior,
         resume_collection=pause_raw == "",
         comment=comment,

@@ -36,6 +36,7 @@ class ItemSpec:
     quantity: int | None = None
     metadata: dict[str, str] | None = None
     id: str | None = None  # an existing item to change (`items[0][id]`)
+    deleted: bool = False  # remove the existing item `id` (`items[0][deleted]=true`)
 
 
 def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
@@ -64,6 +65,9 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
         item = by_id.get(spec.id)
         if item is None:
             raise bad_request(f"No such subscription item: '{spec.id}'", "items")
+        if spec.deleted:
+            del changed[spec.id]
+            continue
         price = spec.price or item.price
         if price.meter is not None and spec.quantity is not None:
             param = f"items[{index}][quantity]"
@@ -74,7 +78,10 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
             quantity=0 if price.meter is not None else spec.quantity or item.quantity or 1,
             metadata=spec.metadata if spec.metadata else item.metadata,
         )
-    return tuple(changed.values()) + build_items(added, now)
+    items = tuple(changed.values()) + build_items(added, now)
+    if not items:
+        raise bad_request("A subscription must have at least one active plan.", "items")
+    return items
 
 
 def create_subscription(
@@ -181,6 +188,7 @@ class SubscriptionChanges:
     description: str | None = None
     items: list[ItemSpec] | None = None
     trial_end_now: bool = False
+    trial_end: int | None = None  # a trial's new end (a Unix time)
     pause_behavior: str | None = None
     resume_collection: bool = False
     comment: str | None = None
@@ -205,6 +213,7 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         or changes.items is not None
         or changes.description is not None
         or changes.trial_end_now
+        or changes.trial_end is not None
         or changes.pause_behavior is not None
         or changes.resume_collection
         or changes.default_payment_method is not None
@@ -229,6 +238,8 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, default_payment_method=changes.default_payment_method or None)
     if changes.trial_end_now and new.status == "trialing":
         new = end_trial(new, now)
+    if changes.trial_end is not None:
+        new = move_trial_end(new, changes.trial_end, now)
     if changes.pause_behavior is not None:
         new = evolve(new, pause_behavior=changes.pause_behavior)
     if changes.resume_collection:
@@ -240,6 +251,20 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         bill_new_period(store, saved, now)
         saved = store.subscriptions.get(sub_id)
     return saved
+
+
+def move_trial_end(sub: Subscription, trial_end: int, now: int) -> Subscription:
+    """A trial extended or shortened: its period ends with it. The emulator does not start a
+    trial on a subscription that is not in one (Stripe does, with prorations)."""
+    if sub.status != "trialing":
+        raise bad_request(
+            "The emulator changes `trial_end` only of a subscription in a trial.", "trial_end"
+        )
+    if trial_end <= now:
+        raise bad_request(
+            "Invalid timestamp: must be an integer Unix timestamp in the future.", "trial_end"
+        )
+    return evolve(sub, trial_end=trial_end, current_period_end=trial_end)
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:

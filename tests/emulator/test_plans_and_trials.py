@@ -155,6 +155,52 @@ def test_item_price_and_quantity_update_keeps_the_item_and_ends_the_trial_now(
     assert bad.status_code == 400
 
 
+def test_a_trial_is_extended_by_a_new_trial_end(client: stripe.StripeClient, ctl: Control) -> None:
+    """`trial_end` as a time moves the trial's end and its period's; it was ignored, with any
+    value ("abc" too)."""
+    session = _checkout(
+        client, recurring_price(client).id, subscription_data={"trial_period_days": 5}
+    )
+    sub = client.v1.subscriptions.retrieve(
+        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    )
+    later = sub.trial_end + 15 * DAY
+    extended = client.v1.subscriptions.update(sub.id, params={"trial_end": later})
+    assert (extended.status, extended.trial_end) == ("trialing", later)
+    assert extended["items"].data[0].current_period_end == later
+    event = events_oldest_first(client, type="customer.subscription.updated")[-1]
+    assert event.data.previous_attributes.to_dict()["trial_end"] == sub.trial_end
+    for bad in ("abc", str(sub.created - 1)):
+        refused = ctl.v1("POST", f"subscriptions/{sub.id}", data={"trial_end": bad})
+        assert refused.status_code == 400, bad
+    ctl("POST", "clock/advance", {"seconds": 6 * DAY})
+    assert client.v1.subscriptions.retrieve(sub.id).status == "trialing"  # not at the old end
+
+
+def test_an_item_is_removed_by_deleted(client: stripe.StripeClient, ctl: Control) -> None:
+    first, second = recurring_price(client), recurring_price(client, 500)
+    customer = client.v1.customers.create(
+        params={
+            "payment_method": "pm_card_visa",
+            "invoice_settings": {"default_payment_method": "pm_card_visa"},
+        }
+    )
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": first.id}, {"price": second.id}]}
+    )
+    kept, gone = sub["items"].data
+    updated = client.v1.subscriptions.update(
+        sub.id, params={"items": [{"id": gone.id, "deleted": True}]}
+    )
+    assert [item.id for item in updated["items"].data] == [kept.id]
+    last = ctl.v1(
+        "POST",
+        f"subscriptions/{sub.id}",
+        data={"items[0][id]": kept.id, "items[0][deleted]": "true"},
+    )
+    assert last.status_code == 400
+
+
 def test_portal_update_confirm_flow_applies_the_change_on_confirmation(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
