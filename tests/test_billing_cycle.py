@@ -72,6 +72,15 @@ class Cycle:
         card = self.sdk.payment_methods.attach("pm_card_chargeCustomerFail", {"customer": customer})
         self.sdk.subscriptions.update(sub_id, {"default_payment_method": card.id})
 
+    def past_due(self, user: int) -> str:
+        """The user subscribes, and the renewal a month later is declined: in grace."""
+        self.add_user(user)
+        sub_id = self.subscribe(user)
+        self.decline_renewals(sub_id)
+        self.emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+        assert self.access(user) == "grace"
+        return sub_id
+
     def add_user(self, user: int) -> None:
         body = {"github_user_id": user, "github_login": f"user{user}"}
         assert self.api.post("/users", json=body).status_code in (200, 201)
@@ -234,11 +243,7 @@ def test_a_past_due_customer_deleted_in_stripe_leaves_the_user_free_to_subscribe
     """Its open invoice, which no one can pay now, kept the user 409 at every Checkout and
     listed as overdue, for good."""
     cycle, user = on_emulator_clock, 503
-    cycle.add_user(user)
-    sub_id = cycle.subscribe(user)
-    cycle.decline_renewals(sub_id)
-    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
-    assert cycle.access(user) == "grace"
+    sub_id = cycle.past_due(user)
     customer = str(cycle.sdk.subscriptions.retrieve(sub_id).customer)
     cycle.sdk.customers.delete(customer)
     view = cycle.view(user)
@@ -255,11 +260,7 @@ def test_unpaid_after_retries_then_paid_by_api(
     paying the invoice makes it active again."""
     emulator.control("POST", "billing", {"retry_days": [1], "after_retries": "unpaid"})
     cycle, user = on_emulator_clock, 504
-    cycle.add_user(user)
-    sub_id = cycle.subscribe(user)
-    cycle.decline_renewals(sub_id)
-    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
-    assert cycle.access(user) == "grace"
+    sub_id = cycle.past_due(user)
     emulator.control("POST", "clock/advance", {"seconds": DAY})
     view = cycle.view(user)
     assert (view["subscriptions"][0]["status"], view["access"]["state"]) == ("unpaid", "blocked")

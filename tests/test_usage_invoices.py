@@ -39,17 +39,33 @@ def add_metered_item(emulator: Emulator, sub_id: str, price_id: str) -> None:
     )
 
 
+def usage_price_of(factory: sessionmaker[Session], meter_id: str) -> str:
+    with factory() as session:
+        return session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter_id)
+        ).one()
+
+
+def customer_with_card(
+    api: httpx.Client, emulator: Emulator, factory: sessionmaker[Session]
+) -> tuple[str, str]:
+    """User 7's Stripe customer (made by a Checkout) and a card of it: their ids."""
+    add_user(api, 7)
+    checkout = api.post("/billing/subscriptions", json={"github_user_id": 7})
+    assert checkout.status_code == 200, checkout.text
+    with factory() as session:
+        customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
+    return customer, card.id
+
+
 def subscribe_with_usage(
     api: httpx.Client, emulator: Emulator, reconciler: Reconciler, meter_id: str
 ) -> str:
     """User 7 subscribes to the plan, and the meter's price joins it; the subscription's id."""
     add_user(api, 7)
     sub_id = subscribe(api, emulator, reconciler, 7)
-    with reconciler.factory() as session:
-        price_id = session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter_id)
-        ).one()
-    add_metered_item(emulator, sub_id, price_id)
+    add_metered_item(emulator, sub_id, usage_price_of(reconciler.factory, meter_id))
     return sub_id
 
 
@@ -171,22 +187,14 @@ def test_usage_is_estimated_at_the_price_on_the_subscription(
     """A subscription of a metered price and a plan, in that order: its plan is the plan, and
     its usage is estimated at its own metered price (what the invoice bills), not at the
     meter's newest price (another plan's, 100 times dearer)."""
-    with session_factory() as session:
-        own = session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
-        ).one()
+    own = usage_price_of(session_factory, meter)
     metered_price(emulator, meter, "50")
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    checkout = api.post("/billing/subscriptions", json={"github_user_id": 7})
-    assert checkout.status_code == 200, checkout.text  # the user's Stripe customer now exists
-    with session_factory() as session:
-        customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
+    customer, card = customer_with_card(api, emulator, session_factory)
     plan = stripe_settings.stripe_price_id
-    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
     items = [{"price": own}, {"price": plan}]
     sub = emulator.sdk.v1.subscriptions.create(
-        params={"customer": customer, "items": items, "default_payment_method": card.id}
+        params={"customer": customer, "items": items, "default_payment_method": card}
     )
     reconciler.drain()
     [row] = api.get("/billing/subscriptions", params={"github_user_id": 7}).json()["subscriptions"]
@@ -220,21 +228,14 @@ def test_usage_is_estimated_on_the_subscription_that_bills_it_not_the_newest(
     """A usage subscription, then a plan on its own subscription: the estimate took the
     newest one's period (restarting at 0) and its price (none), while Stripe bills the usage
     on the first."""
-    with session_factory() as session:
-        usage_price = session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter)
-        ).one()
+    usage_price = usage_price_of(session_factory, meter)
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    assert api.post("/billing/subscriptions", json={"github_user_id": 7}).status_code == 200
-    with session_factory() as session:
-        customer = session.scalars(select(BillingCustomer.stripe_customer_id)).one()
-    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
+    customer, card = customer_with_card(api, emulator, session_factory)
 
     def subscribe_to(price: str) -> None:
         items = [{"price": price}]
         emulator.sdk.v1.subscriptions.create(
-            params={"customer": customer, "items": items, "default_payment_method": card.id}
+            params={"customer": customer, "items": items, "default_payment_method": card}
         )
 
     subscribe_to(usage_price)
