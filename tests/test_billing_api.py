@@ -268,3 +268,22 @@ def test_sync_of_a_user_links_the_customer_that_names_them(
     assert synced.status_code == 200, synced.text
     assert [s["stripe_subscription_id"] for s in synced.json()["subscriptions"]] == [sub_id]
     assert synced.json()["access"]["state"] == "active"
+
+
+def test_a_lost_customer_answer_then_a_new_email_makes_no_second_customer(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler
+) -> None:
+    """The key covered the user's details: retried after a profile change, it made a second
+    Stripe customer, the first left unlinked for good."""
+    add_user(api, 63)
+    lost = {"drop_rate": 1.0, "drop_after_processing": True, "count": 1}
+    emulator.control("POST", "faults", {**lost, "path_prefix": "/v1/customers"})
+    assert api.post("/billing/subscriptions", json={"github_user_id": 63}).status_code == 502
+    user = {"github_user_id": 63, "github_login": "octocat", "email_address": "new@example.com"}
+    assert api.post("/users", json=user).is_success
+    retried = api.post("/billing/subscriptions", json={"github_user_id": 63})
+    assert retried.status_code == 409 and "retry" in retried.json()["detail"]
+    reconciler.drain()  # the customer's event, as a webhook or the next poll brings it
+    assert api.post("/billing/subscriptions", json={"github_user_id": 63}).status_code == 200
+    customers = emulator.sdk.v1.customers.list({"limit": 100}).data
+    assert [c.metadata["github_user_id"] for c in customers] == ["63"]

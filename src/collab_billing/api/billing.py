@@ -90,10 +90,12 @@ async def create_checkout(
     if body.price is None and not settings.stripe_price_id:
         raise HTTPException(503, detail="Stripe is not configured: set STRIPE_PRICE_ID")
     wanted = billing.CheckoutRequest(body.github_user_id, body.price, body.quantity, body.trial)
-    started = await stripe_calls.run(
-        billing.start_checkout, request.app.state.session_factory, gateway, wanted, now
-    )
-    await anyio.to_thread.run_sync(request.app.state.signals.activity)  # poll fast for a while
+    try:
+        started = await stripe_calls.run(
+            billing.start_checkout, request.app.state.session_factory, gateway, wanted, now
+        )
+    finally:  # poll fast for a while: a Checkout, or a customer made whose answer was lost
+        await anyio.to_thread.run_sync(request.app.state.signals.activity)
     return CheckoutOut(
         checkout_session_url=started.url,
         stripe_price_id=started.plan.stripe_price_id,

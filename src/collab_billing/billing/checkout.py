@@ -20,7 +20,7 @@ from collab_billing.billing.turns import checkout_turn
 from collab_billing.db import queries
 from collab_billing.db.models import User
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
-from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 
 
 @dataclass(frozen=True)
@@ -149,18 +149,31 @@ def ensure_customer(factory: sessionmaker[Session], gateway: StripeGateway, user
         if existing is not None and existing.stripe_deleted_at is None:
             return existing.stripe_customer_id
         replaced = existing.stripe_customer_id if existing is not None else ""
-    customer_id = gateway.create_customer(
-        github_user_id=user.github_user_id,
-        github_login=user.github_login,
-        email=user.email_address,
-        idempotency_key=_customer_idempotency_key(user, replaced),
-    )
+    try:
+        customer_id = gateway.create_customer(
+            github_user_id=user.github_user_id,
+            github_login=user.github_login,
+            email=user.email_address,
+            idempotency_key=_customer_idempotency_key(user, replaced),
+        )
+    except StripeGatewayError as error:
+        if error.kind != "idempotency_error":
+            raise
+        # The key made a customer for an earlier request whose answer was lost, and the user's
+        # details changed since: Stripe will not say which. Its event links it (it names the
+        # user) within seconds; a new key here would make the user a second customer.
+        raise Conflict(
+            f"user {user.github_user_id}'s Stripe customer was made by an earlier request "
+            "whose answer was lost; it is linked once Stripe's event for it is applied, "
+            "within seconds: retry then"
+        ) from None
     with factory() as session, session.begin():
         return queries.link_billing_customer(session, user.id, customer_id).stripe_customer_id
 
 
 def _customer_idempotency_key(user: User, replaced_customer_id: str) -> str:
-    # Same user and same details -> same key, so concurrent requests create one customer.
-    material = f"{user.id}|{user.github_user_id}|{user.github_login}|{user.email_address}"
-    digest = hashlib.sha256(f"{material}|{replaced_customer_id}".encode()).hexdigest()[:24]
+    """One key per user and customer to replace: a retry after a lost answer gets the customer
+    made (with the user's details unchanged; else Stripe refuses the key, see above)."""
+    material = f"{user.id}|{user.github_user_id}|{replaced_customer_id}"
+    digest = hashlib.sha256(material.encode()).hexdigest()[:24]
     return f"collab-billing-customer-{user.id}-{digest}"
