@@ -274,14 +274,15 @@ def run_worker(settings: Settings, engine: Engine, reconciler: Reconciler) -> No
     (each elected leader the same way)."""
     from collab_billing.billing import notify
 
+    stop = threading.Event()
+    # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0; set
+    # before the senders start, so a SIGTERM right after their first delivery does too.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     loops = [
         start_in_background(notify.Notifier(settings, engine).run, "notifier"),
         start_in_background(UsageSender(settings, engine).run, "usage-sender"),
     ]
-    stop = threading.Event()
-    # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         reconciler.run(stop)
     finally:
