@@ -203,7 +203,7 @@ def test_a_plan_change_and_usage_past_the_cap_change_the_document(
     team = emulator.sdk.v1.products.create(params={"name": "Collab Team"}).id
     recurring_price(emulator, solo, 1000, "solo-monthly")
     team_price = recurring_price(emulator, team, 900, "team-monthly")
-    metered_price(emulator, make_meter(emulator), decimal="0.5")  # 0.5 cent a token
+    tokens = metered_price(emulator, make_meter(emulator), decimal="0.5")  # 0.5 cent a token
     cycle.reconciler.resync("the catalog and the meter, for this test")
     cycle.add_user(user)
     answer = cycle.api.post(
@@ -215,9 +215,11 @@ def test_a_plan_change_and_usage_past_the_cap_change_the_document(
     solo_doc = cycle.notified(user, access_is("active"))
     assert (solo_doc["plan"]["lookup_key"], solo_doc["quantity"]) == ("solo-monthly", 1)
 
+    # The plan changes, and the usage price joins it (as in Stripe's dashboard).
     item = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].id
     cycle.sdk.subscriptions.update(
-        sub_id, {"items": [{"id": item, "price": team_price, "quantity": 5}]}
+        sub_id,
+        {"items": [{"id": item, "price": team_price, "quantity": 5}, {"price": tokens}]},
     )
     cycle.reconciler.drain()
     team_doc = cycle.notified(user, lambda d: d["quantity"] == 5)

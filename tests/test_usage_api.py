@@ -15,19 +15,26 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingUsageEvent
+from collab_billing.db.models import BillingPrice, BillingUsageEvent
 from collab_billing.mirror.meters import sync_meters
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.servers import ServerThread
 from tests.stripe_helpers import Emulator
-from tests.test_billing_api import AUTH, add_user, serve
+from tests.test_billing_api import AUTH, add_user, serve, subscribe
+
+# The lookup key of the `meter` fixture's price, which every Checkout sells beside the plan.
+USAGE_PRICE = "tokens-monthly"
+
+
+def serve_selling_usage(settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    yield from serve(settings.model_copy(update={"billing_usage_prices": USAGE_PRICE}), engine)
 
 
 @pytest.fixture
 def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
-    yield from serve(stripe_settings, engine)
+    yield from serve_selling_usage(stripe_settings, engine)
 
 
 def make_meter(emulator: Emulator, event_name: str = "llm_tokens", formula: str = "sum") -> str:
@@ -41,13 +48,16 @@ def make_meter(emulator: Emulator, event_name: str = "llm_tokens", formula: str 
     return str(meter.id)
 
 
-def metered_price(emulator: Emulator, meter: str, decimal: str = "0.5") -> str:
+def metered_price(
+    emulator: Emulator, meter: str, decimal: str = "0.5", lookup_key: str | None = None
+) -> str:
     price = emulator.sdk.v1.prices.create(
         params={
             "currency": "usd",
             "unit_amount_decimal": decimal,
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
             "product_data": {"name": "Tokens"},
+            **({"lookup_key": lookup_key} if lookup_key else {}),
         }
     )
     return str(price.id)
@@ -56,9 +66,16 @@ def metered_price(emulator: Emulator, meter: str, decimal: str = "0.5") -> str:
 @pytest.fixture
 def meter(emulator: Emulator, stripe_settings: Settings, session_factory: Any) -> str:
     meter_id = make_meter(emulator)
-    metered_price(emulator, meter_id)
+    metered_price(emulator, meter_id, lookup_key=USAGE_PRICE)
     resync(session_factory, StripeGateway(stripe_settings))  # meters and prices
     return meter_id
+
+
+def usage_price_of(factory: sessionmaker[Session], meter_id: str) -> str:
+    with factory() as session:
+        return session.scalars(
+            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter_id)
+        ).one()
 
 
 JSON = {"content-type": "application/json"}
@@ -185,7 +202,6 @@ def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal
     stripe_settings: Settings,
     engine: Engine,
 ) -> None:
-    from tests.test_billing_api import subscribe
 
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     add_user(api, 7)
@@ -222,7 +238,12 @@ def test_past_the_cap_ingest_still_records_and_the_period_rolls_with_the_renewal
 
 
 def test_a_trials_usage_costs_nothing(
-    api: httpx.Client, emulator: Emulator, meter: str, stripe_settings: Settings, engine: Engine
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
 ) -> None:
     """Stripe invoices a trial's usage at nothing: a trialing user is never past the cap."""
     from collab_billing.reconcile.run import Reconciler
@@ -232,7 +253,10 @@ def test_a_trials_usage_costs_nothing(
     emulator.sdk.v1.subscriptions.create(
         params={
             "customer": customer.id,
-            "items": [{"price": stripe_settings.stripe_price_id or ""}],
+            "items": [
+                {"price": stripe_settings.stripe_price_id or ""},
+                {"price": usage_price_of(session_factory, meter)},
+            ],
             "trial_period_days": 7,
         }
     )
@@ -300,13 +324,18 @@ def test_usage_is_timed_and_checked_by_the_services_clock(
 @pytest.mark.postgres_only
 def test_two_batches_of_one_user_at_once_both_count_toward_the_cap(
     api: httpx.Client,
+    emulator: Emulator,
     meter: str,
+    stripe_settings: Settings,
+    engine: Engine,
 ) -> None:
     """60 cents each, at once, against a cap of 100: the document says the cap is passed (each
     transaction priced only its own records, and neither marked the document)."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     users = list(range(1, 21))
     for user in users:
         add_user(api, user)
+        subscribe(api, emulator, reconciler, user)
         cap = {"github_user_id": user, "max_monthly_spend_cents": 100}
         assert api.put("/billing/preferences", json=cap).status_code == 200
     posts = [(user, key) for user in users for key in ("a", "b")]
@@ -320,24 +349,37 @@ def test_two_batches_of_one_user_at_once_both_count_toward_the_cap(
         assert state["usage"]["over_spend_cap"] is True, user
 
 
-def test_a_new_metered_price_that_passes_a_cap_is_notified(
+def test_a_metered_item_added_in_stripe_that_passes_a_cap_is_notified(
     api: httpx.Client,
     emulator: Emulator,
     meter: str,
     stripe_settings: Settings,
     engine: Engine,
+    session_factory: sessionmaker[Session],
 ) -> None:
-    """A user without a subscription is priced at the meter's newest price: a new one, twice
-    as dear, passes the cap, and the state document says so (it was never recomputed)."""
+    """Usage on a plan that bills none costs nothing; the meter's price added to the
+    subscription in Stripe prices it, past the cap, and the state document says so (no record
+    came after the change to recompute it)."""
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    reconciler.drain()
     add_user(api, 1)
-    cap = {"github_user_id": 1, "max_monthly_spend_cents": 100}
+    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "1"}})
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
+    plan = {"price": stripe_settings.stripe_price_id or ""}
+    sub = emulator.sdk.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [plan], "default_payment_method": card.id}
+    )
+    assert sub.status == "active"
+    reconciler.drain()
+    cap = {"github_user_id": 1, "max_monthly_spend_cents": 50}
     assert api.put("/billing/preferences", json=cap).status_code == 200
     assert api.post("/billing/usage", json=record(1, "a", 150)).json()["over_spend_cap"] is False
-    metered_price(emulator, meter, "1")
+    assert usage_of(api, 1)["estimated_cost_cents"] == 0
+
+    [item] = sub["items"].data
+    usage_item = {"price": usage_price_of(session_factory, meter)}
+    emulator.sdk.v1.subscriptions.update(sub.id, {"items": [{"id": item.id}, usage_item]})
     reconciler.drain()
-    assert usage_of(api, 1)["estimated_cost_cents"] == 150
+    assert usage_of(api, 1)["estimated_cost_cents"] == 75
     state = api.get("/billing/state", params={"github_user_id": 1}).json()
     assert state["usage"]["over_spend_cap"] is True
 
@@ -347,11 +389,13 @@ def test_a_meter_turned_off_stops_counting_toward_the_cap(
     emulator: Emulator,
     meter: str,
     stripe_settings: Settings,
+    engine: Engine,
     session_factory: sessionmaker[Session],
 ) -> None:
     """Its usage is no longer priced: the cap it passed is no longer passed, and the state
     document says so at the next read of the meters."""
     add_user(api, 1)
+    subscribe(api, emulator, Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)), 1)
     cap = {"github_user_id": 1, "max_monthly_spend_cents": 10}
     assert api.put("/billing/preferences", json=cap).status_code == 200
     assert api.post("/billing/usage", json=record(1, "a", 150)).json()["over_spend_cap"] is True

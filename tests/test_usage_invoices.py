@@ -15,19 +15,26 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.sender import UsageSender
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCustomer, BillingInvoice, BillingPrice
+from collab_billing.db.models import BillingCustomer, BillingInvoice
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import add_user, serve, subscribe
-from tests.test_usage_api import meter, metered_price, record, usage_of  # noqa: F401  (the fixture)
+from tests.test_usage_api import (  # noqa: F401  (the fixture)
+    meter,
+    metered_price,
+    record,
+    serve_selling_usage,
+    usage_of,
+    usage_price_of,
+)
 from tests.test_usage_sender import drain
 
 
 @pytest.fixture
 def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
-    yield from serve(stripe_settings, engine)
+    yield from serve_selling_usage(stripe_settings, engine)
 
 
 def add_metered_item(emulator: Emulator, sub_id: str, price_id: str) -> None:
@@ -37,13 +44,6 @@ def add_metered_item(emulator: Emulator, sub_id: str, price_id: str) -> None:
     emulator.sdk.v1.subscriptions.update(
         sub_id, {"items": [{"id": plan_item.id}, {"price": price_id}]}
     )
-
-
-def usage_price_of(factory: sessionmaker[Session], meter_id: str) -> str:
-    with factory() as session:
-        return session.scalars(
-            select(BillingPrice.stripe_price_id).where(BillingPrice.stripe_meter_id == meter_id)
-        ).one()
 
 
 def customer_with_card(
@@ -62,10 +62,12 @@ def customer_with_card(
 def subscribe_with_usage(
     api: httpx.Client, emulator: Emulator, reconciler: Reconciler, meter_id: str
 ) -> str:
-    """User 7 subscribes to the plan, and the meter's price joins it; the subscription's id."""
+    """User 7 subscribes to the plan through Checkout, which sells the meter's price beside it
+    (`BILLING_USAGE_PRICES`); the subscription's id."""
     add_user(api, 7)
     sub_id = subscribe(api, emulator, reconciler, 7)
-    add_metered_item(emulator, sub_id, usage_price_of(reconciler.factory, meter_id))
+    items = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    assert [item.price.id for item in items][1:] == [usage_price_of(reconciler.factory, meter_id)]
     return sub_id
 
 
@@ -140,9 +142,12 @@ def test_after_the_subscription_ends_its_billed_usage_no_longer_counts(
         after["period_start"] == datetime.fromtimestamp(ended.ended_at, UTC).isoformat()[:19] + "Z"
     )
     assert (after["meters"][0]["total"], after["estimated_cost_cents"]) == ("0", 0)
+    # Usage after the end is counted, and billed by no subscription: it costs nothing.
     answer = api.post("/billing/usage", json=record(7, "b", 300, timestamp=ended.ended_at + 1))
-    assert answer.json()["over_spend_cap"] is True  # usage after the end counts again: 150 c
-    assert usage_of(api, 7)["meters"][0]["total"] == "300"
+    assert answer.json()["over_spend_cap"] is False
+    [meter_usage] = usage_of(api, 7)["meters"]
+    assert (meter_usage["total"], meter_usage["stripe_price_id"]) == ("300", None)
+    assert meter_usage["estimated_cost_cents"] == 0
 
 
 def test_a_metered_plan_is_sold_without_a_quantity(
@@ -153,17 +158,8 @@ def test_a_metered_plan_is_sold_without_a_quantity(
     engine: Engine,
     session_factory: sessionmaker[Session],
 ) -> None:
-    """Stripe refuses a quantity on a metered price in Checkout: the service sends none."""
-    emulator.sdk.v1.prices.create(
-        params={
-            "currency": "usd",
-            "unit_amount_decimal": "0.5",
-            "lookup_key": "tokens-monthly",
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
-            "product_data": {"name": "Tokens only"},
-        }
-    )
-    resync(session_factory, StripeGateway(stripe_settings))
+    """Stripe refuses a quantity on a metered price in Checkout: the service sends none; and
+    the usage price sold beside every plan is not added to itself."""
     add_user(api, 7)
     answer = api.post(
         "/billing/subscriptions", json={"github_user_id": 7, "price": "tokens-monthly"}
@@ -251,3 +247,86 @@ def test_usage_is_estimated_on_the_subscription_that_bills_it_not_the_newest(
         == 2
     )
     assert usage_of(api, 7) == before
+
+
+def plan_price(emulator: Emulator, lookup_key: str, amount: int, interval: str) -> str:
+    product = emulator.sdk.v1.products.create(params={"name": lookup_key})
+    price = emulator.sdk.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": amount,
+            "currency": "usd",
+            "recurring": {"interval": interval},  # type: ignore[typeddict-item]
+            "lookup_key": lookup_key,
+        }
+    )
+    return str(price.id)
+
+
+def test_checkout_sells_the_usage_price_beside_plans_of_its_interval(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A monthly plan gets the monthly usage price as a second item; a yearly plan does not
+    (Stripe bills a subscription's items on one interval), and says so: none is listed."""
+    plan_price(emulator, "pro-yearly", 20000, "year")
+    resync(session_factory, StripeGateway(stripe_settings))
+    usage_price = usage_price_of(session_factory, meter)
+    for user, price, usage_prices in ((7, None, [usage_price]), (8, "pro-yearly", [])):
+        add_user(api, user)
+        body = {"github_user_id": user, **({"price": price} if price else {})}
+        answer = api.post("/billing/subscriptions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage_price_ids"] == usage_prices
+        done = emulator.complete_checkout(answer.json()["checkout_session_url"])
+        items = emulator.sdk.v1.subscriptions.retrieve(done["subscription"])["items"].data
+        assert [item.price.id for item in items][1:] == usage_prices
+
+
+def test_a_usage_price_setting_that_names_no_metered_price_is_a_503_naming_it(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    misnamed = stripe_settings.model_copy(update={"billing_usage_prices": "tokens-montly"})
+    for api in serve(misnamed, engine):
+        add_user(api, 7)
+        answer = api.post("/billing/subscriptions", json={"github_user_id": 7})
+        assert answer.status_code == 503
+        assert "BILLING_USAGE_PRICES names 'tokens-montly'" in answer.json()["detail"]
+    assert emulator.sdk.v1.checkout.sessions.list().data == []  # nothing sold
+
+
+def test_a_plan_beside_usage_is_changed_through_the_api_within_its_interval(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Stripe's portal cannot update a subscription of several items: the plan's item is
+    changed through the API (the usage price stays), and the answer is the subscription."""
+    team = plan_price(emulator, "team-monthly", 900, "month")
+    plan_price(emulator, "pro-yearly", 20000, "year")
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
+
+    change = {"github_user_id": 7, "intent": "change_plan", "price": "team-monthly", "quantity": 3}
+    answer = api.post("/billing/subscriptions/manage", json=change)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["billing_portal_session_url"] is None
+    changed = answer.json()["subscription"]
+    assert (changed["plan"]["lookup_key"], changed["quantity"]) == ("team-monthly", 3)
+    items = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    usage_price = usage_price_of(session_factory, meter)
+    assert [(item.price.id, item.to_dict().get("quantity")) for item in items] == [
+        (team, 3),
+        (usage_price, None),
+    ]
+
+    yearly = {**change, "price": "pro-yearly", "quantity": None}
+    refused = api.post("/billing/subscriptions/manage", json=yearly)
+    assert refused.status_code == 409
+    assert "bills usage beside its plan" in refused.json()["detail"]

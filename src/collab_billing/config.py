@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # The lookup keys of the prices `GET /billing/prices` offers, comma-separated; unset: every
     # active recurring price with a lookup key.
     billing_prices: str | None = None
+    # Metered prices (lookup keys or price ids, comma-separated) that every Checkout adds beside
+    # the plan, each where its currency and interval are the plan's: the usage it bills rides
+    # on the plan's subscription. Unset: a Checkout sells the plan alone.
+    billing_usage_prices: str | None = None
     # Plans (issue 29): trial length (0: no trials), whether a trial needs a card (false: a
     # card-less trial that is canceled if none is added by its end), promotion codes, tax.
     billing_trial_days: int = Field(default=0, ge=0, le=730)
@@ -161,6 +165,10 @@ class Settings(BaseSettings):
         """`BILLING_PRICES` as a list; None when unset or empty (an empty variable is unset)."""
         keys = [key.strip() for key in (self.billing_prices or "").split(",") if key.strip()]
         return keys or None
+
+    def billing_usage_price_keys(self) -> list[str]:
+        """`BILLING_USAGE_PRICES` as a list (empty when unset)."""
+        return [key.strip() for key in (self.billing_usage_prices or "").split(",") if key.strip()]
 
     def past_due_grace(self) -> timedelta:
         return timedelta(days=self.billing_past_due_grace_days)

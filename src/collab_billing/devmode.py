@@ -29,7 +29,11 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         configure_logging(settings)
         price_id = _create_dev_catalog(settings)
         _create_dev_meter(settings)
-        settings = settings.model_copy(update={"stripe_price_id": price_id})
+        # The dev plans bill the `llm_tokens` meter too, unless BILLING_USAGE_PRICES says else.
+        usage = settings.billing_usage_prices or DEV_USAGE_PRICE
+        settings = settings.model_copy(
+            update={"stripe_price_id": price_id, "billing_usage_prices": usage}
+        )
         engine = make_engine(settings.database_url)
         upgrade_to_head(engine)
         _print_banner(settings, api_port, emulator.url, admin_token)
@@ -97,6 +101,7 @@ DEV_PLANS = {
     "pro-yearly": ("Collab Pro", 20000, "year"),
     "team-monthly": ("Collab Team", 900, "month"),
 }
+DEV_USAGE_PRICE = "llm-tokens"  # the lookup key of the `llm_tokens` meter's price
 
 
 def _create_dev_catalog(settings: Settings) -> str:
@@ -128,7 +133,7 @@ def _create_dev_meter(settings: Settings) -> None:
     meter_id = gateway.create_meter(event_name="llm_tokens", display_name="LLM tokens")
     gateway.create_metered_price(
         product_name="LLM tokens", unit_amount_decimal="0.01", currency="usd",
-        meter_id=meter_id, lookup_key="llm-tokens",
+        meter_id=meter_id, lookup_key=DEV_USAGE_PRICE,
     )  # fmt: skip
 
 

@@ -101,6 +101,7 @@ async def create_checkout(
         stripe_price_id=started.plan.stripe_price_id,
         lookup_key=started.plan.lookup_key,
         quantity=started.quantity,
+        usage_price_ids=started.usage_price_ids,
         trial=started.trial_days is not None,
         trial_days=started.trial_days,
         trial_refused=started.trial_refused,

@@ -144,6 +144,9 @@ class CheckoutOut(BaseModel):
     stripe_price_id: str
     lookup_key: str | None
     quantity: int | None = Field(description="The seats bought (null: a metered plan).")
+    usage_price_ids: list[str] = Field(
+        description="The metered prices added beside the plan (`BILLING_USAGE_PRICES`)."
+    )
     trial: bool = Field(description="Whether this Checkout starts a trial.")
     trial_days: int | None
     trial_refused: str | None = Field(

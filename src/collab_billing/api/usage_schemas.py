@@ -109,9 +109,14 @@ class MeterUsageOut(BaseModel):
     stripe_meter_id: str
     aggregation: str
     total: str = Field(description="This period's total, as a decimal string", examples=["1250"])
-    stripe_price_id: str | None
+    stripe_price_id: str | None = Field(
+        description="The price the user's subscription bills this meter at (null: none bills it)"
+    )
     currency: str | None
-    estimated_cost_cents: int | None
+    estimated_cost_cents: int | None = Field(
+        description="0 when no subscription bills the meter; null for a tiered price mirrored "
+        "without its tiers"
+    )
 
 
 class UsageOut(BaseModel):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
 from collab_billing.billing.errors import Conflict
-from collab_billing.billing.plans import Plan, resolve_plan
+from collab_billing.billing.plans import Plan, resolve_plan, usage_prices
 from collab_billing.billing.sync import link_named_customer
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.billing.turns import checkout_turn
@@ -36,6 +36,7 @@ class CheckoutStarted:
     url: str
     plan: Plan
     quantity: int | None  # None: a metered plan
+    usage_price_ids: list[str]  # the metered prices added beside the plan
     trial_days: int | None  # None: no trial
     trial_refused: str | None  # why a requested trial was not given
 
@@ -68,6 +69,7 @@ def _start(
     plan = resolve_plan(
         factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
     )
+    usage = usage_prices(factory, plan, settings.billing_usage_price_keys())
     with factory() as session, session.begin():
         active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
     if active:
@@ -89,12 +91,13 @@ def _start(
             github_user_id=user.github_user_id,
             quantity=quantity,
             trial_days=trial_days,
+            usage_price_ids=usage,
         )
     except Exception:
         if trial_days:
             release_trial(factory, customer_id)
         raise
-    return CheckoutStarted(url, plan, quantity, trial_days, refused)
+    return CheckoutStarted(url, plan, quantity, usage, trial_days, refused)
 
 
 def expire_open_checkouts(

@@ -21,6 +21,12 @@ class Conflict(BillingError):
     status_code = 409
 
 
+class Misconfigured(BillingError):
+    """A setting names what the mirrored catalog does not hold: the operator's to fix."""
+
+    status_code = 503
+
+
 class InvalidField(BillingError):
     """A well-formed field whose value the catalog refuses: answered like a validation error
     (FastAPI's 422 shape, `loc` naming the field), so clients handle one 422 shape."""

@@ -5,10 +5,12 @@ Portal intents answer a customer portal URL: `cancel` (the `subscription_cancel`
 `change_plan` (`subscription_update_confirm` for the subscription's item: the user confirms
 the new price, seats and proration in Stripe's UI; the portal's default
 `trial_update_behavior=end_trial` ends a trial with the change). API intents make the change
-themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`)
-and `end_trial` (`trial_end=now`); the row is refreshed from Stripe under resync's watermark
-rule, so it never goes backwards. An intent that does not apply is a 409. `pay_invoice`
-answers the overdue invoice's hosted page, read from the mirror (no portal, no Stripe call).
+themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`),
+`end_trial` (`trial_end=now`), and `change_plan` of a subscription that bills usage beside
+its plan (the portal cannot update one of several items); the row is refreshed from Stripe
+under resync's watermark rule, so it never goes backwards. An intent that does not apply is a
+409. `pay_invoice` answers the overdue invoice's hosted page, read from the mirror (no portal,
+no Stripe call).
 
 Stripe is only called once the read transaction is closed.
 """
@@ -32,11 +34,12 @@ from collab_billing.billing.access import (
     list_user_subscriptions,
 )
 from collab_billing.billing.errors import Conflict, InvalidField, NotFound
-from collab_billing.billing.plans import resolve_plan, same_product
+from collab_billing.billing.plans import Plan, resolve_plan, same_cadence, same_product
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
-from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, is_metered
+from collab_billing.mirror.subscriptions import plan_item as subscription_plan_item
 from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import Ref, decode_object
@@ -133,23 +136,46 @@ def _change_plan(
         raise Conflict(
             f"subscription {target.stripe_subscription_id} is already on {request.price}{seats}"
         )
-    body = gateway.get(
-        "subscriptions.retrieve", f"/v1/subscriptions/{target.stripe_subscription_id}"
-    )
+    sub_id = target.stripe_subscription_id
+    body = gateway.get("subscriptions.retrieve", f"/v1/subscriptions/{sub_id}")
     items = SUBSCRIPTIONS.decode(body).items.data
-    if len(items) != 1:
-        raise Conflict(f"subscription {target.stripe_subscription_id} has {len(items)} items")
-    item: dict[str, Any] = {"id": items[0].id, "price": plan.stripe_price_id}
+    plan_item = subscription_plan_item(items)
+    usage = [other for other in items if other is not plan_item]
+    if plan_item is None or not all(is_metered(other) for other in usage):
+        raise Conflict(f"subscription {sub_id} has {len(items)} items of plans")
+    item: dict[str, Any] = {"id": plan_item.id, "price": plan.stripe_price_id}
     if quantity is not None:
         item["quantity"] = quantity
+    if usage:
+        return _change_plan_beside_usage(factory, gateway, request, target, plan, item)
     flow = {
         "type": "subscription_update_confirm",
-        "subscription_update_confirm": {
-            "subscription": target.stripe_subscription_id,
-            "items": [item],
-        },
+        "subscription_update_confirm": {"subscription": sub_id, "items": [item]},
     }
     return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
+
+
+def _change_plan_beside_usage(
+    factory: sessionmaker[Session],
+    gateway: StripeGateway,
+    request: ManageRequest,
+    target: BillingSubscription,
+    plan: Plan,
+    item: dict[str, Any],
+) -> ManageResult:
+    """Stripe's portal cannot update a subscription of several items (a plan and its usage
+    prices): the plan's item is changed here, through the API, prorated on the next invoice
+    as the portal would (a trial goes on). Its usage prices stay: the new plan must bill in
+    their currency and on their interval, and be no metered price itself."""
+    sub_id = target.stripe_subscription_id
+    if plan.metered or not same_cadence(factory, plan.stripe_price_id, target.stripe_price_id):
+        raise Conflict(
+            f"subscription {sub_id} bills usage beside its plan: it changes only to a plan "
+            f"billed in its currency and on its interval, which {request.price} is not; "
+            "cancel it and subscribe to the new plan"
+        )
+    _update(factory, gateway, sub_id, items=[item])
+    return _refreshed(factory, gateway, request, sub_id)
 
 
 def _stop_cancellation(

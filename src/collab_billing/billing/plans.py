@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
 
-from collab_billing.billing.errors import InvalidField
+from collab_billing.billing.errors import InvalidField, Misconfigured
 from collab_billing.db import queries
 from collab_billing.db.engine import read_only
 
@@ -69,6 +69,48 @@ def same_product(factory: sessionmaker[Session], price_id: str, other: str | Non
         new, old = queries.price_row(session, price_id), queries.price_row(session, other or "")
     product = new.stripe_product_id if new is not None else None
     return product is not None and old is not None and old.stripe_product_id == product
+
+
+def usage_prices(factory: sessionmaker[Session], plan: Plan, keys: Sequence[str]) -> list[str]:
+    """The metered prices of `BILLING_USAGE_PRICES` (`keys`: lookup keys or price ids) that a
+    Checkout of `plan` adds: those of the plan's currency, interval and interval count (Stripe
+    bills a subscription's items together), on a meter the plan does not bill itself. A key
+    that names no active metered price in the mirror is a 503 naming it: usage would otherwise
+    go unbilled without a word."""
+    if not keys:
+        return []
+    with read_only(factory) as session:
+        own = queries.price_row(session, plan.stripe_price_id)
+        found = queries.active_metered_prices(session, keys)
+    named = {key for row in found for key in (row.lookup_key, row.stripe_price_id)}
+    missing = [key for key in keys if key not in named]
+    if missing:
+        raise Misconfigured(
+            f"BILLING_USAGE_PRICES names {', '.join(map(repr, missing))}: no active metered "
+            "price has this lookup key or id (archived, deleted, or not mirrored yet)"
+        )
+    if own is None:
+        return []
+    cadence = (own.currency, own.recurring_interval, own.recurring_interval_count)
+    return [
+        row.stripe_price_id
+        for row in found
+        if (row.currency, row.recurring_interval, row.recurring_interval_count) == cadence
+        and row.stripe_meter_id != own.stripe_meter_id
+    ]
+
+
+def same_cadence(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:
+    """Whether two prices bill in one currency on one interval (False when either is unknown)."""
+    with read_only(factory) as session:
+        new, old = queries.price_row(session, price_id), queries.price_row(session, other or "")
+    if new is None or old is None:
+        return False
+    return (new.currency, new.recurring_interval, new.recurring_interval_count) == (
+        old.currency,
+        old.recurring_interval,
+        old.recurring_interval_count,
+    )
 
 
 def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:

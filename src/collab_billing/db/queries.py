@@ -236,6 +236,22 @@ def price_row(session: Session, stripe_price_id: str) -> BillingPrice | None:
     )
 
 
+def active_metered_prices(session: Session, keys: Sequence[str]) -> list[BillingPrice]:
+    """The active metered prices whose lookup key or id is one of `keys`, oldest first."""
+    return list(
+        session.scalars(
+            select(BillingPrice)
+            .where(
+                or_(BillingPrice.lookup_key.in_(keys), BillingPrice.stripe_price_id.in_(keys)),
+                BillingPrice.active,
+                ~BillingPrice.deleted,
+                BillingPrice.stripe_meter_id.is_not(None),
+            )
+            .order_by(BillingPrice.id)
+        )
+    )
+
+
 def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[RowMapping]:
     """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
     as rows named like `api.schemas.PriceOut`'s fields. (Stripe's price events name the

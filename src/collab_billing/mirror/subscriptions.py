@@ -56,7 +56,7 @@ class Subscription(msgspec.Struct):
     items: ItemList = msgspec.field(default_factory=ItemList)
 
 
-def _metered(item: SubscriptionItem) -> bool:
+def is_metered(item: SubscriptionItem) -> bool:
     price = item.price
     return (
         isinstance(price, ItemPrice)
@@ -70,10 +70,14 @@ def _price_id(item: SubscriptionItem) -> str | None:
     return price.id if isinstance(price, ItemPrice) else price
 
 
+def plan_item(items: list[SubscriptionItem]) -> SubscriptionItem | None:
+    """The plan's item: the first licensed one; a metered price beside it bills usage."""
+    return next((item for item in items if not is_metered(item)), items[0] if items else None)
+
+
 def columns(subscription: Subscription) -> dict[str, Any]:
     items = subscription.items.data
-    # The plan is the first licensed item; a metered price beside it bills usage (`spend`).
-    plan = next((item for item in items if not _metered(item)), items[0] if items else None)
+    plan = plan_item(items)
     period_ends = [item.current_period_end for item in items if item.current_period_end]
     period_end = max(period_ends) if period_ends else subscription.current_period_end
     period_starts = [item.current_period_start for item in items if item.current_period_start]

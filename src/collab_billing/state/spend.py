@@ -5,8 +5,9 @@ renewal), else the calendar month (UTC), from when the user's last subscription 
 is later (the usage until then was billed by it, or free in its trial). A meter's total
 follows its aggregation formula (`sum`, `count`, `last`) over the records accepted in the
 period (not those Stripe refused).
-The cost is estimated from the metered price: the price of the user's subscription's item that
-bills that meter, else the newest active price that does; per-unit amounts, with fractions of a cent
+The cost is estimated from the metered price of the user's subscription's item that bills the
+meter; usage that no subscription bills costs nothing (Stripe invoices only a subscription's
+metered items), so it counts 0 towards the cap. Per-unit amounts, with fractions of a cent
 (`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
 plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
@@ -162,22 +163,15 @@ def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) 
 def _price(
     session: Session, subscription: BillingSubscription | None, meter_id: str
 ) -> BillingPrice | None:
-    """The price the meter's usage is billed at: the subscription's item that bills it,
-    else the meter's newest active price (what a new subscription would likely get)."""
-    if subscription is not None:
-        prices = _items(subscription)
-        own = session.scalar(
-            select(BillingPrice).where(
-                BillingPrice.stripe_price_id.in_(prices),
-                BillingPrice.stripe_meter_id == meter_id,
-            )
-        )
-        if own is not None:
-            return own
+    """The price the meter's usage is billed at: the subscription's item that bills it (None:
+    no item does, and the usage is not billed)."""
+    if subscription is None:
+        return None
     return session.scalar(
-        select(BillingPrice)
-        .where(BillingPrice.stripe_meter_id == meter_id, BillingPrice.active, ~BillingPrice.deleted)
-        .order_by(BillingPrice.id.desc())
+        select(BillingPrice).where(
+            BillingPrice.stripe_price_id.in_(_items(subscription)),
+            BillingPrice.stripe_meter_id == meter_id,
+        )
     )
 
 
@@ -204,10 +198,8 @@ def tiered_cost(mode: str | None, tiers: list[dict[str, Any]], total: Decimal) -
     return cost
 
 
-def cost_cents(price: BillingPrice | None, total: Decimal) -> int | None:
+def cost_cents(price: BillingPrice, total: Decimal) -> int | None:
     """The cost in whole cents (rounded half up, as Stripe rounds a line's amount)."""
-    if price is None:
-        return None
     if price.billing_scheme == "tiered":
         if price.tiers is None:
             return None
@@ -244,7 +236,9 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
                 total=total,
                 stripe_price_id=price.stripe_price_id if price else None,
                 currency=price.currency if price else None,
-                estimated_cost_cents=cost_cents(price, Decimal(0) if free else total),
+                estimated_cost_cents=cost_cents(price, Decimal(0) if free else total)
+                if price is not None
+                else 0,
             )
         )
     return Spend(period, usages, get_cap(session, user_id))

@@ -157,9 +157,11 @@ class StripeGateway:
         github_user_id: int,
         quantity: int | None = 1,
         trial_days: int | None = None,
+        usage_price_ids: Sequence[str] = (),
     ) -> str:
         """A subscription-mode Checkout session (`quantity` None: a metered price, which takes
-        none); with `trial_days`, a trial that takes no card
+        none), with an item for each of `usage_price_ids` (metered); with `trial_days`, a trial
+        that takes no card
         unless BILLING_TRIAL_REQUIRES_PAYMENT_METHOD (card-less trials are canceled at their
         end if no card was added). Promotion codes and automatic tax follow the settings."""
         settings = self.settings
@@ -173,7 +175,7 @@ class StripeGateway:
         params: dict[str, Any] = {
             "mode": "subscription",
             "customer": customer_id,
-            "line_items": [line_item],
+            "line_items": [line_item, *({"price": price} for price in usage_price_ids)],
             "client_reference_id": client_reference_id,
             "success_url": with_session_id(settings.billing_checkout_success_url),
             "cancel_url": settings.billing_checkout_cancel_url,
