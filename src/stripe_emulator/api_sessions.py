@@ -18,7 +18,7 @@ from stripe_emulator.subscriptions import build_items
 
 _CHECKOUT_IGNORED = (
     "adaptive_pricing", "branding_settings",
-    "consent_collection", "currency", "custom_fields", "custom_text", "customer_update",
+    "consent_collection", "currency", "custom_fields", "custom_text",
     "discounts", "invoice_creation", "name_collection", "optional_items", "origin_context",
     "payment_method_configuration", "payment_method_options",
     "payment_method_types", "permissions", "phone_number_collection", "redirect_on_completion",
@@ -60,6 +60,18 @@ def _subscription_data(p: Params) -> dict[str, Any]:
     }
 
 
+def _check_customer_update(p: Params, customer: str | None) -> None:
+    """`customer_update[address|name|shipping]` (`auto` or `never`): what Checkout may write
+    back to an existing customer, so only with `customer` (not modelled beyond the checks)."""
+    update = p.hash("customer_update")
+    if update is None:
+        return
+    if not customer:
+        raise bad_request("`customer_update` can only be used with `customer`.", "customer_update")
+    for key in ("address", "name", "shipping"):
+        update.string(key, choices=("auto", "never"))
+
+
 def _enabled(p: Params, key: str, *ignored: str) -> bool:
     """`automatic_tax[enabled]`-style switches."""
     section = p.hash(key)
@@ -88,6 +100,7 @@ def create_checkout(call: Call) -> Json:
     if ui_mode not in (None, "hosted", "hosted_page"):
         raise bad_request("The emulator supports only hosted Checkout pages.", "ui_mode")
     p.ignore(*_CHECKOUT_IGNORED)
+    _check_customer_update(p, customer)
     line_items = _line_items(call.store, p)
     fields: dict[str, Any] = dict(
         base_url=call.info.base_url,

@@ -312,6 +312,27 @@ def test_checkout_records_tax_and_promotion_code_settings(
     assert session.tax_id_collection is not None and session.tax_id_collection.enabled is True
 
 
+@pytest.mark.parametrize(
+    ("update", "without_customer", "param"),
+    [
+        ({"address": "bogus"}, False, "customer_update[address]"),
+        ({"name": "auto", "phone": "auto"}, False, "customer_update[phone]"),
+        ({"name": "auto"}, True, "customer_update"),
+    ],
+)
+def test_customer_update_is_checked_not_ignored(
+    client: stripe.StripeClient, update: dict[str, str], without_customer: bool, param: str
+) -> None:
+    """Only with `customer`, and each of address, name, shipping `auto` or `never`."""
+    price = recurring_price(client)
+    extra: dict[str, Any] = {"customer_update": update}
+    if without_customer:
+        extra |= {"customer": None, "customer_email": "t@example.com"}
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        _checkout(client, price.id, **extra)
+    assert refused.value.param == param
+
+
 def test_deleted_catalog_objects_are_gone_with_their_events(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
