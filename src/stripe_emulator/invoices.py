@@ -198,7 +198,10 @@ def void_first_invoice(store: Store, sub: Subscription, at: int) -> None:
 
 
 def renews(store: Store, sub: Subscription, at: int) -> bool:
-    """Whether the subscription's next transition at `at` is a renewal (not an end)."""
+    """Whether the subscription's next transition at `at` is a renewal (not an end, nor a
+    warning of a trial's end)."""
+    if at < sub.current_period_end:
+        return False
     if sub.status in ("incomplete", "incomplete_expired", "canceled", "unpaid", "paused"):
         return False
     if (

@@ -154,6 +154,8 @@ class Subscription:
     test_clock: str | None = None  # the customer's, when it has one
     # `trial_settings.end_behavior.missing_payment_method`: create_invoice, cancel or pause.
     missing_payment_method: str = "create_invoice"
+    # When `customer.subscription.trial_will_end` was sent for the trial's current end.
+    trial_warned_at: int | None = None
 
     @property
     def start_date(self) -> int:

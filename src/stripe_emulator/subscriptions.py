@@ -2,7 +2,8 @@
 
 Each change emits the event Stripe emits: `customer.subscription.created`, `.updated` (with
 `previous_attributes`), `.deleted` (the subscription stays retrievable, status `canceled`),
-`.paused` / `.resumed`, and `.trial_will_end` is not modelled.
+`.paused` / `.resumed`, and `.trial_will_end` (three days before a trial ends, and when it is
+ended at once with `trial_end=now`).
 """
 
 from __future__ import annotations
@@ -245,6 +246,8 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
     saved = save(store, old, new)
+    if changes.trial_end_now and old.status == "trialing":
+        saved = warn_trial_end(store, saved, now)
     if (changes.trial_end_now and old.status == "trialing") or new_interval:
         from stripe_emulator.invoices import bill_new_period  # invoices imports this module
 
@@ -264,7 +267,29 @@ def move_trial_end(sub: Subscription, trial_end: int, now: int) -> Subscription:
         raise bad_request(
             "Invalid timestamp: must be an integer Unix timestamp in the future.", "trial_end"
         )
-    return evolve(sub, trial_end=trial_end, current_period_end=trial_end)
+    return evolve(sub, trial_end=trial_end, current_period_end=trial_end, trial_warned_at=None)
+
+
+# Stripe warns of a trial's end this long before it (`customer.subscription.trial_will_end`).
+TRIAL_WARNING = 3 * DAY
+
+
+def warn_trial_end(store: Store, sub: Subscription, at: int) -> Subscription:
+    """`customer.subscription.trial_will_end`, once per trial end (no `previous_attributes`:
+    nothing changed)."""
+    warned = evolve(sub, trial_warned_at=at)
+    store.subscriptions.put(sub.id, warned)
+    store.emit("customer.subscription.trial_will_end", warned, created=at)
+    return warned
+
+
+def _trial_warning_due(sub: Subscription) -> int | None:
+    """When the trial's end is to be announced (None: not in a trial, announced already, or a
+    trial of three days or less, which Stripe announces at no set time: not modelled)."""
+    if sub.status != "trialing" or sub.trial_end is None or sub.trial_warned_at is not None:
+        return None
+    due = sub.trial_end - TRIAL_WARNING
+    return due if sub.trial_start is not None and due > sub.trial_start else None
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:
@@ -359,12 +384,18 @@ def next_transition(sub: Subscription, now: int) -> int | None:
         candidates.append(sub.current_period_end)
     if sub.cancel_at is not None:
         candidates.append(sub.cancel_at)
+    warning = _trial_warning_due(sub)
+    if warning is not None:
+        candidates.append(warning)
     due = min(candidates) if candidates else None
     return due if due is not None and due <= now else None
 
 
 def transition(store: Store, sub: Subscription, at: int) -> None:
-    if sub.status == "incomplete":
+    warning = _trial_warning_due(sub)
+    if warning is not None and warning <= at < sub.current_period_end:
+        warn_trial_end(store, sub, at)
+    elif sub.status == "incomplete":
         save(store, sub, evolve(sub, status="incomplete_expired", ended_at=at), created=at)
     elif sub.cancel_at is not None and sub.cancel_at <= at:
         reason = sub.cancellation_reason or "cancellation_requested"

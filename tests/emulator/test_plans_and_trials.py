@@ -177,6 +177,40 @@ def test_a_trial_is_extended_by_a_new_trial_end(client: stripe.StripeClient, ctl
     assert client.v1.subscriptions.retrieve(sub.id).status == "trialing"  # not at the old end
 
 
+def test_a_trials_end_is_announced_three_days_before_and_when_ended_now(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """`customer.subscription.trial_will_end`: three days before the end (again for a new
+    end), and in the second that `trial_end=now` ends a trial; never twice for one end."""
+    session = _checkout(
+        client, recurring_price(client).id, subscription_data={"trial_period_days": 7}
+    )
+    sub = client.v1.subscriptions.retrieve(
+        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    )
+
+    def warnings() -> list[Any]:
+        return events_oldest_first(client, type="customer.subscription.trial_will_end")
+
+    ctl("POST", "clock/advance", {"seconds": 4 * DAY - 60})
+    assert warnings() == []
+    ctl("POST", "clock/advance", {"seconds": 2 * DAY})
+    [first] = warnings()
+    assert first.created == sub.trial_end - 3 * DAY
+    assert (first.data.object.id, first.data.object.status) == (sub.id, "trialing")
+    assert client.v1.subscriptions.retrieve(sub.id).status == "trialing"  # not renewed early
+    later = sub.trial_end + 10 * DAY
+    client.v1.subscriptions.update(sub.id, params={"trial_end": later})
+    ctl("POST", "clock/advance", {"seconds": 9 * DAY})
+    assert [event.created for event in warnings()] == [first.created, later - 3 * DAY]
+
+    ended = client.v1.subscriptions.update(sub.id, params={"trial_end": "now"})
+    last = warnings()[-1]
+    assert (len(warnings()), last.created) == (3, ended["items"].data[0].current_period_start)
+    ctl("POST", "clock/advance", {"seconds": 10 * DAY})  # within Stripe's 30 days of events
+    assert len(warnings()) == 3
+
+
 def test_an_item_is_removed_by_deleted(client: stripe.StripeClient, ctl: Control) -> None:
     first, second = recurring_price(client), recurring_price(client, 500)
     customer = client.v1.customers.create(
