@@ -330,3 +330,52 @@ def test_a_plan_beside_usage_is_changed_through_the_api_within_its_interval(
     refused = api.post("/billing/subscriptions/manage", json=yearly)
     assert refused.status_code == 409
     assert "bills usage beside its plan" in refused.json()["detail"]
+
+
+def test_a_plan_change_to_a_plan_sold_with_usage_adds_its_usage_price(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A yearly plan (sold alone: no yearly usage price) changed to the monthly plan gets the
+    monthly usage price, as its Checkout would: the portal's one-item flow dropped it, and
+    the usage was never billed."""
+    plan_price(emulator, "pro-yearly", 20000, "year")
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    resync(session_factory, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    answer = api.post("/billing/subscriptions", json={"github_user_id": 7, "price": "pro-yearly"})
+    sub_id = emulator.complete_checkout(answer.json()["checkout_session_url"])["subscription"]
+    reconciler.drain()
+
+    monthly = stripe_settings.stripe_price_id or ""
+    change = {"github_user_id": 7, "intent": "change_plan", "price": monthly}
+    changed = api.post("/billing/subscriptions/manage", json=change)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["subscription"]["price_id"] == monthly
+    items = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    usage_price = usage_price_of(session_factory, meter)
+    assert [item.price.id for item in items] == [monthly, usage_price]
+    assert api.post("/billing/usage", json=record(7, "a", 150)).status_code == 202
+    assert usage_of(api, 7)["estimated_cost_cents"] == 75
+
+
+def test_two_usage_prices_of_one_meter_for_a_plan_are_a_503_naming_them(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Both would go on the subscription, and Stripe would bill the meter's usage twice."""
+    metered_price(emulator, meter, "0.7", lookup_key="tokens-b")
+    resync(session_factory, StripeGateway(stripe_settings))
+    twice = stripe_settings.model_copy(update={"billing_usage_prices": "tokens-monthly,tokens-b"})
+    for api in serve(twice, engine):
+        add_user(api, 7)
+        answer = api.post("/billing/subscriptions", json={"github_user_id": 7})
+        assert answer.status_code == 503
+        assert f"two prices of meter {meter}" in answer.json()["detail"]

@@ -69,7 +69,6 @@ router = APIRouter(
 )
 
 NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown user"}}
-NOT_FOR_SALE: Responses = {422: {"description": "Invalid request, or a price not for sale"}}
 CONFLICT: Responses = {409: {"model": ErrorResponse, "description": "Not possible in this state"}}
 
 

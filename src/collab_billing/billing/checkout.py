@@ -69,7 +69,7 @@ def _start(
     plan = resolve_plan(
         factory, request.price, settings.stripe_price_id, settings.billing_price_lookup_keys()
     )
-    usage = usage_prices(factory, plan, settings.billing_usage_price_keys())
+    usage = list(usage_prices(factory, plan, settings.billing_usage_price_keys()).values())
     with factory() as session, session.begin():
         active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
     if active:

@@ -7,7 +7,8 @@ the new price, seats and proration in Stripe's UI; the portal's default
 `trial_update_behavior=end_trial` ends a trial with the change). API intents make the change
 themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`),
 `end_trial` (`trial_end=now`), and `change_plan` of a subscription that bills usage beside
-its plan (the portal cannot update one of several items); the row is refreshed from Stripe
+its plan, or gains usage prices with the new plan (the portal cannot update one of several
+items, nor add one); the row is refreshed from Stripe
 under resync's watermark rule, so it never goes backwards. An intent that does not apply is a
 409. `pay_invoice` answers the overdue invoice's hosted page, read from the mirror (no portal,
 no Stripe call).
@@ -34,11 +35,18 @@ from collab_billing.billing.access import (
     list_user_subscriptions,
 )
 from collab_billing.billing.errors import Conflict, InvalidField, NotFound
-from collab_billing.billing.plans import Plan, resolve_plan, same_cadence, same_product
+from collab_billing.billing.plans import (
+    Plan,
+    meters_of,
+    resolve_plan,
+    same_cadence,
+    same_product,
+    usage_prices,
+)
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
-from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, is_metered
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, is_metered, item_price_id
 from collab_billing.mirror.subscriptions import plan_item as subscription_plan_item
 from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -146,8 +154,13 @@ def _change_plan(
     item: dict[str, Any] = {"id": plan_item.id, "price": plan.stripe_price_id}
     if quantity is not None:
         item["quantity"] = quantity
-    if usage:
-        return _change_plan_beside_usage(factory, gateway, request, target, plan, item)
+    billed = [price for other in usage if (price := item_price_id(other))]
+    # The usage prices a Checkout of the new plan would get, on meters not billed yet.
+    wanted = usage_prices(factory, plan, settings.billing_usage_price_keys())
+    added = [price for meter, price in wanted.items() if meter not in meters_of(factory, billed)]
+    if billed or added:
+        change = UsageChange(request, target, plan, billed, added)
+        return _change_plan_beside_usage(factory, gateway, change, item)
     flow = {
         "type": "subscription_update_confirm",
         "subscription_update_confirm": {"subscription": sub_id, "items": [item]},
@@ -155,27 +168,40 @@ def _change_plan(
     return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
 
 
+@dataclass(frozen=True)
+class UsageChange:
+    request: ManageRequest
+    target: BillingSubscription
+    plan: Plan
+    billed: list[str]  # the subscription's usage prices
+    added: list[str]  # the usage prices that go beside the new plan, not there yet
+
+
 def _change_plan_beside_usage(
     factory: sessionmaker[Session],
     gateway: StripeGateway,
-    request: ManageRequest,
-    target: BillingSubscription,
-    plan: Plan,
+    change: UsageChange,
     item: dict[str, Any],
 ) -> ManageResult:
     """Stripe's portal cannot update a subscription of several items (a plan and its usage
-    prices): the plan's item is changed here, through the API, prorated on the next invoice
-    as the portal would (a trial goes on). Its usage prices stay: the new plan must bill in
-    their currency and on their interval, and be no metered price itself."""
-    sub_id = target.stripe_subscription_id
-    if plan.metered or not same_cadence(factory, plan.stripe_price_id, target.stripe_price_id):
+    prices), nor add one: the plan's item is changed here, through the API, prorated on the
+    next invoice as the portal would (a trial goes on), and the new plan's usage prices
+    (`BILLING_USAGE_PRICES`) join it. The usage prices there stay: the new plan must bill in
+    their currency and on their interval (replacing them mid-period would leave the usage so
+    far unbilled), and be no metered price itself."""
+    sub_id = change.target.stripe_subscription_id
+    if change.billed and (
+        change.plan.metered
+        or not same_cadence(factory, change.plan.stripe_price_id, change.billed[0])
+    ):
         raise Conflict(
-            f"subscription {sub_id} bills usage beside its plan: it changes only to a plan "
-            f"billed in its currency and on its interval, which {request.price} is not; "
-            "cancel it and subscribe to the new plan"
+            f"subscription {sub_id} bills usage beside its plan: its plan changes only to a "
+            f"licensed plan of the same currency and interval, which {change.request.price} "
+            "is not; cancel the subscription (intent `cancel`), then check out the new plan "
+            "once it has ended"
         )
-    _update(factory, gateway, sub_id, items=[item])
-    return _refreshed(factory, gateway, request, sub_id)
+    _update(factory, gateway, sub_id, items=[item, *({"price": p} for p in change.added)])
+    return _refreshed(factory, gateway, change.request, sub_id)
 
 
 def _stop_cancellation(

@@ -71,14 +71,15 @@ def same_product(factory: sessionmaker[Session], price_id: str, other: str | Non
     return product is not None and old is not None and old.stripe_product_id == product
 
 
-def usage_prices(factory: sessionmaker[Session], plan: Plan, keys: Sequence[str]) -> list[str]:
-    """The metered prices of `BILLING_USAGE_PRICES` (`keys`: lookup keys or price ids) that a
-    Checkout of `plan` adds: those of the plan's currency, interval and interval count (Stripe
-    bills a subscription's items together), on a meter the plan does not bill itself. A key
-    that names no active metered price in the mirror is a 503 naming it: usage would otherwise
-    go unbilled without a word."""
+def usage_prices(factory: sessionmaker[Session], plan: Plan, keys: Sequence[str]) -> dict[str, str]:
+    """The metered prices of `BILLING_USAGE_PRICES` (`keys`: lookup keys or price ids) that go
+    beside `plan`, by meter: those of the plan's currency, interval and interval count (Stripe
+    bills a subscription's items together), on a meter the plan does not bill itself. A 503
+    names the key that names no active metered price in the mirror (usage would otherwise go
+    unbilled without a word), or two prices of one meter that would both go beside the plan
+    (its usage would be billed twice)."""
     if not keys:
-        return []
+        return {}
     with read_only(factory) as session:
         own = queries.price_row(session, plan.stripe_price_id)
         found = queries.active_metered_prices(session, keys)
@@ -90,14 +91,30 @@ def usage_prices(factory: sessionmaker[Session], plan: Plan, keys: Sequence[str]
             "price has this lookup key or id (archived, deleted, or not mirrored yet)"
         )
     if own is None:
-        return []
+        return {}
     cadence = (own.currency, own.recurring_interval, own.recurring_interval_count)
-    return [
-        row.stripe_price_id
-        for row in found
-        if (row.currency, row.recurring_interval, row.recurring_interval_count) == cadence
-        and row.stripe_meter_id != own.stripe_meter_id
-    ]
+    by_meter: dict[str, str] = {}
+    for row in found:
+        meter = row.stripe_meter_id
+        if (row.currency, row.recurring_interval, row.recurring_interval_count) != cadence:
+            continue
+        if meter is None or meter == own.stripe_meter_id:
+            continue
+        if meter in by_meter:
+            raise Misconfigured(
+                f"BILLING_USAGE_PRICES names two prices of meter {meter} for "
+                f"{plan.lookup_key or plan.stripe_price_id} ({by_meter[meter]}, "
+                f"{row.stripe_price_id}): Stripe would bill its usage twice"
+            )
+        by_meter[meter] = row.stripe_price_id
+    return by_meter
+
+
+def meters_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> set[str]:
+    """The meters that these prices bill (by the mirror)."""
+    with read_only(factory) as session:
+        rows = [queries.price_row(session, price_id) for price_id in price_ids]
+    return {row.stripe_meter_id for row in rows if row is not None and row.stripe_meter_id}
 
 
 def same_cadence(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:

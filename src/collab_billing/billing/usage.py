@@ -33,7 +33,6 @@ from collab_billing.state.access import rules_of
 
 PAST_WINDOW_SECONDS = 35 * 86_400  # Stripe's: a meter event at most 35 days old
 FUTURE_WINDOW_SECONDS = 5 * 60  # and at most 5 minutes ahead
-MAX_BATCH = 1000
 
 
 class Unprocessable(BillingError):

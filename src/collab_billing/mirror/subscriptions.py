@@ -65,7 +65,7 @@ def is_metered(item: SubscriptionItem) -> bool:
     )
 
 
-def _price_id(item: SubscriptionItem) -> str | None:
+def item_price_id(item: SubscriptionItem) -> str | None:
     price = item.price
     return price.id if isinstance(price, ItemPrice) else price
 
@@ -85,7 +85,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     details = subscription.cancellation_details
     return {
         "stripe_subscription_status": subscription.status,
-        "stripe_price_id": _price_id(plan) if plan else None,
+        "stripe_price_id": item_price_id(plan) if plan else None,
         "stripe_cancel_at_period_end": subscription.cancel_at_period_end,
         "stripe_cancel_at": stripe_time(subscription.cancel_at),
         "stripe_canceled_at": stripe_time(subscription.canceled_at),
@@ -94,7 +94,7 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_trial_end": stripe_time(subscription.trial_end),
         "stripe_cancellation_reason": details.reason if details else None,
         "stripe_current_period_start": stripe_time(period_start),
-        "stripe_item_price_ids": [price for item in items if (price := _price_id(item))],
+        "stripe_item_price_ids": [price for item in items if (price := item_price_id(item))],
         "stripe_created": stripe_time(subscription.created),
         "stripe_ended_at": stripe_time(subscription.ended_at),
     }

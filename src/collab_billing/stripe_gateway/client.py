@@ -61,7 +61,6 @@ class CheckoutSessionSummary(msgspec.Struct):
     subscription: str | Ref | None = None
     client_reference_id: str | None = None
     metadata: dict[str, str] | None = None
-    expired_here: bool = False  # not Stripe's: `expire_open_checkouts` expired it
 
 
 class StripeGateway:
