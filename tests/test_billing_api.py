@@ -287,3 +287,16 @@ def test_a_lost_customer_answer_then_a_new_email_makes_no_second_customer(
     assert api.post("/billing/subscriptions", json={"github_user_id": 63}).status_code == 200
     customers = emulator.sdk.v1.customers.list({"limit": 100}).data
     assert [c.metadata["github_user_id"] for c in customers] == ["63"]
+
+
+def test_a_user_added_after_stripe_named_them_shows_their_subscription_at_once(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler
+) -> None:
+    """The customer was linked only at the next poll: up to the safety interval (300 s) with
+    healthy webhooks, meanwhile the user's subscription and access were not shown."""
+    sub_id = subscribed_in_stripe_before_the_user(api, emulator, reconciler, 63)
+    listed = api.get("/billing/subscriptions", params={"github_user_id": 63}).json()
+    assert [s["stripe_subscription_id"] for s in listed["subscriptions"]] == [sub_id]
+    assert listed["access"]["state"] == "active"
+    state = api.get("/billing/state", params={"github_user_id": 63}).json()
+    assert state["access"]["state"] == "active"

@@ -155,8 +155,15 @@ def link_named_customer(factory: sessionmaker[Session], gateway: StripeGateway, 
     existed: that customer is linked now, with its subscriptions, as the next poll would
     (`Applier.adopt`). A Checkout first made the user a second customer, and the first one's
     subscription, never linked, billed on unseen beside the one the user could then pay."""
-    if _customer_of(factory, user.id) is None and _customer_naming(factory, user.github_user_id):
+    if named_but_unlinked(factory, user.id, user.github_user_id):
         sync_subscriptions(factory, gateway, user.github_user_id, None)
+
+
+def named_but_unlinked(factory: sessionmaker[Session], user_id: int, github_user_id: int) -> bool:
+    """Whether the user has no Stripe customer but one that Stripe showed names them."""
+    if _customer_of(factory, user_id) is not None:
+        return False
+    return _customer_naming(factory, github_user_id) is not None
 
 
 def _owner_of(factory: sessionmaker[Session], stripe_customer_id: str) -> int | None:
