@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -199,12 +200,25 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
 UNREACHABLE = "postgresql://billing:hunter2-secret@127.0.0.1:1/billing"
 
 
+# libpq's other way to give the password: as a parameter.
+UNREACHABLE_WITH_PARAMETER = "postgresql://billing@127.0.0.1:1/billing?password=hunter2-secret"
+
+
 @pytest.mark.parametrize("command", [["migrate"], ["users", "list"], ["reconcile", "--status"]])
-def test_an_unreachable_database_is_one_line_naming_it(tmp_path: Path, command: list[str]) -> None:
-    result = run_cli(*command, env={"DATABASE_URL": UNREACHABLE}, cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (UNREACHABLE, "postgresql://billing:***@127.0.0.1:1/billing"),
+        (UNREACHABLE_WITH_PARAMETER, "postgresql://billing@127.0.0.1:1/billing?password=xxxxx"),
+    ],
+)
+def test_an_unreachable_database_is_one_line_naming_it(
+    tmp_path: Path, command: list[str], url: str, shown: str
+) -> None:
+    result = run_cli(*command, env={"DATABASE_URL": url}, cwd=tmp_path)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert "DATABASE_URL=postgresql://billing:***@127.0.0.1:1/billing" in line
+    assert f"DATABASE_URL={shown}" in line
     assert "hunter2" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
@@ -227,12 +241,15 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     assert "--workers 2 needs PostgreSQL" in line
 
 
-def test_the_database_password_is_masked_in_log_lines() -> None:
-    settings = load_settings(
-        database_url="postgresql://billing:hunter2-secret@db.internal:5432/billing",
-        admin_token=ADMIN_TOKEN,
-        _env_file=None,
-    )
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://billing:hunter2-secret@db.internal:5432/billing",
+        "postgresql://billing@db.internal:5432/billing?password=hunter2-secret",
+    ],
+)
+def test_the_database_password_is_masked_in_log_lines(url: str) -> None:
+    settings = load_settings(database_url=url, admin_token=ADMIN_TOKEN, _env_file=None)
     record = logging.LogRecord(
         "x", logging.WARNING, "", 0, "connect to %s failed", (settings.database_url,), None
     )
@@ -260,3 +277,28 @@ def test_after_an_internal_error_the_next_request_is_answered(
         assert failed.status_code == 500 and failed.headers["connection"] == "close"
         assert "internal error" in failed.json()["detail"]
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.postgres_only
+def test_a_database_that_refuses_the_url_is_one_line(tmp_path: Path, database_url: str) -> None:
+    """A connection option the server does not know is a one-line error, not a trace."""
+    result = run_cli("migrate", env={"DATABASE_URL": f"{database_url}?foo=bar"}, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert 'invalid connection option "foo"' in line and "Traceback" not in result.stderr
+
+
+def test_the_metrics_port_taken_is_one_line(tmp_path: Path, emulator_server: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "DATABASE_URL": f"sqlite:///{tmp_path}/billing.db",
+            "STRIPE_API_KEY": "sk_test_x",
+            "STRIPE_API_BASE": emulator_server,
+        }
+        result = run_cli("reconcile", "--once", "--metrics-port", str(port), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in line

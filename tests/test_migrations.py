@@ -13,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from collab_billing.db.engine import make_engine
 from collab_billing.db.migrate import alembic_config, revisions, upgrade_to_head
@@ -119,3 +119,22 @@ def test_commands_that_only_read_leave_an_older_schema_as_it_is(tmp_path: Path) 
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert run.returncode == 0, (args, run.stderr)
+
+
+def test_a_schema_of_a_later_release_is_one_line_not_a_trace(tmp_path: Path) -> None:
+    """A rollback to this release over a database a later one migrated: `migrate` and `serve`
+    failed with Alembic's "Can't locate revision" trace, and `users list` said to migrate."""
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    env = {**os.environ, "DATABASE_URL": url}
+    for args in (["migrate"], ["users", "list"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "collab_billing", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2, (args, run.stderr)
+        [line] = run.stderr.strip().splitlines()
+        assert "at revision 9999, newer than this release's" in line

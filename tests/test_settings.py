@@ -43,6 +43,17 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BILLING_TRIAL_DAYS", "-1"),
         ("BILLING_TRIAL_DAYS", "731"),  # Stripe's longest trial is 730 days
         ("BILLING_TRIAL_REQUIRES_PAYMENT_METHOD", "maybe"),
+        # An infinite or huge time failed inside a thread after the start (the notification
+        # sender died, `serve` went on without it).
+        ("BILLING_NOTIFY_POLL_SECONDS", "inf"),
+        ("STRIPE_TIMEOUT_SECONDS", "inf"),
+        ("API_STRIPE_TIMEOUT_SECONDS", "1e12"),
+        ("RECONCILE_SAFETY_INTERVAL_SECONDS", "1e10"),
+        # Each failed at the first connection, with a stack trace.
+        ("DATABASE_URL", "postgresql://u:pw@127.0.0.1:notaport/db"),
+        ("DATABASE_URL", "postgresql+asyncpg://127.0.0.1/db"),
+        ("DATABASE_URL", "sqlitex:///f.db"),
+        ("DATABASE_URL", "sqlite://"),
         ("BILLING_AUTOMATIC_TAX", "sometimes"),
     ],
 )

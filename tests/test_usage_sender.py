@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingCustomer, BillingUsageEvent, User
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 from tests.test_billing_api import add_user, serve
 from tests.test_usage_api import meter, record  # noqa: F401  (the fixture)
@@ -136,6 +138,25 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
     database_url: str,
 ) -> None:
     add_user(api, 1)
+    # A yearly usage subscription: the records stay in its period when they are 36 days old.
+    yearly = emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount_decimal": "0.5",
+            "recurring": {"interval": "year", "usage_type": "metered", "meter": meter},
+            "product_data": {"name": "Tokens, yearly"},
+        }
+    )
+    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "1"}})
+    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
+    emulator.sdk.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": yearly.id}],
+            "default_payment_method": card.id,
+        }
+    )
+    Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
     cap = {"github_user_id": 1, "max_monthly_spend_cents": 1}
     assert api.put("/billing/preferences", json=cap).status_code == 200
     ingest(api, [1], 3)

@@ -15,14 +15,14 @@ import prometheus_client
 import typer
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from collab_billing import metrics
 from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
-from collab_billing.db.engine import make_engine, make_session_factory, transaction
-from collab_billing.db.migrate import revisions, upgrade_to_head
+from collab_billing.db.engine import make_engine, make_session_factory, shown_url, transaction
+from collab_billing.db.migrate import known_revisions, revisions, upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.gauges import DatabaseGauges
@@ -67,10 +67,13 @@ def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
     delay = 0.5
     while True:
         try:
+            refuse_a_newer_schema(engine)
             upgrade_to_head(engine)
             return engine
-        except (OperationalError, InterfaceError) as error:
+        except DBAPIError as error:
             where, reason = where_and_why(settings, error)
+            if not isinstance(error, OperationalError | InterfaceError):  # no network failure
+                fail(f"the database at DATABASE_URL={where} failed: {reason}")
             if time.monotonic() + delay > deadline:
                 fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
             log.warning(
@@ -95,6 +98,7 @@ def current_engine(settings: Settings) -> Engine:
         fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
     if current is None:
         fail("the database was never migrated: run `collab-billing migrate` first")
+    refuse_a_newer_schema(engine)
     if current != head:
         fail(
             f"the database schema is at revision {current}, this release's is {head}: use "
@@ -104,9 +108,19 @@ def current_engine(settings: Settings) -> Engine:
     return engine
 
 
-def where_and_why(settings: Settings, error: OperationalError | InterfaceError) -> tuple[str, str]:
+def refuse_a_newer_schema(engine: Engine) -> None:
+    """A schema of a later release (a rollback) is a one-line error, not Alembic's trace."""
+    current, head = revisions(engine)
+    if current is not None and current not in known_revisions(engine):
+        fail(
+            f"the database schema is at revision {current}, newer than this release's "
+            f"({head}): deploy the release that migrated it, or restore a backup from before"
+        )
+
+
+def where_and_why(settings: Settings, error: DBAPIError) -> tuple[str, str]:
     """The database's URL without its password, and the first line of the driver's error."""
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    where = shown_url(settings.database_url)
     return where, str(error.orig or error).strip().splitlines()[0]
 
 
@@ -254,7 +268,10 @@ def reconcile(
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
         share = settings.reconcile_read_budget_share
         prometheus_client.REGISTRY.register(DatabaseGauges(engine, share))
-        prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
+        try:
+            prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
+        except OSError as error:  # the port is taken
+            fail(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {error.strerror}")
     # The reads are recorded as they go, not only when a drain ends: a killed drain loses few.
     reads, reads_stop = start_in_background(
         partial(budget.record_reads, reconciler.factory), "reads"

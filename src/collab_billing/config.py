@@ -10,6 +10,8 @@ from datetime import timedelta
 import httpx
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 # Standard Webhooks: a secret SHOULD be 24 to 64 bytes.
@@ -17,11 +19,17 @@ MIN_NOTIFY_SECRET_BYTES = 24
 _HEADER_TOKEN = re.compile(r"[!-~]+")
 # A host as httpx parses it: a name (IDNA decoded), an IPv4 or IPv6 address, nothing it had
 # to percent-encode (a space).
+# The drivers the service is installed with (psycopg 3 for PostgreSQL).
+_DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 _HOST = re.compile(r"[^\s%]+")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # No `inf`: an infinite timeout or interval fails deep inside a thread (a timestamp out of
+    # range), after the start; the bounds below keep finite values sane too.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, allow_inf_nan=False
+    )
 
     database_url: str = "sqlite:///collab-billing.db"
     admin_token: SecretStr | None = None
@@ -46,17 +54,17 @@ class Settings(BaseSettings):
     # event from next year is forged or broken and would poison the rows' watermarks).
     webhook_event_max_ahead_seconds: int = Field(default=86_400, ge=0)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
-    stripe_timeout_seconds: float = Field(default=30.0, gt=0)
-    stripe_requests_per_second: float = Field(default=20.0, gt=0)
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    stripe_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
     # The admin API's own Stripe calls (checkout, portal): how many may wait on Stripe at once,
     # how long a request may queue for one of those slots, and how long one attempt may take.
     # Bounded so that a slow Stripe answers those routes with 503/502 instead of holding every
     # worker thread (database-only routes and /healthz stay fast).
     api_stripe_concurrency: int = Field(default=8, ge=1, le=256)
-    api_stripe_queue_seconds: float = Field(default=5.0, gt=0)
-    api_stripe_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_stripe_queue_seconds: float = Field(default=5.0, gt=0, le=600)
+    api_stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # `serve` waits this long for an unreachable database at start before giving up.
-    database_startup_wait_seconds: float = Field(default=30.0, ge=0)
+    database_startup_wait_seconds: float = Field(default=30.0, ge=0, le=86_400)
     billing_checkout_success_url: str = "http://127.0.0.1:8080/billing/success"
     billing_checkout_cancel_url: str = "http://127.0.0.1:8080/billing/cancel"
     billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
@@ -65,12 +73,12 @@ class Settings(BaseSettings):
     billing_past_due_grace_days: float = Field(default=3, ge=0, le=365)
     # The rate of meter events sent to Stripe (test mode allows 25 requests a second in all).
     billing_usage_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
-    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0, le=86_400)
     # Freshness (docs/reconciliation.md): the slowest poll (idle, or webhooks healthy); the
     # share of Stripe's read allowance, max(10,000, 500 x transactions) over 30 days, that
     # the service may spend; how many `POST /billing/subscriptions/sync` a user may make a
     # minute.
-    reconcile_safety_interval_seconds: float = Field(default=300.0, gt=0)
+    reconcile_safety_interval_seconds: float = Field(default=300.0, gt=0, le=86_400)
     reconcile_read_budget_share: float = Field(default=0.8, gt=0, le=1)
     billing_sync_per_minute: int = Field(default=10, ge=1, le=10_000)
     # Where `billing.state.updated` notifications are POSTed (comma-separated URLs), signed per
@@ -78,18 +86,33 @@ class Settings(BaseSettings):
     billing_notify_urls: str | None = None
     billing_notify_secret: SecretStr | None = Field(default=None, validate_default=True)
     # A failing delivery is retried with exponential backoff up to this delay, for this long.
-    billing_notify_max_backoff_seconds: float = Field(default=3600.0, gt=0)
-    billing_notify_retry_window_seconds: float = Field(default=3 * 86400.0, gt=0)
+    billing_notify_max_backoff_seconds: float = Field(default=3600.0, gt=0, le=86_400)
+    billing_notify_retry_window_seconds: float = Field(default=3 * 86400.0, gt=0, le=30 * 86_400)
     # How often the sender looks for new notifications (it is also woken by its own deliveries).
-    billing_notify_poll_seconds: float = Field(default=0.1, gt=0)
+    billing_notify_poll_seconds: float = Field(default=0.1, gt=0, le=3600)
     reconcile_enabled: bool = True
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
 
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite", "postgresql")):
-            raise ValueError("must be a sqlite:// or postgresql:// SQLAlchemy URL")
+        # Checked here, not at the first connection: a URL that does not parse, or names a
+        # driver not installed, failed there with a stack trace. (The messages never repeat
+        # the URL: it may hold a password.)
+        try:
+            url = make_url(value)
+            url.port  # noqa: B018  (parsed when read: `host:notaport` fails here)
+        except (ArgumentError, ValueError):
+            raise ValueError("is not a SQLAlchemy URL (e.g. sqlite:///collab-billing.db)") from None
+        if url.drivername not in _DATABASE_DRIVERS:
+            raise ValueError(
+                "must be a sqlite:// or postgresql:// (or postgresql+psycopg://) SQLAlchemy URL"
+            )
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database is not shared by the service's connections: "
+                "give a file, e.g. sqlite:///collab-billing.db"
+            )
         return value
 
     @field_validator("admin_token")

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings, SettingsError, load_settings
-from collab_billing.db.engine import make_engine
+from collab_billing.db.engine import make_engine, shown_url
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.logs import configure_logging
 
@@ -145,7 +145,7 @@ def _print_banner(settings: Settings, api_port: int, emulator_url: str, admin_to
 collab-billing dev is running
   API:             {url}   (docs: {url}/docs)
   Stripe emulator: {emulator_url}
-  database:        {settings.database_url}
+  database:        {shown_url(settings.database_url)}
   admin token:     {admin_token}
 
 Try:

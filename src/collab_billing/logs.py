@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
-from sqlalchemy.engine import make_url
 
 from collab_billing.config import Settings
+from collab_billing.db.engine import url_passwords
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -114,9 +114,7 @@ class TextFormatter(_Redacting):
 
 def secret_values(settings: Settings) -> list[str]:
     values = [*settings.webhook_secrets()]
-    database_password = make_url(settings.database_url).password
-    if database_password:
-        values.append(str(database_password))
+    values += url_passwords(settings.database_url)
     secrets = (
         settings.admin_token,
         settings.stripe_api_key,

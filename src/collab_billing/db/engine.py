@@ -49,6 +49,23 @@ def normalize_url(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def shown_url(database_url: str) -> str:
+    """The URL to print: its passwords, in the user info or as a `password` parameter
+    (libpq's other form), masked."""
+    url = make_url(database_url)
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "xxxxx"})
+    return url.render_as_string(hide_password=True)
+
+
+def url_passwords(database_url: str) -> list[str]:
+    """The passwords a database URL holds, for the logs to redact."""
+    url = make_url(database_url)
+    given = url.query.get("password")
+    in_query = [given] if isinstance(given, str) else list(given or ())
+    return [str(password) for password in (url.password, *in_query) if password]
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
