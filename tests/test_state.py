@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingNotification, BillingState, User
+from collab_billing.db.models import BillingNotification, BillingState, ReconcilerState, User
+from collab_billing.reconcile.ledger import DOCUMENT_FORMAT
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -200,3 +201,34 @@ def stale_users(factory: sessionmaker[Session]) -> set[int]:
                 .where(BillingState.stale)
             )
         )
+
+
+def test_documents_stored_by_an_older_release_are_recomputed_and_notified_once(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, api: httpx.Client
+) -> None:
+    """After an upgrade the stored documents were served, and notified, as the older release
+    computed them (a field it did not have, an access decided by its rules) until the user's
+    rows changed again; the first poll of the new release recomputes them."""
+    factory = reconciler.factory
+    add_user(factory, 4242, "octocat")
+    emulator.complete_checkout(checkout(reconciler, stripe_settings.stripe_price_id or "", 4242))
+    reconciler.drain()
+    current = api.get("/billing/state", params={"github_user_id": 4242}).json()
+    assert current["access"]["state"] == "active"
+
+    older = {key: value for key, value in current.items() if key not in ("version", "trial_end")}
+    older["access"] = {"state": "grace", "until": None}
+    with factory() as session, session.begin():
+        session.execute(update(BillingState).values(document=older))
+        session.execute(delete(ReconcilerState).where(ReconcilerState.name == DOCUMENT_FORMAT))
+    assert api.get("/billing/state", params={"github_user_id": 4242}).json()["access"] == {
+        "state": "grace",
+        "until": None,
+    }
+
+    reconciler.drain()  # the release's first poll
+    recomputed = api.get("/billing/state", params={"github_user_id": 4242}).json()
+    assert recomputed == {**current, "version": current["version"] + 1}
+    assert notifications(factory)[-1] == recomputed
+    reconciler.drain()
+    assert api.get("/billing/state", params={"github_user_id": 4242}).json() == recomputed

@@ -18,6 +18,7 @@ from collab_billing.stripe_gateway.events import Event
 CURSOR = "events_cursor"
 LAST_DRAIN_AT = "last_drain_at"
 LAST_RESYNC_AT = "last_resync_at"
+DOCUMENT_FORMAT = "state_document_format"  # `state.document.DOCUMENT_FORMAT` of stored ones
 # After this many failed tries an event counts as failed (status, metric); retries go on.
 MAX_ATTEMPTS = 5
 # Waiting events (held behind a failed one) are never due by themselves: the failed event's

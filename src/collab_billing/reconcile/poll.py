@@ -39,6 +39,7 @@ from collab_billing.reconcile.windows import (
     split_overflowed,
 )
 from collab_billing.state import outbox
+from collab_billing.state.document import DOCUMENT_FORMAT
 from collab_billing.stripe_gateway import PAGE_EVENTS, Event, StripeGateway, StripeGatewayError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Poller:
         # Once the poll completes, every event created before it started is applied.
         polled_from = int(self.clock()) if polled_from is None else polled_from
         report = DrainReport()
+        self._recompute_documents_of_another_format()
         self._refresh_documents()  # those a poll killed mid-way left stale
         with read_only(self.factory) as session:
             cursor = ledger.read_int_state(session, ledger.CURSOR) or 0
@@ -284,6 +286,16 @@ class Poller:
             return True
         with read_only(self.factory) as session:
             return ledger.processed(session, ids) == ids
+
+    def _recompute_documents_of_another_format(self) -> None:
+        """Documents stored by a release that computed them otherwise are marked stale: the
+        refresh that follows recomputes them (and notifies those that changed)."""
+        with read_only(self.factory) as session:
+            stored = ledger.read_int_state(session, ledger.DOCUMENT_FORMAT)
+        if stored != DOCUMENT_FORMAT:
+            outbox.mark_every_document_stale(self.factory)
+            with transaction(self.factory) as session:
+                ledger.write_state(session, ledger.DOCUMENT_FORMAT, DOCUMENT_FORMAT)
 
     def _refresh_documents(self) -> None:
         """The state documents the batches marked stale, recomputed and notified a

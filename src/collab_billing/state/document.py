@@ -57,6 +57,14 @@ FEATURELESS_ACCESS = frozenset({"blocked", "none"})
 BLOCKED = {"state": "blocked", "until": None}
 
 
+# The stored documents' format: raise it when the document's fields, or the rules that compute
+# it, change. A release whose format differs from the one the documents were stored in
+# recomputes them all (at its first poll), and notifies those that changed: else the stored
+# ones were served, and notified, as an older release computed them (a field missing, an access
+# decided by older rules) until the user's rows next changed.
+DOCUMENT_FORMAT = 1
+
+
 def iso(value: datetime | None) -> str | None:
     """A stored time as ISO 8601 UTC (SQLite hands back naive datetimes, all UTC)."""
     if value is None:

@@ -281,6 +281,26 @@ def _states_of_users(dialect: str, stale: bool) -> Any:
     )
 
 
+def mark_every_document_stale(factory: sessionmaker[Session], batch: int = 1000) -> None:
+    """Mark every stored document stale, a transaction per `batch` users in id order (the
+    order every writer of `billing_states` locks its rows in)."""
+    after = 0
+    while True:
+        with transaction(factory) as session:
+            user_ids = list(
+                session.scalars(
+                    select(_states.c.user_id)
+                    .where(_states.c.user_id > after)
+                    .order_by(_states.c.user_id)
+                    .limit(batch)
+                )
+            )
+            mark_stale(session, user_ids)
+        if len(user_ids) < batch:
+            return
+        after = user_ids[-1]
+
+
 def refresh_stale(factory: sessionmaker[Session], users: int = 500) -> int:
     """Recompute the documents of up to `users` users marked stale, in one transaction,
     storing and notifying those that changed; returns how many were recomputed (fewer than
