@@ -138,3 +138,38 @@ def test_a_schema_of_a_later_release_is_one_line_not_a_trace(tmp_path: Path) -> 
         assert run.returncode == 2, (args, run.stderr)
         [line] = run.stderr.strip().splitlines()
         assert "at revision 9999, newer than this release's" in line
+
+
+def test_usage_values_stored_as_doubles_keep_their_digits_on_sqlite(tmp_path: Path) -> None:
+    """0013 made SQLite's values text with SQLite's cast, which keeps 15 significant digits:
+    1234567.891234567 pending then was billed as 1234567.89123457."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'usage.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0012")
+    values = [1234567.891234567, 123456789012.12346, 0.1, 2.5, 1e16, 7.0]
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (id, github_user_id, github_login) VALUES (1, 1, 'a')")
+        )
+        for number, value in enumerate(values):
+            connection.execute(
+                text(
+                    "INSERT INTO billing_usage_events (user_id, meter_event_name, value, "
+                    "timestamp, idempotency_key, identifier, status, attempts, next_attempt_at) "
+                    "VALUES (1, 'tokens', :value, 0, :key, :key, 'pending', 0, 0)"
+                ),
+                {"value": value, "key": f"k{number}"},
+            )
+    upgrade_to_head(engine)
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT value FROM billing_usage_events ORDER BY id")
+        ).scalars()
+        assert list(stored) == [
+            "1234567.891234567",
+            "123456789012.12346",
+            "0.1",
+            "2.5",
+            "10000000000000000",
+            "7",
+        ]
