@@ -8,10 +8,9 @@ the new price, seats and proration in Stripe's UI; the portal's default
 themselves and answer the subscription: `stop_cancellation` (`cancel_at_period_end=false`),
 `end_trial` (`trial_end=now`), and `change_plan` of a subscription that bills usage beside
 its plan, or gains usage prices with the new plan (the portal cannot update one of several
-items, nor add one); the row is refreshed from Stripe
-under resync's watermark rule, so it never goes backwards. An intent that does not apply is a
-409. `pay_invoice` answers the overdue invoice's hosted page, read from the mirror (no portal,
-no Stripe call).
+items, nor add one); the row is refreshed from Stripe under resync's watermark rule, so it
+never goes backwards. An intent that does not apply is a 409. `pay_invoice` answers the
+overdue invoice's hosted page, read from the mirror (no portal, no Stripe call).
 
 Stripe is only called once the read transaction is closed.
 """

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.errors import InvalidField, Misconfigured
 from collab_billing.db import queries
 from collab_billing.db.engine import read_only
+from collab_billing.db.models import BillingPrice
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,10 @@ def usage_prices(factory: sessionmaker[Session], plan: Plan, keys: Sequence[str]
         )
     if own is None:
         return {}
-    cadence = (own.currency, own.recurring_interval, own.recurring_interval_count)
     by_meter: dict[str, str] = {}
     for row in found:
         meter = row.stripe_meter_id
-        if (row.currency, row.recurring_interval, row.recurring_interval_count) != cadence:
+        if _cadence(row) != _cadence(own):
             continue
         if meter is None or meter == own.stripe_meter_id:
             continue
@@ -121,13 +121,12 @@ def same_cadence(factory: sessionmaker[Session], price_id: str, other: str | Non
     """Whether two prices bill in one currency on one interval (False when either is unknown)."""
     with read_only(factory) as session:
         new, old = queries.price_row(session, price_id), queries.price_row(session, other or "")
-    if new is None or old is None:
-        return False
-    return (new.currency, new.recurring_interval, new.recurring_interval_count) == (
-        old.currency,
-        old.recurring_interval,
-        old.recurring_interval_count,
-    )
+    return new is not None and old is not None and _cadence(new) == _cadence(old)
+
+
+def _cadence(price: BillingPrice) -> tuple[str, str | None, int | None]:
+    """What prices billed together on one subscription share: currency and interval."""
+    return price.currency, price.recurring_interval, price.recurring_interval_count
 
 
 def _find(rows: Sequence[RowMapping], wanted: str | None) -> RowMapping | None:
