@@ -49,6 +49,17 @@ class Emulator:
         )
         return result
 
+    def subscribe_in_stripe(self, github_user_id: int, *price_ids: str) -> Any:
+        """A customer naming the user, with a card, subscribed to these prices in Stripe
+        (not through the service): the subscription."""
+        metadata = {"github_user_id": str(github_user_id)}
+        customer = self.sdk.v1.customers.create(params={"metadata": metadata})
+        card = self.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
+        items = [{"price": price} for price in price_ids]
+        return self.sdk.v1.subscriptions.create(
+            params={"customer": customer.id, "items": items, "default_payment_method": card.id}
+        )
+
     def set_status(self, subscription_id: str, status: str) -> None:
         self.control("POST", f"subscriptions/{subscription_id}/status", {"status": status})
 

@@ -124,12 +124,7 @@ def test_resync_mirrors_the_tiers_and_a_price_update_keeps_them(
     assert mirrored(session_factory, price_id) == ("tiered", "volume", MIRRORED_TIERS, None)
     # The estimate of a subscription to it still goes by the tiers.
     add_user(api, 8)
-    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "8"}})
-    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
-    items = [{"price": price_id}]
-    emulator.sdk.v1.subscriptions.create(
-        params={"customer": customer.id, "items": items, "default_payment_method": card.id}
-    )
+    emulator.subscribe_in_stripe(8, price_id)
     Reconciler(stripe_settings, engine, gateway).drain()
     api.post("/billing/usage", json=record(8, "x", 101))
     [tokens] = usage_of(api, 8)["meters"]

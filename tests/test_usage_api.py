@@ -362,12 +362,7 @@ def test_a_metered_item_added_in_stripe_that_passes_a_cap_is_notified(
     came after the change to recompute it)."""
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     add_user(api, 1)
-    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "1"}})
-    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
-    plan = {"price": stripe_settings.stripe_price_id or ""}
-    sub = emulator.sdk.v1.subscriptions.create(
-        params={"customer": customer.id, "items": [plan], "default_payment_method": card.id}
-    )
+    sub = emulator.subscribe_in_stripe(1, stripe_settings.stripe_price_id or "")
     assert sub.status == "active"
     reconciler.drain()
     cap = {"github_user_id": 1, "max_monthly_spend_cents": 50}

@@ -147,15 +147,7 @@ def test_a_record_stripe_refuses_is_failed_with_stripes_reason(
             "product_data": {"name": "Tokens, yearly"},
         }
     )
-    customer = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "1"}})
-    card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
-    emulator.sdk.v1.subscriptions.create(
-        params={
-            "customer": customer.id,
-            "items": [{"price": yearly.id}],
-            "default_payment_method": card.id,
-        }
-    )
+    emulator.subscribe_in_stripe(1, yearly.id)
     Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
     cap = {"github_user_id": 1, "max_monthly_spend_cents": 1}
     assert api.put("/billing/preferences", json=cap).status_code == 200
