@@ -4,8 +4,10 @@ into `billing_invoices`, and the period's total restarts at 0."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -379,3 +381,43 @@ def test_two_usage_prices_of_one_meter_for_a_plan_are_a_503_naming_them(
         answer = api.post("/billing/subscriptions", json={"github_user_id": 7})
         assert answer.status_code == 503
         assert f"two prices of meter {meter}" in answer.json()["detail"]
+
+
+def test_a_double_clicked_plan_change_adds_the_usage_price_once(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Both requests read the items, then each added the usage price: Stripe billed the usage
+    twice (or, refusing the second item of one price, the second answered 502). One change is
+    made; the other is a 409."""
+    plan_price(emulator, "pro-yearly", 20000, "year")
+    resync(session_factory, StripeGateway(stripe_settings))
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    answer = api.post("/billing/subscriptions", json={"github_user_id": 7, "price": "pro-yearly"})
+    sub_id = emulator.complete_checkout(answer.json()["checkout_session_url"])["subscription"]
+    reconciler.drain()
+
+    change = {
+        "github_user_id": 7,
+        "intent": "change_plan",
+        "price": stripe_settings.stripe_price_id,
+    }
+    start = threading.Barrier(2)
+
+    def click() -> int:
+        start.wait()
+        return api.post("/billing/subscriptions/manage", json=change).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = sorted(pool.map(lambda _: click(), range(2)))
+    assert statuses == [200, 409]
+    items = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    assert [item.price.id for item in items] == [
+        stripe_settings.stripe_price_id,
+        usage_price_of(session_factory, meter),
+    ]

@@ -47,7 +47,21 @@ def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
         metadata = spec.metadata or {}
         quantity = 0 if spec.price.meter is not None else spec.quantity or 1
         items.append(Item(ids.new_id("si"), created, spec.price, quantity, metadata))
-    return tuple(items)
+    return _one_item_a_price(tuple(items))
+
+
+def _one_item_a_price(items: tuple[Item, ...]) -> tuple[Item, ...]:
+    """Stripe refuses two items of one price on a subscription (the seats are one item's
+    quantity), in the words of its older `plan` API."""
+    seen: set[str] = set()
+    for item in items:
+        if item.price.id in seen:
+            raise bad_request(
+                f"Cannot add multiple subscription items with the same plan: {item.price.id}",
+                "items",
+            )
+        seen.add(item.price.id)
+    return items
 
 
 def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple[Item, ...]:
@@ -82,7 +96,7 @@ def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple
     items = tuple(changed.values()) + build_items(added, now)
     if not items:
         raise bad_request("A subscription must have at least one active plan.", "items")
-    return items
+    return _one_item_a_price(items)
 
 
 def create_subscription(

@@ -211,6 +211,25 @@ def test_a_trials_end_is_announced_three_days_before_and_when_ended_now(
     assert len(warnings()) == 3
 
 
+def test_two_items_of_one_price_are_refused(client: stripe.StripeClient, ctl: Control) -> None:
+    """Stripe keeps one item a price (its seats are the quantity): a second is a 400."""
+    price = recurring_price(client)
+    session = _checkout(client, price.id)
+    sub = client.v1.subscriptions.retrieve(
+        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    )
+    [item] = sub["items"].data
+    with pytest.raises(stripe.InvalidRequestError, match="multiple subscription items"):
+        client.v1.subscriptions.update(
+            sub.id, params={"items": [{"id": item.id}, {"price": price.id}]}
+        )
+    with pytest.raises(stripe.InvalidRequestError, match="multiple subscription items"):
+        client.v1.subscriptions.create(
+            params={"customer": sub.customer, "items": [{"price": price.id}] * 2}  # type: ignore[typeddict-item]
+        )
+    assert len(client.v1.subscriptions.retrieve(sub.id)["items"].data) == 1
+
+
 def test_an_item_is_removed_by_deleted(client: stripe.StripeClient, ctl: Control) -> None:
     first, second = recurring_price(client), recurring_price(client, 500)
     customer = client.v1.customers.create(

@@ -42,6 +42,7 @@ from collab_billing.billing.plans import (
     same_product,
     usage_prices,
 )
+from collab_billing.billing.turns import change_turn
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, BillingSubscription
@@ -72,7 +73,13 @@ class ManageResult:
 def manage_subscription(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    return INTENTS[request.intent](factory, gateway, request)
+    """The intent; those that may change the subscription through Stripe's API take the
+    user's turn (`turns.change_turn`): each decides from what it reads of the subscription."""
+    intent = INTENTS[request.intent]
+    if request.intent not in CHANGES:
+        return intent(factory, gateway, request)
+    with change_turn(factory, find_user(factory, request.github_user_id).id):
+        return intent(factory, gateway, request)
 
 
 def open_cancel_portal(
@@ -281,6 +288,7 @@ def _refreshed(
 
 
 Intent = Callable[[sessionmaker[Session], StripeGateway, ManageRequest], ManageResult]
+CHANGES = frozenset({"change_plan", "stop_cancellation", "end_trial"})
 INTENTS: dict[str, Intent] = {
     "cancel": _cancel,
     "manage": _home,

@@ -1,13 +1,16 @@
-"""One Checkout of a user at a time, across the API's processes.
+"""One Checkout, or one change of a subscription, of a user at a time, across the API's
+processes.
 
 Starting a Checkout expires the user's open ones, then opens its own. Two requests of one user
 at once (a double click) would each find nothing to expire and leave two sessions that could
-both be paid. The second is refused at once (409) instead of waiting: waiting would hold one
-of the API's few Stripe slots for nothing, and would then expire the first request's session,
-whose URL the user may already be on. A turn is held while Stripe is called, so it is not a
-database transaction: on PostgreSQL it is a session-level advisory lock, on a connection of
-its own in autocommit; on SQLite, whose deployments have one API process, a lock in the
-process.
+both be paid. A change of plan beside usage reads the subscription's items, then adds the
+new plan's usage prices: two at once each added them, and the usage was billed twice. The
+second is refused at once (409) instead of waiting: waiting would hold one of the API's few
+Stripe slots for nothing, and would then expire the first request's session, whose URL the
+user may already be on (or find its change made). A turn is held while Stripe is called, so
+it is not a database transaction: on PostgreSQL it is a session-level advisory lock, on a
+connection of its own in autocommit; on SQLite, whose deployments have one API process, a
+lock in the process.
 """
 
 from __future__ import annotations
@@ -34,7 +37,21 @@ _LOCAL = [threading.Lock() for _ in range(64)]
 @contextmanager
 def checkout_turn(factory: sessionmaker[Session], user_id: int) -> Iterator[None]:
     """The user's turn to start a Checkout; 409 while another request of the user has it."""
-    busy = Conflict("a Checkout for this user is being started: retry in a moment")
+    with user_turn(factory, user_id, "a Checkout for this user is being started"):
+        yield
+
+
+@contextmanager
+def change_turn(factory: sessionmaker[Session], user_id: int) -> Iterator[None]:
+    """The user's turn to change a subscription; 409 while another request of the user has
+    it (or a Checkout's)."""
+    with user_turn(factory, user_id, "a change of this user's subscription is being made"):
+        yield
+
+
+@contextmanager
+def user_turn(factory: sessionmaker[Session], user_id: int, what: str) -> Iterator[None]:
+    busy = Conflict(f"{what}: retry in a moment")
     engine = factory.kw["bind"]
     if is_sqlite(engine):
         lock = _LOCAL[user_id % len(_LOCAL)]
