@@ -66,10 +66,7 @@ def _one_item_a_price(items: tuple[Item, ...]) -> tuple[Item, ...]:
 
 def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple[Item, ...]:
     """Stripe's `items` update: a spec with an `id` changes that item (price, quantity,
-    metadata) and keeps its id; a spec without one adds an item. Without any id, the emulator
-    replaces the items (what callers that re-send the whole list mean)."""
-    if all(spec.id is None for spec in specs):
-        return build_items(specs, now)
+    metadata) and keeps its id; a spec without one adds an item; the items not named stay."""
     by_id = {item.id: item for item in old}
     changed = dict(by_id)
     added = []

@@ -238,8 +238,14 @@ def test_update_cancel_at_and_items(client: stripe.StripeClient, ctl: Control) -
     cleared = client.v1.subscriptions.update(sub_id, params={"cancel_at": ""})
     assert cleared.cancel_at is None
     other = recurring_price(client, 5000)
-    swapped = client.v1.subscriptions.update(sub_id, params={"items": [{"price": other.id}]})
-    assert swapped["items"].data[0].price.id == other.id
+    first = sub["items"].data[0]
+    # An item without an id is added; the others stay (Stripe's `items` are changes).
+    added = client.v1.subscriptions.update(sub_id, params={"items": [{"price": other.id}]})
+    assert [item.price.id for item in added["items"].data] == [first.price.id, other.id]
+    swapped = client.v1.subscriptions.update(
+        sub_id, params={"items": [{"id": first.id, "deleted": True}]}
+    )
+    assert [item.price.id for item in swapped["items"].data] == [other.id]
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.subscriptions.update(
             sub_id, params={"cancel_at": at, "cancel_at_period_end": True}
