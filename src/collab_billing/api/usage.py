@@ -47,8 +47,8 @@ def _check_window(record: UsageRecordIn, now: int) -> int:
     timestamp = now if record.timestamp is None else record.timestamp
     if timestamp < now - usage.PAST_WINDOW_SECONDS:
         raise usage.Unprocessable(
-            f"timestamp {timestamp} of {record.idempotency_key!r} is more than 35 days ago: "
-            "Stripe refuses such meter events"
+            f"timestamp {timestamp} of {record.idempotency_key!r} is more than 34 days ago: "
+            "Stripe refuses meter events over 35 days old, and it would be sent later"
         )
     if timestamp > now + usage.FUTURE_WINDOW_SECONDS:
         raise usage.Unprocessable(

@@ -68,7 +68,7 @@ class UsageRecordIn(StrictModel):
     )
     timestamp: UnixSeconds | None = Field(
         default=None,
-        description="When the usage happened (Unix seconds): at most 35 days past and 5 "
+        description="When the usage happened (Unix seconds): at most 34 days past and 5 "
         "minutes ahead. Left out: now.",
     )
     idempotency_key: IdempotencyKey = Field(
