@@ -18,6 +18,7 @@ from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
 from tests.test_reconcile_flow import add_user, checkout
+from tests.test_usage_api import USAGE_PRICE, make_meter, metered_price, serve_selling_usage
 
 
 @pytest.fixture
@@ -171,3 +172,36 @@ def test_a_customer_made_anew_after_its_deletion_gets_its_features(
         state = api.get("/billing/state", params={"github_user_id": 950}).json()
     assert state["features"] == ["again-000", "again-001"]
     assert state["access"]["state"] == "active"
+
+
+def test_a_plan_changed_through_the_api_comes_with_its_features_at_once(
+    reconciler: Reconciler,
+    emulator: Emulator,
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A plan beside usage changes through the API: the answer, the state and the one
+    notification of the change carry the new plan's features (the old plan's were kept, and
+    notified with the new plan, until the next poll)."""
+    metered_price(emulator, make_meter(emulator), lookup_key=USAGE_PRICE)
+    old, new = featured_price(emulator, 1, "old"), featured_price(emulator, 1, "new")
+    resync(session_factory, StripeGateway(stripe_settings))
+    add_user(reconciler.factory, 902, "nine-o-two")
+    with contextmanager(serve_selling_usage)(stripe_settings, engine) as api:
+        started = api.post("/billing/subscriptions", json={"github_user_id": 902, "price": old})
+        emulator.complete_checkout(started.json()["checkout_session_url"])
+        reconciler.drain()
+        assert api.get("/billing/state", params={"github_user_id": 902}).json()["features"] == [
+            "old-000"
+        ]
+        change = {"github_user_id": 902, "intent": "change_plan", "price": "new-plan"}
+        changed = api.post("/billing/subscriptions/manage", json=change)
+        assert changed.status_code == 200 and changed.json()["subscription"]["price_id"] == new
+        state = api.get("/billing/state", params={"github_user_id": 902}).json()
+    assert (state["plan"]["stripe_price_id"], state["features"]) == (new, ["new-000"])
+    with reconciler.factory() as session:
+        notified = session.scalars(select(BillingNotification.payload)).all()
+    assert [
+        n["features"] for n in notified if n["plan"] and n["plan"]["stripe_price_id"] == new
+    ] == [["new-000"]]

@@ -42,6 +42,7 @@ from collab_billing.billing.plans import (
     same_product,
     usage_prices,
 )
+from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.billing.turns import change_turn
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
@@ -282,7 +283,10 @@ def _update(
 def _refreshed(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest, sub_id: str
 ) -> ManageResult:
-    refresh(factory, gateway, SUBSCRIPTIONS, [sub_id])
+    # Read as a sync reads: the user's subscriptions with the customer's features, written
+    # together, so that the state document changes once (a new plan was notified with the old
+    # plan's features until the next poll).
+    sync_subscriptions(factory, gateway, request.github_user_id, None)
     rows = list_user_subscriptions(factory, request.github_user_id)
     return ManageResult(changed=next(r for r in rows if r.stripe_subscription_id == sub_id))
 
