@@ -32,8 +32,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "conditi
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+def start_dev(directory: Path) -> tuple[subprocess.Popen[str], int, int]:
     api_port, emulator_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -44,9 +43,16 @@ def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, in
     process = subprocess.Popen(
         [sys.executable, "-m", "collab_billing", "dev", "--port", str(api_port),
          "--emulator-port", str(emulator_port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    yield process, api_port, emulator_port
+    return process, api_port, emulator_port
+
+
+@pytest.fixture
+def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    started = start_dev(tmp_path)
+    yield started
+    process = started[0]
     if process.poll() is None:
         process.kill()
         process.wait()
@@ -108,6 +114,23 @@ def test_dev_runs_the_whole_story(
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
+
+    # Run again in the same folder: the new emulator holds nothing of the last run, so the
+    # database starts empty too (its prices and customers named objects gone with it).
+    again, api_port, _ = start_dev(tmp_path)
+    try:
+        assert again.stdout is not None
+        assert "dev: emptied sqlite:///collab-billing.db" in again.stdout.readline()
+        api.headers["Authorization"] = read_admin_token(again)
+        api.base_url = httpx.URL(f"http://127.0.0.1:{api_port}")
+        wait_for(lambda: api.get("/healthz").status_code == 200, what="/healthz")
+        wait_for(lambda: api.get("/billing/prices").json()["prices"], what="the catalog")
+        assert len(api.get("/billing/prices").json()["prices"]) == 4  # this run's alone
+        gone = api.get("/billing/subscriptions", params={"github_user_id": 12345})
+        assert gone.status_code == 404
+    finally:
+        again.kill()
+        again.wait()
 
 
 def test_serve_refuses_to_start_without_admin_token(tmp_path: Path) -> None:

@@ -173,3 +173,14 @@ def test_usage_values_stored_as_doubles_keep_their_digits_on_sqlite(tmp_path: Pa
             "10000000000000000",
             "7",
         ]
+
+
+def test_commands_that_only_read_create_no_database(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
+    for args in READ_ONLY_COMMANDS:
+        run = subprocess.run(
+            [sys.executable, "-m", "collab_billing", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2 and "no database at DATABASE_URL=" in run.stderr, args
+    assert not (tmp_path / "none.db").exists()  # SQLite would have made an empty one

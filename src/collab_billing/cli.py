@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from functools import partial
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import prometheus_client
@@ -90,6 +91,12 @@ def current_engine(settings: Settings) -> Engine:
     """The database's engine for a command that only reads: it does not migrate (the status
     command of a release about to be deployed must not upgrade the schema under the one that
     runs), and refuses a schema that is not this release's."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        # Checked before connecting: SQLite would create the file, and a command that only
+        # reads would leave an empty database behind.
+        fail(f"no database at DATABASE_URL={shown_url(settings.database_url)}: run "
+             "`collab-billing migrate` (or `serve`) first")  # fmt: skip
     engine = make_engine(settings.database_url)
     try:
         current, head = revisions(engine)

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 import typer
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from sqlalchemy import Engine, delete, insert, select
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db.engine import make_engine, shown_url
 from collab_billing.db.migrate import upgrade_to_head
+from collab_billing.db.models import Base, ReconcilerState
 from collab_billing.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         )
         engine = make_engine(settings.database_url)
         upgrade_to_head(engine)
+        _start_afresh(engine, settings)
         _print_banner(settings, api_port, emulator.url, admin_token)
         from collab_billing.cli import run_api
 
@@ -49,6 +52,40 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         app = create_app(settings, engine, clock=emulator_now)
         _add_return_pages(app)
         run_api(app, "127.0.0.1", api_port)
+
+
+# Set in the databases `dev` runs on: their data is of an emulator, gone with its process.
+_MADE_BY_DEV = "made_by_dev"
+
+
+def _start_afresh(engine: Engine, settings: Settings) -> None:
+    """The emulator starts empty each run (it keeps its data in memory): the rows an earlier
+    `dev` left would name customers, prices and subscriptions it no longer has, so they are
+    removed. A database with rows `dev` did not make is refused: they are someone's data."""
+    with engine.begin() as connection:
+        made_by_dev = connection.scalar(
+            select(ReconcilerState.value).where(ReconcilerState.name == _MADE_BY_DEV)
+        )
+        used = any(
+            connection.scalar(select(table).limit(1)) is not None
+            for table in Base.metadata.sorted_tables
+        )
+        if used and made_by_dev is None:
+            typer.echo(
+                f"error: DATABASE_URL={shown_url(settings.database_url)} holds data that `dev` "
+                "did not make, and `dev` starts its Stripe emulator empty: point DATABASE_URL "
+                "at another database",
+                err=True,
+            )
+            raise typer.Exit(2)
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(delete(table))
+        connection.execute(insert(ReconcilerState).values(name=_MADE_BY_DEV, value="1"))
+    if used:
+        typer.echo(
+            f"dev: emptied {shown_url(settings.database_url)}, left by an earlier run (its "
+            "emulator's data went with it)"
+        )
 
 
 def _add_return_pages(app: FastAPI) -> None:
