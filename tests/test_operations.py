@@ -188,6 +188,10 @@ def test_request_ids_and_json_log_lines(
         assert echoed.headers["x-request-id"] == "trace-7f.3:a"
         made = httpx.get(f"{service.url}/healthz").headers["x-request-id"]
         replaced = httpx.get(f"{service.url}/healthz", headers={"X-Request-Id": "a b" * 100})
+        # An id of the shape of the service's own would pass a client's lines off as a poll's.
+        posing = "poll_f6224fd72392a80b"
+        reissued = httpx.get(f"{service.url}/healthz", headers={"X-Request-Id": posing})
+        assert reissued.headers["X-Request-Id"].startswith("req_")
         assert made.startswith("req_") and replaced.headers["x-request-id"].startswith("req_")
         assert made != replaced.headers["x-request-id"]
         # Even answers made by middleware (413) and errors carry the id.

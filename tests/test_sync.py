@@ -105,7 +105,12 @@ def test_a_session_not_the_users_or_unknown_to_stripe_is_404(
     unknown = api.post("/billing/subscriptions/sync", json={"checkout_session_id": "cs_test_nope"})
     assert unknown.status_code == 404
     assert "cs_test_nope" in unknown.json()["detail"]
+    # An unknown user is told from the database: no read of Stripe's allowance is spent.
+    emulator.control("DELETE", "requests")
     assert api.post("/billing/subscriptions/sync", json={"github_user_id": 999}).status_code == 404
+    mixed = {"github_user_id": 999, "checkout_session_id": session_id}
+    assert api.post("/billing/subscriptions/sync", json=mixed).status_code == 404
+    assert emulator.control("GET", "requests")["by_route"] == {}
     # Nothing was written for user 6.
     assert (
         api.get("/billing/subscriptions", params={"github_user_id": 6}).json()["subscriptions"]

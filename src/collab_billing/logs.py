@@ -40,11 +40,17 @@ def new_request_id(prefix: str = "req") -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+# The shape of the ids the service makes (`req_...`, `poll_...`): a client's id of that shape
+# could pass its log lines off as a poll's or another request's.
+_OUR_REQUEST_ID = re.compile(r"[a-z]+_[0-9a-f]{16}")
+
+
 def accept_request_id(presented: str | None) -> str:
-    """The client's `X-Request-Id` when it is safe to log, a new id otherwise."""
-    if presented and _VALID_REQUEST_ID.match(presented):
-        return presented
-    return new_request_id()
+    """The client's `X-Request-Id` when it is safe to log and not of the shape of the service's
+    own ids; a new id otherwise."""
+    if not presented or not _VALID_REQUEST_ID.match(presented):
+        return new_request_id()
+    return new_request_id() if _OUR_REQUEST_ID.fullmatch(presented) else presented
 
 
 @contextmanager

@@ -68,14 +68,24 @@ def _sync(
     github_user_id: int | None,
     checkout_session_id: str | None,
 ) -> int:
-    with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
-        newest = pool.submit(gateway.newest_event_created, relevant_types_filter())
-        session = _checkout_session(gateway, checkout_session_id) if checkout_session_id else None
-        target = _target(factory, github_user_id, session)
+    if github_user_id is not None:
+        find_user(factory, github_user_id)  # an unknown user is a 404 that reads nothing
+    if checkout_session_id is None:
+        assert github_user_id is not None
+        target = _target(factory, github_user_id, None)
         if target.stripe_customer_id is None:
             return target.github_user_id
-        as_of = newest.result()
+        as_of = gateway.newest_event_created(relevant_types_filter())
+    else:
+        with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
+            newest = pool.submit(gateway.newest_event_created, relevant_types_filter())
+            session = _checkout_session(gateway, checkout_session_id)
+            target = _target(factory, github_user_id, session)
+            if target.stripe_customer_id is None:
+                return target.github_user_id
+            as_of = newest.result()
     customer = target.stripe_customer_id
+    assert customer is not None
     with ThreadPoolExecutor(2) as pool:  # the features come with the access they go with
         listed = pool.submit(gateway.list_customer_subscriptions, customer)
         entitlements = pool.submit(_active_entitlements, gateway, customer)
