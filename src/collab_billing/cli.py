@@ -22,7 +22,12 @@ from collab_billing import metrics
 from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db import queries
-from collab_billing.db.engine import make_engine, make_session_factory, shown_url, transaction
+from collab_billing.db.engine import (
+    make_engine,
+    make_session_factory,
+    shown_database_url,
+    transaction,
+)
 from collab_billing.db.migrate import known_revisions, revisions, upgrade_to_head
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
@@ -95,7 +100,7 @@ def current_engine(settings: Settings) -> Engine:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
         # Checked before connecting: SQLite would create the file, and a command that only
         # reads would leave an empty database behind.
-        fail(f"no database at DATABASE_URL={shown_url(settings.database_url)}: run "
+        fail(f"no database at DATABASE_URL={shown_database_url(settings.database_url)}: run "
              "`collab-billing migrate` (or `serve`) first")  # fmt: skip
     engine = make_engine(settings.database_url)
     try:
@@ -127,7 +132,7 @@ def refuse_a_newer_schema(engine: Engine) -> None:
 
 def where_and_why(settings: Settings, error: DBAPIError) -> tuple[str, str]:
     """The database's URL without its password, and the first line of the driver's error."""
-    where = shown_url(settings.database_url)
+    where = shown_database_url(settings.database_url)
     return where, str(error.orig or error).strip().splitlines()[0]
 
 

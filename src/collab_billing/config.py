@@ -186,12 +186,11 @@ class Settings(BaseSettings):
 
     def billing_price_lookup_keys(self) -> list[str] | None:
         """`BILLING_PRICES` as a list; None when unset or empty (an empty variable is unset)."""
-        keys = [key.strip() for key in (self.billing_prices or "").split(",") if key.strip()]
-        return keys or None
+        return _comma_list(self.billing_prices) or None
 
     def billing_usage_price_keys(self) -> list[str]:
         """`BILLING_USAGE_PRICES` as a list (empty when unset)."""
-        return [key.strip() for key in (self.billing_usage_prices or "").split(",") if key.strip()]
+        return _comma_list(self.billing_usage_prices)
 
     def past_due_grace(self) -> timedelta:
         return timedelta(days=self.billing_past_due_grace_days)
@@ -200,8 +199,7 @@ class Settings(BaseSettings):
         """Several comma-separated secrets are accepted, for rotation."""
         if self.stripe_webhook_secret is None:
             return []
-        raw = self.stripe_webhook_secret.get_secret_value()
-        return [secret.strip() for secret in raw.split(",") if secret.strip()]
+        return _comma_list(self.stripe_webhook_secret.get_secret_value())
 
 
 def shown_url(url: str) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings, SettingsError, load_settings
-from collab_billing.db.engine import make_engine, shown_url
+from collab_billing.db.engine import make_engine, shown_database_url
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import Base, ReconcilerState
 from collab_billing.logs import configure_logging
@@ -62,6 +62,7 @@ def _start_afresh(engine: Engine, settings: Settings) -> None:
     """The emulator starts empty each run (it keeps its data in memory): the rows an earlier
     `dev` left would name customers, prices and subscriptions it no longer has, so they are
     removed. A database with rows `dev` did not make is refused: they are someone's data."""
+    where = shown_database_url(settings.database_url)
     with engine.begin() as connection:
         made_by_dev = connection.scalar(
             select(ReconcilerState.value).where(ReconcilerState.name == _MADE_BY_DEV)
@@ -72,7 +73,7 @@ def _start_afresh(engine: Engine, settings: Settings) -> None:
         )
         if used and made_by_dev is None:
             typer.echo(
-                f"error: DATABASE_URL={shown_url(settings.database_url)} holds data that `dev` "
+                f"error: DATABASE_URL={where} holds data that `dev` "
                 "did not make, and `dev` starts its Stripe emulator empty: point DATABASE_URL "
                 "at another database",
                 err=True,
@@ -83,8 +84,7 @@ def _start_afresh(engine: Engine, settings: Settings) -> None:
         connection.execute(insert(ReconcilerState).values(name=_MADE_BY_DEV, value="1"))
     if used:
         typer.echo(
-            f"dev: emptied {shown_url(settings.database_url)}, left by an earlier run (its "
-            "emulator's data went with it)"
+            f"dev: emptied {where}, left by an earlier run (its emulator's data went with it)"
         )
 
 
@@ -182,7 +182,7 @@ def _print_banner(settings: Settings, api_port: int, emulator_url: str, admin_to
 collab-billing dev is running
   API:             {url}   (docs: {url}/docs)
   Stripe emulator: {emulator_url}
-  database:        {shown_url(settings.database_url)}
+  database:        {shown_database_url(settings.database_url)}
   admin token:     {admin_token}
 
 Try:

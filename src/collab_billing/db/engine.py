@@ -49,7 +49,7 @@ def normalize_url(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def shown_url(database_url: str) -> str:
+def shown_database_url(database_url: str) -> str:
     """The URL to print: its passwords, in the user info or as a `password` parameter
     (libpq's other form), masked."""
     url = make_url(database_url)
