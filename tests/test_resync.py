@@ -215,7 +215,9 @@ def test_resync_of_one_user(
     with session_factory() as session:
         # A per-user resync leaves the cursor alone.
         assert ledger.read_int_state(session, ledger.CURSOR) is None
-    assert resync(session_factory, gateway, github_user_id=7).customers_linked == 0
+    again = resync(session_factory, gateway, github_user_id=7)
+    # Its customer, linked and naming it, counted once (it was counted twice).
+    assert (again.customers_linked, again.customers_seen) == (0, 1)
     assert customer_id.startswith("cus_")
 
 

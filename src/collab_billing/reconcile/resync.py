@@ -140,12 +140,14 @@ def _stripe_now(gateway: StripeGateway, clock: Callable[[], float] = time.time) 
 def _customers(
     factory: sessionmaker[Session], gateway: StripeGateway, github_user_id: int | None
 ) -> Iterator[customers.Customer]:
+    named = set()
     for raw in gateway.list_all("/v1/customers"):
         customer = decode_object(raw, customers.Customer)
         if github_user_id is None or customers.github_user_id_named(customer) == github_user_id:
+            named.add(customer.id)
             yield customer
     linked = _linked_customer(factory, github_user_id) if github_user_id is not None else None
-    if linked is not None:  # the customer we linked ourselves, whatever its metadata says now
+    if linked is not None and linked not in named:  # linked by us, whatever it names now
         body = gateway.get("customers.retrieve", f"/v1/customers/{linked}")
         yield decode_object(body, customers.Customer)
 
