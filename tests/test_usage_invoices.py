@@ -265,6 +265,17 @@ def plan_price(emulator: Emulator, lookup_key: str, amount: int, interval: str) 
     return str(price.id)
 
 
+def subscribe_yearly(api: httpx.Client, emulator: Emulator, reconciler: Reconciler) -> str:
+    """User 7 on a yearly plan, sold alone (no yearly usage price): the subscription's id."""
+    plan_price(emulator, "pro-yearly", 20000, "year")
+    resync(reconciler.factory, reconciler.gateway)
+    add_user(api, 7)
+    answer = api.post("/billing/subscriptions", json={"github_user_id": 7, "price": "pro-yearly"})
+    sub_id = str(emulator.complete_checkout(answer.json()["checkout_session_url"])["subscription"])
+    reconciler.drain()
+    return sub_id
+
+
 def test_checkout_sells_the_usage_price_beside_plans_of_its_interval(
     api: httpx.Client,
     emulator: Emulator,
@@ -345,13 +356,9 @@ def test_a_plan_change_to_a_plan_sold_with_usage_adds_its_usage_price(
     """A yearly plan (sold alone: no yearly usage price) changed to the monthly plan gets the
     monthly usage price, as its Checkout would: the portal's one-item flow dropped it, and
     the usage was never billed."""
-    plan_price(emulator, "pro-yearly", 20000, "year")
-    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    resync(session_factory, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    answer = api.post("/billing/subscriptions", json={"github_user_id": 7, "price": "pro-yearly"})
-    sub_id = emulator.complete_checkout(answer.json()["checkout_session_url"])["subscription"]
-    reconciler.drain()
+    sub_id = subscribe_yearly(
+        api, emulator, Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    )
 
     monthly = stripe_settings.stripe_price_id or ""
     change = {"github_user_id": 7, "intent": "change_plan", "price": monthly}
@@ -394,13 +401,9 @@ def test_a_double_clicked_plan_change_adds_the_usage_price_once(
     """Both requests read the items, then each added the usage price: Stripe billed the usage
     twice (or, refusing the second item of one price, the second answered 502). One change is
     made; the other is a 409."""
-    plan_price(emulator, "pro-yearly", 20000, "year")
-    resync(session_factory, StripeGateway(stripe_settings))
-    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 7)
-    answer = api.post("/billing/subscriptions", json={"github_user_id": 7, "price": "pro-yearly"})
-    sub_id = emulator.complete_checkout(answer.json()["checkout_session_url"])["subscription"]
-    reconciler.drain()
+    sub_id = subscribe_yearly(
+        api, emulator, Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    )
 
     change = {
         "github_user_id": 7,
