@@ -73,7 +73,7 @@ def migrated_engine(settings: Settings, wait_seconds: float = 0.0) -> Engine:
     delay = 0.5
     while True:
         try:
-            refuse_a_newer_schema(engine)
+            refuse_a_newer_schema(engine, *revisions(engine))
             upgrade_to_head(engine)
             return engine
         except DBAPIError as error:
@@ -110,7 +110,7 @@ def current_engine(settings: Settings) -> Engine:
         fail(f"cannot reach the database at DATABASE_URL={where}: {reason}")
     if current is None:
         fail("the database was never migrated: run `collab-billing migrate` first")
-    refuse_a_newer_schema(engine)
+    refuse_a_newer_schema(engine, current, head)
     if current != head:
         fail(
             f"the database schema is at revision {current}, this release's is {head}: use "
@@ -120,9 +120,8 @@ def current_engine(settings: Settings) -> Engine:
     return engine
 
 
-def refuse_a_newer_schema(engine: Engine) -> None:
+def refuse_a_newer_schema(engine: Engine, current: str | None, head: str | None) -> None:
     """A schema of a later release (a rollback) is a one-line error, not Alembic's trace."""
-    current, head = revisions(engine)
     if current is not None and current not in known_revisions(engine):
         fail(
             f"the database schema is at revision {current}, newer than this release's "

@@ -164,7 +164,8 @@ def _change_plan(
     billed = [price for other in usage if (price := item_price_id(other))]
     # The usage prices a Checkout of the new plan would get, on meters not billed yet.
     wanted = usage_prices(factory, plan, settings.billing_usage_price_keys())
-    added = [price for meter, price in wanted.items() if meter not in meters_of(factory, billed)]
+    billed_meters = meters_of(factory, billed)
+    added = [price for meter, price in wanted.items() if meter not in billed_meters]
     if billed or added:
         change = UsageChange(request, target, plan, billed, added)
         return _change_plan_beside_usage(factory, gateway, change, item)

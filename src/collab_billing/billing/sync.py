@@ -68,8 +68,7 @@ def _sync(
     github_user_id: int | None,
     checkout_session_id: str | None,
 ) -> int:
-    if github_user_id is not None:
-        find_user(factory, github_user_id)  # an unknown user is a 404 that reads nothing
+    # An unknown user is a 404 that reads nothing from Stripe (`_target` finds the user).
     if checkout_session_id is None:
         assert github_user_id is not None
         target = _target(factory, github_user_id, None)
@@ -77,6 +76,8 @@ def _sync(
             return target.github_user_id
         as_of = gateway.newest_event_created(relevant_types_filter())
     else:
+        if github_user_id is not None:
+            find_user(factory, github_user_id)
         with ThreadPoolExecutor(2) as pool:  # two round trips to Stripe, not three
             newest = pool.submit(gateway.newest_event_created, relevant_types_filter())
             session = _checkout_session(gateway, checkout_session_id)
