@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.api.app import create_app
 from collab_billing.config import Settings
+from collab_billing.db import queries
+from collab_billing.db.engine import transaction
 from collab_billing.db.models import BillingCustomer
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -228,10 +230,16 @@ def test_list_of_an_unknown_user_is_404_and_bad_query_is_422(api: httpx.Client) 
 
 
 def subscribed_in_stripe_before_the_user(
-    api: httpx.Client, emulator: Emulator, reconciler: Reconciler, github_user_id: int
+    api: httpx.Client,
+    emulator: Emulator,
+    reconciler: Reconciler,
+    github_user_id: int,
+    renewal_declined: bool = False,
+    add: Callable[[httpx.Client, int], None] = add_user,
 ) -> str:
-    """A Stripe customer naming the user, with an active subscription, seen by a poll before
-    the user exists (so unmatched); then the user is added. The subscription's id."""
+    """A Stripe customer naming the user, with an active subscription (or, `renewal_declined`,
+    a past-due one whose renewal invoice is open), seen by a poll before the user exists (so
+    unmatched); then the user is added. The subscription's id."""
     customer = emulator.sdk.v1.customers.create(
         {"metadata": {"github_user_id": str(github_user_id)}, **CARD}
     )
@@ -240,8 +248,16 @@ def subscribed_in_stripe_before_the_user(
         {"customer": customer.id, "items": [{"price": price}]}
     )
     assert sub.status == "active"
+    if renewal_declined:
+        declining = emulator.sdk.v1.payment_methods.attach(
+            "pm_card_chargeCustomerFail", {"customer": customer.id}
+        )
+        emulator.sdk.v1.subscriptions.update(sub.id, {"default_payment_method": declining.id})
+        renewal = sub["items"].data[0].current_period_end
+        emulator.control("POST", "clock/advance", {"seconds": renewal - sub.created + 7200})
+        assert emulator.sdk.v1.subscriptions.retrieve(sub.id).status == "past_due"
     reconciler.drain()
-    add_user(api, github_user_id)
+    add(api, github_user_id)
     return sub.id
 
 
@@ -300,3 +316,33 @@ def test_a_user_added_after_stripe_named_them_shows_their_subscription_at_once(
     assert listed["access"]["state"] == "active"
     state = api.get("/billing/state", params={"github_user_id": 63}).json()
     assert state["access"]["state"] == "active"
+
+
+@pytest.mark.parametrize("linked_by", ["POST /users", "sync"])
+def test_a_user_added_after_stripe_named_them_sees_what_they_owe(
+    api: httpx.Client, emulator: Emulator, reconciler: Reconciler, linked_by: str
+) -> None:
+    """The customer's invoices were not mirrored when `POST /users` or a sync linked it (only
+    its subscriptions were read, and its invoices' events were skipped while it was not
+    ours): the user was in grace with nothing shown overdue, and `pay_invoice` was a 409.
+    "sync": the user was added as `collab-billing users add` does (no Stripe read)."""
+    add = add_user if linked_by == "POST /users" else add_user_in_the_database(reconciler)
+    sub_id = subscribed_in_stripe_before_the_user(api, emulator, reconciler, 64, True, add)
+    if linked_by == "sync":
+        assert api.post("/billing/subscriptions/sync", json={"github_user_id": 64}).is_success
+    [open_invoice] = emulator.sdk.v1.invoices.list({"subscription": sub_id, "status": "open"})
+    listed = api.get("/billing/subscriptions", params={"github_user_id": 64}).json()
+    assert listed["access"]["state"] == "grace"
+    assert [i["id"] for i in listed["overdue_invoices"]] == [open_invoice.id]
+    body = {"github_user_id": 64, "intent": "pay_invoice"}
+    paying = api.post("/billing/subscriptions/manage", json=body)
+    assert paying.status_code == 200, paying.text
+    assert paying.json()["hosted_invoice_url"] == open_invoice.hosted_invoice_url
+
+
+def add_user_in_the_database(reconciler: Reconciler) -> Callable[[httpx.Client, int], None]:
+    def add(api: httpx.Client, github_user_id: int) -> None:
+        with transaction(reconciler.factory) as session:
+            queries.upsert_user(session, github_user_id, "octocat")
+
+    return add

@@ -7,7 +7,8 @@ state document changes once, with both), with no transaction open, and writes th
 the applier as resync does: each row takes the objects read, watermarked with Stripe's newest
 event second read *before* them, so older events are found stale and newer ones still apply.
 Four reads at most, in two round trips (the session and the newest event at once, then the
-subscriptions and the entitlements), all counted in the read budget.
+subscriptions and the entitlements), all counted in the read budget; a customer linked by the
+sync (made before its user existed) is read whole, its invoices too, as the poll reads one.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, User
 from collab_billing.mirror import customers
 from collab_billing.mirror.entitlements import ENTITLEMENTS
-from collab_billing.mirror.registry import MirroredType, relevant_types_filter
+from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevant_types_filter
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.reads import Read, StripeReads
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.client import CheckoutSessionSummary
 from collab_billing.stripe_gateway.events import id_of
@@ -87,18 +89,32 @@ def _sync(
             as_of = newest.result()
     customer = target.stripe_customer_id
     assert customer is not None
-    with ThreadPoolExecutor(2) as pool:  # the features come with the access they go with
-        listed = pool.submit(gateway.list_customer_subscriptions, customer)
-        entitlements = pool.submit(_active_entitlements, gateway, customer)
-        subscriptions = [SUBSCRIPTIONS.decode(item) for item in listed.result()]
-        read: list[tuple[MirroredType[Any], list[Any]]] = [
-            (SUBSCRIPTIONS, subscriptions),
-            (ENTITLEMENTS, [entitlements.result()]),
-        ]
+    read = _everything_owned(gateway, customer) if target.link else _plan(gateway, customer)
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
         Applier(factory, gateway, source="sync").apply_read(read, as_of, links)
     return target.github_user_id
+
+
+def _plan(gateway: StripeGateway, customer: str) -> list[tuple[MirroredType[Any], list[Any]]]:
+    """The customer's subscriptions and their features (read together: the features come
+    with the access they go with)."""
+    with ThreadPoolExecutor(2) as pool:
+        listed = pool.submit(gateway.list_customer_subscriptions, customer)
+        entitlements = pool.submit(_active_entitlements, gateway, customer)
+        subscriptions = [SUBSCRIPTIONS.decode(item) for item in listed.result()]
+        return [(SUBSCRIPTIONS, subscriptions), (ENTITLEMENTS, [entitlements.result()])]
+
+
+def _everything_owned(
+    gateway: StripeGateway, customer: str
+) -> list[tuple[MirroredType[Any], list[Any]]]:
+    """Every object of a customer linked now, as the poll reads one it links late: its
+    events (its invoices', say) were skipped while it was not ours."""
+    reads, owned = StripeReads(gateway), Read("owned", customer)
+    reads.fetch([owned])
+    objects = reads.get(owned, set())
+    return [(mirrored, objects[mirrored.kind]) for mirrored in MIRRORED_TYPES if mirrored.owner]
 
 
 def _active_entitlements(gateway: StripeGateway, customer_id: str) -> Any:
