@@ -301,6 +301,37 @@ def test_a_voided_failed_invoice_leaves_grace_that_ends(
     assert cycle.access(user) == "blocked"
 
 
+def test_two_subscriptions_in_grace_grant_the_grace_that_ends_last(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Access took the older subscription's grace: when it ended, `GET /billing/state`
+    blocked the user while the newer one's grace still ran."""
+    cycle, user = on_emulator_clock, 506
+    cycle.add_user(user)
+    first = cycle.subscribe(user)
+    customer = str(cycle.sdk.subscriptions.retrieve(first).customer)
+    emulator.control("POST", "clock/advance", {"seconds": 2 * DAY})
+    price = cycle.reconciler.settings.stripe_price_id or ""
+    card = cycle.sdk.payment_methods.attach("pm_card_visa", {"customer": customer})
+    second = cycle.sdk.subscriptions.create(
+        {"customer": customer, "items": [{"price": price}], "default_payment_method": card.id}
+    )
+    cycle.decline_renewals(first)
+    cycle.decline_renewals(second.id)
+    renewal = second["items"].data[0].current_period_end
+    emulator.control("POST", "clock/advance", {"seconds": renewal - emulator_now(emulator) + HOUR})
+    later_grace_end = datetime.fromtimestamp(renewal + 3 * DAY, UTC)
+    until = f"{later_grace_end:%Y-%m-%dT%H:%M:%SZ}"
+    view = cycle.view(user)
+    assert [s["status"] for s in view["subscriptions"]] == ["past_due", "past_due"]
+    assert view["access"] == {"state": "grace", "until": until}
+    # The older grace ends first: the user is still in the newer one, on both routes.
+    emulator.control("POST", "clock/advance", {"seconds": 2 * DAY})
+    view = cycle.view(user)
+    state = cycle.api.get("/billing/state", params={"github_user_id": user}).json()
+    assert view["access"] == state["access"] == {"state": "grace", "until": until}
+
+
 def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulator) -> None:
     cycle, user = on_emulator_clock, 503
     cycle.add_user(user)

@@ -89,7 +89,8 @@ def decide_access(
     the first failed payment of its open invoice (its finalization: an automatic invoice is
     charged when finalized; with none open, the period's start), blocked after; `unpaid` ->
     blocked; `canceled` for `payment_failed` with an invoice of it still open after a failed
-    payment -> blocked; anything else -> none. The user gets the best of their subscriptions."""
+    payment -> blocked; anything else -> none. The user gets the best of their subscriptions
+    (of several graces, the one that ends last)."""
     best = Access("none")
     for subscription in subscriptions:
         owed = [
@@ -98,9 +99,17 @@ def decide_access(
             if invoice.stripe_subscription_id == subscription.stripe_subscription_id
         ]
         access = _subscription_access(subscription, owed, now, grace)
-        if _RANK[access.state] > _RANK[best.state]:
+        if _grants_more(access, best):
             best = access
     return best
+
+
+def _grants_more(access: Access, than: Access) -> bool:
+    """A better state; of two graces, the one that ends last (one with no end, longest): the
+    user keeps access until every grace has ended."""
+    if access.state == than.state == "grace":
+        return than.until is not None and (access.until is None or access.until > than.until)
+    return _RANK[access.state] > _RANK[than.state]
 
 
 def _subscription_access(
