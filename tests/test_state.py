@@ -154,6 +154,21 @@ def test_a_catch_up_notifies_each_user_once_of_the_state_it_ends_in(
         assert payloads == [states[github_user_id]]  # one: the state the user ends in
 
 
+def test_a_resync_notifies_each_user_once_of_the_state_it_ends_in(
+    reconciler: Reconciler, emulator: Emulator, api: httpx.Client
+) -> None:
+    """A resync writes each type in transactions of its own (the subscriptions before the
+    prices they are on): a user was notified of a plan without its amount, then again with
+    it, then with its product's name."""
+    generate_backlog(emulator, reconciler.factory, customers=20, per_customer=10)
+    reconciler.resync("on demand")
+    sent = by_user(notifications(reconciler.factory))
+    states = states_of(api, range(1, 21))
+    assert set(sent) == set(states)
+    for github_user_id, payloads in sent.items():
+        assert payloads == [states[github_user_id]]
+
+
 def test_a_document_left_stale_by_an_interrupted_catch_up_is_served_fresh_and_notified(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, api: httpx.Client
 ) -> None:

@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -301,9 +302,9 @@ class Poller:
         """The state documents the batches marked stale, recomputed and notified a
         transaction at a time, giving way to webhooks between them like the batches."""
         if self.applier.defer_documents:
-            while outbox.refresh_stale(self.factory, tuning.BATCH_EVENTS) == tuning.BATCH_EVENTS:
-                if self.give_way is not None:
-                    self.give_way(tuning.MAX_GIVE_WAY_SECONDS)
+            give_way = self.give_way or (lambda _seconds: None)
+            between = partial(give_way, tuning.MAX_GIVE_WAY_SECONDS)
+            outbox.refresh_every_stale(self.factory, tuning.BATCH_EVENTS, between)
         self._next_refresh = time.monotonic() + tuning.REFRESH_DOCUMENTS_SECONDS
 
     def _batch_size(self) -> int:

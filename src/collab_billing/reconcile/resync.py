@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from collab_billing.mirror.registry import (
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.batch import BatchWriter
 from collab_billing.reconcile.reads import StripeReads
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import decode_object
 
@@ -80,7 +82,7 @@ def resync(
     for chunk in _chunks(_customers(factory, gateway, github_user_id)):
         report.customers_seen += len(chunk)
         listed.update(customer.id for customer in chunk if not customer.deleted)
-        with transaction(factory) as session:
+        with _deferring(factory) as session:
             report.customers_linked += _link(session, chunk)
         tick("customers", report.customers_seen)
     if github_user_id is None:
@@ -93,9 +95,10 @@ def resync(
         )
         for chunk in _chunks(objects):
             report.seen[mirrored.kind] += len(chunk)
-            with transaction(factory) as session:
+            with _deferring(factory) as session:
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
             tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
+    outbox.refresh_every_stale(factory)
     if github_user_id is None:
         meters.sync_meters(factory, gateway)
         with transaction(factory) as session:
@@ -127,6 +130,17 @@ def refresh(
     ]
     with transaction(factory) as session:
         _write(session, mirrored, chunk, as_of)
+
+
+@contextmanager
+def _deferring(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction of the resync: the users its rows concern are marked stale, and their
+    documents recomputed once it has written every type (`outbox.refresh_every_stale`), so
+    each user is notified once, of where the resync leaves them (the subscriptions are written
+    before the prices they are on, and the features after them)."""
+    with transaction(factory) as session:
+        outbox.defer_documents(session)
+        yield session
 
 
 def _stripe_now(gateway: StripeGateway, clock: Callable[[], float] = time.time) -> int:
@@ -242,7 +256,7 @@ def _tombstone_unlisted(
         body = gateway.get("customers.retrieve", f"/v1/customers/{customer_id}")
         if decode_object(body, customers.Customer).deleted:
             deleted.append(customer_id)
-    with transaction(factory) as session:
+    with _deferring(factory) as session:
         customers.tombstone(session, deleted)
 
 

@@ -27,7 +27,7 @@ the second reads what the first committed. SQLite has one writer at a time.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -312,6 +312,14 @@ def refresh_stale(factory: sessionmaker[Session], users: int = 500) -> int:
         stale = list(session.scalars(_STALE, {"limit": users}))
         write_changed_documents(session, stale)
     return len(stale)
+
+
+def refresh_every_stale(
+    factory: sessionmaker[Session], users: int = 500, between: Callable[[], None] = lambda: None
+) -> None:
+    """`refresh_stale` until none is left, calling `between` after each full transaction."""
+    while refresh_stale(factory, users) == users:
+        between()
 
 
 def recompute_ended_graces(factory: sessionmaker[Session], limit: int = 1000) -> int:
