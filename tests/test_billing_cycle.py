@@ -301,6 +301,30 @@ def test_a_voided_failed_invoice_leaves_grace_that_ends(
     assert cycle.access(user) == "blocked"
 
 
+def test_an_invoice_marked_uncollectible_is_still_owed_and_payable(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Stripe still takes the payment of an invoice marked uncollectible (a bad debt, with no
+    more automatic attempts). The user, past due, was shown nothing owed, `pay_invoice` was a
+    409 and Checkout "already subscribed": blocked for good once grace ended."""
+    cycle, user = on_emulator_clock, 507
+    sub_id = cycle.past_due(user)
+    [owed] = cycle.view(user)["overdue_invoices"]
+    cycle.sdk.invoices.mark_uncollectible(owed["id"])
+    emulator.control("POST", "clock/advance", {"seconds": 3 * DAY})
+    assert cycle.sdk.subscriptions.retrieve(sub_id).status == "past_due"
+    view = cycle.view(user)
+    assert view["access"]["state"] == "blocked"
+    assert [i["id"] for i in view["overdue_invoices"]] == [owed["id"]]
+    manage = {"github_user_id": user, "intent": "pay_invoice"}
+    paying = cycle.api.post("/billing/subscriptions/manage", json=manage)
+    assert paying.json() == {"hosted_invoice_url": owed["hosted_invoice_url"]}
+    refused = cycle.checkout(user)
+    assert refused.status_code == 409 and refused.json()["invoice"]["id"] == owed["id"]
+    cycle.sdk.invoices.pay(owed["id"], {"payment_method": "pm_card_visa"})
+    assert cycle.access(user) == "active"
+
+
 def test_two_subscriptions_in_grace_grant_the_grace_that_ends_last(
     on_emulator_clock: Cycle, emulator: Emulator
 ) -> None:

@@ -80,3 +80,9 @@ def pay_invoice(call: Call) -> Json:
 def void_invoice(call: Call) -> Json:
     call.params.finish()
     return render_invoice(invoices.void(call.store, call.id))
+
+
+@route("POST", "/v1/invoices/{id}/mark_uncollectible")
+def mark_uncollectible(call: Call) -> Json:
+    call.params.finish()
+    return render_invoice(invoices.mark_uncollectible(call.store, call.id))

@@ -288,10 +288,11 @@ def retry(store: Store, invoice: Invoice, at: int) -> None:
 def pay(
     store: Store, invoice_id: str, card_id: str | None = None, out_of_band: bool = False
 ) -> Invoice:
-    """Pay an open invoice now (with `card_id`, a test token or the customer's card, else the
-    default); a declined card raises Stripe's 402 `card_declined` after recording the attempt."""
+    """Pay an open invoice, or one marked uncollectible (Stripe takes its payment), now (with
+    `card_id`, a test token or the customer's card, else the default); a declined card raises
+    Stripe's 402 `card_declined` after recording the attempt."""
     invoice = store.invoices.get(invoice_id)
-    if invoice.status != "open":
+    if invoice.status not in ("open", "uncollectible"):
         raise bad_request(f"Invoice is already {invoice.status}.")
     at = store.customer_now(invoice.customer)
     if out_of_band:
@@ -323,6 +324,20 @@ def void(store: Store, invoice_id: str, at: int | None = None) -> Invoice:
     store.invoices.put(voided.id, voided)
     store.emit("invoice.voided", voided, created=at)
     return voided
+
+
+def mark_uncollectible(store: Store, invoice_id: str) -> Invoice:
+    """A bad debt: no more automatic attempts; it can still be paid or voided."""
+    invoice = store.invoices.get(invoice_id)
+    if invoice.status != "open":
+        raise bad_request("You can only mark an open invoice as uncollectible.")
+    at = store.customer_now(invoice.customer)
+    marked = evolve(
+        invoice, status="uncollectible", marked_uncollectible_at=at, next_payment_attempt=None
+    )
+    store.invoices.put(marked.id, marked)
+    store.emit("invoice.marked_uncollectible", marked, created=at)
+    return marked
 
 
 def render(invoice: Invoice) -> objects.Json:

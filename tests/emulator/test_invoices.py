@@ -118,6 +118,27 @@ def test_declined_renewal_retries_then_cancels(client: stripe.StripeClient, ctl:
     assert [i.id for i in listed.data] == [invoice.id]
 
 
+def test_an_invoice_marked_uncollectible_is_not_retried_but_can_be_paid(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    customer, sub_id = subscribe(client, ctl)
+    decline_future_charges(client, customer, sub_id)
+    advance(ctl, 30.1)
+    invoice_id = client.v1.subscriptions.retrieve(sub_id).latest_invoice or ""
+    mark = ctl("GET", "clock")["now"]
+    marked = client.v1.invoices.mark_uncollectible(invoice_id)
+    assert (marked.status, marked.next_payment_attempt) == ("uncollectible", None)
+    assert marked.status_transitions.marked_uncollectible_at == mark
+    assert types_since(client, mark)[-1] == "invoice.marked_uncollectible"
+    with pytest.raises(stripe.InvalidRequestError, match="only mark an open invoice"):
+        client.v1.invoices.mark_uncollectible(invoice_id)
+    advance(ctl, 3)
+    assert client.v1.invoices.retrieve(invoice_id).attempt_count == 1  # not retried
+    paid = client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    assert (paid.status, paid.amount_remaining) == ("paid", 0)
+    assert client.v1.subscriptions.retrieve(sub_id).status == "active"
+
+
 def test_one_advance_past_a_cancellation_by_retries_and_the_period_end(
     client: stripe.StripeClient, ctl: Control
 ) -> None:

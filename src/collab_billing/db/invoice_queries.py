@@ -21,11 +21,14 @@ def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]
     )
 
 
-# An open invoice is one to pay only while its Stripe customer is the user's live one: a
-# customer deleted on Stripe (the user's row kept as a tombstone, or moved to a new customer by
-# a later Checkout) leaves invoices no one can pay, which blocked the user for good.
+# Invoices still owed: open ones, and those marked uncollectible, which Stripe still takes a
+# payment of (a user left past due with one had nothing to pay and stayed blocked). Void one
+# to forgive it. Only while its Stripe customer is the user's live one: a customer deleted on
+# Stripe (the user's row kept as a tombstone, or moved to a new customer by a later Checkout)
+# leaves invoices no one can pay, which blocked the user for good.
+OWED_STATUSES = ("open", "uncollectible")
 _PAYABLE = (
-    (BillingInvoice.status == "open")
+    BillingInvoice.status.in_(OWED_STATUSES)
     & BillingCustomer.stripe_deleted_at.is_(None)
     & or_(
         BillingInvoice.stripe_customer_id.is_(None),

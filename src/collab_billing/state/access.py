@@ -21,6 +21,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from collab_billing.db import queries
+from collab_billing.db.invoice_queries import OWED_STATUSES
 from collab_billing.db.models import BillingInvoice
 
 Clock = Callable[[], datetime]
@@ -68,11 +69,14 @@ def utc(value: datetime) -> datetime:
 
 
 def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
-    """Open and owed: a payment of it failed, or its due date passed."""
-    if invoice.status != "open" or invoice.amount_remaining <= 0:
+    """Owed and late: marked uncollectible, or open with a failed payment or a passed due
+    date."""
+    if invoice.status not in OWED_STATUSES or invoice.amount_remaining <= 0:
         return False
-    return invoice.attempt_count > 0 or (
-        invoice.due_date is not None and utc(invoice.due_date) <= now
+    return (
+        invoice.status == "uncollectible"
+        or invoice.attempt_count > 0
+        or (invoice.due_date is not None and utc(invoice.due_date) <= now)
     )
 
 
