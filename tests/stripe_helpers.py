@@ -60,6 +60,25 @@ class Emulator:
             params={"customer": customer.id, "items": items, "default_payment_method": card.id}
         )
 
+    def now(self) -> int:
+        """The emulator's clock (objects on no test clock follow it)."""
+        now: int = self.control("GET", "clock")["now"]
+        return now
+
+    def advance_to(self, at: int) -> int:
+        """Move the emulator's clock to `at` (or leave it, if it is there already)."""
+        moved = self.control("POST", "clock/advance", {"seconds": max(at - self.now(), 0)})
+        return int(moved["now"])
+
+    def past_period_end(self, subscription_id: str, seconds: int) -> int:
+        """Move the emulator's clock `seconds` past the subscription's current period end, as
+        Stripe reports it (periods are calendar months: their length is not assumed); returns
+        that period end (the renewal)."""
+        sub = self.sdk.v1.subscriptions.retrieve(subscription_id)
+        end: int = sub["items"].data[0].current_period_end
+        self.advance_to(end + seconds)
+        return end
+
     def set_status(self, subscription_id: str, status: str) -> None:
         self.control("POST", f"subscriptions/{subscription_id}/status", {"status": status})
 

@@ -77,7 +77,7 @@ class Cycle:
         self.add_user(user)
         sub_id = self.subscribe(user)
         self.decline_renewals(sub_id)
-        self.emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+        self.emulator.past_period_end(sub_id, HOUR)
         assert self.access(user) == "grace"
         return sub_id
 
@@ -157,7 +157,7 @@ def test_declined_renewal_grace_blocked_then_paid(
     assert invoices["invoices"][0]["billing_reason"] == "subscription_cycle"
 
     cycle.decline_renewals(sub_id)
-    renewal = period_end + 30 * DAY
+    renewal = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
     clocks.advance(test_clock, {"frozen_time": renewal + HOUR})  # renewal, declined
     view = cycle.view(user)
     assert view["subscriptions"][0]["status"] == "past_due"
@@ -213,7 +213,7 @@ def test_retries_exhausted_cancel_for_payment_failed(
     assert cycle.access(user) == "active"
     cycle.decline_renewals(sub_id)
 
-    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    emulator.past_period_end(sub_id, HOUR)
     assert cycle.access(user) == "grace"
     for days in (3, 5, 7):  # Stripe's retries, each failing
         emulator.control("POST", "clock/advance", {"seconds": days * DAY})
@@ -283,9 +283,8 @@ def test_a_voided_failed_invoice_leaves_grace_that_ends(
     cycle, user = on_emulator_clock, 505
     cycle.add_user(user)
     sub_id = cycle.subscribe(user)
-    renewal = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
     cycle.decline_renewals(sub_id)
-    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    renewal = emulator.past_period_end(sub_id, HOUR)
     view = cycle.view(user)
     grace = {
         "state": "grace",
@@ -359,9 +358,9 @@ def test_two_subscriptions_in_grace_grant_the_grace_that_ends_last(
 def test_invoice_pages_and_bad_input(on_emulator_clock: Cycle, emulator: Emulator) -> None:
     cycle, user = on_emulator_clock, 503
     cycle.add_user(user)
-    cycle.subscribe(user)
+    sub_id = cycle.subscribe(user)
     for _ in range(3):
-        emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+        emulator.past_period_end(sub_id, HOUR)
     cycle.reconciler.drain()
     seen: list[str] = []
     cursor = None

@@ -262,7 +262,7 @@ def test_a_plan_change_and_usage_past_the_cap_change_the_document(
     assert cycle.state(user) == over
 
     # The renewal starts a new period (the subscription's row changes): nothing used in it yet.
-    emulator.control("POST", "clock/advance", {"seconds": 30 * DAY + HOUR})
+    emulator.past_period_end(sub_id, HOUR)
     cycle.reconciler.drain()
     renewed = cycle.notified(user, lambda d: d["usage"]["over_spend_cap"] is False)
     assert renewed["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": False}

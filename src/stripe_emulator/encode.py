@@ -70,7 +70,7 @@ def price_json(record: Price) -> orjson.Fragment:
 # --- subscriptions -------------------------------------------------------------------------------
 
 _PROBE_PRICE = Price("price_probe", 0, "prod_probe", "usd", 0)
-_PROBE_SUB = Subscription("sub_probe", 0, "cus_probe", (), "active", 0, 0)
+_PROBE_SUB = Subscription("sub_probe", 0, "cus_probe", (), "active", 0, 0, 0)
 
 _ITEM = constant_runs(
     objects.subscription_item(Item("si_probe", 0, _PROBE_PRICE), _PROBE_SUB),
@@ -114,7 +114,7 @@ def _subscription(r: Subscription) -> dict[str, Any]:
     return {
         "id": r.id,
         "object": _SUB["object"],
-        "billing_cycle_anchor": r.created,
+        "billing_cycle_anchor": r.billing_cycle_anchor,
         "billing_cycle_anchor_config": _SUB["billing_cycle_anchor_config"],
         "cancel_at": r.cancel_at,
         "cancel_at_period_end": r.cancel_at_period_end,

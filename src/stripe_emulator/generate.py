@@ -29,7 +29,8 @@ from typing import Any
 from stripe_emulator import catalog
 from stripe_emulator.events import Event
 from stripe_emulator.ids import FastIds
-from stripe_emulator.records import Customer, Item, Price, Subscription, evolve, period_seconds
+from stripe_emulator.periods import period_end
+from stripe_emulator.records import Customer, Item, Price, Subscription, evolve
 from stripe_emulator.store import Store
 
 _CANCEL_ON_PREVIOUS = {
@@ -125,7 +126,8 @@ class _Generator:
             items=items,
             status="active",
             current_period_start=at,
-            current_period_end=at + period_seconds(items),
+            current_period_end=period_end(at, at, items),
+            billing_cycle_anchor=at,
             currency=self.price.currency,
         )
 

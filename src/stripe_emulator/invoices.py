@@ -26,7 +26,8 @@ from stripe_emulator.billing_records import Invoice, PaymentMethod
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
 from stripe_emulator.invoice_objects import invoice as render_invoice
-from stripe_emulator.records import DAY, Subscription, evolve, period_seconds
+from stripe_emulator.periods import period_end
+from stripe_emulator.records import DAY, Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
 from stripe_emulator.usage_lines import item_line
@@ -224,7 +225,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
         save(store, sub, evolve(sub, status="paused"), created=at)
         return
     start = sub.current_period_end
-    end = start + period_seconds(sub.items)
+    end = period_end(sub.billing_cycle_anchor, start, sub.items)
     invoice_id = ids.new_id("in", at)
     new = evolve(sub, current_period_start=start, current_period_end=end, latest_invoice=invoice_id)
     if sub.status == "trialing":

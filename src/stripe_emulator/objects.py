@@ -158,7 +158,7 @@ def subscription(record: Subscription) -> Json:
         "application": None,
         "application_fee_percent": None,
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
-        "billing_cycle_anchor": record.created,
+        "billing_cycle_anchor": record.billing_cycle_anchor,
         "billing_cycle_anchor_config": None,
         "billing_mode": {"flexible": {"proration_discounts": "included"}, "type": "flexible"},
         "billing_schedules": [],

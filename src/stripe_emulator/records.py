@@ -15,10 +15,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 DAY = 86_400
-# A billing period by the price's interval (a month is 30 days here: Stripe's are calendar
-# months, anchored on the day the subscription started).
-INTERVAL_SECONDS = {"day": DAY, "week": 7 * DAY, "month": 30 * DAY, "year": 365 * DAY}
-PERIOD_SECONDS = INTERVAL_SECONDS["month"]  # items with no recurring price
 
 T = TypeVar("T")
 
@@ -117,14 +113,6 @@ class Item:
     metadata: Metadata = field(default_factory=dict)
 
 
-def period_seconds(items: tuple[Item, ...]) -> int:
-    """A subscription's billing period: its first recurring price's interval."""
-    for item in items:
-        if item.price.interval is not None:
-            return INTERVAL_SECONDS[item.price.interval] * item.price.interval_count
-    return PERIOD_SECONDS
-
-
 @dataclass(frozen=True, slots=True)
 class Subscription:
     id: str
@@ -134,6 +122,9 @@ class Subscription:
     status: str
     current_period_start: int
     current_period_end: int
+    # Where the billing periods are counted from (periods.py): the start of the first paid
+    # period (a trial's end), reset when a trial ends early or the interval changes.
+    billing_cycle_anchor: int
     currency: str = "usd"
     cancel_at_period_end: bool = False
     cancel_at: int | None = None

@@ -14,8 +14,10 @@ from stripe_emulator import ids, objects, payment_methods
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import apply_metadata
-from stripe_emulator.records import DAY, Item, Price, Subscription, evolve, period_seconds
+from stripe_emulator.periods import interval_of, period_end
+from stripe_emulator.records import DAY, Item, Price, Subscription, evolve
 from stripe_emulator.store import Store
+from stripe_emulator.trials import move_trial_end, trial_warning_due, warn_trial_end
 
 STATUSES = (
     "incomplete",
@@ -124,7 +126,7 @@ def create_subscription(
     if trial_end is not None:
         status = "trialing"
     built = build_items(items, now)
-    period_end = trial_end if trial_end is not None else now + period_seconds(built)
+    anchor = trial_end if trial_end is not None else now  # the first paid period's start
     record = Subscription(
         id=ids.new_id("sub"),
         created=now,
@@ -132,7 +134,8 @@ def create_subscription(
         items=built,
         status=status,
         current_period_start=now,
-        current_period_end=period_end,
+        current_period_end=anchor if trial_end is not None else period_end(now, now, built),
+        billing_cycle_anchor=anchor,
         currency=built[0].price.currency,
         trial_start=now if trial_end is not None else None,
         trial_end=trial_end,
@@ -210,7 +213,7 @@ class SubscriptionChanges:
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
     old = store.subscriptions.get(sub_id)
-    now = store.now()
+    now = store.customer_now(old.customer)  # a test clock's time, for its subscriptions
     new = evolve(old, metadata=apply_metadata(old.metadata, changes.metadata))
     if changes.comment is not None or changes.feedback is not None:
         new = evolve(
@@ -241,9 +244,9 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, items=merge_items(old.items, changes.items, now))
     # A new interval (monthly to yearly) starts a new period now, billed at once. The
     # emulator makes no proration (no credit for the unused part of the old period).
-    new_interval = old.status in ("active", "past_due") and period_seconds(
-        new.items
-    ) != period_seconds(old.items)
+    new_interval = old.status in ("active", "past_due") and interval_of(new.items) != interval_of(
+        old.items
+    )
     if new_interval:
         new = restart_period(new, now)
     if changes.default_payment_method is not None:
@@ -267,42 +270,6 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
     return saved
 
 
-def move_trial_end(sub: Subscription, trial_end: int, now: int) -> Subscription:
-    """A trial extended or shortened: its period ends with it. The emulator does not start a
-    trial on a subscription that is not in one (Stripe does, with prorations)."""
-    if sub.status != "trialing":
-        raise bad_request(
-            "The emulator changes `trial_end` only of a subscription in a trial.", "trial_end"
-        )
-    if trial_end <= now:
-        raise bad_request(
-            "Invalid timestamp: must be an integer Unix timestamp in the future.", "trial_end"
-        )
-    return evolve(sub, trial_end=trial_end, current_period_end=trial_end, trial_warned_at=None)
-
-
-# Stripe warns of a trial's end this long before it (`customer.subscription.trial_will_end`).
-TRIAL_WARNING = 3 * DAY
-
-
-def warn_trial_end(store: Store, sub: Subscription, at: int) -> Subscription:
-    """`customer.subscription.trial_will_end`, once per trial end (no `previous_attributes`:
-    nothing changed)."""
-    warned = evolve(sub, trial_warned_at=at)
-    store.subscriptions.put(sub.id, warned)
-    store.emit("customer.subscription.trial_will_end", warned, created=at)
-    return warned
-
-
-def _trial_warning_due(sub: Subscription) -> int | None:
-    """When the trial's end is to be announced (None: not in a trial, announced already, or a
-    trial of three days or less, which Stripe announces at no set time: not modelled)."""
-    if sub.status != "trialing" or sub.trial_end is None or sub.trial_warned_at is not None:
-        return None
-    due = sub.trial_end - TRIAL_WARNING
-    return due if sub.trial_start is not None and due > sub.trial_start else None
-
-
 def end_trial(sub: Subscription, now: int) -> Subscription:
     """The trial ends now: a new period starts, billed at once (`invoices.bill_new_period`)."""
     return evolve(restart_period(sub, now), status="active", trial_end=now)
@@ -312,11 +279,12 @@ def restart_period(sub: Subscription, now: int) -> Subscription:
     """A new period starts now (a trial ended, or the billing interval changed: Stripe resets
     the billing cycle anchor), to be billed at once. A cancellation at the period's end moves
     to the new period's end, as Stripe's `cancel_at` follows the period."""
-    end = now + period_seconds(sub.items)
+    end = period_end(now, now, sub.items)
     return evolve(
         sub,
         current_period_start=now,
         current_period_end=end,
+        billing_cycle_anchor=now,
         cancel_at=end if sub.cancel_at_period_end else sub.cancel_at,
         latest_invoice=ids.new_id("in", now),
     )
@@ -395,7 +363,7 @@ def next_transition(sub: Subscription, now: int) -> int | None:
         candidates.append(sub.current_period_end)
     if sub.cancel_at is not None:
         candidates.append(sub.cancel_at)
-    warning = _trial_warning_due(sub)
+    warning = trial_warning_due(sub)
     if warning is not None:
         candidates.append(warning)
     due = min(candidates) if candidates else None
@@ -403,7 +371,7 @@ def next_transition(sub: Subscription, now: int) -> int | None:
 
 
 def transition(store: Store, sub: Subscription, at: int) -> None:
-    warning = _trial_warning_due(sub)
+    warning = trial_warning_due(sub)
     if warning is not None and warning <= at < sub.current_period_end:
         warn_trial_end(store, sub, at)
     elif sub.status == "incomplete":
@@ -421,7 +389,7 @@ def transition(store: Store, sub: Subscription, at: int) -> None:
     else:
         # A new billing period starts (a trial ends into `active`); payment always succeeds.
         start = sub.current_period_end
-        end = start + period_seconds(sub.items)
+        end = period_end(sub.billing_cycle_anchor, start, sub.items)
         new = evolve(sub, current_period_start=start, current_period_end=end)
         if sub.status == "trialing":
             new = evolve(new, status="active")

@@ -7,9 +7,11 @@ test mode when STRIPE_LIVE_TEST_KEY is set (the `live` parameter, marked `stripe
 
 from __future__ import annotations
 
+import calendar
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -104,3 +106,29 @@ def recurring_price(
             "product_data": {"name": "Emulator test plan"},
         }
     )
+
+
+def months_later(at: int, months: int) -> int:
+    """`at` (Unix, UTC) some calendar months later, the day clamped to the month's last: how
+    Stripe counts monthly and yearly periods from the billing cycle anchor."""
+    moment = datetime.fromtimestamp(at, UTC)
+    year, month = divmod(moment.month - 1 + months, 12)
+    year += moment.year
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return int(moment.replace(year=year, month=month + 1, day=day).timestamp())
+
+
+def advance_to(ctl: Control, at: int) -> int:
+    """Move the emulator's clock to `at` (or leave it, if it is there already); returns now."""
+    now: int = ctl("GET", "clock")["now"]
+    moved: int = ctl("POST", "clock/advance", {"seconds": max(at - now, 0)})["now"]
+    return moved
+
+
+def past_period_end(
+    ctl: Control, client: stripe.StripeClient, sub_id: str, days: float = 0.1
+) -> int:
+    """Move the emulator's clock `days` past the subscription's current period end, as the
+    emulator reports it (periods are calendar months: their length is not assumed)."""
+    end = client.v1.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
+    return advance_to(ctl, end + int(days * 86_400))

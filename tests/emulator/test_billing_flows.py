@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.conftest import Control, months_later, recurring_price
 
 
 def events_oldest_first(client: stripe.StripeClient, **params: Any) -> list[Any]:
@@ -218,11 +218,14 @@ def test_status_moves_emit_updates(client: stripe.StripeClient, ctl: Control) ->
 
 def test_clock_renews_periods(client: stripe.StripeClient, ctl: Control) -> None:
     _, sub_id = subscribed(client, ctl)
-    before = client.v1.subscriptions.retrieve(sub_id)["items"].data[0]
-    clock = ctl("POST", "clock/advance", {"seconds": 30 * 86400 + 5})
+    sub = client.v1.subscriptions.retrieve(sub_id)
+    before = sub["items"].data[0]
+    assert before.current_period_end == months_later(sub.billing_cycle_anchor, 1)
+    wait = before.current_period_end - ctl("GET", "clock")["now"]
+    clock = ctl("POST", "clock/advance", {"seconds": wait + 5})
     after = client.v1.subscriptions.retrieve(sub_id)["items"].data[0]
     assert after.current_period_start == before.current_period_end
-    assert after.current_period_end == before.current_period_end + 30 * 86400
+    assert after.current_period_end == months_later(sub.billing_cycle_anchor, 2)
     assert clock["now"] >= before.current_period_end
     last = client.v1.events.list(params={"limit": 1, "type": "customer.subscription.*"}).data[0]
     assert last.type == "customer.subscription.updated"

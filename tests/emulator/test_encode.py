@@ -128,7 +128,7 @@ def test_other_kinds_and_dicts() -> None:
 
 
 def test_values_orjson_refuses_take_the_general_path() -> None:
-    sub = Subscription("sub_big", 2**70, "cus_x", (), "active", 0, 1)
+    sub = Subscription("sub_big", 2**70, "cus_x", (), "active", 0, 1, 0)
     event = Event("evt_big", "customer.subscription.created", 2**70, sub)
     assert json.loads(encode.event_json(event)) == json.loads(json.dumps(objects.event(event)))
 

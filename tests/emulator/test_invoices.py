@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import CARD, Control, recurring_price
+from tests.emulator.conftest import CARD, Control, past_period_end, recurring_price
 
 DAY = 86_400
 
@@ -60,7 +60,7 @@ def test_first_invoice_and_renewal_paid(client: stripe.StripeClient, ctl: Contro
     assert sub.latest_invoice == invoice.id
 
     mark = ctl("GET", "clock")["now"]
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     assert types_since(client, mark) == [
         "customer.subscription.updated",
         "invoice.created",
@@ -87,7 +87,7 @@ def test_declined_renewal_retries_then_cancels(client: stripe.StripeClient, ctl:
     customer, sub_id = subscribe(client, ctl)
     decline_future_charges(client, customer, sub_id)
     mark = ctl("GET", "clock")["now"]
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     assert types_since(client, mark)[-3:] == [
         "invoice.payment_failed",
         "invoice.updated",
@@ -147,10 +147,10 @@ def test_one_advance_past_a_cancellation_by_retries_and_the_period_end(
     in it happen (it failed with a 400 on the second cancellation, dropping the rest)."""
     customer, sub_id = subscribe(client, ctl)
     decline_future_charges(client, customer, sub_id)
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
     _, other = subscribe(client, ctl)
-    advance(ctl, 40)  # the retries end at +15 days, the period at +30
+    advance(ctl, 40)  # the retries end at +15 days, the period at +28 to +31
     sub = client.v1.subscriptions.retrieve(sub_id)
     assert sub.status == "canceled"
     assert sub.cancellation_details and sub.cancellation_details.reason == "payment_failed"
@@ -165,7 +165,7 @@ def test_unpaid_setting_and_recovery_by_api(client: stripe.StripeClient, ctl: Co
     }
     customer, sub_id = subscribe(client, ctl)
     decline_future_charges(client, customer, sub_id)
-    advance(ctl, 31.1)
+    past_period_end(ctl, client, sub_id, days=1.1)
     sub = client.v1.subscriptions.retrieve(sub_id)
     assert sub.status == "unpaid"
     invoice_id = sub.latest_invoice or ""
@@ -188,7 +188,7 @@ def test_customer_default_and_hosted_page(client: stripe.StripeClient, ctl: Cont
         customer, {"invoice_settings": {"default_payment_method": card.id}}
     )
     assert updated.invoice_settings and updated.invoice_settings.default_payment_method == card.id
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     sub = client.v1.subscriptions.retrieve(sub_id)
     assert sub.status == "past_due"
     invoice = client.v1.invoices.retrieve(sub.latest_invoice or "")
@@ -203,8 +203,9 @@ def test_customer_default_and_hosted_page(client: stripe.StripeClient, ctl: Cont
     sub = client.v1.subscriptions.retrieve(sub_id)
     assert sub.status == "active"
     # Paying on the page with a new card made it the subscription's default: renewals pay.
-    advance(ctl, 30)
-    assert client.v1.subscriptions.retrieve(sub_id).status == "active"
+    past_period_end(ctl, client, sub_id)
+    renewed = client.v1.subscriptions.retrieve(sub_id)
+    assert renewed.status == "active" and renewed.latest_invoice != invoice.id
 
 
 def test_bad_payment_method_input(client: stripe.StripeClient, ctl: Control) -> None:

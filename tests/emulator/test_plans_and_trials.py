@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.conftest import Control, months_later, recurring_price
 from tests.emulator.test_billing_flows import events_oldest_first
 
 DAY = 86_400
@@ -514,7 +514,8 @@ def test_a_new_interval_restarts_the_period_and_bills_it_now(
     )
     [moved] = changed["items"].data
     now = ctl("GET", "clock")["now"]
-    assert (moved.current_period_start, moved.current_period_end) == (now, now + 365 * DAY)
+    assert (moved.current_period_start, moved.current_period_end) == (now, months_later(now, 12))
+    assert changed.billing_cycle_anchor == now
     latest = client.v1.invoices.retrieve(str(changed.latest_invoice))
     assert (latest.billing_reason, latest.status, latest.amount_paid) == (
         "subscription_update",
@@ -523,5 +524,5 @@ def test_a_new_interval_restarts_the_period_and_bills_it_now(
     )
     # A change within the interval keeps the period.
     seats = client.v1.subscriptions.update(sub_id, {"items": [{"id": moved.id, "quantity": 5}]})
-    assert seats["items"].data[0].current_period_end == now + 365 * DAY
+    assert seats["items"].data[0].current_period_end == months_later(now, 12)
     assert seats.latest_invoice == changed.latest_invoice

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.conftest import Control, months_later, recurring_price
 
 DAY = 86_400
 
@@ -34,7 +34,7 @@ def test_clock_lifecycle(client: stripe.StripeClient, ctl: Control) -> None:
     sub = client.v1.subscriptions.retrieve(sub_id)
     assert sub.test_clock == clock.id and sub.start_date == start
     period_end = sub["items"].data[0].current_period_end
-    assert period_end == start + 30 * DAY
+    assert period_end == months_later(start, 1) and sub.billing_cycle_anchor == start
 
     # The emulator's own clock does not move the clock's objects.
     ctl("POST", "clock/advance", {"seconds": 40 * DAY})

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control
+from tests.emulator.conftest import Control, past_period_end
 from tests.emulator.test_meters import _check_recorded_against_spec, make_meter
 from tests.emulator.test_usage_invoices import (
-    advance,
     line_for,
     renewal,
     report,
@@ -143,7 +142,7 @@ def test_renewal_prices_metered_usage_per_tier(
     assert isinstance(customer, str)
     if used != "0":
         report(client, "tokens", customer, used)
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     invoice = renewal(client, sub_id)
     line = line_for(invoice, price)
     assert (line.quantity, line.amount) == (int(used), amount)

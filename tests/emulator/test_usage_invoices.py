@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 import stripe
 
-from tests.emulator.conftest import Control, recurring_price
+from tests.emulator.conftest import Control, past_period_end, recurring_price
 from tests.emulator.test_meters import _check_recorded_against_spec, make_meter
 
 DAY = 86_400
@@ -133,7 +133,7 @@ def test_renewal_bills_summed_usage_in_arrears(client: stripe.StripeClient, ctl:
     advance(ctl, 10)
     report(client, "tokens", customer, "600.5")
     report(client, "tokens", customer, "1.5")
-    advance(ctl, 20.1)  # past the period's end: the renewal
+    past_period_end(ctl, client, sub_id)  # the renewal
 
     invoice = renewal(client, sub_id)
     usage = line_for(invoice, metered)
@@ -148,7 +148,7 @@ def test_renewal_bills_summed_usage_in_arrears(client: stripe.StripeClient, ctl:
     assert (invoice.amount_due, invoice.amount_paid, invoice.status) == (3251, 3251, "paid")
 
     report(client, "tokens", customer, "8")  # the new period's usage: the next invoice
-    advance(ctl, 30)
+    past_period_end(ctl, client, sub_id)
     usage = line_for(renewal(client, sub_id), metered)
     assert (usage.quantity, usage.amount, usage.period.start) == (8, 2, period[1])
     _check_recorded_against_spec(ctl)
@@ -170,7 +170,7 @@ def test_count_and_last_aggregations(client: stripe.StripeClient, ctl: Control) 
     report(client, "seats", customer, "7")
     advance(ctl, 1)
     report(client, "seats", customer, "4")  # the last value of the period counts
-    advance(ctl, 29.1)
+    past_period_end(ctl, client, sub_id)
 
     invoice = renewal(client, sub_id)
     assert (line_for(invoice, calls).quantity, line_for(invoice, calls).amount) == (3, 15)
@@ -197,7 +197,7 @@ def test_added_metered_item_without_usage_bills_a_zero_line(
     )
     assert [i.price.id for i in updated["items"].data] == [licensed, metered]
     assert updated["items"].data[0].id == item.id
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
 
     invoice = renewal(client, sub_id)
     zero = line_for(invoice, metered)
@@ -234,7 +234,7 @@ def test_cancellation_bills_the_usage_not_yet_invoiced(
     [first] = client.v1.invoices.list(params={"subscription": plain}).data
     assert first.billing_reason == "subscription_create"
 
-    advance(ctl, 25.1)
+    past_period_end(ctl, client, at_period_end)
     assert client.v1.subscriptions.retrieve(at_period_end).status == "canceled"
     [last, _] = client.v1.invoices.list(params={"subscription": at_period_end}).data
     assert (last.amount_due, last.status, last.lines.data[0].quantity) == (20, "paid", 10)
