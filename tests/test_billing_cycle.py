@@ -158,13 +158,27 @@ def test_declined_renewal_grace_blocked_then_paid(
 
     cycle.decline_renewals(sub_id)
     renewal = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
-    clocks.advance(test_clock, {"frozen_time": renewal + HOUR})  # renewal, declined
+    # The renewal: its invoice is a draft for an hour, neither overdue nor held against access.
+    clocks.advance(test_clock, {"frozen_time": renewal + HOUR // 2})
+    view = cycle.view(user)
+    assert view["subscriptions"][0]["status"] == "active"
+    assert (view["access"], view["overdue_invoices"]) == ({"state": "active", "until": None}, [])
+    newest = cycle.api.get("/billing/invoices", params={"github_user_id": user, "limit": 1})
+    [draft] = newest.json()["invoices"]
+    assert (draft["status"], draft["billing_reason"], draft["attempt_count"]) == (
+        "draft",
+        "subscription_cycle",
+        0,
+    )
+    assert (draft["hosted_invoice_url"], draft["number"], draft["finalized_at"]) == (None,) * 3
+    # The renewal's draft is finalized and declined an hour later: grace counts from then.
+    clocks.advance(test_clock, {"frozen_time": renewal + HOUR})
     view = cycle.view(user)
     assert view["subscriptions"][0]["status"] == "past_due"
     assert view["access"]["state"] == "grace"
     assert view["has_active_subscription"] is True
     until = datetime.fromisoformat(view["access"]["until"])
-    assert until == datetime.fromtimestamp(renewal, UTC) + timedelta(days=3)
+    assert until == datetime.fromtimestamp(renewal + HOUR, UTC) + timedelta(days=3)
     [overdue] = view["overdue_invoices"]
     invoice = cycle.sdk.invoices.retrieve(overdue["id"])
     assert overdue == {
@@ -285,16 +299,20 @@ def test_a_voided_failed_invoice_leaves_grace_that_ends(
     sub_id = cycle.subscribe(user)
     cycle.decline_renewals(sub_id)
     renewal = emulator.past_period_end(sub_id, HOUR)
+
+    def grace(since: int) -> dict[str, str]:
+        return {
+            "state": "grace",
+            "until": f"{datetime.fromtimestamp(since + 3 * DAY, UTC):%Y-%m-%dT%H:%M:%SZ}",
+        }
+
     view = cycle.view(user)
-    grace = {
-        "state": "grace",
-        "until": f"{datetime.fromtimestamp(renewal + 3 * DAY, UTC):%Y-%m-%dT%H:%M:%SZ}",
-    }
-    assert view["access"] == grace
+    # Dated by the failed payment: the renewal's draft finalized and charged an hour on.
+    assert view["access"] == grace(renewal + HOUR)
     cycle.sdk.invoices.void_invoice(view["overdue_invoices"][0]["id"])
     view = cycle.view(user)
     assert (view["subscriptions"][0]["status"], view["overdue_invoices"]) == ("past_due", [])
-    assert view["access"] == grace
+    assert view["access"] == grace(renewal)  # dated by the period's start
     emulator.control("POST", "clock/advance", {"seconds": 3 * DAY})
     assert cycle.sdk.subscriptions.retrieve(sub_id).status == "past_due"
     assert cycle.access(user) == "blocked"

@@ -134,10 +134,11 @@ def test_grace_ends_by_time_alone_blocked_is_served_and_notified_then_paid_activ
         period_end = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
 
         cycle.decline_renewals(sub_id)
-        clocks.advance(test_clock, {"frozen_time": period_end + HOUR})  # renewal, declined
+        # The renewal; its draft invoice is finalized and declined an hour later.
+        clocks.advance(test_clock, {"frozen_time": period_end + HOUR})
         cycle.reconciler.drain()
         grace = cycle.notified(user, access_is("grace"))
-        assert grace["access"] == {"state": "grace", "until": iso(period_end + DAY)}
+        assert grace["access"] == {"state": "grace", "until": iso(period_end + HOUR + DAY)}
         assert grace["plan"]["status"] == "past_due"
         assert cycle.state(user) == grace
 

@@ -98,7 +98,8 @@ def test_renewal_invoice_bills_the_usage_sent_and_the_period_restarts(
     period = usage_of(api, 7)
     assert (period["meters"][0]["total"], period["estimated_cost_cents"]) == ("251", 126)
 
-    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    # The renewal, and an hour later its draft invoice finalized and paid.
+    emulator.past_period_end(sub_id, 3600)
     reconciler.drain()
 
     invoices = invoices_of(session_factory, sub_id)
@@ -208,7 +209,7 @@ def test_usage_is_estimated_at_the_price_on_the_subscription(
     [usage] = usage_of(api, 7)["meters"]
     assert (usage["stripe_price_id"], usage["estimated_cost_cents"]) == (own, 126)
 
-    emulator.control("POST", "clock/advance", {"seconds": 31 * 86400})
+    emulator.past_period_end(sub.id, 3600)  # the renewal, its invoice finalized an hour on
     reconciler.drain()
     renewal = invoices_of(session_factory, sub.id)["subscription_cycle"]
     lines = emulator.sdk.v1.invoices.retrieve(renewal.stripe_invoice_id).lines.data

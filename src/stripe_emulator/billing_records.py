@@ -81,6 +81,8 @@ class Invoice:
     attempt_count: int = 0
     attempted: bool = False
     next_payment_attempt: int | None = None
+    # A draft's scheduled finalization (a renewal's: an hour after it is created).
+    automatically_finalizes_at: int | None = None
     finalized_at: int | None = None
     paid_at: int | None = None
     voided_at: int | None = None

@@ -146,7 +146,7 @@ def invoice(record: Invoice) -> Json:
             "provider": None,
             "status": None,
         },
-        "automatically_finalizes_at": None,
+        "automatically_finalizes_at": record.automatically_finalizes_at if draft else None,
         "billing_reason": record.billing_reason,
         "collection_method": "charge_automatically",
         "confirmation_secret": None,

@@ -5,12 +5,16 @@ renewal, when a payment fails and when it is retried.
   `POST /v1/subscriptions`; $0 for a trial): `invoice.created`, `invoice.finalized`, then
   the payment; the subscription is `active` once it is paid, else `incomplete`.
 - `renew`: when the clock passes `current_period_end`, the next period starts
-  (`customer.subscription.updated`), its invoice is created, finalized and charged.
+  (`customer.subscription.updated`) and its invoice is created as a `draft`
+  (`invoice.created`). As Stripe does, the draft is finalized (`invoice.finalized`) and
+  charged an hour later (`FINALIZE_DELAY`, `collect`), when the clock passes that point; the
+  subscription's status follows the payment then. Invoices billed at once (a subscription's
+  first, a trial ended early, a new interval, final usage) are finalized as they are created.
 - A payment: the subscription's `default_payment_method`, else the customer's
   `invoice_settings.default_payment_method`. Success: `invoice.paid`,
   `invoice.payment_succeeded`. Failure: `invoice.payment_failed`, `invoice.updated`
   (`attempt_count`, `next_payment_attempt`), and the subscription moves to `past_due`.
-- Retries (`retry_due`, `retry`): each `BillingSettings.retry_days[n]` days after the previous
+- Retries (`due`, `collect`): each `BillingSettings.retry_days[n]` days after the previous
   attempt; when the last fails, the subscription is canceled (`cancellation_details.reason`
   `payment_failed`) or becomes `unpaid`, per `BillingSettings.after_retries`, and the invoice
   stays open (payable).
@@ -30,9 +34,12 @@ from stripe_emulator.periods import period_end
 from stripe_emulator.records import DAY, Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
-from stripe_emulator.usage_lines import item_line
+from stripe_emulator.usage_lines import item_line, refreshed
 
 OPEN_STATUSES_RECOVERED = ("past_due", "unpaid", "incomplete")
+# How long Stripe leaves a renewal's invoice a draft before it finalizes and charges it
+# ("about an hour after `invoice.created`", once the webhooks are delivered).
+FINALIZE_DELAY = 3600
 
 
 def base_url(store: Store) -> str:
@@ -59,8 +66,10 @@ def create_invoice(
     invoice_id: str | None = None,
     usage_period: tuple[int, int] | None = None,
     looks_back: tuple[int, int] | None = None,
+    finalize: bool = True,
 ) -> Invoice:
-    """A subscription's invoice for the period [start, end), created and finalized (`open`);
+    """A subscription's invoice for the period [start, end), created and finalized (`open`),
+    or left a draft that finalizes `FINALIZE_DELAY` later (`finalize` False: a renewal's);
     metered items bill their usage over `usage_period`, the period that ended (usage_lines).
     The invoice's own `period_start`/`period_end` are Stripe's: the period during which its
     items were added, `looks_back` (a renewal's: the period that ended), else `at` to `at`
@@ -84,12 +93,19 @@ def create_invoice(
         number=_number(store, sub.customer),
         test_clock=sub.test_clock,
     )
+    if not finalize:  # Stripe's draft: the payment is due when it finalizes
+        due = at + FINALIZE_DELAY
+        draft = evolve(draft, automatically_finalizes_at=due, next_payment_attempt=due)
     store.invoices.add(invoice_id, draft)
     for owner in (sub.customer, sub.id):
         store.invoice_index.setdefault(owner, []).append(invoice_id)
     store.emit("invoice.created", draft, created=at)
-    final = evolve(draft, status="open", finalized_at=at)
-    store.invoices.put(invoice_id, final)
+    return _finalize(store, draft, at) if finalize else draft
+
+
+def _finalize(store: Store, draft: Invoice, at: int) -> Invoice:
+    final = evolve(draft, status="open", finalized_at=at, automatically_finalizes_at=None)
+    store.invoices.put(final.id, final)
     store.emit("invoice.finalized", final, created=at)
     return final
 
@@ -233,7 +249,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     save(store, sub, new, created=at)
     # Metered items bill the period that ends (a trial's usage is free).
     ended = None if sub.status == "trialing" else (sub.current_period_start, start)
-    invoice = create_invoice(
+    create_invoice(
         store,
         new,
         "subscription_cycle",
@@ -243,9 +259,8 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
         invoice_id,
         ended,
         looks_back=(sub.current_period_start, start),
+        finalize=False,  # finalized and charged an hour later (`collect`)
     )
-    card = payment_methods.for_invoice(store, sub.customer, sub.id)
-    _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
 
 def bill_new_period(store: Store, sub: Subscription, at: int) -> None:
@@ -275,13 +290,27 @@ def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> N
     charge(store, invoice, card, at, automatic=True)
 
 
-def retry_due(invoice: Invoice, now: int) -> int | None:
-    """When the clock next retries this invoice's payment (None: not before `now`)."""
-    due = invoice.next_payment_attempt
-    return due if invoice.status == "open" and due is not None and due <= now else None
+def due(invoice: Invoice, now: int) -> int | None:
+    """When the clock next acts on this invoice, if not after `now`: a draft's finalization
+    (then its first payment attempt), or the retry of an open invoice's failed payment."""
+    if invoice.status == "draft":
+        at = invoice.automatically_finalizes_at
+    elif invoice.status == "open":
+        at = invoice.next_payment_attempt
+    else:
+        return None
+    return at if at is not None and at <= now else None
 
 
-def retry(store: Store, invoice: Invoice, at: int) -> None:
+def collect(store: Store, invoice: Invoice, at: int) -> None:
+    """The clock's turn on an invoice (`due`): a draft is finalized (its metered lines billing
+    the usage reported by then), then charged; an open invoice's payment is retried. The
+    subscription moves as the payment's outcome decides."""
+    if invoice.status == "draft":
+        lines = tuple(
+            refreshed(store, line, invoice.customer, invoice.created) for line in invoice.lines
+        )
+        invoice = _finalize(store, evolve(invoice, lines=lines), at)
     card = payment_methods.for_invoice(store, invoice.customer, invoice.subscription)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 

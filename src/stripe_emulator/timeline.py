@@ -5,7 +5,8 @@ the moment it happened: subscription period renewals (trials ending into `active
 scheduled cancellations (`cancel_at` / `cancel_at_period_end`, emitting
 `customer.subscription.deleted`), `incomplete` subscriptions expiring after 23 hours, open
 Checkout sessions expiring (`checkout.session.expired`), and the billing cycle (invoices.py):
-each renewal's invoice and payment, and the retries of failed payments.
+each renewal's draft invoice, finalized and charged an hour later, and the retries of failed
+payments.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
             queue.append((session.expires_at, _CHECKOUT, session.id))
     queued_invoices: set[str] = set()
     for invoice in store.invoices.rows.values():
-        retry_at = invoices.retry_due(invoice, now)
-        if retry_at is not None and invoice.test_clock == test_clock:
+        invoice_due = invoices.due(invoice, now)
+        if invoice_due is not None and invoice.test_clock == test_clock:
             queued_invoices.add(invoice.id)
-            queue.append((retry_at, _INVOICE, invoice.id))
+            queue.append((invoice_due, _INVOICE, invoice.id))
     heapq.heapify(queue)
     while queue:
         due, kind, object_id = heapq.heappop(queue)
@@ -55,12 +56,12 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
             expire_checkout_session(store, object_id, created=at)
             continue
         if kind == _INVOICE:
-            if invoices.retry_due(store.invoices.rows[object_id], now) != due:
+            if invoices.due(store.invoices.rows[object_id], now) != due:
                 continue  # paid, voided or retried since it was queued
-            invoices.retry(store, store.invoices.rows[object_id], at)
-            retry_at = invoices.retry_due(store.invoices.rows[object_id], now)
-            if retry_at is not None:
-                heapq.heappush(queue, (retry_at, _INVOICE, object_id))
+            invoices.collect(store, store.invoices.rows[object_id], at)
+            following = invoices.due(store.invoices.rows[object_id], now)
+            if following is not None:  # a draft finalized and declined: its first retry
+                heapq.heappush(queue, (following, _INVOICE, object_id))
             continue
         sub = store.subscriptions.rows[object_id]
         current = next_transition(sub, now)
@@ -79,10 +80,10 @@ def catch_up(store: Store, now: int, test_clock: str | None) -> None:
         following = next_transition(store.subscriptions.rows[object_id], now)
         if following is not None:
             heapq.heappush(queue, (following, _SUBSCRIPTION, object_id))
-        # A renewal's failed payment schedules its first retry.
+        # A renewal's draft is finalized and charged an hour later.
         latest = store.subscriptions.rows[object_id].latest_invoice
         if latest is not None and latest not in queued_invoices:
-            retry_at = invoices.retry_due(store.invoices.rows[latest], now)
-            if retry_at is not None:
+            invoice_due = invoices.due(store.invoices.rows[latest], now)
+            if invoice_due is not None:
                 queued_invoices.add(latest)
-                heapq.heappush(queue, (retry_at, _INVOICE, latest))
+                heapq.heappush(queue, (invoice_due, _INVOICE, latest))

@@ -6,9 +6,9 @@ each renewal its line bills the period that ends, at the meter's aggregated valu
 or last, per its `default_aggregation`) of the customer's meter events with a timestamp in that
 period, times the price's `unit_amount_decimal`, rounded to the nearest cent of the line total.
 A subscription's first invoice carries its metered items at quantity 0 (nothing used yet), and
-usage during a trial is not billed. Meter events that arrive after the renewal for the ended
-period are not billed (Stripe waits about an hour before finalizing; the emulator finalizes at
-once).
+usage during a trial is not billed. A renewal's invoice stays a draft for an hour (Stripe's
+finalization grace period): meter events for the ended period that arrive by then are billed,
+its metered lines being re-read as it is finalized (`refreshed`); later ones are not.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from decimal import Decimal
 from stripe_emulator import ids
 from stripe_emulator.billing_records import InvoiceLine
 from stripe_emulator.meters import aggregate_exact
-from stripe_emulator.records import Item
+from stripe_emulator.records import Item, evolve
 from stripe_emulator.store import Store
 
 
@@ -51,3 +51,13 @@ def item_line(
         return InvoiceLine(line_id, item.price, 0, *period, item.id, Decimal(0))
     used = usage(store, meter, customer, usage_period)
     return InvoiceLine(line_id, item.price, int(used), *usage_period, item.id, used)
+
+
+def refreshed(store: Store, line: InvoiceLine, customer: str, created: int) -> InvoiceLine:
+    """A draft's line as its invoice is finalized: a metered line billing a period that ended
+    by the invoice's creation is re-read, with the usage reported for it since."""
+    meter = line.price.meter
+    if meter is None or line.usage is None or line.period_end > created:
+        return line  # licensed, or a zero line of a period that starts (a trial's end)
+    used = usage(store, meter, customer, (line.period_start, line.period_end))
+    return evolve(line, quantity=int(used), usage=used)

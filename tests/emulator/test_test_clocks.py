@@ -53,7 +53,9 @@ def test_clock_lifecycle(client: stripe.StripeClient, ctl: Control) -> None:
     assert sub.status == "past_due"
     invoice = client.v1.invoices.retrieve(sub.latest_invoice or "")
     assert invoice.test_clock == clock.id and invoice.created == period_end
-    assert invoice.next_payment_attempt == period_end + 3 * DAY
+    # Finalized and declined an hour after the renewal (a draft till then); retried 3 days on.
+    assert invoice.status_transitions.finalized_at == period_end + 3600
+    assert invoice.next_payment_attempt == period_end + 3600 + 3 * DAY
 
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": period_end + 16 * DAY})
     sub = client.v1.subscriptions.retrieve(sub_id)
