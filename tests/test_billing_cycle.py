@@ -359,10 +359,10 @@ def test_two_subscriptions_in_grace_grant_the_grace_that_ends_last(
     )
     cycle.decline_renewals(first)
     cycle.decline_renewals(second.id)
-    renewal = second["items"].data[0].current_period_end
-    emulator.control("POST", "clock/advance", {"seconds": renewal - emulator_now(emulator) + HOUR})
-    later_grace_end = datetime.fromtimestamp(renewal + 3 * DAY, UTC)
-    until = f"{later_grace_end:%Y-%m-%dT%H:%M:%SZ}"
+    emulator.past_period_end(second.id, 2 * HOUR)  # its renewal's draft hour, then declined
+    failed = cycle.sdk.subscriptions.retrieve(second.id).latest_invoice or ""
+    charged = cycle.sdk.invoices.retrieve(failed).status_transitions.finalized_at or 0
+    until = f"{datetime.fromtimestamp(charged + 3 * DAY, UTC):%Y-%m-%dT%H:%M:%SZ}"
     view = cycle.view(user)
     assert [s["status"] for s in view["subscriptions"]] == ["past_due", "past_due"]
     assert view["access"] == {"state": "grace", "until": until}

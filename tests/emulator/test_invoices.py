@@ -123,7 +123,7 @@ def test_an_invoice_marked_uncollectible_is_not_retried_but_can_be_paid(
 ) -> None:
     customer, sub_id = subscribe(client, ctl)
     decline_future_charges(client, customer, sub_id)
-    advance(ctl, 30.1)
+    past_period_end(ctl, client, sub_id)
     invoice_id = client.v1.subscriptions.retrieve(sub_id).latest_invoice or ""
     mark = ctl("GET", "clock")["now"]
     marked = client.v1.invoices.mark_uncollectible(invoice_id)
