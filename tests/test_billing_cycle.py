@@ -292,8 +292,8 @@ def test_unpaid_after_retries_then_paid_by_api(
 def test_a_voided_failed_invoice_leaves_grace_that_ends(
     on_emulator_clock: Cycle, emulator: Emulator
 ) -> None:
-    """Stripe keeps a subscription past due when its failed invoice is voided (or marked
-    uncollectible): grace still ends, dated by the period's start, then blocked."""
+    """Stripe keeps a subscription past due when its failed invoice is voided: grace still
+    ends, dated by the period's start, then blocked."""
     cycle, user = on_emulator_clock, 505
     cycle.add_user(user)
     sub_id = cycle.subscribe(user)

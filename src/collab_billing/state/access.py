@@ -135,9 +135,10 @@ def _subscription_access(
         return Access("none")
     started = [utc(i.finalized_at) for i in failed if i.finalized_at is not None]
     if not started and subscription.stripe_current_period_start is not None:
-        # No overdue invoice (its events on their way, or it was voided or marked
-        # uncollectible while Stripe keeps the subscription past due): the failure is dated by
-        # the period's start, when its invoice was charged. Grace ends; it is never endless.
+        # No overdue invoice (its events on their way, or it was voided while Stripe keeps the
+        # subscription past due): the failure is dated by the period's start (its invoice was
+        # charged about an hour later, once its draft was finalized). Grace ends; it is never
+        # endless.
         started = [utc(subscription.stripe_current_period_start)]
     if not started:
         return Access("grace")  # nothing to date the failure by
