@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.config import Settings
 from collab_billing.db.models import BillingCustomer, BillingUsageEvent, User
+from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
 from tests.test_billing_api import add_user, serve
-from tests.test_usage_api import meter, record  # noqa: F401  (the fixture)
+from tests.test_usage_api import make_meter, meter, record  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -281,3 +282,35 @@ def test_a_value_reaches_stripe_digit_for_digit(
     drain(UsageSender(stripe_settings, engine))
     sent = emulator.http.get("/_emulator/state", params={"events": "true"}).json()
     assert [event["payload"]["value"] for event in sent["meter_events"]] == values
+
+
+def test_a_record_stripe_failed_for_a_moment_holds_back_the_later_ones_of_its_meter(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A user's records of a `last` meter reach Stripe in the order they were accepted:
+    Stripe bills the last one of the newest second. After a transient failure of the first,
+    the later ones were sent at once, and the first one after them on its retry."""
+    make_meter(emulator, "seats", "last")
+    resync(session_factory, StripeGateway(stripe_settings))
+    add_user(api, 1)
+    assert api.post("/billing/usage", json=record(1, "a", meter="seats")).is_success
+    emulator.control(
+        "POST", "faults",
+        {"rate": 1.0, "statuses": [500], "count": 1, "path_prefix": "/v1/billing/meter_events"},
+    )  # fmt: skip
+    UsageSender(stripe_settings, engine).send_batch()  # "a" fails: retried a second later
+    emulator.control("DELETE", "faults")
+    for key in ("b", "c"):
+        assert api.post("/billing/usage", json=record(1, key, meter="seats")).is_success
+    drain(UsageSender(stripe_settings, engine))
+    with session_factory() as session:
+        accepted = list(
+            session.scalars(select(BillingUsageEvent.identifier).order_by(BillingUsageEvent.id))
+        )
+    sent = emulator.http.get("/_emulator/state", params={"events": "true"}).json()
+    assert [event["identifier"] for event in sent["meter_events"]] == accepted

@@ -202,7 +202,7 @@ class UsageSender:
         stop: threading.Event,
     ) -> None:
         """One (customer, meter)'s records, one call at a time, oldest first. A transient
-        failure ends the group's turn (its later records wait for the next batch)."""
+        failure ends the group's turn: its later records wait until it is sent (`_due`)."""
         for record in group:
             if stop.is_set():
                 return
@@ -272,8 +272,24 @@ class UsageSender:
             .order_by(usage.id)
             .limit(self.batch_size)
         )
+        # Of a `last` meter, records waiting out a retry hold back the later ones of their
+        # user: they reach Stripe in the order they were accepted, and Stripe bills the last
+        # one it got of the newest second (as `state.spend` estimates). Other formulas do not
+        # depend on the order: their records go on past a failed one.
+        waiting = (
+            select(usage.user_id, usage.meter_event_name, func.min(usage.id))
+            .join(meter, meter.event_name == usage.meter_event_name)
+            .where(
+                meter.aggregation_formula == "last",
+                usage.status == "pending",
+                usage.next_attempt_at > int(time.time()),
+            )
+            .group_by(usage.user_id, usage.meter_event_name)
+        )
         with read_only(self.factory) as session:
-            return [Due(*row) for row in session.execute(statement)]
+            held = {(user, name): first for user, name, first in session.execute(waiting)}
+            due = [Due(*row) for row in session.execute(statement)]
+        return [d for d in due if d.id < held.get((d.user_id, d.event_name), d.id + 1)]
 
     def _with_customers(self, due: Sequence[Due]) -> list[Due]:
         """Create the Stripe customer of each user that has none (once, as checkout does)."""
