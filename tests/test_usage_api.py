@@ -350,36 +350,6 @@ def test_two_batches_of_one_user_at_once_both_count_toward_the_cap(
         assert state["usage"]["over_spend_cap"] is True, user
 
 
-def test_a_metered_item_added_in_stripe_that_passes_a_cap_is_notified(
-    api: httpx.Client,
-    emulator: Emulator,
-    meter: str,
-    stripe_settings: Settings,
-    engine: Engine,
-    session_factory: sessionmaker[Session],
-) -> None:
-    """Usage on a plan that bills none costs nothing; the meter's price added to the
-    subscription in Stripe prices it, past the cap, and the state document says so (no record
-    came after the change to recompute it)."""
-    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
-    add_user(api, 1)
-    sub = emulator.subscribe_in_stripe(1, stripe_settings.stripe_price_id or "")
-    assert sub.status == "active"
-    reconciler.drain()
-    cap = {"github_user_id": 1, "max_monthly_spend_cents": 50}
-    assert api.put("/billing/preferences", json=cap).status_code == 200
-    assert api.post("/billing/usage", json=record(1, "a", 150)).json()["over_spend_cap"] is False
-    assert usage_of(api, 1)["estimated_cost_cents"] == 0
-
-    [item] = sub["items"].data
-    usage_item = {"price": usage_price_of(session_factory, meter)}
-    emulator.sdk.v1.subscriptions.update(sub.id, {"items": [{"id": item.id}, usage_item]})
-    reconciler.drain()
-    assert usage_of(api, 1)["estimated_cost_cents"] == 75
-    state = api.get("/billing/state", params={"github_user_id": 1}).json()
-    assert state["usage"]["over_spend_cap"] is True
-
-
 def test_a_meter_turned_off_stops_counting_toward_the_cap(
     api: httpx.Client,
     emulator: Emulator,

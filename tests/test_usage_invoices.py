@@ -425,3 +425,44 @@ def test_a_double_clicked_plan_change_adds_the_usage_price_once(
         stripe_settings.stripe_price_id,
         usage_price_of(session_factory, meter),
     ]
+
+
+def test_a_metered_item_added_in_stripe_bills_the_usage_after_it_and_passes_a_cap(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Usage on a plan that bills none costs nothing. The meter's price added to the
+    subscription in Stripe bills the usage from then on, as Stripe does (the usage before it
+    was counted, and passed the cap on money never billed); the later usage passes the cap,
+    and the state document says so. The renewal's invoice bills what was estimated."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 1)
+    sub = emulator.subscribe_in_stripe(1, stripe_settings.stripe_price_id or "")
+    reconciler.drain()
+    cap = {"github_user_id": 1, "max_monthly_spend_cents": 50}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+    before = record(1, "a", 150, timestamp=emulator.now())
+    assert api.post("/billing/usage", json=before).json()["over_spend_cap"] is False
+    assert usage_of(api, 1)["estimated_cost_cents"] == 0
+
+    emulator.advance_to(emulator.now() + 60)
+    [item] = sub["items"].data
+    usage_item = {"price": usage_price_of(session_factory, meter)}
+    emulator.sdk.v1.subscriptions.update(sub.id, {"items": [{"id": item.id}, usage_item]})
+    reconciler.drain()
+    assert usage_of(api, 1)["estimated_cost_cents"] == 0  # nothing billed yet
+    after = record(1, "b", 120, timestamp=emulator.now())
+    assert api.post("/billing/usage", json=after).json()["over_spend_cap"] is True
+    shown = usage_of(api, 1)
+    assert (shown["meters"][0]["total"], shown["estimated_cost_cents"]) == ("270", 60)
+    state = api.get("/billing/state", params={"github_user_id": 1}).json()
+    assert state["usage"]["over_spend_cap"] is True
+    drain(UsageSender(stripe_settings, engine))
+    emulator.past_period_end(sub.id, 2 * 3600)
+    renewal = emulator.sdk.v1.invoices.list({"subscription": sub.id, "limit": 1}).data[0]
+    billed = [line.amount for line in renewal.lines.data if line.pricing]
+    assert 60 in billed

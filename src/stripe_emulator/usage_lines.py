@@ -49,8 +49,10 @@ def item_line(
         return InvoiceLine(line_id, item.price, quantity, *period, item.id)
     if usage_period is None or trial:
         return InvoiceLine(line_id, item.price, 0, *period, item.id, Decimal(0))
-    used = usage(store, meter, customer, usage_period)
-    return InvoiceLine(line_id, item.price, int(used), *usage_period, item.id, used)
+    # Stripe bills an item added within the period for the usage from then on.
+    billed = (max(usage_period[0], item.created), usage_period[1])
+    used = usage(store, meter, customer, billed)
+    return InvoiceLine(line_id, item.price, int(used), *billed, item.id, used)
 
 
 def refreshed(store: Store, line: InvoiceLine, customer: str, created: int) -> InvoiceLine:

@@ -108,6 +108,9 @@ class BillingSubscription(MirroredRow, Base):
     # The prices of all the subscription's items: `stripe_price_id` is its plan, and a metered
     # price beside it is what its usage is billed at. None: mirrored before this column.
     stripe_item_price_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    # Each item's `created` by its price (unix seconds): Stripe bills a metered item's usage
+    # from when it was added. None: mirrored before this column.
+    stripe_item_created: Mapped[dict[str, int] | None] = mapped_column(JSON)
     # Stripe's `created`: the order of a user's subscriptions (None: mirrored before it).
     stripe_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's `ended_at`: the usage until then is not this user's to pay any more.

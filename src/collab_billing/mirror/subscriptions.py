@@ -24,6 +24,7 @@ class ItemPrice(msgspec.Struct):
 
 class SubscriptionItem(msgspec.Struct):
     id: str = ""
+    created: int | None = None
     price: str | ItemPrice | None = None
     quantity: int | None = None
     current_period_end: int | None = None
@@ -95,6 +96,11 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_cancellation_reason": details.reason if details else None,
         "stripe_current_period_start": stripe_time(period_start),
         "stripe_item_price_ids": [price for item in items if (price := item_price_id(item))],
+        "stripe_item_created": {
+            price: item.created
+            for item in items
+            if (price := item_price_id(item)) and item.created is not None
+        },
         "stripe_created": stripe_time(subscription.created),
         "stripe_ended_at": stripe_time(subscription.ended_at),
     }

@@ -6,7 +6,8 @@ is later (the usage until then was billed by it, or free in its trial). A meter'
 follows its aggregation formula (`sum`, `count`, `last`) over the records accepted in the
 period (not those Stripe refused).
 The cost is estimated from the metered price of the user's subscription's item that bills the
-meter; usage that no subscription bills costs nothing (Stripe invoices only a subscription's
+meter, for the usage since that item was added (Stripe bills an item added within a period
+from then on); usage that no subscription bills costs nothing (Stripe invoices only a subscription's
 metered items), so it counts 0 towards the cap. Per-unit amounts, with fractions of a cent
 (`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
 plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
@@ -160,6 +161,26 @@ def _total(session: Session, user_id: int, meter: BillingMeter, period: Period) 
     return Decimal(str(session.scalar(select(func.sum(usage.value)).where(*where)) or 0))
 
 
+def _billed_total(
+    session: Session,
+    user_id: int,
+    meter: BillingMeter,
+    period: Period,
+    subscription: BillingSubscription | None,
+    price: BillingPrice | None,
+    total: Decimal,
+) -> Decimal:
+    """The part of the period's usage that the subscription's item bills: Stripe bills a
+    metered item added within the period for the usage from then on."""
+    if subscription is None or price is None or not subscription.stripe_item_created:
+        return total
+    added = subscription.stripe_item_created.get(price.stripe_price_id)
+    if added is None or added <= period.start.timestamp():
+        return total
+    since = Period(datetime.fromtimestamp(added, UTC), period.end, period.source)
+    return _total(session, user_id, meter, since)
+
+
 def _price(
     session: Session, subscription: BillingSubscription | None, meter_id: str
 ) -> BillingPrice | None:
@@ -228,6 +249,7 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
     for meter in meters:
         total = _total(session, user_id, meter, period)
         price = _price(session, subscription, meter.stripe_meter_id)
+        billed = _billed_total(session, user_id, meter, period, subscription, price, total)
         usages.append(
             MeterUsage(
                 meter=meter.event_name,
@@ -236,7 +258,7 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
                 total=total,
                 stripe_price_id=price.stripe_price_id if price else None,
                 currency=price.currency if price else None,
-                estimated_cost_cents=cost_cents(price, Decimal(0) if free else total)
+                estimated_cost_cents=cost_cents(price, Decimal(0) if free else billed)
                 if price is not None
                 else 0,
             )
