@@ -267,6 +267,26 @@ def test_a_past_due_customer_deleted_in_stripe_leaves_the_user_free_to_subscribe
     assert (view["access"]["state"], view["overdue_invoices"]) == ("none", [])
 
 
+def test_a_customer_canceled_for_debt_then_deleted_in_stripe_is_free_on_every_route(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """Its subscription had ended: the deletion changed no subscription, and the stored state
+    document (`GET /billing/state`, the notifications) kept `blocked` while `GET
+    /billing/subscriptions` said `none`."""
+    cycle, user = on_emulator_clock, 508
+    sub_id = cycle.past_due(user)
+    for days in (3, 5, 7):  # Stripe's retries, each failing: canceled, the invoice open
+        emulator.control("POST", "clock/advance", {"seconds": days * DAY})
+    assert cycle.access(user) == "blocked"
+    blocked = cycle.api.get("/billing/state", params={"github_user_id": user}).json()
+    assert blocked["access"]["state"] == "blocked"
+    cycle.sdk.customers.delete(str(cycle.sdk.subscriptions.retrieve(sub_id).customer))
+    view = cycle.view(user)
+    state = cycle.api.get("/billing/state", params={"github_user_id": user}).json()
+    assert view["access"] == state["access"] == {"state": "none", "until": None}
+    assert state["version"] == blocked["version"] + 1
+
+
 def test_unpaid_after_retries_then_paid_by_api(
     on_emulator_clock: Cycle, emulator: Emulator
 ) -> None:

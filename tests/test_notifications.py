@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -237,6 +238,27 @@ def test_a_webhook_id_is_never_another_notifications(
     reconciler.drain()
     hook.wait_for(lambda docs: any(doc["github_user_id"] == 802 for doc in docs))
     assert not seen & set(hook.message_ids[len(seen) :])
+
+
+@pytest.fixture
+def eastern_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is not UTC (as on many servers' defaults)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_webhook_id_is_dated_as_its_body_whatever_the_local_time_zone(
+    eastern_time: None, reconciler: Reconciler, emulator: Emulator, hook: Receiver, sender: Notifier
+) -> None:
+    """SQLite hands back times without a zone: the id read them as local time, so it changed
+    with the sender's time zone, and a resend after a change was not deduplicated."""
+    subscribed_and_notified(reconciler, emulator, hook, 803)
+    for body, message_id in zip(hook.verified, hook.message_ids, strict=True):
+        sent_at = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+        assert message_id.rsplit("_", 1)[1] == str(int(sent_at.timestamp() * 1000))
 
 
 def test_notifications_list_and_replay(

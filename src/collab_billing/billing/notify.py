@@ -74,7 +74,7 @@ def message_id(notification: Due) -> str:
     """The same for every delivery of a notification, never another's: its row id with its
     creation time (SQLite hands the ids of rows deleted after a week out again, and a
     receiver that deduplicates by `webhook-id` dropped those notifications)."""
-    return f"msg_{notification.id}_{int(notification.created_at.timestamp() * 1000)}"
+    return f"msg_{notification.id}_{int(utc(notification.created_at).timestamp() * 1000)}"
 
 
 def body_of(payload: dict[str, Any], created_at: datetime) -> bytes:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
 CUSTOMER_EVENT_TYPES = (
@@ -172,16 +173,22 @@ def _remember_unmatched(session: Session, candidates: Sequence[Candidate]) -> No
 
 
 def tombstone(session: Session, stripe_customer_ids: Collection[str]) -> None:
-    """Deleted on Stripe: kept as a tombstone (the next checkout makes a new customer)."""
-    if stripe_customer_ids:
+    """Deleted on Stripe: kept as a tombstone (the next checkout makes a new customer). Its
+    user's document changes (its open invoices no longer count: no one can pay them)."""
+    if not stripe_customer_ids:
+        return
+    live = (
+        BillingCustomer.stripe_customer_id.in_(stripe_customer_ids),
+        BillingCustomer.stripe_deleted_at.is_(None),
+    )
+    deleted = list(session.scalars(select(BillingCustomer.id).where(*live)))
+    if deleted:
         session.execute(
             update(BillingCustomer)
-            .where(
-                BillingCustomer.stripe_customer_id.in_(stripe_customer_ids),
-                BillingCustomer.stripe_deleted_at.is_(None),
-            )
+            .where(BillingCustomer.id.in_(deleted))
             .values(stripe_deleted_at=datetime.now(UTC))
         )
+        outbox.mark(session, customers=deleted)
 
 
 def unmatched_naming(session: Session, github_user_id: int) -> str | None:
