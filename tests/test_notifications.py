@@ -3,6 +3,7 @@ user, retried while the receiver fails, delivered after the sender is killed."""
 
 from __future__ import annotations
 
+import base64
 import signal
 import subprocess
 import threading
@@ -259,6 +260,34 @@ def test_a_webhook_id_is_dated_as_its_body_whatever_the_local_time_zone(
     for body, message_id in zip(hook.verified, hook.message_ids, strict=True):
         sent_at = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
         assert message_id.rsplit("_", 1)[1] == str(int(sent_at.timestamp() * 1000))
+
+
+def test_a_notification_secret_is_rotated_without_a_failed_delivery(
+    stripe_settings: Settings, engine: Engine, reconciler: Reconciler, emulator: Emulator
+) -> None:
+    """With the old and the new secret set, every delivery carries a signature of each, so
+    receivers still on the old one and those moved to the new one both verify it."""
+    new_secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    with receiver(NOTIFY_SECRET) as old_receiver, receiver(new_secret) as moved_receiver:
+        settings = stripe_settings.model_copy(
+            update={
+                "billing_notify_urls": f"{old_receiver.url},{moved_receiver.url}",
+                "billing_notify_secret": SecretStr(f"{NOTIFY_SECRET},{new_secret}"),
+            }
+        )
+        notifier = Notifier(settings, engine)
+        thread, stop = start_in_background(notifier.run, "notifier")
+        try:
+            add_user(reconciler.factory, 804, "rotating")
+            subscribe(reconciler, emulator, 804)
+            reconciler.drain()
+            for hook in (old_receiver, moved_receiver):
+                hook.wait_for(lambda docs: len(docs) >= 1)
+        finally:
+            stop.set()
+            thread.join(30)
+    assert old_receiver.rejected == moved_receiver.rejected == 0
+    assert old_receiver.documents() == moved_receiver.documents()
 
 
 def test_notifications_list_and_replay(

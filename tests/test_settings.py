@@ -80,6 +80,8 @@ GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
         ("http://ok.example/a", "whsec_SuperSecret!!notbase64"),
         ("http://ok.example/a", "whsec_my secret with spaces"),
         ("http://ok.example/a", "whsec_QUJD"),  # 3 bytes: Standard Webhooks asks for 24+
+        ("http://ok.example/a", f"{GOOD_SECRET},whsec_QUJD"),  # one of two, for rotation
+        ("http://ok.example/a", " , "),
     ],
 )
 def test_bad_notification_settings_stop_the_start_without_their_secrets(

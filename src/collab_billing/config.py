@@ -165,20 +165,11 @@ class Settings(BaseSettings):
             if _comma_list(info.data.get("billing_notify_urls")):
                 raise ValueError("must be set when BILLING_NOTIFY_URLS is (whsec_ + base64)")
             return None
-        secret = value.get_secret_value()
-        if not secret.startswith("whsec_"):
-            raise ValueError("must start with whsec_ (a Standard Webhooks secret)")
-        # Strictly: the `standardwebhooks` library decodes leniently, and a receiver written
-        # in another language with a strict decoder would reject every notification.
-        try:
-            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be whsec_ followed by base64 bytes") from None
-        if len(key) < MIN_NOTIFY_SECRET_BYTES:
-            raise ValueError(
-                f"must hold at least {MIN_NOTIFY_SECRET_BYTES} bytes (Standard Webhooks), "
-                f"not {len(key)}"
-            )
+        secrets = _comma_list(value.get_secret_value())
+        if not secrets:
+            raise ValueError("must name at least one secret (whsec_ + base64)")
+        for secret in secrets:
+            _check_notify_secret(secret)
         return value
 
     def notify_urls(self) -> list[str]:
@@ -194,6 +185,12 @@ class Settings(BaseSettings):
 
     def past_due_grace(self) -> timedelta:
         return timedelta(days=self.billing_past_due_grace_days)
+
+    def notify_secrets(self) -> list[str]:
+        """Every notification is signed with each (comma-separated), for rotation."""
+        if self.billing_notify_secret is None:
+            return []
+        return _comma_list(self.billing_notify_secret.get_secret_value())
 
     def webhook_secrets(self) -> list[str]:
         """Several comma-separated secrets are accepted, for rotation."""
@@ -214,6 +211,22 @@ def shown_url(url: str) -> str:
 
 def _comma_list(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _check_notify_secret(secret: str) -> None:
+    if not secret.startswith("whsec_"):
+        raise ValueError("each secret must start with whsec_ (a Standard Webhooks secret)")
+    # Strictly: the `standardwebhooks` library decodes leniently, and a receiver written in
+    # another language with a strict decoder would reject every notification.
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("each secret must be whsec_ followed by base64 bytes") from None
+    if len(key) < MIN_NOTIFY_SECRET_BYTES:
+        raise ValueError(
+            f"each secret must hold at least {MIN_NOTIFY_SECRET_BYTES} bytes (Standard "
+            f"Webhooks), not {len(key)}"
+        )
 
 
 class SettingsError(Exception):

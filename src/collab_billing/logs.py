@@ -119,7 +119,7 @@ class TextFormatter(_Redacting):
 
 
 def secret_values(settings: Settings) -> list[str]:
-    values = [*settings.webhook_secrets()]
+    values = [*settings.webhook_secrets(), *settings.notify_secrets()]
     values += url_passwords(settings.database_url)
     secrets = (
         settings.admin_token,

@@ -97,8 +97,7 @@ class Notifier:
         """`clock`: the retries' timing; `access_clock`: the service's "now", by which the
         sweep finds ended graces (`create_app`'s clock)."""
         self.urls = settings.notify_urls()
-        secret = settings.billing_notify_secret
-        self.webhook = Webhook(secret.get_secret_value()) if secret is not None else None
+        self.webhooks = [Webhook(secret) for secret in settings.notify_secrets()]
         self.max_backoff = settings.billing_notify_max_backoff_seconds
         self.retry_window = settings.billing_notify_retry_window_seconds
         self.poll_seconds = settings.billing_notify_poll_seconds
@@ -259,13 +258,16 @@ class Notifier:
 
     def post(self, url: str, msg_id: str, body: bytes) -> str | None:
         """One signed POST; None on a 2xx, else what went wrong (no secret in it)."""
-        assert self.webhook is not None
+        assert self.webhooks
         now = datetime.now(UTC)
+        # A signature per secret, space-separated (Standard Webhooks): a receiver verifies
+        # with any one of them, so a secret is rotated without a delivery failing.
+        signatures = " ".join(webhook.sign(msg_id, now, body) for webhook in self.webhooks)
         headers = {
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self.webhook.sign(msg_id, now, body),
+            "webhook-signature": signatures,
         }
         try:
             # Only the status counts: the answer's body is never read, so a receiver that
