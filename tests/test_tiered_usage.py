@@ -1,7 +1,8 @@
 """Tiered metered prices, end to end: the price mirrored with its tiers (its events carry it
 without them: the applier reads it with `expand[]=tiers`; resync lists `data.tiers`), the
-usage estimate of `GET /billing/usage` priced per tier (graduated and volume, flat amounts),
-and the renewal invoice, billed by the emulator and mirrored, equal to that estimate."""
+usage estimate of `GET /billing/usage` priced per tier (graduated and volume, flat amounts)
+or per package (`transform_quantity`), and the renewal invoice, billed by the emulator and
+mirrored, equal to that estimate."""
 
 from __future__ import annotations
 
@@ -129,3 +130,42 @@ def test_resync_mirrors_the_tiers_and_a_price_update_keeps_them(
     api.post("/billing/usage", json=record(8, "x", 101))
     [tokens] = usage_of(api, 8)["meters"]
     assert (tokens["stripe_price_id"], tokens["estimated_cost_cents"]) == (price_id, 151)
+
+
+@pytest.mark.parametrize(("rounding", "cost"), [("up", 1000), ("down", 500)])
+def test_package_priced_usage_is_estimated_and_billed_alike(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    rounding: str,
+    cost: int,
+) -> None:
+    """$5 per 1,000 tokens (`transform_quantity`): 1,201 tokens are 2 packages rounded up, 1
+    rounded down. The estimate multiplied the tokens: $6,005, past any cap."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    sub_id = subscribe(api, emulator, reconciler, 7)
+    package = emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 500,
+            "transform_quantity": {"divide_by": 1000, "round": rounding},  # type: ignore[typeddict-item]
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+            "product_data": {"name": "Tokens by the thousand"},
+        }
+    )
+    reconciler.drain()
+    add_metered_item(emulator, sub_id, package.id)
+    reconciler.drain()
+    assert api.post("/billing/usage", json=record(7, "a", 1201)).status_code == 202
+    drain(UsageSender(stripe_settings, engine))
+    [tokens] = usage_of(api, 7)["meters"]
+    assert (tokens["total"], tokens["estimated_cost_cents"]) == ("1201", cost)
+    emulator.past_period_end(sub_id, 3600)
+    reconciler.drain()
+    invoices = invoices_of(session_factory, sub_id)
+    first, renewal = invoices["subscription_create"], invoices["subscription_cycle"]
+    assert renewal.amount_due == first.amount_due + cost

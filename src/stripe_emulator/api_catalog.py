@@ -227,6 +227,16 @@ def _amount(p: Params) -> tuple[int | None, str | None]:
     return None, format(decimal.normalize(), "f")
 
 
+def _transform_quantity(p: Params) -> tuple[int, str] | None:
+    transform = p.hash("transform_quantity")
+    if transform is None:
+        return None
+    divide_by = transform.integer("divide_by", required=True, minimum=1)
+    rounding = transform.string("round", required=True, choices=("up", "down"))
+    assert divide_by is not None and rounding is not None
+    return divide_by, rounding
+
+
 def _price_fields(
     p: Params, *, with_product: bool, call_store: Store, tiered: bool = False
 ) -> dict[str, Any]:
@@ -246,7 +256,7 @@ def _price_fields(
     else:
         tiers.refuse_tier_params(p)
         amount, decimal = _amount(p)
-        tier_fields = {}
+        tier_fields = {"transform_quantity": _transform_quantity(p)}
     fields: dict[str, Any] = {
         **tier_fields,
         "currency": p.string("currency", required=True),

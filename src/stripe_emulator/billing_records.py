@@ -7,7 +7,7 @@ Immutable like the records in records.py (an event keeps the record it was emitt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from stripe_emulator import tiers
 from stripe_emulator.records import DAY, Metadata, Price
@@ -59,8 +59,17 @@ class InvoiceLine:
         if self.price.billing_scheme == "tiered":
             exact = tiers.amount(self.price, self.quantity_decimal)
         else:
-            exact = unit_amount(self.price) * self.quantity_decimal
+            exact = unit_amount(self.price) * transformed(self.price, self.quantity_decimal)
         return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def transformed(price: Price, quantity: Decimal) -> Decimal:
+    """The quantity a price bills: divided and rounded first with `transform_quantity`."""
+    if price.transform_quantity is None:
+        return quantity
+    divide_by, rounding = price.transform_quantity
+    whole = ROUND_CEILING if rounding == "up" else ROUND_FLOOR
+    return (quantity / divide_by).quantize(Decimal(1), rounding=whole)
 
 
 @dataclass(frozen=True, slots=True)

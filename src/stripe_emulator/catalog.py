@@ -181,6 +181,7 @@ def create_price(
     billing_scheme: str = "per_unit",
     tiers_mode: str | None = None,
     tiers: tuple[Tier, ...] = (),
+    transform_quantity: tuple[int, str] | None = None,
 ) -> Price:
     if lookup_key:
         claim_lookup_key(store, lookup_key, None, transfer_lookup_key)
@@ -210,6 +211,7 @@ def create_price(
         billing_scheme=billing_scheme,
         tiers_mode=tiers_mode,
         tiers=tiers,
+        transform_quantity=transform_quantity,
     )
     store.prices.add(record.id, record)
     store.emit("price.created", record)

@@ -120,7 +120,11 @@ def price(record: Price) -> Json:
         "recurring": recurring,
         "tax_behavior": record.tax_behavior,
         "tiers_mode": record.tiers_mode,
-        "transform_quantity": None,
+        "transform_quantity": (
+            None
+            if record.transform_quantity is None
+            else dict(zip(("divide_by", "round"), record.transform_quantity, strict=True))
+        ),
         "type": "recurring" if recurring is not None else "one_time",
         "unit_amount": amount,
         "unit_amount_decimal": decimal,

@@ -102,6 +102,9 @@ class Price:
     billing_scheme: str = "per_unit"  # or "tiered": then `tiers_mode` and `tiers` are set
     tiers_mode: str | None = None
     tiers: tuple[Tier, ...] = ()
+    # `transform_quantity`: (divide_by, "up" or "down"): the quantity is divided and rounded
+    # before it is priced (package pricing: per 1,000 tokens, say).
+    transform_quantity: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,3 +149,45 @@ def test_renewal_prices_metered_usage_per_tier(
     assert line.pricing and line.pricing.unit_amount_decimal is None
     assert invoice.amount_due == amount
     _check_recorded_against_spec(ctl)
+
+
+@pytest.mark.parametrize(("rounding", "used", "amount"), [("up", "1201", 1000), ("down", "999", 0)])
+def test_a_package_price_bills_whole_packages(
+    client: stripe.StripeClient, ctl: Control, rounding: str, used: str, amount: int
+) -> None:
+    """`transform_quantity`: the usage divided by `divide_by`, rounded, then priced."""
+    ctl.emulator.app.state.recorded.take()
+    transform = {"divide_by": 1000, "round": rounding}
+    price = client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 500,
+            "transform_quantity": transform,  # type: ignore[typeddict-item]
+            "recurring": {
+                "interval": "month",
+                "usage_type": "metered",
+                "meter": make_meter(client),
+            },
+            "product_data": {"name": "Tokens by the thousand"},
+        }
+    )
+    shown = client.v1.prices.retrieve(price.id).transform_quantity
+    assert shown and (shown.divide_by, shown.round) == (1000, rounding)
+    sub_id = subscribe_with_card(client, [{"price": price.id}])
+    customer = client.v1.subscriptions.retrieve(sub_id).customer
+    assert isinstance(customer, str)
+    report(client, "tokens", customer, used)
+    past_period_end(ctl, client, sub_id)
+    line = line_for(renewal(client, sub_id), price.id)
+    assert (line.quantity, line.amount) == (int(used), amount)
+    _check_recorded_against_spec(ctl)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.prices.create(
+            params={
+                "currency": "usd",
+                "unit_amount": 500,
+                "transform_quantity": {"divide_by": 1000, "round": "sideways"},  # type: ignore[typeddict-item]
+                "product_data": {"name": "Refused"},
+            }
+        )
+    assert refused.value.param == "transform_quantity[round]"

@@ -143,6 +143,10 @@ class BillingPrice(MirroredRow, Base):
     )
     tiers_mode: Mapped[str | None] = mapped_column(String(16))
     tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # Stripe's `transform_quantity` (package pricing): the quantity is divided by this and
+    # rounded (`up` or `down`) before it is priced. None: billed as counted.
+    transform_divide_by: Mapped[int | None] = mapped_column(BigInteger)
+    transform_round: Mapped[str | None] = mapped_column(String(8))
 
 
 class BillingProduct(MirroredRow, Base):

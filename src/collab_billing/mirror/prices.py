@@ -34,6 +34,11 @@ class PriceTier(msgspec.Struct):
     flat_amount_decimal: str | None = None
 
 
+class TransformQuantity(msgspec.Struct):
+    divide_by: int
+    round: str
+
+
 class Price(msgspec.Struct):
     """The fields of a Stripe price that the service keeps. Defaults let a deleted price's
     stub (`{"id", "object", "deleted": true}`) decode too."""
@@ -50,6 +55,7 @@ class Price(msgspec.Struct):
     billing_scheme: str = "per_unit"
     tiers_mode: str | None = None
     tiers: list[PriceTier] | None = None  # None: not expanded (or not tiered)
+    transform_quantity: TransformQuantity | None = None
 
 
 def _decimal_text(whole: int | None, text: str | None) -> str | None:
@@ -76,7 +82,7 @@ def has_its_tiers(price: Price) -> bool:
 
 
 def columns(price: Price) -> dict[str, Any]:
-    recurring = price.recurring
+    recurring, transform = price.recurring, price.transform_quantity
     return {
         "lookup_key": price.lookup_key,
         "stripe_product_id": id_of(price.product),
@@ -90,6 +96,8 @@ def columns(price: Price) -> dict[str, Any]:
         "billing_scheme": price.billing_scheme,
         "tiers_mode": price.tiers_mode,
         "tiers": tier_rows(price.tiers),
+        "transform_divide_by": transform.divide_by if transform else None,
+        "transform_round": transform.round if transform else None,
         "active": price.active,
         "deleted": price.deleted,
     }

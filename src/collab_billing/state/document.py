@@ -62,7 +62,8 @@ BLOCKED = {"state": "blocked", "until": None}
 # recomputes them all (at its first poll), and notifies those that changed: else the stored
 # ones were served, and notified, as an older release computed them (a field missing, an access
 # decided by older rules) until the user's rows next changed.
-# 2: of several graces, the one that ends last; 3: usage priced from its item's addition
+# 2: of several graces, the one that ends last; 3: usage priced from its item's addition,
+# and per package (`transform_quantity`).
 DOCUMENT_FORMAT = 3
 
 

@@ -9,7 +9,8 @@ The cost is estimated from the metered price of the user's subscription's item t
 meter, for the usage since that item was added (Stripe bills an item added within a period
 from then on); usage that no subscription bills costs nothing (Stripe invoices only a subscription's
 metered items), so it counts 0 towards the cap. Per-unit amounts, with fractions of a cent
-(`unit_amount_decimal`), and tiered ones (`graduated`: each tier's units at its unit amount,
+(`unit_amount_decimal`), in packages (`transform_quantity`: the total divided and rounded up or
+down before it is priced), and tiered ones (`graduated`: each tier's units at its unit amount,
 plus the flat amount of each tier reached; `volume`: every unit at the unit amount of the tier
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
 rounded once, half up to the cent, as Stripe (and the emulator) round an invoice line. A tiered
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -232,6 +233,9 @@ def cost_cents(price: BillingPrice, total: Decimal) -> int | None:
         unit = Decimal(price.unit_amount)
     else:
         return None
+    if price.transform_divide_by:  # package pricing: whole packages, rounded as Stripe does
+        whole = ROUND_CEILING if price.transform_round == "up" else ROUND_FLOOR
+        total = (total / price.transform_divide_by).quantize(Decimal(1), rounding=whole)
     return int((unit * total).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
