@@ -438,11 +438,8 @@ def test_a_plan_change_without_a_quantity_keeps_the_seats_only_within_a_product(
     assert again.status_code == 409 and "already on team-monthly" in again.text
 
 
-def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
-    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
-) -> None:
-    """A metered price bills usage: Stripe refuses a quantity for it, in Checkout and in the
-    portal's plan change alike, so the service sends none and answers none."""
+def tokens_for_sale(emulator: Emulator, reconciler: Reconciler) -> str:
+    """A metered price on sale as a plan of its own: `tokens-monthly`. Its id."""
     meter = emulator.sdk.v1.billing.meters.create(
         params={
             "event_name": "tokens",
@@ -450,7 +447,7 @@ def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
             "default_aggregation": {"formula": "sum"},
         }
     )
-    emulator.sdk.v1.prices.create(
+    price = emulator.sdk.v1.prices.create(
         params={
             "currency": "usd",
             "unit_amount_decimal": "0.5",
@@ -460,6 +457,15 @@ def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
         }
     )
     reconciler.drain()
+    return str(price.id)
+
+
+def test_a_metered_plan_is_bought_and_changed_to_without_a_quantity(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """A metered price bills usage: Stripe refuses a quantity for it, in Checkout and in the
+    portal's plan change alike, so the service sends none and answers none."""
+    tokens_for_sale(emulator, reconciler)
     add_user(service, 2)
     assert checkout(service, 2, price="tokens-monthly", quantity=4)["quantity"] is None
 
@@ -698,3 +704,77 @@ def test_a_trial_extended_in_stripe_and_an_item_removed_show_in_the_state(
     reconciler.drain()
     state = service.api.get("/billing/state", params={"github_user_id": 1}).json()
     assert (state["plan"]["lookup_key"], state["quantity"]) == ("team-monthly", 3)
+
+
+def test_a_subscription_of_usage_alone_gains_the_plan_beside_its_usage(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """Its usage item was taken for the plan and replaced by the new price: the period's
+    usage so far was never billed."""
+    tokens = tokens_for_sale(emulator, reconciler)
+    sub_id = buy(service, emulator, reconciler, 3, price="tokens-monthly")
+    [usage_item] = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    response = manage(service, 3, "change_plan", price="pro-monthly")
+    assert response.status_code == 200, response.text
+    assert response.json()["billing_portal_session_url"] is None  # through the API
+    items = emulator.sdk.v1.subscriptions.retrieve(sub_id)["items"].data
+    assert {(item.id == usage_item.id, item.price.id) for item in items} == {
+        (True, tokens),
+        (False, catalog["pro-monthly"]),
+    }
+    [row] = subscriptions(service, 3)
+    assert (row["plan"]["lookup_key"], row["quantity"]) == ("pro-monthly", 1)
+
+
+def test_seats_change_on_a_price_no_longer_sold(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """A subscriber kept on an archived price (its lookup key moved to a new price) could
+    change seats only by moving to the new price: the old one was "not for sale"."""
+    buy(service, emulator, reconciler, 4, price="team-monthly", quantity=3)
+    team = emulator.sdk.v1.prices.retrieve(catalog["team-monthly"])
+    emulator.sdk.v1.prices.create(
+        params={
+            "product": str(team.product),
+            "unit_amount": 1200,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+            "lookup_key": "team-monthly",
+            "transfer_lookup_key": True,
+        }
+    )
+    emulator.sdk.v1.prices.update(team.id, params={"active": False})
+    reconciler.drain()
+    for fields, seats in (({"quantity": 4}, 4), ({"price": team.id, "quantity": 5}, 5)):
+        response = manage(service, 4, "change_plan", **fields)
+        assert response.status_code == 200, response.text
+        portal = portal_session(emulator, response.json()["billing_portal_session_url"])
+        [item] = portal["flow"]["subscription_update_confirm"]["items"]
+        assert (item["price"], item["quantity"]) == (None, seats)  # the price stays
+        emulator.control("POST", f"billing_portal/sessions/{portal['id']}/confirm", {})
+        reconciler.drain()
+        [row] = subscriptions(service, 4)
+        assert (row["plan"]["stripe_price_id"], row["quantity"]) == (team.id, seats)
+    neither = manage(service, 4, "change_plan")
+    assert neither.status_code == 422 and "quantity" in neither.text
+
+
+def test_a_plan_in_another_currency_is_a_409_that_says_the_way_out(
+    service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
+) -> None:
+    """Stripe bills a subscription in one currency and refuses an item of another."""
+    pro = emulator.sdk.v1.prices.retrieve(catalog["pro-monthly"])
+    emulator.sdk.v1.prices.create(
+        params={
+            "product": str(pro.product),
+            "unit_amount": 900,
+            "currency": "eur",
+            "recurring": {"interval": "month"},
+            "lookup_key": "pro-monthly-eur",
+        }
+    )
+    reconciler.drain()
+    buy(service, emulator, reconciler, 5, price="pro-monthly")
+    refused = manage(service, 5, "change_plan", price="pro-monthly-eur")
+    assert refused.status_code == 409, refused.text
+    assert "bills in usd" in refused.json()["detail"] and "cancel" in refused.json()["detail"]

@@ -66,6 +66,16 @@ def bad_request(message: str, param: str | None = None) -> StripeError:
     return StripeError(400, message, param=param)
 
 
+def check_currency(expected: str, currency: str, param: str | None = None) -> None:
+    """Stripe bills a subscription, and its customer, in one currency."""
+    if currency != expected:
+        raise bad_request(
+            f"The price specified only supports `{currency}`. This doesn't match the expected "
+            f"currency: `{expected}`.",
+            param,
+        )
+
+
 def unrecognized_url(method: str, path: str) -> StripeError:
     return StripeError(
         404,

@@ -12,7 +12,7 @@ from typing import Any
 
 from stripe_emulator import payment_methods
 from stripe_emulator.catalog import update_customer
-from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import Params
 from stripe_emulator.records import PortalSession, Subscription
 from stripe_emulator.store import Store
@@ -95,6 +95,7 @@ def _check_confirm_items(store: Store, sub: Subscription, items: list[dict[str, 
                 raise bad_request(
                     f"The price {price.id} is not an active recurring price.", f"{param}[0][price]"
                 )
+            check_currency(sub.items[0].price.currency, price.currency, f"{param}[0][price]")
 
 
 def confirm_update(

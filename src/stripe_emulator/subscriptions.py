@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from stripe_emulator import ids, objects, payment_methods
 from stripe_emulator.diff import previous_attributes
-from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import apply_metadata
 from stripe_emulator.periods import interval_of, period_end
 from stripe_emulator.records import DAY, Item, Price, Subscription, evolve
@@ -242,6 +242,8 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, description=changes.description or None)
     if changes.items is not None:
         new = evolve(new, items=merge_items(old.items, changes.items, now))
+        for item in new.items:
+            check_currency(old.items[0].price.currency, item.price.currency, "items")
     # A new interval (monthly to yearly) starts a new period now, billed at once. The
     # emulator makes no proration (no credit for the unused part of the old period).
     new_interval = old.status in ("active", "past_due") and interval_of(new.items) != interval_of(

@@ -230,6 +230,41 @@ def test_two_items_of_one_price_are_refused(client: stripe.StripeClient, ctl: Co
     assert len(client.v1.subscriptions.retrieve(sub.id)["items"].data) == 1
 
 
+def test_an_item_in_another_currency_is_refused(client: stripe.StripeClient, ctl: Control) -> None:
+    """A subscription bills in one currency: an update or a portal plan change to a price of
+    another is a 400, and nothing changes."""
+    session = _checkout(client, recurring_price(client).id)
+    sub = client.v1.subscriptions.retrieve(
+        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
+    )
+    [item] = sub["items"].data
+    euros = client.v1.prices.create(
+        params={
+            "currency": "eur",
+            "unit_amount": 1800,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": "Emulator test plan, in euros"},
+        }
+    )
+    with pytest.raises(stripe.InvalidRequestError, match="only supports `eur`"):
+        client.v1.subscriptions.update(
+            sub.id, params={"items": [{"id": item.id, "price": euros.id}]}
+        )
+    flow = {
+        "type": "subscription_update_confirm",
+        "subscription_update_confirm": {
+            "subscription": sub.id,
+            "items": [{"id": item.id, "price": euros.id}],
+        },
+    }
+    with pytest.raises(stripe.InvalidRequestError, match="only supports `eur`"):
+        client.v1.billing_portal.sessions.create(
+            params={"customer": str(sub.customer), "flow_data": flow}  # type: ignore[typeddict-item]
+        )
+    [kept] = client.v1.subscriptions.retrieve(sub.id)["items"].data
+    assert kept.price.id == item.price.id
+
+
 def test_an_item_is_removed_by_deleted(client: stripe.StripeClient, ctl: Control) -> None:
     first, second = recurring_price(client), recurring_price(client, 500)
     customer = client.v1.customers.create(

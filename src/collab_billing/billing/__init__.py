@@ -27,12 +27,12 @@ from collab_billing.billing.checkout import (
 from collab_billing.billing.errors import BillingError, Conflict, NotFound
 from collab_billing.billing.manage import (
     INTENTS,
-    ManageRequest,
     ManageResult,
     invoice_to_pay,
     manage_subscription,
     open_cancel_portal,
 )
+from collab_billing.billing.targets import ManageRequest
 from collab_billing.state import spend
 
 __all__ = [

@@ -28,41 +28,40 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import (
     find_user,
-    is_active,
-    is_cancelable,
     is_overdue,
     list_user_subscriptions,
 )
 from collab_billing.billing.errors import Conflict, InvalidField, NotFound
 from collab_billing.billing.plans import (
     Plan,
+    currencies_of,
     meters_of,
+    plan_of_price,
     resolve_plan,
     same_cadence,
     same_product,
     usage_prices,
 )
 from collab_billing.billing.sync import sync_subscriptions
+from collab_billing.billing.targets import (
+    ENDED,
+    ManageRequest,
+    customer_of,
+    target_of,
+    why_not_cancelable,
+    why_not_changeable,
+    why_not_stoppable,
+    why_not_trialing,
+)
 from collab_billing.billing.turns import change_turn
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
-from collab_billing.db.models import BillingCustomer, BillingSubscription
+from collab_billing.db.models import BillingSubscription
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, is_metered, item_price_id
 from collab_billing.mirror.subscriptions import plan_item as subscription_plan_item
 from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import Ref, decode_object
-
-ENDED = frozenset({"canceled", "incomplete_expired"})
-
-
-@dataclass(frozen=True)
-class ManageRequest:
-    github_user_id: int
-    intent: str
-    subscription_id: int | str | None = None
-    price: str | None = None
-    quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,8 @@ def open_cancel_portal(
 def _cancel(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    customer, target = _target(
-        factory, request, _why_not_cancelable, "active subscription to cancel"
+    customer, target = target_of(
+        factory, request, why_not_cancelable, "active subscription to cancel"
     )
     flow = {
         "type": "subscription_cancel",
@@ -116,7 +115,7 @@ def _home(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
     return ManageResult(
-        portal_url=gateway.create_portal_session(customer_id=_customer(factory, request))
+        portal_url=gateway.create_portal_session(customer_id=customer_of(factory, request))
     )
 
 
@@ -124,21 +123,21 @@ def _update_payment_method(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
     flow = {"type": "payment_method_update"}
-    customer = _customer(factory, request)
+    customer = customer_of(factory, request)
     return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
 
 
 def _change_plan(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    if request.price is None:
-        raise InvalidField("price", "change_plan needs the new plan's `price`")
+    if request.price is None and request.quantity is None:
+        raise InvalidField("price", "change_plan needs the new plan's `price`, or a `quantity`")
     settings = gateway.settings
-    keys = settings.billing_price_lookup_keys()
-    plan = resolve_plan(factory, request.price, settings.stripe_price_id, keys)
-    customer, target = _target(
-        factory, request, _why_not_changeable, "active subscription to change"
+    customer, target = target_of(
+        factory, request, why_not_changeable, "active subscription to change"
     )
+    keys = settings.billing_price_lookup_keys()
+    plan = _wanted_plan(factory, request, target, settings.stripe_price_id, keys)
     # A metered price bills usage and takes no quantity (Stripe refuses one). Without one
     # asked, the seats carry over to another price of the same product (monthly to yearly);
     # another product starts at one, as its Checkout would (not 5 seats of a per-user plan).
@@ -149,16 +148,30 @@ def _change_plan(
     if plan.stripe_price_id == target.stripe_price_id and quantity in (None, target.quantity or 1):
         seats = "" if quantity is None else f" with quantity {quantity}"
         raise Conflict(
-            f"subscription {target.stripe_subscription_id} is already on {request.price}{seats}"
+            f"subscription {target.stripe_subscription_id} is already on "
+            f"{request.price or plan.stripe_price_id}{seats}"
         )
     sub_id = target.stripe_subscription_id
+    currencies = currencies_of(factory, [plan.stripe_price_id, target.stripe_price_id or ""])
+    if len(currencies) > 1:  # Stripe bills a subscription, and its customer, in one currency
+        raise Conflict(
+            f"subscription {sub_id} bills in {currencies[1]}, {request.price} in "
+            f"{currencies[0]}: cancel the subscription (intent `cancel`), then check out the "
+            "new plan once it has ended"
+        )
     body = gateway.get("subscriptions.retrieve", f"/v1/subscriptions/{sub_id}")
     items = SUBSCRIPTIONS.decode(body).items.data
     plan_item = subscription_plan_item(items)
+    if plan_item is not None and is_metered(plan_item):
+        plan_item = None  # a subscription of usage alone: the plan goes beside it
     usage = [other for other in items if other is not plan_item]
-    if plan_item is None or not all(is_metered(other) for other in usage):
+    if not all(is_metered(other) for other in usage):
         raise Conflict(f"subscription {sub_id} has {len(items)} items of plans")
-    item: dict[str, Any] = {"id": plan_item.id, "price": plan.stripe_price_id}
+    item: dict[str, Any] = {"price": plan.stripe_price_id}
+    if plan_item is not None:
+        item["id"] = plan_item.id
+        if item_price_id(plan_item) == plan.stripe_price_id:
+            del item["price"]  # seats only: the price stays, archived or not
     if quantity is not None:
         item["quantity"] = quantity
     billed = [price for other in usage if (price := item_price_id(other))]
@@ -174,6 +187,23 @@ def _change_plan(
         "subscription_update_confirm": {"subscription": sub_id, "items": [item]},
     }
     return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
+
+
+def _wanted_plan(
+    factory: sessionmaker[Session],
+    request: ManageRequest,
+    target: BillingSubscription,
+    default_price: str | None,
+    lookup_keys: Sequence[str] | None,
+) -> Plan:
+    """The plan `price` names, which must be for sale; without one, or naming the price the
+    subscription is on, that price, for sale or not: a subscriber kept on an archived price
+    changes their seats without being moved to the price now sold."""
+    current = target.stripe_price_id
+    if request.price is not None and request.price != current:
+        return resolve_plan(factory, request.price, default_price, lookup_keys)
+    assert current is not None  # a subscription row of an active status names its price
+    return plan_of_price(factory, current)
 
 
 @dataclass(frozen=True)
@@ -215,7 +245,7 @@ def _change_plan_beside_usage(
 def _stop_cancellation(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    _, target = _target(factory, request, _why_not_stoppable, "subscription scheduled to cancel")
+    _, target = target_of(factory, request, why_not_stoppable, "subscription scheduled to cancel")
     sub_id = target.stripe_subscription_id
     if target.stripe_cancel_at_period_end:
         _update(factory, gateway, sub_id, cancel_at_period_end=False)
@@ -227,7 +257,7 @@ def _stop_cancellation(
 def _end_trial(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
-    customer, target = _target(factory, request, _why_not_trialing, "subscription in a trial")
+    customer, target = target_of(factory, request, why_not_trialing, "subscription in a trial")
     # Ended now, the trial is billed now: with no card to charge, that is a failed payment
     # and a debt the user never chose (left to run out, the trial would just end).
     if not _has_payment_method(gateway, customer, target.stripe_subscription_id):
@@ -302,97 +332,6 @@ INTENTS: dict[str, Intent] = {
     "stop_cancellation": _stop_cancellation,
     "end_trial": _end_trial,
 }
-
-
-# -- which subscription ---------------------------------------------------------------------
-
-# Each says why a subscription does not fit the intent (None: it fits).
-Check = Callable[[BillingSubscription], str | None]
-
-
-def _why_not_cancelable(sub: BillingSubscription) -> str | None:
-    if sub.stripe_subscription_status in ENDED:
-        return f"has already ended ({sub.stripe_subscription_status})"
-    if not is_active(sub):
-        return f"is {sub.stripe_subscription_status}"
-    if not is_cancelable(sub):
-        return "is already set to cancel"
-    return None
-
-
-def _why_not_changeable(sub: BillingSubscription) -> str | None:
-    return None if is_active(sub) else f"is {sub.stripe_subscription_status}"
-
-
-def _why_not_stoppable(sub: BillingSubscription) -> str | None:
-    if sub.stripe_subscription_status in ENDED:
-        return f"has already ended ({sub.stripe_subscription_status})"
-    if not sub.stripe_cancel_at_period_end and sub.stripe_cancel_at is None:
-        return "is not scheduled to cancel"
-    return None
-
-
-def _why_not_trialing(sub: BillingSubscription) -> str | None:
-    status = sub.stripe_subscription_status
-    return None if status == "trialing" else f"is not in a trial ({status})"
-
-
-def _target(
-    factory: sessionmaker[Session], request: ManageRequest, check: Check, fitting: str
-) -> tuple[str, BillingSubscription]:
-    """The Stripe customer and the subscription the intent acts on: the one named (404 if not
-    the user's, 409 if it does not fit) or the user's only fitting one (409 if none or several)."""
-    user = find_user(factory, request.github_user_id)
-    with read_only(factory) as session:
-        owned = queries.list_subscriptions_of_user(session, user.id)
-        target = _choose(owned, request, check, fitting)
-        customer = session.get(BillingCustomer, target.billing_customer_id)
-        assert customer is not None  # guaranteed by the foreign key
-        return customer.stripe_customer_id, target
-
-
-def _choose(
-    owned: Sequence[BillingSubscription], request: ManageRequest, check: Check, fitting: str
-) -> BillingSubscription:
-    who, wanted = request.github_user_id, request.subscription_id
-    if wanted is not None:
-        matches = [s for s in owned if wanted in (s.id, s.stripe_subscription_id)]
-        if not matches:
-            raise NotFound(f"subscription {wanted} is not one of user {who}'s")
-        reason = check(matches[0])
-        if reason is not None:
-            raise Conflict(f"subscription {wanted} {reason}")
-        return matches[0]
-    fits = [s for s in owned if check(s) is None]
-    if not fits:  # say why the user's live subscriptions do not fit
-        why = [
-            f"{s.stripe_subscription_id} {reason}"
-            for s in owned
-            if s.stripe_subscription_status not in ENDED and (reason := check(s))
-        ]
-        raise Conflict(f"user {who} has no {fitting}" + (f": {'; '.join(why)}" if why else ""))
-    if len(fits) > 1:
-        ids = ", ".join(f"{s.id} ({s.stripe_subscription_id})" for s in fits)
-        raise Conflict(
-            f"user {who} has more than one {fitting} ({ids}): say which with subscription_id"
-        )
-    return fits[0]
-
-
-def _customer(factory: sessionmaker[Session], request: ManageRequest) -> str:
-    """The user's Stripe customer, for the intents of the whole account (a `subscription_id`
-    given must still be the user's: 404 otherwise)."""
-    user = find_user(factory, request.github_user_id)
-    with read_only(factory) as session:
-        if request.subscription_id is not None:
-            owned = queries.list_subscriptions_of_user(session, user.id)
-            _choose(owned, request, lambda _: None, "subscription")
-        customer = queries.get_billing_customer_by_user_id(session, user.id)
-        if customer is None or customer.stripe_deleted_at is not None:
-            raise Conflict(
-                f"user {request.github_user_id} has no Stripe customer yet: check out first"
-            )
-        return customer.stripe_customer_id
 
 
 def invoice_to_pay(

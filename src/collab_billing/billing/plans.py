@@ -117,6 +117,22 @@ def meters_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> set[s
     return {row.stripe_meter_id for row in rows if row is not None and row.stripe_meter_id}
 
 
+def plan_of_price(factory: sessionmaker[Session], price_id: str) -> Plan:
+    """A price as a plan, for sale or not (the one a subscription is on)."""
+    with read_only(factory) as session:
+        row = queries.price_row(session, price_id)
+    if row is None:
+        return Plan(price_id, None)
+    return Plan(row.stripe_price_id, row.lookup_key, row.usage_type == "metered")
+
+
+def currencies_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> list[str]:
+    """The distinct currencies of these prices, in their order (the unknown left out)."""
+    with read_only(factory) as session:
+        rows = [queries.price_row(session, price_id) for price_id in price_ids]
+    return list(dict.fromkeys(row.currency for row in rows if row is not None))
+
+
 def same_cadence(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:
     """Whether two prices bill in one currency on one interval (False when either is unknown)."""
     with read_only(factory) as session:
