@@ -661,18 +661,20 @@ def test_an_archived_default_price_is_refused_as_not_for_sale(
     reconciler: Reconciler,
     catalog: dict[str, str],
 ) -> None:
-    """STRIPE_PRICE_ID archived in Stripe: a 422 naming what is for sale, by id or by lookup
-    key, with or without `price` (it was sent to Stripe: a 502)."""
+    """STRIPE_PRICE_ID archived in Stripe, or its product: a 422 naming what is for sale, by
+    id or by lookup key, with or without `price` (it was sent to Stripe: a 502)."""
     emulator.sdk.v1.prices.update(catalog["pro-monthly"], params={"active": False})
+    team = str(emulator.sdk.v1.prices.retrieve(catalog["team-monthly"]).product)
+    emulator.sdk.v1.products.update(team, params={"active": False})
     reconciler.drain()
-    for default in (catalog["pro-monthly"], "pro-monthly"):
+    for default in (catalog["pro-monthly"], "pro-monthly", catalog["team-monthly"]):
         with running_service(stripe_settings, engine, stripe_price_id=default) as service:
             add_user(service, 1)
             for fields in ({}, {"price": default}):
                 body = {"github_user_id": 1, **fields}
                 refused = service.api.post("/billing/subscriptions", json=body)
                 assert refused.status_code == 422, (default, fields, refused.text)
-                assert "for sale: pro-yearly, team-monthly" in refused.text
+                assert refused.json()["detail"][0]["msg"].endswith("for sale: pro-yearly")
             asked = service.api.post(
                 "/billing/subscriptions", json={"github_user_id": 1, "price": "pro-monthly"}
             )

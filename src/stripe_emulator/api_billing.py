@@ -62,6 +62,15 @@ def item_specs(
                 "The price specified is inactive. This field only accepts active prices.",
                 entry.name("price"),
             )
+        product = store.products.rows.get(price.product) if price is not None else None
+        if price is not None and product is not None and not product.active:
+            # Stripe refuses it though the price shows `active` (stripe-node#2131); the wording
+            # of its message is this emulator's.
+            raise bad_request(
+                f"The price specified belongs to the inactive product {price.product}. This "
+                "field only accepts prices of active products.",
+                entry.name("price"),
+            )
         quantity = entry.integer("quantity", minimum=1)
         if quantity is not None and price is not None and price.meter is not None:
             raise metered_quantity(key, entry.name("quantity"))

@@ -265,6 +265,16 @@ def test_an_item_in_another_currency_is_refused(client: stripe.StripeClient, ctl
     assert kept.price.id == item.price.id
 
 
+def test_a_price_of_an_archived_product_is_not_sold(client: stripe.StripeClient) -> None:
+    """The price still shows `active`, but Checkout refuses it (stripe-node#2131)."""
+    price = recurring_price(client)
+    client.v1.products.update(str(price.product), params={"active": False})
+    assert client.v1.prices.retrieve(price.id).active
+    with pytest.raises(stripe.InvalidRequestError, match="inactive product") as refused:
+        _checkout(client, price.id)
+    assert refused.value.param == "line_items[0][price]"
+
+
 def test_an_item_is_removed_by_deleted(client: stripe.StripeClient, ctl: Control) -> None:
     first, second = recurring_price(client), recurring_price(client, 500)
     customer = client.v1.customers.create(

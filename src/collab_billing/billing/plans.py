@@ -36,17 +36,19 @@ def resolve_plan(
     """The plan for `requested` (a lookup key or a price id), or for STRIPE_PRICE_ID when
     None. A requested price must be sellable (`GET /billing/prices`): else 422 naming the
     sellable ones. The configured default (a price id) is trusted before the catalog is
-    mirrored, or without a lookup key; not once the mirror shows it archived or deleted."""
+    mirrored, or without a lookup key; not once the mirror shows it, or its product, archived or
+    deleted."""
     with read_only(factory) as session:
         sellable = queries.sellable_prices(session, lookup_keys)
         known = queries.price_row(session, default_price or "")
+        on_sale = known is not None and queries.price_on_sale(session, known.stripe_price_id)
     wanted = requested if requested is not None else default_price
     match = _find(sellable, wanted)
     if match is not None:
         metered = match["usage_type"] == "metered"
         return Plan(match["stripe_price_id"], match["lookup_key"], metered)
     names = ", ".join(row["lookup_key"] for row in sellable) or "none"
-    gone = known is not None and (known.deleted or not known.active)
+    gone = known is not None and not on_sale
     trusted = default_price is not None and default_price.startswith("price_") and not gone
     if requested is not None and not (requested == default_price and trusted):
         raise InvalidField("price", f"price {requested!r} is not for sale; for sale: {names}")

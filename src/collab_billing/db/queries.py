@@ -236,15 +236,36 @@ def price_row(session: Session, stripe_price_id: str) -> BillingPrice | None:
     )
 
 
+# A price Stripe sells: active, and its product too (Checkout refuses a price whose product
+# is archived, though the price still shows `active`); a product not mirrored yet does not
+# hide its prices.
+_PRODUCT = BillingProduct.stripe_product_id == BillingPrice.stripe_product_id
+_ON_SALE = (
+    BillingPrice.active,
+    ~BillingPrice.deleted,
+    or_(BillingProduct.id.is_(None), BillingProduct.active & ~BillingProduct.deleted),
+)
+
+
+def price_on_sale(session: Session, stripe_price_id: str) -> bool:
+    """Whether Stripe sells this price now (by the mirror)."""
+    found = session.scalar(
+        select(BillingPrice.id)
+        .outerjoin(BillingProduct, _PRODUCT)
+        .where(BillingPrice.stripe_price_id == stripe_price_id, *_ON_SALE)
+    )
+    return found is not None
+
+
 def active_metered_prices(session: Session, keys: Sequence[str]) -> list[BillingPrice]:
-    """The active metered prices whose lookup key or id is one of `keys`, oldest first."""
+    """The metered prices on sale whose lookup key or id is one of `keys`, oldest first."""
     return list(
         session.scalars(
             select(BillingPrice)
+            .outerjoin(BillingProduct, _PRODUCT)
             .where(
                 or_(BillingPrice.lookup_key.in_(keys), BillingPrice.stripe_price_id.in_(keys)),
-                BillingPrice.active,
-                ~BillingPrice.deleted,
+                *_ON_SALE,
                 BillingPrice.stripe_meter_id.is_not(None),
             )
             .order_by(BillingPrice.id)
@@ -256,8 +277,7 @@ def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list
     """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
     as rows named like `api.schemas.PriceOut`'s fields. (Stripe's price events name the
     product by id: its name comes from `billing_products`.)
-    A price whose product is archived or deleted is not sellable either (Checkout refuses it);
-    a product not mirrored yet does not hide its prices."""
+    A price whose product is archived or deleted is not sellable either (`_ON_SALE`)."""
     product = BillingProduct
     statement = (
         select(
@@ -270,13 +290,11 @@ def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list
             BillingPrice.recurring_interval_count.label("interval_count"),
             BillingPrice.usage_type,
         )
-        .outerjoin(product, product.stripe_product_id == BillingPrice.stripe_product_id)
+        .outerjoin(product, _PRODUCT)
         .where(
-            BillingPrice.active,
-            ~BillingPrice.deleted,
+            *_ON_SALE,
             BillingPrice.recurring_interval.is_not(None),
             BillingPrice.lookup_key.is_not(None),
-            or_(product.id.is_(None), product.active & ~product.deleted),
         )
         .order_by(BillingPrice.lookup_key, BillingPrice.stripe_price_id)
     )
