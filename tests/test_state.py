@@ -169,6 +169,24 @@ def test_a_resync_notifies_each_user_once_of_the_state_it_ends_in(
         assert payloads == [states[github_user_id]]
 
 
+def test_a_document_read_while_a_resync_runs_names_its_plans_price(
+    reconciler: Reconciler, emulator: Emulator, api: httpx.Client
+) -> None:
+    """`GET /billing/state` recomputes a stale document, also while a resync runs: the resync
+    wrote the subscriptions before the prices they are on, and such a read stored and notified
+    a plan without its amount. Here the resync stops where the prices are listed."""
+    generate_backlog(emulator, reconciler.factory, customers=5, per_customer=10)
+    emulator.control(
+        "POST", "faults", {"rate": 1.0, "statuses": [400], "path_prefix": "/v1/prices"}
+    )
+    with pytest.raises(StripeGatewayError):
+        reconciler.resync("on demand")
+    emulator.control("DELETE", "faults")
+    for github_user_id in range(1, 6):
+        plan = api.get("/billing/state", params={"github_user_id": github_user_id}).json()["plan"]
+        assert plan is None or plan["unit_amount"] is not None, plan
+
+
 def test_a_document_left_stale_by_an_interrupted_catch_up_is_served_fresh_and_notified(
     reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, api: httpx.Client
 ) -> None:

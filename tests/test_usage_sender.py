@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.sender import UsageSender, read_usage_status
@@ -314,3 +314,45 @@ def test_a_record_stripe_failed_for_a_moment_holds_back_the_later_ones_of_its_me
         )
     sent = emulator.http.get("/_emulator/state", params={"events": "true"}).json()
     assert [event["identifier"] for event in sent["meter_events"]] == accepted
+
+
+def test_a_record_waiting_out_a_retry_holds_back_no_other_user(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The records it holds back (its user's later ones of a `last` meter) filled the batch,
+    which came back empty: every other user's records waited for its retry, up to 5 minutes."""
+    make_meter(emulator, "seats", "last")
+    resync(session_factory, StripeGateway(stripe_settings))
+    for user in (1, 2):
+        add_user(api, user)
+    seats = [record(1, f"s{n}", n + 1, meter="seats") for n in range(250)]
+    assert api.post("/billing/usage", json={"events": seats}).is_success
+    emulator.control(
+        "POST", "faults",
+        {"rate": 1.0, "statuses": [500], "count": 1, "path_prefix": "/v1/billing/meter_events"},
+    )  # fmt: skip
+    sender = UsageSender(stripe_settings, engine)
+    sender.send_batch()  # the first fails; its backoff has grown to five minutes, say
+    emulator.control("DELETE", "faults")
+    with session_factory() as session, session.begin():
+        session.execute(
+            update(BillingUsageEvent)
+            .where(BillingUsageEvent.attempts > 0)
+            .values(next_attempt_at=int(time.time()) + 300)
+        )
+    assert api.post("/billing/usage", json=record(2, "t", 5)).is_success
+    sender.send_batch()
+    with session_factory() as session:
+        statuses = dict(
+            session.execute(
+                select(User.github_user_id, BillingUsageEvent.status)
+                .join(User, User.id == BillingUsageEvent.user_id)
+                .where(BillingUsageEvent.idempotency_key.in_(["s0", "t"]))
+            ).all()
+        )
+    assert statuses == {1: "pending", 2: "sent"}

@@ -182,6 +182,8 @@ def _change_plan(
     if billed or added:
         change = UsageChange(request, target, plan, billed, added)
         return _change_plan_beside_usage(factory, gateway, change, item)
+    if target.stripe_subscription_status == "trialing":
+        _refuse_billing_without_a_card(gateway, customer, sub_id)  # the portal ends the trial
     flow = {
         "type": "subscription_update_confirm",
         "subscription_update_confirm": {"subscription": sub_id, "items": [item]},
@@ -199,11 +201,11 @@ def _wanted_plan(
     """The plan `price` names, which must be for sale; without one, or naming the price the
     subscription is on, that price, for sale or not: a subscriber kept on an archived price
     changes their seats without being moved to the price now sold."""
-    current = target.stripe_price_id
-    if request.price is not None and request.price != current:
-        return resolve_plan(factory, request.price, default_price, lookup_keys)
-    assert current is not None  # a subscription row of an active status names its price
-    return plan_of_price(factory, current)
+    assert target.stripe_price_id is not None  # a subscription of an active status has one
+    current = plan_of_price(factory, target.stripe_price_id)
+    if request.price in (None, current.stripe_price_id, current.lookup_key):
+        return current
+    return resolve_plan(factory, request.price, default_price, lookup_keys)
 
 
 @dataclass(frozen=True)
@@ -258,13 +260,7 @@ def _end_trial(
     factory: sessionmaker[Session], gateway: StripeGateway, request: ManageRequest
 ) -> ManageResult:
     customer, target = target_of(factory, request, why_not_trialing, "subscription in a trial")
-    # Ended now, the trial is billed now: with no card to charge, that is a failed payment
-    # and a debt the user never chose (left to run out, the trial would just end).
-    if not _has_payment_method(gateway, customer, target.stripe_subscription_id):
-        raise Conflict(
-            f"subscription {target.stripe_subscription_id} has no payment method to bill when "
-            "its trial ends: add one first (intent update_payment_method)"
-        )
+    _refuse_billing_without_a_card(gateway, customer, target.stripe_subscription_id)
     _update(factory, gateway, target.stripe_subscription_id, trial_end="now")
     return _refreshed(factory, gateway, request, target.stripe_subscription_id)
 
@@ -275,6 +271,16 @@ class _Payer(msgspec.Struct):
     default_payment_method: str | Ref | None = None
     default_source: str | Ref | None = None
     invoice_settings: _Payer | None = None
+
+
+def _refuse_billing_without_a_card(gateway: StripeGateway, customer: str, sub_id: str) -> None:
+    """A trial ended now is billed now: with no card to charge, that is a failed payment and
+    a debt the user never chose (left to run out, the trial would just end)."""
+    if not _has_payment_method(gateway, customer, sub_id):
+        raise Conflict(
+            f"subscription {sub_id} has no payment method to bill when its trial ends: add "
+            "one first (intent update_payment_method)"
+        )
 
 
 def _has_payment_method(gateway: StripeGateway, customer_id: str, sub_id: str) -> bool:

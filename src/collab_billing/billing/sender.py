@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from sqlalchemy import Engine, Table, bindparam, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.billing.checkout import ensure_customer
@@ -246,6 +246,23 @@ class UsageSender:
 
     def _due(self) -> list[Due]:
         usage, meter, customer = BillingUsageEvent, BillingMeter, BillingCustomer
+        now = int(time.time())
+        # Of a `last` meter, a record waiting out a retry holds back the later ones of its
+        # user: they reach Stripe in the order they were accepted, and Stripe bills the last
+        # one it got of the newest second (as `state.spend` estimates). Other formulas do not
+        # depend on the order: their records go on past a failed one, as do other users'.
+        waiting = aliased(BillingUsageEvent)
+        behind_a_retry = (
+            select(waiting.id)
+            .where(
+                waiting.user_id == usage.user_id,
+                waiting.meter_event_name == usage.meter_event_name,
+                waiting.status == "pending",
+                waiting.next_attempt_at > now,
+                waiting.id < usage.id,
+            )
+            .exists()
+        )
         statement = (
             select(
                 usage.id,
@@ -268,28 +285,16 @@ class UsageSender:
             .outerjoin(
                 meter, (meter.event_name == usage.meter_event_name) & (meter.status == "active")
             )
-            .where(usage.status == "pending", usage.next_attempt_at <= int(time.time()))
+            .where(
+                usage.status == "pending",
+                usage.next_attempt_at <= now,
+                ~(behind_a_retry & (func.coalesce(meter.aggregation_formula, "") == "last")),
+            )
             .order_by(usage.id)
             .limit(self.batch_size)
         )
-        # Of a `last` meter, records waiting out a retry hold back the later ones of their
-        # user: they reach Stripe in the order they were accepted, and Stripe bills the last
-        # one it got of the newest second (as `state.spend` estimates). Other formulas do not
-        # depend on the order: their records go on past a failed one.
-        waiting = (
-            select(usage.user_id, usage.meter_event_name, func.min(usage.id))
-            .join(meter, meter.event_name == usage.meter_event_name)
-            .where(
-                meter.aggregation_formula == "last",
-                usage.status == "pending",
-                usage.next_attempt_at > int(time.time()),
-            )
-            .group_by(usage.user_id, usage.meter_event_name)
-        )
         with read_only(self.factory) as session:
-            held = {(user, name): first for user, name, first in session.execute(waiting)}
-            due = [Due(*row) for row in session.execute(statement)]
-        return [d for d in due if d.id < held.get((d.user_id, d.event_name), d.id + 1)]
+            return [Due(*row) for row in session.execute(statement)]
 
     def _with_customers(self, due: Sequence[Due]) -> list[Due]:
         """Create the Stripe customer of each user that has none (once, as checkout does)."""

@@ -87,7 +87,9 @@ def resync(
         tick("customers", report.customers_seen)
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
-    for mirrored in MIRRORED_TYPES:
+    # The catalog first: a document recomputed while the resync runs (`GET /billing/state`
+    # reads a stale one so) names its plan's amount and product.
+    for mirrored in sorted(MIRRORED_TYPES, key=lambda mirrored: mirrored.owner is not None):
         objects = (
             _fetched(factory, gateway, mirrored, github_user_id, report)
             if mirrored.fetch is not None
