@@ -729,6 +729,16 @@ def test_a_subscription_of_usage_alone_gains_the_plan_beside_its_usage(
     assert (row["plan"]["lookup_key"], row["quantity"]) == ("pro-monthly", 1)
 
 
+def monthly_beside(
+    emulator: Emulator, price_id: str, amount: int, currency: str, lookup_key: str, **more: Any
+) -> str:
+    """A new monthly price of the product of `price_id`."""
+    product = str(emulator.sdk.v1.prices.retrieve(price_id).product)
+    params = {"product": product, "unit_amount": amount, "currency": currency,
+              "recurring": {"interval": "month"}, "lookup_key": lookup_key, **more}  # fmt: skip
+    return str(emulator.sdk.v1.prices.create(params=params).id)  # type: ignore[arg-type]
+
+
 def test_seats_change_on_a_price_no_longer_sold(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
@@ -736,16 +746,7 @@ def test_seats_change_on_a_price_no_longer_sold(
     change seats only by moving to the new price: the old one was "not for sale"."""
     buy(service, emulator, reconciler, 4, price="team-monthly", quantity=3)
     team = emulator.sdk.v1.prices.retrieve(catalog["team-monthly"])
-    emulator.sdk.v1.prices.create(
-        params={
-            "product": str(team.product),
-            "unit_amount": 1200,
-            "currency": "usd",
-            "recurring": {"interval": "month"},
-            "lookup_key": "team-monthly",
-            "transfer_lookup_key": True,
-        }
-    )
+    monthly_beside(emulator, team.id, 1200, "usd", "team-monthly", transfer_lookup_key=True)
     emulator.sdk.v1.prices.update(team.id, params={"active": False})
     reconciler.drain()
     for fields, seats in (({"quantity": 4}, 4), ({"price": team.id, "quantity": 5}, 5)):
@@ -781,16 +782,7 @@ def test_a_plan_in_another_currency_is_a_409_that_says_the_way_out(
     service: Service, emulator: Emulator, reconciler: Reconciler, catalog: dict[str, str]
 ) -> None:
     """Stripe bills a subscription in one currency and refuses an item of another."""
-    pro = emulator.sdk.v1.prices.retrieve(catalog["pro-monthly"])
-    emulator.sdk.v1.prices.create(
-        params={
-            "product": str(pro.product),
-            "unit_amount": 900,
-            "currency": "eur",
-            "recurring": {"interval": "month"},
-            "lookup_key": "pro-monthly-eur",
-        }
-    )
+    monthly_beside(emulator, catalog["pro-monthly"], 900, "eur", "pro-monthly-eur")
     reconciler.drain()
     buy(service, emulator, reconciler, 5, price="pro-monthly")
     refused = manage(service, 5, "change_plan", price="pro-monthly-eur")

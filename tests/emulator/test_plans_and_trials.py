@@ -27,6 +27,13 @@ def _checkout(client: stripe.StripeClient, price: str, **extra: Any) -> stripe.c
     return client.v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
 
 
+def _subscribed(client: stripe.StripeClient, ctl: Control, price: str) -> stripe.Subscription:
+    """A Checkout of `price` (3 seats), completed: its subscription."""
+    session = _checkout(client, price)
+    completed = ctl("POST", f"checkout/sessions/{session.id}/complete", {})
+    return client.v1.subscriptions.retrieve(completed["subscription"])
+
+
 def _cardless_trial(client: stripe.StripeClient, price: str) -> stripe.checkout.Session:
     return _checkout(
         client,
@@ -214,10 +221,7 @@ def test_a_trials_end_is_announced_three_days_before_and_when_ended_now(
 def test_two_items_of_one_price_are_refused(client: stripe.StripeClient, ctl: Control) -> None:
     """Stripe keeps one item a price (its seats are the quantity): a second is a 400."""
     price = recurring_price(client)
-    session = _checkout(client, price.id)
-    sub = client.v1.subscriptions.retrieve(
-        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
-    )
+    sub = _subscribed(client, ctl, price.id)
     [item] = sub["items"].data
     with pytest.raises(stripe.InvalidRequestError, match="multiple subscription items"):
         client.v1.subscriptions.update(
@@ -233,10 +237,7 @@ def test_two_items_of_one_price_are_refused(client: stripe.StripeClient, ctl: Co
 def test_an_item_in_another_currency_is_refused(client: stripe.StripeClient, ctl: Control) -> None:
     """A subscription bills in one currency: an update or a portal plan change to a price of
     another is a 400, and nothing changes."""
-    session = _checkout(client, recurring_price(client).id)
-    sub = client.v1.subscriptions.retrieve(
-        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
-    )
+    sub = _subscribed(client, ctl, recurring_price(client).id)
     [item] = sub["items"].data
     euros = client.v1.prices.create(
         params={
@@ -530,10 +531,7 @@ def test_a_period_lasts_the_prices_interval(
 ) -> None:
     """A yearly plan renewed (and charged) every 30 days in `dev`."""
     price = recurring_price(client, 20_000, interval, count)
-    session = _checkout(client, price.id)
-    sub = client.v1.subscriptions.retrieve(
-        ctl("POST", f"checkout/sessions/{session.id}/complete", {})["subscription"]
-    )
+    sub = _subscribed(client, ctl, price.id)
     [item] = sub["items"].data
     assert item.current_period_end - item.current_period_start == days * 86_400
     ctl("POST", "clock/advance", {"seconds": (days - 1) * 86_400})
