@@ -57,7 +57,12 @@ from collab_billing.billing.turns import change_turn
 from collab_billing.db import invoice_queries, queries
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingSubscription
-from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, is_metered, item_price_id
+from collab_billing.mirror.subscriptions import (
+    SUBSCRIPTIONS,
+    SubscriptionItem,
+    is_metered,
+    item_price_id,
+)
 from collab_billing.mirror.subscriptions import plan_item as subscription_plan_item
 from collab_billing.reconcile.resync import refresh
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -138,19 +143,7 @@ def _change_plan(
     )
     keys = settings.billing_price_lookup_keys()
     plan = _wanted_plan(factory, request, target, settings.stripe_price_id, keys)
-    # A metered price bills usage and takes no quantity (Stripe refuses one). Without one
-    # asked, the seats carry over to another price of the same product (monthly to yearly);
-    # another product starts at one, as its Checkout would (not 5 seats of a per-user plan).
-    kept = target.quantity or 1
-    if not same_product(factory, plan.stripe_price_id, target.stripe_price_id):
-        kept = 1
-    quantity = None if plan.metered else request.quantity or kept
-    if plan.stripe_price_id == target.stripe_price_id and quantity in (None, target.quantity or 1):
-        seats = "" if quantity is None else f" with quantity {quantity}"
-        raise Conflict(
-            f"subscription {target.stripe_subscription_id} is already on "
-            f"{request.price or plan.stripe_price_id}{seats}"
-        )
+    quantity = _seats(factory, request, target, plan)
     sub_id = target.stripe_subscription_id
     currencies = currencies_of(factory, [plan.stripe_price_id, target.stripe_price_id or ""])
     if len(currencies) > 1:  # Stripe bills a subscription, and its customer, in one currency
@@ -160,21 +153,7 @@ def _change_plan(
             "new plan once it has ended"
         )
     body = gateway.get("subscriptions.retrieve", f"/v1/subscriptions/{sub_id}")
-    items = SUBSCRIPTIONS.decode(body).items.data
-    plan_item = subscription_plan_item(items)
-    if plan_item is not None and is_metered(plan_item):
-        plan_item = None  # a subscription of usage alone: the plan goes beside it
-    usage = [other for other in items if other is not plan_item]
-    if not all(is_metered(other) for other in usage):
-        raise Conflict(f"subscription {sub_id} has {len(items)} items of plans")
-    item: dict[str, Any] = {"price": plan.stripe_price_id}
-    if plan_item is not None:
-        item["id"] = plan_item.id
-        if item_price_id(plan_item) == plan.stripe_price_id:
-            del item["price"]  # seats only: the price stays, archived or not
-    if quantity is not None:
-        item["quantity"] = quantity
-    billed = [price for other in usage if (price := item_price_id(other))]
+    item, billed = _item_change(sub_id, SUBSCRIPTIONS.decode(body).items.data, plan, quantity)
     # The usage prices a Checkout of the new plan would get, on meters not billed yet.
     wanted = usage_prices(factory, plan, settings.billing_usage_price_keys())
     billed_meters = meters_of(factory, billed)
@@ -189,6 +168,47 @@ def _change_plan(
         "subscription_update_confirm": {"subscription": sub_id, "items": [item]},
     }
     return ManageResult(portal_url=gateway.create_portal_session(customer_id=customer, flow=flow))
+
+
+def _seats(
+    factory: sessionmaker[Session], request: ManageRequest, target: BillingSubscription, plan: Plan
+) -> int | None:
+    """The new plan's quantity; a 409 when nothing would change. A metered price bills usage
+    and takes no quantity (Stripe refuses one). Without one asked, the seats carry over to
+    another price of the same product (monthly to yearly); another product starts at one, as
+    its Checkout would (not 5 seats of a per-user plan)."""
+    kept = target.quantity or 1
+    if not same_product(factory, plan.stripe_price_id, target.stripe_price_id):
+        kept = 1
+    quantity = None if plan.metered else request.quantity or kept
+    if plan.stripe_price_id == target.stripe_price_id and quantity in (None, target.quantity or 1):
+        seats = "" if quantity is None else f" with quantity {quantity}"
+        raise Conflict(
+            f"subscription {target.stripe_subscription_id} is already on "
+            f"{request.price or plan.stripe_price_id}{seats}"
+        )
+    return quantity
+
+
+def _item_change(
+    sub_id: str, items: list[SubscriptionItem], plan: Plan, quantity: int | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The change of the plan's item (a new item beside the usage items of a subscription
+    of usage alone), and the usage prices billed beside it."""
+    plan_item = subscription_plan_item(items)
+    if plan_item is not None and is_metered(plan_item):
+        plan_item = None  # a subscription of usage alone: the plan goes beside it
+    usage = [other for other in items if other is not plan_item]
+    if not all(is_metered(other) for other in usage):
+        raise Conflict(f"subscription {sub_id} has {len(items)} items of plans")
+    item: dict[str, Any] = {"price": plan.stripe_price_id}
+    if plan_item is not None:
+        item["id"] = plan_item.id
+        if item_price_id(plan_item) == plan.stripe_price_id:
+            del item["price"]  # seats only: the price stays, archived or not
+    if quantity is not None:
+        item["quantity"] = quantity
+    return item, [price for other in usage if (price := item_price_id(other))]
 
 
 def _wanted_plan(
