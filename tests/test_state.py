@@ -157,9 +157,8 @@ def test_a_catch_up_notifies_each_user_once_of_the_state_it_ends_in(
 def test_a_resync_notifies_each_user_once_of_the_state_it_ends_in(
     reconciler: Reconciler, emulator: Emulator, api: httpx.Client
 ) -> None:
-    """A resync writes each type in transactions of its own (the subscriptions before the
-    prices they are on): a user was notified of a plan without its amount, then again with
-    it, then with its product's name."""
+    """A resync writes each type in transactions of its own: a user was notified of each step
+    (a plan without its amount, then with it, then with its product's name)."""
     generate_backlog(emulator, reconciler.factory, customers=20, per_customer=10)
     reconciler.resync("on demand")
     sent = by_user(notifications(reconciler.factory))

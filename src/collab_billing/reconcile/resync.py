@@ -138,8 +138,8 @@ def refresh(
 def _deferring(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A transaction of the resync: the users its rows concern are marked stale, and their
     documents recomputed once it has written every type (`outbox.refresh_every_stale`), so
-    each user is notified once, of where the resync leaves them (the subscriptions are written
-    before the prices they are on, and the features after them)."""
+    each user is notified once, of where the resync leaves them (the features are written after
+    the subscriptions they come with)."""
     with transaction(factory) as session:
         outbox.defer_documents(session)
         yield session
