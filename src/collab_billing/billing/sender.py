@@ -288,7 +288,7 @@ class UsageSender:
             .where(
                 usage.status == "pending",
                 usage.next_attempt_at <= now,
-                ~(behind_a_retry & (func.coalesce(meter.aggregation_formula, "") == "last")),
+                ~((func.coalesce(meter.aggregation_formula, "") == "last") & behind_a_retry),
             )
             .order_by(usage.id)
             .limit(self.batch_size)
