@@ -130,7 +130,9 @@ def summary(customer: str, granted: list[ActiveEntitlement]) -> Json:
 
 
 def create_feature(store: Store, name: str, lookup_key: str, metadata: dict[str, str]) -> Feature:
-    taken = any(f.lookup_key == lookup_key for f in store.entitlements.features.rows.values())
+    # An archived feature's lookup key is free again (Stripe's entitlements guide).
+    features = store.entitlements.features.rows.values()
+    taken = any(f.lookup_key == lookup_key and f.active for f in features)
     if taken:
         raise StripeError(
             400,

@@ -68,12 +68,15 @@ def test_features_crud_and_errors(client: stripe.StripeClient) -> None:
     renamed = client.v1.entitlements.features.update(created.id, params={"name": "More seats"})
     assert renamed.name == "More seats" and renamed.metadata.to_dict() == {"a": "1"}
     assert [f.id for f in client.v1.entitlements.features.list().data] == [created.id]
+    with pytest.raises(stripe.InvalidRequestError, match="already exists"):
+        client.v1.entitlements.features.create(params={"name": "Again", "lookup_key": "seats"})
     client.v1.entitlements.features.update(created.id, params={"active": False})
     assert client.v1.entitlements.features.list().data == []
     archived = client.v1.entitlements.features.list(params={"archived": True})
     assert [f.id for f in archived.data] == [created.id]
-    with pytest.raises(stripe.InvalidRequestError):
-        client.v1.entitlements.features.create(params={"name": "Again", "lookup_key": "seats"})
+    # An archived feature's lookup key may be used again (Stripe's entitlements guide).
+    again = client.v1.entitlements.features.create(params={"name": "Again", "lookup_key": "seats"})
+    assert again.id != created.id and again.active
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.entitlements.features.retrieve("feat_missing")
     product = client.v1.products.create(params={"name": "P"})
