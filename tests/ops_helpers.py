@@ -26,7 +26,7 @@ from collab_billing.api.app import create_app
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_engine, make_session_factory
 from collab_billing.db.models import PendingStripeEvent
-from collab_billing.mirror.registry import RELEVANT_TYPES
+from collab_billing.mirror.registry import MIRROR_FORMAT, RELEVANT_TYPES
 from collab_billing.reconcile import ledger
 from collab_billing.state.access import system_clock
 from tests.conftest import ADMIN_TOKEN
@@ -161,6 +161,7 @@ def set_synced(factory: sessionmaker[Session], cursor: int) -> None:
     with factory() as session, session.begin():
         ledger.write_state(session, ledger.CURSOR, cursor)
         ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
+        ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
 
 
 def terminate(process: subprocess.Popen[Any], timeout: float = 30) -> int:

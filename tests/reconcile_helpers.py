@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent, User
-from collab_billing.mirror.registry import RELEVANT_TYPES
+from collab_billing.mirror.registry import MIRROR_FORMAT, RELEVANT_TYPES
 from collab_billing.reconcile import ledger
 from tests.stripe_helpers import Emulator
 
@@ -27,6 +27,7 @@ def generate_backlog(
         )
         ledger.write_state(session, ledger.CURSOR, int(time.time()) - 8 * 86400)
         ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
+        ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
     emulator.price()
     # Generated events are spread over the week before the emulator's "now", but never before
     # its newest event (the price's): move the clock on so they spread over a real week.

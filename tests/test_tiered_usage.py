@@ -11,12 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.sender import UsageSender
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingPrice
+from collab_billing.db.models import BillingPrice, BillingSubscription, ReconcilerState
+from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -132,6 +133,21 @@ def test_resync_mirrors_the_tiers_and_a_price_update_keeps_them(
     assert (tokens["stripe_price_id"], tokens["estimated_cost_cents"]) == (price_id, 151)
 
 
+def package_price(emulator: Emulator, reconciler: Reconciler, meter_id: str, rounding: str) -> str:
+    """$5 per 1,000 tokens of the meter, mirrored."""
+    package = emulator.sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 500,
+            "transform_quantity": {"divide_by": 1000, "round": rounding},  # type: ignore[typeddict-item]
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+            "product_data": {"name": "Tokens by the thousand"},
+        }
+    )
+    reconciler.drain()
+    return str(package.id)
+
+
 @pytest.mark.parametrize(("rounding", "cost"), [("up", 1000), ("down", 500)])
 def test_package_priced_usage_is_estimated_and_billed_alike(
     api: httpx.Client,
@@ -148,17 +164,7 @@ def test_package_priced_usage_is_estimated_and_billed_alike(
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     add_user(api, 7)
     sub_id = subscribe(api, emulator, reconciler, 7)
-    package = emulator.sdk.v1.prices.create(
-        params={
-            "currency": "usd",
-            "unit_amount": 500,
-            "transform_quantity": {"divide_by": 1000, "round": rounding},  # type: ignore[typeddict-item]
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
-            "product_data": {"name": "Tokens by the thousand"},
-        }
-    )
-    reconciler.drain()
-    add_metered_item(emulator, sub_id, package.id)
+    add_metered_item(emulator, sub_id, package_price(emulator, reconciler, meter, rounding))
     reconciler.drain()
     assert api.post("/billing/usage", json=record(7, "a", 1201)).status_code == 202
     drain(UsageSender(stripe_settings, engine))
@@ -169,3 +175,29 @@ def test_package_priced_usage_is_estimated_and_billed_alike(
     invoices = invoices_of(session_factory, sub_id)
     first, renewal = invoices["subscription_create"], invoices["subscription_cycle"]
     assert renewal.amount_due == first.amount_due + cost
+
+
+def test_rows_of_an_older_release_are_listed_again_at_the_first_poll(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A release that kept no `transform_quantity` (nor items' `created`) left its rows
+    without them, until their next event, which a price may never have: the estimate stayed
+    a thousand times the bill, past any cap."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    add_user(api, 7)
+    sub_id = subscribe(api, emulator, reconciler, 7)
+    add_metered_item(emulator, sub_id, package_price(emulator, reconciler, meter, "up"))
+    reconciler.drain()
+    assert api.post("/billing/usage", json=record(7, "a", 1201)).status_code == 202
+    with session_factory() as session, session.begin():  # as the older release left them
+        session.execute(update(BillingPrice).values(transform_divide_by=None, transform_round=None))
+        session.execute(update(BillingSubscription).values(stripe_item_created=None))
+        session.execute(delete(ReconcilerState).where(ReconcilerState.name == ledger.MIRROR_FORMAT))
+    assert usage_of(api, 7)["estimated_cost_cents"] == 600_500
+    reconciler.drain()  # the release's first poll
+    assert usage_of(api, 7)["estimated_cost_cents"] == 1000

@@ -21,11 +21,21 @@ from collab_billing.mirror.types import MirroredType
 __all__ = [
     "BY_EVENT_TYPE",
     "MIRRORED_TYPES",
+    "MIRROR_FORMAT",
     "RELEVANT_TYPES",
+    "RELISTED_ON_UPGRADE",
     "MirroredType",
     "relevant_types_filter",
     "types_filter",
 ]
+
+# The mirrored rows' format: raise it when a type takes a new column from Stripe's objects,
+# and name the kinds to list anew. The first poll of a release whose format differs from the
+# stored one lists those kinds again (`reconcile.resync.relist`): else rows mirrored by an
+# older release lacked the column until their next event, which a price may never have.
+# 2: subscription items' `created` (usage is priced from it), prices' `transform_quantity`.
+MIRROR_FORMAT = 2
+RELISTED_ON_UPGRADE = frozenset({"price", "subscription"})
 
 MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,

@@ -19,6 +19,7 @@ CURSOR = "events_cursor"
 LAST_DRAIN_AT = "last_drain_at"
 LAST_RESYNC_AT = "last_resync_at"
 DOCUMENT_FORMAT = "state_document_format"  # `state.document.DOCUMENT_FORMAT` of stored ones
+MIRROR_FORMAT = "mirror_format"  # `mirror.registry.MIRROR_FORMAT` of the rows mirrored
 # After this many failed tries an event counts as failed (status, metric); retries go on.
 MAX_ATTEMPTS = 5
 # Waiting events (held behind a failed one) are never due by themselves: the failed event's

@@ -27,8 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction, writers_waited
-from collab_billing.mirror.registry import relevant_event_types, types_filter
-from collab_billing.reconcile import ledger, tuning
+from collab_billing.mirror.registry import (
+    MIRROR_FORMAT,
+    RELISTED_ON_UPGRADE,
+    relevant_event_types,
+    types_filter,
+)
+from collab_billing.reconcile import ledger, resync, tuning
 from collab_billing.reconcile.apply import Applier, ApplyStats
 from collab_billing.reconcile.windows import (
     Range,
@@ -116,6 +121,7 @@ class Poller:
         # Once the poll completes, every event created before it started is applied.
         polled_from = int(self.clock()) if polled_from is None else polled_from
         report = DrainReport()
+        self._relist_rows_of_another_format()
         self._recompute_documents_of_another_format()
         self._refresh_documents()  # those a poll killed mid-way left stale
         with read_only(self.factory) as session:
@@ -287,6 +293,17 @@ class Poller:
             return True
         with read_only(self.factory) as session:
             return ledger.processed(session, ids) == ids
+
+    def _relist_rows_of_another_format(self) -> None:
+        """Rows mirrored by a release that kept fewer columns are listed again from Stripe
+        (`mirror.registry.MIRROR_FORMAT`), once."""
+        with read_only(self.factory) as session:
+            stored = ledger.read_int_state(session, ledger.MIRROR_FORMAT)
+        if stored != MIRROR_FORMAT:
+            written = resync.relist(self.factory, self.gateway, RELISTED_ON_UPGRADE)
+            log.info("rows of an older release listed again", extra={"rows": written})
+            with transaction(self.factory) as session:
+                ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
 
     def _recompute_documents_of_another_format(self) -> None:
         """Documents stored by a release that computed them otherwise are marked stale: the

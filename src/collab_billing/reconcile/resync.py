@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ from collab_billing.db.models import (
 )
 from collab_billing.mirror import customers, meters
 from collab_billing.mirror.registry import (
+    MIRROR_FORMAT,
     MIRRORED_TYPES,
     MirroredType,
     relevant_types_filter,
@@ -87,9 +88,7 @@ def resync(
         tick("customers", report.customers_seen)
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
-    # The catalog first: a document recomputed while the resync runs (`GET /billing/state`
-    # reads a stale one so) names its plan's amount and product.
-    for mirrored in sorted(MIRRORED_TYPES, key=lambda mirrored: mirrored.owner is not None):
+    for mirrored in _catalog_first(MIRRORED_TYPES):
         objects = (
             _fetched(factory, gateway, mirrored, github_user_id, report)
             if mirrored.fetch is not None
@@ -107,7 +106,28 @@ def resync(
             ledger.advance_cursor(session, report.as_of)
             ledger.write_state(session, ledger.LAST_DRAIN_AT, started)
             ledger.write_state(session, ledger.LAST_RESYNC_AT, int(clock()))
+            ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
     return report
+
+
+def relist(factory: sessionmaker[Session], gateway: StripeGateway, kinds: Collection[str]) -> int:
+    """The rows of these mirrored kinds listed again from Stripe and written as resync writes
+    them (where not newer), for the columns an older release did not keep; returns the rows
+    written. A list endpoint's pages only: no customer is read one by one."""
+    as_of = _stripe_now(gateway)
+    written = 0
+    for mirrored in _catalog_first(m for m in MIRRORED_TYPES if m.kind in kinds):
+        for chunk in _chunks(_objects(factory, gateway, mirrored, None)):
+            with _deferring(factory) as session:
+                written += _write(session, mirrored, chunk, as_of)
+    outbox.refresh_every_stale(factory)
+    return written
+
+
+def _catalog_first(types: Iterable[MirroredType[Any]]) -> list[MirroredType[Any]]:
+    """A document recomputed while a resync runs (`GET /billing/state` reads a stale one so)
+    names its plan's amount and product."""
+    return sorted(types, key=lambda mirrored: mirrored.owner is not None)
 
 
 def refresh(

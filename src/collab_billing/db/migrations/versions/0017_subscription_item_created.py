@@ -1,8 +1,8 @@
 """when each subscription item was added
 
 Stripe bills a metered item added in the middle of a period for the usage from then on: a usage
-estimate counted the whole period. Rows mirrored before have none until their next event or
-`resync`, and are estimated from the period's start, as before.
+estimate counted the whole period. The first poll of the release lists the subscriptions again
+to fill it (`mirror.registry.MIRROR_FORMAT`).
 
 Revision ID: 0017
 Revises: 0016

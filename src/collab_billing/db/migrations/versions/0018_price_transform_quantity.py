@@ -1,8 +1,8 @@
 """each price's `transform_quantity` (package pricing)
 
 A metered price of "$5 per 1,000 units" divides the usage by 1,000 (rounded) before pricing
-it: a usage estimate multiplied the raw usage, 1,000 times what Stripe bills. Prices mirrored
-before have none until their next event or `resync`.
+it: a usage estimate multiplied the raw usage, 1,000 times what Stripe bills. The first poll of
+the release lists the prices again to fill them (`mirror.registry.MIRROR_FORMAT`).
 
 Revision ID: 0018
 Revises: 0017
