@@ -60,8 +60,7 @@ def resolve_plan(
             f"no price given, and STRIPE_PRICE_ID {default_price!r} is no price for sale "
             f"(archived, deleted, or a lookup key not mirrored yet); for sale: {names}",
         )
-    metered = known is not None and known.usage_type == "metered"
-    return Plan(default_price, known.lookup_key if known else None, metered)
+    return _plan_of(default_price, known)
 
 
 def same_product(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:
@@ -122,10 +121,14 @@ def meters_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> set[s
 def plan_of_price(factory: sessionmaker[Session], price_id: str) -> Plan:
     """A price as a plan, for sale or not (the one a subscription is on)."""
     with read_only(factory) as session:
-        row = queries.price_row(session, price_id)
+        return _plan_of(price_id, queries.price_row(session, price_id))
+
+
+def _plan_of(price_id: str, row: BillingPrice | None) -> Plan:
+    """The plan of a price, as far as the mirror knows it (nothing yet: no lookup key)."""
     if row is None:
         return Plan(price_id, None)
-    return Plan(row.stripe_price_id, row.lookup_key, row.usage_type == "metered")
+    return Plan(price_id, row.lookup_key, row.usage_type == "metered")
 
 
 def currencies_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> list[str]:
