@@ -15,6 +15,7 @@ from collab_billing.db.models import BillingCustomer, BillingEntitlement, Billin
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
+from tests.ops_helpers import WHSEC_NEW, delivered_ok, relevant_events, running_service, wait_until
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
 from tests.test_reconcile_flow import add_user, checkout
@@ -205,3 +206,47 @@ def test_a_plan_changed_through_the_api_comes_with_its_features_at_once(
     assert [
         n["features"] for n in notified if n["plan"] and n["plan"]["stripe_price_id"] == new
     ] == [["new-000"]]
+
+
+def test_with_webhooks_each_plan_is_notified_with_its_own_features(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Stripe sends a subscription's change and its customer's new entitlements as two events.
+    Delivered as webhooks, every version notified carries the features of the plan it names:
+    the subscription's webhook reads the features with it (it used to notify the new plan with
+    the old plan's features, or none, then the right ones)."""
+    first, second = featured_price(emulator, 2, "first"), featured_price(emulator, 1, "second")
+    features = {first: ["first-000", "first-001"], second: ["second-000"]}
+    with running_service(stripe_settings, engine) as service:
+        catalog = {e["id"] for e in relevant_events(emulator)}  # made before the endpoint
+        for event in relevant_events(emulator):
+            service.deliver(event)
+        endpoint = {"url": f"{service.url}/stripe/webhooks", "secret": WHSEC_NEW}
+        emulator.control("POST", "webhook_endpoints", endpoint)
+
+        def all_delivered() -> None:
+            expected = {e["id"] for e in relevant_events(emulator)} - catalog
+            wait_until(lambda: delivered_ok(emulator) >= expected, what="the deliveries")
+
+        user = {"github_user_id": 960, "github_login": "nine-sixty"}
+        assert service.api.post("/users", json=user).is_success
+        wanted = {"github_user_id": 960, "price": first}
+        started = service.api.post("/billing/subscriptions", json=wanted).json()
+        subscription = emulator.complete_checkout(started["checkout_session_url"])["subscription"]
+        all_delivered()
+        item = emulator.sdk.v1.subscriptions.retrieve(subscription)["items"]["data"][0]
+        emulator.sdk.v1.subscriptions.update(
+            subscription, params={"items": [{"id": item["id"], "price": second}]}
+        )
+        all_delivered()
+    with service.factory() as session:
+        notified = session.scalars(
+            select(BillingNotification.payload).order_by(BillingNotification.id)
+        ).all()
+    granted = [
+        (n["plan"]["stripe_price_id"], n["features"])
+        for n in notified
+        if n["access"]["state"] == "active"
+    ]
+    assert [price for price, _ in granted] == [first, second]
+    assert granted == [(price, features[price]) for price, _ in granted]

@@ -86,7 +86,7 @@ def apply_one_event(state: State, event: Event) -> str:
     """Apply one delivered event in its own transaction; its outcome (applied, stale,
     duplicate, unmatched, failed)."""
     state.signals.webhook_delivered()  # verified: webhooks work (the reconciler's cadence)
-    applier = Applier(state.session_factory, state.gateway, source="webhook")
+    applier = Applier(state.session_factory, state.gateway, source="webhook", read_features=True)
     return applier.apply([event]).by_event.get(event.id, "applied")
 
 

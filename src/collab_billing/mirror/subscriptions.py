@@ -8,7 +8,7 @@ import msgspec
 
 from collab_billing.db.models import BillingSubscription
 from collab_billing.mirror.types import MirroredType, stripe_time
-from collab_billing.stripe_gateway.events import Ref, id_of
+from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
 
 class Recurring(msgspec.Struct):
@@ -104,6 +104,29 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         "stripe_created": stripe_time(subscription.created),
         "stripe_ended_at": stripe_time(subscription.ended_at),
     }
+
+
+# A subscription's features are its products' while it lasts: these change them, as does an
+# update of its items or its status.
+_FEATURE_EVENT_TYPES = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.deleted",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied",
+    }
+)
+
+
+def may_change_features(event: Event) -> bool:
+    """Whether this subscription event may change what its customer is entitled to."""
+    if event.type in _FEATURE_EVENT_TYPES:
+        return True
+    changed = event.payload["data"].get("previous_attributes") or {}
+    return event.type == "customer.subscription.updated" and bool(
+        {"items", "status"} & set(changed)
+    )
 
 
 SUBSCRIPTIONS = MirroredType(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
+from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import MirroredType
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, may_change_features
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.batch import (
     ApplyStats,
@@ -56,14 +59,20 @@ class Applier:
         clock: Callable[[], float] = time.time,
         source: str = "poll",
         defer_documents: bool = False,
+        read_features: bool = False,
     ) -> None:
         """`defer_documents`: the batches mark their users' state documents stale rather than
-        recompute them (`state.outbox.defer_documents`: a catch-up)."""
+        recompute them (`state.outbox.defer_documents`: a catch-up). `read_features`: a
+        subscription event that may change its customer's features comes with the customer's
+        active entitlements, read with it and written in its transaction (webhooks: Stripe
+        sends the new entitlements as another event, so each change would otherwise be
+        notified twice, first with the old features; a poll's batch holds both events)."""
         self.factory = factory
         self.gateway = gateway
         self.clock = clock
         self.source = source
         self.defer_documents = defer_documents
+        self.read_features = read_features
 
     def apply(
         self,
@@ -82,9 +91,10 @@ class Applier:
         reads = StripeReads(self.gateway)
         # Ties that only Stripe can settle are read before the first transaction, and so are
         # the objects always read (entitlements) of customers we know.
-        reads.fetch(Read("object", g.object_id, g.kind) for g in self._read_first(groups))
+        first, features = self._read_first(groups)
+        reads.fetch([*first, *(Read("object", cid, ENTITLEMENTS.kind) for cid in features)])
         try:
-            stats = self._run(groups, retried, reads, cursor)
+            stats = self._run(groups, retried, reads, cursor, features)
         except Exception:
             log.warning("batch failed; applying its %d objects one by one", len(groups))
             stats = self._one_by_one(groups, retried, reads, cursor)
@@ -93,26 +103,44 @@ class Applier:
         metrics.record_outcomes(stats.outcomes)
         return stats
 
-    def _read_first(self, groups: Sequence[Group]) -> list[Group]:
-        """The groups to read before the first transaction: those of customers we know (the
+    def _read_first(self, groups: Sequence[Group]) -> tuple[list[Read], dict[str, int]]:
+        """The objects to read before the first transaction: those of customers we know (the
         objects of customers not ours are never read; those of a customer not known yet are
         read in a later round if it turns out ours), less those whose events were all
-        processed already (a poll's overlap, a webhook's replay)."""
+        processed already (a poll's overlap, a webhook's replay). With `read_features`, also
+        the customers whose features to read, each with its subscription's newest second."""
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
         tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
-        if not tied and not always:
-            return []
-        owners = {g.object_id: _owner(g) for g in tied + always if _owned(g)}
+        along = [g for g in groups if self.read_features and _may_change_features(g)]
+        if not tied and not always and not along:
+            return [], {}
+        owners = {g.object_id: _owner(g) for g in tied + always + along if _owned(g)}
         with read_only(self.factory) as session:
-            done = ledger.processed(session, [e.id for g in tied + always for e in g.events])
+            done = ledger.processed(
+                session, [e.id for g in tied + always + along for e in g.events]
+            )
             ours = customers.known(session, set(owners.values()))
+
+        def new(group: Group) -> bool:
+            return any(e.id not in done for e in group.events)
+
         wanted = [g for g in tied if owners.get(g.object_id, "") in ours or not _owned(g)]
         wanted += [g for g in always if g.final is not None and owners[g.object_id] in ours]
-        return [g for g in wanted if any(e.id not in done for e in g.events)]
+        features: dict[str, int] = {}
+        for group in along:
+            cid = owners[group.object_id]
+            if cid in ours and new(group):
+                features[cid] = max(features.get(cid, 0), group.newest_created)
+        return [Read("object", g.object_id, g.kind) for g in wanted if new(g)], features
 
     def _run(
-        self, groups: Sequence[Group], retried: set[str], reads: StripeReads, cursor: int | None
+        self,
+        groups: Sequence[Group],
+        retried: set[str],
+        reads: StripeReads,
+        cursor: int | None,
+        features: Mapping[str, int] = MappingProxyType({}),
     ) -> ApplyStats:
         """The transaction, run again after each round of reads it asks for."""
         for _ in range(MAX_ROUNDS):
@@ -120,7 +148,7 @@ class Applier:
                 with transaction(self.factory) as session:
                     if self.defer_documents:
                         outbox.defer_documents(session)
-                    return BatchWriter(session, reads).apply(groups, retried, cursor)
+                    return BatchWriter(session, reads).apply(groups, retried, cursor, features)
             except NeedsStripe as needs:
                 reads.fetch(needs.reads)
         raise RuntimeError(f"still needed reads from Stripe after {MAX_ROUNDS} rounds")
@@ -201,6 +229,10 @@ def _incomplete(group: Group) -> bool:
     if mirrored.deletion(group.events) is not None:  # written from its payload, never read
         return False
     return mirrored.needs_read(group.final.object_as(mirrored.object_type))
+
+
+def _may_change_features(group: Group) -> bool:
+    return group.mirrored is SUBSCRIPTIONS and any(map(may_change_features, group.events))
 
 
 def _owned(group: Group) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Select, Table, func, select
@@ -20,12 +21,13 @@ from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.mirror import customers
+from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
-from collab_billing.stripe_gateway import Event, EventShapeError
+from collab_billing.stripe_gateway import Event, EventShapeError, StripeGatewayError
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,17 @@ class BatchWriter:
         self.known: dict[str, int] = {}  # Stripe customer id -> our id
         self.unmatched: set[str] = set()
 
-    def apply(self, groups: Sequence[Group], retried: set[str], cursor: int | None) -> ApplyStats:
+    def apply(
+        self,
+        groups: Sequence[Group],
+        retried: set[str],
+        cursor: int | None,
+        features: Mapping[str, int] = MappingProxyType({}),
+    ) -> ApplyStats:
+        """Apply `groups`; then write the active entitlements read for the customers in
+        `features`, each as of its second (`write_features`)."""
         session = self.session
-        ledger.lock_objects(self.session, [group.object_id for group in groups])
+        ledger.lock_objects(self.session, [group.object_id for group in groups] + [*features])
         pending_ids = ledger.pending_object_ids(session)
         ready = self._hold_back(groups, pending_ids - retried)
         events = [event for group in ready for event in group.events]
@@ -134,6 +144,7 @@ class BatchWriter:
                 self.stats.count("ignored", group.events)
             elif group.kind == "malformed":  # fails this object (alone, in `_one_by_one`)
                 raise EventShapeError(f"event {group.object_id}: not the shape Stripe documents")
+        self.write_features(features)
         if self.needed:
             raise NeedsStripe(self.needed)
         if pending_ids:
@@ -308,6 +319,18 @@ class BatchWriter:
         ]
         self.store(mirrored, written)
         return len(written)
+
+    def write_features(self, features: Mapping[str, int]) -> None:
+        """Customers' active entitlements, read with an event of theirs from second `as_of`
+        (read after it: `write_read`'s rule holds). A failed read writes nothing: the
+        entitlements' own event brings them."""
+        for cid, as_of in features.items():
+            try:
+                summary = self.reads.get(Read("object", cid, ENTITLEMENTS.kind), self.needed)
+            except StripeGatewayError:
+                continue
+            if summary is not None:
+                self.write_read(ENTITLEMENTS, [summary], as_of)
 
     def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
         statement = _watermarks_statement(mirrored.table, mirrored.key)
