@@ -214,7 +214,7 @@ def test_with_webhooks_each_plan_is_notified_with_its_own_features(
     """Stripe sends a subscription's change and its customer's new entitlements as two events.
     Delivered as webhooks, every version notified carries the features of the plan it names:
     the subscription's webhook reads the features with it (it used to notify the new plan with
-    the old plan's features, or none, then the right ones)."""
+    the old plan's features, or none, then the right ones). Past due and back reads nothing."""
     first, second = featured_price(emulator, 2, "first"), featured_price(emulator, 1, "second")
     features = {first: ["first-000", "first-001"], second: ["second-000"]}
     with running_service(stripe_settings, engine) as service:
@@ -239,6 +239,12 @@ def test_with_webhooks_each_plan_is_notified_with_its_own_features(
             subscription, params={"items": [{"id": item["id"], "price": second}]}
         )
         all_delivered()
+        reads = "GET /v1/entitlements/active_entitlements"
+        before = emulator.control("GET", "requests")["by_route"][reads]
+        emulator.set_status(subscription, "past_due")  # dunning's churn keeps the features
+        emulator.set_status(subscription, "active")
+        all_delivered()
+        assert emulator.control("GET", "requests")["by_route"][reads] == before
     with service.factory() as session:
         notified = session.scalars(
             select(BillingNotification.payload).order_by(BillingNotification.id)

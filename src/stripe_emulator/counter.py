@@ -17,7 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]+$")
+# An object's id (`cus_NffrFeUfNV2Hib`), not a word of a path (`active_entitlements`).
+_ID = re.compile(r"^[a-z]+_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]+$")
 
 
 def route_of(method: str, path: str) -> str:

@@ -106,8 +106,10 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-# A subscription's features are its products' while it lasts: these change them, as does an
-# update of its items or its status.
+# A subscription's features are its products' while it is in one of these statuses (as
+# Stripe's active entitlements): its creation, end, pause and resumption change them, as
+# does an update of its items or one that moves it into or out of these statuses.
+ENTITLING_STATUSES = frozenset({"active", "trialing", "past_due"})
 _FEATURE_EVENT_TYPES = frozenset(
     {
         "customer.subscription.created",
@@ -120,13 +122,18 @@ _FEATURE_EVENT_TYPES = frozenset(
 
 
 def may_change_features(event: Event) -> bool:
-    """Whether this subscription event may change what its customer is entitled to."""
+    """Whether this subscription event may change what its customer is entitled to (not a
+    renewal, a cancellation scheduled, nor past due and back: dunning's churn)."""
     if event.type in _FEATURE_EVENT_TYPES:
         return True
-    changed = event.payload["data"].get("previous_attributes") or {}
-    return event.type == "customer.subscription.updated" and bool(
-        {"items", "status"} & set(changed)
-    )
+    if event.type != "customer.subscription.updated":
+        return False
+    data = event.payload["data"]
+    before = data.get("previous_attributes") or {}
+    if "items" in before:
+        return True
+    old, new = before.get("status"), data["object"].get("status")
+    return old is not None and (old in ENTITLING_STATUSES) != (new in ENTITLING_STATUSES)
 
 
 SUBSCRIPTIONS = MirroredType(
