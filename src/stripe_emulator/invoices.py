@@ -14,6 +14,9 @@ renewal, when a payment fails and when it is retried.
   `invoice_settings.default_payment_method`. Success: `invoice.paid`,
   `invoice.payment_succeeded`. Failure: `invoice.payment_failed`, `invoice.updated`
   (`attempt_count`, `next_payment_attempt`), and the subscription moves to `past_due`.
+- `pause_collection` (`collect`): a renewal's draft of a subscription whose collection is
+  paused stays a draft (`keep_as_draft`), or is finalized and at once voided (`void`) or
+  marked uncollectible (`mark_uncollectible`), never charged; the subscription stays as it is.
 - Retries (`due`, `collect`): each `BillingSettings.retry_days[n]` days after the previous
   attempt; when the last fails, the subscription is canceled (`cancellation_details.reason`
   `payment_failed`) or becomes `unpaid`, per `BillingSettings.after_retries`, and the invoice
@@ -310,7 +313,21 @@ def collect(store: Store, invoice: Invoice, at: int) -> None:
         lines = tuple(
             refreshed(store, line, invoice.customer, invoice.created) for line in invoice.lines
         )
+        sub = store.subscriptions.rows.get(invoice.subscription or "")
+        paused = sub.pause_behavior if sub is not None else None
+        if paused == "keep_as_draft":  # Stripe leaves it a draft, `auto_advance` false
+            store.invoices.put(
+                invoice.id,
+                evolve(invoice, automatically_finalizes_at=None, next_payment_attempt=None),
+            )
+            return
         invoice = _finalize(store, evolve(invoice, lines=lines), at)
+        if paused == "void":  # `pause_collection`: finalized, then no payment is collected
+            void(store, invoice.id, at)
+            return
+        if paused == "mark_uncollectible":
+            mark_uncollectible(store, invoice.id, at)
+            return
     card = payment_methods.for_invoice(store, invoice.customer, invoice.subscription)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
@@ -356,12 +373,12 @@ def void(store: Store, invoice_id: str, at: int | None = None) -> Invoice:
     return voided
 
 
-def mark_uncollectible(store: Store, invoice_id: str) -> Invoice:
+def mark_uncollectible(store: Store, invoice_id: str, at: int | None = None) -> Invoice:
     """A bad debt: no more automatic attempts; it can still be paid or voided."""
     invoice = store.invoices.get(invoice_id)
     if invoice.status != "open":
         raise bad_request("You can only mark an open invoice as uncollectible.")
-    at = store.customer_now(invoice.customer)
+    at = store.customer_now(invoice.customer) if at is None else at
     marked = evolve(
         invoice, status="uncollectible", marked_uncollectible_at=at, next_payment_attempt=None
     )

@@ -384,7 +384,14 @@ def invoice_to_pay(
             invoices = [
                 i for i in invoices if i.stripe_subscription_id == target.stripe_subscription_id
             ]
-    payable = [i for i in invoices if i.hosted_invoice_url and i.amount_remaining > 0]
+    # An uncollectible invoice is payable when owed (`is_overdue`): not a period given free.
+    payable = [
+        i
+        for i in invoices
+        if i.hosted_invoice_url
+        and i.amount_remaining > 0
+        and (i.status == "open" or is_overdue(i, now))
+    ]
     payable.sort(key=lambda invoice: not is_overdue(invoice, now))  # stable: oldest first
     if not payable:
         raise Conflict(f"user {github_user_id} has no open invoice to pay")

@@ -70,9 +70,13 @@ def utc(value: datetime) -> datetime:
 
 def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
     """Owed and late: marked uncollectible, or open with a failed payment or a passed due
-    date."""
+    date. An invoice marked uncollectible that was never charged nor due is no debt: it is
+    the period that `pause_collection` (`mark_uncollectible`) gives free, which Stripe
+    finalizes and writes off at once without asking the user to pay it."""
     if invoice.status not in OWED_STATUSES or invoice.amount_remaining <= 0:
         return False
+    if invoice.status == "uncollectible" and invoice.attempt_count == 0:
+        return invoice.due_date is not None and utc(invoice.due_date) <= now
     return (
         invoice.status == "uncollectible"
         or invoice.attempt_count > 0

@@ -63,8 +63,9 @@ BLOCKED = {"state": "blocked", "until": None}
 # ones were served, and notified, as an older release computed them (a field missing, an access
 # decided by older rules) until the user's rows next changed.
 # 2: of several graces, the one that ends last; 3: usage priced from its item's addition,
-# and per package (`transform_quantity`).
-DOCUMENT_FORMAT = 3
+# and per package (`transform_quantity`); 4: an invoice written off uncollectible before any
+# charge (a period `pause_collection` gives free) is no debt.
+DOCUMENT_FORMAT = 4
 
 
 def iso(value: datetime | None) -> str | None:
