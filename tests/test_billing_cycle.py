@@ -453,3 +453,47 @@ def test_a_jump_past_stripes_30_days_of_events_is_caught_up_by_a_resync(
         emulator.sdk.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
         emulator.control("POST", "clock/advance", {"seconds": 65 * 86_400})
         wait_until(lambda: status() == "canceled", what="the cancellation, 35 days ago")
+
+
+def test_an_upgrade_invoiced_at_once_is_owed_like_a_renewal_when_declined(
+    on_emulator_clock: Cycle, emulator: Emulator
+) -> None:
+    """More seats mid-period with `proration_behavior=always_invoice` (a portal or dashboard
+    set to invoice prorations at once): Stripe invoices the prorated difference now. Paid,
+    nothing changes for the user; declined, the subscription is past due and the proration
+    invoice is the overdue one: grace from its failed payment, `pay_invoice` answers its page,
+    and paying it restores access."""
+    cycle, user = on_emulator_clock, 510
+    cycle.add_user(user)
+    sub_id = cycle.subscribe(user)
+    emulator.control("POST", "clock/advance", {"seconds": 10 * DAY})
+    item = cycle.sdk.subscriptions.retrieve(sub_id)["items"].data[0]
+    paid = cycle.sdk.subscriptions.update(
+        sub_id, {"items": [{"id": item.id, "quantity": 2}], "proration_behavior": "always_invoice"}
+    )
+    invoice = cycle.sdk.invoices.retrieve(str(paid.latest_invoice))
+    assert (invoice.billing_reason, invoice.status) == ("subscription_update", "paid")
+    view = cycle.view(user)
+    assert (view["access"]["state"], view["overdue_invoices"]) == ("active", [])
+    assert view["subscriptions"][0]["quantity"] == 2
+
+    cycle.decline_renewals(sub_id)
+    emulator.control("POST", "clock/advance", {"seconds": DAY})
+    at = emulator_now(emulator)
+    declined = cycle.sdk.subscriptions.update(
+        sub_id, {"items": [{"id": item.id, "quantity": 3}], "proration_behavior": "always_invoice"}
+    )
+    owed = cycle.sdk.invoices.retrieve(str(declined.latest_invoice))
+    assert owed.status == "open" and 0 < owed.amount_due < item.price.unit_amount
+    view = cycle.view(user)
+    assert view["subscriptions"][0]["status"] == "past_due"
+    assert [i["id"] for i in view["overdue_invoices"]] == [owed.id]
+    until = f"{datetime.fromtimestamp(at + 3 * DAY, UTC):%Y-%m-%dT%H:%M:%SZ}"
+    assert view["access"] == {"state": "grace", "until": until}
+    manage = {"github_user_id": user, "intent": "pay_invoice"}
+    hosted = cycle.api.post("/billing/subscriptions/manage", json=manage).json()
+    assert hosted == {"hosted_invoice_url": owed.hosted_invoice_url}
+    cycle.sdk.invoices.pay(owed.id, {"payment_method": "pm_card_visa"})
+    view = cycle.view(user)
+    assert (view["access"]["state"], view["overdue_invoices"]) == ("active", [])
+    assert view["subscriptions"][0]["status"] == "active"

@@ -11,13 +11,13 @@ from stripe_emulator.forms import Params
 from stripe_emulator.invoices import bill_final_usage
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
+from stripe_emulator.prorations import drop_pending
 from stripe_emulator.records import Subscription, evolve
 from stripe_emulator.store import Store
+from stripe_emulator.subscription_items import ItemSpec, build_items
 from stripe_emulator.subscriptions import (
     STATUSES,
-    ItemSpec,
     SubscriptionChanges,
-    build_items,
     cancel_subscription,
     create_subscription,
     save,
@@ -264,7 +264,8 @@ def update(call: Call) -> Json:
         feedback=feedback,
         default_payment_method=_default_payment_method(call.store, p, sub.customer),
     )
-    p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
+    behavior = p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
+    changes.proration_behavior = behavior or "create_prorations"
     p.ignore(*_SUB_IGNORED, "payment_behavior", "collection_method", "days_until_due")
     p.ignore("trial_settings")
     p.finish()
@@ -280,8 +281,11 @@ def cancel(call: Call) -> Json:
     p.finish()
     before = call.store.subscriptions.get(call.id)
     record = cancel_subscription(call.store, call.id, comment=comment, feedback=feedback)
-    if invoice_now and record.ended_at is not None:  # un-invoiced metered usage, billed now
+    if invoice_now and record.ended_at is not None:
+        # Un-invoiced metered usage and pending prorations, billed now.
         bill_final_usage(call.store, before, "subscription_update", record.ended_at)
+    else:  # Stripe removes the pending prorations of a subscription canceled at once
+        drop_pending(call.store, call.id)
     return objects.subscription(record)
 
 

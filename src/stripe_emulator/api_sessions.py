@@ -12,7 +12,7 @@ from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.records import LineItem
 from stripe_emulator.store import Store
-from stripe_emulator.subscriptions import build_items
+from stripe_emulator.subscription_items import build_items
 
 # --- checkout sessions ---------------------------------------------------------------------
 

@@ -47,6 +47,10 @@ class InvoiceLine:
     period_end: int
     subscription_item: str | None
     usage: Decimal | None = None
+    # A proration (prorations.py): the signed share of the period it bills (negative: the
+    # credit for unused time), and the id of its pending invoice item (`ii_...`).
+    proration: Decimal | None = None
+    invoice_item: str | None = None
 
     @property
     def quantity_decimal(self) -> Decimal:
@@ -60,6 +64,8 @@ class InvoiceLine:
             exact = tiers.amount(self.price, self.quantity_decimal)
         else:
             exact = unit_amount(self.price) * transformed(self.price, self.quantity_decimal)
+        if self.proration is not None:
+            exact *= self.proration
         return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -102,8 +108,15 @@ class Invoice:
     metadata: Metadata = field(default_factory=dict)
 
     @property
-    def amount_due(self) -> int:
+    def total(self) -> int:
+        """The lines' sum: below zero for a proration credit larger than its charges."""
         return sum(line.amount for line in self.lines)
+
+    @property
+    def amount_due(self) -> int:
+        """Nothing is due on a negative total (Stripe credits it to the customer's balance,
+        which the emulator does not model)."""
+        return max(self.total, 0)
 
     @property
     def amount_remaining(self) -> int:

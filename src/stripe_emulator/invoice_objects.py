@@ -7,6 +7,7 @@ nothing. Since API 2025-03-31 an invoice names its subscription under
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +68,20 @@ def decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def _description(record: InvoiceLine) -> str:
+    """Stripe's words (with an x for its multiplication sign): `1 x Plan` for an item, and for
+    a proration `Unused time on 5 x Plan after 07 Dec 2026` (the credit) or `Remaining time on
+    8 x Plan after 07 Dec 2026`."""
+    quantity = decimal_text(record.quantity_decimal)
+    product = record.price.nickname or record.price.product
+    name = f"{quantity} x {product}"
+    if record.proration is None:
+        return name
+    kind = "Unused" if record.proration < 0 else "Remaining"
+    after = datetime.fromtimestamp(record.period_start, UTC).strftime("%d %b %Y")
+    return f"{kind} time on {name} after {after}"
+
+
 def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
     quantity = decimal_text(record.quantity_decimal)
     return {
@@ -74,7 +89,7 @@ def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
         "object": "line_item",
         "amount": record.amount,
         "currency": invoice.currency,
-        "description": f"{quantity} x {record.price.nickname or record.price.product}",
+        "description": _description(record),
         "discount_amounts": [],
         "discountable": True,
         "discounts": [],
@@ -84,8 +99,8 @@ def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
         "parent": {
             "invoice_item_details": None,
             "subscription_item_details": {
-                "invoice_item": None,
-                "proration": False,
+                "invoice_item": record.invoice_item,
+                "proration": record.proration is not None,
                 "proration_details": {"credited_items": None},
                 "subscription": invoice.subscription,
                 "subscription_item": record.subscription_item or "",
@@ -121,7 +136,7 @@ def _parent(record: Invoice) -> Json | None:
 
 
 def invoice(record: Invoice) -> Json:
-    total = record.amount_due
+    total = record.total
     draft = record.status == "draft"
     return {
         "id": record.id,
@@ -129,7 +144,7 @@ def invoice(record: Invoice) -> Json:
         "account_country": "US",
         "account_name": "Stripe emulator",
         "account_tax_ids": None,
-        "amount_due": total,
+        "amount_due": record.amount_due,
         "amount_overpaid": 0,
         "amount_paid": record.amount_paid,
         "amount_paid_off_stripe": 0,
@@ -169,7 +184,7 @@ def invoice(record: Invoice) -> Json:
         "discounts": [],
         "due_date": None,
         "effective_at": record.finalized_at,
-        "ending_balance": None if draft else 0,
+        "ending_balance": None if draft else min(total, 0),
         "footer": None,
         "from_invoice": None,
         "hosted_invoice_url": None if draft else record.hosted_invoice_url,

@@ -34,6 +34,7 @@ from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
 from stripe_emulator.invoice_objects import invoice as render_invoice
 from stripe_emulator.periods import period_end
+from stripe_emulator.prorations import has_pending, take_pending
 from stripe_emulator.records import DAY, Subscription, evolve
 from stripe_emulator.store import Store
 from stripe_emulator.subscriptions import cancel_subscription, save
@@ -70,17 +71,20 @@ def create_invoice(
     usage_period: tuple[int, int] | None = None,
     looks_back: tuple[int, int] | None = None,
     finalize: bool = True,
+    bill_items: bool = True,
 ) -> Invoice:
     """A subscription's invoice for the period [start, end), created and finalized (`open`),
     or left a draft that finalizes `FINALIZE_DELAY` later (`finalize` False: a renewal's);
     metered items bill their usage over `usage_period`, the period that ended (usage_lines).
     The invoice's own `period_start`/`period_end` are Stripe's: the period during which its
     items were added, `looks_back` (a renewal's: the period that ended), else `at` to `at`
-    (Stripe's lines carry the service period)."""
+    (Stripe's lines carry the service period). The subscription's pending prorations come
+    first (`bill_items` False: they alone)."""
     start, end = looks_back or (at, at)
     invoice_id = invoice_id or ids.new_id("in", at)
-    lines = tuple(
-        item_line(store, item, sub.customer, period, usage_period, at, trial) for item in sub.items
+    lines = take_pending(store, sub.id) + tuple(
+        item_line(store, item, sub.customer, period, usage_period, at, trial)
+        for item in (sub.items if bill_items else ())
     )
     draft = Invoice(
         id=invoice_id,
@@ -266,23 +270,28 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     )
 
 
-def bill_new_period(store: Store, sub: Subscription, at: int) -> None:
-    """A period restarted now (a trial ended early: `trial_end=now` or a plan changed from a
-    trial; or the billing interval changed) is invoiced and charged at once, like a renewal."""
+def bill_now(store: Store, sub: Subscription, at: int, items: bool = True) -> None:
+    """Invoiced and charged at once, like a renewal: a period restarted now (a trial ended
+    early: `trial_end=now` or a plan changed from a trial; or the billing interval changed),
+    with any pending prorations; or (`items` False) the prorations of a change made with
+    `proration_behavior=always_invoice` alone."""
     period = (sub.current_period_start, sub.current_period_end)
-    invoice_id = sub.latest_invoice  # set as the period restarted (`subscriptions.restart_period`)
-    invoice = create_invoice(store, sub, "subscription_update", period, at, False, invoice_id)
+    invoice_id = sub.latest_invoice  # set as the subscription changed (`update_subscription`)
+    invoice = create_invoice(
+        store, sub, "subscription_update", period, at, False, invoice_id, bill_items=items
+    )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
 
 
 def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> None:
     """The last invoice of a subscription canceled at `at` (`sub`: as it was before): its
-    metered items' usage from the period's start to `at`, charged at once. Stripe makes it at
-    a scheduled cancellation (`cancel_at`, `cancel_at_period_end`) and for `invoice_now`;
-    nothing without metered items, and nothing for a trial (its usage is free)."""
+    metered items' usage from the period's start to `at`, and its pending prorations, charged
+    at once. Stripe makes it at a scheduled cancellation (`cancel_at`, `cancel_at_period_end`)
+    and for `invoice_now`; nothing without either, and nothing for a trial (its usage is
+    free)."""
     metered = tuple(item for item in sub.items if item.price.meter is not None)
-    if not metered or sub.status in ("trialing", "incomplete"):
+    if not (metered or has_pending(store, sub.id)) or sub.status in ("trialing", "incomplete"):
         return
     period = (sub.current_period_start, at)
     final = evolve(sub, items=metered)

@@ -16,9 +16,9 @@ from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import Params
 from stripe_emulator.records import PortalSession, Subscription
 from stripe_emulator.store import Store
+from stripe_emulator.subscription_items import ItemSpec
 from stripe_emulator.subscriptions import (
     ENDED,
-    ItemSpec,
     SubscriptionChanges,
     update_subscription,
 )

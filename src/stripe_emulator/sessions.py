@@ -26,9 +26,9 @@ from stripe_emulator.records import (
     evolve,
 )
 from stripe_emulator.store import Store
+from stripe_emulator.subscription_items import ItemSpec
 from stripe_emulator.subscriptions import (
     ENDED,
-    ItemSpec,
     SubscriptionChanges,
     cancel_subscription,
     create_subscription,

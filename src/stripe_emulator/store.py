@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from stripe_emulator import encode, ids, objects
-from stripe_emulator.billing_records import BillingSettings, Invoice, PaymentMethod, TestClock
+from stripe_emulator.billing_records import (
+    BillingSettings,
+    Invoice,
+    InvoiceLine,
+    PaymentMethod,
+    TestClock,
+)
 from stripe_emulator.clock import Clock
 from stripe_emulator.entitlements import Entitlements
 from stripe_emulator.errors import not_found
@@ -120,6 +126,8 @@ class Store:
     billing_settings: BillingSettings = field(default_factory=BillingSettings)
     # customer id and subscription id -> their invoices' ids, oldest first.
     invoice_index: dict[str, list[str]] = field(default_factory=dict)
+    # subscription id -> its proration invoice items not invoiced yet (prorations.py).
+    pending_prorations: dict[str, list[InvoiceLine]] = field(default_factory=dict)
     # The base of hosted invoice URLs: the last API request's (invoices made as the clock
     # passes have no request of their own).
     invoice_base_url: str = "http://127.0.0.1:12111"
@@ -216,6 +224,7 @@ class Store:
             "test_clocks",
             "billing_settings",
             "invoice_index",
+            "pending_prorations",
             "invoice_base_url",
             "coupons",
             "promotion_codes",

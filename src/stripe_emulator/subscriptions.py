@@ -15,8 +15,10 @@ from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import apply_metadata
 from stripe_emulator.periods import interval_of, period_end
-from stripe_emulator.records import DAY, Item, Price, Subscription, evolve
+from stripe_emulator.prorations import add_pending, prorations
+from stripe_emulator.records import DAY, Subscription, evolve
 from stripe_emulator.store import Store
+from stripe_emulator.subscription_items import ItemSpec, build_items, merge_items
 from stripe_emulator.trials import move_trial_end, trial_warning_due, warn_trial_end
 
 STATUSES = (
@@ -31,71 +33,6 @@ STATUSES = (
 )
 ENDED = ("canceled", "incomplete_expired")
 INCOMPLETE_EXPIRY = 23 * 3600
-
-
-@dataclass
-class ItemSpec:
-    price: Price | None
-    quantity: int | None = None
-    metadata: dict[str, str] | None = None
-    id: str | None = None  # an existing item to change (`items[0][id]`)
-    deleted: bool = False  # remove the existing item `id` (`items[0][deleted]=true`)
-
-
-def build_items(specs: list[ItemSpec], created: int) -> tuple[Item, ...]:
-    items = []
-    for spec in specs:
-        assert spec.price is not None  # new items name their price (checked when parsed)
-        metadata = spec.metadata or {}
-        quantity = 0 if spec.price.meter is not None else spec.quantity or 1
-        items.append(Item(ids.new_id("si"), created, spec.price, quantity, metadata))
-    return _one_item_a_price(tuple(items))
-
-
-def _one_item_a_price(items: tuple[Item, ...]) -> tuple[Item, ...]:
-    """Stripe refuses two items of one price on a subscription (the seats are one item's
-    quantity), in the words of its older `plan` API."""
-    seen: set[str] = set()
-    for item in items:
-        if item.price.id in seen:
-            raise bad_request(
-                f"Cannot add multiple subscription items with the same plan: {item.price.id}",
-                "items",
-            )
-        seen.add(item.price.id)
-    return items
-
-
-def merge_items(old: tuple[Item, ...], specs: list[ItemSpec], now: int) -> tuple[Item, ...]:
-    """Stripe's `items` update: a spec with an `id` changes that item (price, quantity,
-    metadata) and keeps its id; a spec without one adds an item; the items not named stay."""
-    by_id = {item.id: item for item in old}
-    changed = dict(by_id)
-    added = []
-    for index, spec in enumerate(specs):
-        if spec.id is None:
-            added.append(spec)
-            continue
-        item = by_id.get(spec.id)
-        if item is None:
-            raise bad_request(f"No such subscription item: '{spec.id}'", "items")
-        if spec.deleted:
-            del changed[spec.id]
-            continue
-        price = spec.price or item.price
-        if price.meter is not None and spec.quantity is not None:
-            param = f"items[{index}][quantity]"
-            raise bad_request("You cannot set the quantity for metered plans.", param)
-        changed[spec.id] = evolve(
-            item,
-            price=price,
-            quantity=0 if price.meter is not None else spec.quantity or item.quantity or 1,
-            metadata=spec.metadata if spec.metadata else item.metadata,
-        )
-    items = tuple(changed.values()) + build_items(added, now)
-    if not items:
-        raise bad_request("A subscription must have at least one active plan.", "items")
-    return _one_item_a_price(items)
 
 
 def create_subscription(
@@ -209,6 +146,7 @@ class SubscriptionChanges:
     comment: str | None = None
     feedback: str | None = None
     default_payment_method: str | None = None  # "" clears it
+    proration_behavior: str = "create_prorations"  # prorations.py
 
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
@@ -244,13 +182,18 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, items=merge_items(old.items, changes.items, now))
         for item in new.items:
             check_currency(old.items[0].price.currency, item.price.currency, "items")
-    # A new interval (monthly to yearly) starts a new period now, billed at once. The
-    # emulator makes no proration (no credit for the unused part of the old period).
+    # A new interval (monthly to yearly) starts a new period now, billed at once, with a
+    # credit for the unused part of the old period; else a change mid-period is prorated.
     new_interval = old.status in ("active", "past_due") and interval_of(new.items) != interval_of(
         old.items
     )
+    behavior = changes.proration_behavior
+    lines = prorations(old, new.items, now, behavior, credit_only=new_interval)
+    invoice_now = bool(lines) and behavior == "always_invoice" and not new_interval
     if new_interval:
         new = restart_period(new, now)
+    elif invoice_now:
+        new = evolve(new, latest_invoice=ids.new_id("in", now))
     if changes.default_payment_method is not None:
         new = evolve(new, default_payment_method=changes.default_payment_method or None)
     if changes.trial_end_now and new.status == "trialing":
@@ -262,18 +205,19 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
     saved = save(store, old, new)
+    add_pending(store, sub_id, lines)
     if changes.trial_end_now and old.status == "trialing":
         saved = warn_trial_end(store, saved, now)
-    if (changes.trial_end_now and old.status == "trialing") or new_interval:
-        from stripe_emulator.invoices import bill_new_period  # invoices imports this module
+    if (changes.trial_end_now and old.status == "trialing") or new_interval or invoice_now:
+        from stripe_emulator.invoices import bill_now  # invoices imports this module
 
-        bill_new_period(store, saved, now)
+        bill_now(store, saved, now, items=not invoice_now)
         saved = store.subscriptions.get(sub_id)
     return saved
 
 
 def end_trial(sub: Subscription, now: int) -> Subscription:
-    """The trial ends now: a new period starts, billed at once (`invoices.bill_new_period`)."""
+    """The trial ends now: a new period starts, billed at once (`invoices.bill_now`)."""
     return evolve(restart_period(sub, now), status="active", trial_end=now)
 
 

@@ -560,10 +560,15 @@ def test_a_new_interval_restarts_the_period_and_bills_it_now(
     assert (moved.current_period_start, moved.current_period_end) == (now, months_later(now, 12))
     assert changed.billing_cycle_anchor == now
     latest = client.v1.invoices.retrieve(str(changed.latest_invoice))
+    # With a credit for the unused time of the monthly period (prorated to the second).
+    credit, _ = latest.lines.data
+    left = (item.current_period_end - now) / (item.current_period_end - item.current_period_start)
+    assert credit.amount == -round(2000 * (item.quantity or 1) * left)
+    assert credit.parent.subscription_item_details.proration is True
     assert (latest.billing_reason, latest.status, latest.amount_paid) == (
         "subscription_update",
         "paid",
-        20_000 * (moved.quantity or 1),
+        20_000 * (moved.quantity or 1) + credit.amount,
     )
     # A change within the interval keeps the period.
     seats = client.v1.subscriptions.update(sub_id, {"items": [{"id": moved.id, "quantity": 5}]})
