@@ -104,6 +104,9 @@ class Invoice:
     marked_uncollectible_at: int | None = None
     # When a failed automatic payment first happened (the retry schedule counts from here).
     first_failed_at: int | None = None
+    # False once automatic collection stops (its subscription was canceled): a draft is no
+    # longer finalized on its own, an open invoice no longer retried.
+    auto_advance: bool = True
     test_clock: str | None = None
     metadata: Metadata = field(default_factory=dict)
 

@@ -153,7 +153,7 @@ def invoice(record: Invoice) -> Json:
         "application": None,
         "attempt_count": record.attempt_count,
         "attempted": record.attempted,
-        "auto_advance": record.status in ("draft", "open"),
+        "auto_advance": record.auto_advance and record.status in ("draft", "open"),
         "automatic_tax": {
             "disabled_reason": None,
             "enabled": False,

@@ -305,6 +305,8 @@ def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> N
 def due(invoice: Invoice, now: int) -> int | None:
     """When the clock next acts on this invoice, if not after `now`: a draft's finalization
     (then its first payment attempt), or the retry of an open invoice's failed payment."""
+    if not invoice.auto_advance:
+        return None  # automatic collection stopped (`collection.stop_collection`)
     if invoice.status == "draft":
         at = invoice.automatically_finalizes_at
     elif invoice.status == "open":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stripe_emulator import ids, objects, payment_methods
+from stripe_emulator.collection import stop_collection
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import apply_metadata
@@ -281,7 +282,9 @@ def cancel_subscription(
     )
     if at is None:
         new = evolve(new, cancel_at_period_end=False, cancel_at=None)
-    return save(store, old, new, created=at)
+    saved = save(store, old, new, created=at)
+    stop_collection(store, sub_id, when)
+    return saved
 
 
 def set_status(store: Store, sub_id: str, status: str) -> Subscription:

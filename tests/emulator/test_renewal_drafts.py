@@ -135,3 +135,31 @@ def test_usage_reported_in_the_draft_hour_is_billed_on_the_renewal(
     too_late = {**in_period, "payload": {**late, "value": "7"}}
     client.v1.billing.meter_events.create(params=too_late)
     assert client.v1.invoices.retrieve(draft.id).amount_due == 30
+
+
+def test_a_subscription_canceled_within_the_draft_hour_is_not_charged(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """Stripe stops automatic collection of a canceled subscription's invoices
+    (https://docs.stripe.com/api/subscriptions/cancel): its renewal's draft gets
+    `auto_advance=false` and is neither finalized nor charged an hour on."""
+    _, sub_id = subscribe(client, ctl)
+    renewal = period_end(client, sub_id)
+    advance_to(ctl, renewal + 60)
+    draft_id = client.v1.subscriptions.retrieve(sub_id).latest_invoice or ""
+    assert client.v1.invoices.retrieve(draft_id).status == "draft"
+
+    advance_to(ctl, renewal + 600)
+    assert client.v1.subscriptions.cancel(sub_id).status == "canceled"
+    stopped = client.v1.invoices.retrieve(draft_id)
+    assert (stopped.status, stopped.auto_advance) == ("draft", False)
+    assert stopped.automatically_finalizes_at is None and stopped.next_payment_attempt is None
+    assert types_since(client, renewal + 600) == [
+        "customer.subscription.deleted",
+        "invoice.updated",
+    ]
+
+    advance_to(ctl, renewal + 2 * HOUR)
+    after = client.v1.invoices.retrieve(draft_id)
+    assert (after.status, after.attempt_count, after.amount_paid) == ("draft", 0, 0)
+    assert types_since(client, renewal + 601) == []
