@@ -12,7 +12,9 @@ from stripe_emulator.invoices import bill_final_usage
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
 from stripe_emulator.prorations import drop_pending
-from stripe_emulator.records import Subscription, evolve
+from stripe_emulator.records import Subscription
+from stripe_emulator.resumption import ANCHORS
+from stripe_emulator.resumption import resume as resume_subscription
 from stripe_emulator.store import Store
 from stripe_emulator.subscription_items import ItemSpec, build_items
 from stripe_emulator.subscriptions import (
@@ -20,7 +22,6 @@ from stripe_emulator.subscriptions import (
     SubscriptionChanges,
     cancel_subscription,
     create_subscription,
-    save,
     update_subscription,
 )
 from stripe_emulator.usage_lines import item_line
@@ -292,12 +293,14 @@ def cancel(call: Call) -> Json:
 @route("POST", "/v1/subscriptions/{id}/resume")
 def resume(call: Call) -> Json:
     p = call.params
-    p.ignore("billing_cycle_anchor", "proration_behavior", "proration_date")
+    anchor = p.string("billing_cycle_anchor", choices=ANCHORS) or "now"
+    behavior = p.string("proration_behavior", choices=PRORATION_BEHAVIORS) or "create_prorations"
+    p.ignore("proration_date")
     p.finish()
     sub = call.store.subscriptions.get(call.id)
     if sub.status != "paused":
         raise bad_request("Only paused subscriptions can be resumed.")
-    return objects.subscription(save(call.store, sub, evolve(sub, status="active")))
+    return objects.subscription(resume_subscription(call.store, sub, anchor, behavior))
 
 
 _LIST_STATUSES = (*STATUSES, "all", "ended")

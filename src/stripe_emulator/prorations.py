@@ -77,6 +77,14 @@ def prorations(
     return lines
 
 
+def remaining_time(sub: Subscription, at: int) -> list[InvoiceLine]:
+    """The charges for the rest of the current period of the subscription's licensed items
+    (a paused subscription resumed within a period it keeps: `resumption.py`)."""
+    end = sub.current_period_end
+    share = _share(sub, at)
+    return [_line(item, share, at, end) for item in sub.items if item.price.meter is None]
+
+
 def add_pending(store: Store, sub_id: str, lines: list[InvoiceLine]) -> None:
     if lines:
         store.pending_prorations.setdefault(sub_id, []).extend(lines)

@@ -203,7 +203,9 @@ def test_status_moves_emit_updates(client: stripe.StripeClient, ctl: Control) ->
     ctl("POST", f"subscriptions/{sub_id}/status", {"status": "paused"})
     types = [e.type for e in client.v1.events.list(params={"limit": 2}).data]
     assert types == ["customer.subscription.paused", "customer.subscription.updated"]
-    assert client.v1.subscriptions.resume(sub_id).status == "active"
+    # The period kept and nothing billed (the default, `now`, bills a new period at once).
+    kept: Any = {"billing_cycle_anchor": "unchanged", "proration_behavior": "none"}
+    assert client.v1.subscriptions.resume(sub_id, kept).status == "active"
     assert (
         client.v1.events.list(params={"limit": 1}).data[0].type == "customer.subscription.resumed"
     )
