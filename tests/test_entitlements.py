@@ -256,3 +256,32 @@ def test_with_webhooks_each_plan_is_notified_with_its_own_features(
     ]
     assert list(dict.fromkeys(price for price, _ in granted)) == [first, second]
     assert granted == [(price, features[price]) for price, _ in granted]
+
+
+def test_a_failed_read_of_the_features_leaves_them_to_their_own_event(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Stripe failing the read of the features does not fail the subscription's webhook."""
+    price = featured_price(emulator, 1, "later")
+    summary = "entitlements.active_entitlement_summary.updated"
+    with running_service(stripe_settings, engine) as service:
+        catalog = relevant_events(emulator)
+        for event in catalog:
+            service.deliver(event)
+        assert service.api.post("/users", json={"github_user_id": 961, "github_login": "x"})
+        wanted = {"github_user_id": 961, "price": price}
+        started = service.api.post("/billing/subscriptions", json=wanted).json()
+        emulator.complete_checkout(started["checkout_session_url"])
+        events = relevant_events(emulator)[len(catalog) :]
+        faults = {"rate": 1.0, "statuses": [500], "path_prefix": "/v1/entitlements"}
+        emulator.control("POST", "faults", faults)
+        outcomes = {service.deliver(e).json()["outcome"] for e in events if e["type"] != summary}
+        emulator.control("DELETE", "faults")
+        state = service.api.get("/billing/state", params={"github_user_id": 961}).json()
+        assert outcomes == {"applied"}
+        assert (state["access"]["state"], state["features"]) == ("active", [])
+        assert {service.deliver(e).json()["outcome"] for e in events if e["type"] == summary} == {
+            "applied"
+        }
+        state = service.api.get("/billing/state", params={"github_user_id": 961}).json()
+    assert state["features"] == ["later-000"]
