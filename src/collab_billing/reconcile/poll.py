@@ -47,6 +47,7 @@ from collab_billing.reconcile.windows import (
 from collab_billing.state import outbox
 from collab_billing.state.document import DOCUMENT_FORMAT
 from collab_billing.stripe_gateway import PAGE_EVENTS, Event, StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.events import EventPage
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class Poller:
         """The request budget reads pages faster than the database applies them."""
         return self.gateway.requests_per_second * PAGE_EVENTS > tuning.APPLY_EVENTS_PER_SECOND
 
-    def _list(self, report: DrainReport, **filters: int | str) -> _Page:
+    def _list(self, report: DrainReport, **filters: int | str) -> EventPage:
         """One page; a request that fails for a reason that may pass (the network, 5xx, 429
         beyond the gateway's retries) is made again after a pause: a long walk must not
         start over for one failed request."""
@@ -195,14 +196,14 @@ class Poller:
                 time.sleep(min(tuning.PAGE_RETRY_SECONDS * 2**attempt, 30))
         raise AssertionError("unreachable")
 
-    def _list_once(self, report: DrainReport, **filters: int | str) -> _Page:
+    def _list_once(self, report: DrainReport, **filters: int | str) -> EventPage:
         page = self.gateway.list_events(types=self.types_filter, **filters)  # type: ignore[arg-type]
         for event_type, count in Counter(event.type for event in page.events).items():
             metrics.EVENTS_FETCHED.labels(event_type).inc(count)
         with self._lock:
             report.requests += 1
             report.events_seen += len(page.events)
-        return _Page(page.events, page.has_more)
+        return page
 
     # -- windows ----------------------------------------------------------------------------
 
@@ -370,9 +371,3 @@ class Poller:
             with transaction(self.factory) as session:
                 ledger.advance_cursor(session, newest_first[0].created)
         return False
-
-
-@dataclass
-class _Page:
-    events: list[Event]
-    has_more: bool
