@@ -53,10 +53,6 @@ RELEVANT_TYPES: tuple[str, ...] = CUSTOMER_EVENT_TYPES + tuple(BY_EVENT_TYPE)
 MAX_TYPES_FILTER = 20
 
 
-def relevant_event_types() -> tuple[str, ...]:
-    return RELEVANT_TYPES
-
-
 def types_filter(types: Sequence[str]) -> tuple[str, ...] | None:
     """The `types[]` filter for `/v1/events` that reads `types`, or None (read every event and
     leave out the others) when Stripe would refuse that many. Unfiltered pages cost no more

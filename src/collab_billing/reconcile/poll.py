@@ -29,8 +29,8 @@ from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.mirror.registry import (
     MIRROR_FORMAT,
+    RELEVANT_TYPES,
     RELISTED_ON_UPGRADE,
-    relevant_event_types,
     types_filter,
 )
 from collab_billing.reconcile import ledger, resync, tuning
@@ -84,7 +84,7 @@ class Poller:
         self.gateway = gateway
         self.applier = applier
         self.clock = clock
-        self.types = frozenset(types if types is not None else relevant_event_types())
+        self.types = frozenset(types if types is not None else RELEVANT_TYPES)
         # Unfiltered pages (more types than Stripe's filter takes) hold other events too: they
         # count for paging and window sizes, and are left out before the ledger and the applier.
         self.types_filter = types_filter(sorted(self.types))
