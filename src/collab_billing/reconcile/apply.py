@@ -243,6 +243,3 @@ def _owner(group: Group) -> str:
     mirrored = group.mirrored
     assert mirrored is not None and mirrored.owner is not None
     return mirrored.owner(group.events[-1].object_as(mirrored.object_type))
-
-
-__all__ = ["Applier", "ApplyStats", "BatchWriter", "Group", "group_events"]

@@ -34,7 +34,8 @@ from collab_billing.mirror.registry import (
     types_filter,
 )
 from collab_billing.reconcile import ledger, resync, tuning
-from collab_billing.reconcile.apply import Applier, ApplyStats
+from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.batch import ApplyStats
 from collab_billing.reconcile.windows import (
     Range,
     Window,
