@@ -199,8 +199,8 @@ class Applier:
         usual rules. Returns the rows written."""
         with transaction(self.factory) as session:
             step = BatchWriter(session, StripeReads(None))
-            unknown = customers.known(session, [cid for cid, _, _ in candidates])
-            step.link([c for c in candidates if c[0] not in unknown])
+            known = customers.known(session, [cid for cid, _, _ in candidates])
+            step.link([c for c in candidates if c[0] not in known])
             return sum(step.write_read(mirrored, objects, as_of) for mirrored, objects in read)
 
     def adopt(self, as_of: int) -> int:

@@ -54,9 +54,8 @@ class ApplyStats:
         self.stripe_reads += other.stripe_reads
 
     def merge(self, other: ApplyStats) -> None:
-        self.outcomes.update(other.outcomes)
+        self.add_counts(other)
         self.by_event.update(other.by_event)
-        self.stripe_reads += other.stripe_reads
 
 
 @dataclass
