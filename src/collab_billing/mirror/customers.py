@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
 from collab_billing.state import outbox
-from collab_billing.stripe_gateway.events import Event, Ref, id_of
+from collab_billing.stripe_gateway import StripeGateway
+from collab_billing.stripe_gateway.events import Event, Ref, decode_object, id_of
 
 CUSTOMER_EVENT_TYPES = (
     "customer.created",
@@ -45,6 +46,12 @@ class CheckoutSession(msgspec.Struct):
     customer: str | Ref | None = None
     client_reference_id: str | None = None
     metadata: dict[str, Any] | None = None
+
+
+def retrieve(gateway: StripeGateway, customer_id: str) -> Customer:
+    """The customer as Stripe shows it now (a deleted one: `deleted` set)."""
+    body = gateway.get("customers.retrieve", f"/v1/customers/{customer_id}")
+    return decode_object(body, Customer)
 
 
 def customer_id_of(event: Event) -> str:

@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from collab_billing.mirror.customers import Customer
+from collab_billing.mirror import customers
 from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
-from collab_billing.stripe_gateway.events import decode_object
 
 PARALLEL_READS = 4
 
@@ -81,8 +80,7 @@ class StripeReads:
         if self.gateway is None:
             raise StripeGatewayError("not_configured", "STRIPE_API_KEY is not set", None)
         if read.what == "customer":
-            body = self.gateway.get("customers.retrieve", f"/v1/customers/{read.object_id}")
-            return decode_object(body, Customer)
+            return customers.retrieve(self.gateway, read.object_id)
         if read.what == "owned":
             return {m.kind: self._owned(m, read.object_id) for m in MIRRORED_TYPES if m.owner}
         mirrored = _by_kind(read.kind)

@@ -36,7 +36,7 @@ from collab_billing.mirror.registry import (
     relevant_types_filter,
 )
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.batch import BatchWriter
+from collab_billing.reconcile.batch import BatchWriter, candidate_of
 from collab_billing.reconcile.reads import StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -184,8 +184,7 @@ def _customers(
             yield customer
     linked = _linked_customer(factory, github_user_id) if github_user_id is not None else None
     if linked is not None and linked not in named:  # linked by us, whatever it names now
-        body = gateway.get("customers.retrieve", f"/v1/customers/{linked}")
-        yield decode_object(body, customers.Customer)
+        yield customers.retrieve(gateway, linked)
 
 
 def _objects(
@@ -273,11 +272,7 @@ def _tombstone_unlisted(
                 )
             )
         )
-    deleted = []
-    for customer_id in sorted(live - listed):
-        body = gateway.get("customers.retrieve", f"/v1/customers/{customer_id}")
-        if decode_object(body, customers.Customer).deleted:
-            deleted.append(customer_id)
+    deleted = [cid for cid in sorted(live - listed) if customers.retrieve(gateway, cid).deleted]
     with _deferring(factory) as session:
         customers.tombstone(session, deleted)
 
@@ -287,8 +282,7 @@ def _link(session: Session, chunk: list[customers.Customer]) -> int:
     customers.tombstone(session, [c.id for c in chunk if c.id in known and c.deleted])
     unknown = [c for c in chunk if c.id not in known]
     step = BatchWriter(session, StripeReads(None))
-    candidates = [(c.id, customers.github_user_id_named(c), c.deleted) for c in unknown]
-    return len(step.link(candidates))
+    return len(step.link([candidate_of(customer) for customer in unknown]))
 
 
 def _write(session: Session, mirrored: MirroredType[Any], chunk: list[Any], as_of: int) -> int:
