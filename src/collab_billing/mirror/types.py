@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 from sqlalchemy import Table, Update, update
+
+if TYPE_CHECKING:
+    from collab_billing.stripe_gateway import StripeGateway
 
 
 def stripe_time(seconds: int | None) -> datetime | None:
@@ -55,6 +58,11 @@ class MirroredType(Generic[T]):
 
     def decode(self, raw: bytes | msgspec.Raw) -> T:
         return msgspec.json.decode(raw, type=self.object_type)
+
+    def retrieve(self, gateway: StripeGateway, object_id: str) -> T:
+        """The object as Stripe shows it now (`retrieve_path` with `retrieve_params`)."""
+        path = self.retrieve_path.format(id=object_id)
+        return self.decode(gateway.get(f"{self.kind}s.retrieve", path, **self.retrieve_params))
 
     def row(self, obj: T, as_of: int, billing_customer_id: int | None) -> dict[str, Any]:
         values = {self.key: self.object_id(obj), **self.columns(obj), "stripe_state_as_of": as_of}

@@ -86,10 +86,8 @@ class StripeReads:
         mirrored = _by_kind(read.kind)
         if mirrored.fetch is not None:
             return mirrored.fetch(self.gateway, read.object_id)
-        path = mirrored.retrieve_path.format(id=read.object_id)
         try:
-            body = self.gateway.get(f"{mirrored.kind}s.retrieve", path, **mirrored.retrieve_params)
-            return mirrored.decode(body)
+            return mirrored.retrieve(self.gateway, read.object_id)
         except StripeGatewayError as error:
             if error.http_status == 404 and mirrored.keeps_tombstones:
                 return mirrored.stub(read.object_id)

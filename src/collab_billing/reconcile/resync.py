@@ -141,15 +141,7 @@ def refresh(
     event up to it, a later event still applies, and a tie is read again. For a change just
     made through the API (the row shows it without waiting for its event)."""
     as_of = _stripe_now(gateway)
-    operation = f"{mirrored.kind}s.retrieve"
-    chunk = [
-        mirrored.decode(
-            gateway.get(
-                operation, mirrored.retrieve_path.format(id=object_id), **mirrored.retrieve_params
-            )
-        )
-        for object_id in object_ids
-    ]
+    chunk = [mirrored.retrieve(gateway, object_id) for object_id in object_ids]
     with transaction(factory) as session:
         _write(session, mirrored, chunk, as_of)
 
