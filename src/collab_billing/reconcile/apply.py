@@ -115,22 +115,22 @@ class Applier:
         along = [g for g in groups if self.read_features and _may_change_features(g)]
         if not tied and not always and not along:
             return [], {}
-        owners = {g.object_id: _owner(g) for g in tied + always + along if _owned(g)}
+        owners = {owner for g in tied + always + along if (owner := g.owner) is not None}
         with read_only(self.factory) as session:
             done = ledger.processed(
                 session, [e.id for g in tied + always + along for e in g.events]
             )
-            ours = customers.known(session, set(owners.values()))
+            ours = customers.known(session, owners)
 
         def new(group: Group) -> bool:
             return any(e.id not in done for e in group.events)
 
-        wanted = [g for g in tied if owners.get(g.object_id, "") in ours or not _owned(g)]
-        wanted += [g for g in always if g.final is not None and owners[g.object_id] in ours]
+        wanted = [g for g in tied if g.owner is None or g.owner in ours]
+        wanted += [g for g in always if g.final is not None and g.owner in ours]
         features: dict[str, int] = {}
         for group in along:
-            cid = owners[group.object_id]
-            if cid in ours and new(group):
+            cid = group.owner
+            if cid is not None and cid in ours and new(group):
                 features[cid] = max(features.get(cid, 0), group.newest_created)
         return [Read("object", g.object_id, g.kind) for g in wanted if new(g)], features
 
@@ -233,13 +233,3 @@ def _incomplete(group: Group) -> bool:
 
 def _may_change_features(group: Group) -> bool:
     return group.mirrored is SUBSCRIPTIONS and any(map(may_change_features, group.events))
-
-
-def _owned(group: Group) -> bool:
-    return group.mirrored is not None and group.mirrored.owner is not None
-
-
-def _owner(group: Group) -> str:
-    mirrored = group.mirrored
-    assert mirrored is not None and mirrored.owner is not None
-    return mirrored.owner(group.events[-1].object_as(mirrored.object_type))

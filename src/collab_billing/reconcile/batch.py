@@ -74,6 +74,14 @@ class Group:
     def newest_created(self) -> int:
         return self.events[-1].created
 
+    @property
+    def owner(self) -> str | None:
+        """The Stripe customer the object belongs to (None: a type owned by no customer)."""
+        mirrored = self.mirrored
+        if mirrored is None or mirrored.owner is None:
+            return None
+        return mirrored.owner(self.events[-1].object_as(mirrored.object_type))
+
     def settle(self) -> Group:
         if self.mirrored is not None:
             newest = self.newest_created
@@ -227,11 +235,7 @@ class BatchWriter:
     def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
         """Each group's owning customer (object id -> Stripe customer id), with the customers
         we did not know looked up: linked if they name a user, else remembered unmatched."""
-        assert mirrored.owner is not None
-        owners = {
-            g.object_id: mirrored.owner(g.events[-1].object_as(mirrored.object_type))
-            for g in groups
-        }
+        owners = {g.object_id: owner for g in groups if (owner := g.owner) is not None}
         unknown = set(owners.values()) - set(self.known) - self.unmatched
         self.known.update(customers.known(self.session, unknown))
         unknown -= set(self.known)
