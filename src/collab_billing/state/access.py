@@ -84,6 +84,16 @@ def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
     )
 
 
+def _overdue_since(invoice: BillingInvoice, now: datetime) -> datetime | None:
+    """When the invoice made its subscription past due: its due date, once passed, for one sent
+    to be paid (`send_invoice`: Stripe makes the subscription `past_due` when it is not paid by
+    then, weeks after it was finalized); else its finalization, when an automatic invoice is
+    charged (and its first payment failed)."""
+    if invoice.due_date is not None and utc(invoice.due_date) <= now:
+        return utc(invoice.due_date)
+    return utc(invoice.finalized_at) if invoice.finalized_at is not None else None
+
+
 def decide_access(
     subscriptions: Sequence[queries.SubscriptionRow],
     open_invoices: Sequence[BillingInvoice],
@@ -95,7 +105,8 @@ def decide_access(
 
     Per subscription: `active`/`trialing` -> active; `past_due` -> grace until `grace` after
     the first failed payment of its open invoice (its finalization: an automatic invoice is
-    charged when finalized; with none open, the period's start), blocked after; `unpaid` ->
+    charged when finalized; a sent one's due date, once passed; with none open, the period's
+    start), blocked after; `unpaid` ->
     blocked; `canceled` for `payment_failed` with an invoice of it still open after a failed
     payment -> blocked; anything else -> none. The user gets the best of their subscriptions
     (of several graces, the one that ends last)."""
@@ -137,7 +148,7 @@ def _subscription_access(
         return Access("blocked") if failed and for_payment else Access("none")
     if status != "past_due":
         return Access("none")
-    started = [utc(i.finalized_at) for i in failed if i.finalized_at is not None]
+    started = [when for invoice in failed if (when := _overdue_since(invoice, now)) is not None]
     if not started and subscription.stripe_current_period_start is not None:
         # No overdue invoice (its events on their way, or it was voided while Stripe keeps the
         # subscription past due): the failure is dated by the period's start (its invoice was

@@ -64,8 +64,9 @@ BLOCKED = {"state": "blocked", "until": None}
 # decided by older rules) until the user's rows next changed.
 # 2: of several graces, the one that ends last; 3: usage priced from its item's addition,
 # and per package (`transform_quantity`); 4: an invoice written off uncollectible before any
-# charge (a period `pause_collection` gives free) is no debt.
-DOCUMENT_FORMAT = 4
+# charge (a period `pause_collection` gives free) is no debt; 5: the grace of an invoice sent
+# to be paid (`send_invoice`) runs from its due date, not its finalization.
+DOCUMENT_FORMAT = 5
 
 
 def iso(value: datetime | None) -> str | None:

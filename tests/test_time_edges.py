@@ -1,0 +1,33 @@
+"""Time edges of access: when a grace period starts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from collab_billing.db.models import BillingInvoice
+from collab_billing.db.queries import SubscriptionRow
+from collab_billing.state.access import decide_access
+
+DAY = timedelta(days=1)
+GRACE = timedelta(days=3)
+
+
+def subscription(status: str, period_start: datetime) -> SubscriptionRow:
+    return SubscriptionRow(
+        1, "sub_1", status, False, None, None, period_start, period_start + 30 * DAY,
+        "price_1", 1, None, None, "pro-monthly", "Pro", 2000, "usd", "month", 1,
+    )  # fmt: skip
+
+
+def test_a_sent_invoice_past_its_due_date_gets_the_grace_from_its_due_date() -> None:
+    """`collection_method=send_invoice`: Stripe makes the subscription `past_due` when its
+    invoice is not paid by the due date, not when it is finalized (30 days earlier here)."""
+    finalized = datetime(2027, 1, 31, 10, tzinfo=UTC)
+    due = finalized + 30 * DAY
+    invoice = BillingInvoice(
+        stripe_invoice_id="in_1", stripe_subscription_id="sub_1", status="open",
+        amount_remaining=2000, attempt_count=0, finalized_at=finalized, due_date=due,
+    )  # fmt: skip
+    now = due + timedelta(hours=1)  # just past due: Stripe moved the subscription past_due
+    access = decide_access([subscription("past_due", finalized)], [invoice], now, GRACE)
+    assert (access.state, access.until) == ("grace", due + GRACE)
