@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+from collab_billing.api.schemas import UserOut
 from collab_billing.db.models import BillingInvoice
 from collab_billing.db.queries import SubscriptionRow
 from collab_billing.state.access import decide_access
@@ -31,3 +33,13 @@ def test_a_sent_invoice_past_its_due_date_gets_the_grace_from_its_due_date() -> 
     now = due + timedelta(hours=1)  # just past due: Stripe moved the subscription past_due
     access = decide_access([subscription("past_due", finalized)], [invoice], now, GRACE)
     assert (access.state, access.until) == ("grace", due + GRACE)
+
+
+def test_times_are_shown_in_utc_whatever_the_databases_time_zone() -> None:
+    """PostgreSQL hands back `timestamptz` values in the connection's `TimeZone`: with a
+    server, role or database set to America/New_York, `GET /billing/subscriptions` showed
+    `current_period_end` as `2027-02-28T05:00:00-05:00` (and `-04:00` after the DST change)
+    while the state document said `2027-02-28T10:00:00Z`."""
+    local = datetime(2027, 2, 28, 10, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
+    user = UserOut(id=1, github_user_id=1, github_login="o", email_address=None, created_at=local)
+    assert '"created_at":"2027-02-28T10:00:00Z"' in user.model_dump_json()

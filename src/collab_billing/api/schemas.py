@@ -91,8 +91,10 @@ class UserIn(StrictModel):
 
 
 def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    """Every stored time is UTC, and shown in UTC: SQLite hands back naive datetimes, and
+    PostgreSQL aware ones in the connection's `TimeZone` (the server's default, or the role's or
+    database's), which would show another offset than the state document's `Z`."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
