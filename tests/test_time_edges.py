@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import Engine
+
 from collab_billing.api.schemas import UserOut
+from collab_billing.config import Settings
 from collab_billing.db.models import BillingInvoice
 from collab_billing.db.queries import SubscriptionRow
 from collab_billing.state.access import decide_access
+from tests.stripe_helpers import Emulator
+from tests.test_billing_cycle import emulator_now, running
 
 DAY = timedelta(days=1)
 GRACE = timedelta(days=3)
@@ -43,3 +49,31 @@ def test_times_are_shown_in_utc_whatever_the_databases_time_zone() -> None:
     local = datetime(2027, 2, 28, 10, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
     user = UserOut(id=1, github_user_id=1, github_login="o", email_address=None, created_at=local)
     assert '"created_at":"2027-02-28T10:00:00Z"' in user.model_dump_json()
+
+
+def test_a_shorter_grace_setting_applies_to_stored_documents_after_a_restart(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """BILLING_PAST_DUE_GRACE_DAYS lowered from 3 to 1 and the service restarted: the stored
+    state documents kept the 3-day grace (`GET /billing/state` and its notifications said
+    `grace`, with features, for two more days) while `GET /billing/subscriptions` said
+    `blocked`; a lengthened one served `blocked` at the old end."""
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(emulator_now(emulator), UTC)
+
+    three_days = stripe_settings.model_copy(update={"billing_past_due_grace_days": 3})
+    with contextmanager(running)(three_days, engine, emulator, now) as cycle:
+        cycle.past_due(701)  # the renewal declined: in grace for 3 days
+        cycle.reconciler.drain()
+        stored = cycle.api.get("/billing/state", params={"github_user_id": 701}).json()
+        assert stored["access"]["state"] == "grace"
+    emulator.advance_to(emulator_now(emulator) + 2 * 86_400)  # 2 days into the grace
+
+    one_day = stripe_settings.model_copy(update={"billing_past_due_grace_days": 1})
+    with contextmanager(running)(one_day, engine, emulator, now) as cycle:
+        cycle.reconciler.drain()  # the restarted service's first poll
+        listed = cycle.view(701)["access"]
+        state = cycle.api.get("/billing/state", params={"github_user_id": 701}).json()
+        assert listed["state"] == "blocked"
+        assert (state["access"], state["features"]) == (listed, [])

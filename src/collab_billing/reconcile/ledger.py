@@ -19,6 +19,8 @@ CURSOR = "events_cursor"
 LAST_DRAIN_AT = "last_drain_at"
 LAST_RESYNC_AT = "last_resync_at"
 DOCUMENT_FORMAT = "state_document_format"  # `state.document.DOCUMENT_FORMAT` of stored ones
+# The grace (seconds) the stored documents were judged by: `BILLING_PAST_DUE_GRACE_DAYS`.
+DOCUMENT_GRACE = "state_document_grace_seconds"
 MIRROR_FORMAT = "mirror_format"  # `mirror.registry.MIRROR_FORMAT` of the rows mirrored
 # After this many failed tries an event counts as failed (status, metric); retries go on.
 MAX_ATTEMPTS = 5

@@ -46,6 +46,7 @@ from collab_billing.reconcile.windows import (
     split_overflowed,
 )
 from collab_billing.state import outbox
+from collab_billing.state.access import rules_of
 from collab_billing.state.document import DOCUMENT_FORMAT
 from collab_billing.stripe_gateway import PAGE_EVENTS, Event, StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import EventPage
@@ -308,14 +309,18 @@ class Poller:
                 ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
 
     def _recompute_documents_of_another_format(self) -> None:
-        """Documents stored by a release that computed them otherwise are marked stale: the
-        refresh that follows recomputes them (and notifies those that changed)."""
+        """Documents stored by a release that computed them otherwise, or under another
+        `BILLING_PAST_DUE_GRACE_DAYS` (their graces' ends), are marked stale: the refresh that
+        follows recomputes them (and notifies those that changed)."""
         with read_only(self.factory) as session:
             stored = ledger.read_int_state(session, ledger.DOCUMENT_FORMAT)
-        if stored != DOCUMENT_FORMAT:
+            stored_grace = ledger.read_int_state(session, ledger.DOCUMENT_GRACE)
+            grace = int(rules_of(session).grace.total_seconds())
+        if stored != DOCUMENT_FORMAT or stored_grace != grace:
             outbox.mark_every_document_stale(self.factory)
             with transaction(self.factory) as session:
                 ledger.write_state(session, ledger.DOCUMENT_FORMAT, DOCUMENT_FORMAT)
+                ledger.write_state(session, ledger.DOCUMENT_GRACE, grace)
 
     def _refresh_documents(self) -> None:
         """The state documents the batches marked stale, recomputed and notified a
