@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import invoices, objects, payment_methods
+from stripe_emulator import discounts, invoices, objects, payment_methods
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
@@ -30,10 +30,10 @@ PRORATION_BEHAVIORS = ("always_invoice", "create_prorations", "none")
 _SUB_IGNORED = (
     "add_invoice_items", "application_fee_percent", "automatic_tax", "backdate_start_date",
     "billing_cycle_anchor", "billing_cycle_anchor_config", "billing_mode", "billing_thresholds",
-    "currency", "default_source", "default_tax_rates", "discounts",
+    "currency", "default_source", "default_tax_rates",
     "invoice_settings", "off_session", "on_behalf_of", "payment_settings",
     "pending_invoice_item_interval", "proration_behavior", "proration_date", "transfer_data",
-    "trial_from_plan", "coupon", "promotion_code",
+    "trial_from_plan",
 )  # fmt: skip
 
 
@@ -206,6 +206,7 @@ def create(call: Call) -> Json:
         cancel_at=cancel_at,
         default_payment_method=_default_payment_method(call.store, p, customer) or None,
         missing_payment_method=missing_payment_method(p),
+        wanted_discounts=discounts.requested(p),
     )
     p.finish()
     if fields["collection_method"] == "send_invoice":
@@ -264,6 +265,7 @@ def update(call: Call) -> Json:
         comment=comment,
         feedback=feedback,
         default_payment_method=_default_payment_method(call.store, p, sub.customer),
+        discounts=discounts.requested(p),
     )
     behavior = p.string("proration_behavior", choices=PRORATION_BEHAVIORS)
     changes.proration_behavior = behavior or "create_prorations"

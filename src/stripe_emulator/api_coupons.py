@@ -2,7 +2,8 @@
 
 Enough for `allow_promotion_codes=true`: a coupon (percent or amount off), a customer-facing
 code for it, and the customer entering the code at Checkout (the completion control route's
-`promotion_code`), which discounts the session's total and counts a redemption. Emits
+`promotion_code`), which discounts the session's total and becomes the subscription's
+discount (discounts.py: redeemed there, on its invoices while it lasts). Emits
 `coupon.created` and `promotion_code.created`.
 """
 
@@ -174,8 +175,8 @@ def _codes(store: Store) -> list[PromotionCode]:
 
 
 def apply_promotion_code(store: Store, session: CheckoutSession, code: str) -> CheckoutSession:
-    """The customer enters `code` at Checkout: the session's total is discounted and the code
-    and its coupon count one redemption more."""
+    """The customer enters `code` at Checkout: the session's total is discounted (the
+    subscription made from it redeems the code: `discounts.redeem`)."""
     if not session.allow_promotion_codes:
         raise bad_request("This Checkout Session does not accept promotion codes.", "code")
     now = store.now()
@@ -186,8 +187,6 @@ def apply_promotion_code(store: Store, session: CheckoutSession, code: str) -> C
     coupon = store.coupons.get(promo.coupon)
     subtotal = checkout_amount(session)
     off = _discount(coupon, subtotal, session)
-    store.promotion_codes.put(promo.id, evolve(promo, times_redeemed=promo.times_redeemed + 1))
-    store.coupons.put(coupon.id, evolve(coupon, times_redeemed=coupon.times_redeemed + 1))
     return evolve(session, promotion_code=promo.id, amount_discount=off)
 
 

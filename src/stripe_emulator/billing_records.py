@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from stripe_emulator import tiers
-from stripe_emulator.records import DAY, Metadata, Price
+from stripe_emulator.records import DAY, Discount, Metadata, Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +109,22 @@ class Invoice:
     auto_advance: bool = True
     test_clock: str | None = None
     metadata: Metadata = field(default_factory=dict)
+    # The subscription's discounts that applied as it was created (invoice-level discounts).
+    discounts: tuple[Discount, ...] = ()
+
+    @property
+    def subtotal(self) -> int:
+        """The lines' sum: below zero for a proration credit larger than its charges."""
+        return sum(line.amount for line in self.lines)
+
+    def line_discounts(self) -> list[list[int]]:
+        """Per line, what each of the invoice's discounts takes off it (`discount_amounts`)."""
+        return discount_amounts([line.amount for line in self.lines], self.discounts)
 
     @property
     def total(self) -> int:
-        """The lines' sum: below zero for a proration credit larger than its charges."""
-        return sum(line.amount for line in self.lines)
+        """The subtotal less the discounts (`total_discount_amounts`)."""
+        return self.subtotal - sum(sum(taken) for taken in self.line_discounts())
 
     @property
     def amount_due(self) -> int:
@@ -124,6 +135,33 @@ class Invoice:
     @property
     def amount_remaining(self) -> int:
         return 0 if self.status in ("paid", "void") else self.amount_due - self.amount_paid
+
+
+def discount_amounts(amounts: list[int], discounts: tuple[Discount, ...]) -> list[list[int]]:
+    """What each discount takes off each line, in the discounts' order, each from what the
+    ones before left. As Stripe's coupon says, `percent_off` "will be taken off the subtotal"
+    and `amount_off` is taken off it (at most what is left), spread over the lines in
+    proportion to their amounts (a remainder cent by cent, first line first). Only charges
+    are discounted: a credit line (a proration's unused time) keeps its amount."""
+    left = [max(amount, 0) for amount in amounts]
+    taken: list[list[int]] = [[] for _ in amounts]
+    for discount in discounts:
+        coupon = discount.coupon
+        if coupon.percent_off is not None:
+            share = Decimal(str(coupon.percent_off)) / 100
+            off = [int((a * share).quantize(Decimal(1), rounding=ROUND_HALF_UP)) for a in left]
+        else:
+            base = sum(left)
+            budget = min(coupon.amount_off or 0, base)
+            off = [budget * a // base if base else 0 for a in left]
+            rest = budget - sum(off)  # under a cent a line was rounded down
+            for index, amount in enumerate(left):
+                if rest and amount > off[index]:
+                    off[index], rest = off[index] + 1, rest - 1
+        for index, amount in enumerate(off):
+            taken[index].append(amount)
+            left[index] -= amount
+    return taken
 
 
 @dataclass(frozen=True, slots=True)

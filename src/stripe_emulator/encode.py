@@ -101,9 +101,9 @@ _SUB = constant_runs(
     objects.subscription(_PROBE_SUB),
     ("id", "billing_cycle_anchor", "cancel_at", "cancel_at_period_end", "canceled_at",
      "cancellation_details", "collection_method", "created", "currency", "customer",
-     "days_until_due", "description", "ended_at", "items", "metadata", "pause_collection",
-     "start_date", "status", "trial_end", "trial_start", "default_payment_method",
-     "latest_invoice", "test_clock"),
+     "days_until_due", "description", "discounts", "ended_at", "items", "metadata",
+     "pause_collection", "start_date", "status", "trial_end", "trial_start",
+     "default_payment_method", "latest_invoice", "test_clock"),
 )  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def _subscription(r: Subscription) -> dict[str, Any]:
         "default_payment_method": r.default_payment_method,
         "default_source": _SUB["default_source"],
         "description": r.description,
-        "discounts": _SUB["discounts"],
+        "discounts": [discount.id for discount in r.discounts],
         "ended_at": r.ended_at,
         "invoice_settings": _SUB["invoice_settings"],
         "items": {

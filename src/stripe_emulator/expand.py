@@ -9,13 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import objects, tiers
+from stripe_emulator.discounts import discount_json
 from stripe_emulator.errors import bad_request
 from stripe_emulator.store import Store
 
 MAX_DEPTH = 4
 
 
-def resolve(store: Store, object_id: str) -> objects.Json | None:
+def resolve(store: Store, object_id: str, key: str = "") -> objects.Json | None:
+    from stripe_emulator.api_coupons import coupon_json, promotion_code_json  # imports api
+
+    if key == "coupon" and object_id in store.coupons.rows:  # a coupon's id is any text
+        return coupon_json(store.coupons.rows[object_id])
+    if object_id.startswith("promo_") and object_id in store.promotion_codes.rows:
+        return promotion_code_json(store.promotion_codes.rows[object_id])
+    if object_id.startswith("di_") and object_id in store.discounts:
+        return discount_json(store.discounts[object_id])
     if object_id.startswith("cus_") and object_id in store.customers.rows:
         return objects.customer(store.customers.rows[object_id])
     if object_id.startswith("sub_") and object_id in store.subscriptions.rows:
@@ -67,12 +76,21 @@ def _expand(store: Store, node: Any, segments: list[str], path: str) -> None:
     if key not in node:
         raise bad_request(f"This property cannot be expanded ({path}).", "expand")
     value = node[key]
-    if isinstance(value, str):
-        expanded = resolve(store, value)
-        if expanded is None:
-            raise bad_request(f"This property cannot be expanded ({path}).", "expand")
-        node[key] = value = expanded
-    elif len(segments) == 1 and value is not None and not isinstance(value, dict):
+    if isinstance(value, list) and any(isinstance(v, str) for v in value):
+        # A list of ids (a subscription's or an invoice's `discounts`): each expanded.
+        node[key] = value = [_resolved(store, v, key, path) for v in value]
+    elif isinstance(value, str):
+        node[key] = value = _resolved(store, value, key, path)
+    elif len(segments) == 1 and value is not None and not isinstance(value, (dict, list)):
         raise bad_request(f"This property cannot be expanded ({path}).", "expand")
     if len(segments) > 1:
         _expand(store, value, segments[1:], path)
+
+
+def _resolved(store: Store, value: Any, key: str, path: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    expanded = resolve(store, value, key)
+    if expanded is None:
+        raise bad_request(f"This property cannot be expanded ({path}).", "expand")
+    return expanded

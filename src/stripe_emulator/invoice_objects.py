@@ -82,7 +82,8 @@ def _description(record: InvoiceLine) -> str:
     return f"{kind} time on {name} after {after}"
 
 
-def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
+def invoice_line(record: InvoiceLine, invoice: Invoice, discounted: list[int]) -> Json:
+    """`discounted`: what each of the invoice's discounts takes off this line."""
     quantity = decimal_text(record.quantity_decimal)
     return {
         "id": record.id,
@@ -90,7 +91,10 @@ def invoice_line(record: InvoiceLine, invoice: Invoice) -> Json:
         "amount": record.amount,
         "currency": invoice.currency,
         "description": _description(record),
-        "discount_amounts": [],
+        "discount_amounts": [
+            {"amount": amount, "discount": discount.id}
+            for amount, discount in zip(discounted, invoice.discounts, strict=True)
+        ],
         "discountable": True,
         "discounts": [],
         "invoice": invoice.id,
@@ -136,7 +140,9 @@ def _parent(record: Invoice) -> Json | None:
 
 
 def invoice(record: Invoice) -> Json:
-    total = record.total
+    subtotal, line_discounts = record.subtotal, record.line_discounts()
+    off = [sum(taken) for taken in zip(*line_discounts, strict=True)] if line_discounts else []
+    total = subtotal - sum(off)
     draft = record.status == "draft"
     return {
         "id": record.id,
@@ -181,7 +187,7 @@ def invoice(record: Invoice) -> Json:
         "default_source": None,
         "default_tax_rates": [],
         "description": None,
-        "discounts": [],
+        "discounts": [discount.id for discount in record.discounts],
         "due_date": None,
         "effective_at": record.finalized_at,
         "ending_balance": None if draft else min(total, 0),
@@ -194,7 +200,10 @@ def invoice(record: Invoice) -> Json:
         "latest_revision": None,
         "lines": {
             "object": "list",
-            "data": [invoice_line(line, record) for line in record.lines],
+            "data": [
+                invoice_line(line, record, taken)
+                for line, taken in zip(record.lines, line_discounts, strict=True)
+            ],
             "has_more": False,
             "url": f"/v1/invoices/{record.id}/lines",
         },
@@ -226,11 +235,16 @@ def invoice(record: Invoice) -> Json:
             "paid_at": record.paid_at,
             "voided_at": record.voided_at,
         },
-        "subtotal": total,
-        "subtotal_excluding_tax": total,
+        "subtotal": subtotal,
+        "subtotal_excluding_tax": subtotal,
         "test_clock": record.test_clock,
         "total": total,
-        "total_discount_amounts": [],
+        "total_discount_amounts": [
+            {"amount": amount, "discount": discount.id}
+            for amount, discount in zip(
+                off or [0] * len(record.discounts), record.discounts, strict=True
+            )
+        ],
         "total_excluding_tax": total,
         "total_pretax_credit_amounts": [],
         "total_taxes": [],

@@ -28,7 +28,7 @@ Every event carries the object as it is after the change, stamped with the momen
 
 from __future__ import annotations
 
-from stripe_emulator import ids, objects, payment_methods
+from stripe_emulator import discounts, ids, objects, payment_methods
 from stripe_emulator.billing_records import Invoice, PaymentMethod
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request
@@ -99,6 +99,7 @@ def create_invoice(
         hosted_invoice_url=f"{base_url(store)}/_emulator/pages/invoices/{invoice_id}",
         number=_number(store, sub.customer),
         test_clock=sub.test_clock,
+        discounts=discounts.applying(sub, at),
     )
     if not finalize:  # Stripe's draft: the payment is due when it finalizes
         due = at + FINALIZE_DELAY
@@ -208,10 +209,12 @@ def start(
     if sub.status == "incomplete" and invoice.status == "paid":
         started = evolve(started, status="active")
     if announced:
-        return save(store, sub, started, created=at)
-    store.subscriptions.put(started.id, started)
-    store.emit("customer.subscription.created", started, created=at)
-    return started
+        save(store, sub, started, created=at)
+    else:
+        store.subscriptions.put(started.id, started)
+        store.emit("customer.subscription.created", started, created=at)
+    discounts.used(store, sub.id, invoice.subtotal > 0, at)
+    return store.subscriptions.rows[sub.id]
 
 
 def void_first_invoice(store: Store, sub: Subscription, at: int) -> None:
@@ -256,7 +259,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
     save(store, sub, new, created=at)
     # Metered items bill the period that ends (a trial's usage is free).
     ended = None if sub.status == "trialing" else (sub.current_period_start, start)
-    create_invoice(
+    invoice = create_invoice(
         store,
         new,
         "subscription_cycle",
@@ -268,6 +271,7 @@ def renew(store: Store, sub: Subscription, at: int) -> None:
         looks_back=(sub.current_period_start, start),
         finalize=False,  # finalized and charged an hour later (`collect`)
     )
+    discounts.used(store, sub.id, invoice.subtotal > 0, at)
 
 
 def bill_now(store: Store, sub: Subscription, at: int, items: bool = True) -> None:
@@ -282,6 +286,7 @@ def bill_now(store: Store, sub: Subscription, at: int, items: bool = True) -> No
     )
     card = payment_methods.for_invoice(store, sub.customer, sub.id)
     _after_payment(store, charge(store, invoice, card, at, automatic=True), at)
+    discounts.used(store, sub.id, invoice.subtotal > 0, at)
 
 
 def bill_final_usage(store: Store, sub: Subscription, reason: str, at: int) -> None:

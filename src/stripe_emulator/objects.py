@@ -185,7 +185,7 @@ def subscription(record: Subscription) -> Json:
         "default_source": None,
         "default_tax_rates": [],
         "description": record.description,
-        "discounts": [],
+        "discounts": [discount.id for discount in record.discounts],
         "ended_at": record.ended_at,
         "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
         "items": {

@@ -150,6 +150,8 @@ class Subscription:
     missing_payment_method: str = "create_invoice"
     # When `customer.subscription.trial_will_end` was sent for the trial's current end.
     trial_warned_at: int | None = None
+    # Its discounts (discounts.py), each applied to the invoices it makes while it lasts.
+    discounts: tuple[Discount, ...] = ()
 
     @property
     def start_date(self) -> int:
@@ -235,3 +237,18 @@ class PromotionCode:
     max_redemptions: int | None = None
     times_redeemed: int = 0
     metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Discount:
+    """A coupon applied (Stripe's `discount`, `di_...`): here to a subscription, from `start`
+    until `end` (a `repeating` coupon's; None: `once` or `forever`). It keeps the coupon as
+    it was redeemed: what it takes off never changes."""
+
+    id: str
+    coupon: Coupon
+    customer: str
+    subscription: str | None
+    start: int
+    end: int | None = None
+    promotion_code: str | None = None

@@ -131,6 +131,12 @@ def complete_checkout_session(
         created=now,
         default_payment_method=entered.id if entered else None,
         missing_payment_method=session.missing_payment_method,
+        # The code entered becomes the subscription's discount, on its invoices while it lasts.
+        wanted_discounts=(
+            [("promotion_code", session.promotion_code, "promotion_code")]
+            if session.promotion_code is not None
+            else None
+        ),
     )
     # The session's URL has the emulator's public base: its invoices' pages live there too.
     store.invoice_base_url = session.url.split("/_emulator/", 1)[0]

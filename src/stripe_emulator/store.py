@@ -31,6 +31,7 @@ from stripe_emulator.records import (
     CheckoutSession,
     Coupon,
     Customer,
+    Discount,
     PortalSession,
     Price,
     Product,
@@ -133,6 +134,8 @@ class Store:
     invoice_base_url: str = "http://127.0.0.1:12111"
     coupons: Table[Coupon] = field(default_factory=lambda: Table("coupon"))
     promotion_codes: Table[PromotionCode] = field(default_factory=lambda: Table("promotion_code"))
+    # Every discount ever applied, by id (`expand[]=discounts`: Stripe fetches none by id).
+    discounts: dict[str, Discount] = field(default_factory=dict)
     # customer id -> positions (in subscriptions.order) of its subscriptions, ascending.
     subscriptions_by_customer: dict[str, list[int]] = field(default_factory=dict)
     events: EventLog = field(default_factory=EventLog)
@@ -228,6 +231,7 @@ class Store:
             "invoice_base_url",
             "coupons",
             "promotion_codes",
+            "discounts",
             "subscriptions_by_customer",
             "events",
             "meters",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stripe_emulator import ids, objects, payment_methods
+from stripe_emulator import discounts, ids, objects, payment_methods
 from stripe_emulator.collection import stop_collection
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request, check_currency
@@ -54,9 +54,11 @@ def create_subscription(
     default_payment_method: str | None = None,
     missing_payment_method: str | None = None,
     announce: bool = True,
+    wanted_discounts: list[tuple[str, str, str]] | None = None,
 ) -> Subscription:
     """A new subscription, stored; `announce` False: its `customer.subscription.created` is
-    left to the caller (emitted once its first invoice has set it up: `invoices.start`)."""
+    left to the caller (emitted once its first invoice has set it up: `invoices.start`).
+    `wanted_discounts`: its `discounts` (`discounts.requested`), redeemed now."""
     test_clock = store.live_customer(customer).test_clock
     now = store.customer_now(customer) if created is None else created
     if trial_days:
@@ -87,7 +89,10 @@ def create_subscription(
     )
     if cancel_at_period_end or cancel_at is not None:
         record = schedule_cancel(record, now, cancel_at, cancel_at_period_end)
+    if wanted_discounts:
+        record = evolve(record, discounts=discounts.redeem(store, wanted_discounts, record, now))
     store.add_subscription(record)
+    discounts.announce(store, (), record.discounts, now)
     if announce:
         store.emit("customer.subscription.created", record, created=now)
     return record
@@ -148,6 +153,7 @@ class SubscriptionChanges:
     feedback: str | None = None
     default_payment_method: str | None = None  # "" clears it
     proration_behavior: str = "create_prorations"  # prorations.py
+    discounts: list[tuple[str, str, str]] | None = None  # discounts.requested: [] clears
 
 
 def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges) -> Subscription:
@@ -171,6 +177,7 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         or changes.pause_behavior is not None
         or changes.resume_collection
         or changes.default_payment_method is not None
+        or changes.discounts is not None
     )
     if old.status in ENDED and others:
         raise bad_request(
@@ -205,6 +212,9 @@ def update_subscription(store: Store, sub_id: str, changes: SubscriptionChanges)
         new = evolve(new, pause_behavior=changes.pause_behavior)
     if changes.resume_collection:
         new = evolve(new, pause_behavior=None)
+    if changes.discounts is not None:
+        new = evolve(new, discounts=discounts.redeem(store, changes.discounts, old, now))
+        discounts.announce(store, old.discounts, new.discounts, now)
     saved = save(store, old, new)
     add_pending(store, sub_id, lines)
     if changes.trial_end_now and old.status == "trialing":

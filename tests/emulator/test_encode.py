@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from stripe_emulator import encode, objects
 from stripe_emulator.events import Event
 from stripe_emulator.generate import generate
-from stripe_emulator.records import Customer, Item, Price, Product, Subscription
+from stripe_emulator.records import (
+    Coupon,
+    Customer,
+    Discount,
+    Item,
+    Price,
+    Product,
+    Subscription,
+)
 from stripe_emulator.store import Store
 
 
@@ -49,6 +57,14 @@ items = st.builds(
     quantity=st.integers(1, 5),
     metadata=metadata,
 )
+discounts = st.builds(
+    Discount,
+    id=st.from_regex(r"di_[a-z]{4}", fullmatch=True),
+    coupon=st.just(Coupon("half", 0, "forever", percent_off=50.0)),
+    customer=text,
+    subscription=maybe_text,
+    start=st.integers(0, 2**40),
+)
 subscriptions = st.builds(
     Subscription,
     id=st.from_regex(r"sub_[A-Za-z0-9]{6}", fullmatch=True),
@@ -73,6 +89,7 @@ subscriptions = st.builds(
     collection_method=st.sampled_from(["charge_automatically", "send_invoice"]),
     days_until_due=maybe_int,
     pause_behavior=st.none() | st.sampled_from(["void", "keep_as_draft"]),
+    discounts=st.lists(discounts, max_size=2).map(tuple),
 )
 addresses = st.none() | st.fixed_dictionaries(
     {key: st.none() | text for key in ("city", "country", "line1", "line2", "postal_code", "state")}

@@ -1,0 +1,162 @@
+"""Discounts: coupons applied to subscriptions, as Stripe applies them.
+
+A subscription's `discounts` (`[{coupon}]`, `[{promotion_code}]` or `[{discount}]` on create
+and update, or a promotion code entered at Checkout) each become a `discount` (`di_...`,
+`customer.discount.created`); `discounts=""` removes them (`customer.discount.deleted`), and
+a populated array replaces them. Each applies to every invoice the subscription makes while it
+lasts (`invoices.create_invoice`): an invoice-level discount, as Stripe's invoice shows it
+(`discounts`, `total_discount_amounts`, each line's `discount_amounts`; its `subtotal` stays,
+its `total` and `amount_due` drop). It applies to all the subscription's lines, metered usage
+and prorations too ("taken off the subtotal of any invoices", Stripe's coupon reference).
+How long (Stripe's `duration`): `forever`; `repeating` until `end`, `duration_in_months`
+after the discount started (an invoice made from `end` on has none); `once`: the first
+invoice with a charge (a trial's $0 invoice does not use it up). An ended discount is removed
+from the subscription as that invoice is made (`customer.discount.deleted`, then
+`customer.subscription.updated` without it).
+"""
+
+from __future__ import annotations
+
+from stripe_emulator import ids, objects
+from stripe_emulator.errors import bad_request
+from stripe_emulator.forms import Params
+from stripe_emulator.periods import add_months
+from stripe_emulator.records import Coupon, Discount, Subscription, evolve
+from stripe_emulator.store import Store
+
+Json = objects.Json
+
+
+def discount_json(record: Discount) -> Json:
+    return {
+        "id": record.id,
+        "object": "discount",
+        "checkout_session": None,
+        "customer": record.customer,
+        "customer_account": None,
+        "end": record.end,
+        "invoice": None,
+        "invoice_item": None,
+        "promotion_code": record.promotion_code,
+        "source": {"coupon": record.coupon.id, "type": "coupon"},
+        "start": record.start,
+        "subscription": record.subscription,
+        "subscription_item": None,
+    }
+
+
+def requested(p: Params) -> list[tuple[str, str, str]] | None:
+    """The `discounts` parameter: (kind, id, param) per entry; [] clears them (`""`);
+    None: not given (or an empty array, which leaves them as they are)."""
+    if p.raw("discounts") == "":
+        return []
+    entries = p.dicts("discounts")
+    if not entries:
+        return None
+    wanted = []
+    for entry in entries:
+        given = [(k, entry.string(k)) for k in ("coupon", "promotion_code", "discount")]
+        chosen = [(k, v) for k, v in given if v]
+        if len(chosen) != 1:
+            raise bad_request(
+                "Each discount takes exactly one of `coupon`, `promotion_code` or `discount`.",
+                entry.name("coupon"),
+            )
+        kind, value = chosen[0]
+        assert value is not None
+        wanted.append((kind, value, entry.name(kind)))
+    return wanted
+
+
+def _redeemable(store: Store, coupon: Coupon, currency: str, param: str, at: int) -> Coupon:
+    if coupon.max_redemptions is not None and coupon.times_redeemed >= coupon.max_redemptions:
+        raise bad_request(f"Coupon {coupon.id} has been redeemed the maximum times.", param)
+    if coupon.redeem_by is not None and coupon.redeem_by <= at:
+        raise bad_request(f"Coupon expired: {coupon.id}", param)
+    if coupon.amount_off is not None and coupon.currency != currency:
+        raise bad_request(
+            f"The coupon {coupon.id} is in {coupon.currency}; it cannot discount a "
+            f"subscription in {currency}.",
+            param,
+        )
+    redeemed = evolve(coupon, times_redeemed=coupon.times_redeemed + 1)
+    store.coupons.put(coupon.id, redeemed)
+    return redeemed
+
+
+def redeem(
+    store: Store, wanted: list[tuple[str, str, str]], sub: Subscription, at: int
+) -> tuple[Discount, ...]:
+    """The discounts `wanted` for `sub` (kept ones by id, new ones redeemed: the coupon and
+    promotion code count one redemption more)."""
+    result = []
+    for kind, value, param in wanted:
+        if kind == "discount":
+            kept = next((d for d in sub.discounts if d.id == value), None)
+            if kept is None:
+                raise bad_request(f"No such discount on this subscription: '{value}'", param)
+            result.append(kept)
+            continue
+        promotion = None
+        if kind == "promotion_code":
+            promotion = store.promotion_codes.get(value, param)
+            expired = promotion.expires_at is not None and promotion.expires_at <= at
+            if not promotion.active or expired:
+                raise bad_request(f"The promotion code {promotion.code!r} is not active.", param)
+            store.promotion_codes.put(
+                promotion.id, evolve(promotion, times_redeemed=promotion.times_redeemed + 1)
+            )
+            value = promotion.coupon
+        coupon = _redeemable(store, store.coupons.get(value, param), sub.currency, param, at)
+        result.append(new_discount(coupon, sub, at, promotion.id if promotion else None))
+    return tuple(result)
+
+
+def new_discount(
+    coupon: Coupon, sub: Subscription, at: int, promotion_code: str | None = None
+) -> Discount:
+    end = None
+    if coupon.duration == "repeating" and coupon.duration_in_months:
+        end = add_months(at, coupon.duration_in_months)
+    return Discount(
+        id=ids.new_id("di"),
+        coupon=coupon,
+        customer=sub.customer,
+        subscription=sub.id,
+        start=at,
+        end=end,
+        promotion_code=promotion_code,
+    )
+
+
+def announce(store: Store, old: tuple[Discount, ...], new: tuple[Discount, ...], at: int) -> None:
+    """`customer.discount.deleted` for each discount gone, `.created` for each new one."""
+    kept = {d.id for d in new}
+    for gone in old:
+        if gone.id not in kept:
+            store.emit("customer.discount.deleted", discount_json(gone), created=at)
+    before = {d.id for d in old}
+    for added in new:
+        if added.id not in before:
+            store.discounts[added.id] = added
+            store.emit("customer.discount.created", discount_json(added), created=at)
+
+
+def applying(sub: Subscription, at: int) -> tuple[Discount, ...]:
+    """The discounts that apply to an invoice the subscription makes at `at`."""
+    return tuple(d for d in sub.discounts if d.end is None or d.end > at)
+
+
+def used(store: Store, sub_id: str, charged: bool, at: int) -> None:
+    """After an invoice made at `at`: the subscription's discounts that ended (a `repeating`
+    one past its end; a `once` one, if the invoice charged something) are removed."""
+    from stripe_emulator.subscriptions import save  # subscriptions imports this module
+
+    sub = store.subscriptions.rows.get(sub_id)
+    if sub is None or not sub.discounts:
+        return
+    left = tuple(d for d in applying(sub, at) if not (charged and d.coupon.duration == "once"))
+    if left == sub.discounts:
+        return
+    announce(store, sub.discounts, left, at)
+    save(store, sub, evolve(sub, discounts=left), created=at)
