@@ -111,6 +111,11 @@ class BillingSubscription(MirroredRow, Base):
     # Each item's `created` by its price (unix seconds): Stripe bills a metered item's usage
     # from when it was added. None: mirrored before this column.
     stripe_item_created: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    # The subscription's discounts, as `mirror.subscriptions.discount_rows` keeps them (its
+    # coupons' percent or amount off, `end`): Stripe takes them off each invoice it makes while
+    # they last, its usage lines' too. None: not known (mirrored before this column, or from
+    # an object whose discounts were not expanded).
+    stripe_discounts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # Stripe's `created`: the order of a user's subscriptions (None: mirrored before it).
     stripe_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's `ended_at`: the usage until then is not this user's to pay any more.

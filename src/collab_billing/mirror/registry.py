@@ -34,7 +34,8 @@ __all__ = [
 # stored one lists those kinds again (`reconcile.resync.relist`): else rows mirrored by an
 # older release lacked the column until their next event, which a price may never have.
 # 2: subscription items' `created` (usage is priced from it), prices' `transform_quantity`.
-MIRROR_FORMAT = 2
+# 3: subscriptions' discounts (their coupons), which the usage estimate takes off.
+MIRROR_FORMAT = 3
 RELISTED_ON_UPGRADE = frozenset({"price", "subscription"})
 
 MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (

@@ -65,8 +65,9 @@ BLOCKED = {"state": "blocked", "until": None}
 # 2: of several graces, the one that ends last; 3: usage priced from its item's addition,
 # and per package (`transform_quantity`); 4: an invoice written off uncollectible before any
 # charge (a period `pause_collection` gives free) is no debt; 5: the grace of an invoice sent
-# to be paid (`send_invoice`) runs from its due date, not its finalization.
-DOCUMENT_FORMAT = 5
+# to be paid (`send_invoice`) runs from its due date, not its finalization; 6: usage priced
+# less the subscription's discounts (`over_spend_cap`).
+DOCUMENT_FORMAT = 6
 
 
 def iso(value: datetime | None) -> str | None:

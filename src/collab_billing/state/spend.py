@@ -15,6 +15,9 @@ plus the flat amount of each tier reached; `volume`: every unit at the unit amou
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
 rounded once, half up to the cent, as Stripe (and the emulator) round an invoice line. A tiered
 price mirrored without its tiers has no estimate (None). During a trial usage costs nothing.
+The subscription's discounts that still last when the period ends (when Stripe makes the
+invoice that bills its usage) are taken off each meter's cost as Stripe takes them off the
+usage line: a coupon's `percent_off` of the line, rounded half up to the cent (`discounted`).
 
 Reads only, below the services (the state document reports `over_spend_cap`); the cap is
 written by `billing.usage.set_cap`.
@@ -239,6 +242,23 @@ def cost_cents(price: BillingPrice, total: Decimal) -> int | None:
     return int((unit * total).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def discounted(cents: int, discounts: list[dict[str, Any]] | None, period: Period) -> int:
+    """A usage line's amount less the subscription's discounts that apply to the invoice
+    billing it, made as `period` ends. Stripe takes a subscription's discounts off every line
+    of each invoice it makes while they last (a coupon's `percent_off` "will be taken off the
+    subtotal of any invoices"; `duration`: `once` the next invoice, `repeating` until the
+    discount's `end`, `forever`), metered usage lines too, each discount from what the ones
+    before left. An `amount_off` coupon is spread over all the invoice's lines, the plan's
+    included: not taken off here (the estimate stays on the side of the cap)."""
+    for discount in discounts or ():
+        end, percent = discount.get("end"), discount.get("percent_off")
+        if percent is None or (end is not None and end <= period.end.timestamp()):
+            continue
+        off = (Decimal(cents) * Decimal(str(percent)) / 100).quantize(Decimal(1), ROUND_HALF_UP)
+        cents -= int(off)
+    return cents
+
+
 def user_spend(session: Session, user_id: int, now: datetime | None = None) -> Spend:
     subscriptions = queries.list_subscriptions_of_user(session, user_id)
     period, subscription = current_period(session, subscriptions, now or datetime.now(UTC))
@@ -249,11 +269,13 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
     ).all()
     # A trial's usage is invoiced at nothing (by Stripe and the emulator): it costs nothing.
     free = subscription is not None and subscription.stripe_subscription_status == "trialing"
+    discounts = subscription.stripe_discounts if subscription is not None else None
     usages = []
     for meter in meters:
         total = _total(session, user_id, meter, period)
         price = _price(session, subscription, meter.stripe_meter_id)
         billed = _billed_total(session, user_id, meter, period, subscription, price, total)
+        cost = cost_cents(price, Decimal(0) if free else billed) if price is not None else 0
         usages.append(
             MeterUsage(
                 meter=meter.event_name,
@@ -262,9 +284,7 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
                 total=total,
                 stripe_price_id=price.stripe_price_id if price else None,
                 currency=price.currency if price else None,
-                estimated_cost_cents=cost_cents(price, Decimal(0) if free else billed)
-                if price is not None
-                else 0,
+                estimated_cost_cents=None if cost is None else discounted(cost, discounts, period),
             )
         )
     return Spend(period, usages, get_cap(session, user_id))

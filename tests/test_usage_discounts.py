@@ -1,0 +1,87 @@
+"""A coupon on the subscription, through the service: Stripe takes a subscription's discount
+off every invoice it makes while the discount lasts, its metered usage lines too, so the usage
+estimate, and `over_spend_cap`, count what Stripe will bill after it (emulator, sender,
+reconciler, the renewal invoice)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.sender import UsageSender
+from collab_billing.config import Settings
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.stripe_gateway import StripeGateway
+from tests.stripe_helpers import Emulator
+from tests.test_usage_api import (  # noqa: F401  (the fixture)
+    meter,
+    record,
+    serve_selling_usage,
+    usage_of,
+    usage_price_of,
+)
+from tests.test_usage_invoices import invoices_of, subscribe_with_usage
+from tests.test_usage_sender import drain
+
+
+@pytest.fixture
+def api(stripe_settings: Settings, engine: Engine) -> Iterator[httpx.Client]:
+    yield from serve_selling_usage(stripe_settings, engine)
+
+
+def _usage_line(emulator: Emulator, invoice_id: str, price_id: str) -> tuple[int, int]:
+    """The invoice's usage line: its amount and what its discounts take off it."""
+    for line in emulator.sdk.v1.invoices.retrieve(invoice_id).lines.data:
+        details = line.pricing.price_details if line.pricing else None
+        if details is not None and details.price == price_id:
+            return line.amount, sum(d.amount for d in line.discount_amounts or [])
+    raise AssertionError(f"no line of {price_id}")
+
+
+@pytest.mark.parametrize(
+    ("coupon", "estimate", "over_cap"),
+    [
+        ({"percent_off": 50, "duration": "forever"}, 75, False),
+        ({"percent_off": 100, "duration": "forever"}, 0, False),
+        # Ends as the period does: the renewal that bills the usage has no discount.
+        ({"percent_off": 100, "duration": "repeating", "duration_in_months": 1}, 150, True),
+    ],
+)
+def test_the_estimate_and_the_cap_count_what_stripe_bills_after_the_discount(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    coupon: dict[str, object],
+    estimate: int,
+    over_cap: bool,
+) -> None:
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
+    made = emulator.sdk.v1.coupons.create(params=coupon)  # type: ignore[arg-type]
+    emulator.sdk.v1.subscriptions.update(sub_id, {"discounts": [{"coupon": made.id}]})
+    reconciler.drain()
+    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+
+    answer = api.post("/billing/usage", json=record(7, "a", 300))  # 300 x 0.5 cent: $1.50
+    assert answer.status_code == 202
+    assert answer.json()["over_spend_cap"] is over_cap
+    drain(UsageSender(stripe_settings, engine))
+    assert usage_of(api, 7)["estimated_cost_cents"] == estimate
+    state = api.get("/billing/state", params={"github_user_id": 7}).json()
+    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": over_cap}
+
+    # What Stripe bills: the renewal's usage line, less its discount, is the estimate.
+    emulator.past_period_end(sub_id, 3600)
+    reconciler.drain()
+    renewal = invoices_of(session_factory, sub_id)["subscription_cycle"]
+    price_id = usage_price_of(session_factory, meter)
+    amount, off = _usage_line(emulator, renewal.stripe_invoice_id, price_id)
+    assert (amount, amount - off) == (150, estimate)
