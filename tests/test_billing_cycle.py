@@ -20,15 +20,19 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
 
 from collab_billing.api.app import create_app
+from collab_billing.cli import app as cli
 from collab_billing.config import Settings
+from collab_billing.db.models import BillingState, ReconcilerState
+from collab_billing.dev_clock import MADE_BY_DEV
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
 from collab_billing.stripe_gateway import StripeGateway
 from tests.conftest import ADMIN_TOKEN
-from tests.ops_helpers import running_service, subscribe, wait_until
+from tests.ops_helpers import running_service, service_env, subscribe, wait_until
 from tests.servers import ServerThread
 from tests.stripe_helpers import Emulator
 
@@ -497,3 +501,26 @@ def test_an_upgrade_invoiced_at_once_is_owed_like_a_renewal_when_declined(
     view = cycle.view(user)
     assert (view["access"]["state"], view["overdue_invoices"]) == ("active", [])
     assert view["subscriptions"][0]["status"] == "active"
+
+
+def test_a_resync_beside_dev_judges_access_by_the_emulators_clock(
+    on_emulator_clock: Cycle,
+    emulator: Emulator,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`collab-billing resync` run on `dev`'s database writes the documents as of the
+    emulator's time (as `dev` does): it stored and notified an ended grace again, judged by
+    this machine's clock a month behind."""
+    cycle, user = on_emulator_clock, 506
+    cycle.past_due(user)
+    emulator.control("POST", "clock/advance", {"seconds": 4 * DAY})  # the grace is over
+    with cycle.reconciler.factory() as session, session.begin():
+        session.add(ReconcilerState(name=MADE_BY_DEV, value="1"))
+    for name, value in service_env(database_url, emulator).items():
+        monkeypatch.setenv(name, value)
+    resynced = CliRunner().invoke(cli, ["resync"])
+    assert resynced.exit_code == 0, resynced.output
+    with cycle.reconciler.factory() as session:
+        stored = session.scalars(select(BillingState.document)).one()
+    assert stored is not None and stored["access"]["state"] == "blocked"

@@ -29,6 +29,7 @@ from collab_billing.db.engine import (
     transaction,
 )
 from collab_billing.db.migrate import known_revisions, revisions, upgrade_to_head
+from collab_billing.dev_clock import access_clock
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.gauges import DatabaseGauges
@@ -36,7 +37,7 @@ from collab_billing.reconcile.leader import start_in_background
 from collab_billing.reconcile.resync import run_with_progress
 from collab_billing.reconcile.run import Reconciler, cadence_of, read_status
 from collab_billing.reconcile.signals import ActivitySignals
-from collab_billing.state.access import AccessRules
+from collab_billing.state.access import AccessRules, Clock, system_clock
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError, gateway_or_none
 
 app = typer.Typer(
@@ -274,7 +275,8 @@ def reconcile(
     # Beside `serve` on one machine, a catch-up gives webhooks and the API the CPU first, so
     # their latency does not follow the drain's; on a machine of its own it changes nothing.
     os.nice(WORKER_NICENESS)
-    reconciler = Reconciler(settings, engine, gateway_or_exit(settings))
+    clock = access_clock(settings, engine)
+    reconciler = Reconciler(settings, engine, gateway_or_exit(settings), access_clock=clock)
     if metrics_port is not None:
         # A worker has no API to hang /metrics on: prometheus-client's own small server.
         share = settings.reconcile_read_budget_share
@@ -291,13 +293,15 @@ def reconcile(
         if once:
             drain_once(reconciler)
         else:
-            run_worker(settings, engine, reconciler)
+            run_worker(settings, engine, reconciler, clock)
     finally:
         reads_stop.set()
         reads.join(60.0)
 
 
-def run_worker(settings: Settings, engine: Engine, reconciler: Reconciler) -> None:
+def run_worker(
+    settings: Settings, engine: Engine, reconciler: Reconciler, clock: Clock = system_clock
+) -> None:
     """The reconciler's loop until SIGTERM, with the notification and usage senders beside it
     (each elected leader the same way)."""
     from collab_billing.billing import notify
@@ -308,7 +312,7 @@ def run_worker(settings: Settings, engine: Engine, reconciler: Reconciler) -> No
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     loops = [
-        start_in_background(notify.Notifier(settings, engine).run, "notifier"),
+        start_in_background(notify.Notifier(settings, engine, access_clock=clock).run, "notifier"),
         start_in_background(UsageSender(settings, engine).run, "usage-sender"),
     ]
     try:
@@ -407,8 +411,8 @@ def resync(
     settings = settings_or_exit(**overrides)
     configure_logging(settings)
     engine = migrated_engine(settings)
-    # The state documents it changes judge access by the system clock and the grace setting.
-    rules = AccessRules(settings.past_due_grace())
+    # The state documents it changes judge access by the service's clock and grace setting.
+    rules = AccessRules(settings.past_due_grace(), access_clock(settings, engine))
     factory = make_session_factory(engine, rules.session_info())
     try:
         report = run_with_progress(factory, gateway_or_exit(settings), github_user_id)

@@ -16,6 +16,7 @@ from collab_billing.config import Settings, SettingsError, load_settings
 from collab_billing.db.engine import make_engine, shown_database_url
 from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import Base, ReconcilerState
+from collab_billing.dev_clock import MADE_BY_DEV
 from collab_billing.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ def run_dev(api_port: int, emulator_port: int, admin_token: str) -> None:
         run_api(app, "127.0.0.1", api_port)
 
 
-# Set in the databases `dev` runs on: their data is of an emulator, gone with its process.
-_MADE_BY_DEV = "made_by_dev"
-
-
 def _start_afresh(engine: Engine, settings: Settings) -> None:
     """The emulator starts empty each run (it keeps its data in memory): the rows an earlier
     `dev` left would name customers, prices and subscriptions it no longer has, so they are
@@ -65,7 +62,7 @@ def _start_afresh(engine: Engine, settings: Settings) -> None:
     where = shown_database_url(settings.database_url)
     with engine.begin() as connection:
         made_by_dev = connection.scalar(
-            select(ReconcilerState.value).where(ReconcilerState.name == _MADE_BY_DEV)
+            select(ReconcilerState.value).where(ReconcilerState.name == MADE_BY_DEV)
         )
         used = any(
             connection.scalar(select(table).limit(1)) is not None
@@ -81,7 +78,7 @@ def _start_afresh(engine: Engine, settings: Settings) -> None:
             raise typer.Exit(2)
         for table in reversed(Base.metadata.sorted_tables):
             connection.execute(delete(table))
-        connection.execute(insert(ReconcilerState).values(name=_MADE_BY_DEV, value="1"))
+        connection.execute(insert(ReconcilerState).values(name=MADE_BY_DEV, value="1"))
     if used:
         typer.echo(
             f"dev: emptied {where}, left by an earlier run (its emulator's data went with it)"
