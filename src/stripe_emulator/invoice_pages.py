@@ -20,6 +20,7 @@ from starlette.routing import Route
 from stripe_emulator import invoices, payment_methods
 from stripe_emulator.api import error_response, json_response
 from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.money import format_amount
 from stripe_emulator.pages import _form, _page, _store
 from stripe_emulator.records import evolve
 from stripe_emulator.subscriptions import save
@@ -31,7 +32,7 @@ async def invoice_page(request: Request) -> Response:
         invoice = store.invoices.rows.get(request.path_params["id"])
     if invoice is None or invoice.status == "draft":
         return _page("Not found", "<p>No such invoice.</p>", 404)
-    amount = f"{invoice.amount_remaining / 100:.2f} {escape(invoice.currency.upper())}"
+    amount = escape(format_amount(invoice.amount_remaining, invoice.currency))
     body = f"<p>Invoice {escape(invoice.number)}: {escape(invoice.status)}.</p>"
     if invoice.status == "open":
         body += (

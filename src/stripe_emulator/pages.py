@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from stripe_emulator import portal_flows, sessions
 from stripe_emulator.errors import StripeError
+from stripe_emulator.money import format_amount
 from stripe_emulator.objects import checkout_amount
 from stripe_emulator.records import CheckoutSession
 from stripe_emulator.store import Store
@@ -50,11 +51,11 @@ async def checkout_page(request: Request) -> Response:
         if session is None:
             return _page("Not found", "<p>No such Checkout session.</p>", 404)
         amount = checkout_amount(session)
-        currency = session.line_items[0].price.currency.upper() if session.line_items else ""
+        currency = session.line_items[0].price.currency if session.line_items else ""
     if session.status != "open":
         return _page("Checkout", f"<p>This session is {escape(session.status)}.</p>")
     body = (
-        f"<p>Subscribe: {amount / 100:.2f} {escape(currency)} per period.</p>"
+        f"<p>Subscribe: {escape(format_amount(amount, currency))} per period.</p>"
         f'<form method="post"><input name="email" placeholder="email" '
         f'value="{escape(session.customer_email or "")}">'
         '<button name="action" value="pay">Pay</button>'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collab_billing.billing.money import format_amount
+
 
 class BillingError(Exception):
     status_code = 400
@@ -51,7 +53,7 @@ def overdue_invoice(
     """409: the user owes an invoice; its hosted page is where it is paid."""
     return Conflict(
         f"user {github_user_id} has an overdue invoice {invoice_id} "
-        f"({amount / 100:.2f} {currency.upper()}): pay it first at {url}",
+        f"({format_amount(amount, currency)}): pay it first at {url}",
         {
             "hosted_invoice_url": url,
             "invoice": {
