@@ -133,7 +133,9 @@ class UsageOut(BaseModel):
 class PreferencesIn(StrictModel):
     github_user_id: GithubUserId
     max_monthly_spend_cents: Cents | None = Field(
-        description="The monthly spend cap in cents; null: no cap"
+        description="The monthly spend cap in the smallest unit of the currency the user is "
+        "billed in, as Stripe counts amounts (cents for USD, yen for JPY, fils for KWD; not "
+        "converted if that currency changes); null: no cap"
     )
 
 
