@@ -53,6 +53,15 @@ def team_prices(emulator: Emulator) -> Iterator[tuple[str, str]]:
     )
 
 
+# A plain price's fields of a tiered or package one.
+PER_UNIT: dict[str, Any] = {
+    "billing_scheme": "per_unit",
+    "tiers_mode": None,
+    "tiers": None,
+    "transform_quantity": None,
+}
+
+
 def test_the_catalog_follows_stripe(
     reconciler: Reconciler,
     emulator: Emulator,
@@ -71,6 +80,8 @@ def test_the_catalog_follows_stripe(
             "stripe_price_id": plus,
             "product_name": "Collab Team",
             "unit_amount": 30000,
+            **PER_UNIT,
+            "unit_amount_decimal": "30000",
             "currency": "eur",
             "interval": "year",
             "interval_count": 1,
@@ -81,6 +92,8 @@ def test_the_catalog_follows_stripe(
             "stripe_price_id": team,
             "product_name": "Collab Team",
             "unit_amount": 20000,
+            **PER_UNIT,
+            "unit_amount_decimal": "20000",
             "currency": "eur",
             "interval": "year",
             "interval_count": 1,

@@ -201,3 +201,50 @@ def test_rows_of_an_older_release_are_listed_again_at_the_first_poll(
     assert usage_of(api, 7)["estimated_cost_cents"] == 600_500
     reconciler.drain()  # the release's first poll
     assert usage_of(api, 7)["estimated_cost_cents"] == 1000
+
+
+def test_the_prices_on_sale_show_what_a_pricing_page_needs_of_usage_prices(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    """A tiered, a sub-cent and a package price: `unit_amount` is null or per package, so
+    `GET /billing/prices` shows their tiers, decimal amount and package (it showed a null
+    amount and nothing else)."""
+    recurring = {"interval": "month", "usage_type": "metered", "meter": meter}
+    prices = emulator.sdk.v1.prices
+    prices.create(
+        params={  # type: ignore[typeddict-item]
+            "currency": "usd", "billing_scheme": "tiered", "tiers_mode": "graduated",
+            "tiers": TIERS, "recurring": recurring, "lookup_key": "tiered",
+            "product_data": {"name": "Tiered tokens"},
+        }
+    )  # fmt: skip
+    prices.create(
+        params={  # type: ignore[typeddict-item]
+            "currency": "jpy", "unit_amount_decimal": "0.015", "recurring": recurring,
+            "lookup_key": "decimal", "product_data": {"name": "Tokens in yen"},
+        }
+    )  # fmt: skip
+    prices.create(
+        params={  # type: ignore[typeddict-item]
+            "currency": "usd", "unit_amount": 500, "recurring": recurring,
+            "transform_quantity": {"divide_by": 1000, "round": "up"}, "lookup_key": "package",
+            "product_data": {"name": "Tokens by the thousand"},
+        }
+    )  # fmt: skip
+    Reconciler(stripe_settings, engine, StripeGateway(stripe_settings)).drain()
+    listed = {p["lookup_key"]: p for p in api.get("/billing/prices").json()["prices"]}
+    tiered, decimal, package = listed["tiered"], listed["decimal"], listed["package"]
+    assert (tiered["billing_scheme"], tiered["tiers_mode"]) == ("tiered", "graduated")
+    assert (tiered["unit_amount"], tiered["tiers"]) == (None, MIRRORED_TIERS)
+    assert (decimal["unit_amount"], decimal["unit_amount_decimal"]) == (None, "0.015")
+    assert (decimal["currency"], decimal["tiers"], decimal["transform_quantity"]) == (
+        "jpy",
+        None,
+        None,
+    )
+    assert package["unit_amount"] == 500
+    assert package["transform_quantity"] == {"divide_by": 1000, "round": "up"}

@@ -13,6 +13,7 @@ from typing import Annotated
 import anyio
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from sqlalchemy import RowMapping
 
 from collab_billing import billing
 from collab_billing.api.deps import (
@@ -205,7 +206,13 @@ def _limit(limiter: PerKeyLimiter, key: int | str | None) -> None:
 )
 def list_prices(factory: SessionFactoryDep, settings: SettingsDep) -> Response:
     rows = billing.list_sellable_prices(factory, settings.billing_price_lookup_keys())
-    return model_response(PricesOut(prices=[PriceOut.model_validate(row) for row in rows]))
+    return model_response(PricesOut(prices=[_price_out(row) for row in rows]))
+
+
+def _price_out(row: RowMapping) -> PriceOut:
+    divide_by = row["transform_divide_by"]
+    package = {"divide_by": divide_by, "round": row["transform_round"]} if divide_by else None
+    return PriceOut.model_validate({**row, "transform_quantity": package})
 
 
 @router.get(

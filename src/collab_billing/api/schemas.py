@@ -335,11 +335,36 @@ StripeInvoiceId = Annotated[
 ]
 
 
+class TierOut(BaseModel):
+    """One of a tiered price's tiers, as Stripe has it (amounts in the currency's smallest
+    unit, as decimal text)."""
+
+    up_to: int | None = Field(description="The last unit of the tier; null: no end.")
+    unit_amount_decimal: str | None
+    flat_amount_decimal: str | None
+
+
+class TransformQuantityOut(BaseModel):
+    """A package price: the quantity is divided by `divide_by` and rounded `up` or `down`."""
+
+    divide_by: int
+    round: str
+
+
 class PriceOut(BaseModel):
+    """A price on sale, with what a pricing page needs to show its amount: `unit_amount`
+    (null for a price of a fraction of the smallest unit or a tiered one), else
+    `unit_amount_decimal` or `tiers`; `transform_quantity` for a package price."""
+
     lookup_key: str
     stripe_price_id: str
     product_name: str | None
     unit_amount: int | None
+    unit_amount_decimal: str | None
+    billing_scheme: str
+    tiers_mode: str | None
+    tiers: list[TierOut] | None
+    transform_quantity: TransformQuantityOut | None
     currency: str
     interval: str
     interval_count: int

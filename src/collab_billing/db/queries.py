@@ -275,7 +275,8 @@ def active_metered_prices(session: Session, keys: Sequence[str]) -> list[Billing
 
 def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[RowMapping]:
     """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
-    as rows named like `api.schemas.PriceOut`'s fields. (Stripe's price events name the
+    as rows named like `api.schemas.PriceOut`'s fields (a package's `transform_quantity` as
+    its two columns). (Stripe's price events name the
     product by id: its name comes from `billing_products`.)
     A price whose product is archived or deleted is not sellable either (`_ON_SALE`)."""
     product = BillingProduct
@@ -285,6 +286,12 @@ def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list
             BillingPrice.stripe_price_id,
             product.name.label("product_name"),
             BillingPrice.unit_amount,
+            BillingPrice.unit_amount_decimal,
+            BillingPrice.billing_scheme,
+            BillingPrice.tiers_mode,
+            BillingPrice.tiers,
+            BillingPrice.transform_divide_by,
+            BillingPrice.transform_round,
             BillingPrice.currency,
             BillingPrice.recurring_interval.label("interval"),
             BillingPrice.recurring_interval_count.label("interval_count"),
