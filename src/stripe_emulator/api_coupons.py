@@ -3,8 +3,10 @@
 Enough for `allow_promotion_codes=true`: a coupon (percent or amount off), a customer-facing
 code for it, and the customer entering the code at Checkout (the completion control route's
 `promotion_code`), which discounts the session's total and becomes the subscription's
-discount (discounts.py: redeemed there, on its invoices while it lasts). Emits
-`coupon.created` and `promotion_code.created`.
+discount (discounts.py: redeemed there, on its invoices while it lasts). Coupons are
+updated (`name`, `metadata`), deleted (gone from the API; what was redeemed keeps it) and
+listed, with Stripe's `coupon.created`, `.updated` (with `previous_attributes`) and `.deleted`
+(the coupon as it was), and `promotion_code.created`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import ids
-from stripe_emulator.api import Call, list_args, list_table, route
+from stripe_emulator.api import Call, created_range, list_args, list_table, route
+from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import bad_request, invalid
 from stripe_emulator.forms import Params, apply_metadata
 from stripe_emulator.objects import Json, checkout_amount
@@ -115,6 +118,50 @@ def create_coupon(call: Call) -> Json:
 def retrieve_coupon(call: Call) -> Json:
     call.params.finish()
     return coupon_json(call.store.coupons.get(call.id))
+
+
+@route("POST", "/v1/coupons/{id}")
+def update_coupon(call: Call) -> Json:
+    """Stripe changes only a coupon's name and metadata: what it takes off never changes."""
+    p = call.params
+    old = call.store.coupons.get(call.id)
+    name, metadata = p.string("name", max_length=40), p.metadata()
+    p.ignore("currency_options")
+    p.finish()
+    new = evolve(
+        old,
+        name=old.name if name is None else (name or None),
+        metadata=apply_metadata(dict(old.metadata), metadata),
+    )
+    call.store.coupons.put(new.id, new)
+    before, after = coupon_json(old), coupon_json(new)
+    if before != after:
+        call.store.emit("coupon.updated", after, previous_attributes(before, after))
+    return after
+
+
+@route("DELETE", "/v1/coupons/{id}")
+def delete_coupon(call: Call) -> Json:
+    """New customers can no longer redeem it; the discounts made from it stay as they are
+    (Stripe: deleting a coupon "does not affect any customers who have already applied" it)."""
+    call.params.finish()
+    coupon = call.store.coupons.get(call.id)
+    call.store.coupons.gone.add(coupon.id)
+    call.store.emit("coupon.deleted", coupon_json(coupon))
+    return {"id": coupon.id, "object": "coupon", "deleted": True}
+
+
+@route("GET", "/v1/coupons")
+def list_coupons(call: Call) -> Json:
+    p = call.params
+    args = list_args(p)
+    gte, lt = created_range(p)
+    p.finish()
+
+    def keep(record: Coupon) -> bool:
+        return (gte is None or record.created >= gte) and (lt is None or record.created < lt)
+
+    return list_table(call.store.coupons, args, "/v1/coupons", coupon_json, keep)
 
 
 @route("POST", "/v1/promotion_codes")

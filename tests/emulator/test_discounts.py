@@ -173,3 +173,47 @@ def test_an_amount_off_coupon_in_another_currency_is_refused(client: stripe.Stri
             }
         )
     assert refused.value.param == "discounts[0][coupon]"
+
+
+def test_coupons_are_updated_deleted_and_listed_with_their_events(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """A coupon's name and metadata change (`coupon.updated`, with `previous_attributes`);
+    deleted, it is gone from the API (404, not listed) and `coupon.deleted` carries it as it
+    was, while a subscription's discount made from it stays and keeps discounting."""
+    ctl.emulator.app.state.recorded.take()
+    coupon = client.v1.coupons.create(params={"percent_off": 25, "duration": "forever"})
+    other = client.v1.coupons.create(params={"amount_off": 100, "currency": "usd"})
+    assert [c.id for c in client.v1.coupons.list().data] == [other.id, coupon.id]
+    renamed = client.v1.coupons.update(coupon.id, {"name": "Quarter", "metadata": {"k": "v"}})
+    assert (renamed.name, renamed.percent_off) == ("Quarter", 25)
+    assert renamed.metadata.to_dict() == {"k": "v"}
+    price = recurring_price(client)
+    customer = client.v1.customers.create().id
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [{"price": price.id}],
+            "discounts": [{"coupon": coupon.id}],
+        }
+    )
+    deleted = client.v1.coupons.delete(coupon.id)
+    assert deleted.deleted is True
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.coupons.retrieve(coupon.id)
+    assert [c.id for c in client.v1.coupons.list().data] == [other.id]
+    kept = client.v1.subscriptions.retrieve(sub.id, {"expand": ["discounts"]})
+    [discount] = kept.discounts
+    assert not isinstance(discount, str) and discount.source.coupon == coupon.id
+    events = [e for e in events_oldest_first(client) if e.type.startswith("coupon.")]
+    assert [e.type for e in events] == [
+        "coupon.created",
+        "coupon.created",
+        "coupon.updated",
+        "coupon.deleted",
+    ]
+    previous = events[2].data.previous_attributes.to_dict()
+    assert previous == {"metadata": {"k": None}, "name": None}
+    assert events[3].data.object["id"] == coupon.id
+    assert events[3].data.object["percent_off"] == 25
+    _check_recorded_against_spec(ctl)
