@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -51,6 +51,14 @@ class MirroredType(Generic[T]):
     # applier then reads from Stripe (`retrieve_path` with `retrieve_params`) instead.
     payload_complete: Callable[[T], bool] | None = None
     retrieve_params: dict[str, Any] = field(default_factory=dict)
+    # For a type Stripe can neither retrieve by id nor list (discounts): the object whose read
+    # shows one (`shown_by`: from the object, e.g. "subscription:sub_..."), the read
+    # (`retrieve_via`: gateway, object id, that -> the object, or it marked `deleted` when no
+    # longer shown), and the objects of this type that an object listed from `list_path`
+    # shows (`listed`).
+    shown_by: Callable[[T], str] | None = None
+    retrieve_via: Callable[[Any, str, str], T] | None = None
+    listed: Callable[[bytes | msgspec.Raw], Iterable[T]] | None = None
 
     def needs_read(self, obj: T) -> bool:
         """Whether an event's object lacks fields the row needs (see `payload_complete`)."""
@@ -64,6 +72,14 @@ class MirroredType(Generic[T]):
         path = self.retrieve_path.format(id=object_id)
         return self.decode(gateway.get(f"{self.kind}s.retrieve", path, **self.retrieve_params))
 
+    def list(self, gateway: StripeGateway, **params: Any) -> Iterator[T]:
+        """Every object Stripe lists (`list_path` with `list_params` and `params`)."""
+        for raw in gateway.list_all(self.list_path, **{**self.list_params, **params}):
+            if self.listed is None:
+                yield self.decode(raw)
+            else:
+                yield from self.listed(raw)
+
     def row(self, obj: T, as_of: int, billing_customer_id: int | None) -> dict[str, Any]:
         values = {self.key: self.object_id(obj), **self.columns(obj), "stripe_state_as_of": as_of}
         if self.owner is not None:
@@ -76,12 +92,16 @@ class MirroredType(Generic[T]):
         return "deleted" in self.table.c
 
     def deletion(self, events: Sequence[Any]) -> Any | None:
-        """The `<kind>.deleted` event among `events`, for a type that keeps tombstones. Its
-        object is the last state there will ever be: it is written, marked deleted, without
-        reading Stripe again (which answers 404 for a deleted price or product)."""
+        """The `*.deleted` event among `events`, for a type that keeps tombstones. Its object
+        is the last state there will ever be: it is written, marked deleted, without reading
+        Stripe again (which answers 404 for a deleted price or product)."""
         if not self.keeps_tombstones:
             return None
-        return next((e for e in events if e.type == f"{self.kind}.deleted"), None)
+        return next((e for e in events if e.type in self._deleted_types), None)
+
+    @property
+    def _deleted_types(self) -> frozenset[str]:
+        return frozenset(t for t in self.event_types if t.endswith(".deleted"))
 
     def stub(self, object_id: str) -> T:
         """What a 404 on a type that keeps tombstones means: the object was deleted."""

@@ -132,7 +132,7 @@ class Applier:
             cid = group.owner
             if cid is not None and cid in ours and new(group):
                 features[cid] = max(features.get(cid, 0), group.newest_created)
-        return [Read("object", g.object_id, g.kind) for g in wanted if new(g)], features
+        return [g.read for g in wanted if new(g)], features
 
     def _run(
         self,

@@ -82,6 +82,14 @@ class Group:
             return None
         return mirrored.owner(self.events[-1].object_as(mirrored.object_type))
 
+    @property
+    def read(self) -> Read:
+        """The read of the object from Stripe (a tie only Stripe settles)."""
+        mirrored, via = self.mirrored, ""
+        if mirrored is not None and mirrored.shown_by is not None:
+            via = mirrored.shown_by(self.events[-1].object_as(mirrored.object_type))
+        return Read("object", self.object_id, self.kind, via)
+
     def settle(self) -> Group:
         if self.mirrored is not None:
             newest = self.newest_created
@@ -271,9 +279,12 @@ class BatchWriter:
                 continue
             self.stats.count("applied", group.events)
             if deletion is None and getattr(obj, "deleted", False):
-                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: 404
+                tombstone = mirrored.tombstone(group.object_id, newest)  # read back: gone
                 self.session.connection().execute(tombstone)
-                outbox.mark_rows(self.session, mirrored.key, [{mirrored.key: group.object_id}])
+                owner = {"billing_customer_id": self.known.get(cid or "")} if mirrored.owner else {}
+                outbox.mark_rows(
+                    self.session, mirrored.key, [{mirrored.key: group.object_id, **owner}]
+                )
                 continue
             if deletion is not None:
                 deleted.add(group.object_id)
@@ -286,7 +297,7 @@ class BatchWriter:
         object read from Stripe (None until read: `self.needed`)."""
         final = None if group.final is None else group.final.object_as(mirrored.object_type)
         if final is None or tie or not mirrored.trust_payload or mirrored.needs_read(final):
-            return self.reads.get(Read("object", group.object_id, group.kind), self.needed)
+            return self.reads.get(group.read, self.needed)
         return final
 
     def store(

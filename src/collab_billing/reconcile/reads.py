@@ -23,12 +23,14 @@ PARALLEL_READS = 4
 
 @dataclass(frozen=True)
 class Read:
-    """One read: `what` is "object" (`kind` is the mirrored type), "customer", or "owned"
-    (every mirrored object of customer `object_id`)."""
+    """One read: `what` is "object" (`kind` is the mirrored type; `via`, for a type Stripe
+    cannot retrieve by id, the object that shows it: `MirroredType.shown_by`), "customer", or
+    "owned" (every mirrored object of customer `object_id`)."""
 
     what: str
     object_id: str
     kind: str = ""
+    via: str = ""
 
 
 class NeedsStripe(Exception):
@@ -86,6 +88,8 @@ class StripeReads:
         mirrored = _by_kind(read.kind)
         if mirrored.fetch is not None:
             return mirrored.fetch(self.gateway, read.object_id)
+        if mirrored.retrieve_via is not None:
+            return mirrored.retrieve_via(self.gateway, read.object_id, read.via)
         try:
             return mirrored.retrieve(self.gateway, read.object_id)
         except StripeGatewayError as error:
@@ -97,8 +101,7 @@ class StripeReads:
         assert self.gateway is not None
         if mirrored.fetch is not None:
             return [mirrored.fetch(self.gateway, customer_id)]
-        params = {**mirrored.list_params, "customer": customer_id}
-        return [mirrored.decode(raw) for raw in self.gateway.list_all(mirrored.list_path, **params)]
+        return list(mirrored.list(self.gateway, customer=customer_id))
 
 
 def _by_kind(kind: str) -> MirroredType[Any]:

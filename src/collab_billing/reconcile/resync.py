@@ -185,14 +185,13 @@ def _objects(
     mirrored: MirroredType[Any],
     github_user_id: int | None,
 ) -> Iterator[Any]:
-    params = dict(mirrored.list_params)
+    params = {}
     if github_user_id is not None:
         linked = _linked_customer(factory, github_user_id)
         if linked is None or mirrored.owner is None:
             return
         params["customer"] = linked
-    for raw in gateway.list_all(mirrored.list_path, **params):
-        yield mirrored.decode(raw)
+    yield from mirrored.list(gateway, **params)
 
 
 def _fetched(
