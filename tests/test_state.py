@@ -119,7 +119,7 @@ def test_every_mirrored_type_marks_the_users_its_rows_concern(
     from collab_billing.mirror.registry import MIRRORED_TYPES
     from collab_billing.state import outbox
 
-    catalog = {"stripe_price_id", "stripe_product_id"}
+    catalog = {"stripe_price_id", "stripe_product_id", "stripe_coupon_id"}
     assert all(m.key in catalog or m.owner is not None for m in MIRRORED_TYPES)
     with session_factory() as session:
         outbox.mark_rows(session, "stripe_invoice_id", [{"billing_customer_id": 7}])

@@ -111,11 +111,6 @@ class BillingSubscription(MirroredRow, Base):
     # Each item's `created` by its price (unix seconds): Stripe bills a metered item's usage
     # from when it was added. None: mirrored before this column.
     stripe_item_created: Mapped[dict[str, int] | None] = mapped_column(JSON)
-    # The subscription's discounts, as `mirror.subscriptions.discount_rows` keeps them (its
-    # coupons' percent or amount off, `end`): Stripe takes them off each invoice it makes while
-    # they last, its usage lines' too. None: not known (mirrored before this column, or from
-    # an object whose discounts were not expanded).
-    stripe_discounts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # Stripe's `created`: the order of a user's subscriptions (None: mirrored before it).
     stripe_created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Stripe's `ended_at`: the usage until then is not this user's to pay any more.
@@ -163,6 +158,47 @@ class BillingProduct(MirroredRow, Base):
     stripe_product_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     name: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class BillingCoupon(MirroredRow, Base):
+    """A Stripe coupon (the catalog of what discounts take off; `mirror.coupons`). Deleting a
+    coupon leaves the discounts made from it as they are: the row is a tombstone that keeps
+    what it took off."""
+
+    __tablename__ = "billing_coupons"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_coupon_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    percent_off: Mapped[float | None] = mapped_column(Float)
+    amount_off: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(16))
+    duration: Mapped[str | None] = mapped_column(String(16))  # once, repeating, forever
+    duration_in_months: Mapped[int | None] = mapped_column(Integer)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class BillingDiscount(MirroredRow, Base):
+    """A Stripe discount (a coupon applied) of one of our customers (`mirror.discounts`):
+    Stripe takes a subscription's discounts off each invoice it makes while they last, its
+    usage lines' too. Stripe deletes a discount that ended (a `once` one after the first
+    invoice, a `repeating` one at its `end`) or was removed: the row is then a tombstone."""
+
+    __tablename__ = "billing_discounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    stripe_discount_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    stripe_coupon_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # What it applies to: a subscription (the whole of it), or one of its items (None:
+    # neither, e.g. the customer's own discount).
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_subscription_item_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A `repeating` coupon's end (None: `once` or `forever`).
+    stripe_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 

@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collab_billing.mirror import entitlements, invoices, prices, products, subscriptions
+from collab_billing.mirror import (
+    coupons,
+    discounts,
+    entitlements,
+    invoices,
+    prices,
+    products,
+    subscriptions,
+)
 from collab_billing.mirror.customers import CUSTOMER_EVENT_TYPES
 from collab_billing.mirror.types import MirroredType
 
@@ -34,14 +42,17 @@ __all__ = [
 # stored one lists those kinds again (`reconcile.resync.relist`): else rows mirrored by an
 # older release lacked the column until their next event, which a price may never have.
 # 2: subscription items' `created` (usage is priced from it), prices' `transform_quantity`.
-# 3: subscriptions' discounts (their coupons), which the usage estimate takes off.
+# 3: coupons and discounts (new types: their rows come from their events and lists), which
+# the usage estimate takes off.
 MIRROR_FORMAT = 3
-RELISTED_ON_UPGRADE = frozenset({"price", "subscription"})
+RELISTED_ON_UPGRADE = frozenset({"price", "subscription", "coupon", "discount"})
 
 MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,
     prices.PRICES,
     products.PRODUCTS,
+    coupons.COUPONS,
+    discounts.DISCOUNTS,
     invoices.INVOICES,
     entitlements.ENTITLEMENTS,
 )

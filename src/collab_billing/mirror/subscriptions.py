@@ -1,4 +1,7 @@
-"""Subscriptions: `billing_subscriptions`, one row per Stripe subscription of our customers."""
+"""Subscriptions: `billing_subscriptions`, one row per Stripe subscription of our customers.
+
+Written from their events' objects. A subscription's events name its discounts by id only:
+the discounts are a type of their own (`mirror.discounts`), so none of them costs a read."""
 
 from __future__ import annotations
 
@@ -39,32 +42,6 @@ class ItemList(msgspec.Struct):
     data: list[SubscriptionItem] = []
 
 
-class Coupon(msgspec.Struct):
-    id: str
-    percent_off: float | None = None
-    amount_off: int | None = None
-    currency: str | None = None
-    duration: str | None = None
-
-
-class DiscountSource(msgspec.Struct):
-    coupon: str | Coupon | None = None
-
-
-class Discount(msgspec.Struct):
-    """A subscription's discount, read with `expand[]=discounts.source.coupon` (an event
-    names its discounts by id only)."""
-
-    id: str
-    end: int | None = None
-    source: DiscountSource | None = None
-
-
-# Stripe's events carry a subscription's discounts as ids: reading one with them expands
-# them down to their coupon (list: `data.` first, four levels, Stripe's most).
-EXPAND_DISCOUNTS = "discounts.source.coupon"
-
-
 class Subscription(msgspec.Struct):
     """The fields of a Stripe subscription that the service keeps."""
 
@@ -81,38 +58,6 @@ class Subscription(msgspec.Struct):
     cancellation_details: CancellationDetails | None = None
     current_period_start: int | None = None
     items: ItemList = msgspec.field(default_factory=ItemList)
-    discounts: list[str | Discount] = []
-
-
-def has_its_discounts(subscription: Subscription) -> bool:
-    """Whether every discount, and its coupon, is expanded (else it is read from Stripe)."""
-    return all(
-        isinstance(d, Discount) and d.source is not None and isinstance(d.source.coupon, Coupon)
-        for d in subscription.discounts
-    )
-
-
-def discount_rows(subscription: Subscription) -> list[dict[str, Any]] | None:
-    """`billing_subscriptions.stripe_discounts`: per discount, its coupon's id, percent or
-    amount off (and currency) and the discount's `end`; None when they were not expanded."""
-    if not has_its_discounts(subscription):
-        return None
-    rows = []
-    for discount in subscription.discounts:
-        assert isinstance(discount, Discount) and discount.source is not None
-        coupon = discount.source.coupon
-        assert isinstance(coupon, Coupon)
-        rows.append(
-            {
-                "coupon": coupon.id,
-                "percent_off": coupon.percent_off,
-                "amount_off": coupon.amount_off,
-                "currency": coupon.currency,
-                "duration": coupon.duration,
-                "end": discount.end,
-            }
-        )
-    return rows
 
 
 def is_metered(item: SubscriptionItem) -> bool:
@@ -161,7 +106,6 @@ def columns(subscription: Subscription) -> dict[str, Any]:
         },
         "stripe_created": stripe_time(subscription.created),
         "stripe_ended_at": stripe_time(subscription.ended_at),
-        "stripe_discounts": discount_rows(subscription),
     }
 
 
@@ -215,7 +159,5 @@ SUBSCRIPTIONS = MirroredType(
     owner=lambda subscription: id_of(subscription.customer),
     retrieve_path="/v1/subscriptions/{id}",
     list_path="/v1/subscriptions",
-    list_params={"status": "all", "expand": [f"data.{EXPAND_DISCOUNTS}"]},
-    payload_complete=has_its_discounts,
-    retrieve_params={"expand": [EXPAND_DISCOUNTS]},
+    list_params={"status": "all"},
 )

@@ -2,10 +2,10 @@
 
 Whatever writes rows that a state document reads marks what it changed on its session
 (`mark`): the applier marks every mirrored row it writes (`mark_rows`: subscriptions, invoices,
-entitlements, the catalog's prices and products), `PUT /billing/preferences` the user whose cap
-changed, usage ingest the users whose `over_spend_cap` flipped, and the notification sender's
-sweep the users whose grace ended (`recompute_ended_graces`). When that session's
-transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
+entitlements, discounts, the catalog's prices, products and coupons), `PUT /billing/preferences`
+the user whose cap changed, usage ingest the users whose `over_spend_cap` flipped, and the
+notification sender's sweep the users whose grace ended (`recompute_ended_graces`). When that
+session's transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
 inside the same transaction) recomputes the documents of the users concerned, and for each
 document that differs from the stored one stores it with the next version and writes a
 `billing_notifications` row. Either both the change and its notification commit, or neither.
@@ -40,6 +40,7 @@ from collab_billing.db.dialect import execute_rows, in_ids, insert_for, insert_r
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
+    BillingDiscount,
     BillingNotification,
     BillingPreference,
     BillingPrice,
@@ -65,10 +66,11 @@ class Changes:
     customers: set[int] = field(default_factory=set)  # our billing_customers ids
     prices: set[str] = field(default_factory=set)  # Stripe price ids
     products: set[str] = field(default_factory=set)  # Stripe product ids
+    coupons: set[str] = field(default_factory=set)  # Stripe coupon ids
     users: set[int] = field(default_factory=set)  # our users ids
 
     def __bool__(self) -> bool:
-        return bool(self.customers or self.prices or self.products or self.users)
+        return bool(self.customers or self.prices or self.products or self.coupons or self.users)
 
 
 def mark(
@@ -77,6 +79,7 @@ def mark(
     prices: Collection[str] = (),
     products: Collection[str] = (),
     users: Collection[int] = (),
+    coupons: Collection[str] = (),
 ) -> None:
     """Note that rows of these customers (or these catalog objects, or these users' own rows)
     changed in this session's transaction; their users' documents are recomputed when it
@@ -85,6 +88,7 @@ def mark(
     changes.customers.update(c for c in customers if c is not None)
     changes.prices.update(prices)
     changes.products.update(products)
+    changes.coupons.update(coupons)
     changes.users.update(users)
 
 
@@ -97,6 +101,8 @@ def mark_rows(session: Session, key: str, rows: Collection[dict[str, Any]]) -> N
         mark(session, prices=[row[key] for row in rows])
     elif key == "stripe_product_id":
         mark(session, products=[row[key] for row in rows])
+    elif key == "stripe_coupon_id":
+        mark(session, coupons=[row[key] for row in rows])
     elif all("billing_customer_id" in row for row in rows):
         mark(session, customers=[row["billing_customer_id"] for row in rows])
     else:
@@ -134,6 +140,9 @@ _PRICES_OF_PRODUCTS = select(BillingPrice.stripe_price_id).where(
 _SUBSCRIBERS_OF_PRICES = select(BillingSubscription.billing_customer_id).where(
     in_ids(BillingSubscription.stripe_price_id)
 )
+_HOLDERS_OF_COUPONS = select(BillingDiscount.billing_customer_id).where(
+    in_ids(BillingDiscount.stripe_coupon_id)
+)
 _USERS_OF_CUSTOMERS = select(BillingCustomer.user_id).where(in_ids(BillingCustomer.id))
 _METERED = select(BillingPrice.stripe_price_id).where(
     in_ids(BillingPrice.stripe_price_id), BillingPrice.stripe_meter_id.is_not(None)
@@ -169,6 +178,8 @@ def users_concerned(session: Session, changes: Changes) -> list[int]:
         # without one. Only a cap reads the cost: the users with one are recomputed.
         if session.scalar(_METERED, {"ids": list(prices)}) is not None:
             users.update(capped_users(session))
+    if changes.coupons:  # what its discounts take off the usage estimate
+        customers.update(session.scalars(_HOLDERS_OF_COUPONS, {"ids": list(changes.coupons)}))
     if customers:
         users.update(session.scalars(_USERS_OF_CUSTOMERS, {"ids": list(customers)}))
     return sorted(users)

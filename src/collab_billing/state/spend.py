@@ -36,6 +36,8 @@ from sqlalchemy.orm import Session
 
 from collab_billing.db import queries
 from collab_billing.db.models import (
+    BillingCoupon,
+    BillingDiscount,
     BillingMeter,
     BillingPreference,
     BillingPrice,
@@ -242,7 +244,33 @@ def cost_cents(price: BillingPrice, total: Decimal) -> int | None:
     return int((unit * total).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def discounted(cents: int, discounts: list[dict[str, Any]] | None, period: Period) -> int:
+@dataclass(frozen=True)
+class Discount:
+    """A discount of the subscription, as the usage estimate takes it off."""
+
+    percent_off: float | None
+    end: datetime | None  # a `repeating` coupon's; None: `once` (deleted once used), `forever`
+
+
+def subscription_discounts(session: Session, subscription_id: str) -> list[Discount]:
+    """The discounts on the whole subscription now (not one of its items'), oldest first,
+    with their coupons' terms (`mirror.discounts`, `mirror.coupons`: a coupon deleted since
+    keeps them). One whose coupon is not mirrored yet is left out: the estimate stays on the
+    side of the cap."""
+    rows = session.execute(
+        select(BillingCoupon.percent_off, BillingDiscount.stripe_end)
+        .join(BillingCoupon, BillingCoupon.stripe_coupon_id == BillingDiscount.stripe_coupon_id)
+        .where(
+            BillingDiscount.stripe_subscription_id == subscription_id,
+            BillingDiscount.stripe_subscription_item_id.is_(None),
+            BillingDiscount.deleted.is_(False),
+        )
+        .order_by(BillingDiscount.stripe_start, BillingDiscount.stripe_discount_id)
+    )
+    return [Discount(percent, _utc(end) if end else None) for percent, end in rows]
+
+
+def discounted(cents: int, discounts: Sequence[Discount], period: Period) -> int:
     """A usage line's amount less the subscription's discounts that apply to the invoice
     billing it, made as `period` ends. Stripe takes a subscription's discounts off every line
     of each invoice it makes while they last (a coupon's `percent_off` "will be taken off the
@@ -250,9 +278,9 @@ def discounted(cents: int, discounts: list[dict[str, Any]] | None, period: Perio
     discount's `end`, `forever`), metered usage lines too, each discount from what the ones
     before left. An `amount_off` coupon is spread over all the invoice's lines, the plan's
     included: not taken off here (the estimate stays on the side of the cap)."""
-    for discount in discounts or ():
-        end, percent = discount.get("end"), discount.get("percent_off")
-        if percent is None or (end is not None and end <= period.end.timestamp()):
+    for discount in discounts:
+        end, percent = discount.end, discount.percent_off
+        if percent is None or (end is not None and end <= period.end):
             continue
         off = (Decimal(cents) * Decimal(str(percent)) / 100).quantize(Decimal(1), ROUND_HALF_UP)
         cents -= int(off)
@@ -269,7 +297,11 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
     ).all()
     # A trial's usage is invoiced at nothing (by Stripe and the emulator): it costs nothing.
     free = subscription is not None and subscription.stripe_subscription_status == "trialing"
-    discounts = subscription.stripe_discounts if subscription is not None else None
+    discounts = (
+        subscription_discounts(session, subscription.stripe_subscription_id)
+        if subscription is not None
+        else []
+    )
     usages = []
     for meter in meters:
         total = _total(session, user_id, meter, period)

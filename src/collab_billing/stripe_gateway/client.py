@@ -363,12 +363,8 @@ class StripeGateway:
         return decode_object(body, CheckoutSessionSummary)
 
     def list_customer_subscriptions(self, customer_id: str) -> list[msgspec.Raw]:
-        """Every subscription of a customer, canceled ones included, as their JSON (with their
-        discounts' coupons: `mirror.subscriptions.EXPAND_DISCOUNTS`)."""
-        expand = ["data.discounts.source.coupon"]
-        return list(
-            self.list_all("/v1/subscriptions", customer=customer_id, status="all", expand=expand)
-        )
+        """Every subscription of a customer, canceled ones included, as their JSON."""
+        return list(self.list_all("/v1/subscriptions", customer=customer_id, status="all"))
 
     def newest_event_created(self, types: Sequence[str] | None) -> int | None:
         """The `created` second of the newest event of `types` (None: of any type; None on an

@@ -1,0 +1,138 @@
+"""Discounts: `billing_discounts`, the coupons applied to our customers' subscriptions.
+
+Stripe tells of a discount with `customer.discount.created`, `.updated` and `.deleted`, whose
+object is the discount (`source.coupon` an id, `customer`, `subscription`, `start`, `end`):
+it is written from that payload, and its coupon's terms are the coupon's row
+(`mirror.coupons`). A subscription's own events name its discounts by id only; they are not
+needed: the usage estimate (`state.spend`) takes a subscription's discounts from these rows.
+Stripe deletes a discount that was removed or ended (a `once` coupon's after the invoice that
+used it, a `repeating` one's at its `end`): `customer.discount.deleted` writes a tombstone.
+
+Stripe cannot retrieve a discount by id, nor list them. A same-second tie that only a read
+settles reads the subscription that shows it (`expand[]=discounts`; the customer's `discount`
+for one applied to the customer), and a discount it no longer shows was deleted. Resync lists
+them from the subscriptions (`expand[]=data.discounts`): one of a subscription's items or of
+the customer alone is not listed (the estimate uses neither).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from collab_billing.db.models import BillingDiscount
+from collab_billing.mirror.types import MirroredType, stripe_time
+from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.events import Ref, id_of
+
+
+class DiscountSource(msgspec.Struct):
+    coupon: str | Ref | None = None
+
+
+class Discount(msgspec.Struct):
+    """The fields of a Stripe discount that the service keeps."""
+
+    id: str
+    customer: str | Ref
+    source: DiscountSource = msgspec.field(default_factory=DiscountSource)
+    subscription: str | None = None
+    subscription_item: str | None = None
+    start: int | None = None
+    end: int | None = None
+    deleted: bool = False
+
+
+class _Item(msgspec.Struct):
+    discounts: list[str | Discount] = []
+
+
+class _Items(msgspec.Struct):
+    data: list[_Item] = []
+
+
+class _Shows(msgspec.Struct):
+    """A subscription (or a customer) as read to find its discounts."""
+
+    customer: str | Ref | None = None
+    discounts: list[str | Discount] = []
+    items: _Items = msgspec.field(default_factory=_Items)
+    discount: Discount | None = None  # a customer's own
+    deleted: bool = False
+
+    def shown(self) -> list[Discount]:
+        found = [*self.discounts, *(d for item in self.items.data for d in item.discounts)]
+        if self.discount is not None:
+            found.append(self.discount)
+        return [d for d in found if isinstance(d, Discount)]
+
+
+def columns(discount: Discount) -> dict[str, Any]:
+    coupon = discount.source.coupon
+    return {
+        "stripe_coupon_id": id_of(coupon) if coupon is not None else None,
+        "stripe_subscription_id": discount.subscription,
+        "stripe_subscription_item_id": discount.subscription_item,
+        "stripe_start": stripe_time(discount.start),
+        "stripe_end": stripe_time(discount.end),
+        "deleted": discount.deleted,
+    }
+
+
+def shown_by(discount: Discount) -> str:
+    """The object whose read shows the discount: its subscription, else its customer."""
+    if discount.subscription:
+        return f"subscription:{discount.subscription}"
+    return f"customer:{id_of(discount.customer)}"
+
+
+def retrieve(gateway: StripeGateway, discount_id: str, via: str) -> Discount:
+    """The discount as the object that shows it (`shown_by`) shows it now; deleted when that
+    object no longer shows it (or is gone)."""
+    kind, _, parent = via.partition(":")
+    if kind == "subscription":
+        path, expand = f"/v1/subscriptions/{parent}", ["discounts", "items.data.discounts"]
+    else:
+        path, expand = f"/v1/customers/{parent}", []
+    try:
+        shows = msgspec.json.decode(
+            gateway.get("discounts.retrieve", path, expand=expand), type=_Shows
+        )
+    except StripeGatewayError as error:
+        if error.http_status != 404:
+            raise
+        shows = _Shows(deleted=True)
+    found = next((d for d in shows.shown() if d.id == discount_id), None)
+    if found is not None:
+        return found
+    customer = parent if kind == "customer" else id_of(shows.customer or "")
+    return Discount(id=discount_id, customer=customer, deleted=True)
+
+
+def listed(raw: bytes | msgspec.Raw) -> Iterable[Discount]:
+    """The discounts one listed subscription shows (`expand[]=data.discounts`)."""
+    return msgspec.json.decode(raw, type=_Shows).shown()
+
+
+DISCOUNTS = MirroredType(
+    kind="discount",
+    event_types=(
+        "customer.discount.created",
+        "customer.discount.updated",
+        "customer.discount.deleted",
+    ),
+    object_type=Discount,
+    table=BillingDiscount.__table__,  # type: ignore[arg-type]
+    key="stripe_discount_id",
+    columns=columns,
+    object_id=lambda discount: discount.id,
+    owner=lambda discount: id_of(discount.customer),
+    retrieve_path="",
+    list_path="/v1/subscriptions",
+    list_params={"status": "all", "expand": ["data.discounts"]},
+    shown_by=shown_by,
+    retrieve_via=retrieve,
+    listed=listed,
+)

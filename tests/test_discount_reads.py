@@ -1,0 +1,131 @@
+"""Coupons and discounts are mirrored from their own events: a subscription with discounts
+is written from its events' payloads like any other, so a catch-up (or a webhook at each
+renewal) of discounted subscriptions reads no subscription from Stripe."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from collab_billing.config import Settings
+from collab_billing.db.models import BillingCoupon, BillingDiscount
+from collab_billing.reconcile import resync
+from collab_billing.reconcile.run import Reconciler
+from collab_billing.state.spend import subscription_discounts
+from collab_billing.stripe_gateway import Event
+from tests.reconcile_helpers import assert_matches_stripe
+from tests.stripe_helpers import Emulator
+from tests.test_reconcile_flow import reconciler, subscribe_new_user, subscriptions
+
+__all__ = ["reconciler"]  # the fixture
+
+CUSTOMERS = 6
+
+
+def _subscribed(reconciler: Reconciler, emulator: Emulator, price: str) -> list[str]:
+    for n in range(CUSTOMERS):
+        subscribe_new_user(reconciler, emulator, price, 500 + n)
+    return sorted(row.stripe_subscription_id for row in subscriptions(reconciler.factory))
+
+
+def _subscription_reads(emulator: Emulator) -> dict[str, int]:
+    routes = emulator.control("GET", "requests")["by_route"]
+    return {r: n for r, n in routes.items() if r.startswith("GET /v1/subscriptions")}
+
+
+@pytest.mark.parametrize("duration", ["forever", "once"])
+def test_a_catch_up_of_discounted_subscriptions_reads_no_subscription(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings, duration: str
+) -> None:
+    """Coupons applied to subscriptions, each then changed twice and renewed (a `once`
+    coupon is used up by the renewal: Stripe deletes its discount), all caught up in one
+    drain: the drain reads events only (before: one subscription read per discounted
+    subscription's event group), and the rows are Stripe's."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    # Within Stripe's 30 days of events of the renewal (else the drain is a resync).
+    emulator.past_period_end(sub_ids[0], -5 * 86400)
+    reconciler.drain()
+    sdk = emulator.sdk.v1
+    half = sdk.coupons.create(params={"percent_off": 50, "duration": duration})  # type: ignore[typeddict-item]
+    for sub_id in sub_ids:
+        sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": half.id}]})
+        sdk.subscriptions.update(sub_id, {"metadata": {"seen": "1"}})
+    sdk.coupons.update(half.id, {"name": "Half"})
+    emulator.past_period_end(sub_ids[0], 3600)  # every subscription renews
+    for sub_id in sub_ids:
+        sdk.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+    emulator.control("DELETE", "requests")
+
+    report = reconciler.drain()
+
+    assert report.stats.total("applied") > 0, report.stats.outcomes
+    assert _subscription_reads(emulator) == {}
+    assert assert_matches_stripe(emulator, reconciler.factory) == CUSTOMERS
+    with reconciler.factory() as session:
+        coupons = session.scalars(select(BillingCoupon)).all()
+        assert len(coupons) == 1, report.stats.outcomes
+        [coupon] = coupons
+        assert (coupon.stripe_coupon_id, coupon.percent_off) == (half.id, 50)
+        discounts = session.scalars(select(BillingDiscount)).all()
+        assert sorted(d.stripe_subscription_id or "" for d in discounts) == sub_ids
+        assert all(d.deleted == (duration == "once") for d in discounts)
+        left = [subscription_discounts(session, sub_id) for sub_id in sub_ids]
+    assert all(len(found) == (duration == "forever") for found in left)
+
+
+def test_resync_lists_coupons_and_the_subscriptions_discounts(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """Stripe has no list of discounts: resync takes them from the subscriptions it lists
+    (`expand[]=data.discounts`), and the coupons from `/v1/coupons` (a deleted one, gone
+    from the list, stays a tombstone that keeps what it takes off)."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    sdk = emulator.sdk.v1
+    third = sdk.coupons.create(params={"percent_off": 30, "duration": "forever"})
+    for sub_id in sub_ids[:2]:
+        sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": third.id}]})
+    reconciler.drain()
+    sdk.coupons.delete(third.id)
+    with reconciler.factory() as session, session.begin():
+        session.execute(BillingDiscount.__table__.delete())
+
+    report = resync.resync(reconciler.factory, reconciler.gateway)
+
+    assert report.written["discount"] == 2
+    with reconciler.factory() as session:
+        [coupon] = session.scalars(select(BillingCoupon)).all()
+        assert (coupon.percent_off, coupon.deleted) == (30, False)  # its event is not read yet
+        found = {sub_id: subscription_discounts(session, sub_id) for sub_id in sub_ids}
+    assert [len(d) for d in found.values()] == [1, 1] + [0] * (CUSTOMERS - 2)
+    reconciler.drain()
+    with reconciler.factory() as session:
+        [coupon] = session.scalars(select(BillingCoupon)).all()
+        assert (coupon.percent_off, coupon.deleted) == (30, True)
+        assert len(subscription_discounts(session, sub_ids[0])) == 1
+
+
+def test_webhooks_of_a_discounted_subscription_read_no_subscription(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """Each event delivered alone, as webhooks deliver them: the discount, the renewal and
+    the changes of a subscription with a `forever` coupon read no subscription (before: one
+    read per event of it)."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    emulator.past_period_end(sub_ids[0], -5 * 86400)
+    reconciler.drain()
+    seen = {event["id"] for event in emulator.all_events()}
+    sdk = emulator.sdk.v1
+    half = sdk.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    sdk.subscriptions.update(sub_ids[0], {"discounts": [{"coupon": half.id}]})
+    emulator.past_period_end(sub_ids[0], 3600)
+    sdk.subscriptions.update(sub_ids[0], {"cancel_at_period_end": True})
+    delivered = [e for e in reversed(emulator.all_events()) if e["id"] not in seen]
+    emulator.control("DELETE", "requests")
+
+    for event in delivered:
+        reconciler.applier.apply([Event.from_dict(event)])
+
+    assert _subscription_reads(emulator) == {}
+    with reconciler.factory() as session:
+        [discount] = subscription_discounts(session, sub_ids[0])
+    assert discount.percent_off == 50
