@@ -95,8 +95,12 @@ class Applier:
         reads.fetch([*first, *(Read("object", cid, ENTITLEMENTS.kind) for cid in features)])
         try:
             stats = self._run(groups, retried, reads, cursor, features)
-        except Exception:
-            log.warning("batch failed; applying its %d objects one by one", len(groups))
+        except Exception as error:
+            log.warning(
+                "batch failed; applying its %d objects one by one",
+                len(groups),
+                extra={"error": f"{type(error).__name__}: {error}"[:500]},
+            )
             stats = self._one_by_one(groups, retried, reads, cursor)
         stats.stripe_reads = reads.count
         metrics.APPLY_SECONDS.labels(self.source).observe(time.perf_counter() - started)
@@ -198,6 +202,12 @@ class Applier:
         ledger row is written: the objects' events still apply, or are found stale, by the
         usual rules. Returns the rows written."""
         with transaction(self.factory) as session:
+            # Every object's lock at once, in the one order all writers take them: locked
+            # type by type, a webhook's batch holding one of a later type while it waits for
+            # one of ours would deadlock with this transaction.
+            ledger.lock_objects(
+                session, [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
+            )
             step = BatchWriter(session, StripeReads(None))
             known = customers.known(session, [cid for cid, _, _ in candidates])
             step.link([c for c in candidates if c[0] not in known])
