@@ -34,6 +34,7 @@ __all__ = [
     "RELISTED_ON_UPGRADE",
     "MirroredType",
     "relevant_types_filter",
+    "relisted_since",
     "types_filter",
 ]
 
@@ -45,7 +46,22 @@ __all__ = [
 # 3: coupons and discounts (new types: their rows come from their events and lists), which
 # the usage estimate takes off.
 MIRROR_FORMAT = 3
-RELISTED_ON_UPGRADE = frozenset({"price", "subscription", "coupon", "discount"})
+# The kinds each format raise lists again: an upgrade lists those of the formats after the
+# stored one only (from 2 to 3, the prices and subscriptions listed for 2 are not listed again).
+RELISTED_ON_UPGRADE: dict[int, frozenset[str]] = {
+    2: frozenset({"price", "subscription"}),
+    3: frozenset({"coupon", "discount"}),
+}
+
+
+def relisted_since(stored: int | None) -> frozenset[str]:
+    """The kinds to list again for rows mirrored at format `stored` (None: a release before
+    formats were stored; a newer one than this release's: rolled back to it): every kind
+    named since."""
+    if stored is None or stored > MIRROR_FORMAT:
+        return frozenset().union(*RELISTED_ON_UPGRADE.values())
+    return frozenset().union(*(k for f, k in RELISTED_ON_UPGRADE.items() if f > stored))
+
 
 MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,

@@ -30,7 +30,7 @@ from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.mirror.registry import (
     MIRROR_FORMAT,
     RELEVANT_TYPES,
-    RELISTED_ON_UPGRADE,
+    relisted_since,
     types_filter,
 )
 from collab_billing.reconcile import ledger, resync, tuning
@@ -303,7 +303,7 @@ class Poller:
         with read_only(self.factory) as session:
             stored = ledger.read_int_state(session, ledger.MIRROR_FORMAT)
         if stored != MIRROR_FORMAT:
-            written = resync.relist(self.factory, self.gateway, RELISTED_ON_UPGRADE)
+            written = resync.relist(self.factory, self.gateway, relisted_since(stored))
             log.info("rows of an older release listed again", extra={"rows": written})
             with transaction(self.factory) as session:
                 ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
