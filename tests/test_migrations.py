@@ -184,3 +184,35 @@ def test_commands_that_only_read_create_no_database(tmp_path: Path) -> None:
         )  # fmt: skip
         assert run.returncode == 2 and "no database at DATABASE_URL=" in run.stderr, args
     assert not (tmp_path / "none.db").exists()  # SQLite would have made an empty one
+
+
+def test_migrate_to_an_earlier_revision_goes_back_for_an_older_release(tmp_path: Path) -> None:
+    """Going back to the previous release: `migrate --to` its head drops what this release
+    added, and the previous release's `migrate` then accepts the schema; `migrate` brings it
+    forward again. A revision this release does not know is one line."""
+    url = f"sqlite:///{tmp_path / 'back.db'}"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    config = alembic_config(engine)
+    head = ScriptDirectory.from_config(config).get_revision("head")
+    previous = head.down_revision
+    assert isinstance(previous, str)
+    env = {**os.environ, "DATABASE_URL": url}
+
+    def migrate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "collab_billing", "migrate", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    tables = set(inspect(engine).get_table_names())
+    back = migrate("--to", previous)
+    assert back.returncode == 0, back.stderr
+    assert f"at revision {previous}" in back.stdout and revisions(engine)[0] == previous
+    assert set(inspect(engine).get_table_names()) < tables  # the head's tables dropped
+    forward = migrate()
+    assert forward.returncode == 0 and f"at revision {head.revision}" in forward.stdout
+    assert set(inspect(engine).get_table_names()) == tables
+    unknown = migrate("--to", "9999")
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "9999" in unknown.stderr and revisions(engine)[0] == head.revision

@@ -28,7 +28,7 @@ from collab_billing.db.engine import (
     shown_database_url,
     transaction,
 )
-from collab_billing.db.migrate import known_revisions, revisions, upgrade_to_head
+from collab_billing.db.migrate import known_revisions, move_to, revisions, upgrade_to_head
 from collab_billing.dev_clock import access_clock
 from collab_billing.logs import configure_logging
 from collab_billing.reconcile import budget
@@ -137,12 +137,35 @@ def where_and_why(settings: Settings, error: DBAPIError) -> tuple[str, str]:
 
 
 @app.command()
-def migrate() -> None:
+def migrate(
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Move the schema to this revision; an earlier one (the head of the release "
+            "to go back to) drops what the later migrations added.",
+        ),
+    ] = None,
+) -> None:
     """Apply the database migrations (running it twice is a no-op)."""
     settings = settings_or_exit()
     configure_logging(settings)
-    migrated_engine(settings)
-    typer.echo("database is up to date")
+    engine = migrated_engine(settings) if to is None else moved_engine(settings, to)
+    typer.echo(f"database schema at revision {revisions(engine)[0]}")
+
+
+def moved_engine(settings: Settings, revision: str) -> Engine:
+    """The database's engine, its schema moved to `revision` (up or down)."""
+    engine = make_engine(settings.database_url)
+    known = known_revisions(engine)
+    if revision not in known:
+        fail(f"--to {revision}: not a revision of this release ({', '.join(sorted(known))})")
+    try:
+        move_to(engine, revision)
+    except DBAPIError as error:
+        where, reason = where_and_why(settings, error)
+        fail(f"the database at DATABASE_URL={where} failed: {reason}")
+    return engine
 
 
 @users_app.command("add")

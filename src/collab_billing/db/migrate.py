@@ -30,12 +30,27 @@ def upgrade_to_head(engine: Engine) -> None:
     """Every process migrates at its start (`serve`, `reconcile`, the CLI), so several may at
     once on a new schema: on PostgreSQL they take turns (the later ones find it done); SQLite
     runs them one writer at a time already (Alembic's transaction begins IMMEDIATE)."""
+    move_to(engine, None)
+
+
+def move_to(engine: Engine, revision: str | None) -> None:
+    """Upgrade the schema to `revision` (None: this release's head), or downgrade it to an
+    earlier one (going back to an older release: what later migrations added is dropped)."""
     config = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(_MIGRATION_LOCK)
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if revision is None:
+            command.upgrade(config, "head")
+            return
+        current = MigrationContext.configure(connection).get_current_revision()
+        script = ScriptDirectory.from_config(config)
+        later = {r.revision for r in script.iterate_revisions("heads", revision)} - {revision}
+        if current in later:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
 
 
 def revisions(engine: Engine) -> tuple[str | None, str | None]:
