@@ -111,7 +111,9 @@ def test_records_reach_stripe_once_and_customers_are_created(
          "path_prefix": "/v1/billing/meter_events"},
     )  # fmt: skip
     fast = stripe_settings.model_copy(update={"billing_usage_requests_per_second": 300.0})
-    drain(UsageSender(fast, engine))
+    # Each lost answer is retried after the SDK's backoff (about half a second), a few users'
+    # records one after another: 10-30 s, and past a minute on a busy machine.
+    drain(UsageSender(fast, engine), timeout=180)
     emulator.control("DELETE", "faults")
     with session_factory() as session:
         linked = session.execute(
