@@ -16,8 +16,8 @@ from stripe_emulator.test_clocks import live_clock
 
 # Parameters Stripe accepts that the emulator stores nowhere (accepted so clients work).
 _CUSTOMER_IGNORED = (
-    "balance", "cash_balance", "coupon", "invoice_prefix",
-    "next_invoice_sequence", "preferred_locales", "promotion_code",
+    "balance", "cash_balance", "invoice_prefix",
+    "next_invoice_sequence", "preferred_locales",
     "shipping", "source", "tax", "tax_exempt", "tax_id_data", "test_clock", "validate",
     "business_name", "individual_name", "default_source",
 )  # fmt: skip

@@ -32,6 +32,7 @@ from stripe_emulator import (
     api_test_clocks,
     catalog_deletions,
     control,
+    customer_discounts,
     invoice_pages,
     pages,
 )
@@ -55,6 +56,7 @@ HANDLER_MODULES = (
     api_invoices,
     api_test_clocks,
     api_meters,
+    customer_discounts,
 )
 
 
@@ -97,6 +99,7 @@ def create_app(
             Route("/v1/{path:path}", handle_v1, methods=_METHODS),
             Route("/", _index, methods=["GET"]),
             *control.routes,
+            *customer_discounts.routes,
             *pages.routes,
             *invoice_pages.routes,
         ],

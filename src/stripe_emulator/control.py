@@ -17,6 +17,8 @@ Errors use the API's shape, `{"error": {"type", "message", "code"?, "param"?}}` 
 - POST subscriptions/{id}/status `{"status": "past_due"}` -> the subscription.
 - POST prices/{id}/delete `{}` -> the price as it was: a price deleted in the Dashboard
   (`price.deleted`; the API has no such route).
+- POST customers/{id}/discount `{"coupon"}` or `{"promotion_code"}` -> the discount: one
+  applied to the customer in the Dashboard (customer_discounts.py; the API takes none).
 - POST clock/advance `{"seconds": N}` (0 to two years), GET clock -> `{"now", "offset"}`.
 - POST faults `{"rate", "statuses", "latency_ms", "drop_rate", "path_prefix", "retry_after",
   "drop_after_processing", "count", "seed"}` (all optional), GET, DELETE

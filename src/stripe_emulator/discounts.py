@@ -12,12 +12,14 @@ How long (Stripe's `duration`): `forever`; `repeating` until `end`, `duration_in
 after the discount started (an invoice made from `end` on has none); `once`: the first
 invoice with a charge (a trial's $0 invoice does not use it up). An ended discount is removed
 from the subscription as that invoice is made (`customer.discount.deleted`, then
-`customer.subscription.updated` without it).
+`customer.subscription.updated` without it). A subscription with no discount of its own
+lasting takes its customer's instead (customer_discounts.py), used up the same way.
 """
 
 from __future__ import annotations
 
 from stripe_emulator import ids, objects
+from stripe_emulator.discount_objects import discount_json
 from stripe_emulator.errors import bad_request
 from stripe_emulator.forms import Params
 from stripe_emulator.periods import add_months
@@ -25,24 +27,6 @@ from stripe_emulator.records import Coupon, Discount, Subscription, evolve
 from stripe_emulator.store import Store
 
 Json = objects.Json
-
-
-def discount_json(record: Discount) -> Json:
-    return {
-        "id": record.id,
-        "object": "discount",
-        "checkout_session": None,
-        "customer": record.customer,
-        "customer_account": None,
-        "end": record.end,
-        "invoice": None,
-        "invoice_item": None,
-        "promotion_code": record.promotion_code,
-        "source": {"coupon": record.coupon.id, "type": "coupon"},
-        "start": record.start,
-        "subscription": record.subscription,
-        "subscription_item": None,
-    }
 
 
 def requested(p: Params) -> list[tuple[str, str, str]] | None:
@@ -68,12 +52,14 @@ def requested(p: Params) -> list[tuple[str, str, str]] | None:
     return wanted
 
 
-def _redeemable(store: Store, coupon: Coupon, currency: str, param: str, at: int) -> Coupon:
+def _redeemable(store: Store, coupon: Coupon, currency: str | None, param: str, at: int) -> Coupon:
+    """`coupon`, redeemed once more; `currency`: the subscription's (None: the customer's own
+    discount, which Stripe checks against each invoice instead)."""
     if coupon.max_redemptions is not None and coupon.times_redeemed >= coupon.max_redemptions:
         raise bad_request(f"Coupon {coupon.id} has been redeemed the maximum times.", param)
     if coupon.redeem_by is not None and coupon.redeem_by <= at:
         raise bad_request(f"Coupon expired: {coupon.id}", param)
-    if coupon.amount_off is not None and coupon.currency != currency:
+    if coupon.amount_off is not None and currency is not None and coupon.currency != currency:
         raise bad_request(
             f"The coupon {coupon.id} is in {coupon.currency}; it cannot discount a "
             f"subscription in {currency}.",
@@ -82,6 +68,43 @@ def _redeemable(store: Store, coupon: Coupon, currency: str, param: str, at: int
     redeemed = evolve(coupon, times_redeemed=coupon.times_redeemed + 1)
     store.coupons.put(coupon.id, redeemed)
     return redeemed
+
+
+def redeem_for(
+    store: Store,
+    kind: str,
+    value: str,
+    param: str,
+    customer: str,
+    sub: Subscription | None,
+    at: int,
+) -> Discount:
+    """A new discount of `customer` (on `sub`, or its own) from a coupon or a promotion code
+    (which counts one redemption more, as its coupon does)."""
+    promotion = None
+    if kind == "promotion_code":
+        promotion = store.promotion_codes.get(value, param)
+        expired = promotion.expires_at is not None and promotion.expires_at <= at
+        if not promotion.active or expired:
+            raise bad_request(f"The promotion code {promotion.code!r} is not active.", param)
+        store.promotion_codes.put(
+            promotion.id, evolve(promotion, times_redeemed=promotion.times_redeemed + 1)
+        )
+        value = promotion.coupon
+    currency = sub.currency if sub is not None else None
+    coupon = _redeemable(store, store.coupons.get(value, param), currency, param, at)
+    end = None
+    if coupon.duration == "repeating" and coupon.duration_in_months:
+        end = add_months(at, coupon.duration_in_months)
+    return Discount(
+        id=ids.new_id("di"),
+        coupon=coupon,
+        customer=customer,
+        subscription=sub.id if sub is not None else None,
+        start=at,
+        end=end,
+        promotion_code=promotion.id if promotion else None,
+    )
 
 
 def redeem(
@@ -97,36 +120,8 @@ def redeem(
                 raise bad_request(f"No such discount on this subscription: '{value}'", param)
             result.append(kept)
             continue
-        promotion = None
-        if kind == "promotion_code":
-            promotion = store.promotion_codes.get(value, param)
-            expired = promotion.expires_at is not None and promotion.expires_at <= at
-            if not promotion.active or expired:
-                raise bad_request(f"The promotion code {promotion.code!r} is not active.", param)
-            store.promotion_codes.put(
-                promotion.id, evolve(promotion, times_redeemed=promotion.times_redeemed + 1)
-            )
-            value = promotion.coupon
-        coupon = _redeemable(store, store.coupons.get(value, param), sub.currency, param, at)
-        result.append(new_discount(coupon, sub, at, promotion.id if promotion else None))
+        result.append(redeem_for(store, kind, value, param, sub.customer, sub, at))
     return tuple(result)
-
-
-def new_discount(
-    coupon: Coupon, sub: Subscription, at: int, promotion_code: str | None = None
-) -> Discount:
-    end = None
-    if coupon.duration == "repeating" and coupon.duration_in_months:
-        end = add_months(at, coupon.duration_in_months)
-    return Discount(
-        id=ids.new_id("di"),
-        coupon=coupon,
-        customer=sub.customer,
-        subscription=sub.id,
-        start=at,
-        end=end,
-        promotion_code=promotion_code,
-    )
 
 
 def announce(store: Store, old: tuple[Discount, ...], new: tuple[Discount, ...], at: int) -> None:
@@ -142,20 +137,43 @@ def announce(store: Store, old: tuple[Discount, ...], new: tuple[Discount, ...],
             store.emit("customer.discount.created", discount_json(added), created=at)
 
 
-def applying(sub: Subscription, at: int) -> tuple[Discount, ...]:
-    """The discounts that apply to an invoice the subscription makes at `at`."""
-    return tuple(d for d in sub.discounts if d.end is None or d.end > at)
+def _lasting(found: tuple[Discount, ...], at: int) -> tuple[Discount, ...]:
+    return tuple(d for d in found if d.end is None or d.end > at)
+
+
+def applying(store: Store, sub: Subscription, at: int) -> tuple[Discount, ...]:
+    """The discounts that apply to an invoice the subscription makes at `at`: its own, else
+    its customer's (`customer_discounts.py`)."""
+    own = _lasting(sub.discounts, at)
+    if own:
+        return own
+    customer = store.customers.rows.get(sub.customer)
+    if customer is None or customer.discount is None:
+        return ()
+    return _lasting((customer.discount,), at)
 
 
 def used(store: Store, sub_id: str, charged: bool, at: int) -> None:
-    """After an invoice made at `at`: the subscription's discounts that ended (a `repeating`
-    one past its end; a `once` one, if the invoice charged something) are removed."""
+    """After an invoice made at `at`: the discounts that ended (a `repeating` one past its
+    end; a `once` one, if the invoice charged something) are removed: the subscription's,
+    or the customer's when the invoice took that one (the subscription had none lasting)."""
+    from stripe_emulator.customer_discounts import set_discount
     from stripe_emulator.subscriptions import save  # subscriptions imports this module
 
     sub = store.subscriptions.rows.get(sub_id)
-    if sub is None or not sub.discounts:
+    if sub is None:
         return
-    left = tuple(d for d in applying(sub, at) if not (charged and d.coupon.duration == "once"))
+    if not _lasting(sub.discounts, at):
+        customer = store.customers.rows.get(sub.customer)
+        if customer is not None and customer.discount is not None:
+            ended = not _lasting((customer.discount,), at)
+            if ended or (charged and customer.discount.coupon.duration == "once"):
+                set_discount(store, customer.id, None, at)
+    if not sub.discounts:
+        return
+    left = tuple(
+        d for d in _lasting(sub.discounts, at) if not (charged and d.coupon.duration == "once")
+    )
     if left == sub.discounts:
         return
     announce(store, sub.discounts, left, at)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from stripe_emulator import objects, tiers
-from stripe_emulator.discounts import discount_json
+from stripe_emulator.discount_objects import discount_json
 from stripe_emulator.errors import bad_request
 from stripe_emulator.store import Store
 

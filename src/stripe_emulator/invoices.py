@@ -99,7 +99,7 @@ def create_invoice(
         hosted_invoice_url=f"{base_url(store)}/_emulator/pages/invoices/{invoice_id}",
         number=_number(store, sub.customer),
         test_clock=sub.test_clock,
-        discounts=discounts.applying(sub, at),
+        discounts=discounts.applying(store, sub, at),
     )
     if not finalize:  # Stripe's draft: the payment is due when it finalizes
         due = at + FINALIZE_DELAY

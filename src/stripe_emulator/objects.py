@@ -14,6 +14,7 @@ import orjson
 
 from stripe_emulator import invoice_objects
 from stripe_emulator.billing_records import Invoice, PaymentMethod, TestClock
+from stripe_emulator.discount_objects import discount_json
 from stripe_emulator.events import Event
 from stripe_emulator.records import (
     CheckoutSession,
@@ -45,7 +46,7 @@ def customer(record: Customer) -> Json:
         "default_source": None,
         "delinquent": False,
         "description": record.description,
-        "discount": None,
+        "discount": discount_json(record.discount) if record.discount else None,
         "email": record.email,
         "invoice_prefix": record.invoice_prefix,
         "invoice_settings": {

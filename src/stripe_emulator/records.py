@@ -59,6 +59,9 @@ class Customer:
     # subscription's own default_payment_method).
     default_payment_method: str | None = None
     test_clock: str | None = None
+    # Its own discount (`discount`, customer_discounts.py): on the invoices of its
+    # subscriptions that have none of their own.
+    discount: Discount | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +244,9 @@ class PromotionCode:
 
 @dataclass(frozen=True, slots=True)
 class Discount:
-    """A coupon applied (Stripe's `discount`, `di_...`): here to a subscription, from `start`
-    until `end` (a `repeating` coupon's; None: `once` or `forever`). It keeps the coupon as
-    it was redeemed: what it takes off never changes."""
+    """A coupon applied (Stripe's `discount`, `di_...`): to a subscription, or to the customer
+    (`subscription` None), from `start` until `end` (a `repeating` coupon's; None: `once` or
+    `forever`). It keeps the coupon as it was redeemed: what it takes off never changes."""
 
     id: str
     coupon: Coupon

@@ -1,0 +1,25 @@
+"""A discount (`di_...`) as Stripe renders it (objects.py renders a customer's with it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stripe_emulator.records import Discount
+
+
+def discount_json(record: Discount) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "discount",
+        "checkout_session": None,
+        "customer": record.customer,
+        "customer_account": None,
+        "end": record.end,
+        "invoice": None,
+        "invoice_item": None,
+        "promotion_code": record.promotion_code,
+        "source": {"coupon": record.coupon.id, "type": "coupon"},
+        "start": record.start,
+        "subscription": record.subscription,
+        "subscription_item": None,
+    }
