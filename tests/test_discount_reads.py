@@ -129,3 +129,33 @@ def test_webhooks_of_a_discounted_subscription_read_no_subscription(
     with reconciler.factory() as session:
         [discount] = subscription_discounts(session, sub_ids[0])
     assert discount.percent_off == 50
+
+
+def test_resync_lists_the_customers_own_discounts(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """A customer's own discount (no `subscription`) is shown by the customer alone, in full
+    (no expansion): resync takes it from the customers it lists, and a one-user resync from
+    that user's customer."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    sdk = emulator.sdk.v1
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    owners = [str(sdk.subscriptions.retrieve(sub_id).customer) for sub_id in sub_ids[:2]]
+    made = {
+        owner: emulator.control("POST", f"customers/{owner}/discount", {"coupon": free.id})["id"]
+        for owner in owners
+    }
+
+    def rows() -> dict[str, tuple[str | None, bool]]:
+        with reconciler.factory() as session:
+            found = session.scalars(select(BillingDiscount)).all()
+        return {d.stripe_discount_id: (d.stripe_subscription_id, d.deleted) for d in found}
+
+    resync.resync(reconciler.factory, reconciler.gateway)
+    assert rows() == {made[owner]: (None, False) for owner in owners}
+
+    with reconciler.factory() as session, session.begin():
+        session.execute(BillingDiscount.__table__.delete())
+    github_user_id = int(sdk.customers.retrieve(owners[1]).metadata["github_user_id"])
+    resync.resync(reconciler.factory, reconciler.gateway, github_user_id)
+    assert rows() == {made[owners[1]]: (None, False)}

@@ -89,3 +89,62 @@ def test_the_estimate_and_the_cap_count_what_stripe_bills_after_the_discount(
         assert amount - off == estimate
     else:  # Stripe spreads an amount off over the plan's line too: the estimate stays above
         assert 0 < amount - off < estimate
+
+
+@pytest.mark.parametrize(
+    ("own_percent_off", "removed", "estimate", "over_cap"),
+    [
+        (None, False, 0, False),  # the customer's 100% off: nothing billed
+        (None, True, 0, False),  # ... until it is removed from the customer
+        (50, False, 75, False),  # the subscription's own discount: the customer's not
+    ],
+)
+def test_a_customers_own_discount_counts_for_a_subscription_without_one(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    own_percent_off: int | None,
+    removed: bool,
+    estimate: int,
+    over_cap: bool,
+) -> None:
+    """A coupon applied to the customer (`customer.discount` with no `subscription`, applied
+    in the Dashboard) discounts the invoices of its subscriptions that have none of their
+    own; before, the estimate ignored it and reported money never billed over the cap."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
+    sdk = emulator.sdk.v1
+    customer = str(sdk.subscriptions.retrieve(sub_id).customer)
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    emulator.control("POST", f"customers/{customer}/discount", {"coupon": free.id})
+    if own_percent_off is not None:
+        own = sdk.coupons.create(params={"percent_off": own_percent_off, "duration": "forever"})
+        sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": own.id}]})
+    reconciler.drain()
+    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+
+    answer = api.post("/billing/usage", json=record(7, "a", 300))  # 300 x 0.5 cent: $1.50
+    assert answer.status_code == 202
+    assert answer.json()["over_spend_cap"] is over_cap
+    drain(UsageSender(stripe_settings, engine))
+    assert usage_of(api, 7)["estimated_cost_cents"] == estimate
+    state = api.get("/billing/state", params={"github_user_id": 7}).json()
+    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": over_cap}
+    if removed:  # removed from the customer: the usage is billed, the state says so
+        assert sdk.customers.delete_discount(customer).deleted is True
+        reconciler.drain()
+        estimate = 150
+        assert usage_of(api, 7)["estimated_cost_cents"] == estimate
+        state = api.get("/billing/state", params={"github_user_id": 7}).json()
+        assert state["usage"]["over_spend_cap"] is True
+
+    emulator.past_period_end(sub_id, 3600)
+    reconciler.drain()
+    renewal = invoices_of(session_factory, sub_id)["subscription_cycle"]
+    price_id = usage_price_of(session_factory, meter)
+    amount, off = _usage_line(emulator, renewal.stripe_invoice_id, price_id)
+    assert (amount, amount - off) == (150, estimate)

@@ -11,13 +11,15 @@ used it, a `repeating` one's at its `end`): `customer.discount.deleted` writes a
 Stripe cannot retrieve a discount by id, nor list them. A same-second tie that only a read
 settles reads the subscription that shows it (`expand[]=discounts`; the customer's `discount`
 for one applied to the customer), and a discount it no longer shows was deleted. Resync lists
-them from the subscriptions (`expand[]=data.discounts`): one of a subscription's items or of
-the customer alone is not listed (the estimate uses neither).
+them from the subscriptions (`expand[]=data.discounts`) and the customers (whose own
+`discount`, with no `subscription`, Stripe applies to their subscriptions that have none:
+`state.spend.invoice_discounts`); one of a subscription's items is not listed (the estimate
+does not use it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -112,8 +114,22 @@ def retrieve(gateway: StripeGateway, discount_id: str, via: str) -> Discount:
 
 
 def listed(raw: bytes | msgspec.Raw) -> Iterable[Discount]:
-    """The discounts one listed subscription shows (`expand[]=data.discounts`)."""
+    """The discounts one listed subscription (`expand[]=data.discounts`) or customer shows."""
     return msgspec.json.decode(raw, type=_Shows).shown()
+
+
+def customers_own(gateway: StripeGateway, params: dict[str, Any]) -> Iterator[Discount]:
+    """The customers' own discounts: each listed customer's `discount` (shown in full, no
+    expansion), or the one customer's that `params` names."""
+    customer = params.get("customer")
+    if customer is not None:
+        raws: Iterable[bytes | msgspec.Raw] = [
+            gateway.get("customers.retrieve", f"/v1/customers/{customer}")
+        ]
+    else:
+        raws = gateway.list_all("/v1/customers")
+    for raw in raws:
+        yield from listed(raw)
 
 
 DISCOUNTS = MirroredType(
@@ -135,4 +151,5 @@ DISCOUNTS = MirroredType(
     shown_by=shown_by,
     retrieve_via=retrieve,
     listed=listed,
+    also_listed=customers_own,
 )

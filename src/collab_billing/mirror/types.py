@@ -59,6 +59,9 @@ class MirroredType(Generic[T]):
     shown_by: Callable[[T], str] | None = None
     retrieve_via: Callable[[Any, str, str], T] | None = None
     listed: Callable[[bytes | msgspec.Raw], Iterable[T]] | None = None
+    # Objects of this type shown by objects of another list than `list_path`'s (a customer's
+    # own discount, on the customer): (gateway, the list's params) -> them.
+    also_listed: Callable[[Any, dict[str, Any]], Iterable[T]] | None = None
 
     def needs_read(self, obj: T) -> bool:
         """Whether an event's object lacks fields the row needs (see `payload_complete`)."""
@@ -79,6 +82,8 @@ class MirroredType(Generic[T]):
                 yield self.decode(raw)
             else:
                 yield from self.listed(raw)
+        if self.also_listed is not None:
+            yield from self.also_listed(gateway, params)
 
     def row(self, obj: T, as_of: int, billing_customer_id: int | None) -> dict[str, Any]:
         values = {self.key: self.object_id(obj), **self.columns(obj), "stripe_state_as_of": as_of}

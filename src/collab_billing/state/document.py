@@ -66,8 +66,9 @@ BLOCKED = {"state": "blocked", "until": None}
 # and per package (`transform_quantity`); 4: an invoice written off uncollectible before any
 # charge (a period `pause_collection` gives free) is no debt; 5: the grace of an invoice sent
 # to be paid (`send_invoice`) runs from its due date, not its finalization; 6: usage priced
-# less the subscription's discounts (`over_spend_cap`).
-DOCUMENT_FORMAT = 6
+# less the subscription's discounts (`over_spend_cap`); 7: less the customer's discount, for a
+# subscription without one of its own.
+DOCUMENT_FORMAT = 7
 
 
 def iso(value: datetime | None) -> str | None:

@@ -15,9 +15,10 @@ plus the flat amount of each tier reached; `volume`: every unit at the unit amou
 the total falls in, plus its flat amount; a total of 0 reaches no tier), the exact amount
 rounded once, half up to the cent, as Stripe (and the emulator) round an invoice line. A tiered
 price mirrored without its tiers has no estimate (None). During a trial usage costs nothing.
-The subscription's discounts that still last when the period ends (when Stripe makes the
-invoice that bills its usage) are taken off each meter's cost as Stripe takes them off the
-usage line: a coupon's `percent_off` of the line, rounded half up to the cent (`discounted`).
+The discounts of the invoice that bills the period's usage, made as it ends (the
+subscription's own that still last then, else its customer's: `invoice_discounts`), are taken
+off each meter's cost as Stripe takes them off the usage line: a coupon's `percent_off` of the
+line, rounded half up to the cent (`discounted`).
 
 Reads only, below the services (the state document reports `over_spend_cap`); the cap is
 written by `billing.usage.set_cap`.
@@ -246,41 +247,86 @@ def cost_cents(price: BillingPrice, total: Decimal) -> int | None:
 
 @dataclass(frozen=True)
 class Discount:
-    """A discount of the subscription, as the usage estimate takes it off."""
+    """A discount of the subscription or its customer, as the usage estimate takes it off."""
 
-    percent_off: float | None
+    percent_off: float | None  # None: an `amount_off` coupon, or one not mirrored yet
     end: datetime | None  # a `repeating` coupon's; None: `once` (deleted once used), `forever`
+
+    def lasts(self, period: Period) -> bool:
+        """Whether it still applies to the invoice made as `period` ends."""
+        return self.end is None or self.end > period.end
+
+
+def _discounts(session: Session, *where: Any, newest: bool = False) -> list[Discount]:
+    """The discounts `where` picks with their coupons' terms (a coupon deleted since keeps
+    them; one not mirrored yet takes nothing off: the estimate stays on the side of the cap),
+    oldest first (`newest`: the newest alone, and none if it was deleted)."""
+    start, key = BillingDiscount.stripe_start, BillingDiscount.stripe_discount_id
+    statement = (
+        select(BillingCoupon.percent_off, BillingDiscount.stripe_end, BillingDiscount.deleted)
+        .select_from(BillingDiscount)
+        .outerjoin(
+            BillingCoupon, BillingCoupon.stripe_coupon_id == BillingDiscount.stripe_coupon_id
+        )
+        .where(*where)
+    )
+    if newest:
+        statement = statement.order_by(start.desc().nulls_last(), key.desc()).limit(1)
+    else:
+        statement = statement.where(BillingDiscount.deleted.is_(False)).order_by(start, key)
+    return [
+        Discount(percent, _utc(end) if end else None)
+        for percent, end, deleted in session.execute(statement)
+        if not deleted
+    ]
 
 
 def subscription_discounts(session: Session, subscription_id: str) -> list[Discount]:
-    """The discounts on the whole subscription now (not one of its items'), oldest first,
-    with their coupons' terms (`mirror.discounts`, `mirror.coupons`: a coupon deleted since
-    keeps them). One whose coupon is not mirrored yet is left out: the estimate stays on the
-    side of the cap."""
-    rows = session.execute(
-        select(BillingCoupon.percent_off, BillingDiscount.stripe_end)
-        .join(BillingCoupon, BillingCoupon.stripe_coupon_id == BillingDiscount.stripe_coupon_id)
-        .where(
-            BillingDiscount.stripe_subscription_id == subscription_id,
-            BillingDiscount.stripe_subscription_item_id.is_(None),
-            BillingDiscount.deleted.is_(False),
-        )
-        .order_by(BillingDiscount.stripe_start, BillingDiscount.stripe_discount_id)
+    """The discounts on the whole subscription now (not one of its items'), oldest first."""
+    return _discounts(
+        session,
+        BillingDiscount.stripe_subscription_id == subscription_id,
+        BillingDiscount.stripe_subscription_item_id.is_(None),
     )
-    return [Discount(percent, _utc(end) if end else None) for percent, end in rows]
+
+
+def invoice_discounts(
+    session: Session, subscription: BillingSubscription, period: Period
+) -> list[Discount]:
+    """The discounts of the invoice that bills the period's usage, made as it ends: the
+    subscription's own (on the whole of it, not one of its items') that last until then, else
+    its customer's own discount (`customer.discount`, with no subscription), if it lasts. A
+    customer's coupon "applies to all subscriptions for that customer, including
+    subscriptions added later" (https://docs.stripe.com/billing/subscriptions/coupons), and a
+    subscription without discounts "inherits the discount from the subscription's customer"
+    (Stripe's API reference, a subscription's `discounts`). Stripe shows a customer one
+    discount at a time: of its discounts, the newest decides (a row of an older one whose
+    deletion was never seen does not count)."""
+    own = subscription_discounts(session, subscription.stripe_subscription_id)
+    lasting = [d for d in own if d.lasts(period)]
+    if lasting:
+        return lasting
+    customers = _discounts(
+        session,
+        BillingDiscount.billing_customer_id == subscription.billing_customer_id,
+        BillingDiscount.stripe_subscription_id.is_(None),
+        BillingDiscount.stripe_subscription_item_id.is_(None),
+        newest=True,
+    )
+    return [d for d in customers if d.lasts(period)]
 
 
 def discounted(cents: int, discounts: Sequence[Discount], period: Period) -> int:
-    """A usage line's amount less the subscription's discounts that apply to the invoice
-    billing it, made as `period` ends. Stripe takes a subscription's discounts off every line
-    of each invoice it makes while they last (a coupon's `percent_off` "will be taken off the
-    subtotal of any invoices"; `duration`: `once` the next invoice, `repeating` until the
-    discount's `end`, `forever`), metered usage lines too, each discount from what the ones
-    before left. An `amount_off` coupon is spread over all the invoice's lines, the plan's
-    included: not taken off here (the estimate stays on the side of the cap)."""
+    """A usage line's amount less the discounts that apply to the invoice billing it, made as
+    `period` ends (`invoice_discounts`). Stripe takes them off every line of each invoice
+    made while they last (a coupon's `percent_off` "will be taken off the subtotal of any
+    invoices"; `duration`: `once` the next invoice, `repeating` until the discount's `end`,
+    `forever`), metered usage lines too, each discount from what the ones before left. An
+    `amount_off` coupon is spread over all the invoice's lines, the plan's included: not taken
+    off here (the estimate stays on the side of the cap)."""
     for discount in discounts:
-        end, percent = discount.end, discount.percent_off
-        if percent is None or (end is not None and end <= period.end):
+        percent = discount.percent_off
+        if percent is None or not discount.lasts(period):
             continue
         off = (Decimal(cents) * Decimal(str(percent)) / 100).quantize(Decimal(1), ROUND_HALF_UP)
         cents -= int(off)
@@ -297,11 +343,7 @@ def user_spend(session: Session, user_id: int, now: datetime | None = None) -> S
     ).all()
     # A trial's usage is invoiced at nothing (by Stripe and the emulator): it costs nothing.
     free = subscription is not None and subscription.stripe_subscription_status == "trialing"
-    discounts = (
-        subscription_discounts(session, subscription.stripe_subscription_id)
-        if subscription is not None
-        else []
-    )
+    discounts = invoice_discounts(session, subscription, period) if subscription else []
     usages = []
     for meter in meters:
         total = _total(session, user_id, meter, period)
