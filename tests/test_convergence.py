@@ -22,7 +22,14 @@ from sqlalchemy import Engine, select
 from collab_billing.config import Settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
-from collab_billing.db.models import BillingInvoice, BillingPrice, BillingSubscription
+from collab_billing.db.models import (
+    BillingCoupon,
+    BillingCustomer,
+    BillingDiscount,
+    BillingInvoice,
+    BillingPrice,
+    BillingSubscription,
+)
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import Event, StripeGateway
 from tests.conftest import clear_tables
@@ -56,6 +63,14 @@ operation = st.one_of(
     st.tuples(st.just("decline"), st.integers(0, 9)),
     st.tuples(st.just("pay"), st.integers(0, 9)),
     st.tuples(st.just("advance"), st.sampled_from([3 * 86_400, 8 * 86_400, 31 * 86_400])),
+    # Coupons and discounts: on a subscription (replaced, removed; a `once` one used up by a
+    # renewal) and on the customer (the Dashboard's; removed), coupons renamed and deleted.
+    st.tuples(st.just("discount_subscription"), st.integers(0, 9), st.integers(0, 1)),
+    st.tuples(st.just("undiscount_subscription"), st.integers(0, 9)),
+    st.tuples(st.just("discount_customer"), st.integers(0, USERS - 1), st.integers(0, 1)),
+    st.tuples(st.just("undiscount_customer"), st.integers(0, USERS - 1)),
+    st.tuples(st.just("update_coupon"), st.integers(0, 1)),
+    st.tuples(st.just("delete_coupon"), st.integers(0, 1)),
     st.tuples(
         st.just("update_price"),
         st.sampled_from(["active", "lookup_key", "nickname", "metadata"]),
@@ -80,6 +95,12 @@ class History:
         self.subscriptions: list[str] = []
         self.days_advanced = 0
         self.price_deleted = False
+        sdk = emulator.sdk.v1
+        self.coupons = [
+            sdk.coupons.create(params={"percent_off": 100, "duration": "forever"}).id,
+            sdk.coupons.create(params={"percent_off": 25, "duration": "once"}).id,
+        ]
+        self.coupons_deleted: set[str] = set()
 
     def start(self) -> None:
         from collab_billing import billing
@@ -140,6 +161,8 @@ class History:
                 self.deleted.add(self.customers[step[1]])
             elif kind in ("checkout", "decline", "pay"):
                 self.billing_cycle(step)
+            elif kind.endswith(("discount_subscription", "discount_customer", "_coupon")):
+                self.discounts(step)
             elif kind == "declined_renewal":  # the card declines, then a renewal comes
                 self.billing_cycle(("decline", step[1]))
                 self.emulator.control("POST", "clock/advance", {"seconds": 31 * 86_400})
@@ -185,6 +208,35 @@ class History:
             if live:
                 chosen = live[step[1] % len(live)]
                 sdk.invoices.pay(chosen.id, {"payment_method": "pm_card_visa"})
+
+    def discounts(self, step: tuple[Any, ...]) -> None:
+        sdk, kind = self.emulator.sdk.v1, step[0]
+        if kind in ("update_coupon", "delete_coupon"):
+            coupon = self.coupons[step[1]]
+            if coupon in self.coupons_deleted:
+                return
+            if kind == "delete_coupon":
+                sdk.coupons.delete(coupon)
+                self.coupons_deleted.add(coupon)
+            else:
+                sdk.coupons.update(coupon, {"name": f"renamed {self.days_advanced}"})
+        elif kind.endswith("discount_subscription") and self.subscriptions:
+            sub_id = self.subscriptions[step[1] % len(self.subscriptions)]
+            if kind == "undiscount_subscription":
+                sdk.subscriptions.update(sub_id, {"discounts": ""})
+            elif self.coupons[step[2]] not in self.coupons_deleted:
+                wanted: Any = [{"coupon": self.coupons[step[2]]}]
+                sdk.subscriptions.update(sub_id, {"discounts": wanted})
+        elif kind.endswith("discount_customer") and self.customers[step[1]] not in self.deleted:
+            customer = self.customers[step[1]]
+            if kind == "undiscount_customer":
+                if sdk.customers.retrieve(customer).discount is not None:
+                    sdk.customers.delete_discount(customer)
+            elif self.coupons[step[2]] not in self.coupons_deleted:
+                path = f"customers/{customer}/discount"
+                self.emulator.http.post(
+                    f"/_emulator/{path}", json={"coupon": self.coupons[step[2]]}
+                )
 
     def every_event(self) -> list[dict[str, Any]]:
         """Every event, even those past the 30 days `/v1/events` shows (days pass here)."""
@@ -237,6 +289,49 @@ class History:
             ), sub_id
         self.assert_prices_converged()
         self.assert_invoices_converged()
+        self.assert_discounts_converged()
+
+    def assert_discounts_converged(self) -> None:
+        """Every discount Stripe shows (on a subscription, or a live customer's own) is a live
+        row equal to it, and every other row of a live customer is a tombstone; coupons too."""
+        sdk = self.emulator.sdk.v1
+        shown: dict[str, Any] = {}
+        listing = sdk.subscriptions.list(
+            params={"status": "all", "limit": 100, "expand": ["data.discounts"]}
+        )
+        for sub in listing.auto_paging_iter():
+            shown.update((d.id, d) for d in sub.discounts if not isinstance(d, str))
+        for customer in sdk.customers.list(params={"limit": 100}).auto_paging_iter():
+            if customer.discount is not None:
+                shown[customer.discount.id] = customer.discount
+        live = {c for c in self.customers if c not in self.deleted}
+        with self.factory() as session:
+            rows = {
+                r.stripe_discount_id: r
+                for r, owner in session.execute(
+                    select(BillingDiscount, BillingCustomer.stripe_customer_id).join(
+                        BillingCustomer
+                    )
+                )
+                if owner in live
+            }
+            coupons = {r.stripe_coupon_id: r for r in session.scalars(select(BillingCoupon))}
+        assert {i for i, r in rows.items() if not r.deleted} == set(shown), rows
+        for discount_id, discount in shown.items():
+            row = rows[discount_id]
+            assert (
+                row.stripe_coupon_id, row.stripe_subscription_id, _ts(row.stripe_start),
+                _ts(row.stripe_end),
+            ) == (
+                discount.source.coupon, discount.subscription, discount.start, discount.end,
+            ), discount_id  # fmt: skip
+        self.discounts_checked = len(shown)
+        listed = {c.id: c for c in sdk.coupons.list(params={"limit": 100}).data}
+        assert {i for i, r in coupons.items() if not r.deleted} == set(listed)
+        assert {i for i, r in coupons.items() if r.deleted} == self.coupons_deleted
+        for coupon_id, coupon in listed.items():
+            row = coupons[coupon_id]
+            assert (row.percent_off, row.duration) == (coupon.percent_off, coupon.duration)
 
     def assert_invoices_converged(self) -> None:
         listing = self.emulator.sdk.v1.invoices.list(params={"limit": 100})
@@ -338,7 +433,7 @@ def test_database_converges_to_stripe(
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     def check(steps: list[tuple[Any, ...]], seed: int) -> None:
-        nonlocal subscriptions_checked
+        nonlocal subscriptions_checked, discounts_checked
         emulator.reset()
         clear_tables(engine)
         history = History(emulator, stripe_settings, engine)
@@ -349,9 +444,11 @@ def test_database_converges_to_stripe(
         history.deliver(history.every_event(), rng)
         history.assert_converged()
         subscriptions_checked += history.checked
+        discounts_checked += history.discounts_checked
 
-    subscriptions_checked = 0
+    subscriptions_checked = discounts_checked = 0
     check()
+    assert discounts_checked > 5
     # The property is only worth something if histories made real subscriptions.
     assert subscriptions_checked > 20
 
