@@ -5,11 +5,11 @@ renewal) of discounted subscriptions reads no subscription from Stripe."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCoupon, BillingDiscount
-from collab_billing.reconcile import resync
+from collab_billing.db.models import BillingCoupon, BillingDiscount, ReconcilerState
+from collab_billing.reconcile import ledger, resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.state.spend import subscription_discounts
 from collab_billing.stripe_gateway import Event
@@ -159,3 +159,27 @@ def test_resync_lists_the_customers_own_discounts(
     github_user_id = int(sdk.customers.retrieve(owners[1]).metadata["github_user_id"])
     resync.resync(reconciler.factory, reconciler.gateway, github_user_id)
     assert rows() == {made[owners[1]]: (None, False)}
+
+
+def test_a_coupon_deleted_before_the_upgrade_is_still_taken_off(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """Stripe's list of coupons leaves out a deleted one, whose discounts it still takes off:
+    the first poll of the release that mirrors coupons (after an older one that read none of
+    their events) lists the discounts with their coupons, and keeps those coupons."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    sdk = emulator.sdk.v1
+    third = sdk.coupons.create(params={"percent_off": 30, "duration": "forever"})
+    sdk.subscriptions.update(sub_ids[0], {"discounts": [{"coupon": third.id}]})
+    sdk.coupons.delete(third.id)  # the campaign is over; the discount goes on
+    reconciler.drain()
+    with reconciler.factory() as session, session.begin():  # as the older release left it
+        session.execute(delete(BillingDiscount))
+        session.execute(delete(BillingCoupon))
+        session.execute(delete(ReconcilerState).where(ReconcilerState.name == ledger.MIRROR_FORMAT))
+
+    reconciler.drain()  # the release's first poll
+
+    with reconciler.factory() as session:
+        found = subscription_discounts(session, sub_ids[0])
+    assert [d.percent_off for d in found] == [30]

@@ -14,7 +14,8 @@ for one applied to the customer), and a discount it no longer shows was deleted.
 them from the subscriptions (`expand[]=data.discounts`) and the customers (whose own
 `discount`, with no `subscription`, Stripe applies to their subscriptions that have none:
 `state.spend.invoice_discounts`); one of a subscription's items is not listed (the estimate
-does not use it).
+does not use it). These reads expand each discount's coupon too, and a coupon no row has is
+written from it (`keep_their_coupons`): Stripe's list of coupons leaves out deleted ones.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
+from sqlalchemy.orm import Session
 
-from collab_billing.db.models import BillingDiscount
+from collab_billing.db.dialect import insert
+from collab_billing.db.models import BillingCoupon, BillingDiscount
+from collab_billing.mirror.coupons import COUPONS, Coupon
 from collab_billing.mirror.types import MirroredType, stripe_time
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import Ref, id_of
 
 
 class DiscountSource(msgspec.Struct):
-    coupon: str | Ref | None = None
+    # An id in events; the coupon itself where a read expands it (resync, a tie's read).
+    coupon: str | Coupon | None = None
 
 
 class Discount(msgspec.Struct):
@@ -74,13 +79,18 @@ class _Shows(msgspec.Struct):
 def columns(discount: Discount) -> dict[str, Any]:
     coupon = discount.source.coupon
     return {
-        "stripe_coupon_id": id_of(coupon) if coupon is not None else None,
+        "stripe_coupon_id": coupon if isinstance(coupon, str | None) else coupon.id,
         "stripe_subscription_id": discount.subscription,
         "stripe_subscription_item_id": discount.subscription_item,
         "stripe_start": stripe_time(discount.start),
         "stripe_end": stripe_time(discount.end),
         "deleted": discount.deleted,
     }
+
+
+# A subscription's discounts, each with its coupon (for a list: `data.` first, four levels,
+# Stripe's most).
+_COUPONS = "discounts.source.coupon"
 
 
 def shown_by(discount: Discount) -> str:
@@ -95,9 +105,9 @@ def retrieve(gateway: StripeGateway, discount_id: str, via: str) -> Discount:
     object no longer shows it (or is gone)."""
     kind, _, parent = via.partition(":")
     if kind == "subscription":
-        path, expand = f"/v1/subscriptions/{parent}", ["discounts", "items.data.discounts"]
+        path, expand = f"/v1/subscriptions/{parent}", [_COUPONS, "items.data.discounts"]
     else:
-        path, expand = f"/v1/customers/{parent}", []
+        path, expand = f"/v1/customers/{parent}", ["discount.source.coupon"]
     try:
         shows = msgspec.json.decode(
             gateway.get("discounts.retrieve", path, expand=expand), type=_Shows
@@ -124,12 +134,31 @@ def customers_own(gateway: StripeGateway, params: dict[str, Any]) -> Iterator[Di
     customer = params.get("customer")
     if customer is not None:
         raws: Iterable[bytes | msgspec.Raw] = [
-            gateway.get("customers.retrieve", f"/v1/customers/{customer}")
+            gateway.get(
+                "customers.retrieve",
+                f"/v1/customers/{customer}",
+                expand=["discount.source.coupon"],
+            )
         ]
     else:
-        raws = gateway.list_all("/v1/customers")
+        raws = gateway.list_all("/v1/customers", expand=["data.discount.source.coupon"])
     for raw in raws:
         yield from listed(raw)
+
+
+def keep_their_coupons(session: Session, written: list[tuple[Discount, int | None]]) -> None:
+    """The coupons that reads expanded with their discounts, where no row has them: the list
+    of coupons leaves out deleted ones, whose discounts Stripe still takes off (their events,
+    from before a release that mirrors coupons, were never read). A row is never replaced:
+    the coupon's own events are newer than any watermark this gives it (0)."""
+    coupons = {
+        coupon.id: COUPONS.row(coupon, 0, None)
+        for discount, _ in written
+        if isinstance(coupon := discount.source.coupon, Coupon)
+    }
+    if coupons:
+        statement = insert(session, BillingCoupon).on_conflict_do_nothing()
+        session.execute(statement, list(coupons.values()))
 
 
 DISCOUNTS = MirroredType(
@@ -147,9 +176,10 @@ DISCOUNTS = MirroredType(
     owner=lambda discount: id_of(discount.customer),
     retrieve_path="",
     list_path="/v1/subscriptions",
-    list_params={"status": "all", "expand": ["data.discounts"]},
+    list_params={"status": "all", "expand": [f"data.{_COUPONS}"]},
     shown_by=shown_by,
     retrieve_via=retrieve,
     listed=listed,
     also_listed=customers_own,
+    after_write=keep_their_coupons,
 )
