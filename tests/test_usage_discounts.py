@@ -42,6 +42,22 @@ def _usage_line(emulator: Emulator, invoice_id: str, price_id: str) -> tuple[int
     raise AssertionError(f"no line of {price_id}")
 
 
+def spend_past_a_cap(
+    api: httpx.Client, settings: Settings, engine: Engine, estimate: int, over_cap: bool
+) -> None:
+    """User 7, capped at $1, uses $1.50 at list price: the estimate and the cap as answered
+    by ingest, `GET /billing/usage` and the state document, once the records are sent."""
+    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+    answer = api.post("/billing/usage", json=record(7, "a", 300))  # 300 x 0.5 cent: $1.50
+    assert answer.status_code == 202
+    assert answer.json()["over_spend_cap"] is over_cap
+    drain(UsageSender(settings, engine))
+    assert usage_of(api, 7)["estimated_cost_cents"] == estimate
+    state = api.get("/billing/state", params={"github_user_id": 7}).json()
+    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": over_cap}
+
+
 @pytest.mark.parametrize(
     ("coupon", "estimate", "over_cap"),
     [
@@ -67,16 +83,7 @@ def test_the_estimate_and_the_cap_count_what_stripe_bills_after_the_discount(
     made = emulator.sdk.v1.coupons.create(params=coupon)  # type: ignore[arg-type]
     emulator.sdk.v1.subscriptions.update(sub_id, {"discounts": [{"coupon": made.id}]})
     reconciler.drain()
-    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
-    assert api.put("/billing/preferences", json=cap).status_code == 200
-
-    answer = api.post("/billing/usage", json=record(7, "a", 300))  # 300 x 0.5 cent: $1.50
-    assert answer.status_code == 202
-    assert answer.json()["over_spend_cap"] is over_cap
-    drain(UsageSender(stripe_settings, engine))
-    assert usage_of(api, 7)["estimated_cost_cents"] == estimate
-    state = api.get("/billing/state", params={"github_user_id": 7}).json()
-    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": over_cap}
+    spend_past_a_cap(api, stripe_settings, engine, estimate, over_cap)
 
     # What Stripe bills: the renewal's usage line, less its discount, is the estimate.
     emulator.past_period_end(sub_id, 3600)
@@ -124,16 +131,7 @@ def test_a_customers_own_discount_counts_for_a_subscription_without_one(
         own = sdk.coupons.create(params={"percent_off": own_percent_off, "duration": "forever"})
         sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": own.id}]})
     reconciler.drain()
-    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
-    assert api.put("/billing/preferences", json=cap).status_code == 200
-
-    answer = api.post("/billing/usage", json=record(7, "a", 300))  # 300 x 0.5 cent: $1.50
-    assert answer.status_code == 202
-    assert answer.json()["over_spend_cap"] is over_cap
-    drain(UsageSender(stripe_settings, engine))
-    assert usage_of(api, 7)["estimated_cost_cents"] == estimate
-    state = api.get("/billing/state", params={"github_user_id": 7}).json()
-    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": over_cap}
+    spend_past_a_cap(api, stripe_settings, engine, estimate, over_cap)
     if removed:  # removed from the customer: the usage is billed, the state says so
         assert sdk.customers.delete_discount(customer).deleted is True
         reconciler.drain()
