@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from collab_billing.db.models import BillingSubscription
+from collab_billing.db.queries import ACTIVE_STATUSES
 from collab_billing.mirror.types import MirroredType, stripe_time
 from collab_billing.stripe_gateway.events import Event, Ref, id_of
 
@@ -109,10 +110,10 @@ def columns(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-# A subscription's features are its products' while it is in one of these statuses (as
-# Stripe's active entitlements): its creation, end, pause and resumption change them, as
-# does an update of its items or one that moves it into or out of these statuses.
-ENTITLING_STATUSES = frozenset({"active", "trialing", "past_due"})
+# A subscription's features are its products' while it is in one of the statuses that
+# entitle (`queries.ACTIVE_STATUSES`, as Stripe's active entitlements): its creation, end,
+# pause and resumption change them, as does an update of its items or one that moves it into
+# or out of those statuses.
 _FEATURE_EVENT_TYPES = frozenset(
     {
         "customer.subscription.created",
@@ -136,7 +137,7 @@ def may_change_features(event: Event) -> bool:
     if "items" in before:
         return True
     old, new = before.get("status"), data["object"].get("status")
-    return old is not None and (old in ENTITLING_STATUSES) != (new in ENTITLING_STATUSES)
+    return old is not None and (old in ACTIVE_STATUSES) != (new in ACTIVE_STATUSES)
 
 
 SUBSCRIPTIONS = MirroredType(
