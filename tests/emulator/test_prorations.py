@@ -11,8 +11,8 @@ from typing import Any
 
 import stripe
 
-from tests.emulator.conftest import Control, advance_to, recurring_price
-from tests.emulator.test_invoices import decline_future_charges, subscribe
+from tests.emulator.conftest import CARD, Control, recurring_price
+from tests.emulator.test_invoices import decline_future_charges
 
 DAY = 86_400
 
@@ -24,9 +24,28 @@ def _prorated(amount: int, sub: Any, at: int) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def _ten_days_in(client: stripe.StripeClient, ctl: Control, sub_id: str) -> tuple[Any, int]:
+def subscribe(client: stripe.StripeClient, ctl: Control, quantity: int = 1) -> tuple[str, str]:
+    """A 15.00/month subscription of a customer on a test clock: prorations are to the second,
+    so the tests' time stands still between the clock's moves."""
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": ctl("GET", "clock")["now"]})
+    customer = client.v1.customers.create(params={**CARD, "test_clock": clock.id})
+    price = recurring_price(client, 1500)
+    items: Any = [{"price": price.id, "quantity": quantity}]
+    sub = client.v1.subscriptions.create(params={"customer": customer.id, "items": items})
+    return customer.id, sub.id
+
+
+def advance_to(client: stripe.StripeClient, sub_id: str, at: int) -> int:
+    """Move the subscription's test clock to `at`; returns the clock's time."""
+    customer = client.v1.subscriptions.retrieve(sub_id).customer
+    clock = client.v1.customers.retrieve(str(customer)).test_clock
+    moved = client.v1.test_helpers.test_clocks.advance(str(clock), {"frozen_time": at})
+    return moved.frozen_time
+
+
+def _ten_days_in(client: stripe.StripeClient, sub_id: str) -> tuple[Any, int]:
     sub = client.v1.subscriptions.retrieve(sub_id)
-    at = advance_to(ctl, sub["items"].data[0].current_period_start + 10 * DAY + 7)
+    at = advance_to(client, sub_id, sub["items"].data[0].current_period_start + 10 * DAY + 7)
     return sub, at
 
 
@@ -41,13 +60,13 @@ def test_a_seat_change_is_prorated_on_the_next_invoice(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     _, sub_id = subscribe(client, ctl, quantity=2)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     item = sub["items"].data[0]
     client.v1.subscriptions.update(sub_id, {"items": [{"id": item.id, "quantity": 3}]})
     # Pending: nothing is invoiced now.
     assert len(client.v1.invoices.list(params={"subscription": sub_id}).data) == 1
 
-    advance_to(ctl, item.current_period_end + 60)
+    advance_to(client, sub_id, item.current_period_end + 60)
     renewal = client.v1.invoices.retrieve(client.v1.subscriptions.retrieve(sub_id).latest_invoice)
     credit, charge = -_prorated(3000, sub, at), _prorated(4500, sub, at)
     assert [(amount, proration) for amount, proration, _ in _lines(renewal)] == [
@@ -64,8 +83,8 @@ def test_a_seat_change_is_prorated_on_the_next_invoice(
     assert details.invoice_item and details.invoice_item.startswith("ii_")
     assert details.subscription_item == item.id
     # Invoiced once: the next renewal has no prorations.
-    advance_to(ctl, client.v1.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end)
-    advance_to(ctl, ctl("GET", "clock")["now"] + 60)
+    end = client.v1.subscriptions.retrieve(sub_id)["items"].data[0].current_period_end
+    advance_to(client, sub_id, end + 60)
     later = client.v1.invoices.retrieve(client.v1.subscriptions.retrieve(sub_id).latest_invoice)
     assert later.id != renewal.id and _lines(later)[0][:2] == (4500, False)
     assert len(later.lines.data) == 1
@@ -73,7 +92,7 @@ def test_a_seat_change_is_prorated_on_the_next_invoice(
 
 def test_always_invoice_bills_an_upgrade_at_once(client: stripe.StripeClient, ctl: Control) -> None:
     _, sub_id = subscribe(client, ctl)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     better = recurring_price(client, 4000)
     item = sub["items"].data[0]
     updated = client.v1.subscriptions.update(
@@ -90,7 +109,7 @@ def test_always_invoice_bills_an_upgrade_at_once(client: stripe.StripeClient, ct
     assert invoice.amount_paid == _prorated(4000, sub, at) - _prorated(1500, sub, at)
     # The period is unchanged, and the renewal bills the new price alone.
     assert updated["items"].data[0].current_period_end == item.current_period_end
-    advance_to(ctl, item.current_period_end + 60)
+    advance_to(client, sub_id, item.current_period_end + 60)
     renewal = client.v1.invoices.retrieve(client.v1.subscriptions.retrieve(sub_id).latest_invoice)
     assert [amount for amount, _, _ in _lines(renewal)] == [4000]
 
@@ -99,7 +118,7 @@ def test_a_declined_proration_invoice_makes_the_subscription_past_due(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     customer, sub_id = subscribe(client, ctl)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     decline_future_charges(client, customer, sub_id)
     item = sub["items"].data[0]
     updated = client.v1.subscriptions.update(
@@ -119,7 +138,7 @@ def test_no_prorations_with_none_nor_for_a_downgrade_credit_beyond_its_charge(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     _, sub_id = subscribe(client, ctl, quantity=4)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     item = sub["items"].data[0]
     params: Any = {"items": [{"id": item.id, "quantity": 3}], "proration_behavior": "none"}
     client.v1.subscriptions.update(sub_id, params)
@@ -129,7 +148,7 @@ def test_no_prorations_with_none_nor_for_a_downgrade_credit_beyond_its_charge(
     # A negative total: nothing due, the invoice paid (Stripe credits the customer's balance).
     assert credit.total == _prorated(1500, sub, at) - _prorated(4500, sub, at) < 0
     assert (credit.amount_due, credit.status) == (0, "paid")
-    advance_to(ctl, item.current_period_end + 60)
+    advance_to(client, sub_id, item.current_period_end + 60)
     renewal = client.v1.invoices.retrieve(client.v1.subscriptions.retrieve(sub_id).latest_invoice)
     assert [amount for amount, _, _ in _lines(renewal)] == [1500]
 
@@ -138,7 +157,7 @@ def test_a_portal_change_is_prorated_and_an_immediate_cancel_drops_it(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     customer, sub_id = subscribe(client, ctl, quantity=2)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     item = sub["items"].data[0]
     flow = {"subscription": sub_id, "items": [{"id": item.id, "quantity": 5}]}
     session = client.v1.billing_portal.sessions.create(
@@ -171,7 +190,7 @@ def test_a_new_interval_credits_the_unused_time_on_its_invoice(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     _, sub_id = subscribe(client, ctl)
-    sub, at = _ten_days_in(client, ctl, sub_id)
+    sub, at = _ten_days_in(client, sub_id)
     yearly = recurring_price(client, 15000, interval="year")
     item = sub["items"].data[0]
     updated = client.v1.subscriptions.update(
