@@ -8,7 +8,12 @@ import pytest
 from sqlalchemy import delete, select
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCoupon, BillingDiscount, ReconcilerState
+from collab_billing.db.models import (
+    BillingCoupon,
+    BillingCustomer,
+    BillingDiscount,
+    ReconcilerState,
+)
 from collab_billing.reconcile import ledger, resync
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.state.spend import subscription_discounts
@@ -183,3 +188,51 @@ def test_a_coupon_deleted_before_the_upgrade_is_still_taken_off(
     with reconciler.factory() as session:
         found = subscription_discounts(session, sub_ids[0])
     assert [d.percent_off for d in found] == [30]
+
+
+def test_resync_marks_deleted_the_discounts_stripe_no_longer_shows(
+    reconciler: Reconciler, emulator: Emulator, stripe_settings: Settings
+) -> None:
+    """Discounts removed (a subscription's, a customer's own) while their events went unread:
+    resync's lists no longer show them, and it marks their rows deleted; a one-user resync
+    those of the user's customer only. Their events, read afterwards, are found stale."""
+    sub_ids = _subscribed(reconciler, emulator, stripe_settings.stripe_price_id or "")
+    sdk = emulator.sdk.v1
+    half = sdk.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    owners = [str(sdk.subscriptions.retrieve(sub_id).customer) for sub_id in sub_ids]
+    for sub_id in sub_ids[:3]:
+        sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": half.id}]})
+    for owner in owners[3:5]:
+        emulator.control("POST", f"customers/{owner}/discount", {"coupon": half.id})
+    reconciler.drain()
+    emulator.control("POST", "clock/advance", {"seconds": 60})  # unread from here on
+    for sub_id in sub_ids[:2]:
+        sdk.subscriptions.update(sub_id, {"discounts": ""})
+    for owner in owners[3:5]:
+        sdk.customers.delete_discount(owner)
+    emulator.control("POST", "clock/advance", {"seconds": 60})
+    sdk.coupons.update(half.id, {"name": "Half"})  # the newest event, a minute later
+
+    def live() -> set[str]:
+        """What the live rows are on: their subscription, else their customer."""
+        with reconciler.factory() as session:
+            rows = session.execute(
+                select(BillingDiscount.stripe_subscription_id, BillingCustomer.stripe_customer_id)
+                .join(BillingCustomer, BillingCustomer.id == BillingDiscount.billing_customer_id)
+                .where(BillingDiscount.deleted.is_(False))
+            )
+            return {subscription or customer for subscription, customer in rows}
+
+    assert live() == {*sub_ids[:3], *owners[3:5]}
+    github_user_id = int(sdk.customers.retrieve(owners[0]).metadata["github_user_id"])
+    report = resync.resync(reconciler.factory, reconciler.gateway, github_user_id)
+    assert live() == {*sub_ids[1:3], *owners[3:5]}
+    assert report.deleted["discount"] == 1
+
+    report = resync.resync(reconciler.factory, reconciler.gateway)
+    assert live() == {sub_ids[2]}
+    assert report.deleted["discount"] == 3
+    # The removals' events, older than what resync read, are found stale.
+    drained = reconciler.drain()
+    assert drained.stats.outcomes[("stale", "customer.discount.deleted")] == 4
+    assert live() == {sub_ids[2]}

@@ -5,19 +5,29 @@ reconciler, the renewal invoice)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from collab_billing.api.app import create_app
 from collab_billing.billing.sender import UsageSender
 from collab_billing.config import Settings
+from collab_billing.db.models import BillingDiscount
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
-from tests.stripe_helpers import Emulator
+from tests.servers import ServerThread
+from tests.stripe_helpers import EMULATOR_KEY, Emulator
+from tests.test_billing_api import AUTH
+from tests.test_billing_cycle import emulator_now
 from tests.test_usage_api import (  # noqa: F401  (the fixture)
+    USAGE_PRICE,
     meter,
     record,
     serve_selling_usage,
@@ -146,3 +156,85 @@ def test_a_customers_own_discount_counts_for_a_subscription_without_one(
     price_id = usage_price_of(session_factory, meter)
     amount, off = _usage_line(emulator, renewal.stripe_invoice_id, price_id)
     assert (amount, amount - off) == (150, estimate)
+
+
+@pytest.fixture
+def api_on_emulator_clock(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> Iterator[httpx.Client]:
+    """The service judging time (usage periods and timestamps) by the emulator's clock, as
+    `collab-billing dev` does, so that the emulator's clock can move on by a month."""
+    settings = stripe_settings.model_copy(
+        update={"billing_usage_prices": USAGE_PRICE, "reconcile_enabled": False}
+    )
+    app = create_app(
+        settings, engine, clock=lambda: datetime.fromtimestamp(emulator_now(emulator), UTC)
+    )
+    with (
+        ServerThread(app) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize("whose", ["subscription", "customer"])
+def test_a_discount_removed_while_no_event_was_read_is_not_taken_off_after_a_resync(
+    api_on_emulator_clock: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    database_url: str,
+    whose: str,
+) -> None:
+    """A 100%-off coupon (the subscription's, or its customer's own) removed in Stripe while
+    the service read no event, for longer than Stripe keeps events: its
+    `customer.discount.deleted` is gone. `collab-billing resync` finds the discount shown by
+    nothing any more and marks it deleted, so the usage is estimated, and capped, at what
+    Stripe bills (before: the resync left it live, and the usage was still free, never over
+    the cap)."""
+    api = api_on_emulator_clock
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
+    sdk = emulator.sdk.v1
+    customer = str(sdk.subscriptions.retrieve(sub_id).customer)
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    if whose == "subscription":
+        sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": free.id}]})
+    else:
+        emulator.control("POST", f"customers/{customer}/discount", {"coupon": free.id})
+    reconciler.drain()
+    cap = {"github_user_id": 7, "max_monthly_spend_cents": 100}
+    assert api.put("/billing/preferences", json=cap).status_code == 200
+    free_usage = api.post("/billing/usage", json=record(7, "a", 300))  # $1.50 at list price
+    assert free_usage.json()["over_spend_cap"] is False
+    assert usage_of(api, 7)["estimated_cost_cents"] == 0
+
+    # The service reads nothing while the discount is removed and a month goes by (the
+    # subscription renews): Stripe's events of the removal are past its 30 days.
+    if whose == "subscription":
+        sdk.subscriptions.update(sub_id, {"discounts": ""})
+    else:
+        sdk.customers.delete_discount(customer)
+    emulator.past_period_end(sub_id, 3 * 86_400)
+    assert "customer.discount.deleted" not in {e["type"] for e in emulator.all_events()}
+
+    env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_API_KEY": EMULATOR_KEY,
+           "STRIPE_API_BASE": emulator.url, "STRIPE_REQUESTS_PER_SECOND": "1000"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_billing", "resync"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    # This period's usage is billed in full: past the cap.
+    billed = api.post("/billing/usage", json=record(7, "b", 300))
+    assert billed.json()["over_spend_cap"] is True
+    assert usage_of(api, 7)["estimated_cost_cents"] == 150
+    state = api.get("/billing/state", params={"github_user_id": 7}).json()
+    assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": True}
+    with session_factory() as session:
+        [deleted] = session.scalars(select(BillingDiscount.deleted)).all()
+    assert deleted is True
+    assert "0 discounts seen, 0 written, 1 deleted" in result.stdout, result.stdout

@@ -194,9 +194,11 @@ def resync(
         fail(f"resync stopped: {said}; what it wrote is kept, run it again", code=1)
     finally:
         budget.flush_reads(factory, time.time())
+    # Per kind; "deleted": rows of objects Stripe no longer shows (their events unread).
     mirrored = "".join(
-        f", {seen} {kind}s seen, {report.written[kind]} written"
-        for kind, seen in report.seen.items()
+        f", {report.seen[kind]} {kind}s seen, {report.written[kind]} written"
+        + (f", {report.deleted[kind]} deleted" if report.deleted[kind] else "")
+        for kind in dict.fromkeys([*report.seen, *report.deleted])
     )
     typer.echo(
         f"resync done: {report.customers_seen} customers seen, "

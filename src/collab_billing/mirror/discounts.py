@@ -16,6 +16,9 @@ them from the subscriptions (`expand[]=data.discounts`) and the customers (whose
 `state.spend.invoice_discounts`); one of a subscription's items is not listed (the estimate
 does not use it). These reads expand each discount's coupon too, and a coupon no row has is
 written from it (`keep_their_coupons`): Stripe's list of coupons leaves out deleted ones.
+Those lists show every live discount (not of an item), so one that a resync's lists do not
+show was removed while its `customer.discount.deleted` went unread (past Stripe's 30 days of
+events): resync tombstones it (`listed_rows`).
 """
 
 from __future__ import annotations
@@ -182,4 +185,5 @@ DISCOUNTS = MirroredType(
     listed=listed,
     also_listed=customers_own,
     after_write=keep_their_coupons,
+    listed_rows=lambda table: table.c.stripe_subscription_item_id.is_(None),
 )

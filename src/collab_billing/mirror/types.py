@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import Table, Update, update
+from sqlalchemy import ColumnElement, Select, Table, Update, select, update
+
+from collab_billing.db.dialect import in_ids
 
 if TYPE_CHECKING:
     from collab_billing.stripe_gateway import StripeGateway
@@ -62,6 +64,11 @@ class MirroredType(Generic[T]):
     # Objects of this type shown by objects of another list than `list_path`'s (a customer's
     # own discount, on the customer): (gateway, the list's params) -> them.
     also_listed: Callable[[Any, dict[str, Any]], Iterable[T]] | None = None
+    # For a type that keeps tombstones and whose lists (`list`) show every live object: the
+    # rows such a list covers (a condition on `table`; discounts: those not of an item, which
+    # the lists do not expand). Such a row, live, that a complete list did not show was
+    # deleted while we were not reading its events: resync tombstones it (`unlisted`).
+    listed_rows: Callable[[Table], ColumnElement[bool]] | None = None
 
     def needs_read(self, obj: T) -> bool:
         """Whether an event's object lacks fields the row needs (see `payload_complete`)."""
@@ -112,6 +119,36 @@ class MirroredType(Generic[T]):
         """What a 404 on a type that keeps tombstones means: the object was deleted."""
         return msgspec.json.decode(
             msgspec.json.encode({"id": object_id, "deleted": True}), type=self.object_type
+        )
+
+    def unlisted(self, as_of: int, billing_customer_id: int | None) -> Select[str]:
+        """The live rows a complete list covers (`listed_rows`; of one customer of ours, if
+        given) that are older than `as_of`: the list, read after that second, shows each of
+        them unless it was deleted. A row of that second or newer may be of an object made
+        after the list was read: it is left to its events."""
+        assert self.listed_rows is not None and self.keeps_tombstones
+        table = self.table
+        statement = select(table.c[self.key]).where(
+            self.listed_rows(table),
+            table.c.deleted.is_(False),
+            table.c.stripe_state_as_of < as_of,
+        )
+        if billing_customer_id is not None:
+            statement = statement.where(table.c.billing_customer_id == billing_customer_id)
+        return statement
+
+    def tombstone_unlisted(self, as_of: int) -> Update:
+        """Mark the rows of `unlisted` deleted as of `as_of` (execute with `{"ids": [...]}`),
+        where still live and older than it (an event written since decides); returns their
+        keys and, if owned, customers."""
+        table = self.table
+        owner = [table.c.billing_customer_id] if self.owner is not None else []
+        return (
+            update(table)
+            .where(in_ids(table.c[self.key]))
+            .where(table.c.deleted.is_(False), table.c.stripe_state_as_of < as_of)
+            .values(deleted=True, stripe_state_as_of=as_of)
+            .returning(table.c[self.key], *owner)
         )
 
     def tombstone(self, object_id: str, as_of: int) -> Update:

@@ -59,6 +59,8 @@ class ResyncReport:
     seen: Counter[str] = field(default_factory=Counter)
     written: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)  # per-customer reads that failed
+    # Rows tombstoned because a complete list no longer showed them (`listed_rows`).
+    deleted: Counter[str] = field(default_factory=Counter)
 
     @property
     def subscriptions_written(self) -> int:
@@ -94,11 +96,17 @@ def resync(
             if mirrored.fetch is not None
             else _objects(factory, gateway, mirrored, github_user_id)
         )
+        shown: set[str] = set()
         for chunk in _chunks(objects):
             report.seen[mirrored.kind] += len(chunk)
+            shown.update(mirrored.object_id(obj) for obj in chunk)
             with _deferring(factory) as session:
                 report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
             tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
+        if mirrored.listed_rows is not None:
+            report.deleted[mirrored.kind] += _tombstone_unshown(
+                factory, mirrored, shown, report.as_of, github_user_id
+            )
     outbox.refresh_every_stale(factory)
     if github_user_id is None:
         meters.sync_meters(factory, gateway)
@@ -266,6 +274,36 @@ def _tombstone_unlisted(
     deleted = [cid for cid in sorted(live - listed) if customers.retrieve(gateway, cid).deleted]
     with _deferring(factory) as session:
         customers.tombstone(session, deleted)
+
+
+def _tombstone_unshown(
+    factory: sessionmaker[Session],
+    mirrored: MirroredType[Any],
+    shown: set[str],
+    as_of: int,
+    github_user_id: int | None,
+) -> int:
+    """The live rows of a type whose lists show every live object (`listed_rows`: discounts)
+    that the complete list just read (of the user's customer, for a one-user resync) did not
+    show: deleted while we were not reading their events (a `customer.discount.deleted` past
+    Stripe's 30 days). Tombstoned as of `as_of`, under their locks, where still older than
+    it: the list was read after that second, so an event older than it is reflected in it and
+    found stale later; an event of that second or newer still applies. Returns how many."""
+    linked = _linked_customer(factory, github_user_id) if github_user_id is not None else None
+    if github_user_id is not None and (linked is None or mirrored.owner is None):
+        return 0  # nothing of this type was listed
+    with read_only(factory) as session:
+        customer = customers.known(session, [linked])[linked] if linked is not None else None
+        unshown = sorted(set(session.scalars(mirrored.unlisted(as_of, customer))) - shown)
+    if not unshown:
+        return 0
+    with _deferring(factory) as session:
+        ledger.lock_objects(session, unshown)
+        rows = session.execute(mirrored.tombstone_unlisted(as_of), {"ids": unshown}).mappings()
+        marked = [dict(row) for row in rows]
+        if marked:
+            outbox.mark_rows(session, mirrored.key, marked)
+    return len(marked)
 
 
 def _link(session: Session, chunk: list[customers.Customer]) -> int:
