@@ -21,8 +21,11 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from collab_billing.stripe_gateway.throttle import READS
 from tests.reconcile_helpers import assert_matches_stripe
-from tests.stripe_helpers import Emulator
+from tests.stripe_helpers import Emulator, session_id_in
 from tests.test_billing_api import add_user, serve
+from tests.test_usage_api import USAGE_PRICE, meter, record, usage_of
+
+__all__ = ["meter"]  # the fixture
 
 
 @pytest.fixture
@@ -188,3 +191,62 @@ def test_sync_against_a_150_ms_stripe_takes_two_round_trips_not_seconds(
         # The median, not the p99: one slow request of 40 on a loaded CI machine is noise, a
         # sync that waits on anything but its two reads is not. bench/ (sync) measures the tail.
         assert statistics.median(seconds) < 0.6
+
+
+def test_a_promotion_code_entered_at_checkout_is_taken_off_the_estimate_at_once(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    meter: str,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A user pays at Checkout with a 100%-off promotion code of a coupon made since the last
+    poll, and comes back: the sync writes the subscription's discount, and its coupon, from
+    its one read of the subscriptions (`expand[]=data.discounts.source.coupon`), so the usage
+    is estimated free at once (before: at list price, over the cap, until the next poll), with
+    no more Stripe requests than before."""
+    settings = stripe_settings.model_copy(
+        update={"billing_usage_prices": USAGE_PRICE, "billing_allow_promotion_codes": True}
+    )
+    sdk = emulator.sdk.v1
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    sdk.promotion_codes.create(
+        params={"promotion": {"type": "coupon", "coupon": free.id}, "code": "LAUNCH"}
+    )
+    for api in serve(settings, engine):
+        add_user(api, 11)
+        cap = {"github_user_id": 11, "max_monthly_spend_cents": 100}
+        assert api.put("/billing/preferences", json=cap).status_code == 200
+        started = api.post("/billing/subscriptions", json={"github_user_id": 11}).json()
+        session_id = session_id_in(started["checkout_session_url"], "cs_")
+        emulator.control(
+            "POST", f"checkout/sessions/{session_id}/complete", {"promotion_code": "LAUNCH"}
+        )
+        emulator.control("DELETE", "requests")
+
+        synced = api.post(
+            "/billing/subscriptions/sync",
+            json={"github_user_id": 11, "checkout_session_id": session_id},
+        )
+
+        assert synced.status_code == 200, synced.text
+        assert synced.json()["has_active_subscription"] is True
+        used = api.post("/billing/usage", json=record(11, "a", 300))  # $1.50 at list price
+        assert used.json()["over_spend_cap"] is False
+        assert usage_of(api, 11)["estimated_cost_cents"] == 0
+        state = api.get("/billing/state", params={"github_user_id": 11}).json()
+        assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": False}
+        # The session, the newest event, the subscriptions (with their discounts and
+        # coupons), the active entitlements: one request each, as before.
+        routes = emulator.control("GET", "requests")["by_route"]
+        assert sorted(routes.items()) == [
+            (f"GET /v1/checkout/sessions/{session_id}", 1),
+            ("GET /v1/entitlements/active_entitlements", 1),
+            ("GET /v1/events", 1),
+            ("GET /v1/subscriptions", 1),
+        ]
+    # The poll's events then find the rows as Stripe has them.
+    Reconciler(settings, engine, StripeGateway(settings)).drain()
+    assert assert_matches_stripe(emulator, session_factory) == 1
+    for api in serve(settings, engine):
+        assert usage_of(api, 11)["estimated_cost_cents"] == 0

@@ -2,8 +2,10 @@
 
 A user back from Checkout expects the product to know at once that they paid, not within a
 poll interval. `sync_subscriptions` reads the Checkout session (when given) and the
-customer's subscriptions and active entitlements (the features its plan gives, so that the
-state document changes once, with both), with no transaction open, and writes them through
+customer's subscriptions, with their discounts (and coupons: a promotion code entered at
+Checkout counts in the usage estimate at once), and active entitlements (the features its plan
+gives, so that the state document changes once, with all), with no transaction open, and
+writes them through
 the applier as resync does: each row takes the objects read, watermarked with Stripe's newest
 event second read *before* them, so older events are found stale and newer ones still apply.
 Four reads at most, in two round trips (the session and the newest event at once, then the
@@ -25,7 +27,8 @@ from collab_billing.billing.access import find_user
 from collab_billing.billing.errors import NotFound
 from collab_billing.db.engine import read_only
 from collab_billing.db.models import BillingCustomer, User
-from collab_billing.mirror import customers
+from collab_billing.mirror import customers, discounts
+from collab_billing.mirror.discounts import DISCOUNTS
 from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevant_types_filter
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
@@ -97,13 +100,22 @@ def _sync(
 
 
 def _plan(gateway: StripeGateway, customer: str) -> list[tuple[MirroredType[Any], list[Any]]]:
-    """The customer's subscriptions and their features (read together: the features come
-    with the access they go with)."""
+    """The customer's subscriptions with their discounts, and their features (read together:
+    the features come with the access they go with). The subscriptions are listed with their
+    discounts expanded, each with its coupon, as resync lists discounts (`LISTED_WITH`): a
+    promotion code entered at Checkout is taken off the usage estimate at once, at no read
+    more (its coupon, if no row has it yet, written from the expansion)."""
     with ThreadPoolExecutor(2) as pool:
-        listed = pool.submit(gateway.list_customer_subscriptions, customer)
+        listed = pool.submit(gateway.list_customer_subscriptions, customer, discounts.LISTED_WITH)
         entitlements = pool.submit(_active_entitlements, gateway, customer)
-        subscriptions = [SUBSCRIPTIONS.decode(item) for item in listed.result()]
-        return [(SUBSCRIPTIONS, subscriptions), (ENTITLEMENTS, [entitlements.result()])]
+        raws = listed.result()
+        subscriptions = [SUBSCRIPTIONS.decode(raw) for raw in raws]
+        shown = [discount for raw in raws for discount in discounts.listed(raw)]
+        return [
+            (SUBSCRIPTIONS, subscriptions),
+            (DISCOUNTS, shown),
+            (ENTITLEMENTS, [entitlements.result()]),
+        ]
 
 
 def _everything_owned(

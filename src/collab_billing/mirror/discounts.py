@@ -92,8 +92,9 @@ def columns(discount: Discount) -> dict[str, Any]:
 
 
 # A subscription's discounts, each with its coupon (for a list: `data.` first, four levels,
-# Stripe's most).
+# Stripe's most: `LISTED_WITH`, the expansion of a list of subscriptions that shows them).
 _COUPONS = "discounts.source.coupon"
+LISTED_WITH = (f"data.{_COUPONS}",)
 
 
 def shown_by(discount: Discount) -> str:
@@ -179,7 +180,7 @@ DISCOUNTS = MirroredType(
     owner=lambda discount: id_of(discount.customer),
     retrieve_path="",
     list_path="/v1/subscriptions",
-    list_params={"status": "all", "expand": [f"data.{_COUPONS}"]},
+    list_params={"status": "all", "expand": list(LISTED_WITH)},
     shown_by=shown_by,
     retrieve_via=retrieve,
     listed=listed,

@@ -362,9 +362,15 @@ class StripeGateway:
         body = self.get("checkout.sessions.retrieve", f"/v1/checkout/sessions/{session_id}")
         return decode_object(body, CheckoutSessionSummary)
 
-    def list_customer_subscriptions(self, customer_id: str) -> list[msgspec.Raw]:
-        """Every subscription of a customer, canceled ones included, as their JSON."""
-        return list(self.list_all("/v1/subscriptions", customer=customer_id, status="all"))
+    def list_customer_subscriptions(
+        self, customer_id: str, expand: Sequence[str] = ()
+    ) -> list[msgspec.Raw]:
+        """Every subscription of a customer, canceled ones included, as their JSON (`expand`:
+        the list's `expand[]`, e.g. `data.discounts`)."""
+        params: dict[str, Any] = {"customer": customer_id, "status": "all"}
+        if expand:
+            params["expand"] = list(expand)
+        return list(self.list_all("/v1/subscriptions", **params))
 
     def newest_event_created(self, types: Sequence[str] | None) -> int | None:
         """The `created` second of the newest event of `types` (None: of any type; None on an
