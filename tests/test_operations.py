@@ -317,11 +317,16 @@ def test_status_shows_cursor_lag_failed_events_and_leader(
         # A subscription of a customer made elsewhere, without our metadata: to match it the
         # applier must read the customer from Stripe, and Stripe fails that read.
         customer = emulator.sdk.v1.customers.create(params={"email": "stranger@example.com"})
+        price = service.settings.stripe_price_id or ""
+        # Its first subscription sets its currency (a `customer.updated`, which would say again
+        # that the customer is no user's): the later one changes nothing of the customer.
+        emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer.id, "items": [{"price": price}]}
+        )
         Reconciler(service.settings, engine, StripeGateway(service.settings)).drain()
         # Seen before this database remembered unmatched customers: read when needed.
         with service.factory() as session, session.begin():
             session.execute(delete(UnmatchedStripeCustomer))
-        price = service.settings.stripe_price_id or ""
         emulator.sdk.v1.subscriptions.create(
             params={"customer": customer.id, "items": [{"price": price}]}
         )

@@ -123,6 +123,11 @@ def test_a_failing_object_is_parked_while_others_go_on(
         queries.upsert_user(session, 1, "one", None)
         queries.upsert_user(session, 2, "two", None)
     stranger = emulator.sdk.v1.customers.create(params={"email": "one@example.com"})
+    # Its first subscription sets its currency (a `customer.updated`, which would say again that
+    # the customer is no user's): the failing one below changes nothing of the customer.
+    emulator.sdk.v1.subscriptions.create(
+        params={"customer": stranger.id, "items": [{"price": price}]}
+    )
     reconciler.drain()
     # User 1's customer has no metadata yet, and its events were seen before this database
     # remembered unmatched customers: applying its subscription needs a read of the customer

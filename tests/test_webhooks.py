@@ -380,7 +380,7 @@ def test_a_failing_delivery_fails_alone(service: Service, emulator: Emulator) ->
     by_object = Counter((e["data"]["object"]["id"], outcomes[e["id"]]) for e in events)
     assert by_object == {
         (failing.id, "failed"): 1,
-        (known.id, "applied"): 1,
+        (known.id, "applied"): 2,  # created, then its currency set by the subscription
         (applies.id, "applied"): 1,
     }
     assert {p.stripe_object_id for p in pending_rows(service.factory)} == {failing.id}

@@ -7,7 +7,7 @@ from typing import Any
 from stripe_emulator import ids, objects, portal_flows, sessions
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.api_billing import item_specs, missing_payment_method
-from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.errors import StripeError, bad_request, check_currency
 from stripe_emulator.forms import Params
 from stripe_emulator.objects import Json
 from stripe_emulator.records import LineItem
@@ -32,6 +32,8 @@ def _line_items(store: Store, p: Params) -> list[LineItem]:
     specs = item_specs(store, p, "line_items", required=True)
     assert specs is not None
     built = build_items(specs, 0)
+    for item in built:  # the subscription it makes bills in one currency
+        check_currency(built[0].price.currency, item.price.currency, "line_items")
     return [LineItem(ids.new_id("li"), item.price, item.quantity) for item in built]
 
 

@@ -162,8 +162,8 @@ def _subscription(r: Subscription) -> dict[str, Any]:
 
 _CUSTOMER = constant_runs(
     objects.customer(Customer("cus_probe", 0)),
-    ("id", "address", "created", "description", "email", "invoice_prefix", "metadata", "name",
-     "phone", "invoice_settings", "test_clock"),
+    ("id", "address", "created", "currency", "description", "email", "invoice_prefix",
+     "metadata", "name", "phone", "invoice_settings", "test_clock"),
 )  # fmt: skip
 
 
@@ -174,7 +174,8 @@ def _customer(r: Customer) -> dict[str, Any]:
         "address": r.address,
         "balance": _CUSTOMER["balance"],
         "created": r.created,
-        "currency": _CUSTOMER["currency"],
+        "currency": r.currency,
+        "customer_account": _CUSTOMER["customer_account"],
         "description": r.description,
         "discount": _CUSTOMER["discount"],
         "email": r.email,

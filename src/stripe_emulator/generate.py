@@ -106,6 +106,9 @@ class _Generator:
                 name=f"User {self.first_user + index}",
                 metadata={"github_user_id": str(self.first_user + index)},
                 invoice_prefix=self.ids.new("x")[2:10].upper(),
+                # Stripe sets it with the subscription, by a `customer.updated` that this
+                # workload's fixed count of events per customer leaves out.
+                currency=self.price.currency,
             )
             self.customers.append(customer)
             self.subs.append(None)

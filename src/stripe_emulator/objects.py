@@ -41,7 +41,7 @@ def customer(record: Customer) -> Json:
         "address": dict(record.address) if record.address is not None else None,
         "balance": 0,
         "created": record.created,
-        "currency": None,
+        "currency": record.currency,
         "customer_account": None,
         "default_source": None,
         "delinquent": False,

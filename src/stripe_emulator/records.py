@@ -62,6 +62,8 @@ class Customer:
     # Its own discount (`discount`, customer_discounts.py): on the invoices of its
     # subscriptions that have none of their own.
     discount: Discount | None = None
+    # The currency it is billed in: None until its first subscription (customer_currency.py).
+    currency: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripe_emulator import ids, invoices, payment_methods, portal_flows
+from stripe_emulator import customer_currency, ids, invoices, payment_methods, portal_flows
 from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
@@ -48,6 +48,8 @@ def create_checkout_session(
 ) -> CheckoutSession:
     if fields.get("customer") is not None:
         store.live_customer(fields["customer"])
+        # Stripe refuses at creation a session its customer could not pay for.
+        customer_currency.check(store, fields["customer"], line_items[0].price.currency)
     now = store.now()
     session_id = ids.checkout_session_id()
     record = CheckoutSession(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stripe_emulator import discounts, ids, objects, payment_methods
+from stripe_emulator import customer_currency, discounts, ids, objects, payment_methods
 from stripe_emulator.collection import stop_collection
 from stripe_emulator.diff import previous_attributes
 from stripe_emulator.errors import StripeError, bad_request, check_currency
@@ -66,6 +66,10 @@ def create_subscription(
     if trial_end is not None:
         status = "trialing"
     built = build_items(items, now)
+    currency = built[0].price.currency
+    for item in built:  # a subscription bills in one currency
+        check_currency(currency, item.price.currency, "items")
+    customer_currency.check(store, customer, currency)
     anchor = trial_end if trial_end is not None else now  # the first paid period's start
     record = Subscription(
         id=ids.new_id("sub"),
@@ -76,7 +80,7 @@ def create_subscription(
         current_period_start=now,
         current_period_end=anchor if trial_end is not None else period_end(now, now, built),
         billing_cycle_anchor=anchor,
-        currency=built[0].price.currency,
+        currency=currency,
         trial_start=now if trial_end is not None else None,
         trial_end=trial_end,
         metadata=apply_metadata({}, metadata),
@@ -92,6 +96,7 @@ def create_subscription(
     if wanted_discounts:
         record = evolve(record, discounts=discounts.redeem(store, wanted_discounts, record, now))
     store.add_subscription(record)
+    customer_currency.adopt(store, customer, currency, now)
     discounts.announce(store, (), record.discounts, now)
     if announce:
         store.emit("customer.subscription.created", record, created=now)

@@ -49,6 +49,7 @@ def test_checkout_completion_without_customer(client: stripe.StripeClient, ctl: 
     assert [e.type for e in events] == [
         "customer.created",
         "payment_method.attached",
+        "customer.updated",  # its currency, set by the subscription
         "customer.subscription.created",
         "invoice.created",
         "invoice.finalized",
@@ -58,10 +59,13 @@ def test_checkout_completion_without_customer(client: stripe.StripeClient, ctl: 
         "checkout.session.completed",
     ]
     assert len({e.created for e in events}) == 1  # one second, like Stripe
-    created, updated = events[2].data.object, events[7]
+    assert events[0].data.object.currency is None
+    assert events[2].data.object.currency == "usd"
+    assert events[2].data.previous_attributes.to_dict() == {"currency": None}
+    created, updated = events[3].data.object, events[8]
     assert created.status == "incomplete"
     assert updated.data.object.status == "active"
-    card, invoice = events[1].data.object, events[6].data.object
+    card, invoice = events[1].data.object, events[7].data.object
     assert created.default_payment_method == card.id
     assert updated.data.previous_attributes.to_dict() == {
         "status": "incomplete",
@@ -75,7 +79,7 @@ def test_checkout_completion_without_customer(client: stripe.StripeClient, ctl: 
         "subscription_create",
     )
     assert events[0].data.object.email == "new@example.com"
-    assert events[8].data.object.subscription == done["subscription"]
+    assert events[9].data.object.subscription == done["subscription"]
 
     sub = client.v1.subscriptions.retrieve(done["subscription"])
     assert sub.status == "active"

@@ -106,6 +106,7 @@ customers = st.builds(
     address=addresses,
     invoice_prefix=text,
     deleted=st.booleans(),
+    currency=st.none() | st.sampled_from(["usd", "eur"]),
 )
 previous = st.none() | st.dictionaries(
     text, st.none() | st.integers() | text | st.dictionaries(text, text), max_size=3
