@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from stripe_emulator import objects
+from stripe_emulator.discount_objects import discount_json
 from stripe_emulator.events import Event
 from stripe_emulator.records import Customer, Item, Price, Subscription
 
@@ -162,8 +163,8 @@ def _subscription(r: Subscription) -> dict[str, Any]:
 
 _CUSTOMER = constant_runs(
     objects.customer(Customer("cus_probe", 0)),
-    ("id", "address", "created", "currency", "description", "email", "invoice_prefix",
-     "metadata", "name", "phone", "invoice_settings", "test_clock"),
+    ("id", "address", "created", "currency", "description", "discount", "email",
+     "invoice_prefix", "metadata", "name", "phone", "invoice_settings", "test_clock"),
 )  # fmt: skip
 
 
@@ -177,7 +178,7 @@ def _customer(r: Customer) -> dict[str, Any]:
         "currency": r.currency,
         "customer_account": _CUSTOMER["customer_account"],
         "description": r.description,
-        "discount": _CUSTOMER["discount"],
+        "discount": discount_json(r.discount) if r.discount else None,
         "email": r.email,
         "invoice_prefix": r.invoice_prefix,
         "invoice_settings": {

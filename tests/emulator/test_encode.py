@@ -107,6 +107,7 @@ customers = st.builds(
     invoice_prefix=text,
     deleted=st.booleans(),
     currency=st.none() | st.sampled_from(["usd", "eur"]),
+    discount=st.none() | discounts,
 )
 previous = st.none() | st.dictionaries(
     text, st.none() | st.integers() | text | st.dictionaries(text, text), max_size=3
