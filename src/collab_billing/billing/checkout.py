@@ -5,6 +5,7 @@ open."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,14 +14,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.access import find_user, is_active, refuse_if_overdue
 from collab_billing.billing.errors import Conflict
-from collab_billing.billing.plans import Plan, resolve_plan, usage_prices
+from collab_billing.billing.plans import Plan, currency_by_price, resolve_plan, usage_prices
 from collab_billing.billing.sync import link_named_customer
+from collab_billing.billing.targets import ENDED
 from collab_billing.billing.trials import claim_trial, release_trial
 from collab_billing.billing.turns import checkout_turn
 from collab_billing.db import queries
-from collab_billing.db.models import User
+from collab_billing.db.models import BillingSubscription, User
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
+from collab_billing.stripe_gateway.errors import is_combined_currencies
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,12 @@ def _start(
     )
     usage = list(usage_prices(factory, plan, settings.billing_usage_price_keys()).values())
     with factory() as session, session.begin():
-        active = [s for s in queries.list_subscriptions_of_user(session, user.id) if is_active(s)]
+        mine = queries.list_subscriptions_of_user(session, user.id)
+    live = [s for s in mine if s.stripe_subscription_status not in ENDED]
+    active = [s for s in live if is_active(s)]
+    conflict = _another_currency(factory, request, plan, active[:1] or live)
+    if conflict is not None:
+        raise conflict
     if active:
         raise Conflict(
             f"user {request.github_user_id} already has an active subscription "
@@ -93,11 +101,56 @@ def _start(
             trial_days=trial_days,
             usage_price_ids=usage,
         )
-    except Exception:
+    except Exception as error:
         if trial_days:
             release_trial(factory, customer_id)
+        if isinstance(error, StripeGatewayError) and is_combined_currencies(error):
+            # What the mirror does not show yet (a subscription made in Stripe a moment ago).
+            raise Conflict(
+                f"Stripe refused user {request.github_user_id} a Checkout of "
+                f"{request.price or plan.stripe_price_id}, as it bills a customer in one "
+                f"currency: {error.message}"
+            ) from None
         raise
     return CheckoutStarted(url, plan, quantity, usage, trial_days, refused)
+
+
+def _another_currency(
+    factory: sessionmaker[Session],
+    request: CheckoutRequest,
+    plan: Plan,
+    live: Sequence[BillingSubscription],
+) -> Conflict | None:
+    """409 when one of these live subscriptions of the user bills in another currency than
+    the plan. Stripe bills a customer in one currency: while a subscription of it has not
+    ended, whatever its status, Stripe refuses a Checkout Session in another (a 400 at its
+    creation); once every one has ended, the next sets the customer's currency. Answered
+    here, naming the subscription and the way out, before anything changes."""
+    prices = {sub.stripe_subscription_id: _price_of(sub) for sub in live}
+    currencies = currency_by_price(factory, [plan.stripe_price_id, *prices.values()])
+    wanted = currencies.get(plan.stripe_price_id)
+    name = request.price or plan.lookup_key or plan.stripe_price_id
+    for sub in live:
+        held = currencies.get(prices[sub.stripe_subscription_id])
+        if wanted is None or held is None or held == wanted:
+            continue
+        named = f"({sub.stripe_subscription_id}, {sub.stripe_subscription_status})"
+        said, way_out = f"has a subscription not ended {named}", f"a plan in {held}, or"
+        if is_active(sub):
+            said = f"already has an active subscription {named}"
+            way_out = "cancel it (intent `cancel`), then"
+        return Conflict(
+            f"user {request.github_user_id} {said} billed in {held}, and {name} is in "
+            f"{wanted}: Stripe bills a customer in one currency, so check out {way_out} {name} "
+            "once that subscription has ended"
+        )
+    return None
+
+
+def _price_of(sub: BillingSubscription) -> str:
+    """A price of the subscription (its plan's, else its first item's): all bill in one
+    currency."""
+    return sub.stripe_price_id or next(iter(sub.stripe_item_price_ids or ()), "")
 
 
 def expire_open_checkouts(

@@ -138,6 +138,13 @@ def currencies_of(factory: sessionmaker[Session], price_ids: Sequence[str]) -> l
     return list(dict.fromkeys(row.currency for row in rows if row is not None))
 
 
+def currency_by_price(factory: sessionmaker[Session], price_ids: Sequence[str]) -> dict[str, str]:
+    """The currency of each of these prices, by price id (the unknown left out)."""
+    with read_only(factory) as session:
+        rows = [queries.price_row(session, price_id) for price_id in price_ids]
+    return {row.stripe_price_id: row.currency for row in rows if row is not None}
+
+
 def same_cadence(factory: sessionmaker[Session], price_id: str, other: str | None) -> bool:
     """Whether two prices bill in one currency on one interval (False when either is unknown)."""
     with read_only(factory) as session:

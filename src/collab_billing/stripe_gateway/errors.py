@@ -34,6 +34,13 @@ def is_duplicate_identifier(error: StripeGatewayError) -> bool:
     return error.http_status in (400, 409) and "already exists with identifier" in error.message
 
 
+def is_combined_currencies(error: StripeGatewayError) -> bool:
+    """Stripe's refusal of a subscription or Checkout in another currency than its customer's
+    live ones ("You cannot combine currencies on a single customer. ..."): an
+    invalid_request_error with no code, so known by its words."""
+    return error.http_status == 400 and "cannot combine currencies" in error.message.lower()
+
+
 def retry_after_seconds(error: stripe.StripeError, attempt: int) -> float:
     header = (error.headers or {}).get("retry-after") or (error.headers or {}).get("Retry-After")
     try:
