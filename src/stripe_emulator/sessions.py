@@ -4,9 +4,12 @@ Completing a subscription-mode Checkout session emits, all in the same second as
 `customer.created` (only if the session had no customer), `customer.subscription.created`
 (status `incomplete`), `customer.subscription.updated` (`active`, previous status
 `incomplete`), `checkout.session.completed`. With a trial, the subscription is created
-`trialing`. In between come the card (`payment_method.attached`) and the first invoice
-(`invoice.created`, `.finalized`, `.paid`, `.payment_succeeded`; $0 during a trial), and the
-update also sets the subscription's `default_payment_method` and `latest_invoice`.
+`trialing`. In between come the card (`payment_method.attached`), the customer's `currency`
+set by its subscription (`customer.updated`, just before `customer.subscription.created`,
+when that changes it: customer_currency.py) and the first invoice (`invoice.created`,
+`.finalized`, `.paid`, `.payment_succeeded`; $0 during a trial), and the update also sets the
+subscription's `default_payment_method` and `latest_invoice`. A session whose customer holds
+live objects in another currency is refused at its creation, as Stripe refuses it.
 """
 
 from __future__ import annotations
