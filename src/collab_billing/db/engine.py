@@ -125,8 +125,11 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_sqlite)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    # All of its connections kept (at most 30 open at once, as before): a connection beyond
+    # the pool is closed when given back, so with more requests in flight than the pool
+    # held, connections were opened (a server process, its settings) and closed per request.
+    kwargs.setdefault("pool_size", 30)
+    kwargs.setdefault("max_overflow", 0)
     kwargs.setdefault("pool_pre_ping", True)  # a restarted database costs one failed request
     given = make_url(url).query
     defaults = {key: value for key, value in POSTGRES_CONNECT_ARGS.items() if key not in given}
