@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.billing.errors import NotFound, overdue_invoice, unknown_user
 from collab_billing.db import invoice_queries, queries
-from collab_billing.db.engine import read_only
+from collab_billing.db.engine import read_connection, read_only
+from collab_billing.db.invoice_queries import OpenInvoice
 from collab_billing.db.models import BillingInvoice, BillingSubscription, User
 
 # Re-exported: the one access decision lives below the services, where the state document
@@ -87,18 +88,18 @@ class BillingView:
 
     subscriptions: list[queries.SubscriptionRow]
     access: Access
-    overdue_invoices: list[BillingInvoice]
+    overdue_invoices: list[OpenInvoice]
 
 
 def billing_view(
     factory: sessionmaker[Session], github_user_id: int, now: datetime, grace: timedelta
 ) -> BillingView:
     """The user's subscriptions (oldest first), access and overdue invoices (oldest first)."""
-    with read_only(factory) as session:
-        rows = queries.user_subscriptions(session, github_user_id)
+    with read_connection(factory) as connection:
+        rows = queries.user_subscriptions(connection, github_user_id)
         if rows is None:
             raise unknown_user(github_user_id)
-        invoices = invoice_queries.open_invoices(session, github_user_id) if rows else []
+        invoices = invoice_queries.open_invoices(connection, github_user_id) if rows else []
     access = decide_access(rows, invoices, now, grace)
     overdue = [invoice for invoice in invoices if is_overdue(invoice, now)]
     return BillingView(rows, access, overdue)
@@ -106,7 +107,7 @@ def billing_view(
 
 def overdue_invoices(
     factory: sessionmaker[Session], github_user_id: int, now: datetime
-) -> list[BillingInvoice]:
+) -> list[OpenInvoice]:
     """The user's overdue invoices, oldest first."""
     with read_only(factory) as session:
         invoices = invoice_queries.open_invoices(session, github_user_id)

@@ -4,8 +4,10 @@ the pages of `GET /billing/invoices`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import BindParameter, Select, bindparam, or_, select
+from sqlalchemy import BindParameter, Connection, Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import in_ids
@@ -36,17 +38,46 @@ _PAYABLE = (
     )
 )
 
-# Built once (`db/queries.py` says why).
+
+class OpenInvoice(NamedTuple):
+    """A row of `USER_OPEN_INVOICES`, in its column order: what access, the overdue gate and
+    the invoice to pay read of an open invoice."""
+
+    stripe_invoice_id: str
+    stripe_subscription_id: str | None
+    status: str
+    currency: str
+    amount_remaining: int
+    hosted_invoice_url: str | None
+    attempt_count: int
+    due_date: datetime | None
+    finalized_at: datetime | None
+
+
+# Built once (`db/queries.py` says why). Columns, not `BillingInvoice` objects: the admin API
+# reads them on a plain connection (`engine.read_connection`), without a Session.
 USER_OPEN_INVOICES = (
     _of_user(bindparam("github_user_id"))
+    .with_only_columns(
+        BillingInvoice.stripe_invoice_id,
+        BillingInvoice.stripe_subscription_id,
+        BillingInvoice.status,
+        BillingInvoice.currency,
+        BillingInvoice.amount_remaining,
+        BillingInvoice.hosted_invoice_url,
+        BillingInvoice.attempt_count,
+        BillingInvoice.due_date,
+        BillingInvoice.finalized_at,
+    )
     .where(_PAYABLE)
     .order_by(BillingInvoice.stripe_created, BillingInvoice.stripe_invoice_id)
 )
 
 
-def open_invoices(session: Session, github_user_id: int) -> Sequence[BillingInvoice]:
+def open_invoices(db: Connection | Session, github_user_id: int) -> list[OpenInvoice]:
     """The user's open invoices (of their live Stripe customer), oldest first."""
-    return session.scalars(USER_OPEN_INVOICES, {"github_user_id": github_user_id}).all()
+    rows = db.execute(USER_OPEN_INVOICES, {"github_user_id": github_user_id})
+    return [OpenInvoice._make(row) for row in rows]
 
 
 # Built once (`db/queries.py` says why).

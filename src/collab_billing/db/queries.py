@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, RowMapping, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, Row, RowMapping, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -189,10 +189,12 @@ class SubscriptionRow(NamedTuple):
     interval_count: int | None
 
 
-def user_subscriptions(session: Session, github_user_id: int) -> list[SubscriptionRow] | None:
+def user_subscriptions(
+    db: Connection | Session, github_user_id: int
+) -> list[SubscriptionRow] | None:
     """The user's subscriptions, oldest first; None: no such user. (The outer joins give one
     row of NULLs for a user without subscriptions.)"""
-    rows = session.execute(USER_SUBSCRIPTIONS, {"github_user_id": github_user_id}).all()
+    rows = db.execute(USER_SUBSCRIPTIONS, {"github_user_id": github_user_id}).all()
     if not rows:
         return None
     return [SubscriptionRow._make(row) for row in rows if row[0] is not None]

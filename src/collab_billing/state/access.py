@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from collab_billing.db import queries
-from collab_billing.db.invoice_queries import OWED_STATUSES
+from collab_billing.db.invoice_queries import OWED_STATUSES, OpenInvoice
 from collab_billing.db.models import BillingInvoice
 
 Clock = Callable[[], datetime]
@@ -68,7 +68,10 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
+Invoice = BillingInvoice | OpenInvoice  # the state documents read objects; the API, rows
+
+
+def is_overdue(invoice: Invoice, now: datetime) -> bool:
     """Owed and late: marked uncollectible, or open with a failed payment or a passed due
     date. An invoice marked uncollectible that was never charged nor due is no debt: it is
     the period that `pause_collection` (`mark_uncollectible`) gives free, which Stripe
@@ -84,7 +87,7 @@ def is_overdue(invoice: BillingInvoice, now: datetime) -> bool:
     )
 
 
-def _overdue_since(invoice: BillingInvoice, now: datetime) -> datetime | None:
+def _overdue_since(invoice: Invoice, now: datetime) -> datetime | None:
     """When the invoice made its subscription past due: its due date, once passed, for one sent
     to be paid (`send_invoice`: Stripe makes the subscription `past_due` when it is not paid by
     then, weeks after it was finalized); else its finalization, when an automatic invoice is
@@ -96,7 +99,7 @@ def _overdue_since(invoice: BillingInvoice, now: datetime) -> datetime | None:
 
 def decide_access(
     subscriptions: Sequence[queries.SubscriptionRow],
-    open_invoices: Sequence[BillingInvoice],
+    open_invoices: Sequence[Invoice],
     now: datetime,
     grace: timedelta,
 ) -> Access:
@@ -133,7 +136,7 @@ def _grants_more(access: Access, than: Access) -> bool:
 
 def _subscription_access(
     subscription: queries.SubscriptionRow,
-    owed: Sequence[BillingInvoice],
+    owed: Sequence[Invoice],
     now: datetime,
     grace: timedelta,
 ) -> Access:
