@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
+from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.config import Settings
 from collab_billing.db import queries
 from collab_billing.db.engine import make_session_factory
@@ -37,6 +38,14 @@ from tests.stripe_helpers import Emulator
 
 USERS = 3
 STATUSES = ["active", "past_due", "unpaid", "paused", "trialing"]
+
+# What changes on Stripe while a read is on its way to the database (`sync_racing`).
+racing_change = st.one_of(
+    st.tuples(st.just("set_status"), st.integers(0, 9), st.sampled_from(STATUSES)),
+    st.tuples(st.just("cancel_at_period_end"), st.integers(0, 9), st.booleans()),
+    st.tuples(st.just("change_plan"), st.integers(0, 9), st.booleans(), st.integers(1, 3)),
+    st.tuples(st.just("pay"), st.integers(0, 9)),
+)
 
 operation = st.one_of(
     st.tuples(st.just("subscribe"), st.integers(0, USERS - 1)),
@@ -76,6 +85,14 @@ operation = st.one_of(
         st.sampled_from(["active", "lookup_key", "nickname", "metadata"]),
         st.booleans(),
     ),
+    # Reads racing webhooks: a sync, or a delivery's tie re-read, reads from Stripe; before
+    # it writes what it read, the history goes on (a change, in the same second as a rule)
+    # and every event is delivered as webhooks are, one by one, each in its own transaction.
+    # (A change first: the newest event, whose second the sync reads, is a fresh one.)
+    st.tuples(st.just("sync_racing"), st.integers(0, USERS - 1), racing_change, racing_change),
+    st.tuples(st.just("sync_racing"), st.integers(0, USERS - 1), racing_change, racing_change),
+    st.tuples(st.just("deliver_racing"), st.floats(0.1, 1.0), racing_change),
+    st.tuples(st.just("deliver_racing"), st.floats(0.1, 1.0), racing_change),
 )
 
 
@@ -88,11 +105,14 @@ class History:
         # tiers, which the mirror reads with expand[]=tiers.
         self.catalog_price = _tiered_price(emulator)
         self.factory = make_session_factory(engine)
+        self.settings = settings
         self.gateway = StripeGateway(settings)
         self.applier = Applier(self.factory, self.gateway)
+        self.webhooks = Applier(self.factory, self.gateway, source="webhook", read_features=True)
         self.customers: list[str] = []
         self.deleted: set[str] = set()
         self.subscriptions: list[str] = []
+        self.owners: dict[str, int] = {}  # subscription -> its user's index
         self.days_advanced = 0
         self.price_deleted = False
         sdk = emulator.sdk.v1
@@ -121,6 +141,7 @@ class History:
                     "items": [{"price": self.price}],
                 }
                 self.subscriptions.append(sdk.subscriptions.create(params=params).id)
+                self.owners[self.subscriptions[-1]] = step[1]
             elif kind == "subscribe_trial" and self.customers[step[1]] not in self.deleted:
                 params = {
                     "customer": self.customers[step[1]],
@@ -132,6 +153,7 @@ class History:
                     params["trial_settings"] = {"end_behavior": end}
                 sub_id = sdk.subscriptions.create(params=params).id
                 self.subscriptions.append(sub_id)
+                self.owners[sub_id] = step[1]
             elif kind == "change_plan" and self.subscriptions:
                 sub_id = self.subscriptions[step[1] % len(self.subscriptions)]
                 sub = sdk.subscriptions.retrieve(sub_id)
@@ -176,11 +198,56 @@ class History:
             elif kind == "deliver":
                 events = self.every_event()
                 self.deliver(rng.sample(events, max(1, int(len(events) * step[1]))), rng)
+            elif kind == "sync_racing":
+                before, during = (self.of_user(step[1], change) for change in step[2:])
+                self.run(before, rng)
+                gateway = self.racing("subscriptions.list", during, rng)
+                sync_subscriptions(self.factory, gateway, 100 + step[1], None)
+            elif kind == "deliver_racing":
+                events, busy = self.every_event(), set[str]()
+                applier = Applier(self.factory, self.racing(".retrieve", step[2], rng, busy))
+                for event in rng.sample(events, max(1, int(len(events) * step[1]))):
+                    busy.clear()
+                    busy.add(event["id"])
+                    applier.apply([Event.from_dict(event)])
         except stripe.InvalidRequestError as error:
             # Stripe refuses some moves (e.g. updating a canceled subscription): so do we.
             assert "canceled" in str(error) or "deleted" in str(error).lower(), error
         except httpx.HTTPStatusError as error:
             assert error.response.status_code == 400, error.response.text
+
+    def of_user(self, user: int, change: tuple[Any, ...]) -> tuple[Any, ...]:
+        """`change`, made to one of the user's subscriptions (a new one if they have none)."""
+        mine = [i for i, s in enumerate(self.subscriptions) if self.owners[s] == user]
+        if not mine:
+            return ("subscribe", user)
+        if change[0] == "pay":
+            return change
+        return (change[0], mine[change[1] % len(mine)], *change[2:])
+
+    def racing(
+        self,
+        operation: str,
+        change: tuple[Any, ...],
+        rng: random.Random,
+        busy: set[str] | None = None,
+    ) -> StripeGateway:
+        """A gateway that, right after its first successful read whose operation ends with
+        `operation` (before the reader writes it), makes `change` on Stripe and delivers
+        every event (but those `busy` being applied by the reader) as webhooks do: one by
+        one, each in its own transaction."""
+        raced: list[bool] = []
+
+        def observe(name: str, outcome: int | str) -> None:
+            if name.endswith(operation) and outcome == 200 and not raced:
+                raced.append(True)
+                self.run(change, rng)
+                events = [e for e in self.every_event() if e["id"] not in (busy or ())]
+                rng.shuffle(events)
+                for event in events:
+                    self.webhooks.apply([Event.from_dict(event)])
+
+        return StripeGateway(self.settings, observer=observe)
 
     def billing_cycle(self, step: tuple[Any, ...]) -> None:
         sdk = self.emulator.sdk.v1
@@ -194,6 +261,7 @@ class History:
             session = sdk.checkout.sessions.create(params=params)
             done = self.emulator.control("POST", f"checkout/sessions/{session.id}/complete", {})
             self.subscriptions.append(done["subscription"])
+            self.owners[done["subscription"]] = step[1]
         elif kind == "decline" and self.subscriptions:
             sub = sdk.subscriptions.retrieve(self.subscriptions[step[1] % len(self.subscriptions)])
             if sub.customer in self.deleted:
@@ -502,3 +570,65 @@ def test_invoices_converge_to_stripe(
     # Worth something only if histories made invoices, and declined some: 30 random histories
     # decline 5 to 40 payments (a bound above 5 failed a run now and then).
     assert invoices_checked > 30 and len(failed_payments) > 0
+
+
+# Reads racing webhooks: syncs and tie re-reads whose write comes after a change of the same
+# second and its webhooks (the interleaving `sync_racing` and `deliver_racing` make), among
+# the changes they race with. The main property has them too, diluted among the rest.
+racing_operation = st.one_of(
+    st.tuples(st.just("subscribe"), st.integers(0, USERS - 1)),
+    st.tuples(st.just("checkout"), st.integers(0, USERS - 1)),
+    racing_change,
+    st.tuples(st.just("advance"), st.integers(1, 2)),
+    st.tuples(st.just("deliver"), st.floats(0.1, 1.0)),
+    st.tuples(st.just("sync_racing"), st.integers(0, USERS - 1), racing_change, racing_change),
+    st.tuples(st.just("sync_racing"), st.integers(0, USERS - 1), racing_change, racing_change),
+    st.tuples(st.just("deliver_racing"), st.floats(0.1, 1.0), racing_change),
+)
+
+
+@pytest.mark.timeout(600)
+def test_reads_racing_webhooks_converge_to_stripe(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    # The two interleavings, always tried: a sync's read written after the webhook of a change
+    # of its second; a tie's re-read (the update meets the row of its second) written after one.
+    @example(
+        steps=[
+            ("subscribe", 0),
+            ("deliver", 1.0),
+            ("sync_racing", 0, ("set_status", 0, "past_due"), ("set_status", 0, "unpaid")),
+        ],
+        seed=0,
+    )
+    @example(
+        steps=[
+            ("subscribe", 0),
+            ("deliver", 1.0),
+            ("set_status", 0, "past_due"),
+            ("deliver_racing", 1.0, ("set_status", 0, "unpaid")),
+        ],
+        seed=0,
+    )
+    @given(steps=st.lists(racing_operation, min_size=1, max_size=12), seed=st.integers(0, 2**32))
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    def check(steps: list[tuple[Any, ...]], seed: int) -> None:
+        nonlocal subscriptions_checked
+        emulator.reset()
+        clear_tables(engine)
+        history = History(emulator, stripe_settings, engine)
+        history.start()
+        rng = random.Random(seed)
+        for step in steps:
+            history.run(step, rng)
+        history.deliver(history.every_event(), rng)
+        history.assert_converged()
+        subscriptions_checked += history.checked
+
+    subscriptions_checked = 0
+    check()
+    assert subscriptions_checked > 20

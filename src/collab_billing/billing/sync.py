@@ -7,7 +7,9 @@ Checkout counts in the usage estimate at once), and active entitlements (the fea
 gives, so that the state document changes once, with all), with no transaction open, and
 writes them through
 the applier as resync does: each row takes the objects read, watermarked with Stripe's newest
-event second read *before* them, so older events are found stale and newer ones still apply.
+event second read *before* them, so older events are found stale and newer ones still apply
+(a row of that second only if no event was applied to it since the reads began: one may have
+been created after them, in that second).
 Four reads at most, in two round trips (the session and the newest event at once, then the
 subscriptions and the entitlements), all counted in the read budget; a customer linked by the
 sync (made before its user existed) is read whole, its invoices too, as the poll reads one.
@@ -92,10 +94,12 @@ def _sync(
             as_of = newest.result()
     customer = target.stripe_customer_id
     assert customer is not None
+    applier = Applier(factory, gateway, source="sync")
+    seen = applier.rows_of_customer(customer)  # before the reads (`write_read`)
     read = _everything_owned(gateway, customer) if target.link else _plan(gateway, customer)
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
-        Applier(factory, gateway, source="sync").apply_read(read, as_of, links)
+        applier.apply_read(read, as_of, links, seen)
     return target.github_user_id
 
 

@@ -53,6 +53,11 @@ class MirroredRow:
 
     # `created` of the newest event (or read) applied: the watermark that orders payloads.
     stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Raised by every write of the row: a read from Stripe is written over a row of its own
+    # second only if the row is the one seen before the read (`reconcile.batch`).
+    stripe_state_version: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()

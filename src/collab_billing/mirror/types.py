@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import ColumnElement, Select, Table, Update, select, update
+from sqlalchemy import ColumnElement, Select, Table, Update, bindparam, select, update
 
 from collab_billing.db.dialect import in_ids
 
@@ -147,14 +147,27 @@ class MirroredType(Generic[T]):
             update(table)
             .where(in_ids(table.c[self.key]))
             .where(table.c.deleted.is_(False), table.c.stripe_state_as_of < as_of)
-            .values(deleted=True, stripe_state_as_of=as_of)
+            .values(**_tombstoned(table, as_of))
             .returning(table.c[self.key], *owner)
         )
+
+    def rows_of_customer(self) -> Select[str, int]:
+        """(key, version) of an owned type's rows of one customer of ours (execute with
+        `{"id": billing_customer_id}`)."""
+        table = self.table
+        statement = select(table.c[self.key], table.c.stripe_state_version)
+        return statement.where(table.c.billing_customer_id == bindparam("id"))
 
     def tombstone(self, object_id: str, as_of: int) -> Update:
         """Mark a row deleted, keeping what it last showed (Stripe shows nothing any more)."""
         return (
             update(self.table)
             .where(self.table.c[self.key] == object_id)
-            .values(deleted=True, stripe_state_as_of=as_of)
+            .values(**_tombstoned(self.table, as_of))
         )
+
+
+def _tombstoned(table: Table, as_of: int) -> dict[str, Any]:
+    """The values of a row marked deleted as of `as_of` (a write: its version goes up)."""
+    version = table.c.stripe_state_version
+    return {"deleted": True, "stripe_state_as_of": as_of, "stripe_state_version": version + 1}

@@ -27,7 +27,7 @@ from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction
 from collab_billing.mirror import customers
 from collab_billing.mirror.entitlements import ENTITLEMENTS
-from collab_billing.mirror.registry import MirroredType
+from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, may_change_features
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.batch import (
@@ -37,8 +37,9 @@ from collab_billing.reconcile.batch import (
     candidate_of,
     group_events,
     merge_sorted,
+    row_marks,
 )
-from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway
 
@@ -47,8 +48,9 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 3600
 # Rounds of "roll back, read from Stripe, run again" before a batch counts as failed: a
 # customer read can lead to a listing of its subscriptions, and a webhook committing between
-# two rounds to one more re-read.
-MAX_ROUNDS = 4
+# two rounds to one more re-read (a row of the read's own second written since it was read:
+# docs/reconciliation.md, "Reads"; a poll's batch racing many deliveries of its objects).
+MAX_ROUNDS = 8
 
 
 class Applier:
@@ -91,7 +93,7 @@ class Applier:
         reads = StripeReads(self.gateway)
         # Ties that only Stripe can settle are read before the first transaction, and so are
         # the objects always read (entitlements) of customers we know.
-        first, features = self._read_first(groups)
+        first, features = self._read_first(groups, reads)
         reads.fetch([*first, *(Read("object", cid, ENTITLEMENTS.kind) for cid in features)])
         try:
             stats = self._run(groups, retried, reads, cursor, features)
@@ -107,12 +109,15 @@ class Applier:
         metrics.record_outcomes(stats.outcomes)
         return stats
 
-    def _read_first(self, groups: Sequence[Group]) -> tuple[list[Read], dict[str, int]]:
+    def _read_first(
+        self, groups: Sequence[Group], reads: StripeReads
+    ) -> tuple[list[Read], dict[str, int]]:
         """The objects to read before the first transaction: those of customers we know (the
         objects of customers not ours are never read; those of a customer not known yet are
         read in a later round if it turns out ours), less those whose events were all
         processed already (a poll's overlap, a webhook's replay). With `read_features`, also
-        the customers whose features to read, each with its subscription's newest second."""
+        the customers whose features to read, each with its subscription's newest second.
+        The versions of their rows, seen before the reads, go to `reads.rows`."""
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
         tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
@@ -126,17 +131,21 @@ class Applier:
             )
             ours = customers.known(session, owners)
 
-        def new(group: Group) -> bool:
-            return any(e.id not in done for e in group.events)
+            def new(group: Group) -> bool:
+                return any(e.id not in done for e in group.events)
 
-        wanted = [g for g in tied if g.owner is None or g.owner in ours]
-        wanted += [g for g in always if g.final is not None and g.owner in ours]
-        features: dict[str, int] = {}
-        for group in along:
-            cid = group.owner
-            if cid is not None and cid in ours and new(group):
-                features[cid] = max(features.get(cid, 0), group.newest_created)
-        return [g.read for g in wanted if new(g)], features
+            wanted = [g for g in tied if g.owner is None or g.owner in ours]
+            wanted += [g for g in always if g.final is not None and g.owner in ours]
+            wanted = [g for g in wanted if new(g)]
+            features: dict[str, int] = {}
+            for group in along:
+                cid = group.owner
+                if cid is not None and cid in ours and new(group):
+                    features[cid] = max(features.get(cid, 0), group.newest_created)
+            objects = [(g.mirrored, g.object_id, g.read) for g in wanted if g.mirrored]
+            objects += [(ENTITLEMENTS, c, Read("object", c, ENTITLEMENTS.kind)) for c in features]
+            _note_rows(session, objects, reads)
+        return [g.read for g in wanted], features
 
     def _run(
         self,
@@ -194,13 +203,15 @@ class Applier:
         read: Sequence[tuple[MirroredType[Any], Sequence[Any]]],
         as_of: int,
         candidates: Sequence[customers.Candidate] = (),
+        seen: Mapping[str, Mapping[str, int]] = MappingProxyType({}),
     ) -> int:
         """Objects read from Stripe just now, with no event (`sync`, like resync), in one
-        transaction (one change of the state documents): each written where its row is not
-        newer than `as_of`, which must be a second of Stripe's no later than the reads (see
-        `write_read`). `candidates` are customers to link first (unknown ones only). No
-        ledger row is written: the objects' events still apply, or are found stale, by the
-        usual rules. Returns the rows written."""
+        transaction (one change of the state documents): each written where its row is older
+        than `as_of`, which must be a second of Stripe's no later than the reads, or of that
+        second and unchanged since before the reads (`seen`, by kind: `rows_of_customer`
+        before the reads; see `write_read`). `candidates` are customers to link first
+        (unknown ones only). No ledger row is written: the objects' events still apply, or
+        are found stale, by the usual rules. Returns the rows written."""
         with transaction(self.factory) as session:
             # Every object's lock at once, in the one order all writers take them: locked
             # type by type, a webhook's batch holding one of a later type while it waits for
@@ -211,7 +222,25 @@ class Applier:
             step = BatchWriter(session, StripeReads(None))
             known = customers.known(session, [cid for cid, _, _ in candidates])
             step.link([c for c in candidates if c[0] not in known])
-            return sum(step.write_read(mirrored, objects, as_of) for mirrored, objects in read)
+            return sum(
+                step.write_read(mirrored, objects, as_of, seen.get(mirrored.kind, {}))
+                for mirrored, objects in read
+            )
+
+    def rows_of_customer(self, stripe_customer_id: str) -> dict[str, dict[str, int]]:
+        """The versions of a customer's rows, by kind and object id (`apply_read`'s `seen`:
+        taken before the reads)."""
+        with read_only(self.factory) as session:
+            our_id = customers.known(session, [stripe_customer_id]).get(stripe_customer_id)
+            if our_id is None:
+                return {}
+            return {
+                mirrored.kind: dict(
+                    session.execute(mirrored.rows_of_customer(), {"id": our_id}).all()
+                )
+                for mirrored in MIRRORED_TYPES
+                if mirrored.owner is not None
+            }
 
     def adopt(self, as_of: int) -> int:
         """Link the unmatched customers whose user has appeared since, with their objects
@@ -229,6 +258,19 @@ class Applier:
             for cid, our_id in linked.items():
                 step.catch_up(cid, our_id, as_of)
         return len(linked)
+
+
+def _note_rows(
+    session: Session,
+    objects: Sequence[tuple[MirroredType[Any], str, Read]],
+    reads: StripeReads,
+) -> None:
+    """`reads.rows`: the version of each object's row now (before the reads), or `NO_ROW`."""
+    for mirrored in {mirrored.kind: mirrored for mirrored, _, _ in objects}.values():
+        mine = [(object_id, read) for m, object_id, read in objects if m is mirrored]
+        marks = row_marks(session, mirrored, [object_id for object_id, _ in mine])
+        for object_id, read in mine:
+            reads.rows[read] = marks[object_id][1] if object_id in marks else NO_ROW
 
 
 def _incomplete(group: Group) -> bool:

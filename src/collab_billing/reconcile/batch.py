@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from types import MappingProxyType
 from typing import Any
@@ -266,7 +267,7 @@ class BatchWriter:
             if cid is not None and cid not in self.known:
                 self.stats.count("unmatched", group.events)
                 continue
-            newest, mark = group.newest_created, marks.get(group.object_id)
+            newest, (mark, version) = group.newest_created, marks.get(group.object_id, NO_MARK)
             if mark is not None and newest < mark:
                 self.stats.count("stale", group.events)
                 continue
@@ -274,7 +275,9 @@ class BatchWriter:
             if deletion is not None:
                 obj = deletion.object_as(mirrored.object_type)
             else:
-                obj = self._event_object_or_read(mirrored, group, mark == newest)
+                tie = version if mark == newest else None
+                our_id = self.known.get(cid or "")
+                obj = self._event_object_or_read(mirrored, group, tie, our_id)
             if obj is None:
                 continue
             self.stats.count("applied", group.events)
@@ -291,12 +294,23 @@ class BatchWriter:
             written.append((obj, newest, self.known.get(cid or "")))
         self.store(mirrored, written, deleted)
 
-    def _event_object_or_read(self, mirrored: MirroredType[Any], group: Group, tie: bool) -> Any:
+    def _event_object_or_read(
+        self, mirrored: MirroredType[Any], group: Group, tie: int | None, our_id: int | None
+    ) -> Any:
         """The group's final event's object, or, when that cannot be trusted (no single final
         event, a tie with the row, a type or an object whose payload is incomplete), the
-        object read from Stripe (None until read: `self.needed`)."""
+        object read from Stripe (None until read: `self.needed`). `tie`: the version of the
+        row of the group's own second (None: the row is older, or there is none), which only
+        a read made since it was written, or one it shows already, may replace
+        (`StripeReads.get_since`)."""
         final = None if group.final is None else group.final.object_as(mirrored.object_type)
-        if final is None or tie or not mirrored.trust_payload or mirrored.needs_read(final):
+        if tie is not None:
+
+            def shown(obj: Any) -> bool:
+                return self.shows(mirrored, group.object_id, obj, group.newest_created, our_id)
+
+            return self.reads.get_since(group.read, tie, self.needed, shown)
+        if final is None or not mirrored.trust_payload or mirrored.needs_read(final):
             return self.reads.get(group.read, self.needed)
         return final
 
@@ -316,11 +330,20 @@ class BatchWriter:
         if mirrored.after_write is not None and written:
             mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
 
-    def write_read(self, mirrored: MirroredType[Any], chunk: Sequence[Any], as_of: int) -> int:
-        """Objects read now, written where their row is not newer than `as_of` (and, if owned,
-        their customer is ours). `as_of` is a second no later than the reads on Stripe's
-        clock: an event created before it is reflected in what was read, so the watermark
-        makes it stale; one of that second or later still applies (docs/reconciliation.md)."""
+    def write_read(
+        self,
+        mirrored: MirroredType[Any],
+        chunk: Sequence[Any],
+        as_of: int,
+        seen: Mapping[str, int] = MappingProxyType({}),
+    ) -> int:
+        """Objects read now, written where their row is older than `as_of`, or of that second
+        and unchanged since before the reads (`seen`: each row's version then, `NO_ROW` for
+        none; and, if owned, where their customer is ours). `as_of` is a second no later than
+        the reads on Stripe's clock: an event created before it is reflected in what was read,
+        so the watermark makes it stale; one of that second or later still applies. A row of
+        that second written since the reads may show an event created after them, in that
+        second: it is kept (docs/reconciliation.md, "Reads")."""
         ids = [mirrored.object_id(obj) for obj in chunk]
         ledger.lock_objects(self.session, ids)
         marks = self.watermarks(mirrored, ids)
@@ -329,7 +352,8 @@ class BatchWriter:
         written = [
             (obj, as_of, self.known.get(owners.get(object_id, "")))
             for obj, object_id in zip(chunk, ids, strict=True)
-            if marks.get(object_id, 0) <= as_of and (not owners or owners[object_id] in self.known)
+            if read_may_replace(marks.get(object_id, NO_MARK), as_of, seen.get(object_id))
+            and (not owners or owners[object_id] in self.known)
         ]
         self.store(mirrored, written)
         return len(written)
@@ -339,17 +363,37 @@ class BatchWriter:
         (read after it: `write_read`'s rule holds). A failed read writes nothing: the
         entitlements' own event brings them."""
         for cid, as_of in features.items():
+            read = Read("object", cid, ENTITLEMENTS.kind)
             try:
-                summary = self.reads.get(Read("object", cid, ENTITLEMENTS.kind), self.needed)
+                summary = self.reads.get(read, self.needed)
             except StripeGatewayError:
                 continue
             if summary is not None:
-                self.write_read(ENTITLEMENTS, [summary], as_of)
+                seen = {cid: self.reads.rows[read]} if read in self.reads.rows else {}
+                self.write_read(ENTITLEMENTS, [summary], as_of, seen)
 
-    def watermarks(self, mirrored: MirroredType[Any], object_ids: list[str]) -> dict[str, int]:
-        statement = _watermarks_statement(mirrored.table, mirrored.key)
-        rows = self.session.execute(statement, {"ids": object_ids})
-        return {object_id: as_of for object_id, as_of in rows}
+    def shows(
+        self, mirrored: MirroredType[Any], object_id: str, obj: Any, as_of: int, cid: int | None
+    ) -> bool:
+        """Whether the row of `object_id` shows `obj` already, as of `as_of` (writing it would
+        change nothing). Never for a type whose rows are beside it (`after_write`), nor for an
+        object read back deleted."""
+        if mirrored.after_write is not None or getattr(obj, "deleted", False):
+            return False
+        row = mirrored.row(obj, as_of, cid)
+        names = [name for name in row if name not in (mirrored.key, "billing_customer_id")]
+        table = mirrored.table
+        statement = select(*(table.c[name] for name in names))
+        stored = self.session.execute(statement.where(table.c[mirrored.key] == object_id)).first()
+        return stored is not None and all(
+            _same(value, row[name]) for name, value in zip(names, stored, strict=True)
+        )
+
+    def watermarks(
+        self, mirrored: MirroredType[Any], object_ids: Collection[str]
+    ) -> dict[str, tuple[int, int]]:
+        """Each row's (watermark, version)."""
+        return row_marks(self.session, mirrored, object_ids)
 
     def upsert(self, mirrored: MirroredType[Any], rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -367,8 +411,42 @@ class BatchWriter:
 
 
 @cache
-def _watermarks_statement(table: Table, key: str) -> Select[str, int]:
-    return select(table.c[key], table.c.stripe_state_as_of).where(in_ids(table.c[key]))
+def _watermarks_statement(table: Table, key: str) -> Select[str, int, int]:
+    columns = (table.c[key], table.c.stripe_state_as_of, table.c.stripe_state_version)
+    return select(*columns).where(in_ids(table.c[key]))
+
+
+NO_MARK: tuple[None, None] = (None, None)  # no row
+
+
+def _same(stored: Any, value: Any) -> bool:
+    """A column's stored value and one about to be written are the same (SQLite gives back
+    its times without their zone, UTC)."""
+    if isinstance(stored, datetime) and stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return bool(stored == value)
+
+
+def row_marks(
+    session: Session, mirrored: MirroredType[Any], object_ids: Collection[str]
+) -> dict[str, tuple[int, int]]:
+    """Each existing row's (watermark, version) among `object_ids`."""
+    statement = _watermarks_statement(mirrored.table, mirrored.key)
+    rows = session.execute(statement, {"ids": list(object_ids)})
+    return {object_id: (as_of, version) for object_id, as_of, version in rows}
+
+
+def read_may_replace(
+    row: tuple[int, int] | tuple[None, None], as_of: int, seen: int | None
+) -> bool:
+    """Whether an object read from Stripe, no older than second `as_of` on Stripe's clock, may
+    be written over this row (watermark, version): a row older than `as_of` (or none), or one
+    of that second still at the version `seen` before the read was made. Not one written
+    since at that second: its event may have been created after the read, in that second."""
+    mark, version = row
+    return mark is None or mark < as_of or (mark == as_of and seen == version)
 
 
 @cache
@@ -378,6 +456,7 @@ def _upsert_statement(dialect: str, table: Table, key: str, columns: tuple[str, 
     kept = (key, "billing_customer_id")
     changed = {name: statement.excluded[name] for name in columns if name not in kept}
     changed["updated_at"] = func.now()
+    changed["stripe_state_version"] = table.c.stripe_state_version + 1
     return statement.on_conflict_do_update(index_elements=[key], set_=changed)
 
 

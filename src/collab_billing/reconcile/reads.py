@@ -9,7 +9,7 @@ current object is never older than the events listed before it was read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +39,39 @@ class NeedsStripe(Exception):
         self.reads = reads
 
 
+# `StripeReads.rows`: no row of the object was seen before the read.
+NO_ROW = -1
+
+
 class StripeReads:
-    """The reads of one batch, each made at most once."""
+    """The reads of one batch, each made at most once (or again, when a row of the read's own
+    second was written since it was made: `get_since`)."""
 
     def __init__(self, gateway: StripeGateway | None) -> None:
         self.gateway = gateway
         self._done: dict[Read, Any] = {}
         self.count = 0
+        # The version (`stripe_state_version`) of the row a read is for, seen before the read
+        # was made (`NO_ROW`: none). Set by whoever asks for the read, before it is made.
+        self.rows: dict[Read, int] = {}
+
+    def get_since(
+        self, read: Read, version: int, needed: set[Read], shown: Callable[[Any], bool]
+    ) -> Any:
+        """The result of `read`, to be written over a row of the read's own second, now at
+        `version`: only a read made since the row was written at it, which shows every event
+        applied to the row (a read made before may predate an event created later in that
+        second and applied since), or one the row shows already (`shown`: writing it changes
+        nothing). Another is made again (None: added to `needed`)."""
+        if read in self._done and self.rows.get(read) != version:
+            result = self._done[read]
+            if not isinstance(result, StripeGatewayError) and shown(result):
+                self.rows[read] = version
+            else:
+                del self._done[read]
+        if read not in self._done:
+            self.rows[read] = version
+        return self.get(read, needed)
 
     def fetch(self, reads: Iterable[Read]) -> None:
         """Make these reads now (a failed one fails, when used, only the object needing it)."""

@@ -12,9 +12,10 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -36,8 +37,8 @@ from collab_billing.mirror.registry import (
     relevant_types_filter,
 )
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.batch import BatchWriter, candidate_of
-from collab_billing.reconcile.reads import StripeReads
+from collab_billing.reconcile.batch import BatchWriter, candidate_of, row_marks
+from collab_billing.reconcile.reads import NO_ROW, StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.events import decode_object
@@ -146,12 +147,19 @@ def refresh(
 ) -> None:
     """Read these objects from Stripe now and write them as resync does: the watermark is the
     newest event's second, taken BEFORE the reads, so the rows are at least as new as every
-    event up to it, a later event still applies, and a tie is read again. For a change just
-    made through the API (the row shows it without waiting for its event)."""
+    event up to it, a later event still applies, and a tie is read again. A row of that second
+    is replaced only if nothing was written to it since the reads began (its version, read
+    before them): an event applied since may have been created after them, in that second.
+    For a change just made through the API (the row shows it without waiting for its event)."""
+    with read_only(factory) as session:
+        marks = row_marks(session, mirrored, object_ids)
+    seen = {
+        object_id: marks[object_id][1] if object_id in marks else NO_ROW for object_id in object_ids
+    }
     as_of = _stripe_now(gateway)
     chunk = [mirrored.retrieve(gateway, object_id) for object_id in object_ids]
     with transaction(factory) as session:
-        _write(session, mirrored, chunk, as_of)
+        _write(session, mirrored, chunk, as_of, seen)
 
 
 @contextmanager
@@ -314,9 +322,16 @@ def _link(session: Session, chunk: list[customers.Customer]) -> int:
     return len(step.link([candidate_of(customer) for customer in unknown]))
 
 
-def _write(session: Session, mirrored: MirroredType[Any], chunk: list[Any], as_of: int) -> int:
-    """Objects read now, written where their row is not newer than `as_of`."""
-    return BatchWriter(session, StripeReads(None)).write_read(mirrored, chunk, as_of)
+def _write(
+    session: Session,
+    mirrored: MirroredType[Any],
+    chunk: list[Any],
+    as_of: int,
+    seen: Mapping[str, int] = MappingProxyType({}),
+) -> int:
+    """Objects read now, written where their row is older than `as_of`, or of that second
+    and at the version `seen` before the reads (`BatchWriter.write_read`)."""
+    return BatchWriter(session, StripeReads(None)).write_read(mirrored, chunk, as_of, seen)
 
 
 def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:

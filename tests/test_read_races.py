@@ -1,0 +1,213 @@
+"""A read from Stripe, and an event of the read's own second applied before the read is written.
+
+A read made during second T reflects the events created before it, not those created later in
+T. When one of those later events is applied (a webhook, in its own transaction) between the
+read and the transaction that writes the read, that transaction must not write the older read
+over it: the event is in the ledger, so it never applies again, and the row would stay behind
+Stripe until the object's next event.
+
+Every path that writes a read races so: a sync, resync's writes (`refresh`), a webhook's read
+of its customer's features, and a tie's re-read. Each is driven here step by step: the read is
+made by the service's own code, through a gateway whose observer (the gateway's own parameter)
+runs the race the moment the read returns: Stripe changes, and the webhook of that change is
+applied; then the service's code writes its read. All in one second on Stripe's clock,
+deterministically: the customer lives on a test clock, so its events (those of the changes
+made here) are all created at one second (the emulator's log never goes backwards, and nothing
+else happens meanwhile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from collab_billing.billing.sync import sync_subscriptions
+from collab_billing.config import Settings
+from collab_billing.db.engine import make_session_factory
+from collab_billing.db.models import BillingEntitlement, BillingInvoice, BillingSubscription
+from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
+from collab_billing.reconcile.apply import Applier
+from collab_billing.reconcile.resync import refresh
+from collab_billing.stripe_gateway import Event, StripeGateway
+from tests.stripe_helpers import Emulator
+from tests.test_entitlements import featured_price
+from tests.test_reconcile_flow import add_user
+
+USER = 4242
+
+
+class Race:
+    """A user whose Stripe customer lives on a test clock (so every event of its objects is
+    created at one second), with a webhook applier as `api/webhooks.py` builds it."""
+
+    def __init__(self, emulator: Emulator, settings: Settings, engine: Engine) -> None:
+        self.emulator = emulator
+        self.settings = settings
+        self.factory: sessionmaker[Session] = make_session_factory(engine)
+        self.gateway = StripeGateway(settings)
+        self.applied: set[str] = set()
+        self.since: int | None = None  # the events of the race: from its first subscription
+        sdk = emulator.sdk.v1
+        add_user(self.factory, USER, "racer")
+        clock = sdk.test_helpers.test_clocks.create(params={"frozen_time": emulator.now()})
+        metadata = {"github_user_id": str(USER)}
+        self.customer = sdk.customers.create(
+            params={"metadata": metadata, "test_clock": clock.id}
+        ).id
+        self.webhooks()  # links the customer to the user
+
+    def subscribe(self, price: str) -> Any:
+        """A subscription left `incomplete`, its first invoice open (paid later: `pay`)."""
+        if self.since is None:
+            self.since = len(self.events())
+        params: Any = {
+            "customer": self.customer,
+            "items": [{"price": price}],
+            "payment_behavior": "default_incomplete",
+        }
+        return self.emulator.sdk.v1.subscriptions.create(params=params)
+
+    def pay(self, subscription: Any) -> None:
+        """Its invoice paid (out of band): the subscription becomes `active`."""
+        invoice = str(subscription.latest_invoice)
+        self.emulator.sdk.v1.invoices.pay(invoice, params={"paid_out_of_band": True})
+
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self.emulator.control("GET", "state?events=true")["events"]
+        return events
+
+    def webhooks(self, gateway: StripeGateway | None = None, only: str | None = None) -> None:
+        """Each event not delivered yet (of type `only`), delivered alone, as webhooks are."""
+        applier = Applier(
+            self.factory, gateway or self.gateway, source="webhook", read_features=True
+        )
+        for event in self.events():
+            if event["id"] not in self.applied and only in (None, event["type"]):
+                self.applied.add(event["id"])
+                applier.apply([Event.from_dict(event)])
+
+    def poll_everything(self) -> None:
+        """Every event again, as a poll reads them (all of them processed already, here)."""
+        Applier(self.factory, self.gateway).apply([Event.from_dict(e) for e in self.events()])
+
+    def racing(self, operation: str, race: Callable[[], None]) -> StripeGateway:
+        """A gateway that runs `race` once, right after its first successful `operation`."""
+        done: list[bool] = []
+
+        def observe(name: str, outcome: int | str) -> None:
+            if name == operation and outcome == 200 and not done:
+                done.append(True)
+                race()
+
+        return StripeGateway(self.settings, observer=observe)
+
+    def one_second(self) -> int:
+        """The one second every event of the race was created in."""
+        seconds = {e["created"] for e in self.events()[self.since :]}
+        assert len(seconds) == 1, seconds
+        return seconds.pop()
+
+    def status(self, subscription_id: str) -> str:
+        with self.factory() as session:
+            row = session.scalars(
+                select(BillingSubscription).where(
+                    BillingSubscription.stripe_subscription_id == subscription_id
+                )
+            ).one()
+            return row.stripe_subscription_status
+
+
+@pytest.fixture
+def race(emulator: Emulator, stripe_settings: Settings, engine: Engine) -> Race:
+    return Race(emulator, stripe_settings, engine)
+
+
+def test_a_sync_does_not_write_its_read_over_an_event_applied_after_it(
+    race: Race, emulator: Emulator
+) -> None:
+    sub = race.subscribe(emulator.price())
+    race.webhooks()  # `customer.subscription.created`: incomplete, as of the second
+
+    def paid_meanwhile() -> None:  # after the sync's list was read, before it is written
+        race.pay(sub)
+        race.webhooks()
+
+    sync_subscriptions(race.factory, race.racing("subscriptions.list", paid_meanwhile), USER, None)
+    race.one_second()
+    race.poll_everything()
+    stripe = emulator.sdk.v1.subscriptions.retrieve(sub.id).status
+    assert stripe == "active"
+    assert race.status(sub.id) == stripe
+
+
+def test_a_refresh_does_not_write_its_read_over_an_event_applied_after_it(
+    race: Race, emulator: Emulator
+) -> None:
+    sub = race.subscribe(emulator.price())
+    race.webhooks()
+
+    def paid_meanwhile() -> None:
+        race.pay(sub)
+        race.webhooks()
+
+    gateway = race.racing("subscriptions.retrieve", paid_meanwhile)
+    refresh(race.factory, gateway, SUBSCRIPTIONS, [sub.id])
+    race.one_second()
+    race.poll_everything()
+    assert race.status(sub.id) == emulator.sdk.v1.subscriptions.retrieve(sub.id).status
+
+
+def test_a_webhooks_features_read_is_not_written_over_a_later_summary(
+    race: Race, emulator: Emulator
+) -> None:
+    first = race.subscribe(featured_price(emulator, 1, "first"))
+    second = race.subscribe(featured_price(emulator, 1, "second"))
+    race.webhooks()
+    race.pay(first)  # `customer.subscription.updated` (active) and the summary (one feature)
+    race.webhooks(only="entitlements.active_entitlement_summary.updated")
+
+    def second_paid_meanwhile() -> None:  # after the features were read with the first's event
+        race.pay(second)
+        race.webhooks()
+
+    gateway = race.racing("entitlements.active_entitlements.list", second_paid_meanwhile)
+    race.webhooks(gateway, only="customer.subscription.updated")
+    race.webhooks()
+    race.one_second()
+    race.poll_everything()
+    listed = emulator.sdk.v1.entitlements.active_entitlements.list(
+        params={"customer": race.customer}
+    )
+    stripe = sorted(e.lookup_key for e in listed.data)
+    assert stripe == ["first-000", "second-000"]
+    with race.factory() as session:
+        rows = sorted(session.scalars(select(BillingEntitlement.lookup_key)))
+    assert rows == stripe
+
+
+def test_a_ties_re_read_is_not_written_over_an_event_applied_after_it(
+    race: Race, emulator: Emulator
+) -> None:
+    sub = race.subscribe(emulator.price())
+    race.webhooks(only="invoice.created")  # the invoice's row: as of the second
+
+    def paid_meanwhile() -> None:  # after the tie was re-read, before its transaction
+        race.pay(sub)
+        race.webhooks()
+
+    # `invoice.finalized` meets a row of its own second: re-read, then written.
+    race.webhooks(race.racing("invoices.retrieve", paid_meanwhile), only="invoice.finalized")
+    race.webhooks()
+    race.one_second()
+    race.poll_everything()
+    invoice = emulator.sdk.v1.invoices.retrieve(str(sub.latest_invoice))
+    assert invoice.status == "paid"
+    with race.factory() as session:
+        row = session.scalars(
+            select(BillingInvoice).where(BillingInvoice.stripe_invoice_id == invoice.id)
+        ).one()
+    assert row.status == invoice.status
