@@ -92,6 +92,7 @@ def resync(
     if github_user_id is None:
         _tombstone_unlisted(factory, gateway, listed)
     for mirrored in _catalog_first(MIRRORED_TYPES):
+        seen = _versions_of_second(factory, mirrored, report.as_of)
         objects = (
             _fetched(factory, gateway, mirrored, github_user_id, report)
             if mirrored.fetch is not None
@@ -102,7 +103,8 @@ def resync(
             report.seen[mirrored.kind] += len(chunk)
             shown.update(mirrored.object_id(obj) for obj in chunk)
             with _deferring(factory) as session:
-                report.written[mirrored.kind] += _write(session, mirrored, chunk, report.as_of)
+                written = _write(session, mirrored, chunk, report.as_of, seen)
+                report.written[mirrored.kind] += written
             tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
         if mirrored.listed_rows is not None:
             report.deleted[mirrored.kind] += _tombstone_unshown(
@@ -126,9 +128,10 @@ def relist(factory: sessionmaker[Session], gateway: StripeGateway, kinds: Collec
     as_of = _stripe_now(gateway)
     written = 0
     for mirrored in _catalog_first(m for m in MIRRORED_TYPES if m.kind in kinds):
+        seen = _versions_of_second(factory, mirrored, as_of)
         for chunk in _chunks(_objects(factory, gateway, mirrored, None)):
             with _deferring(factory) as session:
-                written += _write(session, mirrored, chunk, as_of)
+                written += _write(session, mirrored, chunk, as_of, seen)
     outbox.refresh_every_stale(factory)
     return written
 
@@ -160,6 +163,20 @@ def refresh(
     chunk = [mirrored.retrieve(gateway, object_id) for object_id in object_ids]
     with transaction(factory) as session:
         _write(session, mirrored, chunk, as_of, seen)
+
+
+def _versions_of_second(
+    factory: sessionmaker[Session], mirrored: MirroredType[Any], as_of: int
+) -> dict[str, int]:
+    """The versions of the rows of second `as_of`, read before the lists are: such a row is
+    rewritten from a list only if nothing was written to it since (`BatchWriter.write_read`).
+    Without them, a row whose last event is of that second would keep what it shows, and
+    the columns an older release did not keep (`relist`), until its next event."""
+    table = mirrored.table
+    statement = select(table.c[mirrored.key], table.c.stripe_state_version)
+    with read_only(factory) as session:
+        rows = session.execute(statement.where(table.c.stripe_state_as_of == as_of))
+        return {object_id: version for object_id, version in rows}
 
 
 @contextmanager
