@@ -37,8 +37,8 @@ def test_a_sync_and_a_webhook_batch_of_the_same_objects_do_not_deadlock(
     first_type_written, batch_waiting = threading.Event(), threading.Event()
     real_write_read = batch.BatchWriter.write_read
 
-    def write_read(self: Any, mirrored: Any, chunk: Any, as_of: int) -> int:
-        written = real_write_read(self, mirrored, chunk, as_of)
+    def write_read(self: Any, mirrored: Any, chunk: Any, *rest: Any) -> int:
+        written = real_write_read(self, mirrored, chunk, *rest)
         if mirrored is SUBSCRIPTIONS:  # the sync holds what it has locked so far
             first_type_written.set()
             batch_waiting.wait(10)
