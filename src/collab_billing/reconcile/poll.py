@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.db.engine import read_only, transaction, writers_waited
-from collab_billing.db.statistics import TableStatistics
 from collab_billing.mirror.registry import (
     MIRROR_FORMAT,
     RELEVANT_TYPES,
@@ -94,8 +93,6 @@ class Poller:
         self._lock = threading.Lock()
         self.give_way = give_way
         self._next_refresh = 0.0
-        # A catch-up grows tables faster than autovacuum analyzes them (`db.statistics`).
-        self.statistics = TableStatistics(factory.kw["bind"])
 
     def check_retention(self) -> int:
         """Raise `NeedsResync` when events we have not read may have expired on Stripe; else
@@ -367,7 +364,6 @@ class Poller:
                 1 for e in batch if e.created < late and stats.by_event.get(e.id) != "duplicate"
             )
             report.stats.add_counts(stats)
-            self.statistics.refresh()
             if time.monotonic() >= self._next_refresh:
                 self._refresh_documents()
             if self.give_way is not None:
