@@ -24,6 +24,7 @@ from collab_billing.db.models import (
 )
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import Event, StripeGateway
+from tests.conftest import clear_tables
 from tests.stripe_helpers import Emulator
 
 USERS = 3
@@ -422,3 +423,24 @@ def _ts(value: datetime | None) -> int | None:
     if value is None:
         return None
     return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+
+
+def converged_history(
+    emulator: Emulator,
+    settings: Settings,
+    engine: Engine,
+    steps: list[tuple[Any, ...]],
+    seed: int,
+) -> History:
+    """Run `steps` on a reset emulator and empty tables, deliver every event (in an order and
+    batching drawn from `seed`), and check the database equals Stripe; returns the history."""
+    emulator.reset()
+    clear_tables(engine)
+    history = History(emulator, settings, engine)
+    history.start()
+    rng = random.Random(seed)
+    for step in steps:
+        history.run(step, rng)
+    history.deliver(history.every_event(), rng)
+    history.assert_converged()
+    return history

@@ -8,7 +8,6 @@ shuffled, duplicated, in random batches, with the same-second ties real historie
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
@@ -17,8 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from collab_billing.config import Settings
-from tests.conftest import clear_tables
-from tests.convergence_history import USERS, History
+from tests.convergence_history import USERS, converged_history
 from tests.stripe_helpers import Emulator
 
 STATUSES = ["active", "past_due", "unpaid", "paused", "trialing"]
@@ -92,15 +90,7 @@ def test_database_converges_to_stripe(
     )
     def check(steps: list[tuple[Any, ...]], seed: int) -> None:
         nonlocal subscriptions_checked, discounts_checked
-        emulator.reset()
-        clear_tables(engine)
-        history = History(emulator, stripe_settings, engine)
-        history.start()
-        rng = random.Random(seed)
-        for step in steps:
-            history.run(step, rng)
-        history.deliver(history.every_event(), rng)
-        history.assert_converged()
+        history = converged_history(emulator, stripe_settings, engine, steps, seed)
         subscriptions_checked += history.checked
         discounts_checked += history.discounts_checked
 
@@ -137,15 +127,8 @@ def test_invoices_converge_to_stripe(
     )
     def check(steps: list[tuple[Any, ...]], seed: int) -> None:
         nonlocal invoices_checked
-        emulator.reset()
-        clear_tables(engine)
-        history = History(emulator, stripe_settings, engine)
-        history.start()
-        rng = random.Random(seed)
-        for step in [("checkout", 0), *steps]:
-            history.run(step, rng)
-        history.deliver(history.every_event(), rng)
-        history.assert_converged()
+        steps = [("checkout", 0), *steps]
+        history = converged_history(emulator, stripe_settings, engine, steps, seed)
         invoices_checked += history.invoices_checked
         failed_payments.update(
             e["data"]["object"]["id"]
@@ -207,15 +190,7 @@ def test_reads_racing_webhooks_converge_to_stripe(
     )
     def check(steps: list[tuple[Any, ...]], seed: int) -> None:
         nonlocal subscriptions_checked
-        emulator.reset()
-        clear_tables(engine)
-        history = History(emulator, stripe_settings, engine)
-        history.start()
-        rng = random.Random(seed)
-        for step in steps:
-            history.run(step, rng)
-        history.deliver(history.every_event(), rng)
-        history.assert_converged()
+        history = converged_history(emulator, stripe_settings, engine, steps, seed)
         subscriptions_checked += history.checked
 
     subscriptions_checked = 0
