@@ -285,7 +285,8 @@ def cancel_subscription(
     old = store.subscriptions.get(sub_id)
     if old.status in ENDED:
         raise StripeError(400, f"The subscription {sub_id} has already been canceled.")
-    when = store.now() if at is None else at
+    # Now is the test clock's time for its subscriptions, as for every other change.
+    when = store.customer_now(old.customer) if at is None else at
     new = evolve(
         old,
         status="canceled",

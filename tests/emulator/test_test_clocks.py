@@ -85,3 +85,14 @@ def test_clock_errors(client: stripe.StripeClient, ctl: Control) -> None:
     client.v1.test_helpers.test_clocks.delete(clock.id)
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.test_helpers.test_clocks.retrieve(clock.id)
+
+
+def test_a_clock_subscription_canceled_now_ends_at_the_clocks_time(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    start = ctl("GET", "clock")["now"] - 10 * DAY
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
+    _, sub_id = clock_subscription(client, ctl, clock.id)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": start + 2 * DAY})
+    canceled = client.v1.subscriptions.cancel(sub_id)
+    assert (canceled.canceled_at, canceled.ended_at) == (start + 2 * DAY, start + 2 * DAY)
