@@ -8,10 +8,9 @@ from stripe_emulator import discounts, invoices, objects, payment_methods
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
 from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
-from stripe_emulator.invoices import bill_final_usage
+from stripe_emulator.immediate_cancel import cancel_now
 from stripe_emulator.objects import Json
 from stripe_emulator.payment_methods import customers_card
-from stripe_emulator.prorations import drop_pending
 from stripe_emulator.records import Subscription
 from stripe_emulator.resumption import ANCHORS
 from stripe_emulator.resumption import resume as resume_subscription
@@ -20,7 +19,6 @@ from stripe_emulator.subscription_items import ItemSpec, build_items
 from stripe_emulator.subscriptions import (
     STATUSES,
     SubscriptionChanges,
-    cancel_subscription,
     create_subscription,
     update_subscription,
 )
@@ -279,16 +277,17 @@ def update(call: Call) -> Json:
 def cancel(call: Call) -> Json:
     p = call.params
     comment, feedback = _cancellation(p)
-    invoice_now = p.boolean("invoice_now")
-    p.ignore("prorate")
+    invoice_now = bool(p.boolean("invoice_now"))
+    prorate = bool(p.boolean("prorate"))
     p.finish()
-    before = call.store.subscriptions.get(call.id)
-    record = cancel_subscription(call.store, call.id, comment=comment, feedback=feedback)
-    if invoice_now and record.ended_at is not None:
-        # Un-invoiced metered usage and pending prorations, billed now.
-        bill_final_usage(call.store, before, "subscription_update", record.ended_at)
-    else:  # Stripe removes the pending prorations of a subscription canceled at once
-        drop_pending(call.store, call.id)
+    record = cancel_now(
+        call.store,
+        call.id,
+        invoice_now=invoice_now,
+        prorate=prorate,
+        comment=comment,
+        feedback=feedback,
+    )
     return objects.subscription(record)
 
 

@@ -16,8 +16,8 @@ items are free). `proration_behavior` (`POST /v1/subscriptions/{id}`):
 - `none`: nothing.
 
 A change of interval (monthly to yearly) starts a new period billed at once: the old items'
-unused time is credited on that invoice. A subscription canceled at once drops its pending
-prorations unless `invoice_now` bills them (`/v1/subscriptions/{id}` DELETE).
+unused time is credited on that invoice. A subscription canceled at once removes its pending
+prorations unless `invoice_now` bills them or `prorate` keeps them (immediate_cancel.py).
 """
 
 from __future__ import annotations

@@ -124,14 +124,14 @@ def test_a_pending_proration_of_an_ended_subscription_holds_the_currency(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
     """Stripe's message names pending invoice items: a seat added mid-period, then the
-    subscription canceled at once in the portal, leaves its prorations pending."""
+    subscription canceled at once with `prorate`, leaves its prorations pending (without
+    `prorate` nor `invoice_now` they are removed: immediate_cancel.py)."""
     customer = client.v1.customers.create(params=CARD)
     sub = subscribe(client, customer.id, recurring_price(client).id)
     [item] = sub["items"].data
     ctl("POST", "clock/advance", {"seconds": 86_400})
     client.v1.subscriptions.update(sub.id, params={"items": [{"id": item.id, "quantity": 2}]})
-    portal = client.v1.billing_portal.sessions.create(params={"customer": customer.id})
-    ctl("POST", f"billing_portal/sessions/{portal.id}/confirm", {"immediately": True})
+    client.v1.subscriptions.cancel(sub.id, params={"prorate": True})
     assert client.v1.subscriptions.retrieve(sub.id).status == "canceled"
     refused(lambda: subscribe(client, customer.id, price_in(client, "eur").id))
 

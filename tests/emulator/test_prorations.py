@@ -186,6 +186,25 @@ def test_a_portal_change_is_prorated_and_an_immediate_cancel_drops_it(
     assert len(client.v1.invoices.list(params={"subscription": other}).data) == 1
 
 
+def test_prorate_credits_the_unused_time_on_the_final_invoice(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """`prorate` credits the unused time of the period; with `invoice_now` the final invoice
+    bills the pending prorations and that credit."""
+    _, sub_id = subscribe(client, ctl, quantity=2)
+    sub, at = _ten_days_in(client, sub_id)
+    item = sub["items"].data[0]
+    client.v1.subscriptions.update(sub_id, {"items": [{"id": item.id, "quantity": 3}]})
+    client.v1.subscriptions.cancel(sub_id, {"invoice_now": True, "prorate": True})
+    final = client.v1.invoices.list(params={"subscription": sub_id}).data[0]
+    assert final.billing_reason == "subscription_update"
+    assert [(amount, proration) for amount, proration, _ in _lines(final)] == [
+        (-_prorated(3000, sub, at), True),
+        (_prorated(4500, sub, at), True),
+        (-_prorated(4500, sub, at), True),
+    ]
+
+
 def test_a_new_interval_credits_the_unused_time_on_its_invoice(
     client: stripe.StripeClient, ctl: Control
 ) -> None:
