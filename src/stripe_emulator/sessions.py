@@ -20,6 +20,7 @@ from stripe_emulator import customer_currency, ids, invoices, payment_methods, p
 from stripe_emulator.api_coupons import apply_promotion_code
 from stripe_emulator.catalog import create_customer
 from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.immediate_cancel import cancel_now
 from stripe_emulator.records import (
     DAY,
     CheckoutSession,
@@ -33,7 +34,6 @@ from stripe_emulator.subscription_items import ItemSpec
 from stripe_emulator.subscriptions import (
     ENDED,
     SubscriptionChanges,
-    cancel_subscription,
     create_subscription,
     update_subscription,
 )
@@ -228,12 +228,13 @@ def confirm_portal_cancel(
     comment: str | None = None,
     feedback: str | None = None,
 ) -> Subscription:
-    """What the customer does in the portal: cancel at period end (the default) or now."""
+    """What the customer does in the portal: cancel at period end (the default) or now, as
+    the API's cancel does without `prorate` nor `invoice_now` (immediate_cancel.py)."""
     session = store.portal_sessions.get(session_id)
     sub = _portal_subscription(store, session, subscription)
     if sub.status in ENDED:
         raise StripeError(400, f"The subscription {sub.id} has already been canceled.")
     if immediately:
-        return cancel_subscription(store, sub.id, comment=comment, feedback=feedback)
+        return cancel_now(store, sub.id, comment=comment, feedback=feedback)
     changes = SubscriptionChanges(cancel_at_period_end=True, comment=comment, feedback=feedback)
     return update_subscription(store, sub.id, changes)

@@ -136,6 +136,22 @@ def test_a_pending_proration_of_an_ended_subscription_holds_the_currency(
     refused(lambda: subscribe(client, customer.id, price_in(client, "eur").id))
 
 
+def test_an_immediate_portal_cancel_removes_the_pending_prorations(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """As the API's cancel without `prorate` nor `invoice_now`: nothing of the old currency is
+    left pending, so another currency is the customer's."""
+    customer = client.v1.customers.create(params=CARD)
+    sub = subscribe(client, customer.id, recurring_price(client).id)
+    [item] = sub["items"].data
+    ctl("POST", "clock/advance", {"seconds": 86_400})
+    client.v1.subscriptions.update(sub.id, params={"items": [{"id": item.id, "quantity": 2}]})
+    portal = client.v1.billing_portal.sessions.create(params={"customer": customer.id})
+    ctl("POST", f"billing_portal/sessions/{portal.id}/confirm", {"immediately": True})
+    euros = subscribe(client, customer.id, price_in(client, "eur").id)
+    assert (euros.status, euros.currency) == ("active", "eur")
+
+
 def test_a_checkout_session_in_another_currency_is_refused_at_its_creation(api: Api) -> None:
     client = api.client
     customer = client.v1.customers.create(params=CARD)
