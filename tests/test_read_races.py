@@ -28,7 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from collab_billing.billing.sync import sync_subscriptions
 from collab_billing.config import Settings
 from collab_billing.db.engine import make_session_factory
-from collab_billing.db.models import BillingEntitlement, BillingInvoice, BillingSubscription
+from collab_billing.db.models import (
+    BillingDiscount,
+    BillingEntitlement,
+    BillingInvoice,
+    BillingSubscription,
+)
+from collab_billing.mirror.registry import relevant_types_filter
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile.apply import Applier
 from collab_billing.reconcile.resync import refresh
@@ -142,6 +148,58 @@ def test_a_sync_does_not_write_its_read_over_an_event_applied_after_it(
     stripe = emulator.sdk.v1.subscriptions.retrieve(sub.id).status
     assert stripe == "active"
     assert race.status(sub.id) == stripe
+
+
+def test_a_sync_does_not_mark_deleted_a_discount_made_after_its_read(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    """The sync marks deleted the discounts its read of the subscriptions no longer shows;
+    not one made after that read, in the second of its watermark, whose webhook was applied
+    meanwhile (its row is of that second, at a version the sync did not see)."""
+    sdk = emulator.sdk.v1
+    # Before the race's clock: the catalog's events (stamped by the real clock, as the
+    # subscription's update below) are of no later second than the race's.
+    coupon = sdk.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    price = emulator.price()
+    race = Race(emulator, stripe_settings, engine)
+    sub = race.subscribe(price)
+    race.pay(sub)
+    race.webhooks()
+    # The sync's watermark, the newest event's second, is the test clock's (the discount's
+    # events are stamped with it): the race is of one second.
+    second = sub.created
+    assert race.gateway.newest_event_created(relevant_types_filter()) == second
+
+    def discounted_meanwhile() -> None:  # after the sync's list was read, before it is written
+        sdk.subscriptions.update(sub.id, params={"discounts": [{"coupon": coupon.id}]})
+        race.webhooks()
+
+    gateway = race.racing("subscriptions.list", discounted_meanwhile)
+    sync_subscriptions(race.factory, gateway, USER, None)
+    race.poll_everything()
+    [shown] = sdk.subscriptions.retrieve(sub.id).discounts
+    with race.factory() as session:
+        row = session.scalars(select(BillingDiscount)).one()
+    assert (row.stripe_discount_id, row.deleted) == (shown, False)
+    assert row.stripe_state_as_of == second
+
+
+def test_a_sync_marks_deleted_a_discount_removed_before_its_read(
+    race: Race, emulator: Emulator
+) -> None:
+    """A discount removed before the sync's read, its row unchanged since (of the read's
+    second, as a rule: the removal's `customer.subscription.updated` is stamped by the real
+    clock, the race's other events by the test clock): the read no longer shows it."""
+    sdk = emulator.sdk.v1
+    coupon = sdk.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    sub = race.subscribe(emulator.price())
+    race.pay(sub)
+    sdk.subscriptions.update(sub.id, params={"discounts": [{"coupon": coupon.id}]})
+    race.webhooks()
+    sdk.subscriptions.update(sub.id, params={"discounts": ""})  # its events never delivered
+    sync_subscriptions(race.factory, race.gateway, USER, None)
+    with race.factory() as session:
+        assert session.scalars(select(BillingDiscount.deleted)).all() == [True]
 
 
 def test_a_refresh_does_not_write_its_read_over_an_event_applied_after_it(

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
+from collab_billing.db.models import BillingDiscount
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -250,3 +251,45 @@ def test_a_promotion_code_entered_at_checkout_is_taken_off_the_estimate_at_once(
     assert assert_matches_stripe(emulator, session_factory) == 1
     for api in serve(settings, engine):
         assert usage_of(api, 11)["estimated_cost_cents"] == 0
+
+
+def test_a_discount_removed_in_stripe_is_not_taken_off_the_estimate_after_a_sync(
+    stripe_settings: Settings,
+    engine: Engine,
+    emulator: Emulator,
+    meter: str,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """The subscription's 100%-off discount is removed in Stripe, and the user syncs: the
+    sync's read of the subscriptions no longer shows it, so it marks its row deleted, and the
+    usage is estimated, and capped, at what Stripe bills at once (before: still free, under
+    the cap, until the poll read the `customer.discount.deleted`)."""
+    settings = stripe_settings.model_copy(update={"billing_usage_prices": USAGE_PRICE})
+    sdk = emulator.sdk.v1
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    for api in serve(settings, engine):
+        add_user(api, 12)
+        cap = {"github_user_id": 12, "max_monthly_spend_cents": 100}
+        assert api.put("/billing/preferences", json=cap).status_code == 200
+        session_id = checkout(api, emulator, 12)
+        [sub] = emulator.state()["subscriptions"]
+        sdk.subscriptions.update(sub["id"], {"discounts": [{"coupon": free.id}]})
+        sync = {"github_user_id": 12, "checkout_session_id": session_id}
+        assert api.post("/billing/subscriptions/sync", json=sync).status_code == 200
+        assert (
+            api.post("/billing/usage", json=record(12, "a", 300)).json()["over_spend_cap"] is False
+        )
+        assert usage_of(api, 12)["estimated_cost_cents"] == 0
+
+        sdk.subscriptions.update(sub["id"], {"discounts": ""})
+        synced = api.post("/billing/subscriptions/sync", json={"github_user_id": 12})
+
+        assert synced.status_code == 200, synced.text
+        assert usage_of(api, 12)["estimated_cost_cents"] == 150  # $1.50 at list price
+        state = api.get("/billing/state", params={"github_user_id": 12}).json()
+        assert state["usage"] == {"max_monthly_spend_cents": 100, "over_spend_cap": True}
+        with session_factory() as session:
+            assert session.scalars(select(BillingDiscount.deleted)).all() == [True]
+    # The poll's events then find the rows as Stripe has them.
+    Reconciler(settings, engine, StripeGateway(settings)).drain()
+    assert assert_matches_stripe(emulator, session_factory) == 1

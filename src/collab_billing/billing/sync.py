@@ -9,7 +9,9 @@ writes them through
 the applier as resync does: each row takes the objects read, watermarked with Stripe's newest
 event second read *before* them, so older events are found stale and newer ones still apply
 (a row of that second only if no event was applied to it since the reads began: one may have
-been created after them, in that second).
+been created after them, in that second). A subscription's discount whose row is live but that
+the read no longer shows was removed in Stripe: it is marked deleted by the same rule, in the
+same transaction (`_unshown_discounts`).
 Four reads at most, in two round trips (the session and the newest event at once, then the
 subscriptions and the entitlements), all counted in the read budget; a customer linked by the
 sync (made before its user existed) is read whole, its invoices too, as the poll reads one.
@@ -99,7 +101,9 @@ def _sync(
     read = _everything_owned(gateway, customer) if target.link else _plan(gateway, customer)
     if as_of is not None:  # an account with no event has nothing to mirror yet
         links = [target.link] if target.link else []
-        applier.apply_read(read, as_of, links, seen)
+        # A customer linked now has no rows of discounts to find gone.
+        gone = [] if target.link else _unshown_discounts(factory, customer, read, as_of)
+        applier.apply_read(read, as_of, links, seen, gone)
     return target.github_user_id
 
 
@@ -120,6 +124,28 @@ def _plan(gateway: StripeGateway, customer: str) -> list[tuple[MirroredType[Any]
             (DISCOUNTS, shown),
             (ENTITLEMENTS, [entitlements.result()]),
         ]
+
+
+def _unshown_discounts(
+    factory: sessionmaker[Session],
+    customer: str,
+    read: list[tuple[MirroredType[Any], list[Any]]],
+    as_of: int,
+) -> list[tuple[MirroredType[Any], list[str]]]:
+    """The discounts of the subscriptions read (`_plan`: listed with their discounts, after
+    second `as_of`) whose rows are live but that the read no longer shows: removed in
+    Stripe, their `customer.discount.deleted` not polled yet. Marked deleted with the read
+    (`Applier.apply_read`, under the rules of a read's write), so the estimate stops taking
+    them off at once, as resync does (`listed_rows`)."""
+    objects = {mirrored.kind: found for mirrored, found in read}
+    subscriptions = {SUBSCRIPTIONS.object_id(sub) for sub in objects[SUBSCRIPTIONS.kind]}
+    shown = {DISCOUNTS.object_id(discount) for discount in objects[DISCOUNTS.kind]}
+    with read_only(factory) as session:
+        our_id = customers.known(session, [customer]).get(customer)
+        if our_id is None:
+            return []
+        gone = discounts.unshown(session, our_id, subscriptions, shown, as_of)
+    return [(DISCOUNTS, gone)] if gone else []
 
 
 def _everything_owned(

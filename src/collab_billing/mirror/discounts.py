@@ -18,12 +18,14 @@ does not use it). These reads expand each discount's coupon too, and a coupon no
 written from it (`keep_their_coupons`): Stripe's list of coupons leaves out deleted ones.
 Those lists show every live discount (not of an item), so one that a resync's lists do not
 show was removed while its `customer.discount.deleted` went unread (past Stripe's 30 days of
-events): resync tombstones it (`listed_rows`).
+events): resync tombstones it (`listed_rows`). A sync on return reads its user's
+subscriptions so, and marks deleted the discounts of those subscriptions that its read no
+longer shows (`unshown`), so that a removed one stops counting at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -163,6 +165,27 @@ def keep_their_coupons(session: Session, written: list[tuple[Discount, int | Non
     if coupons:
         statement = insert(session, BillingCoupon).on_conflict_do_nothing()
         session.execute(statement, list(coupons.values()))
+
+
+def unshown(
+    session: Session,
+    billing_customer_id: int,
+    subscription_ids: Collection[str],
+    shown: Collection[str],
+    as_of: int,
+) -> list[str]:
+    """The live rows of these subscriptions' own discounts (not an item's: `listed_rows`) no
+    newer than second `as_of` that a read of the subscriptions with their discounts
+    expanded, made after that second, did not show (`shown`): Stripe removed them. Those of
+    that second are to be checked against their versions seen before the read
+    (`BatchWriter.tombstone_unshown`)."""
+    if not subscription_ids:
+        return []
+    table = DISCOUNTS.table
+    statement = DISCOUNTS.unlisted(as_of, billing_customer_id, of_the_second=True).where(
+        table.c.stripe_subscription_id.in_(sorted(subscription_ids))
+    )
+    return sorted(set(session.scalars(statement)) - set(shown))
 
 
 DISCOUNTS = MirroredType(

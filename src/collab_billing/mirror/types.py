@@ -121,32 +121,39 @@ class MirroredType(Generic[T]):
             msgspec.json.encode({"id": object_id, "deleted": True}), type=self.object_type
         )
 
-    def unlisted(self, as_of: int, billing_customer_id: int | None) -> Select[str]:
+    def unlisted(
+        self, as_of: int, billing_customer_id: int | None, *, of_the_second: bool = False
+    ) -> Select[str]:
         """The live rows a complete list covers (`listed_rows`; of one customer of ours, if
         given) that are older than `as_of`: the list, read after that second, shows each of
         them unless it was deleted. A row of that second or newer may be of an object made
-        after the list was read: it is left to its events."""
+        after the list was read: it is left to its events, unless `of_the_second` (rows of
+        that second too, for a caller that took their versions before the read and checks
+        them under the rows' locks: `BatchWriter.tombstone_unshown`)."""
         assert self.listed_rows is not None and self.keeps_tombstones
         table = self.table
+        mark = table.c.stripe_state_as_of
         statement = select(table.c[self.key]).where(
             self.listed_rows(table),
             table.c.deleted.is_(False),
-            table.c.stripe_state_as_of < as_of,
+            mark <= as_of if of_the_second else mark < as_of,
         )
         if billing_customer_id is not None:
             statement = statement.where(table.c.billing_customer_id == billing_customer_id)
         return statement
 
-    def tombstone_unlisted(self, as_of: int) -> Update:
+    def tombstone_unlisted(self, as_of: int, *, of_the_second: bool = False) -> Update:
         """Mark the rows of `unlisted` deleted as of `as_of` (execute with `{"ids": [...]}`),
-        where still live and older than it (an event written since decides); returns their
-        keys and, if owned, customers."""
+        where still live and older than it (an event written since decides; `of_the_second`:
+        or of that second, the caller having checked them unchanged since before the read);
+        returns their keys and, if owned, customers."""
         table = self.table
         owner = [table.c.billing_customer_id] if self.owner is not None else []
+        mark = table.c.stripe_state_as_of
         return (
             update(table)
             .where(in_ids(table.c[self.key]))
-            .where(table.c.deleted.is_(False), table.c.stripe_state_as_of < as_of)
+            .where(table.c.deleted.is_(False), mark <= as_of if of_the_second else mark < as_of)
             .values(**_tombstoned(table, as_of))
             .returning(table.c[self.key], *owner)
         )

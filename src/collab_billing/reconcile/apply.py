@@ -204,28 +204,33 @@ class Applier:
         as_of: int,
         candidates: Sequence[customers.Candidate] = (),
         seen: Mapping[str, Mapping[str, int]] = MappingProxyType({}),
+        unshown: Sequence[tuple[MirroredType[Any], Sequence[str]]] = (),
     ) -> int:
         """Objects read from Stripe just now, with no event (`sync`, like resync), in one
         transaction (one change of the state documents): each written where its row is older
         than `as_of`, which must be a second of Stripe's no later than the reads, or of that
         second and unchanged since before the reads (`seen`, by kind: `rows_of_customer`
         before the reads; see `write_read`). `candidates` are customers to link first
-        (unknown ones only). No ledger row is written: the objects' events still apply, or
-        are found stale, by the usual rules. Returns the rows written."""
+        (unknown ones only). `unshown`: objects whose rows are live but that the reads would
+        have shown and did not, marked deleted by the same rule (`tombstone_unshown`). No
+        ledger row is written: the objects' events still apply, or are found stale, by the
+        usual rules. Returns the rows written."""
         with transaction(self.factory) as session:
             # Every object's lock at once, in the one order all writers take them: locked
             # type by type, a webhook's batch holding one of a later type while it waits for
             # one of ours would deadlock with this transaction.
-            ledger.lock_objects(
-                session, [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
-            )
+            ids = [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
+            ledger.lock_objects(session, ids + [i for _, gone in unshown for i in gone])
             step = BatchWriter(session, StripeReads(None))
             known = customers.known(session, [cid for cid, _, _ in candidates])
             step.link([c for c in candidates if c[0] not in known])
-            return sum(
+            written = sum(
                 step.write_read(mirrored, objects, as_of, seen.get(mirrored.kind, {}))
                 for mirrored, objects in read
             )
+            for mirrored, gone in unshown:
+                step.tombstone_unshown(mirrored, gone, as_of, seen.get(mirrored.kind, {}))
+            return written
 
     def rows_of_customer(self, stripe_customer_id: str) -> dict[str, dict[str, int]]:
         """The versions of a customer's rows, by kind and object id (`apply_read`'s `seen`:

@@ -358,6 +358,29 @@ class BatchWriter:
         self.store(mirrored, written)
         return len(written)
 
+    def tombstone_unshown(
+        self,
+        mirrored: MirroredType[Any],
+        object_ids: Collection[str],
+        as_of: int,
+        seen: Mapping[str, int] = MappingProxyType({}),
+    ) -> int:
+        """Mark deleted the rows of objects that a read made after second `as_of`, which
+        would have shown them, did not show (the read says they are gone), by
+        `write_read`'s rule: where older than `as_of`, or of that second and unchanged
+        since before the read (`seen`). A row written since at that second may be of an
+        object made after the read: it is kept. Returns how many were marked."""
+        ledger.lock_objects(self.session, object_ids)
+        marks = self.watermarks(mirrored, object_ids)
+        gone = [i for i, mark in marks.items() if read_may_replace(mark, as_of, seen.get(i))]
+        if not gone:
+            return 0
+        statement = mirrored.tombstone_unlisted(as_of, of_the_second=True)
+        marked = [dict(row) for row in self.session.execute(statement, {"ids": gone}).mappings()]
+        if marked:
+            outbox.mark_rows(self.session, mirrored.key, marked)
+        return len(marked)
+
     def write_features(self, features: Mapping[str, int]) -> None:
         """Customers' active entitlements, read with an event of theirs from second `as_of`
         (read after it: `write_read`'s rule holds). A failed read writes nothing: the
