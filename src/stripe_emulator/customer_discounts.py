@@ -17,7 +17,8 @@ subscriptions for that customer, including subscriptions added later"
 "If not specified or empty, inherits the discount from the subscription's customer" (the
 spec's `POST /v1/subscriptions`). It lasts as a subscription's does: a `once` one is removed
 after the first invoice that charges something, a `repeating` one at its `end`
-(`discounts.used`).
+(`discounts.used`). One of an `amount_off` coupon sets the customer's `currency`, and holds it
+(customer_currency.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from stripe_emulator import discounts
+from stripe_emulator import customer_currency, discounts
 from stripe_emulator.api import Call, route
 from stripe_emulator.control import Body, _only, _r, _store, _typed
 from stripe_emulator.discount_objects import discount_json
@@ -55,9 +56,22 @@ def apply(store: Store, customer_id: str, kind: str, value: str) -> Discount:
             f"The customer {customer_id} already has a discount: remove it first.", kind
         )
     at = store.customer_now(customer_id)
+    currency = _flat_rate_currency(store, kind, value)
+    if currency is not None:  # refused before it is redeemed (nothing counted)
+        customer_currency.check(store, customer_id, currency)
     made = discounts.redeem_for(store, kind, value, kind, customer_id, None, at)
+    if currency is not None:  # a flat-rate coupon sets, and then holds, the customer's
+        customer_currency.adopt(store, customer_id, currency, at)
     set_discount(store, customer_id, made, at)
     return made
+
+
+def _flat_rate_currency(store: Store, kind: str, value: str) -> str | None:
+    """The currency of the `amount_off` coupon named (directly, or by a promotion code);
+    None for a `percent_off` one."""
+    coupon_id = store.promotion_codes.get(value, kind).coupon if kind == "promotion_code" else value
+    coupon = store.coupons.get(coupon_id, kind)
+    return coupon.currency if coupon.amount_off is not None else None
 
 
 @route("DELETE", "/v1/customers/{id}/discount")

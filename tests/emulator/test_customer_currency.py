@@ -152,6 +152,45 @@ def test_an_immediate_portal_cancel_removes_the_pending_prorations(
     assert (euros.status, euros.currency) == ("active", "eur")
 
 
+def test_a_customers_amount_off_discount_sets_and_holds_its_currency(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """ "The default currency for a customer will also be set automatically when ... A
+    flat-rate coupon is attached to the customer (not a percent-off coupon)", and then "you
+    cannot create a subscription or coupon in another currency for that customer"
+    (support.stripe.com/questions/setting-a-customers-default-currency)."""
+    customer = client.v1.customers.create(params=CARD)
+    percent = client.v1.coupons.create(params={"percent_off": 10, "duration": "forever"})
+    ctl("POST", f"customers/{customer.id}/discount", {"coupon": percent.id})
+    assert client.v1.customers.retrieve(customer.id).currency is None
+    client.v1.customers.delete_discount(customer.id)
+
+    flat = client.v1.coupons.create(
+        params={"amount_off": 500, "currency": "eur", "duration": "forever"}
+    )
+    ctl("POST", f"customers/{customer.id}/discount", {"coupon": flat.id})
+    assert client.v1.customers.retrieve(customer.id).currency == "eur"
+    updated = client.v1.events.list(params={"type": "customer.updated", "limit": 1}).data[0]
+    assert updated.data.previous_attributes.to_dict() == {"currency": None}
+    refused(lambda: subscribe(client, customer.id, recurring_price(client).id))
+    sub = subscribe(client, customer.id, price_in(client, "eur").id)
+    assert (sub.status, sub.currency) == ("active", "eur")
+
+
+def test_a_flat_rate_coupon_in_another_currency_is_refused_to_the_customer(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    customer = client.v1.customers.create(params=CARD)
+    subscribe(client, customer.id, recurring_price(client).id)
+    flat = client.v1.coupons.create(
+        params={"amount_off": 500, "currency": "eur", "duration": "forever"}
+    )
+    answer = ctl.raw("POST", f"customers/{customer.id}/discount", {"coupon": flat.id})
+    assert answer.status_code == 400 and COMBINE in answer.json()["error"]["message"]
+    assert client.v1.customers.retrieve(customer.id).discount is None
+    assert client.v1.coupons.retrieve(flat.id).times_redeemed == 0
+
+
 def test_a_checkout_session_in_another_currency_is_refused_at_its_creation(api: Api) -> None:
     client = api.client
     customer = client.v1.customers.create(params=CARD)
