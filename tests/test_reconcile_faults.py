@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, delete, text
@@ -37,6 +38,7 @@ from tests.reconcile_helpers import (
     processed_event_ids,
     relevant_event_ids,
 )
+from tests.servers import free_port
 from tests.stripe_helpers import Emulator
 
 
@@ -231,6 +233,48 @@ def test_the_reconciler_outlives_a_database_outage(
         stop.set()
         thread.join(30)
         engine.dispose()
+
+
+def test_the_reconciler_outlives_a_clock_it_cannot_read(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Under `dev` the loop's clock is a request to the emulator (`dev_clock`), which fails
+    while the emulator cannot answer: the loop goes on, and applies what happened meanwhile
+    once the clock answers again (it stopped for good, silently: `dev` went on serving a
+    mirror that no longer moved)."""
+    clock_url = {"now": f"{emulator.url}/_emulator/clock"}
+
+    def emulator_clock() -> float:
+        now: float = httpx.get(clock_url["now"], timeout=5).json()["now"]
+        return now
+
+    reconciler = Reconciler(
+        stripe_settings, engine, StripeGateway(stripe_settings), clock=emulator_clock
+    )
+    factory = reconciler.factory
+    with factory() as session, session.begin():
+        queries.upsert_user(session, 1, "one", None)
+    customer = billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
+    thread, stop = start_in_background(reconciler.run, "reconciler")
+    try:
+        wait_until(lambda: reconciler.polls > 0, what="a first poll")
+        clock_url["now"] = f"http://127.0.0.1:{free_port()}/_emulator/clock"  # nothing there
+        time.sleep(1)
+        price = stripe_settings.stripe_price_id or ""
+        subscription = emulator.sdk.v1.subscriptions.create(
+            params={"customer": customer, "items": [{"price": price}]}
+        )
+        clock_url["now"] = f"{emulator.url}/_emulator/clock"
+        wait_until(
+            lambda: (
+                [r.stripe_subscription_id for r in queries_by_user(factory, 1)] == [subscription.id]
+            ),
+            what="the subscription made while the clock failed",
+        )
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 LOCK_KEY_PARTS = {"high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY & 0xFFFFFFFF}

@@ -115,12 +115,16 @@ class Reconciler:
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll at the cadence's interval while leader; stand by otherwise. Returns when `stop`
         is set (or, with `once`, after one complete poll as leader)."""
-        failures, leader = 0, False
-        self.signals.event_seen()  # a start is activity: catch up fast, then back off
+        failures, leader, starting, started = 0, False, True, 0.0
         try:
             while not stop.is_set():
-                started = self.clock()
                 try:
+                    if starting:  # a start is activity: catch up fast, then back off
+                        self.signals.event_seen()
+                        starting = False
+                    # Inside the `try`: under `dev` the clock is a request to the emulator,
+                    # which may fail (a long `clock/advance` holds it busy).
+                    started = self.clock()
                     leader = self.lock.acquire()
                     metrics.LEADER.set(1 if leader else 0)
                     if leader:
@@ -142,30 +146,45 @@ class Reconciler:
                     )
                     self.lock.release()  # its connection may be dead: take it anew
                     metrics.LEADER.set(0)
-                budget.flush_reads_or_log(self.factory, self.clock())
+                self._flush_reads()
                 fast = self.settings.reconcile_interval_seconds
                 if failures:
-                    # Stripe or the database down: back off, up to ten fast intervals.
+                    # Stripe, the database or the clock down: back off, up to ten fast
+                    # intervals.
                     self.sleep(stop, fast * min(2**failures, MAX_BACKOFF_INTERVALS))
                 elif not leader:
                     self.sleep(stop, fast)  # a standby: trying the lock costs Stripe nothing
                 else:
                     self._wait_for_next_poll(stop, started)
         finally:
-            budget.flush_reads_or_log(self.factory, self.clock())
+            self._flush_reads()
             self.lock.release()
             metrics.LEADER.set(0)
+
+    def _flush_reads(self) -> None:
+        """The reads counted so far recorded, by the loop's clock (kept for the next flush
+        when the clock or the database fails)."""
+        try:
+            now = self.clock()
+        except Exception as error:
+            log.warning("could not read the clock: %s", type(error).__name__)
+            return
+        budget.flush_reads_or_log(self.factory, now)
 
     def _wait_for_next_poll(self, stop: threading.Event, started: float) -> None:
         """Until `started` + the interval, which is worked out again while waiting: activity
         (here or in another process) can bring the next poll closer."""
         while not stop.is_set():
             due = started + self._interval_or_fast()
-            if self.clock() >= due:
+            try:
+                left = due - self.clock()
+            except Exception as error:  # the clock failed: the next poll finds out more
+                log.warning("could not read the clock: %s", type(error).__name__)
+                self.sleep(stop, self.recheck_seconds)
                 return
-            self.sleep(stop, min(due - self.clock(), self.recheck_seconds))
-            if self.clock() >= due:
+            if left <= 0:
                 return
+            self.sleep(stop, min(left, self.recheck_seconds))
 
     def interval(self) -> float:
         """Seconds from one poll's start to the next, as the signals and budget stand now."""
