@@ -222,8 +222,10 @@ def test_a_refresh_does_not_write_its_read_over_an_event_applied_after_it(
 def test_a_webhooks_features_read_is_not_written_over_a_later_summary(
     race: Race, emulator: Emulator
 ) -> None:
-    first = race.subscribe(featured_price(emulator, 1, "first"))
-    second = race.subscribe(featured_price(emulator, 1, "second"))
+    # Both prices before the race's first event: the catalog's events follow the emulator's
+    # clock, not the customer's test clock (`one_second` saw two seconds when it ticked).
+    prices = featured_price(emulator, 1, "first"), featured_price(emulator, 1, "second")
+    first, second = race.subscribe(prices[0]), race.subscribe(prices[1])
     race.webhooks()
     race.pay(first)  # `customer.subscription.updated` (active) and the summary (one feature)
     race.webhooks(only="entitlements.active_entitlement_summary.updated")
