@@ -253,6 +253,10 @@ class UnmatchedStripeCustomer(Base):
     github_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     seen_at: Mapped[datetime] = _now_column()
+    # Raised by every write of the row: each sighting of the customer, and each batch that
+    # skips an event of one of its objects. A list of its objects read before it is linked is
+    # written only if the row is still at the version seen before the list (`reconcile.batch`).
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 
 class ProcessedStripeEvent(Base):
