@@ -14,6 +14,10 @@ applied; then the service's code writes its read. All in one second on Stripe's 
 deterministically: the customer lives on a test clock, so its events (those of the changes
 made here) are all created at one second (the emulator's log never goes backwards, and nothing
 else happens meanwhile).
+
+The lists of a customer linked late (`catch_up`, `adopt`, a sync that links its customer) race
+the same way, and wider: until it is linked, an event of its objects is skipped as not ours,
+into the ledger, whatever its second (the last tests).
 """
 
 from __future__ import annotations
@@ -50,7 +54,11 @@ class Race:
     """A user whose Stripe customer lives on a test clock (so every event of its objects is
     created at one second), with a webhook applier as `api/webhooks.py` builds it."""
 
-    def __init__(self, emulator: Emulator, settings: Settings, engine: Engine) -> None:
+    def __init__(
+        self, emulator: Emulator, settings: Settings, engine: Engine, user: bool = True
+    ) -> None:
+        """`user=False`: the customer names `USER`, who does not exist yet (it is remembered
+        unmatched, and its objects' events skipped, until `add_user`)."""
         self.emulator = emulator
         self.settings = settings
         self.factory: sessionmaker[Session] = make_session_factory(engine)
@@ -58,13 +66,18 @@ class Race:
         self.applied: set[str] = set()
         self.since: int | None = None  # the events of the race: from its first subscription
         sdk = emulator.sdk.v1
-        add_user(self.factory, USER, "racer")
-        clock = sdk.test_helpers.test_clocks.create(params={"frozen_time": emulator.now()})
+        if user:
+            self.add_user()
+        self.now = emulator.now()
+        self.clock = sdk.test_helpers.test_clocks.create(params={"frozen_time": self.now}).id
         metadata = {"github_user_id": str(USER)}
         self.customer = sdk.customers.create(
-            params={"metadata": metadata, "test_clock": clock.id}
+            params={"metadata": metadata, "test_clock": self.clock}
         ).id
-        self.webhooks()  # links the customer to the user
+        self.webhooks()  # links the customer to the user (or remembers it unmatched)
+
+    def add_user(self) -> None:
+        add_user(self.factory, USER, "racer")
 
     def subscribe(self, price: str) -> Any:
         """A subscription left `incomplete`, its first invoice open (paid later: `pay`)."""
@@ -271,3 +284,77 @@ def test_a_ties_re_read_is_not_written_over_an_event_applied_after_it(
             select(BillingInvoice).where(BillingInvoice.stripe_invoice_id == invoice.id)
         ).one()
     assert row.status == invoice.status
+
+
+# A customer linked late: its objects' events were skipped while it was not ours, so it is
+# linked with its objects, listed before the transaction that links it. Until that transaction
+# commits, the customer is still not ours: an event of one of its objects applied meanwhile is
+# skipped again (in any second, not only the list's), and must not be lost under the list.
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same second", "a later second"])
+def test_an_adoption_does_not_write_its_list_over_an_event_skipped_after_it(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine, later: bool
+) -> None:
+    race = Race(emulator, stripe_settings, engine, user=False)
+    sub = race.subscribe(emulator.price())
+    race.webhooks()  # skipped: the customer names no user of ours yet
+    race.add_user()
+
+    def paid_meanwhile() -> None:  # after the customer's objects were listed, before the link
+        if later:  # not a same-second race: the event is skipped whatever its second
+            emulator.advance_to(race.now + 10)
+            params = {"frozen_time": race.now + 10}
+            emulator.sdk.v1.test_helpers.test_clocks.advance(race.clock, params=params)
+        race.pay(sub)
+        race.webhooks()
+
+    applier = Applier(race.factory, race.racing("subscriptions.list", paid_meanwhile))
+    assert applier.adopt(as_of=0) == 1
+    if not later:
+        race.one_second()
+    else:
+        assert max(e["created"] for e in race.events()) == race.now + 10
+    race.poll_everything()
+    assert race.status(sub.id) == emulator.sdk.v1.subscriptions.retrieve(sub.id).status
+
+
+def test_a_catch_up_does_not_write_its_list_over_an_event_skipped_after_it(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    race = Race(emulator, stripe_settings, engine, user=False)
+    sub = race.subscribe(emulator.price())
+    race.webhooks()
+    race.add_user()
+    metadata = {"github_user_id": str(USER), "plan": "team"}
+    emulator.sdk.v1.customers.update(race.customer, params={"metadata": metadata})
+
+    def paid_meanwhile() -> None:
+        race.pay(sub)
+        race.webhooks()
+
+    # `customer.updated` links the customer, and its transaction asks for its objects.
+    race.webhooks(race.racing("subscriptions.list", paid_meanwhile), only="customer.updated")
+    race.one_second()
+    race.poll_everything()
+    assert race.status(sub.id) == emulator.sdk.v1.subscriptions.retrieve(sub.id).status
+
+
+def test_a_sync_that_links_its_customer_does_not_write_its_list_over_an_event_skipped_after_it(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    race = Race(emulator, stripe_settings, engine, user=False)
+    sub = race.subscribe(emulator.price())
+    race.webhooks()
+    race.add_user()
+
+    def paid_meanwhile() -> None:
+        race.pay(sub)
+        race.webhooks()
+
+    sync_subscriptions(race.factory, race.racing("subscriptions.list", paid_meanwhile), USER, None)
+    race.one_second()
+    # The sync leaves such a customer unlinked; the next poll adopts it first, read again.
+    Applier(race.factory, race.gateway).adopt(as_of=0)
+    race.poll_everything()
+    assert race.status(sub.id) == emulator.sdk.v1.subscriptions.retrieve(sub.id).status

@@ -14,7 +14,9 @@ the read no longer shows was removed in Stripe: it is marked deleted by the same
 same transaction (`_unshown_discounts`).
 Four reads at most, in two round trips (the session and the newest event at once, then the
 subscriptions and the entitlements), all counted in the read budget; a customer linked by the
-sync (made before its user existed) is read whole, its invoices too, as the poll reads one.
+sync (made before its user existed) is read whole, its invoices too, as the poll reads one
+(and left to the poll's adoption if an event of its objects was skipped meanwhile:
+`Applier.apply_read`).
 """
 
 from __future__ import annotations

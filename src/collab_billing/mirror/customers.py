@@ -109,6 +109,28 @@ def unmatched(session: Session, stripe_customer_ids: Collection[str]) -> set[str
     )
 
 
+def unmatched_versions(session: Session, stripe_customer_ids: Collection[str]) -> dict[str, int]:
+    """The version of each of these customers' unmatched row (none for those not unmatched)."""
+    if not stripe_customer_ids:
+        return {}
+    table = UnmatchedStripeCustomer
+    statement = select(table.stripe_customer_id, table.version)
+    rows = session.execute(statement.where(table.stripe_customer_id.in_(stripe_customer_ids)))
+    return {stripe_id: version for stripe_id, version in rows}
+
+
+def skipped(session: Session, stripe_customer_ids: Collection[str]) -> None:
+    """Events of these unmatched customers' objects were skipped: their versions are raised (a
+    list of their objects read before this, written when one is linked, would not show them)."""
+    if stripe_customer_ids:
+        table = UnmatchedStripeCustomer
+        session.execute(
+            update(table)
+            .where(table.stripe_customer_id.in_(sorted(stripe_customer_ids)))
+            .values(version=table.version + 1)
+        )
+
+
 # (Stripe customer id, the GitHub user id it names or None, deleted on Stripe)
 Candidate = tuple[str, int | None, bool]
 
@@ -172,7 +194,11 @@ def _remember_unmatched(session: Session, candidates: Sequence[Candidate]) -> No
     github_user_id = func.coalesce(
         statement.excluded.github_user_id, UnmatchedStripeCustomer.github_user_id
     )
-    changed = {"deleted": statement.excluded.deleted, "github_user_id": github_user_id}
+    changed = {
+        "deleted": statement.excluded.deleted,
+        "github_user_id": github_user_id,
+        "version": UnmatchedStripeCustomer.version + 1,
+    }
     session.execute(
         statement.on_conflict_do_update(index_elements=["stripe_customer_id"], set_=changed),
         rows,
@@ -211,14 +237,15 @@ def unmatched_naming(session: Session, github_user_id: int) -> str | None:
     )
 
 
-def adoptable(session: Session) -> list[str]:
-    """Unmatched live customers that name a user who exists now and has no customer."""
+def adoptable(session: Session) -> dict[str, int]:
+    """Unmatched live customers that name a user who exists now and has no customer, with the
+    versions of their rows (`unmatched_versions`)."""
     has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
-    return list(
-        session.scalars(
-            select(UnmatchedStripeCustomer.stripe_customer_id)
-            .join(User, User.github_user_id == UnmatchedStripeCustomer.github_user_id)
-            .where(~UnmatchedStripeCustomer.deleted, ~has_customer)
-            .order_by(UnmatchedStripeCustomer.seen_at)
-        )
+    table = UnmatchedStripeCustomer
+    rows = session.execute(
+        select(table.stripe_customer_id, table.version)
+        .join(User, User.github_user_id == table.github_user_id)
+        .where(~table.deleted, ~has_customer)
+        .order_by(table.seen_at)
     )
+    return {stripe_id: version for stripe_id, version in rows}

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,7 +34,6 @@ from collab_billing.reconcile.batch import (
     ApplyStats,
     BatchWriter,
     Group,
-    candidate_of,
     group_events,
     merge_sorted,
     row_marks,
@@ -51,6 +50,9 @@ MAX_BACKOFF_SECONDS = 3600
 # two rounds to one more re-read (a row of the read's own second written since it was read:
 # docs/reconciliation.md, "Reads"; a poll's batch racing many deliveries of its objects).
 MAX_ROUNDS = 8
+# `rows_of_customer`'s kind for the version of a customer not ours (`apply_read`).
+UNMATCHED = "unmatched"
+T = TypeVar("T")
 
 
 class Applier:
@@ -155,13 +157,19 @@ class Applier:
         cursor: int | None,
         features: Mapping[str, int] = MappingProxyType({}),
     ) -> ApplyStats:
-        """The transaction, run again after each round of reads it asks for."""
+        def write(session: Session) -> ApplyStats:
+            if self.defer_documents:
+                outbox.defer_documents(session)
+            return BatchWriter(session, reads).apply(groups, retried, cursor, features)
+
+        return self._rounds(reads, write)
+
+    def _rounds(self, reads: StripeReads, write: Callable[[Session], T]) -> T:
+        """`write` in a transaction, run again after each round of reads it asks for."""
         for _ in range(MAX_ROUNDS):
             try:
                 with transaction(self.factory) as session:
-                    if self.defer_documents:
-                        outbox.defer_documents(session)
-                    return BatchWriter(session, reads).apply(groups, retried, cursor, features)
+                    return write(session)
             except NeedsStripe as needs:
                 reads.fetch(needs.reads)
         raise RuntimeError(f"still needed reads from Stripe after {MAX_ROUNDS} rounds")
@@ -211,34 +219,40 @@ class Applier:
         than `as_of`, which must be a second of Stripe's no later than the reads, or of that
         second and unchanged since before the reads (`seen`, by kind: `rows_of_customer`
         before the reads; see `write_read`). `candidates` are customers to link first
-        (unknown ones only). `unshown`: objects whose rows are live but that the reads would
-        have shown and did not, marked deleted by the same rule (`tombstone_unshown`). No
-        ledger row is written: the objects' events still apply, or are found stale, by the
-        usual rules. Returns the rows written."""
+        (unknown ones only, and only if still at the unmatched version seen, under
+        `UNMATCHED`: else an event of theirs skipped since may be missing from the reads,
+        and the next poll's adoption links them). `unshown`: objects whose rows are live but
+        that the reads would have shown and did not, marked deleted by the same rule
+        (`tombstone_unshown`). No ledger row is written: the objects' events still apply, or
+        are found stale, by the usual rules. Returns the rows written."""
+        ids = [cid for cid, _, _ in candidates]
         with transaction(self.factory) as session:
             # Every object's lock at once, in the one order all writers take them: locked
             # type by type, a webhook's batch holding one of a later type while it waits for
             # one of ours would deadlock with this transaction.
-            ids = [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
-            ledger.lock_objects(session, ids + [i for _, gone in unshown for i in gone])
+            objects = [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
+            gone = [object_id for _, unshown_ids in unshown for object_id in unshown_ids]
+            ledger.lock_objects(session, objects + gone + ids)
             step = BatchWriter(session, StripeReads(None))
-            known = customers.known(session, [cid for cid, _, _ in candidates])
-            step.link([c for c in candidates if c[0] not in known])
+            known = customers.known(session, ids)
+            now, before = customers.unmatched_versions(session, ids), seen.get(UNMATCHED, {})
+            unchanged = [c for c in candidates if now.get(c[0], NO_ROW) == before.get(c[0], NO_ROW)]
+            step.link([c for c in unchanged if c[0] not in known])
             written = sum(
                 step.write_read(mirrored, objects, as_of, seen.get(mirrored.kind, {}))
                 for mirrored, objects in read
             )
-            for mirrored, gone in unshown:
-                step.tombstone_unshown(mirrored, gone, as_of, seen.get(mirrored.kind, {}))
+            for mirrored, unshown_ids in unshown:
+                step.tombstone_unshown(mirrored, unshown_ids, as_of, seen.get(mirrored.kind, {}))
             return written
 
     def rows_of_customer(self, stripe_customer_id: str) -> dict[str, dict[str, int]]:
         """The versions of a customer's rows, by kind and object id (`apply_read`'s `seen`:
-        taken before the reads)."""
+        taken before the reads); of one not ours, its unmatched row's (under `UNMATCHED`)."""
         with read_only(self.factory) as session:
             our_id = customers.known(session, [stripe_customer_id]).get(stripe_customer_id)
             if our_id is None:
-                return {}
+                return {UNMATCHED: customers.unmatched_versions(session, [stripe_customer_id])}
             return {
                 mirrored.kind: dict(
                     session.execute(mirrored.rows_of_customer(), {"id": our_id}).all()
@@ -251,17 +265,14 @@ class Applier:
         """Link the unmatched customers whose user has appeared since, with their objects
         (written as of `as_of`, where no row exists). Returns how many were linked."""
         with read_only(self.factory) as session:  # every poll asks: no write lock for it
-            candidates = customers.adoptable(session)
-        if not candidates:
+            seen = customers.adoptable(session)  # the versions, before the reads
+        if not seen:
             return 0
         reads = StripeReads(self.gateway)
-        reads.fetch(Read(what, cid) for cid in candidates for what in ("customer", "owned"))
-        with transaction(self.factory) as session:
-            step = BatchWriter(session, reads)
-            read = [reads.get(Read("customer", cid), set()) for cid in candidates]
-            linked = step.link([candidate_of(customer) for customer in read])
-            for cid, our_id in linked.items():
-                step.catch_up(cid, our_id, as_of)
+        wanted = [Read(what, cid) for cid in seen for what in ("customer", "owned")]
+        reads.rows.update({read: seen[read.object_id] for read in wanted})
+        reads.fetch(wanted)
+        linked = self._rounds(reads, lambda session: BatchWriter(session, reads).adopt(seen, as_of))
         return len(linked)
 
 

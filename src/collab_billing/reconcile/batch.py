@@ -26,7 +26,7 @@ from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
 from collab_billing.reconcile import budget, ledger
 from collab_billing.reconcile.ordering import final_event
-from collab_billing.reconcile.reads import NeedsStripe, Read, StripeReads
+from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, EventShapeError, StripeGatewayError
 
@@ -146,7 +146,12 @@ class BatchWriter:
         """Apply `groups`; then write the active entitlements read for the customers in
         `features`, each as of its second (`write_features`)."""
         session = self.session
-        ledger.lock_objects(self.session, [group.object_id for group in groups] + [*features])
+        # The objects' owners too: a transaction that skips an event of an object whose owner
+        # is not ours waits for one that links the owner with its objects' list, or the other
+        # way round (`catch_up`).
+        owners = [owner for group in groups if (owner := group.owner) is not None]
+        objects = [group.object_id for group in groups]
+        ledger.lock_objects(self.session, objects + owners + [*features])
         pending_ids = ledger.pending_object_ids(session)
         ready = self._hold_back(groups, pending_ids - retried)
         events = [event for group in ready for event in group.events]
@@ -205,6 +210,7 @@ class BatchWriter:
         # Deletion is terminal on Stripe: it wins whatever came before or after.
         customers.tombstone(self.session, [cid for cid in deleted if cid in self.known])
         unknown = [g for g in groups if g.object_id not in self.known]
+        versions = customers.unmatched_versions(self.session, [g.object_id for g in unknown])
         newly_linked = self.link(
             [(g.object_id, named_user(g.events), g.object_id in deleted) for g in unknown]
         )
@@ -217,7 +223,8 @@ class BatchWriter:
             if group.object_id in newly_linked and not any(
                 e.type == "customer.created" for e in group.events
             ):
-                self.catch_up(group.object_id, our_id, group.newest_created)
+                version = versions.get(group.object_id, NO_ROW)
+                self.catch_up(group.object_id, our_id, group.newest_created, version)
             self.stats.count("applied", group.events)
 
     def link(self, candidates: Sequence[customers.Candidate]) -> dict[str, int]:
@@ -227,9 +234,13 @@ class BatchWriter:
         self.unmatched.update(cid for cid, _, _ in candidates if cid not in linked)
         return linked
 
-    def catch_up(self, cid: str, our_id: int, as_of: int) -> None:
-        """A customer linked late: its objects whose events were skipped, as read now."""
-        owned = self.reads.get(Read("owned", cid), self.needed)
+    def catch_up(self, cid: str, our_id: int, as_of: int, version: int) -> None:
+        """A customer linked late: its objects whose events were skipped, as read now. Until
+        this transaction commits, their events are skipped still: `version`, its unmatched
+        row's before the link (`NO_ROW`: none), must be the one seen before the read (each
+        skip raises it: the read would not show that event, written in the ledger), else the
+        objects are read again (`StripeReads.get_since`)."""
+        owned = self.reads.get_since(Read("owned", cid), version, self.needed, _never)
         for mirrored in MIRRORED_TYPES:
             objects = owned.get(mirrored.kind, []) if owned is not None else []
             if mirrored.after_write is not None:  # listed in full just now: replaces rows
@@ -240,6 +251,24 @@ class BatchWriter:
                 statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
                 self.session.execute(statement, rows)
                 outbox.mark_rows(self.session, mirrored.key, rows)
+
+    def adopt(self, seen: Mapping[str, int], as_of: int) -> dict[str, int]:
+        """Link these unmatched customers, read from Stripe with their objects after their rows
+        were seen at these versions, with their objects as of `as_of` (`catch_up`). One linked
+        meanwhile (no row now) is left; one whose row changed since is read again. Returns
+        those linked."""
+        ledger.lock_objects(self.session, list(seen))
+        now = customers.unmatched_versions(self.session, list(seen))
+        read = []
+        for cid, version in now.items():
+            read.append(self.reads.get_since(Read("customer", cid), version, self.needed, _never))
+            self.reads.get_since(Read("owned", cid), version, self.needed, _never)  # at once
+        if self.needed:
+            raise NeedsStripe(self.needed)
+        linked = self.link([candidate_of(customer) for customer in read])
+        for cid, our_id in linked.items():
+            self.catch_up(cid, our_id, as_of, now[cid])
+        return linked
 
     def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
         """Each group's owning customer (object id -> Stripe customer id), with the customers
@@ -262,10 +291,12 @@ class BatchWriter:
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
         written: list[tuple[Any, int, int | None]] = []
         deleted: set[str] = set()  # written from their `.deleted` event: marked deleted
+        skipped: set[str] = set()  # owners not ours
         for group in groups:
             cid = owners.get(group.object_id)
             if cid is not None and cid not in self.known:
                 self.stats.count("unmatched", group.events)
+                skipped.add(cid)
                 continue
             newest, (mark, version) = group.newest_created, marks.get(group.object_id, NO_MARK)
             if mark is not None and newest < mark:
@@ -292,6 +323,7 @@ class BatchWriter:
             if deletion is not None:
                 deleted.add(group.object_id)
             written.append((obj, newest, self.known.get(cid or "")))
+        customers.skipped(self.session, skipped)
         self.store(mirrored, written, deleted)
 
     def _event_object_or_read(
@@ -440,6 +472,11 @@ def _watermarks_statement(table: Table, key: str) -> Select[str, int, int]:
 
 
 NO_MARK: tuple[None, None] = (None, None)  # no row
+
+
+def _never(_: Any) -> bool:
+    """A list of a customer's objects is never shown already (`StripeReads.get_since`)."""
+    return False
 
 
 def _same(stored: Any, value: Any) -> bool:

@@ -52,7 +52,8 @@ class StripeReads:
         self._done: dict[Read, Any] = {}
         self.count = 0
         # The version (`stripe_state_version`) of the row a read is for, seen before the read
-        # was made (`NO_ROW`: none). Set by whoever asks for the read, before it is made.
+        # was made (`NO_ROW`: none); for the reads of a customer linked late, its unmatched
+        # row's. Set by whoever asks for the read, before it is made.
         self.rows: dict[Read, int] = {}
 
     def get_since(
@@ -62,7 +63,8 @@ class StripeReads:
         `version`: only a read made since the row was written at it, which shows every event
         applied to the row (a read made before may predate an event created later in that
         second and applied since), or one the row shows already (`shown`: writing it changes
-        nothing). Another is made again (None: added to `needed`)."""
+        nothing). Another is made again (None: added to `needed`). So too for the reads of a
+        customer linked late, `version` its unmatched row's (`BatchWriter.catch_up`)."""
         if read in self._done and self.rows.get(read) != version:
             result = self._done[read]
             if not isinstance(result, StripeGatewayError) and shown(result):
