@@ -45,10 +45,15 @@ from collab_billing.stripe_gateway import Event, StripeGateway
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 3600
-# Rounds of "roll back, read from Stripe, run again" before a batch counts as failed: a
-# customer read can lead to a listing of its subscriptions, and a webhook committing between
-# two rounds to one more re-read (a row of the read's own second written since it was read:
-# docs/reconciliation.md, "Reads"; a poll's batch racing many deliveries of its objects).
+# Transactions ("roll back, read from Stripe, run again") before a batch counts as failed (it
+# is then applied object by object, and an object failing so is parked and retried: the bound
+# costs latency, never an event). With no other writer a batch needs at most three: the first
+# names the customers it does not know and the lists of those it links (`catch_up`), the
+# second the ties of the objects of customers it has just found ours (not read first), the
+# third commits. Each commit of another writer between a read and its use can cost one more
+# (a row, or an unmatched customer, no longer at the version seen: docs/reconciliation.md,
+# "Reads"). The five left for those are not derived from anything: with four in all, a
+# poll's batch racing 32 deliveries of its objects ran out of rounds on PostgreSQL.
 MAX_ROUNDS = 8
 # `rows_of_customer`'s kind for the version of a customer not ours (`apply_read`).
 UNMATCHED = "unmatched"
