@@ -166,6 +166,32 @@ class BillingProduct(MirroredRow, Base):
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+class BillingProductFeatureSync(MirroredRow, Base):
+    """When a product's features were last listed (`mirror.product_features`): the watermark
+    that orders those listings (a product with no feature has no `billing_product_features`
+    row to hold it). Stripe sends no event of a product's features."""
+
+    __tablename__ = "billing_product_feature_syncs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_product_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+
+
+class BillingProductFeature(Base):
+    """A feature attached to a product (`GET /v1/products/{id}/features`): which features a
+    subscription's products give, beside the customer's active entitlements (which do not
+    say which subscription gives them)."""
+
+    __tablename__ = "billing_product_features"
+    __table_args__ = (UniqueConstraint("stripe_product_id", "stripe_feature_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stripe_product_id: Mapped[str] = mapped_column(String(255), index=True, nullable=False)
+    stripe_feature_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    lookup_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = _now_column()
+
+
 class BillingCoupon(MirroredRow, Base):
     """A Stripe coupon (the catalog of what discounts take off; `mirror.coupons`). Deleting a
     coupon leaves the discounts made from it as they are: the row is a tombstone that keeps

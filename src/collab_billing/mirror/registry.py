@@ -20,6 +20,7 @@ from collab_billing.mirror import (
     entitlements,
     invoices,
     prices,
+    product_features,
     products,
     subscriptions,
 )
@@ -67,6 +68,7 @@ MIRRORED_TYPES: tuple[MirroredType[Any], ...] = (
     subscriptions.SUBSCRIPTIONS,
     prices.PRICES,
     products.PRODUCTS,
+    product_features.PRODUCT_FEATURES,
     coupons.COUPONS,
     discounts.DISCOUNTS,
     invoices.INVOICES,

@@ -24,7 +24,7 @@ from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.mirror import customers
 from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import BY_EVENT_TYPE, MIRRORED_TYPES, MirroredType
-from collab_billing.reconcile import budget, ledger
+from collab_billing.reconcile import budget, ledger, product_reads
 from collab_billing.reconcile.ordering import final_event
 from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
@@ -135,6 +135,8 @@ class BatchWriter:
         self.stats = ApplyStats()
         self.known: dict[str, int] = {}  # Stripe customer id -> our id
         self.unmatched: set[str] = set()
+        # Our customers whose entitlements this batch wrote -> the newest second written.
+        self.entitled: dict[int, int] = {}
 
     def apply(
         self,
@@ -166,6 +168,7 @@ class BatchWriter:
             elif group.kind == "malformed":  # fails this object (alone, in `_one_by_one`)
                 raise EventShapeError(f"event {group.object_id}: not the shape Stripe documents")
         self.write_features(features)
+        product_reads.list_product_features(self)
         if self.needed:
             raise NeedsStripe(self.needed)
         if pending_ids:
@@ -359,6 +362,10 @@ class BatchWriter:
             row = mirrored.row(obj, as_of, cid)
             rows.append({**row, "deleted": True} if row[mirrored.key] in deleted else row)
         self.upsert(mirrored, rows)
+        if mirrored is ENTITLEMENTS:
+            for _, as_of, cid in written:
+                if cid is not None:
+                    self.entitled[cid] = max(self.entitled.get(cid, 0), as_of)
         if mirrored.after_write is not None and written:
             mirrored.after_write(self.session, [(obj, cid) for obj, _, cid in written])
 

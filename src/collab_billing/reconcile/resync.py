@@ -26,6 +26,7 @@ from collab_billing.db.engine import read_only, transaction
 from collab_billing.db.models import (
     BillingCustomer,
     BillingEntitlement,
+    BillingProduct,
     BillingSubscription,
     User,
 )
@@ -234,24 +235,32 @@ def _fetched(
     github_user_id: int | None,
     report: ResyncReport,
 ) -> Iterator[Any]:
-    """A type Stripe lists per customer only (entitlements): one read per customer of ours
-    that may hold some (a live subscription, or rows already). A customer whose read fails
-    is logged and counted (`report.failed`), not the end of the resync: its rows stay as
-    they were until its next event or resync."""
+    """A type Stripe lists per customer only (entitlements), or per product (product
+    features): one read per customer of ours that may hold some (a live subscription, or
+    rows already), or per live product (a full resync only, like the catalog's lists). An
+    object whose read fails is logged and counted (`report.failed`), not the end of the
+    resync: its rows stay as they were until its next event or resync."""
     assert mirrored.fetch is not None
-    for customer_id in _customers_to_fetch(factory, github_user_id):
+    if mirrored.owner is not None:
+        ids = _customers_to_fetch(factory, github_user_id)
+    else:
+        ids = _products_to_fetch(factory) if github_user_id is None else []
+    for object_id in ids:
         try:
-            yield mirrored.fetch(gateway, customer_id)
+            yield mirrored.fetch(gateway, object_id)
         except StripeGatewayError as error:
             report.failed[mirrored.kind] += 1
             log.warning(
-                "resync could not read a customer's objects",
-                extra={
-                    "kind": mirrored.kind,
-                    "stripe_customer_id": customer_id,
-                    "error": str(error),
-                },
+                "resync could not read an object's features",
+                extra={"kind": mirrored.kind, "stripe_id": object_id, "error": str(error)},
             )
+
+
+def _products_to_fetch(factory: sessionmaker[Session]) -> list[str]:
+    """The products mirrored and not deleted (listed just before: `_catalog_first`)."""
+    statement = select(BillingProduct.stripe_product_id).where(BillingProduct.deleted.is_(False))
+    with read_only(factory) as session:
+        return list(session.scalars(statement.order_by(BillingProduct.id)))
 
 
 def _customers_to_fetch(factory: sessionmaker[Session], github_user_id: int | None) -> list[str]:

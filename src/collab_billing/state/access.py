@@ -126,6 +126,22 @@ def decide_access(
     return best
 
 
+def grants_access(
+    subscription: queries.SubscriptionRow,
+    open_invoices: Sequence[Invoice],
+    now: datetime,
+    grace: timedelta,
+) -> bool:
+    """Whether this subscription alone allows use at `now` (`active` or `grace`, as
+    `decide_access` judges it): its products' features are served only then."""
+    owed = [
+        invoice
+        for invoice in open_invoices
+        if invoice.stripe_subscription_id == subscription.stripe_subscription_id
+    ]
+    return _subscription_access(subscription, owed, now, grace).allows_use
+
+
 def _grants_more(access: Access, than: Access) -> bool:
     """A better state; of two graces, the one that ends last (one with no end, longest): the
     user keeps access until every grace has ended."""

@@ -10,7 +10,8 @@ by one each time the document changes.
   session's clock (`state.access.AccessRules`).
 - `plan`, `quantity`, `trial_end`: the subscription that grants the most access, its price as
   the mirrored catalog names it (like `GET /billing/subscriptions`' `plan`).
-- `features`: the entitlements' lookup keys; none while access is `blocked` or `none`.
+- `features`: the entitlements' lookup keys, less those that only subscriptions granting no
+  access give (`state.features`); none while access is `blocked` or `none`.
 - `usage`: the spend cap and whether this period's estimated cost is past it, not the running
   totals: those change with every usage record, and each change would be a new version and a
   notification. `GET /billing/usage` answers the totals.
@@ -44,6 +45,7 @@ from collab_billing.db.models import (
     BillingState,
     User,
 )
+from collab_billing.state import features as granted
 from collab_billing.state import spend
 from collab_billing.state.access import AccessRules, decide_access, rules_of, utc
 
@@ -67,8 +69,9 @@ BLOCKED = {"state": "blocked", "until": None}
 # charge (a period `pause_collection` gives free) is no debt; 5: the grace of an invoice sent
 # to be paid (`send_invoice`) runs from its due date, not its finalization; 6: usage priced
 # less the subscription's discounts (`over_spend_cap`); 7: less the customer's discount, for a
-# subscription without one of its own.
-DOCUMENT_FORMAT = 7
+# subscription without one of its own; 8: no feature that only a subscription granting no
+# access (past due beyond its grace) gives, beside one that grants access.
+DOCUMENT_FORMAT = 8
 
 
 def iso(value: datetime | None) -> str | None:
@@ -130,9 +133,11 @@ _OWNERS = (
 _CAPS = select(BillingPreference.user_id, BillingPreference.max_monthly_spend_cents).where(
     in_ids(BillingPreference.user_id), BillingPreference.max_monthly_spend_cents.is_not(None)
 )
-_FEATURES = select(BillingEntitlement.billing_customer_id, BillingEntitlement.lookup_key).where(
-    in_ids(BillingEntitlement.billing_customer_id)
-)
+_FEATURES = select(
+    BillingEntitlement.billing_customer_id,
+    BillingEntitlement.stripe_feature_id,
+    BillingEntitlement.lookup_key,
+).where(in_ids(BillingEntitlement.billing_customer_id))
 
 
 def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document]:
@@ -146,7 +151,7 @@ def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document
     customer_ids = [cid for _, _, cid in owners if cid is not None]
     subscriptions = queries.customers_subscriptions(session, customer_ids)
     invoices = invoice_queries.customers_open_invoices(session, customer_ids)
-    features = _features_of(session, customer_ids)
+    features = _features_of(session, customer_ids, subscriptions, invoices, rules)
     usages = usage_of(session, [user_id for user_id, _, _ in owners], rules.clock())
     return {
         user_id: build_document(
@@ -175,14 +180,31 @@ def usage_of(session: Session, user_ids: Sequence[int], now: datetime) -> dict[i
     }
 
 
-def _features_of(session: Session, customer_ids: Sequence[int]) -> dict[int, list[str]]:
+def _features_of(
+    session: Session,
+    customer_ids: Sequence[int],
+    subscriptions: dict[int, list[queries.SubscriptionRow]],
+    invoices: dict[int, list[BillingInvoice]],
+    rules: AccessRules,
+) -> dict[int, list[str]]:
+    """Each customer's lookup keys to serve: its entitlements, less those only its
+    subscriptions that grant no access give (`state.features`)."""
     if not customer_ids:
         return {}
-    rows = session.execute(_FEATURES, {"ids": customer_ids})
-    grouped: dict[int, list[str]] = {}
-    for customer_id, lookup_key in rows:
-        grouped.setdefault(customer_id, []).append(lookup_key)
-    return grouped
+    grouped: dict[int, list[granted.Entitlement]] = {}
+    for customer_id, feature, lookup_key in session.execute(_FEATURES, {"ids": customer_ids}):
+        grouped.setdefault(customer_id, []).append((feature, lookup_key))
+    now = rules.clock()
+    mixed = {
+        cid: both
+        for cid in grouped
+        if (
+            both := granted.split(
+                subscriptions.get(cid, []), invoices.get(cid, []), now, rules.grace
+            )
+        )
+    }
+    return granted.served(session, grouped, mixed)
 
 
 def grace_end(document: Document) -> datetime | None:
