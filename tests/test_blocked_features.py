@@ -9,8 +9,10 @@ the emulator driven by the SDK, the reconciler, the API, a real database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,13 +20,15 @@ import pytest
 from sqlalchemy import Engine, select
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCustomer, BillingProductFeature
+from collab_billing.db.models import BillingCustomer, BillingProductFeature, BillingState, User
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
+from tests.test_billing_cycle import DAY, HOUR
 from tests.test_entitlements import featured_price, subscribe
 from tests.test_reconcile_flow import add_user
+from tests.test_state_cycle import Scene, recurring_price, scene
 
 
 @pytest.fixture
@@ -38,10 +42,16 @@ def reconciler(no_grace: Settings, engine: Engine) -> Reconciler:
     return Reconciler(no_grace, engine, StripeGateway(no_grace))
 
 
-def second_subscription(emulator: Emulator, reconciler: Reconciler, price: str) -> str:
-    """Another subscription of the user's one customer, made in Stripe with a card."""
+def second_subscription(
+    emulator: Emulator, reconciler: Reconciler, price: str, github_user_id: int | None = None
+) -> str:
+    """Another subscription of the user's customer (by default, the only one), made in Stripe
+    with a card."""
+    statement = select(BillingCustomer.stripe_customer_id)
+    if github_user_id is not None:
+        statement = statement.join(User).where(User.github_user_id == github_user_id)
     with reconciler.factory() as session:
-        [customer] = session.scalars(select(BillingCustomer.stripe_customer_id))
+        [customer] = session.scalars(statement)
     card = emulator.sdk.v1.payment_methods.attach("pm_card_visa", {"customer": customer})
     params: dict[str, Any] = {
         "customer": customer,
@@ -116,3 +126,108 @@ def test_a_blocked_subscription_alone_grants_no_feature(
     reconciler.drain()
     with state_of(no_grace, engine) as api:
         assert state(api, 971) == ("blocked", [])
+
+
+def subscribed_twice(cycle: Scene, user: int, first: str, second: str) -> str:
+    """The user subscribes to the price keyed `first` through the service, then to the price
+    `second` in Stripe; the first's renewals will be declined. Returns the first."""
+    cycle.add_user(user)
+    body = {"github_user_id": user, "price": first}
+    answer = cycle.api.post("/billing/subscriptions", json=body)
+    assert answer.status_code == 200, answer.text
+    checkout = answer.json()["checkout_session_url"]
+    subscription = str(cycle.emulator.complete_checkout(checkout)["subscription"])
+    cycle.reconciler.drain()
+    second_subscription(cycle.emulator, cycle.reconciler, second, user)
+    cycle.decline_renewals(subscription)
+    return subscription
+
+
+def declined_beside_active(cycle: Scene, users: list[int], first: str, second: str) -> int:
+    """Each user is subscribed twice (`subscribed_twice`), and the month passes: the first
+    subscriptions' renewals are declined (an hour later: in grace), the second's paid. Returns
+    the (newest) renewal's second."""
+    firsts = [subscribed_twice(cycle, user, first, second) for user in users]
+    cycle.reconciler.drain()
+    period_end = cycle.emulator.past_period_end(firsts[-1], HOUR)
+    cycle.reconciler.drain()
+    for user in users:
+        view = cycle.view(user)
+        assert sorted(s["status"] for s in view["subscriptions"]) == ["active", "past_due"]
+    return period_end
+
+
+def version_is(version: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda document: bool(document["version"] == version)
+
+
+def stored_grace_end(cycle: Scene, user: int) -> datetime | None:
+    """When the user's stored document is to be recomputed (`billing_states.grace_ends_at`)."""
+    statement = select(BillingState.grace_ends_at).join(User).where(User.github_user_id == user)
+    with cycle.reconciler.factory() as session:
+        return session.scalar(statement)
+
+
+def on_emulator_clock(emulator: Emulator) -> Callable[[], datetime]:
+    return lambda: datetime.fromtimestamp(emulator.now(), UTC)
+
+
+def test_a_grace_that_ends_by_time_alone_beside_an_active_subscription_takes_its_features_off(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Access stays `active` (the other subscription) and no row changes when the declined
+    subscription's grace ends: the read recomputes the document, and the sender's sweep
+    notifies it, all the same."""
+    featured_price(emulator, 2, "basic")
+    extra = featured_price(emulator, 1, "extra")
+    everything = ["basic-000", "basic-001", "extra-000"]
+    clock = on_emulator_clock(emulator)
+    with scene(stripe_settings, engine, emulator, clock) as cycle:  # a grace of one day
+        cycle.reconciler.drain()  # a new database: resynced, the prices are for sale
+        read, swept = 973, 974
+        period_end = declined_beside_active(cycle, [read, swept], "basic-plan", extra)
+        graced: dict[int, dict[str, Any]] = {}
+        for user in (read, swept):  # in grace: its features are still served
+            graced[user] = cycle.state(user)
+            assert (graced[user]["access"]["state"], graced[user]["features"]) == (
+                "active",
+                everything,
+            )
+            assert cycle.notified(user, version_is(graced[user]["version"])) == graced[user]
+
+        # The grace day passes; nothing happens at Stripe (its first retry is 3 days later).
+        cycle.stop_sender()
+        emulator.advance_to(period_end + DAY + 2 * HOUR)
+        served = cycle.state(read)  # recomputed on read: stored and notified
+        assert (served["access"]["state"], served["features"]) == ("active", ["extra-000"])
+        assert served["version"] == graced[read]["version"] + 1
+        cycle.start_sender()  # the sweep finds the other user's ended grace
+        notified = cycle.notified(swept, lambda d: d["features"] == ["extra-000"])
+        assert notified["access"]["state"] == "active"
+        assert notified["version"] == graced[swept]["version"] + 1
+        assert cycle.state(swept) == notified
+        assert cycle.notified(read, version_is(served["version"])) == served
+        assert stored_grace_end(cycle, read) is stored_grace_end(cycle, swept) is None
+
+
+def test_a_grace_that_ends_changing_nothing_is_recomputed_once_without_a_version(
+    stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """Featureless plans: the document is the same once the grace has ended, and no version
+    is written; the stored grace end moves on (else the sweep would find it again and again,
+    and each read would recompute it)."""
+    for key in ("plain-one", "plain-two"):
+        recurring_price(emulator, emulator.sdk.v1.products.create({"name": key}).id, 700, key)
+    with scene(stripe_settings, engine, emulator, on_emulator_clock(emulator)) as cycle:
+        cycle.reconciler.drain()
+        second = str(emulator.sdk.v1.prices.list({"lookup_keys": ["plain-two"]}).data[0].id)
+        period_end = declined_beside_active(cycle, [975], "plain-one", second)
+        before = cycle.state(975)
+        assert stored_grace_end(cycle, 975) is not None
+        emulator.advance_to(period_end + DAY + 2 * HOUR)
+        deadline = time.monotonic() + 30
+        while stored_grace_end(cycle, 975) is not None:  # the sweep's recomputation
+            assert time.monotonic() < deadline, "the grace end was never moved on"
+            time.sleep(0.05)
+        assert cycle.state(975) == before
+        assert max(d["version"] for d in cycle.hook.documents(975)) == before["version"]

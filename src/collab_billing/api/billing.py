@@ -228,7 +228,8 @@ def get_state(
 ) -> Response:
     # The document as stored (plain JSON, the notification's payload), encoded as it is:
     # `StateOut` documents it; validating it again on each read would double the route's cost.
-    # A grace that has ended by `now` is served as `blocked` (`state.document.served_at`).
+    # A grace that has ended by `now` is served as `blocked`, or recomputed when another
+    # subscription keeps access (`state.document.served_at`).
     return Response(orjson.dumps(read_state(factory, github_user_id, clock())), media_type=JSON)
 
 

@@ -14,15 +14,16 @@ from collab_billing.state.outbox import write_changed_documents
 
 def read_state(factory: sessionmaker[Session], github_user_id: int, now: datetime) -> Document:
     """`current_state` at `now`, or `NotFound` for an unknown user. A document a catch-up
-    marked stale is recomputed (stored and notified if it changed) and served from that
-    transaction, which holds the user's `billing_states` row."""
+    marked stale, or one a subscription's grace has ended since (`served_at`), is recomputed
+    (stored and notified if it changed) and served from that transaction, which holds the
+    user's `billing_states` row."""
     try:
         with read_only(factory) as session:
             document = current_state(session, github_user_id, now)
     except StaleDocument as stale:
         with transaction(factory) as session:
             write_changed_documents(session, [stale.user_id])
-            document = current_state(session, github_user_id, now)
+            document = current_state(session, github_user_id, now, recomputed=True)
     if document is None:
         raise unknown_user(github_user_id)
     return document

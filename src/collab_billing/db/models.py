@@ -442,8 +442,11 @@ class BillingState(Base):
     )
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # When the document's `grace` access ends (None: not in grace): time alone then makes it
-    # `blocked`, and the notification sender's sweep finds it by this column.
+    # The earliest end of a grace of the user's subscriptions, whatever the document's access
+    # (None: none in grace; `state.document.Computed`): time alone may then change the
+    # document (`blocked`; or, beside an `active` subscription, fewer features). It is
+    # recomputed before it is served after that, and the notification sender's sweep finds
+    # it by this column.
     grace_ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     # The user's rows changed since `document` was computed: a catch-up marks users instead of
     # recomputing their documents batch by batch (`state.outbox.defer_documents`).

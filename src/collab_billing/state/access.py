@@ -115,12 +115,7 @@ def decide_access(
     (of several graces, the one that ends last)."""
     best = Access("none")
     for subscription in subscriptions:
-        owed = [
-            invoice
-            for invoice in open_invoices
-            if invoice.stripe_subscription_id == subscription.stripe_subscription_id
-        ]
-        access = _subscription_access(subscription, owed, now, grace)
+        access = _access_of(subscription, open_invoices, now, grace)
         if _grants_more(access, best):
             best = access
     return best
@@ -134,12 +129,36 @@ def grants_access(
 ) -> bool:
     """Whether this subscription alone allows use at `now` (`active` or `grace`, as
     `decide_access` judges it): its products' features are served only then."""
+    return _access_of(subscription, open_invoices, now, grace).allows_use
+
+
+def first_grace_end(
+    subscriptions: Sequence[queries.SubscriptionRow],
+    open_invoices: Sequence[Invoice],
+    now: datetime,
+    grace: timedelta,
+) -> datetime | None:
+    """The earliest end, after `now`, of a grace of one of these subscriptions (None: none in
+    grace, or none with a known end). Time alone may change the state document then, even
+    while another subscription keeps access `active`: the subscription ending its grace
+    stops giving its features (`state.features`)."""
+    accesses = (_access_of(s, open_invoices, now, grace) for s in subscriptions)
+    return min((access.until for access in accesses if access.until is not None), default=None)
+
+
+def _access_of(
+    subscription: queries.SubscriptionRow,
+    open_invoices: Sequence[Invoice],
+    now: datetime,
+    grace: timedelta,
+) -> Access:
+    """The subscription's own access, judged with its own open invoices (of all these)."""
     owed = [
         invoice
         for invoice in open_invoices
         if invoice.stripe_subscription_id == subscription.stripe_subscription_id
     ]
-    return _subscription_access(subscription, owed, now, grace).allows_use
+    return _subscription_access(subscription, owed, now, grace)
 
 
 def _grants_more(access: Access, than: Access) -> bool:

@@ -16,21 +16,25 @@ by one each time the document changes.
   totals: those change with every usage record, and each change would be a new version and a
   notification. `GET /billing/usage` answers the totals.
 
-Time alone changes access (a grace period ends: `grace` -> `blocked`) without changing a row,
-so a stored document could go stale. Two things keep it honest: a stored `grace` whose `until`
-has passed is served as `blocked` (`served_at`: on read, without a write), and the notification
-sender's leader loop recomputes the documents whose grace ended (`outbox.recompute_ended_graces`,
-found by `billing_states.grace_ends_at`), which writes the `blocked` version and notifies it.
-Other time-only changes are picked up by the next change of the user's rows or usage: an
-invoice whose due date passes with no failed payment, and the calendar month's rollover of a
-capped user without a subscription.
+Time alone changes the document when a subscription's grace ends (the user's access goes
+`grace` -> `blocked`; or, beside a subscription that keeps it `active`, the features only the
+one whose grace ended gives are taken off) without changing a row, so a stored document could
+go stale. Stored beside it is the earliest grace end of the user's subscriptions
+(`billing_states.grace_ends_at`, `Computed.grace_ends_at`), whatever the access. Once it has
+passed: a stored `grace` whose own `until` has passed is served as `blocked` (`served_at`: on
+read, without a write); any other stored document is recomputed before it is served, like a
+stale one (`StaleDocument`); and the notification sender's leader loop recomputes the
+documents found by that column (`outbox.recompute_ended_graces`), which stores and notifies
+the new version. Other time-only changes are picked up by the next change of the user's rows
+or usage: an invoice whose due date passes with no failed payment, and the calendar month's
+rollover of a capped user without a subscription.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -47,7 +51,13 @@ from collab_billing.db.models import (
 )
 from collab_billing.state import features as granted
 from collab_billing.state import spend
-from collab_billing.state.access import AccessRules, decide_access, rules_of, utc
+from collab_billing.state.access import (
+    AccessRules,
+    decide_access,
+    first_grace_end,
+    rules_of,
+    utc,
+)
 
 Document = dict[str, Any]
 
@@ -70,7 +80,8 @@ BLOCKED = {"state": "blocked", "until": None}
 # to be paid (`send_invoice`) runs from its due date, not its finalization; 6: usage priced
 # less the subscription's discounts (`over_spend_cap`); 7: less the customer's discount, for a
 # subscription without one of its own; 8: no feature that only a subscription granting no
-# access (past due beyond its grace) gives, beside one that grants access.
+# access (past due beyond its grace) gives, beside one that grants access (and
+# `billing_states.grace_ends_at` is any subscription's grace end, not only the access's).
 DOCUMENT_FORMAT = 8
 
 
@@ -140,30 +151,48 @@ _FEATURES = select(
 ).where(in_ids(BillingEntitlement.billing_customer_id))
 
 
+class Computed(NamedTuple):
+    """A user's document, and when time alone may change it: the earliest end of a grace of
+    the user's subscriptions (None: none in grace). Stored as `billing_states.grace_ends_at`:
+    the document is recomputed once it has passed (the module's docstring)."""
+
+    document: Document
+    grace_ends_at: datetime | None
+
+
 def documents(session: Session, user_ids: Collection[int]) -> dict[int, Document]:
+    """The current documents of these users (those that exist): `computed`'s."""
+    return {user_id: found.document for user_id, found in computed(session, user_ids).items()}
+
+
+def computed(session: Session, user_ids: Collection[int]) -> dict[int, Computed]:
     """The current documents of these users (those that exist), judged by the session's
-    access rules: a few statements for any number of users, plus the spend of those with a
-    cap (`state.spend`)."""
+    access rules, with their grace ends: a few statements for any number of users, plus the
+    spend of those with a cap (`state.spend`)."""
     if not user_ids:
         return {}
     rules = rules_of(session)
+    now = rules.clock()
     owners = session.execute(_OWNERS, {"ids": list(user_ids)}).all()
     customer_ids = [cid for _, _, cid in owners if cid is not None]
     subscriptions = queries.customers_subscriptions(session, customer_ids)
     invoices = invoice_queries.customers_open_invoices(session, customer_ids)
     features = _features_of(session, customer_ids, subscriptions, invoices, rules)
-    usages = usage_of(session, [user_id for user_id, _, _ in owners], rules.clock())
-    return {
-        user_id: build_document(
+    usages = usage_of(session, [user_id for user_id, _, _ in owners], now)
+    found: dict[int, Computed] = {}
+    for user_id, github_user_id, customer_id in owners:
+        subscribed = subscriptions.get(customer_id or 0, [])
+        owed = invoices.get(customer_id or 0, [])
+        document = build_document(
             github_user_id,
-            subscriptions.get(customer_id or 0, []),
-            invoices.get(customer_id or 0, []),
+            subscribed,
+            owed,
             features.get(customer_id or 0, []),
             usages[user_id],
             rules,
         )
-        for user_id, github_user_id, customer_id in owners
-    }
+        found[user_id] = Computed(document, first_grace_end(subscribed, owed, now, rules.grace))
+    return found
 
 
 def usage_of(session: Session, user_ids: Sequence[int], now: datetime) -> dict[int, Document]:
@@ -208,20 +237,11 @@ def _features_of(
 
 
 def grace_end(document: Document) -> datetime | None:
-    """When the document's grace ends (stored as `billing_states.grace_ends_at`); None: not
-    in grace, or its end is not known yet."""
+    """When the document's own grace ends; None: not in grace, or its end is not known."""
     access = document["access"]
     if access["state"] != "grace" or access["until"] is None:
         return None
     return datetime.fromisoformat(access["until"])
-
-
-def served_at(document: Document, grace_ends_at: datetime | None, now: datetime) -> Document:
-    """The stored document as it stands at `now`: a grace that has ended is `blocked` (and
-    featureless) even before the sweep has written that version."""
-    if grace_ends_at is None or utc(grace_ends_at) > now:
-        return document
-    return {**document, "access": BLOCKED, "features": []}
 
 
 _users, _states = User.__table__, BillingState.__table__
@@ -237,28 +257,49 @@ STORED_STATE = (
 
 
 class StaleDocument(Exception):
-    """The user's stored document is marked stale (`state.outbox`): it must be recomputed,
-    in a write transaction, before it is served."""
+    """The user's stored document must be recomputed, in a write transaction, before it is
+    served: a catch-up marked it stale (`state.outbox`), or a grace of one of the user's
+    subscriptions has ended since it was computed (`served_at`)."""
 
     def __init__(self, user_id: int) -> None:
         super().__init__(f"the state document of user {user_id} is stale")
         self.user_id = user_id
 
 
-def current_state(session: Session, github_user_id: int, now: datetime) -> Document | None:
+def served_at(
+    user_id: int, document: Document, grace_ends_at: datetime | None, now: datetime
+) -> Document:
+    """The stored document as it stands at `now`. Until `grace_ends_at` (`Computed`), as
+    stored. After it: a `grace` whose own end has passed is `blocked` (and featureless) even
+    before the sweep has written that version, without a write; any other document (access
+    kept `active` or in grace by another subscription, whose features may differ now) raises
+    `StaleDocument`."""
+    if grace_ends_at is None or utc(grace_ends_at) > now:
+        return document
+    ended = grace_end(document)
+    if ended is not None and ended <= now:
+        return {**document, "access": BLOCKED, "features": []}
+    raise StaleDocument(user_id)
+
+
+def current_state(
+    session: Session, github_user_id: int, now: datetime, recomputed: bool = False
+) -> Document | None:
     """The user's document with its `version`, as it stands at `now`; None: no such user. One
     indexed statement: the document stored by the outbox with the change that made it (so it
     is what was last notified, but for a grace ended since: see `served_at`). A user whose
     rows never changed since the outbox existed has none stored: the document is computed
-    from the rows, with version 0. Raises `StaleDocument` when the stored one is stale."""
+    from the rows, with version 0. Raises `StaleDocument` when the stored one is stale or
+    a grace has ended since (`served_at`), unless `recomputed`: this transaction has just
+    recomputed it (`outbox.write_changed_documents`), and it is served as stored."""
     found = session.execute(STORED_STATE, {"github_user_id": github_user_id}).first()
     if found is None:
         return None
     user_id, version, document, grace_ends_at, stale = found
-    if stale:
+    if stale and not recomputed:
         raise StaleDocument(user_id)
     if document is None:
         document = documents(session, [user_id])[user_id]
-    else:
-        document = served_at(document, grace_ends_at, now)
+    elif not recomputed:
+        document = served_at(user_id, document, grace_ends_at, now)
     return {**document, "version": version or 0}

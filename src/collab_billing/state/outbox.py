@@ -4,12 +4,13 @@ Whatever writes rows that a state document reads marks what it changed on its se
 (`mark`): the applier marks every mirrored row it writes (`mark_rows`: subscriptions, invoices,
 entitlements, discounts, the catalog's prices, products and coupons), `PUT /billing/preferences`
 the user whose cap changed, usage ingest the users whose `over_spend_cap` flipped, and the
-notification sender's sweep the users whose grace ended (`recompute_ended_graces`). When that
-session's transaction commits, `_write_changed_documents` (a `before_commit` hook, so it runs
-inside the same transaction) recomputes the documents of the users concerned, and for each
-document that differs from the stored one stores it with the next version and writes a
-`billing_notifications` row. Either both the change and its notification commit, or neither.
-A change that leaves a document as it was writes nothing.
+notification sender's sweep the users of whose subscriptions a grace ended
+(`recompute_ended_graces`). When that session's transaction commits,
+`_write_changed_documents` (a `before_commit` hook, so it runs inside the same transaction)
+recomputes the documents of the users concerned, and for each document that differs from the
+stored one stores it with the next version and writes a `billing_notifications` row. Either
+both the change and its notification commit, or neither. A change that leaves a document as
+it was writes no version (only, when it moved, the stored grace end: `Computed`).
 
 A catch-up is the exception (`defer_documents`: the reconciler's polled batches). Its users'
 rows change batch after batch, and a document per batch would notify states that were already
@@ -49,7 +50,7 @@ from collab_billing.db.models import (
     User,
 )
 from collab_billing.state import document as state
-from collab_billing.state.access import rules_of
+from collab_billing.state.access import rules_of, utc
 
 _KEY = "collab_billing.state_changes"
 _DEFER = "collab_billing.defer_documents"
@@ -151,12 +152,25 @@ _CAPPED_USERS = select(BillingPreference.user_id).where(
     BillingPreference.max_monthly_spend_cents.is_not(None)
 )
 _STORED_FOR_UPDATE = (
-    select(BillingState.user_id, BillingState.version, BillingState.document, BillingState.stale)
+    select(
+        BillingState.user_id,
+        BillingState.version,
+        BillingState.document,
+        BillingState.stale,
+        BillingState.grace_ends_at,
+    )
     .where(in_ids(BillingState.user_id))
     .order_by(BillingState.user_id)
     .with_for_update()
 )
 _UNMARK = update(_states).where(in_ids(_states.c.user_id)).values(stale=False)
+# An unchanged document's grace end moved (the one that ended was a subscription's beside an
+# `active` one, whose features it did not change): no version, no notification.
+_MOVE_GRACE_END = (
+    update(_states)
+    .where(_states.c.user_id == bindparam("b_user_id"))
+    .values(grace_ends_at=bindparam("b_grace_ends_at"), stale=False)
+)
 _STALE = (
     select(BillingState.user_id)
     .where(BillingState.stale)
@@ -199,31 +213,30 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     connection = session.connection()  # Core statements: many rows, no ORM bookkeeping
     dialect = session.get_bind().dialect.name
     connection.execute(_states_of_users(dialect, stale=False), {"ids": user_ids})
-    stored = {
-        user_id: (version, document, stale)
-        for user_id, version, document, stale in session.execute(
-            _STORED_FOR_UPDATE, {"ids": user_ids}
-        )
-    }
+    stored = {row.user_id: row for row in session.execute(_STORED_FOR_UPDATE, {"ids": user_ids})}
     changed: list[dict[str, Any]] = []
     unchanged_stale: list[int] = []
-    for user_id, document in state.documents(session, user_ids).items():
-        version, previous, stale = stored[user_id]
-        if document == previous:
-            if stale:
-                unchanged_stale.append(user_id)
-        else:
+    moved: list[dict[str, Any]] = []
+    for user_id, (document, grace_ends_at) in state.computed(session, user_ids).items():
+        previous = stored[user_id]
+        if document != previous.document:
             changed.append(
                 {
                     "user_id": user_id,
-                    "version": version + 1,
+                    "version": previous.version + 1,
                     "document": document,
-                    "grace_ends_at": state.grace_end(document),
+                    "grace_ends_at": grace_ends_at,
                     "stale": False,
                 }
             )
+        elif not _same_time(grace_ends_at, previous.grace_ends_at):
+            moved.append({"b_user_id": user_id, "b_grace_ends_at": grace_ends_at})
+        elif previous.stale:
+            unchanged_stale.append(user_id)
     if unchanged_stale:
         connection.execute(_UNMARK, {"ids": unchanged_stale})
+    if moved:
+        connection.execute(_MOVE_GRACE_END, moved)
     if not changed:
         return 0
     now = datetime.now(UTC)
@@ -244,6 +257,13 @@ def write_changed_documents(session: Session, user_ids: list[int]) -> int:
     ]
     execute_rows(connection, _insert_notifications(dialect), notifications)
     return len(changed)
+
+
+def _same_time(computed: datetime | None, stored: datetime | None) -> bool:
+    """Whether a stored time is the computed one (SQLite hands back naive datetimes, UTC)."""
+    if computed is None or stored is None:
+        return computed is stored
+    return utc(computed) == utc(stored)
 
 
 @cache
@@ -334,9 +354,12 @@ def refresh_every_stale(
 
 
 def recompute_ended_graces(factory: sessionmaker[Session], limit: int = 1000) -> int:
-    """Recompute the documents whose stored grace has ended by the factory's clock (no row
-    changed: time did), so that the `blocked` version is stored and notified. Cheap when
-    nothing ended (one indexed statement); returns how many users were recomputed."""
+    """Recompute the documents whose stored grace end (`state.document.Computed`: the
+    earliest of the user's subscriptions', whatever the access) has passed by the factory's
+    clock (no row changed: time did), so that the new version (`blocked`; or, beside an
+    `active` subscription, without the features only the ended one gave) is stored and
+    notified. Each recomputation stores the next grace end, or none. Cheap when nothing
+    ended (one indexed statement); returns how many users were recomputed."""
     with read_only(factory) as session:
         now = rules_of(session).clock()
         ended = list(
