@@ -45,13 +45,16 @@ __all__ = [
 # older release lacked the column until their next event, which a price may never have.
 # 2: subscription items' `created` (usage is priced from it), prices' `transform_quantity`.
 # 3: coupons and discounts (new types: their rows come from their events and lists), which
-# the usage estimate takes off.
-MIRROR_FORMAT = 3
+# the usage estimate takes off. 4: products' features (a new type with no event: read with
+# the summaries of customers subscribed to several products, and per live product by a
+# resync), which the state document takes off beside a subscription that grants no access.
+MIRROR_FORMAT = 4
 # The kinds each format raise lists again: an upgrade lists those of the formats after the
 # stored one only (from 2 to 3, the prices and subscriptions listed for 2 are not listed again).
 RELISTED_ON_UPGRADE: dict[int, frozenset[str]] = {
     2: frozenset({"price", "subscription"}),
     3: frozenset({"coupon", "discount"}),
+    4: frozenset({"product_feature"}),
 }
 
 

@@ -124,13 +124,22 @@ def resync(
 
 def relist(factory: sessionmaker[Session], gateway: StripeGateway, kinds: Collection[str]) -> int:
     """The rows of these mirrored kinds listed again from Stripe and written as resync writes
-    them (where not newer), for the columns an older release did not keep; returns the rows
-    written. A list endpoint's pages only: no customer is read one by one."""
+    them (where not newer), for the columns (or the types) an older release did not keep;
+    returns the rows written. A list endpoint's pages; a type Stripe lists only per object
+    (`fetch`: products' features, per live product) read as a full resync reads it, a read
+    that fails logged and skipped (the object's rows stay as they were until it is read
+    again)."""
     as_of = _stripe_now(gateway)
     written = 0
+    report = ResyncReport(as_of=as_of)
     for mirrored in _catalog_first(m for m in MIRRORED_TYPES if m.kind in kinds):
         seen = _versions_of_second(factory, mirrored, as_of)
-        for chunk in _chunks(_objects(factory, gateway, mirrored, None)):
+        objects = (
+            _fetched(factory, gateway, mirrored, None, report)
+            if mirrored.fetch is not None
+            else _objects(factory, gateway, mirrored, None)
+        )
+        for chunk in _chunks(objects):
             with _deferring(factory) as session:
                 written += _write(session, mirrored, chunk, as_of, seen)
     outbox.refresh_every_stale(factory)
