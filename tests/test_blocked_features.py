@@ -17,11 +17,20 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCustomer, BillingProductFeature, BillingState, User
+from collab_billing.db.engine import transaction
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingProductFeature,
+    BillingProductFeatureSync,
+    BillingState,
+    User,
+)
 from collab_billing.reconcile.run import Reconciler
+from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway
 from tests.stripe_helpers import Emulator
 from tests.test_billing_api import serve
@@ -112,6 +121,45 @@ def test_a_blocked_subscription_grants_none_of_its_features_beside_an_active_one
         emulator.set_status(first, "active")  # paid: its features are back
         reconciler.drain()
         assert state(api, 970) == ("active", ["basic-000", "basic-001", "extra-000"])
+
+
+def share_a_feature(emulator: Emulator, *prices: str) -> None:
+    """One more feature, `shared`, attached to the products of these prices."""
+    feature = emulator.sdk.v1.entitlements.features.create(
+        params={"name": "shared", "lookup_key": "shared"}
+    )
+    for price in prices:
+        product = product_of(emulator, price)
+        emulator.sdk.v1.products.features.create(product, {"entitlement_feature": feature.id})
+
+
+def forget_features_of(factory: sessionmaker[Session], product: str) -> None:
+    """As if the product's features had never been listed; the documents recomputed."""
+    with transaction(factory) as session:
+        for table in (BillingProductFeature, BillingProductFeatureSync):
+            session.execute(delete(table).where(table.stripe_product_id == product))
+    outbox.mark_every_document_stale(factory)
+
+
+def test_a_granting_subscriptions_product_never_listed_takes_nothing_off(
+    reconciler: Reconciler, emulator: Emulator, no_grace: Settings, engine: Engine
+) -> None:
+    """Any feature may be that product's too: the entitlements are served as Stripe lists
+    them, rather than a feature taken off that the active subscription gives."""
+    add_user(reconciler.factory, 972, "nine-seventy-two")
+    reconciler.drain()
+    basic, extra = featured_price(emulator, 1, "basic"), featured_price(emulator, 1, "extra")
+    share_a_feature(emulator, basic, extra)
+    reconciler.drain()
+    first = subscribe(reconciler, emulator, basic, 972)
+    reconciler.drain()
+    second_subscription(emulator, reconciler, extra)
+    emulator.set_status(first, "past_due")
+    reconciler.drain()
+    with state_of(no_grace, engine) as api:
+        assert state(api, 972) == ("active", ["extra-000", "shared"])
+        forget_features_of(reconciler.factory, product_of(emulator, extra))
+        assert state(api, 972) == ("active", ["basic-000", "extra-000", "shared"])
 
 
 def test_a_blocked_subscription_alone_grants_no_feature(

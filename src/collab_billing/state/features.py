@@ -9,7 +9,9 @@ statement. Only a customer with both is *mixed*: the features that only its with
 subscriptions' products give (`billing_product_features`, `mirror.product_features`) are
 taken off. A feature that a granting subscription's product gives too stays, and so does
 one no mirrored product is known to give (the entitlements are Stripe's word; a product
-whose features were never listed takes nothing off).
+whose features were never listed takes nothing off). A customer one of whose granting
+subscriptions' products is not known (its price not mirrored) or whose features were never
+listed has nothing taken off: any feature may be that product's too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from sqlalchemy.orm import Session
 
 from collab_billing.db import queries
 from collab_billing.db.dialect import in_ids
-from collab_billing.db.models import BillingPrice, BillingProductFeature, BillingSubscription
+from collab_billing.db.models import (
+    BillingPrice,
+    BillingProductFeature,
+    BillingProductFeatureSync,
+    BillingSubscription,
+)
 from collab_billing.state.access import Invoice, grants_access
 
 Entitlement = tuple[str, str]  # (feature id, lookup key)
@@ -36,6 +43,9 @@ _PRICE_PRODUCTS = select(BillingPrice.stripe_price_id, BillingPrice.stripe_produ
 _PRODUCT_FEATURES = select(
     BillingProductFeature.stripe_product_id, BillingProductFeature.stripe_feature_id
 ).where(in_ids(BillingProductFeature.stripe_product_id))
+_LISTED = select(BillingProductFeatureSync.stripe_product_id).where(
+    in_ids(BillingProductFeatureSync.stripe_product_id)
+)
 
 
 def split(
@@ -70,27 +80,41 @@ def _withheld_features(
     session: Session, mixed: Mapping[int, tuple[list[int], list[int]]]
 ) -> dict[int, set[str]]:
     """Per mixed customer, the feature ids its withheld subscriptions' products give and its
-    granting ones' do not (three statements for every customer at once)."""
+    granting ones' do not; none while a granting one's products are not all known and listed
+    (four statements for every customer at once)."""
     subscription_ids = [sid for both in mixed.values() for ids in both for sid in ids]
-    products = subscription_products(session, subscription_ids)
-    all_products = {p for found in products.values() for p in found}
+    products = item_products(session, subscription_ids)
+    all_products = list({p for found in products.values() for p in found if p is not None})
+    listed = set(session.scalars(_LISTED, {"ids": all_products}))
     features: dict[str, set[str]] = {}
-    for product, feature in session.execute(_PRODUCT_FEATURES, {"ids": list(all_products)}):
+    for product, feature in session.execute(_PRODUCT_FEATURES, {"ids": all_products}):
         features.setdefault(product, set()).add(feature)
 
     def given(ids: Collection[int]) -> set[str]:
-        return {f for sid in ids for p in products.get(sid, ()) for f in features.get(p, ())}
+        return {f for sid in ids for p in products.get(sid, ()) for f in features.get(p or "", ())}
 
-    return {cid: given(withheld) - given(granting) for cid, (granting, withheld) in mixed.items()}
+    def known(ids: Collection[int]) -> bool:
+        return all(products.get(sid) and listed.issuperset(products[sid]) for sid in ids)
+
+    return {
+        cid: given(withheld) - given(granting) if known(granting) else set()
+        for cid, (granting, withheld) in mixed.items()
+    }
 
 
 def subscription_products(session: Session, subscription_ids: Sequence[int]) -> dict[int, set[str]]:
     """The products of each subscription's items (by our row id), as far as the mirrored
     catalog knows their prices."""
+    return {
+        sid: {product for product in found if product is not None}
+        for sid, found in item_products(session, subscription_ids).items()
+    }
+
+
+def item_products(session: Session, subscription_ids: Sequence[int]) -> dict[int, set[str | None]]:
+    """The product of each subscription's items' prices (by our row id); None for a price
+    the mirrored catalog does not know."""
     items = dict(session.execute(_ITEM_PRICES, {"ids": list(subscription_ids)}).all())
     prices = {price for listed in items.values() for price in listed or ()}
     product_of = dict(session.execute(_PRICE_PRODUCTS, {"ids": list(prices)}).all())
-    return {
-        sid: {product_of[price] for price in listed or () if price in product_of}
-        for sid, listed in items.items()
-    }
+    return {sid: {product_of.get(price) for price in listed or ()} for sid, listed in items.items()}
