@@ -6,6 +6,7 @@ from typing import Any
 
 from stripe_emulator import discounts, invoices, objects, payment_methods
 from stripe_emulator.api import Call, created_range, list_args, list_table, route
+from stripe_emulator.discount_objects import deleted_discount_json
 from stripe_emulator.errors import StripeError, bad_request, missing
 from stripe_emulator.forms import Params
 from stripe_emulator.immediate_cancel import cancel_now
@@ -289,6 +290,17 @@ def cancel(call: Call) -> Json:
         feedback=feedback,
     )
     return objects.subscription(record)
+
+
+@route("DELETE", "/v1/subscriptions/{id}/discount")
+def delete_discount(call: Call) -> Json:
+    """Stripe's "Delete a subscription discount": the removal `discounts=""` makes
+    (`customer.discount.deleted`, then `customer.subscription.updated` without it), answered
+    with the discount removed (`deleted_discount`)."""
+    call.params.finish()
+    removed = discounts.sole(call.store.subscriptions.get(call.id))
+    update_subscription(call.store, call.id, SubscriptionChanges(discounts=[]))
+    return deleted_discount_json(removed)
 
 
 @route("POST", "/v1/subscriptions/{id}/resume")

@@ -30,8 +30,8 @@ from starlette.requests import Request
 from stripe_emulator import customer_currency, discounts
 from stripe_emulator.api import Call, route
 from stripe_emulator.control import Body, _only, _r, _store, _typed
-from stripe_emulator.discount_objects import discount_json
-from stripe_emulator.errors import StripeError, bad_request
+from stripe_emulator.discount_objects import deleted_discount_json, discount_json
+from stripe_emulator.errors import bad_request
 from stripe_emulator.records import Discount, evolve
 from stripe_emulator.store import Store
 
@@ -76,16 +76,14 @@ def _flat_rate_currency(store: Store, kind: str, value: str) -> str | None:
 
 @route("DELETE", "/v1/customers/{id}/discount")
 def delete_customer_discount(call: Call) -> dict[str, Any]:
+    """Stripe's "Delete a customer discount": `customer.discount.deleted`; a 404 without one."""
     call.params.finish()
     customer = call.store.live_customer(call.id, "customer")
     if customer.discount is None:
-        raise StripeError(
-            404, f"No active discount for customer: {call.id}", code="resource_missing"
-        )
+        raise discounts.none_to_delete("customer", call.id)
     removed = customer.discount
     set_discount(call.store, call.id, None, call.store.customer_now(call.id))
-    shown = {k: v for k, v in discount_json(removed).items() if k != "end"}
-    return {**shown, "deleted": True}
+    return deleted_discount_json(removed)
 
 
 async def apply_route(request: Request, body: Body) -> Any:

@@ -1,4 +1,5 @@
-"""A discount (`di_...`) as Stripe renders it (objects.py renders a customer's with it)."""
+"""A discount (`di_...`) as Stripe renders it (objects.py renders a customer's with it), and as
+the `DELETE .../discount` endpoints answer it once removed (`deleted_discount`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,10 @@ def discount_json(record: Discount) -> dict[str, Any]:
         "subscription": record.subscription,
         "subscription_item": None,
     }
+
+
+def deleted_discount_json(record: Discount) -> dict[str, Any]:
+    """The spec's `deleted_discount`: the discount with `deleted: true`, and no `end` (which
+    that schema does not have)."""
+    shown = {k: v for k, v in discount_json(record).items() if k != "end"}
+    return {**shown, "deleted": True}

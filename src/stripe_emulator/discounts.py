@@ -2,7 +2,8 @@
 
 A subscription's `discounts` (`[{coupon}]`, `[{promotion_code}]` or `[{discount}]` on create
 and update, or a promotion code entered at Checkout) each become a `discount` (`di_...`,
-`customer.discount.created`); `discounts=""` removes them (`customer.discount.deleted`), and
+`customer.discount.created`); `discounts=""` removes them (`customer.discount.deleted`), as
+`DELETE /v1/subscriptions/{id}/discount` removes a subscription's one discount (`sole`), and
 a populated array replaces them. Each applies to every invoice the subscription makes while it
 lasts (`invoices.create_invoice`): an invoice-level discount, as Stripe's invoice shows it
 (`discounts`, `total_discount_amounts`, each line's `discount_amounts`; its `subtotal` stays,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from stripe_emulator import ids, objects
 from stripe_emulator.discount_objects import discount_json
-from stripe_emulator.errors import bad_request
+from stripe_emulator.errors import StripeError, bad_request
 from stripe_emulator.forms import Params
 from stripe_emulator.periods import add_months
 from stripe_emulator.records import Coupon, Discount, Subscription, evolve
@@ -135,6 +136,30 @@ def announce(store: Store, old: tuple[Discount, ...], new: tuple[Discount, ...],
         if added.id not in before:
             store.discounts[added.id] = added
             store.emit("customer.discount.created", discount_json(added), created=at)
+
+
+def none_to_delete(kind: str, object_id: str) -> StripeError:
+    """The error of `DELETE /v1/{customers,subscriptions}/{id}/discount` with nothing to
+    delete: Stripe's reference says only that the call "returns an error ... such as if no
+    discount exists", so a 404 `resource_missing`, as for any object not there."""
+    return StripeError(404, f"No active discount for {kind}: {object_id}", code="resource_missing")
+
+
+def sole(sub: Subscription) -> Discount:
+    """The discount `DELETE /v1/subscriptions/{id}/discount` removes: the subscription's own
+    (one its customer's only applies to is not the subscription's). Stripe's endpoint, from
+    before subscriptions took several discounts, names one ("the currently applied discount"):
+    with several this refuses, rather than guess which Stripe removes (`discounts=""` removes
+    them all)."""
+    if not sub.discounts:
+        raise none_to_delete("subscription", sub.id)
+    if len(sub.discounts) > 1:
+        raise bad_request(
+            f"The subscription {sub.id} has {len(sub.discounts)} discounts: remove them with "
+            "`discounts` on `POST /v1/subscriptions/{id}` (the emulator does not guess which "
+            "one this endpoint removes)."
+        )
+    return sub.discounts[0]
 
 
 def _lasting(found: tuple[Discount, ...], at: int) -> tuple[Discount, ...]:

@@ -71,10 +71,12 @@ def test_a_customers_discount_applies_to_its_subscriptions_without_one_of_their_
     assert [d.discount for d in second.total_discount_amounts or []] != [made["id"]]
 
     client.v1.subscriptions.update(sub_id, {"discounts": ""})
-    removed = ctl.v1("DELETE", f"customers/{customer}/discount").json()
-    assert removed["deleted"] is True and removed["id"] == made["id"]
+    removed = client.v1.customers.delete_discount(customer)
+    assert (removed.deleted, removed.id, removed.customer) == (True, made["id"], customer)
     assert client.v1.customers.retrieve(customer).discount is None
-    assert ctl.v1("DELETE", f"customers/{customer}/discount").status_code == 404
+    with pytest.raises(stripe.InvalidRequestError) as nothing_left:
+        client.v1.customers.delete_discount(customer)
+    assert (nothing_left.value.http_status, nothing_left.value.code) == (404, "resource_missing")
     past_period_end(ctl, client, sub_id)
     assert renewal(client, sub_id).total == 2000
     assert _discount_events(client)[-1] == ("customer.discount.deleted", None)

@@ -2,8 +2,9 @@
 becomes the subscription's discount, `discounts` on create and update, the discount on each
 invoice while it lasts (Stripe's invoice-level discount: `subtotal` kept, `total` and
 `amount_due` reduced, `total_discount_amounts`, each line's `discount_amounts`, metered usage
-lines too), and its end after `once` and `repeating` (`customer.discount.deleted`). Every
-response is checked against Stripe's OpenAPI schema at the end."""
+lines too), its end after `once` and `repeating` (`customer.discount.deleted`), and its removal
+(`discounts=""`, `DELETE /v1/subscriptions/{id}/discount`). Every response is checked against
+Stripe's OpenAPI schema at the end."""
 
 from __future__ import annotations
 
@@ -136,6 +137,59 @@ def test_discounts_on_create_and_update_apply_to_metered_usage_too(
     client.v1.subscriptions.update(sub_id, {"discounts": ""})
     assert client.v1.subscriptions.retrieve(sub_id).discounts == []
     assert _discount_events(client)[-1] == "customer.discount.deleted"
+    _check_recorded_against_spec(ctl)
+
+
+def test_deleting_a_subscriptions_discount_removes_it_as_an_empty_discounts_does(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """Stripe's "Delete a subscription discount": the discount removed, answered as a
+    `deleted_discount`, with `customer.discount.deleted` and then the subscription's
+    `customer.subscription.updated`; the next invoice is billed in full."""
+    ctl.emulator.app.state.recorded.take()
+    sub_id = subscribe_with_card(client, [{"price": recurring_price(client).id}])  # 20.00
+    half = client.v1.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    client.v1.subscriptions.update(sub_id, {"discounts": [{"coupon": half.id}]})
+    [discount] = client.v1.subscriptions.retrieve(sub_id).discounts
+
+    removed = client.v1.subscriptions.delete_discount(sub_id)
+
+    assert (removed.deleted, removed.id, removed.subscription) == (True, discount, sub_id)
+    assert removed.source.coupon == half.id
+    assert client.v1.subscriptions.retrieve(sub_id).discounts == []
+    deleted, updated = events_oldest_first(client)[-2:]
+    assert (deleted.type, deleted.data.object["id"]) == ("customer.discount.deleted", discount)
+    assert (updated.type, updated.data.object["id"]) == ("customer.subscription.updated", sub_id)
+    assert updated.data.previous_attributes["discounts"] == [discount]
+    assert updated.data.object["discounts"] == []
+    past_period_end(ctl, client, sub_id)
+    assert renewal(client, sub_id).total == 2000
+    _check_recorded_against_spec(ctl)
+
+
+def test_deleting_a_subscription_discount_needs_exactly_one_of_its_own(
+    client: stripe.StripeClient, ctl: Control
+) -> None:
+    """None of its own (its customer's applying to it is not its own): a 404, as Stripe's
+    "if no discount exists on this subscription". Several: refused, all kept (which one
+    Stripe's singular endpoint removes is not documented)."""
+    ctl.emulator.app.state.recorded.take()
+    sub_id = subscribe_with_card(client, [{"price": recurring_price(client).id}])
+    customer = str(client.v1.subscriptions.retrieve(sub_id).customer)
+    half = client.v1.coupons.create(params={"percent_off": 50, "duration": "forever"})
+    ctl("POST", f"customers/{customer}/discount", {"coupon": half.id})
+    with pytest.raises(stripe.InvalidRequestError) as none:
+        client.v1.subscriptions.delete_discount(sub_id)
+    assert (none.value.http_status, none.value.code) == (404, "resource_missing")
+    assert client.v1.customers.retrieve(customer).discount is not None
+
+    tenth = client.v1.coupons.create(params={"percent_off": 10, "duration": "forever"})
+    both: Any = [{"coupon": half.id}, {"coupon": tenth.id}]
+    client.v1.subscriptions.update(sub_id, {"discounts": both})
+    with pytest.raises(stripe.InvalidRequestError) as several:
+        client.v1.subscriptions.delete_discount(sub_id)
+    assert several.value.http_status == 400
+    assert len(client.v1.subscriptions.retrieve(sub_id).discounts) == 2
     _check_recorded_against_spec(ctl)
 
 
