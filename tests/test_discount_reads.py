@@ -206,7 +206,7 @@ def test_resync_marks_deleted_the_discounts_stripe_no_longer_shows(
         emulator.control("POST", f"customers/{owner}/discount", {"coupon": half.id})
     reconciler.drain()
     emulator.control("POST", "clock/advance", {"seconds": 60})  # unread from here on
-    for sub_id in sub_ids[:2]:
+    for sub_id in sub_ids[:2]:  # `discounts=""`: the other way Stripe takes
         sdk.subscriptions.update(sub_id, {"discounts": ""})
     for owner in owners[3:5]:
         sdk.customers.delete_discount(owner)

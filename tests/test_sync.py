@@ -281,7 +281,7 @@ def test_a_discount_removed_in_stripe_is_not_taken_off_the_estimate_after_a_sync
         )
         assert usage_of(api, 12)["estimated_cost_cents"] == 0
 
-        sdk.subscriptions.update(sub["id"], {"discounts": ""})
+        sdk.subscriptions.delete_discount(sub["id"])
         synced = api.post("/billing/subscriptions/sync", json={"github_user_id": 12})
 
         assert synced.status_code == 200, synced.text
