@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingSubscription, ProcessedStripeEvent
+from collab_billing.db.models import BillingCustomer, BillingSubscription, ProcessedStripeEvent
+from collab_billing.reconcile.apply import Applier
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.ops_helpers import (
@@ -38,7 +39,7 @@ from tests.ops_helpers import (
     wait_until,
 )
 from tests.reconcile_helpers import assert_matches_stripe, processed_event_ids
-from tests.stripe_helpers import Emulator
+from tests.stripe_helpers import Emulator, session_id_in
 
 
 @pytest.fixture
@@ -514,3 +515,85 @@ def test_a_users_subscriptions_keep_stripes_order_whatever_order_their_events_co
     ]
     plan = service.api.get("/billing/state", params=mine).json()["plan"]
     assert plan["stripe_subscription_id"] == newer  # of two alike, the newest
+
+
+# -- a customer deleted on Stripe -------------------------------------------------------------
+
+THE_BUG = pytest.mark.xfail(
+    strict=True, reason="an older event makes a deleted customer live: linked, or adopted"
+)
+
+
+def made_on_stripe_and_deleted(
+    emulator: Emulator, github_user_id: int
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """A customer made on Stripe (the Dashboard's, say) naming a GitHub user, renamed, then
+    deleted: its id, and its events by type."""
+    sdk = emulator.sdk.v1
+    made = sdk.customers.create(params={"metadata": {"github_user_id": str(github_user_id)}})
+    sdk.customers.update(made.id, params={"name": "Renamed"})
+    sdk.customers.delete(made.id)
+    mine = [e for e in relevant_events(emulator) if e["data"]["object"]["id"] == made.id]
+    return made.id, {event["type"]: event for event in mine}
+
+
+def add_user(service: Service, github_user_id: int) -> None:
+    login = f"user{github_user_id}"
+    user = {"github_user_id": github_user_id, "github_login": login, "email_address": None}
+    assert service.api.post("/users", json=user).is_success
+
+
+def live_customers(service: Service) -> list[str]:
+    with service.factory() as session:
+        live = select(BillingCustomer.stripe_customer_id).where(
+            BillingCustomer.stripe_deleted_at.is_(None)
+        )
+        return list(session.scalars(live))
+
+
+def checkout_customer(service: Service, emulator: Emulator, github_user_id: int) -> str:
+    """The Stripe customer of a Checkout the user starts now (Stripe refuses a deleted one)."""
+    wanted = {"github_user_id": github_user_id}
+    response = service.api.post("/billing/subscriptions", json=wanted)
+    assert response.status_code == 200, response.text
+    session_id = session_id_in(response.json()["checkout_session_url"], "cs_")
+    return str(emulator.sdk.v1.checkout.sessions.retrieve(session_id).customer)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(("customer.deleted", "customer.updated"), marks=THE_BUG),
+        pytest.param(("customer.deleted", "customer.created"), marks=THE_BUG),
+        ("customer.created", "customer.deleted", "customer.updated"),
+    ],
+)
+def test_a_customer_deleted_on_stripe_is_never_linked_by_an_older_event(
+    service: Service, emulator: Emulator, order: tuple[str, ...]
+) -> None:
+    """Its user exists and has no customer. Whatever order the customer's events come in (its
+    deletion first: nothing of it known yet, it is remembered deleted), it is never the user's
+    live customer: deletion is terminal on Stripe, and ids are never reused."""
+    add_user(service, 7)
+    deleted, events = made_on_stripe_and_deleted(emulator, 7)
+    for event_type in order:  # none fails (linked, it would list a deleted customer's objects)
+        assert service.deliver(events[event_type]).json()["outcome"] in ("applied", "unmatched")
+    assert live_customers(service) == []
+    assert checkout_customer(service, emulator, 7) != deleted
+
+
+@pytest.mark.parametrize("first", [pytest.param(f, marks=THE_BUG) for f in ("checkout", "poll")])
+def test_a_deleted_customer_whose_user_signs_up_later_is_not_linked(
+    service: Service, emulator: Emulator, first: str
+) -> None:
+    """The customer's deletion, then its older events, come before its user exists; then the
+    user signs up, and checks out (which links a customer naming the user first) or the poll
+    adopts the customers whose user appeared (which reads them and their objects)."""
+    deleted, events = made_on_stripe_and_deleted(emulator, 8)
+    for event_type in ("customer.deleted", "customer.updated", "customer.created"):
+        assert service.deliver(events[event_type]).json()["outcome"] == "unmatched"
+    add_user(service, 8)
+    if first == "poll":
+        assert Applier(service.factory, StripeGateway(service.settings)).adopt(as_of=0) == 0
+    assert checkout_customer(service, emulator, 8) != deleted
+    assert live_customers(service) != [deleted]
