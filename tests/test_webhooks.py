@@ -519,10 +519,6 @@ def test_a_users_subscriptions_keep_stripes_order_whatever_order_their_events_co
 
 # -- a customer deleted on Stripe -------------------------------------------------------------
 
-THE_BUG = pytest.mark.xfail(
-    strict=True, reason="an older event makes a deleted customer live: linked, or adopted"
-)
-
 
 def made_on_stripe_and_deleted(
     emulator: Emulator, github_user_id: int
@@ -563,8 +559,8 @@ def checkout_customer(service: Service, emulator: Emulator, github_user_id: int)
 @pytest.mark.parametrize(
     "order",
     [
-        pytest.param(("customer.deleted", "customer.updated"), marks=THE_BUG),
-        pytest.param(("customer.deleted", "customer.created"), marks=THE_BUG),
+        ("customer.deleted", "customer.updated"),
+        ("customer.deleted", "customer.created"),
         ("customer.created", "customer.deleted", "customer.updated"),
     ],
 )
@@ -582,7 +578,7 @@ def test_a_customer_deleted_on_stripe_is_never_linked_by_an_older_event(
     assert checkout_customer(service, emulator, 7) != deleted
 
 
-@pytest.mark.parametrize("first", [pytest.param(f, marks=THE_BUG) for f in ("checkout", "poll")])
+@pytest.mark.parametrize("first", ["checkout", "poll"])
 def test_a_deleted_customer_whose_user_signs_up_later_is_not_linked(
     service: Service, emulator: Emulator, first: str
 ) -> None:

@@ -1,11 +1,13 @@
 """Customers, the root of the mirror: the link between a Stripe customer and one of our users.
 
 What we keep of a customer is its link and its deletion. Linking is idempotent and deletion is
-terminal on Stripe, so customer events commute and need no watermark. A customer is ours when
-we created it (`billing_customers`) or when its `metadata.github_user_id` (or a completed
-Checkout's `client_reference_id`) names a user who has no customer yet. One that names nobody
-is remembered in `unmatched_stripe_customers`: its events, and its subscriptions' events, are
-settled without asking Stripe about it, until a user with its `github_user_id` appears.
+terminal on Stripe, so customer events commute and need no watermark, provided a deletion is
+kept for a customer not ours too (`link_or_remember`: an older event never undoes it). A
+customer is ours when we created it (`billing_customers`) or when its `metadata.github_user_id`
+(or a completed Checkout's `client_reference_id`) names a user who has no customer yet. One
+that names nobody is remembered in `unmatched_stripe_customers`: its events, and its
+subscriptions' events, are settled without asking Stripe about it, until a user with its
+`github_user_id` appears.
 """
 
 from __future__ import annotations
@@ -138,9 +140,14 @@ Candidate = tuple[str, int | None, bool]
 def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[str, int]:
     """Link each live candidate to the user it names, if that user has no customer yet (the
     first candidate naming a user wins); remember the others as unmatched. Returns Stripe id
-    -> our id of those linked. A few statements for the lot, whatever their number."""
+    -> our id of those linked. A few statements for the lot, whatever their number.
+
+    A candidate remembered deleted is deleted whatever its event shows: deletion is terminal
+    on Stripe and an id is never reused, so an event showing it live (a `customer.created`
+    too) is older than its deletion, delivered late. Its row stays deleted."""
     if not candidates:
         return {}
+    candidates = _deletions_remembered(session, candidates)
     named = {gid for _, gid, deleted in candidates if gid is not None and not deleted}
     users = _users_without_customer(session, named)
     links: dict[str, int] = {}  # Stripe customer id -> user id
@@ -161,6 +168,18 @@ def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[
         )
     _remember_unmatched(session, [c for c in candidates if c[0] not in linked])
     return linked
+
+
+def _deletions_remembered(session: Session, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """`candidates`, those remembered deleted in `unmatched_stripe_customers` marked deleted."""
+    gone = set(session.scalars(_REMEMBERED_DELETED, {"ids": [cid for cid, _, _ in candidates]}))
+    return [(cid, gid, deleted or cid in gone) for cid, gid, deleted in candidates]
+
+
+# Built once, like `_KNOWN`.
+_REMEMBERED_DELETED = select(UnmatchedStripeCustomer.stripe_customer_id).where(
+    in_ids(UnmatchedStripeCustomer.stripe_customer_id), UnmatchedStripeCustomer.deleted
+)
 
 
 @cache
