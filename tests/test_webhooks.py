@@ -593,3 +593,19 @@ def test_a_deleted_customer_whose_user_signs_up_later_is_not_linked(
         assert Applier(service.factory, StripeGateway(service.settings)).adopt(as_of=0) == 0
     assert checkout_customer(service, emulator, 8) != deleted
     assert live_customers(service) != [deleted]
+
+
+def test_a_customer_deleted_before_its_deletion_is_applied_is_not_adopted(
+    service: Service, emulator: Emulator
+) -> None:
+    """Its user signs up while it is remembered live (its deletion not applied yet): the poll's
+    adoption reads it deleted, and neither links it nor fails (the poll adopts before it reads
+    events: failing there at each try, it would never apply the deletion)."""
+    sdk = emulator.sdk.v1
+    made = sdk.customers.create(params={"metadata": {"github_user_id": "9"}})
+    [created] = [e for e in relevant_events(emulator) if e["data"]["object"]["id"] == made.id]
+    assert service.deliver(created).json()["outcome"] == "unmatched"
+    sdk.customers.delete(made.id)
+    add_user(service, 9)
+    assert Applier(service.factory, StripeGateway(service.settings)).adopt(as_of=0) == 0
+    assert checkout_customer(service, emulator, 9) != made.id

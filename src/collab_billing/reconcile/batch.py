@@ -264,8 +264,12 @@ class BatchWriter:
         now = customers.unmatched_versions(self.session, list(seen))
         read = []
         for cid, version in now.items():
-            read.append(self.reads.get_since(Read("customer", cid), version, self.needed, _never))
-            self.reads.get_since(Read("owned", cid), version, self.needed, _never)  # at once
+            customer = self.reads.get_since(Read("customer", cid), version, self.needed, _never)
+            read.append(customer)
+            # Its objects, read in the same round; but not a deleted customer's (it is not
+            # linked, and Stripe may refuse the read: this poll would fail at each try).
+            if customer is None or not customer.deleted:
+                self.reads.get_since(Read("owned", cid), version, self.needed, _never)
         if self.needed:
             raise NeedsStripe(self.needed)
         linked = self.link([candidate_of(customer) for customer in read])
