@@ -21,6 +21,7 @@ from collab_billing.db.models import (
     BillingInvoice,
     BillingPrice,
     BillingSubscription,
+    UnmatchedStripeCustomer,
 )
 from collab_billing.reconcile.apply import Applier
 from collab_billing.stripe_gateway import Event, StripeGateway
@@ -28,6 +29,9 @@ from tests.conftest import clear_tables
 from tests.stripe_helpers import Emulator
 
 USERS = 3
+# The GitHub ids of the users the customers made on Stripe name (`made_on_stripe`): they sign
+# up during the history, or never.
+NAMED = 200
 
 
 class History:
@@ -55,6 +59,8 @@ class History:
             sdk.coupons.create(params={"percent_off": 25, "duration": "once"}).id,
         ]
         self.coupons_deleted: set[str] = set()
+        self.made_on_stripe: dict[int, str] = {}  # k -> the customer naming user NAMED + k
+        self.signed_up: set[int] = set()  # the k of the users NAMED + k who signed up
 
     def start(self) -> None:
         from collab_billing import billing
@@ -115,6 +121,11 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
+            elif kind in ("customer_on_stripe", "sign_up"):
+                self.customers_made_on_stripe(step)
+            elif kind == "deliver_newest_first":  # as webhooks may come: one by one
+                for event in reversed(self.every_event()):
+                    self.webhooks.apply([Event.from_dict(event)])
             elif kind in ("checkout", "decline", "pay"):
                 self.billing_cycle(step)
             elif kind.endswith(("discount_subscription", "discount_customer", "_coupon")):
@@ -182,6 +193,25 @@ class History:
                     self.webhooks.apply([Event.from_dict(event)])
 
         return StripeGateway(self.settings, observer=observe)
+
+    def customers_made_on_stripe(self, step: tuple[Any, ...]) -> None:
+        """A customer made on Stripe (the Dashboard's), naming a user of its own, renamed and
+        at once deleted or not; or that user signs up, and the poll adopts what names them."""
+        sdk, k = self.emulator.sdk.v1, step[1]
+        if step[0] == "sign_up" and k not in self.signed_up:
+            with self.factory() as session, session.begin():
+                queries.upsert_user(session, NAMED + k, f"named{k}", None)
+            self.signed_up.add(k)
+            self.applier.adopt(as_of=0)  # as a poll that has applied nothing yet
+        elif step[0] == "customer_on_stripe" and k not in self.made_on_stripe:
+            metadata = {"github_user_id": str(NAMED + k)}
+            customer = self.made_on_stripe[k] = sdk.customers.create(
+                params={"metadata": metadata}
+            ).id
+            sdk.customers.update(customer, {"name": f"named{k}"})
+            if step[2]:
+                sdk.customers.delete(customer)
+                self.deleted.add(customer)
 
     def billing_cycle(self, step: tuple[Any, ...]) -> None:
         sdk = self.emulator.sdk.v1
@@ -289,9 +319,23 @@ class History:
                 sub["trial_end"],
                 (sub["cancellation_details"] or {}).get("reason"),
             ), sub_id
+        self.assert_customers_converged()
         self.assert_prices_converged()
         self.assert_invoices_converged()
         self.assert_discounts_converged()
+
+    def assert_customers_converged(self) -> None:
+        """Our live customers are those live on Stripe that we made, or that name a user who
+        signed up; those naming no one yet are remembered live; the others are deleted."""
+        with self.factory() as session:
+            ours = session.scalars(select(BillingCustomer))
+            linked = {c.stripe_customer_id: c.stripe_deleted_at is None for c in ours}
+            remembered = session.scalars(select(UnmatchedStripeCustomer))
+            unmatched = {c.stripe_customer_id: not c.deleted for c in remembered}
+        named = {k: c for k, c in self.made_on_stripe.items() if c not in self.deleted}
+        mine = [*self.customers, *(c for k, c in named.items() if k in self.signed_up)]
+        assert {c for c, live in linked.items() if live} == set(mine) - self.deleted
+        assert {c for c, live in unmatched.items() if live} == set(named.values()) - set(mine)
 
     def assert_discounts_converged(self) -> None:
         """Every discount Stripe shows (on a subscription, or a live customer's own) is a live
