@@ -277,6 +277,8 @@ class UnmatchedStripeCustomer(Base):
 
     stripe_customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     github_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # Once set, never cleared: deletion is terminal on Stripe, and an event showing the customer
+    # live after it is an older one (`customers.link_or_remember`).
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     seen_at: Mapped[datetime] = _now_column()
     # Raised by every write of the row: each sighting of the customer, and each batch that
