@@ -324,20 +324,29 @@ def test_an_adoption_does_not_write_its_list_over_an_event_skipped_after_it(
     assert race.status(sub.id) == emulator.sdk.v1.subscriptions.retrieve(sub.id).status
 
 
-def test_a_catch_up_does_not_write_its_list_over_an_event_skipped_after_it(
-    emulator: Emulator, stripe_settings: Settings, engine: Engine
-) -> None:
-    race = Race(emulator, stripe_settings, engine, user=False)
+def subscribed_before_the_user(
+    emulator: Emulator, settings: Settings, engine: Engine
+) -> tuple[Race, Any, Callable[[], None]]:
+    """A customer naming `USER` subscribes (its events skipped: not ours), then the user
+    signs up; with the race's payment of the subscription, to run meanwhile."""
+    race = Race(emulator, settings, engine, user=False)
     sub = race.subscribe(emulator.price())
     race.webhooks()
     race.add_user()
-    metadata = {"github_user_id": str(USER), "plan": "team"}
-    emulator.sdk.v1.customers.update(race.customer, params={"metadata": metadata})
 
     def paid_meanwhile() -> None:
         race.pay(sub)
         race.webhooks()
 
+    return race, sub, paid_meanwhile
+
+
+def test_a_catch_up_does_not_write_its_list_over_an_event_skipped_after_it(
+    emulator: Emulator, stripe_settings: Settings, engine: Engine
+) -> None:
+    race, sub, paid_meanwhile = subscribed_before_the_user(emulator, stripe_settings, engine)
+    metadata = {"github_user_id": str(USER), "plan": "team"}
+    emulator.sdk.v1.customers.update(race.customer, params={"metadata": metadata})
     # `customer.updated` links the customer, and its transaction asks for its objects.
     race.webhooks(race.racing("subscriptions.list", paid_meanwhile), only="customer.updated")
     race.one_second()
@@ -348,15 +357,7 @@ def test_a_catch_up_does_not_write_its_list_over_an_event_skipped_after_it(
 def test_a_sync_that_links_its_customer_does_not_write_its_list_over_an_event_skipped_after_it(
     emulator: Emulator, stripe_settings: Settings, engine: Engine
 ) -> None:
-    race = Race(emulator, stripe_settings, engine, user=False)
-    sub = race.subscribe(emulator.price())
-    race.webhooks()
-    race.add_user()
-
-    def paid_meanwhile() -> None:
-        race.pay(sub)
-        race.webhooks()
-
+    race, sub, paid_meanwhile = subscribed_before_the_user(emulator, stripe_settings, engine)
     sync_subscriptions(race.factory, race.racing("subscriptions.list", paid_meanwhile), USER, None)
     race.one_second()
     # The sync leaves such a customer unlinked; the next poll adopts it first, read again.

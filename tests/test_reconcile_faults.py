@@ -188,6 +188,14 @@ def forget_unmatched_customers(factory):  # type: ignore[no-untyped-def]
         session.execute(delete(UnmatchedStripeCustomer))
 
 
+def user_with_a_customer(reconciler: Reconciler) -> str:
+    """User 1 and their Stripe customer (made now); returns the customer's id."""
+    factory = reconciler.factory
+    with factory() as session, session.begin():
+        queries.upsert_user(session, 1, "one", None)
+    return billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
+
+
 @pytest.mark.postgres_only
 def test_the_reconciler_outlives_a_database_outage(
     stripe_settings: Settings, emulator: Emulator, own_database: str
@@ -206,9 +214,7 @@ def test_the_reconciler_outlives_a_database_outage(
     )
     reconciler = make_reconciler(settings, engine)
     factory = reconciler.factory
-    with factory() as session, session.begin():
-        queries.upsert_user(session, 1, "one", None)
-    customer = billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
+    customer = user_with_a_customer(reconciler)
     thread, stop = start_in_background(reconciler.run, "reconciler")
     try:
         wait_until(lambda: metric("collab_billing_reconciler_leader") == 1, what="leadership")
@@ -252,9 +258,7 @@ def test_the_reconciler_outlives_a_clock_it_cannot_read(
         stripe_settings, engine, StripeGateway(stripe_settings), clock=emulator_clock
     )
     factory = reconciler.factory
-    with factory() as session, session.begin():
-        queries.upsert_user(session, 1, "one", None)
-    customer = billing.ensure_customer(factory, reconciler.gateway, billing.find_user(factory, 1))
+    customer = user_with_a_customer(reconciler)
     thread, stop = start_in_background(reconciler.run, "reconciler")
     try:
         wait_until(lambda: reconciler.polls > 0, what="a first poll")
