@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collab_billing.reconcile.batch import group_events
+from collab_billing.reconcile.groups import group_events
 from collab_billing.reconcile.windows import batches
 from collab_billing.stripe_gateway import Event
 

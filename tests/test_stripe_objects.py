@@ -10,7 +10,7 @@ import pytest
 
 from collab_billing.mirror import customers
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, Subscription
-from collab_billing.reconcile.batch import group_events
+from collab_billing.reconcile.groups import group_events
 from collab_billing.stripe_gateway import Event, EventShapeError
 from collab_billing.stripe_gateway.events import decode_event_page
 from tests.stripe_openapi import fixtures_path

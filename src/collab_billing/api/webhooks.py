@@ -24,7 +24,7 @@ from collab_billing.api.schemas import ErrorResponse
 from collab_billing.api.strict_json import parse_json
 from collab_billing.mirror.registry import RELEVANT_TYPES
 from collab_billing.reconcile.apply import Applier
-from collab_billing.reconcile.batch import group_events
+from collab_billing.reconcile.groups import group_events
 from collab_billing.stripe_gateway import Event, EventShapeError, SignatureError, verify_webhook
 from collab_billing.stripe_gateway.events import MAX_CREATED, MIN_CREATED
 

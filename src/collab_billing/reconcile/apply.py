@@ -30,14 +30,8 @@ from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, may_change_features
 from collab_billing.reconcile import ledger
-from collab_billing.reconcile.batch import (
-    ApplyStats,
-    BatchWriter,
-    Group,
-    group_events,
-    merge_sorted,
-    row_marks,
-)
+from collab_billing.reconcile.batch import BatchWriter, row_marks
+from collab_billing.reconcile.groups import ApplyStats, Group, group_events, merge_sorted
 from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import Event, StripeGateway

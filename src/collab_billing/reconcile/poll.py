@@ -35,7 +35,7 @@ from collab_billing.mirror.registry import (
 )
 from collab_billing.reconcile import ledger, resync, tuning
 from collab_billing.reconcile.apply import Applier
-from collab_billing.reconcile.batch import ApplyStats
+from collab_billing.reconcile.groups import ApplyStats
 from collab_billing.reconcile.windows import (
     Range,
     Window,

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from collab_billing.reconcile.batch import group_events
+from collab_billing.reconcile.groups import group_events
 from collab_billing.stripe_gateway import Event
 
 
