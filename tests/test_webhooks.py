@@ -19,7 +19,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingCustomer, BillingSubscription, ProcessedStripeEvent
+from collab_billing.db.models import (
+    BillingCustomer,
+    BillingSubscription,
+    ProcessedStripeEvent,
+    UnmatchedStripeCustomer,
+    User,
+)
 from collab_billing.reconcile.apply import Applier
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
@@ -609,3 +615,66 @@ def test_a_customer_deleted_before_its_deletion_is_applied_is_not_adopted(
     add_user(service, 9)
     assert Applier(service.factory, StripeGateway(service.settings)).adopt(as_of=0) == 0
     assert checkout_customer(service, emulator, 9) != made.id
+
+
+def remembered_deleted(service: Service, stripe_customer_id: str) -> bool:
+    with service.factory() as session:
+        row = session.get(UnmatchedStripeCustomer, stripe_customer_id)
+        return row is not None and row.deleted
+
+
+@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
+def test_an_update_of_a_customer_deleted_since_does_not_link_it(
+    service: Service, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its `customer.updated` names a user who has no customer, and comes before its deletion
+    is applied: the read of its objects shows it deleted, so it is remembered deleted, not
+    linked, and the event is not failed (parked, logged as an error) until the deletion."""
+    add_user(service, 10)
+    deleted, events = made_on_stripe_and_deleted(emulator, 10)
+    with caplog.at_level(logging.WARNING):
+        assert service.deliver(events["customer.updated"]).json()["outcome"] == "unmatched"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert remembered_deleted(service, deleted)
+    assert pending_rows(service.factory) == []
+    assert checkout_customer(service, emulator, 10) != deleted
+
+
+def made_on_stripe_seen_then_deleted(
+    service: Service, emulator: Emulator, github_user_id: int
+) -> str:
+    """A customer made on Stripe naming a user who does not exist yet, seen (remembered
+    unmatched, live), then deleted on Stripe (its deletion not applied yet)."""
+    sdk = emulator.sdk.v1
+    made = sdk.customers.create(params={"metadata": {"github_user_id": str(github_user_id)}})
+    [created] = [e for e in relevant_events(emulator) if e["data"]["object"]["id"] == made.id]
+    assert service.deliver(created).json()["outcome"] == "unmatched"
+    sdk.customers.delete(made.id)
+    return made.id
+
+
+@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
+def test_a_user_named_by_a_customer_deleted_since_signs_up_and_checks_out(
+    service: Service, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signing up links the customer that names the user: read deleted, it is remembered
+    deleted (no warning), and the user's checkout uses a new customer."""
+    deleted = made_on_stripe_seen_then_deleted(service, emulator, 11)
+    with caplog.at_level(logging.WARNING):
+        add_user(service, 11)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert remembered_deleted(service, deleted)
+    assert checkout_customer(service, emulator, 11) != deleted
+
+
+@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
+def test_checkout_of_a_user_named_by_a_customer_deleted_since_uses_a_new_customer(
+    service: Service, emulator: Emulator
+) -> None:
+    """The user signed up when the customer was not linked (Stripe unreachable, say: the user
+    is stored): the checkout links it first, reads it deleted, and makes a new customer."""
+    deleted = made_on_stripe_seen_then_deleted(service, emulator, 12)
+    with service.factory() as session, session.begin():
+        session.add(User(github_user_id=12, github_login="user12"))
+    assert checkout_customer(service, emulator, 12) != deleted
+    assert remembered_deleted(service, deleted)
