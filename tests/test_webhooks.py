@@ -623,7 +623,6 @@ def remembered_deleted(service: Service, stripe_customer_id: str) -> bool:
         return row is not None and row.deleted
 
 
-@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
 def test_an_update_of_a_customer_deleted_since_does_not_link_it(
     service: Service, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -653,7 +652,6 @@ def made_on_stripe_seen_then_deleted(
     return made.id
 
 
-@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
 def test_a_user_named_by_a_customer_deleted_since_signs_up_and_checks_out(
     service: Service, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -667,7 +665,6 @@ def test_a_user_named_by_a_customer_deleted_since_signs_up_and_checks_out(
     assert checkout_customer(service, emulator, 11) != deleted
 
 
-@pytest.mark.xfail(strict=True, reason="the bug: the failed read of a deleted customer")
 def test_checkout_of_a_user_named_by_a_customer_deleted_since_uses_a_new_customer(
     service: Service, emulator: Emulator
 ) -> None:

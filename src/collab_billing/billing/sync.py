@@ -40,7 +40,7 @@ from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType, relevan
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS
 from collab_billing.reconcile import budget
 from collab_billing.reconcile.apply import Applier
-from collab_billing.reconcile.reads import Read, StripeReads
+from collab_billing.reconcile.reads import owned_or_deleted
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
 from collab_billing.stripe_gateway.client import CheckoutSessionSummary
 from collab_billing.stripe_gateway.events import id_of
@@ -100,9 +100,12 @@ def _sync(
     assert customer is not None
     applier = Applier(factory, gateway, source="sync")
     seen = applier.rows_of_customer(customer)  # before the reads (`write_read`)
-    read = _everything_owned(gateway, customer) if target.link else _plan(gateway, customer)
+    if target.link:
+        read, link = _everything_owned(gateway, target.link)
+    else:
+        read, link = _plan(gateway, customer), None
     if as_of is not None:  # an account with no event has nothing to mirror yet
-        links = [target.link] if target.link else []
+        links = [link] if link else []
         # A customer linked now has no rows of discounts to find gone.
         gone = [] if target.link else _unshown_discounts(factory, customer, read, as_of)
         applier.apply_read(read, as_of, links, seen, gone)
@@ -151,14 +154,15 @@ def _unshown_discounts(
 
 
 def _everything_owned(
-    gateway: StripeGateway, customer: str
-) -> list[tuple[MirroredType[Any], list[Any]]]:
+    gateway: StripeGateway, link: customers.Candidate
+) -> tuple[list[tuple[MirroredType[Any], list[Any]]], customers.Candidate]:
     """Every object of a customer linked now, as the poll reads one it links late: its
-    events (its invoices', say) were skipped while it was not ours."""
-    reads, owned = StripeReads(gateway), Read("owned", customer)
-    reads.fetch([owned])
-    objects = reads.get(owned, set())
-    return [(mirrored, objects[mirrored.kind]) for mirrored in MIRRORED_TYPES if mirrored.owner]
+    events (its invoices', say) were skipped while it was not ours. A customer the read shows
+    deleted (its deletion not applied yet) has none, and is linked as deleted: remembered so."""
+    owned = owned_or_deleted(gateway, link[0])
+    if isinstance(owned, customers.Customer):
+        return [], (link[0], link[1], True)
+    return [(mirrored, owned[mirrored.kind]) for mirrored in MIRRORED_TYPES if mirrored.owner], link
 
 
 def _active_entitlements(gateway: StripeGateway, customer_id: str) -> Any:

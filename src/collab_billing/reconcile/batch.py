@@ -138,7 +138,12 @@ class BatchWriter:
             self.stats.count("applied", group.events)
 
     def link(self, candidates: Sequence[customers.Candidate]) -> dict[str, int]:
-        """Link unknown customers to the users they name; remember the others unmatched."""
+        """Link unknown customers to the users they name; remember the others unmatched. One
+        that a read of this batch showed deleted is a deletion (`StripeReads.shows_deleted`):
+        its event, older, showed it live; linked, its objects could not be read."""
+        candidates = [
+            (cid, gid, deleted or self.reads.shows_deleted(cid)) for cid, gid, deleted in candidates
+        ]
         linked = customers.link_or_remember(self.session, candidates)
         self.known.update(linked)
         self.unmatched.update(cid for cid, _, _ in candidates if cid not in linked)

@@ -25,7 +25,8 @@ PARALLEL_READS = 4
 class Read:
     """One read: `what` is "object" (`kind` is the mirrored type; `via`, for a type Stripe
     cannot retrieve by id, the object that shows it: `MirroredType.shown_by`), "customer", or
-    "owned" (every mirrored object of customer `object_id`)."""
+    "owned" (every mirrored object of customer `object_id`, by kind; or, when Stripe shows the
+    customer deleted, the customer: `owned_or_deleted`)."""
 
     what: str
     object_id: str
@@ -112,7 +113,7 @@ class StripeReads:
         if read.what == "customer":
             return customers.retrieve(self.gateway, read.object_id)
         if read.what == "owned":
-            return {m.kind: self._owned(m, read.object_id) for m in MIRRORED_TYPES if m.owner}
+            return owned_or_deleted(self.gateway, read.object_id)
         mirrored = _by_kind(read.kind)
         if mirrored.fetch is not None:
             return mirrored.fetch(self.gateway, read.object_id)
@@ -125,11 +126,35 @@ class StripeReads:
                 return mirrored.stub(read.object_id)
             raise
 
-    def _owned(self, mirrored: MirroredType[Any], customer_id: str) -> list[Any]:
-        assert self.gateway is not None
-        if mirrored.fetch is not None:
-            return [mirrored.fetch(self.gateway, customer_id)]
-        return list(mirrored.list(self.gateway, customer=customer_id))
+    def shows_deleted(self, customer_id: str) -> bool:
+        """Whether a read made of the customer, or of its objects, showed it deleted."""
+        return any(
+            isinstance(result := self._done.get(Read(what, customer_id)), customers.Customer)
+            and result.deleted
+            for what in ("customer", "owned")
+        )
+
+
+def owned_or_deleted(
+    gateway: StripeGateway, customer_id: str
+) -> dict[str, list[Any]] | customers.Customer:
+    """Every mirrored object of the customer, by kind; or the customer, if a read of them
+    failed and Stripe shows it deleted (deleted since its deletion was applied, if ever: Stripe
+    may refuse to read a deleted customer's objects, as an expansion of its discount). Any
+    other failure is raised."""
+    try:
+        return {m.kind: _owned(gateway, m, customer_id) for m in MIRRORED_TYPES if m.owner}
+    except StripeGatewayError:
+        customer = customers.retrieve(gateway, customer_id)
+        if customer.deleted:
+            return customer
+        raise
+
+
+def _owned(gateway: StripeGateway, mirrored: MirroredType[Any], customer_id: str) -> list[Any]:
+    if mirrored.fetch is not None:
+        return [mirrored.fetch(gateway, customer_id)]
+    return list(mirrored.list(gateway, customer=customer_id))
 
 
 def _by_kind(kind: str) -> MirroredType[Any]:
