@@ -279,6 +279,11 @@ def test_deleting_a_customer_cancels_its_subscriptions(
     assert client.v1.subscriptions.retrieve(sub_id).status == "canceled"
     gone = client.v1.customers.retrieve(customer).to_dict()
     assert gone == {"id": customer, "object": "customer", "deleted": True}
+    # Its subscriptions are still listed by customer: canceled, as Stripe's `status`
+    # parameter documents ("including those belonging to deleted customers").
+    canceled = client.v1.subscriptions.list(params={"customer": customer, "status": "canceled"})
+    assert [sub.id for sub in canceled.data] == [sub_id]
+    assert client.v1.subscriptions.list(params={"customer": customer}).data == []
 
 
 def test_customer_update_event_has_previous_attributes(client: stripe.StripeClient) -> None:
