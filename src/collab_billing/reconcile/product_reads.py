@@ -57,6 +57,8 @@ def list_product_features(writer: BatchWriter) -> None:
     """Write the features of `products_to_list(writer.entitled)`, or name their reads in
     `writer.needed` (a failed read fails the batch, retried like any failure)."""
     wanted = products_to_list(writer.session, writer.entitled)
+    if not wanted:  # every batch comes here: no statement for none
+        return
     marks = writer.watermarks(PRODUCT_FEATURES, wanted)
     for product, as_of in wanted.items():
         mark, version = marks.get(product, (None, None))
