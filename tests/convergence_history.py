@@ -59,7 +59,9 @@ class History:
             sdk.coupons.create(params={"percent_off": 25, "duration": "once"}).id,
         ]
         self.coupons_deleted: set[str] = set()
-        self.made_on_stripe: dict[int, str] = {}  # k -> the customer naming user NAMED + k
+        # k -> the customers naming user NAMED + k, oldest first (a next one once the last is
+        # deleted: one live at a time on Stripe, though not always in what events show)
+        self.made_on_stripe: dict[int, list[str]] = {}
         self.signed_up: set[int] = set()  # the k of the users NAMED + k who signed up
 
     def start(self) -> None:
@@ -121,7 +123,7 @@ class History:
             elif kind == "delete_customer" and self.customers[step[1]] not in self.deleted:
                 sdk.customers.delete(self.customers[step[1]])
                 self.deleted.add(self.customers[step[1]])
-            elif kind in ("customer_on_stripe", "sign_up"):
+            elif kind in ("customer_on_stripe", "sign_up", "delete_made_on_stripe"):
                 self.customers_made_on_stripe(step)
             elif kind == "deliver_newest_first":  # as webhooks may come: one by one
                 for event in reversed(self.every_event()):
@@ -196,22 +198,26 @@ class History:
 
     def customers_made_on_stripe(self, step: tuple[Any, ...]) -> None:
         """A customer made on Stripe (the Dashboard's), naming a user of its own, renamed and
-        at once deleted or not; or that user signs up, and the poll adopts what names them."""
+        at once deleted or not, or deleted later (a next one naming that user once it is
+        deleted); or that user signs up, and the poll adopts what names them."""
         sdk, k = self.emulator.sdk.v1, step[1]
+        made = self.made_on_stripe.setdefault(k, [])
         if step[0] == "sign_up" and k not in self.signed_up:
             with self.factory() as session, session.begin():
                 queries.upsert_user(session, NAMED + k, f"named{k}", None)
             self.signed_up.add(k)
             self.applier.adopt(as_of=0)  # as a poll that has applied nothing yet
-        elif step[0] == "customer_on_stripe" and k not in self.made_on_stripe:
+        elif step[0] == "customer_on_stripe" and set(made) <= self.deleted:
             metadata = {"github_user_id": str(NAMED + k)}
-            customer = self.made_on_stripe[k] = sdk.customers.create(
-                params={"metadata": metadata}
-            ).id
+            customer = sdk.customers.create(params={"metadata": metadata}).id
+            made.append(customer)
             sdk.customers.update(customer, {"name": f"named{k}"})
             if step[2]:
                 sdk.customers.delete(customer)
                 self.deleted.add(customer)
+        elif step[0] == "delete_made_on_stripe" and not set(made) <= self.deleted:
+            sdk.customers.delete(made[-1])
+            self.deleted.add(made[-1])
 
     def billing_cycle(self, step: tuple[Any, ...]) -> None:
         sdk = self.emulator.sdk.v1
@@ -332,7 +338,8 @@ class History:
             linked = {c.stripe_customer_id: c.stripe_deleted_at is None for c in ours}
             remembered = session.scalars(select(UnmatchedStripeCustomer))
             unmatched = {c.stripe_customer_id: not c.deleted for c in remembered}
-        named = {k: c for k, c in self.made_on_stripe.items() if c not in self.deleted}
+        last = {k: made[-1] for k, made in self.made_on_stripe.items() if made}
+        named = {k: c for k, c in last.items() if c not in self.deleted}
         mine = [*self.customers, *(c for k, c in named.items() if k in self.signed_up)]
         assert {c for c, live in linked.items() if live} == set(mine) - self.deleted
         assert {c for c, live in unmatched.items() if live} == set(named.values()) - set(mine)
@@ -486,5 +493,6 @@ def converged_history(
     for step in steps:
         history.run(step, rng)
     history.deliver(history.every_event(), rng)
+    history.applier.adopt(as_of=0)  # as the next poll does first
     history.assert_converged()
     return history

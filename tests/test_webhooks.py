@@ -562,14 +562,14 @@ def checkout_customer(service: Service, emulator: Emulator, github_user_id: int)
     return str(emulator.sdk.v1.checkout.sessions.retrieve(session_id).customer)
 
 
-@pytest.mark.parametrize(
-    "order",
-    [
-        ("customer.deleted", "customer.updated"),
-        ("customer.deleted", "customer.created"),
-        ("customer.created", "customer.deleted", "customer.updated"),
-    ],
-)
+DELETED_CUSTOMER_EVENT_ORDERS = [
+    ("customer.deleted", "customer.updated"),
+    ("customer.deleted", "customer.created"),
+    ("customer.created", "customer.deleted", "customer.updated"),
+]
+
+
+@pytest.mark.parametrize("order", DELETED_CUSTOMER_EVENT_ORDERS)
 def test_a_customer_deleted_on_stripe_is_never_linked_by_an_older_event(
     service: Service, emulator: Emulator, order: tuple[str, ...]
 ) -> None:
@@ -582,6 +582,49 @@ def test_a_customer_deleted_on_stripe_is_never_linked_by_an_older_event(
         assert service.deliver(events[event_type]).json()["outcome"] in ("applied", "unmatched")
     assert live_customers(service) == []
     assert checkout_customer(service, emulator, 7) != deleted
+
+
+@pytest.mark.parametrize("order", DELETED_CUSTOMER_EVENT_ORDERS)
+def test_a_new_customer_made_on_stripe_for_a_user_whose_customer_was_deleted_is_linked(
+    service: Service, emulator: Emulator, order: tuple[str, ...]
+) -> None:
+    """Whatever order the deleted customer's events came in (linked, then deleted: a
+    tombstone; or deleted first: remembered deleted), its user has no live customer, so the
+    next customer made on Stripe naming the user is theirs, and their checkout uses it."""
+    add_user(service, 13)
+    _, events = made_on_stripe_and_deleted(emulator, 13)
+    for event_type in order:
+        service.deliver(events[event_type])
+    made = emulator.sdk.v1.customers.create(params={"metadata": {"github_user_id": "13"}})
+    [created] = [e for e in relevant_events(emulator) if e["data"]["object"]["id"] == made.id]
+    assert service.deliver(created).json()["outcome"] == "applied"
+    assert live_customers(service) == [made.id]
+    assert checkout_customer(service, emulator, 13) == made.id
+
+
+@pytest.mark.parametrize("first", ["checkout", "poll"])
+def test_a_customer_seen_while_the_users_customer_was_live_is_theirs_once_that_one_is_deleted(
+    service: Service, emulator: Emulator, first: str
+) -> None:
+    """The user's customer is linked, a second one naming the user is made on Stripe (not
+    linked: the user has a customer), then the first is deleted. The second one is the user's
+    from then on: the poll adopts it, or the user's checkout links it, rather than making a
+    third customer beside one that may bill the user unseen."""
+    add_user(service, 14)
+    sdk = emulator.sdk.v1
+    first_customer = sdk.customers.create(params={"metadata": {"github_user_id": "14"}})
+    second = sdk.customers.create(params={"metadata": {"github_user_id": "14"}})
+    sdk.customers.delete(first_customer.id)
+    mine = {first_customer.id, second.id}
+    for event in relevant_events(emulator):
+        if event["data"]["object"]["id"] in mine:
+            service.deliver(event)
+    assert live_customers(service) == []
+    if first == "poll":
+        assert Applier(service.factory, StripeGateway(service.settings)).adopt(as_of=0) == 1
+        assert live_customers(service) == [second.id]
+    assert checkout_customer(service, emulator, 14) == second.id
+    assert remembered_deleted(service, first_customer.id)
 
 
 @pytest.mark.parametrize("first", ["checkout", "poll"])

@@ -19,6 +19,7 @@ from collab_billing.db.models import (
     BillingPrice,
     BillingProduct,
     BillingSubscription,
+    UnmatchedStripeCustomer,
     User,
 )
 
@@ -211,13 +212,8 @@ def link_billing_customer(
     if existing is not None and existing.stripe_deleted_at is None:
         return existing
     if existing is not None:
-        # The old customer was deleted on Stripe; the user's row moves to the new one, and
-        # what was mirrored of the old one's entitlements goes (the new one's are its own).
-        for table in (BillingEntitlementSync, BillingEntitlement):
-            session.execute(delete(table).where(table.billing_customer_id == existing.id))
-        existing.stripe_customer_id = stripe_customer_id
-        existing.stripe_deleted_at = None
-        session.flush()
+        move_to_new_customer(session, existing.id, stripe_customer_id)
+        session.refresh(existing)
         return existing
     try:
         with session.begin_nested():
@@ -229,6 +225,36 @@ def link_billing_customer(
             raise
         return winner
     return customer
+
+
+def move_to_new_customer(
+    session: Session, billing_customer_id: int, stripe_customer_id: str
+) -> None:
+    """The customer of this row was deleted on Stripe (a tombstone): the user's row moves to a
+    new customer, and what was mirrored of the old one's entitlements goes (the new one's are
+    its own). The old customer is remembered deleted, as if its deletion had come first, so the
+    end state is one whatever order its events came in, and its late events never link it."""
+    old = session.execute(
+        select(BillingCustomer.stripe_customer_id, User.github_user_id)
+        .join(User, User.id == BillingCustomer.user_id)
+        .where(BillingCustomer.id == billing_customer_id)
+    ).one()
+    remembered = insert(session, UnmatchedStripeCustomer).values(
+        stripe_customer_id=old.stripe_customer_id, github_user_id=old.github_user_id, deleted=True
+    )
+    version = UnmatchedStripeCustomer.version + 1
+    session.execute(
+        remembered.on_conflict_do_update(
+            index_elements=["stripe_customer_id"], set_={"deleted": True, "version": version}
+        )
+    )
+    for table in (BillingEntitlementSync, BillingEntitlement):
+        session.execute(delete(table).where(table.billing_customer_id == billing_customer_id))
+    session.execute(
+        update(BillingCustomer)
+        .where(BillingCustomer.id == billing_customer_id)
+        .values(stripe_customer_id=stripe_customer_id, stripe_deleted_at=None)
+    )
 
 
 def price_row(session: Session, stripe_price_id: str) -> BillingPrice | None:

@@ -4,7 +4,7 @@ What we keep of a customer is its link and its deletion. Linking is idempotent a
 terminal on Stripe, so customer events commute and need no watermark, provided a deletion is
 kept for a customer not ours too (`link_or_remember`: an older event never undoes it). A
 customer is ours when we created it (`billing_customers`) or when its `metadata.github_user_id`
-(or a completed Checkout's `client_reference_id`) names a user who has no customer yet. One
+(or a completed Checkout's `client_reference_id`) names a user who has no live customer. One
 that names nobody is remembered in `unmatched_stripe_customers`: its events, and its
 subscriptions' events, are settled without asking Stripe about it, until a user with its
 `github_user_id` appears.
@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from collab_billing.db import queries
 from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
 from collab_billing.db.models import BillingCustomer, UnmatchedStripeCustomer, User
 from collab_billing.state import outbox
@@ -138,8 +139,9 @@ Candidate = tuple[str, int | None, bool]
 
 
 def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[str, int]:
-    """Link each live candidate to the user it names, if that user has no customer yet (the
-    first candidate naming a user wins); remember the others as unmatched. Returns Stripe id
+    """Link each live candidate to the user it names, if that user has no live customer (the
+    first candidate naming a user wins; a user whose customer was deleted has their row moved
+    to it); remember the others as unmatched. Returns Stripe id
     -> our id of those linked. A few statements for the lot, whatever their number.
 
     A candidate remembered deleted is deleted whatever its event shows: deletion is terminal
@@ -149,12 +151,17 @@ def link_or_remember(session: Session, candidates: Sequence[Candidate]) -> dict[
         return {}
     candidates = _deletions_remembered(session, candidates)
     named = {gid for _, gid, deleted in candidates if gid is not None and not deleted}
-    users = _users_without_customer(session, named)
+    users = _users_without_live_customer(session, named)
     links: dict[str, int] = {}  # Stripe customer id -> user id
     for cid, gid, deleted in candidates:
-        user_id = users.pop(gid, None) if gid is not None and not deleted else None
-        if user_id is not None:
-            links[cid] = user_id
+        user = users.pop(gid, None) if gid is not None and not deleted else None
+        if user is None:
+            continue
+        user_id, tombstone = user
+        links[cid] = user_id
+        if tombstone is not None:  # their customer was deleted: their row moves to this one
+            queries.move_to_new_customer(session, tombstone, cid)
+            outbox.mark(session, customers=[tombstone])
     linked: dict[str, int] = {}
     if links:
         rows = [{"user_id": uid, "stripe_customer_id": cid} for cid, uid in links.items()]
@@ -188,17 +195,22 @@ def _link_statement(dialect: str) -> Any:
     return insert_rows(dialect, BillingCustomer.__table__, columns).on_conflict_do_nothing()
 
 
-def _users_without_customer(session: Session, github_user_ids: Collection[int]) -> dict[int, int]:
-    """GitHub user id -> our user id, of those users who have no customer row."""
+def _users_without_live_customer(
+    session: Session, github_user_ids: Collection[int]
+) -> dict[int, tuple[int, int | None]]:
+    """GitHub user id -> (our user id, their customer row if it is a tombstone), of those
+    users who have no live customer."""
     if not github_user_ids:
         return {}
-    has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
     rows = session.execute(
-        select(User.github_user_id, User.id).where(
-            User.github_user_id.in_(github_user_ids), ~has_customer
+        select(User.github_user_id, User.id, BillingCustomer.id)
+        .outerjoin(BillingCustomer, BillingCustomer.user_id == User.id)
+        .where(
+            User.github_user_id.in_(github_user_ids),
+            BillingCustomer.id.is_(None) | BillingCustomer.stripe_deleted_at.is_not(None),
         )
     )
-    return {github_user_id: user_id for github_user_id, user_id in rows}
+    return {github_user_id: (user_id, tombstone) for github_user_id, user_id, tombstone in rows}
 
 
 def _remember_unmatched(session: Session, candidates: Sequence[Candidate]) -> None:
@@ -259,7 +271,11 @@ def unmatched_naming(session: Session, github_user_id: int) -> str | None:
 def adoptable(session: Session) -> dict[str, int]:
     """Unmatched live customers that name a user who exists now and has no customer, with the
     versions of their rows (`unmatched_versions`)."""
-    has_customer = select(BillingCustomer.id).where(BillingCustomer.user_id == User.id).exists()
+    has_customer = (
+        select(BillingCustomer.id)
+        .where(BillingCustomer.user_id == User.id, BillingCustomer.stripe_deleted_at.is_(None))
+        .exists()
+    )
     table = UnmatchedStripeCustomer
     rows = session.execute(
         select(table.stripe_customer_id, table.version)
