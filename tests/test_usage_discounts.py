@@ -24,7 +24,7 @@ from collab_billing.reconcile.run import Reconciler
 from collab_billing.stripe_gateway import StripeGateway
 from tests.servers import ServerThread
 from tests.stripe_helpers import EMULATOR_KEY, Emulator
-from tests.test_billing_api import AUTH
+from tests.test_billing_api import AUTH, subscribe
 from tests.test_billing_cycle import emulator_now
 from tests.test_usage_api import (  # noqa: F401  (the fixture)
     USAGE_PRICE,
@@ -238,3 +238,27 @@ def test_a_discount_removed_while_no_event_was_read_is_not_taken_off_after_a_res
         [deleted] = session.scalars(select(BillingDiscount.deleted)).all()
     assert deleted is True
     assert "0 discounts seen, 0 written, 1 deleted" in result.stdout, result.stdout
+
+
+def test_a_deleted_customers_own_discount_does_not_count_for_the_users_next_customer(
+    api: httpx.Client,
+    emulator: Emulator,
+    meter: str,  # noqa: F811
+    stripe_settings: Settings,
+    engine: Engine,
+) -> None:
+    """The user's customer, with a 100% coupon of its own, is deleted on Stripe; the user's
+    next Checkout makes a new customer, which Stripe bills in full: the old customer's
+    discount (gone with it, though Stripe sends no event for it) takes nothing off."""
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
+    sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
+    sdk = emulator.sdk.v1
+    deleted = str(sdk.subscriptions.retrieve(sub_id).customer)
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    emulator.control("POST", f"customers/{deleted}/discount", {"coupon": free.id})
+    reconciler.drain()
+    sdk.customers.delete(deleted)  # and its subscription, canceled at once
+    reconciler.drain()
+    new_sub_id = subscribe(api, emulator, reconciler, 7)
+    assert str(sdk.subscriptions.retrieve(new_sub_id).customer) != deleted
+    spend_past_a_cap(api, stripe_settings, engine, estimate=150, over_cap=True)

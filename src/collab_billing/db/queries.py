@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from collab_billing.db.dialect import in_ids, insert
 from collab_billing.db.models import (
     BillingCustomer,
+    BillingDiscount,
     BillingEntitlement,
     BillingEntitlementSync,
     BillingPrice,
@@ -231,9 +232,10 @@ def move_to_new_customer(
     session: Session, billing_customer_id: int, stripe_customer_id: str
 ) -> None:
     """The customer of this row was deleted on Stripe (a tombstone): the user's row moves to a
-    new customer, and what was mirrored of the old one's entitlements goes (the new one's are
-    its own). The old customer is remembered deleted, as if its deletion had come first, so the
-    end state is one whatever order its events came in, and its late events never link it."""
+    new customer; what was mirrored of the old one's entitlements goes (the new one's are its
+    own) and its discounts are marked deleted. The old customer is remembered deleted, as if
+    its deletion had come first, so the end state is one whatever order its events came in,
+    and its late events never link it."""
     old = session.execute(
         select(BillingCustomer.stripe_customer_id, User.github_user_id)
         .join(User, User.id == BillingCustomer.user_id)
@@ -250,6 +252,13 @@ def move_to_new_customer(
     )
     for table in (BillingEntitlementSync, BillingEntitlement):
         session.execute(delete(table).where(table.billing_customer_id == billing_customer_id))
+    # Its discounts went with it (Stripe sends no event for them): its own would otherwise
+    # count for the new customer's subscriptions (`state.spend.invoice_discounts`).
+    session.execute(
+        update(BillingDiscount)
+        .where(BillingDiscount.billing_customer_id == billing_customer_id)
+        .values(deleted=True)
+    )
     session.execute(
         update(BillingCustomer)
         .where(BillingCustomer.id == billing_customer_id)
