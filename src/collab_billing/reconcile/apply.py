@@ -29,7 +29,7 @@ from collab_billing.mirror import customers
 from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
 from collab_billing.mirror.subscriptions import SUBSCRIPTIONS, may_change_features
-from collab_billing.reconcile import ledger
+from collab_billing.reconcile import ledger, linking
 from collab_billing.reconcile.batch import BatchWriter, row_marks
 from collab_billing.reconcile.groups import ApplyStats, Group, group_events, merge_sorted
 from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
@@ -42,7 +42,7 @@ MAX_BACKOFF_SECONDS = 3600
 # Transactions ("roll back, read from Stripe, run again") before a batch counts as failed (it
 # is then applied object by object, and an object failing so is parked and retried: the bound
 # costs latency, never an event). With no other writer a batch needs at most three: the first
-# names the customers it does not know and the lists of those it links (`catch_up`), the
+# names the customers it does not know and the lists of those it links (`linking.catch_up`), the
 # second the ties of the objects of customers it has just found ours (not read first), the
 # third commits. Each commit of another writer between a read and its use can cost one more
 # (a row, or an unmatched customer, no longer at the version seen: docs/reconciliation.md,
@@ -236,7 +236,7 @@ class Applier:
             known = customers.known(session, ids)
             now, before = customers.unmatched_versions(session, ids), seen.get(UNMATCHED, {})
             unchanged = [c for c in candidates if now.get(c[0], NO_ROW) == before.get(c[0], NO_ROW)]
-            step.link([c for c in unchanged if c[0] not in known])
+            linking.link(step, [c for c in unchanged if c[0] not in known])
             written = sum(
                 step.write_read(mirrored, objects, as_of, seen.get(mirrored.kind, {}))
                 for mirrored, objects in read
@@ -271,7 +271,9 @@ class Applier:
         wanted = [Read(what, cid) for cid in seen for what in ("customer", "owned")]
         reads.rows.update({read: seen[read.object_id] for read in wanted})
         reads.fetch(wanted)
-        linked = self._rounds(reads, lambda session: BatchWriter(session, reads).adopt(seen, as_of))
+        linked = self._rounds(
+            reads, lambda session: linking.adopt(BatchWriter(session, reads), seen, as_of)
+        )
         return len(linked)
 
 

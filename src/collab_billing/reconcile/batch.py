@@ -3,7 +3,8 @@
 The applier (`reconcile/apply.py`) groups events by object and runs a `BatchWriter` in a
 transaction; a writer that lacks a Stripe read names it and raises `NeedsStripe`, and the
 applier makes the read outside the transaction and runs it again. Resync and sync write
-objects read from Stripe through the same writer (`write_read`).
+objects read from Stripe through the same writer (`write_read`). Customers it does not know
+are linked, with their objects, by `reconcile/linking.py`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 from sqlalchemy import Select, Table, func, select
 from sqlalchemy.orm import Session
 
-from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows
+from collab_billing.db.dialect import execute_rows, in_ids, insert_rows
 from collab_billing.mirror import customers
 from collab_billing.mirror.entitlements import ENTITLEMENTS
 from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
-from collab_billing.reconcile import budget, ledger, product_reads
+from collab_billing.reconcile import budget, ledger, linking, product_reads
 from collab_billing.reconcile.groups import ApplyStats, Group
 from collab_billing.reconcile.reads import NO_ROW, NeedsStripe, Read, StripeReads
 from collab_billing.state import outbox
@@ -57,7 +58,7 @@ class BatchWriter:
         session = self.session
         # The objects' owners too: a transaction that skips an event of an object whose owner
         # is not ours waits for one that links the owner with its objects' list, or the other
-        # way round (`catch_up`).
+        # way round (`linking.catch_up`).
         owners = [owner for group in groups if (owner := group.owner) is not None]
         objects = [group.object_id for group in groups]
         ledger.lock_objects(self.session, objects + owners + [*features])
@@ -121,8 +122,8 @@ class BatchWriter:
         customers.tombstone(self.session, [cid for cid in deleted if cid in self.known])
         unknown = [g for g in groups if g.object_id not in self.known]
         versions = customers.unmatched_versions(self.session, [g.object_id for g in unknown])
-        newly_linked = self.link(
-            [(g.object_id, named_user(g.events), g.object_id in deleted) for g in unknown]
+        newly_linked = linking.link(
+            self, [(g.object_id, named_user(g.events), g.object_id in deleted) for g in unknown]
         )
         for group in groups:
             our_id = self.known.get(group.object_id)
@@ -134,79 +135,15 @@ class BatchWriter:
                 e.type == "customer.created" for e in group.events
             ):
                 version = versions.get(group.object_id, NO_ROW)
-                self.catch_up(group.object_id, our_id, group.newest_created, version)
+                linking.catch_up(self, group.object_id, our_id, group.newest_created, version)
             self.stats.count("applied", group.events)
-
-    def link(self, candidates: Sequence[customers.Candidate]) -> dict[str, int]:
-        """Link unknown customers to the users they name; remember the others unmatched. One
-        that a read of this batch showed deleted is a deletion (`StripeReads.shows_deleted`):
-        its event, older, showed it live; linked, its objects could not be read."""
-        candidates = [
-            (cid, gid, deleted or self.reads.shows_deleted(cid)) for cid, gid, deleted in candidates
-        ]
-        linked = customers.link_or_remember(self.session, candidates)
-        self.known.update(linked)
-        self.unmatched.update(cid for cid, _, _ in candidates if cid not in linked)
-        return linked
-
-    def catch_up(self, cid: str, our_id: int, as_of: int, version: int) -> None:
-        """A customer linked late: its objects whose events were skipped, as read now. Until
-        this transaction commits, their events are skipped still: `version`, its unmatched
-        row's before the link (`NO_ROW`: none), must be the one seen before the read (each
-        skip raises it: the read would not show that event, written in the ledger), else the
-        objects are read again (`StripeReads.get_since`)."""
-        owned = self.reads.get_since(Read("owned", cid), version, self.needed, _never)
-        for mirrored in MIRRORED_TYPES:
-            objects = owned.get(mirrored.kind, []) if owned is not None else []
-            if mirrored.after_write is not None:  # listed in full just now: replaces rows
-                self.store(mirrored, [(obj, as_of, our_id) for obj in objects])
-                continue
-            rows = [mirrored.row(obj, as_of, our_id) for obj in objects]
-            if rows:
-                statement = insert(self.session, mirrored.table).on_conflict_do_nothing()
-                self.session.execute(statement, rows)
-                outbox.mark_rows(self.session, mirrored.key, rows)
-
-    def adopt(self, seen: Mapping[str, int], as_of: int) -> dict[str, int]:
-        """Link these unmatched customers, read from Stripe with their objects after their rows
-        were seen at these versions, with their objects as of `as_of` (`catch_up`). One linked
-        meanwhile (no row now) is left; one whose row changed since is read again. Returns
-        those linked."""
-        ledger.lock_objects(self.session, list(seen))
-        now = customers.unmatched_versions(self.session, list(seen))
-        read = []
-        for cid, version in now.items():
-            customer = self.reads.get_since(Read("customer", cid), version, self.needed, _never)
-            read.append(customer)
-            # Its objects, read in the same round; but not a deleted customer's (it is not
-            # linked, and Stripe may refuse the read: this poll would fail at each try).
-            if customer is None or not customer.deleted:
-                self.reads.get_since(Read("owned", cid), version, self.needed, _never)
-        if self.needed:
-            raise NeedsStripe(self.needed)
-        linked = self.link([candidate_of(customer) for customer in read])
-        for cid, our_id in linked.items():
-            self.catch_up(cid, our_id, as_of, now[cid])
-        return linked
-
-    def _owners_known(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> dict[str, str]:
-        """Each group's owning customer (object id -> Stripe customer id), with the customers
-        we did not know looked up: linked if they name a user, else remembered unmatched."""
-        owners = {g.object_id: owner for g in groups if (owner := g.owner) is not None}
-        unknown = set(owners.values()) - set(self.known) - self.unmatched
-        self.known.update(customers.known(self.session, unknown))
-        unknown -= set(self.known)
-        self.unmatched |= customers.unmatched(self.session, unknown)
-        read = [self.reads.get(Read("customer", c), self.needed) for c in unknown - self.unmatched]
-        self.link([candidate_of(customer) for customer in read if customer is not None])
-        return owners
 
     # -- mirrored objects -----------------------------------------------------------------
 
     def _apply_mirrored(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> None:
         if not groups:
             return
-        owners = self._owners_known(mirrored, groups) if mirrored.owner else {}
+        owners = linking.owners_known(self, mirrored, groups) if mirrored.owner else {}
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
         written: list[tuple[Any, int, int | None]] = []
         deleted: set[str] = set()  # written from their `.deleted` event: marked deleted
@@ -397,11 +334,6 @@ def _watermarks_statement(table: Table, key: str) -> Select[str, int, int]:
 NO_MARK: tuple[None, None] = (None, None)  # no row
 
 
-def _never(_: Any) -> bool:
-    """A list of a customer's objects is never shown already (`StripeReads.get_since`)."""
-    return False
-
-
 def _same(stored: Any, value: Any) -> bool:
     """A column's stored value and one about to be written are the same (SQLite gives back
     its times without their zone, UTC)."""
@@ -447,7 +379,3 @@ def named_user(events: Sequence[Event]) -> int | None:
     """The GitHub user the newest of these customer events that names one names."""
     named = (customers.github_user_id_named(event) for event in reversed(events))
     return next((github_user_id for github_user_id in named if github_user_id), None)
-
-
-def candidate_of(customer: customers.Customer) -> customers.Candidate:
-    return customer.id, customers.github_user_id_named(customer), customer.deleted

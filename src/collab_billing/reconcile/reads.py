@@ -65,7 +65,7 @@ class StripeReads:
         applied to the row (a read made before may predate an event created later in that
         second and applied since), or one the row shows already (`shown`: writing it changes
         nothing). Another is made again (None: added to `needed`). So too for the reads of a
-        customer linked late, `version` its unmatched row's (`BatchWriter.catch_up`)."""
+        customer linked late, `version` its unmatched row's (`linking.catch_up`)."""
         if read in self._done and self.rows.get(read) != version:
             result = self._done[read]
             if not isinstance(result, StripeGatewayError) and shown(result):

@@ -37,8 +37,8 @@ from collab_billing.mirror.registry import (
     MirroredType,
     relevant_types_filter,
 )
-from collab_billing.reconcile import ledger
-from collab_billing.reconcile.batch import BatchWriter, candidate_of, row_marks
+from collab_billing.reconcile import ledger, linking
+from collab_billing.reconcile.batch import BatchWriter, row_marks
 from collab_billing.reconcile.reads import NO_ROW, StripeReads
 from collab_billing.state import outbox
 from collab_billing.stripe_gateway import StripeGateway, StripeGatewayError
@@ -354,7 +354,7 @@ def _link(session: Session, chunk: list[customers.Customer]) -> int:
     customers.tombstone(session, [c.id for c in chunk if c.id in known and c.deleted])
     unknown = [c for c in chunk if c.id not in known]
     step = BatchWriter(session, StripeReads(None))
-    return len(step.link([candidate_of(customer) for customer in unknown]))
+    return len(linking.link(step, [linking.candidate_of(customer) for customer in unknown]))
 
 
 def _write(
