@@ -283,7 +283,7 @@ class UnmatchedStripeCustomer(Base):
     seen_at: Mapped[datetime] = _now_column()
     # Raised by every write of the row: each sighting of the customer, and each batch that
     # skips an event of one of its objects. A list of its objects read before it is linked is
-    # written only if the row is still at the version seen before the list (`reconcile.batch`).
+    # written only if the row is still at the version seen before the list (`reconcile.linking`).
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 

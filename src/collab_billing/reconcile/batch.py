@@ -143,7 +143,7 @@ class BatchWriter:
     def _apply_mirrored(self, mirrored: MirroredType[Any], groups: Sequence[Group]) -> None:
         if not groups:
             return
-        owners = linking.owners_known(self, mirrored, groups) if mirrored.owner else {}
+        owners = linking.owners_known(self, groups) if mirrored.owner else {}
         marks = self.watermarks(mirrored, [g.object_id for g in groups])
         written: list[tuple[Any, int, int | None]] = []
         deleted: set[str] = set()  # written from their `.deleted` event: marked deleted

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from collab_billing.db.dialect import insert
 from collab_billing.mirror import customers
-from collab_billing.mirror.registry import MIRRORED_TYPES, MirroredType
+from collab_billing.mirror.registry import MIRRORED_TYPES
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.groups import Group
 from collab_billing.reconcile.reads import NeedsStripe, Read
@@ -91,9 +91,7 @@ def adopt(writer: BatchWriter, seen: Mapping[str, int], as_of: int) -> dict[str,
     return linked
 
 
-def owners_known(
-    writer: BatchWriter, mirrored: MirroredType[Any], groups: Sequence[Group]
-) -> dict[str, str]:
+def owners_known(writer: BatchWriter, groups: Sequence[Group]) -> dict[str, str]:
     """Each group's owning customer (object id -> Stripe customer id), with the customers
     we did not know looked up: linked if they name a user, else remembered unmatched."""
     owners = {g.object_id: owner for g in groups if (owner := g.owner) is not None}
