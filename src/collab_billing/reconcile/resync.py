@@ -12,10 +12,9 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -94,17 +93,14 @@ def resync(
         _tombstone_unlisted(factory, gateway, listed)
     for mirrored in _catalog_first(MIRRORED_TYPES):
         seen = _versions_of_second(factory, mirrored, report.as_of)
-        objects = (
-            _fetched(factory, gateway, mirrored, github_user_id, report)
-            if mirrored.fetch is not None
-            else _objects(factory, gateway, mirrored, github_user_id)
-        )
         shown: set[str] = set()
-        for chunk in _chunks(objects):
+        for chunk in _chunks(_objects(factory, gateway, mirrored, github_user_id, report)):
             report.seen[mirrored.kind] += len(chunk)
             shown.update(mirrored.object_id(obj) for obj in chunk)
             with _deferring(factory) as session:
-                written = _write(session, mirrored, chunk, report.as_of, seen)
+                written = BatchWriter(session, StripeReads(None)).write_read(
+                    mirrored, chunk, report.as_of, seen
+                )
                 report.written[mirrored.kind] += written
             tick(f"{mirrored.kind}s", report.seen[mirrored.kind])
         if mirrored.listed_rows is not None:
@@ -134,14 +130,11 @@ def relist(factory: sessionmaker[Session], gateway: StripeGateway, kinds: Collec
     report = ResyncReport(as_of=as_of)
     for mirrored in _catalog_first(m for m in MIRRORED_TYPES if m.kind in kinds):
         seen = _versions_of_second(factory, mirrored, as_of)
-        objects = (
-            _fetched(factory, gateway, mirrored, None, report)
-            if mirrored.fetch is not None
-            else _objects(factory, gateway, mirrored, None)
-        )
-        for chunk in _chunks(objects):
+        for chunk in _chunks(_objects(factory, gateway, mirrored, None, report)):
             with _deferring(factory) as session:
-                written += _write(session, mirrored, chunk, as_of, seen)
+                written += BatchWriter(session, StripeReads(None)).write_read(
+                    mirrored, chunk, as_of, seen
+                )
     outbox.refresh_every_stale(factory)
     return written
 
@@ -172,7 +165,7 @@ def refresh(
     as_of = _stripe_now(gateway)
     chunk = [mirrored.retrieve(gateway, object_id) for object_id in object_ids]
     with transaction(factory) as session:
-        _write(session, mirrored, chunk, as_of, seen)
+        BatchWriter(session, StripeReads(None)).write_read(mirrored, chunk, as_of, seen)
 
 
 def _versions_of_second(
@@ -227,7 +220,13 @@ def _objects(
     gateway: StripeGateway,
     mirrored: MirroredType[Any],
     github_user_id: int | None,
+    report: ResyncReport,
 ) -> Iterator[Any]:
+    """The type's objects from its list endpoint (of the user's customer only, with
+    `github_user_id`), or read one by one (`_fetched`)."""
+    if mirrored.fetch is not None:
+        yield from _fetched(factory, gateway, mirrored, github_user_id, report)
+        return
     params = {}
     if github_user_id is not None:
         linked = _linked_customer(factory, github_user_id)
@@ -355,18 +354,6 @@ def _link(session: Session, chunk: list[customers.Customer]) -> int:
     unknown = [c for c in chunk if c.id not in known]
     step = BatchWriter(session, StripeReads(None))
     return len(linking.link(step, [linking.candidate_of(customer) for customer in unknown]))
-
-
-def _write(
-    session: Session,
-    mirrored: MirroredType[Any],
-    chunk: list[Any],
-    as_of: int,
-    seen: Mapping[str, int] = MappingProxyType({}),
-) -> int:
-    """Objects read now, written where their row is older than `as_of`, or of that second
-    and at the version `seen` before the reads (`BatchWriter.write_read`)."""
-    return BatchWriter(session, StripeReads(None)).write_read(mirrored, chunk, as_of, seen)
 
 
 def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
