@@ -48,6 +48,12 @@ def _now_column() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+def _updated_column() -> Mapped[datetime]:
+    return mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
 class MirroredRow:
     """The columns every mirrored type's row has (see `mirror.registry`)."""
 
@@ -59,9 +65,7 @@ class MirroredRow:
         BigInteger, nullable=False, default=0, server_default="0"
     )
     created_at: Mapped[datetime] = _now_column()
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    updated_at: Mapped[datetime] = _updated_column()
 
 
 class User(Base):
@@ -321,9 +325,7 @@ class ReconcilerState(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    updated_at: Mapped[datetime] = _updated_column()
 
 
 class DecimalText(TypeDecorator[Decimal]):
@@ -358,9 +360,7 @@ class BillingMeter(Base):
     aggregation_formula: Mapped[str] = mapped_column(String(16), nullable=False)
     customer_payload_key: Mapped[str] = mapped_column(String(100), nullable=False)
     value_payload_key: Mapped[str] = mapped_column(String(100), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    updated_at: Mapped[datetime] = _updated_column()
 
 
 class BillingUsageEvent(Base):
@@ -399,9 +399,7 @@ class BillingPreference(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     max_monthly_spend_cents: Mapped[int | None] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    updated_at: Mapped[datetime] = _updated_column()
 
 
 class BillingEntitlement(Base):
@@ -455,9 +453,7 @@ class BillingState(Base):
     stale: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
-    )
+    updated_at: Mapped[datetime] = _updated_column()
 
     # Partial: the stale documents are found through it whatever the planner's statistics
     # say (statistics gathered while most rows were stale would have it read the whole table).
