@@ -1,16 +1,11 @@
 """Apply a batch of Stripe events to the database: exactly once, converging with Stripe.
 
-Polled pages and webhook deliveries both come here. Events are grouped by the object they
-change. For a mirrored object (see `mirror.registry`) the newest second's events decide: the
-last one's payload is written when their order is certain (`ordering`), and the object is
-re-read from Stripe when it is not, or when a row already shows that second.
-`stripe_state_as_of` holds the `created` second of what a row shows, so older events are
-recognised as stale whatever order they arrive in (docs/reconciliation.md has the argument).
-
-The batch and its `processed_stripe_events` rows commit in one transaction. No Stripe call is
-made inside it: a transaction that needs a read names it and rolls back (`reads`), and runs
-again once the read is made. If the batch fails, each object is applied alone and a failing
-one is parked in `pending_stripe_events`, holding back its later events while others go on.
+Polled pages and webhook deliveries both come here (docs/reconciliation.md, "The path of one
+event"); the rules, and why they converge, are in "Applying a batch". The batch and its
+`processed_stripe_events` rows commit in one transaction, with no Stripe call inside it: a
+transaction that needs a read names it and rolls back (`reads`), and runs again once the
+read is made. If the batch fails, each object is applied alone and a failing one is parked
+in `pending_stripe_events`, holding back its later events while others go on.
 """
 
 from __future__ import annotations
@@ -39,15 +34,9 @@ from collab_billing.stripe_gateway import Event, StripeGateway
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 3600
-# Transactions ("roll back, read from Stripe, run again") before a batch counts as failed (it
-# is then applied object by object, and an object failing so is parked and retried: the bound
-# costs latency, never an event). With no other writer a batch needs at most three: the first
-# names the customers it does not know and the lists of those it links (`linking.catch_up`), the
-# second the ties of the objects of customers it has just found ours (not read first), the
-# third commits. Each commit of another writer between a read and its use can cost one more
-# (a row, or an unmatched customer, no longer at the version seen: docs/reconciliation.md,
-# "Reads"). The five left for those are not derived from anything: with four in all, a
-# poll's batch racing 32 deliveries of its objects ran out of rounds on PostgreSQL.
+# Transactions ("roll back, read from Stripe, run again") before a batch counts as failed:
+# three with no other writer, and a margin for other writers' commits (docs/reconciliation.md,
+# "Applying a batch").
 MAX_ROUNDS = 8
 # `rows_of_customer`'s kind for the version of a customer not ours (`apply_read`).
 UNMATCHED = "unmatched"
@@ -65,11 +54,11 @@ class Applier:
         read_features: bool = False,
     ) -> None:
         """`defer_documents`: the batches mark their users' state documents stale rather than
-        recompute them (`state.outbox.defer_documents`: a catch-up). `read_features`: a
-        subscription event that may change its customer's features comes with the customer's
-        active entitlements, read with it and written in its transaction (webhooks: Stripe
-        sends the new entitlements as another event, so each change would otherwise be
-        notified twice, first with the old features; a poll's batch holds both events)."""
+        recompute them (a catch-up: `state.outbox.defer_documents`). `read_features`: a
+        subscription event that may change its customer's features brings the customer's
+        active entitlements, read with it and written in its transaction (webhooks, so that a
+        change is not notified first with the old features: docs/reconciliation.md, "Adding a
+        mirrored type")."""
         self.factory = factory
         self.gateway = gateway
         self.clock = clock
@@ -92,8 +81,6 @@ class Applier:
             group.attempts = max((attempts.get(e.id, 0) for e in group.events), default=0)
         retried = {p.object_id for p in pending}
         reads = StripeReads(self.gateway)
-        # Ties that only Stripe can settle are read before the first transaction, and so are
-        # the objects always read (entitlements) of customers we know.
         first, features = self._read_first(groups, reads)
         reads.fetch([*first, *(Read("object", cid, ENTITLEMENTS.kind) for cid in features)])
         try:
@@ -113,12 +100,11 @@ class Applier:
     def _read_first(
         self, groups: Sequence[Group], reads: StripeReads
     ) -> tuple[list[Read], dict[str, int]]:
-        """The objects to read before the first transaction: those of customers we know (the
-        objects of customers not ours are never read; those of a customer not known yet are
-        read in a later round if it turns out ours), less those whose events were all
-        processed already (a poll's overlap, a webhook's replay). With `read_features`, also
-        the customers whose features to read, each with its subscription's newest second.
-        The versions of their rows, seen before the reads, go to `reads.rows`."""
+        """The ties only Stripe settles, and the objects always read (entitlements), to read
+        before the first transaction: of customers we know (one not known yet is read in a
+        later round if it turns out ours), less those whose events were all processed
+        already. With `read_features`, also the customers whose features to read, each with
+        its subscription's newest second. Their rows' versions go to `reads.rows`."""
         tied = [g for g in groups if g.mirrored is not None and g.final is None]
         tied += [g for g in groups if _incomplete(g)]
         always = [g for g in groups if g.mirrored is not None and not g.mirrored.trust_payload]
@@ -164,7 +150,8 @@ class Applier:
         return self._rounds(reads, write)
 
     def _rounds(self, reads: StripeReads, write: Callable[[Session], T]) -> T:
-        """`write` in a transaction, run again after each round of reads it asks for."""
+        """`write` in a transaction, run again after each round of reads it asks for;
+        `RuntimeError` after `MAX_ROUNDS`."""
         for _ in range(MAX_ROUNDS):
             try:
                 with transaction(self.factory) as session:
@@ -213,22 +200,18 @@ class Applier:
         seen: Mapping[str, Mapping[str, int]] = MappingProxyType({}),
         unshown: Sequence[tuple[MirroredType[Any], Sequence[str]]] = (),
     ) -> int:
-        """Objects read from Stripe just now, with no event (`sync`, like resync), in one
-        transaction (one change of the state documents): each written where its row is older
-        than `as_of`, which must be a second of Stripe's no later than the reads, or of that
-        second and unchanged since before the reads (`seen`, by kind: `rows_of_customer`
-        before the reads; see `write_read`). `candidates` are customers to link first
-        (unknown ones only, and only if still at the unmatched version seen, under
-        `UNMATCHED`: else an event of theirs skipped since may be missing from the reads,
-        and the next poll's adoption links them). `unshown`: objects whose rows are live but
-        that the reads would have shown and did not, marked deleted by the same rule
-        (`tombstone_unshown`). No ledger row is written: the objects' events still apply, or
-        are found stale, by the usual rules. Returns the rows written."""
+        """Objects read from Stripe just now, with no event (`sync`), written in one
+        transaction by `BatchWriter.write_read`'s rule: `as_of` is a Stripe second no later
+        than the reads, `seen` the rows' versions by kind (`rows_of_customer`, taken before
+        the reads). `candidates`: unknown customers to link first, if still at the unmatched
+        version seen (under `UNMATCHED`; else the next poll's adoption links them).
+        `unshown`: live rows the reads would have shown and did not, marked deleted by the
+        same rule. No ledger row is written: the objects' events still apply by the usual
+        rules (docs/reconciliation.md, "Reads"). Returns the rows written."""
         ids = [cid for cid, _, _ in candidates]
         with transaction(self.factory) as session:
-            # Every object's lock at once, in the one order all writers take them: locked
-            # type by type, a webhook's batch holding one of a later type while it waits for
-            # one of ours would deadlock with this transaction.
+            # Every lock at once, in the one order all writers take them: taken type by type,
+            # a batch holding one of a later type while it waits for one of ours deadlocks.
             objects = [mirrored.object_id(obj) for mirrored, objects in read for obj in objects]
             gone = [object_id for _, unshown_ids in unshown for object_id in unshown_ids]
             ledger.lock_objects(session, objects + gone + ids)

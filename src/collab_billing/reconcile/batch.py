@@ -1,10 +1,9 @@
 """One batch of grouped events, written in one database transaction (`BatchWriter`).
 
-The applier (`reconcile/apply.py`) groups events by object and runs a `BatchWriter` in a
-transaction; a writer that lacks a Stripe read names it and raises `NeedsStripe`, and the
-applier makes the read outside the transaction and runs it again. Resync and sync write
-objects read from Stripe through the same writer (`write_read`). Customers it does not know
-are linked, with their objects, by `reconcile/linking.py`.
+A writer that lacks a Stripe read names it and raises `NeedsStripe`; the applier
+(`reconcile/apply.py`) makes the read outside the transaction and runs it again. Sync and
+resync write objects read from Stripe through the same writer (`write_read`). Customers it
+does not know are linked, with their objects, by `reconcile/linking.py`.
 """
 
 from __future__ import annotations
@@ -56,9 +55,8 @@ class BatchWriter:
         """Apply `groups`; then write the active entitlements read for the customers in
         `features`, each as of its second (`write_features`)."""
         session = self.session
-        # The objects' owners too: a transaction that skips an event of an object whose owner
-        # is not ours waits for one that links the owner with its objects' list, or the other
-        # way round (`linking.catch_up`).
+        # Owners too: a batch that skips an event of an object and one that links its owner
+        # take turns (docs/reconciliation.md, "Reads").
         owners = [owner for group in groups if (owner := group.owner) is not None]
         objects = [group.object_id for group in groups]
         ledger.lock_objects(self.session, objects + owners + [*features])
@@ -185,12 +183,10 @@ class BatchWriter:
     def _event_object_or_read(
         self, mirrored: MirroredType[Any], group: Group, tie: int | None, our_id: int | None
     ) -> Any:
-        """The group's final event's object, or, when that cannot be trusted (no single final
-        event, a tie with the row, a type or an object whose payload is incomplete), the
-        object read from Stripe (None until read: `self.needed`). `tie`: the version of the
-        row of the group's own second (None: the row is older, or there is none), which only
-        a read made since it was written, or one it shows already, may replace
-        (`StripeReads.get_since`)."""
+        """The group's final event's object or, when that cannot be trusted (no certain final
+        event, a tie with the row, an incomplete payload), the object read from Stripe (None
+        until read: `self.needed`). `tie`: the version of a row of the group's own second
+        (None: older, or no row), which only a read made since may replace (`get_since`)."""
         final = None if group.final is None else group.final.object_as(mirrored.object_type)
         if tie is not None:
 
@@ -230,12 +226,9 @@ class BatchWriter:
         seen: Mapping[str, int] = MappingProxyType({}),
     ) -> int:
         """Objects read now, written where their row is older than `as_of`, or of that second
-        and unchanged since before the reads (`seen`: each row's version then, `NO_ROW` for
-        none; and, if owned, where their customer is ours). `as_of` is a second no later than
-        the reads on Stripe's clock: an event created before it is reflected in what was read,
-        so the watermark makes it stale; one of that second or later still applies. A row of
-        that second written since the reads may show an event created after them, in that
-        second: it is kept (docs/reconciliation.md, "Reads")."""
+        and still at its version in `seen` (taken before the reads); if owned, only where
+        their customer is ours. `as_of`: a Stripe second no later than the reads
+        (`read_may_replace`; docs/reconciliation.md, "Reads"). Returns the rows written."""
         ids = [mirrored.object_id(obj) for obj in chunk]
         ledger.lock_objects(self.session, ids)
         marks = self.watermarks(mirrored, ids)
@@ -257,11 +250,8 @@ class BatchWriter:
         as_of: int,
         seen: Mapping[str, int] = MappingProxyType({}),
     ) -> int:
-        """Mark deleted the rows of objects that a read made after second `as_of`, which
-        would have shown them, did not show (the read says they are gone), by
-        `write_read`'s rule: where older than `as_of`, or of that second and unchanged
-        since before the read (`seen`). A row written since at that second may be of an
-        object made after the read: it is kept. Returns how many were marked."""
+        """Mark deleted the rows of objects that a read made after second `as_of` would have
+        shown and did not (they are gone), by `write_read`'s rule. Returns how many."""
         ledger.lock_objects(self.session, object_ids)
         marks = self.watermarks(mirrored, object_ids)
         gone = [i for i, mark in marks.items() if read_may_replace(mark, as_of, seen.get(i))]
@@ -356,10 +346,9 @@ def row_marks(
 def read_may_replace(
     row: tuple[int, int] | tuple[None, None], as_of: int, seen: int | None
 ) -> bool:
-    """Whether an object read from Stripe, no older than second `as_of` on Stripe's clock, may
-    be written over this row (watermark, version): a row older than `as_of` (or none), or one
-    of that second still at the version `seen` before the read was made. Not one written
-    since at that second: its event may have been created after the read, in that second."""
+    """Whether an object read from Stripe, no older than second `as_of`, may be written over
+    this row (watermark, version): none, older than `as_of`, or of that second and still at
+    the version `seen` before the read (docs/reconciliation.md, "Reads")."""
     mark, version = row
     return mark is None or mark < as_of or (mark == as_of and seen == version)
 

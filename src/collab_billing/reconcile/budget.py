@@ -1,15 +1,9 @@
 """The read budget: Stripe's read allowance, and how much of it the service has spent.
 
-Stripe allows an account an average of 500 read requests per successful transaction, and at
-least 10,000, over a rolling 30 days. The service counts its reads (every GET through the
-gateway, `stripe_gateway.READS`, recorded here every few seconds by each process:
-`record_reads`) and the transactions it sees (invoices paid with money, and one-off
-Checkouts paid, in the events it claims, counted in the applier's transaction, so each once;
-a subscription's Checkout is counted by its first invoice) in one row per UTC day, kept
-across restarts. It spends at most
-`RECONCILE_READ_BUDGET_SHARE` of the allowance: past `IDLE_SHARE` of that, idle polling is
-stretched to the pace that spends `IDLE_SHARE`, leaving the rest for fast polls after
-activity and for syncs (`cadence.py`, docs/reconciliation.md).
+Reads (every GET through the gateway, recorded by each process: `record_reads`) and
+transactions (`is_transaction`, counted in the transaction that claims their events, so each
+once) are kept in one row per UTC day, across restarts. How the cadence spends the budget:
+docs/reconciliation.md, "Freshness and the read budget".
 """
 
 from __future__ import annotations
@@ -124,9 +118,8 @@ def flush_reads_or_log(factory: sessionmaker[Session], now: float) -> None:
 
 def record_reads(factory: sessionmaker[Session], stop: threading.Event) -> None:
     """Until `stop` is set, then once more: this process's reads recorded every
-    `RECORD_EVERY_SECONDS`. The API's own reads (Checkout, webhook re-reads, invoices) count
-    against the allowance too, whether or not a reconciler runs beside it; a process killed
-    loses at most that long of them."""
+    `RECORD_EVERY_SECONDS` (the API's own reads count too); a process killed loses at most
+    that long of them."""
     while not stop.wait(RECORD_EVERY_SECONDS):
         flush_reads_or_log(factory, time.time())
     flush_reads_or_log(factory, time.time())

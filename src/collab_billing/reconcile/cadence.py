@@ -1,20 +1,5 @@
-"""How long the reconciler waits between polls: the freshness policy (docs/reconciliation.md).
-
-- Webhooks healthy (a verified delivery seen within `WEBHOOK_RECENT_SECONDS`, which shows
-  they are configured, even when a `reconcile` worker runs apart from the API; and no poll
-  found an event that webhooks had missed within `WEBHOOK_DISTRUST_SECONDS`): polling is only
-  the safety net, every `RECONCILE_SAFETY_INTERVAL_SECONDS`.
-- Otherwise: fast (`RECONCILE_INTERVAL_SECONDS`) right after activity (a Checkout or portal
-  session created, an event seen), then backing off while idle: the interval is
-  `BACKOFF_SHARE` of the time since the last activity, up to the safety interval. A change
-  made t seconds after the last activity is seen within max(fast, t / 10), at most the
-  safety interval.
-- An event that failed to apply is retried when its backoff is due (seconds to an hour), at
-  the fast interval at the soonest, not at the next safety-net poll.
-- Always within the read budget (`budget.py`): once the reads of the last 30 days pass
-  `IDLE_SHARE` of it, the safety interval is stretched to the pace that spends that share
-  (the rest stays for fast polls and syncs); once it is all spent, every poll waits for half
-  the pace that would spend it.
+"""How long the reconciler waits between polls: the freshness policy (docs/reconciliation.md,
+"Freshness and the read budget": its table of modes, and the budget).
 
 A pure function of its inputs (signals, budget, now): the loop passes them in, tests too.
 """

@@ -1,10 +1,8 @@
 """The reconciler's gauges, read from the database at each scrape.
 
-Lag, the last complete poll, pending and failed events and the read budget describe the
-database, not a process: every process that answers `/metrics` (any of `serve --workers N`,
-a `serve` whose reconciler runs apart, the `reconcile` worker) reads them from it when
-scraped, so they agree with `/healthz` and `reconcile --status`, and none exports a 0 of its
-own that an alert would take for the truth.
+They describe the database, not a process: every process that answers `/metrics` reads them,
+so all agree with `/healthz` and `reconcile --status`, and none exports a 0 of its own that
+an alert would take for the truth.
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """Linking Stripe customers to our users, inside a batch's transaction (`BatchWriter`).
 
 A customer we do not know is linked to the user it names (`metadata.github_user_id`, or a
-Checkout's `client_reference_id`), or remembered unmatched (`mirror.customers`). Its objects'
-events skipped while it was not ours are not replayed: a customer linked late is linked with
-its objects as listed from Stripe (`catch_up`), written in the transaction that links it.
+Checkout's `client_reference_id`), or remembered unmatched (`mirror.customers`). Events of its
+objects skipped while it was not ours are not replayed: a customer linked late is linked with
+its objects as listed from Stripe (`catch_up`), in the same transaction.
 
-Every function takes the batch's writer and runs in its transaction; a Stripe read it lacks is
-named in `writer.needed` (and the result taken as not read yet), and the applier reads it
-outside the transaction and runs it again (`reconcile/reads.py`). Those linked are added to
-`writer.known`, those remembered unmatched to `writer.unmatched`.
-
-* `link`: link these candidates, or remember them unmatched (a deleted one is never linked).
-* `catch_up`: write the objects of a customer just linked, as listed after its unmatched row
-  was seen at a version; listed again if a skipped event raised that version since.
-* `adopt`: link the unmatched customers whose user has appeared (each poll), with their
-  objects (`catch_up`).
-* `owners_known`: before a batch writes owned objects, look up (and link, or remember) the
-  owners it does not know yet.
+Every function runs in the writer's transaction. A Stripe read it lacks is named in
+`writer.needed` (its result taken as not read yet); the applier reads it and runs the
+transaction again. Those linked are added to `writer.known`, those remembered unmatched to
+`writer.unmatched`.
 """
 
 from __future__ import annotations
@@ -50,11 +42,10 @@ def link(writer: BatchWriter, candidates: Sequence[customers.Candidate]) -> dict
 
 
 def catch_up(writer: BatchWriter, cid: str, our_id: int, as_of: int, version: int) -> None:
-    """A customer linked late: its objects whose events were skipped, as read now. Until
-    this transaction commits, their events are skipped still: `version`, its unmatched
-    row's before the link (`NO_ROW`: none), must be the one seen before the read (each
-    skip raises it: the read would not show that event, written in the ledger), else the
-    objects are read again (`StripeReads.get_since`)."""
+    """Write the objects of a customer linked late, as listed from Stripe, as of `as_of`
+    where they have no row. `version`: its unmatched row's before the link (`NO_ROW`: none);
+    a list read before a skip raised it is read again (`StripeReads.get_since`;
+    docs/reconciliation.md, "Reads")."""
     owned = writer.reads.get_since(Read("owned", cid), version, writer.needed, _never)
     for mirrored in MIRRORED_TYPES:
         objects = owned.get(mirrored.kind, []) if owned is not None else []
@@ -79,8 +70,8 @@ def adopt(writer: BatchWriter, seen: Mapping[str, int], as_of: int) -> dict[str,
     for cid, version in now.items():
         customer = writer.reads.get_since(Read("customer", cid), version, writer.needed, _never)
         read.append(customer)
-        # Its objects, read in the same round; but not a deleted customer's (it is not
-        # linked, and Stripe may refuse the read: this poll would fail at each try).
+        # Its objects in the same round; not a deleted customer's (it is not linked, and
+        # Stripe may refuse that read: the poll would fail at every try).
         if customer is None or not customer.deleted:
             writer.reads.get_since(Read("owned", cid), version, writer.needed, _never)
     if writer.needed:

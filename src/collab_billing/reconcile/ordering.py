@@ -1,10 +1,9 @@
-"""Ordering events of one object that share a `created` second.
+"""Ordering the events of one object that share a `created` second.
 
-Stripe stamps events in whole seconds and event ids are not ordered, so events of one second
-have no stated order. Their payloads often fix it anyway: a `*.created` event comes first, a
-`*.deleted` event last, and each update's `previous_attributes` must equal the values of the
-update before it. When exactly one final state is consistent with that, the payload is as good
-as a fresh read; otherwise the caller re-reads the object from Stripe.
+Stripe stamps events in whole seconds and event ids are not ordered; the payloads often fix
+the order anyway (docs/reconciliation.md, "Applying a batch", rule 2). When every consistent
+order ends in the same state, that payload is as good as a fresh read; otherwise the caller
+re-reads the object.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Read new events from Stripe's Events API and apply them oldest first, in bounded memory.
 
-The list endpoint returns newest first. The first request reads the newest page from the
-cursor (less an overlap): when it is all there is, that is the whole poll (one request when
-idle). Otherwise the range below that page is read in `created` windows `[start, end)`, oldest
-window first, each read top-down completely and then applied and committed, so a long
-backlog makes progress window by window and a failure loses at most the window being read.
-Windows are sized by the density of events seen so far to hold about `target` events; one
-that holds far more is read again in narrower windows. Several windows are read at once, as
-many as the request budget keeps busy (`concurrency`, at least two: the next is read while one
-is applied), and applied in order.
+The first request reads the newest page from the cursor (less an overlap): when idle, that is
+the whole poll. Otherwise the range below it is read in `created` windows, several at once,
+each applied and committed in order, so a backlog makes progress window by window and a
+failure loses at most the windows being read (docs/reconciliation.md, "Reading events").
 """
 
 from __future__ import annotations
@@ -160,9 +155,8 @@ class Poller:
 
     def _target(self, backlog: float, concurrency: int) -> int:
         """Events a window is sized for: fewer when several are read at once, so that a
-        backlog makes enough windows to keep them all busy, and the fewest when requests
-        are not what limits the drain (each window's partial last page costs a request,
-        and each window's events are held in memory until it is applied)."""
+        backlog makes enough windows to keep them busy; the fewest when requests are not
+        what limits the drain (`tuning` says why)."""
         if concurrency == 1:
             return tuning.WINDOW_EVENTS
         if self._requests_to_spare():
@@ -219,15 +213,10 @@ class Poller:
         report: DrainReport,
     ) -> Iterator[Window]:
         """The windows covering `[start, end)`, oldest first, each read completely; several
-        read at once with `report.concurrency`.
-
-        `slots` holds, in `created` order, windows being read (futures) and ranges not yet cut
-        into windows; the first `concurrency` slots are kept being read. A window that
-        overflows, as soon as it is read and wherever it is, keeps its complete top seconds
-        (read already) and puts the rest back as a range before them, cut by the density just
-        seen and read beside the windows before it: one wrongly sized window does not hold
-        the reading up. The overlap below the cursor is one window: its events were applied
-        already but for late arrivals."""
+        read at once with `report.concurrency`. `slots` holds, in `created` order, windows
+        being read (futures) and ranges not yet cut; the first `concurrency` are kept being
+        read, and a window that overflows is split in its place (`windows.split_overflowed`).
+        The overlap below the cursor is one window."""
         slots: deque[Future[Window] | Range] = deque([Range(start, end)])
         with ThreadPoolExecutor(report.concurrency, thread_name_prefix="events") as pool:
 
@@ -259,11 +248,10 @@ class Poller:
                         slot.cancel()
 
     def _read_window(self, window: Window, cursor: int, target: int, report: DrainReport) -> Window:
-        """Every event of the window, top-down. Stops early at a page applied already (down at
-        the cursor: `_applied_already`), and gives up (unless the window is one second, which
-        cannot be split) once it holds, or at the density of its pages so far will hold, more
-        than `tuning.MAX_WINDOW_FACTOR` times the target: a window cut from a wrong density is
-        split after its first page, not read page by page to the limit."""
+        """Every event of the window, top-down. Stops early at a page applied already
+        (`_applied_already`), and marks the window overflowed (unless it is one second) once
+        it holds, or by the density of its pages so far will hold, more than
+        `tuning.MAX_WINDOW_FACTOR` times the target."""
         limit = target * tuning.MAX_WINDOW_FACTOR
         after = window.after
         while True:
@@ -285,10 +273,8 @@ class Poller:
 
     def _applied_already(self, events: Sequence[Event], cursor: int) -> bool:
         """A page that reaches down to the cursor's second and holds no event unprocessed:
-        what lies below it was applied by earlier polls (the cursor's second whole, see
-        `_apply`), but for late arrivals, which the overlap is there to catch and the webhooks
-        deliver. The pages below are not read: an idle poll costing one request however many
-        events the minute below its cursor holds."""
+        what lies below it was applied by earlier polls, but for late arrivals (the overlap
+        and webhooks catch those), so the pages below are not read: one request when idle."""
         if not events or events[-1].created > cursor:
             return False
         ids = {event.id for event in events if event.type in self.types}
@@ -356,8 +342,6 @@ class Poller:
             # a second (one too large for a batch) leaves it on the second before.
             following = planned[index + 1 : index + 2]
             whole = not following or following[0][0].created > batch[-1].created
-            # Events applied already (the overlap below the cursor, webhooks) count as
-            # duplicates: the applier's ledger claim leaves them out.
             stats = self.applier.apply(batch, cursor=batch[-1].created - (0 if whole else 1))
             late = self.clock() - tuning.WEBHOOK_GRACE_SECONDS
             report.missed_by_webhooks += sum(

@@ -1,14 +1,7 @@
-"""The features of products, read with the summaries of customers who subscribe to several.
-
-Stripe sends no event of a product's features (`mirror.product_features`): attaching a
-feature to a product, or detaching one, emits only the entitlement summaries of the
-customers whose features change. A batch that writes a customer's entitlements from such a
-summary, of second T, also lists the features of the products of the customer's entitled
-subscriptions, when they are of several products: only then does it matter which product
-gives a feature (`state.features`). Read, like every read, outside the transaction (the
-batch names the reads and runs again), after T; written as of T by `write_read`'s rule. A
-row of T itself is listed again (a change of that second may have come after its listing),
-once per batch.
+"""The features of products, listed with the entitlement summaries of customers whose
+entitled subscriptions are of several products (only then does it matter which product
+gives a feature: `state.features`). Stripe sends no event of a product's features; the rules
+are in docs/reconciliation.md ("Adding a mirrored type", `mirror/product_features.py`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """What the applier needs to read from Stripe, read outside its transactions.
 
-A transaction that finds it needs an object from Stripe (a same-second tie that only a re-read
-settles, a customer it does not know, the subscriptions of a customer it just linked) raises
-`NeedsStripe` naming what, and rolls back; the reads are made with no transaction open, a few
-at a time, and the transaction runs again with them. Any read may be repeated: Stripe's
-current object is never older than the events listed before it was read.
+A transaction that needs a read raises `NeedsStripe` naming it and rolls back; the reads are
+made with no transaction open, `PARALLEL_READS` at a time, and the transaction runs again
+(docs/reconciliation.md, "Applying a batch"). Any read may be repeated: Stripe's current
+object is never older than the events listed before it was read.
 """
 
 from __future__ import annotations
@@ -60,12 +59,11 @@ class StripeReads:
     def get_since(
         self, read: Read, version: int, needed: set[Read], shown: Callable[[Any], bool]
     ) -> Any:
-        """The result of `read`, to be written over a row of the read's own second, now at
-        `version`: only a read made since the row was written at it, which shows every event
-        applied to the row (a read made before may predate an event created later in that
-        second and applied since), or one the row shows already (`shown`: writing it changes
-        nothing). Another is made again (None: added to `needed`). So too for the reads of a
-        customer linked late, `version` its unmatched row's (`linking.catch_up`)."""
+        """The result of `read`, to be written over a row of the read's own second now at
+        `version`: only a read made since the row was at that version, or one the row shows
+        already (`shown`: writing it changes nothing). Another is made again (None: added to
+        `needed`). For a customer linked late, `version` is its unmatched row's
+        (`linking.catch_up`). Why: docs/reconciliation.md, "Reads"."""
         if read in self._done and self.rows.get(read) != version:
             result = self._done[read]
             if not isinstance(result, StripeGatewayError) and shown(result):

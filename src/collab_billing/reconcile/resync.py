@@ -119,12 +119,9 @@ def resync(
 
 
 def relist(factory: sessionmaker[Session], gateway: StripeGateway, kinds: Collection[str]) -> int:
-    """The rows of these mirrored kinds listed again from Stripe and written as resync writes
-    them (where not newer), for the columns (or the types) an older release did not keep;
-    returns the rows written. A list endpoint's pages; a type Stripe lists only per object
-    (`fetch`: products' features, per live product) read as a full resync reads it, a read
-    that fails logged and skipped (the object's rows stay as they were until it is read
-    again)."""
+    """List these mirrored kinds again from Stripe and write them as resync does, for the
+    columns (or types) an older release did not keep; a `fetch` type is read per object as
+    a full resync reads it (a failed read is logged and skipped). Returns the rows written."""
     as_of = _stripe_now(gateway)
     written = 0
     report = ResyncReport(as_of=as_of)
@@ -151,12 +148,10 @@ def refresh(
     mirrored: MirroredType[Any],
     object_ids: Sequence[str],
 ) -> None:
-    """Read these objects from Stripe now and write them as resync does: the watermark is the
-    newest event's second, taken BEFORE the reads, so the rows are at least as new as every
-    event up to it, a later event still applies, and a tie is read again. A row of that second
-    is replaced only if nothing was written to it since the reads began (its version, read
-    before them): an event applied since may have been created after them, in that second.
-    For a change just made through the API (the row shows it without waiting for its event)."""
+    """Read these objects from Stripe now and write them as resync does, as of the newest
+    event's second taken before the reads: for a change just made through the API, shown
+    without waiting for its event (docs/reconciliation.md, "Adding a mirrored type", on
+    `refresh`; the rule is "Reads")."""
     with read_only(factory) as session:
         marks = row_marks(session, mirrored, object_ids)
     seen = {
@@ -171,10 +166,9 @@ def refresh(
 def _versions_of_second(
     factory: sessionmaker[Session], mirrored: MirroredType[Any], as_of: int
 ) -> dict[str, int]:
-    """The versions of the rows of second `as_of`, read before the lists are: such a row is
-    rewritten from a list only if nothing was written to it since (`BatchWriter.write_read`).
-    Without them, a row whose last event is of that second would keep what it shows, and
-    the columns an older release did not keep (`relist`), until its next event."""
+    """The versions of the rows of second `as_of`, read before the lists, so that such a row
+    is rewritten from a list if nothing was written to it since (without them it would keep
+    what it shows until its next event: docs/reconciliation.md, "Reads")."""
     table = mirrored.table
     statement = select(table.c[mirrored.key], table.c.stripe_state_version)
     with read_only(factory) as session:
@@ -184,10 +178,10 @@ def _versions_of_second(
 
 @contextmanager
 def _deferring(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A transaction of the resync: the users its rows concern are marked stale, and their
-    documents recomputed once it has written every type (`outbox.refresh_every_stale`), so
-    each user is notified once, of where the resync leaves them (the features are written after
-    the subscriptions they come with)."""
+    """A transaction of the resync: the users its rows concern are marked stale and their
+    documents recomputed once every type is written (`outbox.refresh_every_stale`), so each
+    user is notified once, of where the resync leaves them (not of subscriptions before
+    their features)."""
     with transaction(factory) as session:
         outbox.defer_documents(session)
         yield session
@@ -243,11 +237,10 @@ def _fetched(
     github_user_id: int | None,
     report: ResyncReport,
 ) -> Iterator[Any]:
-    """A type Stripe lists per customer only (entitlements), or per product (product
-    features): one read per customer of ours that may hold some (a live subscription, or
-    rows already), or per live product (a full resync only, like the catalog's lists). An
-    object whose read fails is logged and counted (`report.failed`), not the end of the
-    resync: its rows stay as they were until its next event or resync."""
+    """A type Stripe lists per customer (entitlements) or per product (product features)
+    only: one read per customer of ours that may hold some (a live subscription, or rows
+    already), or per live product (a full resync only). A failed read is logged and counted
+    (`report.failed`); its rows stay as they were until its next event or resync."""
     assert mirrored.fetch is not None
     if mirrored.owner is not None:
         ids = _customers_to_fetch(factory, github_user_id)
@@ -325,12 +318,10 @@ def _tombstone_unshown(
     as_of: int,
     github_user_id: int | None,
 ) -> int:
-    """The live rows of a type whose lists show every live object (`listed_rows`: discounts)
-    that the complete list just read (of the user's customer, for a one-user resync) did not
-    show: deleted while we were not reading their events (a `customer.discount.deleted` past
-    Stripe's 30 days). Tombstoned as of `as_of`, under their locks, where still older than
-    it: the list was read after that second, so an event older than it is reflected in it and
-    found stale later; an event of that second or newer still applies. Returns how many."""
+    """Mark deleted, as of `as_of` and where older than it, the live rows of a type whose
+    lists show every live object (`listed_rows`: discounts) that the list just read (of the
+    user's customer, for a one-user resync) did not show (docs/reconciliation.md, "Adding a
+    mirrored type", on discounts). Returns how many."""
     linked = _linked_customer(factory, github_user_id) if github_user_id is not None else None
     if github_user_id is not None and (linked is None or mirrored.owner is None):
         return 0  # nothing of this type was listed

@@ -1,11 +1,9 @@
 """The reconciler loop: leader election, polling at the cadence's interval, resync when
 needed, status.
 
-The loop survives every error (a database that refuses connections, a Stripe that is down):
-it logs one line, backs off, and tries again, taking the leader lock again if it lost it.
-Between polls it waits as `cadence.Cadence` says (webhook health, activity, read budget),
-re-reading the signals while it waits, so activity noted by another process shortens the
-wait too. `clock` and `sleep` are injectable: tests run 30 days of the loop in seconds.
+The loop survives every error: it logs one line, backs off, and tries again, taking the
+leader lock again if it lost it. Between polls it waits as `cadence.Cadence` says, re-reading
+the signals while it waits. `clock` and `sleep` are injectable: tests run 30 days in seconds.
 """
 
 from __future__ import annotations
@@ -242,9 +240,9 @@ class Status:
     @property
     def lag(self) -> float | None:
         """How far behind Stripe the database may be, at most: the time since the start of
-        the last complete poll, which applied every event created before it. Not since the
-        newest event applied: webhooks apply events without saying that none was missed, and
-        a quiet account is not behind by the age of its last event. None before a poll."""
+        the last complete poll, which applied every event created before it. Not the age of
+        the newest event applied: webhooks never show that none was missed, and a quiet
+        account is not behind. None before a poll."""
         if self.last_drain_at is None:
             return None
         return max(0.0, self.read_at - self.last_drain_at)

@@ -1,13 +1,9 @@
 """What the reconciler listens to: activity and webhook deliveries (its cadence), and the
 deliveries being answered (its drain gives way to them).
 
-The admin routes (a Checkout or portal session created) and the webhook route note them here.
-Within one process (`serve`) the note is seen at once and wakes the waiting loop; for a
-`reconcile` worker in another process it crosses through the database, as a timestamp row in
-`reconciler_state` that the loop reads while it waits (a row per kind, on SQLite and
-PostgreSQL alike). Webhook deliveries and the events a poll finds are written at most once
-per `WRITE_EVERY_SECONDS` per process: they come in bursts, and each write would take
-SQLite's one writer.
+The admin and webhook routes note them here. Within one process the note wakes the waiting
+loop; a `reconcile` worker in another process reads it from `reconciler_state`
+(docs/reconciliation.md, "Freshness and the read budget").
 """
 
 from __future__ import annotations
@@ -102,8 +98,7 @@ class ActivitySignals:
 
     def give_way(self, seconds: float) -> None:
         """Wait (at most `seconds`) until no webhook delivery of this process is being
-        answered. Inside `serve` the drain and the webhooks share one GIL and, on SQLite, one
-        writer: a drain running flat out between them answers deliveries seconds late."""
+        answered (docs/reconciliation.md, "Reading events", says why)."""
         with self._idle:
             self._idle.wait_for(lambda: not self._webhooks_in_flight, timeout=seconds)
 

@@ -12,10 +12,9 @@ MIN_WINDOW_EVENTS = 1_000
 # Events that the windows being read are sized for in all (~2.5 KB of JSON each: ~40 MB).
 # The window being applied and the read tops of overflowed windows come on top of it.
 MAX_EVENTS_IN_FLIGHT = 16_000
-# A window that holds, or by the density of its pages so far will hold, this many times its
-# target stops and its unread part is cut into windows by that density, read beside the others
-# (a partial last page each): a window cut from a wrong density would otherwise be read as one
-# long chain of pages while the windows behind it wait for it to be applied.
+# A window that holds, or by its pages so far will hold, this many times its target is split
+# (`windows.split`): cut from a wrong density, it would be read as one long chain of pages
+# while the windows behind it wait for it to be applied.
 MAX_WINDOW_FACTOR = 1.5
 # Events a second the reconciler reads at most when its request budget allows more (a raised
 # limit, or none): more than the database applies, so pages read faster would only wait in
@@ -35,9 +34,8 @@ CONTENDED_SECONDS = 1.0
 # (`serve`), at most this long, so that it still makes progress under a steady stream.
 MAX_GIVE_WAY_SECONDS = 1.0
 # The state documents a drain's batches marked stale are recomputed (and notified) when it
-# starts and ends, and this often during a long one: a user a catch-up changes many times is
-# notified of the state it ends in, not of each state in between (history by then), and the
-# catch-up spends its time applying. Webhooks' changes are notified at once.
+# starts and ends, and this often during a long one: a user is notified of the state a
+# catch-up ends in, not of each state in between. Webhooks' changes are notified at once.
 REFRESH_DOCUMENTS_SECONDS = 30.0
 # A page request that failed (network, 5xx, 429) is made again this many times in all, after
 # 0.5 s doubling: a window's earlier pages are not read again for it.

@@ -78,11 +78,9 @@ def cut(
 
 def split(window: Window) -> tuple[Window, Range]:
     """An overflowed window: its complete seconds above the oldest one read, and the range
-    below them, still to read, which keeps what was read of that oldest second (its events
-    are applied together) and is read on from the last event read. When all that was read is
-    that one second (a burst), the density it shows says nothing of the seconds before it:
-    the range is then read as one window (a dense one is split again after a page) rather
-    than cut by the burst's density into windows that are mostly empty."""
+    below them still to read, which keeps what was read of that oldest second and reads on
+    from the last event read. When all that was read is that one second (a burst), its
+    density says nothing of the seconds below: the range is read as one window (`whole`)."""
     oldest = window.events[-1].created
     top = [event for event in window.events if event.created > oldest]
     partial = window.events[len(top) :]
