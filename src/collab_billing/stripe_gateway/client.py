@@ -1,11 +1,9 @@
 """`StripeGateway`: every call the service makes to Stripe, through one official `StripeClient`.
 
-The SDK owns the HTTP: form encoding, `Stripe-Version`, network retries (409, 5xx,
-`Stripe-Should-Retry`), timeouts and error types. The gateway adds what the SDK leaves to its
-caller, once: a client-side throttle shared by every thread, and retrying 429 answers after
-their `Retry-After`. Reads (`reads`: the SDK's HTTP client, not its requestor, which parses
-every body into dicts) return the response's JSON bytes, decoded by the caller into typed
-structs (`events`). Nothing outside this package sees an SDK type.
+The SDK owns the HTTP (form encoding, `Stripe-Version`, network retries, timeouts, error
+types). The gateway adds a client-side throttle shared by every thread, and retries 429s
+after their `Retry-After`. Reads (`reads`) return the response's JSON bytes, decoded by the
+caller into typed structs (`events`). Nothing outside this package sees an SDK type.
 """
 
 from __future__ import annotations
@@ -160,9 +158,8 @@ class StripeGateway:
     ) -> str:
         """A subscription-mode Checkout session (`quantity` None: a metered price, which takes
         none), with an item for each of `usage_price_ids` (metered); with `trial_days`, a trial
-        that takes no card
-        unless BILLING_TRIAL_REQUIRES_PAYMENT_METHOD (card-less trials are canceled at their
-        end if no card was added). Promotion codes and automatic tax follow the settings."""
+        that takes no card unless BILLING_TRIAL_REQUIRES_PAYMENT_METHOD (card-less trials are
+        canceled at their end if no card was added). Promotion codes and tax follow settings."""
         settings = self.settings
         metadata = {"github_user_id": str(github_user_id)}
         subscription_data: dict[str, Any] = {"metadata": metadata}
@@ -283,9 +280,8 @@ class StripeGateway:
         self, *, event_name: str, payload: dict[str, str], identifier: str, timestamp: int
     ) -> None:
         """Record one meter event. The `identifier` makes a repeat harmless: Stripe refuses it
-        as a duplicate (`DuplicateMeterEvent`). No idempotency key of ours: Stripe keeps a
-        500 answer under its key, so a later attempt with the same key would never succeed
-        (the SDK still sends one key across its own network retries of this call)."""
+        as a duplicate (`DuplicateMeterEvent`). No idempotency key of ours: docs/usage.md,
+        "Exactly once at Stripe", says why."""
         params: dict[str, Any] = {
             "event_name": event_name,
             "payload": payload,

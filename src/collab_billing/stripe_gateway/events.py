@@ -1,11 +1,10 @@
 """Stripe events as the service reads them: a typed header, and the event's own JSON.
 
-A page of `GET /v1/events` is decoded with msgspec into each event's `id`, `type` and
-`created`, keeping every event's JSON as a `msgspec.Raw` slice of the page: the object inside
-is decoded by the mirror module that owns its type, into a struct of only the fields it uses
-(`object_as`), and the whole payload is parsed only where it is needed (same-second ties, and
-events kept for a retry). A page held this way costs about its JSON's size in memory; parsed
-into dicts it costs three times that.
+A page of `GET /v1/events` is decoded into each event's `id`, `type` and `created`, keeping
+its JSON as a `msgspec.Raw` slice of the page: the object is decoded by the mirror module of
+its type into the fields it uses (`object_as`), and the whole payload parsed only where it is
+needed (same-second ties, retries). So a page held costs about its JSON's size in memory,
+a fraction of what dicts would.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """GET requests to Stripe through the SDK's HTTP client, answered as the response's bytes.
 
-Every read goes through the same `stripe.HTTPXClient` as the `StripeClient` (its connection
-pool, timeouts, network retries, `Stripe-Should-Retry`, telemetry), but not through the
-SDK's requestor: `StripeClient.raw_request` parses every body into `OrderedDict`s before its
-caller sees it, which for a page of 100 events is more than half the CPU of reading it (and
-the gateway decodes the page again with msgspec into the fields it uses). What the requestor
-would add is written here, small: the three request headers, Stripe's form encoding of the
-query, and turning an error answer into the SDK's error type, so that callers handle a failed
-read exactly as a failed SDK call.
+Reads share the `StripeClient`'s `stripe.HTTPXClient` (pool, timeouts, network retries,
+`Stripe-Should-Retry`) but not its requestor, which parses every body into `OrderedDict`s
+that the gateway would only decode again with msgspec: for an event page, the costliest part
+of the read. What the requestor adds is written here: the three headers, Stripe's form
+encoding, and an error answer turned into the SDK's error, so a failed read is handled
+exactly as a failed SDK call.
 """
 
 from __future__ import annotations
