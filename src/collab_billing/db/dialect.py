@@ -31,9 +31,8 @@ def insert_for(dialect: str, table: Any) -> Any:
 def insert_rows(dialect: str, table: Any, columns: Sequence[str]) -> Any:
     """An `INSERT` (with `ON CONFLICT`, `RETURNING` to add) of many rows of `columns`, run by
     `execute_rows`. On PostgreSQL the rows come from `unnest` of one array per column, typed by
-    the table's columns: one statement a batch, planned once, not once per row (each
-    statement is planned for its parameters: `db/engine.py`). SQLite inserts row by row
-    (executemany), which costs it no planning."""
+    the table's columns: one statement a batch, planned once, not once per row (`db/engine.py`
+    plans each statement for its parameters). SQLite runs it row by row (executemany)."""
     if dialect != "postgresql":
         return sqlite.insert(table)
     # One dimension: a JSON value that is a list is one element, not a nested array.

@@ -24,12 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
-# libpq's connection options, unless DATABASE_URL sets them. A database whose host vanishes
-# (a failover moving its address, a network cut) never answers: without these, a statement
-# on an open connection waits out the kernel's retransmissions (~15 minutes), and so do the
-# requests and the reconciler behind it. Data unacknowledged for 10 s, or an idle connection
-# unanswered for 60 s, fails the connection: the request answers 503, the pool opens
-# another. A slow query is not cut: its request was acknowledged.
+# libpq's connection options, unless DATABASE_URL sets them: a connection to a host that
+# vanished fails in seconds, not after the kernel's retransmissions (~15 minutes); a slow
+# query is not cut (docs/operating.md, "Faults").
 POSTGRES_CONNECT_ARGS = {
     "connect_timeout": 5,
     "tcp_user_timeout": 10_000,
@@ -90,13 +87,11 @@ def _begin_sqlite(connection: Any) -> None:
 def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
     from psycopg.types.array import ListBinaryDumper  # here: SQLite never loads psycopg
 
-    # Each statement is planned for its parameters. psycopg prepares a statement run five
-    # times, and PostgreSQL may then keep one generic plan for it: one made while a table was
-    # nearly empty (a first sync fills empty tables) scans the whole table for every lookup
-    # by ids once it is large, and a first sync slows with the square of the account.
-    # A random page read costs about what a sequential one does: the service's lookups are by
-    # indexed keys, 500 ids at a time, into tables its batches keep cached. At PostgreSQL's
-    # default (4, a spinning disk's) a table of 100,000 customers was read whole for each.
+    # Each statement planned for its parameters: psycopg prepares a statement run five times,
+    # and a generic plan kept from a nearly empty table (a first sync fills empty tables)
+    # would scan it whole once it is large. Random page reads priced near sequential ones:
+    # lookups are by indexed keys into tables the batches keep cached; at the default (4, a
+    # spinning disk's) whole tables were read (docs/benchmarks.md, "first-sync", "apply").
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
         cursor.execute("SET random_page_cost = 1.1")
@@ -113,7 +108,7 @@ def _json_dumps(value: Any) -> str:
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
     url = normalize_url(database_url)
     # JSON columns (a drain writes a state document and a notification per user it touches)
-    # through orjson, several times faster than the standard library's encoder.
+    # through orjson, faster than the standard library's encoder.
     kwargs.setdefault("json_serializer", _json_dumps)
     kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
@@ -125,9 +120,8 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _begin_sqlite)
         return engine
-    # All of its connections kept (at most 30 open at once, as before): a connection beyond
-    # the pool is closed when given back, so with more requests in flight than the pool
-    # held, connections were opened (a server process, its settings) and closed per request.
+    # All 30 connections kept: one beyond the pool would be opened (a server process) and
+    # closed per request under load (docs/benchmarks.md, "admin").
     kwargs.setdefault("pool_size", 30)
     kwargs.setdefault("max_overflow", 0)
     kwargs.setdefault("pool_pre_ping", True)  # a restarted database costs one failed request

@@ -23,11 +23,9 @@ def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]
     )
 
 
-# Invoices still owed: open ones, and those marked uncollectible, which Stripe still takes a
-# payment of (a user left past due with one had nothing to pay and stayed blocked). Void one
-# to forgive it. Only while its Stripe customer is the user's live one: a customer deleted on
-# Stripe (the user's row kept as a tombstone, or moved to a new customer by a later Checkout)
-# leaves invoices no one can pay, which blocked the user for good.
+# Invoices still owed: open, and uncollectible (Stripe still takes a payment of those: else a
+# user past due had nothing to pay; void one to forgive it). Only of the user's live Stripe
+# customer: a deleted customer's invoices can be paid by no one, and would block for good.
 OWED_STATUSES = ("open", "uncollectible")
 _PAYABLE = (
     BillingInvoice.status.in_(OWED_STATUSES)

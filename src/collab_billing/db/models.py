@@ -59,8 +59,7 @@ class MirroredRow:
 
     # `created` of the newest event (or read) applied: the watermark that orders payloads.
     stripe_state_as_of: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    # Raised by every write of the row: a read from Stripe is written over a row of its own
-    # second only if the row is the one seen before the read (`reconcile.batch`).
+    # Raised by every write of the row (docs/reconciliation.md, "Reads").
     stripe_state_version: Mapped[int] = mapped_column(
         BigInteger, nullable=False, default=0, server_default="0"
     )
@@ -214,10 +213,8 @@ class BillingCoupon(MirroredRow, Base):
 
 
 class BillingDiscount(MirroredRow, Base):
-    """A Stripe discount (a coupon applied) of one of our customers (`mirror.discounts`):
-    Stripe takes a subscription's discounts off each invoice it makes while they last, its
-    usage lines' too. Stripe deletes a discount that ended (a `once` one after the first
-    invoice, a `repeating` one at its `end`) or was removed: the row is then a tombstone."""
+    """A Stripe discount (a coupon applied) of one of our customers (`mirror.discounts`), for
+    the usage estimate; a tombstone once Stripe deleted it (ended, or removed)."""
 
     __tablename__ = "billing_discounts"
 
@@ -285,9 +282,8 @@ class UnmatchedStripeCustomer(Base):
     # live after it is an older one (`customers.link_or_remember`).
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     seen_at: Mapped[datetime] = _now_column()
-    # Raised by every write of the row: each sighting of the customer, and each batch that
-    # skips an event of one of its objects. A list of its objects read before it is linked is
-    # written only if the row is still at the version seen before the list (`reconcile.linking`).
+    # Raised by every write of the row (each sighting, each batch that skips an event of one
+    # of its objects: docs/reconciliation.md, "Reads").
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 
@@ -442,21 +438,19 @@ class BillingState(Base):
     )
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # The earliest end of a grace of the user's subscriptions, whatever the document's access
-    # (None: none in grace; `state.document.Computed`): time alone may then change the
-    # document (`blocked`; or, beside an `active` subscription, fewer features). It is
-    # recomputed before it is served after that, and the notification sender's sweep finds
-    # it by this column.
+    # The earliest end of a grace of the user's subscriptions (None: none in grace), after
+    # which time alone may change the document (docs/notifications.md, "Time: a grace period
+    # ends with no change at Stripe").
     grace_ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    # The user's rows changed since `document` was computed: a catch-up marks users instead of
-    # recomputing their documents batch by batch (`state.outbox.defer_documents`).
+    # The user's rows changed since `document` was computed (a catch-up's mark:
+    # `state.outbox.defer_documents`).
     stale: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
     updated_at: Mapped[datetime] = _updated_column()
 
     # Partial: the stale documents are found through it whatever the planner's statistics
-    # say (statistics gathered while most rows were stale would have it read the whole table).
+    # say (gathered while most rows were stale, they would have it read the whole table).
     __table_args__ = (
         Index(
             "ix_billing_states_stale_user_id",

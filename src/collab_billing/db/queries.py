@@ -232,10 +232,9 @@ def move_to_new_customer(
     session: Session, billing_customer_id: int, stripe_customer_id: str
 ) -> None:
     """The customer of this row was deleted on Stripe (a tombstone): the user's row moves to a
-    new customer; what was mirrored of the old one's entitlements goes (the new one's are its
-    own) and its discounts are marked deleted. The old customer is remembered deleted, as if
-    its deletion had come first, so the end state is one whatever order its events came in,
-    and its late events never link it."""
+    new customer, the old one's entitlements go and its discounts are marked deleted, and the
+    old customer is remembered deleted as if its deletion had come first, so that either
+    order ends in the same rows (docs/reconciliation.md, "Customers need no watermark")."""
     old = session.execute(
         select(BillingCustomer.stripe_customer_id, User.github_user_id)
         .join(User, User.id == BillingCustomer.user_id)
@@ -311,11 +310,9 @@ def active_metered_prices(session: Session, keys: Sequence[str]) -> list[Billing
 
 
 def sellable_prices(session: Session, lookup_keys: Sequence[str] | None) -> list[RowMapping]:
-    """Active, recurring prices with a lookup key (of these keys, if given), by lookup key,
-    as rows named like `api.schemas.PriceOut`'s fields (a package's `transform_quantity` as
-    its two columns). (Stripe's price events name the
-    product by id: its name comes from `billing_products`.)
-    A price whose product is archived or deleted is not sellable either (`_ON_SALE`)."""
+    """Recurring prices on sale (`_ON_SALE`) with a lookup key (of these keys, if given), by
+    lookup key, as rows named like `api.schemas.PriceOut`'s fields (a package's
+    `transform_quantity` as its two columns; the product's name from `billing_products`)."""
     product = BillingProduct
     statement = (
         select(
