@@ -62,7 +62,7 @@ class InIds(ColumnElement[bool]):
     """`column IN` the list bound as `ids`, in a statement built once: an expanding `IN` on
     SQLite; `column = ANY(:ids)` on PostgreSQL, one array parameter, so that the statement's
     text is the same for any number of ids (psycopg parses a statement's text once, but only
-    for statements of at most 50 parameters: a batch's `IN` of 500 ids was parsed each time)."""
+    for statements of at most 50 parameters, and a batch's `IN` holds up to 500 ids)."""
 
     inherit_cache = True
     _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (SQLAlchemy's protocol)

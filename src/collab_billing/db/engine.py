@@ -91,7 +91,7 @@ def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
     # and a generic plan kept from a nearly empty table (a first sync fills empty tables)
     # would scan it whole once it is large. Random page reads priced near sequential ones:
     # lookups are by indexed keys into tables the batches keep cached; at the default (4, a
-    # spinning disk's) whole tables were read (docs/benchmarks.md, "first-sync", "apply").
+    # spinning disk's) the planner reads them whole (docs/benchmarks.md, "first-sync", "apply").
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
         cursor.execute("SET random_page_cost = 1.1")

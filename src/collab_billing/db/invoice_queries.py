@@ -24,8 +24,8 @@ def _of_user(github_user_id: int | BindParameter[int]) -> Select[BillingInvoice]
 
 
 # Invoices still owed: open, and uncollectible (Stripe still takes a payment of those: else a
-# user past due had nothing to pay; void one to forgive it). Only of the user's live Stripe
-# customer: a deleted customer's invoices can be paid by no one, and would block for good.
+# user past due has nothing to pay; void one to forgive it). Only of the user's live Stripe
+# customer: a deleted customer's invoices, which no one can pay, would block the user for good.
 OWED_STATUSES = ("open", "uncollectible")
 _PAYABLE = (
     BillingInvoice.status.in_(OWED_STATUSES)
