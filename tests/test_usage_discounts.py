@@ -108,6 +108,15 @@ def test_the_estimate_and_the_cap_count_what_stripe_bills_after_the_discount(
         assert 0 < amount - off < estimate
 
 
+def give_its_customer_a_free_coupon(emulator: Emulator, sub_id: str) -> str:
+    """A 100% coupon applied to the subscription's customer (the Dashboard's); its id."""
+    sdk = emulator.sdk.v1
+    customer = str(sdk.subscriptions.retrieve(sub_id).customer)
+    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
+    emulator.control("POST", f"customers/{customer}/discount", {"coupon": free.id})
+    return customer
+
+
 @pytest.mark.parametrize(
     ("own_percent_off", "removed", "estimate", "over_cap"),
     [
@@ -134,9 +143,7 @@ def test_a_customers_own_discount_counts_for_a_subscription_without_one(
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
     sdk = emulator.sdk.v1
-    customer = str(sdk.subscriptions.retrieve(sub_id).customer)
-    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
-    emulator.control("POST", f"customers/{customer}/discount", {"coupon": free.id})
+    customer = give_its_customer_a_free_coupon(emulator, sub_id)
     if own_percent_off is not None:
         own = sdk.coupons.create(params={"percent_off": own_percent_off, "duration": "forever"})
         sdk.subscriptions.update(sub_id, {"discounts": [{"coupon": own.id}]})
@@ -253,9 +260,7 @@ def test_a_deleted_customers_own_discount_does_not_count_for_the_users_next_cust
     reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings))
     sub_id = subscribe_with_usage(api, emulator, reconciler, meter)
     sdk = emulator.sdk.v1
-    deleted = str(sdk.subscriptions.retrieve(sub_id).customer)
-    free = sdk.coupons.create(params={"percent_off": 100, "duration": "forever"})
-    emulator.control("POST", f"customers/{deleted}/discount", {"coupon": free.id})
+    deleted = give_its_customer_a_free_coupon(emulator, sub_id)
     reconciler.drain()
     sdk.customers.delete(deleted)  # and its subscription, canceled at once
     reconciler.drain()
