@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from collab_billing.billing.sender import UsageSender, read_usage_status
 from collab_billing.cli.common import (
     current_engine,
     fail,
@@ -29,6 +28,8 @@ def usage(
     ] = False,
 ) -> None:
     """The usage outbox: records waiting for, sent to or refused by Stripe."""
+    from collab_billing.billing.sender import UsageSender, read_usage_status
+
     settings = settings_or_exit()
     configure_logging(settings)
     if send:

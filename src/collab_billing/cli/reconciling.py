@@ -13,7 +13,6 @@ import prometheus_client
 import typer
 from sqlalchemy import Engine
 
-from collab_billing.billing.sender import UsageSender
 from collab_billing.cli.common import (
     current_engine,
     fail,
@@ -86,6 +85,7 @@ def run_worker(
     """The reconciler's loop until SIGTERM, with the notification and usage senders beside it
     (each elected leader the same way)."""
     from collab_billing.billing import notify
+    from collab_billing.billing.sender import UsageSender
 
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the loop after the current transaction, with exit code 0; set
