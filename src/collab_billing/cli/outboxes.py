@@ -28,6 +28,7 @@ def usage(
     ] = False,
 ) -> None:
     """The usage outbox: records waiting for, sent to or refused by Stripe."""
+    # Imported here: only this command needs the billing stack, which every start would pay.
     from collab_billing.billing.sender import UsageSender, read_usage_status
 
     settings = settings_or_exit()

@@ -84,6 +84,8 @@ def run_worker(
 ) -> None:
     """The reconciler's loop until SIGTERM, with the notification and usage senders beside it
     (each elected leader the same way)."""
+    # Imported here, like `usage`'s: the billing stack is heavy, and `reconcile --once` (a
+    # catch-up, timed from the process's start) never uses it.
     from collab_billing.billing import notify
     from collab_billing.billing.sender import UsageSender
 

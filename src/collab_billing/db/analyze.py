@@ -38,6 +38,7 @@ def analyze_grown_tables(engine: Engine) -> list[str]:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         grown = list(connection.scalars(_GROWN))
         if grown:
+            # Table names cannot be bound parameters: quoted by the dialect, from the catalog.
             quote = connection.dialect.identifier_preparer.quote
             connection.exec_driver_sql(
                 f"ANALYZE (SKIP_LOCKED) {', '.join(quote(name) for name in grown)}"
