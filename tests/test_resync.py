@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
 from collab_billing.config import Settings
-from collab_billing.db import queries
 from collab_billing.db.engine import make_engine, make_session_factory
-from collab_billing.db.migrate import upgrade_to_head
 from collab_billing.db.models import BillingCustomer, BillingSubscription, User
 from collab_billing.mirror import customers as customer_rows
-from collab_billing.mirror.registry import MIRROR_FORMAT
 from collab_billing.reconcile import ledger
 from collab_billing.reconcile.resync import resync
 from collab_billing.reconcile.run import Reconciler
@@ -395,50 +391,3 @@ def test_a_refresh_finds_the_stale_documents_by_index_whatever_the_statistics(
             "EXPLAIN (FORMAT JSON) " + lookup, {"limit": 500}
         )
     assert "ix_billing_states_stale_user_id" in json.dumps(plan), plan
-
-
-@pytest.mark.postgres_only
-def test_a_poll_into_a_new_database_has_the_documents_look_subscriptions_up_by_index(
-    stripe_settings: Settings, emulator: Emulator, own_database: str
-) -> None:
-    """A catch-up into a new database grows tables that were never analyzed, and autovacuum
-    may be off, or a minute away. Without statistics PostgreSQL takes 500 customers'
-    subscriptions to be most of the table and reads all of it for each document lookup; the
-    reconciler's poll analyzes the tables grown since their last `ANALYZE`."""
-    customers = 20_000
-    fresh = make_engine(own_database, pool_size=2, max_overflow=0)
-    try:
-        upgrade_to_head(fresh)
-        with fresh.begin() as connection:
-            for statement in (  # as a catch-up's batches write them, without its minutes
-                "INSERT INTO users (github_user_id, github_login)"
-                " SELECT n, 'user' || n FROM generate_series(1, :customers) AS n",
-                "INSERT INTO billing_customers (user_id, stripe_customer_id)"
-                " SELECT id, 'cus_' || id FROM users",
-                "INSERT INTO billing_subscriptions (billing_customer_id, stripe_subscription_id,"
-                " stripe_subscription_status, stripe_cancel_at_period_end, stripe_state_as_of)"
-                " SELECT id, 'sub_' || id, 'active', false, 1 FROM billing_customers",
-            ):
-                connection.execute(text(statement), {"customers": customers})
-        factory = make_session_factory(fresh)
-        with factory() as session, session.begin():
-            ledger.write_state(session, ledger.CURSOR, int(time.time()))
-            ledger.write_state(session, ledger.LAST_DRAIN_AT, int(time.time()))
-            ledger.write_state(session, ledger.MIRROR_FORMAT, MIRROR_FORMAT)
-        settings = stripe_settings.model_copy(update={"database_url": own_database})
-        Reconciler(settings, fresh, StripeGateway(settings)).drain()  # one poll: nothing new
-        lookup = str(queries.CUSTOMERS_SUBSCRIPTIONS.compile(dialect=fresh.dialect))
-        with fresh.connect() as connection:
-            ids = list(connection.scalars(text("SELECT id FROM billing_customers LIMIT 500")))
-            [[plan]] = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + lookup, {"ids": ids})
-    finally:
-        fresh.dispose()
-    assert ("Seq Scan", "billing_subscriptions") not in set(_scans(plan[0]["Plan"])), plan
-
-
-def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(node type, table) of each scan of a plan (`EXPLAIN (FORMAT JSON)`)."""
-    if "Relation Name" in node:
-        yield node["Node Type"], node["Relation Name"]
-    for child in node.get("Plans", []):
-        yield from _scans(child)

@@ -21,7 +21,6 @@ from functools import partial
 from sqlalchemy.orm import Session, sessionmaker
 
 from collab_billing import metrics
-from collab_billing.db.analyze import analyze_grown_tables
 from collab_billing.db.engine import read_only, transaction, writers_waited
 from collab_billing.mirror.registry import (
     MIRROR_FORMAT,
@@ -311,11 +310,7 @@ class Poller:
 
     def _refresh_documents(self) -> None:
         """The state documents the batches marked stale, recomputed and notified a
-        transaction at a time, giving way to webhooks between them like the batches. First,
-        on PostgreSQL, the tables the batches grew are analyzed: autovacuum may be off, or
-        not yet come to a new database, and without statistics the documents' lookups read
-        whole tables (`db.analyze`)."""
-        analyze_grown_tables(self.factory.kw["bind"])
+        transaction at a time, giving way to webhooks between them like the batches."""
         if self.applier.defer_documents:
             give_way = self.give_way or (lambda _seconds: None)
             between = partial(give_way, tuning.MAX_GIVE_WAY_SECONDS)
