@@ -269,7 +269,7 @@ def unmatched_naming(session: Session, github_user_id: int) -> str | None:
 
 
 def adoptable(session: Session) -> dict[str, int]:
-    """Unmatched live customers that name a user who exists now and has no customer, with the
+    """Unmatched live customers that name a user who exists now and has no live customer, with the
     versions of their rows (`unmatched_versions`)."""
     has_customer = (
         select(BillingCustomer.id)
