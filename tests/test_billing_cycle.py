@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from collab_billing.api.app import create_app
 from collab_billing.cli import app as cli
 from collab_billing.config import Settings
-from collab_billing.db.models import BillingState, ReconcilerState
+from collab_billing.db.models import BillingState, BillingSubscription, ReconcilerState
 from collab_billing.dev_clock import MADE_BY_DEV
 from collab_billing.reconcile.run import Reconciler
 from collab_billing.reconcile.signals import ActivitySignals
@@ -457,6 +457,36 @@ def test_a_jump_past_stripes_30_days_of_events_is_caught_up_by_a_resync(
         emulator.sdk.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
         emulator.control("POST", "clock/advance", {"seconds": 65 * 86_400})
         wait_until(lambda: status() == "canceled", what="the cancellation, 35 days ago")
+
+
+def test_a_jump_past_stripes_30_days_while_a_resync_lists_is_caught_up_by_another(
+    on_emulator_clock: Cycle, stripe_settings: Settings, engine: Engine, emulator: Emulator
+) -> None:
+    """The first poll's resync lists the subscriptions, then the clock moves 65 days on
+    before the poll reads events: the renewal and the cancellation of that time are gone
+    from the Events API before anything read them. A resync counts as a poll from its
+    start, so another resync catches them up (the poll counted from after the jump, and
+    the user stayed `active` for good)."""
+    cycle = on_emulator_clock
+    cycle.add_user(1)
+    sub_id = cycle.subscribe(1)
+    cycle.sdk.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+    emulator.control("DELETE", "requests")
+    jumped: list[int] = []
+
+    def clock() -> float:
+        """The emulator's; it jumps 65 days once the subscriptions have been listed."""
+        listed = emulator.control("GET", "requests")["by_route"].get("GET /v1/subscriptions")
+        if listed and not jumped:
+            jumped.append(emulator.control("POST", "clock/advance", {"seconds": 65 * DAY})["now"])
+        return float(emulator.now())
+
+    reconciler = Reconciler(stripe_settings, engine, StripeGateway(stripe_settings), clock=clock)
+    reconciler.drain()
+    assert jumped, "the resync listed no subscription"
+    with reconciler.factory() as session:
+        status = session.scalars(select(BillingSubscription.stripe_subscription_status)).one()
+    assert status == "canceled"
 
 
 def test_an_upgrade_invoiced_at_once_is_owed_like_a_renewal_when_declined(

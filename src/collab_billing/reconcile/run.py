@@ -78,11 +78,7 @@ class Reconciler:
         """Read and apply everything new; resync first when events cannot be trusted.
         With `stop` set, or `leading()` false, return after the current batch's transaction."""
         with request_id_scope(new_request_id("poll")):
-            judged_at: int | None = None
-            try:
-                judged_at = self.poller.check_retention()
-            except NeedsResync as reason:
-                self.resync(str(reason))
+            judged_at = self._judge_retention()
             with read_only(self.factory) as session:
                 cursor = ledger.read_int_state(session, ledger.CURSOR) or 0
             if linked := self.applier.adopt(as_of=cursor):
@@ -96,6 +92,17 @@ class Reconciler:
             self._record(report)
         self.last_report = report
         return report
+
+    def _judge_retention(self) -> int:
+        """Resync until no unread event may have expired; the second judged at. A resync
+        counts as a poll from its start: when the clock passed Stripe's 30 days while it
+        listed (a test clock moved under `dev`), the events meanwhile are gone and only
+        another resync catches up what they did."""
+        while True:
+            try:
+                return self.poller.check_retention()
+            except NeedsResync as reason:
+                self.resync(str(reason))
 
     def resync(self, reason: str) -> ResyncReport:
         log.warning("resyncing from Stripe's list endpoints", extra={"reason": reason})
