@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, cast, delete, func, select, text
+from sqlalchemy import BigInteger, bindparam, cast, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from collab_billing.db.dialect import execute_rows, in_ids, insert, insert_rows, is_postgres
@@ -177,9 +177,14 @@ def clear_pending(session: Session, event_ids: Collection[str]) -> None:
 # -- named state ----------------------------------------------------------------------------
 
 
+# Core, on the session's connection: a value written in this transaction by `write_state`
+# (a Core upsert) is read as written, not as an object the session loaded before.
+_STATE_VALUE = select(ReconcilerState.value).where(ReconcilerState.name == bindparam("name"))
+
+
 def read_int_state(session: Session, name: str) -> int | None:
-    row = session.get(ReconcilerState, name)
-    return int(row.value) if row is not None else None
+    value = session.connection().scalar(_STATE_VALUE, {"name": name})
+    return int(value) if value is not None else None
 
 
 def write_state(session: Session, name: str, value: int) -> None:
