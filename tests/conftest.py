@@ -41,14 +41,18 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+RESTART_SEQUENCES = "SELECT setval(oid::regclass, 1, false) FROM pg_class WHERE relkind = 'S'"
+
+
 def clear_tables(engine: Engine) -> None:
     tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as connection:
-        if is_sqlite(engine):
-            for name in tables:
-                connection.execute(text(f"DELETE FROM {name}"))
-        else:
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        for name in tables:
+            connection.execute(text(f"DELETE FROM {name}"))
+        if not is_sqlite(engine):
+            # Ids start again at 1, as SQLite's do. Not TRUNCATE: it makes every table's files
+            # anew, ~60-100 ms a call against ~4 for the few rows a test leaves.
+            connection.execute(text(RESTART_SEQUENCES))
 
 
 @pytest.fixture
