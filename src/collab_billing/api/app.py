@@ -41,9 +41,11 @@ MAX_BODY_BYTES = 64 * 1024
 # while holding threads that the other routes need.
 WEBHOOK_WRITERS = 4
 HEALTH_CHECKS = 2  # threads that a stuck health check may hold (see `health`)
-# GET /billing/subscriptions's reads at once per process (see `billing.list_subscriptions`):
-# more threads do not read faster on this GIL, they take turns at it.
-ADMIN_READERS = 2
+# GET /billing/subscriptions's reads at once per process (see `billing.list_subscriptions`).
+# SQLite reads in the process: more threads do not read faster, they take turns at the GIL
+# at each SQLite call. A PostgreSQL read mostly waits on the server, GIL released: threads
+# overlap their waits.
+ADMIN_READERS = {"sqlite": 2, "postgresql": 8}
 
 
 @asynccontextmanager
@@ -123,7 +125,9 @@ def create_app(
     )
     app.state.webhook_writers = anyio.CapacityLimiter(WEBHOOK_WRITERS)
     app.state.health_checks = anyio.CapacityLimiter(HEALTH_CHECKS)
-    app.state.admin_readers = anyio.CapacityLimiter(ADMIN_READERS)
+    app.state.admin_readers = anyio.CapacityLimiter(
+        ADMIN_READERS.get(app.state.engine.dialect.name, 8)
+    )
     app.state.webhook_secrets = settings.webhook_secrets()
     routers = (health.router, operations.router, users.router, billing.router, webhooks.router)
     for router in (*routers, usage.router):
