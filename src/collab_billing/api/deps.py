@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
-from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
@@ -138,24 +137,16 @@ def check_single_valued_query(request: Request) -> None:
         raise RequestValidationError(errors)
 
 
-# The query names of each route's dependant, by its id (dependants are not hashable); the
-# dependant is kept in the value, so that its id cannot be reused by another object.
-_QUERY_NAMES: dict[int, tuple[Dependant, frozenset[str]]] = {}
-
-
-def _query_names(route: APIRoute) -> frozenset[str]:
-    """The query parameters a route declares, its dependencies' included (walked once a route)."""
-    cached = _QUERY_NAMES.get(id(route.dependant))
-    if cached is not None and cached[0] is route.dependant:
-        return cached[1]
+def _query_names(route: APIRoute) -> set[str]:
+    """The query parameters a route declares, its dependencies' included (a few: walked at
+    each request, as routes cannot be keys of a cache)."""
     names: set[str] = set()
     pending = [route.dependant]
     while pending:
         dependant = pending.pop()
         names.update(param.alias for param in dependant.query_params)
         pending.extend(dependant.dependencies)
-    _QUERY_NAMES[id(route.dependant)] = (route.dependant, frozenset(names))
-    return frozenset(names)
+    return names
 
 
 async def require_admin(
