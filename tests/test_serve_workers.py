@@ -29,7 +29,10 @@ from tests.test_freshness import spend
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    """The complete lines written so far (a line being written is left for the next read)."""
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
 
 def metric_lines(url: str, name: str) -> dict[str, float]:
@@ -88,7 +91,12 @@ def test_serve_with_two_workers(
             ],
             what="the leader's poll",
         )
-        polls = [line for line in read_json_lines(log_path) if line["message"] == "poll"]
+        # The first poll is a resync, which may write the subscription before the poll's log
+        # line (written as it ends).
+        polls = wait_until(
+            lambda: [line for line in read_json_lines(log_path) if line["message"] == "poll"],
+            what="the leader's poll line",
+        )
         assert polls, "the leader polled"
         api.close()
         # The reconciler's gauges come from the database: one series, not one per worker.
