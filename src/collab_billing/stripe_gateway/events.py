@@ -89,7 +89,7 @@ class Event:
             decoded: T = self._decoded[1]
             return decoded
         try:
-            envelope: _Envelope[T] = msgspec.json.decode(self.raw, type=_Envelope[object_type])  # type: ignore[valid-type]
+            envelope: _Envelope[T] = _envelope_decoder(object_type).decode(self.raw)
         except msgspec.DecodeError as error:
             raise EventShapeError(f"event {self.id}: {error}") from None
         self._decoded = (object_type, envelope.data.object)
@@ -133,6 +133,19 @@ def decode_list_page(body: bytes) -> tuple[list[msgspec.Raw], bool]:
     except msgspec.DecodeError as error:
         raise EventShapeError(f"unexpected list: {error}") from None
     return page.data, page.has_more
+
+
+def _envelope_decoder(object_type: type[T]) -> msgspec.json.Decoder[_Envelope[T]]:
+    """One decoder per object type, made on first use: `msgspec.json.decode(raw, type=...)`
+    looks the type up again on every call, a decoder once."""
+    decoder = _ENVELOPE_DECODERS.get(object_type)
+    if decoder is None:
+        decoder = msgspec.json.Decoder(_Envelope[object_type])  # type: ignore[valid-type]
+        _ENVELOPE_DECODERS[object_type] = decoder
+    return decoder
+
+
+_ENVELOPE_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
 _HEADER = msgspec.json.Decoder(_Header)
